@@ -1,0 +1,1 @@
+"""SSH-2 front end on Twisted Conch: transport, user authentication and session glue."""
