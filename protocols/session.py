@@ -1,0 +1,132 @@
+"""The session model shared by every front end (SSH-1, SSH-2) and every target.
+
+A *front end* speaks to the client; a *target* runs the program (a local process, or
+later an upstream device). They meet here, so that SSH-1 and SSH-2 drive one model:
+
+    front end --open_session(request, client)--> avatar (IGatewayUser)
+              <------------- ISessionTarget -----
+    front end provides ISessionClient to the target.
+
+Flow control runs both ways with Twisted's producer/consumer contract:
+- the target registers its output source on the ISessionClient; the front end pauses it
+  while the client cannot take more (SSH-2 window exhausted, TCP buffer full);
+- the front end registers its input source on the ISessionTarget; the target pauses it
+  while the program is not reading its stdin.
+So no side ever buffers more than a bounded amount for a slow peer.
+
+Terminal modes travel in SSH-2 numbering (RFC 4254 section 8: opcodes 1..159, speeds
+128/129); the SSH-1 front end converts its own numbering (speeds 192/193) at the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class WindowSize:
+    rows: int
+    cols: int
+    xpixel: int = 0
+    ypixel: int = 0
+
+
+@dataclass(frozen=True)
+class PtyRequest:
+    term: str
+    size: WindowSize
+    # (opcode, value) pairs in SSH-2 numbering; unknown opcodes already dropped.
+    modes: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass
+class SessionRequest:
+    """What the client asked for before the program starts."""
+
+    command: bytes | None = None  # None: the user's login shell
+    pty: PtyRequest | None = None
+    env: dict[str, str] = field(default_factory=dict)  # already filtered by the front end's caller
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How the program ended. Exactly one of ``status`` and ``signal`` is set."""
+
+    status: int | None = None
+    signal: str | None = None  # SSH-2 signal name without "SIG", e.g. "TERM"
+    core_dumped: bool = False
+    message: str = ""
+
+    def as_status(self) -> int:
+        """The single number SSH-1 (and shells) report: 128 + signal number for a signal."""
+        if self.status is not None:
+            return self.status
+        import signal as _signal
+
+        number = getattr(_signal, "SIG" + (self.signal or ""), None)
+        return 128 + int(number) if number is not None else 255
+
+
+class ISessionClient(Interface):
+    """The client's side of one session, provided by a front end to its target."""
+
+    def write_stdout(data: bytes) -> None:
+        """Send program output to the client."""
+
+    def write_stderr(data: bytes) -> None:
+        """Send program error output to the client (SSH-2 extended data, SSH-1 STDERR_DATA)."""
+
+    def send_eof() -> None:
+        """The program will write no more output."""
+
+    def exited(info: ExitInfo) -> None:
+        """The program ended and all its output has been passed to write_*; close the session."""
+
+    def registerProducer(producer: object, streaming: bool) -> None:
+        """The target's output source; paused while the client cannot take more."""
+
+    def unregisterProducer() -> None:
+        """The target's output source is gone."""
+
+
+class ISessionTarget(Interface):
+    """One running session behind the gateway, provided by a target to a front end."""
+
+    def write_stdin(data: bytes) -> None:
+        """Client input for the program."""
+
+    def close_stdin() -> None:
+        """The client sent EOF."""
+
+    def resize(size: WindowSize) -> None:
+        """The client's terminal changed size (only meaningful with a pty)."""
+
+    def send_signal(name: str) -> None:
+        """Deliver a signal (SSH-2 name without "SIG") if the target supports it."""
+
+    def close() -> None:
+        """The client is gone or the channel closed: stop the program, release resources."""
+
+    def registerProducer(producer: object, streaming: bool) -> None:
+        """The front end's input source; paused while the program does not read."""
+
+    def unregisterProducer() -> None:
+        """The front end's input source is gone."""
+
+
+class IGatewayUser(Interface):
+    """The avatar a front end gets from the portal after a successful login."""
+
+    username = Attribute("str: the gateway login name (without any +target suffix)")
+
+    def open_session(request: SessionRequest, client: ISessionClient) -> ISessionTarget:
+        """Start the program (or upstream session) for ``request``.
+
+        Never raises for a target-side failure: a target that cannot start writes a one-line
+        reason to ``client.write_stderr`` and calls ``client.exited`` with a non-zero status.
+        """
+
+    def env_allowed(name: str) -> bool:
+        """Whether an environment variable sent by the client may reach the program."""

@@ -1,0 +1,43 @@
+"""Helpers for tests that drive real SSH implementations (OpenSSH, PuTTY, ...).
+
+A missing peer skips the test on a developer machine and fails it under ``CI=true``:
+CI must never go green by silently not testing against the real thing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_peer(*programs: str) -> dict[str, str]:
+    """Paths of the given programs; skip (or fail under CI) when one is missing."""
+    found: dict[str, str] = {}
+    for name in programs:
+        path = shutil.which(name) or (
+            f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+        )
+        if path is None:
+            message = f"real peer {name!r} is not installed"
+            if in_ci():
+                pytest.fail(message + " (CI=true: a missing peer is a failure)")
+            pytest.skip(message)
+        found[name] = path
+    return found
+
+
+def require_module(name: str):
+    """Import a Python peer library; skip (or fail under CI) when it is missing."""
+    try:
+        return __import__(name)
+    except ImportError:
+        message = f"python peer {name!r} is not installed"
+        if in_ci():
+            pytest.fail(message + " (CI=true: a missing peer is a failure)")
+        pytest.skip(message)
