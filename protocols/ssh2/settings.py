@@ -1,0 +1,54 @@
+"""SSH-2 algorithm policy: which names the gateway offers, hardened by default.
+
+Algorithms are chosen by name from tables; the legacy ones exist so that an operator can
+opt in, per config, for old clients — they are never offered unless listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_KEX = ("mlkem768x25519-sha256", "curve25519-sha256", "diffie-hellman-group-exchange-sha256")
+DEFAULT_HOST_KEY_ALGORITHMS = ("ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256")
+DEFAULT_CIPHERS = ("aes256-ctr", "aes192-ctr", "aes128-ctr")
+DEFAULT_MACS = ("hmac-sha2-512", "hmac-sha2-256")
+
+# Everything an operator may list; the extra entries are the opt-in legacy algorithms.
+KNOWN_KEX = DEFAULT_KEX + (
+    "curve25519-sha256@libssh.org",
+    "diffie-hellman-group14-sha1",
+    "diffie-hellman-group-exchange-sha1",
+)
+KNOWN_HOST_KEY_ALGORITHMS = DEFAULT_HOST_KEY_ALGORITHMS + ("ssh-rsa",)
+KNOWN_CIPHERS = DEFAULT_CIPHERS + ("aes256-cbc", "aes192-cbc", "aes128-cbc", "3des-cbc")
+KNOWN_MACS = DEFAULT_MACS + ("hmac-sha1",)
+
+
+class UnknownAlgorithm(ValueError):
+    pass
+
+
+def _check(kind: str, names: tuple[str, ...], known: tuple[str, ...]) -> tuple[str, ...]:
+    if not names:
+        raise UnknownAlgorithm(f"ssh2 {kind}: the list is empty")
+    for name in names:
+        if name not in known:
+            raise UnknownAlgorithm(
+                f"ssh2 {kind}: unknown algorithm {name!r} (known: {', '.join(known)})"
+            )
+    return names
+
+
+@dataclass(frozen=True)
+class SSH2Settings:
+    kex: tuple[str, ...] = DEFAULT_KEX
+    host_key_algorithms: tuple[str, ...] = DEFAULT_HOST_KEY_ALGORITHMS
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
+    macs: tuple[str, ...] = DEFAULT_MACS
+    compression: bool = False  # offer zlib as well as none
+
+    def __post_init__(self) -> None:
+        _check("kex", self.kex, KNOWN_KEX)
+        _check("host_key_algorithms", self.host_key_algorithms, KNOWN_HOST_KEY_ALGORITHMS)
+        _check("ciphers", self.ciphers, KNOWN_CIPHERS)
+        _check("macs", self.macs, KNOWN_MACS)
