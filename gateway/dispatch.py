@@ -1,0 +1,215 @@
+"""The version-exchange dispatcher: the first protocol on every accepted connection.
+
+It owns the identification exchange so that one port can serve both protocols:
+it sends the server's line (``SSH-1.99-…`` with both protocols enabled), reads the
+client's line under strict limits, and hands the connection to the SSH-2 or SSH-1
+implementation with both lines exactly as sent. A connection that never completes its
+line is cut off by a timer; anything that is not a usable version gets a reply the client
+can read — a plain text line, because neither side has agreed on a packet format yet.
+
+Rules for the client's line (RFC 4253 section 4.2, draft-ylonen-ssh-protocol-00):
+- it is the first thing the client sends, ends in LF (CR LF accepted), is at most
+  255 bytes including the line end, and holds only printable US-ASCII (space allowed);
+- ``SSH-2.0-…`` and ``SSH-1.99-…`` go to SSH-2; ``SSH-1.5-…`` and ``SSH-1.3-…``
+  (and 1.4) to SSH-1; any other ``1.x`` is too old; any other major version is refused
+  with ``Protocol major versions differ.``
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
+
+from gateway import __version__
+from protocols.handoff import IHandoffFactory
+from protocols.record import ConnectionRecord
+
+MAX_LINE = 255  # bytes, including CR LF (RFC 4253 section 4.2)
+MAJOR_DIFFERS = b"Protocol major versions differ.\n"
+
+_VERSION_RE = re.compile(rb"^SSH-(\d+)\.(\d+)-([\x21-\x2c\x2e-\x7e]+)(?: [\x20-\x7e]*)?$")
+_PRINTABLE_RE = re.compile(rb"^[\x20-\x7e]*$")
+
+
+def server_version_line(protocols: frozenset[str]) -> bytes:
+    """The identification line the gateway announces for the enabled protocols."""
+    if protocols >= {"ssh1", "ssh2"}:
+        proto = b"1.99"
+    elif protocols == {"ssh2"}:
+        proto = b"2.0"
+    elif protocols == {"ssh1"}:
+        proto = b"1.5"
+    else:
+        raise ValueError("at least one protocol must be enabled")
+    return b"SSH-" + proto + b"-sshgateway_" + __version__.encode("ascii")
+
+
+def classify(line: bytes) -> str | None:
+    """Which implementation a client line selects: "ssh2", "ssh1", "too-old", or None for a
+    line that is not a valid identification or names another major version."""
+    match = _VERSION_RE.match(line)
+    if match is None:
+        return None
+    major, minor = int(match.group(1)), int(match.group(2))
+    if major == 2 and minor == 0 or major == 1 and minor == 99:
+        return "ssh2"
+    if major == 1:
+        return "ssh1" if 3 <= minor <= 5 else "too-old"
+    return None
+
+
+class _CountingTransport:
+    """Passes everything to the real transport, counting the bytes written."""
+
+    def __init__(self, transport: object, record: ConnectionRecord) -> None:
+        self._transport = transport
+        self._record = record
+        directlyProvides(self, providedBy(transport))
+
+    def write(self, data: bytes) -> None:
+        self._record.bytes_out += len(data)
+        self._transport.write(data)
+
+    def writeSequence(self, seq: list[bytes]) -> None:
+        self._record.bytes_out += sum(map(len, seq))
+        self._transport.writeSequence(seq)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+class VersionDispatcher(Protocol):
+    log = Logger()
+
+    def __init__(self, factory: DispatcherFactory) -> None:
+        self.factory = factory
+        self.buffer = b""
+        self.inner: Protocol | None = None
+        self.timer: IDelayedCall | None = None
+        self.record: ConnectionRecord | None = None
+        self.counting: _CountingTransport | None = None
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        host, port = getattr(peer, "host", str(peer)), getattr(peer, "port", "")
+        self.record = ConnectionRecord(peer=f"{host}:{port}" if port != "" else str(host))
+        self.record.server_version = self.factory.server_version.decode("ascii")
+        self.counting = _CountingTransport(self.transport, self.record)
+        self.counting.write(self.factory.server_version + b"\r\n")
+        self.timer = self.factory.clock.callLater(self.factory.version_timeout, self._timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.record is not None
+        self.record.bytes_in += len(data)
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\n")
+        if end < 0:
+            if len(self.buffer) >= MAX_LINE:
+                self._refuse("identification line longer than 255 bytes", b"")
+            return
+        if end + 1 > MAX_LINE:
+            self._refuse("identification line longer than 255 bytes", b"")
+            return
+        line, rest = self.buffer[:end], self.buffer[end + 1 :]
+        self.buffer = b""
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        self._dispatch(line, rest)
+
+    def _dispatch(self, line: bytes, rest: bytes) -> None:
+        assert self.record is not None
+        if not _PRINTABLE_RE.match(line):
+            self._refuse("identification line holds non-printable bytes", b"")
+            return
+        self.record.client_version = line.decode("ascii")
+        kind = classify(line)
+        if kind is None:
+            # A line that is not "SSH-x.y-..." at all is not a client we can talk to either;
+            # the plain-text answer is the one every SSH implementation understands.
+            self._refuse("client protocol version not supported", MAJOR_DIFFERS)
+            return
+        if kind == "too-old":
+            self._refuse("client speaks an SSH-1 version older than 1.3", MAJOR_DIFFERS)
+            return
+        handoff = self.factory.handoffs.get(kind)
+        if handoff is None:
+            self._refuse(f"{kind} is not enabled on this gateway", MAJOR_DIFFERS)
+            return
+        self._cancel_timer()
+        self.record.protocol = kind
+        self.inner = handoff.build_protocol(self.record, self.factory.server_version, line)
+        self.inner.makeConnection(self.counting)
+        if rest:
+            self.inner.dataReceived(rest)
+
+    def _refuse(self, reason: str, reply: bytes) -> None:
+        assert self.record is not None and self.counting is not None
+        self.record.close_reason = reason
+        self.log.info(
+            "refusing {peer} during version exchange: {reason}",
+            peer=self.record.peer,
+            reason=reason,
+        )
+        self._cancel_timer()
+        if reply:
+            self.counting.write(reply)
+        self.transport.loseConnection()
+        self.buffer = b""
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        assert self.record is not None
+        self.record.close_reason = "no identification line within the version timeout"
+        self.log.info("{peer}: {reason}", peer=self.record.peer, reason=self.record.close_reason)
+        self.transport.abortConnection()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._cancel_timer()
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+        record = self.record
+        if record is None:
+            return
+        if not record.close_reason and reason is not None:
+            record.close_reason = reason.getErrorMessage()
+        self.log.info("connection closed: {summary}", summary=record.summary(), record=record)
+        self.factory.connection_closed(record)
+
+
+class DispatcherFactory(Factory):
+    """Accepts connections on every listener; ``handoffs`` maps "ssh1"/"ssh2" to the
+    protocol implementations that are enabled."""
+
+    protocol = VersionDispatcher  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        handoffs: Mapping[str, IHandoffFactory],
+        clock: IReactorTime,
+        version_timeout: float = 30.0,
+    ) -> None:
+        self.handoffs = dict(handoffs)
+        self.clock = clock
+        self.version_timeout = version_timeout
+        self.server_version = server_version_line(frozenset(self.handoffs))
+        self.closed_records: list[ConnectionRecord] = []  # tests and future flow recording
+
+    def buildProtocol(self, addr: object) -> VersionDispatcher:
+        return VersionDispatcher(self)
+
+    def connection_closed(self, record: ConnectionRecord) -> None:
+        """Hook for whatever wants finished records (flow recording, later)."""
