@@ -1,0 +1,111 @@
+"""Service construction: turns a GatewayConfig into running listeners.
+
+This is the one place where the gateway's parts meet: host keys, the cred portal, the
+targets, the SSH-1 and SSH-2 implementations, and the version dispatcher on every
+configured endpoint. ``twistd sshgateway`` calls :func:`make_service`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+from gateway.dispatch import DispatcherFactory
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd sshgateway``."""
+
+    synopsis = "[--config FILE]"
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: the embedded default)."],
+    ]
+
+    def postOptions(self) -> None:
+        # Load here so that a bad file is reported as a usage error, not a traceback.
+        from gateway.config import ConfigError, default_config, load_config
+
+        try:
+            self["gateway_config"] = (
+                load_config(self["config"]) if self["config"] else default_config()
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        except OSError as e:
+            raise usage.UsageError(f"cannot read {self['config']}: {e.strerror}") from None
+
+
+class ListenerService(service.Service):
+    """Listens on one endpoint string and says where it ended up (port 0 picks one)."""
+
+    def __init__(self, reactor: Any, description: str, factory: DispatcherFactory) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = endpoints.serverFromString(self.reactor, self.description)
+        d = endpoint.listen(self.factory)
+        failures: list[Any] = []
+        d.addCallbacks(self._listening, failures.append)
+        if failures:  # listening is synchronous for tcp/unix: fail start-up loudly
+            failures[0].raiseException()
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        address = port.getHost()
+        where = f"{getattr(address, 'type', 'TCP').lower()}:{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
+        log.info("sshgateway listening on {where}", where=where)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
+
+
+def build_dispatcher(config: Any, reactor: Any) -> DispatcherFactory:
+    """Everything behind the listeners, from a loaded config."""
+    from gateway.auth import build_portal
+    from gateway.hostkeys import load_or_create_host_keys
+    from gateway.targets.local import LocalTarget
+
+    host_keys = load_or_create_host_keys(config.state_dir)
+    portal = build_portal(config, LocalTarget(reactor))
+    handoffs: dict[str, Any] = {}
+    if "2" in config.protocols:
+        from protocols.ssh2.factory import SSH2ServerFactory
+
+        handoffs["ssh2"] = SSH2ServerFactory(
+            portal, host_keys.ssh2, config.ssh2, config.auth_limits, reactor
+        )
+    if "1" in config.protocols:
+        from protocols.ssh1.server import SSH1ServerFactory
+
+        handoffs["ssh1"] = SSH1ServerFactory(
+            portal, host_keys.ssh1, config.ssh1, config.auth_limits, reactor
+        )
+    return DispatcherFactory(handoffs, reactor, version_timeout=config.version_timeout)
+
+
+def make_service(config: Any, reactor: Any = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    from gateway.config import ensure_default_password
+
+    ensure_default_password(config)
+    dispatcher = build_dispatcher(config, reactor)
+    top = service.MultiService()
+    for description in config.listen:
+        ListenerService(reactor, description, dispatcher).setServiceParent(top)
+    return top
