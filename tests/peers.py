@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import pytest
 
@@ -20,9 +21,12 @@ def require_peer(*programs: str) -> dict[str, str]:
     """Paths of the given programs; skip (or fail under CI) when one is missing."""
     found: dict[str, str] = {}
     for name in programs:
-        path = shutil.which(name) or (
-            f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+        # The venv's own scripts (ssh-audit) are not on PATH when pytest runs as
+        # .venv/bin/python -m pytest; sshd lives in /usr/sbin, often not on PATH either.
+        search = os.pathsep.join(
+            [os.environ.get("PATH", ""), os.path.dirname(sys.executable), "/usr/sbin"]
         )
+        path = shutil.which(name, path=search)
         if path is None:
             message = f"real peer {name!r} is not installed"
             if in_ci():

@@ -1,0 +1,243 @@
+"""Issue 2 end to end: real OpenSSH and PuTTY clients against a real gateway process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_process import GatewayProcess
+from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
+from tests.peers import require_peer
+
+pytestmark = pytest.mark.peer
+
+
+def ssh_argv(gw: GatewayProcess, key: Path | None, *args: str, user: str = "alice") -> list[str]:
+    tools = require_peer("ssh")
+    argv = [
+        tools["ssh"], "-F", "/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR",
+        "-o", "ConnectTimeout=10",
+        "-p", str(gw.port),
+    ]
+    if key is not None:
+        argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
+    return argv + [f"{user}@127.0.0.1", *args]
+
+
+def ssh2_fingerprint(gw: GatewayProcess, kind: str = "ed25519") -> str:
+    out = sshgateway_cli("fingerprints", "--state-dir", gw.config["state_dir"]).stdout
+    for line in out.splitlines():
+        if kind in line.lower():
+            found = re.search(r"SHA256:[A-Za-z0-9+/]+", line)
+            if found:
+                return found.group(0)
+    raise AssertionError(f"no {kind} SHA256 fingerprint in:\n{out}")
+
+
+def plink_argv(gw: GatewayProcess, *args: str, user: str = "alice", password: str = PASSWORD):
+    tools = require_peer("plink")
+    return [
+        tools["plink"], "-ssh", "-2", "-batch",
+        "-hostkey", ssh2_fingerprint(gw),
+        "-P", str(gw.port), "-pw", password, f"{user}@127.0.0.1", *args,
+    ]
+
+
+def test_twistd_lists_plugin():
+    import sys
+
+    from tests.gateway_process import REPO, TWISTD
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, *TWISTD, "--help"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert "sshgateway" in out.stdout
+
+
+def test_openssh_exec_behind_199_banner(gateway, client_keys):
+    # -v shows the server's identification: key exchange succeeded behind SSH-1.99.
+    argv = ssh_argv(gateway, client_keys["ed25519"], "echo hi; echo err >&2; exit 3")
+    argv.insert(1, "-v")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "Remote protocol version 1.99" in result.stderr
+    assert result.stdout == "hi\n"
+    assert "err\n" in result.stderr
+    assert result.returncode == 3
+
+
+def test_openssh_rsa_key(gateway, client_keys):
+    result = subprocess.run(
+        ssh_argv(gateway, client_keys["rsa"], "echo rsa"), capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.stdout == "rsa\n", result.stderr
+
+
+def test_plink_password_and_identical_failures(gateway):
+    ok = subprocess.run(plink_argv(gateway, "echo hi"), capture_output=True, text=True, timeout=60)
+    assert ok.stdout.strip() == "hi", ok.stderr
+    assert ok.returncode == 0
+
+    wrong = subprocess.run(
+        plink_argv(gateway, "echo hi", password="wrong"), capture_output=True, text=True,
+        timeout=60,
+    )
+    unknown = subprocess.run(
+        plink_argv(gateway, "echo hi", user="mallory", password="wrong"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert wrong.returncode == unknown.returncode != 0
+    assert "hi" not in wrong.stdout
+    assert wrong.stderr.replace("alice", "USER") == unknown.stderr.replace("mallory", "USER")
+
+
+def test_openssh_pty_and_window_change(gateway, client_keys, tmp_path):
+    result = subprocess.run(
+        ssh_argv(gateway, client_keys["ed25519"], "-tt", "tty"), capture_output=True, text=True,
+        timeout=60,
+    )
+    assert re.search(r"^/dev/pts/\d+", result.stdout), result
+
+    tools = require_peer("tmux")
+    marker = tmp_path / "size"
+    script = (
+        f"trap 'stty size > {marker}.new; mv {marker}.new {marker}' WINCH; "
+        f"stty size > {marker}.new; mv {marker}.new {marker}; "
+        "for i in $(seq 300); do sleep 0.1; done"
+    )
+    session = f"sshgw{os.getpid()}"
+    cmd = " ".join(f"'{a}'" for a in ssh_argv(gateway, client_keys["ed25519"], "-tt", script))
+    subprocess.run(
+        [tools["tmux"], "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd],
+        check=True, timeout=30,
+    )
+    try:
+        assert wait_for(lambda: marker.exists() and marker.read_text().strip() == "24 80")
+        subprocess.run(
+            [tools["tmux"], "resize-window", "-t", session, "-x", "100", "-y", "30"],
+            check=True, timeout=30,
+        )
+        assert wait_for(lambda: marker.exists() and marker.read_text().strip() == "30 100")
+    finally:
+        subprocess.run([tools["tmux"], "kill-session", "-t", session], timeout=30)
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_64mib_through_cat(gateway, client_keys, tmp_path):
+    data = tmp_path / "blob"
+    data.write_bytes(os.urandom(64 * 1024 * 1024))
+    with data.open("rb") as stdin:
+        result = subprocess.run(
+            ssh_argv(gateway, client_keys["ed25519"], "cat"), stdin=stdin, capture_output=True,
+            timeout=300,
+        )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == 64 * 1024 * 1024
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data.read_bytes()).digest()
+
+
+def test_memory_bounded_when_client_stops_reading(gateway, client_keys):
+    before = gateway.rss_kib()
+    # The client's stdout is a pipe nobody reads: ssh stops granting window, and the
+    # gateway must stop reading the program rather than buffer its output.
+    client = subprocess.Popen(
+        ssh_argv(gateway, client_keys["ed25519"], "cat /dev/zero"),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(4)
+        mid = gateway.rss_kib()
+        time.sleep(3)
+        after = gateway.rss_kib()
+    finally:
+        client.kill()
+        client.wait(10)
+    assert after - before < 32 * 1024, (before, mid, after)
+    assert after - mid < 4 * 1024, (before, mid, after)
+
+
+def raw_exchange(gw: GatewayProcess, send: bytes, read_timeout: float = 10.0) -> tuple[bytes, bool]:
+    """Send bytes after reading the banner; return what came back and whether it closed."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=read_timeout) as sock:
+        banner = b""
+        while not banner.endswith(b"\n"):
+            banner += sock.recv(1)
+        assert banner.startswith(b"SSH-1.99-sshgateway_")
+        sock.sendall(send)
+        received = b""
+        deadline = time.monotonic() + read_timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(4096)
+            except (ConnectionResetError, TimeoutError):
+                return received, True
+            if not chunk:
+                return received, True
+            received += chunk
+        return received, False
+
+
+def test_other_major_version_refused(gateway):
+    received, closed = raw_exchange(gateway, b"SSH-3.0-x\r\n")
+    assert received == b"Protocol major versions differ.\n"
+    assert closed
+
+
+def test_overlong_banner_cut_off(gateway):
+    _, closed = raw_exchange(gateway, b"SSH-2.0-" + b"x" * 400)
+    assert closed
+
+
+def test_never_ending_banner_times_out(gateway):
+    started = time.monotonic()
+    _, closed = raw_exchange(gateway, b"SSH-2.0-never-ending", read_timeout=15)
+    assert closed
+    assert time.monotonic() - started < 10  # version_timeout is 5 s in the test config
+
+
+def test_fingerprints_match_what_clients_see(gateway):
+    tools = require_peer("ssh-keyscan", "ssh-keygen")
+    scan = subprocess.run(
+        [tools["ssh-keyscan"], "-t", "ed25519,rsa", "-p", str(gateway.port), "127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    seen = subprocess.run(
+        [tools["ssh-keygen"], "-lf", "-"], input=scan.stdout, capture_output=True, text=True,
+        timeout=60,
+    ).stdout
+    assert ssh2_fingerprint(gateway, "ed25519") in seen
+    assert ssh2_fingerprint(gateway, "rsa") in seen
+
+
+def test_ssh_audit_reports_no_fail(tmp_path_factory, password_hash, authorized_keys):
+    require_peer("ssh-audit")
+    workdir = tmp_path_factory.mktemp("audit")
+    config = base_config(password_hash, authorized_keys, protocols=["2"])
+    with GatewayProcess(workdir, config) as gw:
+        result = subprocess.run(
+            [require_peer("ssh-audit")["ssh-audit"], "-p", str(gw.port), "127.0.0.1"], capture_output=True, text=True,
+            timeout=120,
+        )
+    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    assert "[fail]" not in output, output
+    assert "mlkem768x25519-sha256" in output
