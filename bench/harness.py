@@ -1,0 +1,119 @@
+"""Benchmark plumbing: start the gateway and a reference OpenSSH sshd on loopback, run
+real clients against each, and time them. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.gateway_process import GatewayProcess  # noqa: E402
+
+
+def which(name: str) -> str:
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin")
+    if path is None:
+        raise SystemExit(f"bench needs {name!r} (apt-get install openssh-client openssh-server)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_user_key(workdir: Path) -> Path:
+    key = workdir / "id_ed25519"
+    subprocess.run(
+        [which("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+    )
+    return key
+
+
+@contextmanager
+def openssh_server(workdir: Path, user_key: Path, ciphers: str, macs: str, kex: str):
+    """A throwaway sshd on a loopback port, logging in as the current OS user."""
+    host_key = workdir / "sshd_host_ed25519"
+    subprocess.run(
+        [which("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True
+    )
+    authorized = workdir / "sshd_authorized_keys"
+    authorized.write_text(Path(str(user_key) + ".pub").read_text())
+    port = free_port()
+    config = workdir / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {authorized}\nPidFile none\nUsePAM no\nStrictModes no\n"
+        f"PermitRootLogin yes\nPasswordAuthentication no\nCiphers {ciphers}\nMACs {macs}\n"
+        f"KexAlgorithms {kex}\nMaxStartups 100\nMaxSessions 1000\nLogLevel ERROR\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [which("sshd"), "-D", "-e", "-f", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    try:
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def gateway_server(workdir: Path, user_key: Path, ciphers: str, macs: str, kex: str):
+    authorized = workdir / "gw_authorized_keys"
+    authorized.write_text(Path(str(user_key) + ".pub").read_text())
+    config = {
+        "protocols": ["2"],
+        "users": {"bench": {"authorized_keys": str(authorized)}},
+        "ssh2": {"ciphers": [ciphers], "macs": [macs], "kex": [kex]},
+    }
+    with GatewayProcess(workdir, config) as gw:
+        yield gw.port, gw.pid
+
+
+def ssh_argv(port: int, key: Path, user: str, *command: str, cipher: str, mac: str) -> list[str]:
+    return [
+        which("ssh"), "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-i", str(key),
+        "-o", "IdentitiesOnly=yes", "-c", cipher, "-m", mac, "-p", str(port),
+        f"{user}@127.0.0.1", *command,
+    ]
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Proportional set size of a process and all its descendants (sshd forks per client)."""
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            total += int(next(ln.split()[1] for ln in rollup.splitlines() if ln.startswith("Pss:")))
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            pids.extend(int(c) for c in children)
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="sshgw-bench-"))
