@@ -1,0 +1,134 @@
+"""SSH-1 bulk ciphers, registered by name and by wire number.
+
+All are CBC with an all-zero IV whose state runs on across packets, so each direction
+holds one stream object for the whole connection. Adding a cipher means adding one row
+to :data:`CIPHERS`; nothing else dispatches on names.
+
+- ``3des``: three independent single-DES CBC streams ("inner CBC"), not EDE3-CBC.
+- ``blowfish``: Blowfish-CBC over byte-reversed 32-bit words (the original code was
+  little-endian); the swap is done on the whole buffer at C speed.
+- ``des``: single DES-CBC (TripleDES with the key repeated, as ``cryptography`` wants).
+- ``none``: identity.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import Blowfish, TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+BLOCK_SIZE = 8
+_ZERO_IV = bytes(BLOCK_SIZE)
+
+
+class Stream(Protocol):
+    def update(self, data: bytes) -> bytes: ...
+
+
+class _Identity:
+    __slots__ = ()
+
+    def update(self, data: bytes) -> bytes:
+        return bytes(data)
+
+
+def _des_cbc(key8: bytes, encrypt: bool) -> Stream:
+    cipher = Cipher(TripleDES(key8 * 3), modes.CBC(_ZERO_IV))
+    return cipher.encryptor() if encrypt else cipher.decryptor()
+
+
+class _Chain:
+    """Runs data through several streams in order (3DES inner CBC)."""
+
+    __slots__ = ("_stages",)
+
+    def __init__(self, stages: list[Stream]) -> None:
+        self._stages = stages
+
+    def update(self, data: bytes) -> bytes:
+        for stage in self._stages:
+            data = stage.update(data)
+        return data
+
+
+def _swap_words(data: bytes) -> bytes:
+    words = array("I", data)
+    if words.itemsize != 4:  # pragma: no cover - every supported platform has 4-byte I
+        raise RuntimeError("array('I') is not 32-bit here")
+    words.byteswap()
+    return words.tobytes()
+
+
+class _SwappedBlowfish:
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Stream) -> None:
+        self._inner = inner
+
+    def update(self, data: bytes) -> bytes:
+        return _swap_words(self._inner.update(_swap_words(data)))
+
+
+def _make_none(key: bytes, encrypt: bool) -> Stream:
+    return _Identity()
+
+
+def _make_des(key: bytes, encrypt: bool) -> Stream:
+    return _des_cbc(key[:8], encrypt)
+
+
+def _make_3des(key: bytes, encrypt: bool) -> Stream:
+    k1, k2, k3 = key[0:8], key[8:16], key[16:24]
+    if encrypt:
+        return _Chain([_des_cbc(k1, True), _des_cbc(k2, False), _des_cbc(k3, True)])
+    return _Chain([_des_cbc(k3, False), _des_cbc(k2, True), _des_cbc(k1, False)])
+
+
+def _make_blowfish(key: bytes, encrypt: bool) -> Stream:
+    cipher = Cipher(Blowfish(key[:32]), modes.CBC(_ZERO_IV))
+    return _SwappedBlowfish(cipher.encryptor() if encrypt else cipher.decryptor())
+
+
+@dataclass(frozen=True)
+class CipherSpec:
+    name: str
+    number: int
+    factory: Callable[[bytes, bool], Stream]
+    description: str  # as clients log it, for our own log lines
+
+    def encryptor(self, session_key: bytes) -> Stream:
+        return self.factory(session_key, True)
+
+    def decryptor(self, session_key: bytes) -> Stream:
+        return self.factory(session_key, False)
+
+    @property
+    def encrypts(self) -> bool:
+        return self.number != 0
+
+
+CIPHERS: tuple[CipherSpec, ...] = (
+    CipherSpec("none", 0, _make_none, "no encryption"),
+    CipherSpec("des", 2, _make_des, "single-DES"),
+    CipherSpec("3des", 3, _make_3des, "3DES (inner CBC)"),
+    CipherSpec("blowfish", 6, _make_blowfish, "Blowfish"),
+)
+BY_NAME: dict[str, CipherSpec] = {c.name: c for c in CIPHERS}
+BY_NUMBER: dict[int, CipherSpec] = {c.number: c for c in CIPHERS}
+
+
+def cipher_mask(names: tuple[str, ...] | list[str]) -> int:
+    """The SMSG_PUBLIC_KEY supported-cipher mask for these names."""
+    mask = 0
+    for name in names:
+        mask |= 1 << BY_NAME[name].number
+    return mask
+
+
+def names_in_mask(mask: int) -> list[str]:
+    return [c.name for c in CIPHERS if mask & (1 << c.number)]
+
