@@ -103,7 +103,7 @@ def make_service(config: Any, reactor: Any = None) -> service.MultiService:
         reactor = default_reactor
     from gateway.config import ensure_default_password
 
-    ensure_default_password(config)
+    config = ensure_default_password(config)
     dispatcher = build_dispatcher(config, reactor)
     top = service.MultiService()
     for description in config.listen:
