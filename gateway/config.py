@@ -1,0 +1,606 @@
+"""The gateway's configuration: the TOML file, its validation (with file, line and key in
+every error), and the embedded default a newcomer starts with.
+
+Reference (every key; anything else is an error, so that a typo cannot silently weaken
+security). Relative paths are relative to the config file's directory; ``~`` is expanded.
+
+=================================  ==========================  ==================================
+Key                                Default                     Meaning
+=================================  ==========================  ==================================
+``listen``                         ``["tcp:2222:interface=     Twisted server endpoint strings
+                                   127.0.0.1"]``               to listen on (one or more)
+``state_dir``                      ``"sshgateway-state"``      host keys and records; created
+                                                               0700 on first start
+``protocols``                      ``["1", "2"]``              SSH protocol versions offered:
+                                                               banner ``SSH-1.99`` for both,
+                                                               ``SSH-2.0`` / ``SSH-1.5`` for one
+``version_timeout``                ``30``                      seconds a client has to send its
+                                                               version line
+``[users.NAME]``                   (at least one user)         a gateway login name
+``  password``                     none                        hash from ``sshgateway
+                                                               hash-password`` (never plaintext)
+``  authorized_keys``              none                        OpenSSH authorized_keys file;
+                                                               SSH-2 lines and SSH-1 RSA lines
+``  auth``                         ``"any"``                   ``"any"``: one configured method
+                                                               suffices; ``"all"``: every
+                                                               configured method must pass
+                                                               (SSH-2 partial success; SSH-1
+                                                               logins are refused)
+``[auth] grace_time``              ``120``                     seconds from connect to login
+``[auth] max_attempts``            ``6``                       failed attempts before disconnect
+``[auth] failure_delay``           ``1.0``                     seconds before a failure answers
+``[session] env_allow``            ``["LANG", "LC_*"]``        environment variables a client
+                                                               may set (fnmatch patterns)
+``[ssh2] kex``                     hardened list (see          key exchange algorithms, in order
+                                   protocols/ssh2/settings)    of preference
+``[ssh2] host_key_algorithms``     ssh-ed25519, rsa-sha2-512,  host key algorithms (add
+                                   rsa-sha2-256                ``ssh-rsa`` for old clients)
+``[ssh2] ciphers``                 aes256/192/128-ctr          ciphers (legacy cbc opt-in)
+``[ssh2] macs``                    hmac-sha2-512/256           MACs (``hmac-sha1`` opt-in)
+``[ssh2] compression``             ``false``                   also offer zlib
+``[ssh1] ciphers``                 ``["3des", "blowfish"]``    SSH-1 ciphers (``des``, ``none``
+                                                               only when listed)
+``[ssh1] server_key_bits``         ``1024``                    SSH-1 server key size; must
+                                                               differ from the 2048-bit host key
+                                                               by 128 bits or more
+``[ssh1] server_key_lifetime``     ``3600``                    seconds before the server key is
+                                                               regenerated (if it was used)
+``[ssh1] allow_x11_forwarding``    ``false``                   grant SSH-1 X11 forwarding
+``[ssh1] allow_agent_forwarding``  ``false``                   grant SSH-1 agent forwarding
+``[ssh1] permit_open``             ``[]``                      ``"host:port"`` destinations
+                                                               SSH-1 ``-L`` may reach
+=================================  ==========================  ==================================
+
+Without a config file (:func:`default_config`): listen on 127.0.0.1:2222, state in
+``./sshgateway-state``, one user — the invoking OS user — with ``~/.ssh/authorized_keys``
+and a generated password: :func:`ensure_default_password` (called by the service at start)
+creates it on first start, prints it once to the log and keeps only its hash in
+``<state_dir>/default-password`` (0600). Delete that file and restart for a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from gateway import passwords
+from gateway.hostkeys import SSH1_HOST_KEY_BITS, ensure_state_dir, write_new_private_file
+from protocols.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthLimits
+from protocols.ssh1.settings import SSH1Settings
+from protocols.ssh2.settings import SSH2Settings
+
+DEFAULT_LISTEN = ("tcp:2222:interface=127.0.0.1",)
+DEFAULT_STATE_DIR = "sshgateway-state"
+DEFAULT_PROTOCOLS = ("1", "2")
+DEFAULT_VERSION_TIMEOUT = 30.0
+DEFAULT_ENV_ALLOW = ("LANG", "LC_*")
+DEFAULT_PASSWORD_FILE = "default-password"
+MAX_CONFIG_BYTES = 1024 * 1024
+
+_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    name: str
+    password_hash: str | None = None
+    authorized_keys: Path | None = None
+    auth: str = "any"  # "any" | "all"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The authentication methods configured for this user (SSH-2 spelling)."""
+        found = []
+        if self.password_hash is not None:
+            found.append(METHOD_PASSWORD)
+        if self.authorized_keys is not None:
+            found.append(METHOD_PUBLICKEY)
+        return tuple(found)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
+    version_timeout: float = DEFAULT_VERSION_TIMEOUT
+    users: Mapping[str, UserConfig] = field(default_factory=dict)
+    auth_limits: AuthLimits = field(default_factory=AuthLimits)
+    env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
+    ssh2: SSH2Settings = field(default_factory=SSH2Settings)
+    ssh1: SSH1Settings = field(default_factory=SSH1Settings)
+    source: Path | None = None  # the file it came from; None for the embedded default
+    # The user who gets a generated password (embedded default only).
+    default_password_user: str | None = None
+
+    @property
+    def default_password_file(self) -> Path:
+        return self.state_dir / DEFAULT_PASSWORD_FILE
+
+
+# --- errors with positions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    key: str
+    message: str
+    text: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        head = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return f"{head}\n    {self.text}" if self.text else head
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. ``problems`` lists every error found; the message
+    names file, line, key and shows the line (password values redacted)."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+# Any key that may hold a secret, typos included ("pasword"), has its value hidden.
+_PASSWORD_LINE = re.compile(r"""^(\s*[^=#]*(?:pass|pw|secret)[^=]*=\s*).*$""", re.I)
+
+
+def _redact(text: str) -> str:
+    """A config line fit for an error message: the value of any password key hidden."""
+    return _PASSWORD_LINE.sub(lambda m: m.group(1) + '"<redacted>"', text.strip())
+
+
+_KEY_PART = re.compile(r"""\s*(?:([A-Za-z0-9_-]+)|"((?:[^"\\]|\\.)*)"|'([^']*)')\s*""")
+
+
+def _key_path(text: str, pos: int = 0) -> tuple[tuple[str, ...], int] | None:
+    """Parse a dotted TOML key at ``text[pos:]``; returns (parts, end) or None."""
+    parts: list[str] = []
+    while True:
+        m = _KEY_PART.match(text, pos)
+        if m is None:
+            return None
+        bare, basic, literal = m.groups()
+        if basic is not None:
+            try:
+                basic = tomllib.loads(f'k = "{basic}"')["k"]
+            except tomllib.TOMLDecodeError:
+                return None
+        parts.append(bare if bare is not None else basic if basic is not None else literal)
+        pos = m.end()
+        if text.startswith(".", pos):
+            pos += 1
+            continue
+        return tuple(parts), pos
+
+
+class _Lines:
+    """Where each key of a TOML text is, found by a light scan (tomllib keeps no positions)."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.where: dict[tuple[str, ...], int] = {}
+        table: tuple[str, ...] = ()
+        for number, line in enumerate(self.lines, start=1):
+            stripped = line.lstrip()
+            if stripped.startswith("["):
+                start = 2 if stripped.startswith("[[") else 1
+                parsed = _key_path(stripped, start)
+                if parsed is not None and stripped[parsed[1] :].lstrip().startswith("]"):
+                    table = parsed[0]
+                    self.where.setdefault(table, number)
+                continue
+            parsed = _key_path(line)
+            if parsed is not None and line[parsed[1] :].startswith("="):
+                self.where.setdefault(table + parsed[0], number)
+
+    def locate(self, path: tuple[str, ...]) -> tuple[int | None, str]:
+        for length in range(len(path), 0, -1):
+            number = self.where.get(path[:length])
+            if number is not None:
+                return number, _redact(self.lines[number - 1])
+        return None, ""
+
+    def text(self, number: int) -> str:
+        if 1 <= number <= len(self.lines):
+            return _redact(self.lines[number - 1])
+        return ""
+
+
+class _Validator:
+    def __init__(self, source: str, lines: _Lines | None) -> None:
+        self.source = source
+        self.lines = lines
+        self.problems: list[ConfigProblem] = []
+
+    def error(self, path: tuple[str, ...], message: str) -> None:
+        line, text = self.lines.locate(path) if self.lines else (None, "")
+        self.problems.append(ConfigProblem(self.source, line, ".".join(path), message, text))
+
+    # Typed getters: record a problem and return None when the value is unusable.
+
+    def table(self, data: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+        value = data.get(path[-1], {})
+        if not isinstance(value, dict):
+            self.error(path, "must be a table")
+            return None
+        return value
+
+    def known(self, data: Mapping[str, Any], path: tuple[str, ...], keys: set[str]) -> None:
+        for key in data:
+            if key not in keys:
+                hint = f" (known here: {', '.join(sorted(keys))})" if keys else ""
+                self.error(path + (key,), f"unknown key{hint}")
+
+    def number(
+        self, data: Mapping[str, Any], path: tuple[str, ...], default: float, *, minimum: float
+    ) -> float:
+        value = data.get(path[-1], default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(path, "must be a number")
+            return default
+        if value < minimum or value != value or value == float("inf"):
+            self.error(path, f"must be a finite number >= {minimum}")
+            return default
+        return float(value)
+
+    def integer(
+        self, data: Mapping[str, Any], path: tuple[str, ...], default: int, *, minimum: int
+    ) -> int:
+        value = data.get(path[-1], default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(path, "must be an integer")
+            return default
+        if value < minimum:
+            self.error(path, f"must be at least {minimum}")
+            return default
+        return value
+
+    def boolean(self, data: Mapping[str, Any], path: tuple[str, ...], default: bool) -> bool:
+        value = data.get(path[-1], default)
+        if not isinstance(value, bool):
+            self.error(path, "must be true or false")
+            return default
+        return value
+
+    def string(self, data: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
+        value = data.get(path[-1])
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self.error(path, "must be a non-empty string")
+            return None
+        return value
+
+    def strings(
+        self,
+        data: Mapping[str, Any],
+        path: tuple[str, ...],
+        default: tuple[str, ...],
+        *,
+        allow_empty: bool = False,
+    ) -> tuple[str, ...]:
+        value = data.get(path[-1], default)
+        if isinstance(value, tuple):
+            return value
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.error(path, "must be a list of non-empty strings")
+            return default
+        if not value and not allow_empty:
+            self.error(path, "must not be empty")
+            return default
+        if len(set(value)) != len(value):
+            self.error(path, "lists a value twice")
+        return tuple(value)
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+TOP_KEYS = {
+    "listen",
+    "state_dir",
+    "protocols",
+    "version_timeout",
+    "users",
+    "auth",
+    "session",
+    "ssh2",
+    "ssh1",
+}
+USER_KEYS = {"password", "authorized_keys", "auth"}
+AUTH_KEYS = {"grace_time", "max_attempts", "failure_delay"}
+SESSION_KEYS = {"env_allow"}
+SSH2_KEYS = {"kex", "host_key_algorithms", "ciphers", "macs", "compression"}
+SSH1_KEYS = {
+    "ciphers",
+    "server_key_bits",
+    "server_key_lifetime",
+    "allow_x11_forwarding",
+    "allow_agent_forwarding",
+    "permit_open",
+}
+KNOWN_PROTOCOLS = ("1", "2")
+
+# A Twisted endpoint parser only stores the reactor; this one is never used to listen.
+_NO_REACTOR = object()
+
+
+def _path(value: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path)
+
+
+def _check_listen(v: _Validator, data: Mapping[str, Any]) -> tuple[str, ...]:
+    listen = v.strings(data, ("listen",), DEFAULT_LISTEN)
+    for description in listen:
+        try:
+            serverFromString(_NO_REACTOR, description)
+        except Exception as e:  # the parser raises ValueError, KeyError, TypeError...
+            v.error(("listen",), f"bad endpoint {description!r}: {e}")
+    return listen
+
+
+def _check_user(v: _Validator, name: str, raw: Any, base: Path) -> UserConfig | None:
+    path = ("users", name)
+    if not _USER_NAME.match(name):
+        v.error(path, "user names are 1-64 of A-Z a-z 0-9 . _ @ - (not starting with . @ -)")
+        return None
+    if not isinstance(raw, dict):
+        v.error(path, "must be a table ([users.NAME])")
+        return None
+    v.known(raw, path, USER_KEYS)
+    password = raw.get("password")
+    password_hash = None
+    if password is not None:
+        if not isinstance(password, str) or not password:
+            v.error(path + ("password",), "must be a password hash string")
+        elif not password.startswith("$"):
+            v.error(
+                path + ("password",),
+                "looks like a plaintext password: store only its hash, made with "
+                "`sshgateway hash-password` (reads the password on stdin)",
+            )
+        else:
+            try:
+                passwords.check_hash(password)
+                password_hash = password
+            except passwords.InvalidHash as e:
+                v.error(path + ("password",), f"not a usable password hash: {e}")
+    keys_file = v.string(raw, path + ("authorized_keys",))
+    auth = raw.get("auth", "any")
+    if auth not in ("any", "all"):
+        v.error(path + ("auth",), 'must be "any" or "all"')
+        auth = "any"
+    if password is None and keys_file is None:
+        v.error(path, "has neither password nor authorized_keys: nobody could log in as it")
+        return None
+    return UserConfig(
+        name=name,
+        password_hash=password_hash,
+        authorized_keys=_path(keys_file, base) if keys_file else None,
+        auth=auth,
+    )
+
+
+def _settings(v: _Validator, section: str, cls: Callable[..., Any], values: dict[str, Any]) -> Any:
+    # Each field on its own first, so that an error names its own key and line.
+    good: dict[str, Any] = {}
+    for key, value in values.items():
+        try:
+            cls(**{key: value})
+            good[key] = value
+        except (ValueError, TypeError) as e:
+            v.error((section, key), str(e))
+    try:
+        return cls(**good)
+    except (ValueError, TypeError) as e:
+        v.error((section,), str(e))
+        return cls()
+
+
+def _build(data: Mapping[str, Any], v: _Validator, base: Path) -> GatewayConfig:
+    v.known(data, (), TOP_KEYS)
+    listen = _check_listen(v, data)
+    state_dir = v.string(data, ("state_dir",)) or DEFAULT_STATE_DIR
+    protocols = v.strings(data, ("protocols",), DEFAULT_PROTOCOLS)
+    for p in protocols:
+        if p not in KNOWN_PROTOCOLS:
+            v.error(("protocols",), f'unknown protocol {p!r} (use "1" and/or "2")')
+    protocols = tuple(p for p in KNOWN_PROTOCOLS if p in protocols) or DEFAULT_PROTOCOLS
+    version_timeout = v.number(data, ("version_timeout",), DEFAULT_VERSION_TIMEOUT, minimum=1)
+
+    users: dict[str, UserConfig] = {}
+    users_table = v.table(data, ("users",))
+    if users_table is not None:
+        for name, raw in users_table.items():
+            user = _check_user(v, name, raw, base)
+            if user is not None:
+                users[name] = user
+        if not users_table:
+            v.error(("users",), "no [users.NAME] configured: nobody could log in")
+
+    auth = v.table(data, ("auth",)) or {}
+    v.known(auth, ("auth",), AUTH_KEYS)
+    defaults = AuthLimits()
+    limits = AuthLimits(
+        grace_time=v.number(auth, ("auth", "grace_time"), defaults.grace_time, minimum=1),
+        max_attempts=v.integer(auth, ("auth", "max_attempts"), defaults.max_attempts, minimum=1),
+        failure_delay=v.number(auth, ("auth", "failure_delay"), defaults.failure_delay, minimum=0),
+    )
+
+    session = v.table(data, ("session",)) or {}
+    v.known(session, ("session",), SESSION_KEYS)
+    env_allow = v.strings(session, ("session", "env_allow"), DEFAULT_ENV_ALLOW, allow_empty=True)
+
+    ssh2_raw = v.table(data, ("ssh2",)) or {}
+    v.known(ssh2_raw, ("ssh2",), SSH2_KEYS)
+    ssh2_values: dict[str, Any] = {}
+    for key in ("kex", "host_key_algorithms", "ciphers", "macs"):
+        if key in ssh2_raw:
+            ssh2_values[key] = v.strings(ssh2_raw, ("ssh2", key), ())
+    if "compression" in ssh2_raw:
+        ssh2_values["compression"] = v.boolean(ssh2_raw, ("ssh2", "compression"), False)
+    ssh2 = _settings(v, "ssh2", SSH2Settings, {k: x for k, x in ssh2_values.items() if x != ()})
+
+    ssh1_raw = v.table(data, ("ssh1",)) or {}
+    v.known(ssh1_raw, ("ssh1",), SSH1_KEYS)
+    d1 = SSH1Settings()
+    ssh1_values: dict[str, Any] = {}
+    if "ciphers" in ssh1_raw:
+        ssh1_values["ciphers"] = v.strings(ssh1_raw, ("ssh1", "ciphers"), d1.ciphers)
+    if "server_key_bits" in ssh1_raw:
+        ssh1_values["server_key_bits"] = v.integer(
+            ssh1_raw, ("ssh1", "server_key_bits"), d1.server_key_bits, minimum=1
+        )
+    if "server_key_lifetime" in ssh1_raw:
+        ssh1_values["server_key_lifetime"] = v.number(
+            ssh1_raw, ("ssh1", "server_key_lifetime"), d1.server_key_lifetime, minimum=60
+        )
+    for key in ("allow_x11_forwarding", "allow_agent_forwarding"):
+        if key in ssh1_raw:
+            ssh1_values[key] = v.boolean(ssh1_raw, ("ssh1", key), False)
+    if "permit_open" in ssh1_raw:
+        permit = v.strings(ssh1_raw, ("ssh1", "permit_open"), (), allow_empty=True)
+        for item in permit:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                v.error(("ssh1", "permit_open"), f'{item!r} is not "host:port"')
+        ssh1_values["permit_open"] = permit
+    ssh1 = _settings(v, "ssh1", SSH1Settings, ssh1_values)
+    if "1" in protocols:
+        try:
+            ssh1.check_host_key_bits(SSH1_HOST_KEY_BITS)
+        except ValueError as e:
+            v.error(("ssh1", "server_key_bits"), str(e))
+
+    return GatewayConfig(
+        listen=listen,
+        state_dir=_path(state_dir, base),
+        protocols=protocols,
+        version_timeout=version_timeout,
+        users=users,
+        auth_limits=limits,
+        env_allow=env_allow,
+        ssh2=ssh2,
+        ssh1=ssh1,
+    )
+
+
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> GatewayConfig:
+    """Validate TOML ``text``; :class:`ConfigError` lists every problem found."""
+    lines = _Lines(text)
+    v = _Validator(source, lines)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        line = int(m.group(1)) if m else None
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    source,
+                    line,
+                    "",
+                    f"TOML syntax error: {message}",
+                    lines.text(line) if line else "",
+                )
+            ]
+        ) from None
+    config = _build(data, v, base if base is not None else Path.cwd())
+    if v.problems:
+        raise ConfigError(sorted(v.problems, key=lambda p: p.line or 0))
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate the TOML file at ``path``."""
+    source = Path(path)
+    try:
+        with open(source, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(
+            [ConfigProblem(str(source), None, "", f"cannot read: {e.strerror}")]
+        ) from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([ConfigProblem(str(source), None, "", "file is larger than 1 MiB")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError([ConfigProblem(str(source), line, "", "not valid UTF-8")]) from None
+    config = parse_config(text, str(source), base=source.resolve().parent)
+    return dataclasses.replace(config, source=source)
+
+
+def default_config() -> GatewayConfig:
+    """The embedded default: see the module docstring."""
+    user = getpass.getuser()
+    return GatewayConfig(
+        state_dir=Path(DEFAULT_STATE_DIR).absolute(),
+        users={
+            user: UserConfig(
+                name=user,
+                authorized_keys=Path(os.path.expanduser("~")) / ".ssh" / "authorized_keys",
+            )
+        },
+        default_password_user=user,
+    )
+
+
+class DefaultPasswordError(Exception):
+    """The stored default password hash is unusable (the message says what to do)."""
+
+
+def ensure_default_password(config: GatewayConfig, log: Logger | None = None) -> GatewayConfig:
+    """For the embedded default: give the default user a password login.
+
+    On first start a random password is generated, logged once, and only its hash is
+    written to ``<state_dir>/default-password`` (0600); later starts reuse the hash.
+    Returns the config with the user's ``password_hash`` set (unchanged for a config file).
+    """
+    name = config.default_password_user
+    if name is None or name not in config.users:
+        return config
+    log = log or _log
+    path = config.default_password_file
+    ensure_state_dir(config.state_dir)
+    if not os.path.lexists(path):
+        password = secrets.token_urlsafe(15)
+        if write_new_private_file(path, (passwords.hash_password(password) + "\n").encode()):
+            log.warn(
+                "Default login: user {user!r}, password {password} - shown only this once; "
+                "only its hash is kept in {path} (delete that file and restart for a new one)",
+                user=name,
+                password=password,
+                path=str(path),
+            )
+    st = os.lstat(path)
+    if st.st_mode & 0o077:
+        raise DefaultPasswordError(
+            f"{path}: permissions {st.st_mode & 0o777:04o} are too open (run: chmod 600 {path})"
+        )
+    with open(path, "rb") as f:
+        stored = f.read(4096).decode("ascii", "replace").strip()
+    if not passwords.is_hash(stored):
+        raise DefaultPasswordError(
+            f"{path}: not a password hash; delete the file and restart to generate a new password"
+        )
+    user = dataclasses.replace(config.users[name], password_hash=stored)
+    return dataclasses.replace(config, users={**config.users, name: user})
