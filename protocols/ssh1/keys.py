@@ -60,7 +60,6 @@ def private_decrypt(key: rsa.RSAPrivateKey, value: int) -> bytes:
     return key.decrypt(value.to_bytes(modulus_bytes(n), "big"), _PKCS1)
 
 
-
 def encrypt_session_key(
     session_key: bytes, sid: bytes, server_pub: tuple[int, int], host_pub: tuple[int, int]
 ) -> int:

@@ -1,0 +1,153 @@
+"""The role-independent half of an SSH-1 connection state machine (h11-style).
+
+Bytes go in with :meth:`Connection.receive_data`, events come out one at a time from
+:meth:`Connection.next_event`, bytes to send are collected with
+:meth:`Connection.data_to_send`. Nothing here does I/O or keeps time.
+
+This class owns the codec, the phase check (messages.ALLOWED), the any-phase messages
+(DISCONNECT, IGNORE, DEBUG) and failure handling: any :class:`ProtocolError` becomes a
+queued SSH_MSG_DISCONNECT carrying the reason (encrypted once keys are in place) and a
+:class:`ConnectionFailed` event, after which the connection is closed. A role subclass
+supplies ``_handlers`` (message number -> parser returning an event or None).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+
+from protocols.ssh1 import messages as m
+from protocols.ssh1.events import (
+    CLOSED,
+    NEED_DATA,
+    PAUSED,
+    ConnectionFailed,
+    DebugMessage,
+    Event,
+    PeerDisconnected,
+)
+from protocols.ssh1.packet import MAX_LENGTH, PacketDecoder, PacketEncoder
+from protocols.ssh1.wire import ProtocolError, Reader, Writer
+
+# Unprocessed input we hold at most. A well-behaved peer waits for replies, and the
+# caller stops reading while it does not pull events, so this is only reached by a peer
+# that floods us while a request is pending.
+BUFFER_LIMIT = 2 * MAX_LENGTH + 65536
+MAX_TEXT = 1024  # disconnect/debug text kept for logs
+
+
+def printable(raw: bytes, limit: int = MAX_TEXT) -> str:
+    """Peer-supplied text made safe for a log line."""
+    text = raw[:limit].decode("utf-8", "replace")
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+Handler = Callable[[Reader], Event | None]
+
+
+class Connection:
+    role: m.Role
+
+    def __init__(self, random: Callable[[int], bytes] = os.urandom) -> None:
+        self._random = random
+        self._decoder = PacketDecoder()
+        self._encoder = PacketEncoder(random)
+        self._out: list[bytes] = []
+        self._events: deque[Event] = deque()
+        self.phase: m.Phase = m.Phase.CLOSED
+        self.pending: str | None = None  # which request of the peer awaits our reply
+        self.close_reason: str = ""
+        self._handlers: dict[int, Handler] = {}
+        self.packets_in = 0
+        self.packets_out = 0
+
+    # ----------------------------------------------------------------- input
+    def receive_data(self, data: bytes) -> None:
+        if self.phase is m.Phase.CLOSED or not data:
+            return
+        self._decoder.feed(data)
+        if self._decoder.buffered > BUFFER_LIMIT:
+            self._events.append(self._fail("peer sent too much data without waiting for replies"))
+
+    def next_event(self) -> Event:
+        while True:
+            if self._events:
+                return self._events.popleft()
+            if self.phase is m.Phase.CLOSED:
+                return CLOSED
+            if self.pending is not None:
+                return PAUSED
+            try:
+                packet = self._decoder.next_packet()
+                if packet is None:
+                    return NEED_DATA
+                event = self._dispatch(*packet)
+            except ProtocolError as exc:
+                return self._fail(exc.reason)
+            if event is not None:
+                return event
+
+    def _dispatch(self, msg_type: int, payload: bytes) -> Event | None:
+        self.packets_in += 1
+        if msg_type not in m.NAMES:
+            raise ProtocolError(f"unknown message type {msg_type}")
+        name = m.name_of(msg_type)
+        if not m.allowed(self.role, self.phase, msg_type, self.pending is not None):
+            raise ProtocolError(f"{name} not allowed in phase {self.phase.value}")
+        reader = Reader(payload, name)
+        if msg_type == m.SSH_MSG_IGNORE:
+            reader.string("data")
+            return None
+        if msg_type == m.SSH_MSG_DEBUG:
+            return DebugMessage(reader.string("message"))
+        if msg_type == m.SSH_MSG_DISCONNECT:
+            reason = printable(reader.string("reason"))
+            self.phase = m.Phase.CLOSED
+            self.close_reason = f"peer disconnected: {reason}"
+            return PeerDisconnected(reason)
+        handler = self._handlers.get(msg_type)
+        if handler is None:  # in the phase table but not handled by this role: a bug
+            raise ProtocolError(f"{name} not handled")
+        event = handler(reader)
+        reader.end()
+        return event
+
+    # ---------------------------------------------------------------- output
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def _send(self, msg_type: int, payload: bytes = b"") -> None:
+        self.packets_out += 1
+        self._out.append(self._encoder.encode(msg_type, payload))
+
+    def send_ignore(self, data: bytes = b"") -> None:
+        self._require_open()
+        self._send(m.SSH_MSG_IGNORE, Writer().string(data).getvalue())
+
+    def send_debug(self, message: str) -> None:
+        self._require_open()
+        self._send(m.SSH_MSG_DEBUG, Writer().string(message.encode()).getvalue())
+
+    def send_disconnect(self, reason: str) -> None:
+        """End the connection by our own decision (grace time, attempt limit, shutdown)."""
+        if self.phase is not m.Phase.CLOSED:
+            self._fail(reason)
+
+    def _fail(self, reason: str) -> ConnectionFailed:
+        if self.phase is not m.Phase.CLOSED:
+            self._send(m.SSH_MSG_DISCONNECT, Writer().string(reason.encode()).getvalue())
+            self.phase = m.Phase.CLOSED
+            self.close_reason = reason
+        self.pending = None
+        return ConnectionFailed(reason)
+
+    def _require_open(self) -> None:
+        if self.phase is m.Phase.CLOSED:
+            raise RuntimeError("SSH-1 connection is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is m.Phase.CLOSED

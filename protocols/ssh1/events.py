@@ -1,0 +1,184 @@
+"""Events the SSH-1 core hands to its caller, one class per thing that happened.
+
+Plain frozen dataclasses; the core never calls out. Names follow the messages that
+cause them. Server-role and client-role events share this module; the roles simply
+produce different subsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocols.session import PtyRequest, WindowSize
+
+
+class Event:
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class SessionKeyAccepted(Event):
+    cipher: str
+    client_flags: int
+
+
+@dataclass(frozen=True)
+class UserRequested(Event):
+    username: bytes
+
+
+@dataclass(frozen=True)
+class PasswordAuth(Event):
+    password: bytes
+
+    def __repr__(self) -> str:  # never let a password reach a log through repr()
+        return "PasswordAuth(password=<hidden>)"
+
+
+@dataclass(frozen=True)
+class RSAAuth(Event):
+    modulus: int
+
+
+@dataclass(frozen=True)
+class RSAResponse(Event):
+    response: bytes
+
+
+@dataclass(frozen=True)
+class UnsupportedAuth(Event):
+    """rhosts, rhosts-RSA, TIS, Kerberos: always answered with FAILURE."""
+
+    method: str
+
+
+@dataclass(frozen=True)
+class CompressionRequested(Event):
+    level: int
+
+
+@dataclass(frozen=True)
+class PtyRequested(Event):
+    pty: PtyRequest
+
+
+@dataclass(frozen=True)
+class X11ForwardingRequested(Event):
+    protocol: bytes
+    screen: int | None
+
+
+@dataclass(frozen=True)
+class AgentForwardingRequested(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class RemoteForwardRequested(Event):
+    port: int
+    host: bytes
+    host_port: int
+
+
+@dataclass(frozen=True)
+class MaxPacketSizeRequested(Event):
+    size: int
+
+
+@dataclass(frozen=True)
+class ExecShell(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class ExecCommand(Event):
+    command: bytes
+
+
+@dataclass(frozen=True)
+class StdinData(Event):
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StdinEOF(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class WindowChanged(Event):
+    size: WindowSize
+
+
+@dataclass(frozen=True)
+class ExitConfirmed(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class PortOpen(Event):
+    channel: int  # the peer's channel number
+    host: bytes
+    port: int
+    originator: bytes | None
+
+
+@dataclass(frozen=True)
+class ChannelOpenConfirmed(Event):
+    channel: int  # ours
+    peer_channel: int
+
+
+@dataclass(frozen=True)
+class ChannelOpenFailed(Event):
+    channel: int
+
+
+@dataclass(frozen=True)
+class ChannelData(Event):
+    channel: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ChannelClosed(Event):
+    channel: int
+
+
+@dataclass(frozen=True)
+class ChannelCloseConfirmed(Event):
+    channel: int
+
+
+@dataclass(frozen=True)
+class DebugMessage(Event):
+    message: bytes
+
+
+@dataclass(frozen=True)
+class PeerDisconnected(Event):
+    """The peer sent SSH_MSG_DISCONNECT; the connection is closed."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConnectionFailed(Event):
+    """We ended the connection: a DISCONNECT with ``reason`` is queued to send."""
+
+    reason: str
+
+
+class _Sentinel(Event):
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA = _Sentinel("NEED_DATA")  # give me more bytes
+PAUSED = _Sentinel("PAUSED")  # answer the pending request first
+CLOSED = _Sentinel("CLOSED")  # nothing more will come
