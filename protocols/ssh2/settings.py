@@ -46,9 +46,17 @@ class SSH2Settings:
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     macs: tuple[str, ...] = DEFAULT_MACS
     compression: bool = False  # offer zlib as well as none
+    # Session channels: the window we grant the client and the largest data packet we
+    # accept. A large window keeps a bulk upload streaming; 32 KiB is what OpenSSH uses.
+    channel_window: int = 2 * 1024 * 1024
+    channel_max_packet: int = 32 * 1024
 
     def __post_init__(self) -> None:
         _check("kex", self.kex, KNOWN_KEX)
         _check("host_key_algorithms", self.host_key_algorithms, KNOWN_HOST_KEY_ALGORITHMS)
         _check("ciphers", self.ciphers, KNOWN_CIPHERS)
         _check("macs", self.macs, KNOWN_MACS)
+        if not 32 * 1024 <= self.channel_window <= 0x7FFFFFFF:
+            raise ValueError("ssh2 channel_window: between 32768 and 2^31 - 1 bytes")
+        if not 4096 <= self.channel_max_packet <= 256 * 1024:
+            raise ValueError("ssh2 channel_max_packet: between 4096 and 262144 bytes")

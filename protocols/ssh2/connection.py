@@ -1,0 +1,142 @@
+"""The ssh-connection service (RFC 4254) and the Conch-side avatar of a logged-in user.
+
+Conch's SSHConnection is kept for channel bookkeeping; this subclass adds what the
+gateway needs: strict parsing of channel-open and channel-request, a per-connection
+channel limit, no global requests (no forwarding), channel requests answered *before* a
+session starts (so a program that ends at once cannot close the channel ahead of the
+reply), and window adjustments that a channel can hold back while its target is not
+reading (input back-pressure).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.conch.ssh import connection
+from twisted.logger import Logger
+
+from protocols.record import ConnectionRecord
+from protocols.session import IGatewayUser
+from protocols.ssh2.wire import Reader, u32
+
+log = Logger()
+
+MAX_CHANNELS = 10  # open channels per connection, as OpenSSH's MaxSessions
+MAX_REQUEST_NAME = 64
+MAX_CHANNEL_TYPE = 64
+
+
+class ConchAvatar:
+    """What Conch's transport and connection expect of ``transport.avatar``, wrapping the
+    gateway's IGatewayUser."""
+
+    def __init__(self, user: Any, factory: Any, record: ConnectionRecord) -> None:
+        self.user = IGatewayUser(user, user)
+        self.factory = factory
+        self.record = record
+        self.conn: GatewayConnection | None = None
+
+    def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> Any:
+        from protocols.ssh2.session import SessionChannel
+
+        if channelType != b"session":
+            return None
+        return SessionChannel(
+            self.user,
+            remoteWindow=windowSize,
+            remoteMaxPacket=maxPacket,
+            settings=self.factory.session_settings,
+        )
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
+        return 0
+
+
+class GatewayConnection(connection.SSHConnection):
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        reader = Reader(packet)
+        channel_type = reader.string(MAX_CHANNEL_TYPE)
+        sender, window, max_packet = reader.uint32(), reader.uint32(), reader.uint32()
+        refusal = None
+        if len(self.channels) >= MAX_CHANNELS:
+            refusal = (connection.OPEN_RESOURCE_SHORTAGE, b"too many channels")
+        elif max_packet == 0:
+            refusal = (connection.OPEN_ADMINISTRATIVELY_PROHIBITED, b"maximum packet size 0")
+        else:
+            channel = self.transport.avatar.lookupChannel(channel_type, window, max_packet, reader.rest())
+            if channel is None:
+                refusal = (connection.OPEN_UNKNOWN_CHANNEL_TYPE, b"unknown channel type")
+        if refusal is not None:
+            log.info(
+                "ssh2: {peer}: refused {type!r} channel: {why}",
+                peer=self.transport.record.peer,
+                type=channel_type,
+                why=refusal[1],
+            )
+            self.transport.sendPacket(
+                connection.MSG_CHANNEL_OPEN_FAILURE,
+                struct.pack(">2L", sender, refusal[0]) + _ns(refusal[1]) + _ns(b""),
+            )
+            return
+        channel.conn = self
+        local = self.localChannelID
+        self.localChannelID += 1
+        channel.id = local
+        self.channels[local] = channel
+        self.channelsToRemoteChannel[channel] = sender
+        self.localToRemoteChannel[local] = sender
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_CONFIRMATION,
+            struct.pack(">4L", sender, local, channel.localWindowSize, channel.localMaxPacket)
+            + channel.specificData,
+        )
+        channel.channelOpen(b"")
+
+    def ssh_CHANNEL_REQUEST(self, packet: bytes) -> None:
+        reader = Reader(packet)
+        local = reader.uint32()
+        request_type = reader.string(MAX_REQUEST_NAME)
+        want_reply = reader.boolean()
+        channel = self.channels[local]
+        try:
+            ok = bool(channel.requestReceived(request_type, reader.rest()))
+        except ValueError as e:  # WireError included: a malformed request is refused
+            log.info(
+                "ssh2: {peer}: bad {type!r} request: {why}",
+                peer=self.transport.record.peer,
+                type=request_type,
+                why=str(e),
+            )
+            ok = False
+        if want_reply and not channel.localClosed:
+            reply = connection.MSG_CHANNEL_SUCCESS if ok else connection.MSG_CHANNEL_FAILURE
+            self.transport.sendPacket(reply, u32(self.localToRemoteChannel[local]))
+        after = getattr(channel, "request_answered", None)
+        if after is not None:
+            after()
+
+    def ssh_GLOBAL_REQUEST(self, packet: bytes) -> None:
+        reader = Reader(packet)
+        reader.string(MAX_REQUEST_NAME)
+        if reader.boolean():
+            self.transport.sendPacket(connection.MSG_REQUEST_FAILURE, b"")
+
+    def ssh_CHANNEL_WINDOW_ADJUST(self, packet: bytes) -> None:
+        reader = Reader(packet)
+        local, add = reader.uint32(), reader.uint32()
+        channel = self.channels[local]
+        # RFC 4254 section 5.2: the window may not exceed 2^32 - 1.
+        add = min(add, 0xFFFFFFFF - channel.remoteWindowLeft)
+        channel.addWindowBytes(add)
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        # Conch grants more window whenever half is used; a channel whose target paused
+        # its input holds the grant back until the target resumes.
+        if getattr(channel, "input_paused", False):
+            return
+        super().adjustWindow(channel, bytesToAdd)
+
+
+def _ns(value: bytes) -> bytes:
+    return struct.pack(">L", len(value)) + value

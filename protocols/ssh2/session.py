@@ -1,0 +1,333 @@
+"""The SSH-2 "session" channel, glued to the shared session model.
+
+One :class:`SessionChannel` per session channel: it collects pty-req and env, starts the
+target on shell/exec through ``IGatewayUser.open_session``, and then carries data, EOF,
+window changes, signals and the exit status between client and target. It is the
+target's ISessionClient, and an IPushProducer for the target (client input).
+
+Flow control, both ways:
+- out: Conch's channel buffers writes beyond the client's window without limit; when the
+  window is exhausted (Conch calls ``stopWriting``) the target's output producer is
+  paused, and resumed when the client grants more window (``startWriting``);
+- in: while the target has paused us (its program does not read stdin) the connection
+  holds back WINDOW_ADJUST, so the client stops sending once the window is used up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.conch.ssh import channel as conch_channel
+from twisted.conch.ssh import connection
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from protocols.session import (
+    ExitInfo,
+    IGatewayUser,
+    ISessionClient,
+    ISessionTarget,
+    PtyRequest,
+    SessionRequest,
+    WindowSize,
+)
+from protocols.ssh2.wire import Reader, WireError, string, u32
+
+log = Logger()
+
+MAX_TERM = 256
+MAX_MODES = 4096  # at most ~800 encoded modes; RFC 4254 defines fewer than 100
+MAX_COMMAND = 256 * 1024
+MAX_ENV_NAME = 256
+MAX_ENV_VALUE = 32 * 1024
+MAX_ENV_VARS = 64
+MAX_SIGNAL = 32
+MAX_DIMENSION = 0xFFFF  # struct winsize holds unsigned shorts
+
+# Terminal mode opcodes RFC 4254 section 8 defines (plus IUTF8, 42, RFC 8160).
+KNOWN_MODES = frozenset(
+    [*range(1, 19), *range(30, 43), *range(50, 63), *range(70, 76), *range(90, 94), 128, 129]
+)
+
+
+def parse_modes(encoded: bytes) -> tuple[tuple[int, int], ...]:
+    """Encoded terminal modes -> (opcode, value) pairs; unknown opcodes are dropped."""
+    reader = Reader(encoded)
+    modes = []
+    while reader.remaining():
+        opcode = reader.byte()
+        if opcode == 0 or opcode >= 160:  # TTY_OP_END; 160+ are undefined and end parsing
+            break
+        value = reader.uint32()
+        if opcode in KNOWN_MODES:
+            modes.append((opcode, value))
+    return tuple(modes)
+
+
+def _size(reader: Reader) -> WindowSize:
+    cols, rows, xpixel, ypixel = (min(reader.uint32(), MAX_DIMENSION) for _ in range(4))
+    return WindowSize(rows=rows, cols=cols, xpixel=xpixel, ypixel=ypixel)
+
+
+@implementer(ISessionClient, IPushProducer)
+class SessionChannel(conch_channel.SSHChannel):
+    name = b"session"
+
+    def __init__(
+        self,
+        user: IGatewayUser,
+        remoteWindow: int,
+        remoteMaxPacket: int,
+        settings: Any,
+    ) -> None:
+        super().__init__(
+            localWindow=settings.channel_window,
+            localMaxPacket=settings.channel_max_packet,
+            remoteWindow=remoteWindow,
+            remoteMaxPacket=remoteMaxPacket,
+        )
+        self.user = user
+        self.request = SessionRequest()
+        self.target: ISessionTarget | None = None
+        self.started = False
+        self._start_after_reply = False
+        self._eof_from_client = False
+        self._output: Any = None  # the target's output producer
+        self.input_paused = False  # read by GatewayConnection.adjustWindow
+        self._input_stopped = False
+        self._eof_wanted = False
+        self._eof_sent = False
+        self._exit: ExitInfo | None = None
+        self._exit_sent = False
+
+    def logPrefix(self) -> str:
+        return f"SSHChannel session ({self.id})"
+
+    def channelOpen(self, specificData: bytes) -> None:
+        pass
+
+    # -- channel requests -----------------------------------------------------------------
+
+    def requestReceived(self, requestType: bytes, data: bytes) -> bool:
+        handler = self._requests.get(requestType)
+        if handler is None:
+            log.debug("ssh2: unsupported channel request {type!r}", type=requestType)
+            return False
+        return handler(self, Reader(data))
+
+    def _pty_req(self, reader: Reader) -> bool:
+        term = reader.text(MAX_TERM)
+        size = _size(reader)
+        modes = parse_modes(reader.string(MAX_MODES))
+        reader.end()
+        if self.started or self.request.pty is not None:
+            return False
+        self.request.pty = PtyRequest(term=term, size=size, modes=modes)
+        return True
+
+    def _env(self, reader: Reader) -> bool:
+        name = reader.text(MAX_ENV_NAME)
+        raw = reader.string(MAX_ENV_VALUE)
+        reader.end()
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        if self.started or "\0" in value or "=" in name or not name:
+            return False
+        if len(self.request.env) >= MAX_ENV_VARS or not self.user.env_allowed(name):
+            return False
+        self.request.env[name] = value
+        return True
+
+    def _shell(self, reader: Reader) -> bool:
+        reader.end()
+        return self._prepare(None)
+
+    def _exec(self, reader: Reader) -> bool:
+        command = reader.string(MAX_COMMAND)
+        reader.end()
+        return self._prepare(command)
+
+    def _prepare(self, command: bytes | None) -> bool:
+        if self.started or self.closing or self.localClosed:
+            return False
+        self.started = True
+        self.request.command = command
+        # Start only after the reply went out: a program that fails at once must not
+        # close the channel before the client has its CHANNEL_SUCCESS.
+        self._start_after_reply = True
+        return True
+
+    def _window_change(self, reader: Reader) -> bool:
+        size = _size(reader)
+        reader.end()
+        if self.target is not None:
+            self.target.resize(size)
+        elif self.request.pty is not None:
+            pty = self.request.pty
+            self.request.pty = PtyRequest(term=pty.term, size=size, modes=pty.modes)
+        return True
+
+    def _signal(self, reader: Reader) -> bool:
+        name = reader.text(MAX_SIGNAL)
+        reader.end()
+        if self.target is None:
+            return False
+        self.target.send_signal(name)
+        return True
+
+    _requests: dict[bytes, Callable[[SessionChannel, Reader], bool]] = {
+        b"pty-req": _pty_req,
+        b"env": _env,
+        b"shell": _shell,
+        b"exec": _exec,
+        b"window-change": _window_change,
+        b"signal": _signal,
+    }
+
+    def request_answered(self) -> None:
+        """Called by GatewayConnection once the reply to a request has been sent."""
+        if not self._start_after_reply:
+            return
+        self._start_after_reply = False
+        try:
+            target = self.user.open_session(self.request, self)
+        except Exception:
+            log.failure("ssh2: open_session failed")
+            self.write_stderr(b"gateway: the session could not be started\r\n")
+            self.exited(ExitInfo(status=255))
+            return
+        if self.localClosed or self._exit is not None:
+            # The target ended (or the client left) while starting.
+            self.target = target
+            if self.localClosed:
+                self._release()
+            return
+        self.target = target
+        target.registerProducer(self, True)
+        if self._eof_from_client:
+            target.close_stdin()
+
+    # -- client -> target -----------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.target is not None and not self._input_stopped:
+            self.target.write_stdin(data)
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        pass  # clients have no stderr to send
+
+    def eofReceived(self) -> None:
+        self._eof_from_client = True
+        if self.target is not None:
+            self.target.close_stdin()
+
+    def closeReceived(self) -> None:
+        # The client will read nothing more: drop what is buffered and close our side.
+        self.buf = b""
+        self.extBuf = []
+        self.conn.sendClose(self)
+
+    def closed(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        target, self.target = self.target, None
+        self._output = None
+        if target is not None:
+            try:
+                target.close()
+            except Exception:
+                log.failure("ssh2: error closing a session target")
+
+    # -- IPushProducer: client input, paused by the target --------------------------------
+
+    def pauseProducing(self) -> None:
+        self.input_paused = True
+
+    def resumeProducing(self) -> None:
+        self.input_paused = False
+        self._grant_window()
+
+    def stopProducing(self) -> None:
+        # The target reads no more input; keep the window open and discard what comes.
+        self._input_stopped = True
+        self.input_paused = False
+        self._grant_window()
+
+    def _grant_window(self) -> None:
+        if self.conn is None or self.localClosed or self.remoteClosed:
+            return
+        if self.localWindowLeft < self.localWindowSize // 2:
+            self.conn.adjustWindow(self, self.localWindowSize - self.localWindowLeft)
+
+    # -- ISessionClient: target -> client -------------------------------------------------
+
+    def write_stdout(self, data: bytes) -> None:
+        if data and not self.localClosed and not self._eof_wanted:
+            self.write(data)
+
+    def write_stderr(self, data: bytes) -> None:
+        if data and not self.localClosed and not self._eof_wanted:
+            self.writeExtended(connection.EXTENDED_DATA_STDERR, data)
+
+    def send_eof(self) -> None:
+        self._eof_wanted = True
+        self._maybe_finish()
+
+    def exited(self, info: ExitInfo) -> None:
+        if self._exit is not None:
+            return
+        self._exit = info
+        self._eof_wanted = True
+        self._maybe_finish()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._output = producer
+        if not self.areWriting:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._output = None
+
+    # Conch calls these when the client's window is exhausted / open again.
+    def stopWriting(self) -> None:
+        if self._output is not None:
+            self._output.pauseProducing()
+
+    def startWriting(self) -> None:
+        if self._output is not None:
+            self._output.resumeProducing()
+
+    def addWindowBytes(self, data: int) -> None:
+        super().addWindowBytes(data)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        """EOF, exit status and close, in that order, once buffered output is out."""
+        if self.localClosed or self.buf or self.extBuf:
+            return
+        if self._eof_wanted and not self._eof_sent:
+            self._eof_sent = True
+            self.conn.sendEOF(self)
+        if self._exit is not None and not self._exit_sent:
+            self._exit_sent = True
+            info = self._exit
+            if info.signal is not None:
+                payload = (
+                    string(info.signal.encode("ascii", "replace"))
+                    + (b"\x01" if info.core_dumped else b"\x00")
+                    + string(info.message.encode("utf-8", "replace"))
+                    + string(b"")
+                )
+                self.conn.sendRequest(self, b"exit-signal", payload)
+            else:
+                status = info.status if info.status is not None else 255
+                self.conn.sendRequest(self, b"exit-status", u32(status & 0xFFFFFFFF))
+            self.loseConnection()
+
+
+__all__ = ["SessionChannel", "parse_modes", "WireError"]

@@ -1,0 +1,373 @@
+"""The SSH-2 transport after a handoff: Conch's server transport, driven by SSH2Settings.
+
+The dispatcher has already exchanged identification lines (it must, to announce
+``SSH-1.99``), so this transport never writes a version line: it takes both lines as the
+dispatcher sent and received them for the exchange hash, sends KEXINIT as soon as it is
+connected and then reads packets. It offers only the algorithms the settings list, in
+their order; it hardens Conch's packet loop (any malformed or unexpected input is a
+clean DISCONNECT with a reason and a log line) and fills in the ConnectionRecord.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from twisted.conch.ssh import _kex, transport
+from twisted.conch.ssh.common import MP
+from twisted.conch.ssh.keys import Key
+from twisted.conch.ssh.transport import SSHCiphers, SSHServerTransport
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from protocols.auth import LoginContext, LoginFlow
+from protocols.record import ConnectionRecord
+from protocols.ssh2 import moduli
+from protocols.ssh2.settings import SSH2Settings
+from protocols.ssh2.wire import Reader, WireError
+
+log = Logger()
+
+# Largest inflated payload we accept from a compressed packet (RFC 4253 section 6.1
+# requires 32768 + headers; channel packets here are at most 32 KiB of data).
+MAX_INFLATED_PAYLOAD = 256 * 1024
+
+# Host-key signature algorithm -> the key type that signs with it.
+HOST_KEY_TYPES: dict[str, bytes] = {
+    "ssh-ed25519": b"ssh-ed25519",
+    "rsa-sha2-512": b"ssh-rsa",
+    "rsa-sha2-256": b"ssh-rsa",
+    "ssh-rsa": b"ssh-rsa",
+}
+
+# Signature algorithms accepted for user public keys, announced in server-sig-algs
+# (RFC 8308); ssh-rsa (SHA-1) only when the operator opted into it for host keys.
+USER_SIGNATURE_ALGORITHMS: tuple[bytes, ...] = (
+    b"ssh-ed25519",
+    b"sk-ssh-ed25519@openssh.com",
+    b"ecdsa-sha2-nistp256",
+    b"ecdsa-sha2-nistp384",
+    b"ecdsa-sha2-nistp521",
+    b"sk-ecdsa-sha2-nistp256@openssh.com",
+    b"rsa-sha2-512",
+    b"rsa-sha2-256",
+)
+
+
+class NoAlgorithms(ValueError):
+    """The settings and host keys leave nothing to offer for some algorithm kind."""
+
+
+def offered_algorithms(
+    settings: SSH2Settings, host_keys: dict[bytes, Key], groups: moduli.Groups
+) -> dict[str, list[bytes]]:
+    """What to put in our KEXINIT, in the settings' order, minus what cannot work here:
+    no host key of the needed type, no Conch/cryptography support, gex without groups."""
+    supported_kex = set(_kex.getSupportedKeyExchanges())
+    kex = []
+    for name in settings.kex:
+        raw = name.encode("ascii")
+        if raw not in supported_kex:
+            log.warn("ssh2: kex {name} is not available in this build; not offered", name=name)
+            continue
+        if _kex.isDynamicPrimesGroup(raw) and not groups:
+            log.warn("ssh2: no DH groups; {name} not offered", name=name)
+            continue
+        kex.append(raw)
+    host = []
+    for name in settings.host_key_algorithms:
+        key = host_keys.get(HOST_KEY_TYPES[name])
+        if key is not None and name.encode("ascii") in key.supportedSignatureAlgorithms():
+            host.append(name.encode("ascii"))
+    ciphers = [n.encode("ascii") for n in settings.ciphers if n.encode("ascii") in SSHCiphers.cipherMap]
+    macs = [n.encode("ascii") for n in settings.macs if n.encode("ascii") in SSHCiphers.macMap]
+    offered = {
+        "kex": kex,
+        "host_key": host,
+        "cipher": ciphers,
+        "mac": macs,
+        "compression": [b"none", b"zlib"] if settings.compression else [b"none"],
+    }
+    for kind, names in offered.items():
+        if not names:
+            raise NoAlgorithms(f"ssh2: nothing to offer for {kind} with these settings and host keys")
+    return offered
+
+
+class _BoundedInflater:
+    """zlib decompression that refuses to inflate one packet beyond a fixed size."""
+
+    def __init__(self, limit: int) -> None:
+        self._inflater = zlib.decompressobj()
+        self._limit = limit
+
+    def decompress(self, data: bytes) -> bytes:
+        out = self._inflater.decompress(data, self._limit)
+        if self._inflater.unconsumed_tail:
+            raise ValueError("inflated packet too large")
+        return out
+
+
+class SSH2ServerTransport(SSHServerTransport):
+    """One SSH-2 connection handed over by the dispatcher.
+
+    ``factory`` is the :class:`protocols.ssh2.factory.SSH2ServerFactory` (host keys,
+    groups, portal, limits, clock, services); ``on_connection_lost`` lets the owner know.
+    """
+
+    _log = log
+    login_flow: LoginFlow | None = None
+
+    def __init__(
+        self,
+        factory: Any,
+        record: ConnectionRecord,
+        server_version: bytes,
+        client_version: bytes,
+        offered: dict[str, list[bytes]],
+        clock: IReactorTime,
+    ) -> None:
+        self.factory = factory
+        self.record = record
+        self.clock = clock
+        # The exact lines exchanged by the dispatcher: they go into the exchange hash.
+        self.ourVersionString = server_version
+        self.otherVersionString = client_version
+        self.supportedKeyExchanges = list(offered["kex"])
+        self.supportedPublicKeys = list(offered["host_key"])
+        self.supportedCiphers = list(offered["cipher"])
+        self.supportedMACs = list(offered["mac"])
+        self.supportedCompressions = list(offered["compression"])
+        self.user_signature_algorithms = list(USER_SIGNATURE_ALGORITHMS)
+        if b"ssh-rsa" in self.supportedPublicKeys:
+            self.user_signature_algorithms.append(b"ssh-rsa")
+        self._disconnecting = False
+        self.buf = b""
+        self.on_connection_lost: Callable[[Failure], None] | None = None
+
+    # -- connection life cycle ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        # No version line here: the dispatcher already sent ours and read theirs.
+        self.gotVersion = True
+        self.record.protocol = "ssh2"
+        if not self.record.server_version:
+            self.record.server_version = self.ourVersionString.decode("ascii", "replace")
+        if not self.record.client_version:
+            self.record.client_version = self.otherVersionString.decode("ascii", "replace")
+        self._set_nodelay()
+        self.currentEncryptions = SSHCiphers(b"none", b"none", b"none", b"none")
+        self.currentEncryptions.setKeys(b"", b"", b"", b"", b"", b"")
+        # The grace time runs from the handoff, not from the start of user auth, so a
+        # client that stalls the key exchange is cut off too.
+        context = LoginContext(protocol="ssh2", peer=self.record.peer)
+        self.login_flow = self.factory.make_login_flow(context, self._grace_expired)
+        version = self.otherVersionString.split(b"-", 2)
+        if len(version) < 3 or version[1] not in self.supportedVersions:
+            self.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_VERSION_NOT_SUPPORTED, b"unsupported protocol version"
+            )
+            return
+        self.sendKexInit()
+
+    def _set_nodelay(self) -> None:
+        # Small interactive packets and the key exchange round trips must not wait for
+        # Nagle; this is most of the connection-rate difference on loopback.
+        setter = getattr(self.transport, "setTcpNoDelay", None)
+        if setter is None:
+            return
+        try:
+            setter(True)
+        except (OSError, AttributeError):
+            pass
+
+    def _grace_expired(self) -> None:
+        self.record.auth_result = self.record.auth_result or "failure"
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login grace time exceeded")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.login_flow is not None:
+            self.login_flow.cancel()
+        if not self.record.close_reason:
+            self.record.close_reason = "connection closed"
+        try:
+            super().connectionLost(reason)
+        finally:
+            if self.on_connection_lost is not None:
+                self.on_connection_lost(reason)
+
+    # -- packets in -----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.record.bytes_in += len(data)
+        if self._disconnecting:
+            return
+        self.buf += data
+        try:
+            while not self._disconnecting:
+                payload = self.getPacket()
+                if payload is None:
+                    break
+                if not payload:
+                    self.protocol_error("empty packet payload")
+                    break
+                self.dispatchMessage(payload[0], payload[1:])
+        except Exception:
+            # Conch's handlers parse with struct/getNS and raise on truncated input;
+            # whatever the cause, the peer gets a DISCONNECT and we get the traceback.
+            log.failure("ssh2: error handling a packet from {peer}", peer=self.record.peer)
+            self.protocol_error("malformed or unexpected packet")
+
+    def protocol_error(self, reason: str) -> None:
+        self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, reason.encode("ascii", "replace"))
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        # Nothing above the transport layer before the first key exchange completed and
+        # a service was accepted (RFC 4253 section 10, RFC 4252 section 6).
+        if messageNum >= 50 and self.service is None:
+            self.protocol_error(f"message {messageNum} before any service")
+            return
+        super().dispatchMessage(messageNum, payload)
+
+    def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
+        if self.sessionID is None or self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+            self.protocol_error("service request before key exchange completed")
+            return
+        reader = Reader(packet)
+        name = reader.string(64)
+        reader.end()
+        if self.service is not None and name == self.service.name:
+            self.protocol_error("service already running")
+            return
+        super().ssh_SERVICE_REQUEST(packet)
+
+    # -- key exchange ---------------------------------------------------------------------
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        super().ssh_KEXINIT(packet)
+        if self._disconnecting or self.nextEncryptions is None:
+            return
+        enc = self.nextEncryptions
+        self.record.algorithms = {
+            "kex": self.kexAlg.decode("ascii", "replace"),
+            "hostkey": self.keyAlg.decode("ascii", "replace"),
+            "cipher_in": enc.inCipType.decode("ascii", "replace"),
+            "cipher_out": enc.outCipType.decode("ascii", "replace"),
+            "mac_in": enc.inMACType.decode("ascii", "replace"),
+            "mac_out": enc.outMACType.decode("ascii", "replace"),
+            "comp_in": self.incomingCompressionType.decode("ascii", "replace"),
+            "comp_out": self.outgoingCompressionType.decode("ascii", "replace"),
+        }
+
+    nextEncryptions: SSHCiphers | None = None
+
+    def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
+        if self.ignoreNextPacket or not _kex.isDynamicPrimesGroup(self.kexAlg):
+            super().ssh_KEX_DH_GEX_REQUEST_OLD(packet)
+            return
+        reader = Reader(packet)
+        preferred = reader.uint32()
+        reader.end()
+        self._send_group(packet, moduli.MIN_BITS, preferred, moduli.MAX_BITS)
+
+    def ssh_KEX_DH_GEX_REQUEST(self, packet: bytes) -> None:
+        if self.ignoreNextPacket:
+            self.ignoreNextPacket = 0
+            return
+        if not _kex.isDynamicPrimesGroup(self.kexAlg):
+            self.protocol_error("group exchange request for another key exchange")
+            return
+        reader = Reader(packet)
+        minimum, preferred, maximum = reader.uint32(), reader.uint32(), reader.uint32()
+        reader.end()
+        if not minimum <= preferred <= maximum:
+            self.protocol_error("bad group exchange request sizes")
+            return
+        self._send_group(packet, minimum, preferred, maximum)
+
+    def _send_group(self, request: bytes, minimum: int, preferred: int, maximum: int) -> None:
+        group = moduli.choose_group(self.factory.groups, minimum, preferred, maximum)
+        if group is None:
+            self.sendDisconnect(
+                transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"no DH group in the requested range"
+            )
+            return
+        # Conch's GEX_INIT hashes the raw request body exactly as received.
+        self.dhGexRequest = request
+        self.g, self.p = group
+        self._startEphemeralDH()
+        self.sendPacket(transport.MSG_KEX_DH_GEX_GROUP, MP(self.p) + MP(self.g))
+
+    def ssh_KEX_DH_GEX_INIT(self, packet: bytes) -> None:
+        if not _kex.isDynamicPrimesGroup(self.kexAlg) or getattr(self, "dhSecretKey", None) is None:
+            self.protocol_error("unexpected group exchange init")
+            return
+        super().ssh_KEX_DH_GEX_INIT(packet)
+
+    def ssh_NEWKEYS(self, packet: bytes) -> None:
+        if self.nextEncryptions is None or not hasattr(self.nextEncryptions, "encryptor"):
+            self.protocol_error("NEWKEYS before key exchange")
+            return
+        super().ssh_NEWKEYS(packet)
+
+    def _newKeys(self) -> None:
+        super()._newKeys()
+        if self.incomingCompression is not None and not isinstance(
+            self.incomingCompression, _BoundedInflater
+        ):
+            self.incomingCompression = _BoundedInflater(MAX_INFLATED_PAYLOAD)
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        # Conch announces its host-key algorithms as server-sig-algs; clients read that
+        # list to choose a *user* key signature, so announce what user auth accepts.
+        fixed = [
+            (name, b",".join(self.user_signature_algorithms) if name == b"server-sig-algs" else value)
+            for name, value in extensions
+        ]
+        super().sendExtInfo(fixed)
+
+    # -- packets out ----------------------------------------------------------------------
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if self._disconnecting or self.transport is None:
+            return
+        super().sendPacket(messageType, payload)
+
+    def sendDisconnect(self, reason: int, desc: bytes | str) -> None:
+        if self._disconnecting:
+            return
+        if isinstance(desc, str):
+            desc = desc.encode("utf-8", "replace")
+        text = desc.decode("utf-8", "replace")
+        if not self.record.close_reason:
+            self.record.close_reason = text
+        log.info(
+            "ssh2: disconnecting {peer}: {reason} (code {code})",
+            peer=self.record.peer,
+            reason=text,
+            code=reason,
+        )
+        self.sendPacket(transport.MSG_DISCONNECT, struct.pack(">L", reason) + _ns(desc) + _ns(b""))
+        self._disconnecting = True
+        if self.login_flow is not None:
+            self.login_flow.cancel()
+        self.transport.loseConnection()
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        text = description[:200].decode("utf-8", "replace")
+        if not self.record.close_reason:
+            self.record.close_reason = f"client disconnected: {text}"
+        self._disconnecting = True
+
+    def receiveUnimplemented(self, seqnum: int) -> None:
+        log.debug("ssh2: peer did not implement packet {seqnum}", seqnum=seqnum)
+
+
+def _ns(value: bytes) -> bytes:
+    return struct.pack(">L", len(value)) + value
+
+
+__all__ = ["SSH2ServerTransport", "offered_algorithms", "NoAlgorithms", "WireError"]

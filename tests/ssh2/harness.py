@@ -1,0 +1,382 @@
+"""In-memory harness: Conch's client transport against our SSH-2 front end over iosim,
+behind a minimal stand-in for the dispatcher (it sends ``SSH-1.99-…`` and hands over)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from twisted.conch import error as conch_error
+from twisted.conch.ssh import channel, common, connection, keys, transport, userauth
+from twisted.cred import credentials
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, task
+from twisted.internet.protocol import Protocol
+from twisted.test import iosim
+from zope.interface import implementer
+
+from protocols.auth import AuthLimits, PartialAuthentication
+from protocols.record import ConnectionRecord
+from protocols.session import ExitInfo, IGatewayUser, ISessionTarget, SessionRequest
+from protocols.ssh2.factory import SSH2ServerFactory
+from protocols.ssh2.settings import SSH2Settings
+
+SERVER_LINE = b"SSH-1.99-sshgateway_0.1.0"
+
+
+@cache
+def host_keys() -> dict[bytes, keys.Key]:
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    ed = keys.Key(ed25519.Ed25519PrivateKey.generate())
+    rsa_key = keys.Key(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return {b"ssh-ed25519": ed, b"rsa-sha2-512": rsa_key, b"rsa-sha2-256": rsa_key}
+
+
+@cache
+def user_key() -> keys.Key:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return keys.Key(ed25519.Ed25519PrivateKey.generate())
+
+
+@cache
+def other_key() -> keys.Key:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return keys.Key(ed25519.Ed25519PrivateKey.generate())
+
+
+# -- the gateway side: portal, avatar, target -----------------------------------------------
+
+
+@implementer(ISessionTarget)
+class FakeTarget:
+    def __init__(self, request: SessionRequest, client: Any) -> None:
+        self.request = request
+        self.client = client
+        self.stdin = bytearray()
+        self.stdin_closed = False
+        self.sizes: list[Any] = []
+        self.signals: list[str] = []
+        self.closed = False
+        self.input_producer: Any = None
+
+    def write_stdin(self, data: bytes) -> None:
+        self.stdin += data
+
+    def close_stdin(self) -> None:
+        self.stdin_closed = True
+
+    def resize(self, size: Any) -> None:
+        self.sizes.append(size)
+
+    def send_signal(self, name: str) -> None:
+        self.signals.append(name)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.input_producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.input_producer = None
+
+
+class OutputProducer:
+    """The target's output source, as the session sees it."""
+
+    def __init__(self) -> None:
+        self.paused = 0
+        self.resumed = 0
+        self.is_paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+        self.is_paused = True
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+        self.is_paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IGatewayUser)
+class FakeUser:
+    def __init__(self, username: str, on_open: Any = None) -> None:
+        self.username = username
+        self.targets: list[FakeTarget] = []
+        self.on_open = on_open
+
+    def open_session(self, request: SessionRequest, client: Any) -> FakeTarget:
+        target = FakeTarget(request, client)
+        self.targets.append(target)
+        if self.on_open is not None:
+            self.on_open(target, client)
+        return target
+
+    def env_allowed(self, name: str) -> bool:
+        return name in ("LANG", "LC_ALL")
+
+
+@dataclass
+class FakePortal:
+    """A portal with one user, alice: password 'secret' and user_key()."""
+
+    policy: str = "any"
+    on_open: Any = None
+    logins: list[tuple[str, str]] = field(default_factory=list)
+    logged_out: int = 0
+    users: dict[str, FakeUser] = field(default_factory=dict)
+
+    def listCredentialsInterfaces(self) -> list[Any]:
+        return [credentials.IUsernamePassword, credentials.ISSHPrivateKey]
+
+    def login(self, creds: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+        return defer.maybeDeferred(self._login, creds, mind)
+
+    def _login(self, creds: Any, mind: Any) -> tuple:
+        name = creds.username.decode("utf-8", "replace")
+        if credentials.IUsernamePassword.providedBy(creds):
+            ok = name == "alice" and creds.password == b"secret"
+        else:
+            ok = name == "alice" and creds.blob == user_key().public().blob()
+            if ok and creds.signature is None:
+                raise conch_error.ValidPublicKey()
+            if ok:
+                ok = keys.Key.fromString(creds.blob).verify(creds.signature, creds.sigData)
+        if not ok:
+            raise UnauthorizedLogin("bad credentials")
+        self.logins.append((name, mind.method))
+        if self.policy == "all":
+            done = set(mind.succeeded) | {mind.method}
+            remaining = [m for m in ("publickey", "password") if m not in done]
+            if remaining:
+                mind.succeeded.add(mind.method)
+                raise PartialAuthentication(remaining)
+        user = self.users.setdefault(name, FakeUser(name, self.on_open))
+
+        def logout() -> None:
+            self.logged_out += 1
+
+        return IGatewayUser, user, logout
+
+
+# -- the client side -------------------------------------------------------------------------
+
+
+class ClientTransport(transport.SSHClientTransport):
+    def __init__(self, auth: Any) -> None:
+        self.auth = auth
+        self.host_key: bytes | None = None
+        self.disconnect: tuple[int, bytes] | None = None
+        self.secure = False
+
+    def verifyHostKey(self, hostKey: bytes, fingerprint: str) -> defer.Deferred:
+        self.host_key = hostKey
+        return defer.succeed(True)
+
+    def connectionSecure(self) -> None:
+        self.secure = True
+        if self.auth is not None:
+            self.requestService(self.auth)
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        self.disconnect = (reasonCode, description)
+
+
+class ClientAuth(userauth.SSHUserAuthClient):
+    def __init__(self, user: bytes, conn: Any, password: bytes | None = None, key: Any = None):
+        super().__init__(user, conn)
+        self.password = password
+        self.key = key
+        self.preferredOrder = [b"publickey", b"password"]
+        self.failures: list[bytes] = []
+
+    def getPassword(self, prompt: Any = None) -> defer.Deferred | None:
+        if self.password is None:
+            return None
+        return defer.succeed(self.password)
+
+    def getPublicKey(self) -> Any:
+        if self.key is None or self.key in self.triedPublicKeys:
+            return None
+        return self.key.public()
+
+    def getPrivateKey(self) -> defer.Deferred:
+        return defer.succeed(self.key)
+
+    def ssh_USERAUTH_FAILURE(self, packet: bytes) -> Any:
+        self.failures.append(packet)
+        return super().ssh_USERAUTH_FAILURE(packet)
+
+
+class ClientConnection(connection.SSHConnection):
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = False
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.started = True
+
+
+class ClientSession(channel.SSHChannel):
+    name = b"session"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.out = bytearray()
+        self.err = bytearray()
+        self.events: list[str] = []
+        self.exit_status: int | None = None
+        self.exit_signal: tuple | None = None
+        self.opened = False
+        self.is_closed = False
+        self.replies: list[bool] = []
+
+    def channelOpen(self, data: bytes) -> None:
+        self.opened = True
+
+    def request(self, kind: bytes, data: bytes = b"", want_reply: bool = True) -> None:
+        d = self.conn.sendRequest(self, kind, data, wantReply=want_reply)
+        if d is not None:
+            d.addCallbacks(lambda _: self.replies.append(True), lambda _: self.replies.append(False))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.out += data
+        self.events.append("data")
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        self.err += data
+        self.events.append("ext")
+
+    def eofReceived(self) -> None:
+        self.events.append("eof")
+
+    def request_exit_status(self, data: bytes) -> int:
+        self.exit_status = int.from_bytes(data[:4], "big")
+        self.events.append("exit-status")
+        return 1
+
+    def request_exit_signal(self, data: bytes) -> int:
+        name, rest = common.getNS(data)
+        core = rest[0]
+        message, _lang, _ = common.getNS(rest[1:], 2)
+        self.exit_signal = (name, bool(core), message)
+        self.events.append("exit-signal")
+        return 1
+
+    def closed(self) -> None:
+        self.is_closed = True
+        self.events.append("closed")
+
+
+# -- wiring ----------------------------------------------------------------------------------
+
+
+class MiniDispatcher(Protocol):
+    """Sends the 1.99 line, reads the client's, hands over — as gateway/dispatch.py does."""
+
+    def __init__(self, factory: SSH2ServerFactory, record: ConnectionRecord) -> None:
+        self.factory = factory
+        self.record = record
+        self.buffer = b""
+        self.inner: Any = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(SERVER_LINE + b"\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+            return
+        self.buffer += data
+        if b"\n" not in self.buffer:
+            return
+        line, rest = self.buffer.split(b"\n", 1)
+        self.inner = self.factory.build_protocol(self.record, SERVER_LINE, line.rstrip(b"\r"))
+        self.inner.makeConnection(self.transport)
+        if rest:
+            self.inner.dataReceived(rest)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+
+
+@dataclass
+class Wired:
+    pump: iosim.IOPump
+    clock: task.Clock
+    factory: SSH2ServerFactory
+    record: ConnectionRecord
+    server: MiniDispatcher
+    client: ClientTransport
+    portal: FakePortal
+    conn: ClientConnection | None
+    auth: ClientAuth | None
+
+    @property
+    def transport(self) -> Any:
+        return self.server.inner
+
+    def flush(self) -> None:
+        self.pump.flush()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.pump.flush()
+
+    def open_session(self, **kw: Any) -> ClientSession:
+        assert self.conn is not None
+        session = ClientSession(conn=self.conn, **kw)
+        self.conn.openChannel(session)
+        self.flush()
+        assert session.opened
+        return session
+
+    def server_channel(self, index: int = -1) -> Any:
+        return list(self.transport.service.channels.values())[index]
+
+
+def wire(
+    settings: SSH2Settings | None = None,
+    limits: AuthLimits | None = None,
+    portal: FakePortal | None = None,
+    user: bytes = b"alice",
+    password: bytes | None = b"secret",
+    key: Any = None,
+    login: bool = True,
+    client_kex: list[bytes] | None = None,
+) -> Wired:
+    clock = task.Clock()
+    portal = portal or FakePortal()
+    factory = SSH2ServerFactory(
+        portal, host_keys(), settings or SSH2Settings(), limits or AuthLimits(), clock
+    )
+    record = ConnectionRecord(peer="127.0.0.1:50000")
+    server = MiniDispatcher(factory, record)
+    conn = ClientConnection() if login else None
+    auth = ClientAuth(user, conn, password=password, key=key) if login else None
+    client = ClientTransport(auth)
+    if client_kex is not None:
+        client.supportedKeyExchanges = client_kex
+    pump = iosim.connect(
+        server,
+        iosim.FakeTransport(server, isServer=True),
+        client,
+        iosim.FakeTransport(client, isServer=False),
+        greet=False,
+        clock=clock,
+    )
+    pump.flush()
+    return Wired(pump, clock, factory, record, server, client, portal, conn, auth)
+
+
+def exit_info(status: int | None = None, signal: str | None = None, **kw: Any) -> ExitInfo:
+    return ExitInfo(status=status, signal=signal, **kw)
