@@ -157,7 +157,7 @@ class ConfigError(Exception):
 
 
 # Any key that may hold a secret, typos included ("pasword"), has its value hidden.
-_PASSWORD_LINE = re.compile(r"""^(\s*[^=#]*(?:pass|pw|secret)[^=]*=\s*).*$""", re.I)
+_PASSWORD_LINE = re.compile(r"""^(\s*[^=#]*(?:pas|pw|secret)[^=]*=\s*).*$""", re.I)
 
 
 def _redact(text: str) -> str:
@@ -228,8 +228,10 @@ class _Validator:
         self.lines = lines
         self.problems: list[ConfigProblem] = []
 
-    def error(self, path: tuple[str, ...], message: str) -> None:
+    def error(self, path: tuple[str, ...], message: str, *, hide_value: bool = False) -> None:
         line, text = self.lines.locate(path) if self.lines else (None, "")
+        if hide_value and "=" in text:
+            text = text.split("=", 1)[0] + '= "<redacted>"'
         self.problems.append(ConfigProblem(self.source, line, ".".join(path), message, text))
 
     # Typed getters: record a problem and return None when the value is unusable.
@@ -245,7 +247,9 @@ class _Validator:
         for key in data:
             if key not in keys:
                 hint = f" (known here: {', '.join(sorted(keys))})" if keys else ""
-                self.error(path + (key,), f"unknown key{hint}")
+                # A misspelled key in a user table may well hold a password.
+                hidden = path[:1] == ("users",)
+                self.error(path + (key,), f"unknown key{hint}", hide_value=hidden)
 
     def number(
         self, data: Mapping[str, Any], path: tuple[str, ...], default: float, *, minimum: float

@@ -20,7 +20,6 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.ssh import keys
 from twisted.logger import Logger
+
+from protocols.ssh1.keys import ssh1_fingerprint
 
 ED25519_FILE = "ssh_host_ed25519_key"
 RSA_FILE = "ssh_host_rsa_key"
@@ -43,27 +44,6 @@ _log = Logger()
 
 class HostKeyError(Exception):
     """A host key file exists but must not or cannot be used; the message says why."""
-
-
-def _ssh1_fingerprint_fallback(e: int, n: int) -> str:
-    # MD5 over the modulus bytes then the exponent bytes (no length prefixes), colon-hex:
-    # what PuTTY and OpenSSH's ssh1 print for an SSH-1 host key.
-    def raw(x: int) -> bytes:
-        return x.to_bytes((x.bit_length() + 7) // 8, "big")
-
-    digest = hashlib.md5(raw(n) + raw(e)).hexdigest()
-    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
-
-
-def _find_ssh1_fingerprint() -> Callable[[int, int], str]:
-    try:
-        from protocols.ssh1.keys import ssh1_fingerprint
-    except ImportError:
-        return _ssh1_fingerprint_fallback
-    return ssh1_fingerprint
-
-
-ssh1_fingerprint: Callable[[int, int], str] = _find_ssh1_fingerprint()
 
 
 def ssh2_fingerprint(key: keys.Key) -> str:
