@@ -83,7 +83,9 @@ def decrypt_session_key(
 
     On any failure the key is random and ``ok`` is False: the caller must carry on
     exactly as if it had succeeded so that a padding oracle learns nothing; the peer
-    then fails on its first packet's CRC like any corrupted connection.
+    then fails on its first packet's CRC like any corrupted connection. (With OpenSSL's
+    implicit rejection the library itself returns a synthetic plaintext instead of an
+    error, so ``ok`` can be True for garbage; it is a hint for debug logs only.)
     """
     keys = sorted((server_key, host_key), key=lambda k: k.public_key().public_numbers().n)
     small, large = keys

@@ -1,0 +1,107 @@
+"""A deliberately small, test-only SSH-1 client built on the core's codec and keys.
+
+It does exactly what a test tells it, including the wrong things (bad cookie, cipher
+not offered, tampered packets), so the server's handling of each can be checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from protocols.ssh1 import ciphers, keys
+from protocols.ssh1 import messages as m
+from protocols.ssh1.events import CLOSED, NEED_DATA, PAUSED, Event
+from protocols.ssh1.packet import PacketDecoder, PacketEncoder
+from protocols.ssh1.wire import Reader, Writer
+
+
+@functools.cache
+def host_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+@functools.cache
+def server_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 1024)
+
+
+@functools.cache
+def user_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 1024)
+
+
+class MiniClient:
+    def __init__(self) -> None:
+        self.encoder = PacketEncoder()
+        self.decoder = PacketDecoder()
+        self.public_key: dict = {}
+        self.session_id = b""
+        self.session_key = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.decoder.feed(data)
+        out = []
+        while (packet := self.decoder.next_packet()) is not None:
+            out.append(packet)
+        return out
+
+    def packet(self, msg_type: int, payload: bytes = b"") -> bytes:
+        return self.encoder.encode(msg_type, payload)
+
+    def parse_public_key(self, payload: bytes) -> None:
+        r = Reader(payload)
+        cookie = r.raw(8)
+        sbits, se, sn = r.uint32(), r.mpint(), r.mpint()
+        hbits, he, hn = r.uint32(), r.mpint(), r.mpint()
+        flags, cipher_mask, auth_mask = r.uint32(), r.uint32(), r.uint32()
+        r.end()
+        self.public_key = dict(
+            cookie=cookie, server=(se, sn), host=(he, hn), flags=flags,
+            ciphers=cipher_mask, auths=auth_mask, bits=(sbits, hbits),
+        )
+        self.session_id = keys.session_id(hn, sn, cookie)
+
+    def session_key_packet(
+        self,
+        cipher: str = "3des",
+        cookie: bytes | None = None,
+        number: int | None = None,
+        value: int | None = None,
+        session_key: bytes | None = None,
+    ) -> bytes:
+        pk = self.public_key
+        self.session_key = session_key or os.urandom(32)
+        if value is None:
+            value = keys.encrypt_session_key(
+                self.session_key, self.session_id, pk["server"], pk["host"]
+            )
+        spec = ciphers.BY_NAME[cipher]
+        payload = (
+            Writer()
+            .byte(spec.number if number is None else number)
+            .raw(pk["cookie"] if cookie is None else cookie)
+            .mpint(value)
+            .uint32(0)
+            .getvalue()
+        )
+        data = self.packet(m.SSH_CMSG_SESSION_KEY, payload)
+        self.encoder.set_cipher(spec, self.session_key)
+        self.decoder.set_cipher(spec, self.session_key)
+        return data
+
+
+def drain(conn) -> list[Event]:
+    """Every event the connection can produce now."""
+    events = []
+    while True:
+        event = conn.next_event()
+        if event in (NEED_DATA, PAUSED, CLOSED):
+            return events
+        events.append(event)
+
+
+def string(data: bytes) -> bytes:
+    return Writer().string(data).getvalue()
