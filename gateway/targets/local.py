@@ -1,0 +1,488 @@
+"""The ``local`` target: run the command, or the login shell, on the gateway host as the
+gateway's own OS user, with or without a pty, with flow control in both directions.
+
+One LocalSession per session. It owns the child's descriptors: stdin/stdout/stderr pipes, or a
+pty master (read through one descriptor, written through a dup of it, so that reading and
+writing can be switched on and off independently). Output is read in large chunks and handed
+to the front end, which pauses the session's output producer while its client cannot take
+more — the child then blocks on a full pipe instead of the gateway buffering. Input is
+buffered up to a high-water mark, above which the front end's producer is paused.
+
+The session ends, towards the front end, with ``send_eof`` once every output descriptor has
+reached end of file and ``exited`` once the child has also been reaped. With a pty, what
+remains readable when the child exits is drained and then the terminal is let go, since only
+background processes that ignored the hang-up can still be holding it (as with OpenSSH).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pwd
+import signal
+import subprocess
+import termios
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.targets import fdio, ttymodes
+from gateway.targets.reaper import ExitWatcher, returncode
+from protocols.session import ExitInfo, ISessionClient, ISessionTarget, SessionRequest, WindowSize
+
+log = Logger()
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+KILL_GRACE = 2.0
+
+# The signals RFC 4254 section 6.10 names; anything else a client asks for is refused.
+SSH_SIGNALS: dict[str, int] = {
+    name: int(getattr(signal, "SIG" + name))
+    for name in (
+        "ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL",
+        "PIPE", "QUIT", "SEGV", "TERM", "USR1", "USR2",
+    )
+}  # fmt: skip
+
+# After the child exits, read at most this much still-queued terminal output: a background
+# process that keeps writing must not keep the reactor in the drain loop.
+_PTY_DRAIN_LIMIT = 4 * 1024 * 1024
+
+
+def _take_terminal() -> None:
+    # Runs in the child between fork and exec, after setsid(): make the pty (already on fd 0)
+    # the controlling terminal of the new session, so job control, ^C and SIGWINCH work.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class LocalTarget:
+    """Runs sessions as local processes. One instance serves the whole gateway."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        kill_grace: float = KILL_GRACE,
+        path: str = DEFAULT_PATH,
+        read_chunk: int = fdio.READ_CHUNK,
+        high_water: int = fdio.HIGH_WATER,
+        low_water: int = fdio.LOW_WATER,
+    ) -> None:
+        self.reactor = reactor
+        self.kill_grace = kill_grace
+        self.path = path
+        self.read_chunk = read_chunk
+        self.high_water = high_water
+        self.low_water = low_water
+        self.sessions: set[LocalSession] = set()
+
+    def open_session(
+        self, username: str, request: SessionRequest, client: ISessionClient
+    ) -> ISessionTarget:
+        """Start ``request`` for gateway user ``username``; never raises for a failed start
+        (the client gets a one-line reason on stderr and a non-zero exit instead)."""
+        session = LocalSession(self, username, request, client)
+        session.start()
+        return session
+
+    def close_all(self) -> defer.Deferred[None]:
+        """Hang up every session (for service shutdown); fires once all children are reaped."""
+        waits = [session.when_reaped() for session in list(self.sessions)]
+        for session in list(self.sessions):
+            session.close()
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+    def _forget(self, session: LocalSession) -> None:
+        self.sessions.discard(session)
+
+
+def _account() -> pwd.struct_passwd:
+    return pwd.getpwuid(os.getuid())
+
+
+def _environment(
+    account: pwd.struct_passwd, shell: str, path: str, request: SessionRequest
+) -> dict[str, str]:
+    env = {
+        "HOME": account.pw_dir,
+        "USER": account.pw_name,
+        "LOGNAME": account.pw_name,
+        "SHELL": shell,
+        "PATH": path,
+    }
+    if request.pty is not None:
+        env["TERM"] = request.pty.term or "dumb"
+    # Like sshd, what the client sent (already through the allow-list) comes last and wins.
+    for name, value in request.env.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            log.info("dropping malformed environment variable from client")
+            continue
+        env[name] = value
+    return env
+
+
+@implementer(IPushProducer)
+class _OutputProducer:
+    """What the session registers on its client: pausing it stops reading the child."""
+
+    def __init__(self, session: LocalSession) -> None:
+        self._session = session
+
+    def pauseProducing(self) -> None:
+        self._session._pause_output()
+
+    def resumeProducing(self) -> None:
+        self._session._resume_output()
+
+    def stopProducing(self) -> None:
+        self._session.close()
+
+
+@implementer(ISessionTarget)
+class LocalSession:
+    """One local process behind one session."""
+
+    def __init__(
+        self, target: LocalTarget, username: str, request: SessionRequest, client: ISessionClient
+    ) -> None:
+        self._target = target
+        self._reactor = target.reactor
+        self.username = username
+        self.request = request
+        self._client = client
+        self.pid: int | None = None
+        self.tty_name: str | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._watcher: ExitWatcher | None = None
+        self._readers: list[fdio.ChunkReader] = []
+        self._pty: fdio.ChunkReader | None = None
+        self._stdin: fdio.WatermarkWriter | None = None
+        self._input_producer: Any = None
+        self._output_producer = _OutputProducer(self)
+        self._paused = False
+        self._exit: ExitInfo | None = None
+        self._eof_sent = False
+        self._finished = False
+        self._closed = False
+        self._kill_call: Any = None
+        self._drain_call: Any = None
+        self._reaped_waiters: list[defer.Deferred[None]] = []
+
+    # ---- start -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self._spawn()
+        except Exception as e:  # any failure to start is reported, never raised
+            self._fail_to_start(e)
+            return
+        self._target.sessions.add(self)
+        log.info(
+            "local session for {user}: pid {pid}, {kind}{tty}",
+            user=self.username,
+            pid=self.pid,
+            kind="shell" if self.request.command is None else "command",
+            tty=f" on {self.tty_name}" if self.tty_name else "",
+        )
+        self._client.registerProducer(self._output_producer, True)
+        for reader in self._readers:
+            reader.start()
+
+    def _spawn(self) -> None:
+        account = _account()
+        shell = account.pw_shell or "/bin/sh"
+        shell_name = os.path.basename(shell)
+        if self.request.command is None:
+            # A leading "-" in argv[0] is how every shell learns it is a login shell.
+            args: list[str | bytes] = ["-" + shell_name]
+        else:
+            args = [shell_name, "-c", self.request.command]
+        cwd = account.pw_dir if os.path.isdir(account.pw_dir) else "/"
+        env = _environment(account, shell, self._target.path, self.request)
+
+        opened: list[int] = []
+        child_ends: list[int] = []
+
+        def fds(pair: tuple[int, int]) -> tuple[int, int]:
+            opened.extend(pair)
+            return pair
+
+        try:
+            if self.request.pty is None:
+                stdin_r, stdin_w = fds(os.pipe())
+                stdout_r, stdout_w = fds(os.pipe())
+                stderr_r, stderr_w = fds(os.pipe())
+                for fd in (stdin_w, stdout_r, stderr_r):
+                    fdio.enlarge_pipe(fd)
+                child_ends = [stdin_r, stdout_w, stderr_w]
+                self._popen = subprocess.Popen(
+                    args,
+                    executable=shell,
+                    stdin=stdin_r,
+                    stdout=stdout_w,
+                    stderr=stderr_w,
+                    cwd=cwd,
+                    env=env,
+                    close_fds=True,
+                    restore_signals=True,
+                    start_new_session=True,
+                )
+                self._close_fds(child_ends)
+                self._readers = [
+                    self._reader(stdout_r, self._client.write_stdout, "stdout"),
+                    self._reader(stderr_r, self._client.write_stderr, "stderr"),
+                ]
+                self._stdin = self._writer(stdin_w, None)
+            else:
+                master, slave = fds(os.openpty())
+                self.tty_name = os.ttyname(slave)
+                ttymodes.set_window_size(slave, self.request.pty.size)
+                ttymodes.apply_modes(slave, self.request.pty.modes)
+                writer_fd = os.dup(master)
+                opened.append(writer_fd)
+                child_ends = [slave]
+                self._popen = subprocess.Popen(
+                    args,
+                    executable=shell,
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    cwd=cwd,
+                    env=env,
+                    close_fds=True,
+                    restore_signals=True,
+                    start_new_session=True,
+                    preexec_fn=_take_terminal,
+                )
+                self._close_fds(child_ends)
+                # Output and errors share the terminal, so all of it is stdout.
+                self._pty = self._reader(master, self._client.write_stdout, "pty")
+                self._readers = [self._pty]
+                self._stdin = self._writer(writer_fd, ttymodes.eof_sequence)
+        except BaseException:
+            for fd in opened:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._readers = []
+            self._stdin = None
+            self._pty = None
+            raise
+        self.pid = self._popen.pid
+        self._watcher = ExitWatcher(self._reactor, self.pid, self._process_exited)
+
+    @staticmethod
+    def _close_fds(fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+        fds.clear()
+
+    def _reader(self, fd: int, deliver: Callable[[bytes], None], name: str) -> fdio.ChunkReader:
+        return fdio.ChunkReader(
+            self._reactor, fd, deliver, self._output_eof, name, chunk=self._target.read_chunk
+        )
+
+    def _writer(
+        self, fd: int, eof_tail: Callable[[int, int | None], bytes] | None
+    ) -> fdio.WatermarkWriter:
+        return fdio.WatermarkWriter(
+            self._reactor,
+            fd,
+            "stdin",
+            high=self._target.high_water,
+            low=self._target.low_water,
+            eof_tail=eof_tail,
+        )
+
+    def _fail_to_start(self, error: Exception) -> None:
+        if isinstance(error, FileNotFoundError):
+            status = 127
+        elif isinstance(error, PermissionError):
+            status = 126
+        else:
+            status = 1
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        log.warn(
+            "local session for {user} could not start: {reason}", user=self.username, reason=reason
+        )
+        self._finished = True
+
+        def report() -> None:
+            if self._closed:
+                return
+            self._client.write_stderr(f"sshgateway: cannot start session: {reason}\r\n".encode())
+            self._client.send_eof()
+            self._client.exited(ExitInfo(status=status))
+
+        # The front end has not even got this session object back yet.
+        self._reactor.callLater(0, report)
+        self._notify_reaped()
+
+    # ---- ISessionTarget ----------------------------------------------------------------
+
+    def write_stdin(self, data: bytes) -> None:
+        if self._stdin is not None and not self._closed:
+            self._stdin.write(data)
+
+    def close_stdin(self) -> None:
+        if self._stdin is not None and not self._closed:
+            self._stdin.close_when_flushed()
+
+    def resize(self, size: WindowSize) -> None:
+        if self._pty is None or self._pty.closed:
+            return
+        try:
+            ttymodes.set_window_size(self._pty.fd, size)
+        except OSError as e:
+            log.debug("resize failed: {error}", error=e)
+
+    def send_signal(self, name: str) -> None:
+        number = SSH_SIGNALS.get(name.removeprefix("SIG"))
+        if number is None:
+            log.info("ignoring request for unknown signal {name!r}", name=name[:32])
+            return
+        if self._watcher is not None and not self._closed:
+            self._watcher.send_signal(number)
+
+    def close(self) -> None:
+        """Client gone: hang up, kill after the grace period, release everything."""
+        if self._closed:
+            return
+        self._closed = True
+        self._target._forget(self)
+        self._cancel_drain()
+        for reader in self._readers:
+            reader.discard()
+        if self._stdin is not None:
+            self._stdin.discard()
+        self._input_producer = None
+        watcher = self._watcher
+        if watcher is not None and not watcher.reaped:
+            # Closing the pty master already hangs up its foreground group; the signal also
+            # reaches pipe sessions and anything the shell put in the background.
+            watcher.signal_group(signal.SIGHUP)
+            watcher.signal_group(signal.SIGCONT)
+            self._kill_call = self._reactor.callLater(self._target.kill_grace, self._kill)
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self._input_producer = producer
+        if self._stdin is not None and not self._stdin.closed:
+            self._stdin.register_producer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._input_producer = None
+        if self._stdin is not None:
+            self._stdin.unregister_producer()
+
+    # ---- extras ------------------------------------------------------------------------
+
+    def when_reaped(self) -> defer.Deferred[None]:
+        """Fires once the child has been reaped (at once if it already was)."""
+        if self._watcher is None or self._watcher.reaped:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._reaped_waiters.append(waiter)
+        return waiter
+
+    @property
+    def stdin_buffered(self) -> int:
+        return self._stdin.buffered if self._stdin is not None else 0
+
+    # ---- output flow control ------------------------------------------------------------
+
+    def _pause_output(self) -> None:
+        if self._paused:
+            return
+        self._paused = True
+        self._cancel_drain()
+        for reader in self._readers:
+            reader.stop()
+
+    def _resume_output(self) -> None:
+        if not self._paused or self._closed:
+            return
+        self._paused = False
+        for reader in self._readers:
+            reader.start()
+        if self._exit is not None and self._pty is not None and not self._pty.closed:
+            # Nothing may wake the reader again (the terminal can still be held open by a
+            # background process), so finish draining from the reactor.
+            self._drain_call = self._reactor.callLater(0, self._drain_pty)
+
+    def _cancel_drain(self) -> None:
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self._drain_call = None
+
+    def _drain_pty(self) -> None:
+        self._drain_call = None
+        reader = self._pty
+        if reader is None or reader.closed or self._paused or self._closed:
+            return
+        budget = _PTY_DRAIN_LIMIT
+        while not self._paused and not reader.closed and budget > 0:
+            if not reader.read_once():
+                break
+            budget -= self._target.read_chunk
+        if not self._paused and not reader.closed:
+            # Empty (or endless) after the child ended: the rest belongs to background
+            # processes the session does not wait for.
+            reader.close()
+
+    def _output_eof(self, reader: fdio.ChunkReader) -> None:
+        if all(r.closed for r in self._readers):
+            self._maybe_finish()
+
+    # ---- the end ------------------------------------------------------------------------
+
+    def _process_exited(self, info: ExitInfo) -> None:
+        self._exit = info
+        if self._popen is not None:
+            # We reaped it; tell Popen so that it never waits for that pid itself.
+            self._popen.returncode = returncode(info)
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._kill_call = None
+        log.info(
+            "local session for {user}: pid {pid} ended ({how})",
+            user=self.username,
+            pid=self.pid,
+            how=f"status {info.status}" if info.status is not None else f"signal {info.signal}",
+        )
+        self._notify_reaped()
+        if self._closed:
+            return
+        if self._pty is not None and not self._pty.closed and not self._paused:
+            self._drain_pty()
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self._closed or self._finished:
+            return
+        if not self._eof_sent and all(r.closed for r in self._readers):
+            self._eof_sent = True
+            self._client.unregisterProducer()
+            self._client.send_eof()
+        if self._eof_sent and self._exit is not None:
+            self._finished = True
+            self._target._forget(self)
+            if self._stdin is not None:
+                self._stdin.discard()
+            self._input_producer = None
+            self._client.exited(self._exit)
+
+    def _kill(self) -> None:
+        self._kill_call = None
+        if self._watcher is not None and not self._watcher.reaped:
+            log.info("pid {pid} ignored the hang-up; killing it", pid=self.pid)
+            self._watcher.signal_group(signal.SIGKILL)
+
+    def _notify_reaped(self) -> None:
+        waiters, self._reaped_waiters = self._reaped_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)

@@ -1,0 +1,163 @@
+"""Noticing that a child process ended, and how: a pidfd watched by the reactor.
+
+A pidfd becomes readable when its process exits and waitid(P_PIDFD) reaps exactly that
+process, so no SIGCHLD handler is needed (the reactor need not be run()), no other child of
+the gateway is touched, and a recycled pid can never be signalled or reaped by mistake.
+Where pidfds are missing (not Linux, or a seccomp filter refuses them) the watcher falls back
+to Twisted's own reaper registry, which relies on the running reactor's SIGCHLD handling.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import process as _twisted_process
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from protocols.session import ExitInfo
+
+log = Logger()
+
+
+def signal_name(number: int) -> str:
+    """``SIGTERM`` -> ``"TERM"``; a signal without a name becomes its number."""
+    try:
+        return signal.Signals(number).name.removeprefix("SIG")
+    except ValueError:
+        return str(number)
+
+
+def exit_info_from_waitid(result: os.waitid_result) -> ExitInfo:
+    if result.si_code == os.CLD_EXITED:
+        return ExitInfo(status=result.si_status)
+    return ExitInfo(
+        signal=signal_name(result.si_status), core_dumped=result.si_code == os.CLD_DUMPED
+    )
+
+
+def exit_info_from_status(status: int) -> ExitInfo:
+    if os.WIFSIGNALED(status):
+        return ExitInfo(signal=signal_name(os.WTERMSIG(status)), core_dumped=os.WCOREDUMP(status))
+    return ExitInfo(status=os.WEXITSTATUS(status))
+
+
+def returncode(info: ExitInfo) -> int:
+    """The same outcome in subprocess.Popen's convention (negative signal number)."""
+    if info.status is not None:
+        return info.status
+    number = getattr(signal, "SIG" + (info.signal or ""), None)
+    return -int(number) if number is not None else -1
+
+
+def _open_pidfd(pid: int) -> int | None:
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None or not hasattr(os, "P_PIDFD"):
+        return None
+    try:
+        return opener(pid)
+    except OSError as e:
+        log.info("pidfd_open unavailable ({error}); using SIGCHLD reaping", error=e)
+        return None
+
+
+@implementer(IReadDescriptor)
+class ExitWatcher:
+    """Calls ``on_exit(ExitInfo)`` once, from the reactor, after reaping child ``pid``."""
+
+    def __init__(self, reactor: Any, pid: int, on_exit: Callable[[ExitInfo], None]) -> None:
+        self._reactor = reactor
+        self.pid = pid
+        self._on_exit: Callable[[ExitInfo], None] | None = on_exit
+        self.reaped = False
+        self._pidfd = _open_pidfd(pid)
+        if self._pidfd is not None:
+            reactor.addReader(self)
+        else:
+            # Twisted reaps at once if the child already ended, so defer that report to
+            # keep on_exit from running inside our caller.
+            reactor.callLater(0, _twisted_process.registerReapProcessHandler, pid, self)
+
+    def send_signal(self, number: int) -> bool:
+        """Signal the child itself; False if it is already gone."""
+        if self.reaped:
+            return False
+        try:
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, number)
+            else:
+                os.kill(self.pid, number)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def signal_group(self, number: int) -> bool:
+        """Signal the child's process group (it is a session leader, so pgid == pid).
+
+        Only while the leader is unreaped: until then its pid, and so the group id, cannot
+        have been given to anyone else.
+        """
+        if self.reaped:
+            return False
+        try:
+            os.killpg(self.pid, number)
+        except (ProcessLookupError, PermissionError):
+            return self.send_signal(number)
+        return True
+
+    # IReadDescriptor (pidfd mode)
+    def fileno(self) -> int:
+        return self._pidfd if self._pidfd is not None else -1
+
+    def logPrefix(self) -> str:
+        return f"LocalSession pid {self.pid}"
+
+    def doRead(self) -> None:
+        try:
+            result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            # Someone else reaped it (a stray waitpid(-1)); the status is lost.
+            log.warn("child {pid} was reaped elsewhere", pid=self.pid)
+            self._done(ExitInfo(status=255, message="exit status lost"))
+            return None
+        if result is None:
+            return None
+        self._done(exit_info_from_waitid(result))
+        return None
+
+    def connectionLost(self, reason: object) -> None:
+        if not self.reaped:
+            self._close_pidfd()
+
+    # Twisted reaper registry protocol (fallback mode)
+    def reapProcess(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 255 << 8
+        if pid:
+            self.processEnded(status)
+
+    def processEnded(self, status: int) -> None:
+        if _twisted_process.reapProcessHandlers.get(self.pid) is self:
+            _twisted_process.unregisterReapProcessHandler(self.pid, self)
+        self._done(exit_info_from_status(status))
+
+    def _done(self, info: ExitInfo) -> None:
+        if self.reaped:
+            return
+        self.reaped = True
+        self._close_pidfd()
+        on_exit, self._on_exit = self._on_exit, None
+        if on_exit is not None:
+            on_exit(info)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._reactor.removeReader(self)
+            fd, self._pidfd = self._pidfd, None
+            os.close(fd)
