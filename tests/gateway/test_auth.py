@@ -1,0 +1,431 @@
+"""The auth backend: one portal, three checkers, the realm's policy, the avatar.
+
+Everything runs in memory; Deferreds fire synchronously (password hashing inline) and the
+login flow's delays run on a Clock.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.conch.error import ValidPublicKey
+from twisted.cred.credentials import SSHPrivateKey, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from gateway import passwords
+from gateway.auth import (
+    AvatarId,
+    GatewayUser,
+    PasswordChecker,
+    build_portal,
+    run_inline,
+)
+from gateway.config import parse_config
+from protocols.auth import (
+    AuthLimits,
+    LoginContext,
+    LoginFlow,
+    PartialAuthentication,
+    PolicyRefused,
+    SSH1RSAChallenge,
+    TooManyAttempts,
+)
+from protocols.session import IGatewayUser, ISessionTarget, SessionRequest
+from tests.gateway.helpers import ed25519_key, fast_hash, rsa_key, ssh1_line
+
+
+@implementer(ISessionTarget)
+class FakeSession:
+    def __init__(self, username, request, client):
+        self.username, self.request, self.client = username, request, client
+
+    def write_stdin(self, data):
+        pass
+
+    def close_stdin(self):
+        pass
+
+    def resize(self, size):
+        pass
+
+    def send_signal(self, name):
+        pass
+
+    def close(self):
+        pass
+
+    def registerProducer(self, producer, streaming):
+        pass
+
+    def unregisterProducer(self):
+        pass
+
+
+class FakeTargets:
+    def __init__(self):
+        self.opened: list[FakeSession] = []
+
+    def open_session(self, username, request, client):
+        session = FakeSession(username, request, client)
+        self.opened.append(session)
+        return session
+
+
+def result_of(d):
+    """The Deferred's result now (it must have fired), re-raising a failure."""
+    box: list = []
+    d.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+class Setup:
+    def __init__(self, tmp_path):
+        self.ed = ed25519_key()
+        self.rsa = rsa_key()
+        self.old = rsa_key()  # an SSH-1-only key
+        self.other = ed25519_key()  # listed for nobody
+        keys_file = tmp_path / "alice_keys"
+        keys_file.write_text(
+            self.ed.public().toString("OPENSSH").decode()
+            + "\n"
+            + self.rsa.public().toString("OPENSSH").decode()
+            + "\n"
+            + ssh1_line(self.old)
+            + "\n"
+        )
+        os.chmod(keys_file, 0o600)
+        both = tmp_path / "carol_keys"
+        both.write_text(self.ed.public().toString("OPENSSH").decode() + "\n")
+        text = f"""
+[users.alice]
+password = "{fast_hash("alice-pw")}"
+authorized_keys = "{keys_file}"
+
+[users.bob]
+password = "{fast_hash("bob-pw")}"
+
+[users.carol]
+password = "{fast_hash("carol-pw")}"
+authorized_keys = "{both}"
+auth = "all"
+
+[session]
+env_allow = ["LANG", "LC_*"]
+"""
+        self.config = parse_config(text, base=tmp_path)
+        self.targets = FakeTargets()
+        self.portal = build_portal(self.config, self.targets, blocking=run_inline)
+
+    def login(self, credentials, protocol="ssh2", context=None):
+        context = context or LoginContext(protocol=protocol, peer="127.0.0.1:5555")
+        return self.portal.login(credentials, context, IGatewayUser)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    return Setup(tmp_path)
+
+
+def failure_of(d) -> Failure:
+    box: list = []
+    d.addBoth(box.append)
+    assert box and isinstance(box[0], Failure), box
+    return box[0]
+
+
+# --- passwords ------------------------------------------------------------------------------
+
+
+def test_password_login(setup):
+    interface, avatar, logout = result_of(setup.login(UsernamePassword(b"alice", b"alice-pw")))
+    assert interface is IGatewayUser
+    assert verifyObject(IGatewayUser, avatar)
+    assert avatar.username == "alice"
+    logout()
+
+
+def test_str_username_works_too(setup):
+    _, avatar, _ = result_of(setup.login(UsernamePassword("bob", "bob-pw")))
+    assert avatar.username == "bob"
+
+
+def messages(setup, *credentials):
+    out = []
+    for c in credentials:
+        f = failure_of(setup.login(c))
+        out.append((type(f.value), f.getErrorMessage()))
+    return out
+
+
+def test_unknown_user_fails_exactly_like_a_wrong_password(setup):
+    wrong, unknown, nopw, badname = messages(
+        setup,
+        UsernamePassword(b"alice", b"nope"),
+        UsernamePassword(b"mallory", b"nope"),
+        UsernamePassword(b"", b"nope"),
+        UsernamePassword(b"\xff\xfe", b"nope"),
+    )
+    assert wrong == unknown == nopw == badname == (UnauthorizedLogin, "authentication failed")
+
+
+def test_unknown_user_costs_a_hash_like_a_wrong_password(setup, monkeypatch):
+    seen = []
+    real = passwords.hashlib.scrypt
+
+    def counting(password, **kw):
+        seen.append((kw["n"], kw["r"], kw["p"]))
+        return real(password, **kw)
+
+    monkeypatch.setattr(passwords.hashlib, "scrypt", counting)
+    messages(setup, UsernamePassword(b"alice", b"nope"))
+    messages(setup, UsernamePassword(b"mallory", b"nope"))
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
+def test_user_without_password_costs_a_hash_too(tmp_path, monkeypatch):
+    keys_file = tmp_path / "k"
+    keys_file.write_text("")
+    config = parse_config(
+        f'[users.dan]\nauthorized_keys = "{keys_file}"\n'
+        f'[users.eve]\npassword = "{fast_hash("x")}"\n'
+    )
+    checker = PasswordChecker(config.users, run_inline)
+    calls = []
+    monkeypatch.setattr(passwords, "dummy_verify", lambda *a: calls.append(a) or False)
+    failure_of(checker.requestAvatarId(UsernamePassword(b"dan", b"x")))
+    assert calls and calls[0][1] == config.users["eve"].password_hash
+
+
+def test_password_hashing_runs_through_the_blocking_runner(setup):
+    ran = []
+
+    def runner(f, *args):
+        ran.append(f)
+        return run_inline(f, *args)
+
+    checker = PasswordChecker(setup.config.users, runner)
+    avatar_id = result_of(checker.requestAvatarId(UsernamePassword(b"bob", b"bob-pw")))
+    assert ran and avatar_id == b"bob" and avatar_id.method == "password"
+
+
+def test_login_flow_answers_unknown_and_wrong_after_the_same_delay(setup):
+    clock = Clock()
+    limits = AuthLimits(grace_time=120, max_attempts=3, failure_delay=2.0)
+    flow = LoginFlow(setup.portal, limits, LoginContext("ssh2", "peer"), clock, lambda: None)
+    fired = []
+    for i, name in enumerate(("alice", "mallory")):  # wrong password, then unknown user
+        d = flow.attempt(name, "password", UsernamePassword(name.encode(), b"nope"))
+        d.addErrback(lambda f: fired.append((clock.seconds(), f.type)))
+        clock.advance(1.9)
+        assert len(fired) == i
+        clock.advance(0.1)
+        assert len(fired) == i + 1
+    assert [t for _, t in fired] == [UnauthorizedLogin, UnauthorizedLogin]
+    d = flow.attempt("mallory", "password", UsernamePassword(b"mallory", b"x"))
+    d.addErrback(lambda f: fired.append((clock.seconds(), f.type)))
+    clock.advance(2)
+    assert fired[-1][1] is TooManyAttempts
+
+
+# --- SSH-2 public keys ----------------------------------------------------------------------
+
+
+def pk(name, key, data=b"session-data", signature_type=None, sign=True, blob=None):
+    public = key.public()
+    algorithm = signature_type or public.sshType()
+    signature = key.sign(data, signatureType=signature_type) if sign else None
+    return SSHPrivateKey(name, algorithm, blob or public.blob(), data, signature)
+
+
+def test_publickey_query_for_a_listed_key(setup):
+    f = failure_of(setup.login(pk(b"alice", setup.ed, sign=False)))
+    assert f.check(ValidPublicKey)
+
+
+def test_publickey_login_ed25519_and_rsa_sha2(setup):
+    _, avatar, _ = result_of(setup.login(pk(b"alice", setup.ed)))
+    assert avatar.username == "alice"
+    for algorithm in (b"rsa-sha2-512", b"rsa-sha2-256"):
+        _, avatar, _ = result_of(setup.login(pk(b"alice", setup.rsa, signature_type=algorithm)))
+        assert avatar.username == "alice"
+
+
+@pytest.mark.parametrize("case", ["unlisted", "unknown-user", "bad-sig", "alg-mismatch", "junk"])
+def test_publickey_failures_all_look_the_same(setup, case):
+    if case == "unlisted":
+        credentials = pk(b"alice", setup.other)
+    elif case == "unknown-user":
+        credentials = pk(b"mallory", setup.ed)
+    elif case == "bad-sig":
+        credentials = pk(b"alice", setup.ed)
+        credentials.sigData = b"other data"
+    elif case == "alg-mismatch":
+        credentials = pk(b"alice", setup.rsa, signature_type=b"rsa-sha2-256")
+        credentials.algName = b"rsa-sha2-512"
+    else:
+        credentials = pk(b"alice", setup.ed)
+        credentials.signature = b"\x00\x00\x00\xffjunk"
+    f = failure_of(setup.login(credentials))
+    assert f.type is UnauthorizedLogin and f.getErrorMessage() == "authentication failed"
+
+
+def test_unlisted_key_query_is_refused_like_unknown_user(setup):
+    a = failure_of(setup.login(pk(b"alice", setup.other, sign=False)))
+    b = failure_of(setup.login(pk(b"mallory", setup.ed, sign=False)))
+    assert a.type is b.type is UnauthorizedLogin
+
+
+# --- SSH-1 RSA ------------------------------------------------------------------------------
+
+
+class Challenger:
+    def __init__(self, answer):
+        self.answer = answer
+        self.asked: list[tuple[int, int]] = []
+
+    def __call__(self, e, n):
+        self.asked.append((e, n))
+        return self.answer
+
+
+@pytest.mark.parametrize("which", ["old", "rsa"])  # an SSH-1 line, and an ssh-rsa line
+def test_ssh1_rsa_login(setup, which):
+    key = getattr(setup, which).public().data()
+    challenger = Challenger(True)
+    credentials = SSH1RSAChallenge(b"alice", key["n"], challenger)
+    _, avatar, _ = result_of(setup.login(credentials, protocol="ssh1"))
+    assert avatar.username == "alice"
+    assert challenger.asked == [(key["e"], key["n"])]
+
+
+def test_ssh1_rsa_failures(setup):
+    key = setup.old.public().data()
+    wrong = Challenger(False)
+    f = failure_of(setup.login(SSH1RSAChallenge(b"alice", key["n"], wrong), protocol="ssh1"))
+    assert f.type is UnauthorizedLogin and wrong.asked
+    # An unlisted modulus, or an unknown user: no challenge at all, the same failure.
+    for name, modulus in ((b"alice", 99991), (b"mallory", key["n"])):
+        never = Challenger(True)
+        f = failure_of(setup.login(SSH1RSAChallenge(name, modulus, never), protocol="ssh1"))
+        assert f.type is UnauthorizedLogin and not never.asked
+        assert f.getErrorMessage() == "authentication failed"
+
+
+def test_ssh1_challenge_that_errors_is_a_failure(setup):
+    key = setup.old.public().data()
+
+    def broken(e, n):
+        raise RuntimeError("connection lost")
+
+    f = failure_of(setup.login(SSH1RSAChallenge(b"alice", key["n"], broken), protocol="ssh1"))
+    assert f.check(RuntimeError)  # LoginFlow turns non-UnauthorizedLogin into a failure
+
+
+# --- the realm's policy ---------------------------------------------------------------------
+
+
+def test_auth_all_needs_every_method_over_ssh2(setup):
+    context = LoginContext("ssh2", "peer")
+    context.begin("carol", "publickey")
+    f = failure_of(setup.login(pk(b"carol", setup.ed), context=context))
+    assert f.check(PartialAuthentication) and f.value.remaining == ["password"]
+    assert context.succeeded == {"publickey"}
+    context.begin("carol", "password")
+    _, avatar, _ = result_of(setup.login(UsernamePassword(b"carol", b"carol-pw"), context=context))
+    assert avatar.username == "carol"
+
+
+def test_auth_all_in_the_other_order(setup):
+    context = LoginContext("ssh2", "peer")
+    context.begin("carol", "password")
+    f = failure_of(setup.login(UsernamePassword(b"carol", b"carol-pw"), context=context))
+    assert f.value.remaining == ["publickey"]
+    context.begin("carol", "publickey")
+    result_of(setup.login(pk(b"carol", setup.ed), context=context))
+
+
+def test_auth_all_counts_what_was_checked_not_what_was_claimed(setup):
+    # A front end that labels a password attempt "publickey" must not satisfy both.
+    context = LoginContext("ssh2", "peer")
+    context.begin("carol", "publickey")
+    failure_of(setup.login(UsernamePassword(b"carol", b"carol-pw"), context=context))
+    context.begin("carol", "publickey")
+    f = failure_of(setup.login(UsernamePassword(b"carol", b"carol-pw"), context=context))
+    assert f.check(PartialAuthentication) and f.value.remaining == ["publickey"]
+
+
+def test_methods_passed_for_another_name_do_not_count(setup):
+    context = LoginContext("ssh2", "peer")
+    context.begin("alice", "password")
+    result_of(setup.login(UsernamePassword(b"alice", b"alice-pw"), context=context))
+    context.begin("carol", "publickey")
+    f = failure_of(setup.login(pk(b"carol", setup.ed), context=context))
+    assert f.value.remaining == ["password"]
+
+
+def test_auth_all_over_ssh1_is_refused_for_the_log(setup):
+    f = failure_of(setup.login(UsernamePassword(b"carol", b"carol-pw"), protocol="ssh1"))
+    assert f.check(PolicyRefused) and "SSH-1" in f.getErrorMessage()
+
+
+def test_auth_all_without_a_context_is_refused(setup):
+    f = failure_of(setup.portal.login(UsernamePassword(b"carol", b"carol-pw"), None, IGatewayUser))
+    assert f.check(PolicyRefused)
+
+
+def test_auth_any_records_the_method(setup):
+    context = LoginContext("ssh1", "peer")
+    key = setup.old.public().data()
+    result_of(setup.login(SSH1RSAChallenge(b"alice", key["n"], Challenger(True)), context=context))
+    assert context.succeeded == {"publickey"} and context.username == "alice"
+
+
+def test_realm_refuses_other_interfaces(setup):
+    from zope.interface import Interface
+
+    class IOther(Interface):
+        pass
+
+    f = failure_of(
+        setup.portal.login(UsernamePassword(b"bob", b"bob-pw"), LoginContext("ssh2", "p"), IOther)
+    )
+    assert f.check(NotImplementedError)
+
+
+def test_avatar_id_keeps_the_method():
+    avatar_id = AvatarId(b"alice", "publickey")
+    assert avatar_id == b"alice" and avatar_id.method == "publickey"
+
+
+# --- the avatar -----------------------------------------------------------------------------
+
+
+def test_env_allow_patterns(setup):
+    _, avatar, _ = result_of(setup.login(UsernamePassword(b"bob", b"bob-pw")))
+    assert avatar.env_allowed("LANG") and avatar.env_allowed("LC_ALL")
+    assert not avatar.env_allowed("LD_PRELOAD") and not avatar.env_allowed("lang")
+    assert not avatar.env_allowed("PATH")
+
+
+def test_open_session_goes_to_the_targets(setup):
+    _, avatar, _ = result_of(setup.login(UsernamePassword(b"bob", b"bob-pw")))
+    request = SessionRequest(command=b"true")
+    client = object()
+    session = avatar.open_session(request, client)
+    assert setup.targets.opened == [session]
+    assert (session.username, session.request, session.client) == ("bob", request, client)
+
+
+def test_gateway_user_directly():
+    targets = FakeTargets()
+    user = GatewayUser("x", targets, [])
+    assert verifyObject(IGatewayUser, user)
+    assert not user.env_allowed("LANG")

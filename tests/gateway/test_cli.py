@@ -1,0 +1,136 @@
+"""The sshgateway admin command: hash-password, fingerprints, check-config."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway import cli, passwords
+from gateway.hostkeys import load_or_create_host_keys
+from tests.gateway.helpers import fast_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(argv, stdin=""):
+    out, err = io.StringIO(), io.StringIO()
+    status = cli.main(argv, stdin=io.StringIO(stdin), stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def cheap_hashes(monkeypatch):
+    monkeypatch.setattr(passwords.hash_password, "__kwdefaults__", {"n": 2**8, "r": 8, "p": 1})
+
+
+def test_hash_password(cheap_hashes):
+    status, out, err = run(["hash-password"], "s3cret pass\n")
+    assert status == 0 and err == ""
+    (line,) = out.splitlines()
+    assert passwords.verify_password(line, "s3cret pass")
+
+
+def test_hash_password_crlf_and_no_newline(cheap_hashes):
+    for given in ("pw\r\n", "pw"):
+        status, out, _ = run(["hash-password"], given)
+        assert status == 0 and passwords.verify_password(out.strip(), "pw")
+
+
+def test_hash_password_refuses_empty():
+    for given in ("", "\n", "\r\n"):
+        status, out, err = run(["hash-password"], given)
+        assert status == 1 and out == "" and "empty" in err
+
+
+def test_hash_password_refuses_huge():
+    status, out, err = run(["hash-password"], "x" * (passwords.MAX_PASSWORD_BYTES + 5) + "\n")
+    assert status == 1 and out == "" and "longer" in err
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cli") / "state"
+    load_or_create_host_keys(directory)
+    return directory
+
+
+def test_fingerprints_from_state_dir(state_dir):
+    host = load_or_create_host_keys(state_dir)
+    status, out, _ = run(["fingerprints", "--state-dir", str(state_dir)])
+    assert status == 0
+    lines = out.splitlines()
+    assert len(lines) == 3
+    infos = host.infos()
+    assert lines[0] == f"SSH-2 ssh-ed25519 256 {infos[0].fingerprint}"
+    assert lines[1] == f"SSH-2 ssh-rsa 3072 {infos[1].fingerprint}"
+    assert lines[2] == f"SSH-1 rsa1 2048 {infos[2].fingerprint}"
+    assert lines[0].split()[3].startswith("SHA256:")
+    assert len(lines[2].split()[3].split(":")) == 16
+
+
+def test_fingerprints_from_config(state_dir, tmp_path):
+    config = tmp_path / "gw.toml"
+    config.write_text(f'state_dir = "{state_dir}"\n[users.a]\npassword = "{fast_hash("x")}"\n')
+    status, out, _ = run(["fingerprints", "--config", str(config)])
+    assert status == 0 and len(out.splitlines()) == 3
+
+
+def test_fingerprints_without_keys(tmp_path):
+    status, out, err = run(["fingerprints", "--state-dir", str(tmp_path / "none")])
+    assert status == 1 and out == "" and "created when the gateway first starts" in err
+    assert not (tmp_path / "none").exists()
+
+
+def test_fingerprints_with_bad_config(tmp_path):
+    config = tmp_path / "gw.toml"
+    config.write_text("bogus = 1\n")
+    status, _, err = run(["fingerprints", "--config", str(config)])
+    assert status == 1 and "gw.toml:1: bogus: unknown key" in err
+
+
+def test_fingerprints_needs_a_source():
+    with pytest.raises(SystemExit):
+        run(["fingerprints"])
+
+
+def test_check_config_ok(tmp_path):
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[users.a]\npassword = "{fast_hash("x")}"\nauthorized_keys = "nope"\n')
+    status, out, _ = run(["check-config", str(config)])
+    assert status == 0
+    assert out.splitlines()[-1] == f"{config}: OK"
+    assert "does not exist" in out  # a warning, not an error
+
+
+def test_check_config_errors(tmp_path):
+    config = tmp_path / "gw.toml"
+    config.write_text('[users.a]\npassword = "plain"\n[auth]\nmax_attempts = "6"\n')
+    status, out, _ = run(["check-config", str(config)])
+    assert status == 1
+    assert f"{config}:2: users.a.password: looks like a plaintext password" in out
+    assert f"{config}:4: auth.max_attempts: must be an integer" in out
+    assert '    max_attempts = "6"' in out
+    assert 'plain"' not in out
+
+
+def test_unknown_subcommand():
+    with pytest.raises(SystemExit):
+        run(["frobnicate"])
+
+
+def test_console_entry_point_runs(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check-config", str(tmp_path / "missing.toml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1 and "cannot read" in done.stdout
