@@ -196,6 +196,7 @@ class ClientAuth(userauth.SSHUserAuthClient):
         self.key = key
         self.preferredOrder = [b"publickey", b"password"]
         self.failures: list[bytes] = []
+        self.key_offered = False
 
     def getPassword(self, prompt: Any = None) -> defer.Deferred | None:
         if self.password is None:
@@ -203,8 +204,9 @@ class ClientAuth(userauth.SSHUserAuthClient):
         return defer.succeed(self.password)
 
     def getPublicKey(self) -> Any:
-        if self.key is None or self.key in self.triedPublicKeys:
+        if self.key is None or self.key_offered:
             return None
+        self.key_offered = True
         return self.key.public()
 
     def getPrivateKey(self) -> defer.Deferred:

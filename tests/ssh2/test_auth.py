@@ -1,0 +1,134 @@
+"""User authentication through the shared LoginFlow."""
+
+from __future__ import annotations
+
+from twisted.conch.ssh import common, transport
+
+from protocols.auth import AuthLimits
+from tests.ssh2.harness import FakePortal, other_key, user_key, wire
+
+
+def failure_packets(w):
+    return [common.getNS(p) for p in w.auth.failures]
+
+
+def test_password_login():
+    w = wire(password=b"secret")
+    assert w.conn.started
+    assert w.record.user == "alice"
+    assert w.record.auth_method == "password"
+    assert w.record.auth_result == "success"
+    assert w.portal.logins == [("alice", "password")]
+
+
+def test_publickey_login_queries_then_signs():
+    w = wire(key=user_key(), password=None)
+    assert w.conn.started
+    assert w.record.auth_method == "publickey"
+    assert w.record.auth_result == "success"
+    # The signature-less query was answered with PK_OK and cost no attempt.
+    assert w.transport.login_flow.failures == 0
+
+
+def test_only_publickey_and_password_are_offered():
+    w = wire(password=None)  # the client has nothing to offer after "none"
+    methods, partial = failure_packets(w)[0]
+    assert methods == b"publickey,password"
+    assert partial == b"\x00"
+    assert b"keyboard-interactive" not in methods
+
+
+def test_wrong_password_and_unknown_user_get_the_same_answer_after_the_delay():
+    answers = []
+    for user in (b"alice", b"mallory"):
+        w = wire(user=user, password=b"wrong", limits=AuthLimits(failure_delay=1.0, max_attempts=6))
+        sent = len(w.auth.failures)
+        w.advance(0.5)
+        assert len(w.auth.failures) == sent  # not before failure_delay
+        w.advance(0.6)
+        assert len(w.auth.failures) == sent + 1
+        answers.append(w.auth.failures[-1])
+        assert w.record.auth_result == "failure"
+        assert not w.conn.started
+    assert answers[0] == answers[1]
+
+
+def test_unauthorized_key_is_refused():
+    w = wire(key=other_key(), password=None, limits=AuthLimits(failure_delay=0.0))
+    w.advance(0)
+    assert not w.conn.started
+    assert w.transport.login_flow.failures == 1
+
+
+def test_policy_all_answers_partial_success_then_logs_in():
+    w = wire(portal=FakePortal(policy="all"), key=user_key(), password=b"secret")
+    partials = [p for p in failure_packets(w) if p[1] == b"\x01"]
+    assert partials == [(b"password", b"\x01")]
+    assert w.conn.started
+    assert w.record.auth_method == "publickey+password"
+    assert w.record.auth_result == "success"
+
+
+def test_attempt_limit_disconnects():
+    w = wire(password=b"wrong", limits=AuthLimits(failure_delay=0.5, max_attempts=3))
+    for _ in range(5):
+        w.advance(0.5)
+    assert w.client.disconnect is not None
+    assert w.client.disconnect[0] == transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE
+    assert w.transport.login_flow.failures == 3
+    assert w.record.auth_result == "failure"
+    assert w.record.close_reason == "too many authentication failures"
+
+
+def test_grace_time_disconnects_a_client_that_never_logs_in():
+    w = wire(login=False, limits=AuthLimits(grace_time=10.0))
+    assert w.client.secure
+    w.advance(9.0)
+    assert w.client.disconnect is None
+    w.advance(1.5)
+    assert w.client.disconnect is not None
+    assert w.record.close_reason == "login grace time exceeded"
+    assert w.server.transport.disconnecting
+
+
+def test_grace_timer_stops_after_login():
+    w = wire(password=b"secret", limits=AuthLimits(grace_time=10.0))
+    w.advance(60)
+    assert w.client.disconnect is None
+    assert not w.clock.getDelayedCalls()
+
+
+def test_logout_on_connection_lost():
+    w = wire(password=b"secret")
+    w.client.transport.loseConnection()
+    w.flush()
+    assert w.portal.logged_out == 1
+
+
+def test_malformed_userauth_request_disconnects():
+    w = wire(login=False)
+    from twisted.conch.ssh import userauth
+
+    class Bare(userauth.SSHUserAuthClient):
+        def serviceStarted(self):
+            self.transport.sendPacket(50, common.NS(b"alice") + b"\x00\x00\xff\xff")
+
+    w.client.requestService(Bare(b"alice", None))
+    w.flush()
+    assert w.client.disconnect[0] == transport.DISCONNECT_PROTOCOL_ERROR
+    assert "bad userauth request" in w.record.close_reason
+
+
+def test_unknown_service_after_auth_is_refused():
+    w = wire(login=False)
+    from twisted.conch.ssh import userauth
+
+    class Bare(userauth.SSHUserAuthClient):
+        def serviceStarted(self):
+            self.transport.sendPacket(
+                50, common.NS(b"alice") + common.NS(b"ssh-nope") + common.NS(b"none")
+            )
+
+    w.client.requestService(Bare(b"alice", None))
+    w.flush()
+    assert w.client.disconnect[0] == transport.DISCONNECT_SERVICE_NOT_AVAILABLE

@@ -1,0 +1,229 @@
+"""Key exchange after a handoff, the algorithms offered, DH groups, hostile packets."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from twisted.conch.ssh import _kex, common, transport
+from twisted.internet.testing import StringTransport
+
+from protocols.ssh2 import moduli
+from protocols.ssh2.settings import SSH2Settings
+from protocols.ssh2.transport import NoAlgorithms, offered_algorithms
+from tests.ssh2.harness import SERVER_LINE, MiniDispatcher, host_keys, wire
+
+
+def kexinit_lists(payload: bytes) -> list[list[bytes]]:
+    strings = common.getNS(payload[17:], 10)[:-1]
+    return [s.split(b",") if s else [] for s in strings]
+
+
+def test_key_exchange_completes_behind_a_199_banner():
+    w = wire(login=False)
+    assert w.client.secure
+    assert w.client.otherVersionString == SERVER_LINE
+    assert w.transport.ourVersionString == SERVER_LINE
+    assert w.record.protocol == "ssh2"
+    assert w.record.algorithms["kex"] == "curve25519-sha256"
+    assert w.record.algorithms["cipher_in"] == "aes256-ctr"
+    assert w.record.algorithms["mac_out"] == "hmac-sha2-512"
+    assert w.record.algorithms["hostkey"] in ("ssh-ed25519", "rsa-sha2-512")
+
+
+def test_exchange_hash_uses_the_line_the_dispatcher_sent():
+    """If the transport hashed any other server line the client's signature check fails."""
+
+    class LyingDispatcher(MiniDispatcher):
+        def dataReceived(self, data: bytes) -> None:
+            if self.inner is None and b"\n" in self.buffer + data:
+                line, rest = (self.buffer + data).split(b"\n", 1)
+                self.inner = self.factory.build_protocol(
+                    self.record, b"SSH-2.0-sshgateway_0.1.0", line.rstrip(b"\r")
+                )
+                self.inner.makeConnection(self.transport)
+                self.inner.dataReceived(rest)
+                return
+            super().dataReceived(data)
+
+    import tests.ssh2.harness as h
+
+    original = h.MiniDispatcher
+    h.MiniDispatcher = LyingDispatcher
+    try:
+        w = wire(login=False)
+    finally:
+        h.MiniDispatcher = original
+    assert not w.client.secure
+
+
+def test_kexinit_offers_exactly_the_configured_algorithms_in_order():
+    w = wire(login=False)
+    lists = kexinit_lists(w.transport.ourKexInitPayload)
+    kex, hostkeys, enc_cs, enc_sc, mac_cs, mac_sc, comp_cs, comp_sc, _, _ = lists
+    expected_kex = [k.encode() for k in SSH2Settings().kex if k.encode() in _kex.getSupportedKeyExchanges()]
+    assert kex == expected_kex + [b"ext-info-s"]
+    assert hostkeys == [b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256"]
+    assert enc_cs == enc_sc == [b"aes256-ctr", b"aes192-ctr", b"aes128-ctr"]
+    assert mac_cs == mac_sc == [b"hmac-sha2-512", b"hmac-sha2-256"]
+    assert comp_cs == comp_sc == [b"none"]
+
+
+def test_legacy_algorithms_only_when_listed():
+    settings = SSH2Settings(
+        kex=("diffie-hellman-group14-sha1",),
+        host_key_algorithms=("ssh-rsa",),
+        ciphers=("aes128-cbc",),
+        macs=("hmac-sha1",),
+    )
+    offered = offered_algorithms(settings, {b"ssh-rsa": host_keys()[b"rsa-sha2-512"]}, {})
+    assert offered["kex"] == [b"diffie-hellman-group14-sha1"]
+    assert offered["host_key"] == [b"ssh-rsa"]
+    assert offered["cipher"] == [b"aes128-cbc"]
+    assert offered["mac"] == [b"hmac-sha1"]
+
+
+def test_host_key_algorithms_need_a_host_key():
+    ed_only = {b"ssh-ed25519": host_keys()[b"ssh-ed25519"]}
+    offered = offered_algorithms(SSH2Settings(), ed_only, moduli.rfc3526_groups())
+    assert offered["host_key"] == [b"ssh-ed25519"]
+    with pytest.raises(NoAlgorithms):
+        offered_algorithms(SSH2Settings(host_key_algorithms=("rsa-sha2-256",)), ed_only, {})
+
+
+def test_group_exchange_never_offered_without_groups():
+    offered = offered_algorithms(SSH2Settings(), host_keys(), {})
+    assert b"diffie-hellman-group-exchange-sha256" not in offered["kex"]
+    with pytest.raises(NoAlgorithms):
+        offered_algorithms(
+            SSH2Settings(kex=("diffie-hellman-group-exchange-sha256",)), host_keys(), {}
+        )
+
+
+def test_group_exchange_with_conch_client_gets_at_least_2048_bits():
+    w = wire(
+        settings=SSH2Settings(kex=("diffie-hellman-group-exchange-sha256",)),
+        login=False,
+        client_kex=[b"diffie-hellman-group-exchange-sha256"],
+    )
+    assert w.client.secure
+    assert w.record.algorithms["kex"] == "diffie-hellman-group-exchange-sha256"
+    assert w.transport.p.bit_length() >= 2048
+
+
+def test_handoff_sends_no_version_line_and_sets_nodelay():
+    class Recording(StringTransport):
+        nodelay = None
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.nodelay = enabled
+
+    w = wire(login=False)
+    proto = w.factory.build_protocol(w.record, SERVER_LINE, b"SSH-2.0-OpenSSH_9.2")
+    t = Recording()
+    proto.makeConnection(t)
+    out = t.value()
+    assert not out.startswith(b"SSH-")
+    assert out[5] == transport.MSG_KEXINIT
+    assert t.nodelay is True
+
+
+def test_rfc3526_groups():
+    from twisted.conch.ssh._kex import _DHGroup14SHA1
+
+    groups = moduli.rfc3526_groups()
+    assert groups[2048] == [(2, _DHGroup14SHA1.prime)]
+    for bits, [(g, p)] in groups.items():
+        assert g == 2 and p.bit_length() == bits
+        assert p % 2**64 == 2**64 - 1  # low 64 bits are all ones by construction
+    p = groups[3072][0][1]
+    assert pow(2, p - 1, p) == 1  # Fermat witness on the computed 3072-bit prime
+
+
+def test_moduli_parsing_and_choice(tmp_path):
+    p2048 = moduli.rfc3526_prime(2048)
+    p3072 = moduli.rfc3526_prime(3072)
+    text = "\n".join(
+        [
+            "# comment",
+            f"20220714110357 2 6 100 2047 2 {p2048:X}",
+            f"20220714110357 2 6 100 3071 5 {p3072:X}",
+            "20220714110357 2 6 100 1023 2 " + "F" * 256,  # too small
+            f"20220714110357 1 6 100 2047 2 {p2048:X}",  # not a safe prime
+            "garbage line",
+            f"20220714110357 2 6 100 4095 2 {p2048:X}",  # size does not match the modulus
+        ]
+    )
+    groups = moduli.parse_moduli(text)
+    assert groups == {2048: [(2, p2048)], 3072: [(5, p3072)]}
+    assert moduli.choose_group(groups, 1024, 2048, 8192) == (2, p2048)
+    assert moduli.choose_group(groups, 2048, 3000, 8192) == (5, p3072)
+    assert moduli.choose_group(groups, 2048, 8192, 8192) == (5, p3072)
+    assert moduli.choose_group(groups, 512, 1024, 1024) is None
+    path = tmp_path / "moduli"
+    path.write_text(text)
+    assert moduli.load_groups(path) == groups
+    assert moduli.load_groups(tmp_path / "missing") == moduli.rfc3526_groups()
+
+
+def test_service_request_before_key_exchange_is_a_protocol_error():
+    w = wire(login=False)
+    proto = w.factory.build_protocol(w.record, SERVER_LINE, b"SSH-2.0-x")
+    t = StringTransport()
+    proto.makeConnection(t)
+    # An unencrypted SERVICE_REQUEST packet (block size 8).
+    payload = bytes([transport.MSG_SERVICE_REQUEST]) + common.NS(b"ssh-userauth")
+    pad = 8 - (5 + len(payload)) % 8 or 8
+    pad = pad + 8 if pad < 4 else pad
+    packet = struct.pack(">LB", 1 + len(payload) + pad, pad) + payload + b"\0" * pad
+    proto.dataReceived(packet)
+    assert t.disconnecting
+    assert "service request before key exchange" in w.record.close_reason
+
+
+@pytest.mark.parametrize(
+    "message, payload",
+    [
+        (94, b"\x00\x00"),  # CHANNEL_DATA before any service
+        (50, b"\xff\xff\xff\xff"),  # USERAUTH_REQUEST before the service was accepted
+    ],
+)
+def test_messages_above_transport_before_service_disconnect(message, payload):
+    w = wire(login=False)
+    w.client.sendPacket(message, payload)
+    w.flush()
+    assert w.client.disconnect is not None
+    assert w.client.disconnect[0] == transport.DISCONNECT_PROTOCOL_ERROR
+    assert w.record.close_reason
+
+
+def test_truncated_packet_after_login_is_a_clean_disconnect():
+    from tests.ssh2.harness import user_key
+
+    w = wire(key=user_key(), password=None)
+    assert w.conn.started
+    w.client.sendPacket(98, b"\x00\x00")  # CHANNEL_REQUEST cut short
+    w.flush()
+    assert w.client.disconnect[0] == transport.DISCONNECT_PROTOCOL_ERROR
+    assert w.record.close_reason == "malformed or unexpected packet"
+
+
+def test_oversized_packet_length_disconnects():
+    w = wire(login=False)
+    proto = w.factory.build_protocol(w.record, SERVER_LINE, b"SSH-2.0-x")
+    t = StringTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(struct.pack(">LB", 0x7FFFFFF0, 4) + b"\0" * 11)
+    assert t.disconnecting
+    assert "bad packet length" in w.record.close_reason
+
+
+def test_compression_inflater_is_bounded():
+    import zlib
+
+    from protocols.ssh2.transport import _BoundedInflater
+
+    bomb = zlib.compressobj()
+    data = bomb.compress(b"\0" * (4 * 1024 * 1024)) + bomb.flush(zlib.Z_SYNC_FLUSH)
+    with pytest.raises(ValueError):
+        _BoundedInflater(256 * 1024).decompress(data)
