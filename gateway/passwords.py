@@ -124,9 +124,10 @@ def _bcrypt_verify(stored: str, password: bytes) -> bool:
     import bcrypt
 
     raw = _bcrypt_check(stored)
-    if len(password) > _BCRYPT_MAX_PASSWORD:
-        # Still pay the cost so that the answer takes the usual time.
-        bcrypt.checkpw(password[:_BCRYPT_MAX_PASSWORD], raw)
+    if len(password) > _BCRYPT_MAX_PASSWORD or b"\0" in password:
+        # bcrypt would silently cut such a password short; refuse it, after paying the
+        # usual cost so that the answer takes the usual time.
+        _bcrypt_dummy(stored, password)
         return False
     try:
         return bool(bcrypt.checkpw(password, raw))
@@ -138,7 +139,11 @@ def _bcrypt_dummy(stored: str, password: bytes) -> None:
     import bcrypt
 
     raw = _bcrypt_check(stored)
-    bcrypt.hashpw(password[:_BCRYPT_MAX_PASSWORD], raw[:29])
+    cleaned = password[:_BCRYPT_MAX_PASSWORD].replace(b"\0", b"x")
+    try:
+        bcrypt.hashpw(cleaned, raw[:29])
+    except ValueError as e:
+        raise InvalidHash(str(e)) from e
 
 
 @dataclass(frozen=True)
@@ -236,5 +241,8 @@ def dummy_verify(password: str | bytes, like: str | None = None) -> bool:
         if _DEFAULT_DUMMY is None:
             _DEFAULT_DUMMY = hash_password(b"unknown user")
         like = _DEFAULT_DUMMY
-    _scheme(like).dummy(like, raw)
+    try:
+        _scheme(like).dummy(like, raw)
+    except InvalidHash:
+        pass
     return False
