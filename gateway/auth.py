@@ -43,6 +43,9 @@ _log = Logger()
 # The single answer for every failed check, so that nothing tells users apart.
 _REFUSED = "authentication failed"
 
+# Password checks running at once (each scrypt check needs 32 MiB and ~0.1 s of CPU).
+MAX_CONCURRENT_HASHES = 4
+
 # How CPU-heavy work (password hashing) is run: ``blocking(f, *args) -> Deferred``.
 Blocking = Callable[..., defer.Deferred]
 
@@ -89,9 +92,17 @@ class PasswordChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, users: Mapping[str, UserConfig], blocking: Blocking = run_in_thread):
+    def __init__(
+        self,
+        users: Mapping[str, UserConfig],
+        blocking: Blocking = run_in_thread,
+        max_concurrent: int = MAX_CONCURRENT_HASHES,
+    ) -> None:
         self.users = users
         self.blocking = blocking
+        # Each scrypt check holds 32 MiB: a burst of guesses waits its turn instead of
+        # multiplying that by the thread pool's size.
+        self._slots = defer.DeferredSemaphore(max_concurrent)
         configured = [u.password_hash for u in users.values() if u.password_hash]
         # Unknown users pay for a hash with the same cost parameters as the real ones.
         self._dummy_like = configured[0] if configured else None
@@ -104,7 +115,7 @@ class PasswordChecker:
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
         name = _username(credentials.username)
-        d = self.blocking(self._check, name, credentials.password)
+        d = self._slots.run(self.blocking, self._check, name, credentials.password)
 
         def decided(ok: bool) -> AvatarId:
             if not ok or name is None:

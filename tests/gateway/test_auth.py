@@ -429,3 +429,22 @@ def test_gateway_user_directly():
     user = GatewayUser("x", targets, [])
     assert verifyObject(IGatewayUser, user)
     assert not user.env_allowed("LANG")
+
+
+def test_password_checks_are_limited_in_number(setup):
+    pending = []
+
+    def runner(f, *args):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        pending.append((d, f, args))
+        return d
+
+    checker = PasswordChecker(setup.config.users, runner, max_concurrent=2)
+    results = [checker.requestAvatarId(UsernamePassword(b"bob", b"bob-pw")) for _ in range(5)]
+    assert len(pending) == 2  # the other three wait for a slot
+    while pending:
+        d, f, args = pending.pop(0)
+        d.callback(f(*args))
+    assert all(result_of(r) == b"bob" for r in results)
