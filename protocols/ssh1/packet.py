@@ -10,6 +10,10 @@
 The decoder checks the length (5 .. 256 KiB) as soon as its 4 bytes are in, before it
 buffers the rest, so a hostile length never costs memory. Every incoming encrypted packet
 passes the compensation-attack detector before it is decrypted.
+
+Padding has no check of its own: its length follows from ``length``, and its content is
+random even in clear from some clients (PuTTY), so it cannot be required to be zero;
+it is covered by the CRC, which is where a tampered padding shows.
 """
 
 from __future__ import annotations
@@ -37,10 +41,6 @@ class BadCRC(ProtocolError):
     pass
 
 
-class BadPadding(ProtocolError):
-    pass
-
-
 class AttackDetected(ProtocolError):
     pass
 
@@ -59,7 +59,6 @@ class PacketDecoder:
         self._iv: bytes | None = None
         self._decompressor: Decompressor | None = None
         self._need: int | None = None  # total bytes of the packet being assembled
-        self._keyed = False
 
     @property
     def buffered(self) -> int:
@@ -72,7 +71,6 @@ class PacketDecoder:
         self._cipher = spec
         self._stream = spec.decryptor(session_key) if spec.encrypts else None
         self._iv = None
-        self._keyed = True
 
     def start_decompression(self, max_size: int = MAX_LENGTH) -> None:
         self._decompressor = Decompressor(max_size)
@@ -102,10 +100,6 @@ class PacketDecoder:
                 raise AttackDetected(str(exc)) from None
             self._iv = body[-BLOCK_SIZE:]
             body = self._stream.update(body)
-        elif not self._keyed and any(body[:pad]):
-            # The draft asks for zero padding in clear; data in it is at best a sloppy
-            # client and at worst a covert channel before keys exist.
-            raise BadPadding("non-zero padding in an unencrypted packet")
         (crc,) = _U32.unpack_from(body, len(body) - 4)
         if ssh1_crc32(body[:-4]) != crc:
             raise BadCRC("packet CRC mismatch (corrupt data or wrong session key)")

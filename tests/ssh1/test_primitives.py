@@ -18,7 +18,6 @@ from protocols.ssh1.packet import (
     AttackDetected,
     BadCRC,
     BadLength,
-    BadPadding,
     PacketDecoder,
     PacketEncoder,
 )
@@ -274,17 +273,21 @@ def test_bad_crc():
         dec.next_packet()
 
 
-def test_bad_padding_in_clear():
-    enc = PacketEncoder()
+def test_padding_content_is_covered_by_crc():
+    # Random padding in clear is legal (PuTTY sends it)...
+    enc = PacketEncoder(random=lambda n: b"\x55" * n)
     wire = bytearray(enc.encode(5, b"hello"))
-    wire[4] = 0x55
-    # Fix the CRC so only the padding is wrong.
     length = struct.unpack(">I", wire[:4])[0]
-    body = bytes(wire[4 : 4 + 8 - length % 8 + length - 4])
-    wire[-4:] = struct.pack(">I", ssh1_crc32(body))
+    pad = 8 - length % 8
+    wire[4 : 4 + pad] = b"\x55" * pad
+    wire[-4:] = struct.pack(">I", ssh1_crc32(bytes(wire[4:-4])))
     dec = PacketDecoder()
     dec.feed(bytes(wire))
-    with pytest.raises(BadPadding):
+    assert dec.next_packet() == (5, b"hello")
+    # ...but tampering with it breaks the CRC.
+    wire[4] ^= 0xFF
+    dec.feed(bytes(wire))
+    with pytest.raises(BadCRC):
         dec.next_packet()
 
 

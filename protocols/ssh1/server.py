@@ -1,0 +1,702 @@
+"""The SSH-1 server on Twisted: feeds the sans-I/O core, logs in through the shared
+LoginFlow, drives the session model, relays local port forwards, applies back-pressure.
+
+SSH-1 has no windows, so flow control is TCP's alone:
+- the target's output producer (and every forwarded socket) is paused while the client's
+  TCP buffer is full (one gate registered with the peer transport fans the pause out);
+- reading from the client is paused while the target pauses our stdin producer or a
+  forwarded socket's buffer is full; while paused no event is pulled from the core.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from protocols.auth import (
+    METHOD_PASSWORD,
+    METHOD_PUBLICKEY,
+    AuthLimits,
+    LoginContext,
+    LoginFlow,
+    PartialAuthentication,
+    PolicyRefused,
+    SSH1RSAChallenge,
+    TooManyAttempts,
+)
+from protocols.handoff import IHandoffFactory
+from protocols.record import ConnectionRecord
+from protocols.session import (
+    ExitInfo,
+    IGatewayUser,
+    ISessionClient,
+    ISessionTarget,
+    PtyRequest,
+    SessionRequest,
+)
+from protocols.ssh1 import events as ev
+from protocols.ssh1.server_connection import ServerConnection
+from protocols.ssh1.settings import SSH1Settings
+
+EXIT_CONFIRMATION_TIMEOUT = 30.0  # seconds we wait for the client's EXIT_CONFIRMATION
+log = Logger(namespace="sshgateway.ssh1")
+
+
+def generate_server_key(bits: int) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, bits)
+
+
+@implementer(IHandoffFactory)
+class SSH1ServerFactory:
+    """Shared by every SSH-1 connection: portal, host key, the in-memory server key."""
+
+    def __init__(
+        self,
+        portal: Any,
+        host_key: rsa.RSAPrivateKey,
+        settings: SSH1Settings,
+        limits: AuthLimits,
+        clock: IReactorTime,
+        key_generator: Callable[[int], rsa.RSAPrivateKey] = generate_server_key,
+    ) -> None:
+        settings.check_host_key_bits(host_key.key_size)
+        self.portal = portal
+        self.host_key = host_key
+        self.settings = settings
+        self.limits = limits
+        self.clock = clock
+        self._generate = key_generator
+        self._server_key = key_generator(settings.server_key_bits)
+        self._server_key_used = False
+        self.server_key_generations = 1
+        self._rotation: IDelayedCall | None = clock.callLater(
+            settings.server_key_lifetime, self._rotate
+        )
+
+    def server_key(self) -> rsa.RSAPrivateKey:
+        self._server_key_used = True
+        return self._server_key
+
+    def _rotate(self) -> None:
+        # An unused key has protected nothing yet: regenerating it would only cost CPU.
+        if self._server_key_used:
+            self._server_key = self._generate(self.settings.server_key_bits)
+            self._server_key_used = False
+            self.server_key_generations += 1
+            log.debug("ssh1: server key regenerated")
+        self._rotation = self.clock.callLater(self.settings.server_key_lifetime, self._rotate)
+
+    def stop(self) -> None:
+        if self._rotation is not None and self._rotation.active():
+            self._rotation.cancel()
+        self._rotation = None
+
+    def build_protocol(
+        self, record: ConnectionRecord, server_version: bytes, client_version: bytes
+    ) -> IProtocol:
+        return SSH1ServerProtocol(self, record, client_version)
+
+
+@implementer(IPushProducer)
+class _OutputGate:
+    """Registered once with the client's transport; passes its pause/resume on to every
+    source that writes to the client (the session's output, forwarded sockets)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.sources: list[Any] = []
+
+    def add(self, source: Any) -> None:
+        self.sources.append(source)
+        if self.paused:
+            source.pauseProducing()
+
+    def remove(self, source: Any) -> None:
+        if source in self.sources:
+            self.sources.remove(source)
+            if self.paused:
+                source.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for source in list(self.sources):
+            source.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for source in list(self.sources):
+            source.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.sources.clear()
+
+
+@implementer(IPushProducer)
+class _InputValve:
+    """Given to a consumer of client data (the target's stdin, a forwarded socket):
+    its pause stops reading from the client."""
+
+    def __init__(self, protocol: SSH1ServerProtocol, name: str) -> None:
+        self.protocol = protocol
+        self.name = name
+
+    def pauseProducing(self) -> None:
+        self.protocol._pause_input(self.name)
+
+    def resumeProducing(self) -> None:
+        self.protocol._resume_input(self.name)
+
+    def stopProducing(self) -> None:
+        self.protocol._resume_input(self.name)
+
+
+@implementer(ISessionClient)
+class _SessionClient:
+    """The client's side of the one SSH-1 session, as the target sees it."""
+
+    def __init__(self, protocol: SSH1ServerProtocol) -> None:
+        self.protocol = protocol
+        self.producer: Any = None
+
+    def write_stdout(self, data: bytes) -> None:
+        self.protocol._session_output(data, stderr=False)
+
+    def write_stderr(self, data: bytes) -> None:
+        self.protocol._session_output(data, stderr=True)
+
+    def send_eof(self) -> None:
+        pass  # SSH-1 has no end-of-output message; EXITSTATUS says it all
+
+    def exited(self, info: ExitInfo) -> None:
+        self.protocol._session_exited(info)
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.unregisterProducer()
+        self.producer = producer
+        self.protocol._gate.add(producer)
+
+    def unregisterProducer(self) -> None:
+        if self.producer is not None:
+            self.protocol._gate.remove(self.producer)
+            self.producer = None
+
+
+class _Forward(Protocol):
+    """One local port forward (client -L): a TCP connection to an allowed destination."""
+
+    def __init__(self, owner: SSH1ServerProtocol, channel: int, peer_channel: int) -> None:
+        self.owner = owner
+        self.channel = channel
+        self.peer_channel = peer_channel
+        self.client_closed = False  # the client sent CHANNEL_CLOSE
+        self.we_closed = False  # we sent CHANNEL_CLOSE
+        self.valve = _InputValve(owner, f"forward-{channel}")
+
+    def connectionMade(self) -> None:
+        self.owner._forward_connected(self)
+        self.transport.registerProducer(self.valve, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.owner._forward_data(self, data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.owner._forward_lost(self)
+
+
+_REFUSED_TWO_STEP = (
+    "SSH-1 cannot do two-step authentication; this user's policy needs more than one method"
+)
+
+
+class SSH1ServerProtocol(Protocol):
+    def __init__(
+        self, factory: SSH1ServerFactory, record: ConnectionRecord, client_version: bytes
+    ) -> None:
+        self.factory = factory
+        self.record = record
+        self.client_version = client_version
+        self.core: ServerConnection | None = None
+        self.flow: LoginFlow | None = None
+        self.username = b""
+        self.avatar: Any = None
+        self._logout: Callable[[], None] | None = None
+        self._pty: PtyRequest | None = None
+        self.target: ISessionTarget | None = None
+        self._client = _SessionClient(self)
+        self._gate = _OutputGate()
+        self._input_pauses: set[str] = set()
+        self._pumping = False
+        self._pump_again = False
+        self._closing = False
+        self._rsa_answer: tuple[defer.Deferred, bytes] | None = None
+        self._exit_timer: IDelayedCall | None = None
+        self._channels: dict[int, _Forward] = {}
+        self._next_channel = 0
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            ev.SessionKeyAccepted: self._on_session_key,
+            ev.UserRequested: self._on_user,
+            ev.PasswordAuth: self._on_password,
+            ev.RSAAuth: self._on_rsa,
+            ev.RSAResponse: self._on_rsa_response,
+            ev.UnsupportedAuth: self._on_unsupported_auth,
+            ev.CompressionRequested: self._on_compression,
+            ev.PtyRequested: self._on_pty,
+            ev.X11ForwardingRequested: self._on_refused_request,
+            ev.AgentForwardingRequested: self._on_refused_request,
+            ev.RemoteForwardRequested: self._on_refused_request,
+            ev.MaxPacketSizeRequested: self._on_max_packet,
+            ev.ExecShell: self._on_exec,
+            ev.ExecCommand: self._on_exec,
+            ev.StdinData: self._on_stdin,
+            ev.StdinEOF: self._on_eof,
+            ev.WindowChanged: self._on_window,
+            ev.ExitConfirmed: self._on_exit_confirmed,
+            ev.PortOpen: self._on_port_open,
+            ev.ChannelData: self._on_channel_data,
+            ev.ChannelClosed: self._on_channel_close,
+            ev.ChannelCloseConfirmed: self._on_channel_close_confirmed,
+            ev.ChannelOpenConfirmed: self._on_unexpected_channel_reply,
+            ev.ChannelOpenFailed: self._on_unexpected_channel_reply,
+            ev.DebugMessage: self._on_debug,
+            ev.PeerDisconnected: self._on_peer_disconnected,
+            ev.ConnectionFailed: self._on_failed,
+        }
+
+    # ------------------------------------------------------------ plumbing
+    def connectionMade(self) -> None:
+        f = self.factory
+        server_key = f.server_key()
+        self.core = ServerConnection(f.host_key, server_key, f.settings.ciphers)
+        self.record.protocol = "ssh1"
+        self.record.algorithms.update(
+            {
+                "cipher": "",
+                "compression": "none",
+                "host_key_bits": str(f.host_key.key_size),
+                "server_key_bits": str(server_key.key_size),
+            }
+        )
+        context = LoginContext(protocol="ssh1", peer=self.record.peer)
+        self.flow = LoginFlow(f.portal, f.limits, context, f.clock, self._grace_expired)
+        self.transport.registerProducer(self._gate, True)
+        self._flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.core is None or self._closing:
+            return
+        self.core.receive_data(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            self._pump_again = True
+            return
+        self._pumping = True
+        try:
+            while self.core is not None and not self._closing:
+                self._pump_again = False
+                if self._input_pauses:
+                    break
+                event = self.core.next_event()
+                if event is ev.NEED_DATA or event is ev.PAUSED or event is ev.CLOSED:
+                    if not self._pump_again:
+                        break
+                    continue
+                self._handlers[type(event)](event)
+                self._flush()
+        finally:
+            self._pumping = False
+        self._flush()
+
+    def _flush(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        data = core.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+        if core.closed and not self._closing:
+            self._close(core.close_reason)
+
+    def _close(self, reason: str) -> None:
+        self._closing = True
+        if not self.record.close_reason:
+            self.record.close_reason = reason
+        self.transport.loseConnection()
+
+    def _disconnect(self, reason: str) -> None:
+        """Our own decision to end the connection: DISCONNECT with the reason, log, close."""
+        if self.core is None or self._closing:
+            return
+        log.info("ssh1 {peer}: disconnecting: {reason}", peer=self.record.peer, reason=reason)
+        self.core.send_disconnect(reason)
+        self._flush()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        if not self.record.close_reason:
+            self.record.close_reason = (
+                reason.getErrorMessage() if reason is not None else "connection lost"
+            )
+        if self.flow is not None:
+            self.flow.cancel()
+        if self._rsa_answer is not None:
+            d, _ = self._rsa_answer
+            self._rsa_answer = None
+            d.callback(False)
+        if self._exit_timer is not None and self._exit_timer.active():
+            self._exit_timer.cancel()
+        self._exit_timer = None
+        target, self.target = self.target, None
+        if target is not None:
+            target.close()
+        for forward in list(self._channels.values()):
+            if forward.transport is not None:
+                forward.transport.loseConnection()
+        self._channels.clear()
+        self._gate.stopProducing()
+        logout, self._logout = self._logout, None
+        if logout is not None:
+            logout()
+
+    def _pause_input(self, name: str) -> None:
+        if not self._input_pauses and self.transport is not None:
+            self.transport.pauseProducing()
+        self._input_pauses.add(name)
+
+    def _resume_input(self, name: str) -> None:
+        if name not in self._input_pauses:
+            return
+        self._input_pauses.discard(name)
+        if not self._input_pauses and not self._closing:
+            self.transport.resumeProducing()
+            self._pump()
+
+    def _reply(self, ok: bool) -> None:
+        """Answer the client's pending request, unless the connection went away meanwhile."""
+        core = self.core
+        if core is None or self._closing or core.closed or core.pending is None:
+            return
+        core.send_success() if ok else core.send_failure()
+        self._flush()
+        self._pump()
+
+    # ------------------------------------------------------------ key exchange, auth
+    def _on_session_key(self, event: ev.SessionKeyAccepted) -> None:
+        self.record.algorithms["cipher"] = event.cipher
+        log.debug(
+            "ssh1 {peer}: session key accepted, cipher {cipher}",
+            peer=self.record.peer,
+            cipher=event.cipher,
+        )
+
+    def _on_user(self, event: ev.UserRequested) -> None:
+        self.username = event.username
+        self.record.user = event.username.decode("utf-8", "replace")
+        # Every user must authenticate, so the answer is FAILURE, known or not.
+        self._reply(False)
+
+    def _username(self) -> str:
+        return self.username.decode("utf-8", "replace")
+
+    def _attempt(self, method: str, credentials: Any) -> None:
+        assert self.flow is not None
+        self.record.auth_method = method
+        d = self.flow.attempt(self._username(), method, credentials)
+        d.addCallbacks(self._auth_succeeded, self._auth_failed)
+        d.addErrback(self._internal_error)
+
+    def _on_password(self, event: ev.PasswordAuth) -> None:
+        self._attempt(METHOD_PASSWORD, UsernamePassword(self.username, event.password))
+
+    def _on_rsa(self, event: ev.RSAAuth) -> None:
+        credentials = SSH1RSAChallenge(self.username, event.modulus, self._challenge)
+        self._attempt(METHOD_PUBLICKEY, credentials)
+
+    def _challenge(self, e: int, n: int) -> defer.Deferred:
+        core = self.core
+        if core is None or self._closing or core.pending != "rsa":
+            return defer.succeed(False)
+        value, expected = core.make_rsa_challenge(e, n)
+        core.send_rsa_challenge(value)
+        self._flush()
+        d: defer.Deferred = defer.Deferred()
+        self._rsa_answer = (d, expected)
+        self._pump()  # the response may already be buffered
+        return d
+
+    def _on_rsa_response(self, event: ev.RSAResponse) -> None:
+        if self._rsa_answer is None:
+            self._reply(False)
+            return
+        d, expected = self._rsa_answer
+        self._rsa_answer = None
+        d.callback(hmac.compare_digest(event.response, expected))
+
+    def _auth_succeeded(self, result: tuple) -> None:
+        _interface, avatar, logout = result
+        if self._closing:
+            logout()
+            return
+        self.avatar = IGatewayUser(avatar, avatar)
+        self._logout = logout
+        self.record.auth_result = "success"
+        self.record.user = getattr(avatar, "username", self._username())
+        log.info(
+            "ssh1 {peer}: user {user!r} logged in with {method}",
+            peer=self.record.peer,
+            user=self.record.user,
+            method=self.record.auth_method,
+        )
+        self._reply(True)
+
+    def _auth_failed(self, failure: Failure) -> None:
+        self.record.auth_result = "failure"
+        if failure.check(TooManyAttempts):
+            self._disconnect("too many authentication failures")
+            return
+        if failure.check(PolicyRefused, PartialAuthentication):
+            log.info(
+                "ssh1 {peer}: user {user!r} refused: {why}",
+                peer=self.record.peer,
+                user=self._username(),
+                why=_REFUSED_TWO_STEP,
+            )
+        else:
+            log.info(
+                "ssh1 {peer}: {method} authentication failed for {user!r}",
+                peer=self.record.peer,
+                method=self.record.auth_method,
+                user=self._username(),
+            )
+        self._reply(False)
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.failure("ssh1 {peer}: internal error", failure, peer=self.record.peer)
+        self._disconnect("internal error")
+
+    def _on_unsupported_auth(self, event: ev.UnsupportedAuth) -> None:
+        log.info(
+            "ssh1 {peer}: refused {method} authentication (trusts the client's host)",
+            peer=self.record.peer,
+            method=event.method,
+        )
+        self._reply(False)
+
+    def _grace_expired(self) -> None:
+        self._disconnect("login grace time exceeded")
+
+    # ------------------------------------------------------------ preparatory phase
+    def _on_compression(self, event: ev.CompressionRequested) -> None:
+        assert self.core is not None
+        if not self.core.valid_compression_level():
+            self._reply(False)
+            return
+        self._reply(True)
+        self.record.algorithms["compression"] = f"zlib-{event.level}"
+
+    def _on_pty(self, event: ev.PtyRequested) -> None:
+        self._pty = event.pty
+        self._reply(True)
+
+    def _on_refused_request(self, event: ev.Event) -> None:
+        log.info(
+            "ssh1 {peer}: refused {request}", peer=self.record.peer, request=type(event).__name__
+        )
+        self._reply(False)
+
+    def _on_max_packet(self, event: ev.MaxPacketSizeRequested) -> None:
+        assert self.core is not None
+        self._reply(self.core.valid_max_packet_size())
+
+    def _on_exec(self, event: ev.ExecShell | ev.ExecCommand) -> None:
+        command = event.command if isinstance(event, ev.ExecCommand) else None
+        request = SessionRequest(command=command, pty=self._pty)
+        try:
+            self.target = self.avatar.open_session(request, self._client)
+        except Exception:
+            log.failure("ssh1 {peer}: opening the session failed", peer=self.record.peer)
+            self._session_output(b"sshgateway: could not start the session\r\n", stderr=True)
+            self._session_exited(ExitInfo(status=255))
+            return
+        if self.target is not None and not self._closing:
+            self.target.registerProducer(_InputValve(self, "stdin"), True)
+
+    # ------------------------------------------------------------ interactive phase
+    def _on_stdin(self, event: ev.StdinData) -> None:
+        if self.target is not None:
+            self.target.write_stdin(event.data)
+
+    def _on_eof(self, event: ev.StdinEOF) -> None:
+        if self.target is not None:
+            self.target.close_stdin()
+
+    def _on_window(self, event: ev.WindowChanged) -> None:
+        if self.target is not None:
+            self.target.resize(event.size)
+
+    def _session_output(self, data: bytes, stderr: bool) -> None:
+        core = self.core
+        if core is None or self._closing or core.closed or not data:
+            return
+        (core.send_stderr if stderr else core.send_stdout)(data)
+        self._flush()
+
+    def _session_exited(self, info: ExitInfo) -> None:
+        core = self.core
+        # The program is gone: nothing will resume our input for it any more.
+        self._resume_input("stdin")
+        if core is None or self._closing or core.closed:
+            return
+        status = info.as_status()
+        core.send_exit_status(status)
+        self._flush()
+        self._exit_timer = self.factory.clock.callLater(
+            EXIT_CONFIRMATION_TIMEOUT, self._exit_not_confirmed
+        )
+
+    def _exit_not_confirmed(self) -> None:
+        self._exit_timer = None
+        self._disconnect("client did not confirm the exit status")
+
+    def _on_exit_confirmed(self, event: ev.ExitConfirmed) -> None:
+        if self._exit_timer is not None and self._exit_timer.active():
+            self._exit_timer.cancel()
+        self._exit_timer = None
+        # core.closed is now set: _flush closes the transport with "session finished".
+
+    def _on_debug(self, event: ev.DebugMessage) -> None:
+        log.debug("ssh1 {peer}: client debug message", peer=self.record.peer)
+
+    def _on_peer_disconnected(self, event: ev.PeerDisconnected) -> None:
+        log.info(
+            "ssh1 {peer}: client disconnected: {reason}",
+            peer=self.record.peer,
+            reason=event.reason,
+        )
+
+    def _on_failed(self, event: ev.ConnectionFailed) -> None:
+        log.info(
+            "ssh1 {peer}: protocol error, disconnecting: {reason}",
+            peer=self.record.peer,
+            reason=event.reason,
+        )
+
+    # ------------------------------------------------------------ local port forwarding
+    def _on_port_open(self, event: ev.PortOpen) -> None:
+        assert self.core is not None
+        host = event.host.decode("ascii", "replace")
+        destination = f"{host}:{event.port}"
+        if destination not in self.factory.settings.permit_open:
+            log.info(
+                "ssh1 {peer}: refused port forward to {destination}",
+                peer=self.record.peer,
+                destination=destination,
+            )
+            self.core.send_channel_open_failure(event.channel)
+            return
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        channel = self._next_channel
+        self._next_channel += 1
+        forward = _Forward(self, channel, event.channel)
+        self._channels[channel] = forward
+        endpoint = HostnameEndpoint(self.factory.clock, host, event.port, timeout=10)
+        d = endpoint.connect(_OneShot(forward))
+
+        def failed(failure: Failure) -> None:
+            self._channels.pop(channel, None)
+            log.info(
+                "ssh1 {peer}: port forward to {destination} failed: {error}",
+                peer=self.record.peer,
+                destination=destination,
+                error=failure.getErrorMessage(),
+            )
+            core = self.core
+            if core is not None and not self._closing and not core.closed:
+                core.send_channel_open_failure(event.channel)
+                self._flush()
+
+        d.addErrback(failed)
+
+    def _forward_connected(self, forward: _Forward) -> None:
+        core = self.core
+        if core is None or self._closing or core.closed:
+            forward.transport.loseConnection()
+            return
+        self._gate.add(forward.transport)
+        core.send_channel_open_confirmation(forward.peer_channel, forward.channel)
+        self._flush()
+
+    def _forward_data(self, forward: _Forward, data: bytes) -> None:
+        core = self.core
+        if core is None or self._closing or core.closed or forward.we_closed:
+            return
+        core.send_channel_data(forward.peer_channel, data)
+        self._flush()
+
+    def _forward_lost(self, forward: _Forward) -> None:
+        self._gate.remove(forward.transport)
+        self._resume_input(forward.valve.name)
+        core = self.core
+        if forward.client_closed:
+            self._channels.pop(forward.channel, None)
+            return
+        if core is None or self._closing or core.closed or forward.we_closed:
+            return
+        forward.we_closed = True
+        core.send_channel_close(forward.peer_channel)
+        self._flush()
+
+    def _on_channel_data(self, event: ev.ChannelData) -> None:
+        forward = self._channels.get(event.channel)
+        if forward is None:
+            self._disconnect(f"data for unknown channel {event.channel}")
+            return
+        if forward.transport is not None and not forward.client_closed:
+            forward.transport.write(event.data)
+
+    def _on_channel_close(self, event: ev.ChannelClosed) -> None:
+        assert self.core is not None
+        forward = self._channels.get(event.channel)
+        if forward is None:
+            self._disconnect(f"close for unknown channel {event.channel}")
+            return
+        forward.client_closed = True
+        self.core.send_channel_close_confirmation(forward.peer_channel)
+        if forward.we_closed:
+            self._channels.pop(event.channel, None)
+        elif forward.transport is not None:
+            forward.we_closed = True  # the socket's own close needs no CLOSE from us now
+            forward.transport.loseConnection()
+
+    def _on_channel_close_confirmed(self, event: ev.ChannelCloseConfirmed) -> None:
+        forward = self._channels.get(event.channel)
+        if forward is None:
+            return
+        if forward.transport is not None:
+            forward.transport.loseConnection()
+        if forward.client_closed or forward.we_closed:
+            self._channels.pop(event.channel, None)
+
+    def _on_unexpected_channel_reply(self, event: ev.Event) -> None:
+        # We never open channels towards the client (no X11, agent or remote forwards).
+        self._disconnect(f"unexpected {type(event).__name__}: no channel was opened")
+
+
+class _OneShot(Factory):
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self._protocol
