@@ -90,11 +90,19 @@ class LocalTarget:
         return session
 
     def close_all(self) -> defer.Deferred[None]:
-        """Hang up every session (for service shutdown); fires once all children are reaped."""
-        waits = [session.when_reaped() for session in list(self.sessions)]
-        for session in list(self.sessions):
+        """Hang up every session (for service shutdown).
+
+        Fires once all children are reaped, or a second after the kill — a process stuck in
+        the kernel must not stop the gateway from shutting down.
+        """
+        sessions = list(self.sessions)
+        waits = [session.when_reaped() for session in sessions]
+        for session in sessions:
             session.close()
-        return defer.gatherResults(waits).addCallback(lambda _: None)
+        done: defer.Deferred[Any] = defer.gatherResults(waits)
+        done.addTimeout(self.kill_grace + 1.0, self.reactor)
+        done.addErrback(lambda failure: log.warn("some local sessions did not end in time"))
+        return done.addCallback(lambda _: None)
 
     def _forget(self, session: LocalSession) -> None:
         self.sessions.discard(session)
@@ -161,7 +169,6 @@ class LocalSession:
         self._readers: list[fdio.ChunkReader] = []
         self._pty: fdio.ChunkReader | None = None
         self._stdin: fdio.WatermarkWriter | None = None
-        self._input_producer: Any = None
         self._output_producer = _OutputProducer(self)
         self._paused = False
         self._exit: ExitInfo | None = None
@@ -189,8 +196,9 @@ class LocalSession:
             tty=f" on {self.tty_name}" if self.tty_name else "",
         )
         self._client.registerProducer(self._output_producer, True)
-        for reader in self._readers:
-            reader.start()
+        if not self._paused:  # the client may have paused us inside registerProducer
+            for reader in self._readers:
+                reader.start()
 
     def _spawn(self) -> None:
         account = _account()
@@ -210,6 +218,13 @@ class LocalSession:
         def fds(pair: tuple[int, int]) -> tuple[int, int]:
             opened.extend(pair)
             return pair
+
+        def close_child_ends() -> None:
+            # The child has its copies now; ours would keep the pipes (or the terminal) open.
+            for fd in child_ends:
+                os.close(fd)
+                opened.remove(fd)
+            child_ends.clear()
 
         try:
             if self.request.pty is None:
@@ -231,7 +246,7 @@ class LocalSession:
                     restore_signals=True,
                     start_new_session=True,
                 )
-                self._close_fds(child_ends)
+                close_child_ends()
                 self._readers = [
                     self._reader(stdout_r, self._client.write_stdout, "stdout"),
                     self._reader(stderr_r, self._client.write_stderr, "stderr"),
@@ -258,12 +273,16 @@ class LocalSession:
                     start_new_session=True,
                     preexec_fn=_take_terminal,
                 )
-                self._close_fds(child_ends)
+                close_child_ends()
                 # Output and errors share the terminal, so all of it is stdout.
                 self._pty = self._reader(master, self._client.write_stdout, "pty")
                 self._readers = [self._pty]
                 self._stdin = self._writer(writer_fd, ttymodes.eof_sequence)
         except BaseException:
+            if self._popen is not None:
+                # Started, but we cannot talk to it: do not leave it running unwatched.
+                self._popen.kill()
+                self._popen.wait()
             for fd in opened:
                 try:
                     os.close(fd)
@@ -275,12 +294,6 @@ class LocalSession:
             raise
         self.pid = self._popen.pid
         self._watcher = ExitWatcher(self._reactor, self.pid, self._process_exited)
-
-    @staticmethod
-    def _close_fds(fds: list[int]) -> None:
-        for fd in fds:
-            os.close(fd)
-        fds.clear()
 
     def _reader(self, fd: int, deliver: Callable[[bytes], None], name: str) -> fdio.ChunkReader:
         return fdio.ChunkReader(
@@ -360,7 +373,6 @@ class LocalSession:
             reader.discard()
         if self._stdin is not None:
             self._stdin.discard()
-        self._input_producer = None
         watcher = self._watcher
         if watcher is not None and not watcher.reaped:
             # Closing the pty master already hangs up its foreground group; the signal also
@@ -370,12 +382,10 @@ class LocalSession:
             self._kill_call = self._reactor.callLater(self._target.kill_grace, self._kill)
 
     def registerProducer(self, producer: object, streaming: bool) -> None:
-        self._input_producer = producer
         if self._stdin is not None and not self._stdin.closed:
             self._stdin.register_producer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self._input_producer = None
         if self._stdin is not None:
             self._stdin.unregister_producer()
 
@@ -473,7 +483,6 @@ class LocalSession:
             self._target._forget(self)
             if self._stdin is not None:
                 self._stdin.discard()
-            self._input_producer = None
             self._client.exited(self._exit)
 
     def _kill(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.epollreactor import EPollReactor
 
 from gateway.targets import fdio, ttymodes
@@ -342,21 +343,22 @@ def test_pty_eof_not_injected_in_raw_mode(reactor, target):
     session.close()
 
 
-def test_pty_output_queued_at_exit_is_delivered(reactor, target):
-    # The child writes and exits while the client is paused (it blocks on the full terminal
-    # until we read); everything it wrote must still arrive after resuming, then the exit.
-    request = SessionRequest(command=b"head -c 300000 /dev/zero; exit 9", pty=pty())
+@pytest.mark.parametrize("use_pty", [False, True], ids=["pipes", "pty"])
+def test_output_queued_at_exit_is_delivered(reactor, target, use_pty):
+    # The child writes and exits while the client is paused: what it left in the pipe or the
+    # terminal must still arrive after resuming, and only then the exit.
+    command = b"printf a; sleep 0.2; head -c 2000 /dev/zero; exit 9"
+    request = SessionRequest(command=command, pty=pty() if use_pty else None)
     client = FakeClient(pause_after=1)
     session = target.open_session("alice", request, client)
-    spin(reactor, lambda: client.paused)
-    pid = session.pid
-    spin_for(reactor, 0.3)
+    reaped = session.when_reaped()
+    spin(reactor, lambda: reaped.called)
+    assert bytes(client.stdout) == b"a"
     assert client.exit is None
     client.resume()
     spin(reactor, lambda: client.exit is not None)
-    assert len(client.stdout) == 300000
+    assert bytes(client.stdout) == b"a" + bytes(2000)
     assert client.exit == ExitInfo(status=9)
-    assert is_reaped(pid)
 
 
 def test_pty_background_holder_does_not_keep_session(reactor, target):
@@ -397,6 +399,23 @@ def test_paused_output_stops_reading(reactor, target, use_pty):
     spin(reactor, lambda: is_reaped(pid))
     spin_for(reactor, 0.1)
     assert client.calls_after_close == 0
+
+
+def test_client_may_pause_while_registering(reactor, target):
+    class PausingClient(FakeClient):
+        def registerProducer(self, producer, streaming):
+            super().registerProducer(producer, streaming)
+            self.paused = True
+            producer.pauseProducing()
+
+    client = PausingClient()
+    session = target.open_session("alice", SessionRequest(command=b"echo hi"), client)
+    reaped = session.when_reaped()
+    spin(reactor, lambda: reaped.called)
+    assert client.stdout == b"" and client.exit is None
+    client.resume()
+    spin(reactor, lambda: client.exit is not None)
+    assert client.stdout == b"hi\n"
 
 
 def test_input_backpressure_pauses_front_end(reactor, target):
@@ -452,7 +471,8 @@ def test_pull_producer_is_asked_for_more(reactor, target):
 
 
 @pytest.mark.parametrize("use_pty", [False, True], ids=["pipes", "pty"])
-def test_close_hangs_up(reactor, target, use_pty):
+def test_close_hangs_up(reactor, use_pty):
+    target = LocalTarget(reactor, kill_grace=30)  # so that only the hang-up can end it in time
     before = open_fds()
     client = FakeClient()
     request = SessionRequest(command=b"echo ready; exec sleep 30", pty=pty() if use_pty else None)
@@ -462,7 +482,7 @@ def test_close_hangs_up(reactor, target, use_pty):
     reaped = session.when_reaped()
     session.close()
     client.closed = True
-    spin(reactor, lambda: reaped.called, timeout=0.25)  # SIGHUP, well before the kill
+    spin(reactor, lambda: reaped.called)
     assert is_reaped(pid)
     assert client.calls_after_close == 0
     assert target.sessions == set()
@@ -495,6 +515,20 @@ def test_close_all(reactor, target):
     spin(reactor, lambda: done.called)
     assert all(is_reaped(s.pid) for s in sessions)
     assert target.sessions == set()
+
+
+def test_close_all_does_not_wait_forever(reactor):
+    target = LocalTarget(reactor, kill_grace=0.1)
+    session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), FakeClient())
+    session.when_reaped = lambda: defer.Deferred()  # as if the child never died
+    done = target.close_all()
+    spin(reactor, lambda: done.called, timeout=5)
+
+
+def test_null_byte_in_command_is_a_failed_start(reactor, target):
+    client = run(reactor, target, SessionRequest(command=b"echo a\0b"))
+    assert client.exit is not None and client.exit.status not in (None, 0)
+    assert client.stderr.startswith(b"sshgateway: cannot start session")
 
 
 def test_stop_producing_closes(reactor, target):
