@@ -164,3 +164,21 @@ def test_generated_ssh2_keys_load_with_conch(state):
     directory, _ = state
     key = keys.Key.fromString((directory / hostkeys.ED25519_FILE).read_bytes())
     assert key.type() == "Ed25519"
+
+
+@pytest.mark.peer
+def test_ssh1_fingerprint_matches_ssh_keygen1(state, tmp_path):
+    tools = require_peer("ssh-keygen1")
+    _, host = state
+    numbers = host.ssh1.public_key().public_numbers()
+    public = tmp_path / "ssh1.pub"
+    public.write_text(f"{numbers.n.bit_length()} {numbers.e} {numbers.n} gateway\n")
+    out = subprocess.run(
+        [tools["ssh-keygen1"], "-l", "-E", "md5", "-f", str(public)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
+    info = host.infos()[2]
+    assert out[0] == "2048" and out[1] == "MD5:" + info.fingerprint
