@@ -55,7 +55,7 @@ Without a config file (:func:`default_config`): listen on 127.0.0.1:2222, state 
 ``./sshgateway-state``, one user — the invoking OS user — with ``~/.ssh/authorized_keys``
 and a generated password: :func:`ensure_default_password` (called by the service at start)
 creates it on first start, prints it once to the log and keeps only its hash in
-``<state_dir>/default-password`` (0600). Delete that file and restart for a new one.
+``<state_dir>/default-password.hash`` (0600). Delete that file and restart for a new one.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ DEFAULT_STATE_DIR = "sshgateway-state"
 DEFAULT_PROTOCOLS = ("1", "2")
 DEFAULT_VERSION_TIMEOUT = 30.0
 DEFAULT_ENV_ALLOW = ("LANG", "LC_*")
-DEFAULT_PASSWORD_FILE = "default-password"
+DEFAULT_PASSWORD_FILE = "default-password.hash"
 MAX_CONFIG_BYTES = 1024 * 1024
 
 _USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
@@ -576,7 +576,7 @@ def ensure_default_password(config: GatewayConfig, log: Logger | None = None) ->
     """For the embedded default: give the default user a password login.
 
     On first start a random password is generated, logged once, and only its hash is
-    written to ``<state_dir>/default-password`` (0600); later starts reuse the hash.
+    written to ``<state_dir>/default-password.hash`` (0600); later starts reuse the hash.
     Returns the config with the user's ``password_hash`` set (unchanged for a config file).
     """
     name = config.default_password_user
@@ -589,8 +589,8 @@ def ensure_default_password(config: GatewayConfig, log: Logger | None = None) ->
         password = secrets.token_urlsafe(15)
         if write_new_private_file(path, (passwords.hash_password(password) + "\n").encode()):
             log.warn(
-                "Default login: user {user!r}, password {password} - shown only this once; "
-                "only its hash is kept in {path} (delete that file and restart for a new one)",
+                "initial password for {user}: {password} (shown only this once; only its "
+                "hash is kept in {path}: delete that file and restart for a new password)",
                 user=name,
                 password=password,
                 path=str(path),

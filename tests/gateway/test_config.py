@@ -242,7 +242,8 @@ def test_default_password_generated_once_logged_once_stored_hashed(monkeypatch, 
     assert stat.S_IMODE(os.stat(config.state_dir).st_mode) == 0o700
     assert path.read_text().strip() == stored
     (line,) = logs
-    password = line.split("password ")[1].split(" ")[0]
+    assert line.startswith(f"initial password for {user}: ")
+    password = line.split(": ")[1].split(" ")[0]
     assert passwords.verify_password(stored, password)
     assert password not in path.read_text()
 
