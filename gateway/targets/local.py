@@ -99,7 +99,7 @@ class LocalTarget:
         waits = [session.when_reaped() for session in sessions]
         for session in sessions:
             session.close()
-        done: defer.Deferred[Any] = defer.gatherResults(waits)
+        done: defer.Deferred[Any] = defer.gatherResults(waits, consumeErrors=True)
         done.addTimeout(self.kill_grace + 1.0, self.reactor)
         done.addErrback(lambda failure: log.warn("some local sessions did not end in time"))
         return done.addCallback(lambda _: None)
