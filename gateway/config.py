@@ -1,61 +1,42 @@
 """The gateway's configuration: the TOML file, its validation (with file, line and key in
 every error), and the embedded default a newcomer starts with.
 
-Reference (every key; anything else is an error, so that a typo cannot silently weaken
-security). Relative paths are relative to the config file's directory; ``~`` is expanded.
+Reference (Markdown, ready for the README). Every key is listed; any other key is an
+error, so that a typo cannot silently weaken security. Relative paths are relative to the
+config file's directory; `~` is expanded. Numbers are seconds unless said otherwise.
 
-=================================  ==========================  ==================================
-Key                                Default                     Meaning
-=================================  ==========================  ==================================
-``listen``                         ``["tcp:2222:interface=     Twisted server endpoint strings
-                                   127.0.0.1"]``               to listen on (one or more)
-``state_dir``                      ``"sshgateway-state"``      host keys and records; created
-                                                               0700 on first start
-``protocols``                      ``["1", "2"]``              SSH protocol versions offered:
-                                                               banner ``SSH-1.99`` for both,
-                                                               ``SSH-2.0`` / ``SSH-1.5`` for one
-``version_timeout``                ``30``                      seconds a client has to send its
-                                                               version line
-``[users.NAME]``                   (at least one user)         a gateway login name
-``  password``                     none                        hash from ``sshgateway
-                                                               hash-password`` (never plaintext)
-``  authorized_keys``              none                        OpenSSH authorized_keys file;
-                                                               SSH-2 lines and SSH-1 RSA lines
-``  auth``                         ``"any"``                   ``"any"``: one configured method
-                                                               suffices; ``"all"``: every
-                                                               configured method must pass
-                                                               (SSH-2 partial success; SSH-1
-                                                               logins are refused)
-``[auth] grace_time``              ``120``                     seconds from connect to login
-``[auth] max_attempts``            ``6``                       failed attempts before disconnect
-``[auth] failure_delay``           ``1.0``                     seconds before a failure answers
-``[session] env_allow``            ``["LANG", "LC_*"]``        environment variables a client
-                                                               may set (fnmatch patterns)
-``[ssh2] kex``                     hardened list (see          key exchange algorithms, in order
-                                   protocols/ssh2/settings)    of preference
-``[ssh2] host_key_algorithms``     ssh-ed25519, rsa-sha2-512,  host key algorithms (add
-                                   rsa-sha2-256                ``ssh-rsa`` for old clients)
-``[ssh2] ciphers``                 aes256/192/128-ctr          ciphers (legacy cbc opt-in)
-``[ssh2] macs``                    hmac-sha2-512/256           MACs (``hmac-sha1`` opt-in)
-``[ssh2] compression``             ``false``                   also offer zlib
-``[ssh1] ciphers``                 ``["3des", "blowfish"]``    SSH-1 ciphers (``des``, ``none``
-                                                               only when listed)
-``[ssh1] server_key_bits``         ``1024``                    SSH-1 server key size; must
-                                                               differ from the 2048-bit host key
-                                                               by 128 bits or more
-``[ssh1] server_key_lifetime``     ``3600``                    seconds before the server key is
-                                                               regenerated (if it was used)
-``[ssh1] allow_x11_forwarding``    ``false``                   grant SSH-1 X11 forwarding
-``[ssh1] allow_agent_forwarding``  ``false``                   grant SSH-1 agent forwarding
-``[ssh1] permit_open``             ``[]``                      ``"host:port"`` destinations
-                                                               SSH-1 ``-L`` may reach
-=================================  ==========================  ==================================
+| key | default | meaning |
+| --- | --- | --- |
+| `listen` | `["tcp:2222:interface=127.0.0.1"]` | Twisted server endpoint strings to listen on (one or more) |
+| `state_dir` | `"sshgateway-state"` | host keys and records; created mode 0700 on first start |
+| `protocols` | `["1", "2"]` | SSH versions offered: banner `SSH-1.99` for both, `SSH-2.0` or `SSH-1.5` for one |
+| `version_timeout` | `30` | time a client has to send its version line |
+| `[users.NAME]` | (at least one) | a login name: 1-64 of `A-Z a-z 0-9 . _ @ -` |
+| `[users.NAME] password` | none | a hash from `sshgateway hash-password` (scrypt; bcrypt `$2b$` also accepted); plaintext is refused |
+| `[users.NAME] authorized_keys` | none | OpenSSH authorized_keys file: SSH-2 lines and SSH-1 `bits e n` lines; `ssh-rsa` keys serve SSH-1 too. Re-read when it changes; ignored while group/world-writable. Keys whose options the gateway cannot enforce (`command=`, `from=`, `no-pty`, ...) are skipped with a log line |
+| `[users.NAME] auth` | `"any"` | `"any"`: one configured method suffices; `"all"`: every configured method must pass (SSH-2 answers with partial success; SSH-1 cannot, so such users cannot log in over SSH-1) |
+| `[auth] grace_time` | `120` | from connect to successful login |
+| `[auth] max_attempts` | `6` | failed attempts before disconnect |
+| `[auth] failure_delay` | `1.0` | a failed attempt answers no sooner than this |
+| `[session] env_allow` | `["LANG", "LC_*"]` | environment variables a client may set (case-sensitive fnmatch patterns) |
+| `[ssh2] kex` | `mlkem768x25519-sha256`, `curve25519-sha256`, `diffie-hellman-group-exchange-sha256` | key exchange, in order of preference; opt-in: `curve25519-sha256@libssh.org`, `diffie-hellman-group14-sha1`, `diffie-hellman-group-exchange-sha1` |
+| `[ssh2] host_key_algorithms` | `ssh-ed25519`, `rsa-sha2-512`, `rsa-sha2-256` | opt-in: `ssh-rsa` |
+| `[ssh2] ciphers` | `aes256-ctr`, `aes192-ctr`, `aes128-ctr` | opt-in: `aes256-cbc`, `aes192-cbc`, `aes128-cbc`, `3des-cbc` |
+| `[ssh2] macs` | `hmac-sha2-512`, `hmac-sha2-256` | opt-in: `hmac-sha1` |
+| `[ssh2] compression` | `false` | also offer zlib |
+| `[ssh1] ciphers` | `["3des", "blowfish"]` | SSH-1 ciphers; `des` and `none` only when listed |
+| `[ssh1] server_key_bits` | `1024` | SSH-1 server key size (512-4096); must differ from the 2048-bit host key by at least 128 bits |
+| `[ssh1] server_key_lifetime` | `3600` | the server key is regenerated after this (if it was used); at least 60 |
+| `[ssh1] allow_x11_forwarding` | `false` | grant SSH-1 X11 forwarding |
+| `[ssh1] allow_agent_forwarding` | `false` | grant SSH-1 agent forwarding |
+| `[ssh1] permit_open` | `[]` | `"host:port"` destinations SSH-1 `-L` may reach; empty refuses all |
 
 Without a config file (:func:`default_config`): listen on 127.0.0.1:2222, state in
-``./sshgateway-state``, one user — the invoking OS user — with ``~/.ssh/authorized_keys``
+`./sshgateway-state`, one user — the invoking OS user — with `~/.ssh/authorized_keys`
 and a generated password: :func:`ensure_default_password` (called by the service at start)
-creates it on first start, prints it once to the log and keeps only its hash in
-``<state_dir>/default-password.hash`` (0600). Delete that file and restart for a new one.
+creates it on first start, prints it once to the log (`initial password for USER: ...`)
+and keeps only its hash in `<state_dir>/default-password.hash` (0600). Delete that file
+and restart for a new one.
 """
 
 from __future__ import annotations

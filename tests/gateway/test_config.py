@@ -275,3 +275,20 @@ def test_config_file_needs_no_default_password(tmp_path):
     config = parse_config(VALID_USER, base=tmp_path)
     assert ensure_default_password(config) is config
     assert not (tmp_path / "sshgateway-state").exists()
+
+
+def test_reference_table_documents_every_key():
+    from gateway import config as module
+
+    doc = module.__doc__
+    for key in module.TOP_KEYS - {"users", "auth", "session", "ssh2", "ssh1"}:
+        assert f"| `{key}` |" in doc
+    for section, keys in (
+        ("users.NAME", module.USER_KEYS),
+        ("auth", module.AUTH_KEYS),
+        ("session", module.SESSION_KEYS),
+        ("ssh2", module.SSH2_KEYS),
+        ("ssh1", module.SSH1_KEYS),
+    ):
+        for key in keys:
+            assert f"| `[{section}] {key}` |" in doc, (section, key)
