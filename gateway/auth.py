@@ -166,7 +166,13 @@ class SSH2PublicKeyChecker:
     def _check(self, credentials: Any) -> AvatarId:
         name = _username(credentials.username)
         listed = self.store.get(name)
-        if listed is None or listed.find_ssh2(credentials.blob) is None:
+        try:
+            # Compare canonical encodings: the client's blob is parsed, then re-encoded.
+            offered = keys.Key.fromString(credentials.blob, type="blob").blob()
+        except Exception:  # Conch raises several types for garbage blobs
+            offered = None
+        entry = listed.find_ssh2(offered) if listed is not None and offered else None
+        if entry is None or entry.key is None or name is None:
             raise UnauthorizedLogin(_REFUSED)
         if credentials.signature is None:
             raise ValidPublicKey()
@@ -175,13 +181,11 @@ class SSH2PublicKeyChecker:
         if _signature_algorithm(credentials.signature) != credentials.algName:
             raise UnauthorizedLogin(_REFUSED)
         try:
-            key = keys.Key.fromString(credentials.blob, type="blob")
-            good = key.verify(credentials.signature, credentials.sigData)
-        except Exception:  # malformed signature or blob: just a failure
+            good = entry.key.verify(credentials.signature, credentials.sigData)
+        except Exception:  # a malformed signature is just a failure
             good = False
         if not good:
             raise UnauthorizedLogin(_REFUSED)
-        assert name is not None
         return AvatarId(name.encode("utf-8"), METHOD_PUBLICKEY)
 
 

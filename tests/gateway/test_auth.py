@@ -258,7 +258,9 @@ def test_publickey_login_ed25519_and_rsa_sha2(setup):
         assert avatar.username == "alice"
 
 
-@pytest.mark.parametrize("case", ["unlisted", "unknown-user", "bad-sig", "alg-mismatch", "junk"])
+@pytest.mark.parametrize(
+    "case", ["unlisted", "unknown-user", "bad-sig", "alg-mismatch", "junk", "junk-blob"]
+)
 def test_publickey_failures_all_look_the_same(setup, case):
     if case == "unlisted":
         credentials = pk(b"alice", setup.other)
@@ -270,9 +272,12 @@ def test_publickey_failures_all_look_the_same(setup, case):
     elif case == "alg-mismatch":
         credentials = pk(b"alice", setup.rsa, signature_type=b"rsa-sha2-256")
         credentials.algName = b"rsa-sha2-512"
-    else:
+    elif case == "junk":
         credentials = pk(b"alice", setup.ed)
         credentials.signature = b"\x00\x00\x00\xffjunk"
+    else:
+        credentials = pk(b"alice", setup.ed)
+        credentials.blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x01x"
     f = failure_of(setup.login(credentials))
     assert f.type is UnauthorizedLogin and f.getErrorMessage() == "authentication failed"
 
