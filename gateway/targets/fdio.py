@@ -1,8 +1,8 @@
 """Non-blocking file descriptor I/O for local sessions: a large-chunk reader and a
 watermarked writer, both plain reactor descriptors.
 
-Twisted's own process pipes read 8 KiB per wake-up and buffer writes without telling the
-writer's producer until the whole buffer drained. Here a reader takes up to ``chunk`` bytes
+Twisted's own process pipes read 8 KiB per wake-up, and their write buffer resumes its
+producer only once it is completely empty. Here a reader takes up to ``chunk`` bytes
 per read (the pipes are enlarged to match, see ``enlarge_pipe``) and a writer pauses its
 producer above a high-water mark and resumes it below a low one, so input flows without
 stop-start chatter and memory per session stays bounded both ways.
@@ -30,7 +30,7 @@ LOW_WATER = 64 * 1024
 
 # Errors that mean "the other side is gone" rather than a bug: a pty master reports EIO
 # once every slave descriptor is closed.
-_GONE = {errno.EIO, errno.EPIPE, errno.EBADF, errno.ECONNRESET, errno.ENXIO}
+_GONE = {errno.EIO, errno.EPIPE, errno.ECONNRESET, errno.ENXIO}
 
 
 def enlarge_pipe(fd: int, size: int = PIPE_SIZE) -> None:

@@ -231,7 +231,9 @@ class LocalSession:
                 stdin_r, stdin_w = fds(os.pipe())
                 stdout_r, stdout_w = fds(os.pipe())
                 stderr_r, stderr_w = fds(os.pipe())
-                for fd in (stdin_w, stdout_r, stderr_r):
+                # Only the bulk directions get big pipes: pipe memory counts against a
+                # per-user limit (fs.pipe-user-pages-soft) beyond which new pipes are tiny.
+                for fd in (stdin_w, stdout_r):
                     fdio.enlarge_pipe(fd)
                 child_ends = [stdin_r, stdout_w, stderr_w]
                 self._popen = subprocess.Popen(
