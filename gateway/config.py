@@ -46,6 +46,7 @@ import getpass
 import os
 import re
 import secrets
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -576,13 +577,18 @@ def ensure_default_password(config: GatewayConfig, log: Logger | None = None) ->
                 password=password,
                 path=str(path),
             )
-    st = os.lstat(path)
-    if st.st_mode & 0o077:
-        raise DefaultPasswordError(
-            f"{path}: permissions {st.st_mode & 0o777:04o} are too open (run: chmod 600 {path})"
-        )
-    with open(path, "rb") as f:
-        stored = f.read(4096).decode("ascii", "replace").strip()
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise DefaultPasswordError(f"{path}: not a regular file; delete it and restart")
+        if st.st_mode & 0o077:
+            raise DefaultPasswordError(
+                f"{path}: permissions {st.st_mode & 0o777:04o} are too open (run: chmod 600 {path})"
+            )
+        with open(path, "rb") as f:
+            stored = f.read(4096).decode("ascii", "replace").strip()
+    except OSError as e:
+        raise DefaultPasswordError(f"{path}: cannot read: {e.strerror}") from e
     if not passwords.is_hash(stored):
         raise DefaultPasswordError(
             f"{path}: not a password hash; delete the file and restart to generate a new password"

@@ -292,3 +292,11 @@ def test_reference_table_documents_every_key():
     ):
         for key in keys:
             assert f"| `[{section}] {key}` |" in doc, (section, key)
+
+
+def test_default_password_file_that_is_not_a_file(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = default_config()
+    config.default_password_file.mkdir(parents=True)
+    with pytest.raises(DefaultPasswordError, match="not a regular file"):
+        ensure_default_password(config)
