@@ -10,6 +10,8 @@ clean DISCONNECT with a reason and a log line) and fills in the ConnectionRecord
 
 from __future__ import annotations
 
+import hmac
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -30,6 +32,10 @@ from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.wire import Reader, WireError
 
 log = Logger()
+
+# Largest packet we accept (RFC 4253 section 6.1 asks for at least 35000 bytes); our
+# channels advertise 32 KiB maximum data packets, so anything near this is hostile.
+MAX_PACKET_LENGTH = 256 * 1024
 
 # Largest inflated payload we accept from a compressed packet (RFC 4253 section 6.1
 # requires 32768 + headers; channel packets here are at most 32 KiB of data).
@@ -145,6 +151,10 @@ class SSH2ServerTransport(SSHServerTransport):
         if b"ssh-rsa" in self.supportedPublicKeys:
             self.user_signature_algorithms.append(b"ssh-rsa")
         self._disconnecting = False
+        self._inbuf = bytearray()
+        self._first: bytes | None = None  # decrypted first block of the next packet
+        self._mac_in: Any = None  # keyed HMAC objects, copied per packet
+        self._mac_out: Any = None
         self.buf = b""
         self.on_connection_lost: Callable[[Failure], None] | None = None
 
@@ -202,17 +212,14 @@ class SSH2ServerTransport(SSHServerTransport):
     # -- packets in -----------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self.record.bytes_in += len(data)
+        # Bytes in and out are counted by the dispatcher, which sees every byte.
         if self._disconnecting:
             return
-        self.buf += data
+        self._inbuf += data
         try:
             while not self._disconnecting:
-                payload = self.getPacket()
+                payload = self._next_packet()
                 if payload is None:
-                    break
-                if not payload:
-                    self.protocol_error("empty packet payload")
                     break
                 self.dispatchMessage(payload[0], payload[1:])
         except Exception:
@@ -220,6 +227,56 @@ class SSH2ServerTransport(SSHServerTransport):
             # whatever the cause, the peer gets a DISCONNECT and we get the traceback.
             log.failure("ssh2: error handling a packet from {peer}", peer=self.record.peer)
             self.protocol_error("malformed or unexpected packet")
+
+    def _next_packet(self) -> bytes | None:
+        """The next whole packet's payload from the input buffer, or None for "need more".
+
+        Replaces Conch's getPacket: a bytearray consumed from the front instead of
+        re-slicing one bytes object per packet, and a keyed HMAC copied per packet instead
+        of a new HMAC; every length is checked before anything is allocated for it."""
+        enc = self.currentEncryptions
+        buf = self._inbuf
+        block = enc.decBlockSize or 8
+        if self._first is None:
+            if len(buf) < block:
+                return None
+            self._first = enc.decrypt(bytes(buf[:block]))
+        first = self._first
+        length, padding = struct.unpack_from("!LB", first)
+        if length > MAX_PACKET_LENGTH:
+            self.protocol_error(f"bad packet length {length}")
+            return None
+        if (length + 4) % block or padding < 4 or padding + 1 >= length:
+            self.protocol_error("bad packet padding or length")
+            return None
+        mac_size = enc.verifyDigestSize
+        needed = 4 + length + mac_size
+        if len(buf) < needed:
+            return None
+        with memoryview(buf) as view:
+            packet = first + enc.decrypt(view[block : 4 + length])
+            mac = bytes(view[4 + length : needed])
+        del buf[:needed]
+        self._first = None
+        if self._mac_in is not None:
+            check = self._mac_in.copy()
+            check.update(struct.pack(">L", self.incomingPacketSequence))
+            check.update(packet)
+            if not hmac.compare_digest(check.digest(), mac):
+                self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
+                return None
+        payload = packet[5 : length + 4 - padding]
+        if self.incomingCompression is not None:
+            try:
+                payload = self.incomingCompression.decompress(payload)
+            except Exception:
+                self.sendDisconnect(transport.DISCONNECT_COMPRESSION_ERROR, b"compression error")
+                return None
+        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
+        if not payload:
+            self.protocol_error("empty packet payload")
+            return None
+        return payload
 
     def protocol_error(self, reason: str) -> None:
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, reason.encode("ascii", "replace"))
@@ -314,11 +371,21 @@ class SSH2ServerTransport(SSHServerTransport):
         super().ssh_NEWKEYS(packet)
 
     def _newKeys(self) -> None:
+        self._set_macs(self.nextEncryptions)
         super()._newKeys()
         if self.incomingCompression is not None and not isinstance(
             self.incomingCompression, _BoundedInflater
         ):
             self.incomingCompression = _BoundedInflater(MAX_INFLATED_PAYLOAD)
+
+    def _set_macs(self, enc: SSHCiphers) -> None:
+        def keyed(params: Any) -> Any:
+            if not params or params[0] is None:
+                return None
+            return hmac.new(params.key, digestmod=params[0])
+
+        self._mac_in = keyed(enc.inMAC)
+        self._mac_out = keyed(enc.outMAC)
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         # Conch announces its host-key algorithms as server-sig-algs; clients read that
@@ -332,9 +399,35 @@ class SSH2ServerTransport(SSHServerTransport):
     # -- packets out ----------------------------------------------------------------------
 
     def sendPacket(self, messageType: int, payload: bytes) -> None:
+        self.send_parts(messageType, (payload,))
+
+    def send_parts(self, messageType: int, parts: tuple[bytes, ...]) -> None:
+        """Send one packet whose payload is ``parts`` joined, with a single join: channel
+        data is passed as (header, data) so it is copied once into the packet."""
         if self._disconnecting or self.transport is None:
             return
-        super().sendPacket(messageType, payload)
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE or self.outgoingCompression is not None:
+            # Rare paths (queueing during key exchange, compression): Conch's code.
+            super().sendPacket(messageType, b"".join(parts))
+            return
+        enc = self.currentEncryptions
+        block = enc.encBlockSize or 8
+        total = 6 + sum(map(len, parts))  # length, padding length, message type, payload
+        padding = block - total % block
+        if padding < 4:
+            padding += block
+        packet = b"".join(
+            (struct.pack("!LBB", total + padding - 4, padding, messageType), *parts, os.urandom(padding))
+        )
+        encrypted = enc.encrypt(packet)
+        if self._mac_out is not None:
+            mac = self._mac_out.copy()
+            mac.update(struct.pack(">L", self.outgoingPacketSequence))
+            mac.update(packet)
+            self.transport.writeSequence((encrypted, mac.digest()))
+        else:
+            self.transport.write(encrypted)
+        self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
 
     def sendDisconnect(self, reason: int, desc: bytes | str) -> None:
         if self._disconnecting:
