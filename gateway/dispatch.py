@@ -33,7 +33,9 @@ from protocols.record import ConnectionRecord
 MAX_LINE = 255  # bytes, including CR LF (RFC 4253 section 4.2)
 MAJOR_DIFFERS = b"Protocol major versions differ.\n"
 
-_VERSION_RE = re.compile(rb"^SSH-(\d+)\.(\d+)-([\x21-\x2c\x2e-\x7e]+)(?: [\x20-\x7e]*)?$")
+# RFC 4253 forbids "-" in the software version, but real clients send it
+# ("SSH-2.0-OpenSSH-keyscan"), and OpenSSH's server accepts it: so do we.
+_VERSION_RE = re.compile(rb"^SSH-(\d+)\.(\d+)-([\x21-\x7e]+)(?: [\x20-\x7e]*)?$")
 _PRINTABLE_RE = re.compile(rb"^[\x20-\x7e]*$")
 
 

@@ -101,10 +101,15 @@ def make_service(config: Any, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    from gateway.config import ensure_default_password
+    from gateway.config import DefaultPasswordError, ensure_default_password
+    from gateway.hostkeys import HostKeyError
 
-    config = ensure_default_password(config)
-    dispatcher = build_dispatcher(config, reactor)
+    try:
+        config = ensure_default_password(config)
+        dispatcher = build_dispatcher(config, reactor)
+    except (DefaultPasswordError, HostKeyError, ValueError) as e:
+        # twistd prints a SystemExit message and exits 1: no traceback for a setup problem.
+        raise SystemExit(f"sshgateway: {e}") from None
     top = service.MultiService()
     for description in config.listen:
         ListenerService(reactor, description, dispatcher).setServiceParent(top)

@@ -81,6 +81,7 @@ def test_sends_only_its_line_on_connect():
         (b"SSH-3.0-x", None),
         (b"GET / HTTP/1.1", None),
         (b"SSH-2.0-", None),
+        (b"SSH-2.0-OpenSSH-keyscan", "ssh2"),
     ],
 )
 def test_classify(line, kind):

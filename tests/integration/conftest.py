@@ -56,6 +56,7 @@ def authorized_keys(tmp_path_factory, client_keys) -> Path:
     path.write_text(
         "".join(Path(str(k) + ".pub").read_text() for k in client_keys.values())
     )
+    path.chmod(0o600)  # like sshd's StrictModes, the gateway ignores a writable file
     return path
 
 
