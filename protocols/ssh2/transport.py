@@ -195,7 +195,6 @@ class SSH2ServerTransport(SSHServerTransport):
             pass
 
     def _grace_expired(self) -> None:
-        self.record.auth_result = self.record.auth_result or "failure"
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login grace time exceeded")
 
     def connectionLost(self, reason: Failure | None = None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.conch.ssh import _kex, common, transport
 from twisted.internet.testing import StringTransport
 
@@ -227,3 +229,86 @@ def test_compression_inflater_is_bounded():
     data = bomb.compress(b"\0" * (4 * 1024 * 1024)) + bomb.flush(zlib.Z_SYNC_FLUSH)
     with pytest.raises(ValueError):
         _BoundedInflater(256 * 1024).decompress(data)
+
+
+def plain_packet(payload: bytes, padding: int | None = None, length: int | None = None) -> bytes:
+    """An unencrypted packet (before the first NEWKEYS; block size 8)."""
+    if padding is None:
+        padding = 8 - (5 + len(payload)) % 8
+        if padding < 4:
+            padding += 8
+    if length is None:
+        length = 1 + len(payload) + padding
+    return struct.pack(">LB", length, padding) + payload + b"\0" * padding
+
+
+def fresh_transport():
+    w = wire(login=False)
+    proto = w.factory.build_protocol(w.record, SERVER_LINE, b"SSH-2.0-x")
+    t = StringTransport()
+    proto.makeConnection(t)
+    return w, proto, t
+
+
+@pytest.mark.parametrize(
+    "packet, reason",
+    [
+        (plain_packet(b"\x02", padding=2, length=1 + 1 + 2 + 4), "bad packet padding"),
+        (plain_packet(b"\x02\x00\x00", length=13), "bad packet padding or length"),
+        (struct.pack(">LB", 12, 11) + b"\0" * 11, "bad packet padding or length"),
+    ],
+)
+def test_bad_padding_or_length_disconnects(packet, reason):
+    w, proto, t = fresh_transport()
+    proto.dataReceived(packet)
+    assert t.disconnecting
+    assert w.record.close_reason.startswith("bad packet")
+
+
+def test_bad_mac_disconnects():
+    from tests.ssh2.harness import user_key
+
+    w = wire(key=user_key(), password=None)
+    w.client.sendIgnore(b"x" * 40)
+    raw = bytearray(w.client.transport.stream.pop())
+    raw[-1] ^= 1  # flip one bit of the MAC
+    w.client.transport.stream.append(bytes(raw))
+    w.flush()
+    assert w.client.disconnect[0] == transport.DISCONNECT_MAC_ERROR
+    assert w.record.close_reason == "bad MAC"
+
+
+def test_data_after_disconnect_is_ignored():
+    w, proto, t = fresh_transport()
+    proto.dataReceived(struct.pack(">LB", 0x7FFFFFF0, 4) + b"\0" * 11)
+    written = t.value()
+    proto.dataReceived(b"more bytes" * 100)
+    assert t.value() == written
+
+
+def test_packets_split_at_every_byte_are_reassembled():
+    w, proto, t = fresh_transport()
+    packet = plain_packet(bytes([transport.MSG_IGNORE]) + common.NS(b"hello"))
+    for i in range(len(packet)):
+        proto.dataReceived(packet[i : i + 1])
+    assert not t.disconnecting
+    assert proto.incomingPacketSequence == 1
+
+
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(min_size=0, max_size=300), max_size=8))
+def test_arbitrary_bytes_never_raise(chunks):
+    w, proto, t = fresh_transport()
+    for chunk in chunks:
+        proto.dataReceived(chunk)  # must not raise: wait for more or disconnect cleanly
+    proto.connectionLost(None)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=255), st.binary(max_size=200))
+def test_arbitrary_messages_in_valid_packets_never_raise(message, body):
+    w, proto, t = fresh_transport()
+    proto.dataReceived(plain_packet(bytes([message]) + body))
+    proto.connectionLost(None)
