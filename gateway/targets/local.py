@@ -123,7 +123,9 @@ def _environment(
         "PATH": path,
     }
     if request.pty is not None:
-        env["TERM"] = request.pty.term or "dumb"
+        term = request.pty.term
+        # A terminal type is a short name; anything else is not worth failing the start for.
+        env["TERM"] = term if 0 < len(term) <= 64 and term.isprintable() else "dumb"
     # Like sshd, what the client sent (already through the allow-list) comes last and wins.
     for name, value in request.env.items():
         if not name or "=" in name or "\0" in name or "\0" in value:

@@ -283,6 +283,13 @@ def test_pty_tty_size_and_term(reactor, target):
     assert client.stderr == b""
 
 
+def test_pty_odd_terminal_type_falls_back(reactor, target):
+    request = SessionRequest(command=b"echo $TERM", pty=PtyRequest("x\0y", WindowSize(24, 80)))
+    client = run(reactor, target, request, eof=False)
+    assert bytes(client.stdout) == b"dumb\r\n"
+    assert client.exit == ExitInfo(status=0)
+
+
 def test_pty_resize_reaches_program(reactor, target):
     script = b"trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.05; done"
     client = FakeClient()
