@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import IPushProducer
+from zope.interface.verify import verifyObject
 
 from gateway.targets import fdio, ttymodes
 from gateway.targets.local import LocalSession, LocalTarget
-from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
+from protocols.session import ExitInfo, ISessionTarget, PtyRequest, SessionRequest, WindowSize
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 10.0
@@ -180,6 +182,14 @@ def is_reaped(pid: int) -> bool:
 
 
 # ---- commands without a pty ----------------------------------------------------------
+
+
+def test_interfaces(reactor, target):
+    client = FakeClient()
+    session = target.open_session("alice", SessionRequest(command=b"true"), client)
+    verifyObject(ISessionTarget, session)
+    verifyObject(IPushProducer, client.producer)
+    spin(reactor, lambda: client.exit is not None)
 
 
 def test_command_stdout_stderr_and_status(reactor, target):
