@@ -106,25 +106,23 @@ class ChunkReader:
             self.reading = False
             self._reactor.removeReader(self)
 
-    def read_once(self) -> bool:
-        """Read one chunk; returns False when nothing was there (EAGAIN) or at EOF."""
+    def read_once(self) -> int:
+        """Read one chunk; returns its size, 0 when nothing was there (EAGAIN) or at EOF."""
         if self.closed:
-            return False
+            return 0
         try:
-            data = os.read(self.fd, self._chunk)
+            data = os.read(self.fd, self._chunk)  # EINTR is retried by Python itself
         except BlockingIOError:
-            return False
-        except InterruptedError:
-            return True
+            return 0
         except OSError as e:
             if e.errno not in _GONE:
                 log.warn("read from {name} failed: {error}", name=self.name, error=e)
             data = b""
         if not data:
             self.close()
-            return False
+            return 0
         self._deliver(data)
-        return True
+        return len(data)
 
     def close(self) -> None:
         """Stop reading and close the descriptor; reports EOF if not done yet."""
@@ -263,8 +261,6 @@ class WatermarkWriter:
                 written = os.write(self.fd, head)
             except BlockingIOError:
                 break
-            except InterruptedError:
-                continue
             except OSError as e:
                 if e.errno not in _GONE:
                     log.warn("write to {name} failed: {error}", name=self.name, error=e)

@@ -440,9 +440,10 @@ class LocalSession:
             return
         budget = _PTY_DRAIN_LIMIT
         while not self._paused and not reader.closed and budget > 0:
-            if not reader.read_once():
+            got = reader.read_once()
+            if not got:
                 break
-            budget -= self._target.read_chunk
+            budget -= got
         if not self._paused and not reader.closed:
             # Empty (or endless) after the child ended: the rest belongs to background
             # processes the session does not wait for.

@@ -390,6 +390,13 @@ def test_pty_background_holder_does_not_keep_session(reactor, target):
     assert client.exit == ExitInfo(status=0)
 
 
+def test_pty_endless_background_writer_does_not_keep_session(reactor, target):
+    script = b"(trap '' HUP; exec yes) & sleep 0.2; echo; echo started"
+    client = run(reactor, target, SessionRequest(command=script, pty=pty()), eof=False)
+    assert b"started" in client.stdout
+    assert client.exit == ExitInfo(status=0)
+
+
 # ---- flow control --------------------------------------------------------------------
 
 
