@@ -1,0 +1,457 @@
+"""The Twisted SSH-1 server in memory: StringTransport, Clock, a fake target, and the
+test-only client. Login, session, back-pressure, forwarding policy, timers, records."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from zope.interface import implementer
+
+from protocols.auth import AuthLimits, ISSH1RSAChallenge, PolicyRefused
+from protocols.record import ConnectionRecord
+from protocols.session import ExitInfo, IGatewayUser, ISessionTarget, WindowSize
+from protocols.ssh1 import keys
+from protocols.ssh1 import messages as m
+from protocols.ssh1.server import SSH1ServerFactory
+from protocols.ssh1.settings import SSH1Settings
+from protocols.ssh1.wire import Reader, Writer
+from tests.ssh1.minclient import MiniClient, host_key, server_key, string, user_key
+
+
+@implementer(ISessionTarget)
+class FakeTarget:
+    def __init__(self, request, client) -> None:
+        self.request = request
+        self.client = client
+        self.stdin: list[bytes] = []
+        self.eof = False
+        self.sizes: list[WindowSize] = []
+        self.closed = False
+        self.producer = None
+
+    def write_stdin(self, data):
+        self.stdin.append(data)
+
+    def close_stdin(self):
+        self.eof = True
+
+    def resize(self, size):
+        self.sizes.append(size)
+
+    def send_signal(self, name):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+class FakeOutputProducer:
+    def __init__(self):
+        self.state = "producing"
+
+    def pauseProducing(self):
+        self.state = "paused"
+
+    def resumeProducing(self):
+        self.state = "producing"
+
+    def stopProducing(self):
+        self.state = "stopped"
+
+
+@implementer(IGatewayUser)
+class Avatar:
+    def __init__(self, name: str) -> None:
+        self.username = name
+        self.targets: list[FakeTarget] = []
+
+    def open_session(self, request, client):
+        target = FakeTarget(request, client)
+        self.targets.append(target)
+        return target
+
+    def env_allowed(self, name):
+        return False
+
+
+@implementer(IRealm)
+class Realm:
+    def __init__(self):
+        self.avatars: list[Avatar] = []
+        self.logouts = 0
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        name = avatar_id.decode()
+        if name == "twostep":
+            raise PolicyRefused("needs password and publickey")
+        avatar = Avatar(name)
+        self.avatars.append(avatar)
+
+        def logout():
+            self.logouts += 1
+
+        return IGatewayUser, avatar, logout
+
+
+@implementer(ICredentialsChecker)
+class RSAChecker:
+    credentialInterfaces = (ISSH1RSAChallenge,)
+
+    def __init__(self, listed: dict[bytes, tuple[int, int]]):
+        self.listed = listed
+
+    def requestAvatarId(self, credentials):
+        key = self.listed.get(credentials.username)
+        if key is None or key[1] != credentials.modulus:
+            return defer.fail(UnauthorizedLogin("no"))
+        d = credentials.challenge(*key)
+
+        def answered(ok):
+            if ok is not True:
+                raise UnauthorizedLogin("no")
+            return credentials.username
+
+        return d.addCallback(answered)
+
+
+class Harness:
+    def __init__(self, settings=SSH1Settings(), limits=AuthLimits(failure_delay=1.0)):
+        self.clock = Clock()
+        self.realm = Realm()
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", twostep=b"secret")
+        rsa_checker = RSAChecker({b"alice": keys.public_numbers(user_key())})
+        self.portal = Portal(self.realm, [checker, rsa_checker])
+        self.generated = 0
+
+        def generate(bits):
+            self.generated += 1
+            return server_key()
+
+        self.factory = SSH1ServerFactory(
+            self.portal, host_key(), settings, limits, self.clock, key_generator=generate
+        )
+        self.record = ConnectionRecord(peer="127.0.0.1:1")
+        self.protocol = self.factory.build_protocol(self.record, b"SSH-1.99-gw", b"SSH-1.5-t")
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.client = MiniClient()
+        [(msg_type, payload)] = self.received()
+        assert msg_type == m.SSH_SMSG_PUBLIC_KEY
+        self.client.parse_public_key(payload)
+
+    def received(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return self.client.feed(data)
+
+    def send(self, msg_type, payload=b""):
+        self.protocol.dataReceived(self.client.packet(msg_type, payload))
+        return self.received()
+
+    def key_exchange(self, cipher="3des"):
+        self.protocol.dataReceived(self.client.session_key_packet(cipher))
+        assert self.received() == [(m.SSH_SMSG_SUCCESS, b"")]
+
+    def login(self, user=b"alice", password=b"secret"):
+        self.key_exchange()
+        assert self.send(m.SSH_CMSG_USER, string(user)) == [(m.SSH_SMSG_FAILURE, b"")]
+        return self.send(m.SSH_CMSG_AUTH_PASSWORD, string(password))
+
+
+@pytest.fixture
+def logs():
+    captured = []
+    globalLogPublisher.addObserver(captured.append)
+    yield captured
+    globalLogPublisher.removeObserver(captured.append)
+
+
+def text(logs) -> str:
+    from twisted.logger import formatEvent
+
+    return "\n".join(formatEvent(e) for e in logs)
+
+
+def test_password_login_and_session():
+    h = Harness()
+    assert h.login() == [(m.SSH_SMSG_SUCCESS, b"")]
+    assert h.record.auth_result == "success" and h.record.user == "alice"
+    pty = Writer().string(b"vt100").uint32(24).uint32(80).uint32(0).uint32(0).raw(b"\0").getvalue()
+    assert h.send(m.SSH_CMSG_REQUEST_PTY, pty) == [(m.SSH_SMSG_SUCCESS, b"")]
+    assert h.send(m.SSH_CMSG_X11_REQUEST_FORWARDING, string(b"MIT") + string(b"c")) == [
+        (m.SSH_SMSG_FAILURE, b"")
+    ]
+    assert h.send(m.SSH_CMSG_AGENT_REQUEST_FORWARDING) == [(m.SSH_SMSG_FAILURE, b"")]
+    assert h.send(m.SSH_CMSG_PORT_FORWARD_REQUEST, struct.pack(">I", 80) + string(b"h") + struct.pack(">I", 80)) == [
+        (m.SSH_SMSG_FAILURE, b"")
+    ]
+    assert h.send(m.SSH_CMSG_MAX_PACKET_SIZE, struct.pack(">I", 8192)) == [(m.SSH_SMSG_SUCCESS, b"")]
+    assert h.send(m.SSH_CMSG_EXEC_CMD, string(b"cat")) == []
+    target = h.realm.avatars[0].targets[0]
+    assert target.request.command == b"cat" and target.request.pty.term == "vt100"
+    h.send(m.SSH_CMSG_STDIN_DATA, string(b"abc"))
+    h.send(m.SSH_CMSG_WINDOW_SIZE, struct.pack(">4I", 30, 100, 0, 0))
+    h.send(m.SSH_CMSG_EOF)
+    assert target.stdin == [b"abc"] and target.eof and target.sizes == [WindowSize(30, 100, 0, 0)]
+    target.client.write_stdout(b"x" * 20000)
+    target.client.write_stderr(b"oops")
+    target.client.send_eof()
+    target.client.exited(ExitInfo(status=3))
+    replies = h.received()
+    stdout = b"".join(Reader(p).string() for t, p in replies if t == m.SSH_SMSG_STDOUT_DATA)
+    assert stdout == b"x" * 20000
+    assert max(len(p) for t, p in replies) <= 8192  # max packet size honoured
+    assert replies[-1] == (m.SSH_SMSG_EXITSTATUS, struct.pack(">I", 3))
+    h.send(m.SSH_CMSG_EXIT_CONFIRMATION)
+    assert h.transport.disconnecting
+    h.protocol.connectionLost(None)
+    assert h.record.close_reason == "session finished"
+    assert target.closed and h.realm.logouts == 1
+    assert h.record.algorithms == {
+        "cipher": "3des", "compression": "none", "host_key_bits": "2048", "server_key_bits": "1024",
+    }
+
+
+def test_signal_exit_status():
+    h = Harness()
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    target = h.realm.avatars[0].targets[0]
+    assert target.request.command is None
+    target.client.exited(ExitInfo(signal="TERM"))
+    assert h.received() == [(m.SSH_SMSG_EXITSTATUS, struct.pack(">I", 128 + 15))]
+
+
+def test_exit_confirmation_timeout(logs):
+    h = Harness()
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    h.realm.avatars[0].targets[0].client.exited(ExitInfo(status=0))
+    h.received()
+    h.clock.advance(31)
+    assert h.received()[-1][0] == m.SSH_MSG_DISCONNECT
+    assert h.transport.disconnecting
+
+
+def test_wrong_password_and_unknown_user_look_the_same():
+    answers = []
+    for user, password in ((b"alice", b"wrong"), (b"nobody", b"wrong")):
+        h = Harness()
+        assert h.login(user, password) == []  # nothing before the failure delay
+        h.clock.advance(0.99)
+        assert h.received() == []
+        h.clock.advance(0.01)
+        answers.append(h.received())
+        assert h.record.auth_result == "failure"
+    assert answers[0] == answers[1] == [(m.SSH_SMSG_FAILURE, b"")]
+
+
+def test_password_works_after_failure():
+    h = Harness()
+    h.login(password=b"wrong")
+    h.clock.advance(1)
+    assert h.received() == [(m.SSH_SMSG_FAILURE, b"")]
+    assert h.send(m.SSH_CMSG_AUTH_PASSWORD, string(b"secret")) == [(m.SSH_SMSG_SUCCESS, b"")]
+
+
+def test_attempt_limit_disconnects():
+    h = Harness(limits=AuthLimits(max_attempts=2, failure_delay=0.5))
+    h.login(password=b"bad")
+    h.clock.advance(1)
+    assert h.received() == [(m.SSH_SMSG_FAILURE, b"")]
+    h.send(m.SSH_CMSG_AUTH_PASSWORD, string(b"bad"))
+    h.clock.advance(1)
+    [(msg_type, payload)] = h.received()
+    assert msg_type == m.SSH_MSG_DISCONNECT
+    assert b"too many authentication failures" in payload
+    assert h.transport.disconnecting
+
+
+def test_grace_time(logs):
+    h = Harness(limits=AuthLimits(grace_time=10))
+    h.key_exchange()
+    h.clock.advance(10)
+    [(msg_type, payload)] = h.received()
+    assert msg_type == m.SSH_MSG_DISCONNECT and b"grace time" in payload
+    assert h.transport.disconnecting
+    assert "login grace time exceeded" in text(logs)
+
+
+def test_grace_time_before_key_exchange_disconnects_in_clear():
+    h = Harness(limits=AuthLimits(grace_time=5))
+    h.clock.advance(5)
+    assert MiniClient().feed(h.transport.value())[-1][0] == m.SSH_MSG_DISCONNECT
+
+
+def test_two_step_policy_refused_and_logged(logs):
+    h = Harness()
+    h.login(user=b"twostep")
+    h.clock.advance(1)
+    assert h.received() == [(m.SSH_SMSG_FAILURE, b"")]
+    assert "SSH-1 cannot do two-step authentication" in text(logs)
+    assert "secret" not in text(logs)
+
+
+def test_rsa_login():
+    h = Harness()
+    h.key_exchange()
+    h.send(m.SSH_CMSG_USER, string(b"alice"))
+    e, n = keys.public_numbers(user_key())
+    [(msg_type, payload)] = h.send(m.SSH_CMSG_AUTH_RSA, Writer().mpint(n).getvalue())
+    assert msg_type == m.SSH_SMSG_AUTH_RSA_CHALLENGE
+    challenge = keys.decrypt_challenge(user_key(), Reader(payload).mpint())
+    response = keys.challenge_response(challenge, h.client.session_id)
+    assert h.send(m.SSH_CMSG_AUTH_RSA_RESPONSE, response) == [(m.SSH_SMSG_SUCCESS, b"")]
+    assert h.record.auth_method == "publickey" and h.record.auth_result == "success"
+
+
+def test_rsa_wrong_response_and_unlisted_key():
+    h = Harness()
+    h.key_exchange()
+    h.send(m.SSH_CMSG_USER, string(b"alice"))
+    e, n = keys.public_numbers(user_key())
+    h.send(m.SSH_CMSG_AUTH_RSA, Writer().mpint(n).getvalue())
+    assert h.send(m.SSH_CMSG_AUTH_RSA_RESPONSE, bytes(16)) == []
+    h.clock.advance(1)
+    assert h.received() == [(m.SSH_SMSG_FAILURE, b"")]
+    # An unlisted key gets FAILURE, no challenge.
+    assert h.send(m.SSH_CMSG_AUTH_RSA, Writer().mpint(n + 2).getvalue()) == []
+    h.clock.advance(1)
+    assert h.received() == [(m.SSH_SMSG_FAILURE, b"")]
+    assert h.send(m.SSH_CMSG_AUTH_PASSWORD, string(b"secret")) == [(m.SSH_SMSG_SUCCESS, b"")]
+
+
+def test_rhosts_refused(logs):
+    h = Harness()
+    h.key_exchange()
+    h.send(m.SSH_CMSG_USER, string(b"alice"))
+    assert h.send(m.SSH_CMSG_AUTH_RHOSTS, string(b"root")) == [(m.SSH_SMSG_FAILURE, b"")]
+    assert "refused rhosts" in text(logs)
+
+
+def test_compression():
+    h = Harness()
+    h.login()
+    assert h.send(m.SSH_CMSG_REQUEST_COMPRESSION, struct.pack(">I", 0)) == [(m.SSH_SMSG_FAILURE, b"")]
+    assert h.send(m.SSH_CMSG_REQUEST_COMPRESSION, struct.pack(">I", 9)) == [(m.SSH_SMSG_SUCCESS, b"")]
+    h.client.encoder.start_compression(9)
+    h.client.decoder.start_decompression()
+    h.send(m.SSH_CMSG_EXEC_CMD, string(b"x"))
+    target = h.realm.avatars[0].targets[0]
+    target.client.write_stdout(b"a" * 100000)
+    wire = h.transport.value()
+    assert len(wire) < 5000
+    replies = h.received()
+    assert b"".join(Reader(p).string() for t, p in replies) == b"a" * 100000
+    assert h.record.algorithms["compression"] == "zlib-9"
+
+
+def test_back_pressure_both_ways():
+    h = Harness()
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_CMD, string(b"cat"))
+    target = h.realm.avatars[0].targets[0]
+    # The program stops reading stdin: we stop reading from the client...
+    target.producer.pauseProducing()
+    assert h.transport.producerState == "paused"
+    h.protocol.dataReceived(h.client.packet(m.SSH_CMSG_STDIN_DATA, string(b"later")))
+    assert target.stdin == []  # buffered, not delivered while paused
+    target.producer.resumeProducing()
+    assert h.transport.producerState == "producing"
+    assert target.stdin == [b"later"]
+    # ...and when the client's TCP buffer is full, the program's output source pauses.
+    output = FakeOutputProducer()
+    target.client.registerProducer(output, True)
+    h.transport.producer.pauseProducing()
+    assert output.state == "paused"
+    h.transport.producer.resumeProducing()
+    assert output.state == "producing"
+    target.client.unregisterProducer()
+
+
+def test_exit_resumes_paused_input():
+    h = Harness()
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_CMD, string(b"cat"))
+    target = h.realm.avatars[0].targets[0]
+    target.producer.pauseProducing()
+    target.client.exited(ExitInfo(status=0))
+    h.received()
+    h.send(m.SSH_CMSG_EXIT_CONFIRMATION)
+    assert h.transport.disconnecting
+
+
+def test_port_open_refused_by_default(logs):
+    h = Harness()
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    open_msg = Writer().uint32(7).string(b"127.0.0.1").uint32(22).getvalue()
+    assert h.send(m.SSH_MSG_PORT_OPEN, open_msg) == [
+        (m.SSH_MSG_CHANNEL_OPEN_FAILURE, struct.pack(">I", 7))
+    ]
+    assert "refused port forward to 127.0.0.1:22" in text(logs)
+
+
+def test_data_for_unknown_channel_disconnects():
+    h = Harness()
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    replies = h.send(m.SSH_MSG_CHANNEL_DATA, Writer().uint32(3).string(b"x").getvalue())
+    assert replies[-1][0] == m.SSH_MSG_DISCONNECT
+
+
+def test_protocol_error_logged_and_closed(logs):
+    h = Harness()
+    h.key_exchange()
+    replies = h.send(m.SSH_CMSG_EXEC_SHELL)
+    assert replies[-1][0] == m.SSH_MSG_DISCONNECT
+    assert h.transport.disconnecting
+    assert "not allowed in phase user" in text(logs)
+    assert "not allowed" in h.record.close_reason
+
+
+def test_connection_lost_mid_auth_is_quiet():
+    h = Harness()
+    h.login(password=b"wrong")
+    h.protocol.connectionLost(None)
+    h.clock.advance(5)  # the delayed failure must not touch the closed connection
+    assert h.transport.value() == b""
+
+
+def test_server_key_rotation_only_when_used():
+    h = Harness(settings=SSH1Settings(server_key_lifetime=100))
+    assert h.generated == 1 and h.factory.server_key_generations == 1
+    h.clock.advance(100)  # used by the harness connection
+    assert h.generated == 2
+    h.clock.advance(100)  # unused since
+    assert h.generated == 2
+    calls = len(h.clock.getDelayedCalls())
+    h.factory.stop()
+    assert len(h.clock.getDelayedCalls()) == calls - 1
+
+
+def test_host_key_size_gap_enforced():
+    with pytest.raises(ValueError, match="at least 128 bits"):
+        SSH1ServerFactory(
+            None, host_key(), SSH1Settings(server_key_bits=2000), AuthLimits(), Clock(),
+            key_generator=lambda bits: server_key(),
+        )
+
+
+def test_only_configured_ciphers_offered():
+    h = Harness(settings=SSH1Settings(ciphers=("blowfish",)))
+    assert h.client.public_key["ciphers"] == 1 << 6
