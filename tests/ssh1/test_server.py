@@ -128,8 +128,12 @@ class RSAChecker:
         return d.addCallback(answered)
 
 
+DEFAULT_SETTINGS = SSH1Settings()
+DEFAULT_LIMITS = AuthLimits(failure_delay=1.0)
+
+
 class Harness:
-    def __init__(self, settings=SSH1Settings(), limits=AuthLimits(failure_delay=1.0)):
+    def __init__(self, settings=DEFAULT_SETTINGS, limits=DEFAULT_LIMITS):
         self.clock = Clock()
         self.realm = Realm()
         checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", twostep=b"secret")
