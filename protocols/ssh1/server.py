@@ -49,6 +49,7 @@ from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.settings import SSH1Settings
 
 EXIT_CONFIRMATION_TIMEOUT = 30.0  # seconds we wait for the client's EXIT_CONFIRMATION
+MAX_FORWARDS = 64  # simultaneous -L connections per SSH-1 connection
 log = Logger(namespace="sshgateway.ssh1")
 
 
@@ -280,7 +281,6 @@ class SSH1ServerProtocol(Protocol):
         self.record.protocol = "ssh1"
         self.record.algorithms.update(
             {
-                "cipher": "",
                 "compression": "none",
                 "host_key_bits": str(f.host_key.key_size),
                 "server_key_bits": str(server_key.key_size),
@@ -597,6 +597,14 @@ class SSH1ServerProtocol(Protocol):
         assert self.core is not None
         host = event.host.decode("ascii", "replace")
         destination = f"{host}:{event.port}"
+        if len(self._channels) >= MAX_FORWARDS:
+            log.info(
+                "ssh1 {peer}: refused port forward: {n} already open",
+                peer=self.record.peer,
+                n=len(self._channels),
+            )
+            self.core.send_channel_open_failure(event.channel)
+            return
         if destination not in self.factory.settings.permit_open:
             log.info(
                 "ssh1 {peer}: refused port forward to {destination}",

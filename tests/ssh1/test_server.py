@@ -226,7 +226,7 @@ def test_password_login_and_session():
     assert h.record.close_reason == "session finished"
     assert target.closed and h.realm.logouts == 1
     assert h.record.algorithms == {
-        "cipher": "3des", "compression": "none", "host_key_bits": "2048", "server_key_bits": "1024",
+        "compression": "none", "host_key_bits": "2048", "server_key_bits": "1024", "cipher": "3des",
     }
 
 
