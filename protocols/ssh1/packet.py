@@ -54,6 +54,7 @@ class PacketDecoder:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._pos = 0  # start of unread data in _buf (compacted lazily: no memmove per packet)
         self._cipher: CipherSpec = BY_NAME["none"]
         self._stream: Stream | None = None
         self._iv: bytes | None = None
@@ -62,9 +63,12 @@ class PacketDecoder:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> None:
+        if self._pos and self._pos >= len(self._buf) // 2:
+            del self._buf[: self._pos]
+            self._pos = 0
         self._buf += data
 
     def set_cipher(self, spec: CipherSpec, session_key: bytes) -> None:
@@ -77,20 +81,24 @@ class PacketDecoder:
 
     def next_packet(self) -> tuple[int, bytes] | None:
         """The next whole packet, or None until more bytes arrive."""
-        buf = self._buf
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
         if self._need is None:
-            if len(buf) < 4:
+            if available < 4:
                 return None
-            length = _U32.unpack_from(buf, 0)[0]
+            length = _U32.unpack_from(buf, pos)[0]
             if length < MIN_LENGTH or length > MAX_LENGTH:
                 raise BadLength(f"packet length {length} outside {MIN_LENGTH}..{MAX_LENGTH}")
             self._need = 4 + padding_length(length) + length
         need = self._need
-        if len(buf) < need:
+        if available < need:
             return None
-        length = _U32.unpack_from(buf, 0)[0]
-        body = bytes(buf[4:need])
-        del buf[:need]
+        length = _U32.unpack_from(buf, pos)[0]
+        body = bytes(buf[pos + 4 : pos + need])
+        self._pos = pos + need
+        if self._pos == len(buf):
+            buf.clear()
+            self._pos = 0
         self._need = None
         pad = padding_length(length)
         if self._stream is not None:

@@ -238,6 +238,7 @@ class SSH1ServerProtocol(Protocol):
         self._input_pauses: set[str] = set()
         self._pumping = False
         self._pump_again = False
+        self._stdin_batch: list[bytes] = []
         self._closing = False
         self._rsa_answer: tuple[defer.Deferred, bytes] | None = None
         self._exit_timer: IDelayedCall | None = None
@@ -258,7 +259,6 @@ class SSH1ServerProtocol(Protocol):
             ev.MaxPacketSizeRequested: self._on_max_packet,
             ev.ExecShell: self._on_exec,
             ev.ExecCommand: self._on_exec,
-            ev.StdinData: self._on_stdin,
             ev.StdinEOF: self._on_eof,
             ev.WindowChanged: self._on_window,
             ev.ExitConfirmed: self._on_exit_confirmed,
@@ -308,15 +308,29 @@ class SSH1ServerProtocol(Protocol):
                 if self._input_pauses:
                     break
                 event = self.core.next_event()
+                if type(event) is ev.StdinData:
+                    # Clients send small packets (plink: 512 bytes); the program gets
+                    # one write per batch instead of one per packet.
+                    self._stdin_batch.append(event.data)
+                    continue
+                self._deliver_stdin()
                 if event is ev.NEED_DATA or event is ev.PAUSED or event is ev.CLOSED:
                     if not self._pump_again:
                         break
                     continue
                 self._handlers[type(event)](event)
                 self._flush()
+            self._deliver_stdin()
         finally:
             self._pumping = False
         self._flush()
+
+    def _deliver_stdin(self) -> None:
+        if self._stdin_batch:
+            data = b"".join(self._stdin_batch)
+            self._stdin_batch.clear()
+            if self.target is not None and not self._closing:
+                self.target.write_stdin(data)
 
     def _flush(self) -> None:
         core = self.core
@@ -533,10 +547,6 @@ class SSH1ServerProtocol(Protocol):
             self.target.registerProducer(_InputValve(self, "stdin"), True)
 
     # ------------------------------------------------------------ interactive phase
-    def _on_stdin(self, event: ev.StdinData) -> None:
-        if self.target is not None:
-            self.target.write_stdin(event.data)
-
     def _on_eof(self, event: ev.StdinEOF) -> None:
         if self.target is not None:
             self.target.close_stdin()
