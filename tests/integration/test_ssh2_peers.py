@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import socket
 import subprocess
 import time
@@ -118,7 +119,7 @@ def test_openssh_pty_and_window_change(gateway, client_keys, tmp_path):
         "for i in $(seq 300); do sleep 0.1; done"
     )
     session = f"sshgw{os.getpid()}"
-    cmd = " ".join(f"'{a}'" for a in ssh_argv(gateway, client_keys["ed25519"], "-tt", script))
+    cmd = shlex.join(ssh_argv(gateway, client_keys["ed25519"], "-tt", script))
     subprocess.run(
         [tools["tmux"], "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd],
         check=True, timeout=30,
