@@ -676,19 +676,26 @@ class SSH1ServerProtocol(Protocol):
         core.send_channel_close(forward.peer_channel)
         self._flush()
 
+    def _known_channel(self, number: int, what: str) -> _Forward | None:
+        """The open forward with this number; None for one already closed (messages
+        cross on the wire, and numbers are never reused) or, after a disconnect, for one
+        that never existed."""
+        forward = self._channels.get(number)
+        if forward is None and number >= self._next_channel:
+            self._disconnect(f"{what} for unknown channel {number}")
+        return forward
+
     def _on_channel_data(self, event: ev.ChannelData) -> None:
-        forward = self._channels.get(event.channel)
+        forward = self._known_channel(event.channel, "data")
         if forward is None:
-            self._disconnect(f"data for unknown channel {event.channel}")
             return
         if forward.transport is not None and not forward.client_closed:
             forward.transport.write(event.data)
 
     def _on_channel_close(self, event: ev.ChannelClosed) -> None:
         assert self.core is not None
-        forward = self._channels.get(event.channel)
+        forward = self._known_channel(event.channel, "close")
         if forward is None:
-            self._disconnect(f"close for unknown channel {event.channel}")
             return
         forward.client_closed = True
         self.core.send_channel_close_confirmation(forward.peer_channel)
@@ -713,6 +720,8 @@ class SSH1ServerProtocol(Protocol):
 
 
 class _OneShot(Factory):
+    noisy = False  # one per forwarded connection: no "Starting factory" log lines
+
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
 
