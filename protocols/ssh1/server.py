@@ -111,11 +111,15 @@ class SSH1ServerFactory:
 @implementer(IPushProducer)
 class _OutputGate:
     """Registered once with the client's transport; passes its pause/resume on to every
-    source that writes to the client (the session's output, forwarded sockets)."""
+    source that writes to the client (the session's output, forwarded sockets), and to
+    our own reading from the client: a client that does not read what we send must not
+    make us queue answers (to IGNOREd-in-bulk requests, refused forwards) without end."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_pause: Callable[[], None], on_resume: Callable[[], None]) -> None:
         self.paused = False
         self.sources: list[Any] = []
+        self._on_pause = on_pause
+        self._on_resume = on_resume
 
     def add(self, source: Any) -> None:
         self.sources.append(source)
@@ -132,11 +136,13 @@ class _OutputGate:
         self.paused = True
         for source in list(self.sources):
             source.pauseProducing()
+        self._on_pause()
 
     def resumeProducing(self) -> None:
         self.paused = False
         for source in list(self.sources):
             source.resumeProducing()
+        self._on_resume()
 
     def stopProducing(self) -> None:
         self.sources.clear()
@@ -234,7 +240,9 @@ class SSH1ServerProtocol(Protocol):
         self._pty: PtyRequest | None = None
         self.target: ISessionTarget | None = None
         self._client = _SessionClient(self)
-        self._gate = _OutputGate()
+        self._gate = _OutputGate(
+            lambda: self._pause_input("output"), lambda: self._resume_input("output")
+        )
         self._input_pauses: set[str] = set()
         self._pumping = False
         self._pump_again = False

@@ -382,8 +382,11 @@ def test_back_pressure_both_ways():
     target.client.registerProducer(output, True)
     h.transport.producer.pauseProducing()
     assert output.state == "paused"
+    # A client that does not read gets nothing more read from it either (as sshd does).
+    assert h.transport.producerState == "paused"
     h.transport.producer.resumeProducing()
     assert output.state == "producing"
+    assert h.transport.producerState == "producing"
     target.client.unregisterProducer()
 
 
