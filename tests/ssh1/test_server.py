@@ -462,3 +462,39 @@ def test_host_key_size_gap_enforced():
 def test_only_configured_ciphers_offered():
     h = Harness(settings=SSH1Settings(ciphers=("blowfish",)))
     assert h.client.public_key["ciphers"] == 1 << 6
+
+
+# ---------------------------------------------------------------- fuzzing the whole server
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=200)), max_size=10),
+    st.integers(0, 3),
+)
+def test_fuzz_server_after_login(packets, splits):
+    h = Harness()
+    h.login()
+    for msg_type, payload in packets:
+        wire = h.client.packet(msg_type, payload)
+        step = max(1, len(wire) // (splits + 1))
+        for i in range(0, len(wire), step):
+            h.protocol.dataReceived(wire[i : i + step])
+        h.clock.advance(2)
+        h.transport.clear()
+        if h.transport.disconnecting:
+            break
+    h.protocol.connectionLost(None)
+    h.clock.advance(100)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=3000))
+def test_fuzz_server_raw_bytes(data):
+    h = Harness()
+    h.protocol.dataReceived(data)
+    h.clock.advance(200)
+    assert h.transport.disconnecting  # a protocol error, or the grace time at the latest
+    h.protocol.connectionLost(None)
