@@ -1,1 +1,18 @@
-"""SSH protocol 1.5: a sans-I/O core (no Twisted) and thin Twisted wrappers."""
+"""SSH protocol 1.5 (and 1.3): a sans-I/O core (no Twisted) and a thin Twisted server.
+
+Core, one module per concern (none imports Twisted or the gateway):
+    wire        byte/uint32/string/SSH-1 mpint, bounded reads, ProtocolError
+    crc         SSH-1 CRC-32 (start 0, no final inversion)
+    ciphers     registry by name and number: none 0, des 2, 3des 3, blowfish 6
+    compression zlib per direction, Z_PARTIAL_FLUSH per packet, bounded inflation
+    deattack    CRC-32 compensation attack detector
+    packet      binary packet codec (length bounds before buffering, CRC, padding)
+    messages    message numbers by protocol name, phase table per role
+    keys        session id, double-RSA session key, RSA challenge, ssh1_fingerprint
+    ttymodes    SSH-1 tty modes <-> SSH-2 numbering
+    events      what the core reports
+    connection  role-independent state machine (h11-style next_event/data_to_send)
+    server_connection  the server role
+Twisted:
+    server      SSH1ServerFactory (IHandoffFactory) and the protocol
+"""
