@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import secrets
 import struct
 import zlib
 from collections.abc import Callable
@@ -36,6 +37,9 @@ log = Logger()
 # Largest packet we accept (RFC 4253 section 6.1 asks for at least 35000 bytes); our
 # channels advertise 32 KiB maximum data packets, so anything near this is hostile.
 MAX_PACKET_LENGTH = 256 * 1024
+
+# Private DH exponent size: 2 x 256 bits of strength (aes256, sha512).
+DH_EXPONENT_BITS = 512
 
 # Largest inflated payload we accept from a compressed packet (RFC 4253 section 6.1
 # requires 32768 + headers; channel packets here are at most 32 KiB of data).
@@ -356,6 +360,24 @@ class SSH2ServerTransport(SSHServerTransport):
         self.g, self.p = group
         self._startEphemeralDH()
         self.sendPacket(transport.MSG_KEX_DH_GEX_GROUP, MP(self.p) + MP(self.g))
+
+    def _startEphemeralDH(self) -> None:
+        # cryptography validates arbitrary DH parameters (primality of p and (p-1)/2) on
+        # every key generation: 0.7 s for a 2048-bit group from /etc/ssh/moduli, seconds
+        # for 3072 and minutes for 8192 (only the RFC 3526 groups are exempt). The
+        # groups are known-good safe primes, so the ephemeral key is made directly. The
+        # exponent is twice the strength of the strongest cipher we offer (RFC 4419 sec. 6.2).
+        self.dhSecretKey = secrets.randbits(DH_EXPONENT_BITS) | (1 << (DH_EXPONENT_BITS - 1))
+        self.dhSecretKeyPublicMP = MP(pow(self.g, self.dhSecretKey, self.p))
+
+    def _finishEphemeralDH(self, remoteDHpublicKey: int) -> bytes:
+        if not 1 < remoteDHpublicKey < self.p - 1:
+            raise ValueError("client DH public value out of range")
+        secret = pow(remoteDHpublicKey, self.dhSecretKey, self.p)
+        del self.dhSecretKey
+        if secret in (1, self.p - 1):
+            raise ValueError("degenerate DH shared secret")
+        return MP(secret)
 
     def ssh_KEX_DH_GEX_INIT(self, packet: bytes) -> None:
         if not _kex.isDynamicPrimesGroup(self.kexAlg) or getattr(self, "dhSecretKey", None) is None:

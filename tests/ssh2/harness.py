@@ -132,6 +132,7 @@ class FakePortal:
     logins: list[tuple[str, str]] = field(default_factory=list)
     logged_out: int = 0
     users: dict[str, FakeUser] = field(default_factory=dict)
+    key_blob: bytes | None = None  # alice's public key; user_key() when None
 
     def listCredentialsInterfaces(self) -> list[Any]:
         return [credentials.IUsernamePassword, credentials.ISSHPrivateKey]
@@ -144,7 +145,8 @@ class FakePortal:
         if credentials.IUsernamePassword.providedBy(creds):
             ok = name == "alice" and creds.password == b"secret"
         else:
-            ok = name == "alice" and creds.blob == user_key().public().blob()
+            blob = self.key_blob or user_key().public().blob()
+            ok = name == "alice" and creds.blob == blob
             if ok and creds.signature is None:
                 raise conch_error.ValidPublicKey()
             if ok:

@@ -312,3 +312,28 @@ def test_arbitrary_messages_in_valid_packets_never_raise(message, body):
     w, proto, t = fresh_transport()
     proto.dataReceived(plain_packet(bytes([message]) + body))
     proto.connectionLost(None)
+
+
+def test_legacy_group14_key_exchange_when_opted_in():
+    w = wire(
+        settings=SSH2Settings(kex=("diffie-hellman-group14-sha1",)),
+        login=False,
+        client_kex=[b"diffie-hellman-group14-sha1"],
+    )
+    assert w.client.secure
+    assert w.record.algorithms["kex"] == "diffie-hellman-group14-sha1"
+
+
+@pytest.mark.parametrize("value", [0, 1, "p-1", "p"])
+def test_degenerate_client_dh_values_are_refused(value):
+    w = wire(
+        settings=SSH2Settings(kex=("diffie-hellman-group-exchange-sha256",)),
+        login=False,
+        client_kex=[b"diffie-hellman-group-exchange-sha256"],
+    )
+    proto = w.transport
+    proto.p, proto.g = moduli.rfc3526_prime(2048), 2
+    proto._startEphemeralDH()
+    e = {"p-1": proto.p - 1, "p": proto.p}.get(value, value)
+    with pytest.raises(ValueError):
+        proto._finishEphemeralDH(e)
