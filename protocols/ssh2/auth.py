@@ -222,6 +222,10 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
         interface, avatar, logout = result
         from protocols.ssh2.connection import ConchAvatar
 
+        if self.transport._disconnecting or self.transport.transport is None:
+            logout()  # the connection is going away (grace time, client left)
+            return
+
         self._finished = True
         self._queue.clear()
         self._succeeded.append(self.method.decode("ascii"))

@@ -101,12 +101,17 @@ class SessionChannel(conch_channel.SSHChannel):
         self._eof_sent = False
         self._exit: ExitInfo | None = None
         self._exit_sent = False
+        # The target's output is paused while either the client's window is used up or
+        # the connection's TCP send buffer is full.
+        self._window_blocked = False
+        self._tcp_blocked = False
+        self._output_paused = False
 
     def logPrefix(self) -> str:
         return f"SSHChannel session ({self.id})"
 
     def channelOpen(self, specificData: bytes) -> None:
-        pass
+        self._tcp_blocked = bool(getattr(self.conn.transport, "tcp_paused", False))
 
     # -- channel requests -----------------------------------------------------------------
 
@@ -287,19 +292,34 @@ class SessionChannel(conch_channel.SSHChannel):
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._output = producer
-        if not self.areWriting:
-            producer.pauseProducing()
+        self._output_paused = False
+        self._update_output()
 
     def unregisterProducer(self) -> None:
         self._output = None
 
     # Conch calls these when the client's window is exhausted / open again.
     def stopWriting(self) -> None:
-        if self._output is not None:
-            self._output.pauseProducing()
+        self._window_blocked = True
+        self._update_output()
 
     def startWriting(self) -> None:
-        if self._output is not None:
+        self._window_blocked = False
+        self._update_output()
+
+    def set_tcp_paused(self, paused: bool) -> None:
+        """Called by the transport when the TCP send buffer fills up or drains."""
+        self._tcp_blocked = paused
+        self._update_output()
+
+    def _update_output(self) -> None:
+        paused = self._window_blocked or self._tcp_blocked
+        if self._output is None or paused == self._output_paused:
+            return
+        self._output_paused = paused
+        if paused:
+            self._output.pauseProducing()
+        else:
             self._output.resumeProducing()
 
     def addWindowBytes(self, data: int) -> None:

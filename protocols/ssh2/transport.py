@@ -22,9 +22,10 @@ from twisted.conch.ssh import _kex, transport
 from twisted.conch.ssh.common import MP
 from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import SSHCiphers, SSHServerTransport
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from protocols.auth import LoginContext, LoginFlow
 from protocols.record import ConnectionRecord
@@ -121,12 +122,20 @@ class _BoundedInflater:
         return out
 
 
+@implementer(IPushProducer)
 class SSH2ServerTransport(SSHServerTransport):
     """One SSH-2 connection handed over by the dispatcher.
 
     ``factory`` is the :class:`protocols.ssh2.factory.SSH2ServerFactory` (host keys,
     groups, portal, limits, clock, services); ``on_connection_lost`` lets the owner know.
+
+    It is also a push producer for the TCP transport: while the socket's send buffer is
+    full every session's output source is paused, so a client that stops reading the
+    socket costs a bounded amount of memory whatever its channel windows.
     """
+
+    tcp_paused = False
+    _producer_registered = False
 
     _log = log
     login_flow: LoginFlow | None = None
@@ -173,6 +182,13 @@ class SSH2ServerTransport(SSHServerTransport):
         if not self.record.client_version:
             self.record.client_version = self.otherVersionString.decode("ascii", "replace")
         self._set_nodelay()
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:
+            try:
+                register(self, True)
+                self._producer_registered = True
+            except RuntimeError:
+                pass  # someone else produces into this transport; windows still bound us
         self.currentEncryptions = SSHCiphers(b"none", b"none", b"none", b"none")
         self.currentEncryptions.setKeys(b"", b"", b"", b"", b"", b"")
         # The grace time runs from the handoff, not from the start of user auth, so a
@@ -197,6 +213,32 @@ class SSH2ServerTransport(SSHServerTransport):
             setter(True)
         except (OSError, AttributeError):
             pass
+
+    # -- IPushProducer towards the TCP transport -----------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.tcp_paused = True
+        self._tell_channels()
+
+    def resumeProducing(self) -> None:
+        self.tcp_paused = False
+        self._tell_channels()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is going away; connectionLost cleans up
+
+    def _tell_channels(self) -> None:
+        channels = getattr(self.service, "channels", None) or {}
+        for channel in list(channels.values()):
+            hook = getattr(channel, "set_tcp_paused", None)
+            if hook is not None:
+                hook(self.tcp_paused)
+
+    def _unregister_producer(self) -> None:
+        # A registered producer keeps loseConnection from completing.
+        if self._producer_registered:
+            self._producer_registered = False
+            self.transport.unregisterProducer()
 
     def _grace_expired(self) -> None:
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login grace time exceeded")
@@ -468,6 +510,7 @@ class SSH2ServerTransport(SSHServerTransport):
         self._disconnecting = True
         if self.login_flow is not None:
             self.login_flow.cancel()
+        self._unregister_producer()
         self.transport.loseConnection()
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
@@ -475,6 +518,7 @@ class SSH2ServerTransport(SSHServerTransport):
         if not self.record.close_reason:
             self.record.close_reason = f"client disconnected: {text}"
         self._disconnecting = True
+        self._unregister_producer()  # Conch closes the transport right after this
 
     def receiveUnimplemented(self, seqnum: int) -> None:
         log.debug("ssh2: peer did not implement packet {seqnum}", seqnum=seqnum)

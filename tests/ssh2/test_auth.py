@@ -132,3 +132,26 @@ def test_unknown_service_after_auth_is_refused():
     w.client.requestService(Bare(b"alice", None))
     w.flush()
     assert w.client.disconnect[0] == transport.DISCONNECT_SERVICE_NOT_AVAILABLE
+
+
+def test_login_finishing_after_grace_expiry_is_logged_out():
+    from twisted.internet import defer
+
+    class SlowPortal(FakePortal):
+        pending: list = []
+
+        def login(self, creds, mind, *interfaces):
+            d = defer.Deferred()
+            self.pending.append((d, creds, mind))
+            return d
+
+    portal = SlowPortal()
+    w = wire(portal=portal, password=b"secret", limits=AuthLimits(grace_time=5.0))
+    assert portal.pending
+    w.advance(6)
+    assert w.record.close_reason == "login grace time exceeded"
+    d, creds, mind = portal.pending[0]
+    d.callback(FakePortal._login(portal, creds, mind))
+    w.flush()
+    assert portal.logged_out == 1
+    assert w.transport.service.name == b"ssh-userauth"

@@ -277,3 +277,44 @@ def test_client_data_beyond_window_closes_the_channel():
     w.flush()
     assert len(target.stdin) == 0
     assert session.is_closed
+
+
+def test_full_tcp_send_buffer_pauses_every_session():
+    w = logged_in()
+    (_, t1), (_, t2) = start(w), start(w)
+    p1, p2 = OutputProducer(), OutputProducer()
+    t1.client.registerProducer(p1, True)
+    t2.client.registerProducer(p2, True)
+    assert w.server.transport.producer is w.transport  # registered with the TCP transport
+    w.transport.pauseProducing()
+    assert p1.is_paused and p2.is_paused
+    (_, t3) = start(w)  # a session opened meanwhile starts paused
+    p3 = OutputProducer()
+    t3.client.registerProducer(p3, True)
+    assert p3.is_paused
+    w.transport.resumeProducing()
+    assert not (p1.is_paused or p2.is_paused or p3.is_paused)
+
+
+def test_tcp_resume_keeps_a_window_blocked_session_paused():
+    w = logged_in()
+    StingyClientConnection.install(w.conn)
+    session, target = start(w, localWindow=32 * 1024)
+    producer = OutputProducer()
+    target.client.registerProducer(producer, True)
+    target.client.write_stdout(b"x" * 40 * 1024)
+    w.flush()
+    assert producer.is_paused
+    w.transport.pauseProducing()
+    w.transport.resumeProducing()
+    assert producer.is_paused  # still no window
+    assert producer.resumed == 0
+
+
+def test_disconnect_unregisters_from_the_tcp_transport():
+    from protocols.auth import AuthLimits
+
+    w = wire(login=False, limits=AuthLimits(grace_time=5.0))
+    assert w.server.transport.producer is w.transport
+    w.advance(6)
+    assert w.server.transport.producer is None
