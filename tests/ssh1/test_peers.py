@@ -327,3 +327,47 @@ def test_scp1_in_and_out(gw, tmp_path, peer_keys):
         result = subprocess.run(argv, capture_output=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr
     assert remote.read_bytes() == source.read_bytes() == back.read_bytes()
+
+
+def test_memory_bounded_when_client_stops_reading(gw, peer_keys):
+    tools = require_peer("plink")
+    before = gw.rss_kib()
+    # Nobody reads plink's stdout: SSH-1 has no window, so only TCP back-pressure stops
+    # the gateway from buffering the program's endless output.
+    client = subprocess.Popen(
+        [tools["plink"], "-batch", "-1", "-hostkey", gw.fingerprint, "-P", str(gw.port),
+         "-i", str(peer_keys["putty"]), "alice@127.0.0.1", "cat /dev/zero"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(4)
+        mid = gw.rss_kib()
+        time.sleep(3)
+        after = gw.rss_kib()
+    finally:
+        client.kill()
+        client.wait(10)
+    assert after - before < 32 * 1024, (before, mid, after)
+    assert after - mid < 4 * 1024, (before, mid, after)
+
+
+def test_memory_bounded_when_program_stops_reading(gw, peer_keys):
+    tools = require_peer("plink")
+    before = gw.rss_kib()
+    # The program never reads stdin: the gateway must stop reading from the client.
+    with open("/dev/zero", "rb") as zero:
+        client = subprocess.Popen(
+            [tools["plink"], "-batch", "-1", "-hostkey", gw.fingerprint, "-P", str(gw.port),
+             "-i", str(peer_keys["putty"]), "alice@127.0.0.1", "sleep 30"],
+            stdin=zero, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    try:
+        time.sleep(4)
+        mid = gw.rss_kib()
+        time.sleep(3)
+        after = gw.rss_kib()
+    finally:
+        client.kill()
+        client.wait(10)
+    assert after - before < 32 * 1024, (before, mid, after)
+    assert after - mid < 4 * 1024, (before, mid, after)
