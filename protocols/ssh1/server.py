@@ -532,8 +532,16 @@ class SSH1ServerProtocol(Protocol):
         self._reply(True)
 
     def _on_refused_request(self, event: ev.Event) -> None:
+        settings = self.factory.settings
+        if isinstance(event, ev.X11ForwardingRequested):
+            what, allowed = "X11 forwarding", settings.allow_x11_forwarding
+        elif isinstance(event, ev.AgentForwardingRequested):
+            what, allowed = "agent forwarding", settings.allow_agent_forwarding
+        else:
+            what, allowed = "remote port forwarding", False
+        why = "not implemented for SSH-1 yet" if allowed else "not allowed"
         log.info(
-            "ssh1 {peer}: refused {request}", peer=self.record.peer, request=type(event).__name__
+            "ssh1 {peer}: refused {what} ({why})", peer=self.record.peer, what=what, why=why
         )
         self._reply(False)
 
