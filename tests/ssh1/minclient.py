@@ -17,6 +17,9 @@ from protocols.ssh1.events import CLOSED, NEED_DATA, PAUSED, Event
 from protocols.ssh1.packet import PacketDecoder, PacketEncoder
 from protocols.ssh1.wire import Reader, Writer
 
+# Examples per fuzz test; raise it for a long run: SSH1_FUZZ_EXAMPLES=5000 pytest tests/ssh1
+FUZZ_EXAMPLES = int(os.environ.get("SSH1_FUZZ_EXAMPLES", "150"))
+
 
 @functools.cache
 def host_key() -> rsa.RSAPrivateKey:

@@ -23,7 +23,7 @@ from protocols.ssh1 import messages as m
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
 from protocols.ssh1.wire import Reader, Writer
-from tests.ssh1.minclient import MiniClient, host_key, server_key, string, user_key
+from tests.ssh1.minclient import FUZZ_EXAMPLES, MiniClient, host_key, server_key, string, user_key
 
 
 @implementer(ISessionTarget)
@@ -468,10 +468,30 @@ def test_only_configured_ciphers_offered():
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+_RELEVANT = sorted(
+    m.PREPARATORY_REQUESTS
+    | m.ALLOWED[(m.Role.SERVER, m.Phase.CLOSING)]
+    | {m.SSH_CMSG_EXEC_SHELL, m.SSH_CMSG_EXEC_CMD, m.SSH_MSG_IGNORE, m.SSH_MSG_DEBUG}
+)
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+
+@settings(max_examples=FUZZ_EXAMPLES // 2, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
-    st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=200)), max_size=10),
+    st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from(_RELEVANT), st.integers(0, 255)),
+            st.one_of(
+                st.binary(max_size=200),
+                # Well-formed-looking fields: a uint32 or two, and a string.
+                st.builds(
+                    lambda a, b, text: struct.pack(">II", a, b) + string(text),
+                    st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=50),
+                ),
+                st.builds(lambda text: string(text), st.binary(max_size=100)),
+            ),
+        ),
+        max_size=12,
+    ),
     st.integers(0, 3),
 )
 def test_fuzz_server_after_login(packets, splits):
@@ -490,7 +510,7 @@ def test_fuzz_server_after_login(packets, splits):
     h.clock.advance(100)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=FUZZ_EXAMPLES // 2, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.binary(max_size=3000))
 def test_fuzz_server_raw_bytes(data):
     h = Harness()

@@ -15,7 +15,7 @@ from protocols.ssh1 import events as ev
 from protocols.ssh1 import messages as m
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.wire import Reader, Writer
-from tests.ssh1.minclient import MiniClient, drain, host_key, server_key, string
+from tests.ssh1.minclient import FUZZ_EXAMPLES, MiniClient, drain, host_key, server_key, string
 
 
 def new_server(ciphers=("3des", "blowfish")) -> tuple[ServerConnection, MiniClient]:
@@ -352,7 +352,7 @@ def test_bad_compression_level_refused_by_app():
 
 
 # ---------------------------------------------------------------- fuzzing
-_NO_ESCAPE = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+_NO_ESCAPE = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def _outcome_ok(server):
