@@ -518,3 +518,67 @@ def test_fuzz_server_raw_bytes(data):
     h.clock.advance(200)
     assert h.transport.disconnecting  # a protocol error, or the grace time at the latest
     h.protocol.connectionLost(None)
+
+
+def test_port_forward_to_allowed_destination():
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    h = Harness(settings=SSH1Settings(permit_open=("127.0.0.1:7000",)))
+    h.factory.clock = reactor  # the endpoint needs IReactorTCP; timers stay on h.clock
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    open_msg = Writer().uint32(5).string(b"127.0.0.1").uint32(7000).getvalue()
+    assert h.send(m.SSH_MSG_PORT_OPEN, open_msg) == []  # nothing until the socket connects
+    reactor.advance(0)
+    [(host, port, factory, _timeout, _bind)] = reactor.tcpClients
+    assert (host, port) == ("127.0.0.1", 7000)
+    socket_side = StringTransport()
+    forward = factory.buildProtocol(None)
+    forward.makeConnection(socket_side)
+    assert h.received() == [(m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">II", 5, 0))]
+    # client -> destination
+    h.send(m.SSH_MSG_CHANNEL_DATA, Writer().uint32(0).string(b"ping").getvalue())
+    assert socket_side.value() == b"ping"
+    # destination -> client, paused together with everything else when the client is full
+    forward.dataReceived(b"pong")
+    assert h.received() == [(m.SSH_MSG_CHANNEL_DATA, struct.pack(">I", 5) + string(b"pong"))]
+    h.transport.producer.pauseProducing()
+    assert socket_side.producerState == "paused"
+    h.transport.producer.resumeProducing()
+    assert socket_side.producerState == "producing"
+    # a full destination stops reading from the client
+    socket_side.producer.pauseProducing()
+    assert h.transport.producerState == "paused"
+    socket_side.producer.resumeProducing()
+    assert h.transport.producerState == "producing"
+    # the destination closes: CLOSE to the client, which confirms
+    forward.connectionLost(None)
+    assert h.received() == [(m.SSH_MSG_CHANNEL_CLOSE, struct.pack(">I", 5))]
+    h.send(m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION, struct.pack(">I", 0))
+    # late messages for the closed channel are ignored, not fatal
+    assert h.send(m.SSH_MSG_CHANNEL_DATA, Writer().uint32(0).string(b"late").getvalue()) == []
+    assert not h.transport.disconnecting
+
+
+def test_port_forward_closed_by_client():
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    h = Harness(settings=SSH1Settings(permit_open=("localhost:7000",)))
+    h.factory.clock = reactor
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    h.send(m.SSH_MSG_PORT_OPEN, Writer().uint32(9).string(b"localhost").uint32(7000).getvalue())
+    reactor.advance(0)
+    factory = reactor.tcpClients[0][2]
+    socket_side = StringTransport()
+    forward = factory.buildProtocol(None)
+    forward.makeConnection(socket_side)
+    h.received()
+    assert h.send(m.SSH_MSG_CHANNEL_CLOSE, struct.pack(">I", 0)) == [
+        (m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION, struct.pack(">I", 9))
+    ]
+    assert socket_side.disconnecting
+    forward.connectionLost(None)
+    assert h.received() == []  # no second CLOSE
