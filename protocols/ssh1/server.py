@@ -370,12 +370,12 @@ class SSH1ServerProtocol(Protocol):
             self.record.close_reason = (
                 reason.getErrorMessage() if reason is not None else "connection lost"
             )
-        if self.flow is not None:
-            self.flow.cancel()
         if self._rsa_answer is not None:
             d, _ = self._rsa_answer
             self._rsa_answer = None
             d.callback(False)
+        if self.flow is not None:
+            self.flow.cancel()  # after the answer above, so that its failure delay goes too
         if self._exit_timer is not None and self._exit_timer.active():
             self._exit_timer.cancel()
         self._exit_timer = None

@@ -582,3 +582,15 @@ def test_port_forward_closed_by_client():
     assert socket_side.disconnecting
     forward.connectionLost(None)
     assert h.received() == []  # no second CLOSE
+
+
+def test_connection_lost_during_rsa_challenge_leaves_no_timers():
+    h = Harness()
+    h.key_exchange()
+    h.send(m.SSH_CMSG_USER, string(b"alice"))
+    e, n = keys.public_numbers(user_key())
+    [(msg_type, _)] = h.send(m.SSH_CMSG_AUTH_RSA, Writer().mpint(n).getvalue())
+    assert msg_type == m.SSH_SMSG_AUTH_RSA_CHALLENGE
+    h.protocol.connectionLost(None)
+    h.factory.stop()
+    assert [c for c in h.clock.getDelayedCalls() if c.active()] == []
