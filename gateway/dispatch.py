@@ -197,6 +197,7 @@ class DispatcherFactory(Factory):
     protocol implementations that are enabled."""
 
     protocol = VersionDispatcher  # type: ignore[assignment]
+    noisy = False  # one line per connection is logged at close; no per-port chatter
 
     def __init__(
         self,
