@@ -11,6 +11,9 @@ SSH-1 has no windows, so flow control is TCP's alone:
 from __future__ import annotations
 
 import hmac
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -199,12 +202,18 @@ class _SessionClient:
 
 
 class _Forward(Protocol):
-    """One local port forward (client -L): a TCP connection to an allowed destination."""
+    """One relayed connection: a local port forward (client -L) to an allowed destination,
+    or a program's connection to the forwarded agent socket (``agent``: the client's end
+    of the channel is only known once it confirms our SMSG_AGENT_OPEN)."""
 
-    def __init__(self, owner: SSH1ServerProtocol, channel: int, peer_channel: int) -> None:
+    def __init__(
+        self, owner: SSH1ServerProtocol, channel: int, peer_channel: int | None, agent: bool
+    ) -> None:
         self.owner = owner
         self.channel = channel
         self.peer_channel = peer_channel
+        self.agent = agent
+        self.socket_closed = False
         self.client_closed = False  # the client sent CHANNEL_CLOSE
         self.we_closed = False  # we sent CHANNEL_CLOSE
         self.valve = _InputValve(owner, f"forward-{channel}")
@@ -251,6 +260,7 @@ class SSH1ServerProtocol(Protocol):
         self._rsa_answer: tuple[defer.Deferred, bytes] | None = None
         self._exit_timer: IDelayedCall | None = None
         self._channels: dict[int, _Forward] = {}
+        self._agent: tuple[Any, str, str] | None = None  # (listening port, directory, path)
         self._next_channel = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.SessionKeyAccepted: self._on_session_key,
@@ -262,7 +272,7 @@ class SSH1ServerProtocol(Protocol):
             ev.CompressionRequested: self._on_compression,
             ev.PtyRequested: self._on_pty,
             ev.X11ForwardingRequested: self._on_refused_request,
-            ev.AgentForwardingRequested: self._on_refused_request,
+            ev.AgentForwardingRequested: self._on_agent_request,
             ev.RemoteForwardRequested: self._on_refused_request,
             ev.MaxPacketSizeRequested: self._on_max_packet,
             ev.ExecShell: self._on_exec,
@@ -274,8 +284,8 @@ class SSH1ServerProtocol(Protocol):
             ev.ChannelData: self._on_channel_data,
             ev.ChannelClosed: self._on_channel_close,
             ev.ChannelCloseConfirmed: self._on_channel_close_confirmed,
-            ev.ChannelOpenConfirmed: self._on_unexpected_channel_reply,
-            ev.ChannelOpenFailed: self._on_unexpected_channel_reply,
+            ev.ChannelOpenConfirmed: self._on_channel_open_confirmed,
+            ev.ChannelOpenFailed: self._on_channel_open_failed,
             ev.DebugMessage: self._on_debug,
             ev.PeerDisconnected: self._on_peer_disconnected,
             ev.ConnectionFailed: self._on_failed,
@@ -386,6 +396,7 @@ class SSH1ServerProtocol(Protocol):
             if forward.transport is not None:
                 forward.transport.loseConnection()
         self._channels.clear()
+        self._stop_agent_forwarding()
         self._gate.stopProducing()
         logout, self._logout = self._logout, None
         if logout is not None:
@@ -531,12 +542,26 @@ class SSH1ServerProtocol(Protocol):
         self._pty = event.pty
         self._reply(True)
 
+    def _on_agent_request(self, event: ev.AgentForwardingRequested) -> None:
+        if not self.factory.settings.allow_agent_forwarding:
+            why = "not allowed"
+        elif self.client_version.startswith((b"SSH-1.3-", b"SSH-1.4-")):
+            why = "not offered to protocol 1.3 clients"
+        elif self._agent is not None:
+            why = "already forwarded"
+        elif not self._start_agent_forwarding():
+            why = "could not create the socket"
+        else:
+            log.info("ssh1 {peer}: agent forwarding granted", peer=self.record.peer)
+            self._reply(True)
+            return
+        log.info("ssh1 {peer}: refused agent forwarding ({why})", peer=self.record.peer, why=why)
+        self._reply(False)
+
     def _on_refused_request(self, event: ev.Event) -> None:
         settings = self.factory.settings
         if isinstance(event, ev.X11ForwardingRequested):
             what, allowed = "X11 forwarding", settings.allow_x11_forwarding
-        elif isinstance(event, ev.AgentForwardingRequested):
-            what, allowed = "agent forwarding", settings.allow_agent_forwarding
         else:
             what, allowed = "remote port forwarding", False
         why = "not implemented for SSH-1 yet" if allowed else "not allowed"
@@ -552,6 +577,8 @@ class SSH1ServerProtocol(Protocol):
     def _on_exec(self, event: ev.ExecShell | ev.ExecCommand) -> None:
         command = event.command if isinstance(event, ev.ExecCommand) else None
         request = SessionRequest(command=command, pty=self._pty)
+        if self._agent is not None:
+            request.env["SSH_AUTH_SOCK"] = self._agent[2]
         try:
             self.target = self.avatar.open_session(request, self._client)
         except Exception:
@@ -643,7 +670,7 @@ class SSH1ServerProtocol(Protocol):
 
         channel = self._next_channel
         self._next_channel += 1
-        forward = _Forward(self, channel, event.channel)
+        forward = _Forward(self, channel, event.channel, agent=False)
         self._channels[channel] = forward
         endpoint = HostnameEndpoint(self.factory.clock, host, event.port, timeout=10)
         d = endpoint.connect(_OneShot(forward))
@@ -668,29 +695,96 @@ class SSH1ServerProtocol(Protocol):
         if core is None or self._closing or core.closed:
             forward.transport.loseConnection()
             return
-        self._gate.add(forward.transport)
-        core.send_channel_open_confirmation(forward.peer_channel, forward.channel)
+        if forward.agent:
+            # Nothing is read from the program until the client has a channel for it.
+            forward.transport.pauseProducing()
+            core.send_agent_open(forward.channel)
+        else:
+            assert forward.peer_channel is not None
+            self._gate.add(forward.transport)
+            core.send_channel_open_confirmation(forward.peer_channel, forward.channel)
         self._flush()
 
     def _forward_data(self, forward: _Forward, data: bytes) -> None:
         core = self.core
         if core is None or self._closing or core.closed or forward.we_closed:
             return
+        if forward.peer_channel is None:
+            return  # cannot happen: reading is paused until the channel is confirmed
         core.send_channel_data(forward.peer_channel, data)
         self._flush()
 
     def _forward_lost(self, forward: _Forward) -> None:
+        forward.socket_closed = True
         self._gate.remove(forward.transport)
         self._resume_input(forward.valve.name)
         core = self.core
         if forward.client_closed:
             self._channels.pop(forward.channel, None)
             return
+        if forward.peer_channel is None:
+            return  # an agent channel not confirmed yet: closed when the answer comes
         if core is None or self._closing or core.closed or forward.we_closed:
             return
         forward.we_closed = True
         core.send_channel_close(forward.peer_channel)
         self._flush()
+
+    def _on_channel_open_confirmed(self, event: ev.ChannelOpenConfirmed) -> None:
+        assert self.core is not None
+        forward = self._channels.get(event.channel)
+        if forward is None or not forward.agent or forward.peer_channel is not None:
+            self._disconnect(f"unexpected open confirmation for channel {event.channel}")
+            return
+        forward.peer_channel = event.peer_channel
+        if forward.socket_closed:
+            forward.we_closed = True
+            self.core.send_channel_close(forward.peer_channel)
+            return
+        forward.transport.resumeProducing()
+        self._gate.add(forward.transport)
+
+    def _on_channel_open_failed(self, event: ev.ChannelOpenFailed) -> None:
+        forward = self._channels.get(event.channel)
+        if forward is None or not forward.agent or forward.peer_channel is not None:
+            self._disconnect(f"unexpected open failure for channel {event.channel}")
+            return
+        self._channels.pop(event.channel, None)
+        forward.client_closed = True
+        if not forward.socket_closed:
+            forward.transport.loseConnection()
+
+    # ------------------------------------------------------------ agent forwarding
+    def _start_agent_forwarding(self) -> bool:
+        try:
+            directory = tempfile.mkdtemp(prefix="sshgateway-agent-")
+            path = os.path.join(directory, "agent")
+            port = self.factory.clock.listenUNIX(path, _AgentListener(self), mode=0o600)
+        except Exception as exc:
+            log.info(
+                "ssh1 {peer}: agent forwarding failed: {error}", peer=self.record.peer, error=exc
+            )
+            return False
+        self._agent = (port, directory, path)
+        return True
+
+    def _agent_connection(self) -> Protocol | None:
+        core = self.core
+        if core is None or self._closing or core.closed or len(self._channels) >= MAX_FORWARDS:
+            return None
+        channel = self._next_channel
+        self._next_channel += 1
+        forward = _Forward(self, channel, None, agent=True)
+        self._channels[channel] = forward
+        return forward
+
+    def _stop_agent_forwarding(self) -> None:
+        if self._agent is None:
+            return
+        port, directory, _path = self._agent
+        self._agent = None
+        port.stopListening()
+        shutil.rmtree(directory, ignore_errors=True)
 
     def _known_channel(self, number: int, what: str) -> _Forward | None:
         """The open forward with this number; None for one already closed (messages
@@ -713,6 +807,9 @@ class SSH1ServerProtocol(Protocol):
         forward = self._known_channel(event.channel, "close")
         if forward is None:
             return
+        if forward.peer_channel is None:
+            self._disconnect(f"close for channel {event.channel} before confirming it")
+            return
         forward.client_closed = True
         self.core.send_channel_close_confirmation(forward.peer_channel)
         if forward.we_closed:
@@ -730,9 +827,18 @@ class SSH1ServerProtocol(Protocol):
         if forward.client_closed or forward.we_closed:
             self._channels.pop(event.channel, None)
 
-    def _on_unexpected_channel_reply(self, event: ev.Event) -> None:
-        # We never open channels towards the client (no X11, agent or remote forwards).
-        self._disconnect(f"unexpected {type(event).__name__}: no channel was opened")
+
+
+class _AgentListener(Factory):
+    """Accepts the program's connections to the forwarded agent socket."""
+
+    noisy = False
+
+    def __init__(self, owner: SSH1ServerProtocol) -> None:
+        self.owner = owner
+
+    def buildProtocol(self, addr: object) -> Protocol | None:
+        return self.owner._agent_connection()
 
 
 class _OneShot(Factory):

@@ -328,6 +328,11 @@ class ServerConnection(Connection):
         originator = r.string("originator", 1024) if r.remaining else None
         return PortOpen(channel, host, port, originator)
 
+    def send_agent_open(self, our_channel: int) -> None:
+        """A program connected to the forwarded agent socket: ask the client for a channel."""
+        self._require_interactive()
+        self._send(m.SSH_SMSG_AGENT_OPEN, Writer().uint32(our_channel).getvalue())
+
     def send_channel_open_confirmation(self, peer_channel: int, our_channel: int) -> None:
         self._require_interactive()
         self._send(

@@ -116,7 +116,11 @@ def gw(tmp_path_factory, peer_keys, echo):
     config = base_config(
         password_hash,
         authorized,
-        ssh1={"ciphers": ["3des", "blowfish", "des"], "permit_open": [f"127.0.0.1:{echo.port}"]},
+        ssh1={
+            "ciphers": ["3des", "blowfish", "des"],
+            "permit_open": [f"127.0.0.1:{echo.port}"],
+            "allow_agent_forwarding": True,
+        },
     )
     with GatewayProcess(d, config) as process:
         process.fingerprint = ssh1_fingerprint_from_cli(process)
@@ -371,3 +375,34 @@ def test_memory_bounded_when_program_stops_reading(gw, peer_keys):
         client.wait(10)
     assert after - before < 32 * 1024, (before, mid, after)
     assert after - mid < 4 * 1024, (before, mid, after)
+
+
+def test_ssh1_agent_forwarding(gw, tmp_path, peer_keys):
+    tools = require_peer("ssh-agent", "ssh-add", "ssh-keygen")
+    key = tmp_path / "agent_key"
+    subprocess.run(
+        [tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-C", "forwarded", "-f", str(key)],
+        check=True, timeout=60,
+    )
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(
+        [tools["ssh-agent"], "-D", "-a", str(socket_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        argv, env = ssh1_argv(
+            gw, tmp_path, "ssh1", "-A", "-o", "BatchMode=yes", "-i", str(peer_keys["openssh"]),
+            "alice@127.0.0.1", "ssh-add -l",
+        )
+        env["SSH_AUTH_SOCK"] = str(socket_path)
+        subprocess.run([tools["ssh-add"], str(key)], env=env, check=True, capture_output=True,
+                       timeout=30)
+        result = subprocess.run(argv, capture_output=True, env=env, timeout=60)
+    finally:
+        agent.kill()
+        agent.wait(10)
+    assert result.returncode == 0, result.stderr
+    assert b"forwarded (ED25519)" in result.stdout

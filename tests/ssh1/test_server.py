@@ -594,3 +594,70 @@ def test_connection_lost_during_rsa_challenge_leaves_no_timers():
     h.protocol.connectionLost(None)
     h.factory.stop()
     assert [c for c in h.clock.getDelayedCalls() if c.active()] == []
+
+
+def _agent_harness(allow=True, client_version=b"SSH-1.5-t"):
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    h = Harness(settings=SSH1Settings(allow_agent_forwarding=allow))
+    h.protocol.client_version = client_version
+    h.factory.clock = reactor
+    h.login()
+    return h, reactor
+
+
+def test_agent_forwarding_refused_by_default(logs):
+    h, reactor = _agent_harness(allow=False)
+    assert h.send(m.SSH_CMSG_AGENT_REQUEST_FORWARDING) == [(m.SSH_SMSG_FAILURE, b"")]
+    assert reactor.unixServers == []
+    assert "refused agent forwarding (not allowed)" in text(logs)
+
+
+def test_agent_forwarding_not_offered_to_13_clients():
+    h, reactor = _agent_harness(client_version=b"SSH-1.3-old")
+    assert h.send(m.SSH_CMSG_AGENT_REQUEST_FORWARDING) == [(m.SSH_SMSG_FAILURE, b"")]
+
+
+def test_agent_forwarding_relays():
+    import os
+
+    h, reactor = _agent_harness()
+    assert h.send(m.SSH_CMSG_AGENT_REQUEST_FORWARDING) == [(m.SSH_SMSG_SUCCESS, b"")]
+    [(path, factory, _backlog, mode, _pid)] = reactor.unixServers
+    assert mode == 0o600 and os.stat(os.path.dirname(path)).st_mode & 0o077 == 0
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    target = h.realm.avatars[0].targets[0]
+    assert target.request.env["SSH_AUTH_SOCK"] == path
+    # The program connects: we ask the client for a channel and read nothing meanwhile.
+    program = StringTransport()
+    agent = factory.buildProtocol(None)
+    agent.makeConnection(program)
+    assert program.producerState == "paused"
+    assert h.received() == [(m.SSH_SMSG_AGENT_OPEN, struct.pack(">I", 0))]
+    h.send(m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">II", 0, 44))
+    assert program.producerState == "producing"
+    agent.dataReceived(b"\x00\x00\x00\x01\x0b")  # an agent request
+    assert h.received() == [(m.SSH_MSG_CHANNEL_DATA, struct.pack(">I", 44) + string(b"\x00\x00\x00\x01\x0b"))]
+    h.send(m.SSH_MSG_CHANNEL_DATA, Writer().uint32(0).string(b"answer").getvalue())
+    assert program.value() == b"answer"
+    agent.connectionLost(None)
+    assert h.received() == [(m.SSH_MSG_CHANNEL_CLOSE, struct.pack(">I", 44))]
+    h.send(m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION, struct.pack(">I", 0))
+    # A refused channel closes the program's connection.
+    agent2 = factory.buildProtocol(None)
+    program2 = StringTransport()
+    agent2.makeConnection(program2)
+    assert h.received() == [(m.SSH_SMSG_AGENT_OPEN, struct.pack(">I", 1))]
+    h.send(m.SSH_MSG_CHANNEL_OPEN_FAILURE, struct.pack(">I", 1))
+    assert program2.disconnecting
+    assert not h.transport.disconnecting
+    h.protocol.connectionLost(None)
+    assert not os.path.exists(os.path.dirname(path))
+
+
+def test_unsolicited_channel_confirmation_disconnects():
+    h, reactor = _agent_harness()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    replies = h.send(m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">II", 3, 4))
+    assert replies[-1][0] == m.SSH_MSG_DISCONNECT
