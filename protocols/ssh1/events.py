@@ -65,7 +65,11 @@ class PtyRequested(Event):
 @dataclass(frozen=True)
 class X11ForwardingRequested(Event):
     protocol: bytes
+    cookie: bytes  # the client's (fake) authentication data, usually hex
     screen: int | None
+
+    def __repr__(self) -> str:  # the cookie grants access to the user's display
+        return f"X11ForwardingRequested(protocol={self.protocol!r}, screen={self.screen})"
 
 
 @dataclass(frozen=True)

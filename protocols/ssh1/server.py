@@ -13,6 +13,8 @@ from __future__ import annotations
 import hmac
 import os
 import shutil
+import socket
+import struct
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -52,8 +55,25 @@ from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.settings import SSH1Settings
 
 EXIT_CONFIRMATION_TIMEOUT = 30.0  # seconds we wait for the client's EXIT_CONFIRMATION
-MAX_FORWARDS = 64  # simultaneous -L connections per SSH-1 connection
+MAX_FORWARDS = 64  # simultaneous forwarded connections per SSH-1 connection
+X11_AUTH_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
+X11_FIRST_DISPLAY = 10  # as sshd's X11DisplayOffset
+X11_DISPLAYS = 1000
 log = Logger(namespace="sshgateway.ssh1")
+
+
+def _is_hex_cookie(cookie: bytes) -> bool:
+    return 0 < len(cookie) <= 512 and len(cookie) % 2 == 0 and all(
+        c in b"0123456789abcdefABCDEF" for c in cookie
+    )
+
+
+def _xauth_entry(family: int, address: bytes, number: bytes, name: bytes, data: bytes) -> bytes:
+    """One Xauthority record: big-endian family, then four length-prefixed fields."""
+    out = struct.pack(">H", family)
+    for field in (address, number, name, data):
+        out += struct.pack(">H", len(field)) + field
+    return out
 
 
 def generate_server_key(bits: int) -> rsa.RSAPrivateKey:
@@ -202,17 +222,19 @@ class _SessionClient:
 
 
 class _Forward(Protocol):
-    """One relayed connection: a local port forward (client -L) to an allowed destination,
-    or a program's connection to the forwarded agent socket (``agent``: the client's end
-    of the channel is only known once it confirms our SMSG_AGENT_OPEN)."""
+    """One relayed connection. ``kind`` "local": a client -L forward to an allowed
+    destination; "agent" / "x11": a program's connection to the forwarded agent socket or
+    X display, which we announce to the client (SMSG_AGENT_OPEN / SMSG_X11_OPEN) and whose
+    client-side channel is only known once the client confirms."""
 
     def __init__(
-        self, owner: SSH1ServerProtocol, channel: int, peer_channel: int | None, agent: bool
+        self, owner: SSH1ServerProtocol, channel: int, peer_channel: int | None, kind: str
     ) -> None:
         self.owner = owner
         self.channel = channel
         self.peer_channel = peer_channel
-        self.agent = agent
+        self.kind = kind
+        self.opened_by_us = kind != "local"
         self.socket_closed = False
         self.client_closed = False  # the client sent CHANNEL_CLOSE
         self.we_closed = False  # we sent CHANNEL_CLOSE
@@ -261,6 +283,8 @@ class SSH1ServerProtocol(Protocol):
         self._exit_timer: IDelayedCall | None = None
         self._channels: dict[int, _Forward] = {}
         self._agent: tuple[Any, str, str] | None = None  # (listening port, directory, path)
+        # (listening port, directory, DISPLAY, XAUTHORITY file)
+        self._x11: tuple[Any, str, str, str] | None = None
         self._next_channel = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.SessionKeyAccepted: self._on_session_key,
@@ -271,7 +295,7 @@ class SSH1ServerProtocol(Protocol):
             ev.UnsupportedAuth: self._on_unsupported_auth,
             ev.CompressionRequested: self._on_compression,
             ev.PtyRequested: self._on_pty,
-            ev.X11ForwardingRequested: self._on_refused_request,
+            ev.X11ForwardingRequested: self._on_x11_request,
             ev.AgentForwardingRequested: self._on_agent_request,
             ev.RemoteForwardRequested: self._on_refused_request,
             ev.MaxPacketSizeRequested: self._on_max_packet,
@@ -397,6 +421,7 @@ class SSH1ServerProtocol(Protocol):
                 forward.transport.loseConnection()
         self._channels.clear()
         self._stop_agent_forwarding()
+        self._stop_x11_forwarding()
         self._gate.stopProducing()
         logout, self._logout = self._logout, None
         if logout is not None:
@@ -558,16 +583,30 @@ class SSH1ServerProtocol(Protocol):
         log.info("ssh1 {peer}: refused agent forwarding ({why})", peer=self.record.peer, why=why)
         self._reply(False)
 
-    def _on_refused_request(self, event: ev.Event) -> None:
-        settings = self.factory.settings
-        if isinstance(event, ev.X11ForwardingRequested):
-            what, allowed = "X11 forwarding", settings.allow_x11_forwarding
+    def _on_x11_request(self, event: ev.X11ForwardingRequested) -> None:
+        if not self.factory.settings.allow_x11_forwarding:
+            why = "not allowed"
+        elif self._x11 is not None:
+            why = "already forwarded"
+        elif event.protocol != X11_AUTH_PROTOCOL or not _is_hex_cookie(event.cookie):
+            why = "only MIT-MAGIC-COOKIE-1 with a hex cookie is supported"
+        elif not self._start_x11_forwarding(event):
+            why = "no display could be set up"
         else:
-            what, allowed = "remote port forwarding", False
-        why = "not implemented for SSH-1 yet" if allowed else "not allowed"
-        log.info(
-            "ssh1 {peer}: refused {what} ({why})", peer=self.record.peer, what=what, why=why
-        )
+            assert self._x11 is not None
+            log.info(
+                "ssh1 {peer}: X11 forwarding granted on {display}",
+                peer=self.record.peer,
+                display=self._x11[2],
+            )
+            self._reply(True)
+            return
+        log.info("ssh1 {peer}: refused X11 forwarding ({why})", peer=self.record.peer, why=why)
+        self._reply(False)
+
+    def _on_refused_request(self, event: ev.Event) -> None:
+        # Remote forwarding (client -R) would open listening ports on the gateway host.
+        log.info("ssh1 {peer}: refused remote port forwarding", peer=self.record.peer)
         self._reply(False)
 
     def _on_max_packet(self, event: ev.MaxPacketSizeRequested) -> None:
@@ -579,6 +618,9 @@ class SSH1ServerProtocol(Protocol):
         request = SessionRequest(command=command, pty=self._pty)
         if self._agent is not None:
             request.env["SSH_AUTH_SOCK"] = self._agent[2]
+        if self._x11 is not None:
+            request.env["DISPLAY"] = self._x11[2]
+            request.env["XAUTHORITY"] = self._x11[3]
         try:
             self.target = self.avatar.open_session(request, self._client)
         except Exception:
@@ -670,7 +712,7 @@ class SSH1ServerProtocol(Protocol):
 
         channel = self._next_channel
         self._next_channel += 1
-        forward = _Forward(self, channel, event.channel, agent=False)
+        forward = _Forward(self, channel, event.channel, "local")
         self._channels[channel] = forward
         endpoint = HostnameEndpoint(self.factory.clock, host, event.port, timeout=10)
         d = endpoint.connect(_OneShot(forward))
@@ -695,10 +737,13 @@ class SSH1ServerProtocol(Protocol):
         if core is None or self._closing or core.closed:
             forward.transport.loseConnection()
             return
-        if forward.agent:
+        if forward.opened_by_us:
             # Nothing is read from the program until the client has a channel for it.
             forward.transport.pauseProducing()
-            core.send_agent_open(forward.channel)
+            if forward.kind == "x11":
+                core.send_x11_open(forward.channel)
+            else:
+                core.send_agent_open(forward.channel)
         else:
             assert forward.peer_channel is not None
             self._gate.add(forward.transport)
@@ -723,7 +768,7 @@ class SSH1ServerProtocol(Protocol):
             self._channels.pop(forward.channel, None)
             return
         if forward.peer_channel is None:
-            return  # an agent channel not confirmed yet: closed when the answer comes
+            return  # a channel not confirmed yet: closed when the answer comes
         if core is None or self._closing or core.closed or forward.we_closed:
             return
         forward.we_closed = True
@@ -733,7 +778,7 @@ class SSH1ServerProtocol(Protocol):
     def _on_channel_open_confirmed(self, event: ev.ChannelOpenConfirmed) -> None:
         assert self.core is not None
         forward = self._channels.get(event.channel)
-        if forward is None or not forward.agent or forward.peer_channel is not None:
+        if forward is None or not forward.opened_by_us or forward.peer_channel is not None:
             self._disconnect(f"unexpected open confirmation for channel {event.channel}")
             return
         forward.peer_channel = event.peer_channel
@@ -746,7 +791,7 @@ class SSH1ServerProtocol(Protocol):
 
     def _on_channel_open_failed(self, event: ev.ChannelOpenFailed) -> None:
         forward = self._channels.get(event.channel)
-        if forward is None or not forward.agent or forward.peer_channel is not None:
+        if forward is None or not forward.opened_by_us or forward.peer_channel is not None:
             self._disconnect(f"unexpected open failure for channel {event.channel}")
             return
         self._channels.pop(event.channel, None)
@@ -754,12 +799,50 @@ class SSH1ServerProtocol(Protocol):
         if not forward.socket_closed:
             forward.transport.loseConnection()
 
+    # ------------------------------------------------------------ X11 forwarding
+    def _start_x11_forwarding(self, event: ev.X11ForwardingRequested) -> bool:
+        """Listen on the first free display from X11_FIRST_DISPLAY on loopback, and write a
+        private Xauthority with the client's (fake) cookie, as sshd does; the client
+        checks that cookie and substitutes the real one when a program connects."""
+        port = None
+        for display in range(X11_FIRST_DISPLAY, X11_FIRST_DISPLAY + X11_DISPLAYS):
+            try:
+                port = self.factory.clock.listenTCP(
+                    6000 + display, _ChannelListener(self, "x11"), interface="127.0.0.1"
+                )
+                break
+            except CannotListenError:
+                continue
+        if port is None:
+            return False
+        directory = tempfile.mkdtemp(prefix="sshgateway-x11-")
+        xauthority = os.path.join(directory, "Xauthority")
+        number = str(display).encode()
+        cookie = bytes.fromhex(event.cookie.decode("ascii"))
+        entries = [
+            _xauth_entry(256, socket.gethostname().encode(), number, event.protocol, cookie),
+            _xauth_entry(0, bytes((127, 0, 0, 1)), number, event.protocol, cookie),
+        ]
+        fd = os.open(xauthority, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(b"".join(entries))
+        self._x11 = (port, directory, f"localhost:{display}.{event.screen or 0}", xauthority)
+        return True
+
+    def _stop_x11_forwarding(self) -> None:
+        if self._x11 is None:
+            return
+        port, directory, _display, _file = self._x11
+        self._x11 = None
+        port.stopListening()
+        shutil.rmtree(directory, ignore_errors=True)
+
     # ------------------------------------------------------------ agent forwarding
     def _start_agent_forwarding(self) -> bool:
         try:
             directory = tempfile.mkdtemp(prefix="sshgateway-agent-")
             path = os.path.join(directory, "agent")
-            port = self.factory.clock.listenUNIX(path, _AgentListener(self), mode=0o600)
+            port = self.factory.clock.listenUNIX(path, _ChannelListener(self, "agent"), mode=0o600)
         except Exception as exc:
             log.info(
                 "ssh1 {peer}: agent forwarding failed: {error}", peer=self.record.peer, error=exc
@@ -768,13 +851,13 @@ class SSH1ServerProtocol(Protocol):
         self._agent = (port, directory, path)
         return True
 
-    def _agent_connection(self) -> Protocol | None:
+    def _incoming_channel(self, kind: str) -> Protocol | None:
         core = self.core
         if core is None or self._closing or core.closed or len(self._channels) >= MAX_FORWARDS:
             return None
         channel = self._next_channel
         self._next_channel += 1
-        forward = _Forward(self, channel, None, agent=True)
+        forward = _Forward(self, channel, None, kind)
         self._channels[channel] = forward
         return forward
 
@@ -829,16 +912,17 @@ class SSH1ServerProtocol(Protocol):
 
 
 
-class _AgentListener(Factory):
-    """Accepts the program's connections to the forwarded agent socket."""
+class _ChannelListener(Factory):
+    """Accepts the program's connections to the forwarded agent socket or X display."""
 
     noisy = False
 
-    def __init__(self, owner: SSH1ServerProtocol) -> None:
+    def __init__(self, owner: SSH1ServerProtocol, kind: str) -> None:
         self.owner = owner
+        self.kind = kind
 
     def buildProtocol(self, addr: object) -> Protocol | None:
-        return self.owner._agent_connection()
+        return self.owner._incoming_channel(self.kind)
 
 
 class _OneShot(Factory):

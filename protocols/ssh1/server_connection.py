@@ -230,10 +230,10 @@ class ServerConnection(Connection):
 
     def _on_x11(self, r: Reader) -> Event:
         proto = r.string("auth protocol", 256)
-        r.string("auth cookie", 1024)
+        cookie = r.string("auth cookie", 1024)
         screen = r.uint32("screen") if r.remaining >= 4 else None
         self.pending = "request"
-        return X11ForwardingRequested(proto, screen)
+        return X11ForwardingRequested(proto, cookie, screen)
 
     def _on_remote_forward(self, r: Reader) -> Event:
         port = r.uint32("port")
@@ -327,6 +327,12 @@ class ServerConnection(Connection):
         port = r.uint32("port")
         originator = r.string("originator", 1024) if r.remaining else None
         return PortOpen(channel, host, port, originator)
+
+    def send_x11_open(self, our_channel: int) -> None:
+        """A program connected to the forwarded X display: ask the client for a channel.
+        (No originator string: we never announce SSH_PROTOFLAG_HOST_IN_FWD_OPEN.)"""
+        self._require_interactive()
+        self._send(m.SSH_SMSG_X11_OPEN, Writer().uint32(our_channel).getvalue())
 
     def send_agent_open(self, our_channel: int) -> None:
         """A program connected to the forwarded agent socket: ask the client for a channel."""

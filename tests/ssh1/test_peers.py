@@ -120,6 +120,7 @@ def gw(tmp_path_factory, peer_keys, echo):
             "ciphers": ["3des", "blowfish", "des"],
             "permit_open": [f"127.0.0.1:{echo.port}"],
             "allow_agent_forwarding": True,
+            "allow_x11_forwarding": True,
         },
     )
     with GatewayProcess(d, config) as process:
@@ -406,3 +407,62 @@ def test_ssh1_agent_forwarding(gw, tmp_path, peer_keys):
         agent.wait(10)
     assert result.returncode == 0, result.stderr
     assert b"forwarded (ED25519)" in result.stdout
+
+
+# The program run through the gateway: an X11 client that authenticates with what the
+# gateway wrote to $XAUTHORITY and prints what the "X server" answers.
+X11_PROGRAM = r"""
+import os, socket, struct
+display = int(os.environ["DISPLAY"].split(":")[1].split(".")[0])
+data = open(os.environ["XAUTHORITY"], "rb").read()
+pos, fields = 2, []
+for _ in range(4):
+    (n,) = struct.unpack(">H", data[pos:pos + 2]); fields.append(data[pos + 2:pos + 2 + n]); pos += 2 + n
+name, cookie = fields[2], fields[3]
+pad = lambda b: b + bytes(-len(b) % 4)
+s = socket.create_connection(("127.0.0.1", 6000 + display))
+s.sendall(b"l\0" + struct.pack("<HHHH", 11, 0, len(name), len(cookie)) + b"\0\0" + pad(name) + pad(cookie))
+print(s.recv(100).decode())
+"""
+
+
+def test_ssh1_x11_forwarding(gw, tmp_path, peer_keys):
+    # A stand-in X server on the client side; ssh1 checks the cookie the program sends
+    # against the one it gave the gateway and only then connects here.
+    server = socket.socket()
+    for display in range(50, 200):
+        try:
+            server.bind(("127.0.0.1", 6000 + display))
+            break
+        except OSError:
+            continue
+    server.listen(1)
+    server.settimeout(30)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            received.append(conn.recv(4096))
+            conn.sendall(b"X-SERVER-SAYS-HI")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        argv, env = ssh1_argv(
+            gw, tmp_path, "ssh1", "-X", "-o", "BatchMode=yes", "-i", str(peer_keys["openssh"]),
+            "alice@127.0.0.1", "python3 -c '" + X11_PROGRAM.replace("'", '"') + "'",
+        )
+        env["DISPLAY"] = f"localhost:{display}.0"
+        env["XAUTHORITY"] = str(tmp_path / "no-xauthority")
+        result = subprocess.run(argv, capture_output=True, env=env, timeout=60)
+        thread.join(10)
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"X-SERVER-SAYS-HI\n"
+    assert received and received[0].startswith(b"l\0\x0b\0")
+    gw.wait_for_log(r"X11 forwarding granted on localhost:\d+\.0")

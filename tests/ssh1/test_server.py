@@ -661,3 +661,43 @@ def test_unsolicited_channel_confirmation_disconnects():
     h.send(m.SSH_CMSG_EXEC_SHELL)
     replies = h.send(m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">II", 3, 4))
     assert replies[-1][0] == m.SSH_MSG_DISCONNECT
+
+
+def test_x11_forwarding_refused_by_default(logs):
+    h, reactor = _agent_harness(allow=False)
+    request = string(b"MIT-MAGIC-COOKIE-1") + string(b"00ff" * 8)
+    assert h.send(m.SSH_CMSG_X11_REQUEST_FORWARDING, request) == [(m.SSH_SMSG_FAILURE, b"")]
+    assert "refused X11 forwarding (not allowed)" in text(logs)
+    assert "00ff" not in text(logs)
+
+
+def test_x11_forwarding_relays():
+    import os
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    h = Harness(settings=SSH1Settings(allow_x11_forwarding=True))
+    h.factory.clock = reactor
+    h.login()
+    bad = string(b"XDM-AUTHORIZATION-1") + string(b"00")
+    assert h.send(m.SSH_CMSG_X11_REQUEST_FORWARDING, bad) == [(m.SSH_SMSG_FAILURE, b"")]
+    request = string(b"MIT-MAGIC-COOKIE-1") + string(b"0a1b" * 8) + struct.pack(">I", 2)
+    assert h.send(m.SSH_CMSG_X11_REQUEST_FORWARDING, request) == [(m.SSH_SMSG_SUCCESS, b"")]
+    [(port, factory, _backlog, interface)] = reactor.tcpServers
+    assert port == 6010 and interface == "127.0.0.1"
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    env = h.realm.avatars[0].targets[0].request.env
+    assert env["DISPLAY"] == "localhost:10.2"
+    xauth = open(env["XAUTHORITY"], "rb").read()
+    assert b"MIT-MAGIC-COOKIE-1" in xauth and bytes.fromhex("0a1b" * 8) in xauth
+    assert os.stat(env["XAUTHORITY"]).st_mode & 0o077 == 0
+    program = StringTransport()
+    x_client = factory.buildProtocol(None)
+    x_client.makeConnection(program)
+    assert h.received() == [(m.SSH_SMSG_X11_OPEN, struct.pack(">I", 0))]
+    h.send(m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">II", 0, 7))
+    x_client.dataReceived(b"l\0setup")
+    assert h.received() == [(m.SSH_MSG_CHANNEL_DATA, struct.pack(">I", 7) + string(b"l\0setup"))]
+    h.protocol.connectionLost(None)
+    assert not os.path.exists(env["XAUTHORITY"])
