@@ -72,14 +72,24 @@ class ListenerService(service.Service):
         return None
 
 
-def build_dispatcher(config: Any, reactor: Any) -> DispatcherFactory:
+class TargetsService(service.Service):
+    """Hangs up every running session when the gateway stops, and reaps the children."""
+
+    def __init__(self, targets: Any) -> None:
+        self.targets = targets
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.targets.close_all()
+
+
+def build_dispatcher(config: Any, reactor: Any, targets: Any) -> DispatcherFactory:
     """Everything behind the listeners, from a loaded config."""
     from gateway.auth import build_portal
     from gateway.hostkeys import load_or_create_host_keys
-    from gateway.targets.local import LocalTarget
 
     host_keys = load_or_create_host_keys(config.state_dir)
-    portal = build_portal(config, LocalTarget(reactor))
+    portal = build_portal(config, targets)
     handoffs: dict[str, Any] = {}
     if "2" in config.protocols:
         from protocols.ssh2.factory import SSH2ServerFactory
@@ -103,14 +113,18 @@ def make_service(config: Any, reactor: Any = None) -> service.MultiService:
         reactor = default_reactor
     from gateway.config import DefaultPasswordError, ensure_default_password
     from gateway.hostkeys import HostKeyError
+    from gateway.targets.local import LocalTarget
 
+    targets = LocalTarget(reactor)
     try:
         config = ensure_default_password(config)
-        dispatcher = build_dispatcher(config, reactor)
+        dispatcher = build_dispatcher(config, reactor, targets)
     except (DefaultPasswordError, HostKeyError, ValueError) as e:
         # twistd prints a SystemExit message and exits 1: no traceback for a setup problem.
         raise SystemExit(f"sshgateway: {e}") from None
     top = service.MultiService()
+    # Stopped after the listeners (MultiService stops children in reverse order).
+    TargetsService(targets).setServiceParent(top)
     for description in config.listen:
         ListenerService(reactor, description, dispatcher).setServiceParent(top)
     return top
