@@ -73,13 +73,19 @@ class ListenerService(service.Service):
 
 
 class TargetsService(service.Service):
-    """Hangs up every running session when the gateway stops, and reaps the children."""
+    """At shutdown: hangs up every running session, reaps the children, and stops the
+    protocol factories' timers (the SSH-1 server-key rotation)."""
 
-    def __init__(self, targets: Any) -> None:
+    def __init__(self, targets: Any, dispatcher: DispatcherFactory) -> None:
         self.targets = targets
+        self.dispatcher = dispatcher
 
     def stopService(self) -> Any:
         super().stopService()
+        for handoff in self.dispatcher.handoffs.values():
+            stop = getattr(handoff, "stop", None)
+            if stop is not None:
+                stop()
         return self.targets.close_all()
 
 
@@ -124,7 +130,7 @@ def make_service(config: Any, reactor: Any = None) -> service.MultiService:
         raise SystemExit(f"sshgateway: {e}") from None
     top = service.MultiService()
     # Stopped after the listeners (MultiService stops children in reverse order).
-    TargetsService(targets).setServiceParent(top)
+    TargetsService(targets, dispatcher).setServiceParent(top)
     for description in config.listen:
         ListenerService(reactor, description, dispatcher).setServiceParent(top)
     return top

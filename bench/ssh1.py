@@ -1,7 +1,8 @@
 """SSH-1 throughput benchmark (issue 3): MB/s per cipher through ``cat`` with ``plink -1``
 against a gateway subprocess, beside the raw speed of the same cipher in ``cryptography``
-measured in the same run (the ceiling), and their ratio. Not a test; meant to live at
-``bench/ssh1.py`` (run: ``python bench/ssh1.py --mib 32``).
+measured in the same run (the ceiling), and their ratio. Not a test.
+
+    .venv/bin/python -m bench.ssh1 [--mib 32]
 
 The transfer is timed end to end (up through the gateway, through ``cat``, and back), so
 each byte is decrypted once and encrypted once by the gateway; the ceiling is the raw
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from protocols.ssh1 import ciphers  # noqa: E402
