@@ -1,0 +1,367 @@
+"""The bridge between a front end's session and an upstream device session.
+
+Every upstream target (SSH-1, SSH-2, telnet) is a *connector*: given the session request
+and an :class:`UpstreamSink`, it connects, checks the host key, logs in and opens the
+session, and fires its Deferred with an :class:`IUpstreamSession`. This module owns what
+they all share, so each protocol module holds only its wire logic:
+
+- the front end gets its ISessionTarget at once; until the upstream session is open, the
+  client's input is held (bounded: the front end's producer is paused past a limit), and
+  the latest window size, an EOF and a close are remembered;
+- every failure (unreachable, refused, timed out, login refused, host key changed, reset
+  mid-session, idle) ends the client's session with one line on stderr and exit status
+  255, and is logged;
+- flow control: a front end that cannot take more output pauses the upstream session
+  (which stops reading its socket or stops granting window); an upstream that cannot take
+  more input pauses the front end's producer;
+- one log line per bridged session: user, target, upstream description, bytes each way,
+  duration, exit status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+from protocols.session import (
+    ExitInfo,
+    ISessionClient,
+    ISessionTarget,
+    SessionRequest,
+    WindowSize,
+)
+
+log = Logger()
+
+# Client input held while the upstream session is being opened, before the front end's
+# producer is paused (so a client pasting megabytes cannot grow this without bound).
+MAX_PENDING_INPUT = 256 * 1024
+FAILURE_STATUS = 255  # what OpenSSH's client reports for a connection-level failure
+
+
+class UpstreamFailure(Exception):
+    """A failure to show the user: ``str(exc)`` is one line, without secrets."""
+
+
+class IUpstreamSession(Interface):
+    """An open session on an upstream device, provided by a connector."""
+
+    description = Attribute("str: protocol and negotiated algorithms, for the log line")
+
+    def write(data: bytes) -> None:
+        """Client input for the upstream program."""
+
+    def send_eof() -> None:
+        """The client sent EOF."""
+
+    def resize(size: WindowSize) -> None:
+        """The client's terminal changed size."""
+
+    def send_signal(name: str) -> None:
+        """Pass a signal on, where the upstream protocol has a way to."""
+
+    def close() -> None:
+        """Tear the upstream connection down; no sink call may follow."""
+
+    def pauseProducing() -> None:
+        """Stop delivering upstream output (stop reading the socket / granting window)."""
+
+    def resumeProducing() -> None:
+        """Deliver upstream output again."""
+
+
+class UpstreamSink:
+    """What a connector reports to; every call is safe after the session ended."""
+
+    def __init__(self, bridge: BridgeSession) -> None:
+        self._bridge = bridge
+
+    def stdout(self, data: bytes) -> None:
+        self._bridge._output(data, stderr=False)
+
+    def stderr(self, data: bytes) -> None:
+        self._bridge._output(data, stderr=True)
+
+    def eof(self) -> None:
+        self._bridge._upstream_eof()
+
+    def exited(self, info: ExitInfo) -> None:
+        self._bridge._finish(info, None)
+
+    def failed(self, message: str) -> None:
+        self._bridge._finish(ExitInfo(status=FAILURE_STATUS), message)
+
+    def pause_input(self) -> None:
+        self._bridge._set_input_paused("upstream", True)
+
+    def resume_input(self) -> None:
+        self._bridge._set_input_paused("upstream", False)
+
+
+Connector = Callable[[SessionRequest, UpstreamSink], defer.Deferred]
+
+
+@dataclass
+class BridgeStats:
+    bytes_to_upstream: int = 0
+    bytes_from_upstream: int = 0
+
+
+@implementer(ISessionTarget, IPushProducer)
+class BridgeSession:
+    """ISessionTarget for the front end; drives one connector's upstream session."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        client: ISessionClient,
+        request: SessionRequest,
+        connect: Connector,
+        *,
+        username: str,
+        target: str,
+        connect_timeout: float,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self.clock = clock
+        self.client = client
+        self.request = request
+        self.username = username
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.stats = BridgeStats()
+        self.started = clock.seconds()
+        self.upstream: IUpstreamSession | None = None
+        self.done = False
+        self._pending = bytearray()
+        self._pending_eof = False
+        self._pending_size: WindowSize | None = None
+        self._output_paused = False
+        self._input_paused: set[str] = set()
+        self._input_producer: Any = None
+        self._eof_sent = False
+        self._idle: IDelayedCall | None = None
+        self._connecting: defer.Deferred | None = None
+        client.registerProducer(self, True)
+        self._timeout = clock.callLater(connect_timeout, self._connect_timed_out)
+        self._connecting = defer.maybeDeferred(connect, request, UpstreamSink(self))
+        self._connecting.addCallbacks(self._opened, self._open_failed)
+
+    # -- connection phase ---------------------------------------------------------------
+
+    def _connect_timed_out(self) -> None:
+        self._timeout = None
+        if self.upstream is None and not self.done:
+            connecting, self._connecting = self._connecting, None
+            self._finish(
+                ExitInfo(status=FAILURE_STATUS),
+                f"{self.target}: no session within {self.connect_timeout:g} s",
+            )
+            if connecting is not None:
+                connecting.cancel()
+
+    def _opened(self, upstream: IUpstreamSession) -> None:
+        self._connecting = None
+        self._cancel(self._timeout)
+        self._timeout = None
+        if self.done:
+            upstream.close()
+            return
+        self.upstream = upstream
+        log.info(
+            "bridge {user} -> {target}: session open ({upstream})",
+            user=self.username,
+            target=self.target,
+            upstream=upstream.description,
+        )
+        if self._pending_size is not None:
+            upstream.resize(self._pending_size)
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            upstream.write(data)
+        self._set_input_paused("pending", False)
+        if self._pending_eof:
+            upstream.send_eof()
+        if self._output_paused:
+            upstream.pauseProducing()
+        self._touch()
+
+    def _open_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self.done:
+            return
+        if failure.check(defer.CancelledError):
+            return
+        if failure.check(UpstreamFailure):
+            message = f"{self.target}: {failure.getErrorMessage()}"
+        else:
+            log.failure("bridge to {target} failed unexpectedly", failure, target=self.target)
+            message = f"{self.target}: internal error while connecting"
+        self._finish(ExitInfo(status=FAILURE_STATUS), message)
+
+    # -- ISessionTarget (from the front end) -------------------------------------------
+
+    def write_stdin(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.stats.bytes_to_upstream += len(data)
+        self._touch()
+        if self.upstream is not None:
+            self.upstream.write(data)
+            return
+        self._pending += data
+        if len(self._pending) > MAX_PENDING_INPUT:
+            self._set_input_paused("pending", True)
+
+    def close_stdin(self) -> None:
+        if self.upstream is not None:
+            self.upstream.send_eof()
+        else:
+            self._pending_eof = True
+
+    def resize(self, size: WindowSize) -> None:
+        if self.upstream is not None:
+            self.upstream.resize(size)
+        else:
+            self._pending_size = size
+
+    def send_signal(self, name: str) -> None:
+        if self.upstream is not None:
+            self.upstream.send_signal(name)
+
+    def close(self) -> None:
+        """The client went away: tear down without telling it anything."""
+        if self.done:
+            return
+        self.done = True
+        self._stop_timers()
+        self._log_end(None, "client closed the session")
+        self._teardown()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._input_producer = producer
+        if self._input_paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._input_producer = None
+
+    # -- IPushProducer (registered with the front end for our output) ----------------
+
+    def pauseProducing(self) -> None:
+        self._output_paused = True
+        if self.upstream is not None:
+            self.upstream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._output_paused = False
+        if self.upstream is not None:
+            self.upstream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.close()
+
+    # -- from the connector (via UpstreamSink) ----------------------------------------
+
+    def _output(self, data: bytes, stderr: bool) -> None:
+        if self.done:
+            return
+        self.stats.bytes_from_upstream += len(data)
+        self._touch()
+        if stderr:
+            self.client.write_stderr(data)
+        else:
+            self.client.write_stdout(data)
+
+    def _upstream_eof(self) -> None:
+        if not self.done and not self._eof_sent:
+            self._eof_sent = True
+            self.client.send_eof()
+
+    def _set_input_paused(self, reason: str, paused: bool) -> None:
+        was = bool(self._input_paused)
+        if paused:
+            self._input_paused.add(reason)
+        else:
+            self._input_paused.discard(reason)
+        producer = self._input_producer
+        if producer is None or was == bool(self._input_paused):
+            return
+        if self._input_paused:
+            producer.pauseProducing()
+        else:
+            producer.resumeProducing()
+
+    def _finish(self, info: ExitInfo, message: str | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._stop_timers()
+        if message is not None:
+            self.client.write_stderr(f"sshgateway: {message}\r\n".encode("utf-8", "replace"))
+        self._log_end(info, message)
+        if not self._eof_sent:
+            self._eof_sent = True
+            self.client.send_eof()
+        self.client.unregisterProducer()
+        self.client.exited(info)
+        self._teardown()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _teardown(self) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.close()
+        self._pending = bytearray()
+
+    def _touch(self) -> None:
+        if not self.idle_timeout:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.idle_timeout)
+        else:
+            self._idle = self.clock.callLater(self.idle_timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        self._finish(
+            ExitInfo(status=FAILURE_STATUS),
+            f"{self.target}: idle for {self.idle_timeout:g} s, session closed",
+        )
+
+    def _stop_timers(self) -> None:
+        self._cancel(self._timeout)
+        self._cancel(self._idle)
+        self._timeout = self._idle = None
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+
+    def _log_end(self, info: ExitInfo | None, message: str | None) -> None:
+        log.info(
+            "bridged session: user={user} target={target} upstream=[{upstream}] "
+            "to_upstream={up} from_upstream={down} duration={duration:.3f}s "
+            "exit={status} reason={reason}",
+            user=self.username,
+            target=self.target,
+            upstream=self.upstream.description if self.upstream is not None else "-",
+            up=self.stats.bytes_to_upstream,
+            down=self.stats.bytes_from_upstream,
+            duration=self.clock.seconds() - self.started,
+            status="-" if info is None else info.as_status(),
+            reason=message or "-",
+        )

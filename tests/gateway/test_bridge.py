@@ -1,0 +1,184 @@
+"""The shared upstream bridge, in memory with a fake connector and a Clock."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from gateway.targets.bridge import (
+    FAILURE_STATUS,
+    MAX_PENDING_INPUT,
+    BridgeSession,
+    IUpstreamSession,
+    UpstreamFailure,
+)
+from protocols.session import ExitInfo, SessionRequest, WindowSize
+
+
+class FakeClient:
+    def __init__(self):
+        self.out, self.err, self.eof, self.exit = b"", b"", False, None
+        self.producer = None
+
+    def write_stdout(self, data):
+        self.out += data
+
+    def write_stderr(self, data):
+        self.err += data
+
+    def send_eof(self):
+        self.eof = True
+
+    def exited(self, info):
+        self.exit = info
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+@implementer(IUpstreamSession)
+class FakeUpstream:
+    description = "fake"
+
+    def __init__(self):
+        self.written, self.eof, self.sizes, self.closed, self.paused = b"", False, [], False, False
+
+    def write(self, data):
+        self.written += data
+
+    def send_eof(self):
+        self.eof = True
+
+    def resize(self, size):
+        self.sizes.append(size)
+
+    def send_signal(self, name):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+
+class Producer:
+    def __init__(self):
+        self.paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+
+def bridge(idle=None, timeout=10.0):
+    clock, client, pending = Clock(), FakeClient(), defer.Deferred()
+    sinks = []
+
+    def connect(request, sink):
+        sinks.append(sink)
+        return pending
+
+    session = BridgeSession(clock, client, SessionRequest(command=b"x"), connect,
+                            username="alice", target="dev1", connect_timeout=timeout,
+                            idle_timeout=idle)
+    return session, client, pending, sinks[0], clock
+
+
+def test_input_held_until_open_then_flushed_in_order():
+    session, client, pending, sink, _ = bridge()
+    session.write_stdin(b"abc")
+    session.resize(WindowSize(30, 100))
+    session.close_stdin()
+    upstream = FakeUpstream()
+    pending.callback(upstream)
+    assert upstream.written == b"abc" and upstream.eof and upstream.sizes == [WindowSize(30, 100)]
+    sink.stdout(b"out")
+    sink.stderr(b"err")
+    sink.exited(ExitInfo(status=7))
+    assert (client.out, client.err, client.eof, client.exit) == (b"out", b"err", True, ExitInfo(7))
+    assert upstream.closed
+
+
+def test_pending_input_is_bounded_by_pausing_the_front_end():
+    session, client, pending, sink, _ = bridge()
+    producer = Producer()
+    session.registerProducer(producer, True)
+    session.write_stdin(b"x" * (MAX_PENDING_INPUT + 1))
+    assert producer.paused
+    pending.callback(FakeUpstream())
+    assert not producer.paused
+
+
+def test_connect_failure_is_one_line_and_status_255():
+    session, client, pending, sink, _ = bridge()
+    pending.errback(UpstreamFailure("connection refused"))
+    assert client.err == b"sshgateway: dev1: connection refused\r\n"
+    assert client.exit == ExitInfo(status=FAILURE_STATUS) and client.eof
+
+
+def test_connect_timeout_cancels_and_reports():
+    session, client, pending, sink, clock = bridge(timeout=5)
+    clock.advance(5)
+    assert b"no session within 5 s" in client.err
+    assert client.exit.status == FAILURE_STATUS
+    assert pending.called  # cancelled
+
+
+def test_output_pause_reaches_upstream_even_before_open():
+    session, client, pending, sink, _ = bridge()
+    client.producer.pauseProducing()
+    upstream = FakeUpstream()
+    pending.callback(upstream)
+    assert upstream.paused
+    client.producer.resumeProducing()
+    assert not upstream.paused
+
+
+def test_upstream_back_pressure_pauses_front_end():
+    session, client, pending, sink, _ = bridge()
+    producer = Producer()
+    session.registerProducer(producer, True)
+    pending.callback(FakeUpstream())
+    sink.pause_input()
+    assert producer.paused
+    sink.resume_input()
+    assert not producer.paused
+
+
+def test_idle_timeout():
+    session, client, pending, sink, clock = bridge(idle=30)
+    upstream = FakeUpstream()
+    pending.callback(upstream)
+    clock.advance(20)
+    sink.stdout(b"x")
+    clock.advance(20)
+    assert client.exit is None
+    clock.advance(11)
+    assert b"idle for 30 s" in client.err and upstream.closed
+
+
+def test_reset_mid_session_and_calls_after_end_are_ignored():
+    session, client, pending, sink, _ = bridge()
+    pending.callback(FakeUpstream())
+    sink.failed("connection reset by upstream")
+    sink.stdout(b"late")
+    sink.exited(ExitInfo(status=0))
+    assert client.out == b"" and client.exit.status == FAILURE_STATUS
+
+
+def test_client_close_tears_down_quietly():
+    session, client, pending, sink, _ = bridge()
+    upstream = FakeUpstream()
+    pending.callback(upstream)
+    session.close()
+    assert upstream.closed and client.exit is None
