@@ -4,3 +4,39 @@ A target turns a SessionRequest into a running ISessionTarget (see protocols/ses
 ``local`` (gateway.targets.local.LocalTarget) runs the program on the gateway host; upstream
 targets (another SSH server, a serial line) will live beside it with the same interface.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+TARGET_PROTOCOLS = ("ssh1", "ssh2", "telnet", "local")
+DEFAULT_PORTS = {"ssh1": 22, "ssh2": 22, "telnet": 23}
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One ``[targets.NAME]`` table. Upstream credentials are the device's, held by the
+    gateway (a stored password is plaintext by necessity: keep the config file 0600)."""
+
+    name: str
+    protocol: str  # one of TARGET_PROTOCOLS
+    host: str = ""
+    port: int = 22
+    username: str | None = None  # upstream login name; default: the gateway user's name
+    password: str | None = None  # stored upstream password
+    key: Path | None = None  # upstream key file (SSH-1 RSA or SSH-2 private key)
+    credentials: str = "stored"  # "stored" | "pass-through" (reuse the gateway password)
+    host_key: str = "accept-new"  # "accept-new" | "strict" | a fingerprint
+    connect_timeout: float = 10.0  # seconds from session request to upstream session open
+    idle_timeout: float = 0.0  # seconds without data either way; 0 = never
+    # telnet: regular expressions (bytes, matched on received output) answered with the
+    # username / password; None = don't answer.
+    login_prompt: str | None = None
+    password_prompt: str | None = None
+    # Algorithm preferences; empty = the client's modern defaults. Legacy names
+    # (diffie-hellman-group1-sha1, ssh-rsa, aes-cbc, 3des-cbc; SSH-1 des) only when listed.
+    ciphers: tuple[str, ...] = ()
+    kex: tuple[str, ...] = ()
+    host_key_algorithms: tuple[str, ...] = ()
+    macs: tuple[str, ...] = ()
