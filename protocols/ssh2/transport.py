@@ -15,7 +15,6 @@ import os
 import secrets
 import struct
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 from twisted.conch.ssh import _kex, transport
@@ -31,7 +30,7 @@ from protocols.auth import LoginContext, LoginFlow
 from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
 from protocols.ssh2.settings import SSH2Settings
-from protocols.ssh2.wire import Reader, WireError
+from protocols.ssh2.wire import Reader
 
 log = Logger()
 
@@ -127,7 +126,7 @@ class SSH2ServerTransport(SSHServerTransport):
     """One SSH-2 connection handed over by the dispatcher.
 
     ``factory`` is the :class:`protocols.ssh2.factory.SSH2ServerFactory` (host keys,
-    groups, portal, limits, clock, services); ``on_connection_lost`` lets the owner know.
+    groups, portal, limits, clock, services).
 
     It is also a push producer for the TCP transport: while the socket's send buffer is
     full every session's output source is paused, so a client that stops reading the
@@ -139,6 +138,7 @@ class SSH2ServerTransport(SSHServerTransport):
 
     _log = log
     login_flow: LoginFlow | None = None
+    nextEncryptions: SSHCiphers | None = None
 
     def __init__(
         self,
@@ -168,8 +168,6 @@ class SSH2ServerTransport(SSHServerTransport):
         self._first: bytes | None = None  # decrypted first block of the next packet
         self._mac_in: Any = None  # keyed HMAC objects, copied per packet
         self._mac_out: Any = None
-        self.buf = b""
-        self.on_connection_lost: Callable[[Failure], None] | None = None
 
     # -- connection life cycle ------------------------------------------------------------
 
@@ -248,11 +246,7 @@ class SSH2ServerTransport(SSHServerTransport):
             self.login_flow.cancel()
         if not self.record.close_reason:
             self.record.close_reason = "connection closed"
-        try:
-            super().connectionLost(reason)
-        finally:
-            if self.on_connection_lost is not None:
-                self.on_connection_lost(reason)
+        super().connectionLost(reason)
 
     # -- packets in -----------------------------------------------------------------------
 
@@ -363,8 +357,6 @@ class SSH2ServerTransport(SSHServerTransport):
             "comp_in": self.incomingCompressionType.decode("ascii", "replace"),
             "comp_out": self.outgoingCompressionType.decode("ascii", "replace"),
         }
-
-    nextEncryptions: SSHCiphers | None = None
 
     def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
         if self.ignoreNextPacket or not _kex.isDynamicPrimesGroup(self.kexAlg):
@@ -528,4 +520,4 @@ def _ns(value: bytes) -> bytes:
     return struct.pack(">L", len(value)) + value
 
 
-__all__ = ["SSH2ServerTransport", "offered_algorithms", "NoAlgorithms", "WireError"]
+__all__ = ["SSH2ServerTransport", "offered_algorithms", "NoAlgorithms"]
