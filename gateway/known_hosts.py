@@ -1,0 +1,449 @@
+"""Upstream host keys: the gateway's own known_hosts file (OpenSSH's format) and the
+per-target ``host_key`` policy that decides whether an upstream's key is trusted.
+
+Policies (``[targets.NAME] host_key``):
+
+- ``"accept-new"``: trust on first use. An unknown host's key is appended to the file;
+  from then on it is pinned and a different key is refused.
+- ``"strict"``: the key must already be in the file.
+- a fingerprint: ``SHA256:...`` for SSH-2, the MD5 colon-hex form (optionally
+  ``MD5:``-prefixed) for SSH-1, as the clients print them. Several may be given,
+  separated by commas (for a key rollover). The file is not consulted.
+
+The file format is OpenSSH's: ``hosts keytype base64 [comment]`` for SSH-2 keys,
+``hosts bits e n [comment]`` for SSH-1 keys; ``hosts`` is a comma list of names or
+patterns (``*``, ``?``, ``!negation``), ``[host]:port`` for ports other than 22, or a
+hashed ``|1|salt|hmac`` entry. ``@revoked`` lines refuse that key for every host that
+matches; ``@cert-authority`` lines are ignored (no certificates here).
+
+A host counts as *known* once any key of the same protocol is recorded for it: a
+different key then means CHANGED even if its type differs, because a downgrade to a
+weaker key type is exactly what an attacker in the middle would offer. The SSH-2 client
+asks :meth:`KnownHosts.ssh2_key_types` first and prefers the recorded types, as OpenSSH
+does, so an honest server is not caught by this.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import fnmatch
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.conch.ssh import keys
+from twisted.logger import Logger
+
+from gateway.hostkeys import ssh2_fingerprint
+from gateway.targets.bridge import UpstreamFailure
+from protocols.ssh1.keys import ssh1_fingerprint
+
+log = Logger()
+
+# Hostile or accidental giant files must not be read whole: a known_hosts with tens of
+# thousands of hosts is still far below this.
+MAX_FILE_BYTES = 8 * 1024 * 1024
+# An RSA-16384 SSH-2 line is about 2.9 KB of base64 and an SSH-1 line of the same size
+# about 5 KB of decimal; anything much longer is not a key line.
+MAX_LINE_BYTES = 16 * 1024
+MAX_BITS = 16384
+POLICIES = ("accept-new", "strict")
+
+
+class HostKeyChanged(UpstreamFailure):
+    """The upstream offered a key other than the pinned one."""
+
+
+class HostKeyUnknown(UpstreamFailure):
+    """``strict`` policy and the upstream's key is not in the file."""
+
+
+class HostKeyRevoked(UpstreamFailure):
+    """The upstream offered a key marked ``@revoked``."""
+
+
+class KnownHostsError(UpstreamFailure):
+    """The file cannot be used (too large, unreadable) or the policy is malformed."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    patterns: str  # the host field as written
+    marker: str  # "", "@revoked", "@cert-authority"
+    protocol: str  # "ssh2" | "ssh1"
+    key_type: str  # SSH-2 key type as written, "rsa1" for SSH-1
+    blob: bytes  # SSH-2 public key blob; b"" for SSH-1
+    e: int
+    n: int
+    line: int
+
+    def matches(self, name: str) -> bool:
+        return _host_field_matches(self.patterns, name)
+
+    def same_key(self, blob: bytes, e: int, n: int) -> bool:
+        if self.protocol == "ssh2":
+            return self.blob == blob
+        return self.e == e and self.n == n
+
+
+def host_name(host: str, port: int) -> str:
+    """The name a known_hosts line uses for ``host:port`` (OpenSSH's convention)."""
+    host = host.lower()
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def _hashed_matches(field: str, name: str) -> bool:
+    parts = field.split("|")
+    if len(parts) != 4 or parts[1] != "1":
+        return False
+    try:
+        salt = base64.b64decode(parts[2], validate=True)
+        expected = base64.b64decode(parts[3], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(salt) != 20 or len(expected) != 20:
+        return False
+    actual = hmac.new(salt, name.encode("utf-8", "replace"), hashlib.sha1).digest()
+    return hmac.compare_digest(actual, expected)
+
+
+def _host_field_matches(field: str, name: str) -> bool:
+    if field.startswith("|"):
+        return _hashed_matches(field, name)
+    matched = False
+    for pattern in field.lower().split(","):
+        if not pattern:
+            continue
+        negated = pattern.startswith("!")
+        if negated:
+            pattern = pattern[1:]
+        if fnmatch.fnmatchcase(name, pattern):
+            if negated:
+                return False
+            matched = True
+    return matched
+
+
+def _blob_type(blob: bytes) -> str | None:
+    if len(blob) < 4:
+        return None
+    (length,) = struct.unpack(">I", blob[:4])
+    if length > 64 or len(blob) < 4 + length:
+        return None
+    try:
+        return blob[4 : 4 + length].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse_line(text: str, number: int) -> _Entry | None:
+    fields = text.split()
+    if not fields or fields[0].startswith("#"):
+        return None
+    marker = ""
+    if fields[0].startswith("@"):
+        marker = fields[0]
+        fields = fields[1:]
+        if marker not in ("@revoked", "@cert-authority"):
+            return None
+    if len(fields) < 3:
+        return None
+    patterns = fields[0]
+    if fields[1].isdigit():
+        # SSH-1: bits e n, all decimal.
+        if len(fields) < 4 or not (fields[2].isdigit() and fields[3].isdigit()):
+            return None
+        bits = int(fields[1])
+        if bits > MAX_BITS or len(fields[3]) > MAX_BITS // 3 + 2 or len(fields[2]) > 32:
+            return None
+        return _Entry(patterns, marker, "ssh1", "rsa1", b"", int(fields[2]), int(fields[3]), number)
+    key_type = fields[1]
+    try:
+        blob = base64.b64decode(fields[2], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if _blob_type(blob) != key_type and not key_type.endswith("-cert-v01@openssh.com"):
+        return None
+    return _Entry(patterns, marker, "ssh2", key_type, blob, 0, 0, number)
+
+
+def _parse(data: bytes, path: Path) -> list[_Entry]:
+    entries = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if len(raw) > MAX_LINE_BYTES:
+            log.warn("known_hosts {path}:{line}: line too long, ignored", path=path, line=number)
+            continue
+        text = raw.decode("utf-8", "replace").strip()
+        if not text or text.startswith("#"):
+            continue
+        entry = _parse_line(text, number)
+        if entry is None:
+            log.warn(
+                "known_hosts {path}:{line}: not a host key line, ignored", path=path, line=number
+            )
+            continue
+        entries.append(entry)
+    return entries
+
+
+@dataclass(frozen=True)
+class _Offered:
+    """The key an upstream presented, in the forms the checks need."""
+
+    protocol: str
+    key_type: str
+    blob: bytes
+    e: int
+    n: int
+    fingerprint: str
+    line: str  # the known_hosts line body after the host field
+
+
+class KnownHosts:
+    """One known_hosts file. Checks run on the reactor thread; appends take an exclusive
+    lock and re-read the file first, so neither two sessions of this process nor another
+    process racing on the same file can record a host twice."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._cache_stamp: tuple[int, int, int] | None = None
+        self._cache: list[_Entry] = []
+
+    # -- public API ------------------------------------------------------------------
+
+    def check_ssh2(self, host: str, port: int, key: keys.Key, policy: str) -> None:
+        """Return if ``key`` may be trusted for ``host:port`` under ``policy``; raise
+        HostKeyChanged / HostKeyUnknown / HostKeyRevoked (whose message is what the user
+        is shown) otherwise."""
+        public = key.public()
+        blob = public.blob()
+        key_type = public.sshType().decode("ascii")
+        offered = _Offered(
+            "ssh2",
+            key_type,
+            blob,
+            0,
+            0,
+            ssh2_fingerprint(public),
+            f"{key_type} {base64.b64encode(blob).decode('ascii')}",
+        )
+        self._check(host, port, offered, policy)
+
+    def check_ssh1(self, host: str, port: int, bits: int, e: int, n: int, policy: str) -> None:
+        """As :meth:`check_ssh2`, for an SSH-1 RSA host key (modulus ``n``, exponent ``e``)."""
+        offered = _Offered("ssh1", "rsa1", b"", e, n, ssh1_fingerprint(e, n), f"{bits} {e} {n}")
+        self._check(host, port, offered, policy)
+
+    def ssh2_key_types(self, host: str, port: int) -> list[str]:
+        """SSH-2 key types already recorded for ``host:port`` (file order), so the
+        client can prefer them in its host key algorithm list."""
+        name = host_name(host, port)
+        types: list[str] = []
+        for entry in self._entries():
+            if entry.protocol == "ssh2" and not entry.marker and entry.matches(name):
+                if entry.key_type not in types:
+                    types.append(entry.key_type)
+        return types
+
+    # -- the decision ----------------------------------------------------------------
+
+    def _check(self, host: str, port: int, offered: _Offered, policy: str) -> None:
+        policy = policy.strip()
+        if policy not in POLICIES:
+            self._check_fingerprint(host, port, offered, policy)
+            return
+        verdict = self._judge(self._entries(), host, port, offered)
+        if verdict == "unknown":
+            if policy == "strict":
+                log.warn(
+                    "upstream {host}:{port}: unknown {type} host key {fp}, refused (strict)",
+                    host=host,
+                    port=port,
+                    type=offered.key_type,
+                    fp=offered.fingerprint,
+                )
+                raise HostKeyUnknown(
+                    f"host key for {host}:{port} is not known ({offered.key_type} "
+                    f'{offered.fingerprint}) and host_key is "strict": refusing to connect; '
+                    f"an administrator must add it to {self.path}"
+                )
+            self._append(host, port, offered)
+
+    def _judge(self, entries: list[_Entry], host: str, port: int, offered: _Offered) -> str:
+        """Return "ok" or "unknown"; raise for revoked and changed keys."""
+        name = host_name(host, port)
+        known: _Entry | None = None
+        for entry in entries:
+            if entry.protocol != offered.protocol or entry.marker == "@cert-authority":
+                continue
+            same = entry.same_key(offered.blob, offered.e, offered.n)
+            if entry.marker == "@revoked":
+                if same:
+                    self._revoked(host, port, offered, entry)
+                continue
+            if not entry.matches(name):
+                continue
+            if same:
+                return "ok"
+            if known is None:
+                known = entry
+        if known is None:
+            return "unknown"
+        log.error(
+            "upstream {host}:{port}: host key CHANGED: offered {type} {fp}, known key at "
+            "{path}:{line}; refused",
+            host=host,
+            port=port,
+            type=offered.key_type,
+            fp=offered.fingerprint,
+            path=self.path,
+            line=known.line,
+        )
+        raise HostKeyChanged(
+            f"WARNING: host key for {host}:{port} has CHANGED! Someone could be "
+            f"eavesdropping (man-in-the-middle attack), or the host key was replaced. "
+            f"It now offers {offered.key_type} key {offered.fingerprint}; the known key "
+            f"is in {self.path}:{known.line}. Refusing to connect: if the change is "
+            f"expected, an administrator must remove that line."
+        )
+
+    def _revoked(self, host: str, port: int, offered: _Offered, entry: _Entry) -> None:
+        log.error(
+            "upstream {host}:{port}: offered REVOKED {type} host key {fp} ({path}:{line}); refused",
+            host=host,
+            port=port,
+            type=offered.key_type,
+            fp=offered.fingerprint,
+            path=self.path,
+            line=entry.line,
+        )
+        raise HostKeyRevoked(
+            f"WARNING: host key for {host}:{port} ({offered.key_type} {offered.fingerprint}) "
+            f"is REVOKED in {self.path}:{entry.line}: refusing to connect"
+        )
+
+    def _check_fingerprint(self, host: str, port: int, offered: _Offered, policy: str) -> None:
+        wanted = [p.strip() for p in policy.split(",") if p.strip()]
+        if not wanted or not all(_valid_fingerprint(p, offered.protocol) for p in wanted):
+            log.error("upstream {host}:{port}: malformed host_key policy", host=host, port=port)
+            raise KnownHostsError(
+                f'host_key for {host}:{port} is neither "accept-new", "strict" nor a '
+                f"valid {'SHA256' if offered.protocol == 'ssh2' else 'MD5'} fingerprint"
+            )
+        if any(_same_fingerprint(p, offered.fingerprint) for p in wanted):
+            return
+        log.error(
+            "upstream {host}:{port}: host key {type} {fp} does not match the configured "
+            "fingerprint; refused",
+            host=host,
+            port=port,
+            type=offered.key_type,
+            fp=offered.fingerprint,
+        )
+        raise HostKeyChanged(
+            f"WARNING: host key for {host}:{port} has CHANGED! It offers "
+            f"{offered.key_type} key {offered.fingerprint}, the configuration expects "
+            f"{', '.join(wanted)}. Someone could be eavesdropping (man-in-the-middle "
+            f"attack). Refusing to connect."
+        )
+
+    # -- the file --------------------------------------------------------------------
+
+    def _entries(self) -> list[_Entry]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._cache_stamp, self._cache = None, []
+            return []
+        except OSError as exc:
+            raise self._unusable(exc.strerror or str(exc)) from None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp != self._cache_stamp:
+            if st.st_size > MAX_FILE_BYTES:
+                raise self._unusable("too large")
+            try:
+                with open(self.path, "rb") as f:
+                    data = f.read(MAX_FILE_BYTES + 1)
+            except OSError as exc:
+                raise self._unusable(exc.strerror or str(exc)) from None
+            if len(data) > MAX_FILE_BYTES:
+                raise self._unusable("too large")
+            self._cache, self._cache_stamp = _parse(data, self.path), stamp
+        return self._cache
+
+    def _unusable(self, why: str) -> KnownHostsError:
+        log.error("known_hosts {path}: {why}", path=self.path, why=why)
+        return KnownHostsError("the gateway's known_hosts file cannot be used; refusing to connect")
+
+    def _append(self, host: str, port: int, offered: _Offered) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self._unusable(exc.strerror or str(exc)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Another session (or process) may have recorded this host while we waited.
+            size = os.fstat(fd).st_size
+            if size > MAX_FILE_BYTES:
+                raise self._unusable("too large")
+            data = os.pread(fd, size, 0)
+            if self._judge(_parse(data, self.path), host, port, offered) == "ok":
+                return
+            prefix = b"\n" if data and not data.endswith(b"\n") else b""
+            line = f"{host_name(host, port)} {offered.line}\n".encode("ascii")
+            os.write(fd, prefix + line)
+        except OSError as exc:
+            raise self._unusable(exc.strerror or str(exc)) from None
+        finally:
+            os.close(fd)  # also drops the lock
+        self._cache_stamp = None
+        log.info(
+            "known_hosts: recorded {type} host key {fp} for {host}:{port} (accept-new)",
+            type=offered.key_type,
+            fp=offered.fingerprint,
+            host=host,
+            port=port,
+        )
+
+
+def valid_policy(policy: str, protocol: str) -> bool:
+    """Whether ``policy`` is a usable ``host_key`` value for a ``protocol`` ("ssh1" or
+    "ssh2") target, for configuration checks at start-up."""
+    policy = policy.strip()
+    if policy in POLICIES:
+        return True
+    wanted = [p.strip() for p in policy.split(",") if p.strip()]
+    return bool(wanted) and all(_valid_fingerprint(p, protocol) for p in wanted)
+
+
+def _valid_fingerprint(text: str, protocol: str) -> bool:
+    if protocol == "ssh2":
+        if not text.startswith("SHA256:"):
+            return False
+        body = text[7:]
+        return len(body) == 43 and _b64_ok(body + "=")
+    body = text[4:] if text.upper().startswith("MD5:") else text
+    parts = body.split(":")
+    return len(parts) == 16 and all(
+        len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts
+    )
+
+
+def _b64_ok(text: str) -> bool:
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _same_fingerprint(wanted: str, actual: str) -> bool:
+    if wanted.startswith("SHA256:"):
+        return wanted == actual
+    body = wanted[4:] if wanted.upper().startswith("MD5:") else wanted
+    return body.lower() == actual.lower()
