@@ -155,3 +155,39 @@ def test_login_finishing_after_grace_expiry_is_logged_out():
     w.flush()
     assert portal.logged_out == 1
     assert w.transport.service.name == b"ssh-userauth"
+
+
+def test_pipelined_requests_are_answered_in_order_and_bounded():
+    from twisted.conch.ssh import userauth
+
+    w = wire(login=False, limits=AuthLimits(failure_delay=1.0))
+
+    def request(password: bytes) -> bytes:
+        return (common.NS(b"alice") + common.NS(b"ssh-connection") + common.NS(b"password")
+                + b"\x00" + common.NS(password))
+
+    class Pipelining(userauth.SSHUserAuthClient):
+        answers = 0
+
+        def serviceStarted(self):
+            for _ in range(3):
+                self.transport.sendPacket(50, request(b"wrong"))
+
+        def ssh_USERAUTH_FAILURE(self, packet):
+            Pipelining.answers += 1
+
+    w.client.requestService(Pipelining(b"alice", None))
+    w.flush()
+    # One attempt at a time: the next starts only when the previous one was answered.
+    assert w.transport.login_flow.failures == 1
+    w.advance(1.0)
+    assert w.transport.login_flow.failures == 2
+    w.advance(1.0)
+    assert w.transport.login_flow.failures == 3
+    w.advance(1.0)
+    assert Pipelining.answers == 3
+    for _ in range(10):
+        w.client.sendPacket(50, request(b"wrong"))
+    w.flush()
+    assert w.client.disconnect[0] == transport.DISCONNECT_PROTOCOL_ERROR
+    assert w.record.close_reason == "too many pipelined authentication requests"

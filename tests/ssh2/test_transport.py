@@ -337,3 +337,44 @@ def test_degenerate_client_dh_values_are_refused(value):
     e = {"p-1": proto.p - 1, "p": proto.p}.get(value, value)
     with pytest.raises(ValueError):
         proto._finishEphemeralDH(e)
+
+
+def test_client_without_a_configured_cipher_is_refused():
+    import tests.ssh2.harness as h
+
+    class OldClient(h.ClientTransport):
+        supportedCiphers = [b"aes128-cbc", b"3des-cbc"]
+
+    original = h.ClientTransport
+    h.ClientTransport = OldClient
+    try:
+        w = wire(login=False)
+    finally:
+        h.ClientTransport = original
+    assert not w.client.secure
+    assert w.record.close_reason == "couldn't match all kex parts"
+
+
+def test_zlib_compression_when_enabled():
+    import tests.ssh2.harness as h
+
+    class ZlibClient(h.ClientTransport):
+        supportedCompressions = [b"zlib"]
+
+    original = h.ClientTransport
+    h.ClientTransport = ZlibClient
+    try:
+        w = wire(settings=SSH2Settings(compression=True), password=b"secret")
+    finally:
+        h.ClientTransport = original
+    assert w.record.algorithms["comp_in"] == w.record.algorithms["comp_out"] == "zlib"
+    assert w.conn.started
+    session = w.open_session()
+    session.request(b"exec", common.NS(b"cat"))
+    w.flush()
+    target = w.portal.users["alice"].targets[-1]
+    session.write(b"a" * 100_000)
+    target.client.write_stdout(b"b" * 100_000)
+    w.flush()
+    assert bytes(target.stdin) == b"a" * 100_000
+    assert bytes(session.out) == b"b" * 100_000
