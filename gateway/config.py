@@ -15,6 +15,8 @@ config file's directory; `~` is expanded. Numbers are seconds unless said otherw
 | `[users.NAME] password` | none | a hash from `sshgateway hash-password` (scrypt; bcrypt `$2b$` also accepted); plaintext is refused |
 | `[users.NAME] authorized_keys` | none | OpenSSH authorized_keys file: SSH-2 lines and SSH-1 `bits e n` lines; `ssh-rsa` keys serve SSH-1 too. Re-read when it changes; ignored while group/world-writable. Keys whose options the gateway cannot enforce (`command=`, `from=`, `no-pty`, ...) are skipped with a log line |
 | `[users.NAME] auth` | `"any"` | `"any"`: one configured method suffices; `"all"`: every configured method must pass (SSH-2 answers with partial success; SSH-1 cannot, so such users cannot log in over SSH-1) |
+| `[users.NAME] targets` | `["local"]` | the targets this user may reach (names of `[targets.NAME]` tables, or `local`) |
+| `[users.NAME] target` | none | the target used when the login name has no `+TARGET`; must be in `targets` |
 | `[auth] grace_time` | `120` | from connect to successful login |
 | `[auth] max_attempts` | `6` | failed attempts before disconnect |
 | `[auth] failure_delay` | `1.0` | a failed attempt answers no sooner than this |
@@ -30,6 +32,29 @@ config file's directory; `~` is expanded. Numbers are seconds unless said otherw
 | `[ssh1] allow_x11_forwarding` | `false` | grant SSH-1 X11 forwarding |
 | `[ssh1] allow_agent_forwarding` | `false` | grant SSH-1 agent forwarding |
 | `[ssh1] permit_open` | `[]` | `"host:port"` destinations SSH-1 `-L` may reach; empty refuses all |
+| `[targets.NAME]` | `local` only | an upstream a user reaches by logging in as `user+NAME`; NAME is 1-64 of `A-Z a-z 0-9 . _ -`. `local` (programs on the gateway host) always exists |
+| `[targets.NAME] protocol` | (required) | `"ssh1"`, `"ssh2"`, `"telnet"` or `"local"`; each protocol takes only the keys below that name it (`local` takes none) |
+| `[targets.NAME] host` | (required) | upstream host name or address (ssh1, ssh2, telnet) |
+| `[targets.NAME] port` | `22`, telnet `23` | upstream TCP port |
+| `[targets.NAME] username` | the gateway user's name | upstream login name |
+| `[targets.NAME] password` | none | stored upstream password, in plaintext by necessity: keep the file `chmod 600`, owned by the gateway's user (`check-config` warns otherwise) |
+| `[targets.NAME] key` | none | upstream private key file (ssh1: SSH-1 RSA; ssh2: OpenSSH/PEM), unencrypted, `chmod 600` |
+| `[targets.NAME] credentials` | `"stored"` | `"stored"`: `password`/`key` above; `"pass-through"`: the password the user gave the gateway is sent upstream (users who log in with a key cannot use such a target) |
+| `[targets.NAME] host_key` | `"accept-new"` | ssh1, ssh2: `"accept-new"` (trust on first use, then pin in `<state_dir>/known_hosts`), `"strict"` (must already be in known_hosts), or a fingerprint (`SHA256:...`; ssh1 also MD5 colon-hex) |
+| `[targets.NAME] connect_timeout` | `10` | from session request to open upstream session |
+| `[targets.NAME] idle_timeout` | `0` | close the session after this long without data either way; `0`: never |
+| `[targets.NAME] ciphers` | modern defaults | ssh1: from `3des`, `blowfish`, `des`; ssh2: cipher names in order of preference, legacy ones (`aes128-cbc`, `3des-cbc`) only when listed |
+| `[targets.NAME] kex` | modern defaults | ssh2: key exchange names, in order (`diffie-hellman-group1-sha1` only when listed) |
+| `[targets.NAME] host_key_algorithms` | modern defaults | ssh2: host key algorithm names, in order (`ssh-rsa` only when listed) |
+| `[targets.NAME] macs` | modern defaults | ssh2: MAC names, in order (`hmac-sha1` only when listed) |
+| `[targets.NAME] login_prompt` | none | telnet: a regular expression matched on upstream output; when it matches, the username is sent |
+| `[targets.NAME] password_prompt` | none | telnet: a regular expression; when it matches, the password is sent |
+
+Routing: a login name `alice+switch1` authenticates `alice` and asks for target `switch1`.
+Without `+TARGET` the user's `target` is used; else an interactive session (shell, no
+command) of a user with several targets gets a numbered menu; else `local` if allowed,
+else the user's only target. A target that does not exist and one the user may not reach
+get the same answer: one line on stderr and exit status 255.
 
 Without a config file (:func:`default_config`): listen on 127.0.0.1:2222, state in
 `./sshgateway-state`, one user — the invoking OS user — with `~/.ssh/authorized_keys`
@@ -58,7 +83,9 @@ from twisted.logger import Logger
 
 from gateway import passwords
 from gateway.hostkeys import SSH1_HOST_KEY_BITS, ensure_state_dir, write_new_private_file
+from gateway.targets import DEFAULT_PORTS, TARGET_PROTOCOLS, TargetConfig
 from protocols.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthLimits
+from protocols.ssh1.settings import KNOWN_CIPHERS as SSH1_KNOWN_CIPHERS
 from protocols.ssh1.settings import SSH1Settings
 from protocols.ssh2.settings import SSH2Settings
 
@@ -71,6 +98,10 @@ DEFAULT_PASSWORD_FILE = "default-password.hash"
 MAX_CONFIG_BYTES = 1024 * 1024
 
 _USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
+# No "+" (it separates user and target in a login name) and no "@" (ssh user@host).
+_TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
+LOCAL_TARGET = "local"
+DEFAULT_USER_TARGETS = (LOCAL_TARGET,)
 _log = Logger()
 
 
@@ -80,6 +111,8 @@ class UserConfig:
     password_hash: str | None = None
     authorized_keys: Path | None = None
     auth: str = "any"  # "any" | "all"
+    target: str | None = None  # default target when the login name has no +TARGET
+    targets: tuple[str, ...] = DEFAULT_USER_TARGETS  # targets this user may reach
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -99,6 +132,10 @@ class GatewayConfig:
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
     version_timeout: float = DEFAULT_VERSION_TIMEOUT
     users: Mapping[str, UserConfig] = field(default_factory=dict)
+    # Always holds the built-in ``local``; upstream targets come from [targets.NAME].
+    targets: Mapping[str, TargetConfig] = field(
+        default_factory=lambda: {LOCAL_TARGET: TargetConfig(LOCAL_TARGET, "local")}
+    )
     auth_limits: AuthLimits = field(default_factory=AuthLimits)
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
     ssh2: SSH2Settings = field(default_factory=SSH2Settings)
@@ -307,8 +344,31 @@ TOP_KEYS = {
     "session",
     "ssh2",
     "ssh1",
+    "targets",
 }
-USER_KEYS = {"password", "authorized_keys", "auth"}
+USER_KEYS = {"password", "authorized_keys", "auth", "target", "targets"}
+_UPSTREAM_KEYS = {
+    "protocol",
+    "host",
+    "port",
+    "username",
+    "password",
+    "credentials",
+    "connect_timeout",
+    "idle_timeout",
+}
+# Which keys each target protocol takes; a key of another protocol is an error too.
+TARGET_KEYS = {
+    "local": {"protocol"},
+    "ssh1": _UPSTREAM_KEYS | {"key", "host_key", "ciphers"},
+    "ssh2": _UPSTREAM_KEYS | {"key", "host_key", "ciphers", "kex", "host_key_algorithms", "macs"},
+    "telnet": _UPSTREAM_KEYS | {"login_prompt", "password_prompt"},
+}
+CREDENTIALS = ("stored", "pass-through")
+HOST_KEY_POLICIES = ("accept-new", "strict")
+_SHA256_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?\Z")
+_MD5_FINGERPRINT = re.compile(r"(?:MD5:)?[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){15}\Z")
+MAX_PROMPT_PATTERN = 1024
 AUTH_KEYS = {"grace_time", "max_attempts", "failure_delay"}
 SESSION_KEYS = {"env_allow"}
 SSH2_KEYS = {"kex", "host_key_algorithms", "ciphers", "macs", "compression"}
@@ -341,7 +401,9 @@ def _check_listen(v: _Validator, data: Mapping[str, Any]) -> tuple[str, ...]:
     return listen
 
 
-def _check_user(v: _Validator, name: str, raw: Any, base: Path) -> UserConfig | None:
+def _check_user(
+    v: _Validator, name: str, raw: Any, base: Path, targets: Mapping[str, TargetConfig]
+) -> UserConfig | None:
     path = ("users", name)
     if not _USER_NAME.match(name):
         v.error(path, "user names are 1-64 of A-Z a-z 0-9 . _ @ - (not starting with . @ -)")
@@ -372,6 +434,23 @@ def _check_user(v: _Validator, name: str, raw: Any, base: Path) -> UserConfig | 
     if auth not in ("any", "all"):
         v.error(path + ("auth",), 'must be "any" or "all"')
         auth = "any"
+    allowed = v.strings(raw, path + ("targets",), DEFAULT_USER_TARGETS)
+    for target_name in allowed:
+        if target_name not in targets:
+            v.error(
+                path + ("targets",),
+                f"unknown target {target_name!r} (defined: {', '.join(sorted(targets))})",
+            )
+    allowed = tuple(t for t in allowed if t in targets)
+    default_target = v.string(raw, path + ("target",))
+    if default_target is not None and default_target not in allowed:
+        known = "" if default_target in targets else " (and no such target is defined)"
+        v.error(
+            path + ("target",),
+            f"{default_target!r} is not in this user's targets "
+            f"({', '.join(allowed) or 'none'}){known}",
+        )
+        default_target = None
     if password is None and keys_file is None:
         v.error(path, "has neither password nor authorized_keys: nobody could log in as it")
         return None
@@ -380,7 +459,145 @@ def _check_user(v: _Validator, name: str, raw: Any, base: Path) -> UserConfig | 
         password_hash=password_hash,
         authorized_keys=_path(keys_file, base) if keys_file else None,
         auth=auth,
+        target=default_target,
+        targets=allowed,
     )
+
+
+def _check_prompt(v: _Validator, raw: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
+    pattern = v.string(raw, path)
+    if pattern is None:
+        return None
+    if len(pattern) > MAX_PROMPT_PATTERN:
+        v.error(path, f"longer than {MAX_PROMPT_PATTERN} characters")
+        return None
+    try:
+        re.compile(pattern.encode("utf-8"))
+    except re.error as e:
+        v.error(path, f"not a regular expression: {e}")
+        return None
+    return pattern
+
+
+def _check_host_key(v: _Validator, raw: Mapping[str, Any], path: tuple[str, ...]) -> str:
+    policy = raw.get(path[-1], "accept-new")
+    if not isinstance(policy, str) or not (
+        policy in HOST_KEY_POLICIES
+        or _SHA256_FINGERPRINT.match(policy)
+        or _MD5_FINGERPRINT.match(policy)
+    ):
+        v.error(
+            path,
+            'must be "accept-new", "strict" or a fingerprint ("SHA256:" and 43 base64 '
+            "characters, or MD5 colon-hex for ssh1)",
+        )
+        return "accept-new"
+    if _MD5_FINGERPRINT.match(policy) and raw.get("protocol") != "ssh1":
+        v.error(path, "MD5 fingerprints are for ssh1 targets; use the SHA256: form")
+        return "accept-new"
+    return policy
+
+
+def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfig | None:
+    path = ("targets", name)
+    if not _TARGET_NAME.match(name):
+        v.error(path, "target names are 1-64 of A-Z a-z 0-9 . _ - (not starting with . -)")
+        return None
+    if not isinstance(raw, dict):
+        v.error(path, "must be a table ([targets.NAME])")
+        return None
+    protocol = raw.get("protocol")
+    if protocol not in TARGET_PROTOCOLS:
+        if protocol is None:
+            v.error(path, f"protocol is required ({', '.join(TARGET_PROTOCOLS)})")
+        else:
+            v.error(path + ("protocol",), f"must be one of {', '.join(TARGET_PROTOCOLS)}")
+        return None
+    if name == LOCAL_TARGET and protocol != "local":
+        v.error(path + ("protocol",), 'the built-in target "local" must stay protocol "local"')
+        return None
+    allowed = TARGET_KEYS[protocol]
+    for key in raw:
+        if key not in allowed:
+            used_by = [p for p, keys in TARGET_KEYS.items() if key in keys]
+            why = f"not used by {protocol} targets" if used_by else "unknown key"
+            # Any key here may hold a password (a typo of "password" included).
+            v.error(
+                path + (key,), f"{why} (known here: {', '.join(sorted(allowed))})", hide_value=True
+            )
+    if protocol == "local":
+        return TargetConfig(name, protocol)
+
+    problems = len(v.problems)
+    host = v.string(raw, path + ("host",))
+    if host is None and "host" not in raw:
+        v.error(path, "host is required")
+    elif host is not None and (len(host) > 255 or any(c.isspace() for c in host)):
+        v.error(path + ("host",), "must be a host name or address (no spaces, at most 255)")
+    port = v.integer(raw, path + ("port",), DEFAULT_PORTS[protocol], minimum=1)
+    if port > 65535:
+        v.error(path + ("port",), "must be at most 65535")
+    username = v.string(raw, path + ("username",))
+    if username is not None and (len(username) > 256 or not username.isprintable()):
+        v.error(path + ("username",), "must be printable and at most 256 characters")
+    password = raw.get("password")
+    if password is not None and (not isinstance(password, str) or not password):
+        v.error(path + ("password",), "must be a non-empty string", hide_value=True)
+        password = None
+    key_file = v.string(raw, path + ("key",))
+    credentials = raw.get("credentials", "stored")
+    if credentials not in CREDENTIALS:
+        v.error(path + ("credentials",), f'must be "{CREDENTIALS[0]}" or "{CREDENTIALS[1]}"')
+        credentials = "stored"
+    if credentials == "pass-through" and (password is not None or key_file is not None):
+        v.error(
+            path + ("credentials",),
+            '"pass-through" sends the gateway login password upstream: '
+            "remove the stored password/key",
+        )
+    host_key = _check_host_key(v, raw, path + ("host_key",))
+    connect_timeout = v.number(raw, path + ("connect_timeout",), 10.0, minimum=0.1)
+    idle_timeout = v.number(raw, path + ("idle_timeout",), 0.0, minimum=0)
+    algorithms: dict[str, tuple[str, ...]] = {}
+    for key in ("ciphers", "kex", "host_key_algorithms", "macs"):
+        if key in raw:
+            algorithms[key] = v.strings(raw, path + (key,), ())
+    for cipher in algorithms.get("ciphers", ()) if protocol == "ssh1" else ():
+        if cipher not in SSH1_KNOWN_CIPHERS or cipher == "none":
+            v.error(path + ("ciphers",), f"unknown ssh1 cipher {cipher!r} (3des, blowfish, des)")
+    login_prompt = _check_prompt(v, raw, path + ("login_prompt",))
+    password_prompt = _check_prompt(v, raw, path + ("password_prompt",))
+    if len(v.problems) != problems:
+        return None
+    return TargetConfig(
+        name=name,
+        protocol=protocol,
+        host=host or "",
+        port=port,
+        username=username,
+        password=password,
+        key=_path(key_file, base) if key_file else None,
+        credentials=credentials,
+        host_key=host_key,
+        connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout,
+        login_prompt=login_prompt,
+        password_prompt=password_prompt,
+        **algorithms,
+    )
+
+
+def _check_targets(v: _Validator, data: Mapping[str, Any], base: Path) -> dict[str, TargetConfig]:
+    targets = {LOCAL_TARGET: TargetConfig(LOCAL_TARGET, "local")}
+    table = v.table(data, ("targets",))
+    for name, raw in (table or {}).items():
+        target = _check_target(v, name, raw, base)
+        if target is not None:
+            targets[name] = target
+        elif _TARGET_NAME.match(name):
+            # Known by name, so users that list it get no second, misleading error.
+            targets[name] = TargetConfig(name, "local")
+    return targets
 
 
 def _settings(v: _Validator, section: str, cls: Callable[..., Any], values: dict[str, Any]) -> Any:
@@ -410,11 +627,12 @@ def _build(data: Mapping[str, Any], v: _Validator, base: Path) -> GatewayConfig:
     protocols = tuple(p for p in KNOWN_PROTOCOLS if p in protocols) or DEFAULT_PROTOCOLS
     version_timeout = v.number(data, ("version_timeout",), DEFAULT_VERSION_TIMEOUT, minimum=1)
 
+    targets = _check_targets(v, data, base)
     users: dict[str, UserConfig] = {}
     users_table = v.table(data, ("users",))
     if users_table is not None:
         for name, raw in users_table.items():
-            user = _check_user(v, name, raw, base)
+            user = _check_user(v, name, raw, base, targets)
             if user is not None:
                 users[name] = user
         if not users_table:
@@ -480,6 +698,7 @@ def _build(data: Mapping[str, Any], v: _Validator, base: Path) -> GatewayConfig:
         protocols=protocols,
         version_timeout=version_timeout,
         users=users,
+        targets=targets,
         auth_limits=limits,
         env_allow=env_allow,
         ssh2=ssh2,
@@ -533,6 +752,25 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         raise ConfigError([ConfigProblem(str(source), line, "", "not valid UTF-8")]) from None
     config = parse_config(text, str(source), base=source.resolve().parent)
     return dataclasses.replace(config, source=source)
+
+
+def config_warnings(config: GatewayConfig) -> list[str]:
+    """Problems that do not stop the gateway but should be fixed (for ``check-config`` and
+    the start-up log): a config file holding upstream passwords that others can read."""
+    warnings: list[str] = []
+    holders = [t.name for t in config.targets.values() if t.password is not None]
+    if config.source is not None and holders:
+        try:
+            mode = os.stat(config.source).st_mode & 0o777
+        except OSError:
+            mode = 0
+        if mode & 0o077:
+            warnings.append(
+                f"{config.source}: warning: holds upstream passwords (targets "
+                f"{', '.join(sorted(holders))}) but its mode is {mode:04o}: "
+                f"run chmod 600 {config.source}"
+            )
+    return warnings
 
 
 def default_config() -> GatewayConfig:
