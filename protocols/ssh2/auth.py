@@ -122,6 +122,9 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
 
     def _next(self) -> None:
         self._busy = False
+        if self.transport._disconnecting:
+            self._queue.clear()  # no more password hashing for a connection that is gone
+            return
         while self._queue and not self._busy and not self._finished:
             self._handle(self._queue.popleft())
 

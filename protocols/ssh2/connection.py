@@ -25,6 +25,9 @@ log = Logger()
 MAX_CHANNELS = 10  # open channels per connection, as OpenSSH's MaxSessions
 MAX_REQUEST_NAME = 64
 MAX_CHANNEL_TYPE = 64
+# We send data packets no larger than this whatever the client allows: smaller packets
+# are always legal, and a client announcing 4 GiB must not make us build giant ones.
+MAX_SEND_PACKET = 128 * 1024
 
 
 class ConchAvatar:
@@ -45,8 +48,8 @@ class ConchAvatar:
         return SessionChannel(
             self.user,
             remoteWindow=windowSize,
-            remoteMaxPacket=maxPacket,
-            settings=self.factory.session_settings,
+            remoteMaxPacket=min(maxPacket, MAX_SEND_PACKET),
+            settings=self.factory.settings,
         )
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:

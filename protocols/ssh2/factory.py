@@ -38,7 +38,6 @@ class SSH2ServerFactory:
     ) -> None:
         self.portal = portal
         self.settings = settings
-        self.session_settings = settings
         self.limits = limits
         self.clock = clock
         # Conch looks host keys up by key type ("ssh-rsa" also signs rsa-sha2-*); accept
