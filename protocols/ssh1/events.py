@@ -154,6 +154,63 @@ class ChannelCloseConfirmed(Event):
     channel: int
 
 
+# ---------------------------------------------------------------- client role
+
+
+@dataclass(frozen=True)
+class PublicKeyReceived(Event):
+    """SSH_SMSG_PUBLIC_KEY, checked. The caller verifies the host key, then calls
+    ``send_session_key()`` (or ends the connection); nothing is decoded until then."""
+
+    host_e: int
+    host_n: int
+    server_e: int
+    server_n: int
+    protocol_flags: int
+    ciphers: tuple[str, ...]  # what the server offers, by our names
+    auth_mask: int
+    cipher: str  # what we will use: our first preference the server offers
+    warnings: tuple[str, ...]  # weak but accepted keys, a size the server misstated
+
+
+@dataclass(frozen=True)
+class RequestAnswered(Event):
+    """SMSG_SUCCESS / SMSG_FAILURE for the request we sent (``request`` names it:
+    "session-key", "user", "password", "rsa", "rsa-response", "compression", "pty")."""
+
+    request: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class RSAChallengeReceived(Event):
+    value: int
+
+
+@dataclass(frozen=True)
+class StdoutData(Event):
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StderrData(Event):
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExitStatus(Event):
+    """SMSG_EXITSTATUS; the core has queued EXIT_CONFIRMATION and is closed."""
+
+    status: int
+
+
+@dataclass(frozen=True)
+class ForwardRefused(Event):
+    """The server opened a forwarded channel we never asked for; the core refused it."""
+
+    kind: str
+
+
 @dataclass(frozen=True)
 class DebugMessage(Event):
     message: bytes

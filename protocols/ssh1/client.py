@@ -1,0 +1,466 @@
+"""The SSH-1 client on Twisted: version exchange, then it feeds the sans-I/O client core,
+verifies the host key through the caller, logs in, opens one session and relays it.
+
+It is written for a gateway relaying a session, not for a person at a terminal: the
+caller supplies the login (:class:`SSH1ClientOptions`) and a *sink* that takes the
+session's output and end, and gets back this protocol, which accepts stdin, EOF, window
+changes and flow control once :attr:`SSH1ClientProtocol.opened` has fired.
+
+Failures before the session is open errback ``opened`` (with :class:`SSH1ClientError`,
+or whatever the host-key verifier raised); later ones go to ``sink.failed``. Either way
+the message is one line for the user, without secrets.
+
+Flow control (SSH-1 has no windows): while the sink's consumer pauses us we stop reading
+the device's socket; while the device's socket cannot take more we pause the sink's input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from protocols.session import ExitInfo, SessionRequest, WindowSize
+from protocols.ssh1 import events as ev
+from protocols.ssh1 import messages as m
+from protocols.ssh1.client_connection import DEFAULT_CIPHERS, ClientConnection
+from protocols.ssh1.connection import printable
+
+log = Logger(namespace="sshgateway.ssh1.client")
+
+MAX_VERSION_LINE = 255
+MAX_BANNER_LINES = 16  # text lines a server may send before its identification
+_VERSION = re.compile(rb"^SSH-(\d{1,4})\.(\d{1,4})-")
+
+
+class SSH1ClientError(Exception):
+    """Why the upstream SSH-1 session could not be opened; ``str()`` is one line."""
+
+
+class SessionSink(TypingProtocol):
+    """Where the session's output and end go (the bridge's UpstreamSink fits)."""
+
+    def stdout(self, data: bytes) -> None: ...
+    def stderr(self, data: bytes) -> None: ...
+    def exited(self, info: ExitInfo) -> None: ...
+    def failed(self, message: str) -> None: ...
+    def pause_input(self) -> None: ...
+    def resume_input(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SSH1ClientOptions:
+    username: str
+    # (e, n) of the device's host key; raise to refuse it (the exception reaches the
+    # caller of ``opened`` unchanged, so its message can be the user's warning).
+    verify_host_key: Callable[[int, int], None]
+    password: str | None = None
+    rsa_key: rsa.RSAPrivateKey | None = None
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
+    compression: int = 0  # 0 = off, else zlib level 1..9
+    software_version: str = "0"
+    peer: str = "upstream"  # "host:port", for log lines and messages
+
+    def __repr__(self) -> str:  # no password in any log line
+        return f"SSH1ClientOptions(username={self.username!r}, peer={self.peer!r})"
+
+
+@implementer(IPushProducer)
+class _TransportGate:
+    """Registered with the device's transport: its buffer full pauses the client's input."""
+
+    def __init__(self, protocol: SSH1ClientProtocol) -> None:
+        self.protocol = protocol
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self.protocol.is_open:
+            self.protocol.sink.pause_input()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.protocol.is_open:
+            self.protocol.sink.resume_input()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class SSH1ClientProtocol(Protocol):
+    def __init__(self, options: SSH1ClientOptions, request: SessionRequest, sink: SessionSink) -> None:
+        self.options = options
+        self.request = request
+        self.sink = sink
+        self.opened: defer.Deferred = defer.Deferred()
+        self.core: ClientConnection | None = None
+        self.server_version = b""
+        self.is_open = False  # the session has started (opened fired)
+        self.done = False  # ended: nothing more reaches the sink
+        self.pty_granted = False
+        self._buffer = b""
+        self._banner_lines = 0
+        self._methods: list[str] = []
+        self._tried: list[str] = []
+        self._eof_sent = False
+        self._prepare_steps: list[str] = []
+        self._pty_asked = False
+        self._pauses: set[str] = set()
+        self._pumping = False
+        self._pump_again = False
+        self._gate = _TransportGate(self)
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            ev.PublicKeyReceived: self._on_public_key,
+            ev.RequestAnswered: self._on_answer,
+            ev.RSAChallengeReceived: self._on_challenge,
+            ev.StdoutData: lambda e: self.sink.stdout(e.data),
+            ev.StderrData: lambda e: self.sink.stderr(e.data),
+            ev.ExitStatus: self._on_exit_status,
+            ev.ForwardRefused: self._on_forward_refused,
+            ev.DebugMessage: self._on_debug,
+            ev.PeerDisconnected: lambda e: self._fail(f"device disconnected: {e.reason}"),
+            ev.ConnectionFailed: lambda e: self._fail(f"SSH-1 protocol error: {e.reason}"),
+        }
+
+    # ------------------------------------------------------------ description
+    @property
+    def description(self) -> str:
+        core = self.core
+        if core is None or core.public_key is None:
+            return f"ssh1 {self.options.peer}"
+        pk = core.public_key
+        return (
+            f"ssh1 {self.options.peer} cipher={core.cipher} "
+            f"compression={core.compression_level or 'none'} "
+            f"host_key_bits={pk.host_n.bit_length()} server_key_bits={pk.server_n.bit_length()}"
+        )
+
+    # ------------------------------------------------------------ connection
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self._gate, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done:
+            return
+        if self.core is None:
+            self._buffer += data
+            self._version_exchange()
+            return
+        self.core.receive_data(data)
+        self._pump()
+
+    def _version_exchange(self) -> None:
+        while self.core is None and not self.done:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_VERSION_LINE:
+                    self._fail("device sent an overlong identification line")
+                return
+            line, self._buffer = self._buffer[:end].rstrip(b"\r"), self._buffer[end + 1 :]
+            if len(line) > MAX_VERSION_LINE:
+                self._fail("device sent an overlong identification line")
+                return
+            if not line.startswith(b"SSH-"):
+                self._banner_lines += 1
+                if self._banner_lines > MAX_BANNER_LINES:
+                    self._fail("device sent no SSH identification line")
+                continue
+            self._start(line)
+        if self.core is not None and self._buffer:
+            rest, self._buffer = self._buffer, b""
+            self.core.receive_data(rest)
+            self._pump()
+
+    def _start(self, line: bytes) -> None:
+        shown = printable(line, 80)
+        match = _VERSION.match(line)
+        if match is None:
+            self._fail(f"device sent a malformed identification line: {shown}")
+            return
+        major, minor = int(match.group(1)), int(match.group(2))
+        if major == 2:
+            self._fail(f"device speaks only SSH-2 ({shown}); use protocol = \"ssh2\"")
+            return
+        if major != 1 or minor < 3:
+            self._fail(f"device speaks an unsupported SSH version ({shown})")
+            return
+        self.server_version = line
+        ours = "1.3" if minor in (3, 4) else "1.5"
+        self.transport.write(f"SSH-{ours}-sshgateway_{self.options.software_version}\n".encode())
+        self.core = ClientConnection(self.options.ciphers)
+        log.debug("ssh1 client {peer}: server is {version}", peer=self.options.peer, version=shown)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.done:
+            return
+        if self.core is None:
+            self._fail("connection closed by the device before the SSH-1 identification")
+        elif self.core.closed and self.core.close_reason:
+            self._fail(f"connection to the device lost ({self.core.close_reason})")
+        else:
+            why = reason.getErrorMessage() if reason is not None else "connection lost"
+            self._fail(f"connection to the device lost: {why}")
+
+    def _pump(self) -> None:
+        if self._pumping:
+            self._pump_again = True
+            return
+        self._pumping = True
+        try:
+            while self.core is not None and not self.done:
+                self._pump_again = False
+                if self._pauses:
+                    break
+                event = self.core.next_event()
+                if event is ev.NEED_DATA or event is ev.PAUSED or event is ev.CLOSED:
+                    if self._pump_again:
+                        continue
+                    break
+                self._handlers[type(event)](event)
+                self._flush()
+        finally:
+            self._pumping = False
+        self._flush()
+
+    def _flush(self) -> None:
+        core = self.core
+        if core is None or self.transport is None:
+            return
+        data = core.data_to_send()
+        if data:
+            self.transport.write(data)
+        if core.closed and not self.done:
+            self._fail(f"SSH-1 connection closed: {core.close_reason}")
+
+    def _fail(self, message: str, exc: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        log.info("ssh1 client {peer}: {message}", peer=self.options.peer, message=message)
+        core = self.core
+        if core is not None and not core.closed:
+            core.send_disconnect(message)
+        if core is not None and self.transport is not None:
+            data = core.data_to_send()
+            if data:
+                self.transport.write(data)
+        if self.transport is not None:
+            self.transport.loseConnection()
+        if self.is_open:
+            self.sink.failed(message)
+        elif not self.opened.called:
+            self.opened.errback(exc if exc is not None else SSH1ClientError(message))
+
+    def abort(self) -> None:
+        """Drop the connection at once (connect timeout): nothing reaches the sink."""
+        self.done = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # ------------------------------------------------------------ key exchange and login
+    def _on_public_key(self, event: ev.PublicKeyReceived) -> None:
+        for warning in event.warnings:
+            log.warn(
+                "ssh1 client {peer}: {warning} (accepted for a legacy device)",
+                peer=self.options.peer,
+                warning=warning,
+            )
+        try:
+            self.options.verify_host_key(event.host_e, event.host_n)
+        except Exception as exc:  # the verifier's refusal, with the user's warning
+            self._fail(str(exc) or "host key refused", exc)
+            return
+        assert self.core is not None
+        self.core.send_session_key()
+        names = {m.SSH_AUTH_RSA: "rsa", m.SSH_AUTH_PASSWORD: "password"}
+        if self.options.rsa_key is not None and event.auth_mask & (1 << m.SSH_AUTH_RSA):
+            self._methods.append(names[m.SSH_AUTH_RSA])
+        if self.options.password is not None and event.auth_mask & (1 << m.SSH_AUTH_PASSWORD):
+            self._methods.append(names[m.SSH_AUTH_PASSWORD])
+
+    def _on_answer(self, event: ev.RequestAnswered) -> None:
+        core = self.core
+        assert core is not None
+        request, ok = event.request, event.ok
+        if request == "session-key":
+            log.debug(
+                "ssh1 client {peer}: session key accepted, cipher {cipher}",
+                peer=self.options.peer,
+                cipher=core.cipher,
+            )
+            core.send_user(self.options.username.encode("utf-8"))
+        elif request in ("user", "password", "rsa-response"):
+            if ok:
+                self._logged_in(request)
+            else:
+                self._next_method()
+        elif request == "rsa":  # FAILURE: the key is not authorised there
+            self._next_method()
+        elif request == "compression":
+            if not ok:
+                log.info("ssh1 client {peer}: device refused compression", peer=self.options.peer)
+            self._prepare()
+        elif request == "pty":
+            self.pty_granted = ok
+            if not ok:
+                log.info("ssh1 client {peer}: device refused a pty", peer=self.options.peer)
+            self._exec()
+
+    def _next_method(self) -> None:
+        core = self.core
+        assert core is not None
+        if not self._methods:
+            tried = ", ".join(self._tried) or "nothing: no usable credentials for what it offers"
+            self._fail(f"login as {self.options.username!r} refused by the device (tried {tried})")
+            return
+        method = self._methods.pop(0)
+        self._tried.append(method)
+        if method == "rsa":
+            assert self.options.rsa_key is not None
+            core.send_rsa(self.options.rsa_key.public_key().public_numbers().n)
+        else:
+            assert self.options.password is not None
+            core.send_password(self.options.password.encode("utf-8"))
+
+    def _on_challenge(self, event: ev.RSAChallengeReceived) -> None:
+        assert self.core is not None and self.options.rsa_key is not None
+        self.core.answer_rsa_challenge(self.options.rsa_key, event.value)
+
+    def _logged_in(self, request: str) -> None:
+        method = {"user": "none", "password": "password", "rsa-response": "rsa"}[request]
+        log.info(
+            "ssh1 client {peer}: logged in as {user!r} ({method})",
+            peer=self.options.peer,
+            user=self.options.username,
+            method=method,
+        )
+        self._prepare_steps = ["compression"] if self.options.compression else []
+        self._prepare()
+
+    def _prepare(self) -> None:
+        core = self.core
+        assert core is not None
+        if self._prepare_steps:
+            self._prepare_steps.pop(0)
+            core.request_compression(self.options.compression)
+        elif self.request.pty is not None and core.awaiting is None and not self._pty_asked:
+            self._pty_asked = True
+            core.request_pty(self.request.pty)
+        else:
+            self._exec()
+
+    def _exec(self) -> None:
+        core = self.core
+        assert core is not None
+        if self.request.command is None:
+            core.exec_shell()
+        else:
+            core.exec_command(self.request.command)
+        self.is_open = True
+        if self._gate.paused:
+            self.sink.pause_input()
+        self.opened.callback(self)
+
+    # ------------------------------------------------------------ interactive
+    def _on_exit_status(self, event: ev.ExitStatus) -> None:
+        self._flush_raw()
+        self.done = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+        self.sink.exited(ExitInfo(status=event.status))
+
+    def _flush_raw(self) -> None:
+        if self.core is not None and self.transport is not None:
+            data = self.core.data_to_send()
+            if data:
+                self.transport.write(data)
+
+    def _on_forward_refused(self, event: ev.ForwardRefused) -> None:
+        log.info(
+            "ssh1 client {peer}: refused a {kind} channel the device opened unasked",
+            peer=self.options.peer,
+            kind=event.kind,
+        )
+
+    def _on_debug(self, event: ev.DebugMessage) -> None:
+        log.debug(
+            "ssh1 client {peer}: device debug: {text}",
+            peer=self.options.peer,
+            text=printable(event.message),
+        )
+
+    def _interactive(self) -> ClientConnection | None:
+        core = self.core
+        if self.done or core is None or core.phase is not m.Phase.INTERACTIVE:
+            return None
+        return core
+
+    # IUpstreamSession, once opened
+    def write(self, data: bytes) -> None:
+        core = self._interactive()
+        if core is not None and data and not self._eof_sent:
+            core.send_stdin(data)
+            self._flush_raw()
+
+    def send_eof(self) -> None:
+        core = self._interactive()
+        if core is not None and not self._eof_sent:
+            self._eof_sent = True
+            core.send_eof()
+            self._flush_raw()
+
+    def resize(self, size: WindowSize) -> None:
+        core = self._interactive()
+        if core is not None and self.pty_granted:
+            core.send_window_size(size)
+            self._flush_raw()
+
+    def send_signal(self, name: str) -> None:
+        log.debug(
+            "ssh1 client {peer}: SSH-1 cannot pass signal {name} on", peer=self.options.peer, name=name
+        )
+
+    def close(self) -> None:
+        """The gateway's client went away: disconnect politely; nothing reaches the sink."""
+        if self.done:
+            return
+        self.done = True
+        core = self.core
+        if core is not None and not core.closed:
+            core.send_disconnect("session closed by the gateway's client")
+        self._flush_raw()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def pauseProducing(self) -> None:
+        self._set_paused("sink", True)
+
+    def resumeProducing(self) -> None:
+        self._set_paused("sink", False)
+
+    def stopProducing(self) -> None:
+        self.close()
+
+    def _set_paused(self, reason: str, paused: bool) -> None:
+        was = bool(self._pauses)
+        if paused:
+            self._pauses.add(reason)
+        else:
+            self._pauses.discard(reason)
+        if self.transport is None or was == bool(self._pauses) or self.done:
+            return
+        if self._pauses:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
+            self._pump()

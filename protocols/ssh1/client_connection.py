@@ -1,0 +1,313 @@
+"""The client role of the SSH-1 state machine: checks the server's keys, sends the
+doubly encrypted session key, then one request at a time (user, password / RSA,
+compression, pty) and the interactive phase.
+
+The core decides what the protocol decides (key sizes acceptable, cipher from our
+preference list, session key, challenge response, EXIT_CONFIRMATION); the caller decides
+policy: whether the host key is trusted (it must answer :class:`PublicKeyReceived` with
+:meth:`send_session_key` before anything else is decoded), which credentials to try and
+what session to open. Each request waits for its SMSG_SUCCESS / SMSG_FAILURE, reported
+as :class:`RequestAnswered`; a reply nobody asked for is a protocol error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from protocols.session import PtyRequest, WindowSize
+from protocols.ssh1 import ciphers, keys, ttymodes
+from protocols.ssh1 import messages as m
+from protocols.ssh1.connection import Connection
+from protocols.ssh1.events import (
+    Event,
+    ExitStatus,
+    ForwardRefused,
+    PublicKeyReceived,
+    RequestAnswered,
+    RSAChallengeReceived,
+    StderrData,
+    StdoutData,
+)
+from protocols.ssh1.packet import MAX_LENGTH
+from protocols.ssh1.settings import KEY_SIZE_GAP
+from protocols.ssh1.wire import ProtocolError, Reader, Writer
+
+COOKIE_SIZE = 8
+DEFAULT_CIPHERS = ("3des", "blowfish")
+# Key sizes: below MIN nothing is secure enough to pretend; above MAX is absurd for an
+# SSH-1 device and only costs us CPU. Between MIN and the WEAK thresholds we connect
+# (legacy devices really have 512-bit server keys and 768/1024-bit host keys) and warn.
+MIN_KEY_BITS = 512
+MAX_KEY_BITS = 8192
+WEAK_HOST_KEY_BITS = 2048
+WEAK_SERVER_KEY_BITS = 1024
+STDIN_CHUNK = 16384  # stdin bytes per packet: small enough for any device's buffer
+MAX_TERM = 256
+
+
+class ClientConnection(Connection):
+    role = m.Role.CLIENT
+
+    def __init__(
+        self,
+        cipher_preference: Sequence[str] = DEFAULT_CIPHERS,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        super().__init__(random)
+        for name in cipher_preference:
+            if name not in ciphers.BY_NAME:
+                raise ValueError(f"unknown SSH-1 cipher {name!r}")
+        if not cipher_preference:
+            raise ValueError("no SSH-1 cipher to offer")
+        self.cipher_preference = tuple(cipher_preference)
+        self.cipher = ""
+        self.session_id = b""
+        self.cookie = b""
+        self.public_key: PublicKeyReceived | None = None
+        self.compression_level = 0
+        self.awaiting: str | None = None  # our request the server has yet to answer
+        self._pending_level = 0
+        self._handlers = {
+            m.SSH_SMSG_PUBLIC_KEY: self._on_public_key,
+            m.SSH_SMSG_SUCCESS: lambda r: self._on_reply(True),
+            m.SSH_SMSG_FAILURE: lambda r: self._on_reply(False),
+            m.SSH_SMSG_AUTH_RSA_CHALLENGE: self._on_challenge,
+            m.SSH_SMSG_STDOUT_DATA: lambda r: StdoutData(r.string("data", MAX_LENGTH)),
+            m.SSH_SMSG_STDERR_DATA: lambda r: StderrData(r.string("data", MAX_LENGTH)),
+            m.SSH_SMSG_EXITSTATUS: self._on_exit_status,
+            m.SSH_SMSG_X11_OPEN: self._refuse_open("x11"),
+            m.SSH_SMSG_AGENT_OPEN: self._refuse_open("agent"),
+            m.SSH_MSG_PORT_OPEN: self._refuse_open("port"),
+        }
+        for number in (
+            m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION,
+            m.SSH_MSG_CHANNEL_OPEN_FAILURE,
+            m.SSH_MSG_CHANNEL_DATA,
+            m.SSH_MSG_CHANNEL_CLOSE,
+            m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION,
+        ):
+            self._handlers[number] = self._no_channels(m.name_of(number))
+        self.phase = m.Phase.PUBLIC_KEY
+
+    # ------------------------------------------------------------ key exchange
+    def _on_public_key(self, r: Reader) -> Event:
+        cookie = r.raw(COOKIE_SIZE, "cookie")
+        server_bits = r.uint32("server key bits")
+        server_e = r.mpint("server key exponent", MAX_KEY_BITS)
+        server_n = r.mpint("server key modulus", MAX_KEY_BITS)
+        host_bits = r.uint32("host key bits")
+        host_e = r.mpint("host key exponent", MAX_KEY_BITS)
+        host_n = r.mpint("host key modulus", MAX_KEY_BITS)
+        flags = r.uint32("protocol flags")
+        cipher_mask = r.uint32("cipher mask")
+        auth_mask = r.uint32("auth mask")
+        warnings: list[str] = []
+        for what, e, n, announced, weak in (
+            ("server key", server_e, server_n, server_bits, WEAK_SERVER_KEY_BITS),
+            ("host key", host_e, host_n, host_bits, WEAK_HOST_KEY_BITS),
+        ):
+            _check_rsa(what, e, n)
+            bits = n.bit_length()
+            if bits != announced:
+                warnings.append(f"server says its {what} has {announced} bits; it has {bits}")
+            if bits < weak:
+                warnings.append(f"weak {bits}-bit {what}")
+        if abs(host_n.bit_length() - server_n.bit_length()) < KEY_SIZE_GAP:
+            raise ProtocolError(
+                f"server key ({server_n.bit_length()} bits) and host key "
+                f"({host_n.bit_length()} bits) differ by less than {KEY_SIZE_GAP} bits"
+            )
+        offered = tuple(ciphers.names_in_mask(cipher_mask))
+        chosen = next((name for name in self.cipher_preference if name in offered), None)
+        if chosen is None:
+            raise ProtocolError(
+                f"no common cipher: server offers {', '.join(offered) or 'none we know'}, "
+                f"we allow {', '.join(self.cipher_preference)}"
+            )
+        self.cookie = cookie
+        self.cipher = chosen
+        self.session_id = keys.session_id(host_n, server_n, cookie)
+        self.public_key = PublicKeyReceived(
+            host_e, host_n, server_e, server_n, flags, offered, auth_mask, chosen,
+            tuple(warnings),
+        )
+        self.pending = "host-key"
+        return self.public_key
+
+    def send_session_key(self) -> None:
+        """The caller trusts the host key: send the session key and switch the cipher."""
+        if self.pending != "host-key" or self.public_key is None:
+            raise RuntimeError("no SMSG_PUBLIC_KEY is waiting for our session key")
+        pk = self.public_key
+        session_key = self._random(keys.SESSION_KEY_SIZE)
+        value = keys.encrypt_session_key(
+            session_key, self.session_id, (pk.server_e, pk.server_n), (pk.host_e, pk.host_n)
+        )
+        spec = ciphers.BY_NAME[self.cipher]
+        self._send(
+            m.SSH_CMSG_SESSION_KEY,
+            Writer().byte(spec.number).raw(self.cookie).mpint(value).uint32(0).getvalue(),
+        )
+        self._encoder.set_cipher(spec, session_key)
+        self._decoder.set_cipher(spec, session_key)
+        self.pending = None
+        self.phase = m.Phase.REPLY
+        self.awaiting = "session-key"
+
+    # ------------------------------------------------------------ requests
+    def _request(self, name: str, msg_type: int, payload: bytes = b"") -> None:
+        self._require_open()
+        if self.phase is not m.Phase.REPLY:
+            raise RuntimeError(f"cannot send a request in phase {self.phase.value}")
+        if self.awaiting is not None:
+            raise RuntimeError(f"still waiting for the answer to {self.awaiting}")
+        self._send(msg_type, payload)
+        self.awaiting = name
+
+    def send_user(self, name: bytes) -> None:
+        self._request("user", m.SSH_CMSG_USER, Writer().string(name).getvalue())
+
+    def send_password(self, password: bytes) -> None:
+        self._request("password", m.SSH_CMSG_AUTH_PASSWORD, Writer().string(password).getvalue())
+
+    def send_rsa(self, modulus: int) -> None:
+        self._request("rsa", m.SSH_CMSG_AUTH_RSA, Writer().mpint(modulus).getvalue())
+
+    def answer_rsa_challenge(self, key: rsa.RSAPrivateKey, value: int) -> None:
+        """Decrypt the challenge with our key and send MD5(challenge || session id)."""
+        if self.awaiting != "rsa-challenge":
+            raise RuntimeError("no RSA challenge to answer")
+        try:
+            challenge = keys.decrypt_challenge(key, value)
+        except ValueError:
+            self.send_disconnect("RSA challenge could not be decrypted with our key")
+            return
+        if len(challenge) != keys.CHALLENGE_SIZE:
+            self.send_disconnect("RSA challenge is not 32 bytes")
+            return
+        self.awaiting = None
+        self._request(
+            "rsa-response",
+            m.SSH_CMSG_AUTH_RSA_RESPONSE,
+            keys.challenge_response(challenge, self.session_id),
+        )
+
+    def request_compression(self, level: int) -> None:
+        if not 1 <= level <= 9:
+            raise ValueError("compression level is 1..9")
+        self._pending_level = level
+        self._request("compression", m.SSH_CMSG_REQUEST_COMPRESSION, Writer().uint32(level).getvalue())
+
+    def request_pty(self, pty: PtyRequest) -> None:
+        size = pty.size
+        payload = (
+            Writer()
+            .string(pty.term.encode("ascii", "replace")[:MAX_TERM])
+            .uint32(size.rows)
+            .uint32(size.cols)
+            .uint32(size.xpixel)
+            .uint32(size.ypixel)
+            .raw(ttymodes.encode(pty.modes))
+            .getvalue()
+        )
+        self._request("pty", m.SSH_CMSG_REQUEST_PTY, payload)
+
+    def exec_shell(self) -> None:
+        self._start(m.SSH_CMSG_EXEC_SHELL, b"")
+
+    def exec_command(self, command: bytes) -> None:
+        self._start(m.SSH_CMSG_EXEC_CMD, Writer().string(command).getvalue())
+
+    def _start(self, msg_type: int, payload: bytes) -> None:
+        self._require_open()
+        if self.phase is not m.Phase.REPLY or self.awaiting is not None:
+            raise RuntimeError("the session starts after login, with no request outstanding")
+        self._send(msg_type, payload)
+        self.phase = m.Phase.INTERACTIVE
+
+    def _on_reply(self, ok: bool) -> Event:
+        request = self.awaiting
+        if request is None or request == "rsa-challenge":
+            raise ProtocolError(f"unexpected SMSG_{'SUCCESS' if ok else 'FAILURE'}")
+        if request == "session-key" and not ok:
+            raise ProtocolError("server refused our session key")
+        self.awaiting = None
+        if request == "compression" and ok:
+            # The SUCCESS itself came uncompressed; everything after it, both ways, is not.
+            self._encoder.start_compression(self._pending_level)
+            self._decoder.start_decompression(MAX_LENGTH)
+            self.compression_level = self._pending_level
+        return RequestAnswered(request, ok)
+
+    def _on_challenge(self, r: Reader) -> Event:
+        if self.awaiting != "rsa":
+            raise ProtocolError("RSA challenge without an RSA authentication request")
+        value = r.mpint("challenge", MAX_KEY_BITS)
+        self.awaiting = "rsa-challenge"
+        return RSAChallengeReceived(value)
+
+    # ------------------------------------------------------------ interactive
+    def send_stdin(self, data: bytes) -> None:
+        self._require_interactive()
+        for start in range(0, len(data), STDIN_CHUNK):
+            self._send(
+                m.SSH_CMSG_STDIN_DATA, Writer().string(data[start : start + STDIN_CHUNK]).getvalue()
+            )
+
+    def send_eof(self) -> None:
+        self._require_interactive()
+        self._send(m.SSH_CMSG_EOF)
+
+    def send_window_size(self, size: WindowSize) -> None:
+        self._require_interactive()
+        self._send(
+            m.SSH_CMSG_WINDOW_SIZE,
+            Writer()
+            .uint32(size.rows & 0xFFFFFFFF)
+            .uint32(size.cols & 0xFFFFFFFF)
+            .uint32(size.xpixel & 0xFFFFFFFF)
+            .uint32(size.ypixel & 0xFFFFFFFF)
+            .getvalue(),
+        )
+
+    def _on_exit_status(self, r: Reader) -> Event:
+        status = r.uint32("exit status")
+        r.end()
+        self._send(m.SSH_CMSG_EXIT_CONFIRMATION)
+        self.phase = m.Phase.CLOSED
+        self.close_reason = f"program exited with status {status}"
+        return ExitStatus(status)
+
+    def _refuse_open(self, kind: str) -> Callable[[Reader], Event]:
+        # We never ask for forwarding, so whatever the server wants to open is refused.
+        def handler(r: Reader) -> Event:
+            channel = r.uint32("channel")
+            r.rest()
+            self._send(m.SSH_MSG_CHANNEL_OPEN_FAILURE, Writer().uint32(channel).getvalue())
+            return ForwardRefused(kind)
+
+        return handler
+
+    def _no_channels(self, name: str) -> Callable[[Reader], Event]:
+        def handler(r: Reader) -> Event:
+            raise ProtocolError(f"{name} but no channel was ever opened")
+
+        return handler
+
+    def _require_interactive(self) -> None:
+        self._require_open()
+        if self.phase is not m.Phase.INTERACTIVE:
+            raise RuntimeError(f"not in the interactive phase ({self.phase.value})")
+
+
+def _check_rsa(what: str, e: int, n: int) -> None:
+    bits = n.bit_length()
+    if not MIN_KEY_BITS <= bits <= MAX_KEY_BITS:
+        raise ProtocolError(f"{what} of {bits} bits is outside {MIN_KEY_BITS}..{MAX_KEY_BITS}")
+    if n % 2 == 0:
+        raise ProtocolError(f"{what} modulus is even")
+    if e < 3 or e % 2 == 0 or e >= n:
+        raise ProtocolError(f"{what} has an unusable public exponent")
