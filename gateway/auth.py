@@ -6,6 +6,13 @@ Unknown users go through the same code paths as known ones and fail with the sam
 :class:`UnauthorizedLogin` message; a password for an unknown user costs one dummy hash,
 so that its answer takes the same time as a wrong password's (the front end's
 ``LoginFlow`` adds the failure delay on top, for every failure alike).
+
+Login names may be ``user+target`` (:func:`gateway.routing.split_login`): every checker
+authenticates ``user`` and the avatar carries the requested target; whether that target
+exists or is allowed is decided when a session opens, never at login. For targets with
+``credentials = "pass-through"`` the password checker keeps the password the user typed
+on the avatar ID, only for users who may reach such a target, so that the session can
+send it upstream; it is never logged.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from zope.interface import implementer
 from gateway import passwords
 from gateway.authorized_keys import AuthorizedKeysFile
 from gateway.config import GatewayConfig, UserConfig
+from gateway.routing import split_login
 from protocols.auth import (
     METHOD_PASSWORD,
     METHOD_PUBLICKEY,
@@ -63,27 +71,59 @@ def run_in_thread(f: Callable[..., Any], *args: Any) -> defer.Deferred:
 
 
 class AvatarId(bytes):
-    """The avatar ID the checkers return: the login name, plus which method proved it.
+    """The avatar ID the checkers return: the user name (without ``+target``), which
+    method proved it, the target the login name asked for, and — for pass-through
+    targets only — the password that was checked.
 
     The realm trusts this ``method`` rather than what the front end claimed it was trying,
-    so that ``auth = "all"`` counts what was really checked.
+    so that ``auth = "all"`` counts what was really checked. ``repr`` shows the name only.
     """
 
     method: str
+    target: str | None
+    password: str | None
 
-    def __new__(cls, name: bytes, method: str) -> AvatarId:
+    def __new__(
+        cls,
+        name: bytes,
+        method: str,
+        target: str | None = None,
+        password: str | None = None,
+    ) -> AvatarId:
         self = super().__new__(cls, name)
         self.method = method
+        self.target = target
+        self.password = password
         return self
 
 
-def _username(raw: bytes | str) -> str | None:
+def _decode(raw: bytes | str) -> str | None:
     if isinstance(raw, str):
         return raw
     try:
         return bytes(raw).decode("utf-8")
     except (UnicodeDecodeError, TypeError):
         return None
+
+
+def _login(raw: bytes | str) -> tuple[str | None, str | None]:
+    """The (user, target) of a login name; (None, None) if it is not UTF-8."""
+    login = _decode(raw)
+    if login is None:
+        return None, None
+    return split_login(login)
+
+
+def _username(raw: bytes | str) -> str | None:
+    return _login(raw)[0]
+
+
+# Whether to keep a user's checked password for pass-through: ``keep(user) -> bool``.
+KeepPassword = Callable[[str], bool]
+
+
+def _never(name: str) -> bool:
+    return False
 
 
 @implementer(ICredentialsChecker)
@@ -97,9 +137,11 @@ class PasswordChecker:
         users: Mapping[str, UserConfig],
         blocking: Blocking = run_in_thread,
         max_concurrent: int = MAX_CONCURRENT_HASHES,
+        keep_password: KeepPassword = _never,
     ) -> None:
         self.users = users
         self.blocking = blocking
+        self.keep_password = keep_password
         # Each scrypt check holds 32 MiB: a burst of guesses waits its turn instead of
         # multiplying that by the thread pool's size.
         self._slots = defer.DeferredSemaphore(max_concurrent)
@@ -114,13 +156,18 @@ class PasswordChecker:
         return passwords.verify_password(user.password_hash, password)
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
-        name = _username(credentials.username)
+        name, target = _login(credentials.username)
         d = self._slots.run(self.blocking, self._check, name, credentials.password)
 
         def decided(ok: bool) -> AvatarId:
             if not ok or name is None:
                 raise UnauthorizedLogin(_REFUSED)
-            return AvatarId(name.encode("utf-8"), METHOD_PASSWORD)
+            kept = None
+            if self.keep_password(name):
+                # surrogateescape: a target can recover the exact bytes the user typed.
+                raw = credentials.password
+                kept = raw if isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
+            return AvatarId(name.encode("utf-8"), METHOD_PASSWORD, target, kept)
 
         return d.addCallback(decided)
 
@@ -164,7 +211,7 @@ class SSH2PublicKeyChecker:
         return defer.maybeDeferred(self._check, credentials)
 
     def _check(self, credentials: Any) -> AvatarId:
-        name = _username(credentials.username)
+        name, target = _login(credentials.username)
         listed = self.store.get(name)
         try:
             # Compare canonical encodings: the client's blob is parsed, then re-encoded.
@@ -186,7 +233,7 @@ class SSH2PublicKeyChecker:
             good = False
         if not good:
             raise UnauthorizedLogin(_REFUSED)
-        return AvatarId(name.encode("utf-8"), METHOD_PUBLICKEY)
+        return AvatarId(name.encode("utf-8"), METHOD_PUBLICKEY, target)
 
 
 @implementer(ICredentialsChecker)
@@ -200,7 +247,7 @@ class SSH1RSAChecker:
         self.store = store
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
-        name = _username(credentials.username)
+        name, target = _login(credentials.username)
         listed = self.store.get(name)
         entry = listed.find_ssh1(credentials.modulus) if listed is not None else None
         if entry is None or entry.rsa is None or name is None:
@@ -211,26 +258,48 @@ class SSH1RSAChecker:
         def answered(ok: object) -> AvatarId:
             if ok is not True:
                 raise UnauthorizedLogin(_REFUSED)
-            return AvatarId(name.encode("utf-8"), METHOD_PUBLICKEY)
+            return AvatarId(name.encode("utf-8"), METHOD_PUBLICKEY, target)
 
         return d.addCallback(answered)
 
 
 @implementer(IGatewayUser)
 class GatewayUser:
-    """The avatar: who logged in, what environment they may set, and where sessions go."""
+    """The avatar: who logged in, what environment they may set, and where sessions go.
 
-    def __init__(self, username: str, targets: Any, env_allow: Iterable[str]) -> None:
+    ``target`` is what the login name asked for (``user+target``), None if nothing;
+    ``password`` is the checked login password, kept only for pass-through targets.
+    """
+
+    def __init__(
+        self,
+        username: str,
+        targets: Any,
+        env_allow: Iterable[str],
+        *,
+        target: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.username = username
         self.targets = targets
         self.env_allow = tuple(env_allow)
+        self.target = target
+        self._password = password
+
+    def __repr__(self) -> str:
+        return f"<GatewayUser {self.username!r} target={self.target!r}>"
 
     def env_allowed(self, name: str) -> bool:
         # fnmatchcase: the allow-list must not depend on the host's case rules.
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.env_allow)
 
     def open_session(self, request: SessionRequest, client: ISessionClient) -> ISessionTarget:
-        return self.targets.open_session(self.username, request, client)
+        if self.target is None and self._password is None:
+            # Also what a bare LocalTarget (no routing) understands.
+            return self.targets.open_session(self.username, request, client)
+        return self.targets.open_session(
+            self.username, request, client, target=self.target, password=self._password
+        )
 
 
 def _normalise_method(method: str) -> str:
@@ -258,7 +327,9 @@ class GatewayRealm:
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple:
         if IGatewayUser not in interfaces:
             raise NotImplementedError("the gateway only provides IGatewayUser avatars")
-        name = _username(avatarId)
+        name, target = _login(avatarId)
+        target = getattr(avatarId, "target", None) or target
+        password = getattr(avatarId, "password", None)
         user = self.users.get(name) if name is not None else None
         if user is None or name is None:
             raise UnauthorizedLogin(_REFUSED)
@@ -268,9 +339,11 @@ class GatewayRealm:
         if user.auth == "all":
             if context is None:
                 raise PolicyRefused(f'user {name}: auth = "all" needs a login context')
-            if context.username != name:
+            # The context holds the login name as sent (``alice+switch1``): same user.
+            if _username(context.username) != name:
                 context.begin(name, method)
             context.succeeded.add(method)
+            password = _remember_password(context, name, password)
             remaining = [m for m in user.methods if m not in context.succeeded]
             if remaining:
                 if context.protocol == "ssh1":
@@ -280,11 +353,26 @@ class GatewayRealm:
                     )
                 raise PartialAuthentication(remaining)
         elif context is not None:
-            if context.username != name:
+            if _username(context.username) != name:
                 context.begin(name, method)
             context.succeeded.add(method)
-        avatar = GatewayUser(name, self.targets, self.env_allow)
+        avatar = GatewayUser(name, self.targets, self.env_allow, target=target, password=password)
         return IGatewayUser, avatar, lambda: None
+
+
+# With ``auth = "all"`` the password may pass before the key does: the pass-through
+# password waits on the login context, tied to the user it was checked for.
+_PENDING_PASSWORD = "_sshgateway_passthrough"
+
+
+def _remember_password(context: LoginContext, name: str, password: str | None) -> str | None:
+    if password is not None:
+        setattr(context, _PENDING_PASSWORD, (name, password))
+        return password
+    pending = getattr(context, _PENDING_PASSWORD, None)
+    if pending is not None and pending[0] == name:
+        return pending[1]
+    return None
 
 
 def build_portal(
@@ -292,16 +380,27 @@ def build_portal(
 ) -> Portal:
     """The one portal of the gateway: the realm and the three checkers.
 
-    ``targets`` must have ``open_session(username, request, client) -> ISessionTarget``
-    (``gateway.targets.local.LocalTarget``). ``blocking`` runs password hashing; the
-    default uses the reactor's thread pool, pass :func:`run_inline` in in-memory tests.
+    ``targets`` is the :class:`gateway.routing.Router` (or anything with
+    ``open_session(username, request, client) -> ISessionTarget``, such as a bare
+    ``LocalTarget``, for users who never name a target). ``blocking`` runs password
+    hashing; the default uses the reactor's thread pool, pass :func:`run_inline` in
+    in-memory tests.
     """
     realm = GatewayRealm(config.users, targets, config.env_allow)
     store = KeyStore(config.users)
+
+    def keep_password(name: str) -> bool:
+        user = config.users.get(name)
+        return user is not None and any(
+            config.targets[t].credentials == "pass-through"
+            for t in user.targets
+            if t in config.targets
+        )
+
     return Portal(
         realm,
         [
-            PasswordChecker(config.users, blocking),
+            PasswordChecker(config.users, blocking, keep_password=keep_password),
             SSH2PublicKeyChecker(store),
             SSH1RSAChecker(store),
         ],

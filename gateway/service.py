@@ -90,7 +90,8 @@ class TargetsService(service.Service):
 
 
 def build_dispatcher(config: Any, reactor: Any, targets: Any) -> DispatcherFactory:
-    """Everything behind the listeners, from a loaded config."""
+    """Everything behind the listeners, from a loaded config. ``targets`` is the
+    :class:`gateway.routing.Router` (from :func:`gateway.routing.build_router`)."""
     from gateway.auth import build_portal
     from gateway.hostkeys import load_or_create_host_keys
 
@@ -117,13 +118,17 @@ def make_service(config: Any, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    from gateway.config import DefaultPasswordError, ensure_default_password
+    from gateway.config import DefaultPasswordError, config_warnings, ensure_default_password
     from gateway.hostkeys import HostKeyError
-    from gateway.targets.local import LocalTarget
+    from gateway.routing import build_router
 
-    targets = LocalTarget(reactor)
+    for warning in config_warnings(config):
+        log.warn("{warning}", warning=warning)
     try:
         config = ensure_default_password(config)
+        # Every target (local and upstream) behind one Router, which the realm's avatars
+        # use for every session.
+        targets = build_router(config, reactor)
         dispatcher = build_dispatcher(config, reactor, targets)
     except (DefaultPasswordError, HostKeyError, ValueError) as e:
         # twistd prints a SystemExit message and exits 1: no traceback for a setup problem.

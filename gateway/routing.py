@@ -1,0 +1,526 @@
+"""Routing: which target a session goes to.
+
+Owns the ``user+target`` login name (:func:`split_login`, the one place every checker and
+the realm split it), the :class:`Router` that holds every configured target and picks one
+per session, the refusal that looks the same for a target that does not exist and one the
+user may not reach, and the numbered target menu of an interactive session.
+
+Which target a session gets (``alice`` is the authenticated user):
+
+- ``alice+NAME``: NAME, if it is in alice's ``targets``; otherwise one line on stderr
+  (``sshgateway: target 'NAME' is not available to alice``) and exit status 255, whether
+  or not NAME exists. The login itself succeeds either way, so the outcome of the login
+  tells nothing about which targets exist.
+- ``alice``: her ``target`` key; else, for an interactive session (shell, no command) with
+  more than one allowed target, the menu; else ``local`` if allowed; else her only target.
+
+Targets are built by :func:`build_router` from the config: ``local`` is one
+``LocalTarget``; upstream targets are ``XTarget(reactor, config, known_hosts)`` from
+``gateway.targets.ssh1`` / ``ssh2`` / ``telnet``, imported only when a target needs them, so
+that a protocol module that is missing or broken disables its targets (with a log line at
+start and a one-line reason per session) instead of the gateway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway.config import LOCAL_TARGET, GatewayConfig
+from gateway.targets import TargetConfig
+from gateway.targets.bridge import FAILURE_STATUS
+from protocols.session import (
+    ExitInfo,
+    ISessionClient,
+    ISessionTarget,
+    SessionRequest,
+    WindowSize,
+)
+
+log = Logger()
+
+TARGET_SEPARATOR = "+"
+
+# Upstream target classes by protocol: (module, class), imported when first needed.
+UPSTREAM_CLASSES: dict[str, tuple[str, str]] = {
+    "ssh1": ("gateway.targets.ssh1", "SSH1Target"),
+    "ssh2": ("gateway.targets.ssh2", "SSH2Target"),
+    "telnet": ("gateway.targets.telnet", "TelnetTarget"),
+}
+KNOWN_HOSTS_FILE = "known_hosts"
+
+# The menu: how long a user has to choose, how many wrong answers, how long a line.
+MENU_TIMEOUT = 60.0
+MENU_TRIES = 3
+MAX_MENU_LINE = 64
+CANCELLED_STATUS = 1
+
+
+def split_login(login: str) -> tuple[str, str | None]:
+    """``"alice+switch1"`` -> ``("alice", "switch1")``; ``"alice"`` (or ``"alice+"``) ->
+    ``("alice", None)``. User names cannot contain ``+``, so the first one separates."""
+    user, sep, target = login.partition(TARGET_SEPARATOR)
+    return user, (target if sep and target else None)
+
+
+def not_available(target: str, username: str) -> str:
+    """The one refusal for a target that does not exist and one the user may not reach."""
+    return f"target {_printable(target)!r} is not available to {username}"
+
+
+def _printable(text: str) -> str:
+    # The name comes from the client: keep control characters out of stderr and the log.
+    cleaned = "".join(c if c.isprintable() else "?" for c in text)
+    return cleaned if len(cleaned) <= 64 else cleaned[:64] + "..."
+
+
+# --- sessions that never reach a target -------------------------------------------------------
+
+
+@implementer(ISessionTarget)
+class RefusedSession:
+    """Ends the session with one line on stderr and a non-zero status, nothing else."""
+
+    def __init__(
+        self, clock: IReactorTime, client: ISessionClient, message: str, status: int
+    ) -> None:
+        self._client = client
+        self._message = message
+        self._status = status
+        # The front end has not got this object back yet: answer on the next turn.
+        self._call: IDelayedCall | None = clock.callLater(0, self._report)
+
+    def _report(self) -> None:
+        self._call = None
+        self._client.write_stderr(f"sshgateway: {self._message}\r\n".encode("utf-8", "replace"))
+        self._client.send_eof()
+        self._client.exited(ExitInfo(status=self._status))
+
+    def write_stdin(self, data: bytes) -> None:
+        pass
+
+    def close_stdin(self) -> None:
+        pass
+
+    def resize(self, size: WindowSize) -> None:
+        pass
+
+    def send_signal(self, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+
+class MissingTarget:
+    """Stands in for a target whose protocol module could not be loaded."""
+
+    def __init__(self, clock: IReactorTime, config: TargetConfig) -> None:
+        self.clock = clock
+        self.config = config
+
+    def open_session(
+        self,
+        username: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        *,
+        password: str | None = None,
+    ) -> ISessionTarget:
+        message = f"{self.config.name}: {self.config.protocol} targets are not available"
+        return RefusedSession(self.clock, client, message, FAILURE_STATUS)
+
+
+# --- the menu -------------------------------------------------------------------------------
+
+_CR, _LF, _NUL = 0x0D, 0x0A, 0x00
+_ERASE = (0x08, 0x7F)
+_CANCEL = (0x03, 0x04)  # ^C, ^D
+_KILL_LINE = 0x15  # ^U
+
+
+@implementer(ISessionTarget)
+class MenuSession:
+    """Shows the user's targets, reads one line (a number or a name), opens that target and
+    from then on passes everything through to it.
+
+    With a pty the client's terminal is raw, so the menu echoes and handles erase itself;
+    a line ends at CR or LF, and the LF or NUL of a CR LF / CR NUL pair is not passed on.
+    Input is bounded: a line keeps at most :data:`MAX_MENU_LINE` bytes.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        username: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        choices: tuple[str, ...],
+        password: str | None,
+        *,
+        timeout: float = MENU_TIMEOUT,
+    ) -> None:
+        self._router = router
+        self._username = username
+        self._request = request
+        self._client = client
+        self._choices = choices
+        self._password = password
+        self._clock = router.clock
+        self._timeout = timeout
+        self._pty = request.pty is not None
+        self._eol = b"\r\n" if self._pty else b"\n"
+        self._size: WindowSize | None = request.pty.size if request.pty else None
+        self._line = bytearray()
+        self._swallow = False  # the next byte may be the LF / NUL of a CR pair
+        self._tries = 0
+        self._done = False
+        self._producer: Any = None
+        self.inner: ISessionTarget | None = None
+        self._calls: list[IDelayedCall] = [
+            self._clock.callLater(0, self._show),
+            self._clock.callLater(timeout, self._timed_out),
+        ]
+
+    # -- dialogue ------------------------------------------------------------------------
+
+    def _show(self) -> None:
+        if self._done:
+            return
+        lines = [f"sshgateway: targets for {self._username}:"]
+        lines += [f"  {n}) {name}" for n, name in enumerate(self._choices, start=1)]
+        self._client.write_stdout(self._eol.join(s.encode() for s in lines) + self._eol)
+        self._prompt()
+
+    def _prompt(self) -> None:
+        self._client.write_stdout(b"target (number or name): ")
+
+    def _timed_out(self) -> None:
+        self._finish(f"no target chosen within {self._timeout:g} s", CANCELLED_STATUS)
+
+    def _finish(self, message: str, status: int) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._cancel_calls()
+        self._client.write_stderr(
+            (self._eol if self._pty else b"") + f"sshgateway: {message}\r\n".encode()
+        )
+        self._client.send_eof()
+        self._client.exited(ExitInfo(status=status))
+
+    def _feed(self, data: bytes) -> bytes:
+        """Consume menu input; returns what follows the chosen line (for the target)."""
+        for index, byte in enumerate(data):
+            if self._swallow:
+                self._swallow = False
+                if byte in (_LF, _NUL):
+                    continue
+            if byte in (_CR, _LF):
+                self._swallow = byte == _CR
+                if self._choose():
+                    return data[index + 1 :]
+                if self._done:
+                    return b""
+            elif byte in _ERASE:
+                if self._line:
+                    del self._line[-1]
+                    self._echo(b"\b \b")
+            elif byte == _KILL_LINE:
+                self._echo(b"\b \b" * len(self._line))
+                self._line.clear()
+            elif byte in _CANCEL:
+                self._finish("no target chosen", CANCELLED_STATUS)
+                return b""
+            elif 0x20 <= byte < 0x7F and len(self._line) < MAX_MENU_LINE:
+                self._line.append(byte)
+                self._echo(bytes((byte,)))
+        return b""
+
+    def _echo(self, data: bytes) -> None:
+        if self._pty:
+            self._client.write_stdout(data)
+
+    def _choose(self) -> bool:
+        text = self._line.decode("ascii").strip()
+        self._line.clear()
+        self._echo(self._eol)
+        if not text:
+            self._prompt()
+            return False
+        name = None
+        if text.isdigit() and 1 <= int(text) <= len(self._choices):
+            name = self._choices[int(text) - 1]
+        elif text in self._choices:
+            name = text
+        if name is None:
+            self._tries += 1
+            if self._tries >= MENU_TRIES:
+                self._finish("no target chosen", CANCELLED_STATUS)
+                return False
+            self._client.write_stdout(f"no such choice: {text}".encode() + self._eol)
+            self._prompt()
+            return False
+        self._done = True
+        self._cancel_calls()
+        request = self._request
+        if request.pty is not None and self._size is not None:
+            request = dataclasses.replace(
+                request, pty=dataclasses.replace(request.pty, size=self._size)
+            )
+        inner = self._router.open_target(
+            self._username, name, request, self._client, password=self._password
+        )
+        self.inner = inner
+        if self._producer is not None:
+            inner.registerProducer(self._producer, True)
+        return True
+
+    def _cancel_calls(self) -> None:
+        for call in self._calls:
+            if call.active():
+                call.cancel()
+        self._calls = []
+
+    # -- ISessionTarget ------------------------------------------------------------------
+
+    def write_stdin(self, data: bytes) -> None:
+        if self.inner is None:
+            if self._done:
+                return
+            data = self._feed(data)
+            if self.inner is None or not data:
+                return
+        if self._swallow:
+            self._swallow = False
+            if data[:1] in (b"\n", b"\0"):
+                data = data[1:]
+                if not data:
+                    return
+        self.inner.write_stdin(data)
+
+    def close_stdin(self) -> None:
+        if self.inner is not None:
+            self.inner.close_stdin()
+        else:
+            self._finish("no target chosen", CANCELLED_STATUS)
+
+    def resize(self, size: WindowSize) -> None:
+        if self.inner is not None:
+            self.inner.resize(size)
+        else:
+            self._size = size
+
+    def send_signal(self, name: str) -> None:
+        if self.inner is not None:
+            self.inner.send_signal(name)
+
+    def close(self) -> None:
+        self._done = True
+        self._cancel_calls()
+        if self.inner is not None:
+            self.inner.close()
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self._producer = producer
+        if self.inner is not None:
+            self.inner.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        if self.inner is not None:
+            self.inner.unregisterProducer()
+
+
+# --- the router -----------------------------------------------------------------------------
+
+
+class Router:
+    """Every configured target by name, and the per-user choice among them.
+
+    ``targets`` maps each name in ``config.targets`` to an object with
+    ``open_session(username, request, client[, *, password])`` (the local target's has no
+    ``password``; it is passed only to ``credentials = "pass-through"`` targets).
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        targets: Mapping[str, Any],
+        clock: IReactorTime,
+        *,
+        menu_timeout: float = MENU_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self.targets = dict(targets)
+        self.clock = clock
+        self.menu_timeout = menu_timeout
+
+    def allowed(self, username: str) -> tuple[str, ...]:
+        """The targets ``username`` may reach (configured and built), in config order."""
+        user = self.config.users.get(username)
+        if user is None:
+            return ()
+        return tuple(t for t in user.targets if t in self.targets)
+
+    def wants_password(self, username: str) -> bool:
+        """Whether any target the user may reach takes the gateway password upstream (the
+        password checker keeps the password only then)."""
+        return any(
+            self.config.targets[t].credentials == "pass-through"
+            for t in self.allowed(username)
+            if t in self.config.targets
+        )
+
+    def open_session(
+        self,
+        username: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        *,
+        target: str | None = None,
+        password: str | None = None,
+    ) -> ISessionTarget:
+        """The session for ``username`` (already authenticated, without ``+target``);
+        ``target`` is what the login name asked for. Never raises for a refusal."""
+        allowed = self.allowed(username)
+        if target is not None:
+            if target not in allowed:
+                exists = target in self.targets
+                log.info(
+                    "routing: {user} asked for target {target!r}: refused ({why})",
+                    user=username,
+                    target=_printable(target),
+                    why="not in the user's targets" if exists else "no such target",
+                )
+                return self.refuse(client, not_available(target, username))
+            return self.open_target(username, target, request, client, password=password)
+        user = self.config.users.get(username)
+        if user is not None and user.target is not None and user.target in allowed:
+            return self.open_target(username, user.target, request, client, password=password)
+        if request.command is None and len(allowed) > 1:
+            return MenuSession(
+                self, username, request, client, allowed, password, timeout=self.menu_timeout
+            )
+        if LOCAL_TARGET in allowed:
+            return self.open_target(username, LOCAL_TARGET, request, client, password=password)
+        if len(allowed) == 1:
+            return self.open_target(username, allowed[0], request, client, password=password)
+        if not allowed:
+            log.warn("routing: {user} may reach no target", user=username)
+            return self.refuse(client, f"no target is available to {username}")
+        return self.refuse(
+            client,
+            f"no target given: log in as {username}+TARGET ({', '.join(allowed)})",
+        )
+
+    def open_target(
+        self,
+        username: str,
+        name: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        *,
+        password: str | None = None,
+    ) -> ISessionTarget:
+        """Open target ``name`` (already allowed) for ``username``."""
+        if name not in self.allowed(username):
+            return self.refuse(client, not_available(name, username))
+        target = self.targets[name]
+        config = self.config.targets.get(name)
+        log.info("routing: {user} -> {target}", user=username, target=name)
+        if config is None or config.protocol == "local":
+            return target.open_session(username, request, client)
+        if config.credentials == "pass-through":
+            if password is None:
+                return self.refuse(
+                    client,
+                    f"target {name!r} logs in with your gateway password: "
+                    "log in to the gateway with your password (not a key) to reach it",
+                )
+            return target.open_session(username, request, client, password=password)
+        return target.open_session(username, request, client)
+
+    def refuse(self, client: ISessionClient, message: str) -> ISessionTarget:
+        return RefusedSession(self.clock, client, message, FAILURE_STATUS)
+
+    def close_all(self) -> defer.Deferred[None]:
+        """Hang up every running session of every target (for service shutdown)."""
+        waits = []
+        seen: set[int] = set()
+        for target in self.targets.values():
+            close_all = getattr(target, "close_all", None)
+            if close_all is None or id(target) in seen:
+                continue
+            seen.add(id(target))
+            waits.append(defer.maybeDeferred(close_all))
+        done = defer.gatherResults(waits, consumeErrors=True)
+        done.addErrback(lambda failure: log.failure("closing targets", failure))
+        return done.addCallback(lambda _: None)
+
+
+def _load_known_hosts(config: GatewayConfig) -> Any:
+    try:
+        module = importlib.import_module("gateway.known_hosts")
+    except ImportError as e:
+        log.warn("upstream host keys cannot be checked: {error}", error=str(e))
+        return None
+    return module.KnownHosts(config.state_dir / KNOWN_HOSTS_FILE)
+
+
+def build_router(
+    config: GatewayConfig, reactor: Any, *, local: Any = None, known_hosts: Any = None
+) -> Router:
+    """Build every configured target. ``local`` defaults to ``LocalTarget(reactor)``;
+    ``known_hosts`` to ``KnownHosts(<state_dir>/known_hosts)`` when an SSH target exists.
+
+    A target class that rejects its config raises ValueError naming the target.
+    """
+    if local is None:
+        from gateway.targets.local import LocalTarget
+
+        local = LocalTarget(reactor)
+    targets: dict[str, Any] = {}
+    classes: dict[str, Any] = {}
+    needs_known_hosts = any(t.protocol in ("ssh1", "ssh2") for t in config.targets.values())
+    if known_hosts is None and needs_known_hosts:
+        known_hosts = _load_known_hosts(config)
+    for name, target in config.targets.items():
+        if target.protocol == "local":
+            targets[name] = local
+            continue
+        module_name, class_name = UPSTREAM_CLASSES[target.protocol]
+        if target.protocol not in classes:
+            try:
+                classes[target.protocol] = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError) as e:
+                log.error(
+                    "{protocol} targets are not available ({error}): sessions to them fail",
+                    protocol=target.protocol,
+                    error=str(e),
+                )
+                classes[target.protocol] = None
+        cls = classes[target.protocol]
+        if cls is None:
+            targets[name] = MissingTarget(reactor, target)
+            continue
+        try:
+            targets[name] = cls(reactor, target, known_hosts)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"target {name}: {e}") from e
+    return Router(config, targets, reactor)
