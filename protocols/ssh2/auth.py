@@ -27,6 +27,7 @@ from protocols.auth import (
     PartialAuthentication,
     TooManyAttempts,
 )
+from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.wire import Reader, WireError
 
 log = Logger()
@@ -85,6 +86,8 @@ class KeyQueryPortal:
 class SSH2UserAuthServer(userauth.SSHUserAuthServer):
     """ssh-userauth on the shared login flow; the transport owns the flow (it starts the
     grace timer at handoff) and the factory supplies the portal and the next services."""
+
+    _log = quiet_logger(__name__ + ".conch")
 
     def serviceStarted(self) -> None:
         self.flow = self.transport.login_flow

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from protocols.record import ConnectionRecord
 from protocols.session import IGatewayUser
+from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.wire import Reader, WireError, u32
 
 log = Logger()
@@ -57,6 +58,8 @@ class ConchAvatar:
 
 
 class GatewayConnection(connection.SSHConnection):
+    _log = quiet_logger(__name__ + ".conch")
+
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         reader = Reader(packet)
         channel_type = reader.string(MAX_CHANNEL_TYPE)

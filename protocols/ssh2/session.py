@@ -33,6 +33,7 @@ from protocols.session import (
     SessionRequest,
     WindowSize,
 )
+from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.wire import Reader, WireError, string, u32
 
 log = Logger()
@@ -74,6 +75,7 @@ def _size(reader: Reader) -> WindowSize:
 @implementer(ISessionClient, IPushProducer)
 class SessionChannel(conch_channel.SSHChannel):
     name = b"session"
+    _log = quiet_logger(__name__ + ".conch")
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ from zope.interface import implementer
 from protocols.auth import LoginContext, LoginFlow
 from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
+from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.wire import Reader
 
@@ -136,7 +137,7 @@ class SSH2ServerTransport(SSHServerTransport):
     tcp_paused = False
     _producer_registered = False
 
-    _log = log
+    _log = quiet_logger(__name__ + ".conch")
     login_flow: LoginFlow | None = None
     nextEncryptions: SSHCiphers | None = None
 
