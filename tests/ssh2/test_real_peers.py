@@ -100,8 +100,7 @@ def test_openssh_pty_env_and_exit_signal(server, user_key):
     assert b"env={'LANG': 'C.UTF-8'}" in r.stdout
     r = subprocess.run(ssh(server, user_key, "signal", options=("-o", "BatchMode=yes")),
                        capture_output=True, timeout=60)
-    assert r.returncode == 255  # OpenSSH reports death by signal as 255
-    assert b"killed by signal" in r.stderr.lower() or r.returncode == 255
+    assert r.returncode == 255  # how OpenSSH reports an exit-signal
 
 
 @pytest.mark.parametrize("server", [("all",)], indirect=True)
