@@ -1,0 +1,566 @@
+"""Routing in memory: the user+target split, the Router's choice of target, the uniform
+refusal, pass-through passwords, the target menu, and building targets from the config."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from gateway import routing
+from gateway.config import parse_config
+from gateway.routing import MenuSession, RefusedSession, Router, build_router, split_login
+from protocols.session import (
+    ExitInfo,
+    ISessionClient,
+    ISessionTarget,
+    PtyRequest,
+    SessionRequest,
+    WindowSize,
+)
+from tests.gateway.helpers import fast_hash
+
+HASH = fast_hash("pw")
+
+CONFIG = f"""
+[users.alice]
+password = "{HASH}"
+targets = ["local", "sw1", "host2"]
+
+[users.bob]
+password = "{HASH}"
+targets = ["sw1", "host2", "tn"]
+target = "host2"
+
+[users.carol]
+password = "{HASH}"
+targets = ["sw1"]
+
+[users.dave]
+password = "{HASH}"
+targets = ["sw1", "tn"]
+
+[users.erin]
+password = "{HASH}"
+
+[targets.sw1]
+protocol = "ssh1"
+host = "192.0.2.10"
+password = "device"
+
+[targets.host2]
+protocol = "ssh2"
+host = "192.0.2.11"
+
+[targets.tn]
+protocol = "telnet"
+host = "192.0.2.12"
+credentials = "pass-through"
+
+[targets.secret]
+protocol = "ssh2"
+host = "192.0.2.13"
+"""
+
+
+@implementer(ISessionClient)
+class FakeClient:
+    def __init__(self):
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.eof = False
+        self.exit: ExitInfo | None = None
+        self.producer = None
+
+    def write_stdout(self, data):
+        assert self.exit is None
+        self.stdout += data
+
+    def write_stderr(self, data):
+        assert self.exit is None
+        self.stderr += data
+
+    def send_eof(self):
+        self.eof = True
+
+    def exited(self, info):
+        self.exit = info
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+@implementer(ISessionTarget)
+class FakeSession:
+    def __init__(self, target, username, request, client, kwargs):
+        self.target, self.username, self.request, self.client = target, username, request, client
+        self.kwargs = kwargs
+        self.stdin = bytearray()
+        self.calls: list = []
+        self.producer = None
+
+    def write_stdin(self, data):
+        self.stdin += data
+
+    def close_stdin(self):
+        self.calls.append("eof")
+
+    def resize(self, size):
+        self.calls.append(size)
+
+    def send_signal(self, name):
+        self.calls.append(("signal", name))
+
+    def close(self):
+        self.calls.append("close")
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+class FakeTarget:
+    def __init__(self, name, takes_password=True):
+        self.name = name
+        self.takes_password = takes_password
+        self.opened: list[FakeSession] = []
+        self.closed_all = 0
+
+    def open_session(self, username, request, client, **kwargs):
+        assert self.takes_password or not kwargs
+        session = FakeSession(self.name, username, request, client, kwargs)
+        self.opened.append(session)
+        return session
+
+    def close_all(self):
+        self.closed_all += 1
+
+
+class Setup:
+    def __init__(self):
+        self.config = parse_config(CONFIG)
+        self.clock = Clock()
+        self.local = FakeTarget("local", takes_password=False)
+        self.targets = {
+            name: self.local if name == "local" else FakeTarget(name)
+            for name in self.config.targets
+        }
+        self.router = Router(self.config, self.targets, self.clock)
+
+    def open(self, user, target=None, request=None, password=None):
+        client = FakeClient()
+        request = request or SessionRequest(command=b"uname")
+        session = self.router.open_session(user, request, client, target=target, password=password)
+        return session, client
+
+    def opened(self):
+        return [s for t in self.targets.values() for s in t.opened]
+
+
+@pytest.fixture
+def setup():
+    return Setup()
+
+
+def shell(pty=True, rows=24, cols=80):
+    return SessionRequest(pty=PtyRequest("xterm", WindowSize(rows, cols)) if pty else None)
+
+
+# --- the split ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "login, expected",
+    [
+        ("alice", ("alice", None)),
+        ("alice+sw1", ("alice", "sw1")),
+        ("alice+", ("alice", None)),
+        ("alice+a+b", ("alice", "a+b")),
+        ("a.b@c+x", ("a.b@c", "x")),
+        ("+x", ("", "x")),
+    ],
+)
+def test_split_login(login, expected):
+    assert split_login(login) == expected
+
+
+# --- choosing the target -----------------------------------------------------------------------
+
+
+def test_a_named_allowed_target(setup):
+    session, client = setup.open("alice", "sw1")
+    [opened] = setup.opened()
+    assert session is opened and opened.target == "sw1" and opened.username == "alice"
+    assert opened.kwargs == {}  # a stored-credentials target never sees the login password
+
+
+def test_unknown_and_forbidden_targets_look_the_same(setup):
+    outcomes = []
+    for target in ("secret", "nosuchthing"):  # exists but not alice's / does not exist
+        session, client = setup.open("alice", target, password="pw")
+        assert isinstance(session, RefusedSession) and verifyObject(ISessionTarget, session)
+        assert client.exit is None  # answered on the next turn, not inside open_session
+        setup.clock.advance(0)
+        message = bytes(client.stderr).replace(target.encode(), b"X")
+        outcomes.append((message, client.stdout, client.eof, client.exit))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == b"sshgateway: target 'X' is not available to alice\r\n"
+    assert outcomes[0][3] == ExitInfo(status=255)
+    assert setup.opened() == []
+
+
+def test_refusal_sanitises_the_name(setup):
+    _, client = setup.open("alice", "a\x1b[2Jb\r\n" + "x" * 100)
+    setup.clock.advance(0)
+    line = bytes(client.stderr)
+    assert b"\x1b" not in line and line.count(b"\n") == 1 and b"..." in line
+
+
+def test_refused_session_closed_early_says_nothing(setup):
+    session, client = setup.open("alice", "secret")
+    session.close()
+    setup.clock.advance(0)
+    assert client.exit is None and not client.stderr and not setup.clock.getDelayedCalls()
+
+
+def test_unknown_user_is_refused(setup):
+    _, client = setup.open("mallory", None)
+    setup.clock.advance(0)
+    assert client.exit == ExitInfo(status=255) and setup.opened() == []
+
+
+def test_default_target_key(setup):
+    for request in (SessionRequest(command=b"x"), shell()):
+        session, _ = setup.open("bob", None, request=request)
+        assert isinstance(session, FakeSession) and session.target == "host2"
+
+
+def test_no_target_command_goes_to_local(setup):
+    session, _ = setup.open("alice", None)
+    assert session.target == "local" and session.kwargs == {}
+
+
+def test_default_user_reaches_only_local(setup):
+    session, _ = setup.open("erin", None, request=shell())
+    assert session.target == "local"
+    _, client = setup.open("erin", "sw1")
+    setup.clock.advance(0)
+    assert b"not available to erin" in client.stderr
+
+
+def test_a_single_target_needs_no_choice(setup):
+    for request in (SessionRequest(command=b"x"), shell()):
+        session, _ = setup.open("carol", None, request=request)
+        assert session.target == "sw1"
+
+
+def test_a_command_with_several_targets_and_no_default(setup):
+    _, client = setup.open("dave", None)
+    setup.clock.advance(0)
+    assert client.stderr == b"sshgateway: no target given: log in as dave+TARGET (sw1, tn)\r\n"
+    assert client.exit == ExitInfo(status=255)
+
+
+def test_an_interactive_session_with_several_targets_gets_the_menu(setup):
+    session, _ = setup.open("alice", None, request=shell())
+    assert isinstance(session, MenuSession) and verifyObject(ISessionTarget, session)
+    session, _ = setup.open("dave", None, request=shell(pty=False))
+    assert isinstance(session, MenuSession)
+
+
+# --- pass-through ------------------------------------------------------------------------------
+
+
+def test_pass_through_gets_the_login_password(setup):
+    session, _ = setup.open("dave", "tn", password="users-own-pw")
+    assert session.target == "tn" and session.kwargs == {"password": "users-own-pw"}
+    session, _ = setup.open("dave", "sw1", password="users-own-pw")
+    assert session.kwargs == {}
+
+
+def test_pass_through_after_a_key_login_fails_with_one_line(setup):
+    session, client = setup.open("dave", "tn", password=None)
+    setup.clock.advance(0)
+    assert setup.opened() == []
+    assert client.stderr.count(b"\n") == 1 and b"log in to the gateway with your password" in (
+        client.stderr
+    )
+    assert client.exit == ExitInfo(status=255)
+
+
+def test_wants_password(setup):
+    assert setup.router.wants_password("dave") and setup.router.wants_password("bob")
+    assert not setup.router.wants_password("alice")
+    assert not setup.router.wants_password("mallory")
+
+
+# --- the menu ----------------------------------------------------------------------------------
+
+
+def menu(setup, user="alice", pty=True, password=None, **kw):
+    session, client = setup.open(user, None, request=shell(pty=pty, **kw), password=password)
+    assert isinstance(session, MenuSession)
+    setup.clock.advance(0)
+    return session, client
+
+
+def test_menu_lists_the_users_targets(setup):
+    _, client = menu(setup)
+    assert bytes(client.stdout) == (
+        b"sshgateway: targets for alice:\r\n  1) local\r\n  2) sw1\r\n  3) host2\r\n"
+        b"target (number or name): "
+    )
+    _, client = menu(setup, pty=False)
+    assert b"  3) host2\n" in client.stdout and b"\r" not in client.stdout
+
+
+def test_menu_choice_by_number_with_pty(setup):
+    session, client = menu(setup)
+    producer = object()
+    session.registerProducer(producer, True)
+    client.stdout.clear()
+    session.write_stdin(b"2")
+    assert client.stdout == b"2"  # echoed: the client's terminal is raw
+    session.write_stdin(b"\r")
+    [inner] = setup.opened()
+    assert inner.target == "sw1" and session.inner is inner
+    assert inner.producer is producer
+    assert inner.request.pty.size == WindowSize(24, 80)
+    assert client.stdout == b"2\r\n" and client.exit is None
+    session.write_stdin(b"\nls\r")  # the LF of a CR LF pair is not passed on
+    assert inner.stdin == b"ls\r"
+    session.write_stdin(b"\n")  # only the one right after the choice
+    assert inner.stdin == b"ls\r\n"
+    session.resize(WindowSize(50, 132))
+    session.send_signal("INT")
+    session.close_stdin()
+    session.unregisterProducer()
+    session.close()
+    assert inner.calls == [WindowSize(50, 132), ("signal", "INT"), "eof", "close"]
+    assert inner.producer is None
+    assert not setup.clock.getDelayedCalls()
+
+
+def test_menu_choice_by_name_without_pty_and_data_in_the_same_chunk(setup):
+    session, client = menu(setup, pty=False)
+    client.stdout.clear()
+    session.write_stdin(b"host2\nuname -a\n")
+    [inner] = setup.opened()
+    assert inner.target == "host2" and inner.stdin == b"uname -a\n"
+    assert client.stdout == b""  # no echo without a pty
+
+
+def test_menu_cr_nul(setup):
+    session, _ = menu(setup)
+    session.write_stdin(b"1\r\x00x")
+    [inner] = setup.opened()
+    assert inner.target == "local" and inner.stdin == b"x"
+
+
+def test_menu_erase_and_kill_line(setup):
+    session, client = menu(setup)
+    client.stdout.clear()
+    session.write_stdin(b"9\x7f3")
+    assert client.stdout == b"9\b \b3"
+    session.write_stdin(b"\x15")
+    session.write_stdin(b"sw9\x081\r")
+    [inner] = setup.opened()
+    assert inner.target == "sw1"
+
+
+def test_menu_window_change_before_the_choice(setup):
+    session, _ = menu(setup)
+    session.resize(WindowSize(40, 100))
+    session.write_stdin(b"3\r")
+    [inner] = setup.opened()
+    assert inner.request.pty.size == WindowSize(40, 100) and inner.request.pty.term == "xterm"
+    assert inner.calls == []
+
+
+def test_menu_passes_the_password_to_a_pass_through_choice(setup):
+    session, _ = menu(setup, user="dave", password="pw")
+    session.write_stdin(b"tn\r")
+    [inner] = setup.opened()
+    assert inner.kwargs == {"password": "pw"}
+
+
+@pytest.mark.parametrize("answer", [b"secret", b"nosuchthing", b"4", b"0", b"-1"])
+def test_menu_offers_only_allowed_targets(setup, answer):
+    session, client = menu(setup)
+    client.stdout.clear()
+    session.write_stdin(answer + b"\r")
+    assert setup.opened() == []
+    assert (
+        client.stdout
+        == answer + b"\r\nno such choice: " + answer + b"\r\ntarget (number or name): "
+    )
+
+
+def test_menu_gives_up_after_three_wrong_answers(setup):
+    session, client = menu(setup)
+    session.write_stdin(b"x\rx\r\r\rx\r1\r")  # empty lines do not count
+    assert setup.opened() == []
+    assert client.stderr.endswith(b"sshgateway: no target chosen\r\n")
+    assert client.exit == ExitInfo(status=1) and client.eof
+    assert not setup.clock.getDelayedCalls()
+
+
+def test_menu_input_is_bounded(setup):
+    session, client = menu(setup, pty=False)
+    session.write_stdin(b"7" * 1_000_000)
+    assert len(session._line) == routing.MAX_MENU_LINE
+    session.write_stdin(b"\x7f" * 1000 + b"2\n")
+    assert setup.opened()[0].target == "sw1"
+
+
+def test_menu_non_ascii_and_controls_are_ignored(setup):
+    session, _ = menu(setup)
+    session.write_stdin("h\u00e9\x1b\x01ost2".encode() + b"\r")
+    assert setup.opened()[0].target == "host2"
+
+
+@pytest.mark.parametrize("cancel", [b"\x03", b"\x04"])
+def test_menu_cancelled(setup, cancel):
+    session, client = menu(setup)
+    session.write_stdin(b"1" + cancel + b"\r")
+    assert setup.opened() == [] and client.exit == ExitInfo(status=1)
+    session.write_stdin(b"2\r")  # nothing after the end
+    assert setup.opened() == []
+
+
+def test_menu_eof_before_a_choice(setup):
+    session, client = menu(setup, pty=False)
+    session.close_stdin()
+    assert client.stderr == b"sshgateway: no target chosen\r\n"
+    assert client.exit == ExitInfo(status=1) and not setup.clock.getDelayedCalls()
+
+
+def test_menu_times_out(setup):
+    session, client = menu(setup)
+    setup.clock.advance(routing.MENU_TIMEOUT - 1)
+    assert client.exit is None
+    setup.clock.advance(1)
+    assert b"no target chosen within 60 s" in client.stderr and client.exit == ExitInfo(status=1)
+
+
+def test_menu_closed_by_the_client(setup):
+    session, client = setup.open("alice", None, request=shell())
+    session.close()
+    setup.clock.advance(100)
+    assert client.stdout == b"" and client.exit is None and not setup.clock.getDelayedCalls()
+    session.write_stdin(b"1\r")
+    assert setup.opened() == []
+
+
+def test_menu_choice_still_checks_the_list(setup):
+    session, client = menu(setup)
+    session._choices = ("secret",)  # even a corrupted menu cannot open a forbidden target
+    session.write_stdin(b"1\r")
+    setup.clock.advance(0)
+    assert setup.opened() == [] and b"not available to alice" in client.stderr
+
+
+# --- building the targets ----------------------------------------------------------------------
+
+
+class Recorder:
+    made: list = []
+
+    def __init__(self, reactor, config, known_hosts):
+        if config.host == "bad":
+            raise ValueError("unknown algorithm 'rot13'")
+        self.args = (reactor, config, known_hosts)
+        Recorder.made.append(self)
+
+    def open_session(self, username, request, client, *, password=None):
+        return FakeSession(self.args[1].name, username, request, client, {"password": password})
+
+
+@pytest.fixture
+def fake_modules(monkeypatch):
+    Recorder.made = []
+    module = types.ModuleType("fake_upstream")
+    module.SSH1Target = module.SSH2Target = Recorder
+    monkeypatch.setitem(sys.modules, "fake_upstream", module)
+    monkeypatch.setattr(
+        routing,
+        "UPSTREAM_CLASSES",
+        {
+            "ssh1": ("fake_upstream", "SSH1Target"),
+            "ssh2": ("fake_upstream", "SSH2Target"),
+            "telnet": ("no_such_module_for_telnet", "TelnetTarget"),
+        },
+    )
+    return module
+
+
+def test_build_router(fake_modules, tmp_path):
+    config = parse_config(
+        CONFIG.replace("[users.alice]", f'state_dir = "{tmp_path}"\n[users.alice]')
+    )
+    clock = Clock()
+    local = FakeTarget("local", takes_password=False)
+    known_hosts = object()
+    router = build_router(config, clock, local=local, known_hosts=known_hosts)
+    assert router.targets["local"] is local
+    assert {r.args[1].name for r in Recorder.made} == {"sw1", "host2", "secret"}
+    assert all(r.args[0] is clock and r.args[2] is known_hosts for r in Recorder.made)
+    # telnet's module is missing: the gateway runs, sessions to it fail with one line.
+    assert isinstance(router.targets["tn"], routing.MissingTarget)
+    client = FakeClient()
+    router.open_session("dave", SessionRequest(command=b"x"), client, target="tn", password="p")
+    clock.advance(0)
+    assert client.stderr == b"sshgateway: tn: telnet targets are not available\r\n"
+    assert client.exit == ExitInfo(status=255)
+
+
+def test_build_router_reports_a_rejected_target(fake_modules):
+    config = parse_config(CONFIG.replace('host = "192.0.2.13"', 'host = "bad"'))
+    with pytest.raises(ValueError, match="target secret: unknown algorithm"):
+        build_router(config, Clock(), local=FakeTarget("local"), known_hosts=object())
+
+
+def test_build_router_with_only_local_needs_no_known_hosts(monkeypatch):
+    config = parse_config(f'[users.a]\npassword = "{HASH}"\n')
+
+    def boom(config):
+        raise AssertionError("known_hosts loaded")
+
+    monkeypatch.setattr(routing, "_load_known_hosts", boom)
+    router = build_router(config, Clock(), local=FakeTarget("local"))
+    assert list(router.targets) == ["local"]
+
+
+def test_build_router_loads_known_hosts_from_the_state_dir(fake_modules, monkeypatch, tmp_path):
+    made = []
+    module = types.ModuleType("gateway.known_hosts")
+    module.KnownHosts = lambda path: made.append(path) or ("kh", path)
+    monkeypatch.setitem(sys.modules, "gateway.known_hosts", module)
+    config = parse_config(f'state_dir = "{tmp_path}"\n' + CONFIG, base=tmp_path)
+    build_router(config, Clock(), local=FakeTarget("local"))
+    assert made == [Path(tmp_path) / "known_hosts"]
+    assert Recorder.made[0].args[2] == ("kh", Path(tmp_path) / "known_hosts")
+
+
+def test_build_router_default_local_target():
+    from gateway.targets.local import LocalTarget
+
+    config = parse_config(f'[users.a]\npassword = "{HASH}"\n')
+    router = build_router(config, Clock())
+    assert isinstance(router.targets["local"], LocalTarget)
+
+
+def test_close_all_once_per_target(setup):
+    setup.router.close_all()
+    assert setup.local.closed_all == 1
+    assert all(t.closed_all == 1 for t in setup.targets.values())
