@@ -23,7 +23,7 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -207,9 +207,10 @@ class SSH1ClientProtocol(Protocol):
             self._fail("connection closed by the device before the SSH-1 identification")
         elif self.core.closed and self.core.close_reason:
             self._fail(f"connection to the device lost ({self.core.close_reason})")
+        elif reason is None or reason.check(error.ConnectionDone):
+            self._fail("connection to the device lost: closed before an exit status")
         else:
-            why = reason.getErrorMessage() if reason is not None else "connection lost"
-            self._fail(f"connection to the device lost: {why}")
+            self._fail(f"connection to the device lost: {reason.getErrorMessage()}")
 
     def _pump(self) -> None:
         if self._pumping:
@@ -256,8 +257,8 @@ class SSH1ClientProtocol(Protocol):
                 self.transport.write(data)
         if self.transport is not None:
             self.transport.loseConnection()
-        if self.is_open:
-            self.sink.failed(message)
+        if self.is_open:  # the bridge names the target only for failures before this
+            self.sink.failed(f"{self.options.peer}: {message}")
         elif not self.opened.called:
             self.opened.errback(exc if exc is not None else SSH1ClientError(message))
 

@@ -1,0 +1,357 @@
+"""The SSH-1 upstream target in memory: SSH1Target -> our Twisted SSH-1 client -> the
+gateway's own dispatcher and SSH-1 server, joined by twisted.test.iosim, on a
+MemoryReactorClock. No sockets, no sleeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from gateway.dispatch import DispatcherFactory
+from gateway.known_hosts import KnownHosts
+from gateway.targets import TargetConfig
+from gateway.targets.ssh1 import SSH1Target
+from protocols.auth import AuthLimits
+from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
+from protocols.ssh1 import keyfile, keys
+from protocols.ssh1.client import SSH1ClientProtocol
+from protocols.ssh1.server import SSH1ServerFactory
+from protocols.ssh1.settings import SSH1Settings
+from tests.gateway.test_bridge import FakeClient
+from tests.ssh1.minclient import host_key, server_key, user_key
+from tests.ssh1.test_server import Realm, RSAChecker
+
+
+@dataclass(frozen=True)
+class CompressingConfig(TargetConfig):
+    compression: int = 0
+
+
+@pytest.fixture
+def known_hosts(tmp_path) -> KnownHosts:
+    return KnownHosts(tmp_path / "known_hosts")
+
+
+class Device:
+    """The gateway's own SSH-1 server standing in for a legacy device."""
+
+    def __init__(self, reactor, host=None, ciphers=("3des", "blowfish", "des"), protocols=("ssh1",)):
+        self.realm = Realm()
+        checker = InMemoryUsernamePasswordDatabaseDontUse(admin=b"devpass")
+        rsa_checker = RSAChecker({b"admin": keys.public_numbers(user_key())})
+        portal = Portal(self.realm, [checker, rsa_checker])
+        self.ssh1 = SSH1ServerFactory(
+            portal, host or host_key(), SSH1Settings(ciphers=ciphers), AuthLimits(failure_delay=0.0),
+            reactor, key_generator=lambda bits: server_key(),
+        )
+        self.dispatcher = DispatcherFactory({p: self.ssh1 for p in protocols}, reactor)
+
+    @property
+    def target(self):
+        [avatar] = self.realm.avatars
+        [target] = avatar.targets
+        return target
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, known_hosts, device: Device | None = None, **config):
+        self.reactor = MemoryReactorClock()
+        self.device = device or Device(self.reactor)
+        settings = dict(name="dev", protocol="ssh1", host="192.0.2.1", port=22,
+                        username="admin", password="devpass")
+        settings.update(config)
+        self.config = CompressingConfig(**settings)
+        self.known_hosts = known_hosts
+        self.target = SSH1Target(
+            self.reactor, self.config, known_hosts,
+            endpoint_factory=lambda host, port, timeout: TCP4ClientEndpoint(
+                self.reactor, host, port, timeout
+            ),
+        )
+        self.client = FakeClient()
+        self.pump: iosim.IOPump | None = None
+
+    def open(self, request: SessionRequest, username="alice", password=None, connect=True):
+        self.bridge = self.target.open_session(username, request, self.client, password=password)
+        if connect:
+            self.connect()
+        return self.bridge
+
+    def connect(self) -> None:
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[-1]
+        assert (host, port) == (self.config.host, self.config.port)
+        client_proto = factory.buildProtocol(None)
+        server_proto = self.device.dispatcher.buildProtocol(None)
+        self.client_transport = iosim.makeFakeClient(client_proto)
+        self.server_transport = iosim.makeFakeServer(server_proto)
+        self.pump = iosim.connect(
+            server_proto, self.server_transport, client_proto, self.client_transport, greet=False
+        )
+        self.flush()
+
+    def flush(self) -> None:
+        assert self.pump is not None
+        for _ in range(50):
+            self.pump.flush()
+            self.reactor.advance(0)
+            if not self.pump.pump():
+                break
+
+    @property
+    def protocol(self) -> SSH1ClientProtocol:
+        return self.bridge.upstream.protocol
+
+
+def test_command_stdout_stderr_exit_status(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts)
+    bridge = rig.open(SessionRequest(command=b"echo hi; exit 7"))
+    bridge.write_stdin(b"input")
+    bridge.close_stdin()
+    rig.flush()
+    assert bridge.upstream is not None
+    target = rig.device.target
+    assert target.request.command == b"echo hi; exit 7"
+    assert b"".join(target.stdin) == b"input" and target.eof
+    assert "cipher=3des" in bridge.upstream.description
+    target.client.write_stdout(b"hi\n")
+    target.client.write_stderr(b"oops\n")
+    target.client.exited(ExitInfo(status=7))
+    rig.flush()
+    assert (rig.client.out, rig.client.err, rig.client.exit) == (b"hi\n", b"oops\n", ExitInfo(status=7))
+    assert rig.client_transport.disconnecting
+    assert "192.0.2.1" in (tmp_path / "known_hosts").read_text()  # accept-new pinned it
+
+
+def test_input_before_session_open_is_held_and_delivered(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts)
+    bridge = rig.open(SessionRequest(command=b"cat"), connect=False)
+    bridge.write_stdin(b"early ")
+    bridge.resize(WindowSize(30, 100))
+    rig.connect()
+    bridge.write_stdin(b"late")
+    rig.flush()
+    assert b"".join(rig.device.target.stdin) == b"early late"
+
+
+def test_pty_shell_and_window_change(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts)
+    pty = PtyRequest("xterm-256color", WindowSize(24, 80, 0, 0), ((128, 38400), (3, 127), (53, 1)))
+    bridge = rig.open(SessionRequest(command=None, pty=pty))
+    target = rig.device.target
+    assert target.request.command is None
+    assert target.request.pty == PtyRequest(
+        "xterm-256color", WindowSize(24, 80), ((128, 38400), (3, 127), (53, 1))
+    )
+    bridge.resize(WindowSize(50, 132, 1, 2))
+    rig.flush()
+    assert target.sizes == [WindowSize(50, 132, 1, 2)]
+    bridge.send_signal("INT")  # SSH-1 has no signals: ignored, connection unharmed
+    bridge.write_stdin(b"exit\n")
+    rig.flush()
+    assert b"".join(target.stdin) == b"exit\n"
+
+
+def test_rsa_key_login(tmp_path, known_hosts):
+    path = tmp_path / "device_key"
+    path.write_bytes(keyfile.dump_private_key(user_key(), "gw"))
+    rig = Rig(tmp_path, known_hosts, password=None, key=path)
+    rig.open(SessionRequest(command=b"id"))
+    assert rig.device.target.request.command == b"id"
+
+
+def test_wrong_password_refused_with_message(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts, password="wrong")
+    rig.open(SessionRequest(command=b"id"))
+    assert rig.client.exit == ExitInfo(status=255)
+    assert rig.client.err == (
+        b"sshgateway: dev: login as 'admin' refused by the device (tried password)\r\n"
+    )
+    assert not rig.device.realm.avatars
+
+
+def test_pass_through_uses_gateway_password_and_login_name(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts, username=None, password=None, credentials="pass-through")
+    rig.open(SessionRequest(command=b"id"), username="admin", password="devpass")
+    assert rig.device.target.request.command == b"id"
+
+
+def test_unlisted_key_then_password(tmp_path, known_hosts):
+    path = tmp_path / "other_key"
+    path.write_bytes(keyfile.dump_private_key(rsa.generate_private_key(65537, 1024)))
+    rig = Rig(tmp_path, known_hosts, key=path)
+    rig.open(SessionRequest(command=b"id"))
+    assert rig.device.target.request.command == b"id"
+
+
+@pytest.mark.parametrize("cipher", ["3des", "blowfish", "des"])
+def test_each_cipher(tmp_path, known_hosts, cipher):
+    rig = Rig(tmp_path, known_hosts, ciphers=(cipher,))
+    bridge = rig.open(SessionRequest(command=b"x"))
+    assert f"cipher={cipher}" in bridge.upstream.description
+    rig.device.target.client.write_stdout(b"z" * 100000)
+    rig.flush()
+    assert rig.client.out == b"z" * 100000
+
+
+def test_compression(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts, compression=6)
+    bridge = rig.open(SessionRequest(command=b"x"))
+    assert "compression=6" in bridge.upstream.description
+    bridge.write_stdin(b"a" * 300000)
+    rig.flush()
+    assert b"".join(rig.device.target.stdin) == b"a" * 300000
+
+
+def test_changed_host_key_refused_with_warning(tmp_path, known_hosts):
+    first = Rig(tmp_path, known_hosts)
+    first.open(SessionRequest(command=b"x"))
+    assert first.client.exit is None
+    other = rsa.generate_private_key(65537, 2048)
+    rig = Rig(tmp_path, known_hosts, device=Device(MemoryReactorClock(), host=other))
+    rig.open(SessionRequest(command=b"x"))
+    assert rig.client.exit == ExitInfo(status=255)
+    assert b"CHANGED" in rig.client.err and b"dev:" in rig.client.err
+    assert not rig.device.realm.avatars  # no password was ever sent
+
+
+def test_strict_unknown_host_refused(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts, host_key="strict")
+    rig.open(SessionRequest(command=b"x"))
+    assert rig.client.exit == ExitInfo(status=255)
+    assert not (tmp_path / "known_hosts").exists() or not (tmp_path / "known_hosts").read_text()
+
+
+def test_fingerprint_policy(tmp_path, known_hosts):
+    e, n = keys.public_numbers(host_key())
+    rig = Rig(tmp_path, known_hosts, host_key=keys.ssh1_fingerprint(e, n))
+    rig.open(SessionRequest(command=b"x"))
+    assert rig.client.exit is None and rig.device.target
+
+
+def test_connection_refused(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts)
+    rig.open(SessionRequest(command=b"x"), connect=False)
+    connector = rig.reactor.connectors[-1]
+    _host, _port, factory, _timeout, _bind = rig.reactor.tcpClients[-1]
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+    assert rig.client.exit == ExitInfo(status=255)
+    assert rig.client.err == b"sshgateway: dev: cannot connect to 192.0.2.1:22: connection refused\r\n"
+
+
+def test_connect_timeout_while_connecting(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts, connect_timeout=5.0)
+    rig.open(SessionRequest(command=b"x"), connect=False)
+    rig.reactor.advance(5.0)
+    assert rig.client.exit == ExitInfo(status=255)
+    assert b"no session within 5 s" in rig.client.err
+    assert rig.reactor.connectors[-1].stoppedConnecting
+
+
+def test_connect_timeout_with_silent_device(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts, connect_timeout=5.0)
+    rig.open(SessionRequest(command=b"x"), connect=False)
+    host, port, factory, _timeout, _bind = rig.reactor.tcpClients[-1]
+    proto = factory.buildProtocol(None)
+    transport = iosim.FakeTransport(proto, isServer=False)
+    proto.makeConnection(transport)
+    rig.reactor.advance(5.0)
+    assert rig.client.exit == ExitInfo(status=255)
+    assert b"no session within 5 s" in rig.client.err
+    assert transport.disconnecting  # dropped at once
+
+
+def test_device_speaking_only_ssh2(tmp_path, known_hosts):
+    reactor = MemoryReactorClock()
+    rig = Rig(tmp_path, known_hosts, device=Device(reactor, protocols=("ssh2",)))
+    rig.open(SessionRequest(command=b"x"))
+    assert b"device speaks only SSH-2" in rig.client.err
+    assert rig.client.exit == ExitInfo(status=255)
+
+
+def test_device_disconnect_mid_session(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts)
+    rig.open(SessionRequest(command=b"x"))
+    rig.server_transport.loseConnection()
+    rig.flush()
+    assert rig.client.exit == ExitInfo(status=255)
+    assert rig.client.err == (
+        b"sshgateway: 192.0.2.1:22: connection to the device lost: closed before an exit status\r\n"
+    )
+
+
+def test_client_close_disconnects_device(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts)
+    bridge = rig.open(SessionRequest(command=b"x"))
+    bridge.close()
+    rig.flush()
+    assert rig.client_transport.disconnecting
+    assert rig.device.target.closed
+
+
+def test_back_pressure_both_ways(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts)
+    bridge = rig.open(SessionRequest(command=b"x"))
+    proto = rig.protocol
+    calls = []
+    rig.client_transport.pauseProducing = lambda: calls.append("pause")
+    rig.client_transport.resumeProducing = lambda: calls.append("resume")
+    # the gateway's client cannot take more: we stop reading the device
+    bridge.pauseProducing()
+    assert calls == ["pause"]
+    rig.device.target.client.write_stdout(b"held")
+    rig.flush()
+    assert rig.client.out == b""
+    bridge.resumeProducing()
+    rig.flush()
+    assert calls == ["pause", "resume"]
+    assert rig.client.out == b"held"
+    # the device's socket is full: the gateway's client input is paused
+    producer = FakeInput()
+    bridge.registerProducer(producer, True)
+    proto._gate.pauseProducing()
+    assert producer.paused
+    proto._gate.resumeProducing()
+    assert not producer.paused
+
+
+class FakeInput:
+    paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def stopProducing(self):
+        pass
+
+
+def test_unknown_cipher_in_config_refused(tmp_path, known_hosts):
+    with pytest.raises(ValueError, match="unknown ssh1 cipher 'aes128-ctr'"):
+        Rig(tmp_path, known_hosts, ciphers=("aes128-ctr",))
+
+
+def test_bad_key_file_refused(tmp_path, known_hosts):
+    path = tmp_path / "k"
+    path.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    with pytest.raises(ValueError, match="targets.dev: key .*not an SSH-1 private key"):
+        Rig(tmp_path, known_hosts, key=path)
+    with pytest.raises(ValueError, match="cannot read key"):
+        Rig(tmp_path, known_hosts, key=tmp_path / "missing")
+
+
+def test_options_repr_hides_password(tmp_path, known_hosts):
+    rig = Rig(tmp_path, known_hosts)
+    assert "devpass" not in repr(rig.target.options("alice", None))
+    assert replace(rig.config, password="x").password == "x"
