@@ -28,10 +28,11 @@ from __future__ import annotations
 import base64
 import binascii
 import fcntl
-import fnmatch
+import functools
 import hashlib
 import hmac
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,14 @@ def _hashed_matches(field: str, name: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
+    # OpenSSH patterns know only "*" and "?"; "[" and "]" are literal (``[host]:port``).
+    return re.compile(
+        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    )
+
+
 def _host_field_matches(field: str, name: str) -> bool:
     if field.startswith("|"):
         return _hashed_matches(field, name)
@@ -122,7 +131,7 @@ def _host_field_matches(field: str, name: str) -> bool:
         negated = pattern.startswith("!")
         if negated:
             pattern = pattern[1:]
-        if fnmatch.fnmatchcase(name, pattern):
+        if _glob(pattern).fullmatch(name):
             if negated:
                 return False
             matched = True

@@ -1,0 +1,302 @@
+"""The SSH-2 upstream target against a real OpenSSH sshd on loopback, with a private
+reactor driven for bounded time: exec, exit status and signal, stderr, key logins, pty
+and window change, host key pinning, connection failures, 16 MiB each way, flow control.
+(Password and keyboard-interactive logins are covered in memory: a real sshd would need
+a system account with a password.)"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from zope.interface import implementer
+
+from gateway.known_hosts import KnownHosts
+from gateway.targets import TargetConfig
+from gateway.targets.ssh2 import LOCAL_WINDOW, SSH2Target
+from protocols.session import ISessionClient, PtyRequest, SessionRequest, WindowSize
+from tests.sshd import (
+    OpenSSHServer,
+    close_reactor,
+    free_port,
+    fresh_reactor,
+    keygen,
+    run_until,
+    silent_listener,
+)
+
+pytestmark = pytest.mark.peer
+TIMEOUT = 30
+
+
+@implementer(ISessionClient)
+class Client:
+    """The front end's side of a session, recording what the bridge tells it."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.err = bytearray()
+        self.eof = False
+        self.exit = None
+        self.producer = None
+
+    def write_stdout(self, data: bytes) -> None:
+        self.out += data
+
+    def write_stderr(self, data: bytes) -> None:
+        self.err += data
+
+    def send_eof(self) -> None:
+        self.eof = True
+
+    def exited(self, info) -> None:
+        self.exit = info
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class Feeder:
+    """The front end's input: writes ``data`` in chunks while the bridge lets it."""
+
+    def __init__(self, session, data: bytes, chunk: int = 64 * 1024) -> None:
+        self.session = session
+        self.data = memoryview(data)
+        self.chunk = chunk
+        self.paused = False
+        self.pauses = 0
+        session.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.data = memoryview(b"")
+
+    def step(self) -> None:
+        while not self.paused and self.data:
+            piece, self.data = self.data[: self.chunk], self.data[self.chunk :]
+            self.session.write_stdin(bytes(piece))
+            if not self.data:
+                self.session.close_stdin()
+                return
+            break
+
+
+@pytest.fixture(scope="module")
+def user_key(tmp_path_factory) -> Path:
+    return keygen(tmp_path_factory.mktemp("user") / "id_ed25519")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory, user_key):
+    with OpenSSHServer(tmp_path_factory.mktemp("sshd"), [Path(str(user_key) + ".pub")]) as s:
+        yield s
+
+
+@pytest.fixture
+def reactor():
+    r = fresh_reactor()
+    yield r
+    close_reactor(r)
+
+
+def config(port: int, key: Path | None, **extra) -> TargetConfig:
+    return TargetConfig(
+        name="dev",
+        protocol="ssh2",
+        host="127.0.0.1",
+        port=port,
+        username="root",
+        key=key,
+        connect_timeout=extra.pop("connect_timeout", 20.0),
+        **extra,
+    )
+
+
+def run(reactor, target, request, stdin: bytes | None = None, until=None):
+    client = Client()
+    session = target.open_session("alice", request, client)
+    if stdin is not None:
+        session.write_stdin(stdin)
+        session.close_stdin()
+    assert run_until(reactor, until or (lambda: client.exit is not None), TIMEOUT)
+    return client, session
+
+
+def exec_request(command: bytes, pty: PtyRequest | None = None) -> SessionRequest:
+    return SessionRequest(command=command, pty=pty)
+
+
+def test_exec_stdout_stderr_exit_status(reactor, sshd, user_key, tmp_path):
+    target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
+    client, session = run(
+        reactor, target, exec_request(b"cat; echo oops >&2; exit 7"), stdin=b"hello\n"
+    )
+    assert bytes(client.out) == b"hello\n"
+    assert bytes(client.err) == b"oops\n"
+    assert client.exit.status == 7
+    assert client.eof
+    desc = session.stats and session.upstream  # upstream is dropped at the end
+    assert desc is None
+
+
+def test_exit_signal(reactor, sshd, user_key, tmp_path):
+    target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
+    client, _ = run(reactor, target, exec_request(b"kill -TERM $$"))
+    assert client.exit.signal == "TERM"
+    assert client.exit.status is None
+
+
+def test_rsa_user_key_signs_with_sha2(reactor, tmp_path):
+    key = keygen(tmp_path / "id_rsa", "rsa")
+    with OpenSSHServer(tmp_path / "sshd", [Path(str(key) + ".pub")]) as server:
+        target = SSH2Target(reactor, config(server.port, key), KnownHosts(tmp_path / "kh"))
+        client, _ = run(reactor, target, exec_request(b"echo ok"))
+    assert bytes(client.out) == b"ok\n"
+    assert client.exit.status == 0
+
+
+def test_wrong_key_is_refused(reactor, sshd, tmp_path):
+    other = keygen(tmp_path / "id_other")
+    target = SSH2Target(reactor, config(sshd.port, other), KnownHosts(tmp_path / "kh"))
+    client, _ = run(reactor, target, exec_request(b"true"))
+    assert client.exit.status == 255
+    assert b"authentication refused by upstream" in client.err
+
+
+def test_pty_and_window_change(reactor, sshd, user_key, tmp_path):
+    target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
+    pty = PtyRequest(term="xterm", size=WindowSize(rows=24, cols=80), modes=((53, 0),))
+    client = Client()
+    session = target.open_session(
+        "alice", exec_request(b"stty size; tty; read x; stty size", pty), client
+    )
+    assert run_until(reactor, lambda: b"/dev/pts" in client.out, TIMEOUT)
+    assert b"24 80" in client.out
+    session.resize(WindowSize(rows=50, cols=132))
+    session.write_stdin(b"go\r")
+    assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
+    assert b"50 132" in client.out
+    assert b"go" not in client.out  # ECHO (opcode 53) off was passed on
+    assert client.exit.status == 0
+
+
+def test_accept_new_then_pinned_then_changed_key_refused(reactor, user_key, tmp_path):
+    known = KnownHosts(tmp_path / "state" / "known_hosts")
+    with OpenSSHServer(tmp_path / "sshd", [Path(str(user_key) + ".pub")]) as server:
+        target = SSH2Target(reactor, config(server.port, user_key), known)
+        client, _ = run(reactor, target, exec_request(b"echo first"))
+        assert client.exit.status == 0
+        lines = (tmp_path / "state" / "known_hosts").read_text().splitlines()
+        assert lines == [f"[127.0.0.1]:{server.port} " + " ".join(server.host_public().split()[:2])]
+        assert (tmp_path / "state" / "known_hosts").stat().st_mode & 0o777 == 0o600
+        client, _ = run(reactor, target, exec_request(b"echo again"))
+        assert bytes(client.out) == b"again\n"
+        assert len((tmp_path / "state" / "known_hosts").read_text().splitlines()) == 1
+
+        server.stop()
+        server.new_host_keys()
+        server.start()
+        client, _ = run(reactor, target, exec_request(b"echo never"))
+    assert client.out == b""
+    assert client.exit.status == 255
+    err = bytes(client.err).decode()
+    assert f"host key for 127.0.0.1:{server.port} has CHANGED" in err
+    assert "known_hosts:1" in err
+    assert "SHA256:" in err
+
+
+def test_strict_unknown_host_refused(reactor, sshd, user_key, tmp_path):
+    target = SSH2Target(
+        reactor, config(sshd.port, user_key, host_key="strict"), KnownHosts(tmp_path / "kh")
+    )
+    client, _ = run(reactor, target, exec_request(b"echo never"))
+    assert client.exit.status == 255
+    assert b"is not known" in client.err
+    assert not (tmp_path / "kh").exists()
+
+
+def test_fingerprint_policy(reactor, sshd, user_key, tmp_path):
+    import base64
+
+    blob = base64.b64decode(sshd.host_public().split()[1])
+    fp = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    target = SSH2Target(
+        reactor, config(sshd.port, user_key, host_key=fp), KnownHosts(tmp_path / "kh")
+    )
+    client, _ = run(reactor, target, exec_request(b"echo pinned"))
+    assert bytes(client.out) == b"pinned\n"
+
+
+def test_connection_refused(reactor, user_key, tmp_path):
+    target = SSH2Target(reactor, config(free_port(), user_key), KnownHosts(tmp_path / "kh"))
+    client, _ = run(reactor, target, exec_request(b"true"))
+    assert client.exit.status == 255
+    assert b"dev: connection refused" in client.err
+
+
+def test_silent_upstream_times_out(reactor, user_key, tmp_path):
+    with silent_listener() as port:
+        target = SSH2Target(
+            reactor, config(port, user_key, connect_timeout=1.0), KnownHosts(tmp_path / "kh")
+        )
+        client, _ = run(reactor, target, exec_request(b"true"))
+        # The canceller dropped our half of the connection.
+        assert run_until(reactor, lambda: set(reactor.getReaders()) <= {reactor.waker}, 5)
+    assert client.exit.status == 255
+    assert b"no session within 1 s" in client.err
+
+
+def test_reset_mid_session(reactor, sshd, user_key, tmp_path):
+    target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
+    client = Client()
+    target.open_session("alice", exec_request(b"echo started; sleep 1; kill -9 $PPID"), client)
+    assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
+    assert bytes(client.out) == b"started\n"
+    assert client.exit.status == 255
+    assert b"connection reset" in client.err
+
+
+def test_16_mib_each_way_byte_identical(reactor, sshd, user_key, tmp_path):
+    target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
+    data = os.urandom(16 * 1024 * 1024)
+    client = Client()
+    session = target.open_session("alice", exec_request(b"cat"), client)
+    feeder = Feeder(session, data)
+
+    def done() -> bool:
+        feeder.step()
+        return client.exit is not None
+
+    assert run_until(reactor, done, 120)
+    assert client.exit.status == 0
+    assert len(client.out) == len(data)
+    assert hashlib.sha256(client.out).digest() == hashlib.sha256(data).digest()
+    assert feeder.pauses > 0  # the upstream's window held the input back
+
+
+def test_paused_front_end_stops_upstream_output(reactor, sshd, user_key, tmp_path):
+    target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
+    client = Client()
+    session = target.open_session("alice", exec_request(b"head -c 8388608 /dev/zero"), client)
+    assert run_until(reactor, lambda: len(client.out) > 0, TIMEOUT)
+    session.pauseProducing()  # what the front end does when its client stops reading
+    run_until(reactor, lambda: False, 1.0)
+    held = len(client.out)
+    run_until(reactor, lambda: False, 0.5)
+    assert len(client.out) == held  # nothing more once the granted window is used up
+    assert held < 2 * LOCAL_WINDOW + 1024 * 1024
+    session.resumeProducing()
+    assert run_until(reactor, lambda: client.exit is not None, 60)
+    assert len(client.out) == 8 * 1024 * 1024
+    assert client.exit.status == 0

@@ -1,0 +1,155 @@
+"""A real OpenSSH sshd for tests: Debian's openssh-server on a free loopback port, with its
+own config, host keys and authorized_keys, logging in as the current user (root in CI:
+``PermitRootLogin yes``). Key logins only: password logins would need a system account
+with a password, which tests must not create.
+
+Also :func:`fresh_reactor` / :func:`run_until`: tests drive the gateway side with a
+private reactor (the global one cannot be restarted between tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tests.peers import require_peer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path, kind: str = "ed25519") -> Path:
+    """A passphrase-less OpenSSH key pair at ``path`` / ``path.pub``."""
+    tool = require_peer("ssh-keygen")["ssh-keygen"]
+    extra = ["-b", "2048"] if kind == "rsa" else []
+    if path.exists():
+        path.unlink()
+        Path(str(path) + ".pub").unlink(missing_ok=True)
+    subprocess.run(
+        [tool, "-q", "-t", kind, *extra, "-N", "", "-C", "", "-f", str(path)],
+        check=True,
+        timeout=60,
+    )
+    return path
+
+
+class OpenSSHServer:
+    """``with OpenSSHServer(workdir, [user_pub, ...]) as sshd:`` -> ``sshd.port``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        authorized: list[Path],
+        host_key_types: tuple[str, ...] = ("ed25519",),
+        extra_config: str = "",
+    ) -> None:
+        self.sshd = require_peer("sshd")["sshd"]
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.host_keys = [keygen(workdir / f"host_{kind}", kind) for kind in host_key_types]
+        self.authorized = workdir / "authorized_keys"
+        self.authorized.write_text("".join(Path(str(p)).read_text() for p in authorized))
+        self.extra_config = extra_config
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    def host_public(self, index: int = 0) -> str:
+        return Path(str(self.host_keys[index]) + ".pub").read_text().strip()
+
+    def new_host_keys(self) -> None:
+        """Replace the host keys (takes effect at the next :meth:`start`)."""
+        self.host_keys = [
+            keygen(p, p.name.removeprefix("host_")) for p in self.host_keys
+        ]
+
+    def start(self) -> None:
+        self.port = self.port or free_port()
+        config = self.workdir / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\n"
+            + "".join(f"HostKey {k}\n" for k in self.host_keys)
+            + f"AuthorizedKeysFile {self.authorized}\nPidFile none\nUsePAM no\n"
+            "StrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nAcceptEnv NOTHING\nLogLevel ERROR\n"
+            "MaxStartups 50\nMaxSessions 50\n" + self.extra_config
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [self.sshd, "-D", "-e", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "sshd.log", "ab"),  # noqa: SIM115
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "sshd did not start: " + (self.workdir / "sshd.log").read_text()
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)  # the listener and its per-connection children
+        proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()
+
+    def __enter__(self) -> OpenSSHServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel completes the handshake into
+    the backlog) but never says anything: the upstream that hangs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield s.getsockname()[1]
+
+
+def fresh_reactor():
+    from twisted.internet.epollreactor import EPollReactor
+
+    return EPollReactor()
+
+
+def close_reactor(reactor) -> None:
+    for call in reactor.getDelayedCalls():
+        call.cancel()
+    reactor.removeAll()
+    reactor._poller.close()
+    waker = reactor.waker
+    for fd in (getattr(waker, "i", None), getattr(waker, "o", None)):
+        if isinstance(fd, int):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def run_until(reactor, done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        reactor.iterate(0.01)
+    return True
