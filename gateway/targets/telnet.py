@@ -324,10 +324,15 @@ class _DeviceProtocol(t.TelnetProtocol):
         self._ask(self.transport.do, t.SGA)
         self._ask(self.transport.will, TTYPE)
         self._ask(self.transport.will, t.NAWS)
-        self._ask(self.transport.do, BINARY)
-        self._ask(self.transport.will, BINARY)
+        # Twisted negotiates one direction of an option at a time: WILL BINARY once the
+        # device has answered DO BINARY.
+        self.transport.do(BINARY).addBoth(self._offer_binary)
         if self.phase == "open":
             self._open()
+
+    def _offer_binary(self, _: object) -> None:
+        if not self.closed and not self.transport._local_enabled(BINARY):
+            self._ask(self.transport.will, BINARY)
 
     def _ask(self, request: Callable[[bytes], defer.Deferred], option: bytes) -> None:
         # A refusal (or the connection closing first) is an answer, not an error.
@@ -343,13 +348,14 @@ class _DeviceProtocol(t.TelnetProtocol):
             else:
                 self.attempt.fail(self._lost_reason(reason, "login"))
             return
+        name = self.attempt.config.name
         if self.violation is not None:
-            self.sink.failed(f"device protocol error: {self.violation}")
+            self.sink.failed(f"{name}: device protocol error: {self.violation}")
         elif reason.check(error.ConnectionDone):
             self.sink.eof()
             self.sink.exited(ExitInfo(status=0))
         else:
-            self.sink.failed(self._lost_reason(reason, "session"))
+            self.sink.failed(f"{name}: {self._lost_reason(reason, 'session')}")
 
     def _lost_reason(self, reason: Failure, during: str) -> str:
         if reason.check(error.ConnectionDone):
@@ -408,14 +414,13 @@ class _DeviceProtocol(t.TelnetProtocol):
         self._login_step()
 
     def _login_step(self) -> None:
-        config = self.attempt.config
         if self.phase == "login" and self.attempt.login_re.search(self.window):
             self._answer(self.attempt.username)
             self.phase = "password" if self.attempt.password_re is not None else "open"
         elif self.phase == "password" and self.attempt.password_re.search(self.window):
             password = self.attempt.password
             if password is None:
-                self.attempt.fail(f"{config.name}: no password to answer the device's prompt")
+                self.attempt.fail("no password to answer the device's prompt")
                 self.abort()
                 return
             self._answer(password)
@@ -446,18 +451,19 @@ class _DeviceProtocol(t.TelnetProtocol):
 
     @property
     def description(self) -> str:
-        peer = self.transport._peer() if self.transport is not None else "?"
-        enabled = []
+        if self.transport is None:
+            return "telnet"
+        ours, theirs = [], []
         for option, name in _OPTION_NAMES.items():
-            state = self.transport.options.get(option) if self.transport is not None else None
-            if state is None:
-                continue
-            sides = ("us" if state.us.state == "yes" else "") + (
-                "them" if state.him.state == "yes" else ""
-            )
-            if sides:
-                enabled.append(f"{name}({sides})" if name in ("sga", "binary") else name)
-        return f"telnet {peer} options={','.join(enabled) or 'none'}"
+            state = self.transport.options.get(option)
+            if state is not None and state.us.state == "yes":
+                ours.append(name)
+            if state is not None and state.him.state == "yes":
+                theirs.append(name)
+        return (
+            f"telnet {self.transport._peer()} "
+            f"options: us=[{','.join(ours)}] them=[{','.join(theirs)}]"
+        )
 
     def write(self, data: bytes) -> None:
         if not self.closed:

@@ -1,0 +1,477 @@
+"""The telnet target in memory: negotiation, login automation, NVT/IAC, flow control,
+failures and hostile devices, with MemoryReactorClock and StringTransport."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from gateway.targets import TargetConfig
+from gateway.targets.telnet import (
+    LOGIN_TIMEOUT_SHARE,
+    MAX_NEGOTIATIONS,
+    MAX_SUBNEGOTIATION,
+    TelnetTarget,
+    naws_payload,
+    terminal_type,
+)
+from protocols.session import PtyRequest, SessionRequest, WindowSize
+
+IAC, DONT, DO, WONT, WILL, SB, SE, IP = b"\xff", b"\xfe", b"\xfd", b"\xfc", b"\xfb", b"\xfa", b"\xf0", b"\xf4"  # fmt: skip
+BINARY, ECHO, SGA, TTYPE, NAWS = b"\x00", b"\x01", b"\x03", b"\x18", b"\x1f"
+INITIAL = IAC + DO + SGA + IAC + WILL + TTYPE + IAC + WILL + NAWS + IAC + DO + BINARY
+
+
+class Client:
+    def __init__(self):
+        self.out, self.err, self.eof, self.exit = b"", b"", False, None
+        self.producer = None
+
+    def write_stdout(self, data):
+        self.out += data
+
+    def write_stderr(self, data):
+        self.err += data
+
+    def send_eof(self):
+        self.eof = True
+
+    def exited(self, info):
+        self.exit = info
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+class Producer:
+    def __init__(self):
+        self.paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+
+def config(**overrides) -> TargetConfig:
+    settings = dict(
+        name="dev", protocol="telnet", host="192.0.2.5", port=23, username="admin",
+        password="s3cret", connect_timeout=10.0,
+    )  # fmt: skip
+    settings.update(overrides)
+    return TargetConfig(**settings)
+
+
+def pty(term: str = "vt220", rows: int = 24, cols: int = 80) -> PtyRequest:
+    return PtyRequest(term=term, size=WindowSize(rows=rows, cols=cols))
+
+
+class Harness:
+    """A TelnetTarget session whose device side is a StringTransport."""
+
+    def __init__(self, request: SessionRequest, cfg: TargetConfig | None = None, **kw):
+        self.reactor = MemoryReactorClock()
+        self.client = Client()
+        self.cfg = cfg or config()
+        self.session = TelnetTarget(self.reactor, self.cfg, None).open_session(
+            "alice", request, self.client, **kw
+        )
+        host, port, self.factory, self.timeout, _ = self.reactor.tcpClients[0]
+        assert (host, port) == (self.cfg.host, self.cfg.port)
+        self.wire = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+        self.telnet = None
+
+    def connect(self) -> Harness:
+        self.telnet = self.factory.buildProtocol(None)
+        self.telnet.makeConnection(self.wire)
+        return self
+
+    def sent(self) -> bytes:
+        data = self.wire.value()
+        self.wire.clear()
+        return data
+
+    def device(self, data: bytes) -> None:
+        self.telnet.dataReceived(data)
+
+    def negotiate_binary(self) -> None:
+        """The device agrees to BINARY both ways."""
+        self.device(IAC + WILL + BINARY + IAC + DO + BINARY)
+
+    def lose(self, reason=error.ConnectionDone) -> None:
+        self.telnet.connectionLost(Failure(reason()))
+
+
+def opened(request: SessionRequest, **cfg) -> Harness:
+    h = Harness(request, config(**cfg)).connect()
+    assert h.session.upstream is not None
+    return h
+
+
+# -- pure helpers ------------------------------------------------------------------
+
+
+def test_terminal_type_bounded_and_defaulted():
+    assert terminal_type(SessionRequest()) == b"dumb"
+    assert terminal_type(SessionRequest(pty=pty("xterm-256color"))) == b"xterm-256color"
+    assert terminal_type(SessionRequest(pty=pty("a b\x1b[" + "x" * 100))) == b"ab[" + b"x" * 37
+
+
+def test_naws_payload_clamps():
+    assert naws_payload(WindowSize(rows=24, cols=80)) == b"\x00\x50\x00\x18"
+    assert naws_payload(WindowSize(rows=70000, cols=-1)) == b"\x00\x00\xff\xff"
+
+
+# -- negotiation -------------------------------------------------------------------
+
+
+def test_initial_requests_and_refusals():
+    h = opened(SessionRequest(pty=pty()))
+    assert h.sent() == INITIAL
+    # Things we never take: AUTHENTICATION, ENCRYPT, NEW-ENVIRON, LINEMODE, DO ECHO.
+    h.device(IAC + WILL + b"\x25" + IAC + WILL + b"\x26" + IAC + DO + b"\x27")
+    h.device(IAC + DO + b"\x22" + IAC + DO + ECHO)
+    assert h.sent() == (
+        IAC + DONT + b"\x25" + IAC + DONT + b"\x26" + IAC + WONT + b"\x27"
+        + IAC + WONT + b"\x22" + IAC + WONT + ECHO
+    )  # fmt: skip
+
+
+def test_binary_both_ways_one_direction_at_a_time():
+    h = opened(SessionRequest())
+    h.sent()
+    h.device(IAC + WILL + BINARY)
+    assert h.sent() == IAC + WILL + BINARY
+    h.device(IAC + DO + BINARY)
+    assert h.sent() == b""
+    assert "us=[binary] them=[binary]" in h.session.upstream.description
+    # A device that refuses to send binary still gets our offer.
+    h = opened(SessionRequest())
+    h.sent()
+    h.device(IAC + WONT + BINARY)
+    assert h.sent() == IAC + WILL + BINARY
+
+
+def test_echo_taken_only_with_a_pty():
+    h = opened(SessionRequest(pty=pty()))
+    h.sent()
+    h.device(IAC + WILL + ECHO + IAC + WILL + SGA)
+    assert h.sent() == IAC + DO + ECHO
+    h = opened(SessionRequest(command=b"show version"))
+    h.sent()
+    h.device(IAC + WILL + ECHO)
+    assert h.sent() == IAC + DONT + ECHO
+
+
+def test_terminal_type_and_window_size():
+    h = opened(SessionRequest(pty=pty("vt220", rows=24, cols=255)))
+    h.sent()
+    h.device(IAC + DO + TTYPE + IAC + DO + NAWS)
+    # cols 255 is 0xff: doubled inside the subnegotiation.
+    assert h.sent() == IAC + SB + NAWS + b"\x00\xff\xff\x00\x18" + IAC + SE
+    h.device(IAC + SB + TTYPE + b"\x01" + IAC + SE)
+    assert h.sent() == IAC + SB + TTYPE + b"\x00vt220" + IAC + SE
+    h.session.resize(WindowSize(rows=50, cols=132))
+    assert h.sent() == IAC + SB + NAWS + b"\x00\x84\x00\x32" + IAC + SE
+    assert "naws" in h.session.upstream.description
+    assert "ttype" in h.session.upstream.description
+
+
+def test_unsolicited_do_naws_sends_size_after_will():
+    h = Harness(SessionRequest(pty=pty(rows=30, cols=100))).connect()
+    h.sent()
+    h.device(IAC + DONT + NAWS)  # refused our offer...
+    assert h.sent() == b""
+    h.device(IAC + DO + NAWS)  # ...then asked for it: WILL first, then the size
+    assert h.sent() == IAC + WILL + NAWS + IAC + SB + NAWS + b"\x00\x64\x00\x1e" + IAC + SE
+
+
+def test_resize_before_naws_is_remembered():
+    h = opened(SessionRequest(pty=pty()))
+    h.sent()
+    h.device(IAC + DONT + NAWS)
+    h.session.resize(WindowSize(rows=10, cols=20))
+    assert h.sent() == b""
+    h.device(IAC + DO + NAWS)
+    assert h.sent().endswith(IAC + SB + NAWS + b"\x00\x14\x00\x0a" + IAC + SE)
+
+
+def test_ttype_answers_are_bounded():
+    h = opened(SessionRequest())
+    h.device(IAC + DO + TTYPE)
+    h.sent()
+    h.device((IAC + SB + TTYPE + b"\x01" + IAC + SE) * 50)
+    assert h.sent().count(b"dumb") == 8
+
+
+# -- data plane --------------------------------------------------------------------
+
+
+def test_nvt_output_without_pty_folds_newlines():
+    h = opened(SessionRequest())
+    h.device(b"a\r\nb\r\x00c\xff\xffd\r")
+    h.device(b"\ne\r\r\nf")
+    assert h.client.out == b"a\nb\rc\xffd\ne\r\nf"
+
+
+def test_nvt_output_with_pty_keeps_crlf():
+    h = opened(SessionRequest(pty=pty()))
+    h.device(b"a\r\nb\r\x00c")
+    assert h.client.out == b"a\r\nb\rc"
+
+
+def test_binary_output_with_pty_is_raw():
+    h = opened(SessionRequest(pty=pty()))
+    h.negotiate_binary()
+    h.device(b"a\r\x00b\r\nc\xff\xff\x00")
+    assert h.client.out == b"a\r\x00b\r\nc\xff\x00"
+
+
+def test_binary_output_without_pty_still_folds_crlf():
+    h = opened(SessionRequest())
+    h.negotiate_binary()
+    h.device(b"a\r\nb\r\x00c")
+    assert h.client.out == b"a\nb\r\x00c"
+
+
+def test_nvt_input_encoding():
+    h = opened(SessionRequest(pty=pty()))
+    h.sent()
+    h.session.write_stdin(b"a\rb\nc\r\nd\xff")
+    h.session.write_stdin(b"e\r")
+    h.session.write_stdin(b"\nf")  # the LF of a split CR LF is not a second newline
+    assert h.sent() == b"a\r\x00b\r\nc\r\nd\xff\xffe\r\x00f"
+
+
+def test_binary_input_is_raw_but_iac_doubled():
+    h = opened(SessionRequest(pty=pty()))
+    h.negotiate_binary()
+    h.sent()
+    h.session.write_stdin(b"a\rb\n\xff\x00")
+    assert h.sent() == b"a\rb\n\xff\xff\x00"
+
+
+def test_commands_in_data_are_not_data():
+    h = opened(SessionRequest())
+    h.device(b"x" + IAC + b"\xf1" + b"y" + IAC + b"\xf9" + IAC + b"\x01" + b"z")  # NOP, GA, junk
+    h.device(IAC + SB + IAC + SE + b"w")  # empty subnegotiation
+    h.device(IAC + SB + b"\x99abc" + IAC + SE + b"v")  # unknown option's subnegotiation
+    assert h.client.out == b"xyzwv"
+
+
+# -- login automation and exec ---------------------------------------------------------
+
+
+def test_login_prompts_answered_and_dialog_hidden():
+    cfg = config(login_prompt=r"[Uu]sername: ?$", password_prompt=r"[Pp]assword: ?$")
+    h = Harness(SessionRequest(command=b"show run"), cfg).connect()
+    h.sent()
+    h.device(b"Welcome\r\nUser")
+    assert h.sent() == b"" and h.session.upstream is None
+    h.device(b"name: ")
+    assert h.sent() == b"admin\r\n"
+    h.device(b"admin\r\nPassword: ")
+    # The session opens once the password is sent; the command and "exit" follow.
+    assert h.sent() == b"s3cret\r\nshow run\r\nexit\r\n"
+    assert h.session.upstream is not None
+    h.device(b"\r\nhostname sw1\r\nrouter> ")
+    h.lose()
+    assert h.client.out == b"\nhostname sw1\nrouter> "
+    assert h.client.exit.status == 0 and h.client.eof and h.client.err == b""
+
+
+def test_login_in_binary_mode_uses_cr():
+    cfg = config(login_prompt="login: ", password_prompt=None, username=None)
+    h = Harness(SessionRequest(pty=pty()), cfg).connect()
+    h.negotiate_binary()
+    h.sent()
+    h.device(b"login: ")
+    assert h.sent() == b"alice\r"  # no configured username: the gateway user's name
+    assert h.session.upstream is not None
+
+
+def test_pass_through_password():
+    cfg = config(password=None, credentials="pass-through", password_prompt="Password:")
+    h = Harness(SessionRequest(), cfg, password="gateway pw").connect()
+    h.sent()
+    h.device(b"Password:")
+    assert h.sent() == b"gateway pw\r\n"
+
+
+def test_password_prompt_without_password_fails():
+    cfg = config(password=None, password_prompt="Password:")
+    h = Harness(SessionRequest(), cfg).connect()
+    h.device(b"Password:")
+    assert h.client.exit.status == 255
+    assert h.client.err == b"sshgateway: dev: no password to answer the device's prompt\r\n"
+    assert h.wire.disconnecting
+
+
+def test_prompt_matching_window_is_bounded():
+    cfg = config(login_prompt="login:")
+    h = Harness(SessionRequest(), cfg).connect()
+    h.device(b"x" * 1_000_000)
+    proto = h.telnet.protocol
+    assert len(proto.window) <= 4096
+    h.device(b"login:")
+    assert proto.opened
+
+
+def test_login_prompt_never_seen():
+    h = Harness(SessionRequest(), config(login_prompt="login:")).connect()
+    h.device(b"Welcome, but no prompt")
+    h.reactor.advance(10.0 * LOGIN_TIMEOUT_SHARE)
+    assert h.client.exit.status == 255
+    assert h.client.err == b"sshgateway: dev: login prompt never seen from 192.0.2.5:23\r\n"
+    assert h.wire.disconnecting
+    assert h.client.out == b""
+
+
+def test_password_prompt_never_seen():
+    cfg = config(login_prompt="login:", password_prompt="Password:")
+    h = Harness(SessionRequest(), cfg).connect()
+    h.device(b"login:")
+    h.reactor.advance(9.0)
+    assert b"password prompt never seen" in h.client.err
+
+
+def test_closed_during_login():
+    h = Harness(SessionRequest(), config(login_prompt="login:")).connect()
+    h.lose()
+    assert h.client.exit.status == 255
+    assert h.client.err == b"sshgateway: dev: connection closed by the device during login\r\n"
+
+
+# -- connection failures -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        (error.ConnectionRefusedError(), "connection refused by 192.0.2.5:23"),
+        (error.TimeoutError(), "timed out connecting to 192.0.2.5:23"),
+        (error.DNSLookupError(), "cannot resolve 192.0.2.5"),
+        (error.NoRouteError(), "192.0.2.5:23 is unreachable"),
+        (error.ConnectError("boom"), "cannot connect to 192.0.2.5:23 (An error occurred while connecting: boom.)"),
+    ],
+)  # fmt: skip
+def test_connect_failures(reason, message):
+    h = Harness(SessionRequest())
+    h.factory.clientConnectionFailed(None, Failure(reason))
+    assert h.client.exit.status == 255
+    assert h.client.err == f"sshgateway: dev: {message}\r\n".encode()
+
+
+def test_tcp_timeout_is_within_connect_timeout():
+    h = Harness(SessionRequest())
+    assert h.timeout == pytest.approx(10.0 * LOGIN_TIMEOUT_SHARE)
+
+
+def test_bridge_timeout_cancels_connecting():
+    h = Harness(SessionRequest())
+    h.reactor.advance(10.0)
+    assert h.client.exit.status == 255
+    assert b"no session within 10 s" in h.client.err
+    connector = h.reactor.connectors[0]
+    assert connector._disconnected
+
+
+def test_reset_mid_session_is_a_failure():
+    h = opened(SessionRequest())
+    h.device(b"partial")
+    h.lose(error.ConnectionLost)
+    assert h.client.out == b"partial"
+    assert h.client.exit.status == 255
+    assert h.client.err.startswith(b"sshgateway: dev: connection to the device lost during session")
+
+
+# -- session operations ------------------------------------------------------------
+
+
+def test_signal_int_is_telnet_ip_others_dropped():
+    h = opened(SessionRequest(pty=pty()))
+    h.sent()
+    h.session.send_signal("INT")
+    h.session.send_signal("TERM")
+    assert h.sent() == IAC + IP
+
+
+def test_eof_on_pipe_shell_sends_ctrl_d_only_there():
+    h = opened(SessionRequest())
+    h.sent()
+    h.session.close_stdin()
+    assert h.sent() == b"\x04"
+    h = opened(SessionRequest(pty=pty()))
+    h.sent()
+    h.session.close_stdin()
+    assert h.sent() == b""
+
+
+def test_client_close_drops_the_connection_quietly():
+    h = opened(SessionRequest())
+    h.session.close()
+    assert h.wire.disconnecting
+    h.device(b"late output")
+    h.lose()
+    assert h.client.out == b"" and h.client.exit is None
+
+
+def test_flow_control_both_ways():
+    h = opened(SessionRequest())
+    front = Producer()
+    h.session.registerProducer(front, True)
+    # The front end cannot take more output: stop reading the device.
+    h.session.pauseProducing()
+    assert h.wire.producerState == "paused"
+    h.session.resumeProducing()
+    assert h.wire.producerState == "producing"
+    # The device does not read: the transport pauses our producer, which pauses the client.
+    h.wire.producer.pauseProducing()
+    assert front.paused
+    h.wire.producer.resumeProducing()
+    assert not front.paused
+
+
+# -- hostile devices ---------------------------------------------------------------
+
+
+def test_oversized_subnegotiation_disconnects():
+    h = opened(SessionRequest())
+    h.device(IAC + SB + TTYPE + b"x" * (MAX_SUBNEGOTIATION + 10))
+    assert h.wire.disconnecting
+    h.lose()
+    assert h.client.exit.status == 255
+    assert b"device protocol error: telnet subnegotiation longer than" in h.client.err
+
+
+def test_negotiation_flood_disconnects():
+    h = opened(SessionRequest())
+    h.device((IAC + WILL + b"\x25") * (MAX_NEGOTIATIONS + 1))
+    assert h.wire.disconnecting
+    assert len(h.wire.value()) <= 3 * MAX_NEGOTIATIONS + len(INITIAL)
+
+
+def test_protocol_error_during_login():
+    h = Harness(SessionRequest(), config(login_prompt="login:")).connect()
+    h.device(IAC + SB + b"y" * (MAX_SUBNEGOTIATION + 1))
+    h.lose()
+    assert b"device protocol error" in h.client.err and h.client.exit.status == 255
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=20), st.booleans())
+def test_arbitrary_device_bytes_never_raise(chunks, with_pty):
+    h = opened(SessionRequest(pty=pty() if with_pty else None))
+    for chunk in chunks:
+        h.device(chunk)
+    h.lose()
+    assert h.client.exit is not None
