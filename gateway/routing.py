@@ -522,5 +522,6 @@ def build_router(
         try:
             targets[name] = cls(reactor, target, known_hosts)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"target {name}: {e}") from e
+            message = str(e)
+            raise ValueError(message if name in message else f"target {name}: {message}") from e
     return Router(config, targets, reactor)

@@ -293,3 +293,15 @@ def test_warns_about_a_readable_file_with_target_passwords(tmp_path):
     path.write_text(user() + '[targets.sw1]\nprotocol = "ssh1"\nhost = "h"\n')
     os.chmod(path, 0o644)
     assert config_warnings(load_config(path)) == []
+
+
+def test_ssh2_algorithm_names_are_checked_by_the_ssh2_client():
+    pytest.importorskip("gateway.targets.ssh2")
+    found = problems(
+        user()
+        + '[targets.t]\nprotocol = "ssh2"\nhost = "h"\n'
+        + 'kex = ["diffie-hellman-group1-sha1"]\nciphers = ["rot13"]\nmacs = ["hmac-md4"]\n'
+    )
+    assert len(found) == 2, found
+    assert found[0].startswith("gw.toml:8: targets.t.ciphers: ") and "rot13" in found[0]
+    assert found[1].startswith("gw.toml:9: targets.t.macs: ") and "hmac-md4" in found[1]
