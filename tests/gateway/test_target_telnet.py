@@ -467,11 +467,23 @@ def test_protocol_error_during_login():
     assert b"device protocol error" in h.client.err and h.client.exit.status == 255
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(max_size=64), max_size=20), st.booleans())
-def test_arbitrary_device_bytes_never_raise(chunks, with_pty):
-    h = opened(SessionRequest(pty=pty() if with_pty else None))
+_TOKENS = st.sampled_from(
+    [IAC, WILL, WONT, DO, DONT, SB, SE, IP, BINARY, ECHO, SGA, TTYPE, NAWS, b"\r", b"\n",
+     b"\x00", b"text", b"login: ", b"Password: ", b"\x01", b"\xf1"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(_TOKENS | st.binary(max_size=16), max_size=12).map(b"".join), max_size=12),
+    st.booleans(),
+    st.booleans(),
+)
+def test_arbitrary_device_bytes_never_raise(chunks, with_pty, with_login):
+    prompts = {"login_prompt": "login: ", "password_prompt": "Password: "} if with_login else {}
+    h = Harness(SessionRequest(pty=pty() if with_pty else None), config(**prompts)).connect()
     for chunk in chunks:
         h.device(chunk)
+        h.session.write_stdin(chunk)
     h.lose()
     assert h.client.exit is not None

@@ -121,6 +121,24 @@ def test_exec_style_command(device, reactor):
     assert b"echo hi" not in client.out
 
 
+def test_paused_client_stops_reading_the_device(device, reactor):
+    size = 2_000_000
+    client, session = open_session(
+        reactor,
+        config(device.port),
+        SessionRequest(command=f"head -c {size} /dev/zero | tr '\\0' a; echo; echo END".encode()),
+    )
+    wait_for(reactor, client, rb"a{1000}")
+    client.producer.pauseProducing()  # the front end's client stopped reading
+    before = len(client.out)
+    assert before < size // 2
+    run_until(reactor, lambda: False, 1.0)
+    assert len(client.out) - before <= 64 * 1024
+    client.producer.resumeProducing()
+    wait_for(reactor, client, rb"END\n", timeout=30)
+    assert client.out.count(b"a") == size
+
+
 def test_pass_through_password(device, reactor):
     cfg = config(device.port, password=None, credentials="pass-through")
     client, session = open_session(
