@@ -441,7 +441,12 @@ class SSH1ClientProtocol(Protocol):
             core.send_disconnect("session closed by the gateway's client")
         self._flush_raw()
         if self.transport is not None:
-            self.transport.loseConnection()
+            # A device that stopped reading would keep a lost connection open forever
+            # while we wait to flush; then the goodbye is not worth waiting for.
+            if self._gate.paused:
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
 
     def pauseProducing(self) -> None:
         self._set_paused("sink", True)
