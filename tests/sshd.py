@@ -66,9 +66,7 @@ class OpenSSHServer:
 
     def new_host_keys(self) -> None:
         """Replace the host keys (takes effect at the next :meth:`start`)."""
-        self.host_keys = [
-            keygen(p, p.name.removeprefix("host_")) for p in self.host_keys
-        ]
+        self.host_keys = [keygen(p, p.name.removeprefix("host_")) for p in self.host_keys]
 
     def start(self) -> None:
         self.port = self.port or free_port()

@@ -1,0 +1,645 @@
+"""The SSH-2 upstream target in memory: Conch's own server (plus keyboard-interactive,
+which Conch's server lacks) over iosim, with MemoryReactorClock for the connect and the
+bridge's timers. Covers what a test sshd cannot (password and keyboard-interactive logins
+need a system account with a password), connect failures, hostile servers, legacy
+algorithms and the algorithm tables."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from twisted.conch.avatar import ConchUser
+from twisted.conch.error import ValidPublicKey
+from twisted.conch.ssh import channel, common, factory, keys, userauth
+from twisted.conch.ssh import connection as sshconnection
+from twisted.conch.ssh import transport as sshtransport
+from twisted.cred import checkers, credentials, portal
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, error, protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from zope.interface import implementer
+
+from gateway.known_hosts import KnownHosts
+from gateway.targets import TargetConfig
+from gateway.targets.ssh2 import (
+    CIPHERS,
+    HOST_KEY_ALGORITHMS,
+    KEX,
+    MACS,
+    AlgorithmError,
+    SSH2Target,
+    offered_algorithms,
+)
+from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
+from tests.gateway.helpers import ed25519_key, rsa_key
+from tests.gateway.test_target_ssh2_openssh import Client
+
+PASSWORD = "s3cret pass"
+HOST_KEY = ed25519_key()
+RSA_HOST_KEY = rsa_key(2048)
+
+
+# -- a Conch upstream ------------------------------------------------------------------------
+
+
+class Device:
+    """What the fake upstream saw and how it behaves."""
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.channels: list[DeviceSession] = []
+        self.kbd_only = False
+        self.logins: list[str] = []
+
+
+class DeviceSession(channel.SSHChannel):
+    name = b"session"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.device: Device = self.avatar.device
+        self.device.channels.append(self)
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.stdin = bytearray()
+        self.got_eof = False
+
+    def requestReceived(self, requestType: bytes, data: bytes) -> int:
+        self.requests.append((requestType, data))
+        if requestType in (b"exec", b"shell"):
+            self.device.clock.callLater(0, self.run, common.getNS(data)[0] if data else b"")
+            return 1
+        return int(requestType in (b"pty-req", b"window-change", b"signal"))
+
+    def run(self, command: bytes) -> None:
+        if command == b"hello":
+            self.write(b"out\n")
+            self.writeExtended(1, b"err\n")
+            self.exit(struct.pack(">L", 3), b"exit-status")
+        elif command == b"signal":
+            self.exit(
+                common.NS(b"KILL") + b"\x01" + common.NS(b"killed\x1b[31m") + common.NS(b""),
+                b"exit-signal",
+            )
+        elif command == b"noexit":
+            self.conn.sendEOF(self)
+            self.loseConnection()
+
+    def exit(self, data: bytes, kind: bytes) -> None:
+        self.conn.sendRequest(self, kind, data)
+        self.conn.sendEOF(self)
+        self.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.stdin += data
+
+    def eofReceived(self) -> None:
+        self.got_eof = True
+
+
+class DeviceUser(ConchUser):
+    def __init__(self, device: Device) -> None:
+        super().__init__()
+        self.device = device
+        self.channelLookup[b"session"] = DeviceSession
+
+
+@implementer(portal.IRealm)
+class Realm:
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        self.device.logins.append(avatarId.decode())
+        return interfaces[0], DeviceUser(self.device), lambda: None
+
+
+class DeviceAuth(userauth.SSHUserAuthServer):
+    """Conch's server plus keyboard-interactive with one hidden password prompt."""
+
+    passwordDelay = 0
+
+    def serviceStarted(self) -> None:
+        self.clock = self.transport.factory.device.clock
+        super().serviceStarted()
+        if self.transport.factory.device.kbd_only:
+            self.supportedAuthentications = []
+        self.supportedAuthentications.append(b"keyboard-interactive")
+
+    def auth_keyboard_interactive(self, packet: bytes):
+        self._kbd = defer.Deferred()
+        self.transport.sendPacket(
+            userauth.MSG_USERAUTH_INFO_REQUEST,
+            common.NS(b"")
+            + common.NS(b"Welcome")
+            + common.NS(b"")
+            + struct.pack(">L", 2)
+            + common.NS(b"Username: ")
+            + b"\x01"
+            + common.NS(b"Password: ")
+            + b"\x00",
+        )
+        return self._kbd
+
+    def ssh_USERAUTH_INFO_RESPONSE(self, packet: bytes) -> None:
+        (count,) = struct.unpack(">L", packet[:4])
+        answers = []
+        rest = packet[4:]
+        for _ in range(count):
+            answer, rest = common.getNS(rest)
+            answers.append(answer)
+        d, self._kbd = self._kbd, None
+        if answers[0] != self.user:
+            d.errback(Failure(UnauthorizedLogin()))
+            return
+        creds = credentials.UsernamePassword(self.user, answers[1])
+        self.portal.login(creds, None, *self.transport.factory.interfaces).chainDeferred(d)
+
+
+@implementer(checkers.ICredentialsChecker)
+class KeyChecker:
+    credentialInterfaces = (credentials.ISSHPrivateKey,)
+
+    def __init__(self, key: keys.Key) -> None:
+        self.key = key
+
+    def requestAvatarId(self, creds):
+        if creds.blob != self.key.blob():
+            return defer.fail(UnauthorizedLogin())
+        if creds.signature is None:
+            return defer.fail(ValidPublicKey())
+        if not self.key.verify(creds.signature, creds.sigData):
+            return defer.fail(UnauthorizedLogin())
+        return defer.succeed(creds.username)
+
+
+class DeviceFactory(factory.SSHFactory):
+    services = {b"ssh-userauth": DeviceAuth, b"ssh-connection": sshconnection.SSHConnection}
+
+    def __init__(self, device: Device, host_key: keys.Key = HOST_KEY, **lists) -> None:
+        self.device = device
+        self.publicKeys = {host_key.sshType(): host_key.public()}
+        self.privateKeys = {host_key.sshType(): host_key}
+        self.primes = None
+        self.lists = lists
+        from twisted.conch.interfaces import IConchUser
+
+        self.interfaces = (IConchUser,)
+        db = checkers.InMemoryUsernamePasswordDatabaseDontUse(admin=PASSWORD.encode())
+        self.portal = portal.Portal(Realm(device), [db])
+
+    def buildProtocol(self, addr):
+        t = super().buildProtocol(addr)
+        for name, value in self.lists.items():
+            setattr(t, name, value)
+        return t
+
+
+# -- harness -------------------------------------------------------------------------------
+
+
+def target_config(**extra) -> TargetConfig:
+    values = dict(
+        name="dev",
+        protocol="ssh2",
+        host="device.lab",
+        port=22,
+        username="admin",
+        password=PASSWORD,
+        connect_timeout=10.0,
+    )
+    values.update(extra)
+    return TargetConfig(**values)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, server=None, **config) -> None:
+        self.clock = MemoryReactorClock()
+        self.device = Device(self.clock)
+        self.known = KnownHosts(tmp_path / "known_hosts")
+        self.target = SSH2Target(self.clock, target_config(**config), self.known)
+        self.server_factory = server or DeviceFactory(self.device)
+        self.pump = None
+
+    def open(self, request: SessionRequest, password: str | None = None):
+        self.client = Client()
+        self.session = self.target.open_session("alice", request, self.client, password=password)
+        return self.session
+
+    def connect(self, server_protocol=None):
+        host, port, client_factory, timeout, _ = self.clock.tcpClients[-1]
+        client = client_factory.buildProtocol(None)
+        server = server_protocol or self.server_factory.buildProtocol(None)
+        self.client_proto, self.server_proto = client, server
+        self.pump = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            client,
+            iosim.makeFakeClient(client),
+            greet=False,
+        )
+        self.flush()
+
+    def flush(self) -> None:
+        for _ in range(50):
+            self.pump.flush()
+            self.clock.advance(0)
+            if not self.pump.pump():
+                break
+
+    def run(self, request: SessionRequest, password: str | None = None) -> Client:
+        self.open(request, password)
+        self.connect()
+        return self.client
+
+
+def exec_(command: bytes, pty: PtyRequest | None = None) -> SessionRequest:
+    return SessionRequest(command=command, pty=pty)
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+def test_password_login_exec_stdout_stderr_status(tmp_path):
+    h = Harness(tmp_path)
+    client = h.run(exec_(b"hello"))
+    assert bytes(client.out) == b"out\n"
+    assert bytes(client.err) == b"err\n"
+    assert client.exit == ExitInfo(status=3)
+    assert h.device.logins == ["admin"]
+    assert (tmp_path / "known_hosts").read_text().startswith("device.lab ssh-ed25519 ")
+    assert h.client_proto.transport.disconnected  # one session per connection
+
+
+def test_keyboard_interactive_only_device(tmp_path):
+    h = Harness(tmp_path)
+    h.device.kbd_only = True
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=3)
+    assert h.device.logins == ["admin"]
+
+
+def test_pass_through_password(tmp_path):
+    h = Harness(tmp_path, credentials="pass-through", password=None)
+    client = h.run(exec_(b"hello"), password=PASSWORD)
+    assert client.exit == ExitInfo(status=3)
+
+
+def test_pass_through_without_a_password_fails_at_once(tmp_path):
+    h = Harness(tmp_path, credentials="pass-through", password=None)
+    h.open(exec_(b"hello"))
+    assert h.client.exit == ExitInfo(status=255)
+    assert b"no password to pass through" in h.client.err
+    assert not h.clock.tcpClients
+
+
+@pytest.mark.parametrize("kbd_only", [False, True])
+def test_wrong_password_refused_after_bounded_tries(tmp_path, kbd_only):
+    h = Harness(tmp_path, password="wrong")
+    h.device.kbd_only = kbd_only
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"dev: authentication refused by upstream" in client.err
+    assert h.device.logins == []
+
+
+def test_key_login_with_gateway_key_file(tmp_path):
+    user_key = ed25519_key()
+    key_file = tmp_path / "id"
+    key_file.write_bytes(user_key.toString("openssh", subtype="v1"))
+    h = Harness(tmp_path, key=key_file, password=None)
+    h.server_factory.portal.registerChecker(KeyChecker(user_key.public()))
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=3)
+
+
+def test_unreadable_key_file(tmp_path):
+    key_file = tmp_path / "id"
+    key_file.write_text("not a key")
+    h = Harness(tmp_path, key=key_file, password=None)
+    h.open(exec_(b"hello"))
+    assert h.client.exit == ExitInfo(status=255)
+    assert b"key for this target cannot be used" in h.client.err
+
+
+def test_pty_modes_window_change_signal_stdin_eof(tmp_path):
+    h = Harness(tmp_path)
+    pty = PtyRequest(
+        term="vt100",
+        size=WindowSize(rows=24, cols=80, xpixel=1, ypixel=2),
+        modes=((53, 0), (128, 38400)),
+    )
+    session = h.open(exec_(b"wait", pty))
+    session.write_stdin(b"early ")  # held by the bridge until the session is open
+    h.connect()
+    session.write_stdin(b"input")
+    session.resize(WindowSize(rows=50, cols=132))
+    session.send_signal("INT")
+    session.send_signal("bad name!")
+    session.close_stdin()
+    h.flush()
+    chan = h.device.channels[0]
+    kinds = [kind for kind, _ in chan.requests]
+    assert kinds == [b"pty-req", b"exec", b"window-change", b"signal"]
+    term, rest = common.getNS(chan.requests[0][1])
+    assert term == b"vt100"
+    assert struct.unpack(">4L", rest[:16]) == (80, 24, 1, 2)
+    assert common.getNS(rest[16:])[0] == struct.pack(">BLBL", 53, 0, 128, 38400) + b"\x00"
+    assert struct.unpack(">4L", chan.requests[2][1]) == (132, 50, 0, 0)
+    assert chan.requests[3][1] == common.NS(b"INT")
+    assert bytes(chan.stdin) == b"early input"
+    assert chan.got_eof
+    desc = session.upstream.description
+    assert desc.startswith("ssh2 device.lab:22 kex=curve25519-sha256 hostkey=ssh-ed25519")
+    assert "cipher=aes256-ctr mac=hmac-sha2-512" in desc
+    session.close()  # the client went away
+    h.flush()
+    assert h.client_proto.transport.disconnected
+    assert h.client.exit is None  # nothing reported after close
+
+
+def test_exit_signal_and_hostile_message(tmp_path):
+    client = Harness(tmp_path).run(exec_(b"signal"))
+    assert client.exit.signal == "KILL"
+    assert client.exit.core_dumped
+    assert "\x1b" not in client.exit.message
+
+
+def test_channel_closed_without_exit_status(tmp_path):
+    client = Harness(tmp_path).run(exec_(b"noexit"))
+    assert client.exit == ExitInfo(status=255)
+    assert client.eof
+
+
+def test_reset_mid_session(tmp_path):
+    h = Harness(tmp_path)
+    h.run(exec_(b"wait"))
+    assert h.session.upstream is not None
+    h.server_proto.transport.loseConnection()
+    h.flush()
+    assert h.client.exit == ExitInfo(status=255)
+    assert h.client.err == b"sshgateway: connection reset mid-session\r\n"
+
+
+def test_upstream_window_pauses_client_input(tmp_path):
+    h = Harness(tmp_path)
+    h.run(exec_(b"wait"))
+    session, chan = h.session, h.device.channels[0]
+
+    class Producer:
+        paused = False
+        pauses = 0
+
+        def pauseProducing(self):
+            self.paused = True
+            self.pauses += 1
+
+        def resumeProducing(self):
+            self.paused = False
+
+    producer = Producer()
+    session.registerProducer(producer, True)
+    size = chan.localWindowSize + 10  # more than the device granted
+    session.write_stdin(b"x" * size)
+    assert producer.paused  # at once, before any window comes back
+    h.flush()  # the device consumes and grants more window
+    assert not producer.paused
+    assert producer.pauses == 1
+    assert len(chan.stdin) == size
+
+
+def test_paused_bridge_withholds_window(tmp_path):
+    h = Harness(tmp_path)
+    h.run(exec_(b"wait"))
+    chan = h.device.channels[0]
+    h.session.pauseProducing()
+    chan.write(b"y" * (400 * 1024))
+    h.flush()
+    got = len(h.client.out)
+    assert got <= 256 * 1024  # our window, never re-granted while paused
+    assert chan.buf  # the rest waits on the device's side
+    h.session.resumeProducing()
+    h.flush()
+    assert len(h.client.out) == 400 * 1024
+
+
+# -- host keys -----------------------------------------------------------------------------
+
+
+def test_changed_host_key_refused_before_login(tmp_path):
+    h = Harness(tmp_path)
+    h.run(exec_(b"hello"))
+    h2 = Harness(tmp_path, server=None)
+    h2.server_factory = DeviceFactory(h2.device, host_key=ed25519_key())
+    client = h2.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"host key for device.lab:22 has CHANGED" in client.err
+    assert h2.device.logins == []
+
+
+def test_known_rsa_host_key_preferred(tmp_path):
+    h = Harness(tmp_path)
+    h.server_factory = DeviceFactory(h.device, host_key=RSA_HOST_KEY)
+    h.run(exec_(b"hello"))
+    # Now the device has an ed25519 key too; the client still asks for the RSA one first.
+    h2 = Harness(tmp_path)
+    f = DeviceFactory(h2.device, host_key=RSA_HOST_KEY)
+    f.publicKeys[b"ssh-ed25519"] = HOST_KEY.public()
+    f.privateKeys[b"ssh-ed25519"] = HOST_KEY
+    h2.server_factory = f
+    h2.open(exec_(b"wait"))
+    h2.connect()
+    assert "hostkey=rsa-sha2-512" in h2.session.upstream.description
+
+
+def test_strict_unknown_refused(tmp_path):
+    client = Harness(tmp_path, host_key="strict").run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"is not known" in client.err
+
+
+# -- connect failures and hostile servers ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (error.ConnectionRefusedError(), b"connection refused"),
+        (error.NoRouteError(), b"no route / host unreachable"),
+        (error.TimeoutError(), b"timed out"),
+        (error.DNSLookupError("device.lab"), b"host name not found"),
+    ],
+)
+def test_connect_failures(tmp_path, exc, message):
+    h = Harness(tmp_path)
+    h.open(exec_(b"hello"))
+    _, _, client_factory, timeout, _ = h.clock.tcpClients[-1]
+    assert timeout == 10.0
+    client_factory.clientConnectionFailed(None, Failure(exc))
+    assert h.client.exit == ExitInfo(status=255)
+    assert h.client.err == b"sshgateway: dev: " + message + b"\r\n"
+
+
+def test_timeout_cancels_connect(tmp_path):
+    h = Harness(tmp_path, connect_timeout=3.0)
+    h.open(exec_(b"hello"))
+    connector = h.clock.connectors[-1]
+    h.clock.advance(3.0)
+    assert h.client.exit == ExitInfo(status=255)
+    assert b"no session within 3 s" in h.client.err
+    assert connector._disconnected
+
+
+def test_timeout_during_handshake_drops_connection(tmp_path):
+    h = Harness(tmp_path, connect_timeout=3.0)
+    h.open(exec_(b"hello"))
+    h.connect(server_protocol=protocol.Protocol())  # accepts, never speaks
+    h.clock.advance(3.0)
+    h.flush()
+    assert b"no session within 3 s" in h.client.err
+    assert h.client_proto.transport.disconnected
+
+
+class Raw(protocol.Protocol):
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"SSH-1.5-OldDevice\r\n", b"upstream speaks only SSH-1"),
+        (b"x" * 5000, b"SSH error with upstream"),
+        (b"SSH-2.0-evil\r\n" + struct.pack(">L", 0xFFFFFFF0) + b"\x00" * 64, b"bad packet length"),
+        (
+            b"SSH-2.0-evil\r\n" + struct.pack(">LB", 12, 4) + b"\x14" + b"\x00" * 10,
+            b"protocol error",
+        ),
+        (b"SSH-2.0-evil\r\n", b"connection closed by upstream during key exchange"),
+    ],
+)
+def test_hostile_servers(tmp_path, data, message):
+    h = Harness(tmp_path)
+    h.open(exec_(b"hello"))
+    h.connect(server_protocol=Raw(data))
+    if h.client.exit is None:
+        h.server_proto.transport.loseConnection()
+        h.flush()
+    assert h.client.exit == ExitInfo(status=255)
+    assert message in h.client.err
+    assert b"Traceback" not in h.client.err
+
+
+def test_unanswerable_prompts_are_bounded(tmp_path):
+    class Nagging(DeviceAuth):
+        def ssh_USERAUTH_INFO_RESPONSE(self, packet: bytes) -> None:
+            self.transport.sendPacket(
+                userauth.MSG_USERAUTH_INFO_REQUEST,
+                common.NS(b"") * 3 + struct.pack(">L", 1) + common.NS(b"OTP: ") + b"\x00",
+            )
+
+    h = Harness(tmp_path)
+    h.device.kbd_only = True
+    h.server_factory.services = {**h.server_factory.services, b"ssh-userauth": Nagging}
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"authentication refused by upstream" in client.err
+
+
+def test_server_opened_channels_refused(tmp_path):
+    h = Harness(tmp_path)
+    h.run(exec_(b"wait"))
+    conn = h.device.channels[0].conn
+    failures = []
+
+    class Probe(channel.SSHChannel):
+        name = b"x11"
+
+        def openFailed(self, reason):
+            failures.append(reason)
+
+    conn.openChannel(Probe(conn=conn))
+    h.flush()
+    assert failures
+    assert h.client.exit is None  # the session carries on
+
+
+# -- algorithms ------------------------------------------------------------------------------
+
+
+def test_modern_defaults_exclude_legacy():
+    offered = offered_algorithms(target_config())
+    assert offered["kex"][0] == b"curve25519-sha256"
+    for names, table in (
+        (offered["kex"], KEX),
+        (offered["host_key"], HOST_KEY_ALGORITHMS),
+        (offered["cipher"], CIPHERS),
+        (offered["mac"], MACS),
+    ):
+        assert names and all(not table[n.decode()] for n in names)
+    assert b"ssh-rsa" not in offered["host_key"]
+    assert b"diffie-hellman-group1-sha1" not in offered["kex"]
+
+
+def test_unknown_algorithm_rejected():
+    with pytest.raises(AlgorithmError):
+        offered_algorithms(target_config(ciphers=("arcfour",)))
+
+
+def test_legacy_device_group1_cbc_sha1_ssh_rsa(tmp_path):
+    legacy = dict(
+        kex=("diffie-hellman-group1-sha1",),
+        ciphers=("3des-cbc",),
+        macs=("hmac-sha1",),
+        host_key_algorithms=("ssh-rsa",),
+    )
+    h = Harness(tmp_path, **legacy)
+    h.server_factory = DeviceFactory(
+        h.device,
+        host_key=RSA_HOST_KEY,
+        supportedKeyExchanges=[b"diffie-hellman-group1-sha1"],
+        supportedCiphers=[b"3des-cbc"],
+        supportedMACs=[b"hmac-sha1"],
+        supportedPublicKeys=[b"ssh-rsa"],
+    )
+    h.run(exec_(b"wait"))
+    assert h.session.upstream.description == (
+        "ssh2 device.lab:22 kex=diffie-hellman-group1-sha1 hostkey=ssh-rsa "
+        "cipher=3des-cbc mac=hmac-sha1"
+    )
+
+
+def test_legacy_only_device_refused_by_default(tmp_path):
+    h = Harness(tmp_path)
+    h.server_factory = DeviceFactory(
+        h.device, supportedKeyExchanges=[b"diffie-hellman-group1-sha1"]
+    )
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"key exchange with upstream failed" in client.err
+
+
+def test_small_dh_group_refused(tmp_path):
+    # A group-exchange server offering a 1024-bit group to a modern client.
+    h = Harness(tmp_path, kex=("diffie-hellman-group-exchange-sha256",))
+    from twisted.conch.ssh import _kex
+
+    p1024 = _kex.getDHGeneratorAndPrime(b"diffie-hellman-group1-sha1")
+    h.server_factory = DeviceFactory(
+        h.device, supportedKeyExchanges=[b"diffie-hellman-group-exchange-sha256"]
+    )
+    h.server_factory.primes = {1024: [p1024]}
+    h.server_factory.getDHPrime = lambda bits: p1024
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"unacceptable 1024-bit DH group" in client.err
+
+
+def test_sshtransport_constants_we_rely_on():
+    assert sshtransport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE == 14
