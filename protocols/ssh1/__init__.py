@@ -1,4 +1,5 @@
-"""SSH protocol 1.5 (and 1.3): a sans-I/O core (no Twisted) and a thin Twisted server.
+"""SSH protocol 1.5 (and 1.3): a sans-I/O core (no Twisted), a thin Twisted server and a
+thin Twisted client (for upstream SSH-1 devices).
 
 Core, one module per concern (none imports Twisted or the gateway):
     wire        byte/uint32/string/SSH-1 mpint, bounded reads, ProtocolError
@@ -13,6 +14,9 @@ Core, one module per concern (none imports Twisted or the gateway):
     events      what the core reports
     connection  role-independent state machine (h11-style next_event/data_to_send)
     server_connection  the server role
+    client_connection  the client role
+    keyfile     the classic SSH-1 RSA private key file (rsa1), unencrypted
 Twisted:
     server      SSH1ServerFactory (IHandoffFactory) and the protocol
+    client      SSH1ClientProtocol: one upstream session for the gateway's SSH-1 target
 """

@@ -172,6 +172,13 @@ class PublicKeyReceived(Event):
     cipher: str  # what we will use: our first preference the server offers
     warnings: tuple[str, ...]  # weak but accepted keys, a size the server misstated
 
+    def __repr__(self) -> str:  # the moduli are hundreds of digits long
+        return (
+            f"PublicKeyReceived(host_bits={self.host_n.bit_length()}, "
+            f"server_bits={self.server_n.bit_length()}, cipher={self.cipher!r}, "
+            f"ciphers={self.ciphers!r}, auth_mask={self.auth_mask}, warnings={self.warnings!r})"
+        )
+
 
 @dataclass(frozen=True)
 class RequestAnswered(Event):

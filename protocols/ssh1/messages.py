@@ -17,7 +17,7 @@ Phase rules (the table :data:`ALLOWED` encodes them; the connection enforces the
   While the peer waits for our reply to a request ("pending"), it may send only the
   any-phase messages; the connection does not even decode further packets then, since
   the reply may switch on compression.
-- Client role (what a server may send), for the client implementation to come:
+- Client role (what a server may send; client_connection.py):
     PUBLIC_KEY    SMSG_PUBLIC_KEY.
     REPLY         SMSG_SUCCESS / SMSG_FAILURE (and SMSG_AUTH_RSA_CHALLENGE in auth).
     INTERACTIVE   stdout, stderr, exit status, forwarded-channel messages.

@@ -294,3 +294,24 @@ def test_16_mib_byte_identical(device, tmp_path):
     assert result["exit"] == 0, result["err"]
     assert result["out_len"] == BIG
     assert result["out_sha256"] == hashlib.sha256(pattern(BIG)).hexdigest()
+
+
+def test_key_files_from_real_tools(tmp_path, rsa1_key):
+    from protocols.ssh1 import keyfile, keys
+
+    tools = require_peer("puttygen")
+    putty = tmp_path / "putty_key"
+    subprocess.run(
+        [tools["puttygen"], "-t", "rsa1", "-b", "1024", "-o", str(putty),
+         "--new-passphrase", "/dev/null"],
+        check=True, capture_output=True, timeout=120,
+    )
+    for path in (putty, rsa1_key):
+        key, _comment = keyfile.load_private_key(path.read_bytes())
+        bits, e, n = Path(str(path) + ".pub").read_text().split()[:3] if path == rsa1_key else (
+            None, None, None)
+        if bits is not None:
+            assert keys.public_numbers(key) == (int(e), int(n))
+        # the key really decrypts what its public half encrypts (a challenge round trip)
+        e2, n2 = keys.public_numbers(key)
+        assert keys.decrypt_challenge(key, keys.encrypt_challenge(b"c" * 32, e2, n2)) == b"c" * 32

@@ -355,3 +355,12 @@ def test_options_repr_hides_password(tmp_path, known_hosts):
     rig = Rig(tmp_path, known_hosts)
     assert "devpass" not in repr(rig.target.options("alice", None))
     assert replace(rig.config, password="x").password == "x"
+
+
+def test_dual_stack_device_announcing_1_99(tmp_path, known_hosts):
+    reactor = MemoryReactorClock()
+    rig = Rig(tmp_path, known_hosts, device=Device(reactor, protocols=("ssh1", "ssh2")))
+    rig.open(SessionRequest(command=b"x"))
+    assert rig.client.exit is None
+    assert rig.protocol.server_version.startswith(b"SSH-1.99-")
+    assert rig.device.target.request.command == b"x"
