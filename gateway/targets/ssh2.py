@@ -23,6 +23,8 @@ import secrets
 import struct
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from twisted.conch.ssh import _kex, channel, common, connection, keys, session, transport, userauth
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
@@ -40,6 +42,7 @@ log = Logger()
 
 # name -> legacy? Order is preference. Legacy names are offered only when listed.
 KEX: dict[str, bool] = {
+    "mlkem768x25519-sha256": False,
     "curve25519-sha256": False,
     "curve25519-sha256@libssh.org": False,
     "ecdh-sha2-nistp256": False,
@@ -86,6 +89,7 @@ DH_GEX_MIN_BITS_LEGACY = 1024
 DH_GEX_MAX_BITS = 8192
 DH_EXPONENT_BITS = 512  # twice the strength of AES-256 (RFC 4419 section 6.2)
 
+MLKEM768_CIPHERTEXT = 1088
 LOCAL_WINDOW = 256 * 1024  # what the upstream may send before we grant more
 LOCAL_MAX_PACKET = 32 * 1024
 MAX_SEND_PACKET = 32 * 1024
@@ -118,6 +122,9 @@ class _DHGroup1SHA1:
 _kex._kexAlgorithms.setdefault(b"diffie-hellman-group1-sha1", _DHGroup1SHA1())
 
 
+_SUPPORTED_KEX = set(_kex.getSupportedKeyExchanges())
+
+
 def _choose(kind: str, table: dict[str, bool], wanted: tuple[str, ...]) -> list[bytes]:
     if not wanted:
         return [name.encode() for name, legacy in table.items() if not legacy]
@@ -133,8 +140,8 @@ def offered_algorithms(config: TargetConfig) -> dict[str, list[bytes]]:
     """The client's algorithm lists for ``config``; raises AlgorithmError for unknown
     names (the config loader can call this at start-up)."""
     kex = _choose("kex", KEX, config.kex)
-    # Conch's client cannot run hybrid post-quantum key exchange yet; never offer it.
-    kex = [name for name in kex if name in _kex._kexAlgorithms and not _kex.isPQHybrid(name)]
+    # Only what this build can run (ML-KEM needs cryptography >= 48).
+    kex = [name for name in kex if name in _SUPPORTED_KEX]
     return {
         "kex": kex,
         "host_key": _choose("host_key_algorithms", HOST_KEY_ALGORITHMS, config.host_key_algorithms),
@@ -265,7 +272,12 @@ class _ClientTransport(transport.SSHClientTransport):
     def __init__(self, attempt: _Attempt) -> None:
         self.attempt = attempt
         offered = attempt.target.algorithms
-        known = attempt.target.known_hosts.ssh2_key_types(attempt.config.host, attempt.config.port)
+        try:
+            known = attempt.target.known_hosts.ssh2_key_types(
+                attempt.config.host, attempt.config.port
+            )
+        except UpstreamFailure:
+            known = []  # check_ssh2 reports the unusable file during key exchange
         self.supportedKeyExchanges = list(offered["kex"])
         self.supportedPublicKeys = _prefer_known(offered["host_key"], known)
         self.supportedCiphers = list(offered["cipher"])
@@ -274,6 +286,9 @@ class _ClientTransport(transport.SSHClientTransport):
         legacy = any(KEX.get(name.decode(), False) for name in offered["kex"])
         self._dhMinimalGroupSize = DH_GEX_MIN_BITS_LEGACY if legacy else DH_GEX_MIN_BITS
         self._hung_up = False
+        self._mlkem: Any = None
+        self._x25519: Any = None
+        self._hybrid_init = b""
 
     def connectionMade(self) -> None:
         self.attempt.transport = self
@@ -299,6 +314,88 @@ class _ClientTransport(transport.SSHClientTransport):
         super()._unsupportedVersionReceived(remoteVersion)
 
     # -- key exchange ------------------------------------------------------------------
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        # Conch's client does not do the hybrid post-quantum exchange (its server does):
+        # run the common negotiation, then either send our hybrid INIT or carry on as
+        # Conch's client would.
+        if transport.SSHTransportBase.ssh_KEXINIT(self, packet) is None:
+            return
+        if _kex.isPQHybrid(self.kexAlg):
+            self._mlkem = mlkem.MLKEM768PrivateKey.generate()
+            self._x25519 = x25519.X25519PrivateKey.generate()
+            self._hybrid_init = _raw(self._mlkem.public_key()) + _raw(self._x25519.public_key())
+            self.sendPacket(transport.MSG_KEXDH_INIT, common.NS(self._hybrid_init))
+        elif _kex.isEllipticCurve(self.kexAlg):
+            self.ecPriv = self._generateECPrivateKey()
+            self.ecPub = self.ecPriv.public_key()
+            self.sendPacket(
+                transport.MSG_KEX_DH_GEX_REQUEST_OLD,
+                common.NS(self._encodeECPublicKey(self.ecPub)),
+            )
+        elif _kex.isFixedGroup(self.kexAlg):
+            self.g, self.p = _kex.getDHGeneratorAndPrime(self.kexAlg)
+            self._startEphemeralDH()
+            self.sendPacket(transport.MSG_KEXDH_INIT, self.dhSecretKeyPublicMP)
+        else:
+            self.sendPacket(
+                transport.MSG_KEX_DH_GEX_REQUEST,
+                struct.pack(
+                    "!LLL",
+                    self._dhMinimalGroupSize,
+                    self._dhPreferredGroupSize,
+                    self._dhMaximalGroupSize,
+                ),
+            )
+
+    def ssh_KEX_DH_GEX_GROUP(self, packet: bytes) -> Any:
+        # Message 31 is also SSH_MSG_KEX_HYBRID_REPLY.
+        if self.kexAlg is not None and _kex.isPQHybrid(self.kexAlg):
+            return self._hybrid_reply(packet)
+        return super().ssh_KEX_DH_GEX_GROUP(packet)
+
+    def _hybrid_reply(self, packet: bytes) -> defer.Deferred | None:
+        if getattr(self, "_mlkem", None) is None:
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"unexpected hybrid reply")
+            return None
+        host_key, s_reply, signature, _ = common.getNS(packet, 3)
+        kex = _kex.getPQHybridKex(self.kexAlg)
+        ct_length = len(s_reply) - kex.c_pk1_length
+        if ct_length != MLKEM768_CIPHERTEXT:
+            self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad hybrid reply")
+            return None
+        d = self.verifyHostKey(host_key, b"")
+        d.addCallback(lambda _: self._hybrid_finish(kex, host_key, s_reply, signature))
+        d.addErrback(
+            lambda _: self.sendDisconnect(
+                transport.DISCONNECT_HOST_KEY_NOT_VERIFIABLE, b"bad host key"
+            )
+        )
+        return d
+
+    def _hybrid_finish(self, kex: Any, host_key: bytes, s_reply: bytes, signature: bytes) -> None:
+        ciphertext, peer = s_reply[:MLKEM768_CIPHERTEXT], s_reply[MLKEM768_CIPHERTEXT:]
+        k_pq = self._mlkem.decapsulate(ciphertext)
+        k_cl = self._x25519.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+        self._mlkem = self._x25519 = None
+        shared = common.NS(kex.hashProcessor(k_pq + k_cl).digest())
+        h = kex.hashProcessor()
+        for part in (
+            self.ourVersionString,
+            self.otherVersionString,
+            self.ourKexInitPayload,
+            self.otherKexInitPayload,
+            host_key,
+            self._hybrid_init,
+            s_reply,
+        ):
+            h.update(common.NS(part))
+        h.update(shared)
+        exchange_hash = h.digest()
+        if not keys.Key.fromString(host_key).verify(signature, exchange_hash):
+            self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad signature")
+            return
+        self._keySetup(shared, exchange_hash)
 
     def _startEphemeralDH(self) -> None:
         # The server chooses the group in group exchange: bound its size before any
@@ -384,6 +481,10 @@ class _ClientTransport(transport.SSHClientTransport):
             f"ssh2 {self.attempt.name} kex={self.kexAlg.decode()} hostkey={self.keyAlg.decode()} "
             f"cipher={enc.outCipType.decode()} mac={enc.outMACType.decode()}"
         )
+
+
+def _raw(public: Any) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def _prefer_known(offered: list[bytes], known_types: list[str]) -> list[bytes]:
@@ -762,7 +863,10 @@ class SSH2Target:
             data = path.read_bytes()[: 64 * 1024 + 1]
             if len(data) > 64 * 1024:
                 raise ValueError("key file too large")
-            return keys.Key.fromString(data)
+            key = keys.Key.fromString(data)
+            if key.isPublic():
+                raise ValueError("a public key, not a private one")
+            return key
         except (OSError, ValueError, keys.BadKeyError, keys.EncryptedKeyError) as exc:
             log.error(
                 "ssh2 target {name}: cannot use key file {path}: {why}",

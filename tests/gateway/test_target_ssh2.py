@@ -353,7 +353,7 @@ def test_pty_modes_window_change_signal_stdin_eof(tmp_path):
     assert bytes(chan.stdin) == b"early input"
     assert chan.got_eof
     desc = session.upstream.description
-    assert desc.startswith("ssh2 device.lab:22 kex=curve25519-sha256 hostkey=ssh-ed25519")
+    assert desc.startswith("ssh2 device.lab:22 kex=mlkem768x25519-sha256 hostkey=ssh-ed25519")
     assert "cipher=aes256-ctr mac=hmac-sha2-512" in desc
     session.close()  # the client went away
     h.flush()
@@ -575,7 +575,7 @@ def test_server_opened_channels_refused(tmp_path):
 
 def test_modern_defaults_exclude_legacy():
     offered = offered_algorithms(target_config())
-    assert offered["kex"][0] == b"curve25519-sha256"
+    assert offered["kex"][:2] == [b"mlkem768x25519-sha256", b"curve25519-sha256"]
     for names, table in (
         (offered["kex"], KEX),
         (offered["host_key"], HOST_KEY_ALGORITHMS),
@@ -585,6 +585,25 @@ def test_modern_defaults_exclude_legacy():
         assert names and all(not table[n.decode()] for n in names)
     assert b"ssh-rsa" not in offered["host_key"]
     assert b"diffie-hellman-group1-sha1" not in offered["kex"]
+
+
+@pytest.mark.parametrize(
+    "kex",
+    [
+        b"mlkem768x25519-sha256",
+        b"curve25519-sha256",
+        b"ecdh-sha2-nistp384",
+        b"diffie-hellman-group14-sha1",
+    ],
+)
+def test_key_exchanges_against_conch_server(tmp_path, kex):
+    # The hybrid post-quantum exchange is ours (Conch has only the server side): it
+    # must agree with Conch's server on every byte of the exchange hash.
+    h = Harness(tmp_path, kex=(kex.decode(),))
+    h.server_factory = DeviceFactory(h.device, supportedKeyExchanges=[kex])
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=3)
+    assert f"kex={kex.decode()} " in h.client_proto.description()
 
 
 def test_unknown_algorithm_rejected():

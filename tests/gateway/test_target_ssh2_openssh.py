@@ -146,8 +146,7 @@ def test_exec_stdout_stderr_exit_status(reactor, sshd, user_key, tmp_path):
     assert bytes(client.err) == b"oops\n"
     assert client.exit.status == 7
     assert client.eof
-    desc = session.stats and session.upstream  # upstream is dropped at the end
-    assert desc is None
+    assert session.stats.bytes_from_upstream == len(b"hello\noops\n")
 
 
 def test_exit_signal(reactor, sshd, user_key, tmp_path):
@@ -299,4 +298,44 @@ def test_paused_front_end_stops_upstream_output(reactor, sshd, user_key, tmp_pat
     session.resumeProducing()
     assert run_until(reactor, lambda: client.exit is not None, 60)
     assert len(client.out) == 8 * 1024 * 1024
+    assert client.exit.status == 0
+
+
+def test_legacy_algorithms_when_listed(reactor, user_key, tmp_path):
+    # An old device: group1 key exchange, CBC, HMAC-SHA1, an ssh-rsa host key.
+    legacy = (
+        "KexAlgorithms diffie-hellman-group1-sha1\nCiphers aes128-cbc\nMACs hmac-sha1\n"
+        "HostKeyAlgorithms ssh-rsa\n"
+    )
+    with OpenSSHServer(
+        tmp_path / "sshd", [Path(str(user_key) + ".pub")], ("rsa",), legacy
+    ) as server:
+        modern = SSH2Target(reactor, config(server.port, user_key), KnownHosts(tmp_path / "kh"))
+        client, _ = run(reactor, modern, exec_request(b"echo never"))
+        assert client.exit.status == 255
+        assert b"key exchange with upstream failed" in client.err
+
+        target = SSH2Target(
+            reactor,
+            config(
+                server.port,
+                user_key,
+                kex=("diffie-hellman-group1-sha1",),
+                ciphers=("aes128-cbc",),
+                macs=("hmac-sha1",),
+                host_key_algorithms=("ssh-rsa",),
+            ),
+            KnownHosts(tmp_path / "kh"),
+        )
+        client = Client()
+        session = target.open_session("alice", exec_request(b"cat"), client)
+        assert run_until(reactor, lambda: session.upstream is not None, TIMEOUT)
+        assert session.upstream.description == (
+            f"ssh2 127.0.0.1:{server.port} kex=diffie-hellman-group1-sha1 hostkey=ssh-rsa "
+            "cipher=aes128-cbc mac=hmac-sha1"
+        )
+        session.write_stdin(b"old device\n")
+        session.close_stdin()
+        assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
+    assert bytes(client.out) == b"old device\n"
     assert client.exit.status == 0
