@@ -177,6 +177,26 @@ def test_rsa_login():
     assert pair.to_client() == [ev.RequestAnswered("rsa-response", True)]
 
 
+def test_undecryptable_rsa_challenge_disconnects():
+    pair = Pair()
+    pair.key_exchange()
+    pair.client.send_user(b"alice")
+    pair.to_server()
+    pair.server.send_failure()
+    pair.to_client()
+    key = user_key()
+    n = keys.public_numbers(key)[1]
+    pair.client.send_rsa(n)
+    pair.to_server()
+    pair.server.send_rsa_challenge(n + 2)  # not below the modulus: cannot be ours
+    [challenge] = pair.to_client()
+    pair.client.answer_rsa_challenge(key, challenge.value)
+    assert pair.client.closed
+    assert "could not be decrypted" in pair.client.close_reason
+    [event] = pair.to_server()
+    assert isinstance(event, ev.PeerDisconnected)
+
+
 def test_rsa_key_refused():
     pair = Pair()
     pair.key_exchange()
