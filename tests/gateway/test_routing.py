@@ -564,3 +564,28 @@ def test_close_all_once_per_target(setup):
     setup.router.close_all()
     assert setup.local.closed_all == 1
     assert all(t.closed_all == 1 for t in setup.targets.values())
+
+
+# --- hostile input -----------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=200), max_size=20), pty=st.booleans())
+def test_menu_survives_any_input(chunks, pty):
+    setup = Setup()
+    session, client = menu(setup, pty=pty)
+    for chunk in chunks:
+        session.write_stdin(chunk)
+        assert len(session._line) <= routing.MAX_MENU_LINE
+    opened = setup.opened()
+    assert len(opened) <= 1
+    if opened:
+        # Nothing typed before the choice reaches the target; what came after does.
+        assert len(opened[0].stdin) < sum(map(len, chunks))
+    elif client.exit is not None:
+        assert client.exit == ExitInfo(status=1)
+    session.close()
+    assert not setup.clock.getDelayedCalls()
