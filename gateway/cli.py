@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from gateway import passwords
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, config_warnings, load_config
 from gateway.hostkeys import HostKeyError, load_host_keys
 
 MAX_STDIN_LINE = passwords.MAX_PASSWORD_BYTES
@@ -106,6 +106,8 @@ def _run_check_config(args: argparse.Namespace, io: IO) -> int:
                 f"{user.authorized_keys} does not exist (yet)",
                 file=io.stdout,
             )
+    for warning in config_warnings(config):
+        print(warning, file=io.stdout)
     print(f"{args.file}: OK", file=io.stdout)
     return 0
 

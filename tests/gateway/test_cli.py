@@ -134,3 +134,27 @@ def test_console_entry_point_runs(tmp_path):
         cwd=ROOT,
     )
     assert done.returncode == 1 and "cannot read" in done.stdout
+
+
+def test_check_config_warns_about_readable_file_with_upstream_passwords(tmp_path):
+    import io as _io
+
+    from gateway.cli import main as cli_main
+
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        "[users.alice]\n"
+        'authorized_keys = "keys"\n'
+        'targets = ["local", "dev"]\n'
+        "[targets.dev]\n"
+        'protocol = "ssh2"\nhost = "192.0.2.1"\nusername = "admin"\npassword = "pw"\n'
+    )
+    config.chmod(0o644)
+    out = _io.StringIO()
+    assert cli_main(["check-config", str(config)], stdout=out, stderr=_io.StringIO()) == 0
+    assert "chmod 600" in out.getvalue() and "Zq9secretZq9" not in out.getvalue()
+    config.chmod(0o600)
+    out = _io.StringIO()
+    cli_main(["check-config", str(config)], stdout=out, stderr=_io.StringIO())
+    assert "chmod 600" not in out.getvalue()

@@ -1,0 +1,175 @@
+"""Issue 4 end to end: real clients -> gateway -> an SSH-1 device.
+
+The device is the gateway's own SSH-1 server in a second process (no other SSH-1 server is
+packaged); the clients are OpenSSH's ``ssh`` and PuTTY's ``plink``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.gateway_process import GatewayProcess
+from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
+from tests.integration.test_ssh2_peers import ssh_argv
+from tests.peers import require_peer
+
+pytestmark = pytest.mark.peer
+
+DEVICE_PASSWORD = "device secret 42"
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    """An SSH-1-only device with one account, admin/DEVICE_PASSWORD."""
+    hashed = sshgateway_cli("hash-password", stdin=DEVICE_PASSWORD + "\n").stdout.strip()
+    config = {
+        "protocols": ["1"],
+        "users": {"admin": {"password": hashed}},
+        "ssh1": {"ciphers": ["blowfish", "3des"]},
+        "auth": {"failure_delay": 0.2},
+    }
+    with GatewayProcess(tmp_path_factory.mktemp("device"), config) as dev:
+        yield dev
+
+
+def silent_port() -> tuple[socket.socket, int]:
+    """A listener that accepts (backlog) but never answers: an upstream that hangs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock, sock.getsockname()[1]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def hanging():
+    sock, port = silent_port()
+    yield port
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def bridge_gw(tmp_path_factory, password_hash, authorized_keys, device, hanging):
+    targets = {
+        "dev1": {
+            "protocol": "ssh1", "host": "127.0.0.1", "port": device.port,
+            "username": "admin", "password": DEVICE_PASSWORD, "host_key": "accept-new",
+            "connect_timeout": 10, "ciphers": ["blowfish", "3des"],
+        },
+        "down": {
+            "protocol": "ssh1", "host": "127.0.0.1", "port": closed_port(),
+            "username": "admin", "password": "x", "connect_timeout": 5,
+        },
+        "hangs": {
+            "protocol": "ssh1", "host": "127.0.0.1", "port": hanging,
+            "username": "admin", "password": "x", "connect_timeout": 3,
+        },
+        "secret": {
+            "protocol": "ssh1", "host": "127.0.0.1", "port": device.port,
+            "username": "admin", "password": DEVICE_PASSWORD,
+        },
+    }
+    config = base_config(password_hash, authorized_keys, targets=targets)
+    config["users"]["alice"]["targets"] = ["local", "dev1", "down", "hangs"]
+    workdir = tmp_path_factory.mktemp("bridge-gw")
+    with GatewayProcess(workdir, config) as gw:
+        yield gw
+
+
+def test_openssh_command_through_ssh1_device(bridge_gw, client_keys):
+    result = subprocess.run(
+        ssh_argv(bridge_gw, client_keys["ed25519"], "echo hi; echo err >&2; exit 7",
+                 user="alice+dev1"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout == "hi\n", result.stderr + bridge_gw.log_text()[-3000:]
+    assert "err" in result.stderr
+    assert result.returncode == 7
+
+
+def test_known_hosts_pinned_after_first_use(bridge_gw, client_keys):
+    subprocess.run(
+        ssh_argv(bridge_gw, client_keys["ed25519"], "true", user="alice+dev1"),
+        capture_output=True, timeout=60,
+    )
+    known = (bridge_gw.workdir / "state" / "known_hosts").read_text()
+    assert f"[127.0.0.1]:{bridge_gw.config['targets']['dev1']['port']} 2048 " in known
+
+
+def test_64mib_each_way_through_ssh1_bridge(bridge_gw, client_keys, tmp_path):
+    size = 64 * 1024 * 1024
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(size))
+    with blob.open("rb") as stdin:
+        result = subprocess.run(
+            ssh_argv(bridge_gw, client_keys["ed25519"], "cat", user="alice+dev1"),
+            stdin=stdin, capture_output=True, timeout=600,
+        )
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(blob.read_bytes()).digest()
+
+
+def test_unreachable_upstream_fails_fast_with_reason(bridge_gw, client_keys):
+    started = time.monotonic()
+    result = subprocess.run(
+        ssh_argv(bridge_gw, client_keys["ed25519"], "echo hi", user="alice+down"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.count("\n") >= 1 and "sshgateway: down:" in result.stderr
+    assert "refused" in result.stderr
+    assert time.monotonic() - started < 15
+
+
+def test_hanging_upstream_times_out(bridge_gw, client_keys):
+    started = time.monotonic()
+    result = subprocess.run(
+        ssh_argv(bridge_gw, client_keys["ed25519"], "echo hi", user="alice+hangs"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "sshgateway: hangs:" in result.stderr
+    assert time.monotonic() - started < 3 + 10
+
+
+def test_forbidden_and_unknown_targets_look_the_same(bridge_gw, client_keys):
+    def attempt(target: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ssh_argv(bridge_gw, client_keys["ed25519"], "echo hi", user=f"alice+{target}"),
+            capture_output=True, text=True, timeout=60,
+        )
+
+    forbidden, unknown = attempt("secret"), attempt("nosuchtarget")
+    assert forbidden.returncode == unknown.returncode != 0
+    assert forbidden.stdout == unknown.stdout == ""
+    assert forbidden.stderr.replace("secret", "T") == unknown.stderr.replace("nosuchtarget", "T")
+    assert "not available" in forbidden.stderr
+
+
+def test_plink_ssh1_front_to_ssh1_device(bridge_gw):
+    tools = require_peer("plink")
+    fingerprint = next(
+        line.split()[3]
+        for line in sshgateway_cli(
+            "fingerprints", "--state-dir", bridge_gw.config["state_dir"]
+        ).stdout.splitlines()
+        if line.startswith("SSH-1")
+    )
+    result = subprocess.run(
+        [tools["plink"], "-1", "-batch", "-hostkey", fingerprint, "-P", str(bridge_gw.port),
+         "-pw", PASSWORD, "alice+dev1@127.0.0.1", "echo via; exit 3"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.strip() == "via", result.stderr
+    assert result.returncode == 3
