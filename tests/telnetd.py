@@ -4,7 +4,8 @@ telnetd is an inetd service (the connection on fd 0/1). :class:`TelnetDaemon` is
 it listens on 127.0.0.1, port 0, and hands each accepted connection to a fresh
 ``telnetd -h -E LOGIN``. LOGIN is a small shell script standing in for /bin/login (no test
 user has to be added to the system): it prompts ``login:`` and ``Password:`` (echo off),
-checks the pair it was written with, then runs ``/bin/sh`` with the prompt ``dev$ ``.
+checks the pair it was written with, then runs ``/bin/sh`` with the prompt ``dev$ ``
+(as a child, the way /bin/login does).
 
 Also :func:`fresh_reactor` / :func:`run_until`: tests drive the gateway side with a private
 reactor (the global one cannot be restarted between tests).
@@ -38,7 +39,12 @@ if [ "$user" != {user} ] || [ "$pw" != {password} ]; then
     exit 1
 fi
 export PS1={prompt}
-exec /bin/sh
+# Like /bin/login, stay the shell's parent and outlive it a little: telnetd hangs up as
+# soon as its child exits, dropping pty output it has not read yet.
+/bin/sh
+status=$?
+sleep 0.2
+exit $status
 """
 
 

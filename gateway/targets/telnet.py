@@ -32,7 +32,9 @@ message naming the prompt. Telnet has no way to tell a refused login: the device
 Telnet has no exec, no stderr and no exit status. The convention here: for a command, the
 gateway types the command line and then ``exit`` (each with Enter) once logged in, passes
 the output back, and reports exit status 0 when the device closes the connection cleanly
-(a reset is a failure, status 255). A shell session is passed through; client EOF on a shell
+(a reset is a failure, status 255). Known limit: some telnetds (inetutils among them)
+tear the connection down as soon as the shell exits, dropping output still queued in their
+pty, so the tail of a command's output can be lost when the client reads slowly. A shell session is passed through; client EOF on a shell
 without a pty sends ^D (end of file for the device's terminal). SIGINT is sent as telnet IP;
 other signals have no telnet equivalent and are dropped.
 
@@ -76,8 +78,8 @@ LOGIN_TIMEOUT_SHARE = 0.9
 BINARY = b"\x00"  # RFC 856
 TTYPE = b"\x18"  # RFC 1091
 TTYPE_IS, TTYPE_SEND = b"\x00", b"\x01"
-# Commands that take no argument and carry nothing for us (NOP, DM, BRK, AO, AYT, EC, EL,
-# GA, EOR, ...): ignored, as RFC 854 asks of receivers.
+# The commands followed by an option byte. Every other command (NOP, DM, BRK, AO, AYT, EC,
+# EL, GA, EOR, and undefined ones) carries nothing for us and is ignored, as RFC 854 asks.
 _OPTION_VERBS = frozenset((t.WILL, t.WONT, t.DO, t.DONT))
 
 
@@ -90,7 +92,7 @@ def _pty(request: SessionRequest) -> bool:
 _LOCAL_OPTIONS: dict[bytes, Callable[[SessionRequest], bool]] = {
     t.SGA: lambda request: True,
     TTYPE: lambda request: True,
-    t.NAWS: lambda request: True,
+    t.NAWS: _pty,
     BINARY: lambda request: True,
 }
 _REMOTE_OPTIONS: dict[bytes, Callable[[SessionRequest], bool]] = {
@@ -147,13 +149,17 @@ class _DeviceTransport(t.TelnetTransport):
     # -- received bytes -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.protocol is None or self.protocol.violation is not None:
+            return  # already tearing down
         try:
             self._parse(data)
         except _ProtocolViolation as e:
             log.warn("telnet device {peer}: {reason}; disconnecting", peer=self._peer(), reason=e)
             if self.protocol is not None:
                 self.protocol.protocol_violation(str(e))
-            self.transport.loseConnection()
+            # Abort: a hostile device that does not read would keep a graceful close
+            # waiting for our send buffer to drain forever.
+            self.transport.abortConnection()
 
     def _parse(self, data: bytes) -> None:
         out: list[bytes] = []
@@ -323,7 +329,8 @@ class _DeviceProtocol(t.TelnetProtocol):
         # Ask for what we want rather than wait: many devices only offer on request.
         self._ask(self.transport.do, t.SGA)
         self._ask(self.transport.will, TTYPE)
-        self._ask(self.transport.will, t.NAWS)
+        if self.size is not None:
+            self._ask(self.transport.will, t.NAWS)
         # Twisted negotiates one direction of an option at a time: WILL BINARY once the
         # device has answered DO BINARY.
         self.transport.do(BINARY).addBoth(self._offer_binary)
@@ -493,8 +500,10 @@ class _DeviceProtocol(t.TelnetProtocol):
         self.abort()
 
     def abort(self) -> None:
+        # Not loseConnection: that waits for the device to read what we still have queued,
+        # forever if it never does. Telnet has no graceful close to lose.
         if self.transport is not None and self.transport.transport is not None:
-            self.transport.transport.loseConnection()
+            self.transport.transport.abortConnection()
 
     def pauseProducing(self) -> None:
         if not self.closed:
