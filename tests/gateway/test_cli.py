@@ -148,7 +148,7 @@ def test_check_config_warns_about_readable_file_with_upstream_passwords(tmp_path
         'authorized_keys = "keys"\n'
         'targets = ["local", "dev"]\n'
         "[targets.dev]\n"
-        'protocol = "ssh2"\nhost = "192.0.2.1"\nusername = "admin"\npassword = "pw"\n'
+        'protocol = "ssh2"\nhost = "192.0.2.1"\nusername = "admin"\npassword = "Zq9secretZq9"\n'
     )
     config.chmod(0o644)
     out = _io.StringIO()
