@@ -6,9 +6,9 @@ Policies (``[targets.NAME] host_key``):
 - ``"accept-new"``: trust on first use. An unknown host's key is appended to the file;
   from then on it is pinned and a different key is refused.
 - ``"strict"``: the key must already be in the file.
-- a fingerprint: ``SHA256:...`` for SSH-2, the MD5 colon-hex form (optionally
-  ``MD5:``-prefixed) for SSH-1, as the clients print them. Several may be given,
-  separated by commas (for a key rollover). The file is not consulted.
+- a fingerprint, as the clients print them: ``SHA256:...`` (SSH-2 and SSH-1), or for
+  SSH-1 also the MD5 colon-hex form, optionally ``MD5:``-prefixed. Several may be
+  given, separated by commas (for a key rollover). The file is not consulted.
 
 The file format is OpenSSH's: ``hosts keytype base64 [comment]`` for SSH-2 keys,
 ``hosts bits e n [comment]`` for SSH-1 keys; ``hosts`` is a comma list of names or
@@ -42,7 +42,7 @@ from twisted.logger import Logger
 
 from gateway.hostkeys import ssh2_fingerprint
 from gateway.targets.bridge import UpstreamFailure
-from protocols.ssh1.keys import ssh1_fingerprint
+from protocols.ssh1.keys import int_to_bytes, ssh1_fingerprint
 
 log = Logger()
 
@@ -209,8 +209,10 @@ class _Offered:
     blob: bytes
     e: int
     n: int
-    fingerprint: str
+    fingerprint: str  # as shown to the user
     line: str  # the known_hosts line body after the host field
+    sha256: str  # "SHA256:<base64, no padding>"
+    md5: str | None = None  # colon-hex, SSH-1 keys only (what plink and old ssh1 show)
 
 
 class KnownHosts:
@@ -240,12 +242,20 @@ class KnownHosts:
             0,
             ssh2_fingerprint(public),
             f"{key_type} {base64.b64encode(blob).decode('ascii')}",
+            ssh2_fingerprint(public),
         )
         self._check(host, port, offered, policy)
 
     def check_ssh1(self, host: str, port: int, bits: int, e: int, n: int, policy: str) -> None:
         """As :meth:`check_ssh2`, for an SSH-1 RSA host key (modulus ``n``, exponent ``e``)."""
-        offered = _Offered("ssh1", "rsa1", b"", e, n, ssh1_fingerprint(e, n), f"{bits} {e} {n}")
+        # OpenSSH fingerprints an RSA1 key over the modulus then the exponent, both as
+        # bare big-endian magnitudes: the same bytes for SHA256 as for MD5.
+        digest = hashlib.sha256(int_to_bytes(n) + int_to_bytes(e)).digest()
+        sha256 = "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+        md5 = ssh1_fingerprint(e, n)
+        offered = _Offered(
+            "ssh1", "rsa1", b"", e, n, f"{sha256} (MD5 {md5})", f"{bits} {e} {n}", sha256, md5
+        )
         self._check(host, port, offered, policy)
 
     def ssh2_key_types(self, host: str, port: int) -> list[str]:
@@ -342,9 +352,9 @@ class KnownHosts:
             log.error("upstream {host}:{port}: malformed host_key policy", host=host, port=port)
             raise KnownHostsError(
                 f'host_key for {host}:{port} is neither "accept-new", "strict" nor a '
-                f"valid {'SHA256' if offered.protocol == 'ssh2' else 'MD5'} fingerprint"
+                f"valid fingerprint ({'SHA256' if offered.protocol == 'ssh2' else 'SHA256 or MD5'})"
             )
-        if any(_same_fingerprint(p, offered.fingerprint) for p in wanted):
+        if any(_same_fingerprint(p, offered) for p in wanted):
             return
         log.error(
             "upstream {host}:{port}: host key {type} {fp} does not match the configured "
@@ -432,11 +442,11 @@ def valid_policy(policy: str, protocol: str) -> bool:
 
 
 def _valid_fingerprint(text: str, protocol: str) -> bool:
-    if protocol == "ssh2":
-        if not text.startswith("SHA256:"):
-            return False
-        body = text[7:]
+    if text.startswith("SHA256:"):
+        body = text[7:].rstrip("=")
         return len(body) == 43 and _b64_ok(body + "=")
+    if protocol != "ssh1":
+        return False  # MD5 only for SSH-1, where the clients still show it
     body = text[4:] if text.upper().startswith("MD5:") else text
     parts = body.split(":")
     return len(parts) == 16 and all(
@@ -451,8 +461,8 @@ def _b64_ok(text: str) -> bool:
         return False
 
 
-def _same_fingerprint(wanted: str, actual: str) -> bool:
+def _same_fingerprint(wanted: str, offered: _Offered) -> bool:
     if wanted.startswith("SHA256:"):
-        return wanted == actual
+        return wanted.rstrip("=") == offered.sha256
     body = wanted[4:] if wanted.upper().startswith("MD5:") else wanted
-    return body.lower() == actual.lower()
+    return offered.md5 is not None and body.lower() == offered.md5

@@ -168,6 +168,30 @@ def test_ssh1_keys(path):
         known.check_ssh1("elsewhere", 22, 1024, e, n + 2, fp)
 
 
+def test_ssh1_sha256_fingerprint_as_ssh_keygen1_prints_it(path, tmp_path):
+    tools = require_peer("ssh-keygen1")
+    key = tmp_path / "rsa1"
+    subprocess.run(
+        [tools["ssh-keygen1"], "-q", "-t", "rsa1", "-b", "1024", "-N", "", "-f", str(key)],
+        check=True,
+        timeout=60,
+    )
+    listed = subprocess.run(
+        [tools["ssh-keygen1"], "-l", "-f", str(key) + ".pub"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split()[1]
+    bits, e, n = (int(x) for x in Path(str(key) + ".pub").read_text().split()[:3])
+    known = KnownHosts(path)
+    known.check_ssh1("old", 22, bits, e, n, listed)
+    known.check_ssh1("old", 22, bits, e, n, listed + "=")
+    with pytest.raises(HostKeyChanged) as exc:
+        known.check_ssh1("old", 22, bits, e, n + 2, listed)
+    assert "(MD5 " in str(exc.value)
+
+
 def test_fingerprint_policy(path):
     known = KnownHosts(path)
     known.check_ssh2("h", 22, KEY, ssh2_fingerprint(KEY))
@@ -184,8 +208,11 @@ def test_valid_policy():
     assert valid_policy("accept-new", "ssh2")
     assert valid_policy("strict", "ssh1")
     assert valid_policy(ssh2_fingerprint(KEY), "ssh2")
-    assert not valid_policy(ssh2_fingerprint(KEY), "ssh1")
+    assert valid_policy(ssh2_fingerprint(KEY), "ssh1")
+    assert valid_policy(ssh2_fingerprint(KEY) + "=", "ssh2")
     assert valid_policy(":".join(["ab"] * 16), "ssh1")
+    assert valid_policy("MD5:" + ":".join(["AB"] * 16), "ssh1")
+    assert not valid_policy(":".join(["ab"] * 16), "ssh2")
     assert not valid_policy("SHA256:short", "ssh2")
     assert not valid_policy("", "ssh2")
 
