@@ -255,8 +255,7 @@ class SSH1ClientProtocol(Protocol):
             data = core.data_to_send()
             if data:
                 self.transport.write(data)
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self._drop()
         if self.is_open:  # the bridge names the target only for failures before this
             self.sink.failed(f"{self.options.peer}: {message}")
         elif not self.opened.called:
@@ -376,8 +375,7 @@ class SSH1ClientProtocol(Protocol):
     def _on_exit_status(self, event: ev.ExitStatus) -> None:
         self._flush_raw()
         self.done = True
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self._drop()
         self.sink.exited(ExitInfo(status=event.status))
 
     def _flush_raw(self) -> None:
@@ -440,13 +438,17 @@ class SSH1ClientProtocol(Protocol):
         if core is not None and not core.closed:
             core.send_disconnect("session closed by the gateway's client")
         self._flush_raw()
-        if self.transport is not None:
-            # A device that stopped reading would keep a lost connection open forever
-            # while we wait to flush; then the goodbye is not worth waiting for.
-            if self._gate.paused:
-                self.transport.abortConnection()
-            else:
-                self.transport.loseConnection()
+        self._drop()
+
+    def _drop(self) -> None:
+        if self.transport is None:
+            return
+        # A device that stopped reading would keep a lost connection open forever while
+        # we wait to flush; then the goodbye is not worth waiting for.
+        if self._gate.paused:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     def pauseProducing(self) -> None:
         self._set_paused("sink", True)
