@@ -339,3 +339,14 @@ def test_legacy_algorithms_when_listed(reactor, user_key, tmp_path):
         assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
     assert bytes(client.out) == b"old device\n"
     assert client.exit.status == 0
+
+
+def test_concurrent_first_connections_record_the_host_once(reactor, sshd, user_key, tmp_path):
+    path = tmp_path / "kh"
+    targets = [SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(path)) for _ in range(3)]
+    clients = [Client() for _ in targets]
+    for target, client in zip(targets, clients, strict=True):
+        target.open_session("alice", exec_request(b"echo hi"), client)
+    assert run_until(reactor, lambda: all(c.exit is not None for c in clients), TIMEOUT)
+    assert [c.exit.status for c in clients] == [0, 0, 0]
+    assert len(path.read_text().splitlines()) == 1
