@@ -1,7 +1,12 @@
 """A real OpenSSH sshd for tests: Debian's openssh-server on a free loopback port, with its
 own config, host keys and authorized_keys, logging in as the current user (root in CI:
-``PermitRootLogin yes``). Key logins only: password logins would need a system account
-with a password, which tests must not create.
+``PermitRootLogin yes``).
+
+Password logins without touching the system's accounts: with ``root_password`` the sshd
+runs in a private mount namespace (``unshare -m``) where a throwaway shadow file is
+bind-mounted over /etc/shadow, and with ``pam=True`` a minimal pam_unix-only service
+file over /etc/pam.d/sshd (so keyboard-interactive goes through PAM). Nothing outside
+that namespace sees either file.
 
 Also :func:`fresh_reactor` / :func:`run_until`: tests drive the gateway side with a
 private reactor (the global one cannot be restarted between tests).
@@ -50,6 +55,8 @@ class OpenSSHServer:
         authorized: list[Path],
         host_key_types: tuple[str, ...] = ("ed25519",),
         extra_config: str = "",
+        root_password: str | None = None,
+        pam: bool = False,
     ) -> None:
         self.sshd = require_peer("sshd")["sshd"]
         self.workdir = workdir
@@ -58,6 +65,8 @@ class OpenSSHServer:
         self.authorized = workdir / "authorized_keys"
         self.authorized.write_text("".join(Path(str(p)).read_text() for p in authorized))
         self.extra_config = extra_config
+        self.root_password = root_password
+        self.pam = pam
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -71,17 +80,23 @@ class OpenSSHServer:
     def start(self) -> None:
         self.port = self.port or free_port()
         config = self.workdir / "sshd_config"
+        # sshd keeps the first value of a keyword: the caller's settings go first.
         config.write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\n"
+            self.extra_config
+            + f"Port {self.port}\nListenAddress 127.0.0.1\n"
             + "".join(f"HostKey {k}\n" for k in self.host_keys)
             + f"AuthorizedKeysFile {self.authorized}\nPidFile none\nUsePAM no\n"
             "StrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nAcceptEnv NOTHING\nLogLevel ERROR\n"
-            "MaxStartups 50\nMaxSessions 50\n" + self.extra_config
+            "PermitEmptyPasswords no\n"
+            "MaxStartups 50\nMaxSessions 50\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)
+        argv = [self.sshd, "-D", "-e", "-f", str(config)]
+        if self.root_password is not None:
+            argv = self._namespaced(argv)
         self.proc = subprocess.Popen(
-            [self.sshd, "-D", "-e", "-f", str(config)],
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "sshd.log", "ab"),  # noqa: SIM115
             start_new_session=True,
@@ -97,6 +112,29 @@ class OpenSSHServer:
                         "sshd did not start: " + (self.workdir / "sshd.log").read_text()
                     ) from None
                 time.sleep(0.05)
+
+    def _namespaced(self, argv: list[str]) -> list[str]:
+        tools = require_peer("unshare", "openssl")
+        hashed = subprocess.run(
+            [tools["openssl"], "passwd", "-6", "-stdin"],
+            input=self.root_password,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+        shadow = self.workdir / "shadow"
+        shadow.write_text(f"root:{hashed}:20000:0:99999:7:::\n")
+        shadow.chmod(0o600)
+        mounts = f'mount --bind "{shadow}" /etc/shadow'
+        if self.pam:
+            service = self.workdir / "pam-sshd"
+            service.write_text(
+                "auth required pam_unix.so\naccount required pam_unix.so\n"
+                "session required pam_unix.so\npassword required pam_unix.so\n"
+            )
+            mounts += f' && mount --bind "{service}" /etc/pam.d/sshd'
+        return [tools["unshare"], "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh", *argv]
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -350,3 +350,40 @@ def test_concurrent_first_connections_record_the_host_once(reactor, sshd, user_k
     assert run_until(reactor, lambda: all(c.exit is not None for c in clients), TIMEOUT)
     assert [c.exit.status for c in clients] == [0, 0, 0]
     assert len(path.read_text().splitlines()) == 1
+
+
+ROOT_PASSWORD = "upstream pw 42"
+
+
+@pytest.mark.parametrize(
+    ("auth_config", "pam"),
+    [
+        ("PasswordAuthentication yes\n", False),
+        # A device offering only keyboard-interactive (through PAM, pam_unix).
+        ("UsePAM yes\nPasswordAuthentication no\nKbdInteractiveAuthentication yes\n", True),
+    ],
+    ids=["password", "keyboard-interactive"],
+)
+def test_password_logins(reactor, tmp_path, auth_config, pam):
+    with OpenSSHServer(
+        tmp_path / "sshd", [], extra_config=auth_config, root_password=ROOT_PASSWORD, pam=pam
+    ) as server:
+        known = KnownHosts(tmp_path / "kh")
+        stored = SSH2Target(reactor, config(server.port, None, password=ROOT_PASSWORD), known)
+        client, _ = run(reactor, stored, exec_request(b"echo in; exit 5"))
+        assert (bytes(client.out), client.exit.status) == (b"in\n", 5), bytes(client.err)
+
+        passthrough = SSH2Target(
+            reactor, config(server.port, None, credentials="pass-through"), known
+        )
+        client = Client()
+        passthrough.open_session(
+            "alice", exec_request(b"echo through"), client, password=ROOT_PASSWORD
+        )
+        assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
+        assert bytes(client.out) == b"through\n"
+
+        wrong = SSH2Target(reactor, config(server.port, None, password="nope"), known)
+        client, _ = run(reactor, wrong, exec_request(b"echo never"))
+    assert client.exit.status == 255
+    assert b"authentication refused by upstream" in client.err
