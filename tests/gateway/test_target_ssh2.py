@@ -1,8 +1,8 @@
 """The SSH-2 upstream target in memory: Conch's own server (plus keyboard-interactive,
 which Conch's server lacks) over iosim, with MemoryReactorClock for the connect and the
-bridge's timers. Covers what a test sshd cannot (password and keyboard-interactive logins
-need a system account with a password), connect failures, hostile servers, legacy
-algorithms and the algorithm tables."""
+bridge's timers. Every login method and session feature byte by byte, and what a real
+sshd cannot show: connect failures, hostile servers, the hybrid post-quantum exchange
+(sshd 9.2 predates it), legacy algorithms and the algorithm tables."""
 
 from __future__ import annotations
 

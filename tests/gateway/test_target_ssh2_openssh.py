@@ -1,8 +1,7 @@
 """The SSH-2 upstream target against a real OpenSSH sshd on loopback, with a private
-reactor driven for bounded time: exec, exit status and signal, stderr, key logins, pty
-and window change, host key pinning, connection failures, 16 MiB each way, flow control.
-(Password and keyboard-interactive logins are covered in memory: a real sshd would need
-a system account with a password.)"""
+reactor driven for bounded time: exec, exit status and signal, stderr, key, password and
+keyboard-interactive logins, pty and window change, host key pinning, connection
+failures, legacy algorithms, 16 MiB each way, flow control."""
 
 from __future__ import annotations
 
