@@ -44,6 +44,7 @@ config file's directory; `~` is expanded. Numbers are seconds unless said otherw
 | `[targets.NAME] connect_timeout` | `10` | from session request to open upstream session |
 | `[targets.NAME] idle_timeout` | `0` | close the session after this long without data either way; `0`: never |
 | `[targets.NAME] ciphers` | modern defaults | ssh1: from `3des`, `blowfish`, `des`; ssh2: cipher names in order of preference, legacy ones (`aes128-cbc`, `3des-cbc`) only when listed |
+| `[targets.NAME] compression` | `0` | ssh1: zlib level (1-9) to request from the device; `0` for none |
 | `[targets.NAME] kex` | modern defaults | ssh2: key exchange names, in order (`diffie-hellman-group1-sha1` only when listed) |
 | `[targets.NAME] host_key_algorithms` | modern defaults | ssh2: host key algorithm names, in order (`ssh-rsa` only when listed) |
 | `[targets.NAME] macs` | modern defaults | ssh2: MAC names, in order (`hmac-sha1` only when listed) |
@@ -360,7 +361,7 @@ _UPSTREAM_KEYS = {
 # Which keys each target protocol takes; a key of another protocol is an error too.
 TARGET_KEYS = {
     "local": {"protocol"},
-    "ssh1": _UPSTREAM_KEYS | {"key", "host_key", "ciphers"},
+    "ssh1": _UPSTREAM_KEYS | {"key", "host_key", "ciphers", "compression"},
     "ssh2": _UPSTREAM_KEYS | {"key", "host_key", "ciphers", "kex", "host_key_algorithms", "macs"},
     "telnet": _UPSTREAM_KEYS | {"login_prompt", "password_prompt"},
 }
@@ -565,6 +566,9 @@ def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfi
     for cipher in algorithms.get("ciphers", ()) if protocol == "ssh1" else ():
         if cipher not in SSH1_KNOWN_CIPHERS or cipher == "none":
             v.error(path + ("ciphers",), f"unknown ssh1 cipher {cipher!r} (3des, blowfish, des)")
+    compression = v.integer(raw, path + ("compression",), 0, minimum=0)
+    if compression > 9:
+        v.error(path + ("compression",), "must be a zlib level from 1 to 9, or 0 for none")
     login_prompt = _check_prompt(v, raw, path + ("login_prompt",))
     password_prompt = _check_prompt(v, raw, path + ("password_prompt",))
     if protocol == "ssh2":
@@ -585,6 +589,7 @@ def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfi
         idle_timeout=idle_timeout,
         login_prompt=login_prompt,
         password_prompt=password_prompt,
+        compression=compression,
         **algorithms,
     )
 

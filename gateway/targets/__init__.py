@@ -40,3 +40,4 @@ class TargetConfig:
     kex: tuple[str, ...] = ()
     host_key_algorithms: tuple[str, ...] = ()
     macs: tuple[str, ...] = ()
+    compression: int = 0  # ssh1: zlib level 1-9 requested from the device; 0 = off

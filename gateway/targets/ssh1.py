@@ -111,9 +111,7 @@ class SSH1Target:
         for name in self.ciphers:
             if name not in ssh1_ciphers.BY_NAME:
                 raise ValueError(f"targets.{config.name}: unknown ssh1 cipher {name!r}")
-        # Not in TargetConfig yet: 0 (off) unless the config grows a compression level.
-        raw = getattr(config, "compression", 0)
-        self.compression = 6 if raw is True else int(raw or 0)
+        self.compression = config.compression
         if not 0 <= self.compression <= 9:
             raise ValueError(f"targets.{config.name}: compression level must be 0..9")
         self.rsa_key = self._load_key(config.key) if config.key is not None else None

@@ -305,3 +305,20 @@ def test_ssh2_algorithm_names_are_checked_by_the_ssh2_client():
     assert len(found) == 2, found
     assert found[0].startswith("gw.toml:8: targets.t.ciphers: ") and "rot13" in found[0]
     assert found[1].startswith("gw.toml:9: targets.t.macs: ") and "hmac-md4" in found[1]
+
+
+def test_ssh1_target_compression_level(tmp_path):
+    from gateway.config import ConfigError, parse_config
+
+    base = (
+        'state_dir = "s"\n[users.alice]\nauthorized_keys = "k"\n'
+        '[targets.dev]\nprotocol = "ssh1"\nhost = "192.0.2.9"\n'
+    )
+    config = parse_config(base + "compression = 6\n", "t.toml", tmp_path)
+    assert config.targets["dev"].compression == 6
+    assert parse_config(base, "t.toml", tmp_path).targets["dev"].compression == 0
+    import pytest
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + "compression = 12\n", "t.toml", tmp_path)
+    assert "compression" in str(info.value)
