@@ -375,8 +375,13 @@ class _ClientTransport(transport.SSHClientTransport):
 
     def _hybrid_finish(self, kex: Any, host_key: bytes, s_reply: bytes, signature: bytes) -> None:
         ciphertext, peer = s_reply[:MLKEM768_CIPHERTEXT], s_reply[MLKEM768_CIPHERTEXT:]
-        k_pq = self._mlkem.decapsulate(ciphertext)
-        k_cl = self._x25519.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+        try:
+            k_pq = self._mlkem.decapsulate(ciphertext)
+            k_cl = self._x25519.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+        except ValueError:  # e.g. a low-order X25519 point
+            self.attempt.fail(UpstreamFailure("key exchange with upstream failed (bad reply)"))
+            self.sendDisconnect(transport.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad hybrid reply")
+            return
         self._mlkem = self._x25519 = None
         shared = common.NS(kex.hashProcessor(k_pq + k_cl).digest())
         h = kex.hashProcessor()
@@ -411,11 +416,16 @@ class _ClientTransport(transport.SSHClientTransport):
         self.dhSecretKeyPublicMP = common.MP(pow(self.g, self.dhSecretKey, self.p))
 
     def _finishEphemeralDH(self, remoteDHpublicKey: int) -> bytes:
+        # Raised inside Conch's host-key callback chain, whose errback only says "bad
+        # host key": record the real reason first.
+        bad = UpstreamFailure("key exchange with upstream failed (bad DH value)")
         if not 1 < remoteDHpublicKey < self.p - 1:
+            self.attempt.fail(bad)
             raise ValueError("server DH public value out of range")
         secret = pow(remoteDHpublicKey, self.dhSecretKey, self.p)
         del self.dhSecretKey
         if secret in (1, self.p - 1):
+            self.attempt.fail(bad)
             raise ValueError("degenerate DH shared secret")
         return common.MP(secret)
 

@@ -662,3 +662,33 @@ def test_small_dh_group_refused(tmp_path):
 
 def test_sshtransport_constants_we_rely_on():
     assert sshtransport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE == 14
+
+
+class BadKexServer(sshtransport.SSHServerTransport):
+    """Answers the client's key exchange with degenerate public values."""
+
+    def _ssh_KEX_HYBRID_INIT(self, packet: bytes) -> None:
+        host = self.factory.publicKeys[b"ssh-ed25519"].blob()
+        reply = b"\x00" * (1088 + 32)  # an all-zero (low-order) X25519 point
+        self.sendPacket(31, common.NS(host) + common.NS(reply) + common.NS(b"sig"))
+
+    def _ssh_KEXDH_INIT(self, packet: bytes) -> None:
+        host = self.factory.publicKeys[b"ssh-ed25519"].blob()
+        self.sendPacket(31, common.NS(host) + common.MP(1) + common.NS(b"sig"))
+
+
+@pytest.mark.parametrize(
+    ("kex", "message"),
+    [
+        (b"mlkem768x25519-sha256", b"key exchange with upstream failed (bad reply)"),
+        (b"diffie-hellman-group14-sha1", b"key exchange with upstream failed (bad DH value)"),
+    ],
+)
+def test_degenerate_key_exchange_values_refused(tmp_path, kex, message):
+    h = Harness(tmp_path, kex=(kex.decode(),))
+    h.server_factory = DeviceFactory(h.device, supportedKeyExchanges=[kex])
+    h.server_factory.protocol = BadKexServer
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert message in client.err
+    assert h.device.logins == []
