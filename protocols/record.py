@@ -30,6 +30,11 @@ class ConnectionRecord:
     def duration(self, now: float | None = None) -> float:
         return (time.monotonic() if now is None else now) - self.started
 
+    def describe(self) -> str:
+        """Protocol and negotiated algorithms, e.g. "ssh2 kex=curve25519-sha256 ..."."""
+        algs = " ".join(f"{k}={v}" for k, v in self.algorithms.items())
+        return f"{self.protocol or '-'} {algs}".strip()
+
     def summary(self) -> str:
         algs = " ".join(f"{k}={v}" for k, v in self.algorithms.items()) or "-"
         return (

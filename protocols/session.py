@@ -72,6 +72,10 @@ class ExitInfo:
 class ISessionClient(Interface):
     """The client's side of one session, provided by a front end to its target."""
 
+    description = Attribute(
+        "str: the client connection's protocol and negotiated algorithms, for log lines"
+    )
+
     def write_stdout(data: bytes) -> None:
         """Send program output to the client."""
 

@@ -353,10 +353,11 @@ class BridgeSession:
 
     def _log_end(self, info: ExitInfo | None, message: str | None) -> None:
         log.info(
-            "bridged session: user={user} target={target} upstream=[{upstream}] "
+            "bridged session: user={user} front=[{front}] target={target} upstream=[{upstream}] "
             "to_upstream={up} from_upstream={down} duration={duration:.3f}s "
             "exit={status} reason={reason}",
             user=self.username,
+            front=getattr(self.client, "description", "-"),
             target=self.target,
             upstream=self.upstream.description if self.upstream is not None else "-",
             up=self.stats.bytes_to_upstream,

@@ -198,6 +198,10 @@ class _SessionClient:
         self.protocol = protocol
         self.producer: Any = None
 
+    @property
+    def description(self) -> str:
+        return self.protocol.record.describe()
+
     def write_stdout(self, data: bytes) -> None:
         self.protocol._session_output(data, stderr=False)
 

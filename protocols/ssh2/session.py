@@ -273,6 +273,11 @@ class SessionChannel(conch_channel.SSHChannel):
 
     # -- ISessionClient: target -> client -------------------------------------------------
 
+    @property
+    def description(self) -> str:
+        record = getattr(getattr(self.conn, "transport", None), "record", None)
+        return record.describe() if record is not None else "ssh2"
+
     def write_stdout(self, data: bytes) -> None:
         if data and not self.localClosed and not self._eof_wanted:
             self.write(data)
