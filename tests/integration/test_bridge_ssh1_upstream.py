@@ -13,9 +13,11 @@ import subprocess
 import time
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.gateway_process import GatewayProcess
 from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
+from tests.integration.terminal import assert_window_change_reaches, size_report_script
 from tests.integration.test_ssh2_peers import ssh_argv
 from tests.peers import require_peer
 
@@ -75,14 +77,26 @@ def bridge_gw(tmp_path_factory, password_hash, authorized_keys, device, hanging)
             "protocol": "ssh1", "host": "127.0.0.1", "port": hanging,
             "username": "admin", "password": "x", "connect_timeout": 3,
         },
+        "moved": {
+            "protocol": "ssh1", "host": "localhost", "port": device.port,
+            "username": "admin", "password": DEVICE_PASSWORD, "host_key": "accept-new",
+        },
         "secret": {
             "protocol": "ssh1", "host": "127.0.0.1", "port": device.port,
             "username": "admin", "password": DEVICE_PASSWORD,
         },
     }
     config = base_config(password_hash, authorized_keys, targets=targets)
-    config["users"]["alice"]["targets"] = ["local", "dev1", "down", "hangs"]
+    config["users"]["alice"]["targets"] = ["local", "dev1", "down", "hangs", "moved"]
     workdir = tmp_path_factory.mktemp("bridge-gw")
+    # "moved" was pinned to another key earlier: the device now shows a different one.
+    state = workdir / "state"
+    state.mkdir(mode=0o700)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    numbers = other.public_numbers()
+    known = state / "known_hosts"
+    known.write_text(f"[localhost]:{device.port} 2048 {numbers.e} {numbers.n}\n")
+    known.chmod(0o600)
     with GatewayProcess(workdir, config) as gw:
         yield gw
 
@@ -173,3 +187,44 @@ def test_plink_ssh1_front_to_ssh1_device(bridge_gw):
     )
     assert result.stdout.strip() == "via", result.stderr
     assert result.returncode == 3
+
+
+def test_changed_device_key_refused_with_warning(bridge_gw, client_keys):
+    result = subprocess.run(
+        ssh_argv(bridge_gw, client_keys["ed25519"], "echo hi", user="alice+moved"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0 and result.stdout == ""
+    assert "CHANGED" in result.stderr.upper() and "sshgateway: moved:" in result.stderr
+
+
+def test_openssh_tty_shell_on_device_with_window_change(bridge_gw, client_keys, tmp_path):
+    result = subprocess.run(
+        ssh_argv(bridge_gw, client_keys["ed25519"], "-tt", "tty", user="alice+dev1"),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.startswith("/dev/pts/"), result
+    marker = tmp_path / "size"
+    argv = ssh_argv(bridge_gw, client_keys["ed25519"], "-tt", size_report_script(marker),
+                    user="alice+dev1")
+    assert_window_change_reaches(argv, marker)
+
+
+def test_gateway_memory_bounded_with_a_slow_reader(bridge_gw, client_keys):
+    """The client reads at about 100 KB/s while the device could send far faster."""
+    before = bridge_gw.rss_kib()
+    client = subprocess.Popen(
+        ssh_argv(bridge_gw, client_keys["ed25519"], "cat /dev/zero", user="alice+dev1"),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    peak = before
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            client.stdout.read(10_000)
+            time.sleep(0.1)
+            peak = max(peak, bridge_gw.rss_kib())
+    finally:
+        client.kill()
+        client.wait(10)
+    assert peak - before < 32 * 1024, (before, peak)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shlex
 import socket
 import subprocess
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
+from tests.integration.terminal import assert_window_change_reaches, size_report_script
 from tests.peers import require_peer
 
 pytestmark = pytest.mark.peer
@@ -111,37 +111,9 @@ def test_openssh_pty_and_window_change(gateway, client_keys, tmp_path):
     )
     assert re.search(r"^/dev/pts/\d+", result.stdout), result
 
-    tools = require_peer("tmux")
     marker = tmp_path / "size"
-    script = (
-        f"trap 'stty size > {marker}.new; mv {marker}.new {marker}' WINCH; "
-        f"stty size > {marker}.new; mv {marker}.new {marker}; "
-        "for i in $(seq 300); do sleep 0.1; done"
-    )
-    session = f"sshgw{os.getpid()}"
-    cmd = shlex.join(ssh_argv(gateway, client_keys["ed25519"], "-tt", script))
-    subprocess.run(
-        [tools["tmux"], "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd],
-        check=True, timeout=30,
-    )
-    try:
-        assert wait_for(lambda: marker.exists() and marker.read_text().strip() == "24 80")
-        subprocess.run(
-            [tools["tmux"], "resize-window", "-t", session, "-x", "100", "-y", "30"],
-            check=True, timeout=30,
-        )
-        assert wait_for(lambda: marker.exists() and marker.read_text().strip() == "30 100")
-    finally:
-        subprocess.run([tools["tmux"], "kill-session", "-t", session], timeout=30)
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+    argv = ssh_argv(gateway, client_keys["ed25519"], "-tt", size_report_script(marker))
+    assert_window_change_reaches(argv, marker)
 
 
 def test_64mib_through_cat(gateway, client_keys, tmp_path):

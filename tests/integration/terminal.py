@@ -1,0 +1,51 @@
+"""Drive a real client in a real terminal (tmux) and watch a window change arrive."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+from tests.peers import require_peer
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def size_report_script(marker: Path) -> str:
+    """A remote shell script that writes `stty size` now and on every SIGWINCH."""
+    return (
+        f"trap 'stty size > {marker}.new; mv {marker}.new {marker}' WINCH; "
+        f"stty size > {marker}.new; mv {marker}.new {marker}; "
+        "for i in $(seq 300); do sleep 0.1; done"
+    )
+
+
+def assert_window_change_reaches(argv: list[str], marker: Path) -> None:
+    """Run ``argv`` (a client whose remote command is size_report_script(marker)) in an
+    80x24 tmux window, resize it to 100x30 and wait for the program to see both sizes."""
+    tools = require_peer("tmux")
+    session = f"sshgw{os.getpid()}{time.monotonic_ns() % 100000}"
+    subprocess.run(
+        [tools["tmux"], "new-session", "-d", "-s", session, "-x", "80", "-y", "24",
+         shlex.join(argv)],
+        check=True, timeout=30,
+    )
+    try:
+        assert wait_for(lambda: marker.exists() and marker.read_text().strip() == "24 80")
+        subprocess.run(
+            [tools["tmux"], "resize-window", "-t", session, "-x", "100", "-y", "30"],
+            check=True, timeout=30,
+        )
+        assert wait_for(lambda: marker.exists() and marker.read_text().strip() == "30 100")
+    finally:
+        subprocess.run([tools["tmux"], "kill-session", "-t", session], timeout=30,
+                       capture_output=True)
