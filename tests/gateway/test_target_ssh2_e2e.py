@@ -51,7 +51,8 @@ def test_openssh_command_through_ssh2_device(ssh2_gateway):
     assert result.stdout == "via-ssh2\n"
     assert "err" in result.stderr
     gw.wait_for_log(
-        r"bridged session: user=alice target=sdev upstream=\[ssh2 127\.0\.0\.1:\d+ kex="
+        r"bridged session: user=alice front=\[ssh2 kex=[^\]]*\] target=sdev "
+        r"upstream=\[ssh2 127\.0\.0\.1:\d+ kex="
     )
     known = (Path(gw.config["state_dir"]) / "known_hosts").read_text()
     assert known.split()[1:3] == device.host_public().split()[:2]
