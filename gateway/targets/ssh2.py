@@ -446,6 +446,9 @@ class _ClientTransport(transport.SSHClientTransport):
         return defer.succeed(True)
 
     def connectionSecure(self) -> None:
+        # Conch calls this after every NEWKEYS, re-keys included: log in only once.
+        if self.attempt.phase != "key exchange":
+            return
         self.attempt.phase = "login"
         attempt = self.attempt
         self.requestService(_UserAuth(attempt.login.encode("utf-8"), _Connection(attempt), attempt))

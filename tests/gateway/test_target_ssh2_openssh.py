@@ -98,7 +98,12 @@ def user_key(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory, user_key):
-    with OpenSSHServer(tmp_path_factory.mktemp("sshd"), [Path(str(user_key) + ".pub")]) as s:
+    # Re-keying every 4 MiB: the 16 MiB transfer goes through several key exchanges.
+    with OpenSSHServer(
+        tmp_path_factory.mktemp("sshd"),
+        [Path(str(user_key) + ".pub")],
+        extra_config="RekeyLimit 4M\n",
+    ) as s:
         yield s
 
 
