@@ -6,10 +6,13 @@ sshd cannot show: connect failures, hostile servers, the hybrid post-quantum exc
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.conch.avatar import ConchUser
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh import channel, common, factory, keys, userauth
@@ -39,6 +42,7 @@ from tests.gateway.helpers import ed25519_key, rsa_key
 from tests.gateway.test_target_ssh2_openssh import Client
 
 PASSWORD = "s3cret pass"
+FUZZ_EXAMPLES = int(os.environ.get("SSH2_TARGET_FUZZ_EXAMPLES", "60"))
 HOST_KEY = ed25519_key()
 RSA_HOST_KEY = rsa_key(2048)
 
@@ -691,4 +695,30 @@ def test_degenerate_key_exchange_values_refused(tmp_path, kex, message):
     client = h.run(exec_(b"hello"))
     assert client.exit == ExitInfo(status=255)
     assert message in client.err
+    assert h.device.logins == []
+
+
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    junk=st.binary(max_size=600),
+    framed=st.booleans(),
+)
+def test_random_server_bytes_end_cleanly(tmp_path, junk, framed):
+    # Whatever follows the version line, the session ends with one line and status 255.
+    if framed:  # a plausible unencrypted packet header around the junk
+        pad = -(len(junk) + 5) % 8
+        body = junk + b"\x00" * (pad + 8 if pad < 4 else pad)
+        junk = struct.pack(">LB", len(body) + 1, len(body) - len(junk)) + body
+    h = Harness(tmp_path)
+    h.open(exec_(b"hello"))
+    h.connect(server_protocol=Raw(b"SSH-2.0-fuzz\r\n" + junk))
+    if h.client.exit is None:
+        h.server_proto.transport.loseConnection()
+        h.flush()
+    assert h.client.exit == ExitInfo(status=255)
+    assert h.client.err.count(b"\n") == 1
     assert h.device.logins == []
