@@ -665,7 +665,14 @@ class _SessionChannel(channel.SSHChannel):
             self._start(None)
             return
         size = pty.size
-        modes = b"".join(struct.pack(">BL", op, value) for op, value in pty.modes) + b"\x00"
+        modes = (
+            b"".join(
+                struct.pack(">BL", op, value)
+                for op, value in pty.modes
+                if 0 < op < 160 and 0 <= value <= 0xFFFFFFFF  # RFC 4254 section 8
+            )
+            + b"\x00"
+        )
         data = session.packRequest_pty_req(
             pty.term.encode("ascii", "replace"),
             (size.rows, size.cols, size.xpixel, size.ypixel),
@@ -675,6 +682,8 @@ class _SessionChannel(channel.SSHChannel):
         d.addBoth(self._start)
 
     def _start(self, result: Any) -> None:
+        if self.localClosed or self.attempt.deferred.called:
+            return  # the channel or the connection went while pty-req was pending
         if isinstance(result, Failure):
             # OpenSSH's client carries on without a terminal; so do we.
             log.info("ssh2 upstream {name}: pty request refused", name=self.attempt.name)

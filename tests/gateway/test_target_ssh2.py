@@ -57,6 +57,8 @@ class Device:
         self.clock = clock
         self.channels: list[DeviceSession] = []
         self.kbd_only = False
+        self.refuse: set[bytes] = set()  # channel requests answered with failure
+        self.sessions = True  # False: session channels are refused
         self.logins: list[str] = []
 
 
@@ -73,6 +75,8 @@ class DeviceSession(channel.SSHChannel):
 
     def requestReceived(self, requestType: bytes, data: bytes) -> int:
         self.requests.append((requestType, data))
+        if requestType in self.device.refuse:
+            return 0
         if requestType in (b"exec", b"shell"):
             self.device.clock.callLater(0, self.run, common.getNS(data)[0] if data else b"")
             return 1
@@ -108,7 +112,8 @@ class DeviceUser(ConchUser):
     def __init__(self, device: Device) -> None:
         super().__init__()
         self.device = device
-        self.channelLookup[b"session"] = DeviceSession
+        if device.sessions:
+            self.channelLookup[b"session"] = DeviceSession
 
 
 @implementer(portal.IRealm)
@@ -363,6 +368,38 @@ def test_pty_modes_window_change_signal_stdin_eof(tmp_path):
     h.flush()
     assert h.client_proto.transport.disconnected
     assert h.client.exit is None  # nothing reported after close
+
+
+def test_refused_pty_carries_on_without_one(tmp_path):
+    h = Harness(tmp_path)
+    h.device.refuse = {b"pty-req"}
+    pty = PtyRequest(term="vt100", size=WindowSize(rows=24, cols=80))
+    client = h.run(exec_(b"hello", pty))
+    assert client.exit == ExitInfo(status=3)
+
+
+@pytest.mark.parametrize(
+    ("request_", "refuse", "message"),
+    [
+        (exec_(b"hello"), {b"exec"}, b"dev: upstream refused to start the command"),
+        (SessionRequest(), {b"shell"}, b"dev: upstream refused to start the shell"),
+    ],
+)
+def test_refused_exec_or_shell(tmp_path, request_, refuse, message):
+    h = Harness(tmp_path)
+    h.device.refuse = refuse
+    client = h.run(request_)
+    assert client.exit == ExitInfo(status=255)
+    assert message in client.err
+    assert h.client_proto.transport.disconnected
+
+
+def test_refused_session_channel(tmp_path):
+    h = Harness(tmp_path)
+    h.device.sessions = False
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"dev: upstream refused the session (" in client.err
 
 
 def test_exit_signal_and_hostile_message(tmp_path):
