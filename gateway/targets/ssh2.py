@@ -226,7 +226,8 @@ class _Attempt:
                 self.finished = True
                 message = str(self.failure) if self.failure else "connection reset mid-session"
                 log.info("ssh2 upstream {name}: {message}", name=self.name, message=message)
-                self.sink.failed(message)
+                # The bridge prefixes only connect-phase failures with the target name.
+                self.sink.failed(f"{self.config.name}: {message}")
             return
         if self.deferred.called:
             return

@@ -422,7 +422,7 @@ def test_reset_mid_session(tmp_path):
     h.server_proto.transport.loseConnection()
     h.flush()
     assert h.client.exit == ExitInfo(status=255)
-    assert h.client.err == b"sshgateway: connection reset mid-session\r\n"
+    assert h.client.err == b"sshgateway: dev: connection reset mid-session\r\n"
 
 
 def test_upstream_window_pauses_client_input(tmp_path):
