@@ -94,6 +94,7 @@ LOCAL_WINDOW = 256 * 1024  # what the upstream may send before we grant more
 LOCAL_MAX_PACKET = 32 * 1024
 MAX_SEND_PACKET = 32 * 1024
 MAX_AUTH_ROUNDS = 4  # keyboard-interactive info requests we answer per connection
+MAX_KEY_FILE = 64 * 1024
 MAX_TEXT = 200  # upstream-provided text (disconnect reasons) shown to the user
 CLIENT_VERSION = b"SSH-2.0-sshgateway"
 
@@ -883,8 +884,9 @@ class SSH2Target:
         if path is None:
             return None
         try:
-            data = path.read_bytes()[: 64 * 1024 + 1]
-            if len(data) > 64 * 1024:
+            with open(path, "rb") as f:
+                data = f.read(MAX_KEY_FILE + 1)
+            if len(data) > MAX_KEY_FILE:
                 raise ValueError("key file too large")
             key = keys.Key.fromString(data)
             if key.isPublic():
@@ -895,7 +897,7 @@ class SSH2Target:
                 "ssh2 target {name}: cannot use key file {path}: {why}",
                 name=self.config.name,
                 path=path,
-                why=type(exc).__name__,
+                why=str(exc) if type(exc) is ValueError else type(exc).__name__,
             )
             raise UpstreamFailure("the gateway's key for this target cannot be used") from None
 
