@@ -23,8 +23,10 @@ import secrets
 import struct
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.conch.ssh import _kex, channel, common, connection, keys, session, transport, userauth
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
@@ -62,9 +64,11 @@ HOST_KEY_ALGORITHMS: dict[str, bool] = {
     "rsa-sha2-256": False,
     "ssh-rsa": True,
 }
-# Conch 26.10 has no AES-GCM or ChaCha20-Poly1305 client ciphers; CTR + HMAC-SHA2 is the
-# best it can do, and what every device from the last 15 years speaks.
+# AES-GCM (OpenSSH's names, RFC 5647 framing) is ours: Conch 26.10 has no AEAD cipher.
+# It comes first: one cryptography call per packet instead of CTR plus a Python HMAC.
 CIPHERS: dict[str, bool] = {
+    "aes256-gcm@openssh.com": False,
+    "aes128-gcm@openssh.com": False,
     "aes256-ctr": False,
     "aes192-ctr": False,
     "aes128-ctr": False,
@@ -73,6 +77,7 @@ CIPHERS: dict[str, bool] = {
     "aes128-cbc": True,
     "3des-cbc": True,
 }
+GCM_KEY_SIZES = {b"aes256-gcm@openssh.com": 32, b"aes128-gcm@openssh.com": 16}
 MACS: dict[str, bool] = {
     "hmac-sha2-512": False,
     "hmac-sha2-256": False,
@@ -90,6 +95,7 @@ DH_GEX_MAX_BITS = 8192
 DH_EXPONENT_BITS = 512  # twice the strength of AES-256 (RFC 4419 section 6.2)
 
 MLKEM768_CIPHERTEXT = 1088
+MAX_PACKET = 1024 * 1024  # Conch's own bound for the other ciphers
 LOCAL_WINDOW = 256 * 1024  # what the upstream may send before we grant more
 LOCAL_MAX_PACKET = 32 * 1024
 MAX_SEND_PACKET = 32 * 1024
@@ -149,6 +155,79 @@ def offered_algorithms(config: TargetConfig) -> dict[str, list[bytes]]:
         "cipher": _choose("ciphers", CIPHERS, config.ciphers),
         "mac": _choose("macs", MACS, config.macs),
     }
+
+
+# -- AES-GCM ---------------------------------------------------------------------------------
+
+
+class _GCM:
+    """One direction of aes*-gcm@openssh.com: a 4-byte fixed IV and a 64-bit invocation
+    counter, incremented per packet; the packet length is the associated data."""
+
+    TAG = 16
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._aes = AESGCM(key)
+        self._fixed = iv[:4]
+        self._counter = int.from_bytes(iv[4:12], "big")
+
+    def _nonce(self) -> bytes:
+        nonce = self._fixed + self._counter.to_bytes(8, "big")
+        self._counter = (self._counter + 1) & 0xFFFFFFFFFFFFFFFF
+        return nonce
+
+    def seal(self, plain: bytes, length: bytes) -> bytes:
+        return self._aes.encrypt(self._nonce(), plain, length)
+
+    def open(self, sealed: bytes, length: bytes) -> bytes:
+        return self._aes.decrypt(self._nonce(), sealed, length)
+
+
+class _Ciphers(transport.SSHCiphers):
+    """Conch's cipher state, plus AES-GCM in either direction (the negotiated MAC is
+    then unused, as in OpenSSH)."""
+
+    out_gcm: _GCM | None = None
+    in_gcm: _GCM | None = None
+
+    @classmethod
+    def of(cls, negotiated: transport.SSHCiphers) -> _Ciphers:
+        return cls(
+            negotiated.outCipType,
+            negotiated.inCipType,
+            negotiated.outMACType,
+            negotiated.inMACType,
+        )
+
+    def setKeys(
+        self,
+        outIV: bytes,
+        outKey: bytes,
+        inIV: bytes,
+        inKey: bytes,
+        outInteg: bytes,
+        inInteg: bytes,
+    ) -> None:
+        out_size = GCM_KEY_SIZES.get(self.outCipType)
+        if out_size:
+            self.out_gcm = _GCM(outKey[:out_size], outIV)
+            self.encBlockSize = 16
+        else:
+            cipher = self._getCipher(self.outCipType, outIV, outKey)
+            self.encryptor = cipher.encryptor()
+            self.encBlockSize = cipher.algorithm.block_size // 8
+            self.outMAC = self._getMAC(self.outMACType, outInteg)
+        in_size = GCM_KEY_SIZES.get(self.inCipType)
+        if in_size:
+            self.in_gcm = _GCM(inKey[:in_size], inIV)
+            self.decBlockSize = 16
+        else:
+            cipher = self._getCipher(self.inCipType, inIV, inKey)
+            self.decryptor = cipher.decryptor()
+            self.decBlockSize = cipher.algorithm.block_size // 8
+            self.inMAC = self._getMAC(self.inMACType, inInteg)
+            if self.inMAC:
+                self.verifyDigestSize = self.inMAC[3]
 
 
 # -- one connection attempt ----------------------------------------------------------------
@@ -315,6 +394,53 @@ class _ClientTransport(transport.SSHClientTransport):
             self.attempt.fail(UpstreamFailure(f"upstream speaks SSH {_short(remoteVersion)}"))
         super()._unsupportedVersionReceived(remoteVersion)
 
+    # -- packets (AES-GCM framing; Conch's own for everything else) ---------------------
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        gcm = getattr(self.currentEncryptions, "out_gcm", None)
+        if gcm is None or (
+            self._keyExchangeState != self._KEY_EXCHANGE_NONE
+            and not self._allowedKeyExchangeMessageType(messageType)
+        ):
+            super().sendPacket(messageType, payload)  # also queues during key exchange
+            return
+        if self.transport is None:
+            return
+        body = bytes((messageType,)) + payload
+        padding = 16 - (1 + len(body)) % 16
+        if padding < 4:
+            padding += 16
+        length = struct.pack("!L", 1 + len(body) + padding)
+        plain = bytes((padding,)) + body + secrets.token_bytes(padding)
+        self.transport.write(length + gcm.seal(plain, length))
+        self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+
+    def getPacket(self) -> bytes | None:
+        gcm = getattr(self.currentEncryptions, "in_gcm", None)
+        if gcm is None:
+            return super().getPacket()
+        if len(self.buf) < 4:
+            return None
+        (length,) = struct.unpack("!L", self.buf[:4])
+        if length > MAX_PACKET or length < 16 or length % 16:
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"bad packet length")
+            return None
+        end = 4 + length + _GCM.TAG
+        if len(self.buf) < end:
+            return None
+        header, sealed, self.buf = self.buf[:4], self.buf[4:end], self.buf[end:]
+        try:
+            plain = gcm.open(sealed, header)
+        except InvalidTag:
+            self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
+            return None
+        padding = plain[0]
+        if padding < 4 or padding + 1 >= len(plain):
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"bad padding")
+            return None
+        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
+        return plain[1 : len(plain) - padding]
+
     # -- key exchange ------------------------------------------------------------------
 
     def ssh_KEXINIT(self, packet: bytes) -> None:
@@ -323,6 +449,7 @@ class _ClientTransport(transport.SSHClientTransport):
         # Conch's client would.
         if transport.SSHTransportBase.ssh_KEXINIT(self, packet) is None:
             return
+        self.nextEncryptions = _Ciphers.of(self.nextEncryptions)
         if _kex.isPQHybrid(self.kexAlg):
             self._mlkem = mlkem.MLKEM768PrivateKey.generate()
             self._x25519 = x25519.X25519PrivateKey.generate()
@@ -494,7 +621,8 @@ class _ClientTransport(transport.SSHClientTransport):
         enc = self.currentEncryptions
         return (
             f"ssh2 {self.attempt.name} kex={self.kexAlg.decode()} hostkey={self.keyAlg.decode()} "
-            f"cipher={enc.outCipType.decode()} mac={enc.outMACType.decode()}"
+            f"cipher={enc.outCipType.decode()} "
+            f"mac={'implicit' if getattr(enc, 'out_gcm', None) else enc.outMACType.decode()}"
         )
 
 

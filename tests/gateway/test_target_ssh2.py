@@ -29,12 +29,14 @@ from zope.interface import implementer
 from gateway.known_hosts import KnownHosts
 from gateway.targets import TargetConfig
 from gateway.targets.ssh2 import (
+    _GCM,
     CIPHERS,
     HOST_KEY_ALGORITHMS,
     KEX,
     MACS,
     AlgorithmError,
     SSH2Target,
+    _Ciphers,
     offered_algorithms,
 )
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
@@ -759,3 +761,57 @@ def test_random_server_bytes_end_cleanly(tmp_path, junk, framed):
     assert h.client.exit == ExitInfo(status=255)
     assert h.client.err.count(b"\n") == 1
     assert h.device.logins == []
+
+
+def gcm_harness(tmp_path):
+    """A client whose key exchange is faked: both directions AES-128-GCM under one
+    known key, so the test can play the server's side of the framing."""
+    h = Harness(tmp_path)
+    h.open(exec_(b"hello"))
+    h.connect(server_protocol=Raw(b"SSH-2.0-gcm\r\n"))
+    key, iv = bytes(range(16)), bytes(range(100, 112))
+    enc = _Ciphers(GCM, GCM, b"hmac-sha2-256", b"hmac-sha2-256")
+    enc.setKeys(iv, key, iv, key, b"", b"")
+    h.client_proto.currentEncryptions = enc
+    return h, key, iv
+
+
+GCM = b"aes128-gcm@openssh.com"
+
+
+def seal(peer: _GCM, payload: bytes) -> bytes:
+    padding = 16 - (1 + len(payload)) % 16
+    padding += 16 if padding < 4 else 0
+    length = struct.pack(">L", 1 + len(payload) + padding)
+    return length + peer.seal(bytes((padding,)) + payload + b"\x00" * padding, length)
+
+
+def test_gcm_framing_both_ways(tmp_path):
+    h, key, iv = gcm_harness(tmp_path)
+    client = h.client_proto
+    written = len(client.transport.stream)
+    client.sendPacket(2, b"ping")  # SSH_MSG_IGNORE
+    out = b"".join(client.transport.stream[written:])
+    (length,) = struct.unpack(">L", out[:4])
+    assert length % 16 == 0 and len(out) == 4 + length + 16
+    plain = _GCM(key, iv).open(out[4:], out[:4])
+    assert plain[1 : len(plain) - plain[0]] == b"\x02ping"
+
+    peer = _GCM(key, iv)
+    client.dataReceived(seal(peer, b"\x02hello") + seal(peer, b"\x02again"))
+    assert h.client.exit is None  # two IGNOREs read and dropped
+    sealed = bytearray(seal(peer, b"\x02tampered"))
+    sealed[-1] ^= 1
+    client.dataReceived(bytes(sealed))
+    h.flush()
+    assert h.client.exit == ExitInfo(status=255)
+    assert b"SSH error with upstream (bad MAC)" in h.client.err
+
+
+@pytest.mark.parametrize("length", [0, 15, 17, 2 * 1024 * 1024])
+def test_gcm_bad_lengths(tmp_path, length):
+    h, _, _ = gcm_harness(tmp_path)
+    h.client_proto.dataReceived(struct.pack(">L", length) + b"\x00" * 40)
+    h.flush()
+    assert h.client.exit == ExitInfo(status=255)
+    assert b"bad packet length" in h.client.err

@@ -391,3 +391,27 @@ def test_password_logins(reactor, tmp_path, auth_config, pam):
         client, _ = run(reactor, wrong, exec_request(b"echo never"))
     assert client.exit.status == 255
     assert b"authentication refused by upstream" in client.err
+
+
+@pytest.mark.parametrize(
+    ("ciphers", "expected"),
+    [
+        ((), "cipher=aes256-gcm@openssh.com mac=implicit"),
+        (("aes128-gcm@openssh.com",), "cipher=aes128-gcm@openssh.com mac=implicit"),
+        (("aes128-ctr",), "cipher=aes128-ctr mac=hmac-sha2-512"),
+    ],
+)
+def test_ciphers_against_openssh(reactor, sshd, user_key, tmp_path, ciphers, expected):
+    target = SSH2Target(
+        reactor, config(sshd.port, user_key, ciphers=ciphers), KnownHosts(tmp_path / "kh")
+    )
+    data = os.urandom(1024 * 1024 + 13)
+    client = Client()
+    session = target.open_session("alice", exec_request(b"cat"), client)
+    assert run_until(reactor, lambda: session.upstream is not None, TIMEOUT)
+    assert session.upstream.description.endswith(expected)
+    assert "kex=curve25519-sha256 " in session.upstream.description  # sshd 9.2: no ML-KEM
+    session.write_stdin(data)
+    session.close_stdin()
+    assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
+    assert bytes(client.out) == data
