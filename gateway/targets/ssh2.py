@@ -10,9 +10,13 @@ IUpstreamSession. Everything the bridge does (buffering while connecting, timeou
 user-visible failure lines, the log line) stays in gateway.targets.bridge.
 
 Algorithms are chosen from tables by name: modern ones by default, legacy ones only when
-the target lists them. Conch lacks diffie-hellman-group1-sha1, which old devices still
-need; it is added here for the client side only (the gateway's own server validates its
-``[ssh2] kex`` against a list without it).
+the target lists them. What Conch's client lacks is added here, client side only:
+mlkem768x25519-sha256 (Conch has only the server half), AES-GCM framing, and
+diffie-hellman-group1-sha1 for old devices (registered in Conch's kex table; the
+gateway's own server validates its ``[ssh2] kex`` against a list without it).
+
+Conch calls connectionSecure after every NEWKEYS: the login starts only after the first
+(an upstream's re-key must not start a second login).
 """
 
 from __future__ import annotations
