@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,22 @@ def test_ssh_keygen_reads_our_file_and_we_read_its_hashed_lines(path, tmp_path):
     fresh.check_ssh2("dev.example", 2200, KEY, "strict")
     with pytest.raises(HostKeyChanged):
         fresh.check_ssh2("dev.example", 2200, OTHER, "strict")
+
+
+def test_processes_racing_on_one_file_record_the_host_once(path):
+    # Separate gateway processes share <state_dir>/known_hosts: the append is locked.
+    script = (
+        "import sys, base64\n"
+        "from twisted.conch.ssh import keys\n"
+        "from gateway.known_hosts import KnownHosts\n"
+        "key = keys.Key.fromString(base64.b64decode(sys.argv[2]))\n"
+        "KnownHosts(sys.argv[1]).check_ssh2('racer', 22, key, 'accept-new')\n"
+    )
+    blob = base64.b64encode(KEY.public().blob()).decode()
+    repo = Path(__file__).resolve().parents[2]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path), blob], cwd=repo)
+        for _ in range(6)
+    ]
+    assert [p.wait(60) for p in procs] == [0] * 6
+    assert path.read_text().splitlines() == [line_for("racer", KEY)]
