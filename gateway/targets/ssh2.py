@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.conch.ssh import _kex, channel, common, connection, keys, session, transport, userauth
 from twisted.internet import defer, error, protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -43,6 +43,17 @@ from gateway.targets.bridge import BridgeSession, IUpstreamSession, UpstreamFail
 from protocols.session import ExitInfo, ISessionClient, SessionRequest, WindowSize
 
 log = Logger()
+
+
+def _conch_events(event: dict) -> None:
+    # Conch narrates every channel open, request and close at info/debug; a gateway
+    # bridging many sessions logs its own one line per session instead. Its warnings
+    # and errors still go through.
+    if event.get("log_level", LogLevel.info) >= LogLevel.warn:
+        globalLogPublisher(event)
+
+
+_conch_log = Logger(namespace="gateway.targets.ssh2.conch", observer=_conch_events)
 
 # -- algorithm policy ------------------------------------------------------------------------
 
@@ -352,6 +363,7 @@ class _Factory(protocol.ClientFactory):
 
 
 class _ClientTransport(transport.SSHClientTransport):
+    _log = _conch_log
     ourVersionString = CLIENT_VERSION
 
     def __init__(self, attempt: _Attempt) -> None:
@@ -652,6 +664,7 @@ class _UserAuth(userauth.SSHUserAuthClient):
     tried a bounded number of times so a server cannot keep us going round."""
 
     preferredOrder = [b"publickey", b"password", b"keyboard-interactive"]
+    _log = _conch_log
 
     def __init__(self, user: bytes, instance: Any, attempt: _Attempt) -> None:
         super().__init__(user, instance)
@@ -742,6 +755,8 @@ class _UserAuth(userauth.SSHUserAuthClient):
 
 
 class _Connection(connection.SSHConnection):
+    _log = _conch_log
+
     def __init__(self, attempt: _Attempt) -> None:
         super().__init__()
         self.attempt = attempt
@@ -776,6 +791,7 @@ class _Connection(connection.SSHConnection):
 
 
 class _SessionChannel(channel.SSHChannel):
+    _log = _conch_log
     name = b"session"
 
     def __init__(self, attempt: _Attempt, conn: _Connection) -> None:
