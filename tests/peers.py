@@ -6,9 +6,13 @@ CI must never go green by silently not testing against the real thing.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +49,26 @@ def require_module(name: str):
         if in_ci():
             pytest.fail(message + " (CI=true: a missing peer is a failure)")
         pytest.skip(message)
+
+
+@contextmanager
+def putty_cipher_session(cipher: str) -> Iterator[str]:
+    """A saved PuTTY session that makes ``plink -load NAME`` speak SSH-1 with ``cipher``.
+
+    plink has no cipher flag, and reads saved sessions from the passwd home directory
+    (not $HOME); the cipher goes above WARN so that -batch does not refuse it.
+    """
+    import pwd
+
+    name = f"sshgateway-test-{cipher}-{os.getpid()}-{next(_session_numbers)}"
+    sessions = Path(pwd.getpwuid(os.geteuid()).pw_dir) / ".putty" / "sessions"
+    sessions.mkdir(parents=True, exist_ok=True)
+    path = sessions / name
+    path.write_text(f"Cipher={cipher},WARN,aes,3des,blowfish,des\nSshProt=0\nHostName=127.0.0.1\n")
+    try:
+        yield name
+    finally:
+        path.unlink(missing_ok=True)
+
+
+_session_numbers = itertools.count()

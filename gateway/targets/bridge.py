@@ -318,6 +318,12 @@ class BridgeSession:
     # -- helpers -----------------------------------------------------------------------
 
     def _teardown(self) -> None:
+        # Nothing will consume client input any more: let the front end read (and drop)
+        # it, or a client still sending stdin could never get its exit status answered.
+        if self._input_paused:
+            self._input_paused.clear()
+            if self._input_producer is not None:
+                self._input_producer.resumeProducing()
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
             connecting.cancel()

@@ -920,6 +920,13 @@ class _SessionChannel(channel.SSHChannel):
 
     def closeReceived(self) -> None:
         self.close_received = True
+        # The upstream will never grant window again. Conch's loseConnection waits for
+        # its buffer to drain before answering the close, so input still waiting for
+        # window (a client still sending when the program exited) would hang the
+        # session: it has nowhere to go, drop it.
+        self.buf = b""
+        self.extBuf = []
+        self.eof_pending = False
         super().closeReceived()
 
     def closed(self) -> None:

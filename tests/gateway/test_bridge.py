@@ -182,3 +182,15 @@ def test_client_close_tears_down_quietly():
     pending.callback(upstream)
     session.close()
     assert upstream.closed and client.exit is None
+
+
+def test_input_resumed_when_the_session_ends_while_paused():
+    session, client, pending, sink, _ = bridge()
+    producer = Producer()
+    session.registerProducer(producer, True)
+    pending.callback(FakeUpstream())
+    sink.pause_input()
+    assert producer.paused
+    sink.exited(ExitInfo(status=0))
+    assert not producer.paused  # the front end must read on to see the exit confirmation
+    session.write_stdin(b"late input is dropped")

@@ -57,7 +57,7 @@ def test_openssh_command_through_telnet_device(telnet_gateway):
     assert result.returncode == 0, result.stderr + gw.log_text()[-3000:]
     assert "via-telnet\n42\n" in result.stdout
     assert "Password" not in result.stdout
-    gw.wait_for_log(r"bridged session: user=alice target=tdev upstream=\[telnet ")
+    gw.wait_for_log(r"bridged session: user=alice front=\[ssh2 [^\]]*\] target=tdev upstream=\[telnet ")
 
 
 def test_openssh_tty_shell_through_telnet_device(telnet_gateway):

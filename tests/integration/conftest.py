@@ -83,3 +83,9 @@ def gateway(tmp_path_factory, password_hash, authorized_keys):
     workdir = tmp_path_factory.mktemp("gateway")
     with GatewayProcess(workdir, base_config(password_hash, authorized_keys)) as gw:
         yield gw
+
+
+def ssh1_host_fingerprint(state_dir: str) -> str:
+    """The gateway's SSH-1 host key fingerprint (MD5 colon-hex), as plink -hostkey wants it."""
+    out = sshgateway_cli("fingerprints", "--state-dir", state_dir).stdout
+    return next(line.split()[3] for line in out.splitlines() if line.startswith("SSH-1"))
