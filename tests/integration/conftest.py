@@ -89,3 +89,22 @@ def ssh1_host_fingerprint(state_dir: str) -> str:
     """The gateway's SSH-1 host key fingerprint (MD5 colon-hex), as plink -hostkey wants it."""
     out = sshgateway_cli("fingerprints", "--state-dir", state_dir).stdout
     return next(line.split()[3] for line in out.splitlines() if line.startswith("SSH-1"))
+
+
+def peak_rss_growth_kib(gw: GatewayProcess, argv: list[str], seconds: float = 8) -> int:
+    """Run a client that reads its output at about 100 KB/s; return the gateway's peak
+    resident-memory growth meanwhile."""
+    import time
+
+    before = peak = gw.rss_kib()
+    client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            client.stdout.read(10_000)
+            time.sleep(0.1)
+            peak = max(peak, gw.rss_kib())
+    finally:
+        client.kill()
+        client.wait(10)
+    return peak - before

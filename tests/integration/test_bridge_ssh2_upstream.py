@@ -13,6 +13,7 @@ from tests.gateway_process import GatewayProcess
 from tests.integration.conftest import (
     PASSWORD,
     base_config,
+    peak_rss_growth_kib,
     ssh1_host_fingerprint,
     sshgateway_cli,
 )
@@ -81,3 +82,10 @@ def test_program_exits_while_client_still_sends(gw, client_keys):
         input=b"x" * (16 << 20), capture_output=True, timeout=60,
     )
     assert result.returncode == 3, result.stderr
+
+
+def test_gateway_memory_bounded_with_a_slow_plink1_reader(gw):
+    tools = require_peer("plink")
+    argv = [tools["plink"], "-batch", "-1", "-hostkey", gw.fingerprint, "-P", str(gw.port),
+            "-pw", PASSWORD, "-l", "alice+host2", "127.0.0.1", "cat /dev/zero"]
+    assert peak_rss_growth_kib(gw, argv) < 32 * 1024
