@@ -1,0 +1,935 @@
+"""``sshgateway probe``: what a host offers over SSH-1 and over SSH-2, without logging in.
+
+Owns the probe itself: per host one SSH-1 attempt (identification, then the server's
+SSH_SMSG_PUBLIC_KEY, then a clear-text disconnect) and SSH-2 attempts like ssh-keyscan
+(Conch's client transport: the server's KEXINIT lists, and one key exchange per host key
+type it offers, stopped once the keys are in place), bounded by one per-host deadline; many
+hosts under a concurrency limit; and the text / JSON / CSV reports.
+
+A probe connection is short and talks to hosts that may be hostile or broken: every line and
+list is bounded before it is kept, every failure becomes a reason in the report (never a
+traceback), and a host that says nothing is reported when its deadline passes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+from twisted.conch.ssh import keys as conch_keys
+from twisted.conch.ssh import transport as conch_transport
+from twisted.internet import defer, endpoints, error
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from protocols.ssh1 import messages as m1
+from protocols.ssh1.connection import printable
+from protocols.ssh1.keys import ssh1_fingerprint
+from protocols.ssh1.packet import PacketDecoder, PacketEncoder
+from protocols.ssh1.wire import ProtocolError, Reader, Writer, int_to_bytes
+
+DEFAULT_PORT = 22
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_CONCURRENCY = 16
+SOFTWARE = "sshgateway_probe"
+
+MAX_LINE = 255  # identification line (RFC 4253 allows 255 with CR LF)
+MAX_BANNER_LINES = 16  # text lines a server may send before its identification
+MAX_REFUSAL = 512  # what an SSH-2-only server answers to our SSH-1 line, kept for the report
+REFUSAL_WAIT = 2.0  # seconds we wait for that answer (within the host's deadline)
+MAX_SSH1_PACKETS = 8  # IGNORE/DEBUG packets tolerated before SSH_SMSG_PUBLIC_KEY
+MAX_KEY_BITS = 16384  # larger SSH-1 keys are refused before the number is built
+MAX_KEXINIT = 64 * 1024
+MAX_NAME_LIST = 8192
+MAX_NAMES = 256
+MAX_NAME = 64
+_VERSION = re.compile(rb"^SSH-(\d{1,4})\.(\d{1,4})-")
+_NAME = re.compile(r"^[\x21-\x7e]+$")
+
+# SSH-1 numbers as the protocol draft names them; bits we do not know are shown as numbers.
+SSH1_CIPHER_NAMES = {0: "none", 1: "idea", 2: "des", 3: "3des", 4: "tss", 5: "arcfour", 6: "blowfish"}
+SSH1_AUTH_NAMES = {
+    m1.SSH_AUTH_RHOSTS: "rhosts",
+    m1.SSH_AUTH_RSA: "rsa",
+    m1.SSH_AUTH_PASSWORD: "password",
+    m1.SSH_AUTH_RHOSTS_RSA: "rhosts-rsa",
+    m1.SSH_AUTH_TIS: "tis",
+    6: "kerberos",
+}
+SSH1_FLAG_NAMES = {
+    m1.SSH_PROTOFLAG_SCREEN_NUMBER: "screen-number",
+    m1.SSH_PROTOFLAG_HOST_IN_FWD_OPEN: "host-in-fwd-open",
+}
+
+# SSH-2 host key algorithm -> the key type it signs with: one key exchange per key type
+# (rsa-sha2-512, rsa-sha2-256 and ssh-rsa all show the same RSA key).
+KEY_TYPE_OF_ALGORITHM = {
+    "rsa-sha2-512": "ssh-rsa",
+    "rsa-sha2-256": "ssh-rsa",
+    "ssh-rsa": "ssh-rsa",
+}
+
+
+class ProbeError(ValueError):
+    """A server's message that cannot be read; ``str()`` says what is wrong."""
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class SSH1Offer:
+    host_key_bits: int
+    host_key_announced_bits: int
+    host_key_md5: str  # colon-hex, as plink shows it
+    host_key_sha256: str  # SHA256:..., as ssh-keygen1 -l shows it
+    server_key_bits: int
+    server_key_announced_bits: int
+    ciphers: list[str]
+    cipher_mask: int
+    auth: list[str]
+    auth_mask: int
+    flags: list[str]
+    flags_mask: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KexInit:
+    kex: list[str]
+    host_key_algorithms: list[str]
+    ciphers_c2s: list[str]
+    ciphers_s2c: list[str]
+    macs_c2s: list[str]
+    macs_s2c: list[str]
+    compression_c2s: list[str]
+    compression_s2c: list[str]
+    languages_c2s: list[str]
+    languages_s2c: list[str]
+    first_kex_follows: bool
+
+
+@dataclass
+class HostKey:
+    algorithm: str  # the host key algorithm this key exchange used
+    type: str  # the key's own type (ssh-ed25519, ssh-rsa, ...)
+    bits: int | None
+    fingerprint: str  # SHA256:...
+    verified: bool  # the server proved it holds the key (exchange signature checked)
+
+
+@dataclass
+class SSH1Result:
+    available: bool | None = None  # None: could not tell (no answer, refused)
+    reason: str | None = None
+    offer: SSH1Offer | None = None
+
+
+@dataclass
+class SSH2Result:
+    available: bool | None = None
+    reason: str | None = None
+    kexinit: KexInit | None = None
+    host_keys: list[HostKey] = field(default_factory=list)
+    key_errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HostReport:
+    target: str
+    host: str
+    port: int
+    status: str = "error"  # ok | refused | timeout | error
+    error: str | None = None
+    identification: str | None = None
+    protocols: list[str] = field(default_factory=list)
+    ssh1: SSH1Result = field(default_factory=SSH1Result)
+    ssh2: SSH2Result = field(default_factory=SSH2Result)
+    duration: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------ targets
+def parse_target(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port)."""
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r}: expected ':PORT' after ']'")
+            port = _port(text, rest[1:])
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = _port(text, port_text)
+    if not host or any(c.isspace() for c in host) or len(host) > 255:
+        raise ValueError(f"{text!r}: not a host name or address")
+    return host, port
+
+
+def _port(text: str, port_text: str) -> int:
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r}: the port must be 1..65535")
+    return int(port_text)
+
+
+# ------------------------------------------------------------------ parsers
+def parse_ssh1_public_key(payload: bytes) -> SSH1Offer:
+    """The body of an SSH_SMSG_PUBLIC_KEY (after the type byte), read leniently: a probe
+    reports odd keys (wrong announced sizes, small keys) as warnings rather than refusing."""
+    try:
+        r = Reader(payload, "SSH_SMSG_PUBLIC_KEY")
+        r.raw(8, "cookie")
+        server_bits = r.uint32("server key bits")
+        server_e = r.mpint("server key exponent", MAX_KEY_BITS)
+        server_n = r.mpint("server key modulus", MAX_KEY_BITS)
+        host_bits = r.uint32("host key bits")
+        host_e = r.mpint("host key exponent", MAX_KEY_BITS)
+        host_n = r.mpint("host key modulus", MAX_KEY_BITS)
+        flags = r.uint32("protocol flags")
+        cipher_mask = r.uint32("cipher mask")
+        auth_mask = r.uint32("auth mask")
+    except ProtocolError as exc:
+        raise ProbeError(exc.reason) from None
+    warnings = []
+    if r.remaining:
+        warnings.append(f"{r.remaining} bytes after the auth mask")
+    for what, e, n, announced in (
+        ("server key", server_e, server_n, server_bits),
+        ("host key", host_e, host_n, host_bits),
+    ):
+        if n < 3 or e < 3 or e % 2 == 0 or n % 2 == 0 or e >= n:
+            warnings.append(f"{what} is not a usable RSA key")
+        if n.bit_length() != announced:
+            warnings.append(f"{what}: announced {announced} bits, has {n.bit_length()}")
+        if 0 < n.bit_length() < 1024:
+            warnings.append(f"weak {n.bit_length()}-bit {what}")
+    if host_n and server_n and abs(host_n.bit_length() - server_n.bit_length()) < 128:
+        warnings.append("host and server keys differ by less than 128 bits (clients refuse this)")
+    return SSH1Offer(
+        host_key_bits=host_n.bit_length(),
+        host_key_announced_bits=host_bits,
+        host_key_md5=ssh1_fingerprint(host_e, host_n),
+        host_key_sha256=ssh1_sha256_fingerprint(host_e, host_n),
+        server_key_bits=server_n.bit_length(),
+        server_key_announced_bits=server_bits,
+        ciphers=_mask_names(cipher_mask, SSH1_CIPHER_NAMES, "cipher"),
+        cipher_mask=cipher_mask,
+        auth=_mask_names(auth_mask, SSH1_AUTH_NAMES, "auth"),
+        auth_mask=auth_mask,
+        flags=_mask_names(flags, SSH1_FLAG_NAMES, "flag", numbered_by_value=True),
+        flags_mask=flags,
+        warnings=warnings,
+    )
+
+
+def ssh1_sha256_fingerprint(e: int, n: int) -> str:
+    """``SHA256:...`` of an SSH-1 key: the same bytes as the MD5 form (modulus, then
+    exponent, each a bare big-endian magnitude), as ssh-keygen1 -l hashes them."""
+    digest = hashlib.sha256(int_to_bytes(n) + int_to_bytes(e)).digest()
+    return "SHA256:" + _b64(digest)
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _mask_names(
+    mask: int, names: dict[int, str], what: str, numbered_by_value: bool = False
+) -> list[str]:
+    """Bits set in ``mask``. Cipher and auth masks are indexed by bit number
+    (1 << number); the protocol flags by value (flag 1, flag 2, ...)."""
+    out = []
+    for bit in range(32):
+        value = 1 << bit
+        if not mask & value:
+            continue
+        key = value if numbered_by_value else bit
+        out.append(names.get(key, f"{what} {key}"))
+    return out
+
+
+def parse_kexinit(packet: bytes) -> KexInit:
+    """An SSH2_MSG_KEXINIT body (after the type byte), every list bounded."""
+    if len(packet) > MAX_KEXINIT:
+        raise ProbeError(f"KEXINIT of {len(packet)} bytes (more than {MAX_KEXINIT})")
+    if len(packet) < 16:
+        raise ProbeError("KEXINIT truncated in the cookie")
+    pos = 16
+    lists: list[list[str]] = []
+    for what in (
+        "kex", "host key algorithms", "ciphers c2s", "ciphers s2c", "macs c2s", "macs s2c",
+        "compression c2s", "compression s2c", "languages c2s", "languages s2c",
+    ):  # fmt: skip
+        if pos + 4 > len(packet):
+            raise ProbeError(f"KEXINIT truncated before the {what} list")
+        (length,) = struct.unpack_from(">I", packet, pos)
+        pos += 4
+        if length > MAX_NAME_LIST:
+            raise ProbeError(f"KEXINIT {what} list of {length} bytes (more than {MAX_NAME_LIST})")
+        if pos + length > len(packet):
+            raise ProbeError(f"KEXINIT truncated in the {what} list")
+        lists.append(_name_list(packet[pos : pos + length], what))
+        pos += length
+    if pos + 5 > len(packet):
+        raise ProbeError("KEXINIT truncated after the lists")
+    first_follows = packet[pos] != 0
+    return KexInit(*lists, first_kex_follows=first_follows)
+
+
+def _name_list(raw: bytes, what: str) -> list[str]:
+    if not raw:
+        return []
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProbeError(f"KEXINIT {what} list is not ASCII") from None
+    names = text.split(",")
+    if len(names) > MAX_NAMES:
+        raise ProbeError(f"KEXINIT {what} list has {len(names)} names (more than {MAX_NAMES})")
+    for name in names:
+        if not name or len(name) > MAX_NAME or not _NAME.match(name):
+            raise ProbeError(f"KEXINIT {what} list has a malformed name {name[:MAX_NAME]!r}")
+    return names
+
+
+def host_key_from_blob(algorithm: str, blob: bytes) -> HostKey:
+    """What a key exchange showed: type and size when Conch can read the key; the
+    fingerprint is over the blob as sent, whatever is in it."""
+    fingerprint = "SHA256:" + _b64(hashlib.sha256(blob).digest())
+    try:
+        key = conch_keys.Key.fromString(blob)
+        return HostKey(algorithm, key.sshType().decode("ascii"), key.size(), fingerprint, False)
+    except Exception:  # any malformed blob: keep the fingerprint, say the type is unknown
+        return HostKey(algorithm, "unreadable", None, fingerprint, False)
+
+
+# ------------------------------------------------------------------ one connection
+class _Attempt:
+    """What every probe connection shares: a Deferred that fires with the attempt once
+    the connection is gone, whatever happened, and the reason it ended early if it did."""
+
+    finished: defer.Deferred
+    error: str | None
+    identification: str | None
+    timed_out: bool
+    refused: bool
+
+    def _init_attempt(self) -> None:
+        self.finished = defer.Deferred()
+        self.error = None
+        self.identification = None
+        self.timed_out = False
+        self.refused = False
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+
+    def _done(self) -> None:
+        if not self.finished.called:
+            self.finished.callback(self)
+
+
+class SSH1Attempt(Protocol, _Attempt):
+    """Reads the identification; on an SSH-1 server answers SSH-1.5 and reads
+    SSH_SMSG_PUBLIC_KEY; on any other, answers SSH-1.5 anyway to see it refused."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._init_attempt()
+        self.clock = clock
+        self.major: int | None = None
+        self.minor: int | None = None
+        self.offer: SSH1Offer | None = None
+        self.disconnected: str | None = None  # the server's SSH_MSG_DISCONNECT text
+        self.refusal = b""
+        self._buf = b""
+        self._banner_lines = 0
+        self._decoder = PacketDecoder()
+        self._packets = 0
+        self._stopping = False
+        self._wait = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._stopping:
+            return
+        if self.major is None:
+            self._buf += data
+            self._read_lines()
+        elif self.major == 1:
+            self._feed(data)
+        else:
+            self.refusal = (self.refusal + data)[:MAX_REFUSAL]
+
+    def _read_lines(self) -> None:
+        while self.major is None and not self._stopping:
+            end = self._buf.find(b"\n")
+            if end < 0:
+                if len(self._buf) > MAX_LINE:
+                    self._stop("overlong identification line")
+                return
+            line, self._buf = self._buf[:end].rstrip(b"\r"), self._buf[end + 1 :]
+            if len(line) > MAX_LINE:
+                self._stop("overlong identification line")
+                return
+            if not line.startswith(b"SSH-"):
+                self._banner_lines += 1
+                if self._banner_lines > MAX_BANNER_LINES:
+                    self._stop("no SSH identification line")
+                    return
+                continue
+            self._version(line)
+        if self.major == 1 and self._buf and not self._stopping:
+            rest, self._buf = self._buf, b""
+            self._feed(rest)
+
+    def _version(self, line: bytes) -> None:
+        self.identification = printable(line, MAX_LINE)
+        match = _VERSION.match(line)
+        if match is None:
+            self._stop("malformed identification line")
+            return
+        self.major, self.minor = int(match.group(1)), int(match.group(2))
+        self.transport.write(f"SSH-1.5-{SOFTWARE}\n".encode())
+        if self.major != 1:
+            # Not an SSH-1 server: let it say so (OpenSSH: "Protocol major versions
+            # differ."), briefly.
+            self._wait = self.clock.callLater(REFUSAL_WAIT, self._stop, None)
+        elif self.minor < 3:
+            self._stop(f"SSH-1.{self.minor} is older than any client supports")
+
+    def _feed(self, data: bytes) -> None:
+        self._decoder.feed(data)
+        try:
+            while not self._stopping:
+                packet = self._decoder.next_packet()
+                if packet is None:
+                    return
+                self._packet(*packet)
+        except ProtocolError as exc:
+            self._stop(f"bad SSH-1 packet: {exc.reason}")
+
+    def _packet(self, msg_type: int, payload: bytes) -> None:
+        self._packets += 1
+        if msg_type == m1.SSH_SMSG_PUBLIC_KEY:
+            try:
+                self.offer = parse_ssh1_public_key(payload)
+            except ProbeError as exc:
+                self._stop(f"malformed SSH_SMSG_PUBLIC_KEY: {exc}")
+                return
+            self._stop(None, goodbye=True)
+        elif msg_type == m1.SSH_MSG_DISCONNECT:
+            try:
+                text = Reader(payload, "SSH_MSG_DISCONNECT").string("reason", 4096)
+            except ProtocolError:
+                text = b""
+            self.disconnected = printable(text, 200)
+            self._stop(f"server disconnected: {self.disconnected}")
+        elif msg_type in (m1.SSH_MSG_IGNORE, m1.SSH_MSG_DEBUG) and self._packets < MAX_SSH1_PACKETS:
+            return
+        else:
+            self._stop(f"expected SSH_SMSG_PUBLIC_KEY, got {m1.name_of(msg_type)}")
+
+    def _stop(self, reason: str | None, goodbye: bool = False) -> None:
+        if reason is not None:
+            self._fail(reason)
+        if self._stopping:
+            return
+        self._stopping = True
+        if goodbye:  # still in clear text: a polite end the server can log as such
+            text = Writer().string(b"probe finished").getvalue()
+            self.transport.write(PacketEncoder().encode(m1.SSH_MSG_DISCONNECT, text))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
+        if self._wait is not None and self._wait.active():
+            self._wait.cancel()
+        if self.major is None and self.error is None and not self.timed_out:
+            self._fail("connection closed before the identification line")
+        self._done()
+
+    def result(self) -> SSH1Result:
+        if self.major is None:
+            return SSH1Result(None, self.error)
+        if self.major == 1:
+            if self.offer is not None:
+                return SSH1Result(True, None, self.offer)
+            if self.disconnected is not None:
+                return SSH1Result(False, self.error)
+            if self.minor is not None and self.minor < 3:
+                return SSH1Result(False, self.error)
+            return SSH1Result(True, self.error or "no SSH_SMSG_PUBLIC_KEY")
+        reason = f"server speaks SSH-{self.major}.{self.minor} only"
+        answer = printable(self.refusal.strip(), 200)
+        if answer:
+            reason += f"; to SSH-1.5 it answered: {answer}"
+        return SSH1Result(False, reason)
+
+
+class SSH2Attempt(conch_transport.SSHClientTransport, _Attempt):
+    """Conch's client transport, stopped once the key exchange is done: it reports the
+    server's KEXINIT and the host key (signature checked by Conch) and hangs up."""
+
+    ourVersionString = f"SSH-2.0-{SOFTWARE}".encode()
+
+    def __init__(self, algorithms: Sequence[str] | None = None) -> None:
+        self._init_attempt()
+        if algorithms:
+            self.supportedPublicKeys = [a.encode("ascii") for a in algorithms]
+        self.kexinit: KexInit | None = None
+        self.host_key: HostKey | None = None
+        self.ssh1_only = False
+        self._finished_ok = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._finished_ok or self.error is not None:
+            return
+        try:
+            super().dataReceived(data)
+        except Exception as exc:  # Conch's parsers raise on malformed packets
+            self._fail(f"malformed SSH-2 packet from the server ({type(exc).__name__})")
+            self.transport.loseConnection()
+            return
+        if self.identification is None and getattr(self, "otherVersionString", None):
+            self.identification = printable(self.otherVersionString, MAX_LINE)
+
+    def _unsupportedVersionReceived(self, remoteVersion: bytes) -> None:
+        self.identification = printable(self.otherVersionString, MAX_LINE)
+        self.ssh1_only = True
+        self._fail(f"server speaks SSH-{printable(remoteVersion, 20)} only")
+        super()._unsupportedVersionReceived(remoteVersion)
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        if self.kexinit is not None:  # a second one would be a re-key: not ours to do
+            self.sendDisconnect(conch_transport.DISCONNECT_BY_APPLICATION, b"probe finished")
+            return
+        try:
+            self.kexinit = parse_kexinit(packet)
+        except ProbeError as exc:
+            self._fail(f"malformed SSH2_MSG_KEXINIT: {exc}")
+            self.sendDisconnect(conch_transport.DISCONNECT_PROTOCOL_ERROR, b"malformed KEXINIT")
+            return
+        super().ssh_KEXINIT(packet)
+
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred:
+        algorithm = (self.keyAlg or b"").decode("ascii", "replace")
+        self.host_key = host_key_from_blob(algorithm, hostKey)
+        return defer.succeed(True)  # Conch then checks the exchange signature
+
+    def connectionSecure(self) -> None:
+        self._finished_ok = True
+        if self.host_key is not None:
+            self.host_key.verified = True
+        self.sendDisconnect(conch_transport.DISCONNECT_BY_APPLICATION, b"probe finished")
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if not self._finished_ok:
+            self._fail(printable(desc, 200))
+        super().sendDisconnect(reason, desc)
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        self._fail(f"server disconnected: {printable(description, 200)}")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.identification is None and self.error is None and not self.timed_out:
+            self._fail("connection closed before the identification line")
+        elif not self._finished_ok and self.error is None and not self.timed_out:
+            self._fail("connection closed during the key exchange")
+        self._done()
+
+
+# ------------------------------------------------------------------ running attempts
+Connect = Callable[[Any, str, int, Protocol, float], defer.Deferred]
+
+
+def tcp_connect(reactor: Any, host: str, port: int, protocol: Protocol, timeout: float) -> defer.Deferred:
+    endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=max(timeout, 0.1))
+    return endpoints.connectProtocol(endpoint, protocol)
+
+
+def run_attempt(
+    reactor: IReactorTime, connect: Connect, host: str, port: int, attempt: Any, deadline: float
+) -> defer.Deferred:
+    """Connect ``attempt`` and fire with it once it is over or ``deadline`` (reactor
+    seconds) passed; connection failures are recorded on it, never raised."""
+    timeout = max(deadline - reactor.seconds(), 0.0)
+    result: defer.Deferred = defer.Deferred()
+    connecting = connect(reactor, host, port, attempt, timeout)
+
+    def expire() -> None:
+        attempt.timed_out = True
+        attempt._fail(f"no answer within {timeout:g} s")
+        if attempt.transport is not None and getattr(attempt, "connected", 0):
+            attempt.transport.abortConnection()
+        elif not connecting.called:
+            connecting.cancel()
+        else:
+            attempt._done()
+
+    timer = reactor.callLater(timeout, expire)
+
+    def connect_failed(failure: Failure) -> Any:
+        if failure.check(error.ConnectionRefusedError):
+            attempt.refused = True
+            attempt._fail("connection refused")
+        elif failure.check(defer.CancelledError, error.TimeoutError):
+            attempt.timed_out = True
+            attempt._fail(f"no answer within {timeout:g} s")
+        elif failure.check(error.DNSLookupError):
+            attempt._fail("host name not found")
+        else:
+            attempt._fail(f"cannot connect: {failure.getErrorMessage()}")
+        attempt._done()
+        return attempt.finished
+
+    connecting.addCallbacks(lambda _: attempt.finished, connect_failed)
+
+    def settled(value: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        result.callback(attempt)
+
+    connecting.addBoth(settled)
+    return result
+
+
+def _key_types(kexinit: KexInit) -> list[tuple[str, str]]:
+    """(key type, first algorithm the server offers for it that Conch can check)."""
+    supported = {a.decode() for a in conch_transport.SSHClientTransport.supportedPublicKeys}
+    seen: dict[str, str] = {}
+    for algorithm in kexinit.host_key_algorithms:
+        if algorithm not in supported:
+            continue
+        seen.setdefault(KEY_TYPE_OF_ALGORITHM.get(algorithm, algorithm), algorithm)
+    return list(seen.items())
+
+
+@defer.inlineCallbacks
+def probe_host(
+    reactor: Any,
+    target: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    connect: Connect = tcp_connect,
+) -> Any:
+    """Probe one ``HOST[:PORT]``; fires with a :class:`HostReport` (never fails)."""
+    started = reactor.seconds()
+    try:
+        host, port = parse_target(target)
+    except ValueError as exc:
+        return HostReport(target, target, 0, "error", str(exc))
+    report = HostReport(target, host, port)
+    deadline = started + timeout
+    ssh1 = SSH1Attempt(reactor)
+    ssh2 = SSH2Attempt()
+    yield defer.gatherResults(
+        [
+            run_attempt(reactor, connect, host, port, ssh1, deadline),
+            run_attempt(reactor, connect, host, port, ssh2, deadline),
+        ]
+    )
+    report.ssh1 = ssh1.result()
+    report.ssh2 = _ssh2_result(ssh2)
+    kexinit = ssh2.kexinit
+    if kexinit is not None:
+        have = {k.type for k in report.ssh2.host_keys}
+        extra = [
+            (kind, SSH2Attempt([algorithm]))
+            for kind, algorithm in _key_types(kexinit)
+            if kind not in have
+        ]
+        yield defer.gatherResults(
+            [run_attempt(reactor, connect, host, port, a, deadline) for _, a in extra]
+        )
+        for kind, attempt in extra:
+            if attempt.host_key is not None:
+                report.ssh2.host_keys.append(attempt.host_key)
+            if attempt.host_key is None or not attempt.host_key.verified:
+                report.ssh2.key_errors.append(f"{kind}: {attempt.error or 'no host key'}")
+        order = {kind: i for i, (kind, _) in enumerate(_key_types(kexinit))}
+        report.ssh2.host_keys.sort(key=lambda k: order.get(k.type, len(order)))
+    report.identification = ssh1.identification or ssh2.identification
+    report.protocols = [
+        name for name, r in (("ssh1", report.ssh1), ("ssh2", report.ssh2)) if r.available
+    ]
+    if report.identification is not None:
+        report.status = "ok"
+    elif ssh1.refused and ssh2.refused:
+        report.status, report.error = "refused", "connection refused"
+    elif ssh1.timed_out or ssh2.timed_out:
+        report.status, report.error = "timeout", f"no identification line within {timeout:g} s"
+    else:
+        report.status, report.error = "error", ssh1.error or ssh2.error
+    report.duration = round(reactor.seconds() - started, 3)
+    return report
+
+
+def _ssh2_result(attempt: SSH2Attempt) -> SSH2Result:
+    if attempt.identification is None:
+        return SSH2Result(None, attempt.error)
+    if attempt.ssh1_only:
+        return SSH2Result(False, attempt.error)
+    result = SSH2Result(True if attempt.kexinit else None, attempt.error, attempt.kexinit)
+    if attempt.host_key is not None:
+        result.host_keys.append(attempt.host_key)
+    if attempt.kexinit is not None and attempt.host_key is None and attempt.error:
+        result.key_errors.append(attempt.error)
+    if attempt.kexinit is not None and (attempt.host_key is not None and attempt.host_key.verified):
+        result.reason = None
+    return result
+
+
+def probe_hosts(
+    reactor: Any,
+    targets: Sequence[str],
+    timeout: float = DEFAULT_TIMEOUT,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    connect: Connect = tcp_connect,
+    progress: Callable[[int, int], None] | None = None,
+) -> defer.Deferred:
+    """Probe every target, at most ``concurrency`` at a time; fires with the reports
+    in the order of ``targets``."""
+    semaphore = defer.DeferredSemaphore(max(1, concurrency))
+    done = [0]
+
+    def one(target: str) -> defer.Deferred:
+        d = semaphore.run(probe_host, reactor, target, timeout, connect)
+
+        def tick(report: HostReport) -> HostReport:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], len(targets))
+            return report
+
+        return d.addCallback(tick)
+
+    return defer.gatherResults([one(t) for t in targets])
+
+
+# ------------------------------------------------------------------ output
+class ProgressBar:
+    """``probe [#####.....] 5/10`` redrawn in place on a terminal."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.width * done // max(total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        elapsed = time.monotonic() - self.started
+        self.stream.write(f"\rprobe [{bar}] {done}/{total} {elapsed:.0f}s")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def format_json(reports: Sequence[HostReport]) -> str:
+    return json.dumps([r.to_dict() for r in reports], indent=2) + "\n"
+
+
+CSV_COLUMNS = (
+    "target", "host", "port", "status", "error", "identification", "protocols",
+    "ssh1_available", "ssh1_reason", "ssh1_host_key_bits", "ssh1_server_key_bits",
+    "ssh1_host_key_md5", "ssh1_host_key_sha256", "ssh1_ciphers", "ssh1_auth", "ssh1_flags",
+    "ssh2_available", "ssh2_reason", "ssh2_kex", "ssh2_host_key_algorithms",
+    "ssh2_ciphers_c2s", "ssh2_ciphers_s2c", "ssh2_macs_c2s", "ssh2_macs_s2c",
+    "ssh2_compression_c2s", "ssh2_compression_s2c", "ssh2_host_keys", "duration",
+)  # fmt: skip
+
+
+def _csv_row(r: HostReport) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "target": r.target, "host": r.host, "port": r.port, "status": r.status,
+        "error": r.error or "", "identification": r.identification or "",
+        "protocols": " ".join(r.protocols), "duration": r.duration,
+        "ssh1_available": _tri(r.ssh1.available), "ssh1_reason": r.ssh1.reason or "",
+        "ssh2_available": _tri(r.ssh2.available), "ssh2_reason": r.ssh2.reason or "",
+    }  # fmt: skip
+    offer = r.ssh1.offer
+    if offer is not None:
+        row.update(
+            ssh1_host_key_bits=offer.host_key_bits,
+            ssh1_server_key_bits=offer.server_key_bits,
+            ssh1_host_key_md5=offer.host_key_md5,
+            ssh1_host_key_sha256=offer.host_key_sha256,
+            ssh1_ciphers=" ".join(offer.ciphers),
+            ssh1_auth=" ".join(offer.auth),
+            ssh1_flags=" ".join(offer.flags),
+        )
+    k = r.ssh2.kexinit
+    if k is not None:
+        for name in (
+            "kex", "host_key_algorithms", "ciphers_c2s", "ciphers_s2c", "macs_c2s",
+            "macs_s2c", "compression_c2s", "compression_s2c",
+        ):  # fmt: skip
+            row[f"ssh2_{name}"] = " ".join(getattr(k, name))
+    row["ssh2_host_keys"] = "; ".join(
+        f"{h.type} {h.bits} {h.fingerprint}" for h in r.ssh2.host_keys
+    )
+    return row
+
+
+def _tri(value: bool | None) -> str:
+    return "" if value is None else ("yes" if value else "no")
+
+
+def format_csv(reports: Sequence[HostReport]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    for r in reports:
+        writer.writerow(_csv_row(r))
+    return out.getvalue()
+
+
+def format_text(reports: Sequence[HostReport]) -> str:
+    lines: list[str] = []
+    for r in reports:
+        head = f"{r.host}:{r.port}"
+        if r.status != "ok":
+            lines.append(f"{head}  {r.status}: {r.error}")
+            lines.append("")
+            continue
+        lines.append(f"{head}  {r.identification}")
+        lines.append(f"  protocols: {' '.join(r.protocols) or 'none'}  ({r.duration:.2f}s)")
+        offer = r.ssh1.offer
+        if offer is not None:
+            lines.append(
+                f"  SSH-1 host key   {offer.host_key_bits} bits  {offer.host_key_md5}  "
+                f"{offer.host_key_sha256}"
+            )
+            lines.append(f"  SSH-1 server key {offer.server_key_bits} bits")
+            lines.append(f"  SSH-1 ciphers    {' '.join(offer.ciphers) or '-'}")
+            lines.append(f"  SSH-1 auth       {' '.join(offer.auth) or '-'}")
+            lines.append(f"  SSH-1 flags      {' '.join(offer.flags) or '-'}")
+            lines.extend(f"  SSH-1 warning    {w}" for w in offer.warnings)
+        else:
+            lines.append(f"  SSH-1 unavailable: {r.ssh1.reason}")
+        k = r.ssh2.kexinit
+        if k is not None:
+            for label, values in (
+                ("kex", k.kex), ("host key algs", k.host_key_algorithms),
+                ("ciphers c2s", k.ciphers_c2s), ("ciphers s2c", k.ciphers_s2c),
+                ("macs c2s", k.macs_c2s), ("macs s2c", k.macs_s2c),
+                ("compress c2s", k.compression_c2s), ("compress s2c", k.compression_s2c),
+            ):  # fmt: skip
+                lines.append(f"  SSH-2 {label:<14} {','.join(values) or '-'}")
+            for h in r.ssh2.host_keys:
+                check = "" if h.verified else "  (signature not checked)"
+                lines.append(f"  SSH-2 host key   {h.type} {h.bits} {h.fingerprint}{check}")
+            lines.extend(f"  SSH-2 key error  {e}" for e in r.ssh2.key_errors)
+        else:
+            lines.append(f"  SSH-2 unavailable: {r.ssh2.reason}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+FORMATS: dict[str, Callable[[Sequence[HostReport]], str]] = {
+    "text": format_text,
+    "json": format_json,
+    "csv": format_csv,
+}
+
+
+# ------------------------------------------------------------------ command line
+MAX_TARGETS_FILE = 4 * 1024 * 1024
+
+
+def setup_cli(p: Any) -> None:
+    p.description = (
+        "Connect to each HOST[:PORT] once as an SSH-1 client and as an SSH-2 client (plus one "
+        "key exchange per SSH-2 host key type) and report what each protocol offers, without "
+        "logging in. Exit status 0 when every host answered, 1 otherwise."
+    )
+    p.add_argument("targets", nargs="*", metavar="HOST[:PORT]", help="hosts to probe (port 22)")
+    p.add_argument(
+        "--hosts-file", metavar="FILE", help="more targets, one per line ('#' comments)"
+    )
+    p.add_argument(
+        "--timeout", type=_positive, default=DEFAULT_TIMEOUT,
+        help=f"seconds per host, all connections included (default {DEFAULT_TIMEOUT:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+        help=f"hosts probed at once (default {DEFAULT_CONCURRENCY})",
+    )  # fmt: skip
+    p.add_argument("--format", choices=sorted(FORMATS), default="text")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise ValueError(text)
+    return value
+
+
+def _read_targets(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        text = f.read(MAX_TARGETS_FILE + 1)
+    if len(text) > MAX_TARGETS_FILE:
+        raise ValueError(f"{path}: larger than {MAX_TARGETS_FILE} bytes")
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    return out
+
+
+def run_cli(args: Any, io: Any) -> int:
+    targets = list(args.targets)
+    try:
+        if args.hosts_file:
+            targets += _read_targets(args.hosts_file)
+        for target in targets:
+            parse_target(target)
+    except (OSError, ValueError) as exc:
+        print(f"sshgateway probe: {exc}", file=io.stderr)
+        return 2
+    if not targets:
+        print("sshgateway probe: no HOST[:PORT] given", file=io.stderr)
+        return 2
+    if args.concurrency < 1:
+        print("sshgateway probe: --concurrency must be at least 1", file=io.stderr)
+        return 2
+    from twisted.internet import reactor
+
+    progress = None
+    if not args.no_progress and io.stderr.isatty():
+        progress = ProgressBar(io.stderr)
+    outcome: list[Any] = []
+
+    def start() -> None:
+        d = probe_hosts(reactor, targets, args.timeout, args.concurrency, progress=progress)
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if not outcome or isinstance(outcome[0], Failure):
+        detail = outcome[0].getErrorMessage() if outcome else "interrupted"
+        print(f"sshgateway probe: {detail}", file=io.stderr)
+        return 1
+    reports: list[HostReport] = outcome[0]
+    io.stdout.write(FORMATS[args.format](reports))
+    return 0 if all(r.status == "ok" for r in reports) else 1
