@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from gateway import passwords, probe
+from gateway import flowview, passwords, probe
 from gateway.config import ConfigError, config_warnings, load_config
 from gateway.hostkeys import HostKeyError, load_host_keys
 
@@ -126,6 +126,7 @@ COMMANDS: dict[str, Command] = {
     "fingerprints": Command("show host key fingerprints", _setup_fingerprints, _run_fingerprints),
     "check-config": Command("validate a config file", _setup_check_config, _run_check_config),
     "probe": Command("what SSH-1 and SSH-2 a host offers", probe.setup_cli, probe.run_cli),
+    "flows": Command("list, show and compare flow records", flowview.setup_parser, flowview.run),
 }
 
 

@@ -1,0 +1,988 @@
+"""``sshgateway flows list|show|compare``: reading flow records and showing them to people.
+
+Owns the reader side of the flow-record format (v1, written by the recorder as JSON lines in
+``<state_dir>/flows/flows.jsonl`` and its rotations ``.1``, ``.2``, ...), the alignment of two
+flows by the six stages, and the text, JSON and HTML renderings. The records are input like
+any other: a line that is too long, not JSON or not a flow is skipped with a note, and every
+field is checked and bounded before it is shown (control characters never reach a terminal,
+markup never reaches the HTML).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import os
+import re
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from gateway.config import ConfigError, load_config
+
+STAGES = ("version", "kex", "auth", "session", "interaction", "close")
+STAGE_TITLES = {
+    "version": "version negotiation",
+    "kex": "key and algorithm negotiation",
+    "auth": "authentication",
+    "session": "session request",
+    "interaction": "interaction",
+    "close": "close",
+}
+FLOWS_DIR = "flows"
+FLOWS_FILE = "flows.jsonl"
+# The recorder keeps each record far below this (at most 1000 message entries); anything
+# longer is not one of its records and is skipped without being held in memory.
+MAX_LINE_BYTES = 1 << 20
+MAX_FILES = 1000
+MAX_MESSAGES = 5000
+MAX_LIST = 100
+MAX_TEXT = 200
+MAX_NOTES = 20
+DEFAULT_LIMIT = 20
+_ROTATED = re.compile(r"flows\.jsonl(?:\.(\d{1,6}))?\Z")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+# Negotiated parameters in reading order; any others the recorder adds follow, sorted.
+NEGOTIATED_ORDER = (
+    "kex",
+    "host_key_type",
+    "host_key_bits",
+    "host_key_fingerprint",
+    "server_key_bits",
+    "cipher",
+    "cipher_c2s",
+    "cipher_s2c",
+    "mac",
+    "mac_c2s",
+    "mac_s2c",
+    "compression",
+    "compression_c2s",
+    "compression_s2c",
+)
+
+
+class FlowError(Exception):
+    """A user-facing error of the flows commands (unknown or ambiguous ID, no records)."""
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _text(value: Any, limit: int = MAX_TEXT) -> str | None:
+    """A string safe to print: control and direction-override characters escaped, bounded."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    s = str(value)
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+@dataclass
+class Message:
+    t: float | None
+    dir: str  # "c2s" | "s2c" | "?"
+    name: str
+    size: int | None
+    stage: str
+    count: int = 1
+
+
+@dataclass
+class Stage:
+    name: str
+    start: float | None = None
+    end: float | None = None
+    messages: int | None = None
+    bytes: int | None = None
+    round_trips: int | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.start is not None
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.start is None or self.end is None or self.end < self.start:
+            return None
+        return self.end - self.start
+
+
+@dataclass
+class Flow:
+    """One flow record, checked: every field has the type the renderers expect."""
+
+    id: str
+    raw: dict[str, Any]
+    link: str | None = None
+    role: str = "?"
+    protocol: str = "?"
+    peer: str = "?"
+    started: datetime | None = None
+    duration: float | None = None
+    server_version: str | None = None
+    client_version: str | None = None
+    user: str | None = None
+    target: str | None = None
+    negotiated: dict[str, str] = field(default_factory=dict)
+    auth: list[tuple[str, str, float | None]] = field(default_factory=list)
+    requests: list[tuple[str, str, float | None]] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    messages_truncated: bool = False
+    bytes_c2s: int | None = None
+    bytes_s2c: int | None = None
+    exit_status: int | None = None
+    exit_signal: str | None = None
+    close_reason: str | None = None
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def messages_in(self, stage: str) -> list[Message]:
+        return [m for m in self.messages if m.stage == stage]
+
+    @property
+    def result(self) -> str:
+        """One word or two for ``list``: how the connection ended."""
+        if self.exit_signal:
+            return f"signal {self.exit_signal}"
+        if self.exit_status is not None:
+            return f"exit {self.exit_status}"
+        results = [r for _, r, _ in self.auth]
+        if "success" in results:
+            return "ok"
+        if results:
+            return "auth failed"
+        if self.role == "client" or self.protocol == "telnet":
+            return _short(self.close_reason or "closed", 24)
+        return "no login"
+
+
+def _short(s: str, width: int) -> str:
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def _parse_time(value: Any) -> datetime | None:
+    text = _text(value, 64)
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _attempts(value: Any, key: str) -> list[tuple[str, str, float | None]]:
+    if not isinstance(value, list):
+        return []
+    out = []
+    for item in value[:MAX_LIST]:
+        if isinstance(item, dict):
+            out.append(
+                (
+                    _text(item.get(key), 64) or "?",
+                    _text(item.get("result"), 32) or "?",
+                    _number(item.get("t")),
+                )
+            )
+    return out
+
+
+def _negotiated(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    found: dict[str, str] = {}
+    for key, v in list(value.items())[:MAX_LIST]:
+        name = _text(key, 48)
+        if isinstance(v, list):
+            shown = _text(",".join(str(x) for x in v[:MAX_LIST] if not isinstance(x, (dict, list))))
+        else:
+            shown = _text(v)
+        if name and shown is not None:
+            found[name] = shown
+    order = {k: i for i, k in enumerate(NEGOTIATED_ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def _messages(value: Any) -> tuple[list[Message], bool]:
+    if not isinstance(value, list):
+        return [], False
+    out = []
+    for item in value[:MAX_MESSAGES]:
+        if not isinstance(item, dict):
+            continue
+        direction = item.get("dir")
+        stage = item.get("stage")
+        out.append(
+            Message(
+                t=_number(item.get("t")),
+                dir=direction if direction in ("c2s", "s2c") else "?",
+                name=_text(item.get("name"), 64) or "?",
+                size=_count(item.get("size")),
+                stage=stage if stage in STAGES else "",
+                count=_count(item.get("count")) or 1,
+            )
+        )
+    # A message without a (known) stage goes with the stage that was open at its time.
+    return out, len(value) > MAX_MESSAGES
+
+
+def _stages(value: Any, messages: list[Message]) -> list[Stage]:
+    given: dict[str, dict[str, Any]] = {}
+    if isinstance(value, list):
+        for item in value[: len(STAGES) * 4]:
+            if isinstance(item, dict) and item.get("name") in STAGES:
+                given.setdefault(item["name"], item)
+    stages = []
+    for name in STAGES:
+        item = given.get(name)
+        if item is not None and _number(item.get("start")) is not None:
+            stages.append(
+                Stage(
+                    name,
+                    _number(item.get("start")),
+                    _number(item.get("end")),
+                    _count(item.get("messages")),
+                    _count(item.get("bytes")),
+                    _count(item.get("round_trips")),
+                )
+            )
+        else:
+            stages.append(Stage(name))
+    for m in messages:
+        if not m.stage:
+            opened = [s for s in stages if s.start is not None and m.t is not None and s.start <= m.t]
+            m.stage = opened[-1].name if opened else "version"
+    # Stages the record does not describe but whose messages it lists: derive the numbers.
+    for stage in stages:
+        if stage.present:
+            continue
+        mine = [m for m in messages if m.stage == stage.name]
+        if mine:
+            times = [m.t for m in mine if m.t is not None]
+            stage.start = min(times) if times else 0.0
+            stage.end = max(times) if times else stage.start
+            stage.messages = sum(m.count for m in mine)
+            stage.bytes = sum(m.size or 0 for m in mine)
+            stage.round_trips = sum(
+                1 for a, b in zip(mine, mine[1:], strict=False) if a.dir == "c2s" and b.dir == "s2c"
+            )
+    return stages
+
+
+def parse_flow(record: Any) -> Flow | None:
+    """A checked :class:`Flow` from one decoded record; None when it is not a flow record."""
+    if not isinstance(record, dict):
+        return None
+    flow_id = record.get("id")
+    if not isinstance(flow_id, str) or not flow_id or len(flow_id) > 128:
+        return None
+    if _UNPRINTABLE.search(flow_id) or not isinstance(record.get("v", 1), int):
+        return None
+    versions = record.get("versions") if isinstance(record.get("versions"), dict) else {}
+    traffic = record.get("bytes") if isinstance(record.get("bytes"), dict) else {}
+    messages, cut = _messages(record.get("messages"))
+    link = record.get("link")
+    exit_status = record.get("exit_status")
+    return Flow(
+        id=flow_id,
+        raw=record,
+        link=_text(link, 128) if isinstance(link, str) and link else None,
+        role=_text(record.get("role"), 16) or "?",
+        protocol=_text(record.get("protocol"), 16) or "?",
+        peer=_text(record.get("peer"), 80) or "?",
+        started=_parse_time(record.get("started")),
+        duration=_number(record.get("duration")),
+        server_version=_text(versions.get("server")),
+        client_version=_text(versions.get("client")),
+        user=_text(record.get("user"), 80),
+        target=_text(record.get("target"), 80),
+        negotiated=_negotiated(record.get("negotiated")),
+        auth=_attempts(record.get("auth"), "method"),
+        requests=_attempts(record.get("requests"), "name"),
+        stages=_stages(record.get("stages"), messages),
+        messages=messages,
+        messages_truncated=cut or record.get("messages_truncated") is True,
+        bytes_c2s=_count(traffic.get("c2s")),
+        bytes_s2c=_count(traffic.get("s2c")),
+        exit_status=exit_status
+        if isinstance(exit_status, int) and not isinstance(exit_status, bool)
+        else None,
+        exit_signal=_text(record.get("exit_signal"), 32),
+        close_reason=_text(record.get("close_reason")),
+    )
+
+
+@dataclass
+class FlowStore:
+    """The flow records under one state directory; reading notes what it had to skip."""
+
+    directory: Path
+    notes: list[str] = field(default_factory=list)
+    _skipped: int = 0
+
+    @classmethod
+    def for_state_dir(cls, state_dir: str | os.PathLike[str]) -> FlowStore:
+        return cls(Path(state_dir) / FLOWS_DIR)
+
+    def files(self) -> list[Path]:
+        """Record files, oldest first (``flows.jsonl.N`` with the highest N first)."""
+        try:
+            names = [e.name for e in os.scandir(self.directory) if e.is_file()]
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            self._note(f"{self.directory}: {e.strerror or e}")
+            return []
+        numbered = []
+        for name in names:
+            m = _ROTATED.match(name)
+            if m:
+                numbered.append((int(m.group(1) or 0), name))
+        numbered.sort(reverse=True)
+        return [self.directory / name for _, name in numbered[-MAX_FILES:]]
+
+    def _note(self, note: str) -> None:
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(note)
+        else:
+            self._skipped += 1
+
+    def finish_notes(self) -> list[str]:
+        if self._skipped:
+            return [*self.notes, f"... and {self._skipped} more"]
+        return list(self.notes)
+
+    def _lines(self, path: Path) -> Iterator[tuple[int, bytes]]:
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            self._note(f"{path}: {e.strerror or e}")
+            return
+        with f:
+            number = 0
+            while True:
+                line = f.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    return
+                number += 1
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    # Too long to be a record: drop the rest of it without keeping it.
+                    while line and not line.endswith(b"\n"):
+                        line = f.readline(MAX_LINE_BYTES)
+                    self._note(f"{path.name}:{number}: line longer than {MAX_LINE_BYTES} bytes, skipped")
+                    continue
+                yield number, line
+
+    def records(self) -> Iterator[Flow]:
+        """Every flow, in the order written (oldest file and line first)."""
+        for path in self.files():
+            for number, line in self._lines(path):
+                if not line.strip():
+                    continue
+                try:
+                    decoded = json.loads(line.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError, RecursionError):
+                    self._note(f"{path.name}:{number}: not a JSON line, skipped")
+                    continue
+                flow = parse_flow(decoded)
+                if flow is None:
+                    self._note(f"{path.name}:{number}: not a flow record, skipped")
+                    continue
+                yield flow
+
+    def recent(self, limit: int) -> list[Flow]:
+        """The ``limit`` most recently written flows, newest first."""
+        last: deque[Flow] = deque(maxlen=max(limit, 0))
+        last.extend(self.records())
+        epoch = datetime.min.replace(tzinfo=UTC)
+        return sorted(last, key=lambda f: (f.started or epoch, f.id), reverse=True)
+
+    def find(self, wanted: str) -> tuple[Flow, list[Flow]]:
+        """The flow whose ID is ``wanted`` or starts with it, and the legs that link to it."""
+        exact: Flow | None = None
+        matches: dict[str, Flow] = {}
+        linked: list[Flow] = []
+        for flow in self.records():
+            if flow.id == wanted:
+                exact = flow
+            elif flow.id.startswith(wanted) and len(matches) < 10:
+                matches[flow.id] = flow
+            if flow.link is not None and flow.link.startswith(wanted) and len(linked) < MAX_LIST:
+                linked.append(flow)
+        if exact is None:
+            if not matches:
+                raise FlowError(f"no flow {_text(wanted, 64)!r} in {self.directory}")
+            if len(matches) > 1:
+                some = ", ".join(sorted(matches)[:5])
+                raise FlowError(f"flow ID {_text(wanted, 64)!r} is ambiguous: {some}, ...")
+            (exact,) = matches.values()
+        legs = [f for f in linked if f.link == exact.id]
+        return exact, legs
+
+
+# -- alignment -------------------------------------------------------------------------------
+
+
+@dataclass
+class StageRow:
+    name: str
+    a: Stage
+    b: Stage
+    messages_a: list[Message]
+    messages_b: list[Message]
+
+
+def align(a: Flow, b: Flow) -> list[StageRow]:
+    """The two flows stage by stage: always the six stages, in order."""
+    return [
+        StageRow(name, a.stage(name), b.stage(name), a.messages_in(name), b.messages_in(name))
+        for name in STAGES
+    ]
+
+
+def negotiated_rows(a: Flow, b: Flow) -> list[tuple[str, str | None, str | None]]:
+    keys = list(a.negotiated)
+    keys += [k for k in b.negotiated if k not in a.negotiated]
+    order = {k: i for i, k in enumerate(NEGOTIATED_ORDER)}
+    keys.sort(key=lambda k: (order.get(k, len(order)), k))
+    return [(k, a.negotiated.get(k), b.negotiated.get(k)) for k in keys]
+
+
+# -- formatting helpers ----------------------------------------------------------------------
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.1f} ms" if value < 10 else f"{value:.1f} s"
+
+
+def _bytes(value: int | None) -> str:
+    return "-" if value is None else f"{value} B"
+
+
+def _when(flow: Flow) -> str:
+    if flow.started is None:
+        return "-"
+    return flow.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _arrow(direction: str) -> str:
+    return {"c2s": "->", "s2c": "<-"}.get(direction, "??")
+
+
+def _message_label(m: Message) -> str:
+    size = "?" if m.size is None else str(m.size)
+    times = f" x{m.count}" if m.count > 1 else ""
+    return f"{m.name} {size} B{times}"
+
+
+def _attempt_text(items: list[tuple[str, str, float | None]]) -> str:
+    return ", ".join(f"{name} {result}" for name, result, _ in items) or "-"
+
+
+def _exit_text(flow: Flow) -> str:
+    if flow.exit_signal:
+        return f"signal {flow.exit_signal}"
+    return "-" if flow.exit_status is None else str(flow.exit_status)
+
+
+def _versions(flow: Flow) -> tuple[str, str]:
+    return flow.client_version or "-", flow.server_version or "-"
+
+
+def _who(flow: Flow) -> str:
+    user = flow.user or "-"
+    return f"{user} -> {flow.target}" if flow.target else user
+
+
+def _stage_numbers(stage: Stage) -> str:
+    if not stage.present:
+        return "-"
+    return (
+        f"{stage.messages if stage.messages is not None else '?'} msgs, "
+        f"{stage.round_trips if stage.round_trips is not None else '?'} rt, "
+        f"{_bytes(stage.bytes)}, {_ms(stage.elapsed)}"
+    )
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def render_list_text(flows: list[Flow]) -> str:
+    header = ("TIME (UTC)", "ID", "PEER", "USER", "PROTO", "TARGET", "DURATION", "RESULT")
+    rows = [header]
+    for f in flows:
+        ident = f.id if f.link is None else f"{f.id} (upstream of {f.link})"
+        rows.append(
+            (
+                _when(f),
+                ident,
+                f.peer,
+                f.user or "-",
+                f.protocol,
+                f.target or "-",
+                "-" if f.duration is None else f"{f.duration:.3f}s",
+                f.result,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_show_text(flow: Flow, legs: list[Flow] | None = None) -> str:
+    out: list[str] = []
+    role = "client connected to the gateway" if flow.role == "server" else "gateway to device"
+    if flow.role not in ("server", "client"):
+        role = flow.role
+    out.append(f"flow {flow.id}  {flow.protocol}, {role}")
+    if flow.link:
+        out.append(f"upstream leg of {flow.link}")
+    for leg in legs or []:
+        out.append(f"upstream leg {leg.id}  {leg.protocol} to {leg.target or leg.peer}")
+    client, server = _versions(flow)
+    fields = [
+        ("started", f"{_when(flow)} UTC  duration {_secs(flow.duration)} s"),
+        ("peer", flow.peer),
+        ("user", _who(flow)),
+        ("client", client),
+        ("server", server),
+        ("bytes", f"c2s {_bytes(flow.bytes_c2s)}, s2c {_bytes(flow.bytes_s2c)}"),
+        ("exit", _exit_text(flow)),
+        ("close", flow.close_reason or "-"),
+    ]
+    out += [f"  {k:<9} {v}" for k, v in fields]
+    out.append("negotiated")
+    out += [f"  {k:<22} {v}" for k, v in flow.negotiated.items()] or ["  -"]
+    out.append("auth")
+    out += [f"  {_secs(t):>8}  {m:<22} {r}" for m, r, t in flow.auth] or ["  -"]
+    out.append("requests")
+    out += [f"  {_secs(t):>8}  {m:<22} {r}" for m, r, t in flow.requests] or ["  -"]
+    out.append("stages  (-> client to server, <- server to client)")
+    for stage in flow.stages:
+        span = "" if not stage.present else f"  {_secs(stage.start)}-{_secs(stage.end)} s"
+        out.append(f"  {stage.name} ({STAGE_TITLES[stage.name]}){span}  {_stage_numbers(stage)}")
+        for m in flow.messages_in(stage.name):
+            out.append(f"    {_secs(m.t):>8}  {_arrow(m.dir)}  {_message_label(m)}")
+    if flow.messages_truncated:
+        out.append("  (message list truncated by the recorder)")
+    return "\n".join(out) + "\n"
+
+
+COLUMN = 46
+
+
+def _pair(label: str, a: str, b: str, label_width: int = 14) -> str:
+    return f"{label:<{label_width}} {_short(a, COLUMN):<{COLUMN}} {_short(b, COLUMN)}".rstrip()
+
+
+def render_compare_text(a: Flow, b: Flow) -> str:
+    out: list[str] = []
+    out.append(_pair("", f"A {a.id}", f"B {b.id}"))
+    ca, sa = _versions(a)
+    cb, sb = _versions(b)
+    for label, va, vb in (
+        ("protocol", f"{a.protocol} ({a.role})", f"{b.protocol} ({b.role})"),
+        ("started", _when(a), _when(b)),
+        ("peer", a.peer, b.peer),
+        ("user", _who(a), _who(b)),
+        ("client", ca, cb),
+        ("server", sa, sb),
+        ("duration", f"{_secs(a.duration)} s", f"{_secs(b.duration)} s"),
+        ("bytes c2s", _bytes(a.bytes_c2s), _bytes(b.bytes_c2s)),
+        ("bytes s2c", _bytes(a.bytes_s2c), _bytes(b.bytes_s2c)),
+        ("auth", _attempt_text(a.auth), _attempt_text(b.auth)),
+        ("requests", _attempt_text(a.requests), _attempt_text(b.requests)),
+        ("exit", _exit_text(a), _exit_text(b)),
+        ("close", a.close_reason or "-", b.close_reason or "-"),
+    ):
+        out.append(_pair(label, va, vb))
+    out.append("")
+    out.append("negotiated")
+    for key, va, vb in negotiated_rows(a, b) or [("-", "", "")]:
+        out.append(_pair("  " + key, va or "-", vb or "-", 24))
+    out.append("")
+    out.append(_pair("stage", "A: msgs, round trips, bytes, time", "B: msgs, round trips, bytes, time"))
+    rows = align(a, b)
+    for row in rows:
+        out.append(_pair(row.name, _stage_numbers(row.a), _stage_numbers(row.b)))
+    out.append("")
+    out.append("messages by stage  (-> client to server, <- server to client)")
+    for row in rows:
+        out.append(f"== {row.name}: {STAGE_TITLES[row.name]} ==")
+        left = [f"{_arrow(m.dir)} {_message_label(m)}" for m in row.messages_a]
+        right = [f"{_arrow(m.dir)} {_message_label(m)}" for m in row.messages_b]
+        if not left and not right:
+            out.append(_pair("", "-", "-"))
+        for i in range(max(len(left), len(right))):
+            la = left[i] if i < len(left) else ""
+            lb = right[i] if i < len(right) else ""
+            out.append(_pair("", la, lb))
+    if a.messages_truncated or b.messages_truncated:
+        out.append("(a message list was truncated by the recorder)")
+    return "\n".join(out) + "\n"
+
+
+# -- json ------------------------------------------------------------------------------------
+
+
+def _stage_json(stage: Stage) -> dict[str, Any]:
+    return {
+        "name": stage.name,
+        "start": stage.start,
+        "end": stage.end,
+        "time": stage.elapsed,
+        "messages": stage.messages,
+        "round_trips": stage.round_trips,
+        "bytes": stage.bytes,
+    }
+
+
+def list_json(flows: list[Flow]) -> dict[str, Any]:
+    return {
+        "flows": [
+            {
+                "id": f.id,
+                "link": f.link,
+                "time": f.started.isoformat() if f.started else None,
+                "peer": f.peer,
+                "user": f.user,
+                "protocol": f.protocol,
+                "role": f.role,
+                "target": f.target,
+                "duration": f.duration,
+                "result": f.result,
+            }
+            for f in flows
+        ]
+    }
+
+
+def show_json(flow: Flow, legs: list[Flow]) -> dict[str, Any]:
+    return {"flow": flow.raw, "upstream_legs": [leg.id for leg in legs]}
+
+
+def compare_json(a: Flow, b: Flow) -> dict[str, Any]:
+    return {
+        "flows": [a.raw, b.raw],
+        "stages": [
+            {
+                "name": row.name,
+                "a": _stage_json(row.a),
+                "b": _stage_json(row.b),
+                "messages_a": [_message_json(m) for m in row.messages_a],
+                "messages_b": [_message_json(m) for m in row.messages_b],
+            }
+            for row in align(a, b)
+        ],
+        "negotiated": [{"name": k, "a": va, "b": vb} for k, va, vb in negotiated_rows(a, b)],
+    }
+
+
+def _message_json(m: Message) -> dict[str, Any]:
+    return {"t": m.t, "dir": m.dir, "name": m.name, "size": m.size, "count": m.count}
+
+
+# -- html ------------------------------------------------------------------------------------
+
+_CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1a1a1a; background: #fff; }
+h1 { font-size: 20px; margin: 0 0 12px; }
+h2 { font-size: 16px; margin: 24px 0 8px; }
+table { border-collapse: collapse; margin-bottom: 8px; }
+th, td { border: 1px solid #c8ccd2; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #eef1f5; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, .mono { font-family: ui-monospace, monospace; font-size: 12px; }
+.diff { background: #fff4d6; }
+.legend span { margin-right: 16px; }
+.c2s { color: #1f5fbf; } .s2c { color: #1d7a3a; }
+"""
+
+_ROW = 22
+_BAND_PAD = 10
+_LABEL_W = 130
+_PANEL_W = 430
+_LANE_L = 55
+_LANE_R = 375
+_TOP = 70
+_EMPTY_BAND = 26
+_BAND_FILL = ("#f3f6fb", "#fbf8f1")
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _svg_text(x: float, y: float, text: str, **attrs: str) -> str:
+    extra = "".join(f' {k.replace("_", "-")}="{_e(v)}"' for k, v in attrs.items())
+    return f'<text x="{x:.0f}" y="{y:.0f}"{extra}>{_e(text)}</text>'
+
+
+def _svg_panel_header(x0: float, flow: Flow, tag: str) -> list[str]:
+    client, server = _versions(flow)
+    parts = [
+        _svg_text(x0 + (_LANE_L + _LANE_R) / 2, 16, f"{tag}: {flow.protocol}  {_short(flow.id, 40)}",
+                  text_anchor="middle", font_weight="bold", font_size="13"),
+    ]
+    for lane, who, version in ((_LANE_L, "client", client), (_LANE_R, "server", server)):
+        cx = x0 + lane
+        parts.append(f'<rect x="{cx - 48:.0f}" y="26" width="96" height="22" rx="4" fill="#e4e9f1" stroke="#6b7a90"/>')
+        parts.append(_svg_text(cx, 41, who, text_anchor="middle", font_size="12"))
+        parts.append(_svg_text(cx, 62, _short(version, 34), text_anchor="middle", font_size="9", fill="#555"))
+    return parts
+
+
+def render_sequence_svg(a: Flow, b: Flow) -> str:
+    """Two sequence diagrams side by side (client and server lifelines each), stage bands aligned."""
+    rows = align(a, b)
+    width = _LABEL_W + 2 * _PANEL_W + 20
+    parts: list[str] = []
+    y = _TOP + 8
+    for i, row in enumerate(rows):
+        n = max(len(row.messages_a), len(row.messages_b))
+        height = n * _ROW + 2 * _BAND_PAD if n else _EMPTY_BAND
+        parts.append(f'<rect x="0" y="{y}" width="{width}" height="{height}" fill="{_BAND_FILL[i % 2]}"/>')
+        parts.append(f'<line x1="0" y1="{y}" x2="{width}" y2="{y}" stroke="#b9c0cc" stroke-dasharray="4 3"/>')
+        parts.append(_svg_text(8, y + 16, row.name, font_weight="bold", font_size="12"))
+        parts.append(_svg_text(8, y + 30, STAGE_TITLES[row.name], font_size="9", fill="#555"))
+        for stage, msgs, x0 in (
+            (row.a, row.messages_a, _LABEL_W),
+            (row.b, row.messages_b, _LABEL_W + _PANEL_W),
+        ):
+            if not msgs:
+                parts.append(_svg_text(x0 + (_LANE_L + _LANE_R) / 2, y + 17, "no messages" if not stage.present else _stage_numbers(stage),
+                                       text_anchor="middle", font_size="10", fill="#888"))
+                continue
+            for j, m in enumerate(msgs):
+                ay = y + _BAND_PAD + j * _ROW + 16
+                left, right = x0 + _LANE_L, x0 + _LANE_R
+                x1, x2 = (left, right) if m.dir != "s2c" else (right, left)
+                cls = m.dir if m.dir in ("c2s", "s2c") else "c2s"
+                color = "#1f5fbf" if cls == "c2s" else "#1d7a3a"
+                parts.append(
+                    f'<line x1="{x1 + (3 if x2 > x1 else -3):.0f}" y1="{ay}" x2="{x2 + (-4 if x2 > x1 else 4):.0f}" '
+                    f'y2="{ay}" stroke="{color}" stroke-width="1.5" marker-end="url(#arrow-{cls})"/>'
+                )
+                parts.append(_svg_text((left + right) / 2, ay - 4, _message_label(m), text_anchor="middle",
+                                       font_size="11", font_family="monospace", fill=color))
+        y += height
+    bottom = y + 10
+    lanes: list[str] = []
+    for x0 in (_LABEL_W, _LABEL_W + _PANEL_W):
+        for lane in (_LANE_L, _LANE_R):
+            lanes.append(f'<line x1="{x0 + lane}" y1="48" x2="{x0 + lane}" y2="{bottom}" stroke="#6b7a90" stroke-width="1"/>')
+    headers = _svg_panel_header(_LABEL_W, a, "A") + _svg_panel_header(_LABEL_W + _PANEL_W, b, "B")
+    defs = "".join(
+        f'<marker id="arrow-{cls}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" markerHeight="8" '
+        f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>'
+        for cls, color in (("c2s", "#1f5fbf"), ("s2c", "#1d7a3a"))
+    )
+    return (
+        f'<svg width="{width}" height="{bottom + 4}" viewBox="0 0 {width} {bottom + 4}" '
+        f'role="img" aria-label="sequence diagrams of both flows, aligned by stage" '
+        f'font-family="system-ui, sans-serif"><defs>{defs}</defs>'
+        + "".join(parts) + "".join(lanes) + "".join(headers) + "</svg>"
+    )
+
+
+def _html_table(head: list[str], rows: list[list[str]], numeric_from: int = 99, mark_diff: bool = False) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for row in rows:
+        diff = mark_diff and len(row) == 3 and row[1] != row[2]
+        cells = []
+        for i, cell in enumerate(row):
+            cls = ' class="num"' if i >= numeric_from else (' class="diff"' if diff and i > 0 else "")
+            cells.append(f"<td{cls}>{_e(cell)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def render_compare_html(a: Flow, b: Flow) -> str:
+    """One self-contained page: no scripts, no external assets, only inline CSS and SVG."""
+    ca, sa = _versions(a)
+    cb, sb = _versions(b)
+    summary = [
+        ["ID", a.id, b.id],
+        ["protocol", f"{a.protocol} ({a.role})", f"{b.protocol} ({b.role})"],
+        ["started (UTC)", _when(a), _when(b)],
+        ["peer", a.peer, b.peer],
+        ["user", _who(a), _who(b)],
+        ["client version", ca, cb],
+        ["server version", sa, sb],
+        ["duration", f"{_secs(a.duration)} s", f"{_secs(b.duration)} s"],
+        ["bytes c2s", _bytes(a.bytes_c2s), _bytes(b.bytes_c2s)],
+        ["bytes s2c", _bytes(a.bytes_s2c), _bytes(b.bytes_s2c)],
+        ["auth", _attempt_text(a.auth), _attempt_text(b.auth)],
+        ["requests", _attempt_text(a.requests), _attempt_text(b.requests)],
+        ["exit", _exit_text(a), _exit_text(b)],
+        ["close", a.close_reason or "-", b.close_reason or "-"],
+    ]
+    stage_rows = []
+    for row in align(a, b):
+        cells = [row.name]
+        for s in (row.a, row.b):
+            if s.present:
+                cells += [
+                    "?" if s.messages is None else str(s.messages),
+                    "?" if s.round_trips is None else str(s.round_trips),
+                    _bytes(s.bytes),
+                    _ms(s.elapsed),
+                ]
+            else:
+                cells += ["-", "-", "-", "-"]
+        stage_rows.append(cells)
+    negotiated = [[k, va or "-", vb or "-"] for k, va, vb in negotiated_rows(a, b)]
+    title = f"{a.protocol} vs {b.protocol}: {a.id} / {b.id}"
+    return "".join(
+        [
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+            f"<h1>Flow comparison: {_e(a.protocol)} (A) and {_e(b.protocol)} (B)</h1>",
+            _html_table(["", "A", "B"], summary),
+            "<h2>Stages</h2>",
+            _html_table(
+                ["stage", "A msgs", "A round trips", "A bytes", "A time",
+                 "B msgs", "B round trips", "B bytes", "B time"],
+                stage_rows,
+                numeric_from=1,
+            ),
+            "<h2>Negotiated parameters</h2>",
+            _html_table(["parameter", "A", "B"], negotiated or [["-", "-", "-"]], mark_diff=True),
+            "<h2>Messages</h2>",
+            '<p class="legend"><span class="c2s">&#8594; client to server</span>'
+            '<span class="s2c">&#8592; server to client</span>'
+            "<span>size in wire bytes; &#215;N: N consecutive messages merged</span></p>",
+            render_sequence_svg(a, b),
+            "<p>(a message list was truncated by the recorder)</p>"
+            if a.messages_truncated or b.messages_truncated
+            else "",
+            "</body></html>\n",
+        ]
+    )
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+class _IO(Protocol):
+    stdout: TextIO
+    stderr: TextIO
+
+
+def setup_parser(p: argparse.ArgumentParser) -> None:
+    """``sshgateway flows``: the subcommands and their options."""
+    p.description = (
+        "Read the flow records the gateway writes (one per connection leg): list recent "
+        "flows, show one stage by stage, or compare two side by side."
+    )
+    sub = p.add_subparsers(dest="flows_command", required=True, metavar="SUBCOMMAND")
+
+    def common(q: argparse.ArgumentParser, formats: tuple[str, ...]) -> None:
+        source = q.add_mutually_exclusive_group(required=True)
+        source.add_argument("--state-dir", help="the gateway's state directory")
+        source.add_argument("--config", help="a config file (its state_dir is used)")
+        q.add_argument("--format", choices=formats, default="text", help="output format")
+
+    q = sub.add_parser("list", help="recent flows, newest first")
+    common(q, ("text", "json"))
+    q.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="how many (default 20)")
+    q = sub.add_parser("show", help="one flow, stage by stage")
+    common(q, ("text", "json"))
+    q.add_argument("id", help="a flow ID or a unique prefix of one")
+    q = sub.add_parser("compare", help="two flows side by side, aligned by stage")
+    common(q, ("text", "json", "html"))
+    q.add_argument("id1", help="flow A (ID or unique prefix)")
+    q.add_argument("id2", help="flow B (ID or unique prefix)")
+    q.add_argument("-o", "--output", help="write to this file instead of stdout")
+
+
+def run(args: argparse.Namespace, io: _IO) -> int:
+    """Run ``sshgateway flows ...``; returns the exit status."""
+    try:
+        state_dir = args.state_dir if args.state_dir else load_config(args.config).state_dir
+    except ConfigError as e:
+        print(e, file=io.stderr)
+        return 1
+    store = FlowStore.for_state_dir(state_dir)
+    try:
+        text = _dispatch(args, store)
+    except FlowError as e:
+        _print_notes(store, io)
+        print(f"sshgateway flows: {e}", file=io.stderr)
+        return 1
+    _print_notes(store, io)
+    output = getattr(args, "output", None)
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            print(f"sshgateway flows: {output}: {e.strerror or e}", file=io.stderr)
+            return 1
+    else:
+        io.stdout.write(text)
+    return 0
+
+
+def _print_notes(store: FlowStore, io: _IO) -> None:
+    for note in store.finish_notes():
+        print(f"sshgateway flows: note: {note}", file=io.stderr)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=True) + "\n"
+
+
+def _dispatch(args: argparse.Namespace, store: FlowStore) -> str:
+    if args.flows_command == "list":
+        if args.limit < 1:
+            raise FlowError("--limit must be at least 1")
+        flows = store.recent(args.limit)
+        if args.format == "json":
+            return _dumps(list_json(flows))
+        if not flows:
+            return f"no flow records in {store.directory}\n"
+        return render_list_text(flows)
+    if args.flows_command == "show":
+        flow, legs = store.find(args.id)
+        if args.format == "json":
+            return _dumps(show_json(flow, legs))
+        return render_show_text(flow, legs)
+    a, _ = store.find(args.id1)
+    b, _ = store.find(args.id2)
+    if args.format == "json":
+        return _dumps(compare_json(a, b))
+    if args.format == "html":
+        return render_compare_html(a, b)
+    return render_compare_text(a, b)
