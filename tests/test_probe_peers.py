@@ -1,0 +1,164 @@
+"""``sshgateway probe`` against real servers: the gateway (SSH-1.99, and SSH-1 only), an
+SSH-2-only OpenSSH sshd, a closed port and a silent listener, all in one run of the command
+(so the hosts are probed concurrently), plus the SSH-1 SHA256 fingerprint rule checked
+against ``ssh-keygen1``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_process import REPO, GatewayProcess
+from tests.integration.conftest import sshgateway_cli
+from tests.peers import require_peer
+from tests.sshd import OpenSSHServer, free_port, silent_listener
+
+pytestmark = pytest.mark.peer
+
+TIMEOUT = 3.0
+# Never logged in with: a syntactically valid hash of nothing anyone knows.
+CONFIG = {"protocols": ["1", "2"], "users": {"alice": {"password": "$2b$12$" + "a" * 53}}}
+
+
+def probe_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+         "probe", "--timeout", str(TIMEOUT), *args],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    return result, time.monotonic() - started
+
+
+def keygen_fingerprints(tool: str, pub: Path, *extra: str) -> str:
+    out = subprocess.run(
+        [tool, "-l", *extra, "-f", str(pub)], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    return out.split()[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    work = tmp_path_factory.mktemp("probe")
+    (work / "gw").mkdir()
+    (work / "gw1").mkdir()
+    with GatewayProcess(work / "gw", CONFIG) as gw:
+        ssh1_only = dict(CONFIG, protocols=["1"], state_dir=gw.config["state_dir"])
+        with (
+            GatewayProcess(work / "gw1", ssh1_only) as gw1,
+            OpenSSHServer(work / "sshd", [], host_key_types=("ed25519", "rsa")) as sshd,
+            silent_listener() as silent,
+        ):
+            yield {"gw": gw, "gw1": gw1, "sshd": sshd, "silent": silent, "closed": free_port()}
+
+
+@pytest.fixture(scope="module")
+def json_run(world):
+    targets = [
+        f"127.0.0.1:{world['gw'].port}",
+        f"127.0.0.1:{world['sshd'].port}",
+        f"127.0.0.1:{world['closed']}",
+        f"127.0.0.1:{world['silent']}",
+        f"127.0.0.1:{world['gw1'].port}",
+    ]
+    result, elapsed = probe_cli("--format", "json", *targets)
+    assert result.returncode == 1, result.stderr  # two hosts did not answer
+    reports = json.loads(result.stdout)
+    assert [r["target"] for r in reports] == targets
+    return reports, elapsed
+
+
+def gateway_fingerprints(gw) -> list[list[str]]:
+    out = sshgateway_cli("fingerprints", "--state-dir", gw.config["state_dir"]).stdout
+    return [line.split() for line in out.splitlines()]
+
+
+def test_gateway_offers_both_protocols(world, json_run):
+    report = json_run[0][0]
+    assert report["status"] == "ok"
+    assert report["identification"].startswith("SSH-1.99-sshgateway")
+    assert report["protocols"] == ["ssh1", "ssh2"]
+    lines = gateway_fingerprints(world["gw"])
+    ssh1 = report["ssh1"]["offer"]
+    (_, _, bits, md5) = next(line for line in lines if line[0] == "SSH-1")
+    assert (ssh1["host_key_bits"], ssh1["server_key_bits"]) == (2048, 1024) == (int(bits), 1024)
+    assert ssh1["host_key_md5"] == md5
+    assert ssh1["host_key_sha256"].startswith("SHA256:")
+    assert ssh1["ciphers"] and "password" in ssh1["auth"] and ssh1["warnings"] == []
+    ssh2 = report["ssh2"]
+    assert "curve25519-sha256" in ssh2["kexinit"]["kex"]
+    assert ssh2["kexinit"]["compression_c2s"]
+    offered = sorted((k["type"], k["bits"], k["fingerprint"], k["verified"]) for k in ssh2["host_keys"])
+    expected = sorted((t, int(b), f, True) for p, t, b, f in lines if p == "SSH-2")
+    assert offered == expected
+    assert [(t, b) for t, b, _, _ in offered] == [("ssh-ed25519", 256), ("ssh-rsa", 3072)]
+    assert ssh2["key_errors"] == []
+
+
+def test_ssh2_only_sshd(world, json_run):
+    report = json_run[0][1]
+    sshd = world["sshd"]
+    tool = require_peer("ssh-keygen")["ssh-keygen"]
+    assert report["status"] == "ok" and report["identification"].startswith("SSH-2.0-OpenSSH")
+    assert report["protocols"] == ["ssh2"]
+    assert report["ssh1"]["available"] is False
+    assert "SSH-2.0 only" in report["ssh1"]["reason"]
+    got = {k["type"]: (k["bits"], k["fingerprint"]) for k in report["ssh2"]["host_keys"]}
+    want = {
+        "ssh-ed25519": (256, keygen_fingerprints(tool, Path(f"{sshd.host_keys[0]}.pub"))),
+        "ssh-rsa": (2048, keygen_fingerprints(tool, Path(f"{sshd.host_keys[1]}.pub"))),
+    }
+    assert got == want
+
+
+def test_ssh1_only_gateway(json_run):
+    report = json_run[0][4]
+    assert report["identification"].startswith("SSH-1.5-")
+    assert report["protocols"] == ["ssh1"]
+    assert report["ssh2"]["available"] is False and "SSH-1.5 only" in report["ssh2"]["reason"]
+    assert report["ssh1"]["offer"]["host_key_md5"] == json_run[0][0]["ssh1"]["offer"]["host_key_md5"]
+
+
+def test_closed_port_and_silent_listener_within_timeout(json_run):
+    reports, elapsed = json_run
+    closed, silent = reports[2], reports[3]
+    assert closed["status"] == "refused" and closed["duration"] < 1
+    assert silent["status"] == "timeout"
+    assert TIMEOUT - 0.1 <= silent["duration"] <= TIMEOUT + 1
+    assert "within 3 s" in silent["error"]
+    assert elapsed < TIMEOUT + 15  # all hosts at once: one timeout, plus interpreter start
+
+
+def test_csv_and_text(world):
+    targets = [f"127.0.0.1:{world['gw'].port}", f"127.0.0.1:{world['closed']}"]
+    result, _ = probe_cli("--format", "csv", *targets)
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["status"] for r in rows] == ["ok", "refused"]
+    assert rows[0]["protocols"] == "ssh1 ssh2"
+    assert rows[0]["ssh1_host_key_bits"] == "2048" and rows[0]["ssh1_server_key_bits"] == "1024"
+    assert rows[0]["ssh2_host_keys"].count("SHA256:") == 2
+    text, _ = probe_cli(targets[0])
+    assert text.returncode == 0, text.stderr
+    assert "SSH-1 host key   2048 bits" in text.stdout and "SSH-2 host key   ssh-rsa 3072" in text.stdout
+
+
+def test_ssh1_sha256_fingerprint_as_ssh_keygen1(tmp_path):
+    """``ssh-keygen1 -l`` on an rsa1 key gives the SHA256 (and, with -E md5, the MD5) the
+    probe computes from the same key's numbers."""
+    from gateway.probe import ssh1_sha256_fingerprint
+    from protocols.ssh1.keys import ssh1_fingerprint
+
+    tool = require_peer("ssh-keygen1")["ssh-keygen1"]
+    key = tmp_path / "rsa1"
+    subprocess.run([tool, "-q", "-t", "rsa1", "-N", "", "-f", str(key)], check=True, timeout=60)
+    pub = Path(f"{key}.pub")
+    _bits, e, n = pub.read_text().split()[:3]
+    assert ssh1_sha256_fingerprint(int(e), int(n)) == keygen_fingerprints(tool, pub)
+    assert "MD5:" + ssh1_fingerprint(int(e), int(n)) == keygen_fingerprints(tool, pub, "-E", "md5")
