@@ -56,7 +56,15 @@ _VERSION = re.compile(rb"^SSH-(\d{1,4})\.(\d{1,4})-")
 _NAME = re.compile(r"^[\x21-\x7e]+$")
 
 # SSH-1 numbers as the protocol draft names them; bits we do not know are shown as numbers.
-SSH1_CIPHER_NAMES = {0: "none", 1: "idea", 2: "des", 3: "3des", 4: "tss", 5: "arcfour", 6: "blowfish"}
+SSH1_CIPHER_NAMES = {
+    0: "none",
+    1: "idea",
+    2: "des",
+    3: "3des",
+    4: "tss",
+    5: "arcfour",
+    6: "blowfish",
+}
 SSH1_AUTH_NAMES = {
     m1.SSH_AUTH_RHOSTS: "rhosts",
     m1.SSH_AUTH_RSA: "rsa",
@@ -558,7 +566,9 @@ class SSH2Attempt(conch_transport.SSHClientTransport, _Attempt):
 Connect = Callable[[Any, str, int, Protocol, float], defer.Deferred]
 
 
-def tcp_connect(reactor: Any, host: str, port: int, protocol: Protocol, timeout: float) -> defer.Deferred:
+def tcp_connect(
+    reactor: Any, host: str, port: int, protocol: Protocol, timeout: float
+) -> defer.Deferred:
     endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=max(timeout, 0.1))
     return endpoints.connectProtocol(endpoint, protocol)
 
@@ -859,9 +869,7 @@ def setup_cli(p: Any) -> None:
         "logging in. Exit status 0 when every host answered, 1 otherwise."
     )
     p.add_argument("targets", nargs="*", metavar="HOST[:PORT]", help="hosts to probe (port 22)")
-    p.add_argument(
-        "--hosts-file", metavar="FILE", help="more targets, one per line ('#' comments)"
-    )
+    p.add_argument("--hosts-file", metavar="FILE", help="more targets, one per line ('#' comments)")
     p.add_argument(
         "--timeout", type=_positive, default=DEFAULT_TIMEOUT,
         help=f"seconds per host, all connections included (default {DEFAULT_TIMEOUT:g})",
@@ -871,9 +879,7 @@ def setup_cli(p: Any) -> None:
         help=f"hosts probed at once (default {DEFAULT_CONCURRENCY})",
     )  # fmt: skip
     p.add_argument("--format", choices=sorted(FORMATS), default="text")
-    p.add_argument(
-        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
-    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
 
 
 def _positive(text: str) -> float:

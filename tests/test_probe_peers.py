@@ -95,7 +95,9 @@ def test_gateway_offers_both_protocols(world, json_run):
     ssh2 = report["ssh2"]
     assert "curve25519-sha256" in ssh2["kexinit"]["kex"]
     assert ssh2["kexinit"]["compression_c2s"]
-    offered = sorted((k["type"], k["bits"], k["fingerprint"], k["verified"]) for k in ssh2["host_keys"])
+    offered = sorted(
+        (k["type"], k["bits"], k["fingerprint"], k["verified"]) for k in ssh2["host_keys"]
+    )
     expected = sorted((t, int(b), f, True) for p, t, b, f in lines if p == "SSH-2")
     assert offered == expected
     assert [(t, b) for t, b, _, _ in offered] == [("ssh-ed25519", 256), ("ssh-rsa", 3072)]
@@ -123,7 +125,9 @@ def test_ssh1_only_gateway(json_run):
     assert report["identification"].startswith("SSH-1.5-")
     assert report["protocols"] == ["ssh1"]
     assert report["ssh2"]["available"] is False and "SSH-1.5 only" in report["ssh2"]["reason"]
-    assert report["ssh1"]["offer"]["host_key_md5"] == json_run[0][0]["ssh1"]["offer"]["host_key_md5"]
+    assert (
+        report["ssh1"]["offer"]["host_key_md5"] == json_run[0][0]["ssh1"]["offer"]["host_key_md5"]
+    )
 
 
 def test_closed_port_and_silent_listener_within_timeout(json_run):
@@ -146,7 +150,10 @@ def test_csv_and_text(world):
     assert rows[0]["ssh2_host_keys"].count("SHA256:") == 2
     text, _ = probe_cli(targets[0])
     assert text.returncode == 0, text.stderr
-    assert "SSH-1 host key   2048 bits" in text.stdout and "SSH-2 host key   ssh-rsa 3072" in text.stdout
+    assert (
+        "SSH-1 host key   2048 bits" in text.stdout
+        and "SSH-2 host key   ssh-rsa 3072" in text.stdout
+    )
 
 
 def test_ssh1_sha256_fingerprint_as_ssh_keygen1(tmp_path):
