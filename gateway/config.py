@@ -32,6 +32,9 @@ config file's directory; `~` is expanded. Numbers are seconds unless said otherw
 | `[ssh1] allow_x11_forwarding` | `false` | grant SSH-1 X11 forwarding |
 | `[ssh1] allow_agent_forwarding` | `false` | grant SSH-1 agent forwarding |
 | `[ssh1] permit_open` | `[]` | `"host:port"` destinations SSH-1 `-L` may reach; empty refuses all |
+| `[flows] enabled` | `true` | record one flow per connection leg (client legs and upstream legs) in `<state_dir>/flows/flows.jsonl`, for `sshgateway flows`; names, sizes and timings only, never passwords, keys or session data |
+| `[flows] max_bytes` | `10485760` | size at which `flows.jsonl` is rotated to `flows.jsonl.1` (at least 4096) |
+| `[flows] keep` | `5` | rotated files kept (`flows.jsonl.1` ... `.N`); older ones are deleted; `0` keeps none |
 | `[targets.NAME]` | `local` only | an upstream a user reaches by logging in as `user+NAME`; NAME is 1-64 of `A-Z a-z 0-9 . _ -`. `local` (programs on the gateway host) always exists |
 | `[targets.NAME] protocol` | (required) | `"ssh1"`, `"ssh2"`, `"telnet"` or `"local"`; each protocol takes only the keys below that name it (`local` takes none) |
 | `[targets.NAME] host` | (required) | upstream host name or address (ssh1, ssh2, telnet) |
@@ -127,6 +130,15 @@ class UserConfig:
 
 
 @dataclass(frozen=True)
+class FlowsConfig:
+    """The ``[flows]`` table: flow recording (gateway.flows)."""
+
+    enabled: bool = True
+    max_bytes: int = 10 * 1024 * 1024
+    keep: int = 5
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -141,6 +153,7 @@ class GatewayConfig:
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
     ssh2: SSH2Settings = field(default_factory=SSH2Settings)
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
+    flows: FlowsConfig = field(default_factory=FlowsConfig)
     source: Path | None = None  # the file it came from; None for the embedded default
     # The user who gets a generated password (embedded default only).
     default_password_user: str | None = None
@@ -346,6 +359,7 @@ TOP_KEYS = {
     "ssh2",
     "ssh1",
     "targets",
+    "flows",
 }
 USER_KEYS = {"password", "authorized_keys", "auth", "target", "targets"}
 _UPSTREAM_KEYS = {
@@ -382,6 +396,7 @@ SSH1_KEYS = {
     "permit_open",
 }
 KNOWN_PROTOCOLS = ("1", "2")
+FLOWS_KEYS = {"enabled", "max_bytes", "keep"}
 
 # A Twisted endpoint parser only stores the reactor; this one is never used to listen.
 _NO_REACTOR = object()
@@ -718,6 +733,15 @@ def _build(data: Mapping[str, Any], v: _Validator, base: Path) -> GatewayConfig:
         except ValueError as e:
             v.error(("ssh1", "server_key_bits"), str(e))
 
+    flows_raw = v.table(data, ("flows",)) or {}
+    v.known(flows_raw, ("flows",), FLOWS_KEYS)
+    fd = FlowsConfig()
+    flows = FlowsConfig(
+        enabled=v.boolean(flows_raw, ("flows", "enabled"), fd.enabled),
+        max_bytes=v.integer(flows_raw, ("flows", "max_bytes"), fd.max_bytes, minimum=4096),
+        keep=v.integer(flows_raw, ("flows", "keep"), fd.keep, minimum=0),
+    )
+
     return GatewayConfig(
         listen=listen,
         state_dir=_path(state_dir, base),
@@ -729,6 +753,7 @@ def _build(data: Mapping[str, Any], v: _Validator, base: Path) -> GatewayConfig:
         env_allow=env_allow,
         ssh2=ssh2,
         ssh1=ssh1,
+        flows=flows,
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Protocol as Protocol_
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -27,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from gateway import __version__
+from protocols.flow import C2S, S2C, FlowRecorder
 from protocols.handoff import IHandoffFactory
 from protocols.record import ConnectionRecord
 
@@ -102,6 +104,9 @@ class VersionDispatcher(Protocol):
         host, port = getattr(peer, "host", str(peer)), getattr(peer, "port", "")
         self.record = ConnectionRecord(peer=f"{host}:{port}" if port != "" else str(host))
         self.record.server_version = self.factory.server_version.decode("ascii")
+        if self.factory.flows is not None:
+            self.record.flow = FlowRecorder("server", self.record.peer, clock=self.factory.clock.seconds)
+            self.record.flow.version(S2C, self.record.server_version)
         self.counting = _CountingTransport(self.transport, self.record)
         self.counting.write(self.factory.server_version + b"\r\n")
         self.timer = self.factory.clock.callLater(self.factory.version_timeout, self._timed_out)
@@ -123,6 +128,8 @@ class VersionDispatcher(Protocol):
             return
         line, rest = self.buffer[:end], self.buffer[end + 1 :]
         self.buffer = b""
+        if self.record.flow is not None:
+            self.record.flow.version(C2S, line.rstrip(b"\r").decode("ascii", "replace"), end + 1)
         if line.endswith(b"\r"):
             line = line[:-1]
         self._dispatch(line, rest)
@@ -148,6 +155,8 @@ class VersionDispatcher(Protocol):
             return
         self._cancel_timer()
         self.record.protocol = kind
+        if self.record.flow is not None:
+            self.record.flow.protocol = kind
         self.inner = handoff.build_protocol(self.record, self.factory.server_version, line)
         self.inner.makeConnection(self.counting)
         if rest:
@@ -189,7 +198,22 @@ class VersionDispatcher(Protocol):
         if not record.close_reason and reason is not None:
             record.close_reason = reason.getErrorMessage()
         self.log.info("connection closed: {summary}", summary=record.summary(), record=record)
+        flow = record.flow
+        if flow is not None:
+            if not flow.protocol:
+                flow.protocol = record.protocol
+            if flow.user is None and record.user:
+                flow.user = record.user
+            # The dispatcher sees every byte (a packet cut short by the close included).
+            flow.bytes = {C2S: record.bytes_in, S2C: record.bytes_out}
+            flow.close(record.close_reason)
         self.factory.connection_closed(record)
+
+
+class FlowSink(Protocol_):
+    """Where finished flows go (gateway.flows.FlowWriter)."""
+
+    def write_flow(self, flow: FlowRecorder) -> None: ...
 
 
 class DispatcherFactory(Factory):
@@ -204,8 +228,10 @@ class DispatcherFactory(Factory):
         handoffs: Mapping[str, IHandoffFactory],
         clock: IReactorTime,
         version_timeout: float = 30.0,
+        flows: FlowSink | None = None,
     ) -> None:
         self.handoffs = dict(handoffs)
+        self.flows = flows  # None: no flow recording at all
         self.clock = clock
         self.version_timeout = version_timeout
         self.server_version = server_version_line(frozenset(self.handoffs))
@@ -215,4 +241,6 @@ class DispatcherFactory(Factory):
         return VersionDispatcher(self)
 
     def connection_closed(self, record: ConnectionRecord) -> None:
-        """Hook for whatever wants finished records (flow recording, later)."""
+        """A connection is over: its flow record goes to the flow sink."""
+        if self.flows is not None and record.flow is not None:
+            self.flows.write_flow(record.flow)

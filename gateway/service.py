@@ -110,7 +110,19 @@ def build_dispatcher(config: Any, reactor: Any, targets: Any) -> DispatcherFacto
         handoffs["ssh1"] = SSH1ServerFactory(
             portal, host_keys.ssh1, config.ssh1, config.auth_limits, reactor
         )
-    return DispatcherFactory(handoffs, reactor, version_timeout=config.version_timeout)
+    return DispatcherFactory(
+        handoffs, reactor, version_timeout=config.version_timeout, flows=flow_writer(config)
+    )
+
+
+def flow_writer(config: Any) -> Any:
+    """The flow-record writer the config asks for, or None when recording is off."""
+    from gateway.flows import FlowWriter, flows_dir
+
+    flows = getattr(config, "flows", None)
+    if flows is None or not flows.enabled:
+        return None
+    return FlowWriter(flows_dir(config.state_dir), flows.max_bytes, flows.keep)
 
 
 def make_service(config: Any, reactor: Any = None) -> service.MultiService:

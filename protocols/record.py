@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from protocols.flow import FlowRecorder
 
 
 @dataclass
@@ -26,6 +30,9 @@ class ConnectionRecord:
     close_reason: str = ""
     bytes_in: int = 0
     bytes_out: int = 0
+    # The flow recorder of this connection (protocols.flow), when recording is on: front
+    # ends feed it every message; the gateway writes its record at close.
+    flow: FlowRecorder | None = field(default=None, repr=False, compare=False)
 
     def duration(self, now: float | None = None) -> float:
         return (time.monotonic() if now is None else now) - self.started

@@ -44,6 +44,13 @@ def printable(raw: bytes, limit: int = MAX_TEXT) -> str:
 
 
 Handler = Callable[[Reader], Event | None]
+# Told of every packet: (message name, wire bytes). For flow recording; never the payload.
+PacketObserver = Callable[[str, int], None]
+
+
+def _name(msg_type: int) -> str:
+    name = m.NAMES.get(msg_type)
+    return name if name is not None else f"SSH_MSG_UNKNOWN_{msg_type}"
 
 
 class Connection:
@@ -61,6 +68,8 @@ class Connection:
         self._handlers: dict[int, Handler] = {}
         self.packets_in = 0
         self.packets_out = 0
+        self.on_packet_in: PacketObserver | None = None
+        self.on_packet_out: PacketObserver | None = None
 
     # ----------------------------------------------------------------- input
     def receive_data(self, data: bytes) -> None:
@@ -82,6 +91,8 @@ class Connection:
                 packet = self._decoder.next_packet()
                 if packet is None:
                     return NEED_DATA
+                if self.on_packet_in is not None:
+                    self.on_packet_in(_name(packet[0]), self._decoder.last_size)
                 event = self._dispatch(*packet)
             except ProtocolError as exc:
                 return self._fail(exc.reason)
@@ -121,7 +132,10 @@ class Connection:
 
     def _send(self, msg_type: int, payload: bytes = b"") -> None:
         self.packets_out += 1
-        self._out.append(self._encoder.encode(msg_type, payload))
+        packet = self._encoder.encode(msg_type, payload)
+        if self.on_packet_out is not None:
+            self.on_packet_out(_name(msg_type), len(packet))
+        self._out.append(packet)
 
     def send_ignore(self, data: bytes = b"") -> None:
         self._require_open()

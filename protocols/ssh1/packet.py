@@ -60,6 +60,7 @@ class PacketDecoder:
         self._iv: bytes | None = None
         self._decompressor: Decompressor | None = None
         self._need: int | None = None  # total bytes of the packet being assembled
+        self.last_size = 0  # wire bytes of the packet next_packet returned last
 
     @property
     def buffered(self) -> int:
@@ -100,6 +101,7 @@ class PacketDecoder:
             buf.clear()
             self._pos = 0
         self._need = None
+        self.last_size = need
         pad = padding_length(length)
         if self._stream is not None:
             try:

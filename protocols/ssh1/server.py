@@ -17,6 +17,7 @@ import socket
 import struct
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -40,6 +41,7 @@ from protocols.auth import (
     SSH1RSAChallenge,
     TooManyAttempts,
 )
+from protocols.flow import C2S, S2C, FlowRecorder
 from protocols.handoff import IHandoffFactory
 from protocols.record import ConnectionRecord
 from protocols.session import (
@@ -51,6 +53,7 @@ from protocols.session import (
     SessionRequest,
 )
 from protocols.ssh1 import events as ev
+from protocols.ssh1 import keys
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.settings import SSH1Settings
 
@@ -202,6 +205,12 @@ class _SessionClient:
     def description(self) -> str:
         return self.protocol.record.describe()
 
+    @property
+    def flow_id(self) -> str | None:
+        """The id of this connection's flow record (upstream legs link to it)."""
+        flow = self.protocol.record.flow
+        return flow.id if flow is not None else None
+
     def write_stdout(self, data: bytes) -> None:
         self.protocol._session_output(data, stderr=False)
 
@@ -254,6 +263,10 @@ class _Forward(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.owner._forward_lost(self)
 
+
+# Auth methods in flow records as SSH-1 names them (SSH_AUTH_RSA is a challenge, not a
+# signature as in SSH-2's "publickey").
+_FLOW_METHOD = {METHOD_PUBLICKEY: "rsa", METHOD_PASSWORD: "password"}
 
 _REFUSED_TWO_STEP = (
     "SSH-1 cannot do two-step authentication; this user's policy needs more than one method"
@@ -335,7 +348,41 @@ class SSH1ServerProtocol(Protocol):
         context = LoginContext(protocol="ssh1", peer=self.record.peer)
         self.flow = LoginFlow(f.portal, f.limits, context, f.clock, self._grace_expired)
         self.transport.registerProducer(self._gate, True)
+        recorder = self.record.flow
+        if recorder is not None:
+            self._start_recording(recorder, server_key)
         self._flush()
+
+    def _start_recording(self, recorder: FlowRecorder, server_key: Any) -> None:
+        """Feed the flow recorder every packet from now on (names and sizes only)."""
+        core = self.core
+        assert core is not None
+        # The constructor queued SMSG_PUBLIC_KEY before anyone could observe it.
+        public_key = core.data_to_send()
+        recorder.packet(S2C, "SSH_SMSG_PUBLIC_KEY", len(public_key))
+        if public_key:
+            self.transport.write(public_key)
+        core.on_packet_in = partial(recorder.packet, C2S)
+        core.on_packet_out = partial(recorder.packet, S2C)
+        host_e, host_n = keys.public_numbers(self.factory.host_key)
+        recorder.negotiated.update(
+            {
+                "host_key_type": "rsa1",
+                "host_key_bits": host_n.bit_length(),
+                "host_key_fingerprint": "MD5:" + keys.ssh1_fingerprint(host_e, host_n),
+                "server_key_bits": server_key.key_size,
+                "ciphers_offered": list(self.factory.settings.ciphers),
+                "compression": "none",
+            }
+        )
+
+    def _flow_auth(self, method: str, result: str) -> None:
+        if self.record.flow is not None:
+            self.record.flow.auth(method, result)
+
+    def _flow_request(self, name: str, ok: bool) -> None:
+        if self.record.flow is not None:
+            self.record.flow.request(name, "success" if ok else "failure")
 
     def dataReceived(self, data: bytes) -> None:
         if self.core is None or self._closing:
@@ -456,6 +503,9 @@ class SSH1ServerProtocol(Protocol):
     # ------------------------------------------------------------ key exchange, auth
     def _on_session_key(self, event: ev.SessionKeyAccepted) -> None:
         self.record.algorithms["cipher"] = event.cipher
+        if self.record.flow is not None:
+            self.record.flow.negotiated["cipher"] = event.cipher
+            self.record.flow.negotiated["client_flags"] = event.client_flags
         log.debug(
             "ssh1 {peer}: session key accepted, cipher {cipher}",
             peer=self.record.peer,
@@ -465,7 +515,10 @@ class SSH1ServerProtocol(Protocol):
     def _on_user(self, event: ev.UserRequested) -> None:
         self.username = event.username
         self.record.user = event.username.decode("utf-8", "replace")
+        if self.record.flow is not None:
+            self.record.flow.user = self.record.user
         # Every user must authenticate, so the answer is FAILURE, known or not.
+        self._flow_auth("none", "failure")
         self._reply(False)
 
     def _username(self) -> str:
@@ -514,6 +567,9 @@ class SSH1ServerProtocol(Protocol):
         self._logout = logout
         self.record.auth_result = "success"
         self.record.user = getattr(avatar, "username", self._username())
+        if self.record.flow is not None:
+            self.record.flow.user = self.record.user
+        self._flow_auth(_FLOW_METHOD.get(self.record.auth_method, self.record.auth_method), "success")
         log.info(
             "ssh1 {peer}: user {user!r} logged in with {method}",
             peer=self.record.peer,
@@ -524,6 +580,7 @@ class SSH1ServerProtocol(Protocol):
 
     def _auth_failed(self, failure: Failure) -> None:
         self.record.auth_result = "failure"
+        self._flow_auth(_FLOW_METHOD.get(self.record.auth_method, self.record.auth_method), "failure")
         if failure.check(TooManyAttempts):
             self._disconnect("too many authentication failures")
             return
@@ -553,6 +610,7 @@ class SSH1ServerProtocol(Protocol):
             peer=self.record.peer,
             method=event.method,
         )
+        self._flow_auth(event.method, "failure")
         self._reply(False)
 
     def _grace_expired(self) -> None:
@@ -562,13 +620,18 @@ class SSH1ServerProtocol(Protocol):
     def _on_compression(self, event: ev.CompressionRequested) -> None:
         assert self.core is not None
         if not self.core.valid_compression_level():
+            self._flow_request("compression", False)
             self._reply(False)
             return
+        self._flow_request("compression", True)
         self._reply(True)
         self.record.algorithms["compression"] = f"zlib-{event.level}"
+        if self.record.flow is not None:
+            self.record.flow.negotiated["compression"] = f"zlib-{event.level}"
 
     def _on_pty(self, event: ev.PtyRequested) -> None:
         self._pty = event.pty
+        self._flow_request("pty", True)
         self._reply(True)
 
     def _on_agent_request(self, event: ev.AgentForwardingRequested) -> None:
@@ -582,9 +645,11 @@ class SSH1ServerProtocol(Protocol):
             why = "could not create the socket"
         else:
             log.info("ssh1 {peer}: agent forwarding granted", peer=self.record.peer)
+            self._flow_request("agent", True)
             self._reply(True)
             return
         log.info("ssh1 {peer}: refused agent forwarding ({why})", peer=self.record.peer, why=why)
+        self._flow_request("agent", False)
         self._reply(False)
 
     def _on_x11_request(self, event: ev.X11ForwardingRequested) -> None:
@@ -603,22 +668,28 @@ class SSH1ServerProtocol(Protocol):
                 peer=self.record.peer,
                 display=self._x11[2],
             )
+            self._flow_request("x11", True)
             self._reply(True)
             return
         log.info("ssh1 {peer}: refused X11 forwarding ({why})", peer=self.record.peer, why=why)
+        self._flow_request("x11", False)
         self._reply(False)
 
     def _on_refused_request(self, event: ev.Event) -> None:
         # Remote forwarding (client -R) would open listening ports on the gateway host.
         log.info("ssh1 {peer}: refused remote port forwarding", peer=self.record.peer)
+        self._flow_request("port-forward", False)
         self._reply(False)
 
     def _on_max_packet(self, event: ev.MaxPacketSizeRequested) -> None:
         assert self.core is not None
-        self._reply(self.core.valid_max_packet_size())
+        ok = self.core.valid_max_packet_size()
+        self._flow_request("max-packet-size", ok)
+        self._reply(ok)
 
     def _on_exec(self, event: ev.ExecShell | ev.ExecCommand) -> None:
         command = event.command if isinstance(event, ev.ExecCommand) else None
+        self._flow_request("exec_shell" if command is None else "exec_cmd", True)
         request = SessionRequest(command=command, pty=self._pty)
         if self._agent is not None:
             request.env["SSH_AUTH_SOCK"] = self._agent[2]
@@ -658,6 +729,8 @@ class SSH1ServerProtocol(Protocol):
         if core is None or self._closing or core.closed:
             return
         status = info.as_status()
+        if self.record.flow is not None:
+            self.record.flow.exit(status, info.signal)
         core.send_exit_status(status)
         self._flush()
         self._exit_timer = self.factory.clock.callLater(

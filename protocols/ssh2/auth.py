@@ -148,6 +148,9 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
         if user != self.user or service != self.nextService:
             self._succeeded = []
         self.user, self.nextService, self.method = user, service, method
+        flow = self.record.flow
+        if flow is not None:
+            flow.auth_method = method.decode("ascii", "replace")
         try:
             username = user.decode("utf-8")
         except UnicodeDecodeError:
@@ -156,6 +159,7 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
 
         if method not in self.supportedAuthentications:
             # "none" and unoffered methods: just list what we offer; no attempt is used up.
+            self._flow_auth("failure")
             self._send_failure(partial=False)
             return
         try:
@@ -164,6 +168,7 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
             self.transport.protocol_error(f"bad {method.decode('ascii', 'replace')} request: {e}")
             return
         if attempt is None:
+            self._flow_auth("failure")
             self._send_failure(partial=False)
             return
         method_name = method.decode("ascii")
@@ -237,6 +242,9 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
         self._succeeded.append(self.method.decode("ascii"))
         self.record.auth_method = "+".join(dict.fromkeys(self._succeeded))
         self.record.auth_result = "success"
+        self._flow_auth("success")
+        if self.record.flow is not None:
+            self.record.flow.user = self.record.user
         log.info(
             "ssh2: {peer} logged in as {user!r} with {method}",
             peer=self.record.peer,
@@ -265,9 +273,11 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
             self._succeeded.append(method)
             self.flow.context.succeeded.add(method)
             remaining = [m.encode("ascii") for m in failure.value.remaining]
+            self._flow_auth("partial")
             self._send_failure(partial=True, methods=remaining or None)
             return
         self.record.auth_result = "failure"
+        self._flow_auth("failure")
         if failure.check(TooManyAttempts):
             log.info("ssh2: {peer}: {why}", peer=self.record.peer, why=failure.getErrorMessage())
             self.transport.sendDisconnect(
@@ -285,6 +295,12 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
             user=self.record.user,
         )
         self._send_failure(partial=False)
+
+    def _flow_auth(self, result: str) -> None:
+        """One attempt of the method in progress, for the flow record (never its data)."""
+        flow = self.record.flow
+        if flow is not None:
+            flow.auth(flow.auth_method, result)
 
     def _internal_error(self, failure: Failure) -> None:
         log.failure("ssh2: authentication error for {peer}", failure, peer=self.record.peer)

@@ -119,10 +119,21 @@ class SessionChannel(conch_channel.SSHChannel):
 
     def requestReceived(self, requestType: bytes, data: bytes) -> bool:
         handler = self._requests.get(requestType)
+        flow = self._flow()
         if handler is None:
             log.debug("ssh2: unsupported channel request {type!r}", type=requestType)
+            if flow is not None:
+                flow.request(requestType[:64].decode("ascii", "replace"), "failure")
             return False
-        return handler(self, Reader(data))
+        ok = handler(self, Reader(data))
+        if flow is not None:
+            flow.request(requestType.decode("ascii"), "success" if ok else "failure")
+        return ok
+
+    def _flow(self) -> Any:
+        """The connection's flow recorder, or None when recording is off."""
+        record = getattr(getattr(self.conn, "transport", None), "record", None)
+        return getattr(record, "flow", None)
 
     def _pty_req(self, reader: Reader) -> bool:
         term = reader.text(MAX_TERM)
@@ -278,6 +289,12 @@ class SessionChannel(conch_channel.SSHChannel):
         record = getattr(getattr(self.conn, "transport", None), "record", None)
         return record.describe() if record is not None else "ssh2"
 
+    @property
+    def flow_id(self) -> str | None:
+        """The id of this connection's flow record (upstream legs link to it)."""
+        flow = self._flow()
+        return flow.id if flow is not None else None
+
     def write_stdout(self, data: bytes) -> None:
         if data and not self.localClosed and not self._eof_wanted:
             self.write(data)
@@ -343,6 +360,10 @@ class SessionChannel(conch_channel.SSHChannel):
         if self._exit is not None and not self._exit_sent:
             self._exit_sent = True
             info = self._exit
+            flow = self._flow()
+            if flow is not None:
+                flow.exit(info.status if info.signal is None else None, info.signal)
+                flow.next_stage("close")
             if info.signal is not None:
                 payload = (
                     string(info.signal.encode("ascii", "replace"))

@@ -10,6 +10,8 @@ clean DISCONNECT with a reason and a log line) and fills in the ConnectionRecord
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import os
 import secrets
@@ -27,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from protocols.auth import LoginContext, LoginFlow
+from protocols.flow import C2S, S2C, SSH2_NAMES, ssh2_name
 from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
 from protocols.ssh2.logs import quiet_logger
@@ -169,6 +172,7 @@ class SSH2ServerTransport(SSHServerTransport):
         self._first: bytes | None = None  # decrypted first block of the next packet
         self._mac_in: Any = None  # keyed HMAC objects, copied per packet
         self._mac_out: Any = None
+        self._in_size = 0  # wire bytes of the packet _next_packet returned last
 
     # -- connection life cycle ------------------------------------------------------------
 
@@ -261,6 +265,9 @@ class SSH2ServerTransport(SSHServerTransport):
                 payload = self._next_packet()
                 if payload is None:
                     break
+                flow = self.record.flow
+                if flow is not None:
+                    flow.packet(C2S, self.flow_name(payload[0]), self._in_size)
                 self.dispatchMessage(payload[0], payload[1:])
         except Exception:
             # Conch's handlers parse with struct/getNS and raise on truncated input;
@@ -298,6 +305,7 @@ class SSH2ServerTransport(SSHServerTransport):
             mac = bytes(view[4 + length : needed])
         del buf[:needed]
         self._first = None
+        self._in_size = needed
         if self._mac_in is not None:
             check = self._mac_in.copy()
             check.update(struct.pack(">L", self.incomingPacketSequence))
@@ -317,6 +325,16 @@ class SSH2ServerTransport(SSHServerTransport):
             self.protocol_error("empty packet payload")
             return None
         return payload
+
+    def flow_name(self, number: int) -> str:
+        """The name of message ``number`` for the flow record (30-49 and 60-79 depend on
+        the key exchange and the auth method in progress)."""
+        name = SSH2_NAMES.get(number)
+        if name is not None:
+            return name
+        flow = self.record.flow
+        kex = (getattr(self, "kexAlg", None) or b"").decode("ascii", "replace")
+        return ssh2_name(number, kex, flow.auth_method if flow is not None else "")
 
     def protocol_error(self, reason: str) -> None:
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, reason.encode("ascii", "replace"))
@@ -358,6 +376,35 @@ class SSH2ServerTransport(SSHServerTransport):
             "comp_in": self.incomingCompressionType.decode("ascii", "replace"),
             "comp_out": self.outgoingCompressionType.decode("ascii", "replace"),
         }
+        if self.record.flow is not None:
+            self._flow_negotiated()
+
+    def _flow_negotiated(self) -> None:
+        """What this key exchange agreed on, in flow-record names (c2s = from the client)."""
+        assert self.record.flow is not None
+        algs = self.record.algorithms
+        negotiated: dict[str, Any] = {
+            "kex": algs["kex"],
+            "host_key_algorithm": algs["hostkey"],
+            "cipher_c2s": algs["cipher_in"],
+            "cipher_s2c": algs["cipher_out"],
+            "mac_c2s": algs["mac_in"],
+            "mac_s2c": algs["mac_out"],
+            "compression_c2s": algs["comp_in"],
+            "compression_s2c": algs["comp_out"],
+        }
+        if algs["comp_in"] == algs["comp_out"]:
+            negotiated["compression"] = algs["comp_in"]
+        key_type = HOST_KEY_TYPES.get(algs["hostkey"])
+        key = self.factory.publicKeys.get(key_type) if key_type is not None else None
+        if key is not None:
+            digest = hashlib.sha256(key.blob()).digest()
+            negotiated["host_key_type"] = key.sshType().decode("ascii")
+            negotiated["host_key_bits"] = key.size()
+            negotiated["host_key_fingerprint"] = (
+                "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+            )
+        self.record.flow.negotiated.update(negotiated)
 
     def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
         if self.ignoreNextPacket or not _kex.isDynamicPrimesGroup(self.kexAlg):
@@ -462,9 +509,19 @@ class SSH2ServerTransport(SSHServerTransport):
         data is passed as (header, data) so it is copied once into the packet."""
         if self._disconnecting or self.transport is None:
             return
+        flow = self.record.flow
         if self._keyExchangeState != self._KEY_EXCHANGE_NONE or self.outgoingCompression is not None:
             # Rare paths (queueing during key exchange, compression): Conch's code.
-            super().sendPacket(messageType, b"".join(parts))
+            payload = b"".join(parts)
+            if flow is None:
+                super().sendPacket(messageType, payload)
+                return
+            sequence, written = self.outgoingPacketSequence, self.record.bytes_out
+            super().sendPacket(messageType, payload)
+            if self.outgoingPacketSequence != sequence:  # sent, not queued for after NEWKEYS
+                # The dispatcher's counting transport knows the exact (compressed) size.
+                size = self.record.bytes_out - written or self._wire_size(len(payload))
+                flow.packet(S2C, self.flow_name(messageType), size)
             return
         enc = self.currentEncryptions
         block = enc.encBlockSize or 8
@@ -480,10 +537,26 @@ class SSH2ServerTransport(SSHServerTransport):
             mac = self._mac_out.copy()
             mac.update(struct.pack(">L", self.outgoingPacketSequence))
             mac.update(packet)
-            self.transport.writeSequence((encrypted, mac.digest()))
+            digest = mac.digest()
+            self.transport.writeSequence((encrypted, digest))
+            size = len(encrypted) + len(digest)
         else:
             self.transport.write(encrypted)
+            size = len(encrypted)
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+        if flow is not None:
+            name = SSH2_NAMES.get(messageType) or self.flow_name(messageType)
+            flow.packet(S2C, name, size)
+
+    def _wire_size(self, payload: int) -> int:
+        """Wire bytes of an uncompressed packet with ``payload`` bytes, from its framing."""
+        enc = self.currentEncryptions
+        block = enc.encBlockSize or 8
+        total = 6 + payload
+        padding = block - total % block
+        if padding < 4:
+            padding += block
+        return total + padding + enc.verifyDigestSize
 
     def sendDisconnect(self, reason: int, desc: bytes | str) -> None:
         if self._disconnecting:

@@ -1,0 +1,159 @@
+"""Flow records from real clients through a real gateway subprocess (issue 5, acceptance
+1 and 3): one ``plink -1`` login and OpenSSH logins (password and key) each leave one
+record with the five stages, the protocol's own message names in order and what was
+negotiated; and no record holds the password, the private key or the session data."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_process import GatewayProcess
+from tests.integration.conftest import (
+    PASSWORD,
+    base_config,
+    ssh1_host_fingerprint,
+    sshgateway_cli,
+)
+from tests.peers import require_peer
+
+PAYLOAD = b"payload-never-recorded-7f3a91\n"
+
+
+@pytest.fixture(scope="module")
+def peers_gateway(tmp_path_factory):
+    tools = require_peer("ssh-keygen")
+    work = tmp_path_factory.mktemp("flows-peers")
+    key = work / "id_ed25519"
+    subprocess.run(
+        [tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+        check=True,
+        timeout=60,
+    )
+    authz = work / "authorized_keys"
+    authz.write_text(Path(str(key) + ".pub").read_text())
+    authz.chmod(0o600)
+    password_hash = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
+    (work / "gw").mkdir()
+    with GatewayProcess(work / "gw", base_config(password_hash, authz)) as gw:
+        gw.key = key
+        yield gw
+
+
+def _ssh(gw: GatewayProcess, *extra: str) -> list[str]:
+    tools = require_peer("ssh")
+    return [
+        tools["ssh"], "-F", "/dev/null",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+        "-p", str(gw.port), *extra, "alice@127.0.0.1", "cat",
+    ]  # fmt: skip
+
+
+def _records(gw: GatewayProcess, count: int, timeout: float = 20.0) -> list[dict]:
+    path = Path(gw.config["state_dir"]) / "flows" / "flows.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            records = [json.loads(line) for line in path.read_text().splitlines()]
+            if len(records) >= count:
+                return records
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} flow records:\n" + gw.log_text()[-3000:])
+
+
+def _names(record: dict) -> list[str]:
+    return [m["name"] for m in record["messages"]]
+
+
+def _in_order(names: list[str], wanted: list[str]) -> bool:
+    position = 0
+    for name in names:
+        if position < len(wanted) and name == wanted[position]:
+            position += 1
+    return position == len(wanted)
+
+
+def test_ssh1_and_ssh2_logins_leave_flow_records_without_secrets(peers_gateway):
+    gw = peers_gateway
+    plink = require_peer("plink")["plink"]
+    sshpass = require_peer("sshpass")["sshpass"]
+    fingerprint = ssh1_host_fingerprint(gw.config["state_dir"])
+    runs = [
+        [plink, "-1", "-batch", "-hostkey", fingerprint, "-P", str(gw.port), "-pw", PASSWORD,
+         "-l", "alice", "127.0.0.1", "cat"],
+        [sshpass, "-p", PASSWORD, *_ssh(gw, "-o", "PreferredAuthentications=password",
+                                        "-o", "PubkeyAuthentication=no")],
+        _ssh(gw, "-o", "BatchMode=yes", "-i", str(gw.key), "-o", "IdentitiesOnly=yes"),
+    ]  # fmt: skip
+    for argv in runs:
+        result = subprocess.run(argv, input=PAYLOAD, capture_output=True, timeout=60)
+        assert result.stdout == PAYLOAD, result.stderr + gw.log_text()[-2000:].encode()
+
+    records = _records(gw, 3)
+    ssh1 = [r for r in records if r["protocol"] == "ssh1"]
+    ssh2 = [r for r in records if r["protocol"] == "ssh2"]
+    assert len(ssh1) == 1 and len(ssh2) == 2
+
+    r1 = ssh1[0]
+    assert r1["versions"]["client"].startswith("SSH-1.5-PuTTY")
+    assert r1["versions"]["server"].startswith("SSH-1.99-sshgateway")
+    assert r1["user"] == "alice" and r1["role"] == "server" and r1["link"] is None
+    assert [s["name"] for s in r1["stages"]] == [
+        "version", "kex", "auth", "session", "interaction", "close"
+    ]  # fmt: skip
+    assert all(s["start"] is not None for s in r1["stages"]), r1["stages"]
+    assert _in_order(_names(r1), [
+        "version", "version", "SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_SMSG_SUCCESS",
+        "SSH_CMSG_USER", "SSH_SMSG_FAILURE", "SSH_CMSG_AUTH_PASSWORD", "SSH_SMSG_SUCCESS",
+        "SSH_CMSG_EXEC_CMD", "SSH_CMSG_STDIN_DATA", "SSH_SMSG_STDOUT_DATA",
+        "SSH_SMSG_EXITSTATUS", "SSH_CMSG_EXIT_CONFIRMATION",
+    ]), _names(r1)  # fmt: skip
+    n1 = r1["negotiated"]
+    assert n1["cipher"] in ("3des", "blowfish")
+    assert n1["server_key_bits"] == 1024 and n1["host_key_bits"] == 2048
+    assert n1["host_key_fingerprint"] == "MD5:" + fingerprint
+    assert {"method": "password", "result": "success"} in [
+        {k: a[k] for k in ("method", "result")} for a in r1["auth"]
+    ]
+    assert "exec_cmd" in [q["name"] for q in r1["requests"]]
+    assert r1["exit_status"] == 0
+    assert r1["bytes"]["c2s"] > 0 and r1["bytes"]["s2c"] > 0
+
+    for r2 in ssh2:
+        assert r2["versions"]["client"].startswith("SSH-2.0-OpenSSH")
+        assert all(s["start"] is not None for s in r2["stages"]), r2["stages"]
+        assert _in_order(_names(r2), [
+            "version", "version", "SSH2_MSG_KEXINIT", "SSH2_MSG_KEXINIT",
+            "SSH2_MSG_KEX_ECDH_INIT", "SSH2_MSG_KEX_ECDH_REPLY", "SSH2_MSG_NEWKEYS",
+            "SSH2_MSG_SERVICE_REQUEST", "SSH2_MSG_SERVICE_ACCEPT", "SSH2_MSG_USERAUTH_REQUEST",
+            "SSH2_MSG_USERAUTH_SUCCESS", "SSH2_MSG_CHANNEL_OPEN",
+            "SSH2_MSG_CHANNEL_OPEN_CONFIRMATION", "SSH2_MSG_CHANNEL_REQUEST",
+            "SSH2_MSG_CHANNEL_DATA", "SSH2_MSG_CHANNEL_CLOSE",
+        ]), _names(r2)  # fmt: skip
+        n2 = r2["negotiated"]
+        assert n2["kex"] and n2["cipher_c2s"] and n2["mac_s2c"] is not None
+        assert n2["host_key_fingerprint"].startswith("SHA256:")
+        assert "exec" in [q["name"] for q in r2["requests"]]
+        assert r2["exit_status"] == 0
+    methods = {a["method"] for r in ssh2 for a in r["auth"] if a["result"] == "success"}
+    assert methods == {"password", "publickey"}
+
+    # No secrets: the password, the private key (its base64 body and decoded bytes) and
+    # the session data appear in no record file.
+    key_text = Path(gw.key).read_text().splitlines()
+    key_body = "".join(line for line in key_text if not line.startswith("-----"))
+    key_bytes = base64.b64decode(key_body)
+    secrets = [PASSWORD.encode(), PAYLOAD.strip(), key_body.encode()]
+    secrets += [line.encode() for line in key_text if len(line) > 20 and "-----" not in line]
+    secrets += [base64.b64encode(key_bytes[i : i + 24]) for i in range(0, len(key_bytes) - 24, 24)]
+    for path in (Path(gw.config["state_dir"]) / "flows").iterdir():
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret not in data, (path, secret[:10])
+        assert key_bytes[-64:] not in data
