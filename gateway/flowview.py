@@ -590,7 +590,9 @@ def render_show_text(flow: Flow, legs: list[Flow] | None = None) -> str:
     out.append("stages  (-> client to server, <- server to client)")
     for stage in flow.stages:
         span = "" if not stage.present else f"  {_secs(stage.start)}-{_secs(stage.end)} s"
-        out.append(f"  {stage.name} ({STAGE_TITLES[stage.name]}){span}  {_stage_numbers(stage)}")
+        title = STAGE_TITLES[stage.name]
+        named = stage.name if title == stage.name else f"{stage.name} ({title})"
+        out.append(f"  {named}{span}  {_stage_numbers(stage)}")
         for m in flow.messages_in(stage.name):
             out.append(f"    {_secs(m.t):>8}  {_arrow(m.dir)}  {_message_label(m)}")
     if flow.messages_truncated:
@@ -598,7 +600,7 @@ def render_show_text(flow: Flow, legs: list[Flow] | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-COLUMN = 46
+COLUMN = 52
 
 
 def _pair(label: str, a: str, b: str, label_width: int = 14) -> str:

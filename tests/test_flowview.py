@@ -1,0 +1,396 @@
+"""``sshgateway flows list|show|compare``: reading records (bounded, hostile lines skipped),
+stage alignment, and the text, JSON and HTML renderings, on hand-made records of a
+``plink -1`` password login and an OpenSSH login (the shapes of flows-spec v1)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway import cli, flowview
+
+STAGES = flowview.STAGES
+
+
+def make_record(flow_id: str, protocol: str, steps, **fields) -> dict:
+    """A v1 record from (t, dir, name, size, stage[, count]) steps; stages computed as the
+    spec says (a round trip is a change from c2s to s2c inside a stage)."""
+    messages = []
+    for step in steps:
+        t, direction, name, size, stage, *rest = step
+        m = {"t": t, "dir": direction, "name": name, "size": size, "stage": stage}
+        if rest:
+            m["count"] = rest[0]
+        messages.append(m)
+    stages = []
+    for name in STAGES:
+        mine = [m for m in messages if m["stage"] == name]
+        if not mine:
+            stages.append({"name": name, "start": None, "end": None, "messages": 0,
+                           "bytes": 0, "round_trips": 0})
+            continue
+        trips = sum(1 for a, b in zip(mine, mine[1:], strict=False) if a["dir"] == "c2s" and b["dir"] == "s2c")
+        stages.append({"name": name, "start": mine[0]["t"], "end": mine[-1]["t"],
+                       "messages": sum(m.get("count", 1) for m in mine),
+                       "bytes": sum(m["size"] for m in mine), "round_trips": trips})
+    record = {
+        "v": 1, "id": flow_id, "link": None, "role": "server", "protocol": protocol,
+        "peer": "127.0.0.1:51234", "started": "2026-11-21T14:05:01.123456+00:00",
+        "duration": messages[-1]["t"] if messages else 0.0,
+        "versions": {}, "user": "alice", "target": "local", "negotiated": {},
+        "auth": [], "requests": [], "stages": stages, "messages": messages,
+        "messages_truncated": False,
+        "bytes": {"c2s": sum(m["size"] for m in messages if m["dir"] == "c2s"),
+                  "s2c": sum(m["size"] for m in messages if m["dir"] == "s2c")},
+        "exit_status": 0, "close_reason": "session finished",
+    }
+    record.update(fields)
+    return record
+
+
+def ssh1_plink_login(flow_id: str = "f-20261121T140501Z-11aa11aa", **fields) -> dict:
+    steps = [
+        (0.0, "s2c", "version", 26, "version"),
+        (0.001, "c2s", "version", 28, "version"),
+        (0.002, "s2c", "SSH_SMSG_PUBLIC_KEY", 419, "kex"),
+        (0.041, "c2s", "SSH_CMSG_SESSION_KEY", 283, "kex"),
+        (0.043, "s2c", "SSH_SMSG_SUCCESS", 16, "kex"),
+        (0.044, "c2s", "SSH_CMSG_USER", 24, "auth"),
+        (0.045, "s2c", "SSH_SMSG_FAILURE", 16, "auth"),
+        (0.046, "c2s", "SSH_CMSG_AUTH_PASSWORD", 40, "auth"),
+        (0.152, "s2c", "SSH_SMSG_SUCCESS", 16, "auth"),
+        (0.153, "c2s", "SSH_CMSG_REQUEST_PTY", 56, "session"),
+        (0.154, "s2c", "SSH_SMSG_SUCCESS", 16, "session"),
+        (0.155, "c2s", "SSH_CMSG_EXEC_SHELL", 16, "session"),
+        (0.160, "s2c", "SSH_SMSG_STDOUT_DATA", 64, "interaction"),
+        (0.2, "c2s", "SSH_CMSG_STDIN_DATA", 480, "interaction", 20),
+        (0.21, "s2c", "SSH_SMSG_STDOUT_DATA", 960, "interaction", 12),
+        (0.9, "s2c", "SSH_SMSG_EXITSTATUS", 16, "close"),
+        (0.901, "c2s", "SSH_CMSG_EXIT_CONFIRMATION", 16, "close"),
+    ]
+    base = dict(
+        versions={"server": "SSH-1.99-sshgateway_0.1.0", "client": "SSH-1.5-PuTTY_Release_0.78"},
+        negotiated={"host_key_type": "rsa1", "host_key_bits": 2048,
+                    "host_key_fingerprint": "MD5:3f:2a:9c:1d:00:11:22:33:44:55:66:77:88:99:aa:bb",
+                    "server_key_bits": 1024, "cipher": "3des", "compression": "none"},
+        auth=[{"method": "password", "result": "success", "t": 0.152}],
+        requests=[{"name": "pty", "result": "success", "t": 0.154},
+                  {"name": "exec_shell", "result": "success", "t": 0.155}],
+    )
+    base.update(fields)
+    return make_record(flow_id, "ssh1", steps, **base)
+
+
+def ssh2_openssh_login(flow_id: str = "f-20261121T140502Z-22bb22bb", **fields) -> dict:
+    steps = [
+        (0.0, "s2c", "version", 27, "version"),
+        (0.001, "c2s", "version", 41, "version"),
+        (0.002, "c2s", "SSH2_MSG_KEXINIT", 1544, "kex"),
+        (0.002, "s2c", "SSH2_MSG_KEXINIT", 1032, "kex"),
+        (0.004, "c2s", "SSH2_MSG_KEX_ECDH_INIT", 48, "kex"),
+        (0.008, "s2c", "SSH2_MSG_KEX_ECDH_REPLY", 184, "kex"),
+        (0.008, "s2c", "SSH2_MSG_NEWKEYS", 16, "kex"),
+        (0.009, "c2s", "SSH2_MSG_NEWKEYS", 16, "kex"),
+        (0.010, "c2s", "SSH2_MSG_SERVICE_REQUEST", 96, "auth"),
+        (0.011, "s2c", "SSH2_MSG_SERVICE_ACCEPT", 96, "auth"),
+        (0.012, "c2s", "SSH2_MSG_USERAUTH_REQUEST", 112, "auth"),
+        (0.013, "s2c", "SSH2_MSG_USERAUTH_FAILURE", 96, "auth"),
+        (0.020, "c2s", "SSH2_MSG_USERAUTH_REQUEST", 400, "auth"),
+        (0.021, "s2c", "SSH2_MSG_USERAUTH_PK_OK", 368, "auth"),
+        (0.025, "c2s", "SSH2_MSG_USERAUTH_REQUEST", 680, "auth"),
+        (0.030, "s2c", "SSH2_MSG_USERAUTH_SUCCESS", 80, "auth"),
+        (0.031, "c2s", "SSH2_MSG_CHANNEL_OPEN", 128, "session"),
+        (0.031, "s2c", "SSH2_MSG_CHANNEL_OPEN_CONFIRMATION", 128, "session"),
+        (0.032, "c2s", "SSH2_MSG_CHANNEL_REQUEST", 368, "session"),
+        (0.033, "s2c", "SSH2_MSG_CHANNEL_SUCCESS", 80, "session"),
+        (0.033, "c2s", "SSH2_MSG_CHANNEL_REQUEST", 112, "session"),
+        (0.034, "s2c", "SSH2_MSG_CHANNEL_SUCCESS", 80, "session"),
+        (0.040, "s2c", "SSH2_MSG_CHANNEL_DATA", 1920, "interaction", 15),
+        (0.2, "c2s", "SSH2_MSG_CHANNEL_DATA", 1600, "interaction", 20),
+        (0.5, "s2c", "SSH2_MSG_CHANNEL_WINDOW_ADJUST", 96, "interaction"),
+        (0.9, "s2c", "SSH2_MSG_CHANNEL_REQUEST", 112, "close"),
+        (0.9, "s2c", "SSH2_MSG_CHANNEL_EOF", 80, "close"),
+        (0.9, "s2c", "SSH2_MSG_CHANNEL_CLOSE", 80, "close"),
+        (0.902, "c2s", "SSH2_MSG_CHANNEL_CLOSE", 80, "close"),
+        (0.903, "c2s", "SSH2_MSG_DISCONNECT", 96, "close"),
+    ]
+    base = dict(
+        peer="127.0.0.1:51240",
+        started="2026-11-21T14:05:02.500000+00:00",
+        versions={"server": "SSH-1.99-sshgateway_0.1.0",
+                  "client": "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3"},
+        negotiated={"kex": "curve25519-sha256", "host_key_type": "ssh-ed25519",
+                    "host_key_bits": 256,
+                    "host_key_fingerprint": "SHA256:q9dsl0R2lWcTYdWkI6dXfZCuz4ZJMiCWgxP7P6hCWSA",
+                    "cipher_c2s": "aes128-ctr", "cipher_s2c": "aes128-ctr",
+                    "mac_c2s": "hmac-sha2-256", "mac_s2c": "hmac-sha2-256",
+                    "compression": "none"},
+        auth=[{"method": "none", "result": "failure", "t": 0.013},
+              {"method": "publickey", "result": "success", "t": 0.030}],
+        requests=[{"name": "pty-req", "result": "success", "t": 0.033},
+                  {"name": "shell", "result": "success", "t": 0.034}],
+    )
+    base.update(fields)
+    return make_record(flow_id, "ssh2", steps, **base)
+
+
+def write_records(state_dir: Path, *records, name: str = "flows.jsonl", raw: bytes = b"") -> Path:
+    directory = state_dir / "flows"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    with open(path, "ab") as f:
+        for r in records:
+            f.write(json.dumps(r).encode() + b"\n")
+        f.write(raw)
+    return path
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = cli.main(["flows", *argv], stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def state(tmp_path):
+    write_records(tmp_path, ssh1_plink_login(), ssh2_openssh_login())
+    return tmp_path
+
+
+# -- list ------------------------------------------------------------------------------------
+
+
+def test_list_newest_first_with_columns(state):
+    status, out, err = run("list", "--state-dir", str(state))
+    assert status == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["TIME", "(UTC)", "ID"]
+    assert "f-20261121T140502Z-22bb22bb" in lines[1] and "ssh2" in lines[1]
+    assert "f-20261121T140501Z-11aa11aa" in lines[2] and "ssh1" in lines[2]
+    assert "2026-11-21 14:05:01" in lines[2] and "127.0.0.1:51234" in lines[2]
+    assert "alice" in lines[2] and "local" in lines[2] and "0.901s" in lines[2]
+    assert lines[2].endswith("exit 0")
+
+
+def test_list_limit_and_rotated_files(tmp_path):
+    write_records(tmp_path, ssh1_plink_login("f-1-old", started="2026-11-21T13:00:00+00:00"),
+                  name="flows.jsonl.2")
+    write_records(tmp_path, ssh1_plink_login("f-2-mid", started="2026-11-21T13:30:00+00:00"),
+                  name="flows.jsonl.1")
+    write_records(tmp_path, ssh2_openssh_login("f-3-new", started="2026-11-21T14:00:00+00:00"))
+    status, out, _ = run("list", "--state-dir", str(tmp_path), "--format", "json")
+    assert status == 0
+    assert [f["id"] for f in json.loads(out)["flows"]] == ["f-3-new", "f-2-mid", "f-1-old"]
+    status, out, _ = run("list", "--state-dir", str(tmp_path), "--limit", "2", "--format", "json")
+    flows = json.loads(out)["flows"]
+    assert [f["id"] for f in flows] == ["f-3-new", "f-2-mid"]
+    assert set(flows[0]) >= {"time", "peer", "user", "protocol", "target", "duration", "result"}
+
+
+def test_list_from_config(state, tmp_path):
+    config = tmp_path / "gw.toml"
+    config.write_text(f'state_dir = "{state}"\n[users.a]\nauthorized_keys = "keys"\n')
+    status, out, err = run("list", "--config", str(config))
+    assert status == 0, err
+    assert "f-20261121T140501Z-11aa11aa" in out
+
+
+def test_list_empty_and_bad_config(tmp_path):
+    status, out, _ = run("list", "--state-dir", str(tmp_path))
+    assert status == 0 and "no flow records" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml\n")
+    status, out, err = run("list", "--config", str(bad))
+    assert status == 1 and out == "" and err
+
+
+def test_list_marks_upstream_legs_and_results(tmp_path):
+    up = ssh2_openssh_login("f-9-up", role="client", link="f-20261121T140501Z-11aa11aa",
+                            started="2026-11-21T14:05:01.2+00:00")
+    failed = ssh1_plink_login("f-0-fail", exit_status=None, requests=[],
+                              auth=[{"method": "password", "result": "failure", "t": 1}],
+                              started="2026-11-21T12:00:00+00:00")
+    write_records(tmp_path, ssh1_plink_login(), up, failed)
+    status, out, _ = run("list", "--state-dir", str(tmp_path))
+    assert status == 0
+    assert "f-9-up (upstream of f-20261121T140501Z-11aa11aa)" in out
+    assert out.splitlines()[-1].endswith("auth failed")
+
+
+# -- reading hostile input -------------------------------------------------------------------
+
+
+def test_malformed_lines_are_skipped_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setattr(flowview, "MAX_LINE_BYTES", 20000)
+    junk = (
+        b"not json\n"
+        b"\xff\xfe binary\n"
+        b"[1, 2, 3]\n"
+        b'{"v": 1}\n'
+        b'{"v": 1, "id": "x\\u001b[31m"}\n'
+        + b"[" * 3000 + b"\n"
+        + b'{"id": "' + b"A" * 50000 + b'"}\n'
+        + b"\n"
+    )
+    write_records(tmp_path, ssh1_plink_login(), raw=junk)
+    write_records(tmp_path, ssh2_openssh_login())
+    status, out, err = run("list", "--state-dir", str(tmp_path), "--format", "json")
+    assert status == 0
+    assert len(json.loads(out)["flows"]) == 2
+    notes = err.splitlines()
+    assert sum("not a JSON line" in n for n in notes) == 3
+    assert sum("not a flow record" in n for n in notes) == 3
+    assert sum("longer than 20000 bytes" in n for n in notes) == 1
+    assert all(n.startswith("sshgateway flows: note: flows.jsonl:") for n in notes)
+
+
+def test_fields_of_the_wrong_type_do_not_break_rendering(tmp_path):
+    weird = {
+        "v": 1, "id": "f-weird", "role": ["x"], "protocol": 5, "peer": None,
+        "started": "yesterday", "duration": float("nan") if False else "long",
+        "versions": "SSH", "user": "\x1b]0;pwned\x07eve", "negotiated": {"cipher": {"a": 1},
+        "kex": ["a", "b"], "x\u202e": "y"}, "auth": [1, {"method": None}], "requests": "all",
+        "stages": [{"name": "kex", "start": "0"}, 7], "bytes": [1, 2],
+        "messages": [{"dir": "up", "name": "\x1b[2J", "size": -5, "count": True}, "m"],
+        "exit_status": True, "close_reason": "<script>alert(1)</script>",
+    }
+    write_records(tmp_path, weird, ssh1_plink_login())
+    for argv in (["list"], ["show", "f-weird"], ["compare", "f-weird", "f-2026"]):
+        status, out, err = run(*argv, "--state-dir", str(tmp_path))
+        assert status == 0, err
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    status, out, _ = run("compare", "f-weird", "f-2026", "--state-dir", str(tmp_path),
+                         "--format", "html")
+    assert status == 0 and "<script>" not in out and "&lt;script&gt;" in out
+    assert "\x1b" not in out
+
+
+def test_parse_flow_bounds_messages():
+    record = ssh1_plink_login()
+    record["messages"] = record["messages"] * 1000
+    flow = flowview.parse_flow(record)
+    assert len(flow.messages) == flowview.MAX_MESSAGES and flow.messages_truncated
+
+
+# -- show ------------------------------------------------------------------------------------
+
+
+def test_show_stage_by_stage(state):
+    status, out, err = run("show", "f-20261121T140501Z-11", "--state-dir", str(state))
+    assert status == 0 and err == ""
+    assert out.startswith("flow f-20261121T140501Z-11aa11aa  ssh1, client connected to the gateway")
+    for needle in ("SSH-1.5-PuTTY_Release_0.78", "server_key_bits        1024",
+                   "cipher                 3des", "password               success",
+                   "exec_shell", "c2s 943 B, s2c 1549 B", "close     session finished"):
+        assert needle in out, needle
+    after = out[out.index("\nstages"):].splitlines()
+    stage_lines = [line for line in after if re.match(r"  [a-z]+ ", line)]
+    assert [line.split()[0] for line in stage_lines] == list(STAGES)
+    assert "kex (key and algorithm negotiation)  0.002-0.043 s  3 msgs, 1 rt, 718 B" in out
+    body = out[out.index("stages"):]
+    order = ["SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_CMSG_USER",
+             "SSH_CMSG_AUTH_PASSWORD", "SSH_CMSG_EXEC_SHELL", "SSH_CMSG_EXIT_CONFIRMATION"]
+    positions = [body.index(name) for name in order]
+    assert positions == sorted(positions)
+    assert "->  SSH_CMSG_STDIN_DATA 480 B x20" in out
+
+
+def test_show_json_is_the_record_with_its_upstream_legs(tmp_path):
+    client = ssh1_plink_login()
+    up = ssh2_openssh_login("f-up", role="client", link=client["id"])
+    write_records(tmp_path, client, up)
+    status, out, _ = run("show", client["id"], "--state-dir", str(tmp_path), "--format", "json")
+    assert status == 0
+    shown = json.loads(out)
+    assert shown["flow"] == client and shown["upstream_legs"] == ["f-up"]
+    status, out, _ = run("show", client["id"], "--state-dir", str(tmp_path))
+    assert "upstream leg f-up  ssh2 to local" in out
+    status, out, _ = run("show", "f-up", "--state-dir", str(tmp_path))
+    assert f"upstream leg of {client['id']}" in out and "gateway to device" in out
+
+
+def test_show_unknown_and_ambiguous(state):
+    status, out, err = run("show", "f-nope", "--state-dir", str(state))
+    assert status == 1 and out == "" and "no flow 'f-nope'" in err
+    status, out, err = run("show", "f-2026", "--state-dir", str(state))
+    assert status == 1 and "ambiguous" in err
+
+
+def test_exact_id_wins_over_prefix(tmp_path):
+    write_records(tmp_path, ssh1_plink_login("f-1"), ssh2_openssh_login("f-10"))
+    status, out, _ = run("show", "f-1", "--state-dir", str(tmp_path))
+    assert status == 0 and out.startswith("flow f-1  ssh1")
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+def test_compare_text_aligns_the_six_stages(state):
+    status, out, err = run("compare", "f-20261121T140501Z", "f-20261121T140502Z",
+                           "--state-dir", str(state))
+    assert status == 0 and err == ""
+    lines = out.splitlines()
+    assert "A f-20261121T140501Z-11aa11aa" in lines[0] and "B f-20261121T140502Z-22bb22bb" in lines[0]
+    assert re.search(r"protocol\s+ssh1 \(server\)\s+ssh2 \(server\)", out)
+    assert re.search(r"client\s+SSH-1.5-PuTTY_Release_0.78\s+SSH-2.0-OpenSSH_9.2p1", out)
+    assert re.search(r"server_key_bits\s+1024\s+-", out)
+    assert re.search(r"kex\s+-\s+curve25519-sha256", out)
+    assert re.search(r"cipher\s+3des\s+-", out)
+    assert re.search(r"kex\s+3 msgs, 1 rt, 718 B, 41.0 ms\s+6 msgs, 2 rt, 2840 B, 7.0 ms", out)
+    sections = [line for line in lines if line.startswith("== ")]
+    assert [s.split()[1].rstrip(":") for s in sections] == list(STAGES)
+    kex = lines[lines.index(sections[1]) + 1]
+    assert "<- SSH_SMSG_PUBLIC_KEY 419 B" in kex and "-> SSH2_MSG_KEXINIT 1544 B" in kex
+    order = ["SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_CMSG_USER", "SSH2_MSG_NEWKEYS"]
+    assert [out.index(n) for n in order[:3]] == sorted(out.index(n) for n in order[:3])
+    assert out.index("SSH2_MSG_KEXINIT") < out.index("SSH2_MSG_USERAUTH_REQUEST")
+
+
+def test_compare_json(state):
+    status, out, _ = run("compare", "f-20261121T140501Z", "f-20261121T140502Z",
+                         "--state-dir", str(state), "--format", "json")
+    assert status == 0
+    doc = json.loads(out)
+    assert [f["protocol"] for f in doc["flows"]] == ["ssh1", "ssh2"]
+    assert [s["name"] for s in doc["stages"]] == list(STAGES)
+    kex = doc["stages"][1]
+    assert kex["a"]["messages"] == 3 and kex["b"]["round_trips"] == 2
+    assert [m["name"] for m in kex["messages_a"]] == [
+        "SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_SMSG_SUCCESS"]
+    negotiated = {n["name"]: (n["a"], n["b"]) for n in doc["negotiated"]}
+    assert negotiated["server_key_bits"] == ("1024", None)
+    assert negotiated["kex"] == (None, "curve25519-sha256")
+
+
+def test_compare_html_is_self_contained(state, tmp_path):
+    target = tmp_path / "out.html"
+    status, out, err = run("compare", "f-20261121T140501Z", "f-20261121T140502Z",
+                           "--state-dir", str(state), "--format", "html", "-o", str(target))
+    assert status == 0 and out == "" and err == ""
+    page = target.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1
+    for forbidden in ("<script", "src=", "href=", "@import", "<link", "http:", "https:"):
+        assert forbidden not in page.lower(), forbidden
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    for name in ("SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_CMSG_USER",
+                 "SSH2_MSG_KEXINIT", "SSH2_MSG_KEX_ECDH_REPLY"):
+        assert name in svg, name
+    # Each stage band starts at the same height for both flows: one band per stage.
+    assert all(f">{stage}</text>" in svg for stage in STAGES)
+    assert svg.count("<line") >= 17 + 30
+
+
+def test_compare_html_refuses_text_only_commands(state):
+    with pytest.raises(SystemExit):
+        run("list", "--state-dir", str(state), "--format", "html")
+
+
+def test_compare_unwritable_output(state, tmp_path):
+    status, _, err = run("compare", "f-20261121T140501Z", "f-20261121T140502Z",
+                         "--state-dir", str(state), "--format", "html",
+                         "-o", str(tmp_path / "missing" / "x.html"))
+    assert status == 1 and "x.html" in err
