@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from protocols.flow import FlowRecorder
 from protocols.session import (
     ExitInfo,
     ISessionClient,
@@ -82,6 +83,11 @@ class UpstreamSink:
 
     def __init__(self, bridge: BridgeSession) -> None:
         self._bridge = bridge
+
+    @property
+    def link(self) -> str | None:
+        """The flow id of the client leg this upstream leg serves (None: not recorded)."""
+        return getattr(self._bridge.client, "flow_id", None)
 
     def stdout(self, data: bytes) -> None:
         self._bridge._output(data, stderr=False)
@@ -371,4 +377,68 @@ class BridgeSession:
             duration=self.clock.seconds() - self.started,
             status="-" if info is None else info.as_status(),
             reason=message or "-",
+        )
+
+
+def upstream_credentials(
+    config: Any, username: str, gateway_password: str | None
+) -> tuple[str, str | None]:
+    """The login name and password to present to a device: the target's ``username``
+    (else the gateway user's name) and its stored password, or, for
+    ``credentials = "pass-through"``, the password the user gave the gateway."""
+    login = config.username or username
+    if config.credentials == "pass-through":
+        return login, gateway_password
+    return login, config.password
+
+
+class UpstreamTarget:
+    """Base of the targets whose sessions run on a device: a subclass supplies
+    :meth:`connector`; every session is a :class:`BridgeSession` around it."""
+
+    # The flow sink (gateway.flows.FlowWriter) upstream legs are written to; None: off.
+    flows: Any = None
+
+    def __init__(self, reactor: Any, config: Any) -> None:
+        self.reactor = reactor
+        self.config = config
+
+    def new_flow(self, sink: Any, username: str | None = None) -> FlowRecorder | None:
+        """A recorder for one upstream leg, linked to the client leg ``sink`` serves."""
+        if self.flows is None:
+            return None
+        peer = f"{self.config.host}:{self.config.port}"
+        flow = FlowRecorder(
+            "client", peer, getattr(self, "protocol", ""), link=getattr(sink, "link", None)
+        )
+        flow.target = self.config.name
+        flow.user = username
+        return flow
+
+    def flow_done(self, flow: FlowRecorder) -> None:
+        """An upstream leg is over: write its record."""
+        if self.flows is not None:
+            self.flows.write_flow(flow)
+
+    def connector(self, username: str, password: str | None) -> Connector:
+        """``connect(request, sink)`` for one session, with the upstream login bound."""
+        raise NotImplementedError
+
+    def open_session(
+        self,
+        username: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        *,
+        password: str | None = None,
+    ) -> BridgeSession:
+        return BridgeSession(
+            self.reactor,
+            client,
+            request,
+            self.connector(username, password),
+            username=username,
+            target=self.config.name,
+            connect_timeout=self.config.connect_timeout,
+            idle_timeout=self.config.idle_timeout or None,
         )

@@ -15,6 +15,7 @@ used upstream: only the key file configured for the target.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,14 @@ from zope.interface import implementer
 from gateway import __version__
 from gateway.targets import TargetConfig
 from gateway.targets.bridge import (
-    BridgeSession,
     Connector,
     IUpstreamSession,
     UpstreamFailure,
     UpstreamSink,
+    UpstreamTarget,
+    upstream_credentials,
 )
-from protocols.session import ISessionClient, SessionRequest, WindowSize
+from protocols.session import SessionRequest, WindowSize
 from protocols.ssh1 import ciphers as ssh1_ciphers
 from protocols.ssh1 import keyfile
 from protocols.ssh1.client import SSH1ClientError, SSH1ClientOptions, SSH1ClientProtocol
@@ -91,7 +93,7 @@ def _connect_error_message(failure: Failure, where: str) -> str:
     return f"cannot connect to {where}: {reason or failure.type.__name__}"
 
 
-class SSH1Target:
+class SSH1Target(UpstreamTarget):
     """``[targets.NAME] protocol = "ssh1"``."""
 
     protocol = "ssh1"
@@ -104,8 +106,7 @@ class SSH1Target:
         *,
         endpoint_factory: EndpointFactory | None = None,
     ) -> None:
-        self.reactor = reactor
-        self.config = config
+        super().__init__(reactor, config)
         self.known_hosts = known_hosts
         self.ciphers = tuple(config.ciphers) or DEFAULT_CIPHERS
         for name in self.ciphers:
@@ -135,29 +136,9 @@ class SSH1Target:
     def where(self) -> str:
         return f"{self.config.host}:{self.config.port}"
 
-    def open_session(
-        self,
-        username: str,
-        request: SessionRequest,
-        client: ISessionClient,
-        *,
-        password: str | None = None,
-    ) -> BridgeSession:
-        config = self.config
-        return BridgeSession(
-            self.reactor,
-            client,
-            request,
-            self.connector(username, password),
-            username=username,
-            target=config.name,
-            connect_timeout=config.connect_timeout,
-            idle_timeout=config.idle_timeout or None,
-        )
-
     def options(self, username: str, gateway_password: str | None) -> SSH1ClientOptions:
         config = self.config
-        password = gateway_password if config.credentials == "pass-through" else config.password
+        login, password = upstream_credentials(config, username, gateway_password)
         host, port = config.host, config.port
 
         def verify(e: int, n: int) -> None:
@@ -170,7 +151,7 @@ class SSH1Target:
                 raise UpstreamFailure(f"host key of {host}:{port} could not be checked") from None
 
         return SSH1ClientOptions(
-            username=config.username or username,
+            username=login,
             verify_host_key=verify,
             password=password,
             rsa_key=self.rsa_key,
@@ -191,6 +172,9 @@ class SSH1Target:
     def _connect(
         self, options: SSH1ClientOptions, request: SessionRequest, sink: UpstreamSink
     ) -> defer.Deferred:
+        flow = self.new_flow(sink, options.username)
+        if flow is not None:
+            options = replace(options, flow=flow, flow_done=self.flow_done)
         protocol = SSH1ClientProtocol(options, request, sink)
         endpoint = self._endpoint_factory(self.config.host, self.config.port, self.config.connect_timeout)
         connecting = connectProtocol(endpoint, protocol)

@@ -39,8 +39,15 @@ from zope.interface import implementer
 
 from gateway.known_hosts import KnownHosts
 from gateway.targets import TargetConfig
-from gateway.targets.bridge import BridgeSession, IUpstreamSession, UpstreamFailure, UpstreamSink
-from protocols.session import ExitInfo, ISessionClient, SessionRequest, WindowSize
+from gateway.targets.bridge import (
+    Connector,
+    IUpstreamSession,
+    UpstreamFailure,
+    UpstreamSink,
+    UpstreamTarget,
+    upstream_credentials,
+)
+from protocols.session import ExitInfo, SessionRequest, WindowSize
 
 log = Logger()
 
@@ -997,42 +1004,21 @@ class _Upstream:
 # -- the target ------------------------------------------------------------------------------
 
 
-class SSH2Target:
+class SSH2Target(UpstreamTarget):
     """``[targets.NAME]`` with ``protocol = "ssh2"``."""
 
     def __init__(self, reactor: Any, config: TargetConfig, known_hosts: KnownHosts) -> None:
-        self.reactor = reactor
-        self.config = config
+        super().__init__(reactor, config)
         self.known_hosts = known_hosts
         self.algorithms = offered_algorithms(config)
 
-    def open_session(
-        self,
-        username: str,
-        request: SessionRequest,
-        client: ISessionClient,
-        *,
-        password: str | None = None,
-    ) -> BridgeSession:
-        login = self.config.username or username
-        if self.config.credentials == "pass-through":
-            upstream_password = password
-        else:
-            upstream_password = self.config.password
+    def connector(self, username: str, password: str | None) -> Connector:
+        login, upstream_password = upstream_credentials(self.config, username, password)
 
         def connect(req: SessionRequest, sink: UpstreamSink) -> defer.Deferred:
             return self._connect(req, sink, login, upstream_password)
 
-        return BridgeSession(
-            self.reactor,
-            client,
-            request,
-            connect,
-            username=username,
-            target=self.config.name,
-            connect_timeout=self.config.connect_timeout,
-            idle_timeout=self.config.idle_timeout or None,
-        )
+        return connect
 
     def _load_key(self) -> keys.Key | None:
         path = self.config.key

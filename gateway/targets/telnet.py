@@ -57,12 +57,13 @@ from zope.interface import implementer
 
 from gateway.targets import TargetConfig
 from gateway.targets.bridge import (
-    BridgeSession,
     IUpstreamSession,
     UpstreamFailure,
     UpstreamSink,
+    UpstreamTarget,
+    upstream_credentials,
 )
-from protocols.session import ExitInfo, ISessionClient, SessionRequest, WindowSize
+from protocols.session import ExitInfo, SessionRequest, WindowSize
 
 log = Logger()
 
@@ -630,7 +631,7 @@ class _Attempt:
             self.connector.disconnect()
 
 
-class TelnetTarget:
+class TelnetTarget(UpstreamTarget):
     """Upstream telnet device; ``open_session`` returns a BridgeSession."""
 
     def __init__(
@@ -640,8 +641,7 @@ class TelnetTarget:
         known_hosts: Any = None,
     ) -> None:
         # known_hosts: telnet has no host key; accepted for the common target signature.
-        self.reactor = reactor
-        self.config = config
+        super().__init__(reactor, config)
         self.login_re = self._compile(config.login_prompt)
         self.password_re = self._compile(config.password_prompt)
 
@@ -654,8 +654,7 @@ class TelnetTarget:
     ) -> Callable[[SessionRequest, UpstreamSink], defer.Deferred]:
         """``connect(request, sink)`` for the bridge, with the upstream credentials bound."""
         config = self.config
-        login = config.username or username
-        secret = password if config.credentials == "pass-through" else config.password
+        login, secret = upstream_credentials(config, username, password)
 
         def connect(request: SessionRequest, sink: UpstreamSink) -> defer.Deferred:
             return _Attempt(
@@ -666,21 +665,3 @@ class TelnetTarget:
 
         return connect
 
-    def open_session(
-        self,
-        username: str,
-        request: SessionRequest,
-        client: ISessionClient,
-        *,
-        password: str | None = None,
-    ) -> BridgeSession:
-        return BridgeSession(
-            self.reactor,
-            client,
-            request,
-            self.connector(username, password),
-            username=username,
-            target=self.config.name,
-            connect_timeout=self.config.connect_timeout,
-            idle_timeout=self.config.idle_timeout or None,
-        )
