@@ -89,7 +89,9 @@ class TargetsService(service.Service):
         return self.targets.close_all()
 
 
-def build_dispatcher(config: Any, reactor: Any, targets: Any) -> DispatcherFactory:
+def build_dispatcher(
+    config: Any, reactor: Any, targets: Any, flows: Any = "config"
+) -> DispatcherFactory:
     """Everything behind the listeners, from a loaded config. ``targets`` is the
     :class:`gateway.routing.Router` (from :func:`gateway.routing.build_router`)."""
     from gateway.auth import build_portal
@@ -111,7 +113,10 @@ def build_dispatcher(config: Any, reactor: Any, targets: Any) -> DispatcherFacto
             portal, host_keys.ssh1, config.ssh1, config.auth_limits, reactor
         )
     return DispatcherFactory(
-        handoffs, reactor, version_timeout=config.version_timeout, flows=flow_writer(config)
+        handoffs,
+        reactor,
+        version_timeout=config.version_timeout,
+        flows=flow_writer(config) if flows == "config" else flows,
     )
 
 
@@ -141,7 +146,12 @@ def make_service(config: Any, reactor: Any = None) -> service.MultiService:
         # Every target (local and upstream) behind one Router, which the realm's avatars
         # use for every session.
         targets = build_router(config, reactor)
-        dispatcher = build_dispatcher(config, reactor, targets)
+        flows = flow_writer(config)
+        # Upstream legs go to the same writer as the client legs they serve.
+        for target in getattr(targets, "targets", {}).values():
+            if hasattr(target, "flows"):
+                target.flows = flows
+        dispatcher = build_dispatcher(config, reactor, targets, flows=flows)
     except (DefaultPasswordError, HostKeyError, ValueError) as e:
         # twistd prints a SystemExit message and exits 1: no traceback for a setup problem.
         raise SystemExit(f"sshgateway: {e}") from None

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -30,8 +31,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from protocols.flow import C2S, S2C, FlowRecorder
 from protocols.session import ExitInfo, SessionRequest, WindowSize
 from protocols.ssh1 import events as ev
+from protocols.ssh1 import keys
 from protocols.ssh1 import messages as m
 from protocols.ssh1.client_connection import DEFAULT_CIPHERS, ClientConnection
 from protocols.ssh1.connection import printable
@@ -70,6 +73,10 @@ class SSH1ClientOptions:
     compression: int = 0  # 0 = off, else zlib level 1..9
     software_version: str = "0"
     peer: str = "upstream"  # "host:port", for log lines and messages
+    # Flow recording of this upstream leg: the recorder, and who takes it when the
+    # connection is gone (the target's flow writer).
+    flow: FlowRecorder | None = field(default=None, compare=False)
+    flow_done: Callable[[FlowRecorder], None] | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:  # no password in any log line
         return f"SSH1ClientOptions(username={self.username!r}, peer={self.peer!r})"
@@ -118,6 +125,9 @@ class SSH1ClientProtocol(Protocol):
         self._pauses: set[str] = set()
         self._pumping = False
         self._pump_again = False
+        self._fail_reason = ""
+        self._line_size = 0
+        self._flow = options.flow
         self._gate = _TransportGate(self)
         self._handlers: dict[type, Callable[[Any], None]] = {
             ev.PublicKeyReceived: self._on_public_key,
@@ -167,6 +177,7 @@ class SSH1ClientProtocol(Protocol):
                     self._fail("device sent an overlong identification line")
                 return
             line, self._buffer = self._buffer[:end].rstrip(b"\r"), self._buffer[end + 1 :]
+            self._line_size = end + 1
             if len(line) > MAX_VERSION_LINE:
                 self._fail("device sent an overlong identification line")
                 return
@@ -196,11 +207,25 @@ class SSH1ClientProtocol(Protocol):
             return
         self.server_version = line
         ours = "1.3" if minor in (3, 4) else "1.5"
-        self.transport.write(f"SSH-{ours}-sshgateway_{self.options.software_version}\n".encode())
+        version = f"SSH-{ours}-sshgateway_{self.options.software_version}"
+        self.transport.write(f"{version}\n".encode())
         self.core = ClientConnection(self.options.ciphers)
+        flow = self._flow
+        if flow is not None:
+            flow.version(S2C, line.decode("ascii", "replace"), self._line_size)
+            flow.version(C2S, version, len(version) + 1)
+            self.core.on_packet_in = partial(flow.packet, S2C)
+            self.core.on_packet_out = partial(flow.packet, C2S)
         log.debug("ssh1 client {peer}: server is {version}", peer=self.options.peer, version=shown)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        flow, self._flow = self._flow, None
+        if flow is not None:
+            if not self.done:
+                self._fail_reason = "connection lost"
+            flow.close(self._fail_reason or "connection closed")
+            if self.options.flow_done is not None:
+                self.options.flow_done(flow)
         if self.done:
             return
         if self.core is None:
@@ -247,6 +272,7 @@ class SSH1ClientProtocol(Protocol):
         if self.done:
             return
         self.done = True
+        self._fail_reason = message
         log.info("ssh1 client {peer}: {message}", peer=self.options.peer, message=message)
         core = self.core
         if core is not None and not core.closed:
@@ -281,6 +307,21 @@ class SSH1ClientProtocol(Protocol):
             self._fail(str(exc) or "host key refused", exc)
             return
         assert self.core is not None
+        flow = self._flow
+        if flow is not None:
+            flow.negotiated.update(
+                {
+                    "host_key_type": "rsa1",
+                    "host_key_bits": event.host_n.bit_length(),
+                    "host_key_fingerprint": "MD5:" + keys.ssh1_fingerprint(event.host_e, event.host_n),
+                    "server_key_bits": event.server_n.bit_length(),
+                    "ciphers_offered": list(event.ciphers),
+                    "cipher": event.cipher,
+                    "compression": "none",
+                    "protocol_flags": event.protocol_flags,
+                    "auth_mask": event.auth_mask,
+                }
+            )
         self.core.send_session_key()
         names = {m.SSH_AUTH_RSA: "rsa", m.SSH_AUTH_PASSWORD: "password"}
         if self.options.rsa_key is not None and event.auth_mask & (1 << m.SSH_AUTH_RSA):
@@ -292,6 +333,9 @@ class SSH1ClientProtocol(Protocol):
         core = self.core
         assert core is not None
         request, ok = event.request, event.ok
+        flow = self._flow
+        if flow is not None:
+            self._record_answer(flow, request, ok)
         if request == "session-key":
             log.debug(
                 "ssh1 client {peer}: session key accepted, cipher {cipher}",
@@ -315,6 +359,16 @@ class SSH1ClientProtocol(Protocol):
             if not ok:
                 log.info("ssh1 client {peer}: device refused a pty", peer=self.options.peer)
             self._exec()
+
+    def _record_answer(self, flow: FlowRecorder, request: str, ok: bool) -> None:
+        result = "success" if ok else "failure"
+        method = {"user": "none", "password": "password", "rsa": "rsa", "rsa-response": "rsa"}
+        if request in method and (request != "rsa" or not ok):  # rsa OK = a challenge follows
+            flow.auth(method[request], result)
+        elif request in ("compression", "pty"):
+            flow.request(request, result)
+            if request == "compression" and ok:
+                flow.negotiated["compression"] = f"zlib-{self.options.compression}"
 
     def _next_method(self) -> None:
         core = self.core
@@ -366,6 +420,8 @@ class SSH1ClientProtocol(Protocol):
             core.exec_shell()
         else:
             core.exec_command(self.request.command)
+        if self._flow is not None:
+            self._flow.request("exec_shell" if self.request.command is None else "exec_cmd", "success")
         self.is_open = True
         if self._gate.paused:
             self.sink.pause_input()
@@ -373,6 +429,9 @@ class SSH1ClientProtocol(Protocol):
 
     # ------------------------------------------------------------ interactive
     def _on_exit_status(self, event: ev.ExitStatus) -> None:
+        if self._flow is not None:
+            self._flow.exit(event.status)
+            self._fail_reason = "session finished"
         self._flush_raw()
         self.done = True
         self._drop()

@@ -1,0 +1,156 @@
+"""Flow records in memory: the recorder's stage rules, merging and caps (protocols.flow),
+the JSON-lines writer's rotation (gateway.flows), the [flows] config keys, and an SSH-1
+upstream leg recorded and linked to the client leg it serves (acceptance 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.config import ConfigError, parse_config
+from gateway.flows import FlowWriter, flow_files, read_flows
+from protocols.flow import C2S, MAX_MESSAGES, S2C, STAGES, FlowRecorder, ssh2_name
+from protocols.session import ExitInfo, SessionRequest
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+def test_ssh1_stages_merging_round_trips():
+    flow = FlowRecorder("server", "127.0.0.1:1", "ssh1", clock=Ticks())
+    flow.version(S2C, "SSH-1.99-sshgateway_0.1.0")
+    flow.version(C2S, "SSH-1.5-PuTTY_Release_0.78")
+    for direction, name in [
+        (S2C, "SSH_SMSG_PUBLIC_KEY"), (C2S, "SSH_CMSG_SESSION_KEY"), (S2C, "SSH_SMSG_SUCCESS"),
+        (C2S, "SSH_CMSG_USER"), (S2C, "SSH_SMSG_FAILURE"), (C2S, "SSH_CMSG_AUTH_PASSWORD"),
+        (S2C, "SSH_SMSG_SUCCESS"), (C2S, "SSH_CMSG_REQUEST_PTY"), (S2C, "SSH_SMSG_SUCCESS"),
+        (C2S, "SSH_CMSG_EXEC_SHELL"), (C2S, "SSH_CMSG_STDIN_DATA"), (C2S, "SSH_CMSG_STDIN_DATA"),
+        (S2C, "SSH_SMSG_STDOUT_DATA"), (S2C, "SSH_SMSG_EXITSTATUS"),
+        (C2S, "SSH_CMSG_EXIT_CONFIRMATION"),
+    ]:  # fmt: skip
+        flow.packet(direction, name, 20)
+    flow.auth("password", "success")
+    flow.exit(0)
+    flow.close("session finished")
+    record = json.loads(json.dumps(flow.to_dict()))
+    assert record["v"] == 1 and record["protocol"] == "ssh1" and record["role"] == "server"
+    assert record["versions"] == {
+        "server": "SSH-1.99-sshgateway_0.1.0", "client": "SSH-1.5-PuTTY_Release_0.78"
+    }  # fmt: skip
+    stages = {s["name"]: s for s in record["stages"]}
+    assert list(stages) == list(STAGES)
+    assert stages["kex"]["messages"] == 3 and stages["kex"]["round_trips"] == 1
+    assert stages["auth"]["messages"] == 4 and stages["auth"]["round_trips"] == 2
+    assert stages["session"]["messages"] == 3
+    assert stages["interaction"]["messages"] == 3
+    assert stages["close"]["messages"] == 2
+    stdin = [m for m in record["messages"] if m["name"] == "SSH_CMSG_STDIN_DATA"]
+    assert stdin == [{"t": stdin[0]["t"], "dir": "c2s", "name": "SSH_CMSG_STDIN_DATA",
+                      "size": 40, "stage": "interaction", "count": 2}]  # fmt: skip
+    assert record["exit_status"] == 0 and record["close_reason"] == "session finished"
+    assert record["id"].startswith("f-") and record["link"] is None
+
+
+def test_message_cap_and_stage_never_goes_back():
+    flow = FlowRecorder("server", "p", "ssh2", clock=Ticks())
+    flow.packet(S2C, "SSH2_MSG_CHANNEL_DATA", 10)
+    flow.packet(C2S, "SSH2_MSG_KEXINIT", 10)  # a re-key during the interaction
+    assert flow.to_dict()["messages"][-1]["stage"] == "interaction"
+    for i in range(MAX_MESSAGES * 2):
+        flow.packet(C2S if i % 2 else S2C, "SSH2_MSG_CHANNEL_DATA", 1)
+    record = flow.to_dict()
+    assert len(record["messages"]) == MAX_MESSAGES and record["messages_truncated"]
+    assert record["stages"][0]["start"] is None  # no version stage seen
+    flow.close()
+    assert flow.to_dict()["stages"][-1]["start"] is not None  # closed without a message
+
+
+def test_ssh2_names_depend_on_kex_and_auth_method():
+    assert ssh2_name(30, "curve25519-sha256") == "SSH2_MSG_KEX_ECDH_INIT"
+    assert ssh2_name(31, "diffie-hellman-group14-sha256") == "SSH2_MSG_KEXDH_REPLY"
+    assert ssh2_name(34, "diffie-hellman-group-exchange-sha256") == "SSH2_MSG_KEX_DH_GEX_REQUEST"
+    assert ssh2_name(60, auth_method="publickey") == "SSH2_MSG_USERAUTH_PK_OK"
+    assert ssh2_name(60, auth_method="keyboard-interactive") == "SSH2_MSG_USERAUTH_INFO_REQUEST"
+    assert ssh2_name(20) == "SSH2_MSG_KEXINIT" and ssh2_name(199) == "SSH2_MSG_199"
+
+
+def test_writer_rotates_by_size_and_keeps_n(tmp_path):
+    writer = FlowWriter(tmp_path / "flows", max_bytes=300, keep=2)
+    for i in range(12):
+        writer.write({"id": f"f-{i:02d}", "pad": "x" * 100})
+    files = flow_files(tmp_path / "flows")
+    assert [p.name for p in files] == ["flows.jsonl.2", "flows.jsonl.1", "flows.jsonl"]
+    ids = [r["id"] for r in read_flows(tmp_path / "flows")]
+    assert ids == sorted(ids) and ids[-1] == "f-11" and len(ids) < 12
+    assert all(p.stat().st_size <= 300 for p in files)
+    assert (tmp_path / "flows").stat().st_mode & 0o777 == 0o700
+
+
+def test_flows_config_keys():
+    base = '[users.a]\npassword = "$2b$12$' + "x" * 53 + '"\n'
+    config = parse_config(base + "[flows]\nenabled = false\nmax_bytes = 8192\nkeep = 0\n")
+    assert (config.flows.enabled, config.flows.max_bytes, config.flows.keep) == (False, 8192, 0)
+    assert parse_config(base).flows.enabled is True
+    with pytest.raises(ConfigError, match="max_bytes"):
+        parse_config(base + "[flows]\nmax_bytes = 10\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config(base + "[flows]\nenable = true\n")
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.flows: list[FlowRecorder] = []
+
+    def write_flow(self, flow: FlowRecorder) -> None:
+        flow.close()
+        self.flows.append(flow)
+
+
+def test_bridged_ssh1_session_gives_a_linked_upstream_flow(tmp_path):
+    from gateway.known_hosts import KnownHosts
+    from tests.ssh1.test_client_target import Rig
+
+    rig = Rig(tmp_path, KnownHosts(tmp_path / "known_hosts"))
+    device_sink, upstream_sink = ListSink(), ListSink()
+    rig.device.dispatcher.flows = device_sink
+    rig.target.flows = upstream_sink
+    rig.client.flow_id = "f-20261121T140501Z-0123abcd"
+    bridge = rig.open(SessionRequest(command=b"echo hi"))
+    bridge.close_stdin()
+    rig.flush()
+    rig.device.target.client.write_stdout(b"secret-output\n")
+    rig.device.target.client.exited(ExitInfo(status=3))
+    rig.flush()
+    rig.pump.flush()
+    rig.client_transport.loseConnection()
+    rig.server_transport.loseConnection()
+    rig.flush()
+    [upstream] = [f.to_dict() for f in upstream_sink.flows]
+    [device] = [f.to_dict() for f in device_sink.flows]
+    assert upstream["role"] == "client" and upstream["protocol"] == "ssh1"
+    assert upstream["link"] == "f-20261121T140501Z-0123abcd"
+    assert upstream["target"] == "dev" and upstream["user"] == "admin"
+    assert upstream["versions"]["server"] == device["versions"]["server"]
+    names = [m["name"] for m in upstream["messages"]]
+    assert names[:5] == ["version", "version", "SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY",
+                         "SSH_SMSG_SUCCESS"]  # fmt: skip
+    assert [m["dir"] for m in upstream["messages"][2:4]] == ["s2c", "c2s"]
+    assert upstream["exit_status"] == 3
+    assert {"method": "password", "result": "success"} in [
+        {k: a[k] for k in ("method", "result")} for a in upstream["auth"]
+    ]
+    assert upstream["negotiated"]["host_key_fingerprint"].startswith("MD5:")
+    assert upstream["negotiated"]["host_key_fingerprint"] == device["negotiated"]["host_key_fingerprint"]
+    # The two sides of the one connection agree on what crossed it.
+    assert [(m["name"], m["size"]) for m in upstream["messages"]] == [
+        (m["name"], m["size"]) for m in device["messages"]
+    ]
+    text = json.dumps([upstream, device])
+    assert "devpass" not in text and "secret-output" not in text
