@@ -733,9 +733,9 @@ code, .mono { font-family: ui-monospace, monospace; font-size: 12px; }
 _ROW = 22
 _BAND_PAD = 10
 _LABEL_W = 130
-_PANEL_W = 430
-_LANE_L = 55
-_LANE_R = 375
+_PANEL_W = 480
+_LANE_L = 60
+_LANE_R = 360
 _TOP = 70
 _EMPTY_BAND = 26
 _BAND_FILL = ("#f3f6fb", "#fbf8f1")
@@ -760,7 +760,7 @@ def _svg_panel_header(x0: float, flow: Flow, tag: str) -> list[str]:
         cx = x0 + lane
         parts.append(f'<rect x="{cx - 48:.0f}" y="26" width="96" height="22" rx="4" fill="#e4e9f1" stroke="#6b7a90"/>')
         parts.append(_svg_text(cx, 41, who, text_anchor="middle", font_size="12"))
-        parts.append(_svg_text(cx, 62, _short(version, 34), text_anchor="middle", font_size="9", fill="#555"))
+        parts.append(_svg_text(cx, 62, _short(version, 30), text_anchor="middle", font_size="9", fill="#555"))
     return parts
 
 
