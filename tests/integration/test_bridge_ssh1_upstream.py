@@ -20,11 +20,12 @@ from tests.integration.conftest import (
     PASSWORD,
     base_config,
     peak_rss_growth_kib,
+    ssh1_host_fingerprint,
     sshgateway_cli,
 )
 from tests.integration.terminal import assert_window_change_reaches, size_report_script
 from tests.integration.test_ssh2_peers import ssh_argv
-from tests.peers import require_peer
+from tests.peers import putty_cipher_session, require_peer
 
 pytestmark = pytest.mark.peer
 
@@ -219,3 +220,17 @@ def test_gateway_memory_bounded_with_a_slow_reader(bridge_gw, client_keys):
     """The client reads at about 100 KB/s while the device could send far faster."""
     argv = ssh_argv(bridge_gw, client_keys["ed25519"], "cat /dev/zero", user="alice+dev1")
     assert peak_rss_growth_kib(bridge_gw, argv) < 32 * 1024
+
+
+def test_64mib_through_plink1_to_ssh1_device(bridge_gw):
+    tools = require_peer("plink")
+    fingerprint = ssh1_host_fingerprint(bridge_gw.config["state_dir"])
+    data = os.urandom(64 * 1024 * 1024)
+    with putty_cipher_session("blowfish") as session:
+        result = subprocess.run(
+            [tools["plink"], "-batch", "-load", session, "-hostkey", fingerprint,
+             "-P", str(bridge_gw.port), "-pw", PASSWORD, "-l", "alice+dev1", "cat"],
+            input=data, capture_output=True, timeout=600,
+        )
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()

@@ -89,3 +89,13 @@ def test_gateway_memory_bounded_with_a_slow_plink1_reader(gw):
     argv = [tools["plink"], "-batch", "-1", "-hostkey", gw.fingerprint, "-P", str(gw.port),
             "-pw", PASSWORD, "-l", "alice+host2", "127.0.0.1", "cat /dev/zero"]
     assert peak_rss_growth_kib(gw, argv) < 32 * 1024
+
+
+def test_64mib_through_openssh_to_sshd_bridge(gw, client_keys):
+    data = os.urandom(64 * 1024 * 1024)
+    result = subprocess.run(
+        ssh_argv(gw, client_keys["ed25519"], "cat", user="alice+host2"),
+        input=data, capture_output=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
