@@ -52,10 +52,12 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u
 NEGOTIATED_ORDER = (
     "kex",
     "host_key_type",
+    "host_key_algorithm",
     "host_key_bits",
     "host_key_fingerprint",
     "server_key_bits",
     "cipher",
+    "ciphers_offered",
     "cipher_c2s",
     "cipher_s2c",
     "mac",
@@ -527,8 +529,9 @@ def _who(flow: Flow) -> str:
 def _stage_numbers(stage: Stage) -> str:
     if not stage.present:
         return "-"
+    plural = "msg" if stage.messages == 1 else "msgs"
     return (
-        f"{stage.messages if stage.messages is not None else '?'} msgs, "
+        f"{stage.messages if stage.messages is not None else '?'} {plural}, "
         f"{stage.round_trips if stage.round_trips is not None else '?'} rt, "
         f"{_bytes(stage.bytes)}, {_ms(stage.elapsed)}"
     )
