@@ -21,7 +21,8 @@ import re
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from twisted.conch.ssh import keys as conch_keys
@@ -48,6 +49,7 @@ MAX_REFUSAL = 512  # what an SSH-2-only server answers to our SSH-1 line, kept f
 REFUSAL_WAIT = 2.0  # seconds we wait for that answer (within the host's deadline)
 MAX_SSH1_PACKETS = 8  # IGNORE/DEBUG packets tolerated before SSH_SMSG_PUBLIC_KEY
 MAX_KEY_BITS = 16384  # larger SSH-1 keys are refused before the number is built
+RECORD_WAIT = 2.0  # seconds a login waits, after its end, for its flow record to be written
 MAX_KEXINIT = 64 * 1024
 MAX_NAME_LIST = 8192
 MAX_NAMES = 256
@@ -150,6 +152,30 @@ class SSH2Result:
 
 
 @dataclass
+class LoginResult:
+    """One login over one protocol (``--user``): its flow record's id for flows compare."""
+
+    protocol: str
+    ok: bool = False
+    exit_status: int | None = None
+    flow_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What ``--user`` / ``--password`` / ``--key`` give; never printed (no password in
+    any repr) and never recorded."""
+
+    user: str
+    password: str | None = field(default=None, repr=False)
+    key: Path | None = None
+    state_dir: Path = Path("sshgateway-state")
+    command: str = "true"
+    flows: Any = field(default=None, repr=False, compare=False)  # gateway.flows.FlowWriter
+
+
+@dataclass
 class HostReport:
     target: str
     host: str
@@ -160,6 +186,7 @@ class HostReport:
     protocols: list[str] = field(default_factory=list)
     ssh1: SSH1Result = field(default_factory=SSH1Result)
     ssh2: SSH2Result = field(default_factory=SSH2Result)
+    logins: list[LoginResult] = field(default_factory=list)  # with --user only
     duration: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -636,8 +663,10 @@ def probe_host(
     target: str,
     timeout: float = DEFAULT_TIMEOUT,
     connect: Connect = tcp_connect,
+    credentials: Credentials | None = None,
 ) -> Any:
-    """Probe one ``HOST[:PORT]``; fires with a :class:`HostReport` (never fails)."""
+    """Probe one ``HOST[:PORT]``; fires with a :class:`HostReport` (never fails). With
+    ``credentials``, then log in over each protocol found (each within ``timeout``)."""
     started = reactor.seconds()
     try:
         host, port = parse_target(target)
@@ -685,6 +714,10 @@ def probe_host(
         report.status, report.error = "timeout", f"no identification line within {timeout:g} s"
     else:
         report.status, report.error = "error", ssh1.error or ssh2.error
+    if credentials is not None and report.protocols:
+        report.logins = yield defer.gatherResults(
+            [login(reactor, report, name, credentials, timeout) for name in report.protocols]
+        )
     report.duration = round(reactor.seconds() - started, 3)
     return report
 
@@ -711,6 +744,7 @@ def probe_hosts(
     concurrency: int = DEFAULT_CONCURRENCY,
     connect: Connect = tcp_connect,
     progress: Callable[[int, int], None] | None = None,
+    credentials: Credentials | None = None,
 ) -> defer.Deferred:
     """Probe every target, at most ``concurrency`` at a time; fires with the reports
     in the order of ``targets``."""
@@ -718,7 +752,7 @@ def probe_hosts(
     done = [0]
 
     def one(target: str) -> defer.Deferred:
-        d = semaphore.run(probe_host, reactor, target, timeout, connect)
+        d = semaphore.run(probe_host, reactor, target, timeout, connect, credentials)
 
         def tick(report: HostReport) -> HostReport:
             done[0] += 1
@@ -729,6 +763,166 @@ def probe_hosts(
         return d.addCallback(tick)
 
     return defer.gatherResults([one(t) for t in targets])
+
+
+# ------------------------------------------------------------------ logging in
+class _LoginSink:
+    """The upstream session's sink: output is dropped unread (session data is never kept),
+    the end fires ``ended`` with ("exit", ExitInfo) or ("failed", message)."""
+
+    link = None  # not serving a client leg: the flow record has no link
+
+    def __init__(self) -> None:
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def stdout(self, data: bytes) -> None:
+        pass
+
+    def stderr(self, data: bytes) -> None:
+        pass
+
+    def eof(self) -> None:
+        pass
+
+    def exited(self, info: Any) -> None:
+        if not self.ended.called:
+            self.ended.callback(("exit", info))
+
+    def failed(self, message: str) -> None:
+        if not self.ended.called:
+            self.ended.callback(("failed", message))
+
+    def pause_input(self) -> None:
+        pass
+
+    def resume_input(self) -> None:
+        pass
+
+
+def _pin(report: HostReport, protocol: str) -> str | None:
+    """The host key policy for the login: exactly the key(s) the probe just saw."""
+    if protocol == "ssh1":
+        offer = report.ssh1.offer
+        return offer.host_key_sha256 if offer is not None else None
+    prints = [k.fingerprint for k in report.ssh2.host_keys if k.verified]
+    return ",".join(prints) or None
+
+
+def _make_target(reactor: Any, protocol: str, report: HostReport, creds: Credentials) -> Any:
+    from gateway.known_hosts import KnownHosts
+    from gateway.targets import TargetConfig
+
+    if protocol == "ssh1":
+        from gateway.targets.ssh1 import SSH1Target as target_class
+    else:
+        from gateway.targets.ssh2 import SSH2Target as target_class
+    pin = _pin(report, protocol)
+    if pin is None:
+        raise ValueError("the probe saw no host key to pin")
+    config = TargetConfig(
+        name=f"probe-{protocol}",
+        protocol=protocol,
+        host=report.host,
+        port=report.port,
+        username=creds.user,
+        password=creds.password,
+        key=creds.key,
+        host_key=pin,  # a fingerprint policy: the known_hosts file is not consulted
+    )
+    known_hosts = KnownHosts(creds.state_dir / "known_hosts")
+    try:
+        return target_class(reactor, config, known_hosts)
+    except ValueError:
+        # One --key serves both protocols; an OpenSSH key is no SSH-1 key (and the other
+        # way round): fall back to the password alone when there is one.
+        if creds.key is None or creds.password is None:
+            raise
+        return target_class(reactor, replace(config, key=None), known_hosts)
+
+
+def login(
+    reactor: Any, report: HostReport, protocol: str, creds: Credentials, timeout: float
+) -> defer.Deferred:
+    """Log in over ``protocol`` with the upstream target's client, run ``creds.command``,
+    and record the leg's flow (into ``creds.flows``). Fires with a :class:`LoginResult`."""
+    from protocols.session import SessionRequest
+
+    result = LoginResult(protocol)
+    try:
+        target = _make_target(reactor, protocol, report, creds)
+    except Exception as exc:  # a bad key file, an unknown cipher: the message says which
+        result.error = str(exc) or type(exc).__name__
+        return defer.succeed(result)
+    written: defer.Deferred = defer.Deferred()
+    target.flows = creds.flows
+    original_done = getattr(target, "flow_done", None)
+
+    def flow_done(flow: Any) -> None:
+        result.flow_id = flow.id
+        if original_done is not None:
+            original_done(flow)
+        if not written.called:
+            written.callback(None)
+
+    target.flow_done = flow_done
+    sink = _LoginSink()
+    request = SessionRequest(command=creds.command.encode("utf-8"))
+    opening = defer.maybeDeferred(target.connector(creds.user, None), request, sink)
+    session: list[Any] = []
+
+    def expire() -> None:
+        result.error = result.error or f"no exit status within {timeout:g} s"
+        if not opening.called:
+            opening.cancel()
+        elif session:
+            session[0].close()
+        fire(sink.ended)
+        fire(written)
+
+    timer = reactor.callLater(timeout, expire)
+
+    def opened(upstream: Any) -> defer.Deferred:
+        session.append(upstream)
+        return sink.ended
+
+    grace: list[Any] = []
+
+    def wait_for_record() -> None:
+        # The record is written when the connection is gone, a moment after the end.
+        if not written.called and not grace:
+            grace.append(reactor.callLater(RECORD_WAIT, fire, written))
+
+    def ended(outcome: Any) -> None:
+        if outcome is not None and outcome[0] == "exit":
+            result.ok = True
+            result.exit_status = outcome[1].as_status()
+        elif outcome is not None:
+            result.error = str(outcome[1])
+        if session:
+            session[0].close()  # after the exit status: a polite end, if not already gone
+        wait_for_record()
+
+    def failed(failure: Failure) -> None:
+        if result.error is None:
+            result.error = failure.getErrorMessage() or failure.type.__name__
+        wait_for_record()
+
+    def settle(_: Any) -> LoginResult:
+        for call in (timer, *grace):
+            if call.active():
+                call.cancel()
+        return result
+
+    opening.addCallbacks(opened, failed)
+    opening.addCallback(ended)
+    opening.addErrback(failed)
+    opening.addBoth(lambda _: written)
+    return opening.addBoth(settle)
+
+
+def fire(d: defer.Deferred) -> None:
+    if not d.called:
+        d.callback(None)
 
 
 # ------------------------------------------------------------------ output
@@ -760,7 +954,7 @@ CSV_COLUMNS = (
     "ssh1_host_key_md5", "ssh1_host_key_sha256", "ssh1_ciphers", "ssh1_auth", "ssh1_flags",
     "ssh2_available", "ssh2_reason", "ssh2_kex", "ssh2_host_key_algorithms",
     "ssh2_ciphers_c2s", "ssh2_ciphers_s2c", "ssh2_macs_c2s", "ssh2_macs_s2c",
-    "ssh2_compression_c2s", "ssh2_compression_s2c", "ssh2_host_keys", "duration",
+    "ssh2_compression_c2s", "ssh2_compression_s2c", "ssh2_host_keys", "ssh1_login", "ssh1_flow", "ssh2_login", "ssh2_flow", "duration",
 )  # fmt: skip
 
 
@@ -790,6 +984,9 @@ def _csv_row(r: HostReport) -> dict[str, Any]:
             "macs_s2c", "compression_c2s", "compression_s2c",
         ):  # fmt: skip
             row[f"ssh2_{name}"] = " ".join(getattr(k, name))
+    for x in r.logins:
+        row[f"{x.protocol}_login"] = f"exit {x.exit_status}" if x.ok else f"failed: {x.error}"
+        row[f"{x.protocol}_flow"] = x.flow_id or ""
     row["ssh2_host_keys"] = "; ".join(
         f"{h.type} {h.bits} {h.fingerprint}" for h in r.ssh2.host_keys
     )
@@ -847,6 +1044,17 @@ def format_text(reports: Sequence[HostReport]) -> str:
             lines.extend(f"  SSH-2 key error  {e}" for e in r.ssh2.key_errors)
         else:
             lines.append(f"  SSH-2 unavailable: {r.ssh2.reason}")
+        for login_result in r.logins:
+            label = "SSH-1" if login_result.protocol == "ssh1" else "SSH-2"
+            if login_result.ok:
+                outcome = f"logged in, exit status {login_result.exit_status}"
+            else:
+                outcome = f"failed: {login_result.error}"
+            flow = f"  flow {login_result.flow_id}" if login_result.flow_id else ""
+            lines.append(f"  {label} login      {outcome}{flow}")
+        ids = [x.flow_id for x in r.logins if x.flow_id]
+        if len(ids) == 2:
+            lines.append(f"  compare: sshgateway flows compare --state-dir DIR {ids[0]} {ids[1]}")
         lines.append("")
     return "\n".join(lines)
 
@@ -880,6 +1088,24 @@ def setup_cli(p: Any) -> None:
     )  # fmt: skip
     p.add_argument("--format", choices=sorted(FORMATS), default="text")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    group = p.add_argument_group(
+        "logging in",
+        "With --user and --password or --key, also log in over each protocol found, run a "
+        "command and record both connections as flows (sshgateway flows compare ID1 ID2). "
+        "The host keys the probe saw are pinned for the login.",
+    )
+    group.add_argument("--user", help="login name")
+    group.add_argument(
+        "--password", help="the password; '-' reads one line from stdin (keeps it out of ps)"
+    )
+    group.add_argument("--key", help="a private key file (OpenSSH for SSH-2, SSH-1 RSA for SSH-1)")
+    group.add_argument(
+        "--state-dir", default="sshgateway-state",
+        help="where the flow records go (<dir>/flows/; default ./sshgateway-state)",
+    )  # fmt: skip
+    group.add_argument(
+        "--command", dest="login_command", default="true", help="the command run (default: true)"
+    )
 
 
 def _positive(text: str) -> float:
@@ -902,6 +1128,31 @@ def _read_targets(path: str) -> list[str]:
     return out
 
 
+def _credentials(args: Any, io: Any) -> Credentials | None:
+    if args.user is None:
+        if args.password is not None or args.key is not None:
+            raise ValueError("--password and --key need --user")
+        return None
+    if args.password is None and args.key is None:
+        raise ValueError("--user needs --password or --key")
+    password = args.password
+    if password == "-":
+        line = io.stdin.readline(4096)
+        password = line[:-1] if line.endswith("\n") else line
+        password = password.removesuffix("\r")
+    from gateway.flows import FlowWriter, flows_dir
+
+    state_dir = Path(args.state_dir)
+    return Credentials(
+        user=args.user,
+        password=password,
+        key=Path(args.key) if args.key else None,
+        state_dir=state_dir,
+        command=args.login_command,
+        flows=FlowWriter(flows_dir(state_dir)),
+    )
+
+
 def run_cli(args: Any, io: Any) -> int:
     targets = list(args.targets)
     try:
@@ -918,6 +1169,11 @@ def run_cli(args: Any, io: Any) -> int:
     if args.concurrency < 1:
         print("sshgateway probe: --concurrency must be at least 1", file=io.stderr)
         return 2
+    try:
+        credentials = _credentials(args, io)
+    except ValueError as exc:
+        print(f"sshgateway probe: {exc}", file=io.stderr)
+        return 2
     from twisted.internet import reactor
 
     progress = None
@@ -926,7 +1182,10 @@ def run_cli(args: Any, io: Any) -> int:
     outcome: list[Any] = []
 
     def start() -> None:
-        d = probe_hosts(reactor, targets, args.timeout, args.concurrency, progress=progress)
+        d = probe_hosts(
+            reactor, targets, args.timeout, args.concurrency,
+            progress=progress, credentials=credentials,
+        )  # fmt: skip
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
 
