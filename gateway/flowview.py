@@ -295,15 +295,21 @@ def _stages(value: Any, messages: list[Message]) -> list[Stage]:
     return stages
 
 
-def parse_flow(record: Any) -> Flow | None:
-    """A checked :class:`Flow` from one decoded record; None when it is not a flow record."""
+def is_flow_record(record: Any) -> bool:
+    """Cheap first check: a JSON object with a printable string ID (and an integer "v")."""
     if not isinstance(record, dict):
-        return None
+        return False
     flow_id = record.get("id")
     if not isinstance(flow_id, str) or not flow_id or len(flow_id) > 128:
+        return False
+    return not _UNPRINTABLE.search(flow_id) and isinstance(record.get("v", 1), int)
+
+
+def parse_flow(record: Any) -> Flow | None:
+    """A checked :class:`Flow` from one decoded record; None when it is not a flow record."""
+    if not is_flow_record(record):
         return None
-    if _UNPRINTABLE.search(flow_id) or not isinstance(record.get("v", 1), int):
-        return None
+    flow_id = record["id"]
     versions = record.get("versions") if isinstance(record.get("versions"), dict) else {}
     traffic = record.get("bytes") if isinstance(record.get("bytes"), dict) else {}
     messages, cut = _messages(record.get("messages"))
@@ -399,8 +405,12 @@ class FlowStore:
                     continue
                 yield number, line
 
-    def records(self) -> Iterator[Flow]:
-        """Every flow, in the order written (oldest file and line first)."""
+    def raw_records(self) -> Iterator[dict[str, Any]]:
+        """Every decoded flow record, in the order written (oldest file and line first).
+
+        Only the cheap check is made here; commands turn into :class:`Flow` just the
+        records they show, so that listing many large records stays quick.
+        """
         for path in self.files():
             for number, line in self._lines(path):
                 if not line.strip():
@@ -410,31 +420,39 @@ class FlowStore:
                 except (UnicodeDecodeError, ValueError, RecursionError):
                     self._note(f"{path.name}:{number}: not a JSON line, skipped")
                     continue
-                flow = parse_flow(decoded)
-                if flow is None:
+                if not is_flow_record(decoded):
                     self._note(f"{path.name}:{number}: not a flow record, skipped")
                     continue
+                yield decoded
+
+    def records(self) -> Iterator[Flow]:
+        """Every flow, in the order written."""
+        for record in self.raw_records():
+            flow = parse_flow(record)
+            if flow is not None:
                 yield flow
 
     def recent(self, limit: int) -> list[Flow]:
         """The ``limit`` most recently written flows, newest first."""
-        last: deque[Flow] = deque(maxlen=max(limit, 0))
-        last.extend(self.records())
+        last: deque[dict[str, Any]] = deque(maxlen=max(limit, 0))
+        last.extend(self.raw_records())
+        flows = [f for f in map(parse_flow, last) if f is not None]
         epoch = datetime.min.replace(tzinfo=UTC)
-        return sorted(last, key=lambda f: (f.started or epoch, f.id), reverse=True)
+        return sorted(flows, key=lambda f: (f.started or epoch, f.id), reverse=True)
 
     def find(self, wanted: str) -> tuple[Flow, list[Flow]]:
         """The flow whose ID is ``wanted`` or starts with it, and the legs that link to it."""
-        exact: Flow | None = None
-        matches: dict[str, Flow] = {}
-        linked: list[Flow] = []
-        for flow in self.records():
-            if flow.id == wanted:
-                exact = flow
-            elif flow.id.startswith(wanted) and len(matches) < 10:
-                matches[flow.id] = flow
-            if flow.link is not None and flow.link.startswith(wanted) and len(linked) < MAX_LIST:
-                linked.append(flow)
+        exact: dict[str, Any] | None = None
+        matches: dict[str, dict[str, Any]] = {}
+        linked: list[dict[str, Any]] = []
+        for record in self.raw_records():
+            flow_id, link = record["id"], record.get("link")
+            if flow_id == wanted:
+                exact = record
+            elif flow_id.startswith(wanted) and len(matches) < 10:
+                matches[flow_id] = record
+            if isinstance(link, str) and link.startswith(wanted) and len(linked) < MAX_LIST:
+                linked.append(record)
         if exact is None:
             if not matches:
                 raise FlowError(f"no flow {_text(wanted, 64)!r} in {self.directory}")
@@ -442,8 +460,10 @@ class FlowStore:
                 some = ", ".join(sorted(matches)[:5])
                 raise FlowError(f"flow ID {_text(wanted, 64)!r} is ambiguous: {some}, ...")
             (exact,) = matches.values()
-        legs = [f for f in linked if f.link == exact.id]
-        return exact, legs
+        flow = parse_flow(exact)
+        assert flow is not None  # raw_records() checked it
+        legs = [f for f in map(parse_flow, linked) if f is not None and f.link == flow.id]
+        return flow, legs
 
 
 # -- alignment -------------------------------------------------------------------------------
