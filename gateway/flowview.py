@@ -276,7 +276,9 @@ def _stages(value: Any, messages: list[Message]) -> list[Stage]:
             stages.append(Stage(name))
     for m in messages:
         if not m.stage:
-            opened = [s for s in stages if s.start is not None and m.t is not None and s.start <= m.t]
+            opened = [
+                s for s in stages if s.start is not None and m.t is not None and s.start <= m.t
+            ]
             m.stage = opened[-1].name if opened else "version"
     # Stages the record does not describe but whose messages it lists: derive the numbers.
     for stage in stages:
@@ -401,7 +403,9 @@ class FlowStore:
                     # Too long to be a record: drop the rest of it without keeping it.
                     while line and not line.endswith(b"\n"):
                         line = f.readline(MAX_LINE_BYTES)
-                    self._note(f"{path.name}:{number}: line longer than {MAX_LINE_BYTES} bytes, skipped")
+                    self._note(
+                        f"{path.name}:{number}: line longer than {MAX_LINE_BYTES} bytes, skipped"
+                    )
                     continue
                 yield number, line
 
@@ -578,7 +582,10 @@ def render_list_text(flows: list[Flow]) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -656,7 +663,9 @@ def render_compare_text(a: Flow, b: Flow) -> str:
     for key, va, vb in negotiated_rows(a, b) or [("-", "", "")]:
         out.append(_pair("  " + key, va or "-", vb or "-", 24))
     out.append("")
-    out.append(_pair("stage", "A: msgs, round trips, bytes, time", "B: msgs, round trips, bytes, time"))
+    out.append(
+        _pair("stage", "A: msgs, round trips, bytes, time", "B: msgs, round trips, bytes, time")
+    )
     rows = align(a, b)
     for row in rows:
         out.append(_pair(row.name, _stage_numbers(row.a), _stage_numbers(row.b)))
@@ -776,14 +785,24 @@ def _svg_text(x: float, y: float, text: str, **attrs: str) -> str:
 def _svg_panel_header(x0: float, flow: Flow, tag: str) -> list[str]:
     client, server = _versions(flow)
     parts = [
-        _svg_text(x0 + (_LANE_L + _LANE_R) / 2, 16, f"{tag}: {flow.protocol}  {_short(flow.id, 40)}",
-                  text_anchor="middle", font_weight="bold", font_size="13"),
+        _svg_text(
+            x0 + (_LANE_L + _LANE_R) / 2,
+            16,
+            f"{tag}: {flow.protocol}  {_short(flow.id, 40)}",
+            text_anchor="middle",
+            font_weight="bold",
+            font_size="13",
+        ),
     ]
     for lane, who, version in ((_LANE_L, "client", client), (_LANE_R, "server", server)):
         cx = x0 + lane
-        parts.append(f'<rect x="{cx - 48:.0f}" y="26" width="96" height="22" rx="4" fill="#e4e9f1" stroke="#6b7a90"/>')
+        parts.append(
+            f'<rect x="{cx - 48:.0f}" y="26" width="96" height="22" rx="4" fill="#e4e9f1" stroke="#6b7a90"/>'
+        )
         parts.append(_svg_text(cx, 41, who, text_anchor="middle", font_size="12"))
-        parts.append(_svg_text(cx, 62, _short(version, 30), text_anchor="middle", font_size="9", fill="#555"))
+        parts.append(
+            _svg_text(cx, 62, _short(version, 30), text_anchor="middle", font_size="9", fill="#555")
+        )
     return parts
 
 
@@ -796,8 +815,12 @@ def render_sequence_svg(a: Flow, b: Flow) -> str:
     for i, row in enumerate(rows):
         n = max(len(row.messages_a), len(row.messages_b))
         height = n * _ROW + 2 * _BAND_PAD if n else _EMPTY_BAND
-        parts.append(f'<rect x="0" y="{y}" width="{width}" height="{height}" fill="{_BAND_FILL[i % 2]}"/>')
-        parts.append(f'<line x1="0" y1="{y}" x2="{width}" y2="{y}" stroke="#b9c0cc" stroke-dasharray="4 3"/>')
+        parts.append(
+            f'<rect x="0" y="{y}" width="{width}" height="{height}" fill="{_BAND_FILL[i % 2]}"/>'
+        )
+        parts.append(
+            f'<line x1="0" y1="{y}" x2="{width}" y2="{y}" stroke="#b9c0cc" stroke-dasharray="4 3"/>'
+        )
         parts.append(_svg_text(8, y + 16, row.name, font_weight="bold", font_size="12"))
         parts.append(_svg_text(8, y + 30, STAGE_TITLES[row.name], font_size="9", fill="#555"))
         for stage, msgs, x0 in (
@@ -805,8 +828,16 @@ def render_sequence_svg(a: Flow, b: Flow) -> str:
             (row.b, row.messages_b, _LABEL_W + _PANEL_W),
         ):
             if not msgs:
-                parts.append(_svg_text(x0 + (_LANE_L + _LANE_R) / 2, y + 17, "no messages" if not stage.present else _stage_numbers(stage),
-                                       text_anchor="middle", font_size="10", fill="#888"))
+                parts.append(
+                    _svg_text(
+                        x0 + (_LANE_L + _LANE_R) / 2,
+                        y + 17,
+                        "no messages" if not stage.present else _stage_numbers(stage),
+                        text_anchor="middle",
+                        font_size="10",
+                        fill="#888",
+                    )
+                )
                 continue
             for j, m in enumerate(msgs):
                 ay = y + _BAND_PAD + j * _ROW + 16
@@ -818,14 +849,25 @@ def render_sequence_svg(a: Flow, b: Flow) -> str:
                     f'<line x1="{x1 + (3 if x2 > x1 else -3):.0f}" y1="{ay}" x2="{x2 + (-4 if x2 > x1 else 4):.0f}" '
                     f'y2="{ay}" stroke="{color}" stroke-width="1.5" marker-end="url(#arrow-{cls})"/>'
                 )
-                parts.append(_svg_text((left + right) / 2, ay - 4, _message_label(m), text_anchor="middle",
-                                       font_size="11", font_family="monospace", fill=color))
+                parts.append(
+                    _svg_text(
+                        (left + right) / 2,
+                        ay - 4,
+                        _message_label(m),
+                        text_anchor="middle",
+                        font_size="11",
+                        font_family="monospace",
+                        fill=color,
+                    )
+                )
         y += height
     bottom = y + 10
     lanes: list[str] = []
     for x0 in (_LABEL_W, _LABEL_W + _PANEL_W):
         for lane in (_LANE_L, _LANE_R):
-            lanes.append(f'<line x1="{x0 + lane}" y1="48" x2="{x0 + lane}" y2="{bottom}" stroke="#6b7a90" stroke-width="1"/>')
+            lanes.append(
+                f'<line x1="{x0 + lane}" y1="48" x2="{x0 + lane}" y2="{bottom}" stroke="#6b7a90" stroke-width="1"/>'
+            )
     headers = _svg_panel_header(_LABEL_W, a, "A") + _svg_panel_header(_LABEL_W + _PANEL_W, b, "B")
     defs = "".join(
         f'<marker id="arrow-{cls}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" markerHeight="8" '
@@ -836,17 +878,24 @@ def render_sequence_svg(a: Flow, b: Flow) -> str:
         f'<svg width="{width}" height="{bottom + 4}" viewBox="0 0 {width} {bottom + 4}" '
         f'role="img" aria-label="sequence diagrams of both flows, aligned by stage" '
         f'font-family="system-ui, sans-serif"><defs>{defs}</defs>'
-        + "".join(parts) + "".join(lanes) + "".join(headers) + "</svg>"
+        + "".join(parts)
+        + "".join(lanes)
+        + "".join(headers)
+        + "</svg>"
     )
 
 
-def _html_table(head: list[str], rows: list[list[str]], numeric_from: int = 99, mark_diff: bool = False) -> str:
+def _html_table(
+    head: list[str], rows: list[list[str]], numeric_from: int = 99, mark_diff: bool = False
+) -> str:
     out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for row in rows:
         diff = mark_diff and len(row) == 3 and row[1] != row[2]
         cells = []
         for i, cell in enumerate(row):
-            cls = ' class="num"' if i >= numeric_from else (' class="diff"' if diff and i > 0 else "")
+            cls = (
+                ' class="num"' if i >= numeric_from else (' class="diff"' if diff and i > 0 else "")
+            )
             cells.append(f"<td{cls}>{_e(cell)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table>")
@@ -891,14 +940,23 @@ def render_compare_html(a: Flow, b: Flow) -> str:
     title = f"{a.protocol} vs {b.protocol}: {a.id} / {b.id}"
     return "".join(
         [
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
             f"<h1>Flow comparison: {_e(a.protocol)} (A) and {_e(b.protocol)} (B)</h1>",
             _html_table(["", "A", "B"], summary),
             "<h2>Stages</h2>",
             _html_table(
-                ["stage", "A msgs", "A round trips", "A bytes", "A time",
-                 "B msgs", "B round trips", "B bytes", "B time"],
+                [
+                    "stage",
+                    "A msgs",
+                    "A round trips",
+                    "A bytes",
+                    "A time",
+                    "B msgs",
+                    "B round trips",
+                    "B bytes",
+                    "B time",
+                ],
                 stage_rows,
                 numeric_from=1,
             ),

@@ -30,23 +30,56 @@ def make_record(flow_id: str, protocol: str, steps, **fields) -> dict:
     for name in STAGES:
         mine = [m for m in messages if m["stage"] == name]
         if not mine:
-            stages.append({"name": name, "start": None, "end": None, "messages": 0,
-                           "bytes": 0, "round_trips": 0})
+            stages.append(
+                {
+                    "name": name,
+                    "start": None,
+                    "end": None,
+                    "messages": 0,
+                    "bytes": 0,
+                    "round_trips": 0,
+                }
+            )
             continue
-        trips = sum(1 for a, b in zip(mine, mine[1:], strict=False) if a["dir"] == "c2s" and b["dir"] == "s2c")
-        stages.append({"name": name, "start": mine[0]["t"], "end": mine[-1]["t"],
-                       "messages": sum(m.get("count", 1) for m in mine),
-                       "bytes": sum(m["size"] for m in mine), "round_trips": trips})
+        trips = sum(
+            1
+            for a, b in zip(mine, mine[1:], strict=False)
+            if a["dir"] == "c2s" and b["dir"] == "s2c"
+        )
+        stages.append(
+            {
+                "name": name,
+                "start": mine[0]["t"],
+                "end": mine[-1]["t"],
+                "messages": sum(m.get("count", 1) for m in mine),
+                "bytes": sum(m["size"] for m in mine),
+                "round_trips": trips,
+            }
+        )
     record = {
-        "v": 1, "id": flow_id, "link": None, "role": "server", "protocol": protocol,
-        "peer": "127.0.0.1:51234", "started": "2026-11-21T14:05:01.123456+00:00",
+        "v": 1,
+        "id": flow_id,
+        "link": None,
+        "role": "server",
+        "protocol": protocol,
+        "peer": "127.0.0.1:51234",
+        "started": "2026-11-21T14:05:01.123456+00:00",
         "duration": messages[-1]["t"] if messages else 0.0,
-        "versions": {}, "user": "alice", "target": "local", "negotiated": {},
-        "auth": [], "requests": [], "stages": stages, "messages": messages,
+        "versions": {},
+        "user": "alice",
+        "target": "local",
+        "negotiated": {},
+        "auth": [],
+        "requests": [],
+        "stages": stages,
+        "messages": messages,
         "messages_truncated": False,
-        "bytes": {"c2s": sum(m["size"] for m in messages if m["dir"] == "c2s"),
-                  "s2c": sum(m["size"] for m in messages if m["dir"] == "s2c")},
-        "exit_status": 0, "close_reason": "session finished",
+        "bytes": {
+            "c2s": sum(m["size"] for m in messages if m["dir"] == "c2s"),
+            "s2c": sum(m["size"] for m in messages if m["dir"] == "s2c"),
+        },
+        "exit_status": 0,
+        "close_reason": "session finished",
     }
     record.update(fields)
     return record
@@ -74,12 +107,19 @@ def ssh1_plink_login(flow_id: str = "f-20261121T140501Z-11aa11aa", **fields) -> 
     ]
     base = dict(
         versions={"server": "SSH-1.99-sshgateway_0.1.0", "client": "SSH-1.5-PuTTY_Release_0.78"},
-        negotiated={"host_key_type": "rsa1", "host_key_bits": 2048,
-                    "host_key_fingerprint": "MD5:3f:2a:9c:1d:00:11:22:33:44:55:66:77:88:99:aa:bb",
-                    "server_key_bits": 1024, "cipher": "3des", "compression": "none"},
+        negotiated={
+            "host_key_type": "rsa1",
+            "host_key_bits": 2048,
+            "host_key_fingerprint": "MD5:3f:2a:9c:1d:00:11:22:33:44:55:66:77:88:99:aa:bb",
+            "server_key_bits": 1024,
+            "cipher": "3des",
+            "compression": "none",
+        },
         auth=[{"method": "password", "result": "success", "t": 0.152}],
-        requests=[{"name": "pty", "result": "success", "t": 0.154},
-                  {"name": "exec_shell", "result": "success", "t": 0.155}],
+        requests=[
+            {"name": "pty", "result": "success", "t": 0.154},
+            {"name": "exec_shell", "result": "success", "t": 0.155},
+        ],
     )
     base.update(fields)
     return make_record(flow_id, "ssh1", steps, **base)
@@ -121,18 +161,29 @@ def ssh2_openssh_login(flow_id: str = "f-20261121T140502Z-22bb22bb", **fields) -
     base = dict(
         peer="127.0.0.1:51240",
         started="2026-11-21T14:05:02.500000+00:00",
-        versions={"server": "SSH-1.99-sshgateway_0.1.0",
-                  "client": "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3"},
-        negotiated={"kex": "curve25519-sha256", "host_key_type": "ssh-ed25519",
-                    "host_key_bits": 256,
-                    "host_key_fingerprint": "SHA256:q9dsl0R2lWcTYdWkI6dXfZCuz4ZJMiCWgxP7P6hCWSA",
-                    "cipher_c2s": "aes128-ctr", "cipher_s2c": "aes128-ctr",
-                    "mac_c2s": "hmac-sha2-256", "mac_s2c": "hmac-sha2-256",
-                    "compression": "none"},
-        auth=[{"method": "none", "result": "failure", "t": 0.013},
-              {"method": "publickey", "result": "success", "t": 0.030}],
-        requests=[{"name": "pty-req", "result": "success", "t": 0.033},
-                  {"name": "shell", "result": "success", "t": 0.034}],
+        versions={
+            "server": "SSH-1.99-sshgateway_0.1.0",
+            "client": "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3",
+        },
+        negotiated={
+            "kex": "curve25519-sha256",
+            "host_key_type": "ssh-ed25519",
+            "host_key_bits": 256,
+            "host_key_fingerprint": "SHA256:q9dsl0R2lWcTYdWkI6dXfZCuz4ZJMiCWgxP7P6hCWSA",
+            "cipher_c2s": "aes128-ctr",
+            "cipher_s2c": "aes128-ctr",
+            "mac_c2s": "hmac-sha2-256",
+            "mac_s2c": "hmac-sha2-256",
+            "compression": "none",
+        },
+        auth=[
+            {"method": "none", "result": "failure", "t": 0.013},
+            {"method": "publickey", "result": "success", "t": 0.030},
+        ],
+        requests=[
+            {"name": "pty-req", "result": "success", "t": 0.033},
+            {"name": "shell", "result": "success", "t": 0.034},
+        ],
     )
     base.update(fields)
     return make_record(flow_id, "ssh2", steps, **base)
@@ -177,10 +228,16 @@ def test_list_newest_first_with_columns(state):
 
 
 def test_list_limit_and_rotated_files(tmp_path):
-    write_records(tmp_path, ssh1_plink_login("f-1-old", started="2026-11-21T13:00:00+00:00"),
-                  name="flows.jsonl.2")
-    write_records(tmp_path, ssh1_plink_login("f-2-mid", started="2026-11-21T13:30:00+00:00"),
-                  name="flows.jsonl.1")
+    write_records(
+        tmp_path,
+        ssh1_plink_login("f-1-old", started="2026-11-21T13:00:00+00:00"),
+        name="flows.jsonl.2",
+    )
+    write_records(
+        tmp_path,
+        ssh1_plink_login("f-2-mid", started="2026-11-21T13:30:00+00:00"),
+        name="flows.jsonl.1",
+    )
     write_records(tmp_path, ssh2_openssh_login("f-3-new", started="2026-11-21T14:00:00+00:00"))
     status, out, _ = run("list", "--state-dir", str(tmp_path), "--format", "json")
     assert status == 0
@@ -209,11 +266,19 @@ def test_list_empty_and_bad_config(tmp_path):
 
 
 def test_list_marks_upstream_legs_and_results(tmp_path):
-    up = ssh2_openssh_login("f-9-up", role="client", link="f-20261121T140501Z-11aa11aa",
-                            started="2026-11-21T14:05:01.2+00:00")
-    failed = ssh1_plink_login("f-0-fail", exit_status=None, requests=[],
-                              auth=[{"method": "password", "result": "failure", "t": 1}],
-                              started="2026-11-21T12:00:00+00:00")
+    up = ssh2_openssh_login(
+        "f-9-up",
+        role="client",
+        link="f-20261121T140501Z-11aa11aa",
+        started="2026-11-21T14:05:01.2+00:00",
+    )
+    failed = ssh1_plink_login(
+        "f-0-fail",
+        exit_status=None,
+        requests=[],
+        auth=[{"method": "password", "result": "failure", "t": 1}],
+        started="2026-11-21T12:00:00+00:00",
+    )
     write_records(tmp_path, ssh1_plink_login(), up, failed)
     status, out, _ = run("list", "--state-dir", str(tmp_path))
     assert status == 0
@@ -232,8 +297,11 @@ def test_malformed_lines_are_skipped_with_a_note(tmp_path, monkeypatch):
         b"[1, 2, 3]\n"
         b'{"v": 1}\n'
         b'{"v": 1, "id": "x\\u001b[31m"}\n'
-        + b"[" * 3000 + b"\n"
-        + b'{"id": "' + b"A" * 50000 + b'"}\n'
+        + b"[" * 3000
+        + b"\n"
+        + b'{"id": "'
+        + b"A" * 50000
+        + b'"}\n'
         + b"\n"
     )
     write_records(tmp_path, ssh1_plink_login(), raw=junk)
@@ -250,21 +318,32 @@ def test_malformed_lines_are_skipped_with_a_note(tmp_path, monkeypatch):
 
 def test_fields_of_the_wrong_type_do_not_break_rendering(tmp_path):
     weird = {
-        "v": 1, "id": "f-weird", "role": ["x"], "protocol": 5, "peer": None,
-        "started": "yesterday", "duration": float("nan") if False else "long",
-        "versions": "SSH", "user": "\x1b]0;pwned\x07eve", "negotiated": {"cipher": {"a": 1},
-        "kex": ["a", "b"], "x\u202e": "y"}, "auth": [1, {"method": None}], "requests": "all",
-        "stages": [{"name": "kex", "start": "0"}, 7], "bytes": [1, 2],
+        "v": 1,
+        "id": "f-weird",
+        "role": ["x"],
+        "protocol": 5,
+        "peer": None,
+        "started": "yesterday",
+        "duration": float("nan") if False else "long",
+        "versions": "SSH",
+        "user": "\x1b]0;pwned\x07eve",
+        "negotiated": {"cipher": {"a": 1}, "kex": ["a", "b"], "x\u202e": "y"},
+        "auth": [1, {"method": None}],
+        "requests": "all",
+        "stages": [{"name": "kex", "start": "0"}, 7],
+        "bytes": [1, 2],
         "messages": [{"dir": "up", "name": "\x1b[2J", "size": -5, "count": True}, "m"],
-        "exit_status": True, "close_reason": "<script>alert(1)</script>",
+        "exit_status": True,
+        "close_reason": "<script>alert(1)</script>",
     }
     write_records(tmp_path, weird, ssh1_plink_login())
     for argv in (["list"], ["show", "f-weird"], ["compare", "f-weird", "f-2026"]):
         status, out, err = run(*argv, "--state-dir", str(tmp_path))
         assert status == 0, err
         assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
-    status, out, _ = run("compare", "f-weird", "f-2026", "--state-dir", str(tmp_path),
-                         "--format", "html")
+    status, out, _ = run(
+        "compare", "f-weird", "f-2026", "--state-dir", str(tmp_path), "--format", "html"
+    )
     assert status == 0 and "<script>" not in out and "&lt;script&gt;" in out
     assert "\x1b" not in out
 
@@ -283,17 +362,29 @@ def test_show_stage_by_stage(state):
     status, out, err = run("show", "f-20261121T140501Z-11", "--state-dir", str(state))
     assert status == 0 and err == ""
     assert out.startswith("flow f-20261121T140501Z-11aa11aa  ssh1, client connected to the gateway")
-    for needle in ("SSH-1.5-PuTTY_Release_0.78", "server_key_bits        1024",
-                   "cipher                 3des", "password               success",
-                   "exec_shell", "c2s 943 B, s2c 1549 B", "close     session finished"):
+    for needle in (
+        "SSH-1.5-PuTTY_Release_0.78",
+        "server_key_bits        1024",
+        "cipher                 3des",
+        "password               success",
+        "exec_shell",
+        "c2s 943 B, s2c 1549 B",
+        "close     session finished",
+    ):
         assert needle in out, needle
-    after = out[out.index("\nstages"):].splitlines()
+    after = out[out.index("\nstages") :].splitlines()
     stage_lines = [line for line in after if re.match(r"  [a-z]+ ", line)]
     assert [line.split()[0] for line in stage_lines] == list(STAGES)
     assert "kex (key and algorithm negotiation)  0.002-0.043 s  3 msgs, 1 rt, 718 B" in out
-    body = out[out.index("stages"):]
-    order = ["SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_CMSG_USER",
-             "SSH_CMSG_AUTH_PASSWORD", "SSH_CMSG_EXEC_SHELL", "SSH_CMSG_EXIT_CONFIRMATION"]
+    body = out[out.index("stages") :]
+    order = [
+        "SSH_SMSG_PUBLIC_KEY",
+        "SSH_CMSG_SESSION_KEY",
+        "SSH_CMSG_USER",
+        "SSH_CMSG_AUTH_PASSWORD",
+        "SSH_CMSG_EXEC_SHELL",
+        "SSH_CMSG_EXIT_CONFIRMATION",
+    ]
     positions = [body.index(name) for name in order]
     assert positions == sorted(positions)
     assert "->  SSH_CMSG_STDIN_DATA 480 B x20" in out
@@ -330,11 +421,14 @@ def test_exact_id_wins_over_prefix(tmp_path):
 
 
 def test_compare_text_aligns_the_six_stages(state):
-    status, out, err = run("compare", "f-20261121T140501Z", "f-20261121T140502Z",
-                           "--state-dir", str(state))
+    status, out, err = run(
+        "compare", "f-20261121T140501Z", "f-20261121T140502Z", "--state-dir", str(state)
+    )
     assert status == 0 and err == ""
     lines = out.splitlines()
-    assert "A f-20261121T140501Z-11aa11aa" in lines[0] and "B f-20261121T140502Z-22bb22bb" in lines[0]
+    assert (
+        "A f-20261121T140501Z-11aa11aa" in lines[0] and "B f-20261121T140502Z-22bb22bb" in lines[0]
+    )
     assert re.search(r"protocol\s+ssh1 \(server\)\s+ssh2 \(server\)", out)
     assert re.search(r"client\s+SSH-1.5-PuTTY_Release_0.78\s+SSH-2.0-OpenSSH_9.2p1", out)
     assert re.search(r"server_key_bits\s+1024\s+-", out)
@@ -351,8 +445,15 @@ def test_compare_text_aligns_the_six_stages(state):
 
 
 def test_compare_json(state):
-    status, out, _ = run("compare", "f-20261121T140501Z", "f-20261121T140502Z",
-                         "--state-dir", str(state), "--format", "json")
+    status, out, _ = run(
+        "compare",
+        "f-20261121T140501Z",
+        "f-20261121T140502Z",
+        "--state-dir",
+        str(state),
+        "--format",
+        "json",
+    )
     assert status == 0
     doc = json.loads(out)
     assert [f["protocol"] for f in doc["flows"]] == ["ssh1", "ssh2"]
@@ -360,7 +461,10 @@ def test_compare_json(state):
     kex = doc["stages"][1]
     assert kex["a"]["messages"] == 3 and kex["b"]["round_trips"] == 2
     assert [m["name"] for m in kex["messages_a"]] == [
-        "SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_SMSG_SUCCESS"]
+        "SSH_SMSG_PUBLIC_KEY",
+        "SSH_CMSG_SESSION_KEY",
+        "SSH_SMSG_SUCCESS",
+    ]
     negotiated = {n["name"]: (n["a"], n["b"]) for n in doc["negotiated"]}
     assert negotiated["server_key_bits"] == ("1024", None)
     assert negotiated["kex"] == (None, "curve25519-sha256")
@@ -368,16 +472,30 @@ def test_compare_json(state):
 
 def test_compare_html_is_self_contained(state, tmp_path):
     target = tmp_path / "out.html"
-    status, out, err = run("compare", "f-20261121T140501Z", "f-20261121T140502Z",
-                           "--state-dir", str(state), "--format", "html", "-o", str(target))
+    status, out, err = run(
+        "compare",
+        "f-20261121T140501Z",
+        "f-20261121T140502Z",
+        "--state-dir",
+        str(state),
+        "--format",
+        "html",
+        "-o",
+        str(target),
+    )
     assert status == 0 and out == "" and err == ""
     page = target.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1
     for forbidden in ("<script", "src=", "href=", "@import", "<link", "http:", "https:"):
         assert forbidden not in page.lower(), forbidden
-    svg = page[page.index("<svg"):page.index("</svg>")]
-    for name in ("SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_CMSG_USER",
-                 "SSH2_MSG_KEXINIT", "SSH2_MSG_KEX_ECDH_REPLY"):
+    svg = page[page.index("<svg") : page.index("</svg>")]
+    for name in (
+        "SSH_SMSG_PUBLIC_KEY",
+        "SSH_CMSG_SESSION_KEY",
+        "SSH_CMSG_USER",
+        "SSH2_MSG_KEXINIT",
+        "SSH2_MSG_KEX_ECDH_REPLY",
+    ):
         assert name in svg, name
     # Each stage band starts at the same height for both flows: one band per stage.
     assert all(f">{stage}</text>" in svg for stage in STAGES)
@@ -390,7 +508,15 @@ def test_compare_html_refuses_text_only_commands(state):
 
 
 def test_compare_unwritable_output(state, tmp_path):
-    status, _, err = run("compare", "f-20261121T140501Z", "f-20261121T140502Z",
-                         "--state-dir", str(state), "--format", "html",
-                         "-o", str(tmp_path / "missing" / "x.html"))
+    status, _, err = run(
+        "compare",
+        "f-20261121T140501Z",
+        "f-20261121T140502Z",
+        "--state-dir",
+        str(state),
+        "--format",
+        "html",
+        "-o",
+        str(tmp_path / "missing" / "x.html"),
+    )
     assert status == 1 and "x.html" in err

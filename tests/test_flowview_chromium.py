@@ -83,17 +83,40 @@ def test_compare_html_renders_in_headless_chromium(tmp_path):
     chromium = require_peer("chromium")["chromium"]
     write_records(tmp_path, ssh1_plink_login(), ssh2_openssh_login())
     page = tmp_path / "compare.html"
-    status, _, err = run("compare", "f-20261121T140501Z", "f-20261121T140502Z",
-                         "--state-dir", str(tmp_path), "--format", "html", "-o", str(page))
+    status, _, err = run(
+        "compare",
+        "f-20261121T140501Z",
+        "f-20261121T140502Z",
+        "--state-dir",
+        str(tmp_path),
+        "--format",
+        "html",
+        "-o",
+        str(page),
+    )
     assert status == 0, err
     shot = tmp_path / "shot.png"
     profile = tmp_path / "profile"
     result = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={shot}",
-         "--window-size=1200,1600", page.as_uri()],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert shot.exists(), f"no screenshot (status {result.returncode}): {result.stderr[-2000:]}"
     width, height, rows, bpp = decode_png(shot.read_bytes())

@@ -79,13 +79,22 @@ def test_flows_commands_on_a_plink_1_and_an_openssh_login(tmp_path):
 
     shown = sshgateway_cli("flows", "show", ssh1.id[:-2], "--config", config).stdout
     assert shown.startswith(f"flow {ssh1.id}  ssh1")
-    assert _in_order(shown, ["SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_CMSG_USER",
-                             "SSH_CMSG_AUTH_PASSWORD", "SSH_CMSG_EXEC_CMD"])
+    assert _in_order(
+        shown,
+        [
+            "SSH_SMSG_PUBLIC_KEY",
+            "SSH_CMSG_SESSION_KEY",
+            "SSH_CMSG_USER",
+            "SSH_CMSG_AUTH_PASSWORD",
+            "SSH_CMSG_EXEC_CMD",
+        ],
+    )
     assert re.search(r"server_key_bits\s+1024", shown)
 
     compared = sshgateway_cli("flows", "compare", ssh1.id, ssh2.id, "--config", config).stdout
-    sections = [line.split()[1].rstrip(":") for line in compared.splitlines()
-                if line.startswith("== ")]
+    sections = [
+        line.split()[1].rstrip(":") for line in compared.splitlines() if line.startswith("== ")
+    ]
     assert sections == list(STAGES)
     assert re.search(r"protocol\s+ssh1 \(server\)\s+ssh2 \(server\)", compared)
     assert re.search(r"client\s+SSH-1\.5-PuTTY\S*\s+SSH-2\.0-OpenSSH", compared)
@@ -93,29 +102,61 @@ def test_flows_commands_on_a_plink_1_and_an_openssh_login(tmp_path):
     assert re.search(r"cipher\s+(3des|blowfish)\s+-", compared)
     assert re.search(r"cipher_c2s\s+-\s+aes\S+", compared)
     # SSH-1 on the left, SSH-2 on the right, each column in protocol order.
-    body = compared[compared.index("== version"):].splitlines()
+    body = compared[compared.index("== version") :].splitlines()
     left = "\n".join(line[15 : 15 + 52] for line in body)
     right = "\n".join(line[15 + 53 :] for line in body)
-    assert _in_order(left, ["SSH_SMSG_PUBLIC_KEY", "SSH_CMSG_SESSION_KEY", "SSH_CMSG_USER",
-                            "SSH_CMSG_AUTH_PASSWORD", "SSH_SMSG_SUCCESS", "SSH_CMSG_EXEC_CMD",
-                            "SSH_CMSG_STDIN_DATA", "SSH_SMSG_EXITSTATUS"]), left
-    assert _in_order(right, ["SSH2_MSG_KEXINIT", "SSH2_MSG_NEWKEYS", "SSH2_MSG_USERAUTH_REQUEST",
-                             "SSH2_MSG_USERAUTH_SUCCESS", "SSH2_MSG_CHANNEL_OPEN",
-                             "SSH2_MSG_CHANNEL_REQUEST", "SSH2_MSG_CHANNEL_DATA",
-                             "SSH2_MSG_CHANNEL_CLOSE"]), right
+    assert _in_order(
+        left,
+        [
+            "SSH_SMSG_PUBLIC_KEY",
+            "SSH_CMSG_SESSION_KEY",
+            "SSH_CMSG_USER",
+            "SSH_CMSG_AUTH_PASSWORD",
+            "SSH_SMSG_SUCCESS",
+            "SSH_CMSG_EXEC_CMD",
+            "SSH_CMSG_STDIN_DATA",
+            "SSH_SMSG_EXITSTATUS",
+        ],
+    ), left
+    assert _in_order(
+        right,
+        [
+            "SSH2_MSG_KEXINIT",
+            "SSH2_MSG_NEWKEYS",
+            "SSH2_MSG_USERAUTH_REQUEST",
+            "SSH2_MSG_USERAUTH_SUCCESS",
+            "SSH2_MSG_CHANNEL_OPEN",
+            "SSH2_MSG_CHANNEL_REQUEST",
+            "SSH2_MSG_CHANNEL_DATA",
+            "SSH2_MSG_CHANNEL_CLOSE",
+        ],
+    ), right
     assert "SSH2_" not in left and "SSH_CMSG" not in right and "SSH_SMSG" not in right
     # Each stage's messages sit between its header and the next one's, in both columns.
-    kex = compared[compared.index("== kex"):compared.index("== auth")]
+    kex = compared[compared.index("== kex") : compared.index("== auth")]
     assert "SSH_SMSG_PUBLIC_KEY" in kex and "SSH2_MSG_KEXINIT" in kex
     assert "SSH_CMSG_USER" not in kex and "SSH2_MSG_USERAUTH_REQUEST" not in kex
 
-    doc = json.loads(sshgateway_cli("flows", "compare", ssh1.id, ssh2.id, "--config", config,
-                                    "--format", "json").stdout)
+    doc = json.loads(
+        sshgateway_cli(
+            "flows", "compare", ssh1.id, ssh2.id, "--config", config, "--format", "json"
+        ).stdout
+    )
     assert [s["name"] for s in doc["stages"]] == list(STAGES)
     assert all(s["a"]["messages"] and s["b"]["messages"] for s in doc["stages"]), doc["stages"]
 
     page = tmp_path / "compare.html"
-    sshgateway_cli("flows", "compare", ssh1.id, ssh2.id, "--config", config,
-                   "--format", "html", "-o", str(page))
+    sshgateway_cli(
+        "flows",
+        "compare",
+        ssh1.id,
+        ssh2.id,
+        "--config",
+        config,
+        "--format",
+        "html",
+        "-o",
+        str(page),
+    )
     html = page.read_text()
     assert _in_order(html, ["<svg", "SSH_SMSG_PUBLIC_KEY", "SSH2_MSG_KEXINIT", "</svg>"])
