@@ -16,23 +16,21 @@ from pathlib import Path
 import pytest
 
 from tests.gateway_process import REPO, GatewayProcess
-from tests.integration.conftest import sshgateway_cli
+from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
 from tests.peers import require_peer
 from tests.sshd import OpenSSHServer, free_port, silent_listener
 
 pytestmark = pytest.mark.peer
 
 TIMEOUT = 3.0
-# Never logged in with: a syntactically valid hash of nothing anyone knows.
-CONFIG = {"protocols": ["1", "2"], "users": {"alice": {"password": "$2b$12$" + "a" * 53}}}
 
 
-def probe_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+def probe_cli(*args: str, stdin: str | None = None) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
          "probe", "--timeout", str(TIMEOUT), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        input=stdin, capture_output=True, text=True, cwd=REPO, timeout=120,
     )  # fmt: skip
     return result, time.monotonic() - started
 
@@ -49,8 +47,13 @@ def world(tmp_path_factory):
     work = tmp_path_factory.mktemp("probe")
     (work / "gw").mkdir()
     (work / "gw1").mkdir()
-    with GatewayProcess(work / "gw", CONFIG) as gw:
-        ssh1_only = dict(CONFIG, protocols=["1"], state_dir=gw.config["state_dir"])
+    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
+    authorized = work / "authorized_keys"
+    authorized.write_text("")
+    authorized.chmod(0o600)
+    config = base_config(hashed, authorized)
+    with GatewayProcess(work / "gw", config) as gw:
+        ssh1_only = dict(config, protocols=["1"], state_dir=gw.config["state_dir"])
         with (
             GatewayProcess(work / "gw1", ssh1_only) as gw1,
             OpenSSHServer(work / "sshd", [], host_key_types=("ed25519", "rsa")) as sshd,
@@ -169,3 +172,46 @@ def test_ssh1_sha256_fingerprint_as_ssh_keygen1(tmp_path):
     _bits, e, n = pub.read_text().split()[:3]
     assert ssh1_sha256_fingerprint(int(e), int(n)) == keygen_fingerprints(tool, pub)
     assert "MD5:" + ssh1_fingerprint(int(e), int(n)) == keygen_fingerprints(tool, pub, "-E", "md5")
+
+
+def test_login_over_both_protocols_records_two_flows(world, tmp_path):
+    """--user/--password: one login per protocol, each recorded as a flow for flows
+    compare; the password is in no record."""
+    state = tmp_path / "state"
+    target = f"127.0.0.1:{world['gw'].port}"
+    result, _ = probe_cli(
+        "--format", "json", "--user", "alice", "--password", "-", "--state-dir", str(state),
+        "--command", "exit 3", target, stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (report,) = json.loads(result.stdout)
+    logins = {x["protocol"]: x for x in report["logins"]}
+    assert set(logins) == {"ssh1", "ssh2"}
+    for x in logins.values():
+        assert (x["ok"], x["exit_status"], x["error"]) == (True, 3, None)
+        assert x["flow_id"].startswith("f-")
+    text = (state / "flows" / "flows.jsonl").read_text()
+    records = {r["id"]: r for r in map(json.loads, text.splitlines())}
+    ssh1 = records[logins["ssh1"]["flow_id"]]
+    ssh2 = records[logins["ssh2"]["flow_id"]]
+    assert (ssh1["role"], ssh1["protocol"], ssh1["user"]) == ("client", "ssh1", "alice")
+    assert ssh1["exit_status"] == 3 and ssh2["exit_status"] == 3
+    assert {"method": "password", "result": "success"}.items() <= ssh1["auth"][-1].items()
+    names = [m["name"] for m in ssh1["messages"]]
+    assert names.index("SSH_SMSG_PUBLIC_KEY") < names.index("SSH_CMSG_SESSION_KEY")
+    assert "SSH2_MSG_KEXINIT" in [m["name"] for m in ssh2["messages"]]
+    assert ssh2["role"] == "client" and ssh2["user"] == "alice"
+    assert PASSWORD not in text and PASSWORD.split()[0] not in text
+    listed = sshgateway_cli("flows", "list", "--state-dir", str(state)).stdout
+    assert logins["ssh1"]["flow_id"] in listed and logins["ssh2"]["flow_id"] in listed
+
+
+def test_login_refused_is_reported(world, tmp_path):
+    target = f"127.0.0.1:{world['gw'].port}"
+    result, _ = probe_cli(
+        "--format", "csv", "--user", "alice", "--password", "-", "--state-dir",
+        str(tmp_path / "state"), target, stdin="wrong password\n",
+    )  # fmt: skip
+    (row,) = csv.DictReader(io.StringIO(result.stdout))
+    assert row["ssh1_login"].startswith("failed:") and row["ssh2_login"].startswith("failed:")
+    assert "wrong password" not in (tmp_path / "state" / "flows" / "flows.jsonl").read_text()
