@@ -262,6 +262,12 @@ class FlowRecorder:
             self._stage = stage
             if self._start[stage] is None:
                 self._start[stage] = t
+        if opens == _VERSION:
+            # A client may send its KEXINIT before the server's line arrives (Conch,
+            # OpenSSH): the line still belongs to the version stage.
+            stage = _VERSION
+            if self._start[stage] is None:
+                self._start[stage] = t
         then = self._thens.get(name)
         if then is not None:
             self._then = then

@@ -157,3 +157,63 @@ def test_ssh1_and_ssh2_logins_leave_flow_records_without_secrets(peers_gateway):
         for secret in secrets:
             assert secret not in data, (path, secret[:10])
         assert key_bytes[-64:] not in data
+
+
+def test_bridged_session_gives_two_linked_flows(tmp_path):
+    """plink -1 -> gateway -> a real OpenSSH sshd: the client leg (SSH-1, role server) and
+    the upstream leg (SSH-2, role client) are both recorded, the second linked to the first."""
+    from tests.sshd import OpenSSHServer, keygen
+
+    plink = require_peer("plink")["plink"]
+    device_key = keygen(tmp_path / "gateway_to_device")
+    password_hash = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
+    authz = tmp_path / "authorized_keys"
+    authz.write_text("")
+    authz.chmod(0o600)
+    with OpenSSHServer(tmp_path / "sshd", [Path(str(device_key) + ".pub")]) as device:
+        config = base_config(password_hash, authz, targets={
+            "dev": {"protocol": "ssh2", "host": "127.0.0.1", "port": device.port,
+                    "username": "root", "key": str(device_key), "connect_timeout": 20},
+        })  # fmt: skip
+        config["users"]["alice"]["targets"] = ["dev"]
+        (tmp_path / "gw").mkdir()
+        with GatewayProcess(tmp_path / "gw", config) as gw:
+            fingerprint = ssh1_host_fingerprint(gw.config["state_dir"])
+            result = subprocess.run(
+                [plink, "-1", "-batch", "-hostkey", fingerprint, "-P", str(gw.port),
+                 "-pw", PASSWORD, "-l", "alice+dev", "127.0.0.1", "cat; exit 4"],
+                input=PAYLOAD, capture_output=True, timeout=60,
+            )  # fmt: skip
+            assert result.stdout == PAYLOAD, result.stderr + gw.log_text()[-3000:].encode()
+            assert result.returncode == 4
+            records = _records(gw, 2)
+    [front] = [r for r in records if r["role"] == "server"]
+    [upstream] = [r for r in records if r["role"] == "client"]
+    assert front["protocol"] == "ssh1" and upstream["protocol"] == "ssh2"
+    assert upstream["link"] == front["id"] and front["link"] is None
+    assert upstream["target"] == "dev" and upstream["user"] == "root"
+    assert upstream["peer"] == f"127.0.0.1:{device.port}"
+    assert upstream["versions"]["server"].startswith("SSH-2.0-OpenSSH")
+    assert upstream["versions"]["client"].startswith("SSH-2.0-")
+    # Conch's client sends its KEXINIT without waiting for the server's line.
+    assert _names(upstream).count("version") == 2
+    assert upstream["stages"][0]["messages"] == 2
+    assert _in_order(_names(upstream), [
+        "version", "SSH2_MSG_KEXINIT", "SSH2_MSG_KEXINIT", "SSH2_MSG_NEWKEYS",
+        "SSH2_MSG_SERVICE_REQUEST", "SSH2_MSG_USERAUTH_REQUEST", "SSH2_MSG_USERAUTH_SUCCESS",
+        "SSH2_MSG_CHANNEL_OPEN", "SSH2_MSG_CHANNEL_REQUEST", "SSH2_MSG_CHANNEL_DATA",
+    ]), _names(upstream)  # fmt: skip
+    assert all(s["start"] is not None for s in upstream["stages"]), upstream["stages"]
+    assert upstream["exit_status"] == 4 and front["exit_status"] == 4
+    assert upstream["negotiated"]["host_key_fingerprint"].startswith("SHA256:")
+    assert {"method": "publickey", "result": "success"} in [
+        {k: a[k] for k in ("method", "result")} for a in upstream["auth"]
+    ]
+    key_body = "".join(
+        line for line in device_key.read_text().splitlines() if not line.startswith("-----")
+    )
+    for path in (Path(gw.config["state_dir"]) / "flows").iterdir():
+        data = path.read_bytes()
+        for secret in (PASSWORD.encode(), PAYLOAD.strip(), key_body[:40].encode(),
+                       key_body[-40:].encode()):  # fmt: skip
+            assert secret not in data

@@ -409,7 +409,7 @@ class UpstreamTarget:
             return None
         peer = f"{self.config.host}:{self.config.port}"
         flow = FlowRecorder(
-            "client", peer, getattr(self, "protocol", ""), link=getattr(sink, "link", None)
+            "client", peer, self.config.protocol, link=getattr(sink, "link", None)
         )
         flow.target = self.config.name
         flow.user = username

@@ -21,6 +21,7 @@ Conch calls connectionSecure after every NEWKEYS: the login starts only after th
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import secrets
@@ -47,6 +48,7 @@ from gateway.targets.bridge import (
     UpstreamTarget,
     upstream_credentials,
 )
+from protocols.flow import C2S, S2C, SSH2_NAMES, FlowRecorder, ssh2_name
 from protocols.session import ExitInfo, SessionRequest, WindowSize
 
 log = Logger()
@@ -306,6 +308,7 @@ class _Attempt:
         self.channel: _SessionChannel | None = None
         self.upstream: _Upstream | None = None
         self.deferred: defer.Deferred = defer.Deferred(self._cancel)
+        self.flow: FlowRecorder | None = target.new_flow(sink, login)
 
     @property
     def name(self) -> str:
@@ -390,6 +393,7 @@ class _ClientTransport(transport.SSHClientTransport):
         legacy = any(KEX.get(name.decode(), False) for name in offered["kex"])
         self._dhMinimalGroupSize = DH_GEX_MIN_BITS_LEGACY if legacy else DH_GEX_MIN_BITS
         self._hung_up = False
+        self._in_size = 0  # wire bytes of the packet getPacket returned last
         self._mlkem: Any = None
         self._x25519: Any = None
         self._hybrid_init = b""
@@ -397,6 +401,9 @@ class _ClientTransport(transport.SSHClientTransport):
     def connectionMade(self) -> None:
         self.attempt.transport = self
         self.attempt.phase = "key exchange"
+        flow = self.attempt.flow
+        if flow is not None:  # Conch writes our line first thing, then KEXINIT
+            flow.version(C2S, self.ourVersionString.decode("ascii", "replace"))
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
@@ -404,6 +411,7 @@ class _ClientTransport(transport.SSHClientTransport):
             return
         try:
             super().dataReceived(data)
+            self._flow_version()
         except Exception:
             # Conch's parsers raise on truncated or inconsistent packets.
             log.failure("ssh2 upstream {name}: bad packet", name=self.attempt.name)
@@ -425,7 +433,11 @@ class _ClientTransport(transport.SSHClientTransport):
             self._keyExchangeState != self._KEY_EXCHANGE_NONE
             and not self._allowedKeyExchangeMessageType(messageType)
         ):
+            sequence = self.outgoingPacketSequence
             super().sendPacket(messageType, payload)  # also queues during key exchange
+            flow = self.attempt.flow
+            if flow is not None and self.outgoingPacketSequence != sequence:
+                flow.packet(C2S, self._flow_name(messageType), self._wire_size(len(payload)))
             return
         if self.transport is None:
             return
@@ -435,13 +447,52 @@ class _ClientTransport(transport.SSHClientTransport):
             padding += 16
         length = struct.pack("!L", 1 + len(body) + padding)
         plain = bytes((padding,)) + body + secrets.token_bytes(padding)
-        self.transport.write(length + gcm.seal(plain, length))
+        sealed = gcm.seal(plain, length)
+        self.transport.write(length + sealed)
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+        if self.attempt.flow is not None:
+            self.attempt.flow.packet(C2S, self._flow_name(messageType), 4 + len(sealed))
+
+    def _wire_size(self, payload: int) -> int:
+        """Wire bytes of a packet Conch framed (no compression here: we offer none)."""
+        enc = self.currentEncryptions
+        block = enc.encBlockSize or 8
+        total = 6 + payload
+        padding = block - total % block
+        if padding < 4:
+            padding += block
+        mac = enc.outMAC[3] if enc.outMAC and enc.outMAC[0] is not None else 0
+        return total + padding + mac
+
+    def _flow_name(self, number: int) -> str:
+        name = SSH2_NAMES.get(number)
+        if name is not None:
+            return name
+        flow = self.attempt.flow
+        kex = (getattr(self, "kexAlg", None) or b"").decode("ascii", "replace")
+        return ssh2_name(number, kex, flow.auth_method if flow is not None else "")
+
+    def _flow_version(self) -> None:
+        """Record the server's line once Conch has read it (before any packet after it)."""
+        flow = self.attempt.flow
+        if flow is not None and self.gotVersion and "server" not in flow.versions:
+            flow.version(S2C, self.otherVersionString.decode("ascii", "replace"))
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        flow = self.attempt.flow
+        if flow is not None:
+            self._flow_version()
+            flow.packet(S2C, self._flow_name(messageNum), self._in_size)
+        super().dispatchMessage(messageNum, payload)
 
     def getPacket(self) -> bytes | None:
         gcm = getattr(self.currentEncryptions, "in_gcm", None)
         if gcm is None:
-            return super().getPacket()
+            before = len(self.buf)
+            packet = super().getPacket()
+            if packet is not None:
+                self._in_size = before - len(self.buf)
+            return packet
         if len(self.buf) < 4:
             return None
         (length,) = struct.unpack("!L", self.buf[:4])
@@ -452,6 +503,7 @@ class _ClientTransport(transport.SSHClientTransport):
         if len(self.buf) < end:
             return None
         header, sealed, self.buf = self.buf[:4], self.buf[4:end], self.buf[end:]
+        self._in_size = end
         try:
             plain = gcm.open(sealed, header)
         except InvalidTag:
@@ -595,6 +647,16 @@ class _ClientTransport(transport.SSHClientTransport):
         except UpstreamFailure as exc:
             attempt.fail(exc)
             return defer.fail(exc)
+        if attempt.flow is not None:
+            digest = hashlib.sha256(key.blob()).digest()
+            attempt.flow.negotiated.update(
+                {
+                    "host_key_type": key.sshType().decode("ascii"),
+                    "host_key_bits": key.size(),
+                    "host_key_fingerprint": "SHA256:"
+                    + base64.b64encode(digest).decode("ascii").rstrip("="),
+                }
+            )
         return defer.succeed(True)
 
     def connectionSecure(self) -> None:
@@ -603,6 +665,20 @@ class _ClientTransport(transport.SSHClientTransport):
             return
         self.attempt.phase = "login"
         attempt = self.attempt
+        if attempt.flow is not None:
+            enc = self.currentEncryptions
+            gcm = getattr(enc, "out_gcm", None) is not None
+            attempt.flow.negotiated.update(
+                {
+                    "kex": self.kexAlg.decode("ascii", "replace"),
+                    "host_key_algorithm": self.keyAlg.decode("ascii", "replace"),
+                    "cipher_c2s": enc.outCipType.decode("ascii", "replace"),
+                    "cipher_s2c": enc.inCipType.decode("ascii", "replace"),
+                    "mac_c2s": "implicit" if gcm else enc.outMACType.decode("ascii", "replace"),
+                    "mac_s2c": "implicit" if gcm else enc.inMACType.decode("ascii", "replace"),
+                    "compression": "none",
+                }
+            )
         self.requestService(_UserAuth(attempt.login.encode("utf-8"), _Connection(attempt), attempt))
 
     # -- the end -----------------------------------------------------------------------
@@ -639,6 +715,16 @@ class _ClientTransport(transport.SSHClientTransport):
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         self.attempt.connection_lost()
+        attempt = self.attempt
+        flow, attempt.flow = attempt.flow, None
+        if flow is not None:
+            if attempt.failure is not None:
+                flow.close(str(attempt.failure))
+            elif flow.exit_status is not None or flow.exit_signal is not None:
+                flow.close("session finished")
+            else:
+                flow.close("connection closed")
+            attempt.target.flow_done(flow)
 
     def description(self) -> str:
         enc = self.currentEncryptions
@@ -755,7 +841,22 @@ class _UserAuth(userauth.SSHUserAuthClient):
 
     def ssh_USERAUTH_SUCCESS(self, packet: bytes) -> None:
         self.attempt.phase = "session set-up"
+        self._flow_auth("success")
         super().ssh_USERAUTH_SUCCESS(packet)
+
+    def ssh_USERAUTH_FAILURE(self, packet: bytes) -> Any:
+        self._flow_auth("partial" if packet[-1:] == b"\x01" else "failure")
+        return super().ssh_USERAUTH_FAILURE(packet)
+
+    def askForAuth(self, kind: bytes, extraData: bytes) -> None:
+        if self.attempt.flow is not None:
+            self.attempt.flow.auth_method = kind.decode("ascii", "replace")
+        super().askForAuth(kind, extraData)
+
+    def _flow_auth(self, result: str) -> None:
+        flow = self.attempt.flow
+        if flow is not None:
+            flow.auth((self.lastAuth or b"none").decode("ascii", "replace"), result)
 
     def ssh_USERAUTH_BANNER(self, packet: bytes) -> None:
         pass  # a device's legal banner is not session output
@@ -844,6 +945,8 @@ class _SessionChannel(channel.SSHChannel):
         if isinstance(result, Failure):
             # OpenSSH's client carries on without a terminal; so do we.
             log.info("ssh2 upstream {name}: pty request refused", name=self.attempt.name)
+        if self.attempt.flow is not None and self.attempt.request.pty is not None:
+            self.attempt.flow.request("pty-req", "failure" if isinstance(result, Failure) else "success")
         command = self.attempt.request.command
         if command is None:
             d = self.conn.sendRequest(self, b"shell", b"", wantReply=True)
@@ -851,11 +954,18 @@ class _SessionChannel(channel.SSHChannel):
             d = self.conn.sendRequest(self, b"exec", common.NS(command), wantReply=True)
         d.addCallbacks(self._started, self._refused)
 
+    def _flow_exec(self, result: str) -> None:
+        if self.attempt.flow is not None:
+            name = "shell" if self.attempt.request.command is None else "exec"
+            self.attempt.flow.request(name, result)
+
     def _started(self, _: Any) -> None:
+        self._flow_exec("success")
         upstream = _Upstream(self)
         self.attempt.opened(upstream)
 
     def _refused(self, failure: Failure) -> None:
+        self._flow_exec("failure")
         what = "shell" if self.attempt.request.command is None else "command"
         self.attempt.fail(UpstreamFailure(f"upstream refused to start the {what}"))
         self.attempt.drop()
@@ -910,6 +1020,8 @@ class _SessionChannel(channel.SSHChannel):
             return 0
         (status,) = struct.unpack(">L", data)
         self.exit = ExitInfo(status=status & 0xFF)
+        if self.attempt.flow is not None:
+            self.attempt.flow.exit(self.exit.status)
         return 1
 
     def request_exit_signal(self, data: bytes) -> int:
@@ -923,6 +1035,8 @@ class _SessionChannel(channel.SSHChannel):
         if signame.startswith("SIG"):
             signame = signame[3:]
         self.exit = ExitInfo(signal=signame, core_dumped=core, message=_short(message))
+        if self.attempt.flow is not None:
+            self.attempt.flow.exit(None, signame)
         return 1
 
     def closeReceived(self) -> None:
