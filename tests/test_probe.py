@@ -473,3 +473,102 @@ def test_cli_rejects_bad_targets():
     assert main(["probe", "host:0"], stdout=io.StringIO(), stderr=err) == 2
     assert "port" in err.getvalue()
     assert main(["probe"], stdout=io.StringIO(), stderr=err) == 2
+
+
+# ------------------------------------------------------------------ logging in (glue)
+class FakeFlow:
+    id = "f-20261121T000000Z-00000000"
+
+
+class FakeTarget:
+    """Stands in for an upstream target: ``behaviour`` decides what its connector does."""
+
+    def __init__(self, clock, behaviour):
+        self.clock = clock
+        self.behaviour = behaviour
+        self.flows = None
+        self.closed = False
+
+    def flow_done(self, flow):
+        pass
+
+    def connector(self, username, password):
+        def connect(request, sink):
+            assert request.command == b"true"
+            return self.behaviour(self, sink)
+
+        return connect
+
+    def close(self):
+        self.closed = True
+
+
+def exits(target, sink):
+    from protocols.session import ExitInfo
+
+    target.clock.callLater(1, sink.exited, ExitInfo(status=0))
+    target.clock.callLater(1.5, target.flow_done, FakeFlow())  # connection gone a bit later
+    return defer.succeed(target)
+
+
+def hangs(target, sink):
+    return defer.Deferred(lambda d: None)
+
+
+def refused(target, sink):
+    raise RuntimeError("no credentials configured for this target")
+
+
+def ok_report():
+    report = probe.HostReport("h", "h", 22, status="ok", protocols=["ssh1"])
+    report.ssh1 = probe.SSH1Result(True, None, probe.parse_ssh1_public_key(public_key_payload()))
+    return report
+
+
+@pytest.mark.parametrize(
+    "behaviour, after, expected",
+    [
+        (exits, 1.5, (True, 0, "f-20261121T000000Z-00000000", None)),
+        (hangs, 5, (False, None, None, "no exit status within 5 s")),
+        (refused, probe.RECORD_WAIT, (False, None, None, "no credentials configured for this target")),
+    ],
+)  # fmt: skip
+def test_login_outcomes(monkeypatch, behaviour, after, expected):
+    clock = Clock()
+    target = FakeTarget(clock, behaviour)
+    monkeypatch.setattr(probe, "_make_target", lambda *a: target)
+    creds = probe.Credentials("alice", "secret")
+    out = []
+    probe.login(clock, ok_report(), "ssh1", creds, 5).addBoth(out.append)
+    clock.advance(after - 0.01)
+    assert out == []
+    clock.advance(0.01)
+    (r,) = out
+    assert (r.ok, r.exit_status, r.flow_id, r.error) == expected
+    assert not clock.getDelayedCalls()
+
+
+def test_login_without_a_pinned_key():
+    report = probe.HostReport("h", "h", 22, status="ok", protocols=["ssh2"])
+    r = probe.login(Clock(), report, "ssh2", probe.Credentials("alice", "pw"), 5).result
+    assert not r.ok and "no host key to pin" in r.error
+
+
+def test_credentials_never_shown():
+    assert "hunter2" not in repr(probe.Credentials("alice", "hunter2"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--user", "alice"], "--user needs --password or --key"),
+        (["--password", "x"], "need --user"),
+        (["--key", "k"], "need --user"),
+    ],
+)
+def test_cli_login_options(argv, message):
+    from gateway.cli import main
+
+    err = io.StringIO()
+    assert main(["probe", *argv, "host"], stdout=io.StringIO(), stderr=err) == 2
+    assert message in err.getvalue()
