@@ -644,6 +644,7 @@ def render_compare_text(a: Flow, b: Flow) -> str:
     cb, sb = _versions(b)
     for label, va, vb in (
         ("protocol", f"{a.protocol} ({a.role})", f"{b.protocol} ({b.role})"),
+        *([("upstream of", a.link or "-", b.link or "-")] if a.link or b.link else []),
         ("started", _when(a), _when(b)),
         ("peer", a.peer, b.peer),
         ("user", _who(a), _who(b)),
@@ -801,7 +802,7 @@ def _svg_panel_header(x0: float, flow: Flow, tag: str) -> list[str]:
         )
         parts.append(_svg_text(cx, 41, who, text_anchor="middle", font_size="12"))
         parts.append(
-            _svg_text(cx, 62, _short(version, 30), text_anchor="middle", font_size="9", fill="#555")
+            _svg_text(cx, 62, _short(version, 27), text_anchor="middle", font_size="9", fill="#555")
         )
     return parts
 
@@ -822,7 +823,8 @@ def render_sequence_svg(a: Flow, b: Flow) -> str:
             f'<line x1="0" y1="{y}" x2="{width}" y2="{y}" stroke="#b9c0cc" stroke-dasharray="4 3"/>'
         )
         parts.append(_svg_text(8, y + 16, row.name, font_weight="bold", font_size="12"))
-        parts.append(_svg_text(8, y + 30, STAGE_TITLES[row.name], font_size="9", fill="#555"))
+        if STAGE_TITLES[row.name] != row.name:
+            parts.append(_svg_text(8, y + 30, STAGE_TITLES[row.name], font_size="9", fill="#555"))
         for stage, msgs, x0 in (
             (row.a, row.messages_a, _LABEL_W),
             (row.b, row.messages_b, _LABEL_W + _PANEL_W),
@@ -849,6 +851,17 @@ def render_sequence_svg(a: Flow, b: Flow) -> str:
                     f'<line x1="{x1 + (3 if x2 > x1 else -3):.0f}" y1="{ay}" x2="{x2 + (-4 if x2 > x1 else 4):.0f}" '
                     f'y2="{ay}" stroke="{color}" stroke-width="1.5" marker-end="url(#arrow-{cls})"/>'
                 )
+                if m.t is not None:
+                    parts.append(
+                        _svg_text(
+                            left - 6,
+                            ay + 3,
+                            f"{m.t:.3f}",
+                            text_anchor="end",
+                            font_size="9",
+                            fill="#777",
+                        )
+                    )
                 parts.append(
                     _svg_text(
                         (left + right) / 2,
@@ -909,6 +922,7 @@ def render_compare_html(a: Flow, b: Flow) -> str:
     summary = [
         ["ID", a.id, b.id],
         ["protocol", f"{a.protocol} ({a.role})", f"{b.protocol} ({b.role})"],
+        *([["upstream leg of", a.link or "-", b.link or "-"]] if a.link or b.link else []),
         ["started (UTC)", _when(a), _when(b)],
         ["peer", a.peer, b.peer],
         ["user", _who(a), _who(b)],
@@ -965,7 +979,8 @@ def render_compare_html(a: Flow, b: Flow) -> str:
             "<h2>Messages</h2>",
             '<p class="legend"><span class="c2s">&#8594; client to server</span>'
             '<span class="s2c">&#8592; server to client</span>'
-            "<span>size in wire bytes; &#215;N: N consecutive messages merged</span></p>",
+            "<span>size in wire bytes; &#215;N: N consecutive messages merged; "
+            "left of each arrow: seconds since the connection began</span></p>",
             render_sequence_svg(a, b),
             "<p>(a message list was truncated by the recorder)</p>"
             if a.messages_truncated or b.messages_truncated
