@@ -154,3 +154,39 @@ def test_bridged_ssh1_session_gives_a_linked_upstream_flow(tmp_path):
     ]
     text = json.dumps([upstream, device])
     assert "devpass" not in text and "secret-output" not in text
+
+
+def test_telnet_leg_records_commands_and_data_sizes_only():
+    from twisted.internet import error
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from twisted.python.failure import Failure
+
+    from gateway.targets import TargetConfig
+    from gateway.targets.telnet import TelnetTarget
+    from tests.gateway.test_bridge import FakeClient
+
+    cfg = TargetConfig(
+        name="dev", protocol="telnet", host="192.0.2.5", port=23, username="admin",
+        password="s3cret-pw", connect_timeout=10.0, password_prompt="Password:",
+    )  # fmt: skip
+    target = TelnetTarget(MemoryReactorClock(), cfg, None)
+    sink = ListSink()
+    target.flows = sink
+    client = FakeClient()
+    client.flow_id = "f-20261121T140501Z-00000001"
+    target.open_session("alice", SessionRequest(command=None), client)
+    factory = target.reactor.tcpClients[0][2]
+    telnet = factory.buildProtocol(None)
+    telnet.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.5", 23)))
+    telnet.dataReceived(b"\xff\xfd\x18\xff\xfb\x01Password: ")
+    telnet.dataReceived(b"welcome\r\n$ ")
+    telnet.connectionLost(Failure(error.ConnectionDone()))
+    [record] = [f.to_dict() for f in sink.flows]
+    assert record["protocol"] == "telnet" and record["role"] == "client"
+    assert record["link"] == "f-20261121T140501Z-00000001" and record["target"] == "dev"
+    names = [(m["dir"], m["name"]) for m in record["messages"]]
+    assert ("s2c", "IAC DO TTYPE") in names and ("s2c", "IAC WILL ECHO") in names
+    assert ("c2s", "data") in names and ("s2c", "data") in names
+    assert record["stages"][4]["messages"] > 0  # interaction
+    assert "s3cret-pw" not in json.dumps(record) and "welcome" not in json.dumps(record)

@@ -63,6 +63,7 @@ from gateway.targets.bridge import (
     UpstreamTarget,
     upstream_credentials,
 )
+from protocols.flow import C2S, S2C, FlowRecorder
 from protocols.session import ExitInfo, SessionRequest, WindowSize
 
 log = Logger()
@@ -82,6 +83,21 @@ TTYPE_IS, TTYPE_SEND = b"\x00", b"\x01"
 # The commands followed by an option byte. Every other command (NOP, DM, BRK, AO, AYT, EC,
 # EL, GA, EOR, and undefined ones) carries nothing for us and is ignored, as RFC 854 asks.
 _OPTION_VERBS = frozenset((t.WILL, t.WONT, t.DO, t.DONT))
+
+# Names in flow records ("IAC DO TTYPE"); other options by number.
+_FLOW_VERBS = {t.WILL: "WILL", t.WONT: "WONT", t.DO: "DO", t.DONT: "DONT", t.SB: "SB"}
+_FLOW_OPTIONS = {
+    BINARY: "BINARY", t.ECHO: "ECHO", t.SGA: "SGA", TTYPE: "TTYPE", t.NAWS: "NAWS",
+    b"\x05": "STATUS", b"\x20": "TSPEED", b"\x21": "LFLOW", b"\x22": "LINEMODE",
+    b"\x23": "XDISPLOC", b"\x24": "OLD-ENVIRON", b"\x25": "AUTHENTICATION",
+    b"\x26": "ENCRYPT", b"\x27": "NEW-ENVIRON",
+}  # fmt: skip
+
+
+def flow_command_name(verb: bytes, option: bytes) -> str:
+    """``IAC DO TTYPE`` for a command with an option byte."""
+    shown = _FLOW_OPTIONS.get(option) or f"OPTION-{option[0] if option else 0}"
+    return f"IAC {_FLOW_VERBS.get(verb, 'CMD-' + str(verb[0] if verb else 0))} {shown}"
 
 
 def _pty(request: SessionRequest) -> bool:
@@ -136,6 +152,7 @@ class _DeviceTransport(t.TelnetTransport):
         self._sub = bytearray()
         self._negotiations = 0
         self._sent_cr = False  # the last byte sent was a CR already followed by NUL
+        self.flow: FlowRecorder | None = None  # this leg's flow recorder, when recording
 
     # -- options as seen by the data plane ------------------------------------------
 
@@ -209,6 +226,8 @@ class _DeviceTransport(t.TelnetTransport):
                 self._parse_state = "data"
                 self._flush(out)
                 self._count()
+                if self.flow is not None:
+                    self.flow.packet(S2C, flow_command_name(self._verb, byte), 3)
                 self.commandReceived(self._verb, byte)
             elif state == "sb":
                 if byte == t.IAC:
@@ -221,6 +240,8 @@ class _DeviceTransport(t.TelnetTransport):
                     self._flush(out)
                     self._count()
                     sub, self._sub = bytes(self._sub), bytearray()
+                    if self.flow is not None:
+                        self.flow.packet(S2C, flow_command_name(t.SB, sub[:1]), len(sub) + 4)
                     if sub:
                         self.protocol.subnegotiation(sub[:1], sub[1:])
                 else:
@@ -248,6 +269,8 @@ class _DeviceTransport(t.TelnetTransport):
         if out and self.protocol is not None:
             data = b"".join(out)
             out.clear()
+            if self.flow is not None:
+                self.flow.packet(S2C, "data", len(data))  # size only, never the bytes
             self.protocol.dataReceived(data)
 
     # -- Telnet hooks -------------------------------------------------------------
@@ -269,10 +292,18 @@ class _DeviceTransport(t.TelnetTransport):
                 data = data[1:]  # the LF of a CR LF split across two writes
             self._sent_cr = data[-1:] == b"\r"
             data = self._OUT_NVT.sub(lambda m: b"\r\0" if m.group() == b"\r" else b"\r\n", data)
+        if self.flow is not None:
+            self.flow.packet(C2S, "data", len(data))  # size only, never the bytes
         self.transport.write(data)
 
     def send_command(self, command: bytes) -> None:
-        self.transport.write(t.IAC + command)
+        self._write(t.IAC + command)
+
+    def _write(self, data: bytes) -> None:
+        # Conch sends every option command and subnegotiation through here.
+        if self.flow is not None and data[:1] == t.IAC and len(data) >= 3:
+            self.flow.packet(C2S, flow_command_name(data[1:2], data[2:3]), len(data))
+        self.transport.write(data)
 
     def _peer(self) -> str:
         try:
@@ -350,6 +381,7 @@ class _DeviceProtocol(t.TelnetProtocol):
         if self.closed:
             return
         self.closed = True
+        self._finish_flow(reason)
         if not self.opened:
             if self.violation is not None:
                 self.attempt.fail(f"device protocol error: {self.violation}")
@@ -364,6 +396,18 @@ class _DeviceProtocol(t.TelnetProtocol):
             self.sink.exited(ExitInfo(status=0))
         else:
             self.sink.failed(f"{name}: {self._lost_reason(reason, 'session')}")
+
+    def _finish_flow(self, reason: Failure) -> None:
+        attempt = self.attempt
+        flow, attempt.flow = attempt.flow, None
+        if flow is None:
+            return
+        if self.violation is not None:
+            flow.close(f"device protocol error: {self.violation}")
+        else:
+            flow.close(self._lost_reason(reason, "session" if self.opened else "login"))
+        if attempt.flow_done is not None:
+            attempt.flow_done(flow)
 
     def _lost_reason(self, reason: Failure, during: str) -> str:
         if reason.check(error.ConnectionDone):
@@ -524,6 +568,7 @@ class _Factory(protocol.ClientFactory):
     def buildProtocol(self, addr: Any) -> _DeviceTransport:
         transport = _DeviceTransport(lambda: _DeviceProtocol(self.attempt))
         transport.factory = self
+        transport.flow = self.attempt.flow
         return transport
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
@@ -566,6 +611,8 @@ class _Attempt:
         self.connector: Any = None
         self.session: _DeviceProtocol | None = None
         self.login_timer: Any = None
+        self.flow: FlowRecorder | None = None
+        self.flow_done: Callable[[FlowRecorder], None] | None = None
 
     def first_phase(self) -> str:
         if self.login_re is not None:
@@ -657,11 +704,14 @@ class TelnetTarget(UpstreamTarget):
         login, secret = upstream_credentials(config, username, password)
 
         def connect(request: SessionRequest, sink: UpstreamSink) -> defer.Deferred:
-            return _Attempt(
+            attempt = _Attempt(
                 self.reactor, config, request, sink,
                 username=login, password=secret,
                 login_re=self.login_re, password_re=self.password_re,
-            ).start()  # fmt: skip
+            )  # fmt: skip
+            attempt.flow = self.new_flow(sink, login)
+            attempt.flow_done = self.flow_done
+            return attempt.start()
 
         return connect
 
