@@ -248,7 +248,6 @@ def _messages(value: Any) -> tuple[list[Message], bool]:
                 count=_count(item.get("count")) or 1,
             )
         )
-    # A message without a (known) stage goes with the stage that was open at its time.
     return out, len(value) > MAX_MESSAGES
 
 
@@ -274,6 +273,7 @@ def _stages(value: Any, messages: list[Message]) -> list[Stage]:
             )
         else:
             stages.append(Stage(name))
+    # A message without a (known) stage goes with the stage that was open at its time.
     for m in messages:
         if not m.stage:
             opened = [
