@@ -526,6 +526,7 @@ class SSH2Attempt(conch_transport.SSHClientTransport, _Attempt):
         self._init_attempt()
         if algorithms:
             self.supportedPublicKeys = [a.encode("ascii") for a in algorithms]
+        self.supportedKeyExchanges = _probe_key_exchanges()
         self.kexinit: KexInit | None = None
         self.host_key: HostKey | None = None
         self.ssh1_only = False
@@ -587,6 +588,20 @@ class SSH2Attempt(conch_transport.SSHClientTransport, _Attempt):
         elif not self._finished_ok and self.error is None and not self.timed_out:
             self._fail("connection closed during the key exchange")
         self._done()
+
+
+def _probe_key_exchanges() -> list[bytes]:
+    """Conch's key exchanges, then the legacy group1-sha1 the SSH-2 target registers with
+    Conch (least preferred): enough to fetch the host key of an old device too."""
+    from twisted.conch.ssh import _kex
+
+    import gateway.targets.ssh2  # noqa: F401  (registers diffie-hellman-group1-sha1)
+
+    names = list(conch_transport.SSHClientTransport.supportedKeyExchanges)
+    for legacy in (b"diffie-hellman-group1-sha1",):
+        if legacy not in names and legacy in _kex.getSupportedKeyExchanges():
+            names.append(legacy)
+    return names
 
 
 # ------------------------------------------------------------------ running attempts

@@ -572,3 +572,10 @@ def test_cli_login_options(argv, message):
     err = io.StringIO()
     assert main(["probe", *argv, "host"], stdout=io.StringIO(), stderr=err) == 2
     assert message in err.getvalue()
+
+
+def test_ssh2_attempt_offers_legacy_group1_last():
+    attempt, transport = ssh2_attempt()
+    sent = transport.value()
+    kex = sent[sent.index(b"curve25519-sha256") :].split(b"\x00")[0]
+    assert b"diffie-hellman-group14-sha1,diffie-hellman-group1-sha1" in kex
