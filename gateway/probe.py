@@ -4,7 +4,9 @@ Owns the probe itself: per host one SSH-1 attempt (identification, then the serv
 SSH_SMSG_PUBLIC_KEY, then a clear-text disconnect) and SSH-2 attempts like ssh-keyscan
 (Conch's client transport: the server's KEXINIT lists, and one key exchange per host key
 type it offers, stopped once the keys are in place), bounded by one per-host deadline; many
-hosts under a concurrency limit; and the text / JSON / CSV reports.
+hosts under a concurrency limit; the text / JSON / CSV reports; and, with credentials, one
+login per protocol found through the upstream targets' own clients (the host keys just seen
+pinned), whose connections are recorded as flow records for ``sshgateway flows compare``.
 
 A probe connection is short and talks to hosts that may be hostile or broken: every line and
 list is bounded before it is kept, every failure becomes a reason in the report (never a
@@ -1089,13 +1091,15 @@ def setup_cli(p: Any) -> None:
     p.description = (
         "Connect to each HOST[:PORT] once as an SSH-1 client and as an SSH-2 client (plus one "
         "key exchange per SSH-2 host key type) and report what each protocol offers, without "
-        "logging in. Exit status 0 when every host answered, 1 otherwise."
+        "logging in unless --user is given. Exit status 0 when every host answered (and every "
+        "login ran its command), 1 otherwise, 2 for bad arguments."
     )
     p.add_argument("targets", nargs="*", metavar="HOST[:PORT]", help="hosts to probe (port 22)")
     p.add_argument("--hosts-file", metavar="FILE", help="more targets, one per line ('#' comments)")
     p.add_argument(
         "--timeout", type=_positive, default=DEFAULT_TIMEOUT,
-        help=f"seconds per host, all connections included (default {DEFAULT_TIMEOUT:g})",
+        help=f"seconds per host for the probe, all connections included, and again for the "
+        f"logins with --user (default {DEFAULT_TIMEOUT:g})",
     )  # fmt: skip
     p.add_argument(
         "--concurrency", type=int, default=DEFAULT_CONCURRENCY,
@@ -1119,7 +1123,11 @@ def setup_cli(p: Any) -> None:
         help="where the flow records go (<dir>/flows/; default ./sshgateway-state)",
     )  # fmt: skip
     group.add_argument(
-        "--command", dest="login_command", default="true", help="the command run (default: true)"
+        "--command",
+        dest="login_command",
+        metavar="COMMAND",
+        default="true",
+        help="the command run (default: true)",
     )
 
 
@@ -1212,4 +1220,5 @@ def run_cli(args: Any, io: Any) -> int:
         return 1
     reports: list[HostReport] = outcome[0]
     io.stdout.write(FORMATS[args.format](reports))
-    return 0 if all(r.status == "ok" for r in reports) else 1
+    answered = all(r.status == "ok" for r in reports)
+    return 0 if answered and all(x.ok for r in reports for x in r.logins) else 1
