@@ -767,6 +767,8 @@ def probe_hosts(
     in the order of ``targets``."""
     semaphore = defer.DeferredSemaphore(max(1, concurrency))
     done = [0]
+    if progress is not None:
+        progress(0, len(targets))
 
     def one(target: str) -> defer.Deferred:
         d = semaphore.run(probe_host, reactor, target, timeout, connect, credentials)

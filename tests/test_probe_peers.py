@@ -5,9 +5,11 @@ against ``ssh-keygen1``."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -215,3 +217,30 @@ def test_login_refused_is_reported(world, tmp_path):
     (row,) = csv.DictReader(io.StringIO(result.stdout))
     assert row["ssh1_login"].startswith("failed:") and row["ssh2_login"].startswith("failed:")
     assert "wrong password" not in (tmp_path / "state" / "flows" / "flows.jsonl").read_text()
+
+
+def test_concurrency_limit_and_progress_bar_on_a_terminal():
+    """20 silent hosts, 10 at a time, 1 s each: two waves; the progress bar is drawn on
+    stderr when stderr is a terminal (stdout stays clean CSV)."""
+    master, slave = os.openpty()
+    with silent_listener() as port:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+             "probe", "--timeout", "1", "--concurrency", "10", "--format", "csv",
+             *[f"127.0.0.1:{port}"] * 20],
+            stdout=subprocess.PIPE, stderr=slave, text=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    os.close(slave)
+    drawn = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(master, 65536):
+            drawn += chunk
+            if b"20/20" in drawn:
+                break
+    os.close(master)
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["status"] for r in rows] == ["timeout"] * 20
+    assert 2.0 <= elapsed < 15
+    assert b"probe [" in drawn and b"] 20/20" in drawn
