@@ -15,6 +15,7 @@ traceback), and a host that says nothing is reported when its deadline passes.
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -281,8 +282,6 @@ def ssh1_sha256_fingerprint(e: int, n: int) -> str:
 
 
 def _b64(data: bytes) -> str:
-    import base64
-
     return base64.b64encode(data).decode("ascii").rstrip("=")
 
 
@@ -740,17 +739,13 @@ def probe_host(
 
 
 def _ssh2_result(attempt: SSH2Attempt) -> SSH2Result:
-    if attempt.identification is None:
-        return SSH2Result(None, attempt.error)
-    if attempt.ssh1_only:
-        return SSH2Result(False, attempt.error)
-    result = SSH2Result(True if attempt.kexinit else None, attempt.error, attempt.kexinit)
+    if attempt.kexinit is None:  # no SSH-2 server seen (or it never sent its KEXINIT)
+        return SSH2Result(False if attempt.ssh1_only else None, attempt.error)
+    result = SSH2Result(True, None, attempt.kexinit)
     if attempt.host_key is not None:
         result.host_keys.append(attempt.host_key)
-    if attempt.kexinit is not None and attempt.host_key is None and attempt.error:
-        result.key_errors.append(attempt.error)
-    if attempt.kexinit is not None and (attempt.host_key is not None and attempt.host_key.verified):
-        result.reason = None
+    if attempt.host_key is None or not attempt.host_key.verified:
+        result.key_errors.append(attempt.error or "no host key")
     return result
 
 
