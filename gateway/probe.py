@@ -1066,9 +1066,6 @@ def format_text(reports: Sequence[HostReport]) -> str:
                 outcome = f"failed: {login_result.error}"
             flow = f"  flow {login_result.flow_id}" if login_result.flow_id else ""
             lines.append(f"  {label} login      {outcome}{flow}")
-        ids = [x.flow_id for x in r.logins if x.flow_id]
-        if len(ids) == 2:
-            lines.append(f"  compare: sshgateway flows compare --state-dir DIR {ids[0]} {ids[1]}")
         lines.append("")
     return "\n".join(lines)
 
@@ -1217,5 +1214,14 @@ def run_cli(args: Any, io: Any) -> int:
         return 1
     reports: list[HostReport] = outcome[0]
     io.stdout.write(FORMATS[args.format](reports))
+    if args.format == "text" and credentials is not None:
+        for r in reports:
+            ids = [x.flow_id for x in r.logins if x.flow_id]
+            if len(ids) == 2:
+                print(
+                    f"{r.host}:{r.port}: sshgateway flows compare --state-dir "
+                    f"{credentials.state_dir} {ids[0]} {ids[1]}",
+                    file=io.stdout,
+                )
     answered = all(r.status == "ok" for r in reports)
     return 0 if answered and all(x.ok for r in reports for x in r.logins) else 1

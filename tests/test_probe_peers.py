@@ -202,7 +202,7 @@ def test_login_over_both_protocols_records_two_flows(world, tmp_path):
     names = [m["name"] for m in ssh1["messages"]]
     assert names.index("SSH_SMSG_PUBLIC_KEY") < names.index("SSH_CMSG_SESSION_KEY")
     assert "SSH2_MSG_KEXINIT" in [m["name"] for m in ssh2["messages"]]
-    assert ssh2["role"] == "client" and ssh2["user"] == "alice"
+    assert (ssh2["role"], ssh2["protocol"], ssh2["user"]) == ("client", "ssh2", "alice")
     assert PASSWORD not in text and PASSWORD.split()[0] not in text
     listed = sshgateway_cli("flows", "list", "--state-dir", str(state)).stdout
     assert logins["ssh1"]["flow_id"] in listed and logins["ssh2"]["flow_id"] in listed
