@@ -579,3 +579,15 @@ def test_ssh2_attempt_offers_legacy_group1_last():
     sent = transport.value()
     kex = sent[sent.index(b"curve25519-sha256") :].split(b"\x00")[0]
     assert b"diffie-hellman-group14-sha1,diffie-hellman-group1-sha1" in kex
+
+
+def test_hosts_file(tmp_path):
+    path = tmp_path / "hosts"
+    path.write_text("# inventory\n10.0.0.1\n\n  10.0.0.2:2222  # the old switch\n[::1]:22\n")
+    assert probe._read_targets(str(path)) == ["10.0.0.1", "10.0.0.2:2222", "[::1]:22"]
+    from gateway.cli import main
+
+    path.write_text("10.0.0.1\nhost:0\n")
+    err = io.StringIO()
+    assert main(["probe", "--hosts-file", str(path)], stdout=io.StringIO(), stderr=err) == 2
+    assert "host:0" in err.getvalue()
