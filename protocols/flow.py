@@ -211,9 +211,11 @@ class FlowRecorder:
         self.exit_signal: str | None = None
         self.close_reason: str = ""
         self.bytes = {C2S: 0, S2C: 0}
-        self.messages: list[dict[str, Any]] = []
+        # [t, dir, name, size, stage, count] per entry: a list is a third of a dict's
+        # memory, and a connection may hold a thousand of them.
+        self.messages: list[list[Any]] = []
         self.messages_truncated = False
-        self._last: dict[str, Any] | None = None
+        self._last: list[Any] | None = None
         self._stage = -1
         self._then: int | None = None
         self._start: list[float | None] = [None] * 6
@@ -279,15 +281,15 @@ class FlowRecorder:
         self._last_dir[stage] = direction
         self.bytes[direction] += size
         last = self._last
-        if last is not None and last["name"] == name and last["dir"] == direction:
-            last["count"] += 1
-            last["size"] += size
+        if last is not None and last[2] == name and last[1] == direction:
+            last[3] += size
+            last[5] += 1
             return
         if len(self.messages) >= MAX_MESSAGES:
             self.messages_truncated = True
             self._last = None
             return
-        last = {"t": t, "dir": direction, "name": name, "size": size, "stage": STAGES[stage], "count": 1}
+        last = [t, direction, name, size, STAGES[stage], 1]
         self.messages.append(last)
         self._last = last
 
@@ -343,16 +345,10 @@ class FlowRecorder:
                 }
             )
         messages = []
-        for entry in self.messages:
-            out = {
-                "t": round(entry["t"], 6),
-                "dir": entry["dir"],
-                "name": entry["name"],
-                "size": entry["size"],
-                "stage": entry["stage"],
-            }
-            if entry["count"] > 1:
-                out["count"] = entry["count"]
+        for t, direction, name, size, stage, count in self.messages:
+            out = {"t": round(t, 6), "dir": direction, "name": name, "size": size, "stage": stage}
+            if count > 1:
+                out["count"] = count
             messages.append(out)
         record: dict[str, Any] = {
             "v": FORMAT_VERSION,

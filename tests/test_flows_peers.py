@@ -22,6 +22,8 @@ from tests.integration.conftest import (
 )
 from tests.peers import require_peer
 
+pytestmark = pytest.mark.peer
+
 PAYLOAD = b"payload-never-recorded-7f3a91\n"
 
 
