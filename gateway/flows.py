@@ -4,14 +4,14 @@ One line per finished connection leg in ``flows.jsonl``; when the next line woul
 the file past ``max_bytes`` it becomes ``flows.jsonl.1`` (the older ones move up one,
 ``flows.jsonl.<keep>`` is dropped). Records are small and written once per leg, from
 the reactor thread, so a plain append is enough; a failing disk is logged, never raised
-into a connection's close. :func:`read_flows` is the reader side for ``sshgateway flows``.
+into a connection's close. The reader side, for ``sshgateway flows``, is
+:class:`gateway.flowview.FlowStore`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,32 +87,4 @@ class FlowWriter:
         self.path.replace(self.path.with_name(f"{FLOWS_FILE}.1"))
 
 
-def flow_files(directory: str | os.PathLike[str]) -> list[Path]:
-    """The record files in ``directory``, oldest first."""
-    base = Path(directory)
-    rotated = []
-    for path in base.glob(f"{FLOWS_FILE}.*"):
-        suffix = path.name[len(FLOWS_FILE) + 1 :]
-        if suffix.isdigit():
-            rotated.append((int(suffix), path))
-    files = [path for _, path in sorted(rotated, reverse=True)]
-    current = base / FLOWS_FILE
-    if current.exists():
-        files.append(current)
-    return files
-
-
-def read_flows(directory: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every record in ``directory``, oldest first; lines that do not parse are skipped."""
-    for path in flow_files(directory):
-        with path.open("rb") as f:
-            for raw in f:
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    yield record
-
-
-__all__ = ["FlowWriter", "flow_files", "flows_dir", "read_flows"]
+__all__ = ["FLOWS_DIR", "FLOWS_FILE", "FlowWriter", "flows_dir"]

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from gateway.config import ConfigError, load_config
+from gateway.flows import FLOWS_DIR, FLOWS_FILE
+from protocols.flow import STAGES
 
-STAGES = ("version", "kex", "auth", "session", "interaction", "close")
 STAGE_TITLES = {
     "version": "version negotiation",
     "kex": "key and algorithm negotiation",
@@ -34,8 +35,6 @@ STAGE_TITLES = {
     "interaction": "interaction",
     "close": "close",
 }
-FLOWS_DIR = "flows"
-FLOWS_FILE = "flows.jsonl"
 # The recorder keeps each record far below this (at most 1000 message entries); anything
 # longer is not one of its records and is skipped without being held in memory.
 MAX_LINE_BYTES = 1 << 20
@@ -45,7 +44,7 @@ MAX_LIST = 100
 MAX_TEXT = 200
 MAX_NOTES = 20
 DEFAULT_LIMIT = 20
-_ROTATED = re.compile(r"flows\.jsonl(?:\.(\d{1,6}))?\Z")
+_ROTATED = re.compile(re.escape(FLOWS_FILE) + r"(?:\.(\d{1,6}))?\Z")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 # Negotiated parameters in reading order; any others the recorder adds follow, sorted.

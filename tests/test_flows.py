@@ -9,7 +9,8 @@ import json
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from gateway.flows import FlowWriter, flow_files, read_flows
+from gateway.flows import FlowWriter
+from gateway.flowview import FlowStore
 from protocols.flow import C2S, MAX_MESSAGES, S2C, STAGES, FlowRecorder, ssh2_name
 from protocols.session import ExitInfo, SessionRequest
 
@@ -85,9 +86,10 @@ def test_writer_rotates_by_size_and_keeps_n(tmp_path):
     writer = FlowWriter(tmp_path / "flows", max_bytes=300, keep=2)
     for i in range(12):
         writer.write({"id": f"f-{i:02d}", "pad": "x" * 100})
-    files = flow_files(tmp_path / "flows")
+    store = FlowStore(tmp_path / "flows")
+    files = store.files()
     assert [p.name for p in files] == ["flows.jsonl.2", "flows.jsonl.1", "flows.jsonl"]
-    ids = [r["id"] for r in read_flows(tmp_path / "flows")]
+    ids = [r["id"] for r in store.raw_records()]
     assert ids == sorted(ids) and ids[-1] == "f-11" and len(ids) < 12
     assert all(p.stat().st_size <= 300 for p in files)
     assert (tmp_path / "flows").stat().st_mode & 0o777 == 0o700
