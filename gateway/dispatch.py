@@ -235,7 +235,6 @@ class DispatcherFactory(Factory):
         self.clock = clock
         self.version_timeout = version_timeout
         self.server_version = server_version_line(frozenset(self.handoffs))
-        self.closed_records: list[ConnectionRecord] = []  # tests and future flow recording
 
     def buildProtocol(self, addr: object) -> VersionDispatcher:
         return VersionDispatcher(self)
