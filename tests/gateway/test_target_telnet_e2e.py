@@ -4,15 +4,26 @@ login prompts answered from ``[targets.NAME]``."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
+from tests.integration.conftest import (
+    PASSWORD,
+    base_config,
+    peak_rss_growth_kib,
+    ssh1_host_fingerprint,
+    sshgateway_cli,
+)
 from tests.integration.test_ssh2_peers import ssh_argv
-from tests.peers import require_peer
-from tests.telnetd import TelnetDaemon
+from tests.peers import putty_cipher_session, require_peer
+from tests.telnetd import SHELL_PROMPT, TelnetDaemon
 
 pytestmark = pytest.mark.peer
 
@@ -90,3 +101,96 @@ def test_plink_ssh1_command_through_telnet_device(telnet_gateway):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + gw.log_text()[-3000:]
     assert "from-plink" in result.stdout
+
+
+def wait_for_output(path: Path, done, deadline: float) -> bytes:
+    """The client's output so far, once ``done(output)``; fails at ``deadline``."""
+    while True:
+        output = path.read_bytes()
+        if done(output):
+            return output
+        if time.monotonic() > deadline:
+            tail = output[-200:]
+            raise AssertionError(f"timed out with {len(output)} bytes; tail {tail!r}")
+        time.sleep(0.05)
+
+
+def echo_through_raw_shell(argv: list[str], size: int, workdir: Path) -> None:
+    """Log in to the device's shell through ``argv`` (a client with a pty), make its
+    terminal raw and run ``cat``, then stream ``size`` random bytes up while they come
+    back: ``size`` bytes each way through the telnet bridge, compared byte for byte.
+
+    Telnet has no exec channel that could carry binary stdin, so the data rides the
+    interactive session: BINARY both ways and a raw device terminal make it 8-bit clean.
+
+    The client writes to a file, not a pipe. plink's SSH-1 stops reading its socket when
+    more than 32 KiB wait for a full stdout pipe, and only resumes from its poll loop; if
+    a later packet drains the pipe first, that resume never comes and plink stalls for
+    good (seen with plink 0.78 roughly one run in ten). A file never fills.
+    """
+    received = workdir / "received"
+    with received.open("wb") as out:
+        client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
+    try:
+        prompt = SHELL_PROMPT.encode()
+        wait_for_output(received, lambda b: prompt in b, time.monotonic() + 60)
+        # The quotes keep the echoed command line from matching the marker.
+        client.stdin.write(b"stty raw -echo; printf 'RE''ADY'; exec cat\r")
+        client.stdin.flush()
+        ready = wait_for_output(received, lambda b: b"READY" in b, time.monotonic() + 60)
+        offset = ready.index(b"READY") + len(b"READY")
+
+        data = os.urandom(size)
+        failures: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                view = memoryview(data)
+                for start in range(0, size, 1 << 16):
+                    client.stdin.write(view[start : start + (1 << 16)])
+                client.stdin.flush()
+            except BaseException as e:  # reported below, with what came back
+                failures.append(e)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 300
+        while received.stat().st_size < offset + size:
+            assert client.poll() is None, client.stderr.read()
+            assert time.monotonic() < deadline, f"{received.stat().st_size - offset} echoed"
+            time.sleep(0.05)
+        sender.join(10)
+        assert not failures, failures
+        echoed = received.read_bytes()[offset:]
+        assert len(echoed) == size
+        assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
+    finally:
+        client.kill()
+        client.wait(10)
+
+
+def test_64mib_each_way_through_telnet_bridge_openssh(telnet_gateway, tmp_path):
+    gw, key = telnet_gateway
+    argv = ssh_argv(gw, key, user="alice+tdev")
+    # -e none: with a tty, ssh would act on escape sequences ("~.") in the random data.
+    argv[1:1] = ["-tt", "-e", "none"]
+    echo_through_raw_shell(argv, 64 * 1024 * 1024, tmp_path)
+
+
+def test_64mib_each_way_through_telnet_bridge_plink_ssh1(telnet_gateway, tmp_path):
+    gw, _ = telnet_gateway
+    tools = require_peer("plink")
+    fingerprint = ssh1_host_fingerprint(gw.config["state_dir"])
+    with putty_cipher_session("blowfish") as session:
+        argv = [
+            tools["plink"], "-batch", "-load", session, "-t", "-hostkey", fingerprint,
+            "-P", str(gw.port), "-pw", PASSWORD, "-l", "alice+tdev",
+        ]  # fmt: skip
+        echo_through_raw_shell(argv, 64 * 1024 * 1024, tmp_path)
+
+
+def test_gateway_memory_bounded_with_a_slow_reader_through_telnet(telnet_gateway):
+    """The client reads at about 100 KB/s while the device's cat could send far faster."""
+    gw, key = telnet_gateway
+    argv = ssh_argv(gw, key, "cat /dev/zero", user="alice+tdev")
+    assert peak_rss_growth_kib(gw, argv) < 32 * 1024

@@ -98,13 +98,16 @@ def peak_rss_growth_kib(gw: GatewayProcess, argv: list[str], seconds: float = 8)
 
     before = peak = gw.rss_kib()
     client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    received = 0
     try:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            client.stdout.read(10_000)
+            received += len(client.stdout.read(10_000))
             time.sleep(0.1)
             peak = max(peak, gw.rss_kib())
     finally:
         client.kill()
         client.wait(10)
+    # A session that sent nothing would prove nothing about buffering.
+    assert received >= seconds * 50_000, f"the client read only {received} bytes"
     return peak - before
