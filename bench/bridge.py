@@ -30,6 +30,7 @@ from bench.harness import (
     workdir,
 )
 from tests.gateway_process import GatewayProcess
+from tests.peers import run_to_file
 
 CIPHER, MAC, KEX = "aes128-ctr", "hmac-sha2-256", "curve25519-sha256"
 PASSWORD = "bench password"
@@ -67,7 +68,7 @@ class Plink1:
 def through_cat(argv: list[str], data: bytes) -> float:
     """MB/s for data sent through a remote `cat` and back (each byte crosses twice)."""
     started = time.perf_counter()
-    result = subprocess.run(argv, input=data, capture_output=True, timeout=3600)
+    result = run_to_file(argv, input=data, timeout=3600)  # plink: see run_to_file
     elapsed = time.perf_counter() - started
     if result.stdout != data:
         raise SystemExit(f"data came back different from {argv[0]}: {result.stderr[-300:]!r}")

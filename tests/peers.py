@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,3 +74,22 @@ def putty_cipher_session(cipher: str) -> Iterator[str]:
 
 
 _session_numbers = itertools.count()
+
+
+def run_to_file(
+    argv: list[str], input: bytes | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with stdout captured through a temporary file, not a pipe.
+
+    For plink with much output: its SSH-1 code stops reading the socket while more than
+    32 KiB wait for a full stdout pipe, and resumes only from its poll loop; when a later
+    packet drains the pipe first, the resume is lost and plink stalls for good (plink
+    0.78, about one run in ten of 64 MiB). A file never fills, so the throttle never starts.
+    """
+    with tempfile.TemporaryFile() as out:
+        result = subprocess.run(
+            argv, input=input, stdout=out, stderr=subprocess.PIPE, timeout=timeout
+        )
+        out.seek(0)
+        result.stdout = out.read()
+    return result

@@ -123,10 +123,7 @@ def echo_through_raw_shell(argv: list[str], size: int, workdir: Path) -> None:
     Telnet has no exec channel that could carry binary stdin, so the data rides the
     interactive session: BINARY both ways and a raw device terminal make it 8-bit clean.
 
-    The client writes to a file, not a pipe. plink's SSH-1 stops reading its socket when
-    more than 32 KiB wait for a full stdout pipe, and only resumes from its poll loop; if
-    a later packet drains the pipe first, that resume never comes and plink stalls for
-    good (seen with plink 0.78 roughly one run in ten). A file never fills.
+    The client writes to a file, not a pipe: see :func:`tests.peers.run_to_file`.
     """
     received = workdir / "received"
     with received.open("wb") as out:

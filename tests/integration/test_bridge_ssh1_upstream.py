@@ -25,7 +25,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.terminal import assert_window_change_reaches, size_report_script
 from tests.integration.test_ssh2_peers import ssh_argv
-from tests.peers import putty_cipher_session, require_peer
+from tests.peers import putty_cipher_session, require_peer, run_to_file
 
 pytestmark = pytest.mark.peer
 
@@ -227,10 +227,10 @@ def test_64mib_through_plink1_to_ssh1_device(bridge_gw):
     fingerprint = ssh1_host_fingerprint(bridge_gw.config["state_dir"])
     data = os.urandom(64 * 1024 * 1024)
     with putty_cipher_session("blowfish") as session:
-        result = subprocess.run(
+        result = run_to_file(
             [tools["plink"], "-batch", "-load", session, "-hostkey", fingerprint,
              "-P", str(bridge_gw.port), "-pw", PASSWORD, "-l", "alice+dev1", "cat"],
-            input=data, capture_output=True, timeout=600,
+            input=data, timeout=600,
         )
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()

@@ -18,7 +18,7 @@ from tests.integration.conftest import (
     sshgateway_cli,
 )
 from tests.integration.test_ssh2_peers import ssh_argv
-from tests.peers import putty_cipher_session, require_peer
+from tests.peers import putty_cipher_session, require_peer, run_to_file
 from tests.sshd import OpenSSHServer, keygen
 
 pytestmark = pytest.mark.peer
@@ -49,7 +49,7 @@ def plink1(gw, *args: str, stdin: bytes | None = None, timeout: float = 60, load
     argv += ["-hostkey", gw.fingerprint, "-P", str(gw.port), "-pw", PASSWORD, "-l", "alice+host2"]
     # A saved session names the host itself: a host argument would become the command.
     argv += ["-load", load, *args] if load else ["-1", *args[:-1], "127.0.0.1", args[-1]]
-    return subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
+    return run_to_file(argv, input=stdin, timeout=timeout)
 
 
 def test_plink1_command_and_status_through_sshd(gw):

@@ -16,7 +16,7 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
-from tests.peers import require_peer
+from tests.peers import require_peer, run_to_file
 
 pytestmark = pytest.mark.peer
 
@@ -143,7 +143,7 @@ def plink(gw, *args: str, user: str = "alice", password: str | None = PASSWORD,
     if password is not None:
         argv += ["-pw", password]
     argv += [*args[:-1], f"{user}@127.0.0.1", args[-1]]
-    return subprocess.run(argv, input=stdin or b"", capture_output=True, timeout=timeout)
+    return run_to_file(argv, input=stdin or b"", timeout=timeout)
 
 
 def test_plink_password_exec(gw):
