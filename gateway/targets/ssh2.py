@@ -11,7 +11,8 @@ user-visible failure lines, the log line) stays in gateway.targets.bridge.
 
 Algorithms are chosen from tables by name: modern ones by default, legacy ones only when
 the target lists them. What Conch's client lacks is added here, client side only:
-mlkem768x25519-sha256 (Conch has only the server half), AES-GCM framing, and
+mlkem768x25519-sha256 (Conch has only the server half), AES-GCM framing, strict key
+exchange (protocols.ssh2.strict_kex, shared with the server), and
 diffie-hellman-group1-sha1 for old devices (registered in Conch's kex table; the
 gateway's own server validates its ``[ssh2] kex`` against a list without it).
 
@@ -50,6 +51,7 @@ from gateway.targets.bridge import (
 )
 from protocols.flow import C2S, S2C, SSH2_NAMES, FlowRecorder, ssh2_name
 from protocols.session import ExitInfo, SessionRequest, WindowSize
+from protocols.ssh2.strict_kex import StrictKexTransport
 
 log = Logger()
 
@@ -372,7 +374,7 @@ class _Factory(protocol.ClientFactory):
             attempt.deferred.errback(failure)
 
 
-class _ClientTransport(transport.SSHClientTransport):
+class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
     _log = _conch_log
     ourVersionString = CLIENT_VERSION
 
@@ -450,6 +452,7 @@ class _ClientTransport(transport.SSHClientTransport):
         sealed = gcm.seal(plain, length)
         self.transport.write(length + sealed)
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+        self.packet_sent(messageType)
         if self.attempt.flow is not None:
             self.attempt.flow.packet(C2S, self._flow_name(messageType), 4 + len(sealed))
 
@@ -731,7 +734,8 @@ class _ClientTransport(transport.SSHClientTransport):
         return (
             f"ssh2 {self.attempt.name} kex={self.kexAlg.decode()} hostkey={self.keyAlg.decode()} "
             f"cipher={enc.outCipType.decode()} "
-            f"mac={'implicit' if getattr(enc, 'out_gcm', None) else enc.outMACType.decode()}"
+            f"mac={'implicit' if getattr(enc, 'out_gcm', None) else enc.outMACType.decode()} "
+            f"strict_kex={'yes' if self.strict_kex else 'no'}"
         )
 
 

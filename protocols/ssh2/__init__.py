@@ -5,6 +5,7 @@ Modules, one concern each:
 - ``factory``    SSH2ServerFactory, the IHandoffFactory the dispatcher calls;
 - ``transport``  SSH2ServerTransport: Conch's server transport after a handoff, offering
                  only the configured algorithms, with a bounded packet reader/writer;
+- ``strict_kex`` StrictKexTransport: the Terrapin countermeasure, for both roles;
 - ``moduli``     DH groups for group exchange (/etc/ssh/moduli or RFC 3526);
 - ``auth``       SSH2UserAuthServer: ssh-userauth on the shared LoginFlow;
 - ``connection`` GatewayConnection (ssh-connection) and the Conch-side avatar;

@@ -5,7 +5,8 @@ The dispatcher has already exchanged identification lines (it must, to announce
 dispatcher sent and received them for the exchange hash, sends KEXINIT as soon as it is
 connected and then reads packets. It offers only the algorithms the settings list, in
 their order; it hardens Conch's packet loop (any malformed or unexpected input is a
-clean DISCONNECT with a reason and a log line) and fills in the ConnectionRecord.
+clean DISCONNECT with a reason and a log line), runs strict key exchange with clients
+that offer it (the Terrapin countermeasure) and fills in the ConnectionRecord.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
 from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.settings import SSH2Settings
+from protocols.ssh2.strict_kex import StrictKexTransport
 from protocols.ssh2.wire import Reader
 
 log = Logger()
@@ -126,7 +128,7 @@ class _BoundedInflater:
 
 
 @implementer(IPushProducer)
-class SSH2ServerTransport(SSHServerTransport):
+class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
     """One SSH-2 connection handed over by the dispatcher.
 
     ``factory`` is the :class:`protocols.ssh2.factory.SSH2ServerFactory` (host keys,
@@ -375,6 +377,7 @@ class SSH2ServerTransport(SSHServerTransport):
             "mac_out": enc.outMACType.decode("ascii", "replace"),
             "comp_in": self.incomingCompressionType.decode("ascii", "replace"),
             "comp_out": self.outgoingCompressionType.decode("ascii", "replace"),
+            "strict_kex": "yes" if self.strict_kex else "no",
         }
         if self.record.flow is not None:
             self._flow_negotiated()
@@ -392,6 +395,7 @@ class SSH2ServerTransport(SSHServerTransport):
             "mac_s2c": algs["mac_out"],
             "compression_c2s": algs["comp_in"],
             "compression_s2c": algs["comp_out"],
+            "strict_kex": self.strict_kex,
         }
         if algs["comp_in"] == algs["comp_out"]:
             negotiated["compression"] = algs["comp_in"]

@@ -64,7 +64,7 @@ def test_kexinit_offers_exactly_the_configured_algorithms_in_order():
     lists = kexinit_lists(w.transport.ourKexInitPayload)
     kex, hostkeys, enc_cs, enc_sc, mac_cs, mac_sc, comp_cs, comp_sc, _, _ = lists
     expected_kex = [k.encode() for k in SSH2Settings().kex if k.encode() in _kex.getSupportedKeyExchanges()]
-    assert kex == expected_kex + [b"ext-info-s"]
+    assert kex == expected_kex + [b"kex-strict-s-v00@openssh.com", b"ext-info-s"]
     assert hostkeys == [b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256"]
     assert enc_cs == enc_sc == [b"aes256-ctr", b"aes192-ctr", b"aes128-ctr"]
     assert mac_cs == mac_sc == [b"hmac-sha2-512", b"hmac-sha2-256"]

@@ -1,0 +1,196 @@
+"""Strict key exchange (the Terrapin countermeasure): in memory against our server, with a
+hand-fed hostile client, and end to end with OpenSSH's ssh (front) and sshd (upstream)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from twisted.conch.ssh import common, transport
+
+import tests.ssh2.harness as harness
+from protocols.ssh2.strict_kex import STRICT_KEX_CLIENT, StrictKexTransport, peer_kex_names
+from tests.gateway_process import GatewayProcess
+from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
+from tests.peers import require_peer
+from tests.ssh2.harness import SERVER_LINE, wire
+from tests.sshd import OpenSSHServer, keygen
+
+
+class StrictClient(StrictKexTransport, harness.ClientTransport):
+    """Conch's client with the strict-kex marker, as OpenSSH >= 9.6 sends it."""
+
+    def connectionSecure(self) -> None:
+        if not self.secure:  # Conch calls this after every NEWKEYS; log in once
+            super().connectionSecure()
+
+
+@pytest.fixture
+def strict_client(monkeypatch):
+    monkeypatch.setattr(harness, "ClientTransport", StrictClient)
+
+
+def plain_packet(payload: bytes) -> bytes:
+    padding = 8 - (5 + len(payload)) % 8
+    if padding < 4:
+        padding += 8
+    return struct.pack(">LB", 1 + len(payload) + padding, padding) + payload + b"\0" * padding
+
+
+def kexinit(kex: list[bytes]) -> bytes:
+    lists = [kex, [b"ssh-ed25519"], [b"aes256-ctr"], [b"aes256-ctr"], [b"hmac-sha2-256"],
+             [b"hmac-sha2-256"], [b"none"], [b"none"], [], []]  # fmt: skip
+    body = b"".join(common.NS(b",".join(names)) for names in lists)
+    return bytes([transport.MSG_KEXINIT]) + os.urandom(16) + body + b"\0" + b"\0\0\0\0"
+
+
+STRICT_KEXINIT = kexinit([b"curve25519-sha256", STRICT_KEX_CLIENT])
+IGNORE = bytes([transport.MSG_IGNORE]) + common.NS(b"injected")
+
+
+def handed_over():
+    from twisted.internet.testing import StringTransport
+
+    w = wire(login=False)
+    proto = w.factory.build_protocol(w.record, SERVER_LINE, b"SSH-2.0-x")
+    sent = StringTransport()
+    proto.makeConnection(sent)
+    return w, proto, sent
+
+
+def test_server_announces_the_marker_in_its_first_kexinit_only():
+    w = wire(login=False)
+    first = peer_kex_names(w.transport.ourKexInitPayload[1:])
+    assert b"kex-strict-s-v00@openssh.com" in first
+    w.transport.sendKexInit()  # a re-key
+    w.flush()
+    assert b"kex-strict-s-v00@openssh.com" not in peer_kex_names(w.transport.ourKexInitPayload[1:])
+
+
+def test_counters_restart_after_newkeys_with_a_strict_client(strict_client):
+    w = wire(login=False)
+    assert w.client.secure
+    assert w.transport.strict_kex and w.client.strict_kex
+    assert w.record.algorithms["strict_kex"] == "yes"
+    # Nothing has come from the client since its NEWKEYS; one packet (EXT_INFO) has
+    # gone out since ours. Without strict KEX these would be 3 and 4.
+    assert w.transport.incomingPacketSequence == 0
+    assert w.transport.outgoingPacketSequence == 1
+
+
+def test_a_strict_session_survives_re_keys(strict_client):
+    w = wire()
+    for _ in range(3):
+        w.client.sendKexInit()
+        w.flush()
+        assert w.transport.incomingPacketSequence == 0  # nothing since the client's NEWKEYS
+    session = w.open_session()
+    assert session.opened and w.client.disconnect is None
+    assert w.transport.strict_kex
+
+
+def test_a_client_without_the_marker_keeps_plain_counters():
+    w = wire(login=False)
+    assert w.client.secure and not w.transport.strict_kex
+    assert w.record.algorithms["strict_kex"] == "no"
+    assert (w.transport.incomingPacketSequence, w.transport.outgoingPacketSequence) == (3, 4)
+
+
+def test_a_packet_before_a_strict_kexinit_is_refused():
+    w, proto, sent = handed_over()
+    proto.dataReceived(plain_packet(IGNORE) + plain_packet(STRICT_KEXINIT))
+    assert sent.disconnecting
+    assert w.record.close_reason == "strict KEX violation: KEXINIT was not the first packet"
+
+
+@pytest.mark.parametrize(
+    "payload, number",
+    [(IGNORE, 2), (bytes([transport.MSG_DEBUG]) + b"\0" + common.NS(b"x") + common.NS(b""), 4),
+     (bytes([transport.MSG_SERVICE_REQUEST]) + common.NS(b"ssh-userauth"), 5),
+     (STRICT_KEXINIT, 20)],
+)  # fmt: skip
+def test_anything_but_key_exchange_during_a_strict_initial_kex_is_refused(payload, number):
+    w, proto, sent = handed_over()
+    proto.dataReceived(plain_packet(STRICT_KEXINIT) + plain_packet(payload))
+    assert sent.disconnecting
+    assert w.record.close_reason == (
+        f"strict KEX violation: unexpected message {number} during the initial key exchange"
+    )
+
+
+def test_without_the_marker_an_early_ignore_is_still_ignored():
+    w, proto, sent = handed_over()
+    plain = kexinit([b"curve25519-sha256"])
+    proto.dataReceived(plain_packet(IGNORE) + plain_packet(plain) + plain_packet(IGNORE))
+    assert not sent.disconnecting
+
+
+def test_a_disconnect_during_a_strict_initial_kex_is_taken():
+    w, proto, sent = handed_over()
+    bye = bytes([transport.MSG_DISCONNECT]) + struct.pack(">L", 11) + common.NS(b"bye")
+    proto.dataReceived(plain_packet(STRICT_KEXINIT) + plain_packet(bye))
+    assert w.record.close_reason == "client disconnected: bye"
+
+
+# -- real peers ----------------------------------------------------------------------------
+
+
+@pytest.mark.peer
+def test_openssh_client_uses_strict_kex_through_many_re_keys(tmp_path):
+    ssh = require_peer("ssh", "ssh-keygen")
+    key = keygen(tmp_path / "id")
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(Path(str(key) + ".pub").read_text())
+    authorized.chmod(0o600)
+    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
+    (tmp_path / "gw").mkdir()
+    data = os.urandom(4 << 20)
+    with GatewayProcess(tmp_path / "gw", base_config(hashed, authorized)) as gw:
+        result = subprocess.run(
+            [ssh["ssh"], "-vvv", "-F", "/dev/null", "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "RekeyLimit=256K", "-i", str(key), "-o", "IdentitiesOnly=yes",
+             "-p", str(gw.port), "alice@127.0.0.1", "cat"],
+            input=data, capture_output=True, timeout=120,
+        )  # fmt: skip
+    log = result.stderr.decode(errors="replace")
+    assert result.returncode == 0, log[-3000:]
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
+    assert "will use strict KEX ordering" in log
+    assert log.count("SSH2_MSG_NEWKEYS received") > 10  # the counters restarted each time
+
+
+@pytest.mark.peer
+def test_upstream_sshd_session_uses_strict_kex_through_re_keys(tmp_path):
+    require_peer("sshd", "ssh")
+    device_key = keygen(tmp_path / "gateway_to_device")
+    client_key = keygen(tmp_path / "client")
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(Path(str(client_key) + ".pub").read_text())
+    authorized.chmod(0o600)
+    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
+    pub = [Path(str(device_key) + ".pub")]
+    # sshd re-keys every 256 KiB: the gateway's client must restart its counters too.
+    with OpenSSHServer(tmp_path / "sshd", pub, extra_config="RekeyLimit 256K\n") as device:
+        config = base_config(hashed, authorized, targets={
+            "host2": {"protocol": "ssh2", "host": "127.0.0.1", "port": device.port,
+                      "username": "root", "key": str(device_key), "connect_timeout": 20},
+        })  # fmt: skip
+        config["users"]["alice"]["targets"] = ["host2"]
+        (tmp_path / "gw").mkdir()
+        data = os.urandom(4 << 20)
+        with GatewayProcess(tmp_path / "gw", config) as gw:
+            result = subprocess.run(
+                [require_peer("ssh")["ssh"], "-F", "/dev/null", "-o", "BatchMode=yes",
+                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-i", str(client_key), "-o", "IdentitiesOnly=yes",
+                 "-p", str(gw.port), "alice+host2@127.0.0.1", "cat"],
+                input=data, capture_output=True, timeout=120,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
+            gw.wait_for_log(r"bridged session: .*upstream=\[ssh2 [^\]]*strict_kex=yes")
