@@ -17,6 +17,7 @@ Core, one module per concern (none imports Twisted or the gateway):
     client_connection  the client role
     keyfile     the classic SSH-1 RSA private key file (rsa1), unencrypted
 Twisted:
+    pump        CorePump: the event loop, writes and input pauses both protocols share
     server      SSH1ServerFactory (IHandoffFactory) and the protocol
     client      SSH1ClientProtocol: one upstream session for the gateway's SSH-1 target
 """

@@ -20,13 +20,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 from typing import Protocol as TypingProtocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,6 +36,7 @@ from protocols.ssh1 import keys
 from protocols.ssh1 import messages as m
 from protocols.ssh1.client_connection import DEFAULT_CIPHERS, ClientConnection
 from protocols.ssh1.connection import printable
+from protocols.ssh1.pump import CorePump
 
 log = Logger(namespace="sshgateway.ssh1.client")
 
@@ -104,16 +103,17 @@ class _TransportGate:
         pass
 
 
-class SSH1ClientProtocol(Protocol):
+class SSH1ClientProtocol(CorePump):
+    core: ClientConnection | None
+
     def __init__(self, options: SSH1ClientOptions, request: SessionRequest, sink: SessionSink) -> None:
+        super().__init__()
         self.options = options
         self.request = request
         self.sink = sink
         self.opened: defer.Deferred = defer.Deferred()
-        self.core: ClientConnection | None = None
         self.server_version = b""
         self.is_open = False  # the session has started (opened fired)
-        self.done = False  # ended: nothing more reaches the sink
         self.pty_granted = False
         self._buffer = b""
         self._banner_lines = 0
@@ -122,14 +122,11 @@ class SSH1ClientProtocol(Protocol):
         self._eof_sent = False
         self._prepare_steps: list[str] = []
         self._pty_asked = False
-        self._pauses: set[str] = set()
-        self._pumping = False
-        self._pump_again = False
         self._fail_reason = ""
         self._line_size = 0
         self._flow = options.flow
         self._gate = _TransportGate(self)
-        self._handlers: dict[type, Callable[[Any], None]] = {
+        self._handlers = {
             ev.PublicKeyReceived: self._on_public_key,
             ev.RequestAnswered: self._on_answer,
             ev.RSAChallengeReceived: self._on_challenge,
@@ -160,14 +157,11 @@ class SSH1ClientProtocol(Protocol):
         self.transport.registerProducer(self._gate, True)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.done:
-            return
-        if self.core is None:
+        if self.core is None and not self.done:
             self._buffer += data
             self._version_exchange()
             return
-        self.core.receive_data(data)
-        self._pump()
+        super().dataReceived(data)
 
     def _version_exchange(self) -> None:
         while self.core is None and not self.done:
@@ -189,8 +183,7 @@ class SSH1ClientProtocol(Protocol):
             self._start(line)
         if self.core is not None and self._buffer:
             rest, self._buffer = self._buffer, b""
-            self.core.receive_data(rest)
-            self._pump()
+            super().dataReceived(rest)
 
     def _start(self, line: bytes) -> None:
         shown = printable(line, 80)
@@ -237,36 +230,8 @@ class SSH1ClientProtocol(Protocol):
         else:
             self._fail(f"connection to the device lost: {reason.getErrorMessage()}")
 
-    def _pump(self) -> None:
-        if self._pumping:
-            self._pump_again = True
-            return
-        self._pumping = True
-        try:
-            while self.core is not None and not self.done:
-                self._pump_again = False
-                if self._pauses:
-                    break
-                event = self.core.next_event()
-                if event is ev.NEED_DATA or event is ev.PAUSED or event is ev.CLOSED:
-                    if self._pump_again:
-                        continue
-                    break
-                self._handlers[type(event)](event)
-                self._flush()
-        finally:
-            self._pumping = False
-        self._flush()
-
-    def _flush(self) -> None:
-        core = self.core
-        if core is None or self.transport is None:
-            return
-        data = core.data_to_send()
-        if data:
-            self.transport.write(data)
-        if core.closed and not self.done:
-            self._fail(f"SSH-1 connection closed: {core.close_reason}")
+    def _core_closed(self, reason: str) -> None:
+        self._fail(f"SSH-1 connection closed: {reason}")
 
     def _fail(self, message: str, exc: BaseException | None = None) -> None:
         if self.done:
@@ -277,10 +242,7 @@ class SSH1ClientProtocol(Protocol):
         core = self.core
         if core is not None and not core.closed:
             core.send_disconnect(message)
-        if core is not None and self.transport is not None:
-            data = core.data_to_send()
-            if data:
-                self.transport.write(data)
+        self._send_queued()
         self._drop()
         if self.is_open:  # the bridge names the target only for failures before this
             self.sink.failed(f"{self.options.peer}: {message}")
@@ -432,16 +394,10 @@ class SSH1ClientProtocol(Protocol):
         if self._flow is not None:
             self._flow.exit(event.status)
             self._fail_reason = "session finished"
-        self._flush_raw()
+        self._send_queued()
         self.done = True
         self._drop()
         self.sink.exited(ExitInfo(status=event.status))
-
-    def _flush_raw(self) -> None:
-        if self.core is not None and self.transport is not None:
-            data = self.core.data_to_send()
-            if data:
-                self.transport.write(data)
 
     def _on_forward_refused(self, event: ev.ForwardRefused) -> None:
         log.info(
@@ -468,20 +424,20 @@ class SSH1ClientProtocol(Protocol):
         core = self._interactive()
         if core is not None and data and not self._eof_sent:
             core.send_stdin(data)
-            self._flush_raw()
+            self._send_queued()
 
     def send_eof(self) -> None:
         core = self._interactive()
         if core is not None and not self._eof_sent:
             self._eof_sent = True
             core.send_eof()
-            self._flush_raw()
+            self._send_queued()
 
     def resize(self, size: WindowSize) -> None:
         core = self._interactive()
         if core is not None and self.pty_granted:
             core.send_window_size(size)
-            self._flush_raw()
+            self._send_queued()
 
     def send_signal(self, name: str) -> None:
         log.debug(
@@ -496,7 +452,7 @@ class SSH1ClientProtocol(Protocol):
         core = self.core
         if core is not None and not core.closed:
             core.send_disconnect("session closed by the gateway's client")
-        self._flush_raw()
+        self._send_queued()
         self._drop()
 
     def _drop(self) -> None:
@@ -510,24 +466,10 @@ class SSH1ClientProtocol(Protocol):
             self.transport.loseConnection()
 
     def pauseProducing(self) -> None:
-        self._set_paused("sink", True)
+        self._pause_input("sink")
 
     def resumeProducing(self) -> None:
-        self._set_paused("sink", False)
+        self._resume_input("sink")
 
     def stopProducing(self) -> None:
         self.close()
-
-    def _set_paused(self, reason: str, paused: bool) -> None:
-        was = bool(self._pauses)
-        if paused:
-            self._pauses.add(reason)
-        else:
-            self._pauses.discard(reason)
-        if self.transport is None or was == bool(self._pauses) or self.done:
-            return
-        if self._pauses:
-            self.transport.pauseProducing()
-        else:
-            self.transport.resumeProducing()
-            self._pump()

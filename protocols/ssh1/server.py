@@ -54,6 +54,7 @@ from protocols.session import (
 )
 from protocols.ssh1 import events as ev
 from protocols.ssh1 import keys
+from protocols.ssh1.pump import CorePump
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.settings import SSH1Settings
 
@@ -273,14 +274,19 @@ _REFUSED_TWO_STEP = (
 )
 
 
-class SSH1ServerProtocol(Protocol):
+class SSH1ServerProtocol(CorePump):
+    core: ServerConnection | None
+    # Clients send small packets (plink: 512 bytes); the program gets one write per batch
+    # of stdin packets instead of one per packet.
+    batched_event = ev.StdinData
+
     def __init__(
         self, factory: SSH1ServerFactory, record: ConnectionRecord, client_version: bytes
     ) -> None:
+        super().__init__()
         self.factory = factory
         self.record = record
         self.client_version = client_version
-        self.core: ServerConnection | None = None
         self.flow: LoginFlow | None = None
         self.username = b""
         self.avatar: Any = None
@@ -291,11 +297,6 @@ class SSH1ServerProtocol(Protocol):
         self._gate = _OutputGate(
             lambda: self._pause_input("output"), lambda: self._resume_input("output")
         )
-        self._input_pauses: set[str] = set()
-        self._pumping = False
-        self._pump_again = False
-        self._stdin_batch: list[bytes] = []
-        self._closing = False
         self._rsa_answer: tuple[defer.Deferred, bytes] | None = None
         self._exit_timer: IDelayedCall | None = None
         self._channels: dict[int, _Forward] = {}
@@ -303,7 +304,7 @@ class SSH1ServerProtocol(Protocol):
         # (listening port, directory, DISPLAY, XAUTHORITY file)
         self._x11: tuple[Any, str, str, str] | None = None
         self._next_channel = 0
-        self._handlers: dict[type, Callable[[Any], None]] = {
+        self._handlers = {
             ev.SessionKeyAccepted: self._on_session_key,
             ev.UserRequested: self._on_user,
             ev.PasswordAuth: self._on_password,
@@ -384,73 +385,26 @@ class SSH1ServerProtocol(Protocol):
         if self.record.flow is not None:
             self.record.flow.request(name, "success" if ok else "failure")
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.core is None or self._closing:
-            return
-        self.core.receive_data(data)
-        self._pump()
+    def _deliver_batch(self, data: bytes) -> None:
+        if self.target is not None and not self.done:
+            self.target.write_stdin(data)
 
-    def _pump(self) -> None:
-        if self._pumping:
-            self._pump_again = True
-            return
-        self._pumping = True
-        try:
-            while self.core is not None and not self._closing:
-                self._pump_again = False
-                if self._input_pauses:
-                    break
-                event = self.core.next_event()
-                if type(event) is ev.StdinData:
-                    # Clients send small packets (plink: 512 bytes); the program gets
-                    # one write per batch instead of one per packet.
-                    self._stdin_batch.append(event.data)
-                    continue
-                self._deliver_stdin()
-                if event is ev.NEED_DATA or event is ev.PAUSED or event is ev.CLOSED:
-                    if not self._pump_again:
-                        break
-                    continue
-                self._handlers[type(event)](event)
-                self._flush()
-            self._deliver_stdin()
-        finally:
-            self._pumping = False
-        self._flush()
-
-    def _deliver_stdin(self) -> None:
-        if self._stdin_batch:
-            data = b"".join(self._stdin_batch)
-            self._stdin_batch.clear()
-            if self.target is not None and not self._closing:
-                self.target.write_stdin(data)
-
-    def _flush(self) -> None:
-        core = self.core
-        if core is None:
-            return
-        data = core.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
-        if core.closed and not self._closing:
-            self._close(core.close_reason)
-
-    def _close(self, reason: str) -> None:
-        self._closing = True
+    def _core_closed(self, reason: str) -> None:
+        self.done = True
         if not self.record.close_reason:
             self.record.close_reason = reason
         self.transport.loseConnection()
 
     def _disconnect(self, reason: str) -> None:
         """Our own decision to end the connection: DISCONNECT with the reason, log, close."""
-        if self.core is None or self._closing:
+        if self.core is None or self.done:
             return
         log.info("ssh1 {peer}: disconnecting: {reason}", peer=self.record.peer, reason=reason)
         self.core.send_disconnect(reason)
         self._flush()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._closing = True
+        self.done = True
         if not self.record.close_reason:
             self.record.close_reason = (
                 reason.getErrorMessage() if reason is not None else "connection lost"
@@ -478,23 +432,10 @@ class SSH1ServerProtocol(Protocol):
         if logout is not None:
             logout()
 
-    def _pause_input(self, name: str) -> None:
-        if not self._input_pauses and self.transport is not None:
-            self.transport.pauseProducing()
-        self._input_pauses.add(name)
-
-    def _resume_input(self, name: str) -> None:
-        if name not in self._input_pauses:
-            return
-        self._input_pauses.discard(name)
-        if not self._input_pauses and not self._closing:
-            self.transport.resumeProducing()
-            self._pump()
-
     def _reply(self, ok: bool) -> None:
         """Answer the client's pending request, unless the connection went away meanwhile."""
         core = self.core
-        if core is None or self._closing or core.closed or core.pending is None:
+        if core is None or self.done or core.closed or core.pending is None:
             return
         core.send_success() if ok else core.send_failure()
         self._flush()
@@ -540,7 +481,7 @@ class SSH1ServerProtocol(Protocol):
 
     def _challenge(self, e: int, n: int) -> defer.Deferred:
         core = self.core
-        if core is None or self._closing or core.pending != "rsa":
+        if core is None or self.done or core.pending != "rsa":
             return defer.succeed(False)
         value, expected = core.make_rsa_challenge(e, n)
         core.send_rsa_challenge(value)
@@ -560,7 +501,7 @@ class SSH1ServerProtocol(Protocol):
 
     def _auth_succeeded(self, result: tuple) -> None:
         _interface, avatar, logout = result
-        if self._closing:
+        if self.done:
             logout()
             return
         self.avatar = IGatewayUser(avatar, avatar)
@@ -703,7 +644,7 @@ class SSH1ServerProtocol(Protocol):
             self._session_output(b"sshgateway: could not start the session\r\n", stderr=True)
             self._session_exited(ExitInfo(status=255))
             return
-        if self.target is not None and not self._closing:
+        if self.target is not None and not self.done:
             self.target.registerProducer(_InputValve(self, "stdin"), True)
 
     # ------------------------------------------------------------ interactive phase
@@ -717,7 +658,7 @@ class SSH1ServerProtocol(Protocol):
 
     def _session_output(self, data: bytes, stderr: bool) -> None:
         core = self.core
-        if core is None or self._closing or core.closed or not data:
+        if core is None or self.done or core.closed or not data:
             return
         (core.send_stderr if stderr else core.send_stdout)(data)
         self._flush()
@@ -726,7 +667,7 @@ class SSH1ServerProtocol(Protocol):
         core = self.core
         # The program is gone: nothing will resume our input for it any more.
         self._resume_input("stdin")
-        if core is None or self._closing or core.closed:
+        if core is None or self.done or core.closed:
             return
         status = info.as_status()
         if self.record.flow is not None:
@@ -803,7 +744,7 @@ class SSH1ServerProtocol(Protocol):
                 error=failure.getErrorMessage(),
             )
             core = self.core
-            if core is not None and not self._closing and not core.closed:
+            if core is not None and not self.done and not core.closed:
                 core.send_channel_open_failure(event.channel)
                 self._flush()
 
@@ -811,7 +752,7 @@ class SSH1ServerProtocol(Protocol):
 
     def _forward_connected(self, forward: _Forward) -> None:
         core = self.core
-        if core is None or self._closing or core.closed:
+        if core is None or self.done or core.closed:
             forward.transport.loseConnection()
             return
         if forward.opened_by_us:
@@ -829,7 +770,7 @@ class SSH1ServerProtocol(Protocol):
 
     def _forward_data(self, forward: _Forward, data: bytes) -> None:
         core = self.core
-        if core is None or self._closing or core.closed or forward.we_closed:
+        if core is None or self.done or core.closed or forward.we_closed:
             return
         if forward.peer_channel is None:
             return  # cannot happen: reading is paused until the channel is confirmed
@@ -846,7 +787,7 @@ class SSH1ServerProtocol(Protocol):
             return
         if forward.peer_channel is None:
             return  # a channel not confirmed yet: closed when the answer comes
-        if core is None or self._closing or core.closed or forward.we_closed:
+        if core is None or self.done or core.closed or forward.we_closed:
             return
         forward.we_closed = True
         core.send_channel_close(forward.peer_channel)
@@ -930,7 +871,7 @@ class SSH1ServerProtocol(Protocol):
 
     def _incoming_channel(self, kind: str) -> Protocol | None:
         core = self.core
-        if core is None or self._closing or core.closed or len(self._channels) >= MAX_FORWARDS:
+        if core is None or self.done or core.closed or len(self._channels) >= MAX_FORWARDS:
             return None
         channel = self._next_channel
         self._next_channel += 1
