@@ -36,6 +36,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from protocols.ssh1 import messages as m1
+from protocols.ssh1.client_connection import read_public_key
 from protocols.ssh1.connection import printable
 from protocols.ssh1.keys import ssh1_fingerprint
 from protocols.ssh1.packet import PacketDecoder, PacketEncoder
@@ -230,24 +231,16 @@ def parse_ssh1_public_key(payload: bytes) -> SSH1Offer:
     reports odd keys (wrong announced sizes, small keys) as warnings rather than refusing."""
     try:
         r = Reader(payload, "SSH_SMSG_PUBLIC_KEY")
-        r.raw(8, "cookie")
-        server_bits = r.uint32("server key bits")
-        server_e = r.mpint("server key exponent", MAX_KEY_BITS)
-        server_n = r.mpint("server key modulus", MAX_KEY_BITS)
-        host_bits = r.uint32("host key bits")
-        host_e = r.mpint("host key exponent", MAX_KEY_BITS)
-        host_n = r.mpint("host key modulus", MAX_KEY_BITS)
-        flags = r.uint32("protocol flags")
-        cipher_mask = r.uint32("cipher mask")
-        auth_mask = r.uint32("auth mask")
+        sent = read_public_key(r, MAX_KEY_BITS)
     except ProtocolError as exc:
         raise ProbeError(exc.reason) from None
+    host_e, host_n, server_n = sent.host_e, sent.host_n, sent.server_n
     warnings = []
     if r.remaining:
         warnings.append(f"{r.remaining} bytes after the auth mask")
     for what, e, n, announced in (
-        ("server key", server_e, server_n, server_bits),
-        ("host key", host_e, host_n, host_bits),
+        ("server key", sent.server_e, server_n, sent.server_bits),
+        ("host key", host_e, host_n, sent.host_bits),
     ):
         if n < 3 or e < 3 or e % 2 == 0 or n % 2 == 0 or e >= n:
             warnings.append(f"{what} is not a usable RSA key")
@@ -259,17 +252,17 @@ def parse_ssh1_public_key(payload: bytes) -> SSH1Offer:
         warnings.append("host and server keys differ by less than 128 bits (clients refuse this)")
     return SSH1Offer(
         host_key_bits=host_n.bit_length(),
-        host_key_announced_bits=host_bits,
+        host_key_announced_bits=sent.host_bits,
         host_key_md5=ssh1_fingerprint(host_e, host_n),
         host_key_sha256=ssh1_sha256_fingerprint(host_e, host_n),
         server_key_bits=server_n.bit_length(),
-        server_key_announced_bits=server_bits,
-        ciphers=_mask_names(cipher_mask, SSH1_CIPHER_NAMES, "cipher"),
-        cipher_mask=cipher_mask,
-        auth=_mask_names(auth_mask, SSH1_AUTH_NAMES, "auth"),
-        auth_mask=auth_mask,
-        flags=_mask_names(flags, SSH1_FLAG_NAMES, "flag", numbered_by_value=True),
-        flags_mask=flags,
+        server_key_announced_bits=sent.server_bits,
+        ciphers=_mask_names(sent.cipher_mask, SSH1_CIPHER_NAMES, "cipher"),
+        cipher_mask=sent.cipher_mask,
+        auth=_mask_names(sent.auth_mask, SSH1_AUTH_NAMES, "auth"),
+        auth_mask=sent.auth_mask,
+        flags=_mask_names(sent.protocol_flags, SSH1_FLAG_NAMES, "flag", numbered_by_value=True),
+        flags_mask=sent.protocol_flags,
         warnings=warnings,
     )
 

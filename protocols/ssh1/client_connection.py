@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -46,6 +47,38 @@ WEAK_HOST_KEY_BITS = 2048
 WEAK_SERVER_KEY_BITS = 1024
 STDIN_CHUNK = 16384  # stdin bytes per packet: small enough for any device's buffer
 MAX_TERM = 256
+
+
+class PublicKeyFields(NamedTuple):
+    """SSH_SMSG_PUBLIC_KEY's fields as sent, before anyone judged them."""
+
+    cookie: bytes
+    server_bits: int  # as announced
+    server_e: int
+    server_n: int
+    host_bits: int  # as announced
+    host_e: int
+    host_n: int
+    protocol_flags: int
+    cipher_mask: int
+    auth_mask: int
+
+
+def read_public_key(r: Reader, max_key_bits: int) -> PublicKeyFields:
+    """Read the body of an SSH_SMSG_PUBLIC_KEY (after the type byte); raises
+    :class:`ProtocolError` on a short message or a number over ``max_key_bits``."""
+    return PublicKeyFields(
+        cookie=r.raw(COOKIE_SIZE, "cookie"),
+        server_bits=r.uint32("server key bits"),
+        server_e=r.mpint("server key exponent", max_key_bits),
+        server_n=r.mpint("server key modulus", max_key_bits),
+        host_bits=r.uint32("host key bits"),
+        host_e=r.mpint("host key exponent", max_key_bits),
+        host_n=r.mpint("host key modulus", max_key_bits),
+        protocol_flags=r.uint32("protocol flags"),
+        cipher_mask=r.uint32("cipher mask"),
+        auth_mask=r.uint32("auth mask"),
+    )
 
 
 class ClientConnection(Connection):
@@ -94,20 +127,12 @@ class ClientConnection(Connection):
 
     # ------------------------------------------------------------ key exchange
     def _on_public_key(self, r: Reader) -> Event:
-        cookie = r.raw(COOKIE_SIZE, "cookie")
-        server_bits = r.uint32("server key bits")
-        server_e = r.mpint("server key exponent", MAX_KEY_BITS)
-        server_n = r.mpint("server key modulus", MAX_KEY_BITS)
-        host_bits = r.uint32("host key bits")
-        host_e = r.mpint("host key exponent", MAX_KEY_BITS)
-        host_n = r.mpint("host key modulus", MAX_KEY_BITS)
-        flags = r.uint32("protocol flags")
-        cipher_mask = r.uint32("cipher mask")
-        auth_mask = r.uint32("auth mask")
+        sent = read_public_key(r, MAX_KEY_BITS)
+        server_n, host_n = sent.server_n, sent.host_n
         warnings: list[str] = []
         for what, e, n, announced, weak in (
-            ("server key", server_e, server_n, server_bits, WEAK_SERVER_KEY_BITS),
-            ("host key", host_e, host_n, host_bits, WEAK_HOST_KEY_BITS),
+            ("server key", sent.server_e, server_n, sent.server_bits, WEAK_SERVER_KEY_BITS),
+            ("host key", sent.host_e, host_n, sent.host_bits, WEAK_HOST_KEY_BITS),
         ):
             _check_rsa(what, e, n)
             bits = n.bit_length()
@@ -120,20 +145,20 @@ class ClientConnection(Connection):
                 f"server key ({server_n.bit_length()} bits) and host key "
                 f"({host_n.bit_length()} bits) differ by less than {KEY_SIZE_GAP} bits"
             )
-        offered = tuple(ciphers.names_in_mask(cipher_mask))
+        offered = tuple(ciphers.names_in_mask(sent.cipher_mask))
         chosen = next((name for name in self.cipher_preference if name in offered), None)
         if chosen is None:
             raise ProtocolError(
                 f"no common cipher: server offers {', '.join(offered) or 'none we know'}, "
                 f"we allow {', '.join(self.cipher_preference)}"
             )
-        self.cookie = cookie
+        self.cookie = sent.cookie
         self.cipher = chosen
-        self.session_id = keys.session_id(host_n, server_n, cookie)
+        self.session_id = keys.session_id(host_n, server_n, sent.cookie)
         self.public_key = PublicKeyReceived(
-            host_e, host_n, server_e, server_n, flags, offered, auth_mask, chosen,
-            tuple(warnings),
-        )
+            sent.host_e, host_n, sent.server_e, server_n, sent.protocol_flags, offered,
+            sent.auth_mask, chosen, tuple(warnings),
+        )  # fmt: skip
         self.pending = "host-key"
         return self.public_key
 
