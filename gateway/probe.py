@@ -38,6 +38,12 @@ from twisted.python.failure import Failure
 from protocols.ssh1 import messages as m1
 from protocols.ssh1.client_connection import read_public_key
 from protocols.ssh1.connection import printable
+from protocols.ssh1.identification import (
+    MAX_LINE,
+    IdentificationError,
+    IdentificationReader,
+    parse_version,
+)
 from protocols.ssh1.keys import ssh1_fingerprint
 from protocols.ssh1.packet import PacketDecoder, PacketEncoder
 from protocols.ssh1.wire import ProtocolError, Reader, Writer, int_to_bytes
@@ -47,8 +53,6 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONCURRENCY = 16
 SOFTWARE = "sshgateway_probe"
 
-MAX_LINE = 255  # identification line (RFC 4253 allows 255 with CR LF)
-MAX_BANNER_LINES = 16  # text lines a server may send before its identification
 MAX_REFUSAL = 512  # what an SSH-2-only server answers to our SSH-1 line, kept for the report
 REFUSAL_WAIT = 2.0  # seconds we wait for that answer (within the host's deadline)
 MAX_SSH1_PACKETS = 8  # IGNORE/DEBUG packets tolerated before SSH_SMSG_PUBLIC_KEY
@@ -58,7 +62,6 @@ MAX_KEXINIT = 64 * 1024
 MAX_NAME_LIST = 8192
 MAX_NAMES = 256
 MAX_NAME = 64
-_VERSION = re.compile(rb"^SSH-(\d{1,4})\.(\d{1,4})-")
 _NAME = re.compile(r"^[\x21-\x7e]+$")
 
 # SSH-1 numbers as the protocol draft names them; bits we do not know are shown as numbers.
@@ -387,8 +390,7 @@ class SSH1Attempt(Protocol, _Attempt):
         self.offer: SSH1Offer | None = None
         self.disconnected: str | None = None  # the server's SSH_MSG_DISCONNECT text
         self.refusal = b""
-        self._buf = b""
-        self._banner_lines = 0
+        self._identification = IdentificationReader()
         self._decoder = PacketDecoder()
         self._packets = 0
         self._stopping = False
@@ -398,42 +400,33 @@ class SSH1Attempt(Protocol, _Attempt):
         if self._stopping:
             return
         if self.major is None:
-            self._buf += data
-            self._read_lines()
+            self._read_identification(data)
         elif self.major == 1:
             self._feed(data)
         else:
             self.refusal = (self.refusal + data)[:MAX_REFUSAL]
 
-    def _read_lines(self) -> None:
-        while self.major is None and not self._stopping:
-            end = self._buf.find(b"\n")
-            if end < 0:
-                if len(self._buf) > MAX_LINE:
-                    self._stop("overlong identification line")
-                return
-            line, self._buf = self._buf[:end].rstrip(b"\r"), self._buf[end + 1 :]
-            if len(line) > MAX_LINE:
-                self._stop("overlong identification line")
-                return
-            if not line.startswith(b"SSH-"):
-                self._banner_lines += 1
-                if self._banner_lines > MAX_BANNER_LINES:
-                    self._stop("no SSH identification line")
-                    return
-                continue
-            self._version(line)
-        if self.major == 1 and self._buf and not self._stopping:
-            rest, self._buf = self._buf, b""
-            self._feed(rest)
+    def _read_identification(self, data: bytes) -> None:
+        try:
+            found = self._identification.feed(data)
+        except IdentificationError as exc:
+            self._stop(exc.reason)
+            return
+        if found is None:
+            return
+        self._version(found[0])
+        if self.major == 1 and not self._stopping:
+            rest = self._identification.rest()
+            if rest:
+                self._feed(rest)
 
     def _version(self, line: bytes) -> None:
         self.identification = printable(line, MAX_LINE)
-        match = _VERSION.match(line)
-        if match is None:
+        version_numbers = parse_version(line)
+        if version_numbers is None:
             self._stop("malformed identification line")
             return
-        self.major, self.minor = int(match.group(1)), int(match.group(2))
+        self.major, self.minor = version_numbers
         self.transport.write(f"SSH-1.5-{SOFTWARE}\n".encode())
         if self.major != 1:
             # Not an SSH-1 server: let it say so (OpenSSH: "Protocol major versions

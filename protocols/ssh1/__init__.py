@@ -16,6 +16,7 @@ Core, one module per concern (none imports Twisted or the gateway):
     server_connection  the server role
     client_connection  the client role
     keyfile     the classic SSH-1 RSA private key file (rsa1), unencrypted
+    identification  the server's identification line, as a client reads it (banner, bounds)
 Twisted:
     pump        CorePump: the event loop, writes and input pauses both protocols share
     server      SSH1ServerFactory (IHandoffFactory) and the protocol

@@ -16,7 +16,6 @@ the device's socket; while the device's socket cannot take more we pause the sin
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,13 +35,15 @@ from protocols.ssh1 import keys
 from protocols.ssh1 import messages as m
 from protocols.ssh1.client_connection import DEFAULT_CIPHERS, ClientConnection
 from protocols.ssh1.connection import printable
+from protocols.ssh1.identification import (
+    IdentificationError,
+    IdentificationReader,
+    parse_version,
+)
 from protocols.ssh1.pump import CorePump
 
 log = Logger(namespace="sshgateway.ssh1.client")
 
-MAX_VERSION_LINE = 255
-MAX_BANNER_LINES = 16  # text lines a server may send before its identification
-_VERSION = re.compile(rb"^SSH-(\d{1,4})\.(\d{1,4})-")
 
 
 class SSH1ClientError(Exception):
@@ -115,15 +116,13 @@ class SSH1ClientProtocol(CorePump):
         self.server_version = b""
         self.is_open = False  # the session has started (opened fired)
         self.pty_granted = False
-        self._buffer = b""
-        self._banner_lines = 0
+        self._identification = IdentificationReader()
         self._methods: list[str] = []
         self._tried: list[str] = []
         self._eof_sent = False
         self._prepare_steps: list[str] = []
         self._pty_asked = False
         self._fail_reason = ""
-        self._line_size = 0
         self._flow = options.flow
         self._gate = _TransportGate(self)
         self._handlers = {
@@ -158,40 +157,31 @@ class SSH1ClientProtocol(CorePump):
 
     def dataReceived(self, data: bytes) -> None:
         if self.core is None and not self.done:
-            self._buffer += data
-            self._version_exchange()
+            self._read_identification(data)
             return
         super().dataReceived(data)
 
-    def _version_exchange(self) -> None:
-        while self.core is None and not self.done:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > MAX_VERSION_LINE:
-                    self._fail("device sent an overlong identification line")
-                return
-            line, self._buffer = self._buffer[:end].rstrip(b"\r"), self._buffer[end + 1 :]
-            self._line_size = end + 1
-            if len(line) > MAX_VERSION_LINE:
-                self._fail("device sent an overlong identification line")
-                return
-            if not line.startswith(b"SSH-"):
-                self._banner_lines += 1
-                if self._banner_lines > MAX_BANNER_LINES:
-                    self._fail("device sent no SSH identification line")
-                continue
-            self._start(line)
-        if self.core is not None and self._buffer:
-            rest, self._buffer = self._buffer, b""
-            super().dataReceived(rest)
+    def _read_identification(self, data: bytes) -> None:
+        try:
+            found = self._identification.feed(data)
+        except IdentificationError as exc:
+            self._fail(f"device sent {exc.reason}")
+            return
+        if found is None:
+            return
+        self._start(*found)
+        if self.core is not None:
+            rest = self._identification.rest()
+            if rest:
+                super().dataReceived(rest)
 
-    def _start(self, line: bytes) -> None:
+    def _start(self, line: bytes, line_size: int) -> None:
         shown = printable(line, 80)
-        match = _VERSION.match(line)
-        if match is None:
+        version_numbers = parse_version(line)
+        if version_numbers is None:
             self._fail(f"device sent a malformed identification line: {shown}")
             return
-        major, minor = int(match.group(1)), int(match.group(2))
+        major, minor = version_numbers
         if major == 2:
             self._fail(f"device speaks only SSH-2 ({shown}); use protocol = \"ssh2\"")
             return
@@ -205,7 +195,7 @@ class SSH1ClientProtocol(CorePump):
         self.core = ClientConnection(self.options.ciphers)
         flow = self._flow
         if flow is not None:
-            flow.version(S2C, line.decode("ascii", "replace"), self._line_size)
+            flow.version(S2C, line.decode("ascii", "replace"), line_size)
             flow.version(C2S, version, len(version) + 1)
             self.core.on_packet_in = partial(flow.packet, S2C)
             self.core.on_packet_out = partial(flow.packet, C2S)
