@@ -48,8 +48,34 @@ def set_nonblocking(fd: int) -> None:
     os.set_blocking(fd, False)
 
 
+class _Descriptor:
+    """What the reader and the writer share: a non-blocking ``fd`` owned until closed
+    (then -1), named in the reactor's log lines."""
+
+    def __init__(self, reactor: Any, fd: int, name: str) -> None:
+        self._reactor = reactor
+        self.fd = fd
+        self.name = name
+        set_nonblocking(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return f"LocalSession {self.name}"
+
+    def _close_fd(self) -> None:
+        if not self.closed:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
 @implementer(IReadDescriptor)
-class ChunkReader:
+class ChunkReader(_Descriptor):
     """Reads ``fd`` while started and hands every chunk to ``deliver``.
 
     ``on_eof`` is called once, after the last chunk, when the descriptor reached end of file
@@ -65,26 +91,13 @@ class ChunkReader:
         name: str,
         chunk: int = READ_CHUNK,
     ) -> None:
-        self._reactor = reactor
-        self.fd = fd
+        super().__init__(reactor, fd, name)
         self._deliver = deliver
         self._on_eof = on_eof
-        self.name = name
         self._chunk = chunk
         self.reading = False
-        set_nonblocking(fd)
-
-    @property
-    def closed(self) -> bool:
-        return self.fd < 0
 
     # IReadDescriptor
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return f"LocalSession {self.name}"
-
     def doRead(self) -> None:
         # One read per wake-up keeps sessions fair; the chunk is as large as the pipe.
         self.read_once()
@@ -137,8 +150,7 @@ class ChunkReader:
     def _finish(self) -> None:
         if self.closed:
             return
-        fd, self.fd = self.fd, -1
-        os.close(fd)
+        self._close_fd()
         callback, self._on_eof = self._on_eof, _ignore
         callback(self)
 
@@ -148,7 +160,7 @@ def _ignore(*args: object) -> None:
 
 
 @implementer(IWriteDescriptor)
-class WatermarkWriter:
+class WatermarkWriter(_Descriptor):
     """Buffers writes to ``fd`` and flow-controls the producer that feeds it.
 
     The producer is paused when more than ``high`` bytes wait and resumed once fewer than
@@ -168,9 +180,7 @@ class WatermarkWriter:
         low: int = LOW_WATER,
         eof_tail: Callable[[int, int | None], bytes] | None = None,
     ) -> None:
-        self._reactor = reactor
-        self.fd = fd
-        self.name = name
+        super().__init__(reactor, fd, name)
         self._high = high
         self._low = low
         self._pending: deque[memoryview] = deque()
@@ -183,19 +193,8 @@ class WatermarkWriter:
         self._streaming = True
         self.producer_paused = False
         self._pull_call: Any = None
-        set_nonblocking(fd)
-
-    @property
-    def closed(self) -> bool:
-        return self.fd < 0
 
     # IWriteDescriptor
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return f"LocalSession {self.name}"
-
     def doWrite(self) -> None:
         self._flush()
         return None
@@ -311,9 +310,7 @@ class WatermarkWriter:
         if self._writing:
             self._writing = False
             self._reactor.removeWriter(self)
-        if not self.closed:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+        self._close_fd()
 
     def _pause(self) -> None:
         if self.producer is not None and self._streaming and not self.producer_paused:
