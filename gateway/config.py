@@ -276,6 +276,20 @@ class _Validator:
             return None
         return value
 
+    def named_table(
+        self, path: tuple[str, str], raw: Any, name_pattern: re.Pattern[str], name_rule: str
+    ) -> dict[str, Any] | None:
+        """A ``[SECTION.NAME]`` table: its name must match ``name_pattern`` (``name_rule``
+        says how to the user) and its value must be a table."""
+        section, name = path
+        if not name_pattern.match(name):
+            self.error(path, name_rule)
+            return None
+        if not isinstance(raw, dict):
+            self.error(path, f"must be a table ([{section}.NAME])")
+            return None
+        return raw
+
     def known(self, data: Mapping[str, Any], path: tuple[str, ...], keys: set[str]) -> None:
         for key in data:
             if key not in keys:
@@ -421,11 +435,8 @@ def _check_user(
     v: _Validator, name: str, raw: Any, base: Path, targets: Mapping[str, TargetConfig]
 ) -> UserConfig | None:
     path = ("users", name)
-    if not _USER_NAME.match(name):
-        v.error(path, "user names are 1-64 of A-Z a-z 0-9 . _ @ - (not starting with . @ -)")
-        return None
-    if not isinstance(raw, dict):
-        v.error(path, "must be a table ([users.NAME])")
+    rule = "user names are 1-64 of A-Z a-z 0-9 . _ @ - (not starting with . @ -)"
+    if v.named_table(path, raw, _USER_NAME, rule) is None:
         return None
     v.known(raw, path, USER_KEYS)
     password = raw.get("password")
@@ -516,11 +527,8 @@ def _check_host_key(v: _Validator, raw: Mapping[str, Any], path: tuple[str, ...]
 
 def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfig | None:
     path = ("targets", name)
-    if not _TARGET_NAME.match(name):
-        v.error(path, "target names are 1-64 of A-Z a-z 0-9 . _ - (not starting with . -)")
-        return None
-    if not isinstance(raw, dict):
-        v.error(path, "must be a table ([targets.NAME])")
+    rule = "target names are 1-64 of A-Z a-z 0-9 . _ - (not starting with . -)"
+    if v.named_table(path, raw, _TARGET_NAME, rule) is None:
         return None
     protocol = raw.get("protocol")
     if protocol not in TARGET_PROTOCOLS:
