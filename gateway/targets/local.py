@@ -228,6 +228,22 @@ class LocalSession:
                 opened.remove(fd)
             child_ends.clear()
 
+        def start(stdin: int, stdout: int, stderr: int, **extra: Any) -> None:
+            self._popen = subprocess.Popen(
+                args,
+                executable=shell,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=cwd,
+                env=env,
+                close_fds=True,
+                restore_signals=True,
+                start_new_session=True,
+                **extra,
+            )
+            close_child_ends()
+
         try:
             if self.request.pty is None:
                 stdin_r, stdin_w = fds(os.pipe())
@@ -238,19 +254,7 @@ class LocalSession:
                 for fd in (stdin_w, stdout_r):
                     fdio.enlarge_pipe(fd)
                 child_ends = [stdin_r, stdout_w, stderr_w]
-                self._popen = subprocess.Popen(
-                    args,
-                    executable=shell,
-                    stdin=stdin_r,
-                    stdout=stdout_w,
-                    stderr=stderr_w,
-                    cwd=cwd,
-                    env=env,
-                    close_fds=True,
-                    restore_signals=True,
-                    start_new_session=True,
-                )
-                close_child_ends()
+                start(stdin_r, stdout_w, stderr_w)
                 self._readers = [
                     self._reader(stdout_r, self._client.write_stdout, "stdout"),
                     self._reader(stderr_r, self._client.write_stderr, "stderr"),
@@ -264,20 +268,7 @@ class LocalSession:
                 writer_fd = os.dup(master)
                 opened.append(writer_fd)
                 child_ends = [slave]
-                self._popen = subprocess.Popen(
-                    args,
-                    executable=shell,
-                    stdin=slave,
-                    stdout=slave,
-                    stderr=slave,
-                    cwd=cwd,
-                    env=env,
-                    close_fds=True,
-                    restore_signals=True,
-                    start_new_session=True,
-                    preexec_fn=_take_terminal,
-                )
-                close_child_ends()
+                start(slave, slave, slave, preexec_fn=_take_terminal)
                 # Output and errors share the terminal, so all of it is stdout.
                 self._pty = self._reader(master, self._client.write_stdout, "pty")
                 self._readers = [self._pty]
