@@ -2,6 +2,7 @@
 algorithms. Prints each measurement for both and the gateway/sshd ratio.
 
     .venv/bin/python -m bench.ssh2 [--mib 256] [--connections 80] [--idle 30]
+                                   [--cipher aes128-ctr] [--mac hmac-sha2-256]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bench.harness import (
     workdir,
 )
 
-CIPHER, MAC, KEX = "aes128-ctr", "hmac-sha2-256", "curve25519-sha256"
+CIPHER, MAC, KEX = "aes128-ctr", "hmac-sha2-256", "curve25519-sha256"  # --cipher, --mac
 
 
 def throughput(port: int, key: Path, user: str, mib: int) -> tuple[float, float]:
@@ -81,11 +82,15 @@ def idle_session_kib(port: int, pid: int, key: Path, user: str, count: int) -> f
 
 
 def main() -> None:
+    global CIPHER, MAC
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mib", type=int, default=256, help="transfer size each way")
     parser.add_argument("--connections", type=int, default=80)
     parser.add_argument("--idle", type=int, default=100, help="idle sessions for the memory test")
+    parser.add_argument("--cipher", default=CIPHER, help="e.g. chacha20-poly1305@openssh.com")
+    parser.add_argument("--mac", default=MAC, help="e.g. hmac-sha2-256-etm@openssh.com")
     args = parser.parse_args()
+    CIPHER, MAC = args.cipher, args.mac
 
     wd = workdir()
     key = make_user_key(wd)

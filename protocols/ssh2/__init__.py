@@ -5,6 +5,8 @@ Modules, one concern each:
 - ``factory``    SSH2ServerFactory, the IHandoffFactory the dispatcher calls;
 - ``transport``  SSH2ServerTransport: Conch's server transport after a handoff, offering
                  only the configured algorithms, with a bounded packet reader/writer;
+- ``cipher``     packet protection by name: chacha20-poly1305, AES-GCM, encrypt-then-MAC
+                 and the classic modes (Sealer / Opener), for both roles;
 - ``strict_kex`` StrictKexTransport: the Terrapin countermeasure, for both roles;
 - ``moduli``     DH groups for group exchange (/etc/ssh/moduli or RFC 3526);
 - ``auth``       SSH2UserAuthServer: ssh-userauth on the shared LoginFlow;

@@ -10,8 +10,22 @@ from dataclasses import dataclass
 
 DEFAULT_KEX = ("mlkem768x25519-sha256", "curve25519-sha256", "diffie-hellman-group-exchange-sha256")
 DEFAULT_HOST_KEY_ALGORITHMS = ("ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256")
-DEFAULT_CIPHERS = ("aes256-ctr", "aes192-ctr", "aes128-ctr")
-DEFAULT_MACS = ("hmac-sha2-512", "hmac-sha2-256")
+DEFAULT_CIPHERS = (
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+# Encrypt-then-MAC first; the encrypt-and-MAC forms stay for clients older than EtM
+# (OpenSSH < 6.2, PuTTY < 0.68, Conch).
+DEFAULT_MACS = (
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512",
+    "hmac-sha2-256",
+)
 
 # Everything an operator may list; the extra entries are the opt-in legacy algorithms.
 KNOWN_KEX = DEFAULT_KEX + (
@@ -21,7 +35,7 @@ KNOWN_KEX = DEFAULT_KEX + (
 )
 KNOWN_HOST_KEY_ALGORITHMS = DEFAULT_HOST_KEY_ALGORITHMS + ("ssh-rsa",)
 KNOWN_CIPHERS = DEFAULT_CIPHERS + ("aes256-cbc", "aes192-cbc", "aes128-cbc", "3des-cbc")
-KNOWN_MACS = DEFAULT_MACS + ("hmac-sha1",)
+KNOWN_MACS = DEFAULT_MACS + ("hmac-sha1-etm@openssh.com", "hmac-sha1")
 
 
 class UnknownAlgorithm(ValueError):

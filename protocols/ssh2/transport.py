@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
-import os
 import secrets
 import struct
 import zlib
@@ -33,6 +31,7 @@ from protocols.auth import LoginContext, LoginFlow
 from protocols.flow import C2S, S2C, SSH2_NAMES, ssh2_name
 from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
+from protocols.ssh2.cipher import CIPHERS, MACS, BadMAC, KeyedCiphers, is_aead
 from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.strict_kex import StrictKexTransport
@@ -98,8 +97,8 @@ def offered_algorithms(
         key = host_keys.get(HOST_KEY_TYPES[name])
         if key is not None and name.encode("ascii") in key.supportedSignatureAlgorithms():
             host.append(name.encode("ascii"))
-    ciphers = [n.encode("ascii") for n in settings.ciphers if n.encode("ascii") in SSHCiphers.cipherMap]
-    macs = [n.encode("ascii") for n in settings.macs if n.encode("ascii") in SSHCiphers.macMap]
+    ciphers = [n.encode("ascii") for n in settings.ciphers if n.encode("ascii") in CIPHERS]
+    macs = [n.encode("ascii") for n in settings.macs if n.encode("ascii") in MACS]
     offered = {
         "kex": kex,
         "host_key": host,
@@ -171,9 +170,7 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
             self.user_signature_algorithms.append(b"ssh-rsa")
         self._disconnecting = False
         self._inbuf = bytearray()
-        self._first: bytes | None = None  # decrypted first block of the next packet
-        self._mac_in: Any = None  # keyed HMAC objects, copied per packet
-        self._mac_out: Any = None
+        self._length: int | None = None  # the next packet's length, once its head is read
         self._in_size = 0  # wire bytes of the packet _next_packet returned last
 
     # -- connection life cycle ------------------------------------------------------------
@@ -194,8 +191,7 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
                 self._producer_registered = True
             except RuntimeError:
                 pass  # someone else produces into this transport; windows still bound us
-        self.currentEncryptions = SSHCiphers(b"none", b"none", b"none", b"none")
-        self.currentEncryptions.setKeys(b"", b"", b"", b"", b"", b"")
+        self.currentEncryptions = KeyedCiphers.plain()
         # The grace time runs from the handoff, not from the start of user auth, so a
         # client that stalls the key exchange is cut off too.
         context = LoginContext(protocol="ssh2", peer=self.record.peer)
@@ -281,48 +277,51 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
         """The next whole packet's payload from the input buffer, or None for "need more".
 
         Replaces Conch's getPacket: a bytearray consumed from the front instead of
-        re-slicing one bytes object per packet, and a keyed HMAC copied per packet instead
-        of a new HMAC; every length is checked before anything is allocated for it."""
-        enc = self.currentEncryptions
+        re-slicing one bytes object per packet, the cipher and MAC from protocols.ssh2.cipher
+        (AEAD and encrypt-then-MAC too), and every length checked before anything is
+        allocated for it."""
+        opener = self.currentEncryptions.opener
         buf = self._inbuf
-        block = enc.decBlockSize or 8
-        if self._first is None:
-            if len(buf) < block:
+        seq = self.incomingPacketSequence
+        if self._length is None:
+            if len(buf) < opener.head:
                 return None
-            self._first = enc.decrypt(bytes(buf[:block]))
-        first = self._first
-        length, padding = struct.unpack_from("!LB", first)
+            self._length = opener.length(seq, bytes(buf[: opener.head]))
+        length = self._length
+        block = opener.block
         if length > MAX_PACKET_LENGTH:
             self.protocol_error(f"bad packet length {length}")
             return None
-        if (length + 4) % block or padding < 4 or padding + 1 >= length:
+        # RFC 4253 section 6: whole blocks (the length field counts unless it travels in
+        # clear), and room for the padding-length byte, a message byte and 4 of padding.
+        aligned = length if opener.length_in_clear else 4 + length
+        if aligned % block or length < 6 or 4 + length < opener.head:
             self.protocol_error("bad packet padding or length")
             return None
-        mac_size = enc.verifyDigestSize
-        needed = 4 + length + mac_size
+        needed = 4 + length + opener.tail
         if len(buf) < needed:
             return None
-        with memoryview(buf) as view:
-            packet = first + enc.decrypt(view[block : 4 + length])
-            mac = bytes(view[4 + length : needed])
+        try:
+            with memoryview(buf) as view:
+                packet = opener.open(seq, view[:needed])
+        except BadMAC:
+            self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
+            return None
         del buf[:needed]
-        self._first = None
+        self._length = None
         self._in_size = needed
-        if self._mac_in is not None:
-            check = self._mac_in.copy()
-            check.update(struct.pack(">L", self.incomingPacketSequence))
-            check.update(packet)
-            if not hmac.compare_digest(check.digest(), mac):
-                self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
-                return None
-        payload = packet[5 : length + 4 - padding]
+        padding = packet[0]
+        if padding < 4 or padding + 1 >= length:
+            self.protocol_error("bad packet padding or length")
+            return None
+        payload = packet[1 : length - padding]
         if self.incomingCompression is not None:
             try:
                 payload = self.incomingCompression.decompress(payload)
             except Exception:
                 self.sendDisconnect(transport.DISCONNECT_COMPRESSION_ERROR, b"compression error")
                 return None
-        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
+        self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
         if not payload:
             self.protocol_error("empty packet payload")
             return None
@@ -367,14 +366,14 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
         super().ssh_KEXINIT(packet)
         if self._disconnecting or self.nextEncryptions is None:
             return
-        enc = self.nextEncryptions
+        enc = self.nextEncryptions = KeyedCiphers.of(self.nextEncryptions)
         self.record.algorithms = {
             "kex": self.kexAlg.decode("ascii", "replace"),
             "hostkey": self.keyAlg.decode("ascii", "replace"),
             "cipher_in": enc.inCipType.decode("ascii", "replace"),
             "cipher_out": enc.outCipType.decode("ascii", "replace"),
-            "mac_in": enc.inMACType.decode("ascii", "replace"),
-            "mac_out": enc.outMACType.decode("ascii", "replace"),
+            "mac_in": _mac_name(enc.inCipType, enc.inMACType),
+            "mac_out": _mac_name(enc.outCipType, enc.outMACType),
             "comp_in": self.incomingCompressionType.decode("ascii", "replace"),
             "comp_out": self.outgoingCompressionType.decode("ascii", "replace"),
             "strict_kex": "yes" if self.strict_kex else "no",
@@ -472,27 +471,17 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
         super().ssh_KEX_DH_GEX_INIT(packet)
 
     def ssh_NEWKEYS(self, packet: bytes) -> None:
-        if self.nextEncryptions is None or not hasattr(self.nextEncryptions, "encryptor"):
+        if getattr(self.nextEncryptions, "sealer", None) is None:  # not keyed yet
             self.protocol_error("NEWKEYS before key exchange")
             return
         super().ssh_NEWKEYS(packet)
 
     def _newKeys(self) -> None:
-        self._set_macs(self.nextEncryptions)
         super()._newKeys()
         if self.incomingCompression is not None and not isinstance(
             self.incomingCompression, _BoundedInflater
         ):
             self.incomingCompression = _BoundedInflater(MAX_INFLATED_PAYLOAD)
-
-    def _set_macs(self, enc: SSHCiphers) -> None:
-        def keyed(params: Any) -> Any:
-            if not params or params[0] is None:
-                return None
-            return hmac.new(params.key, digestmod=params[0])
-
-        self._mac_in = keyed(enc.inMAC)
-        self._mac_out = keyed(enc.outMAC)
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         # Conch announces its host-key algorithms as server-sig-algs; clients read that
@@ -513,54 +502,30 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
         data is passed as (header, data) so it is copied once into the packet."""
         if self._disconnecting or self.transport is None:
             return
-        flow = self.record.flow
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE or self.outgoingCompression is not None:
-            # Rare paths (queueing during key exchange, compression): Conch's code.
-            payload = b"".join(parts)
-            if flow is None:
-                super().sendPacket(messageType, payload)
-                return
-            sequence, written = self.outgoingPacketSequence, self.record.bytes_out
-            super().sendPacket(messageType, payload)
-            if self.outgoingPacketSequence != sequence:  # sent, not queued for after NEWKEYS
-                # The dispatcher's counting transport knows the exact (compressed) size.
-                size = self.record.bytes_out - written or self._wire_size(len(payload))
-                flow.packet(S2C, self.flow_name(messageType), size)
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not (
+            self._allowedKeyExchangeMessageType(messageType)
+        ):
+            # RFC 4253 section 7.1: held back until NEWKEYS; Conch's _newKeys sends them.
+            self._blockedByKeyExchange.append((messageType, b"".join(parts)))
             return
-        enc = self.currentEncryptions
-        block = enc.encBlockSize or 8
-        total = 6 + sum(map(len, parts))  # length, padding length, message type, payload
-        padding = block - total % block
-        if padding < 4:
-            padding += block
-        packet = b"".join(
-            (struct.pack("!LBB", total + padding - 4, padding, messageType), *parts, os.urandom(padding))
-        )
-        encrypted = enc.encrypt(packet)
-        if self._mac_out is not None:
-            mac = self._mac_out.copy()
-            mac.update(struct.pack(">L", self.outgoingPacketSequence))
-            mac.update(packet)
-            digest = mac.digest()
-            self.transport.writeSequence((encrypted, digest))
-            size = len(encrypted) + len(digest)
-        else:
-            self.transport.write(encrypted)
-            size = len(encrypted)
-        self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+        first = messageType
+        if self.outgoingCompression is not None:
+            # The whole payload, message number included, is compressed.
+            compressor = self.outgoingCompression
+            data = bytes((messageType,)) + b"".join(parts)
+            data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            first, parts = data[0], (data[1:],)
+        sealer = self.currentEncryptions.sealer
+        size = 1 + sum(map(len, parts))
+        seq = self.outgoingPacketSequence
+        wire = sealer.seal(seq, sealer.frame(first, parts, size))
+        self.transport.writeSequence(wire)
+        self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        self.packet_sent(messageType)
+        flow = self.record.flow
         if flow is not None:
             name = SSH2_NAMES.get(messageType) or self.flow_name(messageType)
-            flow.packet(S2C, name, size)
-
-    def _wire_size(self, payload: int) -> int:
-        """Wire bytes of an uncompressed packet with ``payload`` bytes, from its framing."""
-        enc = self.currentEncryptions
-        block = enc.encBlockSize or 8
-        total = 6 + payload
-        padding = block - total % block
-        if padding < 4:
-            padding += block
-        return total + padding + enc.verifyDigestSize
+            flow.packet(S2C, name, sum(map(len, wire)))
 
     def sendDisconnect(self, reason: int, desc: bytes | str) -> None:
         if self._disconnecting:
@@ -592,6 +557,11 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
 
     def receiveUnimplemented(self, seqnum: int) -> None:
         log.debug("ssh2: peer did not implement packet {seqnum}", seqnum=seqnum)
+
+
+def _mac_name(cipher: bytes, mac: bytes) -> str:
+    # An AEAD cipher authenticates by itself; the negotiated MAC name goes unused.
+    return "implicit" if is_aead(cipher) else mac.decode("ascii", "replace")
 
 
 def _ns(value: bytes) -> bytes:

@@ -66,8 +66,11 @@ def test_kexinit_offers_exactly_the_configured_algorithms_in_order():
     expected_kex = [k.encode() for k in SSH2Settings().kex if k.encode() in _kex.getSupportedKeyExchanges()]
     assert kex == expected_kex + [b"kex-strict-s-v00@openssh.com", b"ext-info-s"]
     assert hostkeys == [b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256"]
-    assert enc_cs == enc_sc == [b"aes256-ctr", b"aes192-ctr", b"aes128-ctr"]
-    assert mac_cs == mac_sc == [b"hmac-sha2-512", b"hmac-sha2-256"]
+    assert enc_cs == enc_sc == [n.encode() for n in SSH2Settings().ciphers]
+    assert enc_cs[:3] == [b"chacha20-poly1305@openssh.com", b"aes256-gcm@openssh.com",
+                          b"aes128-gcm@openssh.com"]  # fmt: skip
+    assert mac_cs == mac_sc == [n.encode() for n in SSH2Settings().macs]
+    assert mac_cs[:2] == [b"hmac-sha2-512-etm@openssh.com", b"hmac-sha2-256-etm@openssh.com"]
     assert comp_cs == comp_sc == [b"none"]
 
 
