@@ -229,11 +229,7 @@ class SSH1ClientProtocol(CorePump):
         self.done = True
         self._fail_reason = message
         log.info("ssh1 client {peer}: {message}", peer=self.options.peer, message=message)
-        core = self.core
-        if core is not None and not core.closed:
-            core.send_disconnect(message)
-        self._send_queued()
-        self._drop()
+        self._drop(message)
         if self.is_open:  # the bridge names the target only for failures before this
             self.sink.failed(f"{self.options.peer}: {message}")
         elif not self.opened.called:
@@ -384,9 +380,8 @@ class SSH1ClientProtocol(CorePump):
         if self._flow is not None:
             self._flow.exit(event.status)
             self._fail_reason = "session finished"
-        self._send_queued()
         self.done = True
-        self._drop()
+        self._drop()  # sends the EXIT_CONFIRMATION the core queued, then closes
         self.sink.exited(ExitInfo(status=event.status))
 
     def _on_forward_refused(self, event: ev.ForwardRefused) -> None:
@@ -439,13 +434,14 @@ class SSH1ClientProtocol(CorePump):
         if self.done:
             return
         self.done = True
-        core = self.core
-        if core is not None and not core.closed:
-            core.send_disconnect("session closed by the gateway's client")
-        self._send_queued()
-        self._drop()
+        self._drop("session closed by the gateway's client")
 
-    def _drop(self) -> None:
+    def _drop(self, goodbye: str | None = None) -> None:
+        """Close the connection, with a DISCONNECT saying ``goodbye`` first if given."""
+        core = self.core
+        if goodbye is not None and core is not None and not core.closed:
+            core.send_disconnect(goodbye)
+        self._send_queued()
         if self.transport is None:
             return
         # A device that stopped reading would keep a lost connection open forever while
