@@ -117,7 +117,7 @@ class ListSink:
 
 def test_bridged_ssh1_session_gives_a_linked_upstream_flow(tmp_path):
     from gateway.known_hosts import KnownHosts
-    from tests.ssh1.test_client_target import Rig
+    from tests.ssh1.target_rig import Rig
 
     rig = Rig(tmp_path, KnownHosts(tmp_path / "known_hosts"))
     device_sink, upstream_sink = ListSink(), ListSink()
@@ -166,7 +166,7 @@ def test_telnet_leg_records_commands_and_data_sizes_only():
 
     from gateway.targets import TargetConfig
     from gateway.targets.telnet import TelnetTarget
-    from tests.gateway.test_bridge import FakeClient
+    from tests.doubles import FakeSessionClient
 
     cfg = TargetConfig(
         name="dev", protocol="telnet", host="192.0.2.5", port=23, username="admin",
@@ -175,7 +175,7 @@ def test_telnet_leg_records_commands_and_data_sizes_only():
     target = TelnetTarget(MemoryReactorClock(), cfg, None)
     sink = ListSink()
     target.flows = sink
-    client = FakeClient()
+    client = FakeSessionClient()
     client.flow_id = "f-20261121T140501Z-00000001"
     target.open_session("alice", SessionRequest(command=None), client)
     factory = target.reactor.tcpClients[0][2]

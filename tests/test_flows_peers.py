@@ -13,14 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import (
+from tests.clients import (
     PASSWORD,
     base_config,
-    ssh1_host_fingerprint,
-    sshgateway_cli,
+    hash_password,
+    one_target_config,
+    plink1_argv,
+    ssh1_fingerprint,
+    ssh2_device,
+    ssh_argv,
+    write_authorized_keys,
 )
+from tests.gateway_process import GatewayProcess
 from tests.peers import require_peer
+from tests.sshd import keygen
 
 pytestmark = pytest.mark.peer
 
@@ -29,32 +35,13 @@ PAYLOAD = b"payload-never-recorded-7f3a91\n"
 
 @pytest.fixture(scope="module")
 def peers_gateway(tmp_path_factory):
-    tools = require_peer("ssh-keygen")
     work = tmp_path_factory.mktemp("flows-peers")
-    key = work / "id_ed25519"
-    subprocess.run(
-        [tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-        check=True,
-        timeout=60,
-    )
-    authz = work / "authorized_keys"
-    authz.write_text(Path(str(key) + ".pub").read_text())
-    authz.chmod(0o600)
-    password_hash = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
+    key = keygen(work / "id_ed25519")
+    authz = write_authorized_keys(work / "authorized_keys", key)
     (work / "gw").mkdir()
-    with GatewayProcess(work / "gw", base_config(password_hash, authz)) as gw:
+    with GatewayProcess(work / "gw", base_config(hash_password(), authz)) as gw:
         gw.key = key
         yield gw
-
-
-def _ssh(gw: GatewayProcess, *extra: str) -> list[str]:
-    tools = require_peer("ssh")
-    return [
-        tools["ssh"], "-F", "/dev/null",
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
-        "-p", str(gw.port), *extra, "alice@127.0.0.1", "cat",
-    ]  # fmt: skip
 
 
 def _records(gw: GatewayProcess, count: int, timeout: float = 20.0) -> list[dict]:
@@ -83,15 +70,13 @@ def _in_order(names: list[str], wanted: list[str]) -> bool:
 
 def test_ssh1_and_ssh2_logins_leave_flow_records_without_secrets(peers_gateway):
     gw = peers_gateway
-    plink = require_peer("plink")["plink"]
     sshpass = require_peer("sshpass")["sshpass"]
-    fingerprint = ssh1_host_fingerprint(gw.config["state_dir"])
+    fingerprint = ssh1_fingerprint(gw)
     runs = [
-        [plink, "-1", "-batch", "-hostkey", fingerprint, "-P", str(gw.port), "-pw", PASSWORD,
-         "-l", "alice", "127.0.0.1", "cat"],
-        [sshpass, "-p", PASSWORD, *_ssh(gw, "-o", "PreferredAuthentications=password",
-                                        "-o", "PubkeyAuthentication=no")],
-        _ssh(gw, "-o", "BatchMode=yes", "-i", str(gw.key), "-o", "IdentitiesOnly=yes"),
+        plink1_argv(gw, "cat", fingerprint=fingerprint),
+        [sshpass, "-p", PASSWORD, *ssh_argv(gw, None, "-o", "PreferredAuthentications=password",
+                                            "-o", "PubkeyAuthentication=no", "cat", batch=False)],
+        ssh_argv(gw, gw.key, "cat"),
     ]  # fmt: skip
     for argv in runs:
         result = subprocess.run(argv, input=PAYLOAD, capture_output=True, timeout=60)
@@ -164,26 +149,13 @@ def test_ssh1_and_ssh2_logins_leave_flow_records_without_secrets(peers_gateway):
 def test_bridged_session_gives_two_linked_flows(tmp_path):
     """plink -1 -> gateway -> a real OpenSSH sshd: the client leg (SSH-1, role server) and
     the upstream leg (SSH-2, role client) are both recorded, the second linked to the first."""
-    from tests.sshd import OpenSSHServer, keygen
-
-    plink = require_peer("plink")["plink"]
-    device_key = keygen(tmp_path / "gateway_to_device")
-    password_hash = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
-    authz = tmp_path / "authorized_keys"
-    authz.write_text("")
-    authz.chmod(0o600)
-    with OpenSSHServer(tmp_path / "sshd", [Path(str(device_key) + ".pub")]) as device:
-        config = base_config(password_hash, authz, targets={
-            "dev": {"protocol": "ssh2", "host": "127.0.0.1", "port": device.port,
-                    "username": "root", "key": str(device_key), "connect_timeout": 20},
-        })  # fmt: skip
-        config["users"]["alice"]["targets"] = ["dev"]
+    authz = write_authorized_keys(tmp_path / "authorized_keys")
+    with ssh2_device(tmp_path) as (device, target):
+        config = one_target_config(authz, "dev", target)
         (tmp_path / "gw").mkdir()
         with GatewayProcess(tmp_path / "gw", config) as gw:
-            fingerprint = ssh1_host_fingerprint(gw.config["state_dir"])
             result = subprocess.run(
-                [plink, "-1", "-batch", "-hostkey", fingerprint, "-P", str(gw.port),
-                 "-pw", PASSWORD, "-l", "alice+dev", "127.0.0.1", "cat; exit 4"],
+                plink1_argv(gw, "cat; exit 4", user="alice+dev"),
                 input=PAYLOAD, capture_output=True, timeout=60,
             )  # fmt: skip
             assert result.stdout == PAYLOAD, result.stderr + gw.log_text()[-3000:].encode()
@@ -212,7 +184,7 @@ def test_bridged_session_gives_two_linked_flows(tmp_path):
         {k: a[k] for k in ("method", "result")} for a in upstream["auth"]
     ]
     key_body = "".join(
-        line for line in device_key.read_text().splitlines() if not line.startswith("-----")
+        line for line in Path(target["key"]).read_text().splitlines() if not line.startswith("-----")
     )
     for path in (Path(gw.config["state_dir"]) / "flows").iterdir():
         data = path.read_bytes()

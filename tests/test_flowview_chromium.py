@@ -10,8 +10,8 @@ import zlib
 
 import pytest
 
+from tests.flow_records import run, ssh1_plink_login, ssh2_openssh_login, write_records
 from tests.peers import require_peer
-from tests.test_flowview import run, ssh1_plink_login, ssh2_openssh_login, write_records
 
 pytestmark = pytest.mark.peer
 

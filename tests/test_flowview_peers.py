@@ -13,8 +13,16 @@ import time
 import pytest
 
 from gateway.flowview import STAGES, FlowStore
+from tests.clients import (
+    PASSWORD,
+    base_config,
+    hash_password,
+    plink1_argv,
+    ssh_argv,
+    sshgateway_cli,
+    write_authorized_keys,
+)
 from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import PASSWORD, base_config, ssh1_host_fingerprint, sshgateway_cli
 from tests.peers import require_peer
 
 pytestmark = pytest.mark.peer
@@ -45,21 +53,15 @@ def _wait_for_flows(gw: GatewayProcess, count: int, timeout: float = 20.0) -> li
 
 def test_flows_commands_on_a_plink_1_and_an_openssh_login(tmp_path):
     tools = require_peer("plink", "ssh", "sshpass")
-    authz = tmp_path / "authorized_keys"
-    authz.write_text("")
-    authz.chmod(0o600)
-    password_hash = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
+    authz = write_authorized_keys(tmp_path / "authorized_keys")
     (tmp_path / "gw").mkdir()
-    with GatewayProcess(tmp_path / "gw", base_config(password_hash, authz)) as gw:
-        fingerprint = ssh1_host_fingerprint(gw.config["state_dir"])
+    with GatewayProcess(tmp_path / "gw", base_config(hash_password(), authz)) as gw:
         runs = [
-            [tools["plink"], "-1", "-batch", "-hostkey", fingerprint, "-P", str(gw.port),
-             "-pw", PASSWORD, "-l", "alice", "127.0.0.1", "cat"],
-            [tools["sshpass"], "-p", PASSWORD, tools["ssh"], "-F", "/dev/null",
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "LogLevel=ERROR", "-o", "PubkeyAuthentication=no",
-             "-o", "PreferredAuthentications=password", "-p", str(gw.port),
-             "alice@127.0.0.1", "cat"],
+            plink1_argv(gw, "cat"),
+            [tools["sshpass"], "-p", PASSWORD, *ssh_argv(
+                gw, None, "-o", "PubkeyAuthentication=no",
+                "-o", "PreferredAuthentications=password", "cat", batch=False,
+            )],
         ]  # fmt: skip
         for argv in runs:
             result = subprocess.run(argv, input=PAYLOAD, capture_output=True, timeout=60)

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import (
+    PASSWORD,
+    base_config,
+    hash_password,
+    sshgateway_cli,
+    write_authorized_keys,
+)
 from tests.gateway_process import REPO, GatewayProcess
-from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
 from tests.peers import require_peer
 from tests.sshd import OpenSSHServer, free_port, silent_listener
 
@@ -49,11 +55,8 @@ def world(tmp_path_factory):
     work = tmp_path_factory.mktemp("probe")
     (work / "gw").mkdir()
     (work / "gw1").mkdir()
-    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
-    authorized = work / "authorized_keys"
-    authorized.write_text("")
-    authorized.chmod(0o600)
-    config = base_config(hashed, authorized)
+    authorized = write_authorized_keys(work / "authorized_keys")
+    config = base_config(hash_password(), authorized)
     with GatewayProcess(work / "gw", config) as gw:
         ssh1_only = dict(config, protocols=["1"], state_dir=gw.config["state_dir"])
         with (

@@ -1,4 +1,5 @@
-"""Shared helpers for the gateway tests: cheap password hashes, keys, log capture."""
+"""Shared helpers for the gateway tests: cheap password hashes, keys, public-key
+credentials, the result of an already-fired Deferred, log capture."""
 
 from __future__ import annotations
 
@@ -7,11 +8,38 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.ssh import keys
+from twisted.cred.credentials import SSHPrivateKey
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from gateway import passwords
 
 # Cheap scrypt parameters: the tests exercise the logic, not the cost.
 FAST = {"n": 2**8, "r": 8, "p": 1}
+
+
+# The [targets.*] tables the routing tests share: sw1 (SSH-1, with a device password),
+# host2 (SSH-2), tn (telnet, logging in with the user's own password) and secret (listed
+# for no user).
+ROUTED_TARGETS = """
+[targets.sw1]
+protocol = "ssh1"
+host = "192.0.2.10"
+password = "device"
+
+[targets.host2]
+protocol = "ssh2"
+host = "192.0.2.11"
+
+[targets.tn]
+protocol = "telnet"
+host = "192.0.2.12"
+credentials = "pass-through"
+
+[targets.secret]
+protocol = "ssh2"
+host = "192.0.2.13"
+"""
 
 
 def fast_hash(password: str) -> str:
@@ -30,6 +58,40 @@ def rsa_key(bits: int = 1024) -> keys.Key:
 def ssh1_line(key: keys.Key, comment: str = "ssh1-key") -> str:
     data = key.public().data()
     return f"{data['n'].bit_length()} {data['e']} {data['n']} {comment}"
+
+
+def pk(
+    name: bytes,
+    key: keys.Key,
+    data: bytes = b"session-data",
+    signature_type: bytes | None = None,
+    sign: bool = True,
+    blob: bytes | None = None,
+) -> SSHPrivateKey:
+    """Public-key credentials for ``name``: signed over ``data`` unless ``sign`` is false
+    (a query), with another signature algorithm or a replaced key blob when given."""
+    public = key.public()
+    algorithm = signature_type or public.sshType()
+    signature = key.sign(data, signatureType=signature_type) if sign else None
+    return SSHPrivateKey(name, algorithm, blob or public.blob(), data, signature)
+
+
+def result_of(d: Deferred):
+    """The Deferred's result now (it must have fired), re-raising a failure."""
+    box: list = []
+    d.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+def failure_of(d: Deferred) -> Failure:
+    """The Failure the Deferred has already fired with."""
+    box: list = []
+    d.addBoth(box.append)
+    assert box and isinstance(box[0], Failure), box
+    return box[0]
 
 
 def write_private(path: Path, text: str | bytes, mode: int = 0o600) -> Path:

@@ -10,11 +10,9 @@ import os
 
 import pytest
 from twisted.conch.error import ValidPublicKey
-from twisted.cred.credentials import SSHPrivateKey, UsernamePassword
+from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gateway import passwords
@@ -35,55 +33,17 @@ from protocols.auth import (
     SSH1RSAChallenge,
     TooManyAttempts,
 )
-from protocols.session import IGatewayUser, ISessionTarget, SessionRequest
-from tests.gateway.helpers import ed25519_key, fast_hash, rsa_key, ssh1_line
-
-
-@implementer(ISessionTarget)
-class FakeSession:
-    def __init__(self, username, request, client):
-        self.username, self.request, self.client = username, request, client
-
-    def write_stdin(self, data):
-        pass
-
-    def close_stdin(self):
-        pass
-
-    def resize(self, size):
-        pass
-
-    def send_signal(self, name):
-        pass
-
-    def close(self):
-        pass
-
-    def registerProducer(self, producer, streaming):
-        pass
-
-    def unregisterProducer(self):
-        pass
-
-
-class FakeTargets:
-    def __init__(self):
-        self.opened: list[FakeSession] = []
-
-    def open_session(self, username, request, client):
-        session = FakeSession(username, request, client)
-        self.opened.append(session)
-        return session
-
-
-def result_of(d):
-    """The Deferred's result now (it must have fired), re-raising a failure."""
-    box: list = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
+from protocols.session import IGatewayUser, SessionRequest
+from tests.doubles import Challenger, FakeTarget
+from tests.gateway.helpers import (
+    ed25519_key,
+    failure_of,
+    fast_hash,
+    pk,
+    result_of,
+    rsa_key,
+    ssh1_line,
+)
 
 
 class Setup:
@@ -121,7 +81,7 @@ auth = "all"
 env_allow = ["LANG", "LC_*"]
 """
         self.config = parse_config(text, base=tmp_path)
-        self.targets = FakeTargets()
+        self.targets = FakeTarget("router")
         self.portal = build_portal(self.config, self.targets, blocking=run_inline)
 
     def login(self, credentials, protocol="ssh2", context=None):
@@ -132,13 +92,6 @@ env_allow = ["LANG", "LC_*"]
 @pytest.fixture
 def setup(tmp_path):
     return Setup(tmp_path)
-
-
-def failure_of(d) -> Failure:
-    box: list = []
-    d.addBoth(box.append)
-    assert box and isinstance(box[0], Failure), box
-    return box[0]
 
 
 # --- passwords ------------------------------------------------------------------------------
@@ -238,13 +191,6 @@ def test_login_flow_answers_unknown_and_wrong_after_the_same_delay(setup):
 # --- SSH-2 public keys ----------------------------------------------------------------------
 
 
-def pk(name, key, data=b"session-data", signature_type=None, sign=True, blob=None):
-    public = key.public()
-    algorithm = signature_type or public.sshType()
-    signature = key.sign(data, signatureType=signature_type) if sign else None
-    return SSHPrivateKey(name, algorithm, blob or public.blob(), data, signature)
-
-
 def test_publickey_query_for_a_listed_key(setup):
     f = failure_of(setup.login(pk(b"alice", setup.ed, sign=False)))
     assert f.check(ValidPublicKey)
@@ -289,16 +235,6 @@ def test_unlisted_key_query_is_refused_like_unknown_user(setup):
 
 
 # --- SSH-1 RSA ------------------------------------------------------------------------------
-
-
-class Challenger:
-    def __init__(self, answer):
-        self.answer = answer
-        self.asked: list[tuple[int, int]] = []
-
-    def __call__(self, e, n):
-        self.asked.append((e, n))
-        return self.answer
 
 
 @pytest.mark.parametrize("which", ["old", "rsa"])  # an SSH-1 line, and an ssh-rsa line
@@ -430,7 +366,7 @@ def test_open_session_goes_to_the_targets(setup):
 
 
 def test_gateway_user_directly():
-    targets = FakeTargets()
+    targets = FakeTarget("router")
     user = GatewayUser("x", targets, [])
     assert verifyObject(IGatewayUser, user)
     assert not user.env_allowed("LANG")

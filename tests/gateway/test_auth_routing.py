@@ -24,9 +24,17 @@ from protocols.auth import (
     SSH1RSAChallenge,
 )
 from protocols.session import ExitInfo, IGatewayUser, SessionRequest
-from tests.gateway.helpers import ed25519_key, fast_hash, rsa_key, ssh1_line
-from tests.gateway.test_auth import Challenger, failure_of, pk, result_of
-from tests.gateway.test_routing import FakeClient, FakeTarget
+from tests.doubles import Challenger, FakeSessionClient, fake_targets
+from tests.gateway.helpers import (
+    ROUTED_TARGETS,
+    ed25519_key,
+    failure_of,
+    fast_hash,
+    pk,
+    result_of,
+    rsa_key,
+    ssh1_line,
+)
 
 SECRET = "s3cret-login-pw"
 
@@ -68,25 +76,10 @@ authorized_keys = "{keys}"
 auth = "all"
 targets = ["tn"]
 
-[targets.sw1]
-protocol = "ssh1"
-host = "192.0.2.10"
-password = "device"
-
-[targets.host2]
-protocol = "ssh2"
-host = "192.0.2.11"
-
-[targets.tn]
-protocol = "telnet"
-host = "192.0.2.12"
-credentials = "pass-through"
 """
-        self.config = parse_config(text, base=tmp_path)
+        self.config = parse_config(text + ROUTED_TARGETS, base=tmp_path)
         self.clock = Clock()
-        self.targets = {
-            name: FakeTarget(name, takes_password=name != "local") for name in self.config.targets
-        }
+        self.targets = fake_targets(self.config.targets)
         self.router = Router(self.config, self.targets, self.clock)
         self.portal = build_portal(self.config, self.router, blocking=run_inline)
 
@@ -100,7 +93,7 @@ credentials = "pass-through"
         return avatar
 
     def session(self, avatar, request=None):
-        client = FakeClient()
+        client = FakeSessionClient()
         session = avatar.open_session(request or SessionRequest(command=b"id"), client)
         self.clock.advance(0)
         return session, client
@@ -150,7 +143,7 @@ def test_login_succeeds_whatever_the_target_and_the_session_says_no(setup):
     for target in ("secret-device", "tn"):  # nonexistent / exists but not alice's
         avatar = setup.avatar(UsernamePassword(f"alice+{target}".encode(), b"alice-pw"))
         _, client = setup.session(avatar)
-        outcomes.append((bytes(client.stderr).replace(target.encode(), b"X"), client.exit))
+        outcomes.append((bytes(client.err).replace(target.encode(), b"X"), client.exit))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0] == (b"sshgateway: target 'X' is not available to alice\r\n", ExitInfo(255))
     assert all(not t.opened for t in setup.targets.values())
@@ -168,8 +161,8 @@ def test_pass_through_after_a_key_login(setup):
     avatar = setup.avatar(pk(b"dave+tn", setup.ed))
     _, client = setup.session(avatar)
     assert not setup.targets["tn"].opened
-    assert client.stderr.startswith(b"sshgateway: target 'tn' logs in with your gateway password")
-    assert client.stderr.count(b"\n") == 1 and client.exit == ExitInfo(status=255)
+    assert client.err.startswith(b"sshgateway: target 'tn' logs in with your gateway password")
+    assert client.err.count(b"\n") == 1 and client.exit == ExitInfo(status=255)
 
 
 def test_password_kept_only_for_users_with_a_pass_through_target(setup):
@@ -221,7 +214,7 @@ def test_a_password_checked_for_another_user_is_not_carried_over(setup):
     _, avatar, _ = result_of(login.attempt("gina+tn", "publickey", pk(b"gina+tn", setup.ed)))
     assert avatar.username == "gina"
     _, client = setup.session(avatar)
-    assert not setup.targets["tn"].opened and b"gateway password" in client.stderr
+    assert not setup.targets["tn"].opened and b"gateway password" in client.err
 
 
 def test_passwords_never_reach_the_log(setup):

@@ -4,84 +4,19 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from zope.interface import implementer
 
 from gateway.targets.bridge import (
     FAILURE_STATUS,
     MAX_PENDING_INPUT,
     BridgeSession,
-    IUpstreamSession,
     UpstreamFailure,
 )
 from protocols.session import ExitInfo, SessionRequest, WindowSize
-
-
-class FakeClient:
-    def __init__(self):
-        self.out, self.err, self.eof, self.exit = b"", b"", False, None
-        self.producer = None
-
-    def write_stdout(self, data):
-        self.out += data
-
-    def write_stderr(self, data):
-        self.err += data
-
-    def send_eof(self):
-        self.eof = True
-
-    def exited(self, info):
-        self.exit = info
-
-    def registerProducer(self, producer, streaming):
-        self.producer = producer
-
-    def unregisterProducer(self):
-        self.producer = None
-
-
-@implementer(IUpstreamSession)
-class FakeUpstream:
-    description = "fake"
-
-    def __init__(self):
-        self.written, self.eof, self.sizes, self.closed, self.paused = b"", False, [], False, False
-
-    def write(self, data):
-        self.written += data
-
-    def send_eof(self):
-        self.eof = True
-
-    def resize(self, size):
-        self.sizes.append(size)
-
-    def send_signal(self, name):
-        pass
-
-    def close(self):
-        self.closed = True
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-
-
-class Producer:
-    def __init__(self):
-        self.paused = False
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
+from tests.doubles import FakeProducer, FakeSessionClient, FakeUpstream
 
 
 def bridge(idle=None, timeout=10.0):
-    clock, client, pending = Clock(), FakeClient(), defer.Deferred()
+    clock, client, pending = Clock(), FakeSessionClient(), defer.Deferred()
     sinks = []
 
     def connect(request, sink):
@@ -111,7 +46,7 @@ def test_input_held_until_open_then_flushed_in_order():
 
 def test_pending_input_is_bounded_by_pausing_the_front_end():
     session, client, pending, sink, _ = bridge()
-    producer = Producer()
+    producer = FakeProducer()
     session.registerProducer(producer, True)
     session.write_stdin(b"x" * (MAX_PENDING_INPUT + 1))
     assert producer.paused
@@ -144,13 +79,20 @@ def test_output_pause_reaches_upstream_even_before_open():
     assert not upstream.paused
 
 
-def test_upstream_back_pressure_pauses_front_end():
+def paused_front_end():
+    """An open bridge whose upstream has asked to pause the front end's input: the
+    session, the upstream sink and the front end's producer."""
     session, client, pending, sink, _ = bridge()
-    producer = Producer()
+    producer = FakeProducer()
     session.registerProducer(producer, True)
     pending.callback(FakeUpstream())
     sink.pause_input()
     assert producer.paused
+    return session, sink, producer
+
+
+def test_upstream_back_pressure_pauses_front_end():
+    _, sink, producer = paused_front_end()
     sink.resume_input()
     assert not producer.paused
 
@@ -185,12 +127,7 @@ def test_client_close_tears_down_quietly():
 
 
 def test_input_resumed_when_the_session_ends_while_paused():
-    session, client, pending, sink, _ = bridge()
-    producer = Producer()
-    session.registerProducer(producer, True)
-    pending.callback(FakeUpstream())
-    sink.pause_input()
-    assert producer.paused
+    session, sink, producer = paused_front_end()
     sink.exited(ExitInfo(status=0))
     assert not producer.paused  # the front end must read on to see the exit confirmation
     session.write_stdin(b"late input is dropped")

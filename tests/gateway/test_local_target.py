@@ -26,6 +26,7 @@ from zope.interface.verify import verifyObject
 from gateway.targets import fdio, ttymodes
 from gateway.targets.local import LocalSession, LocalTarget
 from protocols.session import ExitInfo, ISessionTarget, PtyRequest, SessionRequest, WindowSize
+from tests.doubles import FakeProducer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 10.0
@@ -87,27 +88,18 @@ class FakeClient:
         self.producer = None
 
 
-class InputProducer:
+class InputProducer(FakeProducer):
     """The front end's input side: pushes ``chunk`` while not paused."""
 
     def __init__(self, session: LocalSession, chunk: int = 64 * 1024) -> None:
+        super().__init__()
         self.session = session
         self.chunk = b"i" * chunk
-        self.paused = False
-        self.pauses = 0
-        self.resumes = 0
         self.sent = 0
 
-    def pauseProducing(self) -> None:
-        self.paused = True
-        self.pauses += 1
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.resumes += 1
-
     def stopProducing(self) -> None:
-        self.paused = True
+        super().stopProducing()
+        self.paused = True  # a stopped producer pushes nothing more
 
     def pump(self, limit: int) -> None:
         while not self.paused and self.sent < limit:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gateway import routing
@@ -17,17 +16,18 @@ from gateway.config import parse_config
 from gateway.routing import MenuSession, RefusedSession, Router, build_router, split_login
 from protocols.session import (
     ExitInfo,
-    ISessionClient,
     ISessionTarget,
     PtyRequest,
     SessionRequest,
     WindowSize,
 )
-from tests.gateway.helpers import fast_hash
+from tests.doubles import FakeSessionClient, FakeSessionTarget, FakeTarget
+from tests.gateway.helpers import ROUTED_TARGETS, fast_hash
 
 HASH = fast_hash("pw")
 
-CONFIG = f"""
+CONFIG = (
+    f"""
 [users.alice]
 password = "{HASH}"
 targets = ["local", "sw1", "host2"]
@@ -47,103 +47,9 @@ targets = ["sw1", "tn"]
 
 [users.erin]
 password = "{HASH}"
-
-[targets.sw1]
-protocol = "ssh1"
-host = "192.0.2.10"
-password = "device"
-
-[targets.host2]
-protocol = "ssh2"
-host = "192.0.2.11"
-
-[targets.tn]
-protocol = "telnet"
-host = "192.0.2.12"
-credentials = "pass-through"
-
-[targets.secret]
-protocol = "ssh2"
-host = "192.0.2.13"
 """
-
-
-@implementer(ISessionClient)
-class FakeClient:
-    def __init__(self):
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self.eof = False
-        self.exit: ExitInfo | None = None
-        self.producer = None
-
-    def write_stdout(self, data):
-        assert self.exit is None
-        self.stdout += data
-
-    def write_stderr(self, data):
-        assert self.exit is None
-        self.stderr += data
-
-    def send_eof(self):
-        self.eof = True
-
-    def exited(self, info):
-        self.exit = info
-
-    def registerProducer(self, producer, streaming):
-        self.producer = producer
-
-    def unregisterProducer(self):
-        self.producer = None
-
-
-@implementer(ISessionTarget)
-class FakeSession:
-    def __init__(self, target, username, request, client, kwargs):
-        self.target, self.username, self.request, self.client = target, username, request, client
-        self.kwargs = kwargs
-        self.stdin = bytearray()
-        self.calls: list = []
-        self.producer = None
-
-    def write_stdin(self, data):
-        self.stdin += data
-
-    def close_stdin(self):
-        self.calls.append("eof")
-
-    def resize(self, size):
-        self.calls.append(size)
-
-    def send_signal(self, name):
-        self.calls.append(("signal", name))
-
-    def close(self):
-        self.calls.append("close")
-
-    def registerProducer(self, producer, streaming):
-        self.producer = producer
-
-    def unregisterProducer(self):
-        self.producer = None
-
-
-class FakeTarget:
-    def __init__(self, name, takes_password=True):
-        self.name = name
-        self.takes_password = takes_password
-        self.opened: list[FakeSession] = []
-        self.closed_all = 0
-
-    def open_session(self, username, request, client, **kwargs):
-        assert self.takes_password or not kwargs
-        session = FakeSession(self.name, username, request, client, kwargs)
-        self.opened.append(session)
-        return session
-
-    def close_all(self):
-        self.closed_all += 1
+    + ROUTED_TARGETS
+)
 
 
 class Setup:
@@ -158,7 +64,7 @@ class Setup:
         self.router = Router(self.config, self.targets, self.clock)
 
     def open(self, user, target=None, request=None, password=None):
-        client = FakeClient()
+        client = FakeSessionClient()
         request = request or SessionRequest(command=b"uname")
         session = self.router.open_session(user, request, client, target=target, password=password)
         return session, client
@@ -211,8 +117,8 @@ def test_unknown_and_forbidden_targets_look_the_same(setup):
         assert isinstance(session, RefusedSession) and verifyObject(ISessionTarget, session)
         assert client.exit is None  # answered on the next turn, not inside open_session
         setup.clock.advance(0)
-        message = bytes(client.stderr).replace(target.encode(), b"X")
-        outcomes.append((message, client.stdout, client.eof, client.exit))
+        message = bytes(client.err).replace(target.encode(), b"X")
+        outcomes.append((message, client.out, client.eof, client.exit))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] == b"sshgateway: target 'X' is not available to alice\r\n"
     assert outcomes[0][3] == ExitInfo(status=255)
@@ -222,7 +128,7 @@ def test_unknown_and_forbidden_targets_look_the_same(setup):
 def test_refusal_sanitises_the_name(setup):
     _, client = setup.open("alice", "a\x1b[2Jb\r\n" + "x" * 100)
     setup.clock.advance(0)
-    line = bytes(client.stderr)
+    line = bytes(client.err)
     assert b"\x1b" not in line and line.count(b"\n") == 1 and b"..." in line
 
 
@@ -230,7 +136,7 @@ def test_refused_session_closed_early_says_nothing(setup):
     session, client = setup.open("alice", "secret")
     session.close()
     setup.clock.advance(0)
-    assert client.exit is None and not client.stderr and not setup.clock.getDelayedCalls()
+    assert client.exit is None and not client.err and not setup.clock.getDelayedCalls()
 
 
 def test_unknown_user_is_refused(setup):
@@ -242,7 +148,7 @@ def test_unknown_user_is_refused(setup):
 def test_default_target_key(setup):
     for request in (SessionRequest(command=b"x"), shell()):
         session, _ = setup.open("bob", None, request=request)
-        assert isinstance(session, FakeSession) and session.target == "host2"
+        assert isinstance(session, FakeSessionTarget) and session.target == "host2"
 
 
 def test_no_target_command_goes_to_local(setup):
@@ -255,7 +161,7 @@ def test_default_user_reaches_only_local(setup):
     assert session.target == "local"
     _, client = setup.open("erin", "sw1")
     setup.clock.advance(0)
-    assert b"not available to erin" in client.stderr
+    assert b"not available to erin" in client.err
 
 
 def test_a_single_target_needs_no_choice(setup):
@@ -267,7 +173,7 @@ def test_a_single_target_needs_no_choice(setup):
 def test_a_command_with_several_targets_and_no_default(setup):
     _, client = setup.open("dave", None)
     setup.clock.advance(0)
-    assert client.stderr == b"sshgateway: no target given: log in as dave+TARGET (sw1, tn)\r\n"
+    assert client.err == b"sshgateway: no target given: log in as dave+TARGET (sw1, tn)\r\n"
     assert client.exit == ExitInfo(status=255)
 
 
@@ -292,8 +198,8 @@ def test_pass_through_after_a_key_login_fails_with_one_line(setup):
     session, client = setup.open("dave", "tn", password=None)
     setup.clock.advance(0)
     assert setup.opened() == []
-    assert client.stderr.count(b"\n") == 1 and b"log in to the gateway with your password" in (
-        client.stderr
+    assert client.err.count(b"\n") == 1 and b"log in to the gateway with your password" in (
+        client.err
     )
     assert client.exit == ExitInfo(status=255)
 
@@ -316,27 +222,27 @@ def menu(setup, user="alice", pty=True, password=None, **kw):
 
 def test_menu_lists_the_users_targets(setup):
     _, client = menu(setup)
-    assert bytes(client.stdout) == (
+    assert bytes(client.out) == (
         b"sshgateway: targets for alice:\r\n  1) local\r\n  2) sw1\r\n  3) host2\r\n"
         b"target (number or name): "
     )
     _, client = menu(setup, pty=False)
-    assert b"  3) host2\n" in client.stdout and b"\r" not in client.stdout
+    assert b"  3) host2\n" in client.out and b"\r" not in client.out
 
 
 def test_menu_choice_by_number_with_pty(setup):
     session, client = menu(setup)
     producer = object()
     session.registerProducer(producer, True)
-    client.stdout.clear()
+    client.out.clear()
     session.write_stdin(b"2")
-    assert client.stdout == b"2"  # echoed: the client's terminal is raw
+    assert client.out == b"2"  # echoed: the client's terminal is raw
     session.write_stdin(b"\r")
     [inner] = setup.opened()
     assert inner.target == "sw1" and session.inner is inner
     assert inner.producer is producer
     assert inner.request.pty.size == WindowSize(24, 80)
-    assert client.stdout == b"2\r\n" and client.exit is None
+    assert client.out == b"2\r\n" and client.exit is None
     session.write_stdin(b"\nls\r")  # the LF of a CR LF pair is not passed on
     assert inner.stdin == b"ls\r"
     session.write_stdin(b"\n")  # only the one right after the choice
@@ -353,11 +259,11 @@ def test_menu_choice_by_number_with_pty(setup):
 
 def test_menu_choice_by_name_without_pty_and_data_in_the_same_chunk(setup):
     session, client = menu(setup, pty=False)
-    client.stdout.clear()
+    client.out.clear()
     session.write_stdin(b"host2\nuname -a\n")
     [inner] = setup.opened()
     assert inner.target == "host2" and inner.stdin == b"uname -a\n"
-    assert client.stdout == b""  # no echo without a pty
+    assert client.out == b""  # no echo without a pty
 
 
 def test_menu_cr_nul(setup):
@@ -369,9 +275,9 @@ def test_menu_cr_nul(setup):
 
 def test_menu_erase_and_kill_line(setup):
     session, client = menu(setup)
-    client.stdout.clear()
+    client.out.clear()
     session.write_stdin(b"9\x7f3")
-    assert client.stdout == b"9\b \b3"
+    assert client.out == b"9\b \b3"
     session.write_stdin(b"\x15")
     session.write_stdin(b"sw9\x081\r")
     [inner] = setup.opened()
@@ -397,11 +303,11 @@ def test_menu_passes_the_password_to_a_pass_through_choice(setup):
 @pytest.mark.parametrize("answer", [b"secret", b"nosuchthing", b"4", b"0", b"-1"])
 def test_menu_offers_only_allowed_targets(setup, answer):
     session, client = menu(setup)
-    client.stdout.clear()
+    client.out.clear()
     session.write_stdin(answer + b"\r")
     assert setup.opened() == []
     assert (
-        client.stdout
+        client.out
         == answer + b"\r\nno such choice: " + answer + b"\r\ntarget (number or name): "
     )
 
@@ -410,7 +316,7 @@ def test_menu_gives_up_after_three_wrong_answers(setup):
     session, client = menu(setup)
     session.write_stdin(b"x\rx\r\r\rx\r1\r")  # empty lines do not count
     assert setup.opened() == []
-    assert client.stderr.endswith(b"sshgateway: no target chosen\r\n")
+    assert client.err.endswith(b"sshgateway: no target chosen\r\n")
     assert client.exit == ExitInfo(status=1) and client.eof
     assert not setup.clock.getDelayedCalls()
 
@@ -441,7 +347,7 @@ def test_menu_cancelled(setup, cancel):
 def test_menu_eof_before_a_choice(setup):
     session, client = menu(setup, pty=False)
     session.close_stdin()
-    assert client.stderr == b"sshgateway: no target chosen\r\n"
+    assert client.err == b"sshgateway: no target chosen\r\n"
     assert client.exit == ExitInfo(status=1) and not setup.clock.getDelayedCalls()
 
 
@@ -450,14 +356,14 @@ def test_menu_times_out(setup):
     setup.clock.advance(routing.MENU_TIMEOUT - 1)
     assert client.exit is None
     setup.clock.advance(1)
-    assert b"no target chosen within 60 s" in client.stderr and client.exit == ExitInfo(status=1)
+    assert b"no target chosen within 60 s" in client.err and client.exit == ExitInfo(status=1)
 
 
 def test_menu_closed_by_the_client(setup):
     session, client = setup.open("alice", None, request=shell())
     session.close()
     setup.clock.advance(100)
-    assert client.stdout == b"" and client.exit is None and not setup.clock.getDelayedCalls()
+    assert client.out == b"" and client.exit is None and not setup.clock.getDelayedCalls()
     session.write_stdin(b"1\r")
     assert setup.opened() == []
 
@@ -467,7 +373,7 @@ def test_menu_choice_still_checks_the_list(setup):
     session._choices = ("secret",)  # even a corrupted menu cannot open a forbidden target
     session.write_stdin(b"1\r")
     setup.clock.advance(0)
-    assert setup.opened() == [] and b"not available to alice" in client.stderr
+    assert setup.opened() == [] and b"not available to alice" in client.err
 
 
 # --- building the targets ----------------------------------------------------------------------
@@ -483,7 +389,9 @@ class Recorder:
         Recorder.made.append(self)
 
     def open_session(self, username, request, client, *, password=None):
-        return FakeSession(self.args[1].name, username, request, client, {"password": password})
+        return FakeSessionTarget(
+            request, client, self.args[1].name, username, {"password": password}
+        )
 
 
 @pytest.fixture
@@ -517,10 +425,10 @@ def test_build_router(fake_modules, tmp_path):
     assert all(r.args[0] is clock and r.args[2] is known_hosts for r in Recorder.made)
     # telnet's module is missing: the gateway runs, sessions to it fail with one line.
     assert isinstance(router.targets["tn"], routing.MissingTarget)
-    client = FakeClient()
+    client = FakeSessionClient()
     router.open_session("dave", SessionRequest(command=b"x"), client, target="tn", password="p")
     clock.advance(0)
-    assert client.stderr == b"sshgateway: tn: telnet targets are not available\r\n"
+    assert client.err == b"sshgateway: tn: telnet targets are not available\r\n"
     assert client.exit == ExitInfo(status=255)
 
 

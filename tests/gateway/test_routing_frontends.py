@@ -7,51 +7,35 @@ from __future__ import annotations
 import pytest
 from twisted.conch.ssh import common
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from gateway.auth import build_portal, run_inline
 from gateway.config import parse_config
 from gateway.routing import Router
 from protocols.auth import AuthLimits
-from protocols.record import ConnectionRecord
 from protocols.session import ExitInfo
 from protocols.ssh1 import messages as m
-from protocols.ssh1.server import SSH1ServerFactory
-from protocols.ssh1.settings import SSH1Settings
 from protocols.ssh1.wire import Reader
-from tests.gateway.helpers import fast_hash
-from tests.gateway.test_routing import FakeTarget
-from tests.ssh1.minclient import MiniClient, host_key, server_key, string
+from tests.doubles import fake_targets
+from tests.gateway.helpers import ROUTED_TARGETS, fast_hash
+from tests.ssh1.minclient import string
+from tests.ssh1.server_rig import SSH1ServerRig
 from tests.ssh2.harness import wire
 
-CONFIG = f"""
+CONFIG = (
+    f"""
 [users.alice]
 password = "{fast_hash("alice-pw")}"
 targets = ["local", "sw1", "tn"]
-
-[targets.sw1]
-protocol = "ssh1"
-host = "192.0.2.10"
-password = "device"
-
-[targets.tn]
-protocol = "telnet"
-host = "192.0.2.12"
-credentials = "pass-through"
-
-[targets.secret]
-protocol = "ssh2"
-host = "192.0.2.13"
 """
+    + ROUTED_TARGETS
+)
 
 
 class Gateway:
     def __init__(self):
         self.config = parse_config(CONFIG)
         self.clock = Clock()
-        self.targets = {
-            name: FakeTarget(name, takes_password=name != "local") for name in self.config.targets
-        }
+        self.targets = fake_targets(self.config.targets)
         self.router = Router(self.config, self.targets, self.clock)
         self.portal = build_portal(self.config, self.router, blocking=run_inline)
 
@@ -125,40 +109,12 @@ def test_ssh2_menu(gw):
 # --- SSH-1 ---------------------------------------------------------------------------------
 
 
-class SSH1:
+class SSH1(SSH1ServerRig):
     def __init__(self, gw):
-        self.clock = Clock()
-        self.factory = SSH1ServerFactory(
-            gw.portal,
-            host_key(),
-            SSH1Settings(),
-            AuthLimits(failure_delay=0),
-            self.clock,
-            key_generator=lambda bits: server_key(),
-        )
-        self.record = ConnectionRecord(peer="127.0.0.1:1")
-        self.protocol = self.factory.build_protocol(self.record, b"SSH-1.99-gw", b"SSH-1.5-t")
-        self.transport = StringTransport()
-        self.protocol.makeConnection(self.transport)
-        self.client = MiniClient()
-        [(msg_type, payload)] = self.received()
-        assert msg_type == m.SSH_SMSG_PUBLIC_KEY
-        self.client.parse_public_key(payload)
-        self.protocol.dataReceived(self.client.session_key_packet("3des"))
-        assert self.received() == [(m.SSH_SMSG_SUCCESS, b"")]
-
-    def received(self):
-        data = self.transport.value()
-        self.transport.clear()
-        return self.client.feed(data)
-
-    def send(self, msg_type, payload=b""):
-        self.protocol.dataReceived(self.client.packet(msg_type, payload))
-        return self.received()
+        super().__init__(gw.portal, limits=AuthLimits(failure_delay=0))
 
     def login(self, user, password=b"alice-pw"):
-        assert self.send(m.SSH_CMSG_USER, string(user)) == [(m.SSH_SMSG_FAILURE, b"")]
-        return self.send(m.SSH_CMSG_AUTH_PASSWORD, string(password))
+        return super().login(user, password)
 
 
 def test_ssh1_login_as_user_plus_target(gw):

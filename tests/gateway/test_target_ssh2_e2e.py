@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import (
+    one_target_config,
+    run_plink1,
+    ssh2_device,
+    ssh_argv,
+    write_authorized_keys,
+)
 from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
-from tests.integration.test_ssh2_peers import ssh_argv
-from tests.peers import require_peer
-from tests.sshd import OpenSSHServer, keygen
+from tests.sshd import keygen
 
 pytestmark = pytest.mark.peer
 
@@ -22,20 +26,9 @@ pytestmark = pytest.mark.peer
 def ssh2_gateway(tmp_path_factory):
     work = tmp_path_factory.mktemp("ssh2-e2e")
     client_key = keygen(work / "client_ed25519")
-    device_key = keygen(work / "gateway_to_device")
-    authorized = work / "authorized_keys"
-    authorized.write_text(Path(str(client_key) + ".pub").read_text())
-    authorized.chmod(0o600)
-    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
-    with OpenSSHServer(work / "sshd", [Path(str(device_key) + ".pub")]) as device:
-        targets = {
-            "sdev": {
-                "protocol": "ssh2", "host": "127.0.0.1", "port": device.port,
-                "username": "root", "key": str(device_key), "connect_timeout": 20,
-            },
-        }  # fmt: skip
-        config = base_config(hashed, authorized, targets=targets)
-        config["users"]["alice"]["targets"] = ["sdev"]
+    authorized = write_authorized_keys(work / "authorized_keys", client_key)
+    with ssh2_device(work) as (device, target):
+        config = one_target_config(authorized, "sdev", target)
         (work / "gw").mkdir()
         with GatewayProcess(work / "gw", config) as gw:
             yield gw, client_key, device
@@ -72,18 +65,5 @@ def test_openssh_tty_through_ssh2_device(ssh2_gateway):
 
 def test_plink_ssh1_through_ssh2_device(ssh2_gateway):
     gw, _, _ = ssh2_gateway
-    tools = require_peer("plink")
-    fingerprint = next(
-        line.split()[3]
-        for line in sshgateway_cli(
-            "fingerprints", "--state-dir", gw.config["state_dir"]
-        ).stdout.splitlines()
-        if line.startswith("SSH-1")
-    )
-    result = subprocess.run(
-        [tools["plink"], "-1", "-batch", "-hostkey", fingerprint, "-P", str(gw.port),
-         "-pw", PASSWORD, "alice+sdev@127.0.0.1", "echo from-plink; exit 3"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 3, result.stderr + gw.log_text()[-3000:]
+    result = run_plink1(gw, "echo from-plink; exit 3", user="alice+sdev", status=3)
     assert "from-plink" in result.stdout

@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 
 import pytest
-from zope.interface import implementer
 
 from gateway.known_hosts import KnownHosts
 from gateway.targets import TargetConfig
 from gateway.targets.ssh2 import LOCAL_WINDOW, SSH2Target
-from protocols.session import ISessionClient, PtyRequest, SessionRequest, WindowSize
+from protocols.session import PtyRequest, SessionRequest, WindowSize
+from tests.doubles import FakeProducer, FakeSessionClient
 from tests.sshd import (
     OpenSSHServer,
     close_reactor,
@@ -30,55 +30,18 @@ pytestmark = pytest.mark.peer
 TIMEOUT = 30
 
 
-@implementer(ISessionClient)
-class Client:
-    """The front end's side of a session, recording what the bridge tells it."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.err = bytearray()
-        self.eof = False
-        self.exit = None
-        self.producer = None
-
-    def write_stdout(self, data: bytes) -> None:
-        self.out += data
-
-    def write_stderr(self, data: bytes) -> None:
-        self.err += data
-
-    def send_eof(self) -> None:
-        self.eof = True
-
-    def exited(self, info) -> None:
-        self.exit = info
-
-    def registerProducer(self, producer, streaming: bool) -> None:
-        self.producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-
-class Feeder:
+class Feeder(FakeProducer):
     """The front end's input: writes ``data`` in chunks while the bridge lets it."""
 
     def __init__(self, session, data: bytes, chunk: int = 64 * 1024) -> None:
+        super().__init__()
         self.session = session
         self.data = memoryview(data)
         self.chunk = chunk
-        self.paused = False
-        self.pauses = 0
         session.registerProducer(self, True)
 
-    def pauseProducing(self) -> None:
-        self.paused = True
-        self.pauses += 1
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-
     def stopProducing(self) -> None:
+        super().stopProducing()
         self.data = memoryview(b"")
 
     def step(self) -> None:
@@ -128,7 +91,7 @@ def config(port: int, key: Path | None, **extra) -> TargetConfig:
 
 
 def run(reactor, target, request, stdin: bytes | None = None, until=None):
-    client = Client()
+    client = FakeSessionClient()
     session = target.open_session("alice", request, client)
     if stdin is not None:
         session.write_stdin(stdin)
@@ -180,7 +143,7 @@ def test_wrong_key_is_refused(reactor, sshd, tmp_path):
 def test_pty_and_window_change(reactor, sshd, user_key, tmp_path):
     target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
     pty = PtyRequest(term="xterm", size=WindowSize(rows=24, cols=80), modes=((53, 0),))
-    client = Client()
+    client = FakeSessionClient()
     session = target.open_session(
         "alice", exec_request(b"stty size; tty; read x; stty size", pty), client
     )
@@ -262,7 +225,7 @@ def test_silent_upstream_times_out(reactor, user_key, tmp_path):
 
 def test_reset_mid_session(reactor, sshd, user_key, tmp_path):
     target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
-    client = Client()
+    client = FakeSessionClient()
     target.open_session("alice", exec_request(b"echo started; sleep 1; kill -9 $PPID"), client)
     assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
     assert bytes(client.out) == b"started\n"
@@ -273,7 +236,7 @@ def test_reset_mid_session(reactor, sshd, user_key, tmp_path):
 def test_16_mib_each_way_byte_identical(reactor, sshd, user_key, tmp_path):
     target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
     data = os.urandom(16 * 1024 * 1024)
-    client = Client()
+    client = FakeSessionClient()
     session = target.open_session("alice", exec_request(b"cat"), client)
     feeder = Feeder(session, data)
 
@@ -290,7 +253,7 @@ def test_16_mib_each_way_byte_identical(reactor, sshd, user_key, tmp_path):
 
 def test_paused_front_end_stops_upstream_output(reactor, sshd, user_key, tmp_path):
     target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
-    client = Client()
+    client = FakeSessionClient()
     session = target.open_session("alice", exec_request(b"head -c 8388608 /dev/zero"), client)
     assert run_until(reactor, lambda: len(client.out) > 0, TIMEOUT)
     session.pauseProducing()  # what the front end does when its client stops reading
@@ -331,12 +294,12 @@ def test_legacy_algorithms_when_listed(reactor, user_key, tmp_path):
             ),
             KnownHosts(tmp_path / "kh"),
         )
-        client = Client()
+        client = FakeSessionClient()
         session = target.open_session("alice", exec_request(b"cat"), client)
         assert run_until(reactor, lambda: session.upstream is not None, TIMEOUT)
         assert session.upstream.description == (
             f"ssh2 127.0.0.1:{server.port} kex=diffie-hellman-group1-sha1 hostkey=ssh-rsa "
-            "cipher=aes128-cbc mac=hmac-sha1"
+            "cipher=aes128-cbc mac=hmac-sha1 strict_kex=yes"
         )
         session.write_stdin(b"old device\n")
         session.close_stdin()
@@ -348,7 +311,7 @@ def test_legacy_algorithms_when_listed(reactor, user_key, tmp_path):
 def test_concurrent_first_connections_record_the_host_once(reactor, sshd, user_key, tmp_path):
     path = tmp_path / "kh"
     targets = [SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(path)) for _ in range(3)]
-    clients = [Client() for _ in targets]
+    clients = [FakeSessionClient() for _ in targets]
     for target, client in zip(targets, clients, strict=True):
         target.open_session("alice", exec_request(b"echo hi"), client)
     assert run_until(reactor, lambda: all(c.exit is not None for c in clients), TIMEOUT)
@@ -380,7 +343,7 @@ def test_password_logins(reactor, tmp_path, auth_config, pam):
         passthrough = SSH2Target(
             reactor, config(server.port, None, credentials="pass-through"), known
         )
-        client = Client()
+        client = FakeSessionClient()
         passthrough.open_session(
             "alice", exec_request(b"echo through"), client, password=ROOT_PASSWORD
         )
@@ -394,22 +357,26 @@ def test_password_logins(reactor, tmp_path, auth_config, pam):
 
 
 @pytest.mark.parametrize(
-    ("ciphers", "expected"),
+    ("ciphers", "macs", "expected"),
     [
-        ((), "cipher=aes256-gcm@openssh.com mac=implicit"),
-        (("aes128-gcm@openssh.com",), "cipher=aes128-gcm@openssh.com mac=implicit"),
-        (("aes128-ctr",), "cipher=aes128-ctr mac=hmac-sha2-512"),
+        ((), (), "cipher=aes256-gcm@openssh.com mac=implicit"),
+        (("aes128-gcm@openssh.com",), (), "cipher=aes128-gcm@openssh.com mac=implicit"),
+        (("chacha20-poly1305@openssh.com",), (), "cipher=chacha20-poly1305@openssh.com mac=implicit"),
+        (("aes128-ctr",), (), "cipher=aes128-ctr mac=hmac-sha2-512-etm@openssh.com"),
+        (("aes256-ctr",), ("hmac-sha2-256",), "cipher=aes256-ctr mac=hmac-sha2-256"),
     ],
-)
-def test_ciphers_against_openssh(reactor, sshd, user_key, tmp_path, ciphers, expected):
+)  # fmt: skip
+def test_ciphers_against_openssh(reactor, sshd, user_key, tmp_path, ciphers, macs, expected):
     target = SSH2Target(
-        reactor, config(sshd.port, user_key, ciphers=ciphers), KnownHosts(tmp_path / "kh")
+        reactor,
+        config(sshd.port, user_key, ciphers=ciphers, macs=macs),
+        KnownHosts(tmp_path / "kh"),
     )
     data = os.urandom(1024 * 1024 + 13)
-    client = Client()
+    client = FakeSessionClient()
     session = target.open_session("alice", exec_request(b"cat"), client)
     assert run_until(reactor, lambda: session.upstream is not None, TIMEOUT)
-    assert session.upstream.description.endswith(expected)
+    assert session.upstream.description.endswith(f"{expected} strict_kex=yes")
     assert "kex=curve25519-sha256 " in session.upstream.description  # sshd 9.2: no ML-KEM
     session.write_stdin(data)
     session.close_stdin()

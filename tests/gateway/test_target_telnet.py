@@ -21,45 +21,11 @@ from gateway.targets.telnet import (
     terminal_type,
 )
 from protocols.session import PtyRequest, SessionRequest, WindowSize
+from tests.doubles import FakeProducer, FakeSessionClient
 
 IAC, DONT, DO, WONT, WILL, SB, SE, IP = b"\xff", b"\xfe", b"\xfd", b"\xfc", b"\xfb", b"\xfa", b"\xf0", b"\xf4"  # fmt: skip
 BINARY, ECHO, SGA, TTYPE, NAWS = b"\x00", b"\x01", b"\x03", b"\x18", b"\x1f"
 INITIAL = IAC + DO + SGA + IAC + WILL + TTYPE + IAC + WILL + NAWS + IAC + DO + BINARY
-
-
-class Client:
-    def __init__(self):
-        self.out, self.err, self.eof, self.exit = b"", b"", False, None
-        self.producer = None
-
-    def write_stdout(self, data):
-        self.out += data
-
-    def write_stderr(self, data):
-        self.err += data
-
-    def send_eof(self):
-        self.eof = True
-
-    def exited(self, info):
-        self.exit = info
-
-    def registerProducer(self, producer, streaming):
-        self.producer = producer
-
-    def unregisterProducer(self):
-        self.producer = None
-
-
-class Producer:
-    def __init__(self):
-        self.paused = False
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
 
 
 def config(**overrides) -> TargetConfig:
@@ -80,7 +46,7 @@ class Harness:
 
     def __init__(self, request: SessionRequest, cfg: TargetConfig | None = None, **kw):
         self.reactor = MemoryReactorClock()
-        self.client = Client()
+        self.client = FakeSessionClient()
         self.cfg = cfg or config()
         self.session = TelnetTarget(self.reactor, self.cfg, None).open_session(
             "alice", request, self.client, **kw
@@ -427,7 +393,7 @@ def test_client_close_drops_the_connection_quietly():
 
 def test_flow_control_both_ways():
     h = opened(SessionRequest())
-    front = Producer()
+    front = FakeProducer()
     h.session.registerProducer(front, True)
     # The front end cannot take more output: stop reading the device.
     h.session.pauseProducing()

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import (
-    PASSWORD,
-    base_config,
+from tests.clients import (
+    one_target_config,
     peak_rss_growth_kib,
-    ssh1_host_fingerprint,
-    sshgateway_cli,
+    plink1_argv,
+    run_plink1,
+    ssh_argv,
+    write_authorized_keys,
 )
-from tests.integration.test_ssh2_peers import ssh_argv
-from tests.peers import putty_cipher_session, require_peer
+from tests.gateway_process import GatewayProcess
+from tests.peers import putty_cipher_session
+from tests.sshd import keygen
 from tests.telnetd import SHELL_PROMPT, TelnetDaemon
 
 pytestmark = pytest.mark.peer
@@ -32,28 +33,17 @@ DEVICE_USER, DEVICE_PASSWORD = "admin", "telnet device pw"
 
 @pytest.fixture(scope="module")
 def telnet_gateway(tmp_path_factory):
-    tools = require_peer("ssh-keygen")
     work = tmp_path_factory.mktemp("telnet-e2e")
-    key = work / "id_ed25519"
-    subprocess.run(
-        [tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-        check=True, timeout=60,
-    )  # fmt: skip
-    authorized = work / "authorized_keys"
-    authorized.write_text((work / "id_ed25519.pub").read_text())
-    authorized.chmod(0o600)
-    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
+    key = keygen(work / "id_ed25519")
+    authorized = write_authorized_keys(work / "authorized_keys", key)
     with TelnetDaemon(work, DEVICE_USER, DEVICE_PASSWORD) as device:
-        targets = {
-            "tdev": {
-                "protocol": "telnet", "host": "127.0.0.1", "port": device.port,
-                "username": DEVICE_USER, "password": DEVICE_PASSWORD,
-                "login_prompt": "login: $", "password_prompt": "Password: $",
-                "connect_timeout": 10,
-            },
+        target = {
+            "protocol": "telnet", "host": "127.0.0.1", "port": device.port,
+            "username": DEVICE_USER, "password": DEVICE_PASSWORD,
+            "login_prompt": "login: $", "password_prompt": "Password: $",
+            "connect_timeout": 10,
         }  # fmt: skip
-        config = base_config(hashed, authorized, targets=targets)
-        config["users"]["alice"]["targets"] = ["tdev"]
+        config = one_target_config(authorized, "tdev", target)
         (work / "gw").mkdir()
         with GatewayProcess(work / "gw", config) as gw:
             yield gw, key
@@ -86,20 +76,7 @@ def test_openssh_tty_shell_through_telnet_device(telnet_gateway):
 
 def test_plink_ssh1_command_through_telnet_device(telnet_gateway):
     gw, _ = telnet_gateway
-    tools = require_peer("plink")
-    fingerprint = next(
-        line.split()[3]
-        for line in sshgateway_cli(
-            "fingerprints", "--state-dir", gw.config["state_dir"]
-        ).stdout.splitlines()
-        if line.startswith("SSH-1")
-    )
-    result = subprocess.run(
-        [tools["plink"], "-1", "-batch", "-hostkey", fingerprint, "-P", str(gw.port),
-         "-pw", PASSWORD, "alice+tdev@127.0.0.1", "echo from-plink"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr + gw.log_text()[-3000:]
+    result = run_plink1(gw, "echo from-plink", user="alice+tdev")
     assert "from-plink" in result.stdout
 
 
@@ -176,13 +153,8 @@ def test_64mib_each_way_through_telnet_bridge_openssh(telnet_gateway, tmp_path):
 
 def test_64mib_each_way_through_telnet_bridge_plink_ssh1(telnet_gateway, tmp_path):
     gw, _ = telnet_gateway
-    tools = require_peer("plink")
-    fingerprint = ssh1_host_fingerprint(gw.config["state_dir"])
     with putty_cipher_session("blowfish") as session:
-        argv = [
-            tools["plink"], "-batch", "-load", session, "-t", "-hostkey", fingerprint,
-            "-P", str(gw.port), "-pw", PASSWORD, "-l", "alice+tdev",
-        ]  # fmt: skip
+        argv = plink1_argv(gw, "-t", user="alice+tdev", load=session)
         echo_through_raw_shell(argv, 64 * 1024 * 1024, tmp_path)
 
 

@@ -15,35 +15,12 @@ import pytest
 from gateway.targets import TargetConfig
 from gateway.targets.telnet import TelnetTarget
 from protocols.session import PtyRequest, SessionRequest, WindowSize
+from tests.doubles import FakeSessionClient
 from tests.telnetd import SHELL_PROMPT, TelnetDaemon, fresh_reactor, run_until, stop_reactor
 
 pytestmark = pytest.mark.peer
 
 USER, PASSWORD = "admin", "dev pass 'quoted' 42"
-
-
-class Client:
-    def __init__(self):
-        self.out, self.err, self.eof, self.exit = b"", b"", False, None
-        self.producer = None
-
-    def write_stdout(self, data):
-        self.out += data
-
-    def write_stderr(self, data):
-        self.err += data
-
-    def send_eof(self):
-        self.eof = True
-
-    def exited(self, info):
-        self.exit = info
-
-    def registerProducer(self, producer, streaming):
-        self.producer = producer
-
-    def unregisterProducer(self):
-        self.producer = None
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +47,12 @@ def config(port: int, **overrides) -> TargetConfig:
 
 
 def open_session(reactor, cfg: TargetConfig, request: SessionRequest, **kw):
-    client = Client()
+    client = FakeSessionClient()
     session = TelnetTarget(reactor, cfg, None).open_session("alice", request, client, **kw)
     return client, session
 
 
-def wait_for(reactor, client: Client, pattern: bytes, timeout: float = 10.0) -> None:
+def wait_for(reactor, client: FakeSessionClient, pattern: bytes, timeout: float = 10.0) -> None:
     ok = run_until(reactor, lambda: re.search(pattern, client.out) or client.exit, timeout)
     assert ok and re.search(pattern, client.out), (client.out, client.err, client.exit)
 

@@ -15,17 +15,17 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import (
-    PASSWORD,
+from tests.clients import (
     base_config,
+    hash_password,
     peak_rss_growth_kib,
-    ssh1_host_fingerprint,
-    sshgateway_cli,
+    plink1_argv,
+    run_plink1,
+    ssh_argv,
 )
+from tests.gateway_process import GatewayProcess
 from tests.integration.terminal import assert_window_change_reaches, size_report_script
-from tests.integration.test_ssh2_peers import ssh_argv
-from tests.peers import putty_cipher_session, require_peer, run_to_file
+from tests.peers import putty_cipher_session, run_to_file
 
 pytestmark = pytest.mark.peer
 
@@ -35,10 +35,9 @@ DEVICE_PASSWORD = "device secret 42"
 @pytest.fixture(scope="module")
 def device(tmp_path_factory):
     """An SSH-1-only device with one account, admin/DEVICE_PASSWORD."""
-    hashed = sshgateway_cli("hash-password", stdin=DEVICE_PASSWORD + "\n").stdout.strip()
     config = {
         "protocols": ["1"],
-        "users": {"admin": {"password": hashed}},
+        "users": {"admin": {"password": hash_password(DEVICE_PASSWORD)}},
         "ssh1": {"ciphers": ["blowfish", "3des"]},
         "auth": {"failure_delay": 0.2},
     }
@@ -140,12 +139,17 @@ def test_64mib_each_way_through_ssh1_bridge(bridge_gw, client_keys, tmp_path):
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(blob.read_bytes()).digest()
 
 
-def test_unreachable_upstream_fails_fast_with_reason(bridge_gw, client_keys):
-    started = time.monotonic()
-    result = subprocess.run(
-        ssh_argv(bridge_gw, client_keys["ed25519"], "echo hi", user="alice+down"),
+def echo_hi_via(gw: GatewayProcess, client_keys, target: str) -> subprocess.CompletedProcess:
+    """``echo hi`` through the gateway to ``target`` with OpenSSH, as alice, key login."""
+    return subprocess.run(
+        ssh_argv(gw, client_keys["ed25519"], "echo hi", user=f"alice+{target}"),
         capture_output=True, text=True, timeout=60,
     )
+
+
+def test_unreachable_upstream_fails_fast_with_reason(bridge_gw, client_keys):
+    started = time.monotonic()
+    result = echo_hi_via(bridge_gw, client_keys, "down")
     assert result.returncode != 0
     assert result.stderr.count("\n") >= 1 and "sshgateway: down:" in result.stderr
     assert "refused" in result.stderr
@@ -154,23 +158,15 @@ def test_unreachable_upstream_fails_fast_with_reason(bridge_gw, client_keys):
 
 def test_hanging_upstream_times_out(bridge_gw, client_keys):
     started = time.monotonic()
-    result = subprocess.run(
-        ssh_argv(bridge_gw, client_keys["ed25519"], "echo hi", user="alice+hangs"),
-        capture_output=True, text=True, timeout=60,
-    )
+    result = echo_hi_via(bridge_gw, client_keys, "hangs")
     assert result.returncode != 0
     assert "sshgateway: hangs:" in result.stderr
     assert time.monotonic() - started < 3 + 10
 
 
 def test_forbidden_and_unknown_targets_look_the_same(bridge_gw, client_keys):
-    def attempt(target: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ssh_argv(bridge_gw, client_keys["ed25519"], "echo hi", user=f"alice+{target}"),
-            capture_output=True, text=True, timeout=60,
-        )
-
-    forbidden, unknown = attempt("secret"), attempt("nosuchtarget")
+    forbidden = echo_hi_via(bridge_gw, client_keys, "secret")
+    unknown = echo_hi_via(bridge_gw, client_keys, "nosuchtarget")
     assert forbidden.returncode == unknown.returncode != 0
     assert forbidden.stdout == unknown.stdout == ""
     assert forbidden.stderr.replace("secret", "T") == unknown.stderr.replace("nosuchtarget", "T")
@@ -178,28 +174,12 @@ def test_forbidden_and_unknown_targets_look_the_same(bridge_gw, client_keys):
 
 
 def test_plink_ssh1_front_to_ssh1_device(bridge_gw):
-    tools = require_peer("plink")
-    fingerprint = next(
-        line.split()[3]
-        for line in sshgateway_cli(
-            "fingerprints", "--state-dir", bridge_gw.config["state_dir"]
-        ).stdout.splitlines()
-        if line.startswith("SSH-1")
-    )
-    result = subprocess.run(
-        [tools["plink"], "-1", "-batch", "-hostkey", fingerprint, "-P", str(bridge_gw.port),
-         "-pw", PASSWORD, "alice+dev1@127.0.0.1", "echo via; exit 3"],
-        capture_output=True, text=True, timeout=60,
-    )
+    result = run_plink1(bridge_gw, "echo via; exit 3", user="alice+dev1", status=3)
     assert result.stdout.strip() == "via", result.stderr
-    assert result.returncode == 3
 
 
 def test_changed_device_key_refused_with_warning(bridge_gw, client_keys):
-    result = subprocess.run(
-        ssh_argv(bridge_gw, client_keys["ed25519"], "echo hi", user="alice+moved"),
-        capture_output=True, text=True, timeout=60,
-    )
+    result = echo_hi_via(bridge_gw, client_keys, "moved")
     assert result.returncode != 0 and result.stdout == ""
     assert "CHANGED" in result.stderr.upper() and "sshgateway: moved:" in result.stderr
 
@@ -223,14 +203,9 @@ def test_gateway_memory_bounded_with_a_slow_reader(bridge_gw, client_keys):
 
 
 def test_64mib_through_plink1_to_ssh1_device(bridge_gw):
-    tools = require_peer("plink")
-    fingerprint = ssh1_host_fingerprint(bridge_gw.config["state_dir"])
     data = os.urandom(64 * 1024 * 1024)
     with putty_cipher_session("blowfish") as session:
-        result = run_to_file(
-            [tools["plink"], "-batch", "-load", session, "-hostkey", fingerprint,
-             "-P", str(bridge_gw.port), "-pw", PASSWORD, "-l", "alice+dev1", "cat"],
-            input=data, timeout=600,
-        )
+        argv = plink1_argv(bridge_gw, "cat", user="alice+dev1", load=session)
+        result = run_to_file(argv, input=data, timeout=600)
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()

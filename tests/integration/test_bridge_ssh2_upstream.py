@@ -5,21 +5,19 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import (
-    PASSWORD,
-    base_config,
+from tests.clients import (
+    one_target_config,
     peak_rss_growth_kib,
-    ssh1_host_fingerprint,
-    sshgateway_cli,
+    plink1_argv,
+    ssh1_fingerprint,
+    ssh2_device,
+    ssh_argv,
 )
-from tests.integration.test_ssh2_peers import ssh_argv
-from tests.peers import putty_cipher_session, require_peer, run_to_file
-from tests.sshd import OpenSSHServer, keygen
+from tests.gateway_process import GatewayProcess
+from tests.peers import putty_cipher_session, run_to_file
 
 pytestmark = pytest.mark.peer
 
@@ -27,28 +25,17 @@ pytestmark = pytest.mark.peer
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, authorized_keys):
     work = tmp_path_factory.mktemp("bridge-sshd")
-    device_key = keygen(work / "gateway_to_device")
-    authorized = authorized_keys
-    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
-    with OpenSSHServer(work / "sshd", [Path(str(device_key) + ".pub")]) as device:
-        config = base_config(hashed, authorized, targets={
-            "host2": {"protocol": "ssh2", "host": "127.0.0.1", "port": device.port,
-                      "username": "root", "key": str(device_key), "connect_timeout": 20},
-        })  # fmt: skip
-        config["users"]["alice"]["targets"] = ["host2"]
+    with ssh2_device(work) as (_, target):
+        config = one_target_config(authorized_keys, "host2", target)
         config["ssh1"] = {"ciphers": ["blowfish", "3des"]}
         (work / "gw").mkdir()
         with GatewayProcess(work / "gw", config) as process:
-            process.fingerprint = ssh1_host_fingerprint(process.config["state_dir"])
+            process.fingerprint = ssh1_fingerprint(process)
             yield process
 
 
 def plink1(gw, *args: str, stdin: bytes | None = None, timeout: float = 60, load=None):
-    tools = require_peer("plink")
-    argv = [tools["plink"], "-batch"]
-    argv += ["-hostkey", gw.fingerprint, "-P", str(gw.port), "-pw", PASSWORD, "-l", "alice+host2"]
-    # A saved session names the host itself: a host argument would become the command.
-    argv += ["-load", load, *args] if load else ["-1", *args[:-1], "127.0.0.1", args[-1]]
+    argv = plink1_argv(gw, *args, user="alice+host2", fingerprint=gw.fingerprint, load=load)
     return run_to_file(argv, input=stdin, timeout=timeout)
 
 
@@ -85,9 +72,7 @@ def test_program_exits_while_client_still_sends(gw, client_keys):
 
 
 def test_gateway_memory_bounded_with_a_slow_plink1_reader(gw):
-    tools = require_peer("plink")
-    argv = [tools["plink"], "-batch", "-1", "-hostkey", gw.fingerprint, "-P", str(gw.port),
-            "-pw", PASSWORD, "-l", "alice+host2", "127.0.0.1", "cat /dev/zero"]
+    argv = plink1_argv(gw, "cat /dev/zero", user="alice+host2", fingerprint=gw.fingerprint)
     assert peak_rss_growth_kib(gw, argv) < 32 * 1024
 
 

@@ -8,51 +8,21 @@ import re
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.clients import (
+    assert_memory_levels_off,
+    base_config,
+    plink2_argv,
+    ssh2_fingerprint,
+    ssh_argv,
+)
 from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
 from tests.integration.terminal import assert_window_change_reaches, size_report_script
 from tests.peers import require_peer
 
 pytestmark = pytest.mark.peer
-
-
-def ssh_argv(gw: GatewayProcess, key: Path | None, *args: str, user: str = "alice") -> list[str]:
-    tools = require_peer("ssh")
-    argv = [
-        tools["ssh"], "-F", "/dev/null",
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "LogLevel=ERROR",
-        "-o", "ConnectTimeout=10",
-        "-p", str(gw.port),
-    ]
-    if key is not None:
-        argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-    return argv + [f"{user}@127.0.0.1", *args]
-
-
-def ssh2_fingerprint(gw: GatewayProcess, kind: str = "ed25519") -> str:
-    out = sshgateway_cli("fingerprints", "--state-dir", gw.config["state_dir"]).stdout
-    for line in out.splitlines():
-        if kind in line.lower():
-            found = re.search(r"SHA256:[A-Za-z0-9+/]+", line)
-            if found:
-                return found.group(0)
-    raise AssertionError(f"no {kind} SHA256 fingerprint in:\n{out}")
-
-
-def plink_argv(gw: GatewayProcess, *args: str, user: str = "alice", password: str = PASSWORD):
-    tools = require_peer("plink")
-    return [
-        tools["plink"], "-ssh", "-2", "-batch",
-        "-hostkey", ssh2_fingerprint(gw),
-        "-P", str(gw.port), "-pw", password, f"{user}@127.0.0.1", *args,
-    ]
 
 
 def test_twistd_lists_plugin():
@@ -87,16 +57,16 @@ def test_openssh_rsa_key(gateway, client_keys):
 
 
 def test_plink_password_and_identical_failures(gateway):
-    ok = subprocess.run(plink_argv(gateway, "echo hi"), capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(plink2_argv(gateway, "echo hi"), capture_output=True, text=True, timeout=60)
     assert ok.stdout.strip() == "hi", ok.stderr
     assert ok.returncode == 0
 
     wrong = subprocess.run(
-        plink_argv(gateway, "echo hi", password="wrong"), capture_output=True, text=True,
+        plink2_argv(gateway, "echo hi", password="wrong"), capture_output=True, text=True,
         timeout=60,
     )
     unknown = subprocess.run(
-        plink_argv(gateway, "echo hi", user="mallory", password="wrong"),
+        plink2_argv(gateway, "echo hi", user="mallory", password="wrong"),
         capture_output=True, text=True, timeout=60,
     )
     assert wrong.returncode == unknown.returncode != 0
@@ -130,23 +100,12 @@ def test_64mib_through_cat(gateway, client_keys, tmp_path):
 
 
 def test_memory_bounded_when_client_stops_reading(gateway, client_keys):
-    before = gateway.rss_kib()
     # The client's stdout is a pipe nobody reads: ssh stops granting window, and the
     # gateway must stop reading the program rather than buffer its output.
-    client = subprocess.Popen(
+    assert_memory_levels_off(gateway, lambda: subprocess.Popen(
         ssh_argv(gateway, client_keys["ed25519"], "cat /dev/zero"),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(4)
-        mid = gateway.rss_kib()
-        time.sleep(3)
-        after = gateway.rss_kib()
-    finally:
-        client.kill()
-        client.wait(10)
-    assert after - before < 32 * 1024, (before, mid, after)
-    assert after - mid < 4 * 1024, (before, mid, after)
+    ))  # fmt: skip
 
 
 def raw_exchange(gw: GatewayProcess, send: bytes, read_timeout: float = 10.0) -> tuple[bytes, bool]:

@@ -1,17 +1,21 @@
-"""A deliberately small, test-only SSH-1 client built on the core's codec and keys.
+"""A deliberately small, test-only SSH-1 client built on the core's codec and keys, and
+the keys the SSH-1 tests share (cached host, server and user keys; hand-made legacy
+small keys).
 
 It does exactly what a test tells it, including the wrong things (bad cookie, cipher
-not offered, tampered packets), so the server's handling of each can be checked.
+not offered, tampered packets, a CRC compensation attack), so the server's handling of
+each can be checked.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import random as pyrandom
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from protocols.ssh1 import ciphers, keys
+from protocols.ssh1 import ciphers, deattack, keys
 from protocols.ssh1 import messages as m
 from protocols.ssh1.events import CLOSED, NEED_DATA, PAUSED, Event
 from protocols.ssh1.packet import PacketDecoder, PacketEncoder
@@ -108,3 +112,53 @@ def drain(conn) -> list[Event]:
 
 def string(data: bytes) -> bytes:
     return Writer().string(data).getvalue()
+
+
+def _probable_prime(bits: int, rng: pyrandom.Random) -> int:
+    while True:
+        candidate = rng.getrandbits(bits) | (1 << (bits - 1)) | (1 << (bits - 2)) | 1
+        if all(candidate % p for p in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)) and all(
+            pow(a, candidate - 1, candidate) == 1 for a in (2, 3, 5, 7, 11, 13, 17, 19, 23)
+        ):
+            return candidate
+
+
+@functools.cache
+def small_key(bits: int) -> rsa.RSAPrivateKey:
+    """Legacy key sizes cryptography no longer generates (512, 768 bits), made by hand."""
+    rng = pyrandom.Random(bits)
+    e = 65537
+    while True:
+        p, q = _probable_prime(bits // 2, rng), _probable_prime(bits - bits // 2, rng)
+        n = p * q
+        if p != q and n.bit_length() == bits and (p - 1) % e and (q - 1) % e:
+            break
+    d = pow(e, -1, (p - 1) * (q - 1))
+    return rsa.RSAPrivateNumbers(
+        p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
+        rsa.RSAPublicNumbers(e, n),
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+
+
+def crc_attack_positions(nblocks: int) -> list[int]:
+    """Block positions whose joint CRC contribution cancels (GF(2) elimination)."""
+
+    def contribution(i):
+        crc = 0
+        for j in range(nblocks):
+            crc = deattack._crc_step(deattack._crc_step(crc, 1 if j == i else 0), 0)
+        return crc
+
+    basis: dict[int, tuple[int, int]] = {}  # top bit -> (vector, position mask)
+    for i in range(nblocks):
+        vec, mask = contribution(i), 1 << i
+        while vec:
+            top = vec.bit_length() - 1
+            if top not in basis:
+                basis[top] = (vec, mask)
+                break
+            bvec, bmask = basis[top]
+            vec, mask = vec ^ bvec, mask ^ bmask
+        else:
+            return [j for j in range(nblocks) if mask >> j & 1]
+    raise AssertionError("no dependency found")

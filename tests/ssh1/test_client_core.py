@@ -4,7 +4,6 @@ server core for whole exchanges, and against hand-made hostile server packets.""
 from __future__ import annotations
 
 import functools
-import random as pyrandom
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -19,33 +18,7 @@ from protocols.ssh1.client_connection import ClientConnection
 from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.wire import Writer
-from tests.ssh1.minclient import FUZZ_EXAMPLES, host_key, server_key, user_key
-
-
-def _probable_prime(bits: int, rng: pyrandom.Random) -> int:
-    while True:
-        candidate = rng.getrandbits(bits) | (1 << (bits - 1)) | (1 << (bits - 2)) | 1
-        if all(candidate % p for p in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)) and all(
-            pow(a, candidate - 1, candidate) == 1 for a in (2, 3, 5, 7, 11, 13, 17, 19, 23)
-        ):
-            return candidate
-
-
-@functools.cache
-def small_key(bits: int) -> rsa.RSAPrivateKey:
-    """Legacy key sizes cryptography no longer generates (512, 768 bits), made by hand."""
-    rng = pyrandom.Random(bits)
-    e = 65537
-    while True:
-        p, q = _probable_prime(bits // 2, rng), _probable_prime(bits - bits // 2, rng)
-        n = p * q
-        if p != q and n.bit_length() == bits and (p - 1) % e and (q - 1) % e:
-            break
-    d = pow(e, -1, (p - 1) * (q - 1))
-    return rsa.RSAPrivateNumbers(
-        p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
-        rsa.RSAPublicNumbers(e, n),
-    ).private_key(unsafe_skip_rsa_key_validation=True)
+from tests.ssh1.minclient import FUZZ_EXAMPLES, host_key, server_key, small_key, user_key
 
 
 def drain(conn) -> list[ev.Event]:

@@ -15,32 +15,8 @@ from protocols.ssh1 import messages as m
 from protocols.ssh1.client import SSH1ClientError, SSH1ClientOptions, SSH1ClientProtocol
 from protocols.ssh1.packet import PacketDecoder
 from protocols.ssh1.server_connection import ServerConnection
-from tests.ssh1.minclient import FUZZ_EXAMPLES, host_key, server_key
-from tests.ssh1.test_client_core import small_key
-
-
-class Sink:
-    def __init__(self):
-        self.out, self.err, self.exit, self.failure = b"", b"", None, None
-        self.input_paused = False
-
-    def stdout(self, data):
-        self.out += data
-
-    def stderr(self, data):
-        self.err += data
-
-    def exited(self, info):
-        self.exit = info
-
-    def failed(self, message):
-        self.failure = message
-
-    def pause_input(self):
-        self.input_paused = True
-
-    def resume_input(self):
-        self.input_paused = False
+from tests.doubles import FakeUpstreamSink
+from tests.ssh1.minclient import FUZZ_EXAMPLES, host_key, server_key, small_key
 
 
 class Refused(Exception):
@@ -57,7 +33,7 @@ def make(verify=None, command=b"id", **options):
         username="admin", verify_host_key=verify or default_verify, password="pw",
         software_version="9.9", peer="dev:22", **options,
     )
-    sink = Sink()
+    sink = FakeUpstreamSink()
     proto = SSH1ClientProtocol(opts, SessionRequest(command=command), sink)
     transport = StringTransport()
     proto.makeConnection(transport)

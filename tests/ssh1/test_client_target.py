@@ -4,112 +4,25 @@ MemoryReactorClock. No sockets, no sleeps."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import Portal
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from gateway.dispatch import DispatcherFactory
 from gateway.known_hosts import KnownHosts
-from gateway.targets import TargetConfig
-from gateway.targets.ssh1 import SSH1Target
-from protocols.auth import AuthLimits
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
 from protocols.ssh1 import keyfile, keys
-from protocols.ssh1.client import SSH1ClientProtocol
-from protocols.ssh1.server import SSH1ServerFactory
-from protocols.ssh1.settings import SSH1Settings
-from tests.gateway.test_bridge import FakeClient
-from tests.ssh1.minclient import host_key, server_key, user_key
-from tests.ssh1.test_server import Realm, RSAChecker
-
-
-@dataclass(frozen=True)
-class CompressingConfig(TargetConfig):
-    compression: int = 0
+from tests.ssh1.minclient import host_key, user_key
+from tests.ssh1.target_rig import Device, Rig
 
 
 @pytest.fixture
 def known_hosts(tmp_path) -> KnownHosts:
     return KnownHosts(tmp_path / "known_hosts")
-
-
-class Device:
-    """The gateway's own SSH-1 server standing in for a legacy device."""
-
-    def __init__(self, reactor, host=None, ciphers=("3des", "blowfish", "des"), protocols=("ssh1",)):
-        self.realm = Realm()
-        checker = InMemoryUsernamePasswordDatabaseDontUse(admin=b"devpass")
-        rsa_checker = RSAChecker({b"admin": keys.public_numbers(user_key())})
-        portal = Portal(self.realm, [checker, rsa_checker])
-        self.ssh1 = SSH1ServerFactory(
-            portal, host or host_key(), SSH1Settings(ciphers=ciphers), AuthLimits(failure_delay=0.0),
-            reactor, key_generator=lambda bits: server_key(),
-        )
-        self.dispatcher = DispatcherFactory({p: self.ssh1 for p in protocols}, reactor)
-
-    @property
-    def target(self):
-        [avatar] = self.realm.avatars
-        [target] = avatar.targets
-        return target
-
-
-class Rig:
-    def __init__(self, tmp_path: Path, known_hosts, device: Device | None = None, **config):
-        self.reactor = MemoryReactorClock()
-        self.device = device or Device(self.reactor)
-        settings = dict(name="dev", protocol="ssh1", host="192.0.2.1", port=22,
-                        username="admin", password="devpass")
-        settings.update(config)
-        self.config = CompressingConfig(**settings)
-        self.known_hosts = known_hosts
-        self.target = SSH1Target(
-            self.reactor, self.config, known_hosts,
-            endpoint_factory=lambda host, port, timeout: TCP4ClientEndpoint(
-                self.reactor, host, port, timeout
-            ),
-        )
-        self.client = FakeClient()
-        self.pump: iosim.IOPump | None = None
-
-    def open(self, request: SessionRequest, username="alice", password=None, connect=True):
-        self.bridge = self.target.open_session(username, request, self.client, password=password)
-        if connect:
-            self.connect()
-        return self.bridge
-
-    def connect(self) -> None:
-        host, port, factory, _timeout, _bind = self.reactor.tcpClients[-1]
-        assert (host, port) == (self.config.host, self.config.port)
-        client_proto = factory.buildProtocol(None)
-        server_proto = self.device.dispatcher.buildProtocol(None)
-        self.client_transport = iosim.makeFakeClient(client_proto)
-        self.server_transport = iosim.makeFakeServer(server_proto)
-        self.pump = iosim.connect(
-            server_proto, self.server_transport, client_proto, self.client_transport, greet=False
-        )
-        self.flush()
-
-    def flush(self) -> None:
-        assert self.pump is not None
-        for _ in range(50):
-            self.pump.flush()
-            self.reactor.advance(0)
-            if not self.pump.pump():
-                break
-
-    @property
-    def protocol(self) -> SSH1ClientProtocol:
-        return self.bridge.upstream.protocol
 
 
 def test_command_stdout_stderr_exit_status(tmp_path, known_hosts):
@@ -121,7 +34,7 @@ def test_command_stdout_stderr_exit_status(tmp_path, known_hosts):
     assert bridge.upstream is not None
     target = rig.device.target
     assert target.request.command == b"echo hi; exit 7"
-    assert b"".join(target.stdin) == b"input" and target.eof
+    assert target.stdin == b"input" and target.eof
     assert "cipher=3des" in bridge.upstream.description
     target.client.write_stdout(b"hi\n")
     target.client.write_stderr(b"oops\n")
@@ -140,7 +53,7 @@ def test_input_before_session_open_is_held_and_delivered(tmp_path, known_hosts):
     rig.connect()
     bridge.write_stdin(b"late")
     rig.flush()
-    assert b"".join(rig.device.target.stdin) == b"early late"
+    assert rig.device.target.stdin == b"early late"
 
 
 def test_pty_shell_and_window_change(tmp_path, known_hosts):
@@ -158,7 +71,7 @@ def test_pty_shell_and_window_change(tmp_path, known_hosts):
     bridge.send_signal("INT")  # SSH-1 has no signals: ignored, connection unharmed
     bridge.write_stdin(b"exit\n")
     rig.flush()
-    assert b"".join(target.stdin) == b"exit\n"
+    assert target.stdin == b"exit\n"
 
 
 def test_rsa_key_login(tmp_path, known_hosts):
@@ -209,7 +122,7 @@ def test_compression(tmp_path, known_hosts):
     assert "compression=6" in bridge.upstream.description
     bridge.write_stdin(b"a" * 300000)
     rig.flush()
-    assert b"".join(rig.device.target.stdin) == b"a" * 300000
+    assert rig.device.target.stdin == b"a" * 300000
 
 
 def test_changed_host_key_refused_with_warning(tmp_path, known_hosts):

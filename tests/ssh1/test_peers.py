@@ -14,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import (
+    PASSWORD,
+    assert_memory_levels_off,
+    base_config,
+    hash_password,
+    plink1_argv,
+    ssh1_fingerprint,
+)
 from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
-from tests.peers import require_peer, run_to_file
+from tests.peers import putty_cipher_session, require_peer, run_to_file
 
 pytestmark = pytest.mark.peer
 
@@ -112,9 +119,8 @@ def gw(tmp_path_factory, peer_keys, echo):
     ).stdout
     authorized = d / "authorized_keys"
     authorized.write_text(putty_pub + Path(str(peer_keys["openssh"]) + ".pub").read_text())
-    password_hash = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
     config = base_config(
-        password_hash,
+        hash_password(),
         authorized,
         ssh1={
             "ciphers": ["3des", "blowfish", "des"],
@@ -124,25 +130,13 @@ def gw(tmp_path_factory, peer_keys, echo):
         },
     )
     with GatewayProcess(d, config) as process:
-        process.fingerprint = ssh1_fingerprint_from_cli(process)
+        process.fingerprint = ssh1_fingerprint(process)
         yield process
-
-
-def ssh1_fingerprint_from_cli(process: GatewayProcess) -> str:
-    out = sshgateway_cli("fingerprints", "--config", str(process.config_path)).stdout
-    match = re.search(r"^SSH-1 \S+ (\d+) ([0-9a-f:]{47})$", out, re.M)
-    assert match, out
-    return match.group(2)
 
 
 def plink(gw, *args: str, user: str = "alice", password: str | None = PASSWORD,
           stdin: bytes | None = None, timeout: float = 60):
-    tools = require_peer("plink")
-    argv = [tools["plink"], "-batch", "-1"]
-    argv += ["-hostkey", gw.fingerprint, "-P", str(gw.port)]
-    if password is not None:
-        argv += ["-pw", password]
-    argv += [*args[:-1], f"{user}@127.0.0.1", args[-1]]
+    argv = plink1_argv(gw, *args, user=user, password=password, fingerprint=gw.fingerprint)
     return run_to_file(argv, input=stdin or b"", timeout=timeout)
 
 
@@ -180,23 +174,11 @@ def test_wrong_password_and_unknown_user_fail_identically(gw):
      ("des", "Using single-DES encryption")],
 )
 def test_plink_each_cipher(gw, cipher, banner):
-    import pwd
-
-    name = f"sshgateway-test-ssh1-{cipher}-{os.getpid()}"
-    # plink reads saved sessions from the passwd home directory, not $HOME.
-    sessions = Path(pwd.getpwuid(os.geteuid()).pw_dir) / ".putty" / "sessions"
-    sessions.mkdir(parents=True, exist_ok=True)
-    path = sessions / name
-    path.write_text(f"Cipher={cipher},WARN,aes,3des,blowfish,des\nSshProt=0\nHostName=127.0.0.1\n")
-    tools = require_peer("plink")
-    try:
+    with putty_cipher_session(cipher) as session:
         result = subprocess.run(
-            [tools["plink"], "-batch", "-v", "-load", name, "-hostkey", gw.fingerprint,
-             "-P", str(gw.port), "-l", "alice", "-pw", PASSWORD, "echo c"],
+            plink1_argv(gw, "-v", "echo c", fingerprint=gw.fingerprint, load=session),
             capture_output=True, timeout=60,
         )
-    finally:
-        path.unlink()
     assert result.stdout == b"c\n", result.stderr
     assert banner in result.stderr.decode()
 
@@ -225,15 +207,16 @@ def test_16mib_through_cat(gw, peer_keys, tmp_path):
 
 def test_plink_local_forward(gw, echo):
     allowed, refused = free_port(), free_port()
-    tools = require_peer("plink")
     proc = subprocess.Popen(
-        [tools["plink"], "-batch", "-1", "-hostkey", gw.fingerprint, "-P", str(gw.port),
-         "-pw", PASSWORD,
-         "-L", f"127.0.0.1:{allowed}:127.0.0.1:{echo.port}",
-         "-L", f"127.0.0.1:{refused}:127.0.0.1:{free_port()}",
-         "alice@127.0.0.1", "sleep 20"],
+        plink1_argv(
+            gw,
+            "-L", f"127.0.0.1:{allowed}:127.0.0.1:{echo.port}",
+            "-L", f"127.0.0.1:{refused}:127.0.0.1:{free_port()}",
+            "sleep 20",
+            fingerprint=gw.fingerprint,
+        ),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -335,47 +318,23 @@ def test_scp1_in_and_out(gw, tmp_path, peer_keys):
 
 
 def test_memory_bounded_when_client_stops_reading(gw, peer_keys):
-    tools = require_peer("plink")
-    before = gw.rss_kib()
     # Nobody reads plink's stdout: SSH-1 has no window, so only TCP back-pressure stops
     # the gateway from buffering the program's endless output.
-    client = subprocess.Popen(
-        [tools["plink"], "-batch", "-1", "-hostkey", gw.fingerprint, "-P", str(gw.port),
-         "-i", str(peer_keys["putty"]), "alice@127.0.0.1", "cat /dev/zero"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(4)
-        mid = gw.rss_kib()
-        time.sleep(3)
-        after = gw.rss_kib()
-    finally:
-        client.kill()
-        client.wait(10)
-    assert after - before < 32 * 1024, (before, mid, after)
-    assert after - mid < 4 * 1024, (before, mid, after)
+    argv = plink1_argv(gw, "-i", str(peer_keys["putty"]), "cat /dev/zero", password=None,
+                       fingerprint=gw.fingerprint)
+    assert_memory_levels_off(gw, lambda: subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ))  # fmt: skip
 
 
 def test_memory_bounded_when_program_stops_reading(gw, peer_keys):
-    tools = require_peer("plink")
-    before = gw.rss_kib()
     # The program never reads stdin: the gateway must stop reading from the client.
+    argv = plink1_argv(gw, "-i", str(peer_keys["putty"]), "sleep 30", password=None,
+                       fingerprint=gw.fingerprint)
     with open("/dev/zero", "rb") as zero:
-        client = subprocess.Popen(
-            [tools["plink"], "-batch", "-1", "-hostkey", gw.fingerprint, "-P", str(gw.port),
-             "-i", str(peer_keys["putty"]), "alice@127.0.0.1", "sleep 30"],
-            stdin=zero, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-    try:
-        time.sleep(4)
-        mid = gw.rss_kib()
-        time.sleep(3)
-        after = gw.rss_kib()
-    finally:
-        client.kill()
-        client.wait(10)
-    assert after - before < 32 * 1024, (before, mid, after)
-    assert after - mid < 4 * 1024, (before, mid, after)
+        assert_memory_levels_off(gw, lambda: subprocess.Popen(
+            argv, stdin=zero, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ))  # fmt: skip
 
 
 def test_ssh1_agent_forwarding(gw, tmp_path, peer_keys):

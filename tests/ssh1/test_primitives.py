@@ -29,7 +29,7 @@ from protocols.ssh1.wire import (
     Writer,
     encode_mpint,
 )
-from tests.ssh1.minclient import host_key, server_key, user_key
+from tests.ssh1.minclient import crc_attack_positions, host_key, server_key, user_key
 
 
 # ---------------------------------------------------------------- wire
@@ -178,30 +178,6 @@ def test_compression_level_bounds():
 
 
 # ---------------------------------------------------------------- deattack
-def _attack_positions(nblocks: int) -> list[int]:
-    """Block positions whose joint CRC contribution cancels (GF(2) elimination)."""
-
-    def contribution(i):
-        crc = 0
-        for j in range(nblocks):
-            crc = deattack._crc_step(deattack._crc_step(crc, 1 if j == i else 0), 0)
-        return crc
-
-    basis: dict[int, tuple[int, int]] = {}  # top bit -> (vector, position mask)
-    for i in range(nblocks):
-        vec, mask = contribution(i), 1 << i
-        while vec:
-            top = vec.bit_length() - 1
-            if top not in basis:
-                basis[top] = (vec, mask)
-                break
-            bvec, bmask = basis[top]
-            vec, mask = vec ^ bvec, mask ^ bmask
-        else:
-            return [j for j in range(nblocks) if mask >> j & 1]
-    raise AssertionError("no dependency found")
-
-
 def test_deattack_passes_random_ciphertext():
     for _ in range(50):
         deattack.check(os.urandom(8 * 40), os.urandom(8))
@@ -209,7 +185,7 @@ def test_deattack_passes_random_ciphertext():
 
 def test_deattack_detects_compensation_pattern():
     n = 40
-    positions = _attack_positions(n)
+    positions = crc_attack_positions(n)
     assert len(positions) >= 2
     repeated = os.urandom(8)
     blocks = [repeated if i in positions else os.urandom(8) for i in range(n)]
@@ -296,7 +272,7 @@ def test_decoder_runs_detector():
     dec = PacketDecoder()
     dec.set_cipher(ciphers.BY_NAME["3des"], key)
     n = 40
-    positions = _attack_positions(n)
+    positions = crc_attack_positions(n)
     repeated = os.urandom(8)
     body = b"".join(repeated if i in positions else os.urandom(8) for i in range(n))
     dec.feed(struct.pack(">I", len(body) - 1) + body)

@@ -6,174 +6,36 @@ from __future__ import annotations
 import struct
 
 import pytest
-from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import IRealm, Portal
-from twisted.internet import defer
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
-from zope.interface import implementer
 
-from protocols.auth import AuthLimits, ISSH1RSAChallenge, PolicyRefused
-from protocols.record import ConnectionRecord
-from protocols.session import ExitInfo, IGatewayUser, ISessionTarget, WindowSize
+from protocols.auth import AuthLimits
+from protocols.session import ExitInfo, WindowSize
 from protocols.ssh1 import keys
 from protocols.ssh1 import messages as m
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
 from protocols.ssh1.wire import Reader, Writer
+from tests.doubles import FakeProducer, Realm, RSAChecker
 from tests.ssh1.minclient import FUZZ_EXAMPLES, MiniClient, host_key, server_key, string, user_key
+from tests.ssh1.server_rig import DEFAULT_LIMITS, DEFAULT_SETTINGS, SSH1ServerRig
 
 
-@implementer(ISessionTarget)
-class FakeTarget:
-    def __init__(self, request, client) -> None:
-        self.request = request
-        self.client = client
-        self.stdin: list[bytes] = []
-        self.eof = False
-        self.sizes: list[WindowSize] = []
-        self.closed = False
-        self.producer = None
+class Harness(SSH1ServerRig):
+    """The server in front of a Realm of fake sessions: alice (password "secret" or the
+    test user key) and twostep (refused by policy)."""
 
-    def write_stdin(self, data):
-        self.stdin.append(data)
-
-    def close_stdin(self):
-        self.eof = True
-
-    def resize(self, size):
-        self.sizes.append(size)
-
-    def send_signal(self, name):
-        pass
-
-    def close(self):
-        self.closed = True
-
-    def registerProducer(self, producer, streaming):
-        self.producer = producer
-
-    def unregisterProducer(self):
-        self.producer = None
-
-
-class FakeOutputProducer:
-    def __init__(self):
-        self.state = "producing"
-
-    def pauseProducing(self):
-        self.state = "paused"
-
-    def resumeProducing(self):
-        self.state = "producing"
-
-    def stopProducing(self):
-        self.state = "stopped"
-
-
-@implementer(IGatewayUser)
-class Avatar:
-    def __init__(self, name: str) -> None:
-        self.username = name
-        self.targets: list[FakeTarget] = []
-
-    def open_session(self, request, client):
-        target = FakeTarget(request, client)
-        self.targets.append(target)
-        return target
-
-    def env_allowed(self, name):
-        return False
-
-
-@implementer(IRealm)
-class Realm:
-    def __init__(self):
-        self.avatars: list[Avatar] = []
-        self.logouts = 0
-
-    def requestAvatar(self, avatar_id, mind, *interfaces):
-        name = avatar_id.decode()
-        if name == "twostep":
-            raise PolicyRefused("needs password and publickey")
-        avatar = Avatar(name)
-        self.avatars.append(avatar)
-
-        def logout():
-            self.logouts += 1
-
-        return IGatewayUser, avatar, logout
-
-
-@implementer(ICredentialsChecker)
-class RSAChecker:
-    credentialInterfaces = (ISSH1RSAChallenge,)
-
-    def __init__(self, listed: dict[bytes, tuple[int, int]]):
-        self.listed = listed
-
-    def requestAvatarId(self, credentials):
-        key = self.listed.get(credentials.username)
-        if key is None or key[1] != credentials.modulus:
-            return defer.fail(UnauthorizedLogin("no"))
-        d = credentials.challenge(*key)
-
-        def answered(ok):
-            if ok is not True:
-                raise UnauthorizedLogin("no")
-            return credentials.username
-
-        return d.addCallback(answered)
-
-
-DEFAULT_SETTINGS = SSH1Settings()
-DEFAULT_LIMITS = AuthLimits(failure_delay=1.0)
-
-
-class Harness:
     def __init__(self, settings=DEFAULT_SETTINGS, limits=DEFAULT_LIMITS):
-        self.clock = Clock()
         self.realm = Realm()
         checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", twostep=b"secret")
         rsa_checker = RSAChecker({b"alice": keys.public_numbers(user_key())})
-        self.portal = Portal(self.realm, [checker, rsa_checker])
-        self.generated = 0
-
-        def generate(bits):
-            self.generated += 1
-            return server_key()
-
-        self.factory = SSH1ServerFactory(
-            self.portal, host_key(), settings, limits, self.clock, key_generator=generate
-        )
-        self.record = ConnectionRecord(peer="127.0.0.1:1")
-        self.protocol = self.factory.build_protocol(self.record, b"SSH-1.99-gw", b"SSH-1.5-t")
-        self.transport = StringTransport()
-        self.protocol.makeConnection(self.transport)
-        self.client = MiniClient()
-        [(msg_type, payload)] = self.received()
-        assert msg_type == m.SSH_SMSG_PUBLIC_KEY
-        self.client.parse_public_key(payload)
-
-    def received(self):
-        data = self.transport.value()
-        self.transport.clear()
-        return self.client.feed(data)
-
-    def send(self, msg_type, payload=b""):
-        self.protocol.dataReceived(self.client.packet(msg_type, payload))
-        return self.received()
-
-    def key_exchange(self, cipher="3des"):
-        self.protocol.dataReceived(self.client.session_key_packet(cipher))
-        assert self.received() == [(m.SSH_SMSG_SUCCESS, b"")]
+        super().__init__(Portal(self.realm, [checker, rsa_checker]), settings, limits)
 
     def login(self, user=b"alice", password=b"secret"):
-        self.key_exchange()
-        assert self.send(m.SSH_CMSG_USER, string(user)) == [(m.SSH_SMSG_FAILURE, b"")]
-        return self.send(m.SSH_CMSG_AUTH_PASSWORD, string(password))
+        return super().login(user, password)
 
 
 @pytest.fixture
@@ -210,7 +72,7 @@ def test_password_login_and_session():
     h.send(m.SSH_CMSG_STDIN_DATA, string(b"abc"))
     h.send(m.SSH_CMSG_WINDOW_SIZE, struct.pack(">4I", 30, 100, 0, 0))
     h.send(m.SSH_CMSG_EOF)
-    assert target.stdin == [b"abc"] and target.eof and target.sizes == [WindowSize(30, 100, 0, 0)]
+    assert target.stdin == b"abc" and target.eof and target.sizes == [WindowSize(30, 100, 0, 0)]
     target.client.write_stdout(b"x" * 20000)
     target.client.write_stderr(b"oops")
     target.client.send_eof()
@@ -373,19 +235,19 @@ def test_back_pressure_both_ways():
     target.producer.pauseProducing()
     assert h.transport.producerState == "paused"
     h.protocol.dataReceived(h.client.packet(m.SSH_CMSG_STDIN_DATA, string(b"later")))
-    assert target.stdin == []  # buffered, not delivered while paused
+    assert target.stdin == b""  # buffered, not delivered while paused
     target.producer.resumeProducing()
     assert h.transport.producerState == "producing"
-    assert target.stdin == [b"later"]
+    assert target.stdin == b"later"
     # ...and when the client's TCP buffer is full, the program's output source pauses.
-    output = FakeOutputProducer()
+    output = FakeProducer()
     target.client.registerProducer(output, True)
     h.transport.producer.pauseProducing()
-    assert output.state == "paused"
+    assert output.paused
     # A client that does not read gets nothing more read from it either (as sshd does).
     assert h.transport.producerState == "paused"
     h.transport.producer.resumeProducing()
-    assert output.state == "producing"
+    assert not output.paused
     assert h.transport.producerState == "producing"
     target.client.unregisterProducer()
 

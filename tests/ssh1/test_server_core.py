@@ -15,7 +15,15 @@ from protocols.ssh1 import events as ev
 from protocols.ssh1 import messages as m
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.wire import Reader, Writer
-from tests.ssh1.minclient import FUZZ_EXAMPLES, MiniClient, drain, host_key, server_key, string
+from tests.ssh1.minclient import (
+    FUZZ_EXAMPLES,
+    MiniClient,
+    crc_attack_positions,
+    drain,
+    host_key,
+    server_key,
+    string,
+)
 
 
 def new_server(ciphers=("3des", "blowfish")) -> tuple[ServerConnection, MiniClient]:
@@ -313,10 +321,8 @@ def test_truncated_session_key():
 
 
 def test_attack_detected():
-    from tests.ssh1.test_primitives import _attack_positions
-
     server, client = keyed()
-    positions = _attack_positions(40)
+    positions = crc_attack_positions(40)
     repeated = os.urandom(8)
     body = b"".join(repeated if i in positions else os.urandom(8) for i in range(40))
     events, replies = exchange(server, client, struct.pack(">I", len(body) - 1) + body)

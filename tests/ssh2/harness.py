@@ -14,13 +14,13 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
 from twisted.internet.protocol import Protocol
 from twisted.test import iosim
-from zope.interface import implementer
 
 from protocols.auth import AuthLimits, PartialAuthentication
 from protocols.record import ConnectionRecord
-from protocols.session import ExitInfo, IGatewayUser, ISessionTarget, SessionRequest
+from protocols.session import ExitInfo, IGatewayUser
 from protocols.ssh2.factory import SSH2ServerFactory
 from protocols.ssh2.settings import SSH2Settings
+from tests.doubles import Avatar
 
 SERVER_LINE = b"SSH-1.99-sshgateway_0.1.0"
 
@@ -48,79 +48,7 @@ def other_key() -> keys.Key:
     return keys.Key(ed25519.Ed25519PrivateKey.generate())
 
 
-# -- the gateway side: portal, avatar, target -----------------------------------------------
-
-
-@implementer(ISessionTarget)
-class FakeTarget:
-    def __init__(self, request: SessionRequest, client: Any) -> None:
-        self.request = request
-        self.client = client
-        self.stdin = bytearray()
-        self.stdin_closed = False
-        self.sizes: list[Any] = []
-        self.signals: list[str] = []
-        self.closed = False
-        self.input_producer: Any = None
-
-    def write_stdin(self, data: bytes) -> None:
-        self.stdin += data
-
-    def close_stdin(self) -> None:
-        self.stdin_closed = True
-
-    def resize(self, size: Any) -> None:
-        self.sizes.append(size)
-
-    def send_signal(self, name: str) -> None:
-        self.signals.append(name)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.input_producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.input_producer = None
-
-
-class OutputProducer:
-    """The target's output source, as the session sees it."""
-
-    def __init__(self) -> None:
-        self.paused = 0
-        self.resumed = 0
-        self.is_paused = False
-
-    def pauseProducing(self) -> None:
-        self.paused += 1
-        self.is_paused = True
-
-    def resumeProducing(self) -> None:
-        self.resumed += 1
-        self.is_paused = False
-
-    def stopProducing(self) -> None:
-        pass
-
-
-@implementer(IGatewayUser)
-class FakeUser:
-    def __init__(self, username: str, on_open: Any = None) -> None:
-        self.username = username
-        self.targets: list[FakeTarget] = []
-        self.on_open = on_open
-
-    def open_session(self, request: SessionRequest, client: Any) -> FakeTarget:
-        target = FakeTarget(request, client)
-        self.targets.append(target)
-        if self.on_open is not None:
-            self.on_open(target, client)
-        return target
-
-    def env_allowed(self, name: str) -> bool:
-        return name in ("LANG", "LC_ALL")
+# -- the gateway side: a portal whose avatars are tests.doubles.Avatar ---------------------
 
 
 @dataclass
@@ -131,7 +59,7 @@ class FakePortal:
     on_open: Any = None
     logins: list[tuple[str, str]] = field(default_factory=list)
     logged_out: int = 0
-    users: dict[str, FakeUser] = field(default_factory=dict)
+    users: dict[str, Avatar] = field(default_factory=dict)
     key_blob: bytes | None = None  # alice's public key; user_key() when None
 
     def listCredentialsInterfaces(self) -> list[Any]:
@@ -160,7 +88,7 @@ class FakePortal:
             if remaining:
                 mind.succeeded.add(mind.method)
                 raise PartialAuthentication(remaining)
-        user = self.users.setdefault(name, FakeUser(name, self.on_open))
+        user = self.users.setdefault(name, Avatar(name, self.on_open, allowed_env=("LANG", "LC_ALL")))
 
         def logout() -> None:
             self.logged_out += 1

@@ -8,7 +8,8 @@ import struct
 from twisted.conch.ssh import common, connection
 
 from protocols.session import PtyRequest, WindowSize
-from tests.ssh2.harness import FakePortal, OutputProducer, exit_info, wire
+from tests.doubles import FakeProducer
+from tests.ssh2.harness import FakePortal, exit_info, wire
 
 
 def logged_in(**kw):
@@ -135,7 +136,7 @@ def test_stdin_and_eof_reach_the_target():
     w.conn.sendEOF(session)
     w.flush()
     assert bytes(target.stdin) == b"hello world"
-    assert target.stdin_closed
+    assert target.eof
 
 
 def test_several_channels_per_connection():
@@ -211,23 +212,23 @@ def test_exhausted_client_window_pauses_the_target_and_resumes_it():
     w = logged_in()
     adjust = StingyClientConnection.install(w.conn)
     session, target = start(w, localWindow=64 * 1024)
-    producer = OutputProducer()
+    producer = FakeProducer()
     target.client.registerProducer(producer, True)
     chunk = b"x" * 16 * 1024
     for _ in range(4):
         target.client.write_stdout(chunk)
     w.flush()
-    assert not producer.is_paused  # exactly the window: nothing buffered yet
+    assert not producer.paused  # exactly the window: nothing buffered yet
     target.client.write_stdout(chunk)  # one more than the window
     w.flush()
-    assert producer.is_paused
+    assert producer.paused
     assert len(session.out) == 64 * 1024
     channel = w.server_channel()
     assert len(channel.buf) == 16 * 1024  # bounded: one write beyond the window
     w.conn.hold = False
     adjust(session, 64 * 1024)
     w.flush()
-    assert not producer.is_paused
+    assert not producer.paused
     assert len(session.out) == 80 * 1024
     assert not channel.buf
 
@@ -253,7 +254,7 @@ def test_input_back_pressure_stops_window_adjust():
     channel = w.server_channel()
     window = channel.localWindowSize
     assert window >= 2 * 1024 * 1024 and channel.localMaxPacket == 32 * 1024
-    target.input_producer.pauseProducing()  # the program does not read stdin
+    target.producer.pauseProducing()  # the program does not read stdin
     data = b"z" * (3 * window)
     session.write(data)
     w.flush()
@@ -261,7 +262,7 @@ def test_input_back_pressure_stops_window_adjust():
     assert len(target.stdin) == window
     assert len(session.buf) == 2 * window
     assert channel.localWindowLeft == 0
-    target.input_producer.resumeProducing()
+    target.producer.resumeProducing()
     w.flush()
     assert len(target.stdin) == 3 * window
     assert bytes(target.stdin) == data
@@ -271,7 +272,7 @@ def test_client_data_beyond_window_closes_the_channel():
     w = logged_in()
     session, target = start(w)
     channel = w.server_channel()
-    target.input_producer.pauseProducing()
+    target.producer.pauseProducing()
     channel.localWindowLeft = 10
     w.conn.sendData(session, b"q" * 100)
     w.flush()
@@ -282,33 +283,33 @@ def test_client_data_beyond_window_closes_the_channel():
 def test_full_tcp_send_buffer_pauses_every_session():
     w = logged_in()
     (_, t1), (_, t2) = start(w), start(w)
-    p1, p2 = OutputProducer(), OutputProducer()
+    p1, p2 = FakeProducer(), FakeProducer()
     t1.client.registerProducer(p1, True)
     t2.client.registerProducer(p2, True)
     assert w.server.transport.producer is w.transport  # registered with the TCP transport
     w.transport.pauseProducing()
-    assert p1.is_paused and p2.is_paused
+    assert p1.paused and p2.paused
     (_, t3) = start(w)  # a session opened meanwhile starts paused
-    p3 = OutputProducer()
+    p3 = FakeProducer()
     t3.client.registerProducer(p3, True)
-    assert p3.is_paused
+    assert p3.paused
     w.transport.resumeProducing()
-    assert not (p1.is_paused or p2.is_paused or p3.is_paused)
+    assert not (p1.paused or p2.paused or p3.paused)
 
 
 def test_tcp_resume_keeps_a_window_blocked_session_paused():
     w = logged_in()
     StingyClientConnection.install(w.conn)
     session, target = start(w, localWindow=32 * 1024)
-    producer = OutputProducer()
+    producer = FakeProducer()
     target.client.registerProducer(producer, True)
     target.client.write_stdout(b"x" * 40 * 1024)
     w.flush()
-    assert producer.is_paused
+    assert producer.paused
     w.transport.pauseProducing()
     w.transport.resumeProducing()
-    assert producer.is_paused  # still no window
-    assert producer.resumed == 0
+    assert producer.paused  # still no window
+    assert producer.resumes == 0
 
 
 def test_disconnect_unregisters_from_the_tcp_transport():

@@ -1,0 +1,310 @@
+"""In-memory test doubles shared by the test suite: the front end's side of a session
+(FakeSessionClient), a producer that only records being paused (FakeProducer), an upstream
+session and the upstream sink it reports to (FakeUpstream, FakeUpstreamSink), a target's
+session and a named target that opens them (FakeSessionTarget, FakeTarget), and the portal
+pieces an in-memory SSH-1 server logs in through (Realm, Avatar, RSAChecker, Challenger).
+
+They record what they were told and decide nothing, so a test can assert on the calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm
+from twisted.internet import defer
+from zope.interface import implementer
+
+from gateway.targets.bridge import IUpstreamSession
+from protocols.auth import ISSH1RSAChallenge, PolicyRefused
+from protocols.session import (
+    ExitInfo,
+    IGatewayUser,
+    ISessionClient,
+    ISessionTarget,
+    SessionRequest,
+    WindowSize,
+)
+
+
+@implementer(ISessionClient)
+class FakeSessionClient:
+    """The front end's side of a session: collects output, EOF, the exit and the producer.
+    Output after the exit is a bug in the code under test, so it fails at once."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.err = bytearray()
+        self.eof = False
+        self.exit: ExitInfo | None = None
+        self.producer: Any = None
+
+    def write_stdout(self, data: bytes) -> None:
+        assert self.exit is None, "output after the exit"
+        self.out += data
+
+    def write_stderr(self, data: bytes) -> None:
+        assert self.exit is None, "output after the exit"
+        self.err += data
+
+    def send_eof(self) -> None:
+        self.eof = True
+
+    def exited(self, info: ExitInfo) -> None:
+        self.exit = info
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class FakeProducer:
+    """A push producer that records whether it is paused, how often, and being stopped."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+        self.resumes = 0
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.resumes += 1
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+@implementer(IUpstreamSession)
+class FakeUpstream(FakeProducer):
+    """An open upstream session, as the bridge sees it."""
+
+    description = "fake"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.eof = False
+        self.sizes: list[WindowSize] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def send_eof(self) -> None:
+        self.eof = True
+
+    def resize(self, size: WindowSize) -> None:
+        self.sizes.append(size)
+
+    def send_signal(self, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeUpstreamSink:
+    """What an upstream client protocol reports to: output, the exit, a failure, and
+    whether it asked for the front end's input to pause."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.err = bytearray()
+        self.exit: ExitInfo | None = None
+        self.failure: str | None = None
+        self.input_paused = False
+
+    def stdout(self, data: bytes) -> None:
+        self.out += data
+
+    def stderr(self, data: bytes) -> None:
+        self.err += data
+
+    def exited(self, info: ExitInfo) -> None:
+        self.exit = info
+
+    def failed(self, message: str) -> None:
+        self.failure = message
+
+    def pause_input(self) -> None:
+        self.input_paused = True
+
+    def resume_input(self) -> None:
+        self.input_paused = False
+
+
+@implementer(ISessionTarget)
+class FakeSessionTarget:
+    """A target's session: keeps the input, and the control calls in order in ``calls``
+    ("eof", a WindowSize, ("signal", name), "close"). ``target``, ``username`` and
+    ``kwargs`` are what FakeTarget.open_session was given."""
+
+    def __init__(
+        self,
+        request: SessionRequest,
+        client: Any,
+        target: str | None = None,
+        username: str | None = None,
+        kwargs: dict | None = None,
+    ) -> None:
+        self.request, self.client = request, client
+        self.target, self.username, self.kwargs = target, username, kwargs or {}
+        self.stdin = bytearray()
+        self.calls: list = []
+        self.producer: Any = None
+
+    @property
+    def eof(self) -> bool:
+        return "eof" in self.calls
+
+    @property
+    def sizes(self) -> list[WindowSize]:
+        return [c for c in self.calls if isinstance(c, WindowSize)]
+
+    @property
+    def signals(self) -> list[str]:
+        return [c[1] for c in self.calls if isinstance(c, tuple)]
+
+    @property
+    def closed(self) -> bool:
+        return "close" in self.calls
+
+    def write_stdin(self, data: bytes) -> None:
+        self.stdin += data
+
+    def close_stdin(self) -> None:
+        self.calls.append("eof")
+
+    def resize(self, size: WindowSize) -> None:
+        self.calls.append(size)
+
+    def send_signal(self, name: str) -> None:
+        self.calls.append(("signal", name))
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class FakeTarget:
+    """A named target for the Router: opens FakeSessionTargets and keeps them in
+    ``opened``. A target that does not take the user's password must never get one."""
+
+    def __init__(self, name: str, takes_password: bool = True) -> None:
+        self.name = name
+        self.takes_password = takes_password
+        self.opened: list[FakeSessionTarget] = []
+        self.closed_all = 0
+
+    def open_session(
+        self, username: str, request: SessionRequest, client: Any, **kwargs: Any
+    ) -> FakeSessionTarget:
+        assert self.takes_password or not kwargs
+        session = FakeSessionTarget(request, client, self.name, username, kwargs)
+        self.opened.append(session)
+        return session
+
+    def close_all(self) -> None:
+        self.closed_all += 1
+
+
+def fake_targets(names: Any) -> dict[str, FakeTarget]:
+    """A FakeTarget per name; "local" (the gateway's own shell) takes no password."""
+    return {name: FakeTarget(name, takes_password=name != "local") for name in names}
+
+
+@implementer(IGatewayUser)
+class Avatar:
+    """A logged-in user whose sessions are FakeSessionTargets, kept in ``targets``;
+    ``on_open(target, client)`` is called for each, and only ``allowed_env`` may be set."""
+
+    def __init__(
+        self,
+        name: str,
+        on_open: Callable[[FakeSessionTarget, Any], None] | None = None,
+        allowed_env: tuple[str, ...] = (),
+    ) -> None:
+        self.username = name
+        self.targets: list[FakeSessionTarget] = []
+        self.on_open = on_open
+        self.allowed_env = allowed_env
+
+    def open_session(self, request: SessionRequest, client: Any) -> FakeSessionTarget:
+        target = FakeSessionTarget(request, client)
+        self.targets.append(target)
+        if self.on_open is not None:
+            self.on_open(target, client)
+        return target
+
+    def env_allowed(self, name: str) -> bool:
+        return name in self.allowed_env
+
+
+@implementer(IRealm)
+class Realm:
+    """Hands out Avatars and counts logouts; the user "twostep" is refused by policy."""
+
+    def __init__(self) -> None:
+        self.avatars: list[Avatar] = []
+        self.logouts = 0
+
+    def requestAvatar(self, avatar_id: bytes, mind: Any, *interfaces: Any) -> tuple:
+        name = avatar_id.decode()
+        if name == "twostep":
+            raise PolicyRefused("needs password and publickey")
+        avatar = Avatar(name)
+        self.avatars.append(avatar)
+
+        def logout() -> None:
+            self.logouts += 1
+
+        return IGatewayUser, avatar, logout
+
+
+@implementer(ICredentialsChecker)
+class RSAChecker:
+    """Accepts an SSH-1 RSA login for a listed user whose key (e, n) answers the challenge."""
+
+    credentialInterfaces = (ISSH1RSAChallenge,)
+
+    def __init__(self, listed: dict[bytes, tuple[int, int]]) -> None:
+        self.listed = listed
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        key = self.listed.get(credentials.username)
+        if key is None or key[1] != credentials.modulus:
+            return defer.fail(UnauthorizedLogin("no"))
+        d = credentials.challenge(*key)
+
+        def answered(ok: object) -> bytes:
+            if ok is not True:
+                raise UnauthorizedLogin("no")
+            return credentials.username
+
+        return d.addCallback(answered)
+
+
+class Challenger:
+    """An SSH-1 RSA challenge callback: records each (e, n) asked and gives ``answer``."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.asked: list[tuple[int, int]] = []
+
+    def __call__(self, e: int, n: int) -> Any:
+        self.asked.append((e, n))
+        return self.answer

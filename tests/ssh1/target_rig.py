@@ -1,0 +1,101 @@
+"""An SSH1Target joined in memory to the gateway's own dispatcher and SSH-1 server (the
+"device", logging in admin/devpass or the test user key), by twisted.test.iosim on a
+MemoryReactorClock: the rig the SSH-1 upstream tests and the flow-record tests drive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
+
+from gateway.dispatch import DispatcherFactory
+from gateway.targets import TargetConfig
+from gateway.targets.ssh1 import SSH1Target
+from protocols.auth import AuthLimits
+from protocols.session import SessionRequest
+from protocols.ssh1 import keys
+from protocols.ssh1.client import SSH1ClientProtocol
+from protocols.ssh1.server import SSH1ServerFactory
+from protocols.ssh1.settings import SSH1Settings
+from tests.doubles import FakeSessionClient, Realm, RSAChecker
+from tests.ssh1.minclient import host_key, server_key, user_key
+
+
+@dataclass(frozen=True)
+class CompressingConfig(TargetConfig):
+    compression: int = 0
+
+
+class Device:
+    """The gateway's own SSH-1 server standing in for a legacy device."""
+
+    def __init__(self, reactor, host=None, ciphers=("3des", "blowfish", "des"), protocols=("ssh1",)):
+        self.realm = Realm()
+        checker = InMemoryUsernamePasswordDatabaseDontUse(admin=b"devpass")
+        rsa_checker = RSAChecker({b"admin": keys.public_numbers(user_key())})
+        portal = Portal(self.realm, [checker, rsa_checker])
+        self.ssh1 = SSH1ServerFactory(
+            portal, host or host_key(), SSH1Settings(ciphers=ciphers), AuthLimits(failure_delay=0.0),
+            reactor, key_generator=lambda bits: server_key(),
+        )
+        self.dispatcher = DispatcherFactory({p: self.ssh1 for p in protocols}, reactor)
+
+    @property
+    def target(self):
+        [avatar] = self.realm.avatars
+        [target] = avatar.targets
+        return target
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, known_hosts, device: Device | None = None, **config):
+        self.reactor = MemoryReactorClock()
+        self.device = device or Device(self.reactor)
+        settings = dict(name="dev", protocol="ssh1", host="192.0.2.1", port=22,
+                        username="admin", password="devpass")
+        settings.update(config)
+        self.config = CompressingConfig(**settings)
+        self.known_hosts = known_hosts
+        self.target = SSH1Target(
+            self.reactor, self.config, known_hosts,
+            endpoint_factory=lambda host, port, timeout: TCP4ClientEndpoint(
+                self.reactor, host, port, timeout
+            ),
+        )
+        self.client = FakeSessionClient()
+        self.pump: iosim.IOPump | None = None
+
+    def open(self, request: SessionRequest, username="alice", password=None, connect=True):
+        self.bridge = self.target.open_session(username, request, self.client, password=password)
+        if connect:
+            self.connect()
+        return self.bridge
+
+    def connect(self) -> None:
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[-1]
+        assert (host, port) == (self.config.host, self.config.port)
+        client_proto = factory.buildProtocol(None)
+        server_proto = self.device.dispatcher.buildProtocol(None)
+        self.client_transport = iosim.makeFakeClient(client_proto)
+        self.server_transport = iosim.makeFakeServer(server_proto)
+        self.pump = iosim.connect(
+            server_proto, self.server_transport, client_proto, self.client_transport, greet=False
+        )
+        self.flush()
+
+    def flush(self) -> None:
+        assert self.pump is not None
+        for _ in range(50):
+            self.pump.flush()
+            self.reactor.advance(0)
+            if not self.pump.pump():
+                break
+
+    @property
+    def protocol(self) -> SSH1ClientProtocol:
+        return self.bridge.upstream.protocol
