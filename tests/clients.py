@@ -1,6 +1,7 @@
 """Helpers for driving a real gateway process (tests.gateway_process) with real clients:
-the test password and a gateway config around it, the ``sshgateway`` admin command
-(password hashes, host key fingerprints), argv for OpenSSH ``ssh`` and PuTTY ``plink``
+the test password and gateway configs around it (one user, alice; optionally one target),
+the ``sshgateway`` admin command (password hashes, host key fingerprints), a real OpenSSH
+sshd as an SSH-2 device behind the gateway, argv for OpenSSH ``ssh`` and PuTTY ``plink``
 pinned to the gateway, and the gateway's memory while a client runs."""
 
 from __future__ import annotations

@@ -1,10 +1,17 @@
-"""In-memory test doubles shared by the test suite: the front end's side of a session
-(FakeSessionClient), a producer that only records being paused (FakeProducer), an upstream
-session and the upstream sink it reports to (FakeUpstream, FakeUpstreamSink), a target's
-session and a named target that opens them (FakeSessionTarget, FakeTarget), and the portal
-pieces an in-memory SSH-1 server logs in through (Realm, Avatar, RSAChecker, Challenger).
+"""In-memory test doubles shared by the test suite, one class for each role:
 
-They record what they were told and decide nothing, so a test can assert on the calls."""
+- the front end's side of a session (FakeSessionClient) and a producer that records being
+  paused, resumed and stopped (FakeProducer);
+- an open upstream session and the sink an upstream client reports to (FakeUpstream,
+  FakeUpstreamSink);
+- a target's session, a named target that opens them for the Router, and one of those per
+  configured target (FakeSessionTarget, FakeTarget, fake_targets);
+- the portal side of the in-memory SSH-1 and SSH-2 servers: a user whose sessions are
+  FakeSessionTargets, a realm handing them out, an SSH-1 RSA checker, and an RSA
+  challenge callback (Avatar, Realm, RSAChecker, Challenger).
+
+They record what they are told so that a test can assert on it; the few rules they keep
+(a refused user, an unlisted key) are in their docstrings."""
 
 from __future__ import annotations
 
