@@ -29,10 +29,8 @@ import secrets
 import struct
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.conch.ssh import _kex, channel, common, connection, keys, session, transport, userauth
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, LogLevel, globalLogPublisher
@@ -51,6 +49,7 @@ from gateway.targets.bridge import (
 )
 from protocols.flow import C2S, S2C, SSH2_NAMES, FlowRecorder, ssh2_name
 from protocols.session import ExitInfo, SessionRequest, WindowSize
+from protocols.ssh2.cipher import BadMAC, KeyedCiphers, PacketError, shown_mac
 from protocols.ssh2.strict_kex import StrictKexTransport
 
 log = Logger()
@@ -90,11 +89,13 @@ HOST_KEY_ALGORITHMS: dict[str, bool] = {
     "rsa-sha2-256": False,
     "ssh-rsa": True,
 }
-# AES-GCM (OpenSSH's names, RFC 5647 framing) is ours: Conch 26.10 has no AEAD cipher.
-# It comes first: one cryptography call per packet instead of CTR plus a Python HMAC.
+# The AEAD ciphers and EtM MACs are protocols.ssh2.cipher's (Conch 26.10 has none).
+# AES-GCM comes first: one cryptography call per packet, where chacha20-poly1305 makes
+# three and CTR needs a Python HMAC as well.
 CIPHERS: dict[str, bool] = {
     "aes256-gcm@openssh.com": False,
     "aes128-gcm@openssh.com": False,
+    "chacha20-poly1305@openssh.com": False,
     "aes256-ctr": False,
     "aes192-ctr": False,
     "aes128-ctr": False,
@@ -103,10 +104,12 @@ CIPHERS: dict[str, bool] = {
     "aes128-cbc": True,
     "3des-cbc": True,
 }
-GCM_KEY_SIZES = {b"aes256-gcm@openssh.com": 32, b"aes128-gcm@openssh.com": 16}
 MACS: dict[str, bool] = {
+    "hmac-sha2-512-etm@openssh.com": False,
+    "hmac-sha2-256-etm@openssh.com": False,
     "hmac-sha2-512": False,
     "hmac-sha2-256": False,
+    "hmac-sha1-etm@openssh.com": True,
     "hmac-sha1": True,
 }
 # RFC 8332 signature algorithms for an RSA user key, best first; ssh-rsa (SHA-1) only when
@@ -121,7 +124,7 @@ DH_GEX_MAX_BITS = 8192
 DH_EXPONENT_BITS = 512  # twice the strength of AES-256 (RFC 4419 section 6.2)
 
 MLKEM768_CIPHERTEXT = 1088
-MAX_PACKET = 1024 * 1024  # Conch's own bound for the other ciphers
+MAX_PACKET = 1024 * 1024  # Conch's own bound
 LOCAL_WINDOW = 256 * 1024  # what the upstream may send before we grant more
 LOCAL_MAX_PACKET = 32 * 1024
 MAX_SEND_PACKET = 32 * 1024
@@ -181,79 +184,6 @@ def offered_algorithms(config: TargetConfig) -> dict[str, list[bytes]]:
         "cipher": _choose("ciphers", CIPHERS, config.ciphers),
         "mac": _choose("macs", MACS, config.macs),
     }
-
-
-# -- AES-GCM ---------------------------------------------------------------------------------
-
-
-class _GCM:
-    """One direction of aes*-gcm@openssh.com: a 4-byte fixed IV and a 64-bit invocation
-    counter, incremented per packet; the packet length is the associated data."""
-
-    TAG = 16
-
-    def __init__(self, key: bytes, iv: bytes) -> None:
-        self._aes = AESGCM(key)
-        self._fixed = iv[:4]
-        self._counter = int.from_bytes(iv[4:12], "big")
-
-    def _nonce(self) -> bytes:
-        nonce = self._fixed + self._counter.to_bytes(8, "big")
-        self._counter = (self._counter + 1) & 0xFFFFFFFFFFFFFFFF
-        return nonce
-
-    def seal(self, plain: bytes, length: bytes) -> bytes:
-        return self._aes.encrypt(self._nonce(), plain, length)
-
-    def open(self, sealed: bytes, length: bytes) -> bytes:
-        return self._aes.decrypt(self._nonce(), sealed, length)
-
-
-class _Ciphers(transport.SSHCiphers):
-    """Conch's cipher state, plus AES-GCM in either direction (the negotiated MAC is
-    then unused, as in OpenSSH)."""
-
-    out_gcm: _GCM | None = None
-    in_gcm: _GCM | None = None
-
-    @classmethod
-    def of(cls, negotiated: transport.SSHCiphers) -> _Ciphers:
-        return cls(
-            negotiated.outCipType,
-            negotiated.inCipType,
-            negotiated.outMACType,
-            negotiated.inMACType,
-        )
-
-    def setKeys(
-        self,
-        outIV: bytes,
-        outKey: bytes,
-        inIV: bytes,
-        inKey: bytes,
-        outInteg: bytes,
-        inInteg: bytes,
-    ) -> None:
-        out_size = GCM_KEY_SIZES.get(self.outCipType)
-        if out_size:
-            self.out_gcm = _GCM(outKey[:out_size], outIV)
-            self.encBlockSize = 16
-        else:
-            cipher = self._getCipher(self.outCipType, outIV, outKey)
-            self.encryptor = cipher.encryptor()
-            self.encBlockSize = cipher.algorithm.block_size // 8
-            self.outMAC = self._getMAC(self.outMACType, outInteg)
-        in_size = GCM_KEY_SIZES.get(self.inCipType)
-        if in_size:
-            self.in_gcm = _GCM(inKey[:in_size], inIV)
-            self.decBlockSize = 16
-        else:
-            cipher = self._getCipher(self.inCipType, inIV, inKey)
-            self.decryptor = cipher.decryptor()
-            self.decBlockSize = cipher.algorithm.block_size // 8
-            self.inMAC = self._getMAC(self.inMACType, inInteg)
-            if self.inMAC:
-                self.verifyDigestSize = self.inMAC[3]
 
 
 # -- one connection attempt ----------------------------------------------------------------
@@ -430,42 +360,27 @@ class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
     # -- packets (AES-GCM framing; Conch's own for everything else) ---------------------
 
     def sendPacket(self, messageType: int, payload: bytes) -> None:
-        gcm = getattr(self.currentEncryptions, "out_gcm", None)
-        if gcm is None or (
-            self._keyExchangeState != self._KEY_EXCHANGE_NONE
-            and not self._allowedKeyExchangeMessageType(messageType)
-        ):
-            sequence = self.outgoingPacketSequence
-            super().sendPacket(messageType, payload)  # also queues during key exchange
-            flow = self.attempt.flow
-            if flow is not None and self.outgoingPacketSequence != sequence:
-                flow.packet(C2S, self._flow_name(messageType), self._wire_size(len(payload)))
-            return
         if self.transport is None:
             return
-        body = bytes((messageType,)) + payload
-        padding = 16 - (1 + len(body)) % 16
-        if padding < 4:
-            padding += 16
-        length = struct.pack("!L", 1 + len(body) + padding)
-        plain = bytes((padding,)) + body + secrets.token_bytes(padding)
-        sealed = gcm.seal(plain, length)
-        self.transport.write(length + sealed)
-        self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & 0xFFFFFFFF
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not (
+            self._allowedKeyExchangeMessageType(messageType)
+        ):
+            # RFC 4253 section 7.1: held back until NEWKEYS; Conch's _newKeys sends them.
+            self._blockedByKeyExchange.append((messageType, payload))
+            return
+        seq = self.outgoingPacketSequence
+        wire = self._ciphers().sealer.packet(seq, messageType, (payload,))
+        self.transport.writeSequence(wire)
+        self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
         self.packet_sent(messageType)
         if self.attempt.flow is not None:
-            self.attempt.flow.packet(C2S, self._flow_name(messageType), 4 + len(sealed))
+            self.attempt.flow.packet(C2S, self._flow_name(messageType), sum(map(len, wire)))
 
-    def _wire_size(self, payload: int) -> int:
-        """Wire bytes of a packet Conch framed (no compression here: we offer none)."""
+    def _ciphers(self) -> KeyedCiphers:
         enc = self.currentEncryptions
-        block = enc.encBlockSize or 8
-        total = 6 + payload
-        padding = block - total % block
-        if padding < 4:
-            padding += block
-        mac = enc.outMAC[3] if enc.outMAC and enc.outMAC[0] is not None else 0
-        return total + padding + mac
+        if not isinstance(enc, KeyedCiphers):  # Conch's initial plain state
+            enc = self.currentEncryptions = KeyedCiphers.plain()
+        return enc
 
     def _flow_name(self, number: int) -> str:
         name = SSH2_NAMES.get(number)
@@ -489,35 +404,22 @@ class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
         super().dispatchMessage(messageNum, payload)
 
     def getPacket(self) -> bytes | None:
-        gcm = getattr(self.currentEncryptions, "in_gcm", None)
-        if gcm is None:
-            before = len(self.buf)
-            packet = super().getPacket()
-            if packet is not None:
-                self._in_size = before - len(self.buf)
-            return packet
-        if len(self.buf) < 4:
-            return None
-        (length,) = struct.unpack("!L", self.buf[:4])
-        if length > MAX_PACKET or length < 16 or length % 16:
-            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"bad packet length")
-            return None
-        end = 4 + length + _GCM.TAG
-        if len(self.buf) < end:
-            return None
-        header, sealed, self.buf = self.buf[:4], self.buf[4:end], self.buf[end:]
-        self._in_size = end
+        seq = self.incomingPacketSequence
         try:
-            plain = gcm.open(sealed, header)
-        except InvalidTag:
+            found = self._ciphers().opener.next_payload(seq, self.buf, MAX_PACKET)
+        except BadMAC:
             self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
             return None
-        padding = plain[0]
-        if padding < 4 or padding + 1 >= len(plain):
-            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"bad padding")
+        except PacketError as e:
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, str(e).encode("ascii"))
             return None
-        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
-        return plain[1 : len(plain) - padding]
+        if found is None:
+            return None
+        payload, size = found
+        self.buf = self.buf[size:]
+        self._in_size = size
+        self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        return payload
 
     # -- key exchange ------------------------------------------------------------------
 
@@ -527,7 +429,7 @@ class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
         # Conch's client would.
         if transport.SSHTransportBase.ssh_KEXINIT(self, packet) is None:
             return
-        self.nextEncryptions = _Ciphers.of(self.nextEncryptions)
+        self.nextEncryptions = KeyedCiphers.of(self.nextEncryptions)
         if _kex.isPQHybrid(self.kexAlg):
             self._mlkem = mlkem.MLKEM768PrivateKey.generate()
             self._x25519 = x25519.X25519PrivateKey.generate()
@@ -670,15 +572,14 @@ class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
         attempt = self.attempt
         if attempt.flow is not None:
             enc = self.currentEncryptions
-            gcm = getattr(enc, "out_gcm", None) is not None
             attempt.flow.negotiated.update(
                 {
                     "kex": self.kexAlg.decode("ascii", "replace"),
                     "host_key_algorithm": self.keyAlg.decode("ascii", "replace"),
                     "cipher_c2s": enc.outCipType.decode("ascii", "replace"),
                     "cipher_s2c": enc.inCipType.decode("ascii", "replace"),
-                    "mac_c2s": "implicit" if gcm else enc.outMACType.decode("ascii", "replace"),
-                    "mac_s2c": "implicit" if gcm else enc.inMACType.decode("ascii", "replace"),
+                    "mac_c2s": shown_mac(enc.outCipType, enc.outMACType),
+                    "mac_s2c": shown_mac(enc.inCipType, enc.inMACType),
                     "compression": "none",
                 }
             )
@@ -734,7 +635,7 @@ class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
         return (
             f"ssh2 {self.attempt.name} kex={self.kexAlg.decode()} hostkey={self.keyAlg.decode()} "
             f"cipher={enc.outCipType.decode()} "
-            f"mac={'implicit' if getattr(enc, 'out_gcm', None) else enc.outMACType.decode()} "
+            f"mac={shown_mac(enc.outCipType, enc.outMACType)} "
             f"strict_kex={'yes' if self.strict_kex else 'no'}"
         )
 

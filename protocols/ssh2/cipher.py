@@ -12,9 +12,10 @@ what modern peers prefer, for the gateway's server and its upstream client alike
 - the classic encrypt-and-MAC modes, for aes-ctr, aes-cbc and 3des-cbc.
 
 A :class:`Sealer` frames and protects outgoing packets; an :class:`Opener` learns a
-packet's length from its first bytes and then authenticates and decrypts it. With an
-AEAD cipher the negotiated MAC is not used (as in OpenSSH). The transport owns what is
-the same for every cipher: length bounds, padding checks, sequence numbers.
+packet's length from its first bytes, checks the framing (RFC 4253 section 6) before
+anything is allocated for it, then authenticates and decrypts it. With an AEAD cipher the
+negotiated MAC is not used (as in OpenSSH). Sequence numbers, compression and what the
+payload means stay with the transports.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ except ImportError:  # pragma: no cover - older cryptography
 
 class BadMAC(Exception):
     """The packet's MAC or AEAD tag did not verify."""
+
+
+class PacketError(Exception):
+    """Framing the peer got wrong (length, padding); the text is the disconnect reason."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,11 @@ MACS: dict[bytes, MacSpec] = {
 def is_aead(cipher: bytes) -> bool:
     spec = CIPHERS.get(cipher)
     return spec is not None and spec.kind in ("gcm", "chacha")
+
+
+def shown_mac(cipher: bytes, mac: bytes) -> str:
+    """The MAC to report: an AEAD cipher authenticates by itself, the MAC name goes unused."""
+    return "implicit" if is_aead(cipher) else mac.decode("ascii", "replace")
 
 
 def padding_for(block: int, body: int, length_in_clear: bool) -> int:
@@ -220,6 +230,10 @@ class Sealer:
         padding = padding_for(self.block, 1 + payload_size, self.length_in_clear)
         return 4 + 1 + payload_size + padding + self.overhead
 
+    def packet(self, seq: int, message: int, parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """Wire bytes of one packet: ``message`` then ``parts`` as the payload."""
+        return self.seal(seq, self.frame(message, parts, 1 + sum(map(len, parts))))
+
     def seal(self, seq: int, packet: bytes) -> tuple[bytes, ...]:
         """Wire bytes for ``packet`` (length field first), as pieces to write in order."""
         kind = self.kind
@@ -253,6 +267,7 @@ class Opener:
         self._mac: _Mac | None = None
         self._aead: Any = None
         self._first = b""
+        self._length: int | None = None  # of the packet being received, once known
         if spec.kind == "stream":
             cipher_obj = Cipher(spec.algorithm(key[: spec.key_size]), spec.mode(iv[: spec.iv_size]))
             self._crypt = cipher_obj.decryptor()
@@ -267,6 +282,34 @@ class Opener:
         self.length_in_clear = spec.kind in ("gcm", "chacha") or self.etm
         self.head = 4 if self.length_in_clear else self.block
         self.tail = self._aead.TAG if self._aead is not None else (self._mac.size if self._mac else 0)
+
+    def next_payload(
+        self, seq: int, buf: bytes | bytearray, max_length: int
+    ) -> tuple[bytes, int] | None:
+        """The payload of the packet at the start of ``buf`` and its size on the wire, or
+        None until all of it is there. Raises PacketError or BadMAC."""
+        length = self._length
+        if length is None:
+            if len(buf) < self.head:
+                return None
+            length = self._length = self.length(seq, bytes(buf[: self.head]))
+        if length > max_length:
+            raise PacketError(f"bad packet length {length}")
+        # Whole blocks (the length field counts unless it travels in clear), and room for
+        # the padding-length byte, a message byte and 4 bytes of padding.
+        aligned = length if self.length_in_clear else 4 + length
+        if aligned % self.block or length < 6 or 4 + length < self.head:
+            raise PacketError("bad packet padding or length")
+        size = 4 + length + self.tail
+        if len(buf) < size:
+            return None
+        with memoryview(buf) as view:
+            packet = self.open(seq, view[:size])
+        self._length = None
+        padding = packet[0]
+        if padding < 4 or padding + 1 >= length:
+            raise PacketError("bad packet padding or length")
+        return packet[1 : length - padding], size
 
     def length(self, seq: int, head: bytes) -> int:
         """The packet-length field, from the packet's first ``head`` bytes."""

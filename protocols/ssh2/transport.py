@@ -31,7 +31,7 @@ from protocols.auth import LoginContext, LoginFlow
 from protocols.flow import C2S, S2C, SSH2_NAMES, ssh2_name
 from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
-from protocols.ssh2.cipher import CIPHERS, MACS, BadMAC, KeyedCiphers, is_aead
+from protocols.ssh2.cipher import CIPHERS, MACS, BadMAC, KeyedCiphers, PacketError, shown_mac
 from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.strict_kex import StrictKexTransport
@@ -170,7 +170,6 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
             self.user_signature_algorithms.append(b"ssh-rsa")
         self._disconnecting = False
         self._inbuf = bytearray()
-        self._length: int | None = None  # the next packet's length, once its head is read
         self._in_size = 0  # wire bytes of the packet _next_packet returned last
 
     # -- connection life cycle ------------------------------------------------------------
@@ -277,44 +276,22 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
         """The next whole packet's payload from the input buffer, or None for "need more".
 
         Replaces Conch's getPacket: a bytearray consumed from the front instead of
-        re-slicing one bytes object per packet, the cipher and MAC from protocols.ssh2.cipher
-        (AEAD and encrypt-then-MAC too), and every length checked before anything is
-        allocated for it."""
-        opener = self.currentEncryptions.opener
-        buf = self._inbuf
+        re-slicing one bytes object per packet, and protocols.ssh2.cipher's Opener, which
+        checks every length before anything is allocated for it."""
         seq = self.incomingPacketSequence
-        if self._length is None:
-            if len(buf) < opener.head:
-                return None
-            self._length = opener.length(seq, bytes(buf[: opener.head]))
-        length = self._length
-        block = opener.block
-        if length > MAX_PACKET_LENGTH:
-            self.protocol_error(f"bad packet length {length}")
-            return None
-        # RFC 4253 section 6: whole blocks (the length field counts unless it travels in
-        # clear), and room for the padding-length byte, a message byte and 4 of padding.
-        aligned = length if opener.length_in_clear else 4 + length
-        if aligned % block or length < 6 or 4 + length < opener.head:
-            self.protocol_error("bad packet padding or length")
-            return None
-        needed = 4 + length + opener.tail
-        if len(buf) < needed:
-            return None
         try:
-            with memoryview(buf) as view:
-                packet = opener.open(seq, view[:needed])
+            found = self.currentEncryptions.opener.next_payload(seq, self._inbuf, MAX_PACKET_LENGTH)
         except BadMAC:
             self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
             return None
-        del buf[:needed]
-        self._length = None
-        self._in_size = needed
-        padding = packet[0]
-        if padding < 4 or padding + 1 >= length:
-            self.protocol_error("bad packet padding or length")
+        except PacketError as e:
+            self.protocol_error(str(e))
             return None
-        payload = packet[1 : length - padding]
+        if found is None:
+            return None
+        payload, size = found
+        del self._inbuf[:size]
+        self._in_size = size
         if self.incomingCompression is not None:
             try:
                 payload = self.incomingCompression.decompress(payload)
@@ -372,8 +349,8 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
             "hostkey": self.keyAlg.decode("ascii", "replace"),
             "cipher_in": enc.inCipType.decode("ascii", "replace"),
             "cipher_out": enc.outCipType.decode("ascii", "replace"),
-            "mac_in": _mac_name(enc.inCipType, enc.inMACType),
-            "mac_out": _mac_name(enc.outCipType, enc.outMACType),
+            "mac_in": shown_mac(enc.inCipType, enc.inMACType),
+            "mac_out": shown_mac(enc.outCipType, enc.outMACType),
             "comp_in": self.incomingCompressionType.decode("ascii", "replace"),
             "comp_out": self.outgoingCompressionType.decode("ascii", "replace"),
             "strict_kex": "yes" if self.strict_kex else "no",
@@ -515,10 +492,8 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
             data = bytes((messageType,)) + b"".join(parts)
             data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
             first, parts = data[0], (data[1:],)
-        sealer = self.currentEncryptions.sealer
-        size = 1 + sum(map(len, parts))
         seq = self.outgoingPacketSequence
-        wire = sealer.seal(seq, sealer.frame(first, parts, size))
+        wire = self.currentEncryptions.sealer.packet(seq, first, parts)
         self.transport.writeSequence(wire)
         self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
         self.packet_sent(messageType)
@@ -557,11 +532,6 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
 
     def receiveUnimplemented(self, seqnum: int) -> None:
         log.debug("ssh2: peer did not implement packet {seqnum}", seqnum=seqnum)
-
-
-def _mac_name(cipher: bytes, mac: bytes) -> str:
-    # An AEAD cipher authenticates by itself; the negotiated MAC name goes unused.
-    return "implicit" if is_aead(cipher) else mac.decode("ascii", "replace")
 
 
 def _ns(value: bytes) -> bytes:
