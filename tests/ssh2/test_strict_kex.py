@@ -14,8 +14,8 @@ from twisted.conch.ssh import common, transport
 
 import tests.ssh2.harness as harness
 from protocols.ssh2.strict_kex import STRICT_KEX_CLIENT, StrictKexTransport, peer_kex_names
+from tests.clients import PASSWORD, base_config, sshgateway_cli
 from tests.gateway_process import GatewayProcess
-from tests.integration.conftest import PASSWORD, base_config, sshgateway_cli
 from tests.peers import require_peer
 from tests.ssh2.harness import SERVER_LINE, wire
 from tests.sshd import OpenSSHServer, keygen
