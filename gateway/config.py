@@ -23,8 +23,8 @@ config file's directory; `~` is expanded. Numbers are seconds unless said otherw
 | `[session] env_allow` | `["LANG", "LC_*"]` | environment variables a client may set (case-sensitive fnmatch patterns) |
 | `[ssh2] kex` | `mlkem768x25519-sha256`, `curve25519-sha256`, `diffie-hellman-group-exchange-sha256` | key exchange, in order of preference; opt-in: `curve25519-sha256@libssh.org`, `diffie-hellman-group14-sha1`, `diffie-hellman-group-exchange-sha1` |
 | `[ssh2] host_key_algorithms` | `ssh-ed25519`, `rsa-sha2-512`, `rsa-sha2-256` | opt-in: `ssh-rsa` |
-| `[ssh2] ciphers` | `aes256-ctr`, `aes192-ctr`, `aes128-ctr` | opt-in: `aes256-cbc`, `aes192-cbc`, `aes128-cbc`, `3des-cbc` |
-| `[ssh2] macs` | `hmac-sha2-512`, `hmac-sha2-256` | opt-in: `hmac-sha1` |
+| `[ssh2] ciphers` | `chacha20-poly1305@openssh.com`, `aes256-gcm@openssh.com`, `aes128-gcm@openssh.com`, `aes256-ctr`, `aes192-ctr`, `aes128-ctr` | opt-in: `aes256-cbc`, `aes192-cbc`, `aes128-cbc`, `3des-cbc` |
+| `[ssh2] macs` | `hmac-sha2-512-etm@openssh.com`, `hmac-sha2-256-etm@openssh.com`, `hmac-sha2-512`, `hmac-sha2-256` | opt-in: `hmac-sha1-etm@openssh.com`, `hmac-sha1`; unused with an AEAD cipher (chacha20-poly1305, AES-GCM) |
 | `[ssh2] compression` | `false` | also offer zlib |
 | `[ssh1] ciphers` | `["3des", "blowfish"]` | SSH-1 ciphers; `des` and `none` only when listed |
 | `[ssh1] server_key_bits` | `1024` | SSH-1 server key size (512-4096); must differ from the 2048-bit host key by at least 128 bits |
@@ -50,7 +50,7 @@ config file's directory; `~` is expanded. Numbers are seconds unless said otherw
 | `[targets.NAME] compression` | `0` | ssh1: zlib level (1-9) to request from the device; `0` for none |
 | `[targets.NAME] kex` | modern defaults | ssh2: key exchange names, in order (`diffie-hellman-group1-sha1` only when listed) |
 | `[targets.NAME] host_key_algorithms` | modern defaults | ssh2: host key algorithm names, in order (`ssh-rsa` only when listed) |
-| `[targets.NAME] macs` | modern defaults | ssh2: MAC names, in order (`hmac-sha1` only when listed) |
+| `[targets.NAME] macs` | modern defaults | ssh2: MAC names, in order (`hmac-sha1`, `hmac-sha1-etm@openssh.com` only when listed) |
 | `[targets.NAME] login_prompt` | none | telnet: a regular expression matched on upstream output; when it matches, the username is sent |
 | `[targets.NAME] password_prompt` | none | telnet: a regular expression; when it matches, the password is sent |
 
