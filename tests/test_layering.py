@@ -1,0 +1,60 @@
+"""The dependency rules, checked on the source: plugin -> gateway -> protocols; ssh1 and
+ssh2 never import each other; the SSH-1 core imports neither Twisted nor gateway."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# The thin Twisted layer of protocols/ssh1; every other module there is the sans-I/O core.
+SSH1_TWISTED = {"server.py", "client.py", "pump.py"}
+
+
+def imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def sources(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def top(name: str, depth: int = 1) -> str:
+    return ".".join(name.split(".")[:depth])
+
+
+@pytest.mark.parametrize("path", sources("protocols"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_protocols_never_import_gateway_or_the_plugin(path):
+    assert not {n for n in imported(path) if top(n) == "gateway" or n.startswith("twisted.plugins")}
+
+
+@pytest.mark.parametrize("path", sources("protocols/ssh1"), ids=lambda p: p.name)
+def test_ssh1_never_imports_ssh2(path):
+    assert not {n for n in imported(path) if top(n, 2) == "protocols.ssh2"}
+
+
+@pytest.mark.parametrize("path", sources("protocols/ssh2"), ids=lambda p: p.name)
+def test_ssh2_never_imports_ssh1(path):
+    assert not {n for n in imported(path) if top(n, 2) == "protocols.ssh1"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sources("protocols/ssh1") if p.name not in SSH1_TWISTED],
+    ids=lambda p: p.name,
+)
+def test_the_ssh1_core_imports_no_twisted(path):
+    assert not {n for n in imported(path) if top(n) in ("twisted", "zope")}
+
+
+@pytest.mark.parametrize("path", sources("gateway"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_gateway_never_imports_the_plugin(path):
+    assert not {n for n in imported(path) if n.startswith("twisted.plugins")}
