@@ -147,7 +147,7 @@ class _Gcm:
     def seal(self, plain: bytes, aad: bytes) -> bytes:
         return self._aes.encrypt(self._nonce(), plain, aad)
 
-    def open(self, sealed: bytes, aad: bytes) -> bytes:
+    def open(self, sealed: bytes | memoryview, aad: bytes) -> bytes:
         try:
             return self._aes.decrypt(self._nonce(), sealed, aad)
         except InvalidTag:
@@ -185,7 +185,7 @@ class _ChaCha:
     def open(self, seq: int, data: bytes | memoryview) -> bytes:
         end = len(data) - self.TAG
         try:
-            poly1305.Poly1305.verify_tag(self._poly_key(seq), bytes(data[:end]), bytes(data[end:]))
+            poly1305.Poly1305.verify_tag(self._poly_key(seq), data[:end], bytes(data[end:]))
         except InvalidSignature:
             raise BadMAC() from None
         return self._stream(self._main, seq, 1).update(data[4:end])
@@ -331,7 +331,7 @@ class Opener:
                 raise BadMAC()
             return self._crypt.update(data[4 : 4 + length])
         if kind == "gcm":
-            return self._aead.open(bytes(data[4:]), bytes(data[:4]))
+            return self._aead.open(data[4:], bytes(data[:4]))
         if kind == "chacha":
             return self._aead.open(seq, data)
         first, self._first = self._first, b""
