@@ -151,9 +151,10 @@ class FakeUpstreamSink:
 
 @implementer(ISessionTarget)
 class FakeSessionTarget:
-    """A target's session: keeps the input, and the control calls in order in ``calls``
-    ("eof", a WindowSize, ("signal", name), "close"). ``target``, ``username`` and
-    ``kwargs`` are what FakeTarget.open_session was given."""
+    """A target's session: keeps the input (whole in ``stdin``, and each write in
+    ``stdin_writes``) and the control calls in order in ``calls`` ("eof", a WindowSize,
+    ("signal", name), "close"). ``target``, ``username`` and ``kwargs`` are what
+    FakeTarget.open_session was given."""
 
     def __init__(
         self,
@@ -166,6 +167,7 @@ class FakeSessionTarget:
         self.request, self.client = request, client
         self.target, self.username, self.kwargs = target, username, kwargs or {}
         self.stdin = bytearray()
+        self.stdin_writes: list[bytes] = []
         self.calls: list = []
         self.producer: Any = None
 
@@ -187,6 +189,7 @@ class FakeSessionTarget:
 
     def write_stdin(self, data: bytes) -> None:
         self.stdin += data
+        self.stdin_writes.append(data)
 
     def close_stdin(self) -> None:
         self.calls.append("eof")

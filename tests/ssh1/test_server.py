@@ -72,7 +72,7 @@ def test_password_login_and_session():
     h.send(m.SSH_CMSG_STDIN_DATA, string(b"abc"))
     h.send(m.SSH_CMSG_WINDOW_SIZE, struct.pack(">4I", 30, 100, 0, 0))
     h.send(m.SSH_CMSG_EOF)
-    assert target.stdin == b"abc" and target.eof and target.sizes == [WindowSize(30, 100, 0, 0)]
+    assert target.stdin_writes == [b"abc"] and target.eof and target.sizes == [WindowSize(30, 100, 0, 0)]
     target.client.write_stdout(b"x" * 20000)
     target.client.write_stderr(b"oops")
     target.client.send_eof()
@@ -235,10 +235,10 @@ def test_back_pressure_both_ways():
     target.producer.pauseProducing()
     assert h.transport.producerState == "paused"
     h.protocol.dataReceived(h.client.packet(m.SSH_CMSG_STDIN_DATA, string(b"later")))
-    assert target.stdin == b""  # buffered, not delivered while paused
+    assert target.stdin_writes == []  # buffered, not delivered while paused
     target.producer.resumeProducing()
     assert h.transport.producerState == "producing"
-    assert target.stdin == b"later"
+    assert target.stdin_writes == [b"later"]
     # ...and when the client's TCP buffer is full, the program's output source pauses.
     output = FakeProducer()
     target.client.registerProducer(output, True)
