@@ -8,8 +8,10 @@ import itertools
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from protocols.ssh2.cipher import CIPHERS, MACS, BadMAC, Opener, Sealer, is_aead
+from protocols.ssh2.cipher import CIPHERS, MACS, BadMAC, Opener, PacketError, Sealer, is_aead
 
 KEYS = dict(iv=os.urandom(64), key=os.urandom(64), integrity=os.urandom(64))
 NAMES = [c for c in CIPHERS if c != b"none"]
@@ -83,3 +85,28 @@ def test_the_sequence_number_is_authenticated(cipher):
     with pytest.raises(BadMAC):
         length = opener.length(4, wire[: opener.head])
         opener.open(4, memoryview(wire[: 4 + length + opener.tail]))
+
+
+@pytest.mark.parametrize("cipher, mac", [(b"none", b"none"), *PAIRS[::3]])
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=600), cut=st.integers(min_value=0, max_value=600))
+def test_hostile_bytes_end_in_a_reason_never_a_crash(cipher, mac, data, cut):
+    """Whatever arrives, in whatever pieces: a payload, "need more", or PacketError/BadMAC."""
+    _, opener = pair(cipher, mac)
+    buf = bytearray()
+    for piece in (data[:cut], data[cut:]):
+        buf += piece
+        try:
+            found = opener.next_payload(0, buf, 256 * 1024)
+        except (PacketError, BadMAC):
+            return
+        if found is not None:
+            payload, size = found
+            assert size <= len(buf) and len(payload) < size
+            return
+
+
+def test_a_length_beyond_the_limit_is_refused_before_buffering():
+    _, opener = pair(b"aes256-gcm@openssh.com", b"")
+    with pytest.raises(PacketError, match="bad packet length"):
+        opener.next_payload(0, (1 << 30).to_bytes(4, "big"), 256 * 1024)
