@@ -194,10 +194,13 @@ class _ChaCha:
 # -- one direction ---------------------------------------------------------------------------
 
 
-class Sealer:
-    """Frames and protects outgoing packets of one direction."""
+class _Direction:
+    """The keyed pieces of one direction: a stream cipher with its MAC (encrypt-and-MAC
+    or EtM), or an AEAD cipher; what is common to sealing and opening."""
 
-    def __init__(self, cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes) -> None:
+    def __init__(
+        self, cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes, encrypt: bool
+    ) -> None:
         spec = CIPHERS[cipher]
         self.kind = spec.kind
         self.block = spec.block
@@ -205,18 +208,26 @@ class Sealer:
         self._mac: _Mac | None = None
         self._aead: Any = None
         if spec.kind == "stream":
-            cipher_obj = Cipher(spec.algorithm(key[: spec.key_size]), spec.mode(iv[: spec.iv_size]))
-            self._crypt = cipher_obj.encryptor()
+            keyed = Cipher(spec.algorithm(key[: spec.key_size]), spec.mode(iv[: spec.iv_size]))
+            self._crypt = keyed.encryptor() if encrypt else keyed.decryptor()
+            mac_spec = MACS.get(mac)
+            if mac_spec is not None:
+                self._mac = _Mac(mac_spec, integrity)
         elif spec.kind == "gcm":
             self._aead = _Gcm(key[: spec.key_size], iv[: spec.iv_size])
         elif spec.kind == "chacha":
             self._aead = _ChaCha(key[: spec.key_size])
-        mac_spec = MACS.get(mac) if spec.kind in ("stream", "none") else None
-        if mac_spec is not None and spec.kind == "stream":
-            self._mac = _Mac(mac_spec, integrity)
-        self.length_in_clear = spec.kind in ("gcm", "chacha") or bool(mac_spec and mac_spec.etm)
-        self.etm = bool(mac_spec and mac_spec.etm and spec.kind == "stream")
-        self.overhead = self._aead.TAG if self._aead is not None else (self._mac.size if self._mac else 0)
+        self.etm = bool(spec.kind == "stream" and mac in MACS and MACS[mac].etm)
+        self.length_in_clear = self._aead is not None or self.etm
+        # Bytes after the packet: the AEAD tag or the MAC.
+        self.tail = self._aead.TAG if self._aead is not None else (self._mac.size if self._mac else 0)
+
+
+class Sealer(_Direction):
+    """Frames and protects outgoing packets of one direction."""
+
+    def __init__(self, cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes) -> None:
+        super().__init__(cipher, mac, iv, key, integrity, encrypt=True)
 
     def frame(self, message: int, parts: tuple[bytes, ...], payload_size: int) -> bytes:
         """The plaintext packet for ``message`` then ``parts`` (joined once);
@@ -228,7 +239,7 @@ class Sealer:
     def wire_size(self, payload_size: int) -> int:
         """Bytes on the wire for a payload of ``payload_size`` (message byte included)."""
         padding = padding_for(self.block, 1 + payload_size, self.length_in_clear)
-        return 4 + 1 + payload_size + padding + self.overhead
+        return 4 + 1 + payload_size + padding + self.tail
 
     def packet(self, seq: int, message: int, parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """Wire bytes of one packet: ``message`` then ``parts`` as the payload."""
@@ -252,7 +263,7 @@ class Sealer:
         return (packet,)
 
 
-class Opener:
+class Opener(_Direction):
     """Authenticates and decrypts incoming packets of one direction.
 
     ``head`` bytes tell the length (:meth:`length`); then :meth:`open` takes the whole
@@ -260,28 +271,10 @@ class Opener:
     """
 
     def __init__(self, cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes) -> None:
-        spec = CIPHERS[cipher]
-        self.kind = spec.kind
-        self.block = spec.block
-        self._crypt: Any = None
-        self._mac: _Mac | None = None
-        self._aead: Any = None
-        self._first = b""
+        super().__init__(cipher, mac, iv, key, integrity, encrypt=False)
+        self._first = b""  # the decrypted first block (encrypt-and-MAC), kept for open()
         self._length: int | None = None  # of the packet being received, once known
-        if spec.kind == "stream":
-            cipher_obj = Cipher(spec.algorithm(key[: spec.key_size]), spec.mode(iv[: spec.iv_size]))
-            self._crypt = cipher_obj.decryptor()
-        elif spec.kind == "gcm":
-            self._aead = _Gcm(key[: spec.key_size], iv[: spec.iv_size])
-        elif spec.kind == "chacha":
-            self._aead = _ChaCha(key[: spec.key_size])
-        mac_spec = MACS.get(mac) if spec.kind == "stream" else None
-        if mac_spec is not None:
-            self._mac = _Mac(mac_spec, integrity)
-        self.etm = bool(mac_spec and mac_spec.etm)
-        self.length_in_clear = spec.kind in ("gcm", "chacha") or self.etm
         self.head = 4 if self.length_in_clear else self.block
-        self.tail = self._aead.TAG if self._aead is not None else (self._mac.size if self._mac else 0)
 
     def next_payload(
         self, seq: int, buf: bytes | bytearray, max_length: int
