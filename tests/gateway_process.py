@@ -138,5 +138,16 @@ class GatewayProcess:
     def __enter__(self) -> GatewayProcess:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if exc_type is None:
+            self.assert_no_traceback()
+
+    def assert_no_traceback(self) -> None:
+        """Whatever the peers did, the gateway must have handled it: a traceback in its
+        log is an unhandled error (hostile input ends in a logged reason, never this)."""
+        text = self.log_text()
+        for marker in ("Traceback (most recent call last)", "Unhandled Error"):
+            if marker in text:
+                start = text.index(marker)
+                raise AssertionError(f"the gateway logged an error:\n{text[max(0, start - 2000):start + 3000]}")

@@ -884,8 +884,10 @@ class SSH1ServerProtocol(CorePump):
             return
         port, directory, _path = self._agent
         self._agent = None
-        port.stopListening()
-        shutil.rmtree(directory, ignore_errors=True)
+        # The port unlinks its socket file when it has stopped, a reactor turn later; the
+        # directory goes after that, or the unlink fails on a missing file.
+        stopped = defer.maybeDeferred(port.stopListening)
+        stopped.addBoth(lambda _: shutil.rmtree(directory, ignore_errors=True))
 
     def _known_channel(self, number: int, what: str) -> _Forward | None:
         """The open forward with this number; None for one already closed (messages
