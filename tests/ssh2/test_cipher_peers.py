@@ -1,5 +1,6 @@
 """Every SSH-2 cipher and MAC of the front end against real clients: OpenSSH's ssh (with
-re-keys every 1 MiB, so keys and counters change mid-stream) and PuTTY's plink -2."""
+re-keys every 1 MiB, so keys and counters change mid-stream) and PuTTY's plink -2 (which
+also runs strict key exchange with us)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,4 @@ def test_plink_each_cipher_family(gw, putty_name, shown):
     assert result.returncode == 0, log[-2000:]
     assert result.stdout == data
     assert f"Initialised {shown}" in log
+    assert "Enabling strict key exchange semantics" in log  # PuTTY's Terrapin fix, and ours
