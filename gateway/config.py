@@ -26,6 +26,8 @@ config file's directory; `~` is expanded. Numbers are seconds unless said otherw
 | `[ssh2] ciphers` | `chacha20-poly1305@openssh.com`, `aes256-gcm@openssh.com`, `aes128-gcm@openssh.com`, `aes256-ctr`, `aes192-ctr`, `aes128-ctr` | opt-in: `aes256-cbc`, `aes192-cbc`, `aes128-cbc`, `3des-cbc` |
 | `[ssh2] macs` | `hmac-sha2-512-etm@openssh.com`, `hmac-sha2-256-etm@openssh.com`, `hmac-sha2-512`, `hmac-sha2-256` | opt-in: `hmac-sha1-etm@openssh.com`, `hmac-sha1`; unused with an AEAD cipher (chacha20-poly1305, AES-GCM) |
 | `[ssh2] compression` | `false` | also offer zlib |
+| `[ssh2] rekey_limit` | `1073741824` | bytes (both directions) after which the gateway starts a new key exchange; 65536 to 4 GiB |
+| `[ssh2] rekey_interval` | `3600` | seconds after which the gateway starts a new key exchange |
 | `[ssh1] ciphers` | `["3des", "blowfish"]` | SSH-1 ciphers; `des` and `none` only when listed |
 | `[ssh1] server_key_bits` | `1024` | SSH-1 server key size (512-4096); must differ from the 2048-bit host key by at least 128 bits |
 | `[ssh1] server_key_lifetime` | `3600` | the server key is regenerated after this (if it was used); at least 60 |
@@ -400,7 +402,7 @@ _MD5_FINGERPRINT = re.compile(r"(?:MD5:)?[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){15}\Z
 MAX_PROMPT_PATTERN = 1024
 AUTH_KEYS = {"grace_time", "max_attempts", "failure_delay"}
 SESSION_KEYS = {"env_allow"}
-SSH2_KEYS = {"kex", "host_key_algorithms", "ciphers", "macs", "compression"}
+SSH2_KEYS = {"kex", "host_key_algorithms", "ciphers", "macs", "compression", "rekey_limit", "rekey_interval"}
 SSH1_KEYS = {
     "ciphers",
     "server_key_bits",
@@ -708,6 +710,10 @@ def _build(data: Mapping[str, Any], v: _Validator, base: Path) -> GatewayConfig:
             ssh2_values[key] = v.strings(ssh2_raw, ("ssh2", key), ())
     if "compression" in ssh2_raw:
         ssh2_values["compression"] = v.boolean(ssh2_raw, ("ssh2", "compression"), False)
+    if "rekey_limit" in ssh2_raw:
+        ssh2_values["rekey_limit"] = v.integer(ssh2_raw, ("ssh2", "rekey_limit"), 0, minimum=0)
+    if "rekey_interval" in ssh2_raw:
+        ssh2_values["rekey_interval"] = v.number(ssh2_raw, ("ssh2", "rekey_interval"), 0, minimum=0)
     ssh2 = _settings(v, "ssh2", SSH2Settings, {k: x for k, x in ssh2_values.items() if x != ()})
 
     ssh1_raw = v.table(data, ("ssh1",)) or {}

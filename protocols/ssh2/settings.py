@@ -64,6 +64,12 @@ class SSH2Settings:
     # accept. A large window keeps a bulk upload streaming; 32 KiB is what OpenSSH uses.
     channel_window: int = 2 * 1024 * 1024
     channel_max_packet: int = 32 * 1024
+    # The server starts a new key exchange after this much traffic (both directions, on
+    # the wire) or this long, whichever comes first, as OpenSSH's RekeyLimit does: keys
+    # stay far below the birthday bound of 64-bit block ciphers and the 2^32-packet
+    # sequence wrap, and a long bridged session does not live on one key forever.
+    rekey_limit: int = 1 << 30
+    rekey_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         _check("kex", self.kex, KNOWN_KEX)
@@ -74,3 +80,7 @@ class SSH2Settings:
             raise ValueError("ssh2 channel_window: between 32768 and 2^31 - 1 bytes")
         if not 4096 <= self.channel_max_packet <= 256 * 1024:
             raise ValueError("ssh2 channel_max_packet: between 4096 and 262144 bytes")
+        if not 64 * 1024 <= self.rekey_limit <= 4 << 30:
+            raise ValueError("ssh2 rekey_limit: between 65536 bytes and 4 GiB")
+        if not 10 <= self.rekey_interval <= 7 * 86400:
+            raise ValueError("ssh2 rekey_interval: between 10 seconds and a week")

@@ -20,6 +20,7 @@ from protocols.record import ConnectionRecord
 from protocols.session import ExitInfo, IGatewayUser
 from protocols.ssh2.factory import SSH2ServerFactory
 from protocols.ssh2.settings import SSH2Settings
+from protocols.ssh2.strict_kex import StrictKexTransport
 from tests.doubles import Avatar
 
 SERVER_LINE = b"SSH-1.99-sshgateway_0.1.0"
@@ -111,12 +112,19 @@ class ClientTransport(transport.SSHClientTransport):
         return defer.succeed(True)
 
     def connectionSecure(self) -> None:
+        # Conch calls this after every NEWKEYS, re-keys included: log in once.
+        if self.secure:
+            return
         self.secure = True
         if self.auth is not None:
             self.requestService(self.auth)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self.disconnect = (reasonCode, description)
+
+
+class StrictClientTransport(StrictKexTransport, ClientTransport):
+    """Conch's client with the strict-kex marker, as OpenSSH >= 9.6 sends it."""
 
 
 class ClientAuth(userauth.SSHUserAuthClient):
@@ -285,6 +293,7 @@ def wire(
     key: Any = None,
     login: bool = True,
     client_kex: list[bytes] | None = None,
+    strict: bool = False,
 ) -> Wired:
     clock = task.Clock()
     portal = portal or FakePortal()
@@ -295,7 +304,7 @@ def wire(
     server = MiniDispatcher(factory, record)
     conn = ClientConnection() if login else None
     auth = ClientAuth(user, conn, password=password, key=key) if login else None
-    client = ClientTransport(auth)
+    client = (StrictClientTransport if strict else ClientTransport)(auth)
     if client_kex is not None:
         client.supportedKeyExchanges = client_kex
     pump = iosim.connect(

@@ -12,26 +12,12 @@ from pathlib import Path
 import pytest
 from twisted.conch.ssh import common, transport
 
-import tests.ssh2.harness as harness
-from protocols.ssh2.strict_kex import STRICT_KEX_CLIENT, StrictKexTransport, peer_kex_names
+from protocols.ssh2.strict_kex import STRICT_KEX_CLIENT, peer_kex_names
 from tests.clients import PASSWORD, base_config, sshgateway_cli
 from tests.gateway_process import GatewayProcess
 from tests.peers import require_peer
 from tests.ssh2.harness import SERVER_LINE, wire
 from tests.sshd import OpenSSHServer, keygen
-
-
-class StrictClient(StrictKexTransport, harness.ClientTransport):
-    """Conch's client with the strict-kex marker, as OpenSSH >= 9.6 sends it."""
-
-    def connectionSecure(self) -> None:
-        if not self.secure:  # Conch calls this after every NEWKEYS; log in once
-            super().connectionSecure()
-
-
-@pytest.fixture
-def strict_client(monkeypatch):
-    monkeypatch.setattr(harness, "ClientTransport", StrictClient)
 
 
 def plain_packet(payload: bytes) -> bytes:
@@ -71,8 +57,8 @@ def test_server_announces_the_marker_in_its_first_kexinit_only():
     assert b"kex-strict-s-v00@openssh.com" not in peer_kex_names(w.transport.ourKexInitPayload[1:])
 
 
-def test_counters_restart_after_newkeys_with_a_strict_client(strict_client):
-    w = wire(login=False)
+def test_counters_restart_after_newkeys_with_a_strict_client():
+    w = wire(login=False, strict=True)
     assert w.client.secure
     assert w.transport.strict_kex and w.client.strict_kex
     assert w.record.algorithms["strict_kex"] == "yes"
@@ -82,8 +68,8 @@ def test_counters_restart_after_newkeys_with_a_strict_client(strict_client):
     assert w.transport.outgoingPacketSequence == 1
 
 
-def test_a_strict_session_survives_re_keys(strict_client):
-    w = wire()
+def test_a_strict_session_survives_re_keys():
+    w = wire(strict=True)
     for _ in range(3):
         w.client.sendKexInit()
         w.flush()
