@@ -50,6 +50,7 @@ from gateway.targets.bridge import (
 from protocols.flow import C2S, S2C, SSH2_NAMES, FlowRecorder, ssh2_name
 from protocols.session import ExitInfo, SessionRequest, WindowSize
 from protocols.ssh2.cipher import BadMAC, KeyedCiphers, PacketError, shown_mac
+from protocols.ssh2.rekey import RekeyingTransport
 from protocols.ssh2.strict_kex import StrictKexTransport
 
 log = Logger()
@@ -304,7 +305,7 @@ class _Factory(protocol.ClientFactory):
             attempt.deferred.errback(failure)
 
 
-class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
+class _ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHClientTransport):
     _log = _conch_log
     ourVersionString = CLIENT_VERSION
 
@@ -325,6 +326,7 @@ class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
         legacy = any(KEX.get(name.decode(), False) for name in offered["kex"])
         self._dhMinimalGroupSize = DH_GEX_MIN_BITS_LEGACY if legacy else DH_GEX_MIN_BITS
         self._hung_up = False
+        self.rekey_clock = attempt.target.reactor  # re-key after 1 GiB or an hour
         self._in_size = 0  # wire bytes of the packet getPacket returned last
         self._mlkem: Any = None
         self._x25519: Any = None
@@ -373,8 +375,10 @@ class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
         self.transport.writeSequence(wire)
         self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
         self.packet_sent(messageType)
+        size = sum(map(len, wire))
         if self.attempt.flow is not None:
-            self.attempt.flow.packet(C2S, self._flow_name(messageType), sum(map(len, wire)))
+            self.attempt.flow.packet(C2S, self._flow_name(messageType), size)
+        self.count_for_rekey(size)
 
     def _ciphers(self) -> KeyedCiphers:
         enc = self.currentEncryptions
@@ -419,6 +423,7 @@ class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
         self.buf = self.buf[size:]
         self._in_size = size
         self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        self.count_for_rekey(size)
         return payload
 
     # -- key exchange ------------------------------------------------------------------
@@ -563,6 +568,9 @@ class _ClientTransport(StrictKexTransport, transport.SSHClientTransport):
                 }
             )
         return defer.succeed(True)
+
+    def _rekey_blocked(self) -> bool:
+        return self._hung_up or self.transport is None
 
     def connectionSecure(self) -> None:
         # Conch calls this after every NEWKEYS, re-keys included: log in only once.

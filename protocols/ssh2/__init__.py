@@ -8,6 +8,7 @@ Modules, one concern each:
 - ``cipher``     packet protection by name: chacha20-poly1305, AES-GCM, encrypt-then-MAC
                  and the classic modes (Sealer / Opener), for both roles;
 - ``strict_kex`` StrictKexTransport: the Terrapin countermeasure, for both roles;
+- ``rekey``      RekeyingTransport: key exchanges of our own after so many bytes or seconds;
 - ``moduli``     DH groups for group exchange (/etc/ssh/moduli or RFC 3526);
 - ``auth``       SSH2UserAuthServer: ssh-userauth on the shared LoginFlow;
 - ``connection`` GatewayConnection (ssh-connection) and the Conch-side avatar;

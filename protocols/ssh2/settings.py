@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocols.ssh2.rekey import DEFAULT_REKEY_INTERVAL, DEFAULT_REKEY_LIMIT
+
 DEFAULT_KEX = ("mlkem768x25519-sha256", "curve25519-sha256", "diffie-hellman-group-exchange-sha256")
 DEFAULT_HOST_KEY_ALGORITHMS = ("ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256")
 DEFAULT_CIPHERS = (
@@ -64,12 +66,10 @@ class SSH2Settings:
     # accept. A large window keeps a bulk upload streaming; 32 KiB is what OpenSSH uses.
     channel_window: int = 2 * 1024 * 1024
     channel_max_packet: int = 32 * 1024
-    # The server starts a new key exchange after this much traffic (both directions, on
-    # the wire) or this long, whichever comes first, as OpenSSH's RekeyLimit does: keys
-    # stay far below the birthday bound of 64-bit block ciphers and the 2^32-packet
-    # sequence wrap, and a long bridged session does not live on one key forever.
-    rekey_limit: int = 1 << 30
-    rekey_interval: float = 3600.0
+    # Our own key exchanges (protocols.ssh2.rekey): after this many bytes both ways, or
+    # this many seconds, whichever comes first.
+    rekey_limit: int = DEFAULT_REKEY_LIMIT
+    rekey_interval: float = DEFAULT_REKEY_INTERVAL
 
     def __post_init__(self) -> None:
         _check("kex", self.kex, KNOWN_KEX)

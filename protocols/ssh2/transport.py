@@ -33,6 +33,7 @@ from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
 from protocols.ssh2.cipher import CIPHERS, MACS, BadMAC, KeyedCiphers, PacketError, shown_mac
 from protocols.ssh2.logs import quiet_logger
+from protocols.ssh2.rekey import RekeyingTransport
 from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.strict_kex import StrictKexTransport
 from protocols.ssh2.wire import Reader
@@ -127,7 +128,7 @@ class _BoundedInflater:
 
 
 @implementer(IPushProducer)
-class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
+class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransport):
     """One SSH-2 connection handed over by the dispatcher.
 
     ``factory`` is the :class:`protocols.ssh2.factory.SSH2ServerFactory` (host keys,
@@ -171,9 +172,9 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
         self._disconnecting = False
         self._inbuf = bytearray()
         self._in_size = 0  # wire bytes of the packet _next_packet returned last
-        self.key_exchanges = 0  # completed, the first one included
-        self._since_rekey = 0  # wire bytes both ways since the last key exchange finished
-        self._rekey_timer: Any = None
+        self.rekey_limit = factory.settings.rekey_limit
+        self.rekey_interval = factory.settings.rekey_interval
+        self.rekey_clock = clock
 
     # -- connection life cycle ------------------------------------------------------------
 
@@ -247,9 +248,6 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login grace time exceeded")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if self._rekey_timer is not None and self._rekey_timer.active():
-            self._rekey_timer.cancel()
-        self._rekey_timer = None
         if self.login_flow is not None:
             self.login_flow.cancel()
         if not self.record.close_reason:
@@ -298,7 +296,7 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
         payload, size = found
         del self._inbuf[:size]
         self._in_size = size
-        self._count_for_rekey(size)
+        self.count_for_rekey(size)
         if self.incomingCompression is not None:
             try:
                 payload = self.incomingCompression.decompress(payload)
@@ -462,30 +460,13 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
 
     def _newKeys(self) -> None:
         super()._newKeys()
-        self.key_exchanges += 1
-        self._since_rekey = 0
-        if self._rekey_timer is not None and self._rekey_timer.active():
-            self._rekey_timer.cancel()
-        self._rekey_timer = self.clock.callLater(self.factory.settings.rekey_interval, self._rekey)
         if self.incomingCompression is not None and not isinstance(
             self.incomingCompression, _BoundedInflater
         ):
             self.incomingCompression = _BoundedInflater(MAX_INFLATED_PAYLOAD)
 
-    def _count_for_rekey(self, size: int) -> None:
-        self._since_rekey += size
-        if self._since_rekey >= self.factory.settings.rekey_limit:
-            self._rekey()
-
-    def _rekey(self) -> None:
-        """Start a key exchange of our own, unless one is running or none has finished."""
-        if self._disconnecting or self.sessionID is None:
-            return
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
-            return
-        log.debug("ssh2 {peer}: re-keying", peer=self.record.peer)
-        self._since_rekey = 0
-        self.sendKexInit()
+    def _rekey_blocked(self) -> bool:
+        return self._disconnecting or self.transport is None
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         # Conch announces its host-key algorithms as server-sig-algs; clients read that
@@ -529,7 +510,7 @@ class SSH2ServerTransport(StrictKexTransport, SSHServerTransport):
         if flow is not None:
             name = SSH2_NAMES.get(messageType) or self.flow_name(messageType)
             flow.packet(S2C, name, size)
-        self._count_for_rekey(size)
+        self.count_for_rekey(size)
 
     def sendDisconnect(self, reason: int, desc: bytes | str) -> None:
         if self._disconnecting:

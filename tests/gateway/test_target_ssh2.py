@@ -442,6 +442,28 @@ def test_upstream_window_pauses_client_input(tmp_path):
     assert len(chan.stdin) == size
 
 
+def test_the_client_re_keys_on_its_own_and_the_data_goes_on(tmp_path):
+    h = Harness(tmp_path)
+    h.run(exec_(b"wait"))
+    client, chan = h.client_proto, h.device.channels[0]
+    assert client.key_exchanges == 1
+    client.rekey_limit = 64 * 1024
+    sent = bytearray()
+    for _ in range(16):
+        chunk = os.urandom(16 * 1024)
+        h.session.write_stdin(chunk)
+        sent += chunk
+        h.flush()
+    assert bytes(chan.stdin) == bytes(sent)
+    assert client.key_exchanges >= 4
+    h.clock.advance(client.rekey_interval)  # and after an hour without traffic
+    h.flush()
+    assert client.key_exchanges >= 5
+    chan.write(b"still here")
+    h.flush()
+    assert bytes(h.client.out).endswith(b"still here")
+
+
 def test_paused_bridge_withholds_window(tmp_path):
     h = Harness(tmp_path)
     h.run(exec_(b"wait"))

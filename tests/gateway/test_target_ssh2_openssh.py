@@ -15,6 +15,7 @@ from gateway.known_hosts import KnownHosts
 from gateway.targets import TargetConfig
 from gateway.targets.ssh2 import LOCAL_WINDOW, SSH2Target
 from protocols.session import PtyRequest, SessionRequest, WindowSize
+from protocols.ssh2.rekey import RekeyingTransport
 from tests.doubles import FakeProducer, FakeSessionClient
 from tests.sshd import (
     OpenSSHServer,
@@ -382,3 +383,20 @@ def test_ciphers_against_openssh(reactor, sshd, user_key, tmp_path, ciphers, mac
     session.close_stdin()
     assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
     assert bytes(client.out) == data
+
+
+def test_client_initiated_re_keys_against_openssh(reactor, sshd, user_key, tmp_path, monkeypatch):
+    """The gateway's client starts key exchanges itself (every 256 KiB here) and sshd
+    follows, with strict key exchange restarting the counters each time."""
+    monkeypatch.setattr(RekeyingTransport, "rekey_limit", 256 * 1024)
+    target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    client = FakeSessionClient()
+    session = target.open_session("alice", exec_request(b"cat"), client)
+    assert run_until(reactor, lambda: session.upstream is not None, TIMEOUT)
+    transport_ = session.upstream.channel.attempt.transport
+    session.write_stdin(data)
+    session.close_stdin()
+    assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
+    assert bytes(client.out) == data
+    assert transport_.key_exchanges >= 10

@@ -96,7 +96,7 @@ def test_grace_timer_stops_after_login():
     w.advance(60)
     assert w.client.disconnect is None
     # Only the re-key timer is left.
-    assert [c.func.__name__ for c in w.clock.getDelayedCalls()] == ["_rekey"]
+    assert [c.func.__name__ for c in w.clock.getDelayedCalls()] == ["rekey"]
 
 
 def test_logout_on_connection_lost():

@@ -62,7 +62,7 @@ def test_no_re_key_before_the_first_key_exchange_or_during_one():
     transport = w.transport
     transport.sendKexInit()  # one of ours is now running
     state = transport._keyExchangeState
-    transport._rekey()  # must not start a second one
+    transport.rekey()  # must not start a second one
     assert transport._keyExchangeState == state
     w.flush()
     assert w.client.disconnect is None and transport.key_exchanges == 2
