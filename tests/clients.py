@@ -48,6 +48,14 @@ def write_authorized_keys(path: Path, *keys: Path) -> Path:
     return path
 
 
+def keyed_config(workdir: Path, **extra) -> tuple[dict, Path]:
+    """:func:`base_config` for alice with a fresh ed25519 key (made in ``workdir``) in
+    her authorized_keys; returns the config and the key."""
+    key = keygen(workdir / "alice_id")
+    authorized = write_authorized_keys(workdir / "authorized_keys", key)
+    return base_config(hash_password(), authorized, **extra), key
+
+
 def base_config(password_hash: str, authorized_keys: Path, **extra) -> dict:
     """A dual-stack gateway config with one user, alice, who logs in with PASSWORD (as
     ``password_hash``) or any key in ``authorized_keys``; ``extra`` adds or replaces

@@ -3,6 +3,7 @@ behind a minimal stand-in for the dispatcher (it sends ``SSH-1.99-…`` and hand
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -13,6 +14,7 @@ from twisted.cred import credentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
 from protocols.auth import AuthLimits, PartialAuthentication
@@ -321,3 +323,23 @@ def wire(
 
 def exit_info(status: int | None = None, signal: str | None = None, **kw: Any) -> ExitInfo:
     return ExitInfo(status=status, signal=signal, **kw)
+
+
+def plain_packet(payload: bytes, padding: int | None = None, length: int | None = None) -> bytes:
+    """An unencrypted packet (before the first NEWKEYS; block size 8)."""
+    if padding is None:
+        padding = 8 - (5 + len(payload)) % 8
+        if padding < 4:
+            padding += 8
+    if length is None:
+        length = 1 + len(payload) + padding
+    return struct.pack(">LB", length, padding) + payload + b"\0" * padding
+
+
+def fresh_transport() -> tuple[Wired, Any, StringTransport]:
+    """A transport just handed over, writing into a StringTransport, for hand-fed packets."""
+    w = wire(login=False)
+    proto = w.factory.build_protocol(w.record, SERVER_LINE, b"SSH-2.0-x")
+    t = StringTransport()
+    proto.makeConnection(t)
+    return w, proto, t

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import PASSWORD, base_config, ssh2_fingerprint, sshgateway_cli
+from tests.clients import PASSWORD, keyed_config, ssh2_fingerprint, ssh_argv
 from tests.gateway_process import GatewayProcess
 from tests.peers import require_peer
-from tests.sshd import keygen
 
 pytestmark = pytest.mark.peer
 
@@ -32,13 +31,7 @@ ALL_MACS = [
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
     work = tmp_path_factory.mktemp("ciphers")
-    key = keygen(work / "id")
-    authorized = work / "authorized_keys"
-    authorized.write_text(Path(str(key) + ".pub").read_text())
-    authorized.chmod(0o600)
-    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
-    config = base_config(hashed, authorized)
-    config["ssh2"] = {"ciphers": ALL_CIPHERS, "macs": ALL_MACS}
+    config, key = keyed_config(work, ssh2={"ciphers": ALL_CIPHERS, "macs": ALL_MACS})
     (work / "gw").mkdir()
     with GatewayProcess(work / "gw", config) as process:
         process.client_key = key
@@ -57,15 +50,9 @@ def gw(tmp_path_factory):
      ("3des-cbc", "hmac-sha1")],
 )  # fmt: skip
 def test_openssh_each_cipher_and_mac_through_re_keys(gw, cipher, mac):
-    ssh = require_peer("ssh")["ssh"]
     data = os.urandom(3 << 20)
-    result = subprocess.run(
-        [ssh, "-v", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "RekeyLimit=1M", "-c", cipher, "-m", mac,
-         "-i", str(gw.client_key), "-o", "IdentitiesOnly=yes", "-p", str(gw.port),
-         "alice@127.0.0.1", "cat"],
-        input=data, capture_output=True, timeout=120,
-    )  # fmt: skip
+    argv = ssh_argv(gw, gw.client_key, "-v", "-o", "RekeyLimit=1M", "-c", cipher, "-m", mac, "cat")
+    result = subprocess.run(argv, input=data, capture_output=True, timeout=120)
     log = result.stderr.decode(errors="replace")
     assert result.returncode == 0, log[-2000:]
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()

@@ -7,17 +7,14 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 from twisted.conch.ssh import common
 
 from protocols.ssh2.settings import SSH2Settings
-from tests.clients import PASSWORD, base_config, sshgateway_cli
+from tests.clients import keyed_config, ssh_argv
 from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
 from tests.ssh2.harness import wire
-from tests.sshd import keygen
 
 
 def session_on(w):
@@ -70,24 +67,12 @@ def test_no_re_key_before_the_first_key_exchange_or_during_one():
 
 @pytest.mark.peer
 def test_openssh_session_through_server_initiated_re_keys(tmp_path):
-    ssh = require_peer("ssh")["ssh"]
-    key = keygen(tmp_path / "id")
-    authorized = tmp_path / "authorized_keys"
-    authorized.write_text(Path(str(key) + ".pub").read_text())
-    authorized.chmod(0o600)
-    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
-    config = base_config(hashed, authorized)
-    config["ssh2"] = {"rekey_limit": 256 * 1024}
+    config, key = keyed_config(tmp_path, ssh2={"rekey_limit": 256 * 1024})
     (tmp_path / "gw").mkdir()
     data = os.urandom(2 << 20)
     with GatewayProcess(tmp_path / "gw", config) as gw:
-        result = subprocess.run(
-            [ssh, "-v", "-F", "/dev/null", "-o", "BatchMode=yes",
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-i", str(key), "-o", "IdentitiesOnly=yes", "-p", str(gw.port),
-             "alice@127.0.0.1", "cat"],
-            input=data, capture_output=True, timeout=120,
-        )  # fmt: skip
+        argv = ssh_argv(gw, key, "-v", "cat")
+        result = subprocess.run(argv, input=data, capture_output=True, timeout=120)
     log = result.stderr.decode(errors="replace")
     assert result.returncode == 0, log[-2000:]
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()

@@ -13,18 +13,11 @@ import pytest
 from twisted.conch.ssh import common, transport
 
 from protocols.ssh2.strict_kex import STRICT_KEX_CLIENT, peer_kex_names
-from tests.clients import PASSWORD, base_config, sshgateway_cli
+from tests.clients import keyed_config, ssh_argv
 from tests.gateway_process import GatewayProcess
 from tests.peers import require_peer
-from tests.ssh2.harness import SERVER_LINE, wire
+from tests.ssh2.harness import fresh_transport, plain_packet, wire
 from tests.sshd import OpenSSHServer, keygen
-
-
-def plain_packet(payload: bytes) -> bytes:
-    padding = 8 - (5 + len(payload)) % 8
-    if padding < 4:
-        padding += 8
-    return struct.pack(">LB", 1 + len(payload) + padding, padding) + payload + b"\0" * padding
 
 
 def kexinit(kex: list[bytes]) -> bytes:
@@ -36,16 +29,6 @@ def kexinit(kex: list[bytes]) -> bytes:
 
 STRICT_KEXINIT = kexinit([b"curve25519-sha256", STRICT_KEX_CLIENT])
 IGNORE = bytes([transport.MSG_IGNORE]) + common.NS(b"injected")
-
-
-def handed_over():
-    from twisted.internet.testing import StringTransport
-
-    w = wire(login=False)
-    proto = w.factory.build_protocol(w.record, SERVER_LINE, b"SSH-2.0-x")
-    sent = StringTransport()
-    proto.makeConnection(sent)
-    return w, proto, sent
 
 
 def test_server_announces_the_marker_in_its_first_kexinit_only():
@@ -87,7 +70,7 @@ def test_a_client_without_the_marker_keeps_plain_counters():
 
 
 def test_a_packet_before_a_strict_kexinit_is_refused():
-    w, proto, sent = handed_over()
+    w, proto, sent = fresh_transport()
     proto.dataReceived(plain_packet(IGNORE) + plain_packet(STRICT_KEXINIT))
     assert sent.disconnecting
     assert w.record.close_reason == "strict KEX violation: KEXINIT was not the first packet"
@@ -100,7 +83,7 @@ def test_a_packet_before_a_strict_kexinit_is_refused():
      (STRICT_KEXINIT, 20)],
 )  # fmt: skip
 def test_anything_but_key_exchange_during_a_strict_initial_kex_is_refused(payload, number):
-    w, proto, sent = handed_over()
+    w, proto, sent = fresh_transport()
     proto.dataReceived(plain_packet(STRICT_KEXINIT) + plain_packet(payload))
     assert sent.disconnecting
     assert w.record.close_reason == (
@@ -109,14 +92,14 @@ def test_anything_but_key_exchange_during_a_strict_initial_kex_is_refused(payloa
 
 
 def test_without_the_marker_an_early_ignore_is_still_ignored():
-    w, proto, sent = handed_over()
+    w, proto, sent = fresh_transport()
     plain = kexinit([b"curve25519-sha256"])
     proto.dataReceived(plain_packet(IGNORE) + plain_packet(plain) + plain_packet(IGNORE))
     assert not sent.disconnecting
 
 
 def test_a_disconnect_during_a_strict_initial_kex_is_taken():
-    w, proto, sent = handed_over()
+    w, proto, sent = fresh_transport()
     bye = bytes([transport.MSG_DISCONNECT]) + struct.pack(">L", 11) + common.NS(b"bye")
     proto.dataReceived(plain_packet(STRICT_KEXINIT) + plain_packet(bye))
     assert w.record.close_reason == "client disconnected: bye"
@@ -127,22 +110,12 @@ def test_a_disconnect_during_a_strict_initial_kex_is_taken():
 
 @pytest.mark.peer
 def test_openssh_client_uses_strict_kex_through_many_re_keys(tmp_path):
-    ssh = require_peer("ssh", "ssh-keygen")
-    key = keygen(tmp_path / "id")
-    authorized = tmp_path / "authorized_keys"
-    authorized.write_text(Path(str(key) + ".pub").read_text())
-    authorized.chmod(0o600)
-    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
+    config, key = keyed_config(tmp_path)
     (tmp_path / "gw").mkdir()
     data = os.urandom(4 << 20)
-    with GatewayProcess(tmp_path / "gw", base_config(hashed, authorized)) as gw:
-        result = subprocess.run(
-            [ssh["ssh"], "-vvv", "-F", "/dev/null", "-o", "BatchMode=yes",
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "RekeyLimit=256K", "-i", str(key), "-o", "IdentitiesOnly=yes",
-             "-p", str(gw.port), "alice@127.0.0.1", "cat"],
-            input=data, capture_output=True, timeout=120,
-        )  # fmt: skip
+    with GatewayProcess(tmp_path / "gw", config) as gw:
+        argv = ssh_argv(gw, key, "-vvv", "-o", "RekeyLimit=256K", "cat")
+        result = subprocess.run(argv, input=data, capture_output=True, timeout=120)
     log = result.stderr.decode(errors="replace")
     assert result.returncode == 0, log[-3000:]
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
@@ -154,15 +127,10 @@ def test_openssh_client_uses_strict_kex_through_many_re_keys(tmp_path):
 def test_upstream_sshd_session_uses_strict_kex_through_re_keys(tmp_path):
     require_peer("sshd", "ssh")
     device_key = keygen(tmp_path / "gateway_to_device")
-    client_key = keygen(tmp_path / "client")
-    authorized = tmp_path / "authorized_keys"
-    authorized.write_text(Path(str(client_key) + ".pub").read_text())
-    authorized.chmod(0o600)
-    hashed = sshgateway_cli("hash-password", stdin=PASSWORD + "\n").stdout.strip()
     pub = [Path(str(device_key) + ".pub")]
     # sshd re-keys every 256 KiB: the gateway's client must restart its counters too.
     with OpenSSHServer(tmp_path / "sshd", pub, extra_config="RekeyLimit 256K\n") as device:
-        config = base_config(hashed, authorized, targets={
+        config, client_key = keyed_config(tmp_path, targets={
             "host2": {"protocol": "ssh2", "host": "127.0.0.1", "port": device.port,
                       "username": "root", "key": str(device_key), "connect_timeout": 20},
         })  # fmt: skip
@@ -170,13 +138,8 @@ def test_upstream_sshd_session_uses_strict_kex_through_re_keys(tmp_path):
         (tmp_path / "gw").mkdir()
         data = os.urandom(4 << 20)
         with GatewayProcess(tmp_path / "gw", config) as gw:
-            result = subprocess.run(
-                [require_peer("ssh")["ssh"], "-F", "/dev/null", "-o", "BatchMode=yes",
-                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                 "-i", str(client_key), "-o", "IdentitiesOnly=yes",
-                 "-p", str(gw.port), "alice+host2@127.0.0.1", "cat"],
-                input=data, capture_output=True, timeout=120,
-            )  # fmt: skip
+            argv = ssh_argv(gw, client_key, "cat", user="alice+host2")
+            result = subprocess.run(argv, input=data, capture_output=True, timeout=120)
             assert result.returncode == 0, result.stderr[-2000:]
             assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
             gw.wait_for_log(r"bridged session: .*upstream=\[ssh2 [^\]]*strict_kex=yes")

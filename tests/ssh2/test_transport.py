@@ -13,7 +13,14 @@ from twisted.internet.testing import StringTransport
 from protocols.ssh2 import moduli
 from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.transport import NoAlgorithms, offered_algorithms
-from tests.ssh2.harness import SERVER_LINE, MiniDispatcher, host_keys, wire
+from tests.ssh2.harness import (
+    SERVER_LINE,
+    MiniDispatcher,
+    fresh_transport,
+    host_keys,
+    plain_packet,
+    wire,
+)
 
 
 def kexinit_lists(payload: bytes) -> list[list[bytes]]:
@@ -232,25 +239,6 @@ def test_compression_inflater_is_bounded():
     data = bomb.compress(b"\0" * (4 * 1024 * 1024)) + bomb.flush(zlib.Z_SYNC_FLUSH)
     with pytest.raises(ValueError):
         _BoundedInflater(256 * 1024).decompress(data)
-
-
-def plain_packet(payload: bytes, padding: int | None = None, length: int | None = None) -> bytes:
-    """An unencrypted packet (before the first NEWKEYS; block size 8)."""
-    if padding is None:
-        padding = 8 - (5 + len(payload)) % 8
-        if padding < 4:
-            padding += 8
-    if length is None:
-        length = 1 + len(payload) + padding
-    return struct.pack(">LB", length, padding) + payload + b"\0" * padding
-
-
-def fresh_transport():
-    w = wire(login=False)
-    proto = w.factory.build_protocol(w.record, SERVER_LINE, b"SSH-2.0-x")
-    t = StringTransport()
-    proto.makeConnection(t)
-    return w, proto, t
 
 
 @pytest.mark.parametrize(
