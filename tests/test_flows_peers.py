@@ -126,6 +126,7 @@ def test_ssh1_and_ssh2_logins_leave_flow_records_without_secrets(peers_gateway):
         n2 = r2["negotiated"]
         assert n2["kex"] and n2["cipher_c2s"] and n2["mac_s2c"] is not None
         assert n2["host_key_fingerprint"].startswith("SHA256:")
+        assert n2["strict_kex"] is True  # OpenSSH (Debian's 9.2 has the Terrapin fix)
         assert "exec" in [q["name"] for q in r2["requests"]]
         assert r2["exit_status"] == 0
     methods = {a["method"] for r in ssh2 for a in r["auth"] if a["result"] == "success"}
@@ -180,6 +181,7 @@ def test_bridged_session_gives_two_linked_flows(tmp_path):
     assert all(s["start"] is not None for s in upstream["stages"]), upstream["stages"]
     assert upstream["exit_status"] == 4 and front["exit_status"] == 4
     assert upstream["negotiated"]["host_key_fingerprint"].startswith("SHA256:")
+    assert upstream["negotiated"]["strict_kex"] is True  # sshd and our client agree on it
     assert {"method": "publickey", "result": "success"} in [
         {k: a[k] for k in ("method", "result")} for a in upstream["auth"]
     ]

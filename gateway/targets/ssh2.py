@@ -589,6 +589,7 @@ class _ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHClien
                     "mac_c2s": shown_mac(enc.outCipType, enc.outMACType),
                     "mac_s2c": shown_mac(enc.inCipType, enc.inMACType),
                     "compression": "none",
+                    "strict_kex": self.strict_kex,
                 }
             )
         self.requestService(_UserAuth(attempt.login.encode("utf-8"), _Connection(attempt), attempt))
