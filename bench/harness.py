@@ -99,15 +99,20 @@ def ssh_argv(port: int, key: Path, user: str, *command: str, cipher: str, mac: s
     ]
 
 
-def tree_rss_kib(pid: int) -> int:
-    """Proportional set size of a process and all its descendants (sshd forks per client)."""
+def tree_private_kib(pid: int) -> int:
+    """Private memory (clean + dirty) of a process and all its descendants (sshd forks
+    per client). Not PSS: a process's proportional share of libc and libcrypto falls as
+    more processes map them, so 100 ssh clients on the same machine would make the
+    gateway's PSS shrink."""
     total = 0
     pids = [pid]
     while pids:
         p = pids.pop()
         try:
             rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
-            total += int(next(ln.split()[1] for ln in rollup.splitlines() if ln.startswith("Pss:")))
+            for line in rollup.splitlines():
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
             children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
             pids.extend(int(c) for c in children)
         except (OSError, StopIteration):

@@ -19,7 +19,7 @@ from bench.harness import (
     make_user_key,
     openssh_server,
     ssh_argv,
-    tree_rss_kib,
+    tree_private_kib,
     workdir,
 )
 
@@ -67,12 +67,20 @@ def connection_rate(port: int, key: Path, user: str, total: int, concurrency: in
 
 
 def idle_session_kib(port: int, pid: int, key: Path, user: str, count: int) -> float:
-    before = tree_rss_kib(pid)
     argv = ssh_argv(port, key, user, "-N", cipher=CIPHER, mac=MAC)
+    # Warm up first: the first connections import and cache what every later one shares
+    # (and free start-up garbage), which would otherwise hide the per-session cost.
+    warm = [subprocess.Popen(argv, stdin=subprocess.DEVNULL) for _ in range(5)]
+    time.sleep(2)
+    for c in warm:
+        c.terminate()
+        c.wait(10)
+    time.sleep(1)
+    before = tree_private_kib(pid)
     clients = [subprocess.Popen(argv, stdin=subprocess.DEVNULL) for _ in range(count)]
     try:
         time.sleep(3 + count * 0.05)  # let every client authenticate and settle
-        after = tree_rss_kib(pid)
+        after = tree_private_kib(pid)
     finally:
         for c in clients:
             c.terminate()
