@@ -55,6 +55,7 @@ config file's directory; `~` is expanded. Numbers are seconds unless said otherw
 | `[targets.NAME] macs` | modern defaults | ssh2: MAC names, in order (`hmac-sha1`, `hmac-sha1-etm@openssh.com` only when listed) |
 | `[targets.NAME] login_prompt` | none | telnet: a regular expression matched on upstream output; when it matches, the username is sent |
 | `[targets.NAME] password_prompt` | none | telnet: a regular expression; when it matches, the password is sent |
+| `[targets.NAME] shell_prompt` | none | telnet: a regular expression for the device shell's prompt at the end of a line; with it a command's output is cut from the first prompt to the next (no banner, no prompts) and `exit` is typed only once the command is done, so no output is lost |
 
 Routing: a login name `alice+switch1` authenticates `alice` and asks for target `switch1`.
 Without `+TARGET` the user's `target` is used; else an interactive session (shell, no
@@ -393,7 +394,7 @@ TARGET_KEYS = {
     "local": {"protocol"},
     "ssh1": _UPSTREAM_KEYS | {"key", "host_key", "ciphers", "compression"},
     "ssh2": _UPSTREAM_KEYS | {"key", "host_key", "ciphers", "kex", "host_key_algorithms", "macs"},
-    "telnet": _UPSTREAM_KEYS | {"login_prompt", "password_prompt"},
+    "telnet": _UPSTREAM_KEYS | {"login_prompt", "password_prompt", "shell_prompt"},
 }
 CREDENTIALS = ("stored", "pass-through")
 HOST_KEY_POLICIES = ("accept-new", "strict")
@@ -596,6 +597,7 @@ def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfi
         v.error(path + ("compression",), "must be a zlib level from 1 to 9, or 0 for none")
     login_prompt = _check_prompt(v, raw, path + ("login_prompt",))
     password_prompt = _check_prompt(v, raw, path + ("password_prompt",))
+    shell_prompt = _check_prompt(v, raw, path + ("shell_prompt",))
     if protocol == "ssh2":
         _check_ssh2_algorithms(v, path, name, algorithms)
     if len(v.problems) != problems:
@@ -614,6 +616,7 @@ def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfi
         idle_timeout=idle_timeout,
         login_prompt=login_prompt,
         password_prompt=password_prompt,
+        shell_prompt=shell_prompt,
         compression=compression,
         **algorithms,
     )

@@ -34,6 +34,10 @@ class TargetConfig:
     # username / password; None = don't answer.
     login_prompt: str | None = None
     password_prompt: str | None = None
+    # telnet: the device shell's prompt (a regular expression for the end of a line). For
+    # a command it marks where the command's output starts and ends; None = type the
+    # command and ``exit`` at once.
+    shell_prompt: str | None = None
     # Algorithm preferences; empty = the client's modern defaults. Legacy names
     # (diffie-hellman-group1-sha1, ssh-rsa, aes-cbc, 3des-cbc; SSH-1 des) only when listed.
     ciphers: tuple[str, ...] = ()

@@ -12,14 +12,16 @@ Options (tables ``_LOCAL_OPTIONS`` / ``_REMOTE_OPTIONS``; every other one is ref
   strips the top bit of what it is sent); TERMINAL-TYPE (the client's TERM, or ``dumb``
   without a pty); NAWS with the client's window size, sent again on every resize.
 - ECHO from the device only with a client pty: the client's own terminal is raw and the
-  device echoes. Without a pty (a command, or piped input) it is refused, so the device
-  does not echo what the gateway types.
+  device echoes. Without a pty (a command, or piped input) it is refused; a device whose
+  terminal echoes anyway (inetutils telnetd's does) has the echo of a command line
+  removed when ``shell_prompt`` is set.
 
 End of line. Towards the device, outside BINARY (RFC 854): a lone CR goes as CR NUL and a
 lone LF as CR LF. From the device: with a client pty, BINARY data is passed as is, and NVT's
 CR LF / CR NUL become ``\r\n`` / ``\r``. Without a client pty, CR LF (NVT's newline, or
 the device pty's onlcr in BINARY) becomes the ``\n`` a program reading ``ssh host cmd``
-output expects. 0xFF is doubled (IAC IAC) in data both ways.
+output expects; so does CR NUL LF, which inetutils telnetd sends for a CR LF split by a
+pty read. 0xFF is doubled (IAC IAC) in data both ways.
 
 Login automation: with ``login_prompt`` / ``password_prompt`` configured, received output
 is matched (a 4 KiB window) against them and answered with the upstream username and
@@ -32,11 +34,17 @@ message naming the prompt. Telnet has no way to tell a refused login: the device
 Telnet has no exec, no stderr and no exit status. The convention here: for a command, the
 gateway types the command line and then ``exit`` (each with Enter) once logged in, passes
 the output back, and reports exit status 0 when the device closes the connection cleanly
-(a reset is a failure, status 255). Known limit: some telnetds (inetutils among them)
-tear the connection down as soon as the shell exits, dropping output still queued in their
-pty, so the tail of a command's output can be lost when the client reads slowly. A shell session is passed through; client EOF on a shell
-without a pty sends ^D (end of file for the device's terminal). SIGINT is sent as telnet IP;
-other signals have no telnet equivalent and are dropped.
+(a reset is a failure, status 255). Typed at once, ``exit`` can end the shell while output
+is still in the device's pty, and some telnetds (inetutils among them) then hang up
+without sending it, so a slow client can lose the tail. With ``shell_prompt`` configured
+the command is framed by prompts instead: the gateway waits for the first prompt, types
+the command, passes its output (without the echo of the command line and without the
+prompts; whole lines at once, the unfinished last line when it is done), and types
+``exit`` only when the next prompt ends the output.
+
+A shell session is passed through; client EOF on a shell without a pty sends ^D (end of
+file for the device's terminal). SIGINT is sent as telnet IP; other signals have no telnet
+equivalent and are dropped.
 
 Flow control: the bridge pausing us stops reading the TCP socket; a full TCP send buffer
 pauses the client's input (a producer registered on the transport).
@@ -202,9 +210,14 @@ class _DeviceTransport(t.TelnetTransport):
                 self._parse_state = "data"
                 if byte == b"\n":
                     out.append(self.protocol.newline)
+                elif byte == b"\x00" and self._remote_enabled(BINARY):
+                    out.append(b"\r\x00")  # in BINARY the NUL is just data
+                elif byte == b"\x00" and self.protocol.fold_newlines:
+                    # NVT's bare CR; but telnetds split a CR LF at a pty read boundary into
+                    # CR NUL, LF: wait for the next byte before calling it bare.
+                    self._parse_state = "cr-nul"
                 elif byte == b"\x00":
-                    # NVT's bare CR; in BINARY the NUL is just data.
-                    out.append(b"\r\x00" if self._remote_enabled(BINARY) else b"\r")
+                    out.append(b"\r")  # NVT's bare CR
                 elif byte == b"\r":
                     out.append(b"\r")
                     self._parse_state = "cr"
@@ -213,6 +226,13 @@ class _DeviceTransport(t.TelnetTransport):
                     self._parse_state = "iac"
                 else:  # not NVT, but the intent is plain: a CR, then the byte
                     out.append(b"\r" + byte)
+            elif state == "cr-nul":
+                self._parse_state = "data"
+                if byte == b"\n":
+                    out.append(self.protocol.newline)
+                else:
+                    out.append(b"\r")
+                    pos -= 1  # an ordinary byte (or IAC, or CR): the data state takes it
             elif state == "iac":
                 self._parse_state = "data"
                 if byte == t.IAC:
@@ -272,6 +292,12 @@ class _DeviceTransport(t.TelnetTransport):
             if self.flow is not None:
                 self.flow.packet(S2C, "data", len(data))  # size only, never the bytes
             self.protocol.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._parse_state in ("cr", "cr-nul") and self.protocol is not None:
+            self._parse_state = "data"
+            self.protocol.dataReceived(b"\r")  # the stream ended on a CR
+        super().connectionLost(reason)
 
     # -- Telnet hooks -------------------------------------------------------------
 
@@ -352,6 +378,9 @@ class _DeviceProtocol(t.TelnetProtocol):
         self.violation: str | None = None
         self._naws_sent: WindowSize | None = None
         self._ttype_replies = 0
+        self.running = False  # a command between prompts (shell_prompt set), not yet done
+        self.held = bytearray()  # its unfinished last line
+        self.echo: bytes | None = None  # the command line, until its echo has been looked for
 
     # -- connection ---------------------------------------------------------------------
 
@@ -392,6 +421,9 @@ class _DeviceProtocol(t.TelnetProtocol):
         if self.violation is not None:
             self.sink.failed(f"{name}: device protocol error: {self.violation}")
         elif reason.check(error.ConnectionDone):
+            if self.held:  # the command ended the shell itself: no prompt came
+                self.sink.stdout(bytes(self.held))
+                self.held.clear()
             self.sink.eof()
             self.sink.exited(ExitInfo(status=0))
         else:
@@ -459,7 +491,10 @@ class _DeviceProtocol(t.TelnetProtocol):
         if self.closed:
             return
         if self.opened:
-            self.sink.stdout(data)
+            if self.attempt.shell_re is None:
+                self.sink.stdout(data)
+            else:
+                self._command_output(data)
             return
         self.window += data
         del self.window[:-PROMPT_WINDOW]
@@ -468,7 +503,7 @@ class _DeviceProtocol(t.TelnetProtocol):
     def _login_step(self) -> None:
         if self.phase == "login" and self.attempt.login_re.search(self.window):
             self._answer(self.attempt.username)
-            self.phase = "password" if self.attempt.password_re is not None else "open"
+            self.phase = "password" if self.attempt.password_re is not None else self.attempt.after_login()
         elif self.phase == "password" and self.attempt.password_re.search(self.window):
             password = self.attempt.password
             if password is None:
@@ -476,6 +511,8 @@ class _DeviceProtocol(t.TelnetProtocol):
                 self.abort()
                 return
             self._answer(password)
+            self.phase = self.attempt.after_login()
+        elif self.phase == "shell" and self._prompt_at_end(self.window) is not None:
             self.phase = "open"
         if self.phase == "open":
             self._open()
@@ -489,6 +526,12 @@ class _DeviceProtocol(t.TelnetProtocol):
         # CR LF is the end of line the device's telnetd folds into one CR.
         return b"\r" if self.transport._local_enabled(BINARY) else b"\r\n"
 
+    def _prompt_at_end(self, data: bytes | bytearray) -> int | None:
+        """Where the shell prompt starts if ``data`` ends with it, else None."""
+        shell_re = self.attempt.shell_re
+        found = shell_re.search(data) if shell_re is not None else None
+        return found.start() if found is not None else None
+
     def _open(self) -> None:
         if self.opened:
             return
@@ -496,8 +539,41 @@ class _DeviceProtocol(t.TelnetProtocol):
         self.window = bytearray()
         if self.request.command is not None:
             enter = self._enter()
-            self.transport.write(self.request.command + enter + b"exit" + enter)
+            if self.attempt.shell_re is not None:
+                # ``exit`` waits for the next prompt: typed now, the shell could end (and
+                # some telnetds hang up) before the command's output has been read.
+                self.running = True
+                self.echo = self.request.command
+                self.transport.write(self.request.command + enter)
+            else:
+                self.transport.write(self.request.command + enter + b"exit" + enter)
         self.attempt.opened(self)
+
+    def _command_output(self, data: bytes) -> None:
+        """Output of a command run between two shell prompts: whole lines pass at once;
+        the unfinished last line waits, since the next prompt would stand there."""
+        if not self.running:
+            return  # after ``exit``: the device's goodbye is not the command's output
+        data = bytes(self.held) + data
+        cut = data.rfind(b"\n") + 1
+        complete, self.held = data[:cut], bytearray(data[cut:])
+        if self.echo is not None and complete:
+            # The device's terminal echoes what we typed at its prompt: not output.
+            end = complete.find(b"\n")
+            if complete[:end].rstrip(b"\r") == self.echo:
+                complete = complete[end + 1 :]
+            self.echo = None
+        prompt = self._prompt_at_end(self.held)
+        if prompt is not None:
+            complete += bytes(self.held[:prompt])
+            self.held.clear()
+            self.running = False
+            self.transport.write(b"exit" + self._enter())
+        elif len(self.held) > PROMPT_WINDOW:  # too long for a prompt line
+            complete += bytes(self.held)
+            self.held.clear()
+        if complete:
+            self.sink.stdout(complete)
 
     # -- IUpstreamSession ---------------------------------------------------------------
 
@@ -597,6 +673,7 @@ class _Attempt:
         password: str | None,
         login_re: re.Pattern[bytes] | None,
         password_re: re.Pattern[bytes] | None,
+        shell_re: re.Pattern[bytes] | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -606,6 +683,8 @@ class _Attempt:
         self.password = password
         self.login_re = login_re
         self.password_re = password_re
+        # Only a command waits for the shell's prompt; a shell session shows everything.
+        self.shell_re = shell_re if request.command is not None else None
         self.result: defer.Deferred = defer.Deferred(self._cancel)
         self.where = f"{config.host}:{config.port}"
         self.connector: Any = None
@@ -617,7 +696,12 @@ class _Attempt:
     def first_phase(self) -> str:
         if self.login_re is not None:
             return "login"
-        return "password" if self.password_re is not None else "open"
+        if self.password_re is not None:
+            return "password"
+        return self.after_login()
+
+    def after_login(self) -> str:
+        return "shell" if self.shell_re is not None else "open"
 
     def start(self) -> defer.Deferred:
         timeout = self.config.connect_timeout * LOGIN_TIMEOUT_SHARE
@@ -691,6 +775,13 @@ class TelnetTarget(UpstreamTarget):
         super().__init__(reactor, config)
         self.login_re = self._compile(config.login_prompt)
         self.password_re = self._compile(config.password_prompt)
+        # The prompt must end the output received so far (a prompt inside a line of the
+        # command's output is not one).
+        self.shell_re = (
+            None
+            if config.shell_prompt is None
+            else re.compile(b"(?:" + config.shell_prompt.encode("utf-8") + b")\\Z")
+        )
 
     @staticmethod
     def _compile(pattern: str | None) -> re.Pattern[bytes] | None:
@@ -708,6 +799,7 @@ class TelnetTarget(UpstreamTarget):
                 self.reactor, config, request, sink,
                 username=login, password=secret,
                 login_re=self.login_re, password_re=self.password_re,
+                shell_re=self.shell_re,
             )  # fmt: skip
             attempt.flow = self.new_flow(sink, login)
             attempt.flow_done = self.flow_done

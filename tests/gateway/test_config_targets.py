@@ -68,6 +68,7 @@ host = "::1"
 credentials = "pass-through"
 login_prompt = "(?i)login: ?$"
 password_prompt = "[Pp]assword:"
+shell_prompt = "sw1[>#] ?"
 """
     )
     assert config.targets["sw1"] == TargetConfig(
@@ -91,6 +92,7 @@ password_prompt = "[Pp]assword:"
     tn = config.targets["tn"]
     assert (tn.port, tn.credentials, tn.host_key) == (23, "pass-through", "accept-new")
     assert tn.login_prompt == "(?i)login: ?$" and tn.password_prompt == "[Pp]assword:"
+    assert tn.shell_prompt == "sw1[>#] ?"
     assert (tn.connect_timeout, tn.idle_timeout, tn.username, tn.password) == (
         10.0,
         0.0,
@@ -191,6 +193,18 @@ def test_local_targets_take_no_other_key():
             7,
             "targets.t.login_prompt",
             "regular expression",
+        ),
+        (
+            'protocol = "telnet"\nhost = "h"\nshell_prompt = "[unclosed"',
+            7,
+            "targets.t.shell_prompt",
+            "regular expression",
+        ),
+        (
+            'protocol = "ssh1"\nhost = "h"\nshell_prompt = "x"',
+            7,
+            "targets.t.shell_prompt",
+            "not used by ssh1",
         ),
         (
             'protocol = "telnet"\nhost = "h"\npassword_prompt = ""',

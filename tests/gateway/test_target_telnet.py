@@ -189,6 +189,15 @@ def test_nvt_output_without_pty_folds_newlines():
     assert h.client.out == b"a\nb\rc\xffd\ne\r\nf"
 
 
+def test_cr_nul_lf_split_by_the_device_is_still_a_newline():
+    """inetutils telnetd, at a pty read boundary, sends CR LF as CR NUL then LF."""
+    h = opened(SessionRequest(command=b"seq"))
+    h.device(b"1\r\x00")
+    h.device(b"\n2\r\x00x\r\x00\r\x00\n3\r")
+    h.lose()
+    assert h.client.out == b"1\n2\rx\r\n3\r"  # a bare CR stays one; the last one too
+
+
 def test_nvt_output_with_pty_keeps_crlf():
     h = opened(SessionRequest(pty=pty()))
     h.device(b"a\r\nb\r\x00c")
@@ -253,6 +262,68 @@ def test_login_prompts_answered_and_dialog_hidden():
     h.lose()
     assert h.client.out == b"\nhostname sw1\nrouter> "
     assert h.client.exit.status == 0 and h.client.eof and h.client.err == b""
+
+
+def test_shell_prompt_frames_a_command_and_exit_waits_for_it():
+    cfg = config(login_prompt=r"login: $", password_prompt=r"Password: $", shell_prompt=r"sw1[>#] ?")
+    h = Harness(SessionRequest(command=b"show ver"), cfg).connect()
+    h.sent()
+    h.device(b"login: ")
+    h.device(b"admin\r\nPassword: ")
+    assert h.sent() == b"admin\r\ns3cret\r\n"
+    assert h.session.upstream is None  # not open before the shell's prompt
+    h.device(b"\r\nLast login: never\r\nsw1> ")
+    assert h.sent() == b"show ver\r\n"  # the command alone: no exit yet
+    assert h.session.upstream is not None
+    h.device(b"show ver\r\nVersion 1.0\r\nUptime 3 d")  # the echo, then output
+    assert h.client.out == b"Version 1.0\n"  # the unfinished line waits
+    h.device(b"ays\r\nsw1> ")
+    assert h.client.out == b"Version 1.0\nUptime 3 days\n"  # no banner, no prompts
+    assert h.sent() == b"exit\r\n"  # only now
+    h.device(b"exit\r\nlogout\r\n")  # the device's goodbye is not output
+    h.lose()
+    assert h.client.out == b"Version 1.0\nUptime 3 days\n"
+    assert h.client.exit.status == 0
+
+
+def test_shell_prompt_inside_a_line_is_output():
+    h = Harness(SessionRequest(command=b"cmd"), config(shell_prompt=r"\$ ")).connect()
+    h.device(b"$ ")
+    h.sent()
+    h.device(b"cost: 5$ each\r\npartial")  # "$ " in the middle of a line
+    h.device(b" end$ ")  # output without a final newline, then the prompt
+    assert h.client.out == b"cost: 5$ each\npartial end"
+    assert h.sent() == b"exit\r\n"
+
+
+def test_only_the_echo_of_the_command_is_dropped():
+    h = Harness(SessionRequest(command=b"ls"), config(shell_prompt=r"\$ ")).connect()
+    h.device(b"$ ")
+    h.device(b"a\r\nls\r\n$ ")  # a device that does not echo; "ls" is output here
+    assert h.client.out == b"a\nls\n"
+
+
+def test_a_command_that_ends_the_shell_keeps_its_last_line():
+    h = Harness(SessionRequest(command=b"echo bye; exit 3"), config(shell_prompt=r"\$ ")).connect()
+    h.device(b"$ ")
+    h.device(b"bye\r\nno newline")
+    h.lose()
+    assert h.client.out == b"bye\nno newline"
+    assert h.sent().endswith(b"echo bye; exit 3\r\n")
+
+
+def test_shell_prompt_never_seen():
+    h = Harness(SessionRequest(command=b"cmd"), config(shell_prompt=r"\$ ")).connect()
+    h.device(b"Welcome\r\n")
+    h.reactor.advance(10.0 * LOGIN_TIMEOUT_SHARE)
+    assert h.client.err == b"sshgateway: dev: shell prompt never seen from 192.0.2.5:23\r\n"
+
+
+def test_shell_prompt_does_not_change_a_shell_session():
+    h = Harness(SessionRequest(pty=pty()), config(shell_prompt=r"\$ ")).connect()
+    assert h.session.upstream is not None  # opened at once
+    h.device(b"motd\r\n$ ")
+    assert h.client.out == b"motd\r\n$ "
 
 
 def test_login_in_binary_mode_uses_cr():

@@ -44,6 +44,9 @@ def telnet_gateway(tmp_path_factory):
             "connect_timeout": 10,
         }  # fmt: skip
         config = one_target_config(authorized, "tdev", target)
+        # The same device, with its shell prompt known: commands are framed by prompts.
+        config["targets"]["tdevp"] = {**target, "shell_prompt": r"dev\$ "}
+        config["users"]["alice"]["targets"].append("tdevp")
         (work / "gw").mkdir()
         with GatewayProcess(work / "gw", config) as gw:
             yield gw, key
@@ -163,3 +166,35 @@ def test_gateway_memory_bounded_with_a_slow_reader_through_telnet(telnet_gateway
     gw, key = telnet_gateway
     argv = ssh_argv(gw, key, "cat /dev/zero", user="alice+tdev")
     assert peak_rss_growth_kib(gw, argv) < 32 * 1024
+
+
+def test_shell_prompt_gives_just_the_output(telnet_gateway):
+    gw, key = telnet_gateway
+    result = subprocess.run(
+        ssh_argv(gw, key, "echo via-telnet; echo $((6*7))", user="alice+tdevp"),
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"via-telnet\n42\n"  # no banner, no prompt, no echo
+
+
+def test_shell_prompt_loses_no_output_to_a_slow_reader(telnet_gateway):
+    """15 MB of output read at about 5 MB/s: the gateway stops reading the device while
+    the client lags, and ``exit`` must not overtake output still in the device's pty."""
+    gw, key = telnet_gateway
+    argv = ssh_argv(gw, key, "seq 1 2000000", user="alice+tdevp")
+    client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    received = bytearray()
+    deadline = time.monotonic() + 120
+    try:
+        while chunk := client.stdout.read1(256 * 1024):
+            received += chunk
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.wait(30) == 0, client.stderr.read()
+    finally:
+        client.kill()
+        client.wait(10)
+    expected = "".join(f"{n}\n" for n in range(1, 2000001)).encode()
+    assert len(received) == len(expected)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(expected).digest()
