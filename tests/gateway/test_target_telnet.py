@@ -506,7 +506,7 @@ def test_protocol_error_during_login():
 
 _TOKENS = st.sampled_from(
     [IAC, WILL, WONT, DO, DONT, SB, SE, IP, BINARY, ECHO, SGA, TTYPE, NAWS, b"\r", b"\n",
-     b"\x00", b"text", b"login: ", b"Password: ", b"\x01", b"\xf1"]
+     b"\x00", b"text", b"login: ", b"Password: ", b"$ ", b"cmd", b"\x01", b"\xf1"]
 )  # fmt: skip
 
 
@@ -515,10 +515,16 @@ _TOKENS = st.sampled_from(
     st.lists(st.lists(_TOKENS | st.binary(max_size=16), max_size=12).map(b"".join), max_size=12),
     st.booleans(),
     st.booleans(),
+    st.booleans(),
 )
-def test_arbitrary_device_bytes_never_raise(chunks, with_pty, with_login):
+def test_arbitrary_device_bytes_never_raise(chunks, with_pty, with_login, command_with_prompt):
     prompts = {"login_prompt": "login: ", "password_prompt": "Password: "} if with_login else {}
-    h = Harness(SessionRequest(pty=pty() if with_pty else None), config(**prompts)).connect()
+    if command_with_prompt:  # a command framed by shell prompts ("$ " is among the tokens)
+        prompts["shell_prompt"] = r"\$ "
+    request = SessionRequest(
+        pty=pty() if with_pty else None, command=b"cmd" if command_with_prompt else None
+    )
+    h = Harness(request, config(**prompts)).connect()
     for chunk in chunks:
         h.device(chunk)
         h.session.write_stdin(chunk)
