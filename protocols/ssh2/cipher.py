@@ -144,7 +144,7 @@ class _Gcm:
         self._counter = (self._counter + 1) & 0xFFFFFFFFFFFFFFFF
         return nonce
 
-    def seal(self, plain: bytes, aad: bytes) -> bytes:
+    def seal(self, plain: bytes | memoryview, aad: bytes) -> bytes:
         return self._aes.encrypt(self._nonce(), plain, aad)
 
     def open(self, sealed: bytes | memoryview, aad: bytes) -> bytes:
@@ -177,8 +177,9 @@ class _ChaCha:
         return self._stream(self._main, seq, 0).update(bytes(32))
 
     def seal(self, seq: int, packet: bytes) -> bytes:
-        head = self._stream(self._header, seq, 0).update(packet[:4])
-        body = self._stream(self._main, seq, 1).update(packet[4:])
+        view = memoryview(packet)
+        head = self._stream(self._header, seq, 0).update(view[:4])
+        body = self._stream(self._main, seq, 1).update(view[4:])
         tag = poly1305.Poly1305.generate_tag(self._poly_key(seq), head + body)
         return head + body + tag
 
@@ -248,16 +249,18 @@ class Sealer(_Direction):
     def seal(self, seq: int, packet: bytes) -> tuple[bytes, ...]:
         """Wire bytes for ``packet`` (length field first), as pieces to write in order."""
         kind = self.kind
+        # Slices of a memoryview: the 32 KiB body is not copied just to leave out the length.
+        view = memoryview(packet)
         if kind == "stream":
             if self.etm:
-                body = self._crypt.update(packet[4:])
-                return packet[:4], body, self._mac.digest(seq, packet[:4], body)
+                body = self._crypt.update(view[4:])
+                return packet[:4], body, self._mac.digest(seq, view[:4], body)
             encrypted = self._crypt.update(packet)
             if self._mac is None:
                 return (encrypted,)
             return encrypted, self._mac.digest(seq, packet)
         if kind == "gcm":
-            return packet[:4], self._aead.seal(packet[4:], packet[:4])
+            return packet[:4], self._aead.seal(view[4:], packet[:4])
         if kind == "chacha":
             return (self._aead.seal(seq, packet),)
         return (packet,)
@@ -328,13 +331,15 @@ class Opener(_Direction):
         if kind == "chacha":
             return self._aead.open(seq, data)
         first, self._first = self._first, b""
-        rest = self._crypt.update(data[self.head : 4 + length]) if self._crypt else bytes(data[self.head : 4 + length])
-        packet = first + rest
+        body = data[self.head : 4 + length]
+        rest = self._crypt.update(body) if self._crypt is not None else bytes(body)
+        # The MAC covers the whole plaintext packet; it is fed in two pieces, and only the
+        # part after the length field is joined.
         if self._mac is not None and not hmac.compare_digest(
-            self._mac.digest(seq, packet), data[4 + length :]
+            self._mac.digest(seq, first, rest), data[4 + length :]
         ):
             raise BadMAC()
-        return packet[4:]
+        return first[4:] + rest
 
 
 class KeyedCiphers(SSHCiphers):

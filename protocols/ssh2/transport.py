@@ -157,7 +157,6 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
     ) -> None:
         self.factory = factory
         self.record = record
-        self.clock = clock
         # The exact lines exchanged by the dispatcher: they go into the exchange hash.
         self.ourVersionString = server_version
         self.otherVersionString = client_version
