@@ -22,7 +22,6 @@ import io
 import json
 import re
 import struct
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, TextIO
 
 from twisted.conch.ssh import keys as conch_keys
 from twisted.conch.ssh import transport as conch_transport
-from twisted.internet import defer, endpoints, error
+from twisted.internet import defer, endpoints, error, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -927,19 +926,41 @@ def fire(d: defer.Deferred) -> None:
 
 # ------------------------------------------------------------------ output
 class ProgressBar:
-    """``probe [#####.....] 5/10`` redrawn in place on a terminal."""
+    """``probe [#####.....] 5/10 3s`` redrawn in place on a terminal: at each finished
+    host and once a second in between, so the elapsed time moves while hosts say nothing
+    (the wait on a silent host is the longest one). ``clock`` is the reactor."""
 
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
+    TICK = 1.0
+
+    def __init__(self, stream: TextIO, clock: IReactorTime, width: int = 30) -> None:
         self.stream = stream
+        self.clock = clock
         self.width = width
-        self.started = time.monotonic()
+        self.started = clock.seconds()
+        self.done = 0
+        self.total = 0
+        self._ticker = task.LoopingCall(self._draw)
+        self._ticker.clock = clock
 
     def __call__(self, done: int, total: int) -> None:
-        filled = self.width * done // max(total, 1)
-        bar = "#" * filled + "." * (self.width - filled)
-        elapsed = time.monotonic() - self.started
-        self.stream.write(f"\rprobe [{bar}] {done}/{total} {elapsed:.0f}s")
+        self.done, self.total = done, total
         if done >= total:
+            self.stop()
+        elif not self._ticker.running:
+            self._ticker.start(self.TICK, now=False)
+        self._draw()
+
+    def stop(self) -> None:
+        """No more redraws (the probe is over, or failed)."""
+        if self._ticker.running:
+            self._ticker.stop()
+
+    def _draw(self) -> None:
+        filled = self.width * self.done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        elapsed = self.clock.seconds() - self.started
+        self.stream.write(f"\rprobe [{bar}] {self.done}/{self.total} {elapsed:.0f}s")
+        if self.done >= self.total:
             self.stream.write("\n")
         self.stream.flush()
 
@@ -1181,7 +1202,7 @@ def run_cli(args: Any, io: Any) -> int:
 
     progress = None
     if not args.no_progress and io.stderr.isatty():
-        progress = ProgressBar(io.stderr)
+        progress = ProgressBar(io.stderr, reactor)
     outcome: list[Any] = []
 
     def start() -> None:
@@ -1190,6 +1211,8 @@ def run_cli(args: Any, io: Any) -> int:
             progress=progress, credentials=credentials,
         )  # fmt: skip
         d.addBoth(outcome.append)
+        if progress is not None:
+            d.addBoth(lambda _: progress.stop())
         d.addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(start)

@@ -460,10 +460,29 @@ def test_text_output():
 
 def test_progress_bar():
     out = io.StringIO()
-    bar = probe.ProgressBar(out, width=10)
+    bar = probe.ProgressBar(out, Clock(), width=10)
     bar(1, 2)
     bar(2, 2)
     assert "[#####.....] 1/2" in out.getvalue() and out.getvalue().endswith("\n")
+
+
+def test_progress_bar_elapsed_time_advances_while_a_host_stays_silent():
+    """Issue 9, item 15: the bar was redrawn only when a host finished, so a silent host
+    showed ``0s`` for its whole wait. It is now redrawn every second as well."""
+    clock = Clock()
+    out = io.StringIO()
+    bar = probe.ProgressBar(out, clock, width=10)
+    d = probe.probe_hosts(clock, ["10.9.9.9"], 5, connect=never_connects, progress=bar)
+    clock.pump([1] * 4)
+    drawn = out.getvalue().split("\r")[1:]
+    assert drawn == [f"probe [..........] 0/1 {s}s" for s in range(5)]
+    clock.advance(1)
+    assert d.result[0].status == "timeout"
+    assert out.getvalue().endswith("\rprobe [##########] 1/1 5s\n")
+    # Done: the bar stops ticking (nothing left to redraw, nothing left on the clock).
+    assert not clock.getDelayedCalls()
+    clock.advance(10)
+    assert out.getvalue().endswith("1/1 5s\n")
 
 
 def test_cli_rejects_bad_targets():

@@ -247,3 +247,28 @@ def test_concurrency_limit_and_progress_bar_on_a_terminal():
     assert [r["status"] for r in rows] == ["timeout"] * 20
     assert 2.0 <= elapsed < 15
     assert b"probe [" in drawn and b"] 20/20" in drawn
+
+
+def test_progress_bar_counts_seconds_while_a_real_host_stays_silent():
+    """Issue 9, item 15: one silent listener, --timeout 3: the bar on the terminal shows
+    the elapsed time going up (1s, 2s) during the wait, not ``0s`` until the host is done."""
+    master, slave = os.openpty()
+    with silent_listener() as port:
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+             "probe", "--timeout", "3", "--format", "csv", f"127.0.0.1:{port}"],
+            stdout=subprocess.PIPE, stderr=slave, text=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
+    os.close(slave)
+    drawn = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(master, 65536):
+            drawn += chunk
+            if b"1/1" in drawn and drawn.endswith(b"\n"):
+                break
+    os.close(master)
+    assert result.returncode == 1 and "timeout" in result.stdout
+    frames = [f.strip() for f in drawn.decode().split("\r") if f.strip()]
+    waiting = [f for f in frames if " 0/1 " in f]
+    assert {"probe [" + "." * 30 + f"] 0/1 {s}s" for s in (0, 1, 2)} <= set(waiting), frames
+    assert frames[-1].startswith("probe [" + "#" * 30 + "] 1/1 3s"), frames
