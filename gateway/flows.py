@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from gateway.routing import split_login
 from protocols.flow import FlowRecorder
 
 log = Logger()
@@ -51,7 +52,13 @@ class FlowWriter:
     def write_flow(self, flow: FlowRecorder) -> None:
         """Write a finished leg (closing it first if its owner has not)."""
         flow.close()
-        self.write(flow.to_dict())
+        record = flow.to_dict()
+        if record["role"] == "server" and record["user"]:
+            # A client leg's user is the gateway user: the front ends note the login name
+            # (``alice+sw1`` on SSH-2, on SSH-1 until the login succeeds); the routed
+            # target is in "target".
+            record["user"] = split_login(record["user"])[0]
+        self.write(record)
 
     def write(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")

@@ -1031,6 +1031,12 @@ def run(args: argparse.Namespace, io: _IO) -> int:
     except ConfigError as e:
         print(e, file=io.stderr)
         return 1
+    # A state directory that is not there is a typo (or the wrong config), not a gateway
+    # that has recorded nothing yet: only a missing flows/ under it means "no records".
+    if not Path(state_dir).is_dir():
+        why = "is not a directory" if Path(state_dir).exists() else "does not exist"
+        print(f"sshgateway flows: state directory {_text(str(state_dir))} {why}", file=io.stderr)
+        return 1
     store = FlowStore.for_state_dir(state_dir)
     try:
         text = _dispatch(args, store)

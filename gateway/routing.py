@@ -36,6 +36,7 @@ from zope.interface import implementer
 from gateway.config import LOCAL_TARGET, GatewayConfig
 from gateway.targets import TargetConfig
 from gateway.targets.bridge import FAILURE_STATUS
+from protocols.flow import open_flow
 from protocols.session import (
     ExitInfo,
     ISessionClient,
@@ -444,6 +445,9 @@ class Router:
         target = self.targets[name]
         config = self.config.targets.get(name)
         log.info("routing: {user} -> {target}", user=username, target=name)
+        flow = open_flow(getattr(client, "flow_id", None))
+        if flow is not None:
+            flow.target = name  # the client leg's record says where its session went
         if config is None or config.protocol == "local":
             return target.open_session(username, request, client)
         if config.credentials == "pass-through":

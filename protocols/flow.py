@@ -2,7 +2,8 @@
 
 It owns the stage rules of each protocol (which message opens which of the six stages),
 message merging and the caps of the record format (``/tmp/flows-spec.md``, kept in the
-README as "Flow records"), and :meth:`FlowRecorder.to_dict`. It knows nothing about
+README as "Flow records"), :meth:`FlowRecorder.to_dict`, and the open legs by id
+(:func:`open_flow`). It knows nothing about
 Twisted or about where records go: front ends feed it message names and wire sizes, the
 gateway writes ``to_dict()`` when the leg closes.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -174,6 +176,18 @@ def new_flow_id(now: float | None = None) -> str:
     return f"f-{stamp:%Y%m%dT%H%M%SZ}-{os.urandom(4).hex()}"
 
 
+# The recorders of the legs still open, by id. A front end hands its targets only the id
+# of its leg (``ISessionClient.flow_id``, which upstream legs link to); the gateway's
+# routing finds the recorder here to note the target a session went to. Weak: a leg that
+# is gone is gone from here too.
+_LIVE: weakref.WeakValueDictionary[str, FlowRecorder] = weakref.WeakValueDictionary()
+
+
+def open_flow(flow_id: str | None) -> FlowRecorder | None:
+    """The recorder of the open leg ``flow_id`` (None if unknown, closed or not given)."""
+    return None if flow_id is None else _LIVE.get(flow_id)
+
+
 class FlowRecorder:
     """Collects one connection leg's flow. Feed it with :meth:`version`, :meth:`packet`,
     :meth:`auth`, :meth:`request`, :meth:`exit` and :meth:`close`; set ``user``,
@@ -198,6 +212,7 @@ class FlowRecorder:
         self._t0 = clock()
         self._wall0 = wall()
         self.id = new_flow_id(self._wall0)
+        _LIVE[self.id] = self
         self.link = link
         self.role = role
         self.peer = peer
@@ -317,6 +332,7 @@ class FlowRecorder:
             self.close_reason = reason
         if self._duration is not None:
             return
+        _LIVE.pop(self.id, None)
         self._duration = self.now()
         if self._start[_CLOSE] is None:
             # Closed without a closing message (TCP close, timeout): the stage is the moment.
@@ -383,6 +399,7 @@ __all__ = [
     "STAGES",
     "FlowRecorder",
     "new_flow_id",
+    "open_flow",
     "ssh2_name",
     "ssh2_kex_family",
 ]

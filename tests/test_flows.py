@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from twisted.internet.task import Clock
 
 from gateway.config import ConfigError, parse_config
 from gateway.flows import FlowWriter
 from gateway.flowview import FlowStore
-from protocols.flow import C2S, MAX_MESSAGES, S2C, STAGES, FlowRecorder, ssh2_name
+from protocols.flow import C2S, MAX_MESSAGES, S2C, STAGES, FlowRecorder, open_flow, ssh2_name
 from protocols.session import ExitInfo, SessionRequest
 
 
@@ -192,3 +193,91 @@ def test_telnet_leg_records_commands_and_data_sizes_only():
     assert ("c2s", "data") in names and ("s2c", "data") in names
     assert record["stages"][4]["messages"] > 0  # interaction
     assert "s3cret-pw" not in json.dumps(record) and "welcome" not in json.dumps(record)
+
+
+# -- user and target of a client leg, through the real front ends (issue 9, item 13) ---------
+
+
+@pytest.fixture
+def front_ends(monkeypatch):
+    """The SSH-1 server rig and the SSH-2 harness, each connection with a flow recorder as
+    the dispatcher gives it, in front of the real portal and Router with fake targets."""
+    from gateway.auth import build_portal, run_inline
+    from gateway.routing import Router
+    from protocols.record import ConnectionRecord
+    from tests.doubles import fake_targets
+    from tests.gateway.helpers import ROUTED_TARGETS, fast_hash
+    from tests.ssh1 import server_rig
+    from tests.ssh2 import harness
+
+    def recorded(protocol):
+        def record(peer):
+            return ConnectionRecord(peer=peer, flow=FlowRecorder("server", peer, protocol))
+
+        return record
+
+    monkeypatch.setattr(server_rig, "ConnectionRecord", recorded("ssh1"))
+    monkeypatch.setattr(harness, "ConnectionRecord", recorded("ssh2"))
+    config = parse_config(
+        f'[users.alice]\npassword = "{fast_hash("alice-pw")}"\n'
+        'targets = ["local", "sw1", "tn"]\n' + ROUTED_TARGETS
+    )
+    router = Router(config, fake_targets(config.targets), Clock())
+    return build_portal(config, router, blocking=run_inline)
+
+
+def ssh1_exec(portal, login):
+    from protocols.auth import AuthLimits
+    from protocols.ssh1 import messages as m
+    from tests.ssh1.minclient import string
+    from tests.ssh1.server_rig import SSH1ServerRig
+
+    rig = SSH1ServerRig(portal, limits=AuthLimits(failure_delay=0))
+    assert rig.login(login, b"alice-pw") == [(m.SSH_SMSG_SUCCESS, b"")]
+    rig.send(m.SSH_CMSG_EXEC_CMD, string(b"show run"))
+    rig.clock.advance(0)
+    return rig.record.flow
+
+
+def ssh2_exec(portal, login):
+    from twisted.conch.ssh import common
+
+    from protocols.auth import AuthLimits
+    from tests.ssh2.harness import wire
+
+    w = wire(portal=portal, user=login, password=b"alice-pw", limits=AuthLimits(failure_delay=0))
+    session = w.open_session()
+    session.request(b"exec", common.NS(b"show run"))
+    w.flush()
+    return w.record.flow
+
+
+@pytest.mark.parametrize("exec_", [ssh1_exec, ssh2_exec], ids=["ssh1", "ssh2"])
+@pytest.mark.parametrize(
+    "login, target",
+    [(b"alice+sw1", "sw1"), (b"alice+tn", "tn"), (b"alice+secret", None), (b"alice", "local")],
+)
+def test_client_leg_records_the_gateway_user_and_the_routed_target(
+    tmp_path, front_ends, exec_, login, target
+):
+    """The same user and target whatever the protocol: the gateway user (never the login
+    name ``alice+sw1``) and the target the session was routed to (none when refused)."""
+    flow = exec_(front_ends, login)
+    FlowWriter(tmp_path).write_flow(flow)
+    [record] = [json.loads(line) for line in (tmp_path / "flows.jsonl").read_text().splitlines()]
+    assert (record["role"], record["user"], record["target"]) == ("server", "alice", target)
+
+
+def test_writer_keeps_an_upstream_legs_login_as_it_is(tmp_path):
+    flow = FlowRecorder("client", "192.0.2.1:22", "ssh2")
+    flow.user, flow.target = "admin+ops", "sw1"
+    FlowWriter(tmp_path).write_flow(flow)
+    record = json.loads((tmp_path / "flows.jsonl").read_text())
+    assert (record["user"], record["target"]) == ("admin+ops", "sw1")
+
+
+def test_open_flow_finds_open_legs_only():
+    flow = FlowRecorder("server", "127.0.0.1:1", "ssh2")
+    assert open_flow(flow.id) is flow and open_flow(None) is None
+    flow.close()
+    assert open_flow(flow.id) is None

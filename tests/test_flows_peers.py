@@ -22,6 +22,7 @@ from tests.clients import (
     ssh1_fingerprint,
     ssh2_device,
     ssh_argv,
+    sshgateway_cli,
     write_authorized_keys,
 )
 from tests.gateway_process import GatewayProcess
@@ -193,3 +194,42 @@ def test_bridged_session_gives_two_linked_flows(tmp_path):
         for secret in (PASSWORD.encode(), PAYLOAD.strip(), key_body[:40].encode(),
                        key_body[-40:].encode()):  # fmt: skip
             assert secret not in data
+
+
+def test_user_and_target_recorded_alike_for_both_protocols(tmp_path):
+    """Issue 9, item 13: plink -1 and OpenSSH log in as ``alice+sw1`` and as ``alice``
+    (whose one target is sw1): every client leg records user ``alice`` and the target it
+    was routed to, ``sw1``, and ``flows list`` shows them so, whatever the protocol."""
+    tools = require_peer("plink", "ssh", "sshpass")
+    key = keygen(tmp_path / "id_ed25519")
+    authz = write_authorized_keys(tmp_path / "authorized_keys", key)
+    config = one_target_config(authz, "sw1", {"protocol": "local"})
+    (tmp_path / "gw").mkdir()
+    with GatewayProcess(tmp_path / "gw", config) as gw:
+        fingerprint = ssh1_fingerprint(gw)
+        runs = [
+            plink1_argv(gw, "cat", user="alice+sw1", fingerprint=fingerprint),
+            plink1_argv(gw, "cat", fingerprint=fingerprint),
+            [tools["sshpass"], "-p", PASSWORD, *ssh_argv(
+                gw, None, "-o", "PreferredAuthentications=password",
+                "-o", "PubkeyAuthentication=no", "cat", user="alice+sw1", batch=False,
+            )],
+            ssh_argv(gw, key, "cat", user="alice+sw1"),
+            ssh_argv(gw, key, "cat"),
+        ]  # fmt: skip
+        for argv in runs:
+            result = subprocess.run(argv, input=PAYLOAD, capture_output=True, timeout=60)
+            assert result.stdout == PAYLOAD, result.stderr + gw.log_text()[-2000:].encode()
+        records = _records(gw, len(runs))
+        listing = sshgateway_cli("flows", "list", "--config", str(gw.config_path))
+    assert sorted(r["protocol"] for r in records) == ["ssh1"] * 2 + ["ssh2"] * 3
+    assert [(r["role"], r["user"], r["target"]) for r in records] == [
+        ("server", "alice", "sw1")
+    ] * len(runs), [(r["protocol"], r["user"], r["target"]) for r in records]
+    rows = [line.split() for line in listing.stdout.splitlines()]
+    header = rows[0]
+    # "TIME (UTC)" is two words in the header and two (date, time) in each row.
+    user, proto, target = header.index("USER"), header.index("PROTO"), header.index("TARGET")
+    assert len(rows) == 1 + len(runs), listing.stdout
+    assert sorted(row[proto] for row in rows[1:]) == ["ssh1"] * 2 + ["ssh2"] * 3
+    assert {(row[user], row[target]) for row in rows[1:]} == {("alice", "sw1")}, listing.stdout

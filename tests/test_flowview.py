@@ -74,6 +74,26 @@ def test_list_empty_and_bad_config(tmp_path):
     assert status == 1 and out == "" and err
 
 
+@pytest.mark.parametrize(
+    "argv", [["list"], ["show", "f-1"], ["compare", "f-1", "f-2"]], ids=["list", "show", "compare"]
+)
+def test_missing_state_dir_is_an_error(tmp_path, argv):
+    """Issue 9, item 13: a mistyped --state-dir (or a config's state_dir that is not there)
+    is said to be missing, with status 1, not taken for a gateway with no flows yet."""
+    missing = tmp_path / "stat-dir"
+    status, out, err = run(*argv, "--state-dir", str(missing))
+    assert (status, out) == (1, "")
+    assert err == f"sshgateway flows: state directory {missing} does not exist\n"
+    config = tmp_path / "gw.toml"
+    config.write_text(f'state_dir = "{missing}"\n[users.a]\nauthorized_keys = "keys"\n')
+    status, out, err = run(*argv, "--config", str(config))
+    assert (status, out) == (1, "") and f"state directory {missing} does not exist" in err
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    status, out, err = run(*argv, "--state-dir", str(not_a_dir))
+    assert status == 1 and "is not a directory" in err
+
+
 def test_list_marks_upstream_legs_and_results(tmp_path):
     up = ssh2_openssh_login(
         "f-9-up",
