@@ -81,7 +81,13 @@ _SSH2_OPENS = _stage_table(
     kex=("SSH2_MSG_KEXINIT",),
     auth=("SSH2_MSG_SERVICE_REQUEST", "SSH2_MSG_USERAUTH_REQUEST"),
     session=("SSH2_MSG_CHANNEL_OPEN", "SSH2_MSG_GLOBAL_REQUEST"),
-    interaction=("SSH2_MSG_CHANNEL_DATA", "SSH2_MSG_CHANNEL_EXTENDED_DATA"),
+    # EOF ends the data flow, so it belongs to it (as SSH-1's CMSG_EOF does), even when no
+    # data came first: a command that reads nothing and prints nothing.
+    interaction=(
+        "SSH2_MSG_CHANNEL_DATA",
+        "SSH2_MSG_CHANNEL_EXTENDED_DATA",
+        "SSH2_MSG_CHANNEL_EOF",
+    ),
     close=("SSH2_MSG_CHANNEL_CLOSE", "SSH2_MSG_DISCONNECT"),
 )
 

@@ -222,11 +222,13 @@ def front_ends(monkeypatch):
         f'[users.alice]\npassword = "{fast_hash("alice-pw")}"\n'
         'targets = ["local", "sw1", "tn"]\n' + ROUTED_TARGETS
     )
-    router = Router(config, fake_targets(config.targets), Clock())
-    return build_portal(config, router, blocking=run_inline)
+    targets = fake_targets(config.targets)
+    portal = build_portal(config, Router(config, targets, Clock()), blocking=run_inline)
+    portal.targets = targets  # the fake targets, to drive the sessions they opened
+    return portal
 
 
-def ssh1_exec(portal, login):
+def ssh1_exec(portal, login, eof=False):
     from protocols.auth import AuthLimits
     from protocols.ssh1 import messages as m
     from tests.ssh1.minclient import string
@@ -236,10 +238,21 @@ def ssh1_exec(portal, login):
     assert rig.login(login, b"alice-pw") == [(m.SSH_SMSG_SUCCESS, b"")]
     rig.send(m.SSH_CMSG_EXEC_CMD, string(b"show run"))
     rig.clock.advance(0)
+    if eof:
+        rig.send(m.SSH_CMSG_EOF)
+        _finish(portal)
+        rig.received()
     return rig.record.flow
 
 
-def ssh2_exec(portal, login):
+def _finish(portal):
+    """The session's program ends without a byte of output: EOF, then exit status 0."""
+    [session] = [s for t in portal.targets.values() for s in t.opened]
+    session.client.send_eof()
+    session.client.exited(ExitInfo(status=0))
+
+
+def ssh2_exec(portal, login, eof=False):
     from twisted.conch.ssh import common
 
     from protocols.auth import AuthLimits
@@ -249,6 +262,11 @@ def ssh2_exec(portal, login):
     session = w.open_session()
     session.request(b"exec", common.NS(b"show run"))
     w.flush()
+    if eof:
+        w.conn.sendEOF(session)
+        w.flush()
+        _finish(portal)
+        w.flush()
     return w.record.flow
 
 
@@ -281,3 +299,32 @@ def test_open_flow_finds_open_legs_only():
     assert open_flow(flow.id) is flow and open_flow(None) is None
     flow.close()
     assert open_flow(flow.id) is None
+
+
+@pytest.mark.parametrize("exec_", [ssh1_exec, ssh2_exec], ids=["ssh1", "ssh2"])
+def test_eof_is_part_of_the_interaction_on_both_protocols(front_ends, exec_):
+    """Issue 9, item 14: an EOF is counted in the interaction (the data flow it ends), on
+    SSH-2 as on SSH-1, even when no data came before it (a command with no input and no
+    output): SSH-2's CHANNEL_EOF used to stay in the session stage."""
+    record = exec_(front_ends, b"alice+sw1", eof=True).to_dict()
+    eofs = [(m["dir"], m["stage"]) for m in record["messages"] if m["name"].endswith("_EOF")]
+    expected = {"ssh1": [("c2s", "interaction")], "ssh2": [("c2s", "interaction"), ("s2c", "interaction")]}
+    assert eofs == expected[record["protocol"]], record["messages"]
+    stages = [m["stage"] for m in record["messages"]]
+    assert stages == sorted(stages, key=STAGES.index)  # stages only move forward
+    assert stages[-1] == "close"
+
+
+def test_ssh2_channel_eof_opens_the_interaction():
+    flow = FlowRecorder("client", "192.0.2.1:22", "ssh2", clock=Ticks())
+    for direction, name in [
+        (C2S, "SSH2_MSG_CHANNEL_OPEN"), (S2C, "SSH2_MSG_CHANNEL_OPEN_CONFIRMATION"),
+        (C2S, "SSH2_MSG_CHANNEL_REQUEST"), (S2C, "SSH2_MSG_CHANNEL_SUCCESS"),
+        (C2S, "SSH2_MSG_CHANNEL_EOF"), (S2C, "SSH2_MSG_CHANNEL_REQUEST"),
+        (S2C, "SSH2_MSG_CHANNEL_CLOSE"),
+    ]:  # fmt: skip
+        flow.packet(direction, name, 32)
+    stages = {m["name"]: m["stage"] for m in flow.to_dict()["messages"][2:]}
+    assert stages["SSH2_MSG_CHANNEL_EOF"] == "interaction"
+    assert stages["SSH2_MSG_CHANNEL_CLOSE"] == "close"
+

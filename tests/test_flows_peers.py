@@ -233,3 +233,28 @@ def test_user_and_target_recorded_alike_for_both_protocols(tmp_path):
     assert len(rows) == 1 + len(runs), listing.stdout
     assert sorted(row[proto] for row in rows[1:]) == ["ssh1"] * 2 + ["ssh2"] * 3
     assert {(row[user], row[target]) for row in rows[1:]} == {("alice", "sw1")}, listing.stdout
+
+
+def test_eof_is_in_the_interaction_for_plink_1_and_openssh(peers_gateway):
+    """Issue 9, item 14: ``true`` with nothing on stdin, so each EOF comes before any data:
+    plink -1's CMSG_EOF and both SSH-2 CHANNEL_EOFs (OpenSSH's and the gateway's) are
+    all counted in the interaction, not in the session request."""
+    gw = peers_gateway
+    path = Path(gw.config["state_dir"]) / "flows" / "flows.jsonl"
+    before = len(path.read_text().splitlines()) if path.exists() else 0
+    runs = [plink1_argv(gw, "true", fingerprint=ssh1_fingerprint(gw)), ssh_argv(gw, gw.key, "true")]
+    for argv in runs:
+        result = subprocess.run(argv, input=b"", capture_output=True, timeout=60)
+        assert result.returncode == 0, result.stderr + gw.log_text()[-2000:].encode()
+    records = _records(gw, before + 2)[before:]
+    eofs = {
+        r["protocol"]: sorted(
+            (m["dir"], m["stage"]) for m in r["messages"] if m["name"].endswith("_EOF")
+        )
+        for r in records
+    }
+    assert eofs == {
+        "ssh1": [("c2s", "interaction")],
+        "ssh2": [("c2s", "interaction"), ("s2c", "interaction")],
+    }, eofs
+
