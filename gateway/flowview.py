@@ -11,13 +11,13 @@ markup never reaches the HTML).
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import math
 import os
 import re
+import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ MAX_FILES = 1000
 MAX_MESSAGES = 5000
 MAX_LIST = 100
 MAX_TEXT = 200
+MAX_VERSION = 255  # an identification line's longest (RFC 4253), shown whole
 MAX_NOTES = 20
 DEFAULT_LIMIT = 20
 _ROTATED = re.compile(re.escape(FLOWS_FILE) + r"(?:\.(\d{1,6}))?\Z")
@@ -220,6 +221,8 @@ def _negotiated(value: Any) -> dict[str, str]:
         name = _text(key, 48)
         if isinstance(v, list):
             shown = _text(",".join(str(x) for x in v[:MAX_LIST] if not isinstance(x, (dict, list))))
+        elif isinstance(v, bool):
+            shown = "yes" if v else "no"  # strict_kex
         else:
             shown = _text(v)
         if name and shown is not None:
@@ -325,8 +328,8 @@ def parse_flow(record: Any) -> Flow | None:
         peer=_text(record.get("peer"), 80) or "?",
         started=_parse_time(record.get("started")),
         duration=_number(record.get("duration")),
-        server_version=_text(versions.get("server")),
-        client_version=_text(versions.get("client")),
+        server_version=_text(versions.get("server"), MAX_VERSION),
+        client_version=_text(versions.get("client"), MAX_VERSION),
         user=_text(record.get("user"), 80),
         target=_text(record.get("target"), 80),
         negotiated=_negotiated(record.get("negotiated")),
@@ -489,12 +492,59 @@ def align(a: Flow, b: Flow) -> list[StageRow]:
     ]
 
 
+def _both_ways(negotiated: dict[str, str], name: str) -> str | None:
+    """``name``'s value, from ``name_c2s`` and ``name_s2c`` when the record has them (one
+    value when they agree, ``c2s X, s2c Y`` when not), else from ``name`` itself."""
+    c2s, s2c = negotiated.get(f"{name}_c2s"), negotiated.get(f"{name}_s2c")
+    if c2s is None and s2c is None:
+        return negotiated.get(name)
+    if c2s == s2c:
+        return c2s
+    return ", ".join(f"{way} {v}" for way, v in (("c2s", c2s), ("s2c", s2c)) if v is not None)
+
+
+def _host_key(negotiated: dict[str, str]) -> str | None:
+    kind, algorithm = negotiated.get("host_key_type"), negotiated.get("host_key_algorithm")
+    name = kind or algorithm
+    if kind and algorithm and algorithm != kind:
+        name = f"{kind} ({algorithm})"  # e.g. an ssh-rsa key signing with rsa-sha2-512
+    bits = negotiated.get("host_key_bits")
+    return ", ".join(p for p in (name, bits and f"{bits} bits") if p) or None
+
+
+def _server_key(negotiated: dict[str, str]) -> str | None:
+    bits = negotiated.get("server_key_bits")
+    return None if bits is None else f"{bits} bits"
+
+
+# The negotiated parameters compared row by row, by meaning, whatever each protocol calls
+# them: (row, the record's keys it shows, how). SSH-1 has one cipher for both directions,
+# SSH-2 one per direction; SSH-1 has no MAC and no named key exchange, SSH-2 no server key.
+PARAMETER_ROWS: tuple[tuple[str, tuple[str, ...], Callable[[dict[str, str]], str | None]], ...] = (
+    ("cipher", ("cipher", "cipher_c2s", "cipher_s2c"), lambda n: _both_ways(n, "cipher")),
+    ("MAC", ("mac", "mac_c2s", "mac_s2c"), lambda n: _both_ways(n, "mac")),
+    (
+        "compression",
+        ("compression", "compression_c2s", "compression_s2c"),
+        lambda n: _both_ways(n, "compression"),
+    ),
+    ("key exchange", ("kex",), lambda n: n.get("kex")),
+    ("host key", ("host_key_type", "host_key_algorithm", "host_key_bits"), _host_key),
+    ("host key fingerprint", ("host_key_fingerprint",), lambda n: n.get("host_key_fingerprint")),
+    ("server key", ("server_key_bits",), _server_key),
+)
+_SHOWN_IN_ROWS = {key for _, keys, _ in PARAMETER_ROWS for key in keys}
+
+
 def negotiated_rows(a: Flow, b: Flow) -> list[tuple[str, str | None, str | None]]:
-    keys = list(a.negotiated)
-    keys += [k for k in b.negotiated if k not in a.negotiated]
+    """What the two flows negotiated, one row per meaning (:data:`PARAMETER_ROWS`, always
+    all of them), then any other key either record has, by its own name."""
+    rows = [(name, show(a.negotiated), show(b.negotiated)) for name, _, show in PARAMETER_ROWS]
+    others = [k for k in a.negotiated if k not in _SHOWN_IN_ROWS]
+    others += [k for k in b.negotiated if k not in _SHOWN_IN_ROWS and k not in a.negotiated]
     order = {k: i for i, k in enumerate(NEGOTIATED_ORDER)}
-    keys.sort(key=lambda k: (order.get(k, len(order)), k))
-    return [(k, a.negotiated.get(k), b.negotiated.get(k)) for k in keys]
+    others.sort(key=lambda k: (order.get(k, len(order)), k))
+    return rows + [(k, a.negotiated.get(k), b.negotiated.get(k)) for k in others]
 
 
 # -- formatting helpers ----------------------------------------------------------------------
@@ -747,175 +797,215 @@ def _message_json(m: Message) -> dict[str, Any]:
 
 
 # -- html ------------------------------------------------------------------------------------
+#
+# Built as an ElementTree and serialised by it, so every text and attribute taken from a
+# record is escaped by construction; no markup is ever assembled from strings.
 
 _CSS = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1a1a1a; background: #fff; }
-h1 { font-size: 20px; margin: 0 0 12px; }
-h2 { font-size: 16px; margin: 24px 0 8px; }
-table { border-collapse: collapse; margin-bottom: 8px; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 16px 24px; color: #1a1a1a; background: #fff; }
+h1 { font-size: 18px; margin: 0 0 4px; }
+h2 { font-size: 15px; margin: 0 0 6px; }
+p { margin: 0 0 8px; }
+figure { margin: 0 0 20px; }
+.tables { display: flex; flex-wrap: wrap; gap: 20px 36px; align-items: flex-start; }
+table { border-collapse: collapse; }
 th, td { border: 1px solid #c8ccd2; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #eef1f5; }
+td { max-width: 440px; overflow-wrap: anywhere; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code, .mono { font-family: ui-monospace, monospace; font-size: 12px; }
 .diff { background: #fff4d6; }
 .legend span { margin-right: 16px; }
 .c2s { color: #1f5fbf; } .s2c { color: #1d7a3a; }
+.note { color: #555; }
 """
 
+_C2S_COLOUR = "#1f5fbf"
+_S2C_COLOUR = "#1d7a3a"
 _ROW = 22
 _BAND_PAD = 10
 _LABEL_W = 130
 _PANEL_W = 480
 _LANE_L = 60
 _LANE_R = 360
-_TOP = 70
+_LINE = 12  # height of one wrapped header line
+_WRAP = 66  # characters per header line (a version, the flow ID): the panel's width
+_VERSION_INDENT = 42  # from the "client" / "server" label to the version
 _EMPTY_BAND = 26
 _BAND_FILL = ("#f3f6fb", "#fbf8f1")
 
 
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+def _attr_name(name: str) -> str:
+    return name.rstrip("_").replace("_", "-")  # font_size -> font-size, class_ -> class
 
 
-def _svg_text(x: float, y: float, text: str, **attrs: str) -> str:
-    extra = "".join(f' {k.replace("_", "-")}="{_e(v)}"' for k, v in attrs.items())
-    return f'<text x="{x:.0f}" y="{y:.0f}"{extra}>{_e(text)}</text>'
+def _attr_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}".removesuffix(".0")
+    return str(value)
 
 
-def _svg_panel_header(x0: float, flow: Flow, tag: str) -> list[str]:
+def _add(parent: ET.Element, tag: str, text: str | None = None, **attrs: Any) -> ET.Element:
+    """A child element (``font_size=11`` sets ``font-size="11"``)."""
+    element = ET.SubElement(
+        parent, tag, {_attr_name(k): _attr_value(v) for k, v in attrs.items()}
+    )
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _wrap(text: str, width: int = _WRAP) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken after a space, ``-`` or
+    ``_`` where there is one; joined, the lines are ``text`` again (nothing is cut)."""
+    lines = []
+    while len(text) > width:
+        cut = max(text.rfind(c, 0, width) for c in " -_") + 1 or width
+        lines.append(text[:cut])
+        text = text[cut:]
+    return [*lines, text]
+
+
+def _svg_lines(parent: ET.Element, x: float, y: float, lines: list[str], **attrs: Any) -> None:
+    """One <text> of several lines (a <tspan> each), first baseline at ``y``."""
+    text = _add(parent, "text", x=x, y=y, **attrs)
+    for i, line in enumerate(lines):
+        _add(text, "tspan", line, x=x, dy=0 if i == 0 else _LINE)
+
+
+def _header_lines(flow: Flow) -> tuple[list[str], list[str], list[str]]:
+    """The wrapped lines under a panel's title: the flow ID, and each side's version."""
     client, server = _versions(flow)
-    parts = [
-        _svg_text(
-            x0 + (_LANE_L + _LANE_R) / 2,
-            16,
-            f"{tag}: {flow.protocol}  {_short(flow.id, 40)}",
-            text_anchor="middle",
-            font_weight="bold",
-            font_size="13",
-        ),
-    ]
-    for lane, who, version in ((_LANE_L, "client", client), (_LANE_R, "server", server)):
+    return _wrap(flow.id), _wrap(client), _wrap(server)
+
+
+def _header_height(flow: Flow) -> tuple[int, int]:
+    """Lines taken by the ID, and by the two versions, in a panel's header."""
+    ids, client, server = _header_lines(flow)
+    return len(ids), len(client) + len(server)
+
+
+def _draw_header(svg: ET.Element, x0: float, flow: Flow, tag: str, ids_y: float,
+                 versions_y: float, boxes_y: float) -> None:  # fmt: skip
+    """Title and ID centred over the panel; the client's and the server's version, each
+    labelled, from the panel's left edge (whole, wrapped); the two lifeline boxes."""
+    ids, client, server = _header_lines(flow)
+    middle = x0 + (_LANE_L + _LANE_R) / 2
+    role = {"server": "client leg", "client": "upstream leg"}.get(flow.role, flow.role)
+    _add(svg, "text", f"{tag}: {flow.protocol}, {role}", x=middle, y=16, text_anchor="middle",
+         font_weight="bold", font_size=13)  # fmt: skip
+    _svg_lines(svg, middle, ids_y, ids, text_anchor="middle", font_size=10, fill="#555")
+    left = x0 + _LANE_L - 48
+    y = versions_y
+    for who, lines in (("client", client), ("server", server)):
+        _add(svg, "text", who, x=left, y=y, font_size=10, font_weight="bold", fill="#444")
+        _svg_lines(svg, left + _VERSION_INDENT, y, lines, font_size=10, fill="#444")
+        y += len(lines) * _LINE
+    for lane, who in ((_LANE_L, "client"), (_LANE_R, "server")):
         cx = x0 + lane
-        parts.append(
-            f'<rect x="{cx - 48:.0f}" y="26" width="96" height="22" rx="4" fill="#e4e9f1" stroke="#6b7a90"/>'
-        )
-        parts.append(_svg_text(cx, 41, who, text_anchor="middle", font_size="12"))
-        parts.append(
-            _svg_text(cx, 62, _short(version, 27), text_anchor="middle", font_size="9", fill="#555")
-        )
-    return parts
+        _add(svg, "rect", x=cx - 48, y=boxes_y, width=96, height=22, rx=4, fill="#e4e9f1",
+             stroke="#6b7a90")  # fmt: skip
+        _add(svg, "text", who, x=cx, y=boxes_y + 15, text_anchor="middle", font_size=12)
 
 
-def render_sequence_svg(a: Flow, b: Flow) -> str:
-    """Two sequence diagrams side by side (client and server lifelines each), stage bands aligned."""
-    rows = align(a, b)
+def sequence_svg(a: Flow, b: Flow) -> ET.Element:
+    """Two sequence diagrams side by side (client and server lifelines each), stage bands
+    aligned: a stage starts at the same height in both."""
     width = _LABEL_W + 2 * _PANEL_W + 20
-    parts: list[str] = []
-    y = _TOP + 8
-    for i, row in enumerate(rows):
+    heights = [_header_height(f) for f in (a, b)]
+    ids_y = 30
+    versions_y = ids_y + max(h[0] for h in heights) * _LINE + 4
+    boxes_y = versions_y + max(h[1] for h in heights) * _LINE
+    top = boxes_y + 30
+    svg = ET.Element(
+        "svg",
+        {"role": "img", "aria-label": "sequence diagrams of both flows, aligned by stage",
+         "font-family": "system-ui, sans-serif"},
+    )  # fmt: skip
+    defs = _add(svg, "defs")
+    for cls, colour in (("c2s", _C2S_COLOUR), ("s2c", _S2C_COLOUR)):
+        marker = _add(defs, "marker", id=f"arrow-{cls}", viewBox="0 0 10 10", refX=9, refY=5,
+                      markerWidth=8, markerHeight=8, orient="auto-start-reverse")  # fmt: skip
+        _add(marker, "path", d="M0,0 L10,5 L0,10 z", fill=colour)
+    bands = _add(svg, "g")
+    y = float(top)
+    for i, row in enumerate(align(a, b)):
         n = max(len(row.messages_a), len(row.messages_b))
         height = n * _ROW + 2 * _BAND_PAD if n else _EMPTY_BAND
-        parts.append(
-            f'<rect x="0" y="{y}" width="{width}" height="{height}" fill="{_BAND_FILL[i % 2]}"/>'
-        )
-        parts.append(
-            f'<line x1="0" y1="{y}" x2="{width}" y2="{y}" stroke="#b9c0cc" stroke-dasharray="4 3"/>'
-        )
-        parts.append(_svg_text(8, y + 16, row.name, font_weight="bold", font_size="12"))
+        _add(bands, "rect", x=0, y=y, width=width, height=height, fill=_BAND_FILL[i % 2])
+        _add(bands, "line", x1=0, y1=y, x2=width, y2=y, stroke="#b9c0cc", stroke_dasharray="4 3")
+        _add(bands, "text", row.name, x=8, y=y + 16, font_weight="bold", font_size=12)
         if STAGE_TITLES[row.name] != row.name:
-            parts.append(_svg_text(8, y + 30, STAGE_TITLES[row.name], font_size="9", fill="#555"))
+            _svg_lines(bands, 8, y + 30, _wrap(STAGE_TITLES[row.name], 22), font_size=9, fill="#555")
         for stage, msgs, x0 in (
             (row.a, row.messages_a, _LABEL_W),
             (row.b, row.messages_b, _LABEL_W + _PANEL_W),
         ):
             if not msgs:
-                parts.append(
-                    _svg_text(
-                        x0 + (_LANE_L + _LANE_R) / 2,
-                        y + 17,
-                        "no messages" if not stage.present else _stage_numbers(stage),
-                        text_anchor="middle",
-                        font_size="10",
-                        fill="#888",
-                    )
-                )
+                empty = "no messages" if not stage.present else _stage_numbers(stage)
+                _add(bands, "text", empty, x=x0 + (_LANE_L + _LANE_R) / 2, y=y + 17,
+                     text_anchor="middle", font_size=10, fill="#888")  # fmt: skip
                 continue
             for j, m in enumerate(msgs):
-                ay = y + _BAND_PAD + j * _ROW + 16
-                left, right = x0 + _LANE_L, x0 + _LANE_R
-                x1, x2 = (left, right) if m.dir != "s2c" else (right, left)
-                cls = m.dir if m.dir in ("c2s", "s2c") else "c2s"
-                color = "#1f5fbf" if cls == "c2s" else "#1d7a3a"
-                parts.append(
-                    f'<line x1="{x1 + (3 if x2 > x1 else -3):.0f}" y1="{ay}" x2="{x2 + (-4 if x2 > x1 else 4):.0f}" '
-                    f'y2="{ay}" stroke="{color}" stroke-width="1.5" marker-end="url(#arrow-{cls})"/>'
-                )
-                if m.t is not None:
-                    parts.append(
-                        _svg_text(
-                            left - 6,
-                            ay + 3,
-                            f"{m.t:.3f}",
-                            text_anchor="end",
-                            font_size="9",
-                            fill="#777",
-                        )
-                    )
-                parts.append(
-                    _svg_text(
-                        (left + right) / 2,
-                        ay - 4,
-                        _message_label(m),
-                        text_anchor="middle",
-                        font_size="11",
-                        font_family="monospace",
-                        fill=color,
-                    )
-                )
+                _draw_message(bands, x0, y + _BAND_PAD + j * _ROW + 16, m)
         y += height
     bottom = y + 10
-    lanes: list[str] = []
     for x0 in (_LABEL_W, _LABEL_W + _PANEL_W):
         for lane in (_LANE_L, _LANE_R):
-            lanes.append(
-                f'<line x1="{x0 + lane}" y1="48" x2="{x0 + lane}" y2="{bottom}" stroke="#6b7a90" stroke-width="1"/>'
-            )
-    headers = _svg_panel_header(_LABEL_W, a, "A") + _svg_panel_header(_LABEL_W + _PANEL_W, b, "B")
-    defs = "".join(
-        f'<marker id="arrow-{cls}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" markerHeight="8" '
-        f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>'
-        for cls, color in (("c2s", "#1f5fbf"), ("s2c", "#1d7a3a"))
-    )
-    return (
-        f'<svg width="{width}" height="{bottom + 4}" viewBox="0 0 {width} {bottom + 4}" '
-        f'role="img" aria-label="sequence diagrams of both flows, aligned by stage" '
-        f'font-family="system-ui, sans-serif"><defs>{defs}</defs>'
-        + "".join(parts)
-        + "".join(lanes)
-        + "".join(headers)
-        + "</svg>"
-    )
+            _add(svg, "line", x1=x0 + lane, y1=boxes_y + 22, x2=x0 + lane, y2=bottom,
+                 stroke="#6b7a90", stroke_width=1)  # fmt: skip
+    for x0, flow, tag in ((_LABEL_W, a, "A"), (_LABEL_W + _PANEL_W, b, "B")):
+        _draw_header(svg, x0, flow, tag, ids_y, versions_y, boxes_y)
+    total = bottom + 4
+    svg.set("width", _attr_value(float(width)))
+    svg.set("height", _attr_value(total))
+    svg.set("viewBox", f"0 0 {width} {_attr_value(total)}")
+    return svg
 
 
-def _html_table(
-    head: list[str], rows: list[list[str]], numeric_from: int = 99, mark_diff: bool = False
-) -> str:
-    out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+def _draw_message(parent: ET.Element, x0: float, y: float, m: Message) -> None:
+    left, right = x0 + _LANE_L, x0 + _LANE_R
+    cls = "s2c" if m.dir == "s2c" else "c2s"
+    colour = _C2S_COLOUR if cls == "c2s" else _S2C_COLOUR
+    x1, x2 = (left + 3, right - 4) if cls == "c2s" else (right - 3, left + 4)
+    _add(parent, "line", x1=x1, y1=y, x2=x2, y2=y, stroke=colour, stroke_width=1.5,
+         marker_end=f"url(#arrow-{cls})")  # fmt: skip
+    if m.t is not None:
+        _add(parent, "text", f"{m.t:.3f}", x=left - 6, y=y + 3, text_anchor="end", font_size=9,
+             fill="#777")  # fmt: skip
+    _add(parent, "text", _message_label(m), x=(left + right) / 2, y=y - 4, text_anchor="middle",
+         font_size=11, font_family="monospace", fill=colour)  # fmt: skip
+
+
+def _table(
+    parent: ET.Element,
+    title: str,
+    head: list[str],
+    rows: list[list[str]],
+    numeric_from: int = 99,
+    mark_diff: bool = False,
+) -> None:
+    section = _add(parent, "section")
+    _add(section, "h2", title)
+    table = _add(section, "table")
+    tr = _add(table, "tr")
+    for cell in head:
+        _add(tr, "th", cell)
     for row in rows:
+        tr = _add(table, "tr")
         diff = mark_diff and len(row) == 3 and row[1] != row[2]
-        cells = []
-        for i, cell in enumerate(row):
-            cls = (
-                ' class="num"' if i >= numeric_from else (' class="diff"' if diff and i > 0 else "")
-            )
-            cells.append(f"<td{cls}>{_e(cell)}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
-    return "".join(out)
+        _add(tr, "th", row[0])
+        for i, cell in enumerate(row[1:], start=1):
+            if i >= numeric_from:
+                _add(tr, "td", cell, class_="num")
+            elif diff:
+                _add(tr, "td", cell, class_="diff")
+            else:
+                _add(tr, "td", cell)
 
 
 def render_compare_html(a: Flow, b: Flow) -> str:
-    """One self-contained page: no scripts, no external assets, only inline CSS and SVG."""
+    """One self-contained page: no scripts, no external assets, only inline CSS and SVG.
+    The sequence diagram comes first (it is what the page is for), the tables after it."""
     ca, sa = _versions(a)
     cb, sb = _versions(b)
     summary = [
@@ -950,43 +1040,35 @@ def render_compare_html(a: Flow, b: Flow) -> str:
                 cells += ["-", "-", "-", "-"]
         stage_rows.append(cells)
     negotiated = [[k, va or "-", vb or "-"] for k, va, vb in negotiated_rows(a, b)]
-    title = f"{a.protocol} vs {b.protocol}: {a.id} / {b.id}"
-    return "".join(
-        [
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
-            f"<h1>Flow comparison: {_e(a.protocol)} (A) and {_e(b.protocol)} (B)</h1>",
-            _html_table(["", "A", "B"], summary),
-            "<h2>Stages</h2>",
-            _html_table(
-                [
-                    "stage",
-                    "A msgs",
-                    "A round trips",
-                    "A bytes",
-                    "A time",
-                    "B msgs",
-                    "B round trips",
-                    "B bytes",
-                    "B time",
-                ],
-                stage_rows,
-                numeric_from=1,
-            ),
-            "<h2>Negotiated parameters</h2>",
-            _html_table(["parameter", "A", "B"], negotiated or [["-", "-", "-"]], mark_diff=True),
-            "<h2>Messages</h2>",
-            '<p class="legend"><span class="c2s">&#8594; client to server</span>'
-            '<span class="s2c">&#8592; server to client</span>'
-            "<span>size in wire bytes; &#215;N: N consecutive messages merged; "
-            "left of each arrow: seconds since the connection began</span></p>",
-            render_sequence_svg(a, b),
-            "<p>(a message list was truncated by the recorder)</p>"
-            if a.messages_truncated or b.messages_truncated
-            else "",
-            "</body></html>\n",
-        ]
-    )
+
+    page = ET.Element("html", lang="en")
+    head = _add(page, "head")
+    _add(head, "meta", charset="utf-8")
+    _add(head, "title", f"{a.protocol} vs {b.protocol}: {a.id} / {b.id}")
+    _add(head, "style", _CSS)
+    body = _add(page, "body")
+    _add(body, "h1", f"Flow comparison: {a.protocol} (A) and {b.protocol} (B)")
+    legend = _add(body, "p", class_="legend")
+    _add(legend, "span", "\u2192 client to server", class_="c2s")
+    _add(legend, "span", "\u2190 server to client", class_="s2c")
+    _add(legend, "span", "size in wire bytes; \u00d7N: N consecutive messages merged; "
+         "left of each arrow: seconds since the connection began", class_="note")  # fmt: skip
+    figure = _add(body, "figure")
+    figure.append(sequence_svg(a, b))
+    if a.messages_truncated or b.messages_truncated:
+        _add(figure, "figcaption", "(a message list was truncated by the recorder)")
+    tables = _add(body, "div", class_="tables")
+    _table(tables, "Negotiated parameters", ["parameter", "A", "B"], negotiated, mark_diff=True)
+    _table(tables, "Flows", ["", "A", "B"], summary)
+    _table(
+        tables,
+        "Stages",
+        ["stage", "A msgs", "A round trips", "A bytes", "A time",
+         "B msgs", "B round trips", "B bytes", "B time"],
+        stage_rows,
+        numeric_from=1,
+    )  # fmt: skip
+    return "<!DOCTYPE html>\n" + ET.tostring(page, encoding="unicode", method="html") + "\n"
 
 
 # -- the command -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from html.parser import HTMLParser
 
 import pytest
 
@@ -260,9 +261,9 @@ def test_compare_text_aligns_the_six_stages(state):
     )
     assert re.search(r"protocol\s+ssh1 \(server\)\s+ssh2 \(server\)", out)
     assert re.search(r"client\s+SSH-1.5-PuTTY_Release_0.78\s+SSH-2.0-OpenSSH_9.2p1", out)
-    assert re.search(r"server_key_bits\s+1024\s+-", out)
-    assert re.search(r"kex\s+-\s+curve25519-sha256", out)
-    assert re.search(r"cipher\s+3des\s+-", out)
+    assert re.search(r"server key\s+1024 bits\s+-", out)
+    assert re.search(r"key exchange\s+-\s+curve25519-sha256", out)
+    assert re.search(r"cipher\s+3des\s+aes128-ctr", out)
     assert re.search(r"kex\s+3 msgs, 1 rt, 718 B, 41.0 ms\s+6 msgs, 2 rt, 2840 B, 7.0 ms", out)
     sections = [line for line in lines if line.startswith("== ")]
     assert [s.split()[1].rstrip(":") for s in sections] == list(STAGES)
@@ -295,8 +296,9 @@ def test_compare_json(state):
         "SSH_SMSG_SUCCESS",
     ]
     negotiated = {n["name"]: (n["a"], n["b"]) for n in doc["negotiated"]}
-    assert negotiated["server_key_bits"] == ("1024", None)
-    assert negotiated["kex"] == (None, "curve25519-sha256")
+    assert negotiated["server key"] == ("1024 bits", None)
+    assert negotiated["key exchange"] == (None, "curve25519-sha256")
+    assert negotiated["cipher"] == ("3des", "aes128-ctr")
 
 
 def test_compare_html_is_self_contained(state, tmp_path):
@@ -349,3 +351,134 @@ def test_compare_unwritable_output(state, tmp_path):
         str(tmp_path / "missing" / "x.html"),
     )
     assert status == 1 and "x.html" in err
+
+
+# -- the HTML page (issue 9, item 14) ----------------------------------------------------------
+
+
+class PageParser(HTMLParser):
+    """The parts of the compare page the tests read: the order of its top-level blocks,
+    each table's rows (cell texts) under its heading, and the SVG's texts (a <text> with
+    <tspan> lines joined)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self.svg_texts: list[str] = []
+        self._heading: str | None = None
+        self._in: list[str] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self._text: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self._in.append(tag)
+        if tag in ("svg", "table", "h2") and "svg" not in self._in[:-1]:
+            self.order.append(tag)
+        if tag == "table":
+            self.tables[self._heading or ""] = []
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "text":
+            self._text = []
+
+    def handle_endtag(self, tag):
+        while self._in and self._in.pop() != tag:
+            pass
+        if tag in ("td", "th") and self._row is not None and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[list(self.tables)[-1]].append(self._row)
+            self._row = None
+        elif tag == "text" and self._text is not None:
+            self.svg_texts.append("".join(self._text))
+            self._text = None
+
+    def handle_data(self, data):
+        if self._in and self._in[-1] == "h2":
+            self._heading = data.strip()
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._text is not None:
+            self._text.append(data)
+
+
+def compare_page(tmp_path, a: dict, b: dict) -> tuple[str, PageParser]:
+    write_records(tmp_path, a, b)
+    status, out, err = run("compare", a["id"], b["id"], "--state-dir", str(tmp_path), "--format", "html")
+    assert status == 0, err
+    parsed = PageParser()
+    parsed.feed(out)
+    return out, parsed
+
+
+def test_compare_html_puts_the_diagram_first(tmp_path):
+    page, parsed = compare_page(tmp_path, ssh1_plink_login(), ssh2_openssh_login())
+    assert parsed.order[0] == "svg", parsed.order
+    assert page.index("<svg") < page.index("<table")
+    assert set(parsed.tables) >= {"Negotiated parameters", "Stages", "Flows"}
+
+
+def test_compare_html_aligns_negotiated_parameters_by_meaning(tmp_path):
+    """SSH-1's cipher and SSH-2's cipher_c2s/s2c on one row ("3des" beside "chacha20..."),
+    the two directions in one cell when they differ; one row each for MAC, compression,
+    key exchange, host key and server key."""
+    ssh2 = ssh2_openssh_login()
+    ssh2["negotiated"].update(
+        cipher_c2s="chacha20-poly1305@openssh.com",
+        cipher_s2c="chacha20-poly1305@openssh.com",
+        mac_c2s="hmac-sha2-256-etm@openssh.com",
+        mac_s2c="hmac-sha2-512",
+        host_key_algorithm="ssh-ed25519",
+        strict_kex=True,
+    )
+    _, parsed = compare_page(tmp_path, ssh1_plink_login(), ssh2)
+    rows = {row[0]: row[1:] for row in parsed.tables["Negotiated parameters"][1:]}
+    assert [row[0] for row in parsed.tables["Negotiated parameters"][1:8]] == [
+        "cipher", "MAC", "compression", "key exchange", "host key", "host key fingerprint",
+        "server key",
+    ]  # fmt: skip
+    assert rows["cipher"] == ["3des", "chacha20-poly1305@openssh.com"]
+    assert rows["MAC"] == ["-", "c2s hmac-sha2-256-etm@openssh.com, s2c hmac-sha2-512"]
+    assert rows["compression"] == ["none", "none"]
+    assert rows["key exchange"] == ["-", "curve25519-sha256"]
+    assert rows["host key"] == ["rsa1, 2048 bits", "ssh-ed25519, 256 bits"]
+    assert rows["host key fingerprint"][0].startswith("MD5:3f:2a")
+    assert rows["server key"] == ["1024 bits", "-"]
+    assert rows["strict_kex"] == ["-", "yes"]
+    for name in ("cipher_c2s", "cipher_s2c", "mac_c2s", "host_key_bits", "server_key_bits"):
+        assert name not in rows
+
+
+def test_compare_html_shows_client_versions_whole(tmp_path):
+    long_version = "SSH-2.0-OpenSSH_9.9p2 Debian-1+deb13u1 with a comment longer than any column"
+    ssh2 = ssh2_openssh_login(versions={"server": "SSH-1.99-sshgateway_0.1.0", "client": long_version})
+    _, parsed = compare_page(tmp_path, ssh1_plink_login(), ssh2)
+    assert long_version in parsed.svg_texts, parsed.svg_texts
+    assert "SSH-1.5-PuTTY_Release_0.78" in parsed.svg_texts
+    summary = {row[0]: row[1:] for row in parsed.tables["Flows"]}
+    assert summary["client version"] == ["SSH-1.5-PuTTY_Release_0.78", long_version]
+
+
+def test_compare_html_escapes_every_field_by_construction(tmp_path):
+    hostile = '"><script>alert(1)</script><svg onload=x>'
+    ssh1 = ssh1_plink_login(
+        versions={"client": "SSH-1.5-" + hostile, "server": hostile},
+        negotiated={"cipher": hostile, hostile: hostile},
+        peer=hostile,
+        user=hostile,
+        target=hostile,
+        close_reason=hostile,
+        requests=[{"name": hostile, "result": hostile, "t": 0.1}],
+    )
+    ssh1["messages"][2]["name"] = hostile
+    page, parsed = compare_page(tmp_path, ssh1, ssh2_openssh_login())
+    assert "<script" not in page and "<svg onload" not in page and page.count("<svg") == 1
+    assert "SSH-1.5-" + hostile in parsed.svg_texts and hostile + " 419 B" in parsed.svg_texts
+    rows = {row[0]: row[1:] for row in parsed.tables["Negotiated parameters"]}
+    assert rows["cipher"][0] == hostile and rows[hostile] == [hostile, "-"]
+

@@ -1,9 +1,12 @@
-"""``flows compare --format html`` renders in a real browser: headless Chromium takes a
-screenshot, which is decoded here (zlib and the PNG row filters, no imaging library) and
-must show text, tables and the SVG arrows in both directions' colours, not a blank page."""
+"""``flows compare --format html`` renders in a real browser: headless Chromium lays the
+page out on a 1400x1000 window (where the diagram is, measured by a script in a copy of the
+page and read back with --dump-dom) and takes a screenshot, which is decoded here (zlib and
+the PNG row filters, no imaging library) and must show text and the SVG arrows in both
+directions' colours on the first screen, not a blank page."""
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import zlib
@@ -79,7 +82,49 @@ def near(colour: tuple[int, ...], wanted: tuple[int, int, int], slack: int = 12)
     return all(abs(a - b) <= slack for a, b in zip(colour, wanted, strict=True))
 
 
+SCREEN = (1400, 1000)
+
+
+def chromium_run(chromium: str, workdir, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on a SCREEN-sized window (its own profile under ``workdir``)."""
+    return subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={workdir / 'profile'}",
+            f"--window-size={SCREEN[0]},{SCREEN[1]}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=workdir,
+    )
+
+
+# Run in a copy of the page (the page itself has no scripts): where the browser laid out
+# the diagram, written into the DOM that --dump-dom prints.
+MEASURE = """<script>
+window.addEventListener("load", () => {
+  const box = document.querySelector("svg").getBoundingClientRect();
+  const root = document.documentElement;
+  root.dataset.diagram = [box.top, box.left, box.width, box.height, root.scrollWidth]
+    .map(Math.round).join(",");
+});
+</script>"""
+
+
 def test_compare_html_renders_in_headless_chromium(tmp_path):
+    """The page as a person first sees it, on a 1400x1000 screen: the sequence diagram
+    (the point of the page) starts near the top, fits the width, and its arrows in both
+    directions' colours are on that first screen (issue 9, item 14)."""
     chromium = require_peer("chromium")["chromium"]
     write_records(tmp_path, ssh1_plink_login(), ssh2_openssh_login())
     page = tmp_path / "compare.html"
@@ -95,32 +140,22 @@ def test_compare_html_renders_in_headless_chromium(tmp_path):
         str(page),
     )
     assert status == 0, err
+
+    measured = tmp_path / "measured.html"
+    measured.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
+    dom = chromium_run(chromium, tmp_path, "--dump-dom", measured.as_uri())
+    found = re.search(r'data-diagram="(-?\d+),(-?\d+),(\d+),(\d+),(\d+)"', dom.stdout)
+    assert found, f"no layout measured (status {dom.returncode}): {dom.stderr[-2000:]}"
+    top, left, width, height, scroll_width = map(int, found.groups())
+    assert 0 <= top <= 200, f"the diagram starts {top} px down"
+    assert 0 <= left and left + width <= SCREEN[0] and scroll_width <= SCREEN[0]
+    assert height > 400
+
     shot = tmp_path / "shot.png"
-    profile = tmp_path / "profile"
-    result = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            f"--screenshot={shot}",
-            "--window-size=1200,1600",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    result = chromium_run(chromium, tmp_path, f"--screenshot={shot}", page.as_uri())
     assert shot.exists(), f"no screenshot (status {result.returncode}): {result.stderr[-2000:]}"
     width, height, rows, bpp = decode_png(shot.read_bytes())
-    assert (width, height) == (1200, 1600)
+    assert (width, height) == SCREEN
     colours: set[tuple[int, ...]] = set()
     ink = 0
     blue_rows: set[int] = set()
@@ -136,5 +171,7 @@ def test_compare_html_renders_in_headless_chromium(tmp_path):
             green_rows.add(y)
     assert len(colours) > 100, "the page looks blank"
     assert ink > width * height // 400, "hardly anything drawn"
-    # The sequence diagram's arrows: many rows carry c2s blue and s2c green.
+    # The sequence diagram's arrows, on the first screen: many rows carry c2s blue and s2c
+    # green, the first of them within the top third.
     assert len(blue_rows) > 15 and len(green_rows) > 15, (len(blue_rows), len(green_rows))
+    assert min(blue_rows | green_rows) < SCREEN[1] // 3, min(blue_rows | green_rows)
