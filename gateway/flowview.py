@@ -846,9 +846,7 @@ def _attr_value(value: Any) -> str:
 
 def _add(parent: ET.Element, tag: str, text: str | None = None, **attrs: Any) -> ET.Element:
     """A child element (``font_size=11`` sets ``font-size="11"``)."""
-    element = ET.SubElement(
-        parent, tag, {_attr_name(k): _attr_value(v) for k, v in attrs.items()}
-    )
+    element = ET.SubElement(parent, tag, {_attr_name(k): _attr_value(v) for k, v in attrs.items()})
     if text is not None:
         element.text = text
     return element
@@ -935,7 +933,9 @@ def sequence_svg(a: Flow, b: Flow) -> ET.Element:
         _add(bands, "line", x1=0, y1=y, x2=width, y2=y, stroke="#b9c0cc", stroke_dasharray="4 3")
         _add(bands, "text", row.name, x=8, y=y + 16, font_weight="bold", font_size=12)
         if STAGE_TITLES[row.name] != row.name:
-            _svg_lines(bands, 8, y + 30, _wrap(STAGE_TITLES[row.name], 22), font_size=9, fill="#555")
+            _svg_lines(
+                bands, 8, y + 30, _wrap(STAGE_TITLES[row.name], 22), font_size=9, fill="#555"
+            )
         for stage, msgs, x0 in (
             (row.a, row.messages_a, _LABEL_W),
             (row.b, row.messages_b, _LABEL_W + _PANEL_W),

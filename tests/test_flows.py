@@ -150,7 +150,10 @@ def test_bridged_ssh1_session_gives_a_linked_upstream_flow(tmp_path):
         {k: a[k] for k in ("method", "result")} for a in upstream["auth"]
     ]
     assert upstream["negotiated"]["host_key_fingerprint"].startswith("MD5:")
-    assert upstream["negotiated"]["host_key_fingerprint"] == device["negotiated"]["host_key_fingerprint"]
+    assert (
+        upstream["negotiated"]["host_key_fingerprint"]
+        == device["negotiated"]["host_key_fingerprint"]
+    )
     # The two sides of the one connection agree on what crossed it.
     assert [(m["name"], m["size"]) for m in upstream["messages"]] == [
         (m["name"], m["size"]) for m in device["messages"]
@@ -308,7 +311,10 @@ def test_eof_is_part_of_the_interaction_on_both_protocols(front_ends, exec_):
     output): SSH-2's CHANNEL_EOF used to stay in the session stage."""
     record = exec_(front_ends, b"alice+sw1", eof=True).to_dict()
     eofs = [(m["dir"], m["stage"]) for m in record["messages"] if m["name"].endswith("_EOF")]
-    expected = {"ssh1": [("c2s", "interaction")], "ssh2": [("c2s", "interaction"), ("s2c", "interaction")]}
+    expected = {
+        "ssh1": [("c2s", "interaction")],
+        "ssh2": [("c2s", "interaction"), ("s2c", "interaction")],
+    }
     assert eofs == expected[record["protocol"]], record["messages"]
     stages = [m["stage"] for m in record["messages"]]
     assert stages == sorted(stages, key=STAGES.index)  # stages only move forward
@@ -327,4 +333,3 @@ def test_ssh2_channel_eof_opens_the_interaction():
     stages = {m["name"]: m["stage"] for m in flow.to_dict()["messages"][2:]}
     assert stages["SSH2_MSG_CHANNEL_EOF"] == "interaction"
     assert stages["SSH2_MSG_CHANNEL_CLOSE"] == "close"
-

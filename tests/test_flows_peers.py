@@ -187,7 +187,9 @@ def test_bridged_session_gives_two_linked_flows(tmp_path):
         {k: a[k] for k in ("method", "result")} for a in upstream["auth"]
     ]
     key_body = "".join(
-        line for line in Path(target["key"]).read_text().splitlines() if not line.startswith("-----")
+        line
+        for line in Path(target["key"]).read_text().splitlines()
+        if not line.startswith("-----")
     )
     for path in (Path(gw.config["state_dir"]) / "flows").iterdir():
         data = path.read_bytes()
@@ -257,4 +259,3 @@ def test_eof_is_in_the_interaction_for_plink_1_and_openssh(peers_gateway):
         "ssh1": [("c2s", "interaction")],
         "ssh2": [("c2s", "interaction"), ("s2c", "interaction")],
     }, eofs
-

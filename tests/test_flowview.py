@@ -409,7 +409,9 @@ class PageParser(HTMLParser):
 
 def compare_page(tmp_path, a: dict, b: dict) -> tuple[str, PageParser]:
     write_records(tmp_path, a, b)
-    status, out, err = run("compare", a["id"], b["id"], "--state-dir", str(tmp_path), "--format", "html")
+    status, out, err = run(
+        "compare", a["id"], b["id"], "--state-dir", str(tmp_path), "--format", "html"
+    )
     assert status == 0, err
     parsed = PageParser()
     parsed.feed(out)
@@ -456,7 +458,9 @@ def test_compare_html_aligns_negotiated_parameters_by_meaning(tmp_path):
 
 def test_compare_html_shows_client_versions_whole(tmp_path):
     long_version = "SSH-2.0-OpenSSH_9.9p2 Debian-1+deb13u1 with a comment longer than any column"
-    ssh2 = ssh2_openssh_login(versions={"server": "SSH-1.99-sshgateway_0.1.0", "client": long_version})
+    ssh2 = ssh2_openssh_login(
+        versions={"server": "SSH-1.99-sshgateway_0.1.0", "client": long_version}
+    )
     _, parsed = compare_page(tmp_path, ssh1_plink_login(), ssh2)
     assert long_version in parsed.svg_texts, parsed.svg_texts
     assert "SSH-1.5-PuTTY_Release_0.78" in parsed.svg_texts
@@ -481,4 +485,3 @@ def test_compare_html_escapes_every_field_by_construction(tmp_path):
     assert "SSH-1.5-" + hostile in parsed.svg_texts and hostile + " 419 B" in parsed.svg_texts
     rows = {row[0]: row[1:] for row in parsed.tables["Negotiated parameters"]}
     assert rows["cipher"][0] == hostile and rows[hostile] == [hostile, "-"]
-
