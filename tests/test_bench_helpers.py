@@ -1,5 +1,5 @@
-"""The benchmarks' pure helpers: CPU accounting from /proc (bench.cpu). The benchmarks
-themselves are never run by the test suite.
+"""The benchmarks' pure helpers: CPU accounting from /proc (bench.cpu), the login account
+with no shell start-up files (bench.account) and the reference sshd's config. The benchmarks themselves are never run by the test suite.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.account import shadow_password_locked, startup_files
 from bench.cpu import (
     CLOCK_TICKS,
     GIB,
@@ -21,6 +22,7 @@ from bench.cpu import (
     tree,
     tree_ticks,
 )
+from bench.harness import gateway_config, sshd_config_text
 
 
 def stat_line(pid: int, comm: str, ppid: int, utime: int, stime: int, cutime: int, cstime: int) -> str:
@@ -117,3 +119,33 @@ def test_per_unit_figures():
     assert ratio(3.0, 2.0) == 1.5
     for nan in (per_gib(1.0, 0), per_login_ms(1.0, 0), ratio(1.0, 0.0), ratio(1.0, float("nan"))):
         assert nan != nan
+
+
+def test_startup_files_are_found_in_the_home_and_the_system(tmp_path):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    sshrc = tmp_path / "sshrc"
+    assert startup_files(home, sshrc) == []
+    (home / ".bashrc").write_text("eval \"$(pyenv init -)\"\n")
+    (home / ".ssh" / "rc").write_text("")
+    sshrc.write_text("")
+    assert startup_files(home, sshrc) == [home / ".bashrc", home / ".ssh" / "rc", sshrc]
+
+
+def test_a_locked_password_is_recognised():
+    shadow = "root:$6$x:19000::::::\nsshgw-bench:!:20000::::::\nother:*:20000::::::\n"
+    assert shadow_password_locked(shadow, "sshgw-bench")
+    assert not shadow_password_locked(shadow, "other")
+    assert not shadow_password_locked(shadow, "missing")
+
+
+def test_reference_sshd_never_logs_in_root_nor_runs_rc_files(tmp_path):
+    text = sshd_config_text(2222, tmp_path / "hk", tmp_path / "ak", "aes128-ctr",
+                            "hmac-sha2-256", "curve25519-sha256")
+    lines = set(text.splitlines())
+    assert {"PermitRootLogin no", "UseDNS no", "PermitUserRC no", "Ciphers aes128-ctr"} <= lines
+
+
+def test_gateway_login_name_is_the_accounts():
+    config = gateway_config("sshgw-bench", Path("/k"), "aes128-ctr", "hmac-sha2-256", "x")
+    assert config["users"] == {"sshgw-bench": {"authorized_keys": "/k"}}
