@@ -1,5 +1,6 @@
 """The benchmarks' pure helpers: CPU accounting from /proc (bench.cpu), the login account
-with no shell start-up files (bench.account) and the reference sshd's config. The benchmarks themselves are never run by the test suite.
+with no shell start-up files (bench.account), the reference sshd's config and the one
+command that runs them all. The benchmarks themselves are never run by the test suite.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench import __main__ as run_all
 from bench.account import shadow_password_locked, startup_files
 from bench.cpu import (
     CLOCK_TICKS,
@@ -149,3 +151,13 @@ def test_reference_sshd_never_logs_in_root_nor_runs_rc_files(tmp_path):
 def test_gateway_login_name_is_the_accounts():
     config = gateway_config("sshgw-bench", Path("/k"), "aes128-ctr", "hmac-sha2-256", "x")
     assert config["users"] == {"sshgw-bench": {"authorized_keys": "/k"}}
+
+
+def test_one_command_runs_every_benchmark():
+    bench = Path(run_all.__file__).parent
+    benchmarks = {
+        f"bench.{path.stem}" for path in bench.glob("*.py")
+        if "def main(" in path.read_text() and path.stem != "__main__"
+    }
+    assert set(run_all.BENCHMARKS) == benchmarks
+    assert [argv[2] for argv in run_all.commands(quick=False)] == list(run_all.BENCHMARKS)
