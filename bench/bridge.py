@@ -8,6 +8,12 @@ Each leg is also measured on its own (client -> gateway's local `cat`; client ->
 directly); the ratio is bridge / slower leg, 1.0 meaning the bridge costs nothing beyond
 its slowest hop. Then the gateway's peak resident memory while a client reads a fast
 stream at about 100 KB/s. SSH-1 legs use blowfish (3DES is ~10x slower in Python).
+
+Beside each rate, the CPU time per GiB through cat of all the servers involved (each
+gateway and sshd with their children, :mod:`bench.cpu`); the CPU ratio is bridge /
+(leg 1 + leg 2). Above 1 is the bridging plus the upstream leg's client side, which the
+gateway does in the bridge and the client does on the direct leg. sshd is logged in to
+as an account with no shell start-up files (:mod:`bench.account`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench.account import bench_account
+from bench.cpu import CpuMeter, per_gib, ratio
 from bench.harness import (
     REPO,
     make_user_key,
@@ -65,14 +73,16 @@ class Plink1:
         self.session.unlink(missing_ok=True)
 
 
-def through_cat(argv: list[str], data: bytes) -> float:
-    """MB/s for data sent through a remote `cat` and back (each byte crosses twice)."""
-    started = time.perf_counter()
-    result = run_to_file(argv, input=data, timeout=3600)  # plink: see run_to_file
-    elapsed = time.perf_counter() - started
+def through_cat(argv: list[str], data: bytes, servers: list[int]) -> tuple[float, float]:
+    """MB/s for data sent through a remote `cat` and back (each byte crosses twice), and
+    the CPU s/GiB that the ``servers`` (pids) spent on it together."""
+    with CpuMeter(*servers) as cpu:
+        started = time.perf_counter()
+        result = run_to_file(argv, input=data, timeout=3600)  # plink: see run_to_file
+        elapsed = time.perf_counter() - started
     if result.stdout != data:
         raise SystemExit(f"data came back different from {argv[0]}: {result.stderr[-300:]!r}")
-    return len(data) / elapsed / 1e6
+    return len(data) / elapsed / 1e6, per_gib(cpu.seconds, len(data))
 
 
 def peak_rss_slow_reader(gw: GatewayProcess, argv: list[str], seconds: float = 10) -> int:
@@ -102,7 +112,7 @@ def main() -> None:
     authorized.write_text(Path(str(key) + ".pub").read_text())
     authorized.chmod(0o600)
     data = os.urandom(args.mib * 1024 * 1024)
-    os_user = pwd.getpwuid(os.geteuid()).pw_name
+    login = bench_account().name
     plink = Plink1()
     with ExitStack() as stack:
         stack.callback(plink.close)
@@ -111,7 +121,7 @@ def main() -> None:
             "protocols": ["1"], "users": {"admin": {"password": hashed}},
             "ssh1": {"ciphers": ["blowfish", "3des"]},
         }))
-        sshd_port, _ = stack.enter_context(openssh_server(wd, key, CIPHER, MAC, KEX))
+        sshd_port, sshd_pid = stack.enter_context(openssh_server(wd, key, CIPHER, MAC, KEX))
         (wd / "front").mkdir()
         front = stack.enter_context(GatewayProcess(wd / "front", {
             "protocols": ["1", "2"],
@@ -123,7 +133,7 @@ def main() -> None:
                 "dev1": {"protocol": "ssh1", "host": "127.0.0.1", "port": device.port,
                          "username": "admin", "password": PASSWORD, "ciphers": ["blowfish"]},
                 "host2": {"protocol": "ssh2", "host": "127.0.0.1", "port": sshd_port,
-                          "username": os_user, "key": str(key), "ciphers": [CIPHER],
+                          "username": login, "key": str(key), "ciphers": [CIPHER],
                           "macs": [MAC], "kex": [KEX]},
             },
         }))
@@ -131,26 +141,29 @@ def main() -> None:
         def ssh(port: int, user: str, *command: str) -> list[str]:
             return ssh_argv(port, key, user, *command, cipher=CIPHER, mac=MAC)
 
-        a_bridge = through_cat(ssh(front.port, "bench+dev1", "cat"), data)
-        a_leg1 = through_cat(ssh(front.port, "bench", "cat"), data)
-        a_leg2 = through_cat(plink.argv(device, "admin", "cat"), data)
-        b_bridge = through_cat(plink.argv(front, "bench+host2", "cat"), data)
-        b_leg1 = through_cat(plink.argv(front, "bench", "cat"), data)
-        b_leg2 = through_cat(ssh(sshd_port, os_user, "cat"), data)
+        servers = [front.pid, device.pid, sshd_pid]
+        a_bridge = through_cat(ssh(front.port, "bench+dev1", "cat"), data, servers)
+        a_leg1 = through_cat(ssh(front.port, "bench", "cat"), data, servers)
+        a_leg2 = through_cat(plink.argv(device, "admin", "cat"), data, servers)
+        b_bridge = through_cat(plink.argv(front, "bench+host2", "cat"), data, servers)
+        b_leg1 = through_cat(plink.argv(front, "bench", "cat"), data, servers)
+        b_leg2 = through_cat(ssh(sshd_port, login, "cat"), data, servers)
         mem_a = peak_rss_slow_reader(front, ssh(front.port, "bench+dev1", "cat /dev/zero"))
         mem_b = peak_rss_slow_reader(front, plink.argv(front, "bench+host2", "cat /dev/zero"))
 
-    print(f"Bridged throughput, {args.mib} MiB through cat and back (MB/s); "
-          f"SSH-2 {CIPHER}+{MAC}, SSH-1 blowfish")
+    print(f"Bridged throughput, {args.mib} MiB through cat and back (MB/s), and the servers' "
+          f"CPU s/GiB; SSH-2 {CIPHER}+{MAC}, SSH-1 blowfish")
     for name, bridge, leg1, leg2, l1, l2 in (
         ("A ssh -> gw -> SSH-1 device", a_bridge, a_leg1, a_leg2,
          "ssh -> gw local", "plink -1 -> device"),
         ("B plink -1 -> gw -> sshd", b_bridge, b_leg1, b_leg2,
          "plink -1 -> gw local", "ssh -> sshd"),
     ):
-        ratio = bridge / min(leg1, leg2)
-        print(f"  {name:30s} {bridge:8.2f}   legs: {l1} {leg1:8.2f}, {l2} {leg2:8.2f}   "
-              f"ratio to slower leg {ratio:5.2f}")
+        print(f"  {name:28s} {bridge[0]:7.2f} MB/s {bridge[1]:6.2f} CPU s/GiB   "
+              f"ratio to slower leg {ratio(bridge[0], min(leg1[0], leg2[0])):5.2f}   CPU ratio "
+              f"to both legs {ratio(bridge[1], leg1[1] + leg2[1]):5.2f}")
+        for label, (rate, cpu) in ((l1, leg1), (l2, leg2)):
+            print(f"      leg {label:22s} {rate:7.2f} MB/s {cpu:6.2f} CPU s/GiB")
     print("Gateway peak RSS growth while the client reads at ~100 KB/s (limit 32 MiB):")
     print(f"  A (SSH-1 device) {mem_a / 1024:6.1f} MiB   B (sshd) {mem_b / 1024:6.1f} MiB")
 

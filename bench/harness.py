@@ -1,5 +1,6 @@
 """Benchmark plumbing: start the gateway and a reference OpenSSH sshd on loopback, run
-real clients against each, and time them. Not part of the test suite.
+real clients against each, and time them. Not part of the test suite. Both servers are
+logged in to as the same name (:mod:`bench.account`); CPU time is read by :mod:`bench.cpu`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.cpu import reaping  # noqa: E402
 from tests.gateway_process import GatewayProcess  # noqa: E402
 
 
@@ -41,26 +43,42 @@ def make_user_key(workdir: Path) -> Path:
     return key
 
 
+def sshd_config_text(
+    port: int, host_key: Path, authorized: Path, ciphers: str, macs: str, kex: str
+) -> str:
+    """The reference sshd's config: only the benchmark's algorithms, no reverse DNS, no
+    rc files, and never a root login (a login as root times root's shell start-up)."""
+    return (
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {authorized}\nPidFile none\nUsePAM no\nStrictModes no\n"
+        f"PermitRootLogin no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"UseDNS no\nPermitUserRC no\nPrintMotd no\nPrintLastLog no\n"
+        f"Ciphers {ciphers}\nMACs {macs}\n"
+        f"KexAlgorithms {kex}\nMaxStartups 100\nMaxSessions 1000\nLogLevel ERROR\n"
+    )
+
+
 @contextmanager
 def openssh_server(workdir: Path, user_key: Path, ciphers: str, macs: str, kex: str):
-    """A throwaway sshd on a loopback port, logging in as the current OS user."""
+    """A throwaway sshd on a loopback port, to log in to as the account from
+    :func:`bench.account.bench_account`. Yields (port, pid): the pid is a reaper's
+    (:func:`bench.cpu.reaping`) around the listener, so that the CPU time of every
+    per-connection process, orphaned or not, ends up in its tree."""
     host_key = workdir / "sshd_host_ed25519"
     subprocess.run(
         [which("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True
     )
     authorized = workdir / "sshd_authorized_keys"
     authorized.write_text(Path(str(user_key) + ".pub").read_text())
+    # sshd reads the keys as the account logging in: let it through the work directory.
+    authorized.chmod(0o644)
+    workdir.chmod(0o711)
     port = free_port()
     config = workdir / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
-        f"AuthorizedKeysFile {authorized}\nPidFile none\nUsePAM no\nStrictModes no\n"
-        f"PermitRootLogin yes\nPasswordAuthentication no\nCiphers {ciphers}\nMACs {macs}\n"
-        f"KexAlgorithms {kex}\nMaxStartups 100\nMaxSessions 1000\nLogLevel ERROR\n"
-    )
+    config.write_text(sshd_config_text(port, host_key, authorized, ciphers, macs, kex))
     Path("/run/sshd").mkdir(exist_ok=True)
     proc = subprocess.Popen(
-        [which("sshd"), "-D", "-e", "-f", str(config)],
+        reaping([which("sshd"), "-D", "-e", "-f", str(config)]),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.monotonic() + 10
@@ -77,16 +95,23 @@ def openssh_server(workdir: Path, user_key: Path, ciphers: str, macs: str, kex: 
         proc.wait(10)
 
 
-@contextmanager
-def gateway_server(workdir: Path, user_key: Path, ciphers: str, macs: str, kex: str):
-    authorized = workdir / "gw_authorized_keys"
-    authorized.write_text(Path(str(user_key) + ".pub").read_text())
-    config = {
+def gateway_config(login: str, authorized: Path, ciphers: str, macs: str, kex: str) -> dict:
+    """An SSH-2 gateway whose one user, ``login``, runs commands with the local target."""
+    return {
         "protocols": ["2"],
-        "users": {"bench": {"authorized_keys": str(authorized)}},
+        "users": {login: {"authorized_keys": str(authorized)}},
         "ssh2": {"ciphers": [ciphers], "macs": [macs], "kex": [kex]},
     }
-    with GatewayProcess(workdir, config) as gw:
+
+
+@contextmanager
+def gateway_server(
+    workdir: Path, user_key: Path, login: str, ciphers: str, macs: str, kex: str
+):
+    """Yields (port, pid of the gateway, which reaps its local target's commands)."""
+    authorized = workdir / "gw_authorized_keys"
+    authorized.write_text(Path(str(user_key) + ".pub").read_text())
+    with GatewayProcess(workdir, gateway_config(login, authorized, ciphers, macs, kex)) as gw:
         yield gw.port, gw.pid
 
 
