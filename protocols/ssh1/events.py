@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocols.session import PtyRequest, WindowSize
+from protocols.session_values import PtyRequest, WindowSize
 
 
 class Event:

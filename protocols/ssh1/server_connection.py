@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from protocols.session import PtyRequest, WindowSize
+from protocols.session_values import PtyRequest, WindowSize
 from protocols.ssh1 import ciphers, keys, ttymodes
 from protocols.ssh1 import messages as m
 from protocols.ssh1.connection import Connection
