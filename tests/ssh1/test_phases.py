@@ -231,7 +231,8 @@ def server_in(phase: m.Phase) -> tuple[ServerConnection, MiniClient]:
         server.send_failure()
 
     def rsa_challenged() -> None:
-        send(m.SSH_CMSG_AUTH_RSA, Writer().mpint(user_key().public_key().public_numbers().n).getvalue())
+        modulus = user_key().public_key().public_numbers().n
+        send(m.SSH_CMSG_AUTH_RSA, Writer().mpint(modulus).getvalue())
         server.send_rsa_challenge(12345)
 
     def rsa_refused() -> None:
