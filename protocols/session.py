@@ -14,59 +14,31 @@ Flow control runs both ways with Twisted's producer/consumer contract:
   while the program is not reading its stdin.
 So no side ever buffers more than a bounded amount for a slow peer.
 
+The value types (:class:`SessionRequest`, :class:`PtyRequest`, :class:`WindowSize`,
+:class:`ExitInfo`) are defined in :mod:`protocols.session_values`, which loads no zope,
+and re-exported here.
+
 Terminal modes travel in SSH-2 numbering (RFC 4254 section 8: opcodes 1..159, speeds
 128/129); the SSH-1 front end converts its own numbering (speeds 192/193) at the wire.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from zope.interface import Attribute, Interface
 
+# The value types live apart so that the SSH-1 core can use them without loading zope;
+# re-exported here, where every other module has always imported them from.
+from protocols.session_values import ExitInfo, PtyRequest, SessionRequest, WindowSize
 
-@dataclass(frozen=True)
-class WindowSize:
-    rows: int
-    cols: int
-    xpixel: int = 0
-    ypixel: int = 0
-
-
-@dataclass(frozen=True)
-class PtyRequest:
-    term: str
-    size: WindowSize
-    # (opcode, value) pairs in SSH-2 numbering; unknown opcodes already dropped.
-    modes: tuple[tuple[int, int], ...] = ()
-
-
-@dataclass
-class SessionRequest:
-    """What the client asked for before the program starts."""
-
-    command: bytes | None = None  # None: the user's login shell
-    pty: PtyRequest | None = None
-    env: dict[str, str] = field(default_factory=dict)  # already filtered by the front end's caller
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    """How the program ended. Exactly one of ``status`` and ``signal`` is set."""
-
-    status: int | None = None
-    signal: str | None = None  # SSH-2 signal name without "SIG", e.g. "TERM"
-    core_dumped: bool = False
-    message: str = ""
-
-    def as_status(self) -> int:
-        """The single number SSH-1 (and shells) report: 128 + signal number for a signal."""
-        if self.status is not None:
-            return self.status
-        import signal as _signal
-
-        number = getattr(_signal, "SIG" + (self.signal or ""), None)
-        return 128 + int(number) if number is not None else 255
+__all__ = [
+    "ExitInfo",
+    "IGatewayUser",
+    "ISessionClient",
+    "ISessionTarget",
+    "PtyRequest",
+    "SessionRequest",
+    "WindowSize",
+]
 
 
 class ISessionClient(Interface):

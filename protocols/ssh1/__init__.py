@@ -8,7 +8,8 @@ Core, one module per concern (none imports Twisted or the gateway):
     compression zlib per direction, Z_PARTIAL_FLUSH per packet, bounded inflation
     deattack    CRC-32 compensation attack detector
     packet      binary packet codec (length bounds before buffering, CRC, padding)
-    messages    message numbers by protocol name, phase table per role
+    messages    message numbers by protocol name; the state machine's tables per role
+                (allowed messages, phase transitions, awaited replies)
     keys        session id, double-RSA session key, RSA challenge, ssh1_fingerprint
     ttymodes    SSH-1 tty modes <-> SSH-2 numbering
     events      what the core reports

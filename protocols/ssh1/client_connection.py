@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from protocols.session import PtyRequest, WindowSize
+from protocols.session_values import PtyRequest, WindowSize
 from protocols.ssh1 import ciphers, keys, ttymodes
 from protocols.ssh1 import messages as m
 from protocols.ssh1.connection import Connection
@@ -101,7 +101,7 @@ class ClientConnection(Connection):
         self.cookie = b""
         self.public_key: PublicKeyReceived | None = None
         self.compression_level = 0
-        self.awaiting: str | None = None  # our request the server has yet to answer
+        self.awaiting: m.Awaiting | None = None  # our request the server has yet to answer
         self._pending_level = 0
         self._handlers = {
             m.SSH_SMSG_PUBLIC_KEY: self._on_public_key,
@@ -123,7 +123,6 @@ class ClientConnection(Connection):
             m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION,
         ):
             self._handlers[number] = self._no_channels(m.name_of(number))
-        self.phase = m.Phase.PUBLIC_KEY
 
     # ------------------------------------------------------------ key exchange
     def _on_public_key(self, r: Reader) -> Event:
@@ -159,12 +158,12 @@ class ClientConnection(Connection):
             sent.host_e, host_n, sent.server_e, server_n, sent.protocol_flags, offered,
             sent.auth_mask, chosen, tuple(warnings),
         )  # fmt: skip
-        self.pending = "host-key"
+        self.pending = m.Awaiting.HOST_KEY
         return self.public_key
 
     def send_session_key(self) -> None:
         """The caller trusts the host key: send the session key and switch the cipher."""
-        if self.pending != "host-key" or self.public_key is None:
+        if self.pending is not m.Awaiting.HOST_KEY or self.public_key is None:
             raise RuntimeError("no SMSG_PUBLIC_KEY is waiting for our session key")
         pk = self.public_key
         session_key = self._random(keys.SESSION_KEY_SIZE)
@@ -179,31 +178,32 @@ class ClientConnection(Connection):
         self._encoder.set_cipher(spec, session_key)
         self._decoder.set_cipher(spec, session_key)
         self.pending = None
-        self.phase = m.Phase.REPLY
-        self.awaiting = "session-key"
+        self.awaiting = m.Awaiting.SESSION_KEY
 
     # ------------------------------------------------------------ requests
-    def _request(self, name: str, msg_type: int, payload: bytes = b"") -> None:
+    def _request(self, request: m.Awaiting, msg_type: int, payload: bytes = b"") -> None:
         self._require_open()
         if self.phase is not m.Phase.REPLY:
             raise RuntimeError(f"cannot send a request in phase {self.phase.value}")
         if self.awaiting is not None:
-            raise RuntimeError(f"still waiting for the answer to {self.awaiting}")
+            raise RuntimeError(f"still waiting for the answer to {self.awaiting.value}")
         self._send(msg_type, payload)
-        self.awaiting = name
+        self.awaiting = request
 
     def send_user(self, name: bytes) -> None:
-        self._request("user", m.SSH_CMSG_USER, Writer().string(name).getvalue())
+        self._request(m.Awaiting.USER, m.SSH_CMSG_USER, Writer().string(name).getvalue())
 
     def send_password(self, password: bytes) -> None:
-        self._request("password", m.SSH_CMSG_AUTH_PASSWORD, Writer().string(password).getvalue())
+        self._request(
+            m.Awaiting.PASSWORD, m.SSH_CMSG_AUTH_PASSWORD, Writer().string(password).getvalue()
+        )
 
     def send_rsa(self, modulus: int) -> None:
-        self._request("rsa", m.SSH_CMSG_AUTH_RSA, Writer().mpint(modulus).getvalue())
+        self._request(m.Awaiting.RSA, m.SSH_CMSG_AUTH_RSA, Writer().mpint(modulus).getvalue())
 
     def answer_rsa_challenge(self, key: rsa.RSAPrivateKey, value: int) -> None:
         """Decrypt the challenge with our key and send MD5(challenge || session id)."""
-        if self.awaiting != "rsa-challenge":
+        if self.awaiting is not m.Awaiting.RSA_CHALLENGE:
             raise RuntimeError("no RSA challenge to answer")
         try:
             challenge = keys.decrypt_challenge(key, value)
@@ -215,7 +215,7 @@ class ClientConnection(Connection):
             return
         self.awaiting = None
         self._request(
-            "rsa-response",
+            m.Awaiting.RSA_RESPONSE,
             m.SSH_CMSG_AUTH_RSA_RESPONSE,
             keys.challenge_response(challenge, self.session_id),
         )
@@ -224,7 +224,9 @@ class ClientConnection(Connection):
         if not 1 <= level <= 9:
             raise ValueError("compression level is 1..9")
         self._pending_level = level
-        self._request("compression", m.SSH_CMSG_REQUEST_COMPRESSION, Writer().uint32(level).getvalue())
+        self._request(
+            m.Awaiting.COMPRESSION, m.SSH_CMSG_REQUEST_COMPRESSION, Writer().uint32(level).getvalue()
+        )
 
     def request_pty(self, pty: PtyRequest) -> None:
         size = pty.size
@@ -238,7 +240,7 @@ class ClientConnection(Connection):
             .raw(ttymodes.encode(pty.modes))
             .getvalue()
         )
-        self._request("pty", m.SSH_CMSG_REQUEST_PTY, payload)
+        self._request(m.Awaiting.PTY, m.SSH_CMSG_REQUEST_PTY, payload)
 
     def exec_shell(self) -> None:
         self._start(m.SSH_CMSG_EXEC_SHELL, b"")
@@ -251,27 +253,26 @@ class ClientConnection(Connection):
         if self.phase is not m.Phase.REPLY or self.awaiting is not None:
             raise RuntimeError("the session starts after login, with no request outstanding")
         self._send(msg_type, payload)
-        self.phase = m.Phase.INTERACTIVE
 
     def _on_reply(self, ok: bool) -> Event:
         request = self.awaiting
-        if request is None or request == "rsa-challenge":
+        if request is None or request is m.Awaiting.RSA_CHALLENGE:
             raise ProtocolError(f"unexpected SMSG_{'SUCCESS' if ok else 'FAILURE'}")
-        if request == "session-key" and not ok:
+        if request is m.Awaiting.SESSION_KEY and not ok:
             raise ProtocolError("server refused our session key")
         self.awaiting = None
-        if request == "compression" and ok:
+        if request is m.Awaiting.COMPRESSION and ok:
             # The SUCCESS itself came uncompressed; everything after it, both ways, is not.
             self._encoder.start_compression(self._pending_level)
             self._decoder.start_decompression(MAX_LENGTH)
             self.compression_level = self._pending_level
-        return RequestAnswered(request, ok)
+        return RequestAnswered(request.value, ok)
 
     def _on_challenge(self, r: Reader) -> Event:
-        if self.awaiting != "rsa":
+        if self.awaiting is not m.Awaiting.RSA:
             raise ProtocolError("RSA challenge without an RSA authentication request")
         value = r.mpint("challenge", MAX_KEY_BITS)
-        self.awaiting = "rsa-challenge"
+        self.awaiting = m.Awaiting.RSA_CHALLENGE
         return RSAChallengeReceived(value)
 
     # ------------------------------------------------------------ interactive
@@ -302,7 +303,6 @@ class ClientConnection(Connection):
         status = r.uint32("exit status")
         r.end()
         self._send(m.SSH_CMSG_EXIT_CONFIRMATION)
-        self.phase = m.Phase.CLOSED
         self.close_reason = f"program exited with status {status}"
         return ExitStatus(status)
 

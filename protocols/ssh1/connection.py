@@ -4,11 +4,14 @@ Bytes go in with :meth:`Connection.receive_data`, events come out one at a time 
 :meth:`Connection.next_event`, bytes to send are collected with
 :meth:`Connection.data_to_send`. Nothing here does I/O or keeps time.
 
-This class owns the codec, the phase check (messages.ALLOWED), the any-phase messages
-(DISCONNECT, IGNORE, DEBUG) and failure handling: any :class:`ProtocolError` becomes a
-queued SSH_MSG_DISCONNECT carrying the reason (encrypted once keys are in place) and a
-:class:`ConnectionFailed` event, after which the connection is closed. A role subclass
-supplies ``_handlers`` (message number -> parser returning an event or None).
+This class owns the codec, the phase check (messages.ALLOWED), the phase changes
+(messages.TRANSITIONS, applied by :meth:`Connection._advance` to every message sent or
+received, and nowhere else), the any-phase messages (DISCONNECT, IGNORE, DEBUG) and
+failure handling: any :class:`ProtocolError` becomes a queued SSH_MSG_DISCONNECT carrying
+the reason (encrypted once keys are in place) and a :class:`ConnectionFailed` event,
+after which the connection is closed. A role subclass supplies ``_handlers`` (message
+number -> parser returning an event or None) and sets ``pending`` (an
+:class:`~protocols.ssh1.messages.Awaiting`) when a message waits for its caller's answer.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def _name(msg_type: int) -> str:
 
 class Connection:
     role: m.Role
+    phase: m.Phase = m.INITIAL_PHASE  # changed only by _advance
 
     def __init__(self, random: Callable[[int], bytes] = os.urandom) -> None:
         self._random = random
@@ -62,8 +66,7 @@ class Connection:
         self._encoder = PacketEncoder(random)
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
-        self.phase: m.Phase = m.Phase.CLOSED
-        self.pending: str | None = None  # which request of the peer awaits our reply
+        self.pending: m.Awaiting | None = None  # the peer's message that awaits our answer
         self.close_reason: str = ""
         self._handlers: dict[int, Handler] = {}
         self.packets_in = 0
@@ -106,7 +109,12 @@ class Connection:
         name = m.name_of(msg_type)
         if not m.allowed(self.role, self.phase, msg_type, self.pending is not None):
             raise ProtocolError(f"{name} not allowed in phase {self.phase.value}")
-        reader = Reader(payload, name)
+        event = self._read(msg_type, Reader(payload, name))
+        # After the handler, which may itself have sent a reply that moved the phase.
+        self._advance(msg_type)
+        return event
+
+    def _read(self, msg_type: int, reader: Reader) -> Event | None:
         if msg_type == m.SSH_MSG_IGNORE:
             reader.string("data")
             return None
@@ -114,15 +122,19 @@ class Connection:
             return DebugMessage(reader.string("message"))
         if msg_type == m.SSH_MSG_DISCONNECT:
             reason = printable(reader.string("reason"))
-            self.phase = m.Phase.CLOSED
             self.close_reason = f"peer disconnected: {reason}"
             return PeerDisconnected(reason)
         handler = self._handlers.get(msg_type)
         if handler is None:  # in the phase table but not handled by this role: a bug
-            raise ProtocolError(f"{name} not handled")
+            raise ProtocolError(f"{m.name_of(msg_type)} not handled")
         event = handler(reader)
         reader.end()
         return event
+
+    def _advance(self, msg_type: int) -> None:
+        """The one place the phase changes: by messages.TRANSITIONS, for a message we
+        have just sent or received (no row: the phase stays)."""
+        self.phase = m.next_phase(self.role, self.phase, msg_type)
 
     # ---------------------------------------------------------------- output
     def data_to_send(self) -> bytes:
@@ -136,6 +148,7 @@ class Connection:
         if self.on_packet_out is not None:
             self.on_packet_out(_name(msg_type), len(packet))
         self._out.append(packet)
+        self._advance(msg_type)
 
     def send_ignore(self, data: bytes = b"") -> None:
         self._require_open()
@@ -153,8 +166,7 @@ class Connection:
     def _fail(self, reason: str) -> ConnectionFailed:
         if self.phase is not m.Phase.CLOSED:
             self._send(m.SSH_MSG_DISCONNECT, Writer().string(reason.encode()).getvalue())
-            self.phase = m.Phase.CLOSED
-            self.close_reason = reason
+            self.close_reason = reason  # the DISCONNECT has closed the connection
         self.pending = None
         return ConnectionFailed(reason)
 

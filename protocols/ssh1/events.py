@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocols.session import PtyRequest, WindowSize
+from protocols.session_values import PtyRequest, WindowSize
 
 
 class Event:
@@ -182,8 +182,9 @@ class PublicKeyReceived(Event):
 
 @dataclass(frozen=True)
 class RequestAnswered(Event):
-    """SMSG_SUCCESS / SMSG_FAILURE for the request we sent (``request`` names it:
-    "session-key", "user", "password", "rsa", "rsa-response", "compression", "pty")."""
+    """SMSG_SUCCESS / SMSG_FAILURE for the request we sent (``request`` names it, as the
+    value of its :class:`~protocols.ssh1.messages.Awaiting`: "session-key", "user",
+    "password", "rsa", "rsa-response", "compression", "pty")."""
 
     request: str
     ok: bool

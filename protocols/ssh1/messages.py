@@ -1,10 +1,15 @@
-"""SSH-1 message numbers, named exactly as the protocol names them, and the phase table.
+"""SSH-1 message numbers, named exactly as the protocol names them, and the connection's
+state machine as tables (like h11's ``_state.py``): which messages the peer may send in
+each phase (:data:`ALLOWED`), which messages move the phase (:data:`TRANSITIONS`), and
+what a pending reply answers (:class:`Awaiting`). The connection applies them; the rules:
 
-Phase rules (the table :data:`ALLOWED` encodes them; the connection enforces them):
+Allowed messages (ALLOWED; the connection checks every packet it decodes):
 - Every phase accepts MSG_DISCONNECT, MSG_IGNORE and MSG_DEBUG from the peer.
 - A message number we do not know is a protocol error in every phase; so is a known
-  message outside the phases listed for it here.
+  message outside the phases listed for it here. Either ends the connection with a
+  DISCONNECT naming the message and the phase.
 - Server role (what a client may send):
+    PUBLIC_KEY    nothing: our SMSG_PUBLIC_KEY has not gone out (only inside the constructor).
     SESSION_KEY   CMSG_SESSION_KEY only (after our SMSG_PUBLIC_KEY).
     USER          CMSG_USER.
     AUTH          the CMSG_AUTH_* requests; each waits for our SUCCESS/FAILURE or
@@ -14,13 +19,35 @@ Phase rules (the table :data:`ALLOWED` encodes them; the connection enforces the
                   answered SUCCESS/FAILURE), then CMSG_EXEC_SHELL or CMSG_EXEC_CMD.
     INTERACTIVE   stdin, EOF, window size, forwarded-channel messages.
     CLOSING       as INTERACTIVE plus CMSG_EXIT_CONFIRMATION (after our SMSG_EXITSTATUS).
-  While the peer waits for our reply to a request ("pending"), it may send only the
-  any-phase messages; the connection does not even decode further packets then, since
-  the reply may switch on compression.
 - Client role (what a server may send; client_connection.py):
     PUBLIC_KEY    SMSG_PUBLIC_KEY.
     REPLY         SMSG_SUCCESS / SMSG_FAILURE (and SMSG_AUTH_RSA_CHALLENGE in auth).
     INTERACTIVE   stdout, stderr, exit status, forwarded-channel messages.
+
+Transitions (TRANSITIONS[(role, phase, message)] -> next phase):
+- Both roles start in PUBLIC_KEY (:data:`INITIAL_PHASE`).
+- A message moves the phase when it is sent or received, whichever side sends it: the
+  server's own replies move it through the login (SUCCESS to the session key -> USER;
+  SUCCESS to the user name or an authentication -> PREPARATORY; FAILURE -> AUTH; an RSA
+  challenge -> AUTH_RSA) and its EXITSTATUS -> CLOSING; the client's session key -> REPLY
+  and its EXEC_SHELL / EXEC_CMD -> INTERACTIVE.
+- A message with no row for the current phase leaves the phase as it is. A message that
+  moves a role's phase anywhere has a row for every phase in which that role may send or
+  receive it, staying put included (tests/ssh1/test_phases.py checks the received half,
+  and that every row's received message is allowed in its phase by ALLOWED).
+- MSG_DISCONNECT, sent or received, moves every phase to CLOSED. CLOSED is terminal:
+  nothing leaves it, and nothing more is decoded.
+- Only ``Connection._advance`` changes the phase; the role classes never assign it.
+  What they may send in a phase is checked by their public methods (RuntimeError for a
+  caller's mistake, before anything is sent).
+
+Awaited replies (:class:`Awaiting`):
+- The server's ``pending`` names the client's request that waits for our reply; while it
+  is set the peer may send only the any-phase messages, and the connection does not even
+  decode further packets, since the reply may switch on compression.
+- The client's ``pending`` (HOST_KEY) holds decoding until the caller has judged the
+  server's keys; its ``awaiting`` names its own request the server has yet to answer, and
+  a reply when nothing is awaited is a protocol error.
 """
 
 from __future__ import annotations
@@ -100,6 +127,8 @@ class Role(Enum):
 
 
 class Phase(Enum):
+    # both roles start here: the server sends its keys, the client waits for them
+    PUBLIC_KEY = "public-key"
     # server role
     SESSION_KEY = "session-key"
     USER = "user"
@@ -108,11 +137,38 @@ class Phase(Enum):
     PREPARATORY = "preparatory"
     INTERACTIVE = "interactive"
     CLOSING = "closing"
-    # client role
-    PUBLIC_KEY = "public-key"
+    # client role (and INTERACTIVE)
     REPLY = "reply"
     # both
     CLOSED = "closed"
+
+
+INITIAL_PHASE = Phase.PUBLIC_KEY
+
+
+class Awaiting(Enum):
+    """What a reply answers: the request that waits for it. The value is the request's
+    name in :class:`~protocols.ssh1.events.RequestAnswered` and in error messages.
+
+    The server groups the requests its core answers alike (AUTH, REQUEST); the client
+    names each of its own, because its caller acts on which one was answered."""
+
+    # either role
+    USER = "user"  # CMSG_USER: SUCCESS (no authentication needed) or FAILURE
+    RSA = "rsa"  # CMSG_AUTH_RSA: an RSA challenge or FAILURE
+    COMPRESSION = "compression"  # CMSG_REQUEST_COMPRESSION: SUCCESS starts compression
+    # server: the client's request waits for our reply
+    AUTH = "auth"  # a password, an RSA response or a method we never accept
+    REQUEST = "request"  # pty, X11, port or agent forwarding
+    MAX_PACKET = "max-packet"  # CMSG_MAX_PACKET_SIZE: SUCCESS sets our chunk size
+    # client: the server's keys wait for our session key (``pending``) ...
+    HOST_KEY = "host-key"
+    # ... and our own requests wait for the server's reply (``awaiting``)
+    SESSION_KEY = "session-key"
+    PASSWORD = "password"
+    RSA_CHALLENGE = "rsa-challenge"  # the server's challenge waits for our response
+    RSA_RESPONSE = "rsa-response"
+    PTY = "pty"
 
 
 ANY_PHASE = frozenset({SSH_MSG_DISCONNECT, SSH_MSG_IGNORE, SSH_MSG_DEBUG})
@@ -152,6 +208,7 @@ PREPARATORY_REQUESTS = frozenset(
 )
 
 ALLOWED: dict[tuple[Role, Phase], frozenset[int]] = {
+    (Role.SERVER, Phase.PUBLIC_KEY): frozenset(),
     (Role.SERVER, Phase.SESSION_KEY): frozenset({SSH_CMSG_SESSION_KEY}),
     (Role.SERVER, Phase.USER): frozenset({SSH_CMSG_USER}),
     (Role.SERVER, Phase.AUTH): AUTH_REQUESTS,
@@ -173,6 +230,42 @@ ALLOWED: dict[tuple[Role, Phase], frozenset[int]] = {
     (Role.CLIENT, Phase.CLOSED): frozenset(),
 }
 
+_S, _C = Role.SERVER, Role.CLIENT
+TRANSITIONS: dict[tuple[Role, Phase, int], Phase] = {
+    # server: we send our keys; our SUCCESS accepts the client's session key
+    (_S, Phase.PUBLIC_KEY, SSH_SMSG_PUBLIC_KEY): Phase.SESSION_KEY,
+    (_S, Phase.SESSION_KEY, SSH_SMSG_SUCCESS): Phase.USER,
+    # server: our replies to the user name and the authentication requests
+    (_S, Phase.USER, SSH_SMSG_SUCCESS): Phase.PREPARATORY,  # no authentication needed
+    (_S, Phase.USER, SSH_SMSG_FAILURE): Phase.AUTH,
+    (_S, Phase.AUTH, SSH_SMSG_SUCCESS): Phase.PREPARATORY,
+    (_S, Phase.AUTH, SSH_SMSG_FAILURE): Phase.AUTH,
+    (_S, Phase.AUTH, SSH_SMSG_AUTH_RSA_CHALLENGE): Phase.AUTH_RSA,
+    (_S, Phase.AUTH_RSA, SSH_SMSG_SUCCESS): Phase.PREPARATORY,
+    (_S, Phase.AUTH_RSA, SSH_SMSG_FAILURE): Phase.AUTH,
+    # server: our replies to preparatory requests keep the phase; the client's exec ends it
+    (_S, Phase.PREPARATORY, SSH_SMSG_SUCCESS): Phase.PREPARATORY,
+    (_S, Phase.PREPARATORY, SSH_SMSG_FAILURE): Phase.PREPARATORY,
+    (_S, Phase.PREPARATORY, SSH_CMSG_EXEC_SHELL): Phase.INTERACTIVE,
+    (_S, Phase.PREPARATORY, SSH_CMSG_EXEC_CMD): Phase.INTERACTIVE,
+    # server: our exit status, then the client's confirmation
+    (_S, Phase.INTERACTIVE, SSH_SMSG_EXITSTATUS): Phase.CLOSING,
+    (_S, Phase.CLOSING, SSH_SMSG_EXITSTATUS): Phase.CLOSING,  # a second one changes nothing
+    (_S, Phase.CLOSING, SSH_CMSG_EXIT_CONFIRMATION): Phase.CLOSED,
+    # client: our session key; then requests and replies until our exec
+    (_C, Phase.PUBLIC_KEY, SSH_CMSG_SESSION_KEY): Phase.REPLY,
+    (_C, Phase.REPLY, SSH_CMSG_EXEC_SHELL): Phase.INTERACTIVE,
+    (_C, Phase.REPLY, SSH_CMSG_EXEC_CMD): Phase.INTERACTIVE,
+    # client: the server's exit status (the core confirms it at once)
+    (_C, Phase.INTERACTIVE, SSH_SMSG_EXITSTATUS): Phase.CLOSED,
+    # both: DISCONNECT, either way, from every phase but CLOSED
+    **{
+        (role, phase, SSH_MSG_DISCONNECT): Phase.CLOSED
+        for role, phase in ALLOWED
+        if phase is not Phase.CLOSED
+    },
+}
+
 
 def allowed(role: Role, phase: Phase, msg_type: int, pending: bool = False) -> bool:
     if msg_type in ANY_PHASE:
@@ -180,3 +273,8 @@ def allowed(role: Role, phase: Phase, msg_type: int, pending: bool = False) -> b
     if pending:
         return False
     return msg_type in ALLOWED.get((role, phase), frozenset())
+
+
+def next_phase(role: Role, phase: Phase, msg_type: int) -> Phase:
+    """The phase after ``msg_type`` is sent or received in ``phase``; unchanged without a row."""
+    return TRANSITIONS.get((role, phase, msg_type), phase)

@@ -54,6 +54,7 @@ from protocols.session import (
 )
 from protocols.ssh1 import events as ev
 from protocols.ssh1 import keys
+from protocols.ssh1.messages import Awaiting
 from protocols.ssh1.pump import CorePump
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.settings import SSH1Settings
@@ -481,7 +482,7 @@ class SSH1ServerProtocol(CorePump):
 
     def _challenge(self, e: int, n: int) -> defer.Deferred:
         core = self.core
-        if core is None or self.done or core.pending != "rsa":
+        if core is None or self.done or core.pending is not Awaiting.RSA:
             return defer.succeed(False)
         value, expected = core.make_rsa_challenge(e, n)
         core.send_rsa_challenge(value)

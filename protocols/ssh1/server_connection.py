@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from protocols.session import PtyRequest, WindowSize
+from protocols.session_values import PtyRequest, WindowSize
 from protocols.ssh1 import ciphers, keys, ttymodes
 from protocols.ssh1 import messages as m
 from protocols.ssh1.connection import Connection
@@ -147,7 +147,6 @@ class ServerConnection(Connection):
             .uint32(auth_mask)
             .getvalue(),
         )
-        self.phase = m.Phase.SESSION_KEY
 
     # ------------------------------------------------------------ key exchange
     def _on_session_key(self, r: Reader) -> Event:
@@ -168,34 +167,33 @@ class ServerConnection(Connection):
         self._decoder.set_cipher(spec, session_key)
         self._encoder.set_cipher(spec, session_key)
         self._send(m.SSH_SMSG_SUCCESS)
-        self.phase = m.Phase.USER
         return SessionKeyAccepted(spec.name, self.client_flags)
 
     # ------------------------------------------------------------ authentication
     def _on_user(self, r: Reader) -> Event:
         name = r.string("user name", MAX_NAME)
-        self.pending = "user"
+        self.pending = m.Awaiting.USER
         return UserRequested(name)
 
     def _on_password(self, r: Reader) -> Event:
         password = r.string("password", MAX_PASSWORD)
-        self.pending = "auth"
+        self.pending = m.Awaiting.AUTH
         return PasswordAuth(password)
 
     def _on_rsa(self, r: Reader) -> Event:
         modulus = r.mpint("modulus")
-        self.pending = "rsa"
+        self.pending = m.Awaiting.RSA
         return RSAAuth(modulus)
 
     def _on_rsa_response(self, r: Reader) -> Event:
         response = r.raw(16, "response")
-        self.pending = "auth"
+        self.pending = m.Awaiting.AUTH
         return RSAResponse(response)
 
     def _unsupported_auth(self, method: str) -> Callable[[Reader], Event]:
         def handler(r: Reader) -> Event:
             r.rest()  # its fields do not matter: the answer is FAILURE whatever they say
-            self.pending = "auth"
+            self.pending = m.Awaiting.AUTH
             return UnsupportedAuth(method)
 
         return handler
@@ -208,16 +206,15 @@ class ServerConnection(Connection):
         )
 
     def send_rsa_challenge(self, value: int) -> None:
-        if self.pending != "rsa":
+        if self.pending is not m.Awaiting.RSA:
             raise RuntimeError("no CMSG_AUTH_RSA is waiting for a challenge")
         self._send(m.SSH_SMSG_AUTH_RSA_CHALLENGE, Writer().mpint(value).getvalue())
         self.pending = None
-        self.phase = m.Phase.AUTH_RSA
 
     # ------------------------------------------------------------ preparatory
     def _on_compression(self, r: Reader) -> Event:
         level = r.uint32("level")
-        self.pending = "compression"
+        self.pending = m.Awaiting.COMPRESSION
         self._pending_value = level
         return CompressionRequested(level)
 
@@ -225,66 +222,60 @@ class ServerConnection(Connection):
         term = r.string("TERM", MAX_TERM).decode("ascii", "replace")
         size = _window(r)
         modes = ttymodes.decode(r.rest())
-        self.pending = "request"
+        self.pending = m.Awaiting.REQUEST
         return PtyRequested(PtyRequest(term, size, modes))
 
     def _on_x11(self, r: Reader) -> Event:
         proto = r.string("auth protocol", 256)
         cookie = r.string("auth cookie", 1024)
         screen = r.uint32("screen") if r.remaining >= 4 else None
-        self.pending = "request"
+        self.pending = m.Awaiting.REQUEST
         return X11ForwardingRequested(proto, cookie, screen)
 
     def _on_remote_forward(self, r: Reader) -> Event:
         port = r.uint32("port")
         host = r.string("host", 1024)
         host_port = r.uint32("host port")
-        self.pending = "request"
+        self.pending = m.Awaiting.REQUEST
         return RemoteForwardRequested(port, host, host_port)
 
     def _on_agent(self, r: Reader) -> Event:
-        self.pending = "request"
+        self.pending = m.Awaiting.REQUEST
         return AgentForwardingRequested()
 
     def _on_max_packet(self, r: Reader) -> Event:
         size = r.uint32("size")
-        self.pending = "max-packet"
+        self.pending = m.Awaiting.MAX_PACKET
         self._pending_value = size
         return MaxPacketSizeRequested(size)
 
     def _on_exec_shell(self, r: Reader) -> Event:
-        self.phase = m.Phase.INTERACTIVE
         return ExecShell()
 
     def _on_exec_cmd(self, r: Reader) -> Event:
         command = r.string("command", MAX_COMMAND)
-        self.phase = m.Phase.INTERACTIVE
         return ExecCommand(command)
 
     # ------------------------------------------------------------ replies
     def send_success(self) -> None:
-        if self.pending == "compression" and not self.valid_compression_level():
+        if self.pending is m.Awaiting.COMPRESSION and not self.valid_compression_level():
             raise ValueError(f"compression level {self._pending_value} is not 1..9")
         kind = self._take_pending()
         self._send(m.SSH_SMSG_SUCCESS)
-        if kind in ("user", "auth"):
-            self.phase = m.Phase.PREPARATORY
-        elif kind == "compression":
+        if kind is m.Awaiting.COMPRESSION:
             level = self._pending_value
             # Our SUCCESS went out uncompressed; everything after it, both ways, is.
             self._encoder.start_compression(level)
             self._decoder.start_decompression(MAX_LENGTH)
             self.compression_level = level
-        elif kind == "max-packet":
+        elif kind is m.Awaiting.MAX_PACKET:
             self.chunk_size = max(1024, min(DEFAULT_CHUNK, self._pending_value - _PACKET_OVERHEAD))
 
     def send_failure(self) -> None:
-        kind = self._take_pending()
+        self._take_pending()
         self._send(m.SSH_SMSG_FAILURE)
-        if kind in ("user", "auth", "rsa"):
-            self.phase = m.Phase.AUTH
 
-    def _take_pending(self) -> str:
+    def _take_pending(self) -> m.Awaiting:
         self._require_open()
         kind = self.pending
         if kind is None:
@@ -314,10 +305,8 @@ class ServerConnection(Connection):
     def send_exit_status(self, status: int) -> None:
         self._require_interactive()
         self._send(m.SSH_SMSG_EXITSTATUS, Writer().uint32(status & 0xFFFFFFFF).getvalue())
-        self.phase = m.Phase.CLOSING
 
     def _on_exit_confirmation(self, r: Reader) -> Event:
-        self.phase = m.Phase.CLOSED
         self.close_reason = "session finished"
         return ExitConfirmed()
 
