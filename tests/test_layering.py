@@ -58,3 +58,57 @@ def test_the_ssh1_core_imports_no_twisted(path):
 @pytest.mark.parametrize("path", sources("gateway"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_gateway_never_imports_the_plugin(path):
     assert not {n for n in imported(path) if n.startswith("twisted.plugins")}
+
+
+def gateway_imports(path: Path) -> set[str]:
+    """The gateway modules ``path`` imports (``from gateway import passwords`` counts as
+    ``gateway.passwords``), at any depth: a function-level import is an arrow too."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {n for n in names if top(n) == "gateway" and module_path(n) is not None}
+
+
+def module_path(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_gateway_dependencies_point_one_way():
+    # gateway.targets counts as one node: a module the targets build on (known_hosts,
+    # upstream_errors, hostkeys) must not reach back up into them.
+    def node(name: str) -> str:
+        return "gateway.targets" if name.startswith("gateway.targets.") else name
+
+    graph: dict[str, set[str]] = {}
+    for path in sources("gateway"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph.setdefault(node(name), set()).update(
+            node(n) for n in gateway_imports(path) if node(n) != node(name)
+        )
+
+    done: set[str] = set()
+
+    def cycle_through(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return path[path.index(name) :] + [name]
+        if name in done:
+            return None
+        for after in sorted(graph.get(name, ())):
+            found = cycle_through(after, path + [name])
+            if found:
+                return found
+        done.add(name)
+        return None
+
+    for name in sorted(graph):
+        cycle = cycle_through(name, [])
+        assert cycle is None, " -> ".join(cycle)
