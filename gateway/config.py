@@ -90,7 +90,8 @@ from twisted.logger import Logger
 
 from gateway import passwords
 from gateway.hostkeys import SSH1_HOST_KEY_BITS, ensure_state_dir, write_new_private_file
-from gateway.targets import DEFAULT_PORTS, TARGET_PROTOCOLS, TargetConfig
+from gateway.targets import TargetConfig
+from gateway.targets.registry import TARGET_PROTOCOLS
 from protocols.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthLimits
 from protocols.ssh1.settings import KNOWN_CIPHERS as SSH1_KNOWN_CIPHERS
 from protocols.ssh1.settings import SSH1Settings
@@ -534,7 +535,7 @@ def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfi
     if v.named_table(path, raw, _TARGET_NAME, rule) is None:
         return None
     protocol = raw.get("protocol")
-    if protocol not in TARGET_PROTOCOLS:
+    if not isinstance(protocol, str) or protocol not in TARGET_PROTOCOLS:
         if protocol is None:
             v.error(path, f"protocol is required ({', '.join(TARGET_PROTOCOLS)})")
         else:
@@ -561,7 +562,7 @@ def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfi
         v.error(path, "host is required")
     elif host is not None and (len(host) > 255 or any(c.isspace() for c in host)):
         v.error(path + ("host",), "must be a host name or address (no spaces, at most 255)")
-    port = v.integer(raw, path + ("port",), DEFAULT_PORTS[protocol], minimum=1)
+    port = v.integer(raw, path + ("port",), TARGET_PROTOCOLS[protocol].default_port, minimum=1)
     if port > 65535:
         v.error(path + ("port",), "must be at most 65535")
     username = v.string(raw, path + ("username",))
@@ -598,8 +599,7 @@ def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfi
     login_prompt = _check_prompt(v, raw, path + ("login_prompt",))
     password_prompt = _check_prompt(v, raw, path + ("password_prompt",))
     shell_prompt = _check_prompt(v, raw, path + ("shell_prompt",))
-    if protocol == "ssh2":
-        _check_ssh2_algorithms(v, path, name, algorithms)
+    _check_target_algorithms(v, path, name, protocol, algorithms)
     if len(v.problems) != problems:
         return None
     return TargetConfig(
@@ -622,21 +622,23 @@ def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfi
     )
 
 
-def _check_ssh2_algorithms(
-    v: _Validator, path: tuple[str, ...], name: str, algorithms: Mapping[str, tuple[str, ...]]
+def _check_target_algorithms(
+    v: _Validator,
+    path: tuple[str, ...],
+    name: str,
+    protocol: str,
+    algorithms: Mapping[str, tuple[str, ...]],
 ) -> None:
-    # The SSH-2 client owns its algorithm tables; asked one key at a time so that each
-    # error names its own key and line. Without the module (a partial install) the
-    # names are checked when the target is built at start-up instead.
-    try:
-        from gateway.targets.ssh2 import offered_algorithms
-    except ImportError:
+    # The protocol's client owns its algorithm tables; asked one key at a time so that
+    # each error names its own key and line.
+    check = TARGET_PROTOCOLS[protocol].check_algorithms
+    if check is None:
         return
     for key, names in algorithms.items():
         if not names:
             continue
         try:
-            offered_algorithms(TargetConfig(name, "ssh2", **{key: names}))
+            check(TargetConfig(name, protocol, **{key: names}))
         except ValueError as e:
             v.error(path + (key,), str(e))
 
