@@ -481,3 +481,12 @@ def test_menu_survives_any_input(chunks, pty):
         assert client.exit == ExitInfo(status=1)
     session.close()
     assert not setup.clock.getDelayedCalls()
+
+
+def test_build_router_builds_each_target_with_its_registry_class():
+    # No importlib, no fallback: the class is the registry's, imported with the module.
+    config = parse_config(CONFIG)
+    router = build_router(config, Clock(), local=FakeTarget("local"), known_hosts=object())
+    for name, target in config.targets.items():
+        upstream = TARGET_PROTOCOLS[target.protocol].upstream
+        assert type(router.targets[name]) is (upstream or FakeTarget), name
