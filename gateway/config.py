@@ -1,61 +1,12 @@
 """The gateway's configuration: the TOML file, its validation (with file, line and key in
 every error), and the embedded default a newcomer starts with.
 
-Reference (Markdown, ready for the README). Every key is listed; any other key is an
+Reference (Markdown, ready for the README; :func:`reference_table` writes it from the
+schema below, which also drives the checks). Every key is listed; any other key is an
 error, so that a typo cannot silently weaken security. Relative paths are relative to the
 config file's directory; `~` is expanded. Numbers are seconds unless said otherwise.
 
-| key | default | meaning |
-| --- | --- | --- |
-| `listen` | `["tcp:2222:interface=127.0.0.1"]` | Twisted server endpoint strings to listen on (one or more) |
-| `state_dir` | `"sshgateway-state"` | host keys and records; created mode 0700 on first start |
-| `protocols` | `["1", "2"]` | SSH versions offered: banner `SSH-1.99` for both, `SSH-2.0` or `SSH-1.5` for one |
-| `version_timeout` | `30` | time a client has to send its version line |
-| `[users.NAME]` | (at least one) | a login name: 1-64 of `A-Z a-z 0-9 . _ @ -` |
-| `[users.NAME] password` | none | a hash from `sshgateway hash-password` (scrypt; bcrypt `$2b$` also accepted); plaintext is refused |
-| `[users.NAME] authorized_keys` | none | OpenSSH authorized_keys file: SSH-2 lines and SSH-1 `bits e n` lines; `ssh-rsa` keys serve SSH-1 too. Re-read when it changes; ignored while group/world-writable. Keys whose options the gateway cannot enforce (`command=`, `from=`, `no-pty`, ...) are skipped with a log line |
-| `[users.NAME] auth` | `"any"` | `"any"`: one configured method suffices; `"all"`: every configured method must pass (SSH-2 answers with partial success; SSH-1 cannot, so such users cannot log in over SSH-1) |
-| `[users.NAME] targets` | `["local"]` | the targets this user may reach (names of `[targets.NAME]` tables, or `local`) |
-| `[users.NAME] target` | none | the target used when the login name has no `+TARGET`; must be in `targets` |
-| `[auth] grace_time` | `120` | from connect to successful login |
-| `[auth] max_attempts` | `6` | failed attempts before disconnect |
-| `[auth] failure_delay` | `1.0` | a failed attempt answers no sooner than this |
-| `[session] env_allow` | `["LANG", "LC_*"]` | environment variables a client may set (case-sensitive fnmatch patterns) |
-| `[ssh2] kex` | `mlkem768x25519-sha256`, `curve25519-sha256`, `diffie-hellman-group-exchange-sha256` | key exchange, in order of preference; opt-in: `curve25519-sha256@libssh.org`, `diffie-hellman-group14-sha1`, `diffie-hellman-group-exchange-sha1` |
-| `[ssh2] host_key_algorithms` | `ssh-ed25519`, `rsa-sha2-512`, `rsa-sha2-256` | opt-in: `ssh-rsa` |
-| `[ssh2] ciphers` | `chacha20-poly1305@openssh.com`, `aes256-gcm@openssh.com`, `aes128-gcm@openssh.com`, `aes256-ctr`, `aes192-ctr`, `aes128-ctr` | opt-in: `aes256-cbc`, `aes192-cbc`, `aes128-cbc`, `3des-cbc` |
-| `[ssh2] macs` | `hmac-sha2-512-etm@openssh.com`, `hmac-sha2-256-etm@openssh.com`, `hmac-sha2-512`, `hmac-sha2-256` | opt-in: `hmac-sha1-etm@openssh.com`, `hmac-sha1`; unused with an AEAD cipher (chacha20-poly1305, AES-GCM) |
-| `[ssh2] compression` | `false` | also offer zlib |
-| `[ssh2] rekey_limit` | `1073741824` | bytes (both directions) after which the gateway starts a new key exchange; 65536 to 4 GiB |
-| `[ssh2] rekey_interval` | `3600` | seconds after which the gateway starts a new key exchange |
-| `[ssh1] ciphers` | `["3des", "blowfish"]` | SSH-1 ciphers; `des` and `none` only when listed |
-| `[ssh1] server_key_bits` | `1024` | SSH-1 server key size (512-4096); must differ from the 2048-bit host key by at least 128 bits |
-| `[ssh1] server_key_lifetime` | `3600` | the server key is regenerated after this (if it was used); at least 60 |
-| `[ssh1] allow_x11_forwarding` | `false` | grant SSH-1 X11 forwarding |
-| `[ssh1] allow_agent_forwarding` | `false` | grant SSH-1 agent forwarding |
-| `[ssh1] permit_open` | `[]` | `"host:port"` destinations SSH-1 `-L` may reach; empty refuses all |
-| `[flows] enabled` | `true` | record one flow per connection leg (client legs and upstream legs) in `<state_dir>/flows/flows.jsonl`, for `sshgateway flows`; names, sizes and timings only, never passwords, keys or session data |
-| `[flows] max_bytes` | `10485760` | size at which `flows.jsonl` is rotated to `flows.jsonl.1` (at least 4096) |
-| `[flows] keep` | `5` | rotated files kept (`flows.jsonl.1` ... `.N`); older ones are deleted; `0` keeps none |
-| `[targets.NAME]` | `local` only | an upstream a user reaches by logging in as `user+NAME`; NAME is 1-64 of `A-Z a-z 0-9 . _ -`. `local` (programs on the gateway host) always exists |
-| `[targets.NAME] protocol` | (required) | `"ssh1"`, `"ssh2"`, `"telnet"` or `"local"`; each protocol takes only the keys below that name it (`local` takes none) |
-| `[targets.NAME] host` | (required) | upstream host name or address (ssh1, ssh2, telnet) |
-| `[targets.NAME] port` | `22`, telnet `23` | upstream TCP port |
-| `[targets.NAME] username` | the gateway user's name | upstream login name |
-| `[targets.NAME] password` | none | stored upstream password, in plaintext by necessity: keep the file `chmod 600`, owned by the gateway's user (`check-config` warns otherwise) |
-| `[targets.NAME] key` | none | upstream private key file (ssh1: SSH-1 RSA; ssh2: OpenSSH/PEM), unencrypted, `chmod 600` |
-| `[targets.NAME] credentials` | `"stored"` | `"stored"`: `password`/`key` above; `"pass-through"`: the password the user gave the gateway is sent upstream (users who log in with a key cannot use such a target) |
-| `[targets.NAME] host_key` | `"accept-new"` | ssh1, ssh2: `"accept-new"` (trust on first use, then pin in `<state_dir>/known_hosts`), `"strict"` (must already be in known_hosts), or a fingerprint (`SHA256:...`; ssh1 also MD5 colon-hex) |
-| `[targets.NAME] connect_timeout` | `10` | from session request to open upstream session |
-| `[targets.NAME] idle_timeout` | `0` | close the session after this long without data either way; `0`: never |
-| `[targets.NAME] ciphers` | modern defaults | ssh1: from `3des`, `blowfish`, `des`; ssh2: cipher names in order of preference, legacy ones (`aes128-cbc`, `3des-cbc`) only when listed |
-| `[targets.NAME] compression` | `0` | ssh1: zlib level (1-9) to request from the device; `0` for none |
-| `[targets.NAME] kex` | modern defaults | ssh2: key exchange names, in order (`diffie-hellman-group1-sha1` only when listed) |
-| `[targets.NAME] host_key_algorithms` | modern defaults | ssh2: host key algorithm names, in order (`ssh-rsa` only when listed) |
-| `[targets.NAME] macs` | modern defaults | ssh2: MAC names, in order (`hmac-sha1`, `hmac-sha1-etm@openssh.com` only when listed) |
-| `[targets.NAME] login_prompt` | none | telnet: a regular expression matched on upstream output; when it matches, the username is sent |
-| `[targets.NAME] password_prompt` | none | telnet: a regular expression; when it matches, the password is sent |
-| `[targets.NAME] shell_prompt` | none | telnet: a regular expression for the device shell's prompt at the end of a line; with it a command's output is cut from the first prompt to the next (no banner, no prompts) and `exit` is typed only once the command is done, so no output is lost |
+{reference_table}
 
 Routing: a login name `alice+switch1` authenticates `alice` and asks for target `switch1`.
 Without `+TARGET` the user's `target` is used; else an interactive session (shell, no
@@ -75,13 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import json
 import os
 import re
 import secrets
 import stat
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +43,16 @@ from twisted.logger import Logger
 
 from gateway import passwords
 from gateway.hostkeys import SSH1_HOST_KEY_BITS, ensure_state_dir, write_new_private_file
-from gateway.targets import DEFAULT_PORTS, TARGET_PROTOCOLS, TargetConfig
+from gateway.targets import TargetConfig
+from gateway.targets.registry import TARGET_PROTOCOLS
 from protocols.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthLimits
+from protocols.ssh1.settings import KEY_SIZE_GAP as SSH1_KEY_SIZE_GAP
 from protocols.ssh1.settings import KNOWN_CIPHERS as SSH1_KNOWN_CIPHERS
 from protocols.ssh1.settings import SSH1Settings
+from protocols.ssh2.settings import KNOWN_CIPHERS as SSH2_KNOWN_CIPHERS
+from protocols.ssh2.settings import KNOWN_HOST_KEY_ALGORITHMS as SSH2_KNOWN_HOST_KEY_ALGORITHMS
+from protocols.ssh2.settings import KNOWN_KEX as SSH2_KNOWN_KEX
+from protocols.ssh2.settings import KNOWN_MACS as SSH2_KNOWN_MACS
 from protocols.ssh2.settings import SSH2Settings
 
 DEFAULT_LISTEN = ("tcp:2222:interface=127.0.0.1",)
@@ -259,9 +218,10 @@ class _Lines:
 
 
 class _Validator:
-    def __init__(self, source: str, lines: _Lines | None) -> None:
+    def __init__(self, source: str, lines: _Lines | None, base: Path) -> None:
         self.source = source
         self.lines = lines
+        self.base = base  # relative paths in the file are relative to this
         self.problems: list[ConfigProblem] = []
 
     def error(self, path: tuple[str, ...], message: str, *, hide_value: bool = False) -> None:
@@ -269,8 +229,6 @@ class _Validator:
         if hide_value and "=" in text:
             text = text.split("=", 1)[0] + '= "<redacted>"'
         self.problems.append(ConfigProblem(self.source, line, ".".join(path), message, text))
-
-    # Typed getters: record a problem and return None when the value is unusable.
 
     def table(self, data: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
         value = data.get(path[-1], {})
@@ -280,20 +238,20 @@ class _Validator:
         return value
 
     def named_table(
-        self, path: tuple[str, str], raw: Any, name_pattern: re.Pattern[str], name_rule: str
+        self, path: tuple[str, str], raw: Any, kind: NamedTables
     ) -> dict[str, Any] | None:
-        """A ``[SECTION.NAME]`` table: its name must match ``name_pattern`` (``name_rule``
+        """A ``[SECTION.NAME]`` table: its name must match ``kind.pattern`` (``kind.rule``
         says how to the user) and its value must be a table."""
         section, name = path
-        if not name_pattern.match(name):
-            self.error(path, name_rule)
+        if not kind.pattern.match(name):
+            self.error(path, kind.rule)
             return None
         if not isinstance(raw, dict):
             self.error(path, f"must be a table ([{section}.NAME])")
             return None
         return raw
 
-    def known(self, data: Mapping[str, Any], path: tuple[str, ...], keys: set[str]) -> None:
+    def known(self, data: Mapping[str, Any], path: tuple[str, ...], keys: Collection[str]) -> None:
         for key in data:
             if key not in keys:
                 hint = f" (known here: {', '.join(sorted(keys))})" if keys else ""
@@ -301,122 +259,524 @@ class _Validator:
                 hidden = path[:1] == ("users",)
                 self.error(path + (key,), f"unknown key{hint}", hide_value=hidden)
 
-    def number(
-        self, data: Mapping[str, Any], path: tuple[str, ...], default: float, *, minimum: float
-    ) -> float:
-        value = data.get(path[-1], default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(path, "must be a number")
-            return default
-        if value < minimum or value != value or value == float("inf"):
-            self.error(path, f"must be a finite number >= {minimum}")
-            return default
-        return float(value)
+    # Reading by the schema.
 
-    def integer(
-        self, data: Mapping[str, Any], path: tuple[str, ...], default: int, *, minimum: int
-    ) -> int:
-        value = data.get(path[-1], default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(path, "must be an integer")
-            return default
-        if value < minimum:
-            self.error(path, f"must be at least {minimum}")
-            return default
-        return value
-
-    def boolean(self, data: Mapping[str, Any], path: tuple[str, ...], default: bool) -> bool:
-        value = data.get(path[-1], default)
-        if not isinstance(value, bool):
-            self.error(path, "must be true or false")
-            return default
-        return value
-
-    def string(self, data: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
-        value = data.get(path[-1])
-        if value is None:
+    def read(
+        self, data: Mapping[str, Any], table: tuple[str, ...], key: Key, default: Any = None
+    ) -> Any:
+        """The value of ``key`` in the table at path ``table`` (its ``data``); ``default``
+        replaces the schema's where it depends on other keys (a target's port)."""
+        if key.required and key.name not in data:
+            hint = f" ({', '.join(key.kind.options)})" if isinstance(key.kind, Choice) else ""
+            self.error(table, f"{key.name} is required{hint}")
             return None
-        if not isinstance(value, str) or not value:
-            self.error(path, "must be a non-empty string")
-            return None
-        return value
+        return key.kind.read(
+            self, data, table + (key.name,), key.default if default is None else default
+        )
 
-    def strings(
-        self,
-        data: Mapping[str, Any],
-        path: tuple[str, ...],
-        default: tuple[str, ...],
-        *,
-        allow_empty: bool = False,
-    ) -> tuple[str, ...]:
-        value = data.get(path[-1], default)
-        if isinstance(value, tuple):
-            return value
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.error(path, "must be a list of non-empty strings")
-            return default
-        if not value and not allow_empty:
-            self.error(path, "must not be empty")
-            return default
-        if len(set(value)) != len(value):
-            self.error(path, "lists a value twice")
-        return tuple(value)
+    def read_table(
+        self, data: Mapping[str, Any], table: tuple[str, ...], name: str, **defaults: Any
+    ) -> dict[str, Any]:
+        """Every key of schema table ``name`` (e.g. ``"users.NAME"``), by key name."""
+        return {
+            key.name: self.read(data, table, key, defaults.get(key.name)) for key in _rows(name)
+        }
 
 
 # --- the schema ----------------------------------------------------------------------------
+#
+# One row per key: the table it sits in, how its value is read and checked (type, range,
+# choices, default), the target protocols that take it, and its line in the reference.
+# The unknown-key checks, the typed reading and reference_table() all come from these
+# rows; the rules that tie several keys together are the named functions after them.
 
-TOP_KEYS = {
-    "listen",
-    "state_dir",
-    "protocols",
-    "version_timeout",
-    "users",
-    "auth",
-    "session",
-    "ssh2",
-    "ssh1",
-    "targets",
-    "flows",
-}
-USER_KEYS = {"password", "authorized_keys", "auth", "target", "targets"}
-_UPSTREAM_KEYS = {
-    "protocol",
-    "host",
-    "port",
-    "username",
-    "password",
-    "credentials",
-    "connect_timeout",
-    "idle_timeout",
-}
-# Which keys each target protocol takes; a key of another protocol is an error too.
-TARGET_KEYS = {
-    "local": {"protocol"},
-    "ssh1": _UPSTREAM_KEYS | {"key", "host_key", "ciphers", "compression"},
-    "ssh2": _UPSTREAM_KEYS | {"key", "host_key", "ciphers", "kex", "host_key_algorithms", "macs"},
-    "telnet": _UPSTREAM_KEYS | {"login_prompt", "password_prompt", "shell_prompt"},
-}
+KNOWN_PROTOCOLS = ("1", "2")
 CREDENTIALS = ("stored", "pass-through")
 HOST_KEY_POLICIES = ("accept-new", "strict")
 _SHA256_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?\Z")
 _MD5_FINGERPRINT = re.compile(r"(?:MD5:)?[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){15}\Z")
 MAX_PROMPT_PATTERN = 1024
-AUTH_KEYS = {"grace_time", "max_attempts", "failure_delay"}
-SESSION_KEYS = {"env_allow"}
-SSH2_KEYS = {"kex", "host_key_algorithms", "ciphers", "macs", "compression", "rekey_limit", "rekey_interval"}
-SSH1_KEYS = {
-    "ciphers",
-    "server_key_bits",
-    "server_key_lifetime",
-    "allow_x11_forwarding",
-    "allow_agent_forwarding",
-    "permit_open",
-}
-KNOWN_PROTOCOLS = ("1", "2")
-FLOWS_KEYS = {"enabled", "max_bytes", "keep"}
+# What an ssh1 target may list: every SSH-1 cipher but "none".
+SSH1_TARGET_CIPHERS = tuple(c for c in SSH1_KNOWN_CIPHERS if c != "none")
+# The protocols with an upstream device (all but "local"): the targets' keys default to them.
+UPSTREAM_PROTOCOLS = tuple(p.name for p in TARGET_PROTOCOLS.values() if p.upstream is not None)
 
+KeyPath = tuple[str, ...]  # ("targets", "sw1", "port")
 # A Twisted endpoint parser only stores the reactor; this one is never used to listen.
 _NO_REACTOR = object()
+
+
+class Kind:
+    """How a key's value is read and how its default is shown in the reference. An
+    unusable value is recorded as a problem (naming the key) and the default used instead."""
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        raise NotImplementedError
+
+    def show(self, default: Any) -> str:
+        return f"`{json.dumps(default)}`"
+
+
+@dataclass(frozen=True)
+class Number(Kind):
+    minimum: float
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        value = data.get(path[-1], default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            v.error(path, "must be a number")
+            return default
+        if value < self.minimum or value != value or value == float("inf"):
+            v.error(path, f"must be a finite number >= {self.minimum}")
+            return default
+        return float(value)
+
+    def show(self, default: Any) -> str:
+        return f"`{int(default) if float(default).is_integer() else default}`"
+
+
+@dataclass(frozen=True)
+class Integer(Kind):
+    minimum: int
+    maximum: int | None = None
+    above: str | None = None  # the problem with a value above maximum, if not "at most"
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        value = data.get(path[-1], default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            v.error(path, "must be an integer")
+            return default
+        if value < self.minimum:
+            v.error(path, f"must be at least {self.minimum}")
+            return default
+        if self.maximum is not None and value > self.maximum:
+            v.error(path, self.above or f"must be at most {self.maximum}")
+        return value
+
+
+@dataclass(frozen=True)
+class Boolean(Kind):
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        value = data.get(path[-1], default)
+        if not isinstance(value, bool):
+            v.error(path, "must be true or false")
+            return default
+        return value
+
+
+@dataclass(frozen=True)
+class Text(Kind):
+    """A non-empty string; ``check`` returns what is wrong with one, if anything."""
+
+    check: Callable[[str], str | None] | None = None
+    secret: bool = False  # a problem never shows the value
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        value = data.get(path[-1])
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            v.error(path, "must be a non-empty string", hide_value=self.secret)
+            return default
+        problem = self.check(value) if self.check else None
+        if problem:
+            v.error(path, problem)
+            return default
+        return value
+
+
+@dataclass(frozen=True)
+class FilePath(Text):
+    """A file or directory name: ``~`` expanded, relative to the config file's directory."""
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        value = super().read(v, data, path, default)
+        return _path(value, v.base) if value is not None else None
+
+
+@dataclass(frozen=True)
+class Texts(Kind):
+    """A list of different non-empty strings; ``each`` returns what is wrong with one item,
+    if anything (a problem for each bad item)."""
+
+    allow_empty: bool = False
+    each: Callable[[str], str | None] | None = None
+    as_names: bool = False  # the reference lists the default as names, not as TOML
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        value = data.get(path[-1], default)
+        if isinstance(value, tuple):
+            return value
+        if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+            v.error(path, "must be a list of non-empty strings")
+            return default
+        if not value and not self.allow_empty:
+            v.error(path, "must not be empty")
+            return default
+        if len(set(value)) != len(value):
+            v.error(path, "lists a value twice")
+        for item in value if self.each else ():
+            problem = self.each(item)
+            if problem:
+                v.error(path, problem)
+        return tuple(value)
+
+    def show(self, default: Any) -> str:
+        return _names(default) if self.as_names else f"`{json.dumps(list(default))}`"
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    options: tuple[str, ...]
+
+    @property
+    def rule(self) -> str:
+        if len(self.options) == 2:
+            return f'must be "{self.options[0]}" or "{self.options[1]}"'
+        return f"must be one of {', '.join(self.options)}"
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        value = data.get(path[-1], default)
+        if value not in self.options:
+            v.error(path, self.rule)
+            return default
+        return value
+
+
+@dataclass(frozen=True)
+class PasswordHash(Kind):
+    """A user's password: only a hash from ``sshgateway hash-password`` is accepted."""
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        password = data.get(path[-1])
+        if password is None:
+            return default
+        if not isinstance(password, str) or not password:
+            v.error(path, "must be a password hash string")
+        elif not password.startswith("$"):
+            v.error(
+                path,
+                "looks like a plaintext password: store only its hash, made with "
+                "`sshgateway hash-password` (reads the password on stdin)",
+            )
+        else:
+            try:
+                passwords.check_hash(password)
+                return password
+            except passwords.InvalidHash as e:
+                v.error(path, f"not a usable password hash: {e}")
+        return default
+
+
+@dataclass(frozen=True)
+class HostKeyPolicy(Kind):
+    """``accept-new``, ``strict`` or a fingerprint (SHA256, or MD5 colon-hex)."""
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        policy = data.get(path[-1], default)
+        if not isinstance(policy, str) or not (
+            policy in HOST_KEY_POLICIES
+            or _SHA256_FINGERPRINT.match(policy)
+            or _MD5_FINGERPRINT.match(policy)
+        ):
+            v.error(
+                path,
+                'must be "accept-new", "strict" or a fingerprint ("SHA256:" and 43 base64 '
+                "characters, or MD5 colon-hex for ssh1)",
+            )
+            return default
+        return policy
+
+
+@dataclass(frozen=True)
+class NamedTables(Kind):
+    """``[SECTION.NAME]`` tables: NAME must match ``pattern``; ``rule`` says how."""
+
+    pattern: re.Pattern[str]
+    rule: str
+
+
+@dataclass(frozen=True)
+class Key:
+    """One row of the schema."""
+
+    table: str  # "" (top level), "auth", ..., or "users.NAME" / "targets.NAME"
+    name: str  # "" for the row of the [SECTION.NAME] tables themselves
+    kind: Kind
+    default: Any  # None: no value unless given
+    meaning: str
+    _: KW_ONLY
+    shown: str | None = None  # the default column, where the default is no plain value
+    required: bool = False
+    protocols: tuple[str, ...] = UPSTREAM_PROTOCOLS  # [targets.NAME] keys: who takes them
+
+    @property
+    def label(self) -> str:
+        if not self.table:
+            return f"`{self.name}`"
+        return f"`[{self.table}] {self.name}`" if self.name else f"`[{self.table}]`"
+
+    @property
+    def default_text(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        return "none" if self.default is None else self.kind.show(self.default)
+
+    @property
+    def meaning_text(self) -> str:
+        # A target key that only some protocols take says which, first.
+        if self.table == TARGETS and set(self.protocols) < set(UPSTREAM_PROTOCOLS):
+            return f"{', '.join(self.protocols)}: {self.meaning}"
+        return self.meaning
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
+
+
+def _opt_in(known: tuple[str, ...], default: tuple[str, ...]) -> str:
+    return "opt-in: " + _names(name for name in known if name not in default)
+
+
+def _bad_endpoint(description: str) -> str | None:
+    try:
+        serverFromString(_NO_REACTOR, description)
+    except Exception as e:  # the parser raises ValueError, KeyError, TypeError...
+        return f"bad endpoint {description!r}: {e}"
+    return None
+
+
+def _unknown_protocol(name: str) -> str | None:
+    return None if name in KNOWN_PROTOCOLS else f'unknown protocol {name!r} (use "1" and/or "2")'
+
+
+def _not_host_port(item: str) -> str | None:
+    host, sep, port = item.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f'{item!r} is not "host:port"'
+    return None
+
+
+def _bad_host(host: str) -> str | None:
+    if len(host) > 255 or any(c.isspace() for c in host):
+        return "must be a host name or address (no spaces, at most 255)"
+    return None
+
+
+def _bad_username(username: str) -> str | None:
+    if len(username) > 256 or not username.isprintable():
+        return "must be printable and at most 256 characters"
+    return None
+
+
+def _bad_prompt(pattern: str) -> str | None:
+    if len(pattern) > MAX_PROMPT_PATTERN:
+        return f"longer than {MAX_PROMPT_PATTERN} characters"
+    try:
+        re.compile(pattern.encode("utf-8"))
+    except re.error as e:
+        return f"not a regular expression: {e}"
+    return None
+
+
+def _default_ports() -> str:
+    ports = {p.name: p.default_port for p in TARGET_PROTOCOLS.values() if p.upstream}
+    usual = Counter(ports.values()).most_common(1)[0][0]
+    return f"`{usual}`" + "".join(
+        f", {name} `{port}`" for name, port in ports.items() if port != usual
+    )
+
+
+def _either(options: Iterable[str]) -> str:
+    quoted = [f'`"{option}"`' for option in options]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+USERS, TARGETS = "users.NAME", "targets.NAME"
+_GATEWAY, _USER, _TARGET = GatewayConfig(), UserConfig(""), TargetConfig("", "")
+_AUTH, _SSH2, _SSH1, _FLOWS = AuthLimits(), SSH2Settings(), SSH1Settings(), FlowsConfig()
+_MODERN = "modern defaults"
+
+# fmt: off
+SCHEMA: tuple[Key, ...] = (
+    Key("", "listen", Texts(each=_bad_endpoint), _GATEWAY.listen,
+        "Twisted server endpoint strings to listen on (one or more)"),
+    Key("", "state_dir", FilePath(), DEFAULT_STATE_DIR,
+        "host keys and records; created mode 0700 on first start"),
+    Key("", "protocols", Texts(each=_unknown_protocol), _GATEWAY.protocols,
+        "SSH versions offered: banner `SSH-1.99` for both, `SSH-2.0` or `SSH-1.5` for one"),
+    Key("", "version_timeout", Number(minimum=1), _GATEWAY.version_timeout,
+        "time a client has to send its version line"),
+
+    Key(USERS, "", NamedTables(_USER_NAME, "user names are 1-64 of A-Z a-z 0-9 . _ @ - "
+                               "(not starting with . @ -)"), None,
+        "a login name: 1-64 of `A-Z a-z 0-9 . _ @ -`", shown="(at least one)"),
+    Key(USERS, "password", PasswordHash(), None,
+        "a hash from `sshgateway hash-password` (scrypt; bcrypt `$2b$` also accepted); "
+        "plaintext is refused"),
+    Key(USERS, "authorized_keys", FilePath(), None,
+        "OpenSSH authorized_keys file: SSH-2 lines and SSH-1 `bits e n` lines; `ssh-rsa` keys "
+        "serve SSH-1 too. Re-read when it changes; ignored while group/world-writable. Keys "
+        "whose options the gateway cannot enforce (`command=`, `from=`, `no-pty`, ...) are "
+        "skipped with a log line"),
+    Key(USERS, "auth", Choice(("any", "all")), _USER.auth,
+        '`"any"`: one configured method suffices; `"all"`: every configured method must pass '
+        "(SSH-2 answers with partial success; SSH-1 cannot, so such users cannot log in over "
+        "SSH-1)"),
+    Key(USERS, "targets", Texts(), _USER.targets,
+        "the targets this user may reach (names of `[targets.NAME]` tables, or `local`)"),
+    Key(USERS, "target", Text(), None,
+        "the target used when the login name has no `+TARGET`; must be in `targets`"),
+
+    Key("auth", "grace_time", Number(minimum=1), _AUTH.grace_time,
+        "from connect to successful login"),
+    Key("auth", "max_attempts", Integer(minimum=1), _AUTH.max_attempts,
+        "failed attempts before disconnect"),
+    Key("auth", "failure_delay", Number(minimum=0), _AUTH.failure_delay,
+        "a failed attempt answers no sooner than this"),
+
+    Key("session", "env_allow", Texts(allow_empty=True), DEFAULT_ENV_ALLOW,
+        "environment variables a client may set (case-sensitive fnmatch patterns)"),
+
+    Key("ssh2", "kex", Texts(as_names=True), _SSH2.kex,
+        f"key exchange, in order of preference; {_opt_in(SSH2_KNOWN_KEX, _SSH2.kex)}"),
+    Key("ssh2", "host_key_algorithms", Texts(as_names=True), _SSH2.host_key_algorithms,
+        _opt_in(SSH2_KNOWN_HOST_KEY_ALGORITHMS, _SSH2.host_key_algorithms)),
+    Key("ssh2", "ciphers", Texts(as_names=True), _SSH2.ciphers,
+        _opt_in(SSH2_KNOWN_CIPHERS, _SSH2.ciphers)),
+    Key("ssh2", "macs", Texts(as_names=True), _SSH2.macs,
+        f"{_opt_in(SSH2_KNOWN_MACS, _SSH2.macs)}; unused with an AEAD cipher "
+        "(chacha20-poly1305, AES-GCM)"),
+    Key("ssh2", "compression", Boolean(), _SSH2.compression,
+        "also offer zlib"),
+    Key("ssh2", "rekey_limit", Integer(minimum=0), _SSH2.rekey_limit,
+        "bytes (both directions) after which the gateway starts a new key exchange; "
+        "65536 to 4 GiB"),
+    Key("ssh2", "rekey_interval", Number(minimum=0), _SSH2.rekey_interval,
+        "seconds after which the gateway starts a new key exchange"),
+
+    Key("ssh1", "ciphers", Texts(), _SSH1.ciphers,
+        f"SSH-1 ciphers; {' and '.join(f'`{c}`' for c in SSH1_KNOWN_CIPHERS if c not in _SSH1.ciphers)} "
+        "only when listed"),
+    Key("ssh1", "server_key_bits", Integer(minimum=1), _SSH1.server_key_bits,
+        f"SSH-1 server key size (512-4096); must differ from the {SSH1_HOST_KEY_BITS}-bit host "
+        f"key by at least {SSH1_KEY_SIZE_GAP} bits"),
+    Key("ssh1", "server_key_lifetime", Number(minimum=60), _SSH1.server_key_lifetime,
+        "the server key is regenerated after this (if it was used); at least 60"),
+    Key("ssh1", "allow_x11_forwarding", Boolean(), _SSH1.allow_x11_forwarding,
+        "grant SSH-1 X11 forwarding"),
+    Key("ssh1", "allow_agent_forwarding", Boolean(), _SSH1.allow_agent_forwarding,
+        "grant SSH-1 agent forwarding"),
+    Key("ssh1", "permit_open", Texts(allow_empty=True, each=_not_host_port), _SSH1.permit_open,
+        '`"host:port"` destinations SSH-1 `-L` may reach; empty refuses all'),
+
+    Key("flows", "enabled", Boolean(), _FLOWS.enabled,
+        "record one flow per connection leg (client legs and upstream legs) in "
+        "`<state_dir>/flows/flows.jsonl`, for `sshgateway flows`; names, sizes and timings "
+        "only, never passwords, keys or session data"),
+    Key("flows", "max_bytes", Integer(minimum=4096), _FLOWS.max_bytes,
+        "size at which `flows.jsonl` is rotated to `flows.jsonl.1` (at least 4096)"),
+    Key("flows", "keep", Integer(minimum=0), _FLOWS.keep,
+        "rotated files kept (`flows.jsonl.1` ... `.N`); older ones are deleted; `0` keeps none"),
+
+    Key(TARGETS, "", NamedTables(_TARGET_NAME, "target names are 1-64 of A-Z a-z 0-9 . _ - "
+                                 "(not starting with . -)"), None,
+        "an upstream a user reaches by logging in as `user+NAME`; NAME is 1-64 of "
+        "`A-Z a-z 0-9 . _ -`. `local` (programs on the gateway host) always exists",
+        shown="`local` only"),
+    Key(TARGETS, "protocol", Choice(tuple(TARGET_PROTOCOLS)), None,
+        f"{_either(TARGET_PROTOCOLS)}; a key below that names protocols is for those only; "
+        "`local` takes none",
+        shown="(required)", required=True, protocols=tuple(TARGET_PROTOCOLS)),
+    Key(TARGETS, "host", Text(check=_bad_host), None,
+        "upstream host name or address", shown="(required)", required=True),
+    Key(TARGETS, "port", Integer(minimum=1, maximum=65535), None,  # the protocol's
+        "upstream TCP port", shown=_default_ports()),
+    Key(TARGETS, "username", Text(check=_bad_username), None,
+        "upstream login name", shown="the gateway user's name"),
+    Key(TARGETS, "password", Text(secret=True), None,
+        "stored upstream password, in plaintext by necessity: keep the file `chmod 600`, owned "
+        "by the gateway's user (`check-config` warns otherwise)"),
+    Key(TARGETS, "key", FilePath(), None,
+        "upstream private key file (ssh1: SSH-1 RSA; ssh2: OpenSSH/PEM), unencrypted, "
+        "`chmod 600`", protocols=("ssh1", "ssh2")),
+    Key(TARGETS, "credentials", Choice(CREDENTIALS), _TARGET.credentials,
+        '`"stored"`: `password`/`key` above; `"pass-through"`: the password the user gave the '
+        "gateway is sent upstream (users who log in with a key cannot use such a target)"),
+    Key(TARGETS, "host_key", HostKeyPolicy(), _TARGET.host_key,
+        '`"accept-new"` (trust on first use, then pin in `<state_dir>/known_hosts`), `"strict"` '
+        "(must already be in known_hosts), or a fingerprint (`SHA256:...`; ssh1 also MD5 "
+        "colon-hex)", protocols=("ssh1", "ssh2")),
+    Key(TARGETS, "connect_timeout", Number(minimum=0.1), _TARGET.connect_timeout,
+        "from session request to open upstream session"),
+    Key(TARGETS, "idle_timeout", Number(minimum=0), _TARGET.idle_timeout,
+        "close the session after this long without data either way; `0`: never"),
+    Key(TARGETS, "ciphers", Texts(), _TARGET.ciphers,
+        f"cipher names in order of preference; ssh1 from {_names(SSH1_TARGET_CIPHERS)}; ssh2 "
+        "legacy ones (`aes128-cbc`, `3des-cbc`) only when listed",
+        shown=_MODERN, protocols=("ssh1", "ssh2")),
+    Key(TARGETS, "compression",
+        Integer(minimum=0, maximum=9, above="must be a zlib level from 1 to 9, or 0 for none"),
+        _TARGET.compression,
+        "zlib level (1-9) to request from the device; `0` for none", protocols=("ssh1",)),
+    Key(TARGETS, "kex", Texts(), _TARGET.kex,
+        "key exchange names, in order (`diffie-hellman-group1-sha1` only when listed)",
+        shown=_MODERN, protocols=("ssh2",)),
+    Key(TARGETS, "host_key_algorithms", Texts(), _TARGET.host_key_algorithms,
+        "host key algorithm names, in order (`ssh-rsa` only when listed)",
+        shown=_MODERN, protocols=("ssh2",)),
+    Key(TARGETS, "macs", Texts(), _TARGET.macs,
+        "MAC names, in order (`hmac-sha1`, `hmac-sha1-etm@openssh.com` only when listed)",
+        shown=_MODERN, protocols=("ssh2",)),
+    Key(TARGETS, "login_prompt", Text(check=_bad_prompt), None,
+        "a regular expression matched on upstream output; when it matches, the username is "
+        "sent", protocols=("telnet",)),
+    Key(TARGETS, "password_prompt", Text(check=_bad_prompt), None,
+        "a regular expression; when it matches, the password is sent", protocols=("telnet",)),
+    Key(TARGETS, "shell_prompt", Text(check=_bad_prompt), None,
+        "a regular expression for the device shell's prompt at the end of a line; with it a "
+        "command's output is cut from the first prompt to the next (no banner, no prompts) and "
+        "`exit` is typed only once the command is done, so no output is lost",
+        protocols=("telnet",)),
+)
+# fmt: on
+
+
+def _rows(table: str) -> tuple[Key, ...]:
+    return tuple(key for key in SCHEMA if key.table == table and key.name)
+
+
+def _row(table: str, name: str) -> Key:
+    return next(key for key in SCHEMA if key.table == table and key.name == name)
+
+
+def _keys(table: str) -> frozenset[str]:
+    return frozenset(key.name for key in _rows(table))
+
+
+# The key sets the unknown-key checks use, all read off the schema.
+TOP_KEYS = _keys("") | {key.table.split(".")[0] for key in SCHEMA if key.table}
+USER_KEYS = _keys(USERS)
+AUTH_KEYS = _keys("auth")
+SESSION_KEYS = _keys("session")
+SSH2_KEYS = _keys("ssh2")
+SSH1_KEYS = _keys("ssh1")
+FLOWS_KEYS = _keys("flows")
+# Which keys each target protocol takes; a key of another protocol is an error too.
+TARGET_KEYS = {
+    protocol: frozenset(key.name for key in _rows(TARGETS) if protocol in key.protocols)
+    for protocol in TARGET_PROTOCOLS
+}
+
+
+def reference_table() -> str:
+    """The Markdown reference of every key (in this module's docstring and README.md)."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| {k.label} | {k.default_text} | {k.meaning_text} |" for k in SCHEMA]
+    return "\n".join(lines)
+
+
+# --- rules across keys ---------------------------------------------------------------------
 
 
 def _path(value: str, base: Path) -> Path:
@@ -424,125 +784,90 @@ def _path(value: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def _check_listen(v: _Validator, data: Mapping[str, Any]) -> tuple[str, ...]:
-    listen = v.strings(data, ("listen",), DEFAULT_LISTEN)
-    for description in listen:
-        try:
-            serverFromString(_NO_REACTOR, description)
-        except Exception as e:  # the parser raises ValueError, KeyError, TypeError...
-            v.error(("listen",), f"bad endpoint {description!r}: {e}")
-    return listen
-
-
 def _check_user(
-    v: _Validator, name: str, raw: Any, base: Path, targets: Mapping[str, TargetConfig]
+    v: _Validator, name: str, raw: Any, targets: Mapping[str, TargetConfig]
 ) -> UserConfig | None:
     path = ("users", name)
-    rule = "user names are 1-64 of A-Z a-z 0-9 . _ @ - (not starting with . @ -)"
-    if v.named_table(path, raw, _USER_NAME, rule) is None:
+    if v.named_table(path, raw, _row(USERS, "").kind) is None:
         return None
     v.known(raw, path, USER_KEYS)
-    password = raw.get("password")
-    password_hash = None
-    if password is not None:
-        if not isinstance(password, str) or not password:
-            v.error(path + ("password",), "must be a password hash string")
-        elif not password.startswith("$"):
-            v.error(
-                path + ("password",),
-                "looks like a plaintext password: store only its hash, made with "
-                "`sshgateway hash-password` (reads the password on stdin)",
-            )
-        else:
-            try:
-                passwords.check_hash(password)
-                password_hash = password
-            except passwords.InvalidHash as e:
-                v.error(path + ("password",), f"not a usable password hash: {e}")
-    keys_file = v.string(raw, path + ("authorized_keys",))
-    auth = raw.get("auth", "any")
-    if auth not in ("any", "all"):
-        v.error(path + ("auth",), 'must be "any" or "all"')
-        auth = "any"
-    allowed = v.strings(raw, path + ("targets",), DEFAULT_USER_TARGETS)
+    values = v.read_table(raw, path, USERS)
+    allowed = _check_user_targets(v, path, values["targets"], targets)
+    default_target = _check_default_target(v, path, values["target"], allowed, targets)
+    if raw.get("password") is None and values["authorized_keys"] is None:
+        v.error(path, "has neither password nor authorized_keys: nobody could log in as it")
+        return None
+    return UserConfig(
+        name=name,
+        password_hash=values["password"],
+        authorized_keys=values["authorized_keys"],
+        auth=values["auth"],
+        target=default_target,
+        targets=allowed,
+    )
+
+
+def _check_user_targets(
+    v: _Validator,
+    path: tuple[str, ...],
+    allowed: tuple[str, ...],
+    targets: Mapping[str, TargetConfig],
+) -> tuple[str, ...]:
     for target_name in allowed:
         if target_name not in targets:
             v.error(
                 path + ("targets",),
                 f"unknown target {target_name!r} (defined: {', '.join(sorted(targets))})",
             )
-    allowed = tuple(t for t in allowed if t in targets)
-    default_target = v.string(raw, path + ("target",))
-    if default_target is not None and default_target not in allowed:
-        known = "" if default_target in targets else " (and no such target is defined)"
-        v.error(
-            path + ("target",),
-            f"{default_target!r} is not in this user's targets "
-            f"({', '.join(allowed) or 'none'}){known}",
-        )
-        default_target = None
-    if password is None and keys_file is None:
-        v.error(path, "has neither password nor authorized_keys: nobody could log in as it")
-        return None
-    return UserConfig(
-        name=name,
-        password_hash=password_hash,
-        authorized_keys=_path(keys_file, base) if keys_file else None,
-        auth=auth,
-        target=default_target,
-        targets=allowed,
+    return tuple(t for t in allowed if t in targets)
+
+
+def _check_default_target(
+    v: _Validator,
+    path: tuple[str, ...],
+    default_target: str | None,
+    allowed: tuple[str, ...],
+    targets: Mapping[str, TargetConfig],
+) -> str | None:
+    if default_target is None or default_target in allowed:
+        return default_target
+    known = "" if default_target in targets else " (and no such target is defined)"
+    v.error(
+        path + ("target",),
+        f"{default_target!r} is not in this user's targets ({', '.join(allowed) or 'none'}){known}",
     )
+    return None
 
 
-def _check_prompt(v: _Validator, raw: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
-    pattern = v.string(raw, path)
-    if pattern is None:
-        return None
-    if len(pattern) > MAX_PROMPT_PATTERN:
-        v.error(path, f"longer than {MAX_PROMPT_PATTERN} characters")
-        return None
-    try:
-        re.compile(pattern.encode("utf-8"))
-    except re.error as e:
-        v.error(path, f"not a regular expression: {e}")
-        return None
-    return pattern
-
-
-def _check_host_key(v: _Validator, raw: Mapping[str, Any], path: tuple[str, ...]) -> str:
-    policy = raw.get(path[-1], "accept-new")
-    if not isinstance(policy, str) or not (
-        policy in HOST_KEY_POLICIES
-        or _SHA256_FINGERPRINT.match(policy)
-        or _MD5_FINGERPRINT.match(policy)
-    ):
-        v.error(
-            path,
-            'must be "accept-new", "strict" or a fingerprint ("SHA256:" and 43 base64 '
-            "characters, or MD5 colon-hex for ssh1)",
-        )
-        return "accept-new"
-    if _MD5_FINGERPRINT.match(policy) and raw.get("protocol") != "ssh1":
-        v.error(path, "MD5 fingerprints are for ssh1 targets; use the SHA256: form")
-        return "accept-new"
-    return policy
-
-
-def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfig | None:
+def _check_target(v: _Validator, name: str, raw: Any) -> TargetConfig | None:
     path = ("targets", name)
-    rule = "target names are 1-64 of A-Z a-z 0-9 . _ - (not starting with . -)"
-    if v.named_table(path, raw, _TARGET_NAME, rule) is None:
+    if v.named_table(path, raw, _row(TARGETS, "").kind) is None:
         return None
-    protocol = raw.get("protocol")
-    if protocol not in TARGET_PROTOCOLS:
-        if protocol is None:
-            v.error(path, f"protocol is required ({', '.join(TARGET_PROTOCOLS)})")
-        else:
-            v.error(path + ("protocol",), f"must be one of {', '.join(TARGET_PROTOCOLS)}")
+    protocol = v.read(raw, path, _row(TARGETS, "protocol"))
+    if protocol is None:
         return None
     if name == LOCAL_TARGET and protocol != "local":
         v.error(path + ("protocol",), 'the built-in target "local" must stay protocol "local"')
         return None
+    _check_target_keys(v, path, raw, protocol)
+    if protocol == "local":
+        return TargetConfig(name, protocol)
+
+    problems = len(v.problems)
+    values = v.read_table(raw, path, TARGETS, port=TARGET_PROTOCOLS[protocol].default_port)
+    _check_pass_through(v, path, values)
+    _check_md5_fingerprint(v, path, protocol, values["host_key"])
+    _check_ssh1_target_ciphers(v, path, protocol, values["ciphers"])
+    algorithms = {key: values[key] for key in ("ciphers", "kex", "host_key_algorithms", "macs")}
+    _check_target_algorithms(v, path, name, protocol, algorithms)
+    if len(v.problems) != problems:
+        return None
+    return TargetConfig(name=name, **{**values, "host": values["host"] or ""})
+
+
+def _check_target_keys(
+    v: _Validator, path: tuple[str, ...], raw: Mapping[str, Any], protocol: str
+) -> None:
     allowed = TARGET_KEYS[protocol]
     for key in raw:
         if key not in allowed:
@@ -552,106 +877,85 @@ def _check_target(v: _Validator, name: str, raw: Any, base: Path) -> TargetConfi
             v.error(
                 path + (key,), f"{why} (known here: {', '.join(sorted(allowed))})", hide_value=True
             )
-    if protocol == "local":
-        return TargetConfig(name, protocol)
 
-    problems = len(v.problems)
-    host = v.string(raw, path + ("host",))
-    if host is None and "host" not in raw:
-        v.error(path, "host is required")
-    elif host is not None and (len(host) > 255 or any(c.isspace() for c in host)):
-        v.error(path + ("host",), "must be a host name or address (no spaces, at most 255)")
-    port = v.integer(raw, path + ("port",), DEFAULT_PORTS[protocol], minimum=1)
-    if port > 65535:
-        v.error(path + ("port",), "must be at most 65535")
-    username = v.string(raw, path + ("username",))
-    if username is not None and (len(username) > 256 or not username.isprintable()):
-        v.error(path + ("username",), "must be printable and at most 256 characters")
-    password = raw.get("password")
-    if password is not None and (not isinstance(password, str) or not password):
-        v.error(path + ("password",), "must be a non-empty string", hide_value=True)
-        password = None
-    key_file = v.string(raw, path + ("key",))
-    credentials = raw.get("credentials", "stored")
-    if credentials not in CREDENTIALS:
-        v.error(path + ("credentials",), f'must be "{CREDENTIALS[0]}" or "{CREDENTIALS[1]}"')
-        credentials = "stored"
-    if credentials == "pass-through" and (password is not None or key_file is not None):
+
+def _check_pass_through(v: _Validator, path: tuple[str, ...], values: Mapping[str, Any]) -> None:
+    if values["credentials"] == "pass-through" and (
+        values["password"] is not None or values["key"] is not None
+    ):
         v.error(
             path + ("credentials",),
             '"pass-through" sends the gateway login password upstream: '
             "remove the stored password/key",
         )
-    host_key = _check_host_key(v, raw, path + ("host_key",))
-    connect_timeout = v.number(raw, path + ("connect_timeout",), 10.0, minimum=0.1)
-    idle_timeout = v.number(raw, path + ("idle_timeout",), 0.0, minimum=0)
-    algorithms: dict[str, tuple[str, ...]] = {}
-    for key in ("ciphers", "kex", "host_key_algorithms", "macs"):
-        if key in raw:
-            algorithms[key] = v.strings(raw, path + (key,), ())
-    for cipher in algorithms.get("ciphers", ()) if protocol == "ssh1" else ():
-        if cipher not in SSH1_KNOWN_CIPHERS or cipher == "none":
-            v.error(path + ("ciphers",), f"unknown ssh1 cipher {cipher!r} (3des, blowfish, des)")
-    compression = v.integer(raw, path + ("compression",), 0, minimum=0)
-    if compression > 9:
-        v.error(path + ("compression",), "must be a zlib level from 1 to 9, or 0 for none")
-    login_prompt = _check_prompt(v, raw, path + ("login_prompt",))
-    password_prompt = _check_prompt(v, raw, path + ("password_prompt",))
-    shell_prompt = _check_prompt(v, raw, path + ("shell_prompt",))
-    if protocol == "ssh2":
-        _check_ssh2_algorithms(v, path, name, algorithms)
-    if len(v.problems) != problems:
-        return None
-    return TargetConfig(
-        name=name,
-        protocol=protocol,
-        host=host or "",
-        port=port,
-        username=username,
-        password=password,
-        key=_path(key_file, base) if key_file else None,
-        credentials=credentials,
-        host_key=host_key,
-        connect_timeout=connect_timeout,
-        idle_timeout=idle_timeout,
-        login_prompt=login_prompt,
-        password_prompt=password_prompt,
-        shell_prompt=shell_prompt,
-        compression=compression,
-        **algorithms,
-    )
 
 
-def _check_ssh2_algorithms(
-    v: _Validator, path: tuple[str, ...], name: str, algorithms: Mapping[str, tuple[str, ...]]
+def _check_md5_fingerprint(
+    v: _Validator, path: tuple[str, ...], protocol: str, host_key: str
 ) -> None:
-    # The SSH-2 client owns its algorithm tables; asked one key at a time so that each
-    # error names its own key and line. Without the module (a partial install) the
-    # names are checked when the target is built at start-up instead.
-    try:
-        from gateway.targets.ssh2 import offered_algorithms
-    except ImportError:
+    if _MD5_FINGERPRINT.match(host_key) and protocol != "ssh1":
+        v.error(path + ("host_key",), "MD5 fingerprints are for ssh1 targets; use the SHA256: form")
+
+
+def _check_ssh1_target_ciphers(
+    v: _Validator, path: tuple[str, ...], protocol: str, ciphers: tuple[str, ...]
+) -> None:
+    for cipher in ciphers if protocol == "ssh1" else ():
+        if cipher not in SSH1_TARGET_CIPHERS:
+            v.error(
+                path + ("ciphers",),
+                f"unknown ssh1 cipher {cipher!r} ({', '.join(SSH1_TARGET_CIPHERS)})",
+            )
+
+
+def _check_target_algorithms(
+    v: _Validator,
+    path: tuple[str, ...],
+    name: str,
+    protocol: str,
+    algorithms: Mapping[str, tuple[str, ...]],
+) -> None:
+    # The protocol's client owns its algorithm tables; asked one key at a time so that
+    # each error names its own key and line.
+    check = TARGET_PROTOCOLS[protocol].check_algorithms
+    if check is None:
         return
     for key, names in algorithms.items():
         if not names:
             continue
         try:
-            offered_algorithms(TargetConfig(name, "ssh2", **{key: names}))
+            check(TargetConfig(name, protocol, **{key: names}))
         except ValueError as e:
             v.error(path + (key,), str(e))
 
 
-def _check_targets(v: _Validator, data: Mapping[str, Any], base: Path) -> dict[str, TargetConfig]:
+def _check_targets(v: _Validator, data: Mapping[str, Any]) -> dict[str, TargetConfig]:
     targets = {LOCAL_TARGET: TargetConfig(LOCAL_TARGET, "local")}
     table = v.table(data, ("targets",))
     for name, raw in (table or {}).items():
-        target = _check_target(v, name, raw, base)
+        target = _check_target(v, name, raw)
         if target is not None:
             targets[name] = target
         elif _TARGET_NAME.match(name):
             # Known by name, so users that list it get no second, misleading error.
             targets[name] = TargetConfig(name, "local")
     return targets
+
+
+def _check_users(
+    v: _Validator, data: Mapping[str, Any], targets: Mapping[str, TargetConfig]
+) -> dict[str, UserConfig]:
+    users: dict[str, UserConfig] = {}
+    table = v.table(data, ("users",))
+    if table is None:
+        return users
+    for name, raw in table.items():
+        user = _check_user(v, name, raw, targets)
+        if user is not None:
+            users[name] = user
+    if not table:
+        v.error(("users",), "no [users.NAME] configured: nobody could log in")
+    return users
 
 
 def _settings(v: _Validator, section: str, cls: Callable[..., Any], values: dict[str, Any]) -> Any:
@@ -670,104 +974,52 @@ def _settings(v: _Validator, section: str, cls: Callable[..., Any], values: dict
         return cls()
 
 
-def _build(data: Mapping[str, Any], v: _Validator, base: Path) -> GatewayConfig:
-    v.known(data, (), TOP_KEYS)
-    listen = _check_listen(v, data)
-    state_dir = v.string(data, ("state_dir",)) or DEFAULT_STATE_DIR
-    protocols = v.strings(data, ("protocols",), DEFAULT_PROTOCOLS)
-    for p in protocols:
-        if p not in KNOWN_PROTOCOLS:
-            v.error(("protocols",), f'unknown protocol {p!r} (use "1" and/or "2")')
-    protocols = tuple(p for p in KNOWN_PROTOCOLS if p in protocols) or DEFAULT_PROTOCOLS
-    version_timeout = v.number(data, ("version_timeout",), DEFAULT_VERSION_TIMEOUT, minimum=1)
-
-    targets = _check_targets(v, data, base)
-    users: dict[str, UserConfig] = {}
-    users_table = v.table(data, ("users",))
-    if users_table is not None:
-        for name, raw in users_table.items():
-            user = _check_user(v, name, raw, base, targets)
-            if user is not None:
-                users[name] = user
-        if not users_table:
-            v.error(("users",), "no [users.NAME] configured: nobody could log in")
-
-    auth = v.table(data, ("auth",)) or {}
-    v.known(auth, ("auth",), AUTH_KEYS)
-    defaults = AuthLimits()
-    limits = AuthLimits(
-        grace_time=v.number(auth, ("auth", "grace_time"), defaults.grace_time, minimum=1),
-        max_attempts=v.integer(auth, ("auth", "max_attempts"), defaults.max_attempts, minimum=1),
-        failure_delay=v.number(auth, ("auth", "failure_delay"), defaults.failure_delay, minimum=0),
-    )
-
-    session = v.table(data, ("session",)) or {}
-    v.known(session, ("session",), SESSION_KEYS)
-    env_allow = v.strings(session, ("session", "env_allow"), DEFAULT_ENV_ALLOW, allow_empty=True)
-
-    ssh2_raw = v.table(data, ("ssh2",)) or {}
-    v.known(ssh2_raw, ("ssh2",), SSH2_KEYS)
-    ssh2_values: dict[str, Any] = {}
-    for key in ("kex", "host_key_algorithms", "ciphers", "macs"):
-        if key in ssh2_raw:
-            ssh2_values[key] = v.strings(ssh2_raw, ("ssh2", key), ())
-    if "compression" in ssh2_raw:
-        ssh2_values["compression"] = v.boolean(ssh2_raw, ("ssh2", "compression"), False)
-    if "rekey_limit" in ssh2_raw:
-        ssh2_values["rekey_limit"] = v.integer(ssh2_raw, ("ssh2", "rekey_limit"), 0, minimum=0)
-    if "rekey_interval" in ssh2_raw:
-        ssh2_values["rekey_interval"] = v.number(ssh2_raw, ("ssh2", "rekey_interval"), 0, minimum=0)
-    ssh2 = _settings(v, "ssh2", SSH2Settings, {k: x for k, x in ssh2_values.items() if x != ()})
-
-    ssh1_raw = v.table(data, ("ssh1",)) or {}
-    v.known(ssh1_raw, ("ssh1",), SSH1_KEYS)
-    d1 = SSH1Settings()
-    ssh1_values: dict[str, Any] = {}
-    if "ciphers" in ssh1_raw:
-        ssh1_values["ciphers"] = v.strings(ssh1_raw, ("ssh1", "ciphers"), d1.ciphers)
-    if "server_key_bits" in ssh1_raw:
-        ssh1_values["server_key_bits"] = v.integer(
-            ssh1_raw, ("ssh1", "server_key_bits"), d1.server_key_bits, minimum=1
-        )
-    if "server_key_lifetime" in ssh1_raw:
-        ssh1_values["server_key_lifetime"] = v.number(
-            ssh1_raw, ("ssh1", "server_key_lifetime"), d1.server_key_lifetime, minimum=60
-        )
-    for key in ("allow_x11_forwarding", "allow_agent_forwarding"):
-        if key in ssh1_raw:
-            ssh1_values[key] = v.boolean(ssh1_raw, ("ssh1", key), False)
-    if "permit_open" in ssh1_raw:
-        permit = v.strings(ssh1_raw, ("ssh1", "permit_open"), (), allow_empty=True)
-        for item in permit:
-            host, sep, port = item.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                v.error(("ssh1", "permit_open"), f'{item!r} is not "host:port"')
-        ssh1_values["permit_open"] = permit
-    ssh1 = _settings(v, "ssh1", SSH1Settings, ssh1_values)
+def _check_ssh1_key_gap(v: _Validator, protocols: tuple[str, ...], ssh1: SSH1Settings) -> None:
     if "1" in protocols:
         try:
             ssh1.check_host_key_bits(SSH1_HOST_KEY_BITS)
         except ValueError as e:
             v.error(("ssh1", "server_key_bits"), str(e))
 
-    flows_raw = v.table(data, ("flows",)) or {}
-    v.known(flows_raw, ("flows",), FLOWS_KEYS)
-    fd = FlowsConfig()
-    flows = FlowsConfig(
-        enabled=v.boolean(flows_raw, ("flows", "enabled"), fd.enabled),
-        max_bytes=v.integer(flows_raw, ("flows", "max_bytes"), fd.max_bytes, minimum=4096),
-        keep=v.integer(flows_raw, ("flows", "keep"), fd.keep, minimum=0),
-    )
 
+def _section(v: _Validator, data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The ``[name]`` table, its unknown keys reported."""
+    raw = v.table(data, (name,)) or {}
+    v.known(raw, (name,), _keys(name))
+    return raw
+
+
+def _build(data: Mapping[str, Any], v: _Validator) -> GatewayConfig:
+    v.known(data, (), TOP_KEYS)
+    top = v.read_table(data, (), "")
+    # Offered in this order, whatever the file's.
+    protocols = tuple(p for p in KNOWN_PROTOCOLS if p in top["protocols"]) or DEFAULT_PROTOCOLS
+    targets = _check_targets(v, data)
+    users = _check_users(v, data, targets)
+    auth = v.read_table(_section(v, data, "auth"), ("auth",), "auth")
+    session = v.read_table(_section(v, data, "session"), ("session",), "session")
+    # The SSH settings check their own values: given only the keys the file sets.
+    ssh2_raw = _section(v, data, "ssh2")
+    ssh2_values = v.read_table(ssh2_raw, ("ssh2",), "ssh2")
+    ssh2 = _settings(
+        v, "ssh2", SSH2Settings, {k: x for k, x in ssh2_values.items() if k in ssh2_raw}
+    )
+    ssh1_raw = _section(v, data, "ssh1")
+    ssh1_values = v.read_table(ssh1_raw, ("ssh1",), "ssh1")
+    ssh1 = _settings(
+        v, "ssh1", SSH1Settings, {k: x for k, x in ssh1_values.items() if k in ssh1_raw}
+    )
+    _check_ssh1_key_gap(v, protocols, ssh1)
+    flows = FlowsConfig(**v.read_table(_section(v, data, "flows"), ("flows",), "flows"))
     return GatewayConfig(
-        listen=listen,
-        state_dir=_path(state_dir, base),
+        listen=top["listen"],
+        state_dir=top["state_dir"],
         protocols=protocols,
-        version_timeout=version_timeout,
+        version_timeout=top["version_timeout"],
         users=users,
         targets=targets,
-        auth_limits=limits,
-        env_allow=env_allow,
+        auth_limits=AuthLimits(**auth),
+        env_allow=session["env_allow"],
         ssh2=ssh2,
         ssh1=ssh1,
         flows=flows,
@@ -777,7 +1029,7 @@ def _build(data: Mapping[str, Any], v: _Validator, base: Path) -> GatewayConfig:
 def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> GatewayConfig:
     """Validate TOML ``text``; :class:`ConfigError` lists every problem found."""
     lines = _Lines(text)
-    v = _Validator(source, lines)
+    v = _Validator(source, lines, base if base is not None else Path.cwd())
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -795,7 +1047,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
                 )
             ]
         ) from None
-    config = _build(data, v, base if base is not None else Path.cwd())
+    config = _build(data, v)
     if v.problems:
         raise ConfigError(sorted(v.problems, key=lambda p: p.line or 0))
     return config
@@ -901,3 +1153,7 @@ def ensure_default_password(config: GatewayConfig, log: Logger | None = None) ->
         )
     user = dataclasses.replace(config.users[name], password_hash=stored)
     return dataclasses.replace(config, users={**config.users, name: user})
+
+
+# The module's reference table, written from the schema (python -OO drops docstrings).
+__doc__ = (__doc__ or "").replace("{reference_table}", reference_table())

@@ -41,7 +41,7 @@ from twisted.conch.ssh import keys
 from twisted.logger import Logger
 
 from gateway.hostkeys import ssh2_fingerprint
-from gateway.targets.bridge import UpstreamFailure
+from gateway.upstream_errors import UpstreamFailure
 from protocols.ssh1.keys import int_to_bytes, ssh1_fingerprint
 
 log = Logger()

@@ -15,16 +15,13 @@ Which target a session gets (``alice`` is the authenticated user):
   more than one allowed target, the menu; else ``local`` if allowed; else her only target.
 
 Targets are built by :func:`build_router` from the config: ``local`` is one
-``LocalTarget``; upstream targets are ``XTarget(reactor, config, known_hosts)`` from
-``gateway.targets.ssh1`` / ``ssh2`` / ``telnet``, imported only when a target needs them, so
-that a protocol module that is missing or broken disables its targets (with a log line at
-start and a one-line reason per session) instead of the gateway.
+``LocalTarget``; upstream targets are ``XTarget(reactor, config, known_hosts)``, the class
+of their protocol in ``gateway.targets.registry``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,8 +31,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.config import LOCAL_TARGET, GatewayConfig
-from gateway.targets import TargetConfig
-from gateway.targets.bridge import FAILURE_STATUS
+from gateway.known_hosts import KnownHosts
+from gateway.targets.local import LocalTarget
+from gateway.targets.registry import TARGET_PROTOCOLS
+from gateway.upstream_errors import FAILURE_STATUS
 from protocols.flow import open_flow
 from protocols.session import (
     ExitInfo,
@@ -49,12 +48,6 @@ log = Logger()
 
 TARGET_SEPARATOR = "+"
 
-# Upstream target classes by protocol: (module, class), imported when first needed.
-UPSTREAM_CLASSES: dict[str, tuple[str, str]] = {
-    "ssh1": ("gateway.targets.ssh1", "SSH1Target"),
-    "ssh2": ("gateway.targets.ssh2", "SSH2Target"),
-    "telnet": ("gateway.targets.telnet", "TelnetTarget"),
-}
 KNOWN_HOSTS_FILE = "known_hosts"
 
 # The menu: how long a user has to choose, how many wrong answers, how long a line.
@@ -126,25 +119,6 @@ class RefusedSession:
 
     def unregisterProducer(self) -> None:
         pass
-
-
-class MissingTarget:
-    """Stands in for a target whose protocol module could not be loaded."""
-
-    def __init__(self, clock: IReactorTime, config: TargetConfig) -> None:
-        self.clock = clock
-        self.config = config
-
-    def open_session(
-        self,
-        username: str,
-        request: SessionRequest,
-        client: ISessionClient,
-        *,
-        password: str | None = None,
-    ) -> ISessionTarget:
-        message = f"{self.config.name}: {self.config.protocol} targets are not available"
-        return RefusedSession(self.clock, client, message, FAILURE_STATUS)
 
 
 # --- the menu -------------------------------------------------------------------------------
@@ -478,53 +452,31 @@ class Router:
         return done.addCallback(lambda _: None)
 
 
-def _load_known_hosts(config: GatewayConfig) -> Any:
-    try:
-        module = importlib.import_module("gateway.known_hosts")
-    except ImportError as e:
-        log.warn("upstream host keys cannot be checked: {error}", error=str(e))
-        return None
-    return module.KnownHosts(config.state_dir / KNOWN_HOSTS_FILE)
+def _load_known_hosts(config: GatewayConfig) -> KnownHosts:
+    return KnownHosts(config.state_dir / KNOWN_HOSTS_FILE)
 
 
 def build_router(
     config: GatewayConfig, reactor: Any, *, local: Any = None, known_hosts: Any = None
 ) -> Router:
     """Build every configured target. ``local`` defaults to ``LocalTarget(reactor)``;
-    ``known_hosts`` to ``KnownHosts(<state_dir>/known_hosts)`` when an SSH target exists.
+    ``known_hosts`` to ``KnownHosts(<state_dir>/known_hosts)`` when a target checks host keys.
 
     A target class that rejects its config raises ValueError naming the target.
     """
     if local is None:
-        from gateway.targets.local import LocalTarget
-
         local = LocalTarget(reactor)
     targets: dict[str, Any] = {}
-    classes: dict[str, Any] = {}
-    needs_known_hosts = any(t.protocol in ("ssh1", "ssh2") for t in config.targets.values())
-    if known_hosts is None and needs_known_hosts:
+    protocols = [TARGET_PROTOCOLS[t.protocol] for t in config.targets.values()]
+    if known_hosts is None and any(p.checks_host_keys for p in protocols):
         known_hosts = _load_known_hosts(config)
     for name, target in config.targets.items():
-        if target.protocol == "local":
+        upstream = TARGET_PROTOCOLS[target.protocol].upstream
+        if upstream is None:
             targets[name] = local
             continue
-        module_name, class_name = UPSTREAM_CLASSES[target.protocol]
-        if target.protocol not in classes:
-            try:
-                classes[target.protocol] = getattr(importlib.import_module(module_name), class_name)
-            except (ImportError, AttributeError) as e:
-                log.error(
-                    "{protocol} targets are not available ({error}): sessions to them fail",
-                    protocol=target.protocol,
-                    error=str(e),
-                )
-                classes[target.protocol] = None
-        cls = classes[target.protocol]
-        if cls is None:
-            targets[name] = MissingTarget(reactor, target)
-            continue
         try:
-            targets[name] = cls(reactor, target, known_hosts)
+            targets[name] = upstream(reactor, target, known_hosts)
         except (ValueError, TypeError) as e:
             message = str(e)
             raise ValueError(message if name in message else f"target {name}: {message}") from e

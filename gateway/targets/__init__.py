@@ -2,16 +2,14 @@
 
 A target turns a SessionRequest into a running ISessionTarget (see protocols/session.py).
 ``local`` (gateway.targets.local.LocalTarget) runs the program on the gateway host; upstream
-targets (another SSH server, a serial line) will live beside it with the same interface.
+targets (ssh1, ssh2, telnet) live beside it with the same interface; the protocols and the
+class of each are listed in gateway.targets.registry.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-TARGET_PROTOCOLS = ("ssh1", "ssh2", "telnet", "local")
-DEFAULT_PORTS = {"ssh1": 22, "ssh2": 22, "telnet": 23}
 
 
 @dataclass(frozen=True)
@@ -20,7 +18,7 @@ class TargetConfig:
     gateway (a stored password is plaintext by necessity: keep the config file 0600)."""
 
     name: str
-    protocol: str  # one of TARGET_PROTOCOLS
+    protocol: str  # a name in gateway.targets.registry.TARGET_PROTOCOLS
     host: str = ""
     port: int = 22
     username: str | None = None  # upstream login name; default: the gateway user's name

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from gateway.upstream_errors import FAILURE_STATUS, UpstreamFailure
 from protocols.flow import FlowRecorder
 from protocols.session import (
     ExitInfo,
@@ -44,11 +45,8 @@ log = Logger()
 # Client input held while the upstream session is being opened, before the front end's
 # producer is paused (so a client pasting megabytes cannot grow this without bound).
 MAX_PENDING_INPUT = 256 * 1024
-FAILURE_STATUS = 255  # what OpenSSH's client reports for a connection-level failure
-
-
-class UpstreamFailure(Exception):
-    """A failure to show the user: ``str(exc)`` is one line, without secrets."""
+# FAILURE_STATUS and UpstreamFailure (imported above from gateway.upstream_errors) are
+# still importable from here: the target protocols take them with the bridge's classes.
 
 
 class IUpstreamSession(Interface):

@@ -3,8 +3,7 @@ refusal, pass-through passwords, the target menu, and building targets from the 
 
 from __future__ import annotations
 
-import sys
-import types
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from zope.interface.verify import verifyObject
 from gateway import routing
 from gateway.config import parse_config
 from gateway.routing import MenuSession, RefusedSession, Router, build_router, split_login
+from gateway.targets.registry import TARGET_PROTOCOLS
 from protocols.session import (
     ExitInfo,
     ISessionTarget,
@@ -395,24 +395,16 @@ class Recorder:
 
 
 @pytest.fixture
-def fake_modules(monkeypatch):
+def fake_upstreams(monkeypatch):
     Recorder.made = []
-    module = types.ModuleType("fake_upstream")
-    module.SSH1Target = module.SSH2Target = Recorder
-    monkeypatch.setitem(sys.modules, "fake_upstream", module)
-    monkeypatch.setattr(
-        routing,
-        "UPSTREAM_CLASSES",
-        {
-            "ssh1": ("fake_upstream", "SSH1Target"),
-            "ssh2": ("fake_upstream", "SSH2Target"),
-            "telnet": ("no_such_module_for_telnet", "TelnetTarget"),
-        },
-    )
-    return module
+    fakes = {
+        name: dataclasses.replace(protocol, upstream=Recorder) if protocol.upstream else protocol
+        for name, protocol in TARGET_PROTOCOLS.items()
+    }
+    monkeypatch.setattr(routing, "TARGET_PROTOCOLS", fakes)
 
 
-def test_build_router(fake_modules, tmp_path):
+def test_build_router(fake_upstreams, tmp_path):
     config = parse_config(
         CONFIG.replace("[users.alice]", f'state_dir = "{tmp_path}"\n[users.alice]')
     )
@@ -421,18 +413,12 @@ def test_build_router(fake_modules, tmp_path):
     known_hosts = object()
     router = build_router(config, clock, local=local, known_hosts=known_hosts)
     assert router.targets["local"] is local
-    assert {r.args[1].name for r in Recorder.made} == {"sw1", "host2", "secret"}
+    assert {r.args[1].name for r in Recorder.made} == {"sw1", "host2", "tn", "secret"}
     assert all(r.args[0] is clock and r.args[2] is known_hosts for r in Recorder.made)
-    # telnet's module is missing: the gateway runs, sessions to it fail with one line.
-    assert isinstance(router.targets["tn"], routing.MissingTarget)
-    client = FakeSessionClient()
-    router.open_session("dave", SessionRequest(command=b"x"), client, target="tn", password="p")
-    clock.advance(0)
-    assert client.err == b"sshgateway: tn: telnet targets are not available\r\n"
-    assert client.exit == ExitInfo(status=255)
+    assert router.targets["tn"] is next(r for r in Recorder.made if r.args[1].name == "tn")
 
 
-def test_build_router_reports_a_rejected_target(fake_modules):
+def test_build_router_reports_a_rejected_target(fake_upstreams):
     config = parse_config(CONFIG.replace('host = "192.0.2.13"', 'host = "bad"'))
     with pytest.raises(ValueError, match="target secret: unknown algorithm"):
         build_router(config, Clock(), local=FakeTarget("local"), known_hosts=object())
@@ -449,11 +435,9 @@ def test_build_router_with_only_local_needs_no_known_hosts(monkeypatch):
     assert list(router.targets) == ["local"]
 
 
-def test_build_router_loads_known_hosts_from_the_state_dir(fake_modules, monkeypatch, tmp_path):
+def test_build_router_loads_known_hosts_from_the_state_dir(fake_upstreams, monkeypatch, tmp_path):
     made = []
-    module = types.ModuleType("gateway.known_hosts")
-    module.KnownHosts = lambda path: made.append(path) or ("kh", path)
-    monkeypatch.setitem(sys.modules, "gateway.known_hosts", module)
+    monkeypatch.setattr(routing, "KnownHosts", lambda path: made.append(path) or ("kh", path))
     config = parse_config(f'state_dir = "{tmp_path}"\n' + CONFIG, base=tmp_path)
     build_router(config, Clock(), local=FakeTarget("local"))
     assert made == [Path(tmp_path) / "known_hosts"]
@@ -497,3 +481,12 @@ def test_menu_survives_any_input(chunks, pty):
         assert client.exit == ExitInfo(status=1)
     session.close()
     assert not setup.clock.getDelayedCalls()
+
+
+def test_build_router_builds_each_target_with_its_registry_class():
+    # No importlib, no fallback: the class is the registry's, imported with the module.
+    config = parse_config(CONFIG)
+    router = build_router(config, Clock(), local=FakeTarget("local"), known_hosts=object())
+    for name, target in config.targets.items():
+        upstream = TARGET_PROTOCOLS[target.protocol].upstream
+        assert type(router.targets[name]) is (upstream or FakeTarget), name
