@@ -38,13 +38,19 @@ def bound_socket(
 
 
 def paramiko_client(
-    gw: GatewayProcess, *, source: str = "127.0.0.1", user: str = "alice", **connect: Any
+    gw: GatewayProcess,
+    *,
+    source: str = "127.0.0.1",
+    user: str = "alice",
+    fingerprints: set[str] | None = None,
+    **connect: Any,
 ) -> Any:
     """A paramiko ``SSHClient`` logged in to the gateway from ``source``; ``connect`` goes
     to ``SSHClient.connect`` (``password=``, ``key_filename=``...). No agent, no keys
-    from ~/.ssh: only what the test passes."""
+    from ~/.ssh: only what the test passes. ``fingerprints`` are the pinned host keys'
+    (:func:`gateway_fingerprints`, asked of the admin command when not given)."""
     paramiko = require_module("paramiko")
-    pinned = gateway_fingerprints(gw)
+    pinned = fingerprints if fingerprints is not None else gateway_fingerprints(gw)
 
     class PinnedHostKey(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
