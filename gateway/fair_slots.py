@@ -123,6 +123,8 @@ class FairSlots:
             self._running[source] = left
         else:
             del self._running[source]
+            if source not in self._waiting:
+                self._refusing.discard(source)  # its burst is over
         self.free += 1
         self._dispatch()
         return result

@@ -146,3 +146,14 @@ def test_bad_sizes_are_refused():
 )
 def test_source_of(peer, source):
     assert source_of(peer) == source
+
+
+def test_nothing_is_kept_for_refused_sources_without_a_queue():
+    jobs = Jobs(FairSlots(slots=2, per_source=1, queue_limit=0))
+    for source in ["A", "B"]:
+        jobs.submit(source, source + "0")
+        refused = jobs.slots.run(source, lambda: True)
+        refused.addErrback(lambda f: f.trap(SourceBusy))
+    jobs.finish("A0")
+    jobs.finish("B0")
+    assert jobs.slots.sources == 0 and not jobs.slots._refusing
