@@ -7,6 +7,12 @@ Unknown users go through the same code paths as known ones and fail with the sam
 so that its answer takes the same time as a wrong password's (the front end's
 ``LoginFlow`` adds the failure delay on top, for every failure alike).
 
+Password hashing is bounded and shared fairly between sources (:mod:`gateway.fair_slots`):
+the portal (:class:`GatewayPortal`) tells the password checker which address an attempt
+comes from (the login context's peer). A source gets at most half of the hashing slots
+(and of the CPUs) and a short queue; attempts beyond that fail at once, exactly like a
+wrong password, so a flood of guesses from one address slows down only that address.
+
 Login names may be ``user+target`` (:func:`gateway.routing.split_login`): every checker
 authenticates ``user`` and the avatar carries the requested target; whether that target
 exists or is allowed is decided when a session opens, never at login. For targets with
@@ -18,6 +24,7 @@ send it upstream; it is never logged.
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -30,11 +37,13 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import passwords
 from gateway.authorized_keys import AuthorizedKeysFile
 from gateway.config import GatewayConfig, UserConfig
+from gateway.fair_slots import UNKNOWN_SOURCE, FairSlots, SourceBusy, source_of
 from gateway.routing import split_login
 from protocols.auth import (
     METHOD_PASSWORD,
@@ -53,6 +62,13 @@ _REFUSED = "authentication failed"
 
 # Password checks running at once (each scrypt check needs 32 MiB and ~0.1 s of CPU).
 MAX_CONCURRENT_HASHES = 4
+# Of those, what one source may hold: half the slots, and no more than half the CPUs, so
+# that a flood of guesses from one address leaves both slots and CPU to other addresses.
+MAX_HASHES_PER_SOURCE = max(1, min(MAX_CONCURRENT_HASHES // 2, (os.cpu_count() or 2) // 2))
+# Checks from one source waiting for a slot; more fail at once, as a wrong password does.
+# Each SSH connection has one check in flight, so this is about as many connections from
+# one address logging in at the same moment (a NAT) before some are refused.
+MAX_QUEUED_PER_SOURCE = 8
 
 # How CPU-heavy work (password hashing) is run: ``blocking(f, *args) -> Deferred``.
 Blocking = Callable[..., defer.Deferred]
@@ -138,13 +154,17 @@ class PasswordChecker:
         blocking: Blocking = run_in_thread,
         max_concurrent: int = MAX_CONCURRENT_HASHES,
         keep_password: KeepPassword = _never,
+        *,
+        per_source: int = MAX_HASHES_PER_SOURCE,
+        queued_per_source: int = MAX_QUEUED_PER_SOURCE,
     ) -> None:
         self.users = users
         self.blocking = blocking
         self.keep_password = keep_password
         # Each scrypt check holds 32 MiB: a burst of guesses waits its turn instead of
-        # multiplying that by the thread pool's size.
-        self._slots = defer.DeferredSemaphore(max_concurrent)
+        # multiplying that by the thread pool's size, and waits behind its own source's
+        # guesses only, never in front of everyone else's logins.
+        self.slots = FairSlots(max_concurrent, per_source, queued_per_source)
         configured = [u.password_hash for u in users.values() if u.password_hash]
         # Unknown users pay for a hash with the same cost parameters as the real ones.
         self._dummy_like = configured[0] if configured else None
@@ -156,8 +176,13 @@ class PasswordChecker:
         return passwords.verify_password(user.password_hash, password)
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        """For callers without a login context: they all count as one source."""
+        return self.check(credentials, UNKNOWN_SOURCE)
+
+    def check(self, credentials: Any, source: str) -> defer.Deferred:
+        """Check a password attempt that comes from ``source`` (:func:`source_of`)."""
         name, target = _login(credentials.username)
-        d = self._slots.run(self.blocking, self._check, name, credentials.password)
+        d = self.slots.run(source, self.blocking, self._check, name, credentials.password)
 
         def decided(ok: bool) -> AvatarId:
             if not ok or name is None:
@@ -169,7 +194,19 @@ class PasswordChecker:
                 kept = raw if isinstance(raw, str) else raw.decode("utf-8", "surrogateescape")
             return AvatarId(name.encode("utf-8"), METHOD_PASSWORD, target, kept)
 
-        return d.addCallback(decided)
+        def over_share(failure: Failure) -> Failure:
+            failure.trap(SourceBusy)
+            busy = failure.value
+            if busy.first:
+                _log.info(
+                    "password checks from {source} beyond its share of hashing: refusing "
+                    "its extra attempts until its queue drains",
+                    source=busy.source,
+                )
+            # Refused unchecked, but answered exactly like a wrong password.
+            return Failure(UnauthorizedLogin(_REFUSED))
+
+        return d.addCallbacks(decided, over_share)
 
 
 class KeyStore:
@@ -375,9 +412,25 @@ def _remember_password(context: LoginContext, name: str, password: str | None) -
     return None
 
 
+class GatewayPortal(Portal):
+    """The portal that passes the login context's peer on to the password checker, so
+    that hashing is scheduled per source; other credentials go the usual way."""
+
+    def __init__(self, realm: IRealm, password_checker: PasswordChecker, checkers: list) -> None:
+        super().__init__(realm, [password_checker, *checkers])
+        self.password_checker = password_checker
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+        if not IUsernamePassword.providedBy(credentials):
+            return super().login(credentials, mind, *interfaces)
+        peer = mind.peer if isinstance(mind, LoginContext) else ""
+        d = self.password_checker.check(credentials, source_of(peer))
+        return d.addCallback(self.realm.requestAvatar, mind, *interfaces)
+
+
 def build_portal(
     config: GatewayConfig, targets: Any, *, blocking: Blocking = run_in_thread
-) -> Portal:
+) -> GatewayPortal:
     """The one portal of the gateway: the realm and the three checkers.
 
     ``targets`` is the :class:`gateway.routing.Router` (or anything with
@@ -397,11 +450,8 @@ def build_portal(
             if t in config.targets
         )
 
-    return Portal(
+    return GatewayPortal(
         realm,
-        [
-            PasswordChecker(config.users, blocking, keep_password=keep_password),
-            SSH2PublicKeyChecker(store),
-            SSH1RSAChecker(store),
-        ],
+        PasswordChecker(config.users, blocking, keep_password=keep_password),
+        [SSH2PublicKeyChecker(store), SSH1RSAChecker(store)],
     )

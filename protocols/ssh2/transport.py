@@ -337,6 +337,12 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
         name = reader.string(64)
         reader.end()
         if self.service is not None and name == self.service.name:
+            if name == b"ssh-userauth":
+                # paramiko asks again before each method (its key-then-password fallback)
+                # and OpenSSH's sshd accepts it. Accept it again without restarting the
+                # service: attempts used, the pipelined queue and the login flow go on.
+                self.sendPacket(transport.MSG_SERVICE_ACCEPT, packet)
+                return
             self.protocol_error("service already running")
             return
         super().ssh_SERVICE_REQUEST(packet)

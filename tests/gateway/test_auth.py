@@ -382,10 +382,93 @@ def test_password_checks_are_limited_in_number(setup):
         pending.append((d, f, args))
         return d
 
-    checker = PasswordChecker(setup.config.users, runner, max_concurrent=2)
+    checker = PasswordChecker(setup.config.users, runner, max_concurrent=2, per_source=2)
     results = [checker.requestAvatarId(UsernamePassword(b"bob", b"bob-pw")) for _ in range(5)]
     assert len(pending) == 2  # the other three wait for a slot
     while pending:
         d, f, args = pending.pop(0)
         d.callback(f(*args))
     assert all(result_of(r) == b"bob" for r in results)
+
+
+# --- password hashing is shared fairly between sources ---------------------------------------
+
+
+class PendingRunner:
+    """A blocking runner whose jobs wait until the test runs them."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple] = []
+
+    def __call__(self, f, *args):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.pending.append((d, f, args))
+        return d
+
+    def run_one(self) -> None:
+        d, f, args = self.pending.pop(0)
+        d.callback(f(*args))
+
+
+def test_a_flood_from_one_address_leaves_hashing_slots_for_another(setup):
+    from gateway.auth import MAX_HASHES_PER_SOURCE, MAX_QUEUED_PER_SOURCE
+
+    runner = PendingRunner()
+    portal = build_portal(setup.config, setup.targets, blocking=runner)
+    guesses = [
+        portal.login(
+            UsernamePassword(b"bob", f"guess-{i}".encode()),
+            LoginContext("ssh2", f"127.0.0.1:{40000 + i}"),
+            IGatewayUser,
+        )
+        for i in range(150)
+    ]
+    assert len(runner.pending) == MAX_HASHES_PER_SOURCE  # not all four slots
+    queued = [d for d in guesses if not d.called]
+    refused_at_once = [failure_of(d) for d in guesses if d.called]
+    assert len(refused_at_once) == 150 - MAX_HASHES_PER_SOURCE - MAX_QUEUED_PER_SOURCE
+    assert all(f.check(UnauthorizedLogin) for f in refused_at_once)
+
+    login = portal.login(
+        UsernamePassword(b"bob", b"bob-pw"), LoginContext("ssh2", "127.0.0.2:50000"), IGatewayUser
+    )
+    assert len(runner.pending) == MAX_HASHES_PER_SOURCE + 1  # hashing at once, not queued
+    runner.run_one()
+    runner.run_one()
+    runner.run_one()
+    _, avatar, _ = result_of(login)
+    assert avatar.username == "bob"
+    while runner.pending:  # the queued guesses get their turn, and fail
+        runner.run_one()
+    assert all(failure_of(d).check(UnauthorizedLogin) for d in queued)
+
+
+def test_a_refused_guess_looks_like_a_wrong_password(setup):
+    runner = PendingRunner()
+    checker = PasswordChecker(setup.config.users, runner, per_source=1, queued_per_source=0)
+    first = checker.check(UsernamePassword(b"bob", b"first"), "192.0.2.1")
+    refused = failure_of(checker.check(UsernamePassword(b"bob", b"bob-pw"), "192.0.2.1"))
+    runner.run_one()
+    wrong = failure_of(first)
+    assert type(refused.value) is type(wrong.value) is UnauthorizedLogin
+    assert refused.getErrorMessage() == wrong.getErrorMessage()
+
+
+def test_the_portal_counts_ipv6_neighbours_as_one_source(setup):
+    from gateway.auth import MAX_HASHES_PER_SOURCE
+
+    runner = PendingRunner()
+    portal = build_portal(setup.config, setup.targets, blocking=runner)
+    attempts = [
+        portal.login(
+            UsernamePassword(b"bob", b"x"), LoginContext("ssh2", f"2001:db8::{i + 1}:22"),
+            IGatewayUser,
+        )
+        for i in range(6)
+    ]  # fmt: skip
+    assert len(runner.pending) == MAX_HASHES_PER_SOURCE  # one /64, one share
+    while runner.pending:
+        runner.run_one()
+    assert all(failure_of(d).check(UnauthorizedLogin) for d in attempts)

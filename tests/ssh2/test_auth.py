@@ -192,3 +192,76 @@ def test_pipelined_requests_are_answered_in_order_and_bounded():
     w.flush()
     assert w.client.disconnect[0] == transport.DISCONNECT_PROTOCOL_ERROR
     assert w.record.close_reason == "too many pipelined authentication requests"
+
+
+# --- a new SERVICE_REQUEST ssh-userauth before each method (paramiko) ----------------------
+
+
+def raw_client(limits):
+    """A wired connection whose client sends hand-made packets after the key exchange;
+    the server's answers above the transport layer land in ``answers``."""
+    w = wire(login=False, limits=limits)
+    answers = []
+    dispatch = w.client.dispatchMessage
+
+    def record(number, payload):
+        if number in (transport.MSG_SERVICE_ACCEPT,) or number >= 50:
+            answers.append((number, payload))
+        else:
+            dispatch(number, payload)
+
+    w.client.dispatchMessage = record
+    return w, answers
+
+
+def send_userauth_service_request(w):
+    w.client.sendPacket(transport.MSG_SERVICE_REQUEST, common.NS(b"ssh-userauth"))
+    w.flush()
+
+
+def send_password(w, password):
+    w.client.sendPacket(
+        50,
+        common.NS(b"alice") + common.NS(b"ssh-connection") + common.NS(b"password") + b"\x00"
+        + common.NS(password),
+    )  # fmt: skip
+    w.flush()
+
+
+def test_userauth_requested_again_after_a_failure_then_password_logs_in():
+    # paramiko's key-then-password fallback: a failed method, SERVICE_REQUEST again, the
+    # next method. OpenSSH's sshd accepts the repeated request; so must we.
+    w, answers = raw_client(AuthLimits(failure_delay=0.0))
+    send_userauth_service_request(w)
+    running = w.transport.service
+    send_password(w, b"wrong")
+    w.advance(0)
+    send_userauth_service_request(w)
+    assert w.client.disconnect is None, w.client.disconnect
+    send_password(w, b"secret")
+    assert [n for n, _ in answers] == [
+        transport.MSG_SERVICE_ACCEPT, 51, transport.MSG_SERVICE_ACCEPT, 52,
+    ]  # fmt: skip
+    assert answers[2][1] == common.NS(b"ssh-userauth")
+    assert w.record.auth_method == "password" and w.record.auth_result == "success"
+    assert running._finished  # accepted again, not restarted: the same service went on
+
+
+def test_userauth_requested_again_keeps_the_attempt_count():
+    w, answers = raw_client(AuthLimits(failure_delay=0.0, max_attempts=3))
+    for _ in range(3):
+        send_userauth_service_request(w)
+        send_password(w, b"wrong")
+        w.advance(0)
+    assert w.transport.login_flow.failures == 3
+    assert w.client.disconnect is not None
+    assert w.client.disconnect[0] == transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE
+
+
+def test_userauth_requested_after_login_is_refused():
+    w = wire(password=b"secret")
+    assert w.conn.started
+    w.client.sendPacket(transport.MSG_SERVICE_REQUEST, common.NS(b"ssh-userauth"))
+    w.flush()
+    assert w.client.disconnect is not None
+    assert w.client.disconnect[0] == transport.DISCONNECT_SERVICE_NOT_AVAILABLE
