@@ -47,6 +47,9 @@ log = Logger()
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE = 2.0
+# After a hang-up, how often to look whether the ended leader's group has emptied (so that
+# it is reaped without waiting for the kill when nothing is left).
+GROUP_POLL = 0.1
 
 # The signals RFC 4254 section 6.10 names; anything else a client asks for is refused.
 SSH_SIGNALS: dict[str, int] = {
@@ -192,6 +195,7 @@ class LocalSession:
         self._closed = False
         self._released = False  # the leader is reaped: its group id is no longer ours
         self._kill_call: Any = None
+        self._group_poll: Any = None
         self._drain_call: Any = None
         self._reaped_waiters: list[defer.Deferred[None]] = []
 
@@ -389,10 +393,9 @@ class LocalSession:
             # reaches pipe sessions and anything the shell put in the background.
             watcher.signal_group(signal.SIGHUP)
             watcher.signal_group(signal.SIGCONT)
-            if watcher.exited and not group_has_others(watcher.pid, watcher.pid):
-                self._release_pid()
-            else:
-                self._kill_call = self._reactor.callLater(self._target.kill_grace, self._kill)
+            self._kill_call = self._reactor.callLater(self._target.kill_grace, self._kill)
+            if watcher.exited:
+                self._release_when_group_empty()
 
     def registerProducer(self, producer: object, streaming: bool) -> None:
         if self._stdin is not None and not self._stdin.closed:
@@ -483,8 +486,10 @@ class LocalSession:
         if self._closed:
             # Hung up by close(): the group is done once nothing else is left in it (or
             # once the kill has been sent); until then the zombie keeps the group id ours.
-            if self._kill_call is None or not group_has_others(self.pid, self.pid):
-                self._release_pid()
+            if self._kill_call is None:
+                self._release_pid()  # killed already
+            else:
+                self._release_when_group_empty()
             return
         if self._watcher is not None and self._watcher.reaped:
             self._release_pid()  # reaped already (fallback mode, or reaped elsewhere)
@@ -518,14 +523,26 @@ class LocalSession:
             if watcher.exited:
                 self._release_pid()
 
+    def _release_when_group_empty(self) -> None:
+        """Release the ended leader once nothing else is left in its group (else the kill
+        at the end of the grace period does)."""
+        self._group_poll = None
+        if self._released:
+            return
+        if group_has_others(self.pid, self.pid):
+            self._group_poll = self._reactor.callLater(GROUP_POLL, self._release_when_group_empty)
+        else:
+            self._release_pid()
+
     def _release_pid(self) -> None:
         """Reap the ended leader: its group is no longer the session's to signal."""
         if self._released:
             return
         self._released = True
-        if self._kill_call is not None and self._kill_call.active():
-            self._kill_call.cancel()
-        self._kill_call = None
+        for call in (self._kill_call, self._group_poll):
+            if call is not None and call.active():
+                call.cancel()
+        self._kill_call = self._group_poll = None
         if self._watcher is not None:
             self._watcher.reap()
         if self.pid is not None:

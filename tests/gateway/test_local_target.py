@@ -568,6 +568,26 @@ def test_close_kills_the_background_of_the_group(reactor, target, guard, leader)
     assert session.pid not in guard.groups
 
 
+def test_hung_up_group_is_released_without_waiting_for_the_kill(reactor, guard):
+    # The shell dies of the hang-up, its background child half a second later: once
+    # nothing is left to kill, the session is released, without waiting for the kill.
+    target = LocalTarget(reactor, kill_grace=30, guard=guard)
+    client = FakeClient()
+    slow_to_die = (
+        "import signal, sys, time; "
+        "signal.signal(signal.SIGHUP, lambda *_: (time.sleep(0.5), sys.exit(0))); "
+        "print('ready', flush=True); time.sleep(30)"
+    )
+    command = f"{sys.executable} -c \"{slow_to_die}\" & wait".encode()
+    session = target.open_session("alice", SessionRequest(command=command), client)
+    spin(reactor, lambda: b"ready" in client.stdout)
+    reaped = session.when_reaped()
+    session.close()
+    spin(reactor, lambda: reaped.called, timeout=5)
+    assert is_reaped(session.pid)
+    assert guard.groups == set()
+
+
 def test_finished_session_leaves_a_detached_background_process(reactor, target, guard):
     # Like sshd: a program that put something in the background with its own output is
     # done when it exits; what it left is not killed when the front end then closes.
