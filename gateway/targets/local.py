@@ -9,9 +9,17 @@ more — the child then blocks on a full pipe instead of the gateway buffering. 
 buffered up to a high-water mark, above which the front end's producer is paused.
 
 The session ends, towards the front end, with ``send_eof`` once every output descriptor has
-reached end of file and ``exited`` once the child has also been reaped. With a pty, what
-remains readable when the child exits is drained and then the terminal is let go, since only
+reached end of file and ``exited`` once the child has also ended. With a pty, what remains
+readable when the child exits is drained and then the terminal is let go, since only
 background processes that ignored the hang-up can still be holding it (as with OpenSSH).
+
+Lifetime: each session is a session and process group of its own, led by the child. Until
+the session is over the leader is not reaped (a zombie once it ends), so its group id stays
+its own. When the client goes away first (``close``) the whole group gets SIGHUP and
+SIGCONT, and SIGKILL ``kill_grace`` seconds later for whatever is still in it, background
+processes that ignore the hang-up included. If the gateway itself dies, the lifeline's
+guard process does the same (gateway.targets.lifeline). A session that ended normally
+leaves alone what it started in the background and no longer holds its output.
 """
 
 from __future__ import annotations
@@ -31,13 +39,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.targets import fdio, ttymodes
-from gateway.targets.reaper import ExitWatcher, returncode
+from gateway.targets.lifeline import SessionGuard, shared_guard
+from gateway.targets.reaper import ExitWatcher, group_has_others, returncode
 from protocols.session import ExitInfo, ISessionClient, ISessionTarget, SessionRequest, WindowSize
 
 log = Logger()
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE = 2.0
+# After a hang-up, how often to look whether the ended leader's group has emptied (so that
+# it is reaped without waiting for the kill when nothing is left).
+GROUP_POLL = 0.1
 
 # The signals RFC 4254 section 6.10 names; anything else a client asks for is refused.
 SSH_SIGNALS: dict[str, int] = {
@@ -71,8 +83,11 @@ class LocalTarget:
         read_chunk: int = fdio.READ_CHUNK,
         high_water: int = fdio.HIGH_WATER,
         low_water: int = fdio.LOW_WATER,
+        guard: SessionGuard | None = None,
     ) -> None:
         self.reactor = reactor
+        # Ends the sessions' process groups should the gateway die (shared by default).
+        self.guard = guard if guard is not None else shared_guard()
         self.kill_grace = kill_grace
         self.path = path
         self.read_chunk = read_chunk
@@ -93,7 +108,8 @@ class LocalTarget:
         """Hang up every session (for service shutdown).
 
         Fires once all children are reaped, or a second after the kill — a process stuck in
-        the kernel must not stop the gateway from shutting down.
+        the kernel must not stop the gateway from shutting down (the guard deals with what
+        is left once the gateway has exited).
         """
         sessions = list(self.sessions)
         waits = [session.when_reaped() for session in sessions]
@@ -177,7 +193,9 @@ class LocalSession:
         self._eof_sent = False
         self._finished = False
         self._closed = False
+        self._released = False  # the leader is reaped: its group id is no longer ours
         self._kill_call: Any = None
+        self._group_poll: Any = None
         self._drain_call: Any = None
         self._reaped_waiters: list[defer.Deferred[None]] = []
 
@@ -190,6 +208,7 @@ class LocalSession:
             self._fail_to_start(e)
             return
         self._target.sessions.add(self)
+        self._target.guard.register(self.pid)
         log.info(
             "local session for {user}: pid {pid}, {kind}{tty}",
             user=self.username,
@@ -375,6 +394,8 @@ class LocalSession:
             watcher.signal_group(signal.SIGHUP)
             watcher.signal_group(signal.SIGCONT)
             self._kill_call = self._reactor.callLater(self._target.kill_grace, self._kill)
+            if watcher.exited:
+                self._release_when_group_empty()
 
     def registerProducer(self, producer: object, streaming: bool) -> None:
         if self._stdin is not None and not self._stdin.closed:
@@ -388,11 +409,16 @@ class LocalSession:
 
     def when_reaped(self) -> defer.Deferred[None]:
         """Fires once the child has been reaped (at once if it already was)."""
-        if self._watcher is None or self._watcher.reaped:
+        if self._watcher is None or self._released:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._reaped_waiters.append(waiter)
         return waiter
+
+    @property
+    def ended(self) -> bool:
+        """Whether the child has ended (it may be unreaped still: see the module doc)."""
+        return self._exit is not None
 
     @property
     def stdin_buffered(self) -> int:
@@ -449,20 +475,24 @@ class LocalSession:
     def _process_exited(self, info: ExitInfo) -> None:
         self._exit = info
         if self._popen is not None:
-            # We reaped it; tell Popen so that it never waits for that pid itself.
+            # We reap it; tell Popen so that it never waits for that pid itself.
             self._popen.returncode = returncode(info)
-        if self._kill_call is not None and self._kill_call.active():
-            self._kill_call.cancel()
-        self._kill_call = None
         log.info(
             "local session for {user}: pid {pid} ended ({how})",
             user=self.username,
             pid=self.pid,
             how=f"status {info.status}" if info.status is not None else f"signal {info.signal}",
         )
-        self._notify_reaped()
         if self._closed:
+            # Hung up by close(): the group is done once nothing else is left in it (or
+            # once the kill has been sent); until then the zombie keeps the group id ours.
+            if self._kill_call is None:
+                self._release_pid()  # killed already
+            else:
+                self._release_when_group_empty()
             return
+        if self._watcher is not None and self._watcher.reaped:
+            self._release_pid()  # reaped already (fallback mode, or reaped elsewhere)
         if self._pty is not None and not self._pty.closed and not self._paused:
             self._drain_pty()
         self._maybe_finish()
@@ -479,13 +509,45 @@ class LocalSession:
             self._target._forget(self)
             if self._stdin is not None:
                 self._stdin.discard()
+            # Over: what the program left in the background is not the session's any more.
+            self._release_pid()
             self._client.exited(self._exit)
 
     def _kill(self) -> None:
         self._kill_call = None
-        if self._watcher is not None and not self._watcher.reaped:
-            log.info("pid {pid} ignored the hang-up; killing it", pid=self.pid)
-            self._watcher.signal_group(signal.SIGKILL)
+        watcher = self._watcher
+        if watcher is not None and not watcher.reaped:
+            what = "its process group" if watcher.exited else f"pid {self.pid}"
+            log.info("{what} ignored the hang-up; killing it", what=what)
+            watcher.signal_group(signal.SIGKILL)
+            if watcher.exited:
+                self._release_pid()
+
+    def _release_when_group_empty(self) -> None:
+        """Release the ended leader once nothing else is left in its group (else the kill
+        at the end of the grace period does)."""
+        self._group_poll = None
+        if self._released:
+            return
+        if group_has_others(self.pid, self.pid):
+            self._group_poll = self._reactor.callLater(GROUP_POLL, self._release_when_group_empty)
+        else:
+            self._release_pid()
+
+    def _release_pid(self) -> None:
+        """Reap the ended leader: its group is no longer the session's to signal."""
+        if self._released:
+            return
+        self._released = True
+        for call in (self._kill_call, self._group_poll):
+            if call is not None and call.active():
+                call.cancel()
+        self._kill_call = self._group_poll = None
+        if self._watcher is not None:
+            self._watcher.reap()
+        if self.pid is not None:
+            self._target.guard.unregister(self.pid)
+        self._notify_reaped()
 
     def _notify_reaped(self) -> None:
         waiters, self._reaped_waiters = self._reaped_waiters, []

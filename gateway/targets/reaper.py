@@ -5,6 +5,11 @@ process, so no SIGCHLD handler is needed (the reactor need not be run()), no oth
 the gateway is touched, and a recycled pid can never be signalled or reaped by mistake.
 Where pidfds are missing (not Linux, or a seccomp filter refuses them) the watcher falls back
 to Twisted's own reaper registry, which relies on the running reactor's SIGCHLD handling.
+
+With a pidfd the ended child is not reaped at once: its status is read (WNOWAIT) and the
+zombie is kept until the owner calls :meth:`ExitWatcher.reap`. A session leader's zombie
+keeps its pid, and so its process group id, from being given to anyone else, so the
+group (what the leader left running in the background) can still be signalled safely.
 """
 
 from __future__ import annotations
@@ -54,6 +59,31 @@ def returncode(info: ExitInfo) -> int:
     return -int(number) if number is not None else -1
 
 
+def group_has_others(pgid: int, leader: int) -> bool:
+    """Whether a live process other than ``leader`` is in process group ``pgid``.
+
+    Read from /proc (Linux); where it cannot be read, the answer is True, so that a caller
+    waiting for the group to empty falls back to its timeout.
+    """
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    wanted = str(pgid).encode()
+    for name in entries:
+        if not name.isdigit() or int(name) == leader:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        if len(fields) > 2 and fields[2] == wanted and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
 def _open_pidfd(pid: int) -> int | None:
     opener = getattr(os, "pidfd_open", None)
     if opener is None or not hasattr(os, "P_PIDFD"):
@@ -67,16 +97,24 @@ def _open_pidfd(pid: int) -> int | None:
 
 @implementer(IReadDescriptor)
 class ExitWatcher:
-    """Calls ``on_exit(ExitInfo)`` once, from the reactor, after reaping child ``pid``."""
+    """Calls ``on_exit(ExitInfo)`` once, from the reactor, when child ``pid`` has ended.
+
+    ``exited``: the child ended (its status is known). ``reaped``: its pid is released, so
+    neither it nor its process group may be signalled any more. With a pidfd the two are
+    apart until :meth:`reap`; in the fallback mode Twisted reaps at once.
+    """
 
     def __init__(self, reactor: Any, pid: int, on_exit: Callable[[ExitInfo], None]) -> None:
         self._reactor = reactor
         self.pid = pid
         self._on_exit: Callable[[ExitInfo], None] | None = on_exit
+        self.exited = False
         self.reaped = False
+        self._watching = False
         self._pidfd = _open_pidfd(pid)
         if self._pidfd is not None:
             reactor.addReader(self)
+            self._watching = True
         else:
             # Twisted reaps at once if the child already ended, so defer that report to
             # keep on_exit from running inside our caller.
@@ -84,7 +122,7 @@ class ExitWatcher:
 
     def send_signal(self, number: int) -> bool:
         """Signal the child itself; False if it is already gone."""
-        if self.reaped:
+        if self.exited:
             return False
         try:
             if self._pidfd is not None:
@@ -98,8 +136,8 @@ class ExitWatcher:
     def signal_group(self, number: int) -> bool:
         """Signal the child's process group (it is a session leader, so pgid == pid).
 
-        Only while the leader is unreaped: until then its pid, and so the group id, cannot
-        have been given to anyone else.
+        Only while the leader is unreaped (running, or a zombie kept by the pidfd): until
+        then its pid, and so the group id, cannot have been given to anyone else.
         """
         if self.reaped:
             return False
@@ -108,6 +146,18 @@ class ExitWatcher:
         except (ProcessLookupError, PermissionError):
             return self.send_signal(number)
         return True
+
+    def reap(self) -> None:
+        """Release the ended child's pid (a no-op before it ended, or once done)."""
+        if self.reaped or not self.exited:
+            return
+        self.reaped = True
+        if self._pidfd is not None:
+            try:
+                os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                pass  # reaped elsewhere
+        self._close_pidfd()
 
     # IReadDescriptor (pidfd mode)
     def fileno(self) -> int:
@@ -118,19 +168,22 @@ class ExitWatcher:
 
     def doRead(self) -> None:
         try:
-            result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+            result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             # Someone else reaped it (a stray waitpid(-1)); the status is lost.
             log.warn("child {pid} was reaped elsewhere", pid=self.pid)
-            self._done(ExitInfo(status=255, message="exit status lost"))
+            self.reaped = True
+            self._exited(ExitInfo(status=255, message="exit status lost"))
             return None
         if result is None:
             return None
-        self._done(exit_info_from_waitid(result))
+        self._exited(exit_info_from_waitid(result))
         return None
 
     def connectionLost(self, reason: object) -> None:
-        if not self.reaped:
+        # The reactor let go of us (removeAll at shutdown): nothing will read the pidfd.
+        self._watching = False
+        if not self.exited:
             self._close_pidfd()
 
     # Twisted reaper registry protocol (fallback mode)
@@ -145,19 +198,27 @@ class ExitWatcher:
     def processEnded(self, status: int) -> None:
         if _twisted_process.reapProcessHandlers.get(self.pid) is self:
             _twisted_process.unregisterReapProcessHandler(self.pid, self)
-        self._done(exit_info_from_status(status))
-
-    def _done(self, info: ExitInfo) -> None:
-        if self.reaped:
-            return
         self.reaped = True
-        self._close_pidfd()
+        self._exited(exit_info_from_status(status))
+
+    def _exited(self, info: ExitInfo) -> None:
+        if self.exited:
+            return
+        self.exited = True
+        self._stop_watching()
+        if self.reaped:
+            self._close_pidfd()
         on_exit, self._on_exit = self._on_exit, None
         if on_exit is not None:
             on_exit(info)
 
-    def _close_pidfd(self) -> None:
-        if self._pidfd is not None:
+    def _stop_watching(self) -> None:
+        if self._watching:
+            self._watching = False
             self._reactor.removeReader(self)
+
+    def _close_pidfd(self) -> None:
+        self._stop_watching()
+        if self._pidfd is not None:
             fd, self._pidfd = self._pidfd, None
             os.close(fd)

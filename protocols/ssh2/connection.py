@@ -51,6 +51,7 @@ class ConchAvatar:
             remoteWindow=windowSize,
             remoteMaxPacket=min(maxPacket, MAX_SEND_PACKET),
             settings=self.factory.settings,
+            clock=self.factory.clock,
         )
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:

@@ -11,6 +11,14 @@ Flow control, both ways:
   paused, and resumed when the client grants more window (``startWriting``);
 - in: while the target has paused us (its program does not read stdin) the connection
   holds back WINDOW_ADJUST, so the client stops sending once the window is used up.
+
+A client may close the channel before the program has ended: PuTTY and OpenSSH with
+ControlMaster send CLOSE as soon as EOF has gone both ways. Like sshd, the channel then
+still waits for the program and sends its exit-status (or exit-signal) before its own
+CLOSE; the program gets EOF on its input and its further output is dropped (and read, so
+that it never blocks on it). Only a program that has not ended after EXIT_STATUS_WAIT
+seconds is stopped (the target is closed: a local program is hung up, then killed) and the
+channel closed without a status. This holds for every target, local and upstream alike.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import Any
 
 from twisted.conch.ssh import channel as conch_channel
 from twisted.conch.ssh import connection
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -46,6 +54,12 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_ENV_VARS = 64
 MAX_SIGNAL = 32
 MAX_DIMENSION = 0xFFFF  # struct winsize holds unsigned shorts
+
+# After the client closed the channel, how long the program may take to end before it is
+# stopped and the channel closed without an exit status. Long enough for a program that
+# closed its output before its last work (`exec >log 2>&1; ...; exit 3`), short enough that
+# one that never ends does not hold the client (which waits for our CLOSE) for long.
+EXIT_STATUS_WAIT = 10.0
 
 # Terminal mode opcodes RFC 4254 section 8 defines (plus IUTF8, 42, RFC 8160).
 KNOWN_MODES = frozenset(
@@ -83,6 +97,7 @@ class SessionChannel(conch_channel.SSHChannel):
         remoteWindow: int,
         remoteMaxPacket: int,
         settings: Any,
+        clock: IReactorTime,
     ) -> None:
         super().__init__(
             localWindow=settings.channel_window,
@@ -91,6 +106,7 @@ class SessionChannel(conch_channel.SSHChannel):
             remoteMaxPacket=remoteMaxPacket,
         )
         self.user = user
+        self.clock = clock
         self.request = SessionRequest()
         self.target: ISessionTarget | None = None
         self.started = False
@@ -103,6 +119,9 @@ class SessionChannel(conch_channel.SSHChannel):
         self._eof_sent = False
         self._exit: ExitInfo | None = None
         self._exit_sent = False
+        # The client closed the channel; we wait (bounded) for the program's exit.
+        self._client_closed = False
+        self._exit_wait: IDelayedCall | None = None
         # The target's output is paused while either the client's window is used up or
         # the connection's TCP send buffer is full.
         self._window_blocked = False
@@ -244,12 +263,43 @@ class SessionChannel(conch_channel.SSHChannel):
             self.target.close_stdin()
 
     def closeReceived(self) -> None:
-        # The client will read nothing more: drop what is buffered and close our side.
+        # The client will read nothing more: drop what is buffered. Its CLOSE does not end
+        # the program: wait for the exit status, so that it goes out before our CLOSE.
         self.buf = b""
         self.extBuf = []
+        self._client_closed = True
+        if self.localClosed:
+            return  # our CLOSE crossed theirs
+        if self.target is None or self._exit is not None:
+            # Nothing runs (never started, or the start failed), or it has ended already.
+            if self._exit is None:
+                self.conn.sendClose(self)
+            else:
+                self._maybe_finish()
+            return
+        if not self._eof_from_client:
+            self._eof_from_client = True
+            self.target.close_stdin()
+        self._update_output()  # read on, and drop, what the program still writes
+        self._exit_wait = self.clock.callLater(EXIT_STATUS_WAIT, self._exit_wait_expired)
+
+    def _exit_wait_expired(self) -> None:
+        self._exit_wait = None
+        if self.localClosed:
+            return
+        log.info(
+            "ssh2: channel {id}: no exit status {wait:g} s after the client closed; "
+            "stopping the program",
+            id=self.id,
+            wait=EXIT_STATUS_WAIT,
+        )
+        self._release()
         self.conn.sendClose(self)
 
     def closed(self) -> None:
+        if self._exit_wait is not None and self._exit_wait.active():
+            self._exit_wait.cancel()
+        self._exit_wait = None
         self._release()
 
     def _release(self) -> None:
@@ -296,11 +346,11 @@ class SessionChannel(conch_channel.SSHChannel):
         return flow.id if flow is not None else None
 
     def write_stdout(self, data: bytes) -> None:
-        if data and not self.localClosed and not self._eof_wanted:
+        if data and not self.localClosed and not self._eof_wanted and not self._client_closed:
             self.write(data)
 
     def write_stderr(self, data: bytes) -> None:
-        if data and not self.localClosed and not self._eof_wanted:
+        if data and not self.localClosed and not self._eof_wanted and not self._client_closed:
             self.writeExtended(connection.EXTENDED_DATA_STDERR, data)
 
     def send_eof(self) -> None:
@@ -337,7 +387,8 @@ class SessionChannel(conch_channel.SSHChannel):
         self._update_output()
 
     def _update_output(self) -> None:
-        paused = self._window_blocked or self._tcp_blocked
+        # Output after the client's CLOSE is dropped, so nothing holds it back.
+        paused = (self._window_blocked or self._tcp_blocked) and not self._client_closed
         if self._output is None or paused == self._output_paused:
             return
         self._output_paused = paused
@@ -354,7 +405,7 @@ class SessionChannel(conch_channel.SSHChannel):
         """EOF, exit status and close, in that order, once buffered output is out."""
         if self.localClosed or self.buf or self.extBuf:
             return
-        if self._eof_wanted and not self._eof_sent:
+        if self._eof_wanted and not self._eof_sent and not self._client_closed:
             self._eof_sent = True
             self.conn.sendEOF(self)
         if self._exit is not None and not self._exit_sent:

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface.verify import verifyObject
 
 from gateway.targets import fdio, ttymodes
+from gateway.targets.lifeline import SessionGuard
 from gateway.targets.local import LocalSession, LocalTarget
 from protocols.session import ExitInfo, ISessionTarget, PtyRequest, SessionRequest, WindowSize
 from tests.doubles import FakeProducer
@@ -122,8 +123,17 @@ def reactor() -> Iterator[EPollReactor]:
 
 
 @pytest.fixture
-def target(reactor: EPollReactor) -> LocalTarget:
-    return LocalTarget(reactor, kill_grace=0.3)
+def guard() -> Iterator[SessionGuard]:
+    """A lifeline guard of the test's own, running before the test counts descriptors."""
+    guard = SessionGuard(grace=0.3)
+    assert guard.start()
+    yield guard
+    guard.close()
+
+
+@pytest.fixture
+def target(reactor: EPollReactor, guard: SessionGuard) -> LocalTarget:
+    return LocalTarget(reactor, kill_grace=0.3, guard=guard)
 
 
 def spin(reactor: EPollReactor, until: Callable[[], bool], timeout: float = DEADLINE) -> None:
@@ -360,8 +370,7 @@ def test_output_queued_at_exit_is_delivered(reactor, target, use_pty):
     request = SessionRequest(command=command, pty=pty() if use_pty else None)
     client = FakeClient(pause_after=1)
     session = target.open_session("alice", request, client)
-    reaped = session.when_reaped()
-    spin(reactor, lambda: reaped.called)
+    spin(reactor, lambda: session.ended)
     assert bytes(client.stdout) == b"a"
     assert client.exit is None
     client.resume()
@@ -426,8 +435,7 @@ def test_client_may_pause_while_registering(reactor, target):
 
     client = PausingClient()
     session = target.open_session("alice", SessionRequest(command=b"echo hi"), client)
-    reaped = session.when_reaped()
-    spin(reactor, lambda: reaped.called)
+    spin(reactor, lambda: session.ended)
     assert client.stdout == b"" and client.exit is None
     client.resume()
     spin(reactor, lambda: client.exit is not None)
@@ -487,8 +495,8 @@ def test_pull_producer_is_asked_for_more(reactor, target):
 
 
 @pytest.mark.parametrize("use_pty", [False, True], ids=["pipes", "pty"])
-def test_close_hangs_up(reactor, use_pty):
-    target = LocalTarget(reactor, kill_grace=30)  # so that only the hang-up can end it in time
+def test_close_hangs_up(reactor, guard, use_pty):
+    target = LocalTarget(reactor, kill_grace=30, guard=guard)  # so that only the hang-up can end it in time
     before = open_fds()
     client = FakeClient()
     request = SessionRequest(command=b"echo ready; exec sleep 30", pty=pty() if use_pty else None)
@@ -522,6 +530,84 @@ def test_close_kills_what_ignores_hangup(reactor, target):
     assert open_fds() == before
 
 
+def live(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not a zombie): for processes that are not ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+# A background child that ignores the hang-up and reports its pid once it does.
+IGNORES_HUP = b"sh -c 'trap \"\" HUP; echo $$; exec sleep 30' & "
+
+
+@pytest.mark.parametrize("leader", ["waits", "exited"])
+def test_close_kills_the_background_of_the_group(reactor, target, guard, leader):
+    # The client goes away: the shell dies of the hang-up (or had already ended, its
+    # background child still holding the output), the child ignores the hang-up. Nothing of
+    # the session's group may be left, and its leader stays unreaped until the kill.
+    command = IGNORES_HUP + (b"wait" if leader == "waits" else b"exit 0")
+    client = FakeClient()
+    session = target.open_session("alice", SessionRequest(command=command), client)
+    spin(reactor, lambda: client.stdout.endswith(b"\n"))
+    child = int(client.stdout)
+    assert session.pid in guard.groups
+    if leader == "exited":
+        spin(reactor, lambda: session.ended)
+        spin_for(reactor, 0.1)
+        assert not is_reaped(session.pid)  # a zombie: the group id stays the session's
+        assert client.exit is None  # the output is still open
+    reaped = session.when_reaped()
+    session.close()
+    client.closed = True
+    spin(reactor, lambda: reaped.called)
+    assert is_reaped(session.pid)
+    spin(reactor, lambda: not live(child), timeout=2)
+    assert session.pid not in guard.groups
+
+
+def test_hung_up_group_is_released_without_waiting_for_the_kill(reactor, guard):
+    # The shell dies of the hang-up, its background child half a second later: once
+    # nothing is left to kill, the session is released, without waiting for the kill.
+    target = LocalTarget(reactor, kill_grace=30, guard=guard)
+    client = FakeClient()
+    slow_to_die = (
+        "import signal, sys, time; "
+        "signal.signal(signal.SIGHUP, lambda *_: (time.sleep(0.5), sys.exit(0))); "
+        "print('ready', flush=True); time.sleep(30)"
+    )
+    command = f"{sys.executable} -c \"{slow_to_die}\" & wait".encode()
+    session = target.open_session("alice", SessionRequest(command=command), client)
+    spin(reactor, lambda: b"ready" in client.stdout)
+    reaped = session.when_reaped()
+    session.close()
+    spin(reactor, lambda: reaped.called, timeout=5)
+    assert is_reaped(session.pid)
+    assert guard.groups == set()
+
+
+def test_finished_session_leaves_a_detached_background_process(reactor, target, guard):
+    # Like sshd: a program that put something in the background with its own output is
+    # done when it exits; what it left is not killed when the front end then closes.
+    client = FakeClient()
+    command = b"sleep 30 >/dev/null 2>&1 & echo $!"
+    session = target.open_session("alice", SessionRequest(command=command), client)
+    session.close_stdin()
+    spin(reactor, lambda: client.exit is not None)
+    child = int(client.stdout)
+    try:
+        assert client.exit == ExitInfo(status=0)
+        assert is_reaped(session.pid)
+        assert guard.groups == set()
+        session.close()
+        spin_for(reactor, 0.3)
+        assert live(child)
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
 def test_close_all(reactor, target):
     sessions = [
         target.open_session("alice", SessionRequest(command=b"exec sleep 30"), FakeClient())
@@ -533,8 +619,8 @@ def test_close_all(reactor, target):
     assert target.sessions == set()
 
 
-def test_close_all_does_not_wait_forever(reactor):
-    target = LocalTarget(reactor, kill_grace=0.1)
+def test_close_all_does_not_wait_forever(reactor, guard):
+    target = LocalTarget(reactor, kill_grace=0.1, guard=guard)
     session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), FakeClient())
     session.when_reaped = lambda: defer.Deferred()  # as if the child never died
     done = target.close_all()

@@ -175,13 +175,96 @@ def test_channel_limit_and_unknown_channel_types():
     assert [f.data for f in failed] == [connection.OPEN_UNKNOWN_CHANNEL_TYPE, connection.OPEN_RESOURCE_SHORTAGE]
 
 
-def test_client_close_stops_the_target():
+def test_exit_status_after_the_clients_close_goes_before_our_close():
+    # PuTTY and OpenSSH (multiplexed) send CLOSE once EOF went both ways, which can be
+    # before the program ended: its status must still reach them, ahead of our CLOSE.
+    w = logged_in()
+    session, target = start(w, b"exec >/dev/null 2>&1; sleep 1; exit 3")
+    target.client.send_eof()  # the program closed its output
+    w.conn.sendEOF(session)
+    w.conn.sendClose(session)
+    w.flush()
+    assert session.events == ["eof"]
+    assert not target.closed  # the program is not stopped
+    w.advance(1)
+    target.client.write_stdout(b"dropped")  # output after the client's CLOSE goes nowhere
+    target.client.exited(exit_info(3))
+    w.flush()
+    assert session.exit_status == 3
+    assert session.events == ["eof", "exit-status", "closed"]
+    assert target.closed
+    assert [c for c in w.clock.getDelayedCalls() if "exit_wait" in repr(c)] == []
+
+
+def test_exit_signal_after_the_clients_close():
     w = logged_in()
     session, target = start(w)
     w.conn.sendClose(session)
     w.flush()
+    assert target.eof  # the client sends nothing more: the program gets EOF
+    target.client.exited(exit_info(signal="HUP"))
+    w.flush()
+    assert session.exit_signal == (b"HUP", False, b"")
+    assert session.events == ["exit-signal", "closed"]
+
+
+def test_program_that_does_not_end_after_the_clients_close_is_stopped():
+    from protocols.ssh2.session import EXIT_STATUS_WAIT
+
+    w = logged_in()
+    session, target = start(w, b"sleep 1000")
+    w.conn.sendClose(session)
+    w.flush()
+    w.advance(EXIT_STATUS_WAIT - 0.5)
+    assert not target.closed and not session.is_closed
+    w.advance(0.5)
     assert target.closed
     assert session.is_closed
+    assert session.exit_status is None and session.exit_signal is None
+    target.client.exited(exit_info(0))  # too late: nothing more is sent, nothing breaks
+    w.flush()
+    assert session.events == ["closed"]
+
+
+def test_clients_close_unblocks_output_held_by_the_window():
+    w = logged_in()
+    StingyClientConnection.install(w.conn)
+    session, target = start(w, localWindow=32 * 1024)
+    producer = FakeProducer()
+    target.client.registerProducer(producer, True)
+    target.client.write_stdout(b"x" * 40 * 1024)
+    w.flush()
+    assert producer.paused
+    w.conn.sendClose(session)
+    w.flush()
+    assert not producer.paused  # the rest is read and dropped, so the program can end
+    assert not w.server_channel().buf
+    target.client.exited(exit_info(0))
+    w.flush()
+    assert session.exit_status == 0 and session.is_closed
+
+
+def test_exit_held_by_the_window_goes_at_once_when_the_client_closes():
+    w = logged_in()
+    StingyClientConnection.install(w.conn)
+    session, target = start(w, localWindow=32 * 1024)
+    target.client.write_stdout(b"y" * 48 * 1024)
+    target.client.exited(exit_info(5))
+    w.flush()
+    assert session.exit_status is None
+    w.conn.sendClose(session)
+    w.flush()
+    assert session.exit_status == 5
+    assert session.events[-2:] == ["exit-status", "closed"]
+
+
+def test_client_close_before_any_program_closes_at_once():
+    w = logged_in()
+    session = w.open_session()
+    w.conn.sendClose(session)
+    w.flush()
+    assert session.is_closed
+    assert w.portal.users == {} or w.portal.users["alice"].targets == []
 
 
 def test_connection_loss_closes_every_target():
