@@ -340,14 +340,14 @@ class ServerConnection(Connection):
         self._send(m.SSH_SMSG_AGENT_OPEN, Writer().uint32(our_channel).getvalue())
 
     def send_channel_open_confirmation(self, peer_channel: int, our_channel: int) -> None:
-        self._require_interactive()
+        self._require_channels()
         self._send(
             m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION,
             Writer().uint32(peer_channel).uint32(our_channel).getvalue(),
         )
 
     def send_channel_open_failure(self, peer_channel: int) -> None:
-        self._require_interactive()
+        self._require_channels()
         self._send(m.SSH_MSG_CHANNEL_OPEN_FAILURE, Writer().uint32(peer_channel).getvalue())
 
     def send_channel_data(self, peer_channel: int, data: bytes) -> None:
@@ -360,12 +360,18 @@ class ServerConnection(Connection):
             )
 
     def send_channel_close(self, peer_channel: int) -> None:
-        self._require_interactive()
+        self._require_channels()
         self._send(m.SSH_MSG_CHANNEL_CLOSE, Writer().uint32(peer_channel).getvalue())
 
     def send_channel_close_confirmation(self, peer_channel: int) -> None:
-        self._require_interactive()
+        self._require_channels()
         self._send(m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION, Writer().uint32(peer_channel).getvalue())
+
+    def _require_channels(self) -> None:
+        """Channel answers may also go out before the session: a client that forwards
+        without one (plink -N) has its MSG_PORT_OPEN refused then."""
+        if self.phase is not m.Phase.PREPARATORY:
+            self._require_interactive()
 
     def _require_interactive(self) -> None:
         if self.phase not in (m.Phase.INTERACTIVE, m.Phase.CLOSING):

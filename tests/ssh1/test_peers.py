@@ -205,6 +205,28 @@ def test_16mib_through_cat(gw, peer_keys, tmp_path):
     assert len(result.stdout) == len(data) and result.stdout == data
 
 
+def echo_round_trip(conn: socket.socket, data: bytes = b"ping through ssh1\n") -> bytes:
+    conn.settimeout(20)
+    conn.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = conn.recv(100)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def assert_closed_without_data(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.settimeout(10)
+        try:
+            conn.sendall(b"x")
+            assert conn.recv(100) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+
+
 def test_plink_local_forward(gw, echo):
     allowed, refused = free_port(), free_port()
     proc = subprocess.Popen(
@@ -228,25 +250,63 @@ def test_plink_local_forward(gw, echo):
                     raise
                 time.sleep(0.1)
         with conn:
-            conn.sendall(b"ping through ssh1\n")
-            got = b""
-            while len(got) < 18:
-                chunk = conn.recv(100)
-                if not chunk:
-                    break
-                got += chunk
-            assert got == b"ping through ssh1\n"
-        with socket.create_connection(("127.0.0.1", refused), timeout=5) as conn:
-            conn.settimeout(10)
-            conn.sendall(b"x")
-            try:
-                assert conn.recv(100) == b""
-            except ConnectionResetError:
-                pass
+            assert echo_round_trip(conn) == b"ping through ssh1\n"
+        assert_closed_without_data(refused)
         gw.wait_for_log(r"refused port forward to 127\.0\.0\.1:\d+")
+        # The refusal must not cost the session (plink 0.78 aborted on the protocol's
+        # CHANNEL_OPEN_FAILURE): the allowed forward still works afterwards.
+        with socket.create_connection(("127.0.0.1", allowed), timeout=5) as conn:
+            assert echo_round_trip(conn) == b"ping through ssh1\n"
+        assert proc.poll() is None, proc.communicate(timeout=10)
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def wait_for_listener(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Until something accepts on ``port`` (plink's -L, once it has logged in)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            return
+        except OSError:
+            assert proc.poll() is None, proc.communicate(timeout=10)
+            assert time.monotonic() < deadline, f"nothing listens on {port}"
+            time.sleep(0.1)
+
+
+def test_plink_forwards_without_a_session_are_refused_and_the_connection_stays(gw, echo):
+    """plink -1 -N -L: no shell or command is ever started, but plink opens each forward
+    as its local connection comes in. The gateway refuses each one (CHANNEL_OPEN_FAILURE,
+    a permit_open destination too: SSH-1 forwards only within a session) and keeps the
+    connection; it used to end it ("SSH_MSG_PORT_OPEN not allowed in phase preparatory")."""
+    tools = require_peer("plink")
+    unlisted_port, unlisted_dest, permitted_port = free_port(), free_port(), free_port()
+    argv = [
+        tools["plink"], "-batch", "-1", "-v", "-hostkey", gw.fingerprint, "-P", str(gw.port),
+        "-pw", PASSWORD, "-N",
+        "-L", f"127.0.0.1:{unlisted_port}:127.0.0.1:{unlisted_dest}",
+        "-L", f"127.0.0.1:{permitted_port}:127.0.0.1:{echo.port}",
+        "alice@127.0.0.1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for_listener(unlisted_port, proc)
+        gw.wait_for_log(rf"refused port forward to 127\.0\.0\.1:{unlisted_dest}: no shell or")
+        assert_closed_without_data(unlisted_port)
+        assert_closed_without_data(permitted_port)
+        gw.wait_for_log(rf"refused port forward to 127\.0\.0\.1:{echo.port}: no shell or")
+        time.sleep(2.5)
+        assert proc.poll() is None, proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=10)
+    assert b"FATAL" not in stderr, stderr
+    assert "not allowed in phase preparatory" not in gw.log_text()
+    gw.assert_no_traceback()
 
 
 def test_fingerprint_matches_what_plink_shows(gw):
