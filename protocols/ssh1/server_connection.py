@@ -56,7 +56,13 @@ MAX_PASSWORD = 1024
 MAX_COMMAND = 65536
 MAX_TERM = 256
 MIN_PEER_PACKET = 4096
-DEFAULT_CHUNK = 32768  # stdout/stderr data per packet unless the client asks for less
+# Data per stdout/stderr/channel packet unless the client asks for less. Well under
+# 32 KiB: PuTTY (0.78) stops reading its socket while more than 32768 bytes wait
+# undecoded and decodes a packet only once all of it is there, so a packet body over
+# 32768 bytes (32 KiB of data makes 32784) can leave it waiting for good. 16 KiB is
+# what OpenSSH's SSH-1 server sent in practice (its reads from the program's output),
+# leaves room for compression overhead, and costs nothing measurable in throughput.
+DEFAULT_CHUNK = 16384
 _PACKET_OVERHEAD = 64  # type, string length, CRC, padding, compression slack
 
 _UNSUPPORTED_AUTH = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import socket
 import subprocess
 import threading
@@ -23,7 +24,7 @@ from tests.clients import (
     ssh1_fingerprint,
 )
 from tests.gateway_process import GatewayProcess
-from tests.peers import putty_cipher_session, require_peer, run_to_file
+from tests.peers import putty_cipher_session, require_peer
 
 pytestmark = pytest.mark.peer
 
@@ -136,8 +137,9 @@ def gw(tmp_path_factory, peer_keys, echo):
 
 def plink(gw, *args: str, user: str = "alice", password: str | None = PASSWORD,
           stdin: bytes | None = None, timeout: float = 60):
+    # stdout is a pipe, as users run plink: test_plink_downloads_through_a_pipe_do_not_stall
     argv = plink1_argv(gw, *args, user=user, password=password, fingerprint=gw.fingerprint)
-    return run_to_file(argv, input=stdin or b"", timeout=timeout)
+    return subprocess.run(argv, input=stdin or b"", capture_output=True, timeout=timeout)
 
 
 def test_plink_password_exec(gw):
@@ -225,6 +227,58 @@ def assert_closed_without_data(port: int) -> None:
             assert conn.recv(100) == b""
         except (ConnectionResetError, BrokenPipeError):
             pass
+
+
+DOWNLOAD = 64 * 1024 * 1024
+DOWNLOAD_RUNS = 4
+STALL_SECONDS = 15  # without a byte from plink: stalled for good
+
+
+def read_download(argv: list[str]) -> tuple[int, bytes]:
+    """Run plink with its stdout a pipe that this test reads as fast as it can; the bytes
+    read and plink's stderr. A stall (nothing for STALL_SECONDS) ends it early."""
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    received = 0
+    try:
+        fd = proc.stdout.fileno()
+        last = time.monotonic()
+        while time.monotonic() - last < STALL_SECONDS:
+            readable, _, _ = select.select([fd], [], [], 1.0)
+            if not readable:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                proc.wait(STALL_SECONDS)
+                break
+            received += len(chunk)
+            last = time.monotonic()
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=10)
+    return received, stderr
+
+
+def test_plink_downloads_through_a_pipe_do_not_stall(gw):
+    """plink -1 downloads with stdout a pipe, as users run it. PuTTY (0.78) stops reading
+    its socket while more than 32768 bytes (SSH_MAX_BACKLOG) of input wait undecoded,
+    and decodes a packet only once all of it has come: a packet whose body is longer
+    than 32768 bytes can be left half-read with the socket frozen for good. 32 KiB of
+    data per packet is such a packet (32784 bytes of body); the gateway stalled about
+    seven runs in ten of these (under 1% odds that four all pass). Blowfish: the fastest
+    cipher both ends have, so that 4 x 64 MiB take seconds."""
+    with putty_cipher_session("blowfish") as session:
+        argv = plink1_argv(
+            gw, f"head -c {DOWNLOAD} /dev/zero", fingerprint=gw.fingerprint, load=session
+        )
+        for run in range(DOWNLOAD_RUNS):
+            received, stderr = read_download(argv)
+            assert received == DOWNLOAD, (
+                f"run {run + 1}: plink stalled after {received} of {DOWNLOAD} bytes",
+                stderr,
+                gw.log_text()[-2000:],
+            )
 
 
 def test_plink_local_forward(gw, echo):

@@ -3,6 +3,7 @@ test-only client. Login, session, back-pressure, forwarding policy, timers, reco
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -225,6 +226,53 @@ def test_compression():
     replies = h.received()
     assert b"".join(Reader(p).string() for t, p in replies) == b"a" * 100000
     assert h.record.algorithms["compression"] == "zlib-9"
+
+
+def wire_bodies(data: bytes) -> list[int]:
+    """The size of each SSH-1 packet's body (padding to CRC) in a stream of packets; its
+    length field is sent in clear."""
+    sizes, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        body = length + 8 - length % 8
+        sizes.append(body)
+        pos += 4 + body
+    assert pos == len(data)
+    return sizes
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_data_packets_fit_putty_input_limit(compress):
+    """PuTTY waits for a whole packet before decoding it, but stops reading its socket
+    while more than 32768 bytes wait: a packet body over 32768 bytes can stall it for
+    good (plink -1 downloads stalled with 32 KiB of data per packet). Stdout, stderr and
+    forwarded data, incompressible data through compression too, stay below that."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    h = Harness(settings=SSH1Settings(permit_open=("127.0.0.1:7000",)))
+    h.factory.clock = reactor
+    h.login()
+    if compress:
+        assert h.send(m.SSH_CMSG_REQUEST_COMPRESSION, struct.pack(">I", 6)) == [
+            (m.SSH_SMSG_SUCCESS, b"")
+        ]
+        h.client.encoder.start_compression(6)
+        h.client.decoder.start_decompression()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    target = h.realm.avatars[0].targets[0]
+    h.send(m.SSH_MSG_PORT_OPEN, port_open(5, 7000))
+    reactor.advance(0)
+    forward = reactor.tcpClients[0][2].buildProtocol(None)
+    forward.makeConnection(StringTransport())
+    h.received()
+    output = os.urandom(200_000)
+    target.client.write_stdout(output)
+    target.client.write_stderr(output)
+    forward.dataReceived(output)
+    sizes = wire_bodies(h.transport.value())
+    assert len(sizes) >= 3 * 200_000 // 32768
+    assert max(sizes) <= 32768
 
 
 def test_back_pressure_both_ways():
