@@ -98,6 +98,7 @@ class VersionDispatcher(Protocol):
         self.timer: IDelayedCall | None = None
         self.record: ConnectionRecord | None = None
         self.counting: _CountingTransport | None = None
+        self.refused = False  # we answered and are closing: what still arrives is dropped
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -117,14 +118,16 @@ class VersionDispatcher(Protocol):
         if self.inner is not None:
             self.inner.dataReceived(data)
             return
+        if self.refused:
+            return
         self.buffer += data
         end = self.buffer.find(b"\n")
         if end < 0:
             if len(self.buffer) >= MAX_LINE:
-                self._refuse("identification line longer than 255 bytes", b"")
+                self._refuse("identification line longer than 255 bytes")
             return
         if end + 1 > MAX_LINE:
-            self._refuse("identification line longer than 255 bytes", b"")
+            self._refuse("identification line longer than 255 bytes")
             return
         line, rest = self.buffer[:end], self.buffer[end + 1 :]
         self.buffer = b""
@@ -137,21 +140,20 @@ class VersionDispatcher(Protocol):
     def _dispatch(self, line: bytes, rest: bytes) -> None:
         assert self.record is not None
         if not _PRINTABLE_RE.match(line):
-            self._refuse("identification line holds non-printable bytes", b"")
+            self._refuse("identification line holds non-printable bytes")
             return
         self.record.client_version = line.decode("ascii")
         kind = classify(line)
         if kind is None:
-            # A line that is not "SSH-x.y-..." at all is not a client we can talk to either;
-            # the plain-text answer is the one every SSH implementation understands.
-            self._refuse("client protocol version not supported", MAJOR_DIFFERS)
+            # A line that is not "SSH-x.y-..." at all is not a client we can talk to either.
+            self._refuse("client protocol version not supported")
             return
         if kind == "too-old":
-            self._refuse("client speaks an SSH-1 version older than 1.3", MAJOR_DIFFERS)
+            self._refuse("client speaks an SSH-1 version older than 1.3")
             return
         handoff = self.factory.handoffs.get(kind)
         if handoff is None:
-            self._refuse(f"{kind} is not enabled on this gateway", MAJOR_DIFFERS)
+            self._refuse(f"{kind} is not enabled on this gateway")
             return
         self._cancel_timer()
         self.record.protocol = kind
@@ -162,7 +164,10 @@ class VersionDispatcher(Protocol):
         if rest:
             self.inner.dataReceived(rest)
 
-    def _refuse(self, reason: str, reply: bytes) -> None:
+    def _refuse(self, reason: str) -> None:
+        """Every refusal answers the same plain line, the one every SSH implementation
+        understands and shows its user (an overlong or garbled line included: a silent
+        hang-up would leave the client guessing); the reason goes to our log only."""
         assert self.record is not None and self.counting is not None
         self.record.close_reason = reason
         self.log.info(
@@ -171,8 +176,8 @@ class VersionDispatcher(Protocol):
             reason=reason,
         )
         self._cancel_timer()
-        if reply:
-            self.counting.write(reply)
+        self.refused = True
+        self.counting.write(MAJOR_DIFFERS)
         self.transport.loseConnection()
         self.buffer = b""
 

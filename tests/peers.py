@@ -81,10 +81,11 @@ def run_to_file(
 ) -> subprocess.CompletedProcess:
     """``subprocess.run`` with stdout captured through a temporary file, not a pipe.
 
-    For plink with much output: its SSH-1 code stops reading the socket while more than
-    32 KiB wait for a full stdout pipe, and resumes only from its poll loop; when a later
-    packet drains the pipe first, the resume is lost and plink stalls for good (plink
-    0.78, about one run in ten of 64 MiB). A file never fills, so the throttle never starts.
+    Once a workaround for plink -1 stalls in long downloads, which turned out not to
+    depend on the pipe: the gateway sent SSH-1 packets longer than plink 0.78 can take in
+    (it freezes its socket while more than 32768 bytes wait undecoded; see
+    protocols/ssh1/server_connection.DEFAULT_CHUNK), and they stalled with files too.
+    tests/ssh1/test_peers.py runs plink through pipes again.
     """
     with tempfile.TemporaryFile() as out:
         result = subprocess.run(

@@ -1,6 +1,10 @@
-"""The version-exchange dispatcher, in memory: banner, routing, limits, refusals."""
+"""The version-exchange dispatcher, in memory: banner, routing, limits, refusals; and
+the refusal of a bad identification line over a real socket to a gateway process."""
 
 from __future__ import annotations
+
+import socket
+import time
 
 import pytest
 from twisted.internet.protocol import Protocol
@@ -11,10 +15,13 @@ from zope.interface import implementer
 from gateway.dispatch import (
     MAJOR_DIFFERS,
     DispatcherFactory,
+    VersionDispatcher,
     classify,
     server_version_line,
 )
 from protocols.handoff import IHandoffFactory
+from tests.clients import base_config, hash_password
+from tests.gateway_process import GatewayProcess
 
 
 class RecordingProtocol(Protocol):
@@ -126,24 +133,58 @@ def test_disabled_protocol_refused_readably():
     assert transport.disconnecting
 
 
-def test_overlong_line_cut_off_before_newline():
+def refused_with(data: bytes) -> tuple[bytes, VersionDispatcher]:
+    """What the dispatcher answers to ``data`` after its banner (it must close), and the
+    dispatcher, for its record."""
     proto, transport, handoffs, _ = connect()
-    proto.dataReceived(b"SSH-2.0-" + b"a" * 300)
+    transport.clear()
+    proto.dataReceived(data)
     assert transport.disconnecting
+    assert not handoffs["ssh2"].built and not handoffs["ssh1"].built
+    return transport.value(), proto
+
+
+def test_overlong_line_cut_off_before_newline():
+    reply, proto = refused_with(b"SSH-2.0-" + b"a" * 300)
+    assert reply == MAJOR_DIFFERS
     assert proto.record.close_reason.startswith("identification line longer")
 
 
 def test_overlong_line_with_newline_refused():
-    proto, transport, _, _ = connect()
-    proto.dataReceived(b"SSH-2.0-" + b"a" * 260 + b"\n")
-    assert transport.disconnecting
+    reply, proto = refused_with(b"SSH-2.0-" + b"a" * 260 + b"\n")
+    assert reply == MAJOR_DIFFERS
+    assert proto.record.close_reason.startswith("identification line longer")
 
 
-def test_non_printable_refused():
-    proto, transport, _, _ = connect()
-    proto.dataReceived(b"SSH-2.0-x\x00y\n")
-    assert transport.disconnecting
+@pytest.mark.parametrize("line", [b"SSH-2.0-x\x00y\n", b"SSH-1.5-\xff\r\n", b"SSH-2.0-a\tb\n"])
+def test_non_printable_refused(line):
+    reply, proto = refused_with(line)
+    assert reply == MAJOR_DIFFERS
     assert "non-printable" in proto.record.close_reason
+
+
+def test_every_refusal_reads_the_same():
+    """Whatever is wrong with the line, the client reads one plain line before the close
+    (OpenSSH prints it: "Protocol major versions differ."), never a silent hang-up."""
+    bad_lines = [
+        b"SSH-3.0-x\r\n",
+        b"GET / HTTP/1.1\r\n",
+        b"SSH-1.2-ancient\n",
+        b"SSH-2.0-" + b"a" * 300,
+        b"SSH-2.0-x\x07\n",
+    ]
+    assert {refused_with(line)[0] for line in bad_lines} == {MAJOR_DIFFERS}
+
+
+def test_data_after_a_refusal_is_ignored():
+    proto, transport, _, _ = connect()
+    transport.clear()
+    proto.dataReceived(b"SSH-2.0-" + b"a" * 300)
+    proto.dataReceived(b"b" * 300)  # still arriving while the close is under way
+    proto.dataReceived(b"SSH-2.0-x\n")
+    assert transport.value() == MAJOR_DIFFERS
+    assert proto.record.close_reason.startswith("identification line longer")
+    assert proto.inner is None
 
 
 def test_never_ending_banner_times_out():
@@ -171,3 +212,41 @@ def test_bytes_counted():
     record = proto.record
     assert record.bytes_in == len(b"SSH-2.0-x\nabc")
     assert record.bytes_out == len(transport.value())
+
+
+def exchange_over_tcp(port: int, send: bytes, timeout: float = 10.0) -> tuple[bytes, bytes]:
+    """Connect, read the banner line, send ``send``; the banner and everything that comes
+    back until the gateway closes (bounded by ``timeout``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        banner = b""
+        while not banner.endswith(b"\n"):
+            banner += sock.recv(1)
+        sock.sendall(send)
+        received = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        else:
+            raise AssertionError(f"the gateway did not close; it sent {received!r}")
+    return banner, received
+
+
+def test_bad_lines_refused_readably_over_a_real_socket(tmp_path):
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text("")
+    authorized.chmod(0o600)
+    with GatewayProcess(tmp_path, base_config(hash_password(), authorized)) as gw:
+        for line, reason in [
+            (b"SSH-2.0-" + b"a" * 300, "identification line longer than 255 bytes"),
+            (b"SSH-2.0-x\x00y\r\n", "identification line holds non-printable bytes"),
+        ]:
+            banner, reply = exchange_over_tcp(gw.port, line)
+            assert banner.startswith(b"SSH-1.99-sshgateway_")
+            assert reply == MAJOR_DIFFERS
+            gw.wait_for_log(f"refusing 127\\.0\\.0\\.1:\\d+ during version exchange: {reason}")

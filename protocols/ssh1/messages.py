@@ -17,6 +17,12 @@ Allowed messages (ALLOWED; the connection checks every packet it decodes):
     AUTH_RSA      CMSG_AUTH_RSA_RESPONSE, after our SMSG_AUTH_RSA_CHALLENGE.
     PREPARATORY   the CMSG_REQUEST_* / forwarding / MAX_PACKET_SIZE requests (each
                   answered SUCCESS/FAILURE), then CMSG_EXEC_SHELL or CMSG_EXEC_CMD.
+                  Also MSG_PORT_OPEN, which the protocol places in the interactive
+                  phase: a client that forwards without a session (plink -N) sends it
+                  here, and the server refuses it rather than ending the connection;
+                  and the data / close / close-confirmation of a refused channel
+                  (refused as opened-then-closed for clients that crash on
+                  CHANNEL_OPEN_FAILURE, see server.py).
     INTERACTIVE   stdin, EOF, window size, forwarded-channel messages.
     CLOSING       as INTERACTIVE plus CMSG_EXIT_CONFIRMATION (after our SMSG_EXITSTATUS).
 - Client role (what a server may send; client_connection.py):
@@ -183,6 +189,15 @@ _CHANNEL = frozenset(
         SSH_MSG_CHANNEL_CLOSE_CONFIRMATION,
     }
 )
+# What a client may send about channels before its session starts (see PREPARATORY).
+_EARLY_CHANNEL = frozenset(
+    {
+        SSH_MSG_PORT_OPEN,
+        SSH_MSG_CHANNEL_DATA,
+        SSH_MSG_CHANNEL_CLOSE,
+        SSH_MSG_CHANNEL_CLOSE_CONFIRMATION,
+    }
+)
 _CLIENT_INTERACTIVE = frozenset({SSH_CMSG_STDIN_DATA, SSH_CMSG_EOF, SSH_CMSG_WINDOW_SIZE}) | _CHANNEL
 
 AUTH_REQUESTS = frozenset(
@@ -214,7 +229,8 @@ ALLOWED: dict[tuple[Role, Phase], frozenset[int]] = {
     (Role.SERVER, Phase.AUTH): AUTH_REQUESTS,
     (Role.SERVER, Phase.AUTH_RSA): frozenset({SSH_CMSG_AUTH_RSA_RESPONSE}),
     (Role.SERVER, Phase.PREPARATORY): PREPARATORY_REQUESTS
-    | {SSH_CMSG_EXEC_SHELL, SSH_CMSG_EXEC_CMD},
+    | {SSH_CMSG_EXEC_SHELL, SSH_CMSG_EXEC_CMD}
+    | _EARLY_CHANNEL,
     (Role.SERVER, Phase.INTERACTIVE): _CLIENT_INTERACTIVE,
     (Role.SERVER, Phase.CLOSING): _CLIENT_INTERACTIVE | {SSH_CMSG_EXIT_CONFIRMATION},
     (Role.SERVER, Phase.CLOSED): frozenset(),

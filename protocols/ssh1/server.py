@@ -54,7 +54,7 @@ from protocols.session import (
 )
 from protocols.ssh1 import events as ev
 from protocols.ssh1 import keys
-from protocols.ssh1.messages import Awaiting
+from protocols.ssh1.messages import Awaiting, Phase
 from protocols.ssh1.pump import CorePump
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.settings import SSH1Settings
@@ -240,7 +240,8 @@ class _Forward(Protocol):
     """One relayed connection. ``kind`` "local": a client -L forward to an allowed
     destination; "agent" / "x11": a program's connection to the forwarded agent socket or
     X display, which we announce to the client (SMSG_AGENT_OPEN / SMSG_X11_OPEN) and whose
-    client-side channel is only known once the client confirms."""
+    client-side channel is only known once the client confirms; "refused": a client's
+    forward we refused by confirming and closing it at once (no socket)."""
 
     def __init__(
         self, owner: SSH1ServerProtocol, channel: int, peer_channel: int | None, kind: str
@@ -249,7 +250,7 @@ class _Forward(Protocol):
         self.channel = channel
         self.peer_channel = peer_channel
         self.kind = kind
-        self.opened_by_us = kind != "local"
+        self.opened_by_us = kind in ("agent", "x11")
         self.socket_closed = False
         self.client_closed = False  # the client sent CHANNEL_CLOSE
         self.we_closed = False  # we sent CHANNEL_CLOSE
@@ -305,6 +306,8 @@ class SSH1ServerProtocol(CorePump):
         # (listening port, directory, DISPLAY, XAUTHORITY file)
         self._x11: tuple[Any, str, str, str] | None = None
         self._next_channel = 0
+        # PuTTY crashes on CHANNEL_OPEN_FAILURE: see _refuse_port_open.
+        self._refuse_by_closing = b"PuTTY" in client_version
         self._handlers = {
             ev.SessionKeyAccepted: self._on_session_key,
             ev.UserRequested: self._on_user,
@@ -711,13 +714,25 @@ class SSH1ServerProtocol(CorePump):
         assert self.core is not None
         host = event.host.decode("ascii", "replace")
         destination = f"{host}:{event.port}"
+        if self.core.phase is Phase.PREPARATORY:
+            # plink -1 -N: forwards without a session, which SSH-1 does not have (PuTTY
+            # calls -N "SSH-2 only"). Refused, a permitted destination too; the connection
+            # and a later session live on.
+            log.info(
+                "ssh1 {peer}: refused port forward to {destination}: no shell or command"
+                " started yet (SSH-1 forwards only within a session; plink -N is SSH-2 only)",
+                peer=self.record.peer,
+                destination=destination,
+            )
+            self._refuse_port_open(event.channel)
+            return
         if len(self._channels) >= MAX_FORWARDS:
             log.info(
                 "ssh1 {peer}: refused port forward: {n} already open",
                 peer=self.record.peer,
                 n=len(self._channels),
             )
-            self.core.send_channel_open_failure(event.channel)
+            self._refuse_port_open(event.channel)
             return
         if destination not in self.factory.settings.permit_open:
             log.info(
@@ -725,7 +740,7 @@ class SSH1ServerProtocol(CorePump):
                 peer=self.record.peer,
                 destination=destination,
             )
-            self.core.send_channel_open_failure(event.channel)
+            self._refuse_port_open(event.channel)
             return
         from twisted.internet.endpoints import HostnameEndpoint
 
@@ -737,7 +752,6 @@ class SSH1ServerProtocol(CorePump):
         d = endpoint.connect(_OneShot(forward))
 
         def failed(failure: Failure) -> None:
-            self._channels.pop(channel, None)
             log.info(
                 "ssh1 {peer}: port forward to {destination} failed: {error}",
                 peer=self.record.peer,
@@ -746,10 +760,35 @@ class SSH1ServerProtocol(CorePump):
             )
             core = self.core
             if core is not None and not self.done and not core.closed:
-                core.send_channel_open_failure(event.channel)
+                self._refuse_port_open(event.channel, channel)
                 self._flush()
+            else:
+                self._channels.pop(channel, None)
 
         d.addErrback(failed)
+
+    def _refuse_port_open(self, peer_channel: int, channel: int | None = None) -> None:
+        """Refuse the client's MSG_PORT_OPEN for ``peer_channel`` (``channel``: the number
+        we gave it, if any). The protocol's answer is CHANNEL_OPEN_FAILURE, but PuTTY
+        (since its 0.71 rewrite, 0.78 included) frees the channel twice on it and aborts
+        ("double free detected"), taking the session with it. A PuTTY client therefore
+        gets the channel confirmed and at once closed: its local connection closes
+        without data, as refused, and the session lives on. The refused channel counts
+        against MAX_FORWARDS until the client has closed it too."""
+        assert self.core is not None
+        if not self._refuse_by_closing or (channel is None and len(self._channels) >= MAX_FORWARDS):
+            if channel is not None:
+                self._channels.pop(channel, None)
+            self.core.send_channel_open_failure(peer_channel)
+            return
+        if channel is None:
+            channel = self._next_channel
+            self._next_channel += 1
+        refused = _Forward(self, channel, peer_channel, "refused")
+        refused.socket_closed = refused.we_closed = True  # no socket; our CLOSE follows
+        self._channels[channel] = refused
+        self.core.send_channel_open_confirmation(peer_channel, channel)
+        self.core.send_channel_close(peer_channel)
 
     def _forward_connected(self, forward: _Forward) -> None:
         core = self.core

@@ -56,7 +56,13 @@ MAX_PASSWORD = 1024
 MAX_COMMAND = 65536
 MAX_TERM = 256
 MIN_PEER_PACKET = 4096
-DEFAULT_CHUNK = 32768  # stdout/stderr data per packet unless the client asks for less
+# Data per stdout/stderr/channel packet unless the client asks for less. Well under
+# 32 KiB: PuTTY (0.78) stops reading its socket while more than 32768 bytes wait
+# undecoded and decodes a packet only once all of it is there, so a packet body over
+# 32768 bytes (32 KiB of data makes 32784) can leave it waiting for good. 16 KiB is
+# what OpenSSH's SSH-1 server sent in practice (its reads from the program's output),
+# leaves room for compression overhead, and costs nothing measurable in throughput.
+DEFAULT_CHUNK = 16384
 _PACKET_OVERHEAD = 64  # type, string length, CRC, padding, compression slack
 
 _UNSUPPORTED_AUTH = {
@@ -329,14 +335,14 @@ class ServerConnection(Connection):
         self._send(m.SSH_SMSG_AGENT_OPEN, Writer().uint32(our_channel).getvalue())
 
     def send_channel_open_confirmation(self, peer_channel: int, our_channel: int) -> None:
-        self._require_interactive()
+        self._require_channels()
         self._send(
             m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION,
             Writer().uint32(peer_channel).uint32(our_channel).getvalue(),
         )
 
     def send_channel_open_failure(self, peer_channel: int) -> None:
-        self._require_interactive()
+        self._require_channels()
         self._send(m.SSH_MSG_CHANNEL_OPEN_FAILURE, Writer().uint32(peer_channel).getvalue())
 
     def send_channel_data(self, peer_channel: int, data: bytes) -> None:
@@ -349,12 +355,18 @@ class ServerConnection(Connection):
             )
 
     def send_channel_close(self, peer_channel: int) -> None:
-        self._require_interactive()
+        self._require_channels()
         self._send(m.SSH_MSG_CHANNEL_CLOSE, Writer().uint32(peer_channel).getvalue())
 
     def send_channel_close_confirmation(self, peer_channel: int) -> None:
-        self._require_interactive()
+        self._require_channels()
         self._send(m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION, Writer().uint32(peer_channel).getvalue())
+
+    def _require_channels(self) -> None:
+        """Channel answers may also go out before the session: a client that forwards
+        without one (plink -N) has its MSG_PORT_OPEN refused then."""
+        if self.phase is not m.Phase.PREPARATORY:
+            self._require_interactive()
 
     def _require_interactive(self) -> None:
         if self.phase not in (m.Phase.INTERACTIVE, m.Phase.CLOSING):

@@ -30,6 +30,7 @@ class SSH1ServerRig:
         portal: Portal,
         settings: SSH1Settings = DEFAULT_SETTINGS,
         limits: AuthLimits = DEFAULT_LIMITS,
+        client_version: bytes = b"SSH-1.5-t",
     ) -> None:
         self.portal = portal
         self.clock = Clock()
@@ -43,7 +44,7 @@ class SSH1ServerRig:
             portal, host_key(), settings, limits, self.clock, key_generator=generate
         )
         self.record = ConnectionRecord(peer="127.0.0.1:1")
-        self.protocol = self.factory.build_protocol(self.record, b"SSH-1.99-gw", b"SSH-1.5-t")
+        self.protocol = self.factory.build_protocol(self.record, b"SSH-1.99-gw", client_version)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
         self.client = MiniClient()

@@ -3,6 +3,7 @@ test-only client. Login, session, back-pressure, forwarding policy, timers, reco
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -28,11 +29,12 @@ class Harness(SSH1ServerRig):
     """The server in front of a Realm of fake sessions: alice (password "secret" or the
     test user key) and twostep (refused by policy)."""
 
-    def __init__(self, settings=DEFAULT_SETTINGS, limits=DEFAULT_LIMITS):
+    def __init__(self, settings=DEFAULT_SETTINGS, limits=DEFAULT_LIMITS, client_version=b"SSH-1.5-t"):
         self.realm = Realm()
         checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", twostep=b"secret")
         rsa_checker = RSAChecker({b"alice": keys.public_numbers(user_key())})
-        super().__init__(Portal(self.realm, [checker, rsa_checker]), settings, limits)
+        portal = Portal(self.realm, [checker, rsa_checker])
+        super().__init__(portal, settings, limits, client_version)
 
     def login(self, user=b"alice", password=b"secret"):
         return super().login(user, password)
@@ -226,6 +228,53 @@ def test_compression():
     assert h.record.algorithms["compression"] == "zlib-9"
 
 
+def wire_bodies(data: bytes) -> list[int]:
+    """The size of each SSH-1 packet's body (padding to CRC) in a stream of packets; its
+    length field is sent in clear."""
+    sizes, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        body = length + 8 - length % 8
+        sizes.append(body)
+        pos += 4 + body
+    assert pos == len(data)
+    return sizes
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_data_packets_fit_putty_input_limit(compress):
+    """PuTTY waits for a whole packet before decoding it, but stops reading its socket
+    while more than 32768 bytes wait: a packet body over 32768 bytes can stall it for
+    good (plink -1 downloads stalled with 32 KiB of data per packet). Stdout, stderr and
+    forwarded data, incompressible data through compression too, stay below that."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    h = Harness(settings=SSH1Settings(permit_open=("127.0.0.1:7000",)))
+    h.factory.clock = reactor
+    h.login()
+    if compress:
+        assert h.send(m.SSH_CMSG_REQUEST_COMPRESSION, struct.pack(">I", 6)) == [
+            (m.SSH_SMSG_SUCCESS, b"")
+        ]
+        h.client.encoder.start_compression(6)
+        h.client.decoder.start_decompression()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    target = h.realm.avatars[0].targets[0]
+    h.send(m.SSH_MSG_PORT_OPEN, port_open(5, 7000))
+    reactor.advance(0)
+    forward = reactor.tcpClients[0][2].buildProtocol(None)
+    forward.makeConnection(StringTransport())
+    h.received()
+    output = os.urandom(200_000)
+    target.client.write_stdout(output)
+    target.client.write_stderr(output)
+    forward.dataReceived(output)
+    sizes = wire_bodies(h.transport.value())
+    assert len(sizes) >= 3 * 200_000 // 32768
+    assert max(sizes) <= 32768
+
+
 def test_back_pressure_both_ways():
     h = Harness()
     h.login()
@@ -273,6 +322,82 @@ def test_port_open_refused_by_default(logs):
         (m.SSH_MSG_CHANNEL_OPEN_FAILURE, struct.pack(">I", 7))
     ]
     assert "refused port forward to 127.0.0.1:22" in text(logs)
+
+
+PUTTY = b"SSH-1.5-PuTTY_Release_0.78"
+
+
+def port_open(channel: int, port: int, host: bytes = b"127.0.0.1") -> bytes:
+    return Writer().uint32(channel).string(host).uint32(port).getvalue()
+
+
+def test_port_open_before_the_session_refused_and_session_kept(logs):
+    """plink -1 -N -L: no shell or command ever starts, yet the client opens forwards in the
+    preparatory phase. Each is refused, a permitted destination too (SSH-1 forwards only
+    within a session); the connection stays, and a session can still start. (SMSG_FAILURE
+    is no answer here: plink takes a FAILURE it did not ask for as fatal, "Received
+    SSH1_SMSG_FAILURE with no outstanding request".)"""
+    h = Harness(settings=SSH1Settings(permit_open=("127.0.0.1:7000",)))
+    h.login()
+    for channel, port in ((3, 7000), (4, 22)):
+        assert h.send(m.SSH_MSG_PORT_OPEN, port_open(channel, port)) == [
+            (m.SSH_MSG_CHANNEL_OPEN_FAILURE, struct.pack(">I", channel))
+        ]
+    assert not h.transport.disconnecting
+    logged = text(logs)
+    assert "refused port forward to 127.0.0.1:7000: no shell or command started yet" in logged
+    assert "refused port forward to 127.0.0.1:22: no shell or command started yet" in logged
+    # still the preparatory phase: requests are answered, then the session starts
+    assert h.send(m.SSH_CMSG_AGENT_REQUEST_FORWARDING) == [(m.SSH_SMSG_FAILURE, b"")]
+    assert h.send(m.SSH_CMSG_EXEC_SHELL) == []
+    assert h.realm.avatars[0].targets[0].request.command is None
+    assert not h.transport.disconnecting and not h.record.close_reason
+
+
+def test_putty_refused_by_open_and_close(logs):
+    """PuTTY aborts on CHANNEL_OPEN_FAILURE (it frees the channel twice): its refusals are
+    a confirmation and an immediate CLOSE; its data for the channel is dropped, its CLOSE
+    confirmed. Before the session (plink -N) and within it alike."""
+    h = Harness(settings=SSH1Settings(permit_open=("127.0.0.1:7000",)), client_version=PUTTY)
+    h.login()
+    assert h.send(m.SSH_MSG_PORT_OPEN, port_open(3, 7000)) == [
+        (m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">II", 3, 0)),
+        (m.SSH_MSG_CHANNEL_CLOSE, struct.pack(">I", 3)),
+    ]
+    assert h.send(m.SSH_MSG_CHANNEL_DATA, Writer().uint32(0).string(b"x").getvalue()) == []
+    assert h.send(m.SSH_MSG_CHANNEL_CLOSE, struct.pack(">I", 0)) == [
+        (m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION, struct.pack(">I", 3))
+    ]
+    assert h.send(m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION, struct.pack(">I", 0)) == []
+    assert "refused port forward to 127.0.0.1:7000: no shell or command" in text(logs)
+    assert h.send(m.SSH_CMSG_EXEC_CMD, string(b"cat")) == []
+    assert h.send(m.SSH_MSG_PORT_OPEN, port_open(4, 22)) == [
+        (m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">II", 4, 1)),
+        (m.SSH_MSG_CHANNEL_CLOSE, struct.pack(">I", 4)),
+    ]
+    # the confirmation may cross our CLOSE: either order ends the channel
+    assert h.send(m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION, struct.pack(">I", 1)) == []
+    assert h.send(m.SSH_MSG_CHANNEL_CLOSE, struct.pack(">I", 1)) == []
+    assert "refused port forward to 127.0.0.1:22" in text(logs)
+    assert not h.protocol._channels and not h.transport.disconnecting
+
+
+def test_putty_refusals_left_open_are_bounded():
+    """A client that never closes refused channels holds at most MAX_FORWARDS of them;
+    past that it gets CHANNEL_OPEN_FAILURE, which costs us nothing to keep."""
+    from protocols.ssh1.server import MAX_FORWARDS
+
+    h = Harness(client_version=PUTTY)
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    for channel in range(MAX_FORWARDS):
+        assert h.send(m.SSH_MSG_PORT_OPEN, port_open(channel, 22))[0][0] == (
+            m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION
+        )
+    assert h.send(m.SSH_MSG_PORT_OPEN, port_open(99, 22)) == [
+        (m.SSH_MSG_CHANNEL_OPEN_FAILURE, struct.pack(">I", 99))
+    ]
+    assert len(h.protocol._channels) == MAX_FORWARDS
 
 
 def test_data_for_unknown_channel_disconnects():
@@ -421,6 +546,38 @@ def test_port_forward_to_allowed_destination():
     # late messages for the closed channel are ignored, not fatal
     assert h.send(m.SSH_MSG_CHANNEL_DATA, Writer().uint32(0).string(b"late").getvalue()) == []
     assert not h.transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "client_version, answer",
+    [
+        (b"SSH-1.5-t", [(m.SSH_MSG_CHANNEL_OPEN_FAILURE, struct.pack(">I", 5))]),
+        (PUTTY, [(m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">II", 5, 0)),
+                 (m.SSH_MSG_CHANNEL_CLOSE, struct.pack(">I", 5))]),
+    ],
+)  # fmt: skip
+def test_port_forward_whose_destination_refuses(logs, client_version, answer):
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.python.failure import Failure
+
+    reactor = MemoryReactorClock()
+    h = Harness(settings=SSH1Settings(permit_open=("127.0.0.1:7000",)), client_version=client_version)
+    h.factory.clock = reactor
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    assert h.send(m.SSH_MSG_PORT_OPEN, port_open(5, 7000)) == []
+    reactor.advance(0)
+    connector_factory = reactor.tcpClients[0][2]
+    connector_factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    reactor.advance(1)
+    assert h.received() == answer
+    assert "port forward to 127.0.0.1:7000 failed" in text(logs)
+    if client_version == PUTTY:
+        assert h.send(m.SSH_MSG_CHANNEL_CLOSE, struct.pack(">I", 0)) == [
+            (m.SSH_MSG_CHANNEL_CLOSE_CONFIRMATION, struct.pack(">I", 5))
+        ]
+    assert not h.protocol._channels and not h.transport.disconnecting
 
 
 def test_port_forward_closed_by_client():
