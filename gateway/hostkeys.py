@@ -1,6 +1,7 @@
 """The gateway's host keys: created on first start under the state directory, reused
-afterwards, refused when other users could read them; and their fingerprints as
-clients display them.
+afterwards, refused when other users could read them; their fingerprints as clients
+display them; and :func:`key_error_reason`, the words for a key file that cannot be read
+(never its contents).
 
 Files (all 0600, in a 0700 state directory):
 
@@ -50,6 +51,22 @@ def ssh2_fingerprint(key: keys.Key) -> str:
     """``SHA256:<base64 without padding>`` of the public key blob, as OpenSSH shows it."""
     digest = hashlib.sha256(key.public().blob()).digest()
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def key_error_reason(exc: BaseException) -> str:
+    """Why a key file could not be loaded, for an error message or a log line.
+
+    Never ``str(exc)``: the parsers' own messages can quote the file (Conch's ``cannot
+    guess the type of b'...'`` holds the whole of a DER private key), so only the kind
+    of failure becomes words; the caller names the file."""
+    if isinstance(exc, keys.EncryptedKeyError) or isinstance(exc, TypeError):
+        # cryptography says TypeError for "encrypted, but no password given".
+        return "it is encrypted with a passphrase; store it unencrypted"
+    if isinstance(exc, keys.BadKeyError):
+        return "not an OpenSSH or PEM private key"
+    if isinstance(exc, ValueError):
+        return "damaged or unsupported key data"
+    return f"unreadable key data ({type(exc).__name__})"
 
 
 @dataclass(frozen=True)
@@ -144,7 +161,7 @@ def _ssh2_key(path: Path, expected: str, min_bits: int) -> keys.Key:
     try:
         key = keys.Key.fromString(data)
     except Exception as e:
-        raise HostKeyError(f"{path}: not a readable private key ({e})") from e
+        raise HostKeyError(f"{path}: not a readable private key ({key_error_reason(e)})") from None
     if key.isPublic() or key.type() != expected:
         raise HostKeyError(f"{path}: expected a private {expected} key, found {key.type()}")
     if key.size() < min_bits:
@@ -157,7 +174,9 @@ def _ssh1_key(path: Path) -> rsa.RSAPrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise HostKeyError(f"{path}: not a readable unencrypted PEM private key ({e})") from e
+        raise HostKeyError(
+            f"{path}: not a readable unencrypted PEM private key ({key_error_reason(e)})"
+        ) from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise HostKeyError(f"{path}: the SSH-1 host key must be RSA")
     if not 1024 <= key.key_size <= 8192:

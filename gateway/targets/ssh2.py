@@ -37,6 +37,7 @@ from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.hostkeys import key_error_reason
 from gateway.known_hosts import KnownHosts
 from gateway.targets import TargetConfig
 from gateway.targets.bridge import (
@@ -1032,6 +1033,10 @@ class _Upstream:
 # -- the target ------------------------------------------------------------------------------
 
 
+class _KeyFileError(Exception):
+    """Our own words about the target's key file (safe to log, unlike the parsers')."""
+
+
 class SSH2Target(UpstreamTarget):
     """``[targets.NAME]`` with ``protocol = "ssh2"``."""
 
@@ -1056,19 +1061,25 @@ class SSH2Target(UpstreamTarget):
             with open(path, "rb") as f:
                 data = f.read(MAX_KEY_FILE + 1)
             if len(data) > MAX_KEY_FILE:
-                raise ValueError("key file too large")
+                raise _KeyFileError("key file too large")
             key = keys.Key.fromString(data)
             if key.isPublic():
-                raise ValueError("a public key, not a private one")
+                raise _KeyFileError("a public key, not a private one")
+        except _KeyFileError as exc:
+            why = str(exc)
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+        except Exception as exc:  # Conch's parsers raise many types, AssertionError included
+            why = key_error_reason(exc)
+        else:
             return key
-        except (OSError, ValueError, keys.BadKeyError, keys.EncryptedKeyError) as exc:
-            log.error(
-                "ssh2 target {name}: cannot use key file {path}: {why}",
-                name=self.config.name,
-                path=path,
-                why=str(exc) if type(exc) is ValueError else type(exc).__name__,
-            )
-            raise UpstreamFailure("the gateway's key for this target cannot be used") from None
+        log.error(
+            "ssh2 target {name}: cannot use key file {path}: {why}",
+            name=self.config.name,
+            path=path,
+            why=why,
+        )
+        raise UpstreamFailure("the gateway's key for this target cannot be used")
 
     def _connect(
         self, request: SessionRequest, sink: UpstreamSink, login: str, password: str | None
