@@ -84,7 +84,7 @@ def _run_fingerprints(args: argparse.Namespace, io: IO) -> int:
         return 1
     for info in host_keys.infos():
         label = "SSH-2" if info.protocol == "ssh2" else "SSH-1"
-        print(f"{label} {info.type} {info.bits} {info.fingerprint}", file=io.stdout)
+        print(f"{label} {info.type} {info.bits} {info.fingerprints}", file=io.stdout)
     return 0
 
 

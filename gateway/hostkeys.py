@@ -16,8 +16,6 @@ Files (all 0600, in a 0700 state directory):
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import stat
 import tempfile
@@ -29,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.ssh import keys
 from twisted.logger import Logger
 
-from protocols.ssh1.keys import ssh1_fingerprint
+from protocols.fingerprint import sha256_fingerprint
+from protocols.ssh1.keys import ssh1_fingerprint, ssh1_sha256_fingerprint
 
 ED25519_FILE = "ssh_host_ed25519_key"
 RSA_FILE = "ssh_host_rsa_key"
@@ -49,8 +48,7 @@ class HostKeyError(Exception):
 
 def ssh2_fingerprint(key: keys.Key) -> str:
     """``SHA256:<base64 without padding>`` of the public key blob, as OpenSSH shows it."""
-    digest = hashlib.sha256(key.public().blob()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+    return sha256_fingerprint(key.public().blob())
 
 
 def key_error_reason(exc: BaseException) -> str:
@@ -76,8 +74,15 @@ class HostKeyInfo:
     protocol: str  # "ssh2" | "ssh1"
     type: str  # "ssh-ed25519", "ssh-rsa", "rsa1"
     bits: int
-    fingerprint: str
+    fingerprint: str  # SHA256:..., as OpenSSH shows it (ssh -v, ssh1 -v, ssh-keygen -l)
     path: Path
+    md5: str | None = None  # SSH-1 only: colon-hex, as PuTTY shows it
+
+    @property
+    def fingerprints(self) -> str:
+        """Every form a client shows: ``SHA256:…``, and for SSH-1 also ``MD5:…`` (which
+        ``plink -hostkey``, ``ssh-keygen1 -E md5`` and ``host_key`` all take)."""
+        return self.fingerprint if self.md5 is None else f"{self.fingerprint} MD5:{self.md5}"
 
 
 @dataclass
@@ -109,8 +114,9 @@ class HostKeys:
                 "ssh1",
                 "rsa1",
                 self.ssh1.key_size,
-                ssh1_fingerprint(numbers.e, numbers.n),
+                ssh1_sha256_fingerprint(numbers.e, numbers.n),
                 self.paths[SSH1_FILE],
+                ssh1_fingerprint(numbers.e, numbers.n),
             )
         )
         return result
@@ -234,7 +240,7 @@ def load_or_create_host_keys(state_dir: str | os.PathLike[str]) -> HostKeys:
             "host key {type} {bits} {fingerprint} ({protocol})",
             type=info.type,
             bits=info.bits,
-            fingerprint=info.fingerprint,
+            fingerprint=info.fingerprints,
             protocol=info.protocol,
         )
     return host_keys

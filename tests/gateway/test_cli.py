@@ -68,9 +68,11 @@ def test_fingerprints_from_state_dir(state_dir):
     infos = host.infos()
     assert lines[0] == f"SSH-2 ssh-ed25519 256 {infos[0].fingerprint}"
     assert lines[1] == f"SSH-2 ssh-rsa 3072 {infos[1].fingerprint}"
-    assert lines[2] == f"SSH-1 rsa1 2048 {infos[2].fingerprint}"
+    assert lines[2] == f"SSH-1 rsa1 2048 {infos[2].fingerprint} MD5:{infos[2].md5}"
     assert lines[0].split()[3].startswith("SHA256:")
-    assert len(lines[2].split()[3].split(":")) == 16
+    # SSH-1: SHA256 as OpenSSH's ssh1 -v shows it, and MD5 as PuTTY shows it.
+    assert lines[2].split()[3].startswith("SHA256:")
+    assert len(lines[2].split()[4].split(":")) == 17
 
 
 def test_fingerprints_from_config(state_dir, tmp_path):
