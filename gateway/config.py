@@ -45,7 +45,7 @@ config file's directory; `~` is expanded. Numbers are seconds unless said otherw
 | `[targets.NAME] password` | none | stored upstream password, in plaintext by necessity: keep the file `chmod 600`, owned by the gateway's user (`check-config` warns otherwise) |
 | `[targets.NAME] key` | none | upstream private key file (ssh1: SSH-1 RSA; ssh2: OpenSSH/PEM), unencrypted, `chmod 600` |
 | `[targets.NAME] credentials` | `"stored"` | `"stored"`: `password`/`key` above; `"pass-through"`: the password the user gave the gateway is sent upstream (users who log in with a key cannot use such a target) |
-| `[targets.NAME] host_key` | `"accept-new"` | ssh1, ssh2: `"accept-new"` (trust on first use, then pin in `<state_dir>/known_hosts`), `"strict"` (must already be in known_hosts), or a fingerprint (`SHA256:...`; ssh1 also MD5 colon-hex) |
+| `[targets.NAME] host_key` | `"accept-new"` | ssh1, ssh2: `"accept-new"` (trust on first use: pinned in `<state_dir>/known_hosts`, ssh1 in `known_hosts.ssh1`, once the key exchange with it succeeded), `"strict"` (must already be pinned there), or a fingerprint (`SHA256:...`; ssh1 also MD5 colon-hex) |
 | `[targets.NAME] connect_timeout` | `10` | from session request to open upstream session |
 | `[targets.NAME] idle_timeout` | `0` | close the session after this long without data either way; `0`: never |
 | `[targets.NAME] ciphers` | modern defaults | ssh1: from `3des`, `blowfish`, `des`; ssh2: cipher names in order of preference, legacy ones (`aes128-cbc`, `3des-cbc`) only when listed |
