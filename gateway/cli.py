@@ -1,4 +1,5 @@
-"""The ``sshgateway`` admin command: ``hash-password``, ``fingerprints``, ``check-config``.
+"""The ``sshgateway`` admin command: ``hash-password``, ``fingerprints``, ``check-config``,
+``known-hosts forget``.
 
 Subcommands are registered in :data:`COMMANDS` (name -> setup and run functions), so later
 ones (``flows``, ``probe``) are one entry each. Every run function returns the exit status.
@@ -11,11 +12,14 @@ import getpass
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from gateway import flowview, passwords, probe
 from gateway.config import ConfigError, config_warnings, load_config
 from gateway.hostkeys import HostKeyError, load_host_keys
+from gateway.known_hosts import KnownHosts, KnownHostsError
+from gateway.routing import KNOWN_HOSTS_FILE
 
 MAX_STDIN_LINE = passwords.MAX_PASSWORD_BYTES
 
@@ -84,7 +88,118 @@ def _run_fingerprints(args: argparse.Namespace, io: IO) -> int:
         return 1
     for info in host_keys.infos():
         label = "SSH-2" if info.protocol == "ssh2" else "SSH-1"
-        print(f"{label} {info.type} {info.bits} {info.fingerprint}", file=io.stdout)
+        print(f"{label} {info.type} {info.bits} {info.fingerprints}", file=io.stdout)
+    return 0
+
+
+def _setup_known_hosts(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "The host keys of upstream devices the gateway has pinned: <state_dir>/known_hosts "
+        "(SSH-2, OpenSSH's format) and known_hosts.ssh1 (SSH-1)."
+    )
+    sub = p.add_subparsers(dest="known_hosts_command", required=True, metavar="SUBCOMMAND")
+    forget = sub.add_parser(
+        "forget",
+        help="remove the pinned host keys of a target",
+        description=(
+            "Remove the keys pinned for a target, so that its next connection pins the "
+            'key it offers then (host_key = "accept-new") or is refused until an '
+            'administrator adds it ("strict"). A running gateway sees the change at once.'
+        ),
+    )
+    forget.add_argument(
+        "target",
+        metavar="TARGET",
+        help="with --config: a target name; with --state-dir: HOST, HOST:PORT or [HOST]:PORT",
+    )
+    source = forget.add_mutually_exclusive_group(required=True)
+    source.add_argument("--state-dir", help="the gateway's state directory")
+    source.add_argument("--config", help="a config file (its state_dir and targets are used)")
+
+
+_PROTOCOL_LABELS = {"ssh1": "SSH-1", "ssh2": "SSH-2"}
+
+
+def _host_and_port(text: str) -> tuple[str, int] | None:
+    """HOST, HOST:PORT or [HOST]:PORT (port 22 when not given)."""
+    host, port = text, "22"
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            return None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or any(c.isspace() for c in host) or not port.isdigit():
+        return None
+    return (host, int(port)) if 0 < int(port) < 65536 else None
+
+
+def _run_known_hosts(args: argparse.Namespace, io: IO) -> int:
+    # The only subcommand so far: forget.
+    protocols: tuple[str, ...] = ("ssh1", "ssh2")
+    policy = None
+    if args.config:
+        try:
+            config = load_config(args.config)
+        except ConfigError as e:
+            print(e, file=io.stderr)
+            return 1
+        target = config.targets.get(args.target)
+        if target is None or target.protocol not in protocols:
+            kind = f"a {target.protocol} target" if target is not None else "no such target"
+            names = sorted(n for n, t in config.targets.items() if t.protocol in protocols)
+            print(
+                f"sshgateway: {args.target!r}: {kind} in {args.config}, nothing to forget "
+                f"(targets with host keys: {', '.join(names) or 'none'})",
+                file=io.stderr,
+            )
+            return 1
+        state_dir, host, port = config.state_dir, target.host, target.port
+        protocols, policy = (target.protocol,), target.host_key.strip()
+        name = f"{args.target} ({host}:{port})"
+    else:
+        found = _host_and_port(args.target)
+        if found is None:
+            print(
+                f"sshgateway: {args.target!r} is not HOST, HOST:PORT or [HOST]:PORT "
+                "(target names need --config)",
+                file=io.stderr,
+            )
+            return 1
+        state_dir, (host, port) = args.state_dir, found
+        name = f"{host}:{port}"
+    known = KnownHosts(Path(state_dir) / KNOWN_HOSTS_FILE)
+    try:
+        removed = known.forget(host, port, protocols)
+    except KnownHostsError as e:
+        print(f"sshgateway: {e.detail or e}", file=io.stderr)
+        return 1
+    if not removed:
+        print(f"no host key recorded for {name}", file=io.stdout)
+    for key in removed:
+        label = _PROTOCOL_LABELS[key.protocol]
+        print(
+            f"forgot {name}: {label} {key.key_type} {key.fingerprint} ({key.path}:{key.line})",
+            file=io.stdout,
+        )
+    if policy == "accept-new":
+        print(
+            f"{args.target}: the next connection pins the key the device offers then",
+            file=io.stdout,
+        )
+    elif policy == "strict":
+        where = known.ssh1_path if protocols == ("ssh1",) else known.path
+        print(
+            f'{args.target}: host_key is "strict": connections are refused until its key '
+            f"is added to {where}",
+            file=io.stdout,
+        )
+    elif policy is not None:
+        print(
+            f"{args.target}: host_key pins a fingerprint in the config; known_hosts is not "
+            "consulted for it",
+            file=io.stdout,
+        )
     return 0
 
 
@@ -125,6 +240,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "fingerprints": Command("show host key fingerprints", _setup_fingerprints, _run_fingerprints),
     "check-config": Command("validate a config file", _setup_check_config, _run_check_config),
+    "known-hosts": Command(
+        "upstream devices' pinned host keys", _setup_known_hosts, _run_known_hosts
+    ),
     "probe": Command("what SSH-1 and SSH-2 a host offers", probe.setup_cli, probe.run_cli),
     "flows": Command("list, show and compare flow records", flowview.setup_parser, flowview.run),
 }

@@ -704,9 +704,10 @@ SCHEMA: tuple[Key, ...] = (
         '`"stored"`: `password`/`key` above; `"pass-through"`: the password the user gave the '
         "gateway is sent upstream (users who log in with a key cannot use such a target)"),
     Key(TARGETS, "host_key", HostKeyPolicy(), _TARGET.host_key,
-        '`"accept-new"` (trust on first use, then pin in `<state_dir>/known_hosts`), `"strict"` '
-        "(must already be in known_hosts), or a fingerprint (`SHA256:...`; ssh1 also MD5 "
-        "colon-hex)", protocols=("ssh1", "ssh2")),
+        '`"accept-new"` (trust on first use: pinned in `<state_dir>/known_hosts`, ssh1 in '
+        '`known_hosts.ssh1`, once the key exchange with it succeeded), `"strict"` (must '
+        "already be pinned there), or a fingerprint (`SHA256:...`; ssh1 also MD5 colon-hex)",
+        protocols=("ssh1", "ssh2")),
     Key(TARGETS, "connect_timeout", Number(minimum=0.1), _TARGET.connect_timeout,
         "from session request to open upstream session"),
     Key(TARGETS, "idle_timeout", Number(minimum=0), _TARGET.idle_timeout,

@@ -1,6 +1,7 @@
 """The gateway's host keys: created on first start under the state directory, reused
-afterwards, refused when other users could read them; and their fingerprints as
-clients display them.
+afterwards, refused when other users could read them; their fingerprints as clients
+display them; and :func:`key_error_reason`, the words for a key file that cannot be read
+(never its contents).
 
 Files (all 0600, in a 0700 state directory):
 
@@ -15,8 +16,6 @@ Files (all 0600, in a 0700 state directory):
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import stat
 import tempfile
@@ -28,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.conch.ssh import keys
 from twisted.logger import Logger
 
-from protocols.ssh1.keys import ssh1_fingerprint
+from protocols.fingerprint import sha256_fingerprint
+from protocols.ssh1.keys import ssh1_fingerprint, ssh1_sha256_fingerprint
 
 ED25519_FILE = "ssh_host_ed25519_key"
 RSA_FILE = "ssh_host_rsa_key"
@@ -48,8 +48,23 @@ class HostKeyError(Exception):
 
 def ssh2_fingerprint(key: keys.Key) -> str:
     """``SHA256:<base64 without padding>`` of the public key blob, as OpenSSH shows it."""
-    digest = hashlib.sha256(key.public().blob()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+    return sha256_fingerprint(key.public().blob())
+
+
+def key_error_reason(exc: BaseException) -> str:
+    """Why a key file could not be loaded, for an error message or a log line.
+
+    Never ``str(exc)``: the parsers' own messages can quote the file (Conch's ``cannot
+    guess the type of b'...'`` holds the whole of a DER private key), so only the kind
+    of failure becomes words; the caller names the file."""
+    if isinstance(exc, keys.EncryptedKeyError) or isinstance(exc, TypeError):
+        # cryptography says TypeError for "encrypted, but no password given".
+        return "it is encrypted with a passphrase; store it unencrypted"
+    if isinstance(exc, keys.BadKeyError):
+        return "not an OpenSSH or PEM private key"
+    if isinstance(exc, ValueError):
+        return "damaged or unsupported key data"
+    return f"unreadable key data ({type(exc).__name__})"
 
 
 @dataclass(frozen=True)
@@ -59,8 +74,15 @@ class HostKeyInfo:
     protocol: str  # "ssh2" | "ssh1"
     type: str  # "ssh-ed25519", "ssh-rsa", "rsa1"
     bits: int
-    fingerprint: str
+    fingerprint: str  # SHA256:..., as OpenSSH shows it (ssh -v, ssh1 -v, ssh-keygen -l)
     path: Path
+    md5: str | None = None  # SSH-1 only: colon-hex, as PuTTY shows it
+
+    @property
+    def fingerprints(self) -> str:
+        """Every form a client shows: ``SHA256:…``, and for SSH-1 also ``MD5:…`` (which
+        ``plink -hostkey``, ``ssh-keygen1 -E md5`` and ``host_key`` all take)."""
+        return self.fingerprint if self.md5 is None else f"{self.fingerprint} MD5:{self.md5}"
 
 
 @dataclass
@@ -92,8 +114,9 @@ class HostKeys:
                 "ssh1",
                 "rsa1",
                 self.ssh1.key_size,
-                ssh1_fingerprint(numbers.e, numbers.n),
+                ssh1_sha256_fingerprint(numbers.e, numbers.n),
                 self.paths[SSH1_FILE],
+                ssh1_fingerprint(numbers.e, numbers.n),
             )
         )
         return result
@@ -144,7 +167,7 @@ def _ssh2_key(path: Path, expected: str, min_bits: int) -> keys.Key:
     try:
         key = keys.Key.fromString(data)
     except Exception as e:
-        raise HostKeyError(f"{path}: not a readable private key ({e})") from e
+        raise HostKeyError(f"{path}: not a readable private key ({key_error_reason(e)})") from None
     if key.isPublic() or key.type() != expected:
         raise HostKeyError(f"{path}: expected a private {expected} key, found {key.type()}")
     if key.size() < min_bits:
@@ -157,7 +180,9 @@ def _ssh1_key(path: Path) -> rsa.RSAPrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise HostKeyError(f"{path}: not a readable unencrypted PEM private key ({e})") from e
+        raise HostKeyError(
+            f"{path}: not a readable unencrypted PEM private key ({key_error_reason(e)})"
+        ) from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise HostKeyError(f"{path}: the SSH-1 host key must be RSA")
     if not 1024 <= key.key_size <= 8192:
@@ -215,7 +240,7 @@ def load_or_create_host_keys(state_dir: str | os.PathLike[str]) -> HostKeys:
             "host key {type} {bits} {fingerprint} ({protocol})",
             type=info.type,
             bits=info.bits,
-            fingerprint=info.fingerprint,
+            fingerprint=info.fingerprints,
             protocol=info.protocol,
         )
     return host_keys

@@ -86,7 +86,8 @@ def _parse_scrypt(stored: str) -> _ScryptHash:
     for item in parts[2].split(","):
         name, sep, value = item.partition("=")
         if not sep or name not in ("n", "r", "p") or name in params or not value.isdigit():
-            raise InvalidHash(f"bad scrypt parameter {item!r}")
+            # The value is not quoted, here or below: it may be a password typed by mistake.
+            raise InvalidHash("bad scrypt parameters (they must look like n=..,r=..,p=..)")
         params[name] = int(value)
     if set(params) != {"n", "r", "p"}:
         raise InvalidHash("scrypt hash needs n, r and p")
@@ -167,7 +168,10 @@ def _scheme(stored: str) -> Scheme:
     name = stored[1:].split("$", 1)[0]
     scheme = SCHEMES.get(name)
     if scheme is None:
-        raise InvalidHash(f"unknown password hash scheme {name!r} (known: {', '.join(SCHEMES)})")
+        raise InvalidHash(
+            f"unknown password hash scheme (the text after the first '$'; known: "
+            f"{', '.join(SCHEMES)})"
+        )
     return scheme
 
 

@@ -15,9 +15,7 @@ traceback), and a host that says nothing is reported when its deadline passes.
 
 from __future__ import annotations
 
-import base64
 import csv
-import hashlib
 import io
 import json
 import re
@@ -34,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from protocols.fingerprint import sha256_fingerprint
 from protocols.ssh1 import messages as m1
 from protocols.ssh1.client_connection import read_public_key
 from protocols.ssh1.connection import printable
@@ -43,9 +42,9 @@ from protocols.ssh1.identification import (
     IdentificationReader,
     parse_version,
 )
-from protocols.ssh1.keys import ssh1_fingerprint
+from protocols.ssh1.keys import ssh1_fingerprint, ssh1_sha256_fingerprint
 from protocols.ssh1.packet import PacketDecoder, PacketEncoder
-from protocols.ssh1.wire import ProtocolError, Reader, Writer, int_to_bytes
+from protocols.ssh1.wire import ProtocolError, Reader, Writer
 
 DEFAULT_PORT = 22
 DEFAULT_TIMEOUT = 10.0
@@ -269,17 +268,6 @@ def parse_ssh1_public_key(payload: bytes) -> SSH1Offer:
     )
 
 
-def ssh1_sha256_fingerprint(e: int, n: int) -> str:
-    """``SHA256:...`` of an SSH-1 key: the same bytes as the MD5 form (modulus, then
-    exponent, each a bare big-endian magnitude), as ssh-keygen1 -l hashes them."""
-    digest = hashlib.sha256(int_to_bytes(n) + int_to_bytes(e)).digest()
-    return "SHA256:" + _b64(digest)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii").rstrip("=")
-
-
 def _mask_names(
     mask: int, names: dict[int, str], what: str, numbered_by_value: bool = False
 ) -> list[str]:
@@ -342,7 +330,7 @@ def _name_list(raw: bytes, what: str) -> list[str]:
 def host_key_from_blob(algorithm: str, blob: bytes) -> HostKey:
     """What a key exchange showed: type and size when Conch can read the key; the
     fingerprint is over the blob as sent, whatever is in it."""
-    fingerprint = "SHA256:" + _b64(hashlib.sha256(blob).digest())
+    fingerprint = sha256_fingerprint(blob)
     try:
         key = conch_keys.Key.fromString(blob)
         return HostKey(algorithm, key.sshType().decode("ascii"), key.size(), fingerprint, False)

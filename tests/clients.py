@@ -98,12 +98,20 @@ def ssh2_device(workdir: Path) -> Iterator[tuple[OpenSSHServer, dict]]:
 
 
 def ssh1_fingerprint(gw: GatewayProcess) -> str:
-    """The gateway's SSH-1 host key fingerprint (MD5 colon-hex), as plink -hostkey wants
-    it, from ``sshgateway fingerprints``."""
+    """The gateway's SSH-1 host key fingerprint (MD5 colon-hex), as plink shows it and
+    ``plink -hostkey`` takes it, from ``sshgateway fingerprints``."""
+    return ssh1_fingerprints(gw)[1]
+
+
+def ssh1_fingerprints(gw: GatewayProcess) -> tuple[str, str]:
+    """The gateway's SSH-1 host key fingerprints from ``sshgateway fingerprints``:
+    ``SHA256:…`` (as OpenSSH's ``ssh1 -v`` shows it) and MD5 colon-hex (as plink does)."""
     out = sshgateway_cli("fingerprints", "--state-dir", gw.config["state_dir"]).stdout
-    match = re.search(r"^SSH-1 \S+ (\d+) ([0-9a-f:]{47})$", out, re.M)
+    match = re.search(
+        r"^SSH-1 rsa1 (\d+) (SHA256:[A-Za-z0-9+/]{43}) MD5:([0-9a-f:]{47})$", out, re.M
+    )
     assert match, out
-    return match.group(2)
+    return match.group(2), match.group(3)
 
 
 def ssh2_fingerprint(gw: GatewayProcess, kind: str = "ed25519") -> str:

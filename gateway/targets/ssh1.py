@@ -2,10 +2,11 @@
 SSH-1 client (protocols.ssh1.client) and bridged to the front end by BridgeSession.
 
 This module owns the connector: TCP connect, host-key check through the gateway's
-known_hosts (before the session key is sent), the upstream login with the credentials
-the gateway holds (stored password, SSH-1 RSA key file, or the user's gateway password
-for ``credentials = "pass-through"``), and translating every failure into an
-UpstreamFailure line for the user. Buffering, timeouts, the user's stderr message and
+known_hosts (before the session key is sent; a new key is pinned only once the device
+has accepted the session key, which proves it holds the key), the upstream login with
+the credentials the gateway holds (stored password, SSH-1 RSA key file, or the user's
+gateway password for ``credentials = "pass-through"``), and translating every failure
+into an UpstreamFailure line for the user. Buffering, timeouts, the user's stderr message and
 the log line are the bridge's.
 
 Relaying SSH-1 RSA authentication is a known attack, so the client's own key is never
@@ -141,14 +142,22 @@ class SSH1Target(UpstreamTarget):
         login, password = upstream_credentials(config, username, gateway_password)
         host, port = config.host, config.port
 
-        def verify(e: int, n: int) -> None:
+        def checked(check: Callable[[], Any]) -> Any:
             try:
-                self.known_hosts.check_ssh1(host, port, n.bit_length(), e, n, config.host_key)
+                return check()
             except UpstreamFailure:
                 raise
             except Exception:
                 log.failure("ssh1 target {target}: host key check failed", target=config.name)
                 raise UpstreamFailure(f"host key of {host}:{port} could not be checked") from None
+
+        def verify(e: int, n: int) -> Callable[[], None]:
+            bits = n.bit_length()
+            pin = checked(
+                lambda: self.known_hosts.check_ssh1(host, port, bits, e, n, config.host_key)
+            )
+            # Pinned (accept-new) only once the device answered our session key.
+            return lambda: checked(pin.record)
 
         return SSH1ClientOptions(
             username=login,

@@ -17,12 +17,13 @@ diffie-hellman-group1-sha1 for old devices (registered in Conch's kex table; the
 gateway's own server validates its ``[ssh2] kex`` against a list without it).
 
 Conch calls connectionSecure after every NEWKEYS: the login starts only after the first
-(an upstream's re-key must not start a second login).
+(an upstream's re-key must not start a second login). Conch asks verifyHostKey before it
+checks the server's signature, so an accept-new key is pinned only at that first
+connectionSecure, once the device has proved it holds the key.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
 import hashlib
 import secrets
@@ -37,7 +38,8 @@ from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.known_hosts import KnownHosts
+from gateway.hostkeys import key_error_reason, ssh2_fingerprint
+from gateway.known_hosts import HostKeyPin, KnownHosts
 from gateway.targets import TargetConfig
 from gateway.targets.bridge import (
     Connector,
@@ -331,6 +333,7 @@ class _ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHClien
         self._mlkem: Any = None
         self._x25519: Any = None
         self._hybrid_init = b""
+        self._host_key_pin: HostKeyPin | None = None  # recorded once the kex succeeded
 
     def connectionMade(self) -> None:
         self.attempt.transport = self
@@ -551,20 +554,20 @@ class _ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHClien
             attempt.fail(UpstreamFailure("upstream sent an unreadable host key"))
             return defer.fail(ValueError("unreadable host key"))
         try:
-            attempt.target.known_hosts.check_ssh2(
+            pin = attempt.target.known_hosts.check_ssh2(
                 attempt.config.host, attempt.config.port, key, attempt.config.host_key
             )
         except UpstreamFailure as exc:
             attempt.fail(exc)
             return defer.fail(exc)
+        if self._host_key_pin is None:
+            self._host_key_pin = pin
         if attempt.flow is not None:
-            digest = hashlib.sha256(key.blob()).digest()
             attempt.flow.negotiated.update(
                 {
                     "host_key_type": key.sshType().decode("ascii"),
                     "host_key_bits": key.size(),
-                    "host_key_fingerprint": "SHA256:"
-                    + base64.b64encode(digest).decode("ascii").rstrip("="),
+                    "host_key_fingerprint": ssh2_fingerprint(key),
                 }
             )
         return defer.succeed(True)
@@ -576,8 +579,16 @@ class _ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHClien
         # Conch calls this after every NEWKEYS, re-keys included: log in only once.
         if self.attempt.phase != "key exchange":
             return
-        self.attempt.phase = "login"
         attempt = self.attempt
+        pin, self._host_key_pin = self._host_key_pin, None
+        if pin is not None:
+            try:
+                pin.record()
+            except UpstreamFailure as exc:  # known_hosts unusable, or pinned otherwise meanwhile
+                attempt.fail(exc)
+                self.sendDisconnect(transport.DISCONNECT_HOST_KEY_NOT_VERIFIABLE, b"host key")
+                return
+        self.attempt.phase = "login"
         if attempt.flow is not None:
             enc = self.currentEncryptions
             attempt.flow.negotiated.update(
@@ -1032,6 +1043,10 @@ class _Upstream:
 # -- the target ------------------------------------------------------------------------------
 
 
+class _KeyFileError(Exception):
+    """Our own words about the target's key file (safe to log, unlike the parsers')."""
+
+
 class SSH2Target(UpstreamTarget):
     """``[targets.NAME]`` with ``protocol = "ssh2"``."""
 
@@ -1056,19 +1071,25 @@ class SSH2Target(UpstreamTarget):
             with open(path, "rb") as f:
                 data = f.read(MAX_KEY_FILE + 1)
             if len(data) > MAX_KEY_FILE:
-                raise ValueError("key file too large")
+                raise _KeyFileError("key file too large")
             key = keys.Key.fromString(data)
             if key.isPublic():
-                raise ValueError("a public key, not a private one")
+                raise _KeyFileError("a public key, not a private one")
+        except _KeyFileError as exc:
+            why = str(exc)
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+        except Exception as exc:  # Conch's parsers raise many types, AssertionError included
+            why = key_error_reason(exc)
+        else:
             return key
-        except (OSError, ValueError, keys.BadKeyError, keys.EncryptedKeyError) as exc:
-            log.error(
-                "ssh2 target {name}: cannot use key file {path}: {why}",
-                name=self.config.name,
-                path=path,
-                why=str(exc) if type(exc) is ValueError else type(exc).__name__,
-            )
-            raise UpstreamFailure("the gateway's key for this target cannot be used") from None
+        log.error(
+            "ssh2 target {name}: cannot use key file {path}: {why}",
+            name=self.config.name,
+            path=path,
+            why=why,
+        )
+        raise UpstreamFailure("the gateway's key for this target cannot be used")
 
     def _connect(
         self, request: SessionRequest, sink: UpstreamSink, login: str, password: str | None

@@ -65,8 +65,11 @@ class SessionSink(TypingProtocol):
 class SSH1ClientOptions:
     username: str
     # (e, n) of the device's host key; raise to refuse it (the exception reaches the
-    # caller of ``opened`` unchanged, so its message can be the user's warning).
-    verify_host_key: Callable[[int, int], None]
+    # caller of ``opened`` unchanged, so its message can be the user's warning). It may
+    # return a callable, called once the device has proved it holds the key (its SUCCESS
+    # to our session key, which only the host key's owner can decrypt): the moment to pin
+    # a new key. What that raises fails the session like a refusal.
+    verify_host_key: Callable[[int, int], Callable[[], None] | None]
     password: str | None = None
     rsa_key: rsa.RSAPrivateKey | None = None
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
@@ -123,6 +126,7 @@ class SSH1ClientProtocol(CorePump):
         self._prepare_steps: list[str] = []
         self._pty_asked = False
         self._fail_reason = ""
+        self._host_key_proven: Callable[[], None] | None = None
         self._flow = options.flow
         self._gate = _TransportGate(self)
         self._handlers = {
@@ -250,7 +254,7 @@ class SSH1ClientProtocol(CorePump):
                 warning=warning,
             )
         try:
-            self.options.verify_host_key(event.host_e, event.host_n)
+            self._host_key_proven = self.options.verify_host_key(event.host_e, event.host_n)
         except Exception as exc:  # the verifier's refusal, with the user's warning
             self._fail(str(exc) or "host key refused", exc)
             return
@@ -290,6 +294,13 @@ class SSH1ClientProtocol(CorePump):
                 peer=self.options.peer,
                 cipher=core.cipher,
             )
+            proven, self._host_key_proven = self._host_key_proven, None
+            if proven is not None:
+                try:
+                    proven()
+                except Exception as exc:  # e.g. another session pinned a different key
+                    self._fail(str(exc) or "host key refused", exc)
+                    return
             core.send_user(self.options.username.encode("utf-8"))
         elif request in ("user", "password", "rsa-response"):
             if ok:

@@ -2,8 +2,9 @@
 doubly encrypted session key, then one request at a time (user, password / RSA,
 compression, pty) and the interactive phase.
 
-The core decides what the protocol decides (key sizes acceptable, cipher from our
-preference list, session key, challenge response, EXIT_CONFIRMATION); the caller decides
+The core decides what the protocol decides (key sizes acceptable, keys it can encrypt
+the session key with, cipher from our preference list, session key, challenge response,
+EXIT_CONFIRMATION); the caller decides
 policy: whether the host key is trusted (it must answer :class:`PublicKeyReceived` with
 :meth:`send_session_key` before anything else is decoded), which credentials to try and
 what session to open. Each request waits for its SMSG_SUCCESS / SMSG_FAILURE, reported
@@ -100,6 +101,8 @@ class ClientConnection(Connection):
         self.session_id = b""
         self.cookie = b""
         self.public_key: PublicKeyReceived | None = None
+        self._session_key = b""  # chosen and encrypted when SMSG_PUBLIC_KEY arrives
+        self._encrypted_session_key = 0
         self.compression_level = 0
         self.awaiting: m.Awaiting | None = None  # our request the server has yet to answer
         self._pending_level = 0
@@ -151,9 +154,24 @@ class ClientConnection(Connection):
                 f"no common cipher: server offers {', '.join(offered) or 'none we know'}, "
                 f"we allow {', '.join(self.cipher_preference)}"
             )
+        session_id = keys.session_id(host_n, server_n, sent.cookie)
+        # Encrypt the session key now, before the caller is asked to trust the host key:
+        # a key that passes the checks above can still be one OpenSSL refuses to encrypt
+        # with (a 4096-bit modulus with a public exponent over 64 bits), and such a key
+        # must fail here, as a protocol error, not be trusted (or pinned) first.
+        session_key = self._random(keys.SESSION_KEY_SIZE)
+        try:
+            self._encrypted_session_key = keys.encrypt_session_key(
+                session_key, session_id, (sent.server_e, server_n), (sent.host_e, host_n)
+            )
+        except ValueError:
+            raise ProtocolError(
+                "the server's host key or server key cannot be used for RSA encryption"
+            ) from None
+        self._session_key = session_key
         self.cookie = sent.cookie
         self.cipher = chosen
-        self.session_id = keys.session_id(host_n, server_n, sent.cookie)
+        self.session_id = session_id
         self.public_key = PublicKeyReceived(
             sent.host_e, host_n, sent.server_e, server_n, sent.protocol_flags, offered,
             sent.auth_mask, chosen, tuple(warnings),
@@ -165,11 +183,8 @@ class ClientConnection(Connection):
         """The caller trusts the host key: send the session key and switch the cipher."""
         if self.pending is not m.Awaiting.HOST_KEY or self.public_key is None:
             raise RuntimeError("no SMSG_PUBLIC_KEY is waiting for our session key")
-        pk = self.public_key
-        session_key = self._random(keys.SESSION_KEY_SIZE)
-        value = keys.encrypt_session_key(
-            session_key, self.session_id, (pk.server_e, pk.server_n), (pk.host_e, pk.host_n)
-        )
+        session_key, value = self._session_key, self._encrypted_session_key
+        self._session_key = b""
         spec = ciphers.BY_NAME[self.cipher]
         self._send(
             m.SSH_CMSG_SESSION_KEY,

@@ -1,5 +1,5 @@
 """SSH-1 RSA operations: session id, the doubly encrypted session key, RSA challenge and
-response, and key fingerprints.
+response, and key fingerprints (MD5 colon-hex and SHA256).
 
 SSH-1 moves these values as integers, so leading zero bytes vanish on the wire: every
 recovered value is left-padded to its fixed size (session key and challenge: 32 bytes)
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from protocols.fingerprint import sha256_fingerprint
 from protocols.ssh1.wire import int_to_bytes
 
 SESSION_KEY_SIZE = 32
@@ -33,6 +34,12 @@ def ssh1_fingerprint(e: int, n: int) -> str:
     each as its minimal big-endian magnitude."""
     digest = hashlib.md5(int_to_bytes(n) + int_to_bytes(e), usedforsecurity=False).digest()
     return ":".join(f"{b:02x}" for b in digest)
+
+
+def ssh1_sha256_fingerprint(e: int, n: int) -> str:
+    """``SHA256:...`` of an SSH-1 RSA key, as OpenSSH 7.5's ``ssh1 -v`` (``RSA1
+    SHA256:...``) and ``ssh-keygen1 -l`` show it: over the same bytes as the MD5 form."""
+    return sha256_fingerprint(int_to_bytes(n) + int_to_bytes(e))
 
 
 def ssh1_fingerprint_line(e: int, n: int) -> str:

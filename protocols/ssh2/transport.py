@@ -11,8 +11,6 @@ that offer it (the Terrapin countermeasure) and fills in the ConnectionRecord.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import secrets
 import struct
 import zlib
@@ -28,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from protocols.auth import LoginContext, LoginFlow
+from protocols.fingerprint import sha256_fingerprint
 from protocols.flow import C2S, S2C, SSH2_NAMES, ssh2_name
 from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
@@ -388,12 +387,9 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
         key_type = HOST_KEY_TYPES.get(algs["hostkey"])
         key = self.factory.publicKeys.get(key_type) if key_type is not None else None
         if key is not None:
-            digest = hashlib.sha256(key.blob()).digest()
             negotiated["host_key_type"] = key.sshType().decode("ascii")
             negotiated["host_key_bits"] = key.size()
-            negotiated["host_key_fingerprint"] = (
-                "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
-            )
+            negotiated["host_key_fingerprint"] = sha256_fingerprint(key.blob())
         self.record.flow.negotiated.update(negotiated)
 
     def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:

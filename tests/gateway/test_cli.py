@@ -68,9 +68,11 @@ def test_fingerprints_from_state_dir(state_dir):
     infos = host.infos()
     assert lines[0] == f"SSH-2 ssh-ed25519 256 {infos[0].fingerprint}"
     assert lines[1] == f"SSH-2 ssh-rsa 3072 {infos[1].fingerprint}"
-    assert lines[2] == f"SSH-1 rsa1 2048 {infos[2].fingerprint}"
+    assert lines[2] == f"SSH-1 rsa1 2048 {infos[2].fingerprint} MD5:{infos[2].md5}"
     assert lines[0].split()[3].startswith("SHA256:")
-    assert len(lines[2].split()[3].split(":")) == 16
+    # SSH-1: SHA256 as OpenSSH's ssh1 -v shows it, and MD5 as PuTTY shows it.
+    assert lines[2].split()[3].startswith("SHA256:")
+    assert len(lines[2].split()[4].split(":")) == 17
 
 
 def test_fingerprints_from_config(state_dir, tmp_path):
@@ -158,3 +160,103 @@ def test_check_config_warns_about_readable_file_with_upstream_passwords(tmp_path
     out = _io.StringIO()
     cli_main(["check-config", str(config)], stdout=out, stderr=_io.StringIO())
     assert "chmod 600" not in out.getvalue()
+
+
+# -- known-hosts forget ----------------------------------------------------------------------
+
+
+def pinned_state(tmp_path):
+    """A state dir whose known_hosts pin an SSH-1 and an SSH-2 key for 192.0.2.1:2222
+    and an SSH-2 key for 192.0.2.2 (port 22)."""
+    from gateway.known_hosts import KnownHosts
+    from tests.gateway.helpers import ed25519_key, rsa_key
+
+    state = tmp_path / "state"
+    known = KnownHosts(state / "known_hosts")
+    data = rsa_key().public().data()
+    known.check_ssh1("192.0.2.1", 2222, 1024, data["e"], data["n"], "accept-new").record()
+    known.check_ssh2("192.0.2.1", 2222, ed25519_key(), "accept-new").record()
+    known.check_ssh2("192.0.2.2", 22, ed25519_key(), "accept-new").record()
+    return state
+
+
+def targets_config(tmp_path, state) -> Path:
+    config = tmp_path / "gw.toml"
+    target = 'host = "192.0.2.1"\nport = 2222\nusername = "admin"\npassword = "pw"\n'
+    config.write_text(
+        f'state_dir = "{state}"\n[users.a]\npassword = "{fast_hash("x")}"\n'
+        'targets = ["old", "new", "strict", "pinned", "tel"]\n'
+        f'[targets.old]\nprotocol = "ssh1"\n{target}'
+        f'[targets.new]\nprotocol = "ssh2"\n{target}'
+        f'[targets.strict]\nprotocol = "ssh2"\nhost_key = "strict"\n{target}'
+        f'[targets.pinned]\nprotocol = "ssh2"\nhost_key = "SHA256:{"A" * 43}"\n{target}'
+        '[targets.tel]\nprotocol = "telnet"\nhost = "192.0.2.1"\n'
+    )
+    config.chmod(0o600)
+    return config
+
+
+def test_known_hosts_forget_a_target_of_the_config(tmp_path):
+    state = pinned_state(tmp_path)
+    config = targets_config(tmp_path, state)
+    status, out, err = run(["known-hosts", "forget", "--config", str(config), "old"])
+    assert status == 0 and err == ""
+    forgot, then = out.splitlines()
+    assert forgot.startswith("forgot old (192.0.2.1:2222): SSH-1 rsa1 SHA256:")
+    assert forgot.endswith(f"({state / 'known_hosts.ssh1'}:1)") and " MD5:" in forgot
+    assert then == "old: the next connection pins the key the device offers then"
+    assert (state / "known_hosts.ssh1").read_text() == ""
+    assert (state / "known_hosts").read_text().count("\n") == 2  # its SSH-2 key stays
+
+    status, out, _ = run(["known-hosts", "forget", "--config", str(config), "old"])
+    assert status == 0 and out.splitlines()[0] == "no host key recorded for old (192.0.2.1:2222)"
+
+    status, out, _ = run(["known-hosts", "forget", "--config", str(config), "strict"])
+    assert status == 0
+    assert out.splitlines()[0].startswith("forgot strict (192.0.2.1:2222): SSH-2 ssh-ed25519 ")
+    assert out.splitlines()[1] == (
+        'strict: host_key is "strict": connections are refused until its key is added to '
+        f"{state / 'known_hosts'}"
+    )
+    status, out, _ = run(["known-hosts", "forget", "--config", str(config), "pinned"])
+    assert status == 0 and "pins a fingerprint in the config" in out
+
+
+def test_known_hosts_forget_by_host_with_state_dir(tmp_path):
+    state = pinned_state(tmp_path)
+    status, out, _ = run(["known-hosts", "forget", "--state-dir", str(state), "192.0.2.1:2222"])
+    assert status == 0
+    assert [line.split()[2] for line in out.splitlines()] == ["SSH-2", "SSH-1"]
+    status, out, _ = run(["known-hosts", "forget", "--state-dir", str(state), "192.0.2.2"])
+    assert status == 0 and out.startswith("forgot 192.0.2.2:22: SSH-2 ssh-ed25519 SHA256:")
+    assert (state / "known_hosts").read_text() == ""
+    status, out, _ = run(["known-hosts", "forget", "--state-dir", str(state), "[192.0.2.2]:22"])
+    assert status == 0 and out == "no host key recorded for 192.0.2.2:22\n"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--config", "CONFIG", "nosuch"], "'nosuch': no such target in CONFIG, nothing to forget"),
+        (["--config", "CONFIG", "tel"], "'tel': a telnet target in CONFIG"),
+        (["--config", "CONFIG", "local"], "'local': a local target in CONFIG"),
+        (["--state-dir", "STATE", "host:port"], "'host:port' is not HOST, HOST:PORT or"),
+        (["--state-dir", "STATE", "[h]:0"], "is not HOST, HOST:PORT"),
+    ],
+)
+def test_known_hosts_forget_unknown_target(tmp_path, argv, message):
+    state = pinned_state(tmp_path)
+    config = targets_config(tmp_path, state)
+    before = (state / "known_hosts").read_text(), (state / "known_hosts.ssh1").read_text()
+    argv = [str(config) if a == "CONFIG" else str(state) if a == "STATE" else a for a in argv]
+    status, out, err = run(["known-hosts", "forget", *argv])
+    assert status == 1 and out == ""
+    assert message.replace("CONFIG", str(config)) in err
+    assert "(targets with host keys: new, old, pinned, strict)" in err or "--state-dir" in argv
+    assert ((state / "known_hosts").read_text(), (state / "known_hosts.ssh1").read_text()) == before
+
+
+def test_known_hosts_forget_needs_a_source_and_a_target():
+    for argv in (["known-hosts"], ["known-hosts", "forget", "x"], ["known-hosts", "forget"]):
+        with pytest.raises(SystemExit):
+            run(argv)

@@ -63,7 +63,11 @@ def test_fingerprints(state):
     numbers = host.ssh1.public_key().public_numbers()
     raw = numbers.n.to_bytes(256, "big") + numbers.e.to_bytes(3, "big")
     md5 = hashlib.md5(raw).hexdigest()
-    assert infos[2].fingerprint == ":".join(md5[i : i + 2] for i in range(0, 32, 2))
+    assert infos[2].md5 == ":".join(md5[i : i + 2] for i in range(0, 32, 2))
+    sha256 = base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
+    assert infos[2].fingerprint == "SHA256:" + sha256
+    assert infos[2].fingerprints == f"SHA256:{sha256} MD5:{infos[2].md5}"
+    assert infos[0].fingerprints == infos[0].fingerprint and infos[0].md5 is None
 
 
 @pytest.mark.peer
@@ -181,4 +185,12 @@ def test_ssh1_fingerprint_matches_ssh_keygen1(state, tmp_path):
         timeout=30,
     ).stdout.split()
     info = host.infos()[2]
-    assert out[0] == "2048" and out[1] == "MD5:" + info.fingerprint
+    assert out[0] == "2048" and out[1] == "MD5:" + info.md5
+    sha256 = subprocess.run(
+        [tools["ssh-keygen1"], "-l", "-E", "sha256", "-f", str(public)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
+    assert sha256[0] == "2048" and sha256[1] == info.fingerprint

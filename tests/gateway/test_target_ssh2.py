@@ -508,6 +508,48 @@ def test_known_rsa_host_key_preferred(tmp_path):
     assert "hostkey=rsa-sha2-512" in h2.session.upstream.description
 
 
+@pytest.mark.parametrize(
+    "kex", [b"curve25519-sha256", b"mlkem768x25519-sha256", b"diffie-hellman-group14-sha1"]
+)
+def test_key_pinned_only_after_the_key_exchange_succeeded(tmp_path, kex):
+    # An impostor shows the device's public host key but cannot sign with it. Conch asks
+    # verifyHostKey before it checks the signature: accept-new must not pin on that.
+    h = Harness(tmp_path, kex=(kex.decode(),))
+    impostor = DeviceFactory(h.device, supportedKeyExchanges=[kex])
+    impostor.privateKeys = {b"ssh-ed25519": ed25519_key()}  # not HOST_KEY's private half
+    h.server_factory = impostor
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"key exchange with upstream failed" in client.err
+    assert h.device.logins == []
+    assert not (tmp_path / "known_hosts").exists()
+    # The device itself proves it holds the key: pinned.
+    assert Harness(tmp_path).run(exec_(b"hello")).exit == ExitInfo(status=3)
+    assert (tmp_path / "known_hosts").read_text().startswith("device.lab ssh-ed25519 ")
+
+
+def test_key_pinned_meanwhile_by_another_process_is_a_change(tmp_path):
+    # Its check saw no key for the device (a stale view); by the time the key exchange
+    # succeeded, another gateway process had pinned a different key: refused, not logged in.
+    h = Harness(tmp_path)
+    other = KnownHosts(tmp_path / "known_hosts")
+    h.known._entries = lambda protocol: []
+    other.check_ssh2("device.lab", 22, ed25519_key(), "accept-new").record()
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"host key for device.lab:22 has CHANGED" in client.err
+    assert h.device.logins == []
+    assert (tmp_path / "known_hosts").read_text().count("\n") == 1
+
+
+def test_degenerate_key_exchange_values_pin_nothing(tmp_path):
+    h = Harness(tmp_path, kex=("mlkem768x25519-sha256",))
+    h.server_factory = DeviceFactory(h.device, supportedKeyExchanges=[b"mlkem768x25519-sha256"])
+    h.server_factory.protocol = BadKexServer
+    assert h.run(exec_(b"hello")).exit == ExitInfo(status=255)
+    assert not (tmp_path / "known_hosts").exists()
+
+
 def test_strict_unknown_refused(tmp_path):
     client = Harness(tmp_path, host_key="strict").run(exec_(b"hello"))
     assert client.exit == ExitInfo(status=255)

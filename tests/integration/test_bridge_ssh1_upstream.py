@@ -10,11 +10,14 @@ import hashlib
 import os
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from protocols.ssh1 import messages as m
+from protocols.ssh1.packet import PacketEncoder
 from tests.clients import (
     base_config,
     hash_password,
@@ -26,6 +29,7 @@ from tests.clients import (
 from tests.gateway_process import GatewayProcess
 from tests.integration.terminal import assert_window_change_reaches, size_report_script
 from tests.peers import putty_cipher_session, run_to_file
+from tests.ssh1.minclient import HUGE_EXPONENT_KEY, public_key_payload
 
 pytestmark = pytest.mark.peer
 
@@ -66,8 +70,56 @@ def hanging():
     sock.close()
 
 
+class HostileSSH1Device:
+    """A loopback TCP server playing a hostile SSH-1 device from a script: its version
+    line, then SSH_SMSG_PUBLIC_KEY with a 4096-bit host key whose 71-bit public exponent
+    OpenSSL refuses to encrypt with (every protocol check passes); then it waits for the
+    client to hang up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        packet = PacketEncoder().encode(
+            m.SSH_SMSG_PUBLIC_KEY, public_key_payload(host=HUGE_EXPONENT_KEY)
+        )
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(20)
+                try:
+                    conn.sendall(b"SSH-1.5-hostile_device\n")
+                    received = b""
+                    while b"\n" not in received and (chunk := conn.recv(256)):
+                        received += chunk
+                    conn.sendall(packet)
+                    while conn.recv(4096):
+                        pass
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @pytest.fixture(scope="module")
-def bridge_gw(tmp_path_factory, password_hash, authorized_keys, device, hanging):
+def hostile():
+    device = HostileSSH1Device()
+    yield device
+    device.close()
+
+
+@pytest.fixture(scope="module")
+def bridge_gw(tmp_path_factory, password_hash, authorized_keys, device, hanging, hostile):
     targets = {
         "dev1": {
             "protocol": "ssh1", "host": "127.0.0.1", "port": device.port,
@@ -90,11 +142,19 @@ def bridge_gw(tmp_path_factory, password_hash, authorized_keys, device, hanging)
             "protocol": "ssh1", "host": "127.0.0.1", "port": device.port,
             "username": "admin", "password": DEVICE_PASSWORD,
         },
+        "unusable": {
+            "protocol": "ssh1", "host": "127.0.0.1", "port": hostile.port,
+            "username": "admin", "password": "x", "host_key": "accept-new",
+        },
     }
     config = base_config(password_hash, authorized_keys, targets=targets)
-    config["users"]["alice"]["targets"] = ["local", "dev1", "down", "hangs", "moved"]
+    config["users"]["alice"]["targets"] = [
+        "local", "dev1", "down", "hangs", "moved", "unusable",
+    ]
     workdir = tmp_path_factory.mktemp("bridge-gw")
     # "moved" was pinned to another key earlier: the device now shows a different one.
+    # A gateway before the SSH-1 pins got their own file kept it in known_hosts: it is
+    # moved to known_hosts.ssh1 at start, and still pinned.
     state = workdir / "state"
     state.mkdir(mode=0o700)
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
@@ -122,8 +182,28 @@ def test_known_hosts_pinned_after_first_use(bridge_gw, client_keys):
         ssh_argv(bridge_gw, client_keys["ed25519"], "true", user="alice+dev1"),
         capture_output=True, timeout=60,
     )
-    known = (bridge_gw.workdir / "state" / "known_hosts").read_text()
+    known = (bridge_gw.workdir / "state" / "known_hosts.ssh1").read_text()
     assert f"[127.0.0.1]:{bridge_gw.config['targets']['dev1']['port']} 2048 " in known
+    # The SSH-2 file holds no SSH-1 line, not even the one an older gateway left there.
+    assert " 2048 " not in (bridge_gw.workdir / "state" / "known_hosts").read_text()
+
+
+def test_device_key_openssl_refuses_fails_cleanly_and_is_not_pinned(
+    bridge_gw, client_keys, hostile
+):
+    # Issue 9 item 2: the key passes every protocol check but cannot encrypt; before, the
+    # client raised ValueError ("Unhandled Error" in the log) after pinning the key.
+    result = echo_hi_via(bridge_gw, client_keys, "unusable")
+    assert result.returncode == 255 and result.stdout == ""
+    assert "sshgateway: unusable:" in result.stderr
+    assert "cannot be used for RSA encryption" in result.stderr
+    assert hostile.connections >= 1
+    bridge_gw.wait_for_log(r"cannot be used for RSA encryption")
+    bridge_gw.assert_no_traceback()
+    state = bridge_gw.workdir / "state"
+    for name in ("known_hosts", "known_hosts.ssh1"):
+        path = state / name
+        assert not path.exists() or f":{hostile.port} " not in path.read_text()
 
 
 def test_64mib_each_way_through_ssh1_bridge(bridge_gw, client_keys, tmp_path):

@@ -162,3 +162,34 @@ def crc_attack_positions(nblocks: int) -> list[int]:
         else:
             return [j for j in range(nblocks) if mask >> j & 1]
     raise AssertionError("no dependency found")
+
+
+# ------------------------------------------------------------------ hostile devices
+# A 4096-bit modulus with a 71-bit public exponent: passes every check of the protocol.
+HUGE_EXPONENT_KEY = ((1 << 70) | 1, (1 << 4095) | 1)
+
+
+def public_key_payload(
+    server=(65537, None), host=(65537, None), cookie=b"c" * 8, mask=None, auths=0b1100,
+    server_bits=None, host_bits=None, trailing=b"",
+) -> bytes:
+    se, sn = server
+    he, hn = host
+    sn = sn if sn is not None else keys.public_numbers(server_key())[1]
+    hn = hn if hn is not None else keys.public_numbers(host_key())[1]
+    mask = (1 << 3) | (1 << 6) if mask is None else mask
+    return (
+        Writer()
+        .raw(cookie)
+        .uint32(server_bits if server_bits is not None else sn.bit_length())
+        .mpint(se)
+        .mpint(sn)
+        .uint32(host_bits if host_bits is not None else hn.bit_length())
+        .mpint(he)
+        .mpint(hn)
+        .uint32(0)
+        .uint32(mask)
+        .uint32(auths)
+        .getvalue()
+        + trailing
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 
@@ -19,7 +20,9 @@ from gateway.targets.ssh1 import SSH1Target
 from protocols.auth import AuthLimits
 from protocols.session import SessionRequest
 from protocols.ssh1 import keys
+from protocols.ssh1 import messages as m
 from protocols.ssh1.client import SSH1ClientProtocol
+from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
 from tests.doubles import FakeSessionClient, Realm, RSAChecker
@@ -52,8 +55,40 @@ class Device:
         return target
 
 
+class ScriptedDeviceProtocol(Protocol):
+    """A hostile SSH-1 device that only follows a script: its version line, then, once
+    the client's line arrived, an SSH_SMSG_PUBLIC_KEY with ``payload``
+    (tests.ssh1.minclient.public_key_payload); whatever the client sends after that
+    (its session key) ends the connection, as from a device that cannot decrypt it."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = b""
+        self.key_sent = False
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"SSH-1.5-scripted\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if not self.key_sent and b"\n" in self.received:
+            self.key_sent = True
+            self.transport.write(PacketEncoder().encode(m.SSH_SMSG_PUBLIC_KEY, self.payload))
+        elif self.key_sent and self.received.split(b"\n", 1)[1]:
+            self.transport.loseConnection()
+
+
+class ScriptedDevice:
+    """Stands in for :class:`Device` in a :class:`Rig`."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.dispatcher = Factory.forProtocol(lambda: ScriptedDeviceProtocol(payload))
+
+
 class Rig:
-    def __init__(self, tmp_path: Path, known_hosts, device: Device | None = None, **config):
+    def __init__(
+        self, tmp_path: Path, known_hosts, device: Device | ScriptedDevice | None = None, **config
+    ):
         self.reactor = MemoryReactorClock()
         self.device = device or Device(self.reactor)
         settings = dict(name="dev", protocol="ssh1", host="192.0.2.1", port=22,

@@ -18,7 +18,15 @@ from protocols.ssh1.client_connection import ClientConnection
 from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.wire import Writer
-from tests.ssh1.minclient import FUZZ_EXAMPLES, host_key, server_key, small_key, user_key
+from tests.ssh1.minclient import (
+    FUZZ_EXAMPLES,
+    HUGE_EXPONENT_KEY,
+    host_key,
+    public_key_payload,
+    server_key,
+    small_key,
+    user_key,
+)
 
 
 def drain(conn) -> list[ev.Event]:
@@ -204,32 +212,6 @@ def host_key_1024() -> rsa.RSAPrivateKey:
 # ------------------------------------------------------------------ hostile servers
 
 
-def public_key_payload(
-    server=(65537, None), host=(65537, None), cookie=b"c" * 8, mask=None, auths=0b1100,
-    server_bits=None, host_bits=None, trailing=b"",
-) -> bytes:
-    se, sn = server
-    he, hn = host
-    sn = sn if sn is not None else keys.public_numbers(server_key())[1]
-    hn = hn if hn is not None else keys.public_numbers(host_key())[1]
-    mask = (1 << 3) | (1 << 6) if mask is None else mask
-    return (
-        Writer()
-        .raw(cookie)
-        .uint32(server_bits if server_bits is not None else sn.bit_length())
-        .mpint(se)
-        .mpint(sn)
-        .uint32(host_bits if host_bits is not None else hn.bit_length())
-        .mpint(he)
-        .mpint(hn)
-        .uint32(0)
-        .uint32(mask)
-        .uint32(auths)
-        .getvalue()
-        + trailing
-    )
-
-
 def feed(payload: bytes, msg_type: int = m.SSH_SMSG_PUBLIC_KEY) -> tuple[ClientConnection, list]:
     client = ClientConnection()
     client.receive_data(PacketEncoder().encode(msg_type, payload))
@@ -253,6 +235,11 @@ def failure_reason(events) -> str:
         (dict(mask=1 << 1), "no common cipher"),
         (dict(mask=0), "no common cipher"),
         (dict(trailing=b"x"), "trailing"),
+        # Odd e < n, but OpenSSL refuses to encrypt with a public exponent over 64 bits
+        # once the modulus is over 3072 bits: as host key (the outer encryption) or as
+        # server key.
+        (dict(host=HUGE_EXPONENT_KEY), "cannot be used for RSA encryption"),
+        (dict(server=HUGE_EXPONENT_KEY, host=(65537, None)), "cannot be used for RSA"),
     ],
 )
 def test_hostile_public_key_refused(kwargs, reason):

@@ -71,7 +71,7 @@ def test_command_stdout_stderr_exit_status(device, tmp_path):
     result = run(device, tmp_path, command="echo hi; echo err >&2; exit 7")
     assert (result["out_head"], result["err"], result["exit"]) == ("hi\n", "err\n", 7)
     assert "cipher=3des" in result["description"]
-    assert "127.0.0.1" in (tmp_path / "known_hosts").read_text()
+    assert "127.0.0.1" in (tmp_path / "known_hosts.ssh1").read_text()
 
 
 def test_rsa_key_from_ssh_keygen1(device, tmp_path, rsa1_key):
@@ -116,10 +116,11 @@ def test_changed_host_key_refused(device, tmp_path):
     known = tmp_path / "known_hosts"
     first = run(device, tmp_path, command="true", known_hosts=known)
     assert first["exit"] == 0
-    pinned = known.read_text().split()
+    known_ssh1 = tmp_path / "known_hosts.ssh1"  # SSH-1 pins live beside known_hosts
+    pinned = known_ssh1.read_text().split()
     # the same host now answers with another key: pretend the pinned one differs
     bits, e, n = pinned[1], pinned[2], int(pinned[3])
-    known.write_text(f"{pinned[0]} {bits} {e} {n + 2}\n")
+    known_ssh1.write_text(f"{pinned[0]} {bits} {e} {n + 2}\n")
     result = run(device, tmp_path, command="echo no", known_hosts=known)
     assert result["exit"] == 255 and result["out_len"] == 0
     assert "CHANGED" in result["err"] and result["err"].startswith("sshgateway: dev:")

@@ -10,14 +10,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from gateway.known_hosts import KnownHosts
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
 from protocols.ssh1 import keyfile, keys
-from tests.ssh1.minclient import host_key, user_key
-from tests.ssh1.target_rig import Device, Rig
+from tests.ssh1.minclient import HUGE_EXPONENT_KEY, host_key, public_key_payload, user_key
+from tests.ssh1.target_rig import Device, Rig, ScriptedDevice
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_command_stdout_stderr_exit_status(tmp_path, known_hosts):
     rig.flush()
     assert (rig.client.out, rig.client.err, rig.client.exit) == (b"hi\n", b"oops\n", ExitInfo(status=7))
     assert rig.client_transport.disconnecting
-    assert "192.0.2.1" in (tmp_path / "known_hosts").read_text()  # accept-new pinned it
+    assert "192.0.2.1" in (tmp_path / "known_hosts.ssh1").read_text()  # accept-new pinned it
 
 
 def test_input_before_session_open_is_held_and_delivered(tmp_path, known_hosts):
@@ -135,6 +136,65 @@ def test_changed_host_key_refused_with_warning(tmp_path, known_hosts):
     assert rig.client.exit == ExitInfo(status=255)
     assert b"CHANGED" in rig.client.err and b"dev:" in rig.client.err
     assert not rig.device.realm.avatars  # no password was ever sent
+
+
+class FailureLog(list):
+    """Logged failures (their tracebacks) and "Unhandled Error" lines."""
+
+    def __call__(self, event: dict) -> None:
+        if event.get("log_failure") is not None or event.get("isError"):
+            self.append(formatEvent(event) or repr(event))
+
+
+@pytest.fixture
+def failures():
+    observer = FailureLog()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_device_key_openssl_refuses_is_a_clean_failure(tmp_path, known_hosts, failures):
+    # Odd 3 <= e < n, 4096-bit modulus: every protocol check passes, but OpenSSL will
+    # not encrypt with a public exponent over 64 bits at that size. Before the key was
+    # validated, send_session_key raised ValueError out of the protocol ("Unhandled
+    # Error") after accept-new had already pinned the useless key.
+    device = ScriptedDevice(public_key_payload(host=HUGE_EXPONENT_KEY))
+    rig = Rig(tmp_path, known_hosts, device=device)
+    rig.open(SessionRequest(command=b"x"))
+    assert rig.client.exit == ExitInfo(status=255)
+    assert b"dev: " in rig.client.err and b"cannot be used for RSA encryption" in rig.client.err
+    assert rig.client.err.count(b"\n") == 1
+    assert failures == []
+    assert not (tmp_path / "known_hosts.ssh1").exists() and not (tmp_path / "known_hosts").exists()
+
+
+def test_key_pinned_only_once_the_device_accepted_the_session_key(tmp_path, known_hosts, failures):
+    # A device that shows a usable host key but cannot decrypt our session key with it
+    # (here: it hangs up) has proved nothing: accept-new must not pin its key.
+    rig = Rig(tmp_path, known_hosts, device=ScriptedDevice(public_key_payload()))
+    rig.open(SessionRequest(command=b"x"))
+    assert rig.client.exit == ExitInfo(status=255)
+    assert failures == []
+    assert not (tmp_path / "known_hosts.ssh1").exists()
+    # The real device (same host key) answers the session key: now it is pinned.
+    Rig(tmp_path, known_hosts).open(SessionRequest(command=b"x"))
+    e, n = keys.public_numbers(host_key())
+    assert (tmp_path / "known_hosts.ssh1").read_text() == f"192.0.2.1 2048 {e} {n}\n"
+
+
+def test_key_pinned_meanwhile_by_another_process_is_a_change(tmp_path, known_hosts):
+    known_hosts._entries = lambda protocol: []  # its view predates the other's pin
+    other = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
+    KnownHosts(tmp_path / "known_hosts").check_ssh1(
+        "192.0.2.1", 22, 2048, other.e, other.n, "accept-new"
+    ).record()
+    rig = Rig(tmp_path, known_hosts)
+    rig.open(SessionRequest(command=b"x"))
+    assert rig.client.exit == ExitInfo(status=255)
+    assert b"CHANGED" in rig.client.err
+    assert not rig.device.realm.avatars  # no password was ever sent
+    assert (tmp_path / "known_hosts.ssh1").read_text().count("\n") == 1
 
 
 def test_strict_unknown_host_refused(tmp_path, known_hosts):

@@ -22,6 +22,7 @@ from tests.clients import (
     hash_password,
     plink1_argv,
     ssh1_fingerprint,
+    ssh1_fingerprints,
 )
 from tests.gateway_process import GatewayProcess
 from tests.peers import putty_cipher_session, require_peer
@@ -373,6 +374,17 @@ def test_fingerprint_matches_what_plink_shows(gw):
     assert shown, result.stderr
     assert shown.group(2).decode() == gw.fingerprint
     assert shown.group(1) == b"2048"
+
+
+def test_sha256_fingerprint_matches_what_ssh1_shows(gw, tmp_path):
+    # OpenSSH 7.5's ssh1 shows the SSH-1 host key only as SHA256 (``-v``, and in its
+    # first-contact question); `sshgateway fingerprints` must print the same text.
+    argv, env = ssh1_argv(gw, tmp_path, "ssh1", "-v", "-o", "BatchMode=yes",
+                          "alice@127.0.0.1", "true")
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    shown = re.search(r"Server host key: RSA1 (SHA256:\S+)", result.stderr)
+    assert shown, result.stderr
+    assert shown.group(1) == ssh1_fingerprints(gw)[0]
 
 
 # ---------------------------------------------------------------- OpenSSH's ssh1
