@@ -8,7 +8,8 @@ import io
 import json
 from pathlib import Path
 
-from gateway import cli, flowview
+from gateway import flowview
+from tools import cli
 
 
 def make_record(flow_id: str, protocol: str, steps, **fields) -> dict:

@@ -486,7 +486,7 @@ def test_progress_bar_elapsed_time_advances_while_a_host_stays_silent():
 
 
 def test_cli_rejects_bad_targets():
-    from gateway.cli import main
+    from tools.cli import main
 
     err = io.StringIO()
     assert main(["probe", "host:0"], stdout=io.StringIO(), stderr=err) == 2
@@ -586,7 +586,7 @@ def test_credentials_never_shown():
     ],
 )
 def test_cli_login_options(argv, message):
-    from gateway.cli import main
+    from tools.cli import main
 
     err = io.StringIO()
     assert main(["probe", *argv, "host"], stdout=io.StringIO(), stderr=err) == 2
@@ -604,7 +604,7 @@ def test_hosts_file(tmp_path):
     path = tmp_path / "hosts"
     path.write_text("# inventory\n10.0.0.1\n\n  10.0.0.2:2222  # the old switch\n[::1]:22\n")
     assert probe._read_targets(str(path)) == ["10.0.0.1", "10.0.0.2:2222", "[::1]:22"]
-    from gateway.cli import main
+    from tools.cli import main
 
     path.write_text("10.0.0.1\nhost:0\n")
     err = io.StringIO()
