@@ -167,8 +167,8 @@ def test_csv_and_text(world):
 def test_ssh1_sha256_fingerprint_as_ssh_keygen1(tmp_path):
     """``ssh-keygen1 -l`` on an rsa1 key gives the SHA256 (and, with -E md5, the MD5) the
     probe computes from the same key's numbers."""
-    from gateway.probe import ssh1_sha256_fingerprint
     from protocols.ssh1.keys import ssh1_fingerprint
+    from tools.probe.keys import ssh1_sha256_fingerprint
 
     tool = require_peer("ssh-keygen1")["ssh-keygen1"]
     key = tmp_path / "rsa1"
