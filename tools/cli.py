@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from gateway import flowview, passwords
+from gateway import passwords
 from gateway.config import ConfigError, config_warnings, load_config
 from gateway.hostkeys import HostKeyError, load_host_keys
+from tools.flows import command as flowview
 from tools.probe import command as probe
 
 MAX_STDIN_LINE = passwords.MAX_PASSWORD_BYTES
