@@ -46,7 +46,7 @@ PASSWORD = "bench password"
 
 def cli(*args: str, stdin: str | None = None) -> str:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())", *args],
+        [sys.executable, "-c", "import sys; from tools.cli import main; sys.exit(main())", *args],
         input=stdin, capture_output=True, text=True, cwd=REPO, check=True,
     ).stdout
 

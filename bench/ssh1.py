@@ -74,7 +74,7 @@ def main() -> None:
     rows = []
     with GatewayProcess(work, config) as gw:
         out = subprocess.run(
-            [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+            [sys.executable, "-c", "import sys; from tools.cli import main; sys.exit(main())",
              "fingerprints", "--config", str(gw.config_path)],
             capture_output=True, text=True, cwd=REPO, check=True,
         ).stdout

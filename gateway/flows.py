@@ -5,7 +5,7 @@ the file past ``max_bytes`` it becomes ``flows.jsonl.1`` (the older ones move up
 ``flows.jsonl.<keep>`` is dropped). Records are small and written once per leg, from
 the reactor thread, so a plain append is enough; a failing disk is logged, never raised
 into a connection's close. The reader side, for ``sshgateway flows``, is
-:class:`gateway.flowview.FlowStore`.
+:class:`tools.flows.store.FlowStore`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ PASSWORD = "correct horse battery staple"
 def sshgateway_cli(*args: str, stdin: str | None = None, check: bool = True):
     """Run the ``sshgateway`` admin command from this checkout."""
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())", *args],
+        [sys.executable, "-c", "import sys; from tools.cli import main; sys.exit(main())", *args],
         input=stdin,
         capture_output=True,
         text=True,

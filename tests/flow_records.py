@@ -8,7 +8,8 @@ import io
 import json
 from pathlib import Path
 
-from gateway import cli, flowview
+from protocols.flow import STAGES
+from tools import cli
 
 
 def make_record(flow_id: str, protocol: str, steps, **fields) -> dict:
@@ -22,7 +23,7 @@ def make_record(flow_id: str, protocol: str, steps, **fields) -> dict:
             m["count"] = rest[0]
         messages.append(m)
     stages = []
-    for name in flowview.STAGES:
+    for name in STAGES:
         mine = [m for m in messages if m["stage"] == name]
         if not mine:
             stages.append(

@@ -11,9 +11,9 @@ from twisted.internet.task import Clock
 
 from gateway.config import ConfigError, parse_config
 from gateway.flows import FlowWriter
-from gateway.flowview import FlowStore
 from protocols.flow import C2S, MAX_MESSAGES, S2C, STAGES, FlowRecorder, open_flow, ssh2_name
 from protocols.session import ExitInfo, SessionRequest
+from tools.flows.store import FlowStore
 
 
 class Ticks:

@@ -1,7 +1,9 @@
-"""The dependency rules, checked on the source: plugin -> gateway -> protocols; ssh1 and
-ssh2 never import each other; the SSH-1 core imports neither Twisted nor gateway, not even
-through the modules it imports (checked by importing it in a fresh interpreter); and no
-project module is imported by name at run time (importlib), where these checks cannot see it."""
+"""The dependency rules, checked on the source: tools & plugin -> gateway -> protocols (the
+runtime, gateway/, protocols/ and twisted/plugins, never imports the operator's commands in
+tools/, each of which stays under 500 lines); ssh1 and ssh2 never import each other; the
+SSH-1 core imports neither Twisted nor gateway, not even through the modules it imports
+(checked by importing it in a fresh interpreter); and no project module is imported by name
+at run time (importlib), where these checks cannot see it."""
 
 from __future__ import annotations
 
@@ -50,6 +52,24 @@ def test_protocols_never_import_gateway_or_the_plugin(path):
     assert not {n for n in imported(path) if top(n) == "gateway" or n.startswith("twisted.plugins")}
 
 
+RUNTIME = ("gateway", "protocols", "twisted/plugins")
+MAX_TOOL_LINES = 500
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for folder in RUNTIME for p in sources(folder)],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_the_runtime_never_imports_the_tools(path):
+    assert not {n for n in imported(path) if top(n) == "tools"}
+
+
+@pytest.mark.parametrize("path", sources("tools"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_tool_module_is_over_500_lines(path):
+    assert len(path.read_text().splitlines()) <= MAX_TOOL_LINES
+
+
 @pytest.mark.parametrize("path", sources("protocols/ssh1"), ids=lambda p: p.name)
 def test_ssh1_never_imports_ssh2(path):
     assert not {n for n in imported(path) if top(n, 2) == "protocols.ssh2"}
@@ -92,7 +112,7 @@ def test_the_ssh1_core_loads_no_twisted_or_zope_even_transitively():
 
 
 # What the project itself ships; a run-time import of one of these hides a dependency.
-PROJECT_PACKAGES = ("gateway", "protocols", "bench", "twisted.plugins")
+PROJECT_PACKAGES = ("gateway", "protocols", "tools", "bench", "twisted.plugins")
 
 
 def dynamic_project_imports(path: Path) -> list[str]:
@@ -118,7 +138,7 @@ def dynamic_project_imports(path: Path) -> list[str]:
 
 def _dynamic_import_cases() -> list:
     cases = []
-    for path in sources("gateway") + sources("protocols") + sources("twisted/plugins"):
+    for path in [p for folder in (*RUNTIME, "tools") for p in sources(folder)]:
         cases.append(pytest.param(path, id=str(path.relative_to(ROOT))))
     return cases
 

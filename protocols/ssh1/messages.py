@@ -126,6 +126,47 @@ SSH_AUTH_PASSWORD = 3
 SSH_AUTH_RHOSTS_RSA = 4
 SSH_AUTH_TIS = 5
 
+# What the bits of SSH_SMSG_PUBLIC_KEY's masks mean, as the protocol draft names them, for
+# showing what a server offers: every cipher number (ciphers.py implements 0, 2, 3 and 6)
+# and auth method the draft lists, and the protocol flags.
+CIPHER_NAMES = {
+    0: "none",
+    1: "idea",
+    2: "des",
+    3: "3des",
+    4: "tss",
+    5: "arcfour",
+    6: "blowfish",
+}
+AUTH_NAMES = {
+    SSH_AUTH_RHOSTS: "rhosts",
+    SSH_AUTH_RSA: "rsa",
+    SSH_AUTH_PASSWORD: "password",
+    SSH_AUTH_RHOSTS_RSA: "rhosts-rsa",
+    SSH_AUTH_TIS: "tis",
+    6: "kerberos",
+}
+PROTOFLAG_NAMES = {
+    SSH_PROTOFLAG_SCREEN_NUMBER: "screen-number",
+    SSH_PROTOFLAG_HOST_IN_FWD_OPEN: "host-in-fwd-open",
+}
+
+
+def mask_names(
+    mask: int, names: dict[int, str], what: str, numbered_by_value: bool = False
+) -> list[str]:
+    """The names of the bits set in ``mask``; one not in ``names`` is ``"<what> <key>"``.
+    Cipher and auth masks are indexed by bit number (1 << number); the protocol flags by
+    value (flag 1, flag 2, ...): ``numbered_by_value``."""
+    out = []
+    for bit in range(32):
+        value = 1 << bit
+        if not mask & value:
+            continue
+        key = value if numbered_by_value else bit
+        out.append(names.get(key, f"{what} {key}"))
+    return out
+
 
 class Role(Enum):
     SERVER = "server"

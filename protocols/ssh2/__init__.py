@@ -14,5 +14,6 @@ Modules, one concern each:
 - ``connection`` GatewayConnection (ssh-connection) and the Conch-side avatar;
 - ``session``    SessionChannel: the "session" channel glued to protocols.session;
 - ``wire``       strict reading of SSH-2 wire fields;
+- ``kexinit``    a peer's KEXINIT read as data (name-lists bounded), for the probe;
 - ``settings``   SSH2Settings, the algorithm and channel policy.
 """

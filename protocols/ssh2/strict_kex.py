@@ -20,6 +20,7 @@ from __future__ import annotations
 from twisted.conch.ssh import transport
 from twisted.logger import Logger
 
+from protocols.ssh2.kexinit import COOKIE_SIZE
 from protocols.ssh2.wire import Reader, WireError
 
 log = Logger()
@@ -30,12 +31,10 @@ STRICT_KEX_CLIENT = b"kex-strict-c-v00@openssh.com"
 # What may arrive during a strict initial key exchange, besides DISCONNECT.
 _KEX_MESSAGES = frozenset((transport.MSG_KEXINIT, transport.MSG_NEWKEYS, *range(30, 50)))
 
-_COOKIE = 16  # KEXINIT's random cookie, before the first name-list
-
 
 def peer_kex_names(payload: bytes) -> list[bytes]:
     """The key-exchange name-list of a KEXINIT payload (after the message number)."""
-    reader = Reader(payload[_COOKIE:])
+    reader = Reader(payload[COOKIE_SIZE:])
     return reader.string(64 * 1024).split(b",")
 
 

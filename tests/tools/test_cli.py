@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli, passwords
+from gateway import passwords
 from gateway.hostkeys import load_or_create_host_keys
 from tests.gateway.helpers import fast_hash
+from tools import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,7 +129,7 @@ def test_unknown_subcommand():
 def test_console_entry_point_runs(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check-config", str(tmp_path / "missing.toml")],
+        [sys.executable, "-m", "tools.cli", "check-config", str(tmp_path / "missing.toml")],
         capture_output=True,
         text=True,
         env=env,
@@ -141,7 +142,7 @@ def test_console_entry_point_runs(tmp_path):
 def test_check_config_warns_about_readable_file_with_upstream_passwords(tmp_path):
     import io as _io
 
-    from gateway.cli import main as cli_main
+    from tools.cli import main as cli_main
 
     config = tmp_path / "gw.toml"
     config.write_text(

@@ -36,7 +36,7 @@ TIMEOUT = 3.0
 def probe_cli(*args: str, stdin: str | None = None) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from tools.cli import main; sys.exit(main())",
          "probe", "--timeout", str(TIMEOUT), *args],
         input=stdin, capture_output=True, text=True, cwd=REPO, timeout=120,
     )  # fmt: skip
@@ -167,8 +167,8 @@ def test_csv_and_text(world):
 def test_ssh1_sha256_fingerprint_as_ssh_keygen1(tmp_path):
     """``ssh-keygen1 -l`` on an rsa1 key gives the SHA256 (and, with -E md5, the MD5) the
     probe computes from the same key's numbers."""
-    from gateway.probe import ssh1_sha256_fingerprint
     from protocols.ssh1.keys import ssh1_fingerprint
+    from tools.probe.keys import ssh1_sha256_fingerprint
 
     tool = require_peer("ssh-keygen1")["ssh-keygen1"]
     key = tmp_path / "rsa1"
@@ -229,7 +229,7 @@ def test_concurrency_limit_and_progress_bar_on_a_terminal():
     with silent_listener() as port:
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+            [sys.executable, "-c", "import sys; from tools.cli import main; sys.exit(main())",
              "probe", "--timeout", "1", "--concurrency", "10", "--format", "csv",
              *[f"127.0.0.1:{port}"] * 20],
             stdout=subprocess.PIPE, stderr=slave, text=True, cwd=REPO, timeout=120,
@@ -255,7 +255,7 @@ def test_progress_bar_counts_seconds_while_a_real_host_stays_silent():
     master, slave = os.openpty()
     with silent_listener() as port:
         result = subprocess.run(
-            [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())",
+            [sys.executable, "-c", "import sys; from tools.cli import main; sys.exit(main())",
              "probe", "--timeout", "3", "--format", "csv", f"127.0.0.1:{port}"],
             stdout=subprocess.PIPE, stderr=slave, text=True, cwd=REPO, timeout=120,
         )  # fmt: skip

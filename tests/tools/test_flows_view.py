@@ -10,10 +10,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from gateway import flowview
+from protocols.flow import STAGES
 from tests.flow_records import run, ssh1_plink_login, ssh2_openssh_login, write_records
-
-STAGES = flowview.STAGES
+from tools.flows import store as flow_store
+from tools.flows.records import MAX_MESSAGES, parse_flow
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_list_marks_upstream_legs_and_results(tmp_path):
 
 
 def test_malformed_lines_are_skipped_with_a_note(tmp_path, monkeypatch):
-    monkeypatch.setattr(flowview, "MAX_LINE_BYTES", 20000)
+    monkeypatch.setattr(flow_store, "MAX_LINE_BYTES", 20000)
     junk = (
         b"not json\n"
         b"\xff\xfe binary\n"
@@ -181,8 +181,8 @@ def test_fields_of_the_wrong_type_do_not_break_rendering(tmp_path):
 def test_parse_flow_bounds_messages():
     record = ssh1_plink_login()
     record["messages"] = record["messages"] * 1000
-    flow = flowview.parse_flow(record)
-    assert len(flow.messages) == flowview.MAX_MESSAGES and flow.messages_truncated
+    flow = parse_flow(record)
+    assert len(flow.messages) == MAX_MESSAGES and flow.messages_truncated
 
 
 # -- show ------------------------------------------------------------------------------------

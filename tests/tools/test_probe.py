@@ -1,6 +1,7 @@
-"""``sshgateway probe`` in memory: the KEXINIT and SSH_SMSG_PUBLIC_KEY parsers with
-hostile input, the SSH-1 and SSH-2 probe connections fed bytes through StringTransport,
-the per-host deadline on a Clock, targets, and the json / csv / text reports."""
+"""``sshgateway probe`` in memory: the SSH_SMSG_PUBLIC_KEY reading with hostile input,
+the SSH-1 and SSH-2 probe connections fed bytes through StringTransport, the per-host
+deadline on a Clock, targets, and the json / csv / text reports. (The KEXINIT parser's
+tests are tests/ssh2/test_kexinit.py.)"""
 
 from __future__ import annotations
 
@@ -17,11 +18,22 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from gateway import probe
 from protocols.ssh1 import messages as m1
 from protocols.ssh1.keys import ssh1_fingerprint
 from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.wire import Writer
+from protocols.ssh2.kexinit import parse_kexinit
+from tests.ssh2.kexinit_payloads import GOOD_LISTS, kexinit_body
+from tools.probe import login as probe_login
+from tools.probe.hosts import probe_host, probe_hosts
+from tools.probe.keys import host_key_from_blob, ssh1_sha256_fingerprint
+from tools.probe.login import RECORD_WAIT, login
+from tools.probe.output import format_csv, format_json, format_text
+from tools.probe.progress import ProgressBar
+from tools.probe.report import Credentials, HostKey, HostReport, SSH1Result, SSH2Result
+from tools.probe.ssh1 import REFUSAL_WAIT, ProbeError, SSH1Attempt, parse_ssh1_public_key
+from tools.probe.ssh2 import SSH2Attempt, key_types
+from tools.probe.targets import parse_target, read_targets
 
 # The parser reads numbers, it does not factor them: odd moduli of the right size do.
 HOST_KEY = rsa.RSAPublicNumbers(65537, (1 << 1023) + 12345)
@@ -45,21 +57,6 @@ def public_key_payload(
     return w.uint32(flags).uint32(ciphers).uint32(auth).getvalue()
 
 
-def name_list(names) -> bytes:
-    raw = ",".join(names).encode() if not isinstance(names, bytes) else names
-    return struct.pack(">I", len(raw)) + raw
-
-
-GOOD_LISTS = [
-    ["curve25519-sha256"], ["ssh-ed25519", "rsa-sha2-512"], ["aes128-ctr"], ["aes256-ctr"],
-    ["hmac-sha2-256"], ["hmac-sha2-512"], ["none"], ["none", "zlib"], [], [],
-]  # fmt: skip
-
-
-def kexinit_body(lists=GOOD_LISTS, tail=b"\x00\x00\x00\x00\x00") -> bytes:
-    return b"K" * 16 + b"".join(name_list(x) for x in lists) + tail
-
-
 # ------------------------------------------------------------------ targets
 @pytest.mark.parametrize(
     "text, expected",
@@ -72,18 +69,18 @@ def kexinit_body(lists=GOOD_LISTS, tail=b"\x00\x00\x00\x00\x00") -> bytes:
     ],
 )
 def test_parse_target(text, expected):
-    assert probe.parse_target(text) == expected
+    assert parse_target(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "host:0", "host:70000", "host:x", "[::1", "[::1]x", "a b"])
 def test_parse_target_rejects(text):
     with pytest.raises(ValueError):
-        probe.parse_target(text)
+        parse_target(text)
 
 
 # ------------------------------------------------------------------ SSH-1 parser
 def test_public_key_decoded():
-    offer = probe.parse_ssh1_public_key(public_key_payload(flags=2))
+    offer = parse_ssh1_public_key(public_key_payload(flags=2))
     assert offer.host_key_bits == 1024 and offer.server_key_bits == 768
     assert offer.host_key_md5 == ssh1_fingerprint(HOST_KEY.e, HOST_KEY.n)
     assert offer.host_key_sha256.startswith("SHA256:") and len(offer.host_key_sha256) == 50
@@ -94,13 +91,13 @@ def test_public_key_decoded():
 
 
 def test_public_key_unknown_bits_shown_as_numbers():
-    offer = probe.parse_ssh1_public_key(public_key_payload(ciphers=1 << 20, auth=1 << 9, flags=8))
+    offer = parse_ssh1_public_key(public_key_payload(ciphers=1 << 20, auth=1 << 9, flags=8))
     assert offer.ciphers == ["cipher 20"] and offer.auth == ["auth 9"] and offer.flags == ["flag 8"]
 
 
 def test_public_key_bogus_sizes_are_warnings():
     payload = public_key_payload(host_bits=4096, server_bits=0, host=(4, HOST_KEY.n))
-    offer = probe.parse_ssh1_public_key(payload)
+    offer = parse_ssh1_public_key(payload)
     assert offer.host_key_announced_bits == 4096 and offer.host_key_bits == 1024
     assert "host key: announced 4096 bits, has 1024" in offer.warnings
     assert "server key: announced 0 bits, has 768" in offer.warnings
@@ -108,21 +105,21 @@ def test_public_key_bogus_sizes_are_warnings():
 
 
 def test_public_key_keys_too_close_is_a_warning():
-    offer = probe.parse_ssh1_public_key(public_key_payload(server=(HOST_KEY.e, HOST_KEY.n)))
+    offer = parse_ssh1_public_key(public_key_payload(server=(HOST_KEY.e, HOST_KEY.n)))
     assert any("differ by less than 128 bits" in w for w in offer.warnings)
 
 
 @pytest.mark.parametrize("cut", [0, 5, 8, 12, 40, 150, -4, -1])
 def test_public_key_truncated(cut):
     payload = public_key_payload()
-    with pytest.raises(probe.ProbeError):
-        probe.parse_ssh1_public_key(payload[:cut])
+    with pytest.raises(ProbeError):
+        parse_ssh1_public_key(payload[:cut])
 
 
 def test_public_key_oversized_modulus_refused_before_allocation():
     huge = Writer().raw(b"C" * 8).uint32(1024).getvalue() + struct.pack(">H", 60000)
-    with pytest.raises(probe.ProbeError):
-        probe.parse_ssh1_public_key(huge + b"\xff" * 100)
+    with pytest.raises(ProbeError):
+        parse_ssh1_public_key(huge + b"\xff" * 100)
 
 
 def test_ssh1_sha256_matches_openssh_rule():
@@ -133,55 +130,15 @@ def test_ssh1_sha256_matches_openssh_rule():
     from protocols.ssh1.wire import int_to_bytes
 
     want = hashlib.sha256(int_to_bytes(HOST_KEY.n) + int_to_bytes(HOST_KEY.e)).digest()
-    assert probe.ssh1_sha256_fingerprint(HOST_KEY.e, HOST_KEY.n) == (
+    assert ssh1_sha256_fingerprint(HOST_KEY.e, HOST_KEY.n) == (
         "SHA256:" + base64.b64encode(want).decode().rstrip("=")
     )
-
-
-# ------------------------------------------------------------------ KEXINIT parser
-def test_kexinit_decoded():
-    k = probe.parse_kexinit(kexinit_body())
-    assert k.kex == ["curve25519-sha256"]
-    assert k.host_key_algorithms == ["ssh-ed25519", "rsa-sha2-512"]
-    assert (k.ciphers_c2s, k.ciphers_s2c) == (["aes128-ctr"], ["aes256-ctr"])
-    assert (k.macs_c2s, k.macs_s2c) == (["hmac-sha2-256"], ["hmac-sha2-512"])
-    assert (k.compression_c2s, k.compression_s2c) == (["none"], ["none", "zlib"])
-    assert k.languages_c2s == [] and not k.first_kex_follows
-
-
-@pytest.mark.parametrize("cut", [0, 10, 16, 18, 25, 60, -5, -1])
-def test_kexinit_truncated(cut):
-    with pytest.raises(probe.ProbeError, match="truncated"):
-        probe.parse_kexinit(kexinit_body()[:cut])
-
-
-def test_kexinit_oversized_list_length_refused():
-    body = b"K" * 16 + struct.pack(">I", 0xFFFFFFF0) + b"x" * 10
-    with pytest.raises(probe.ProbeError, match="more than"):
-        probe.parse_kexinit(body)
-
-
-def test_kexinit_oversized_packet_refused():
-    with pytest.raises(probe.ProbeError, match="more than"):
-        probe.parse_kexinit(b"K" * (probe.MAX_KEXINIT + 1))
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        b"a,,b", b"a b", b"caf\xc3\xa9", b"x" * 65, b",".join([b"n"] * 300), b"a,\x00",
-    ],
-)  # fmt: skip
-def test_kexinit_malformed_names_refused(bad):
-    lists = [bad, *GOOD_LISTS[1:]]
-    with pytest.raises(probe.ProbeError):
-        probe.parse_kexinit(kexinit_body(lists))
 
 
 # ------------------------------------------------------------------ SSH-1 connection
 def ssh1_attempt():
     clock = Clock()
-    attempt = probe.SSH1Attempt(clock)
+    attempt = SSH1Attempt(clock)
     transport = StringTransport()
     attempt.makeConnection(transport)
     return attempt, transport, clock
@@ -256,7 +213,7 @@ def test_ssh1_attempt_against_ssh2_server():
     attempt.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n")
     attempt.dataReceived(b"Protocol major versions differ.\n")
     assert not transport.disconnecting
-    clock.advance(probe.REFUSAL_WAIT)  # a server that does not hang up is left
+    clock.advance(REFUSAL_WAIT)  # a server that does not hang up is left
     assert transport.disconnecting
     result = finish(attempt, transport).result()
     assert result.available is False
@@ -272,7 +229,7 @@ def test_ssh1_attempt_closed_before_identification():
 
 # ------------------------------------------------------------------ SSH-2 connection
 def ssh2_attempt(algorithms=None):
-    attempt = probe.SSH2Attempt(algorithms)
+    attempt = SSH2Attempt(algorithms)
     transport = StringTransport()
     attempt.makeConnection(transport)
     return attempt, transport
@@ -327,7 +284,7 @@ def test_ssh2_attempt_against_ssh1_server():
     attempt.dataReceived(b"SSH-1.5-legacy\n")
     assert attempt.ssh1_only and attempt.identification == "SSH-1.5-legacy"
     attempt.connectionLost(Failure(error.ConnectionDone()))
-    result = probe._ssh2_result(attempt)
+    result = attempt.result()
     assert result.available is False and "SSH-1.5 only" in result.reason
 
 
@@ -341,22 +298,22 @@ def test_host_key_from_blob():
     key = conch_keys.Key.fromString(
         b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOBFhEuPl3dHnB9mrRjyXiX9Y5FoScWiQ1C/WsNZw5Zc"
     )
-    hk = probe.host_key_from_blob("ssh-ed25519", key.blob())
+    hk = host_key_from_blob("ssh-ed25519", key.blob())
     assert (hk.type, hk.bits) == ("ssh-ed25519", 256)
     from gateway.hostkeys import ssh2_fingerprint
 
     assert hk.fingerprint == ssh2_fingerprint(key)
-    bad = probe.host_key_from_blob("ssh-rsa", b"\x00\x00\x00\x07ssh-rsa\xff")
+    bad = host_key_from_blob("ssh-rsa", b"\x00\x00\x00\x07ssh-rsa\xff")
     assert bad.type == "unreadable" and bad.bits is None and bad.fingerprint.startswith("SHA256:")
 
 
 def test_key_types_one_exchange_per_key():
-    k = probe.parse_kexinit(
+    k = parse_kexinit(
         kexinit_body([GOOD_LISTS[0], ["rsa-sha2-512", "ssh-ed25519", "rsa-sha2-256", "ssh-rsa",
                                       "ssh-ed25519-cert-v01@openssh.com", "x-unknown"],
                       *GOOD_LISTS[2:]])
     )  # fmt: skip
-    assert probe._key_types(k) == [("ssh-rsa", "rsa-sha2-512"), ("ssh-ed25519", "ssh-ed25519")]
+    assert key_types(k) == [("ssh-rsa", "rsa-sha2-512"), ("ssh-ed25519", "ssh-ed25519")]
 
 
 # ------------------------------------------------------------------ deadlines and hosts
@@ -378,7 +335,7 @@ def connects_silently(reactor, host, port, protocol, timeout):
 @pytest.mark.parametrize("connect", [never_connects, connects_silently])
 def test_probe_host_times_out(connect):
     clock = Clock()
-    d = probe.probe_host(clock, "10.9.9.9:22", timeout=5, connect=connect)
+    d = probe_host(clock, "10.9.9.9:22", timeout=5, connect=connect)
     clock.advance(4.9)
     assert not d.called
     clock.advance(0.1)
@@ -390,13 +347,13 @@ def test_probe_host_times_out(connect):
 
 def test_probe_host_refused():
     clock = Clock()
-    report = probe.probe_host(clock, "10.9.9.9:2222", timeout=5, connect=refuses).result
+    report = probe_host(clock, "10.9.9.9:2222", timeout=5, connect=refuses).result
     assert (report.status, report.port, report.error) == ("refused", 2222, "connection refused")
     assert not clock.getDelayedCalls()
 
 
 def test_probe_host_bad_target():
-    report = probe.probe_host(Clock(), "host:99999").result
+    report = probe_host(Clock(), "host:99999").result
     assert report.status == "error" and "port" in report.error
 
 
@@ -419,7 +376,7 @@ def test_probe_hosts_respects_concurrency_and_order():
 
     seen = []
     targets = [f"10.0.0.{i}" for i in range(7)]
-    d = probe.probe_hosts(clock, targets, 5, concurrency=3, connect=tracked,
+    d = probe_hosts(clock, targets, 5, concurrency=3, connect=tracked,
                           progress=lambda done, total: seen.append((done, total)))  # fmt: skip
     clock.pump([1] * 5)
     reports = d.result
@@ -430,37 +387,37 @@ def test_probe_hosts_respects_concurrency_and_order():
 
 # ------------------------------------------------------------------ output
 def sample_reports():
-    ok = probe.HostReport("gw:2222", "gw", 2222, status="ok", identification="SSH-1.99-x",
+    ok = HostReport("gw:2222", "gw", 2222, status="ok", identification="SSH-1.99-x",
                           protocols=["ssh1", "ssh2"], duration=0.05)  # fmt: skip
-    ok.ssh1 = probe.SSH1Result(True, None, probe.parse_ssh1_public_key(public_key_payload()))
-    ok.ssh2 = probe.SSH2Result(True, None, probe.parse_kexinit(kexinit_body()),
-                               [probe.HostKey("ssh-ed25519", "ssh-ed25519", 256, "SHA256:abc", True)])  # fmt: skip
-    down = probe.HostReport("down", "down", 22, status="refused", error="connection refused")
+    ok.ssh1 = SSH1Result(True, None, parse_ssh1_public_key(public_key_payload()))
+    ok.ssh2 = SSH2Result(True, None, parse_kexinit(kexinit_body()),
+                               [HostKey("ssh-ed25519", "ssh-ed25519", 256, "SHA256:abc", True)])  # fmt: skip
+    down = HostReport("down", "down", 22, status="refused", error="connection refused")
     return [ok, down]
 
 
 def test_json_output_parses():
-    data = json.loads(probe.format_json(sample_reports()))
+    data = json.loads(format_json(sample_reports()))
     assert data[0]["ssh1"]["offer"]["host_key_bits"] == 1024
     assert data[0]["ssh2"]["host_keys"][0]["fingerprint"] == "SHA256:abc"
     assert data[1]["status"] == "refused" and data[1]["ssh1"]["available"] is None
 
 
 def test_csv_output_parses():
-    rows = list(csv.DictReader(io.StringIO(probe.format_csv(sample_reports()))))
+    rows = list(csv.DictReader(io.StringIO(format_csv(sample_reports()))))
     assert rows[0]["protocols"] == "ssh1 ssh2" and rows[0]["ssh1_ciphers"] == "3des blowfish"
     assert rows[0]["ssh2_host_keys"] == "ssh-ed25519 256 SHA256:abc"
     assert rows[1]["status"] == "refused" and rows[1]["ssh1_host_key_bits"] == ""
 
 
 def test_text_output():
-    text = probe.format_text(sample_reports())
+    text = format_text(sample_reports())
     assert "SSH-1 host key   1024 bits" in text and "down:22  refused" in text
 
 
 def test_progress_bar():
     out = io.StringIO()
-    bar = probe.ProgressBar(out, Clock(), width=10)
+    bar = ProgressBar(out, Clock(), width=10)
     bar(1, 2)
     bar(2, 2)
     assert "[#####.....] 1/2" in out.getvalue() and out.getvalue().endswith("\n")
@@ -471,8 +428,8 @@ def test_progress_bar_elapsed_time_advances_while_a_host_stays_silent():
     showed ``0s`` for its whole wait. It is now redrawn every second as well."""
     clock = Clock()
     out = io.StringIO()
-    bar = probe.ProgressBar(out, clock, width=10)
-    d = probe.probe_hosts(clock, ["10.9.9.9"], 5, connect=never_connects, progress=bar)
+    bar = ProgressBar(out, clock, width=10)
+    d = probe_hosts(clock, ["10.9.9.9"], 5, connect=never_connects, progress=bar)
     clock.pump([1] * 4)
     drawn = out.getvalue().split("\r")[1:]
     assert drawn == [f"probe [..........] 0/1 {s}s" for s in range(5)]
@@ -486,7 +443,7 @@ def test_progress_bar_elapsed_time_advances_while_a_host_stays_silent():
 
 
 def test_cli_rejects_bad_targets():
-    from gateway.cli import main
+    from tools.cli import main
 
     err = io.StringIO()
     assert main(["probe", "host:0"], stdout=io.StringIO(), stderr=err) == 2
@@ -539,8 +496,8 @@ def refused(target, sink):
 
 
 def ok_report():
-    report = probe.HostReport("h", "h", 22, status="ok", protocols=["ssh1"])
-    report.ssh1 = probe.SSH1Result(True, None, probe.parse_ssh1_public_key(public_key_payload()))
+    report = HostReport("h", "h", 22, status="ok", protocols=["ssh1"])
+    report.ssh1 = SSH1Result(True, None, parse_ssh1_public_key(public_key_payload()))
     return report
 
 
@@ -549,16 +506,16 @@ def ok_report():
     [
         (exits, 1.5, (True, 0, "f-20261121T000000Z-00000000", None)),
         (hangs, 5, (False, None, None, "no exit status within 5 s")),
-        (refused, probe.RECORD_WAIT, (False, None, None, "no credentials configured for this target")),
+        (refused, RECORD_WAIT, (False, None, None, "no credentials configured for this target")),
     ],
 )  # fmt: skip
 def test_login_outcomes(monkeypatch, behaviour, after, expected):
     clock = Clock()
     target = FakeTarget(clock, behaviour)
-    monkeypatch.setattr(probe, "_make_target", lambda *a: target)
-    creds = probe.Credentials("alice", "secret")
+    monkeypatch.setattr(probe_login, "_make_target", lambda *a: target)
+    creds = Credentials("alice", "secret")
     out = []
-    probe.login(clock, ok_report(), "ssh1", creds, 5).addBoth(out.append)
+    login(clock, ok_report(), "ssh1", creds, 5).addBoth(out.append)
     clock.advance(after - 0.01)
     assert out == []
     clock.advance(0.01)
@@ -568,13 +525,13 @@ def test_login_outcomes(monkeypatch, behaviour, after, expected):
 
 
 def test_login_without_a_pinned_key():
-    report = probe.HostReport("h", "h", 22, status="ok", protocols=["ssh2"])
-    r = probe.login(Clock(), report, "ssh2", probe.Credentials("alice", "pw"), 5).result
+    report = HostReport("h", "h", 22, status="ok", protocols=["ssh2"])
+    r = login(Clock(), report, "ssh2", Credentials("alice", "pw"), 5).result
     assert not r.ok and "no host key to pin" in r.error
 
 
 def test_credentials_never_shown():
-    assert "hunter2" not in repr(probe.Credentials("alice", "hunter2"))
+    assert "hunter2" not in repr(Credentials("alice", "hunter2"))
 
 
 @pytest.mark.parametrize(
@@ -586,7 +543,7 @@ def test_credentials_never_shown():
     ],
 )
 def test_cli_login_options(argv, message):
-    from gateway.cli import main
+    from tools.cli import main
 
     err = io.StringIO()
     assert main(["probe", *argv, "host"], stdout=io.StringIO(), stderr=err) == 2
@@ -603,8 +560,8 @@ def test_ssh2_attempt_offers_legacy_group1_last():
 def test_hosts_file(tmp_path):
     path = tmp_path / "hosts"
     path.write_text("# inventory\n10.0.0.1\n\n  10.0.0.2:2222  # the old switch\n[::1]:22\n")
-    assert probe._read_targets(str(path)) == ["10.0.0.1", "10.0.0.2:2222", "[::1]:22"]
-    from gateway.cli import main
+    assert read_targets(str(path)) == ["10.0.0.1", "10.0.0.2:2222", "[::1]:22"]
+    from tools.cli import main
 
     path.write_text("10.0.0.1\nhost:0\n")
     err = io.StringIO()

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from gateway import flowview, passwords, probe
+from gateway import passwords
 from gateway.config import ConfigError, config_warnings, load_config
 from gateway.hostkeys import HostKeyError, load_host_keys
 from gateway.known_hosts import KnownHosts, KnownHostsError
 from gateway.routing import KNOWN_HOSTS_FILE
+from tools.flows import command as flowview
+from tools.probe import command as probe
 
 MAX_STDIN_LINE = passwords.MAX_PASSWORD_BYTES
 

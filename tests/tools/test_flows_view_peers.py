@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from gateway.flowview import STAGES, FlowStore
+from protocols.flow import STAGES
 from tests.clients import (
     PASSWORD,
     base_config,
@@ -24,6 +24,7 @@ from tests.clients import (
 )
 from tests.gateway_process import GatewayProcess
 from tests.peers import require_peer
+from tools.flows.store import FlowStore
 
 pytestmark = pytest.mark.peer
 
