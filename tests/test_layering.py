@@ -111,6 +111,28 @@ def test_the_ssh1_core_loads_no_twisted_or_zope_even_transitively():
     assert json.loads(done.stdout) == []
 
 
+def ssh2_client_modules() -> list[str]:
+    return [f"protocols.ssh2.{p.stem}" for p in sources("protocols/ssh2") if p.stem.startswith("client")]
+
+
+def test_the_ssh2_client_loads_no_gateway_module_even_transitively():
+    """The SSH-2 client takes plain options and reports its own error: importing it (and
+    what it imports) loads nothing from gateway, so it stays usable without the gateway."""
+    assert "protocols.ssh2.client" in ssh2_client_modules()
+    program = (
+        "import importlib, json, sys\n"
+        f"for name in {ssh2_client_modules()!r}:\n"
+        "    importlib.import_module(name)\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] == 'gateway']\n"
+        "print(json.dumps(sorted(loaded)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
 # What the project itself ships; a run-time import of one of these hides a dependency.
 PROJECT_PACKAGES = ("gateway", "protocols", "tools", "bench", "twisted.plugins")
 

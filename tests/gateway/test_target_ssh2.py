@@ -28,16 +28,9 @@ from zope.interface import implementer
 
 from gateway.known_hosts import KnownHosts
 from gateway.targets import TargetConfig
-from gateway.targets.ssh2 import (
-    CIPHERS,
-    HOST_KEY_ALGORITHMS,
-    KEX,
-    MACS,
-    AlgorithmError,
-    SSH2Target,
-    offered_algorithms,
-)
+from gateway.targets.ssh2 import SSH2Target, offered_algorithms
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
+from protocols.ssh2.algorithms import CIPHERS, HOST_KEY_ALGORITHMS, KEX, MACS, AlgorithmError
 from protocols.ssh2.cipher import KeyedCiphers, Opener, Sealer
 from tests.doubles import FakeProducer, FakeSessionClient
 from tests.gateway.helpers import ed25519_key, rsa_key

@@ -13,8 +13,9 @@ import pytest
 
 from gateway.known_hosts import KnownHosts
 from gateway.targets import TargetConfig
-from gateway.targets.ssh2 import LOCAL_WINDOW, SSH2Target
+from gateway.targets.ssh2 import SSH2Target
 from protocols.session import PtyRequest, SessionRequest, WindowSize
+from protocols.ssh2.client_channel import LOCAL_WINDOW
 from protocols.ssh2.rekey import RekeyingTransport
 from tests.doubles import FakeProducer, FakeSessionClient
 from tests.sshd import (

@@ -110,7 +110,7 @@ def _probe_key_exchanges() -> list[bytes]:
     Conch (least preferred): enough to fetch the host key of an old device too."""
     from twisted.conch.ssh import _kex
 
-    import gateway.targets.ssh2  # noqa: F401  (registers diffie-hellman-group1-sha1)
+    import protocols.ssh2.algorithms  # noqa: F401  (registers diffie-hellman-group1-sha1)
 
     names = list(conch_transport.SSHClientTransport.supportedKeyExchanges)
     for legacy in (b"diffie-hellman-group1-sha1",):
