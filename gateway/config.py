@@ -49,10 +49,8 @@ from protocols.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthLimits
 from protocols.ssh1.settings import KEY_SIZE_GAP as SSH1_KEY_SIZE_GAP
 from protocols.ssh1.settings import KNOWN_CIPHERS as SSH1_KNOWN_CIPHERS
 from protocols.ssh1.settings import SSH1Settings
-from protocols.ssh2.settings import KNOWN_CIPHERS as SSH2_KNOWN_CIPHERS
-from protocols.ssh2.settings import KNOWN_HOST_KEY_ALGORITHMS as SSH2_KNOWN_HOST_KEY_ALGORITHMS
-from protocols.ssh2.settings import KNOWN_KEX as SSH2_KNOWN_KEX
-from protocols.ssh2.settings import KNOWN_MACS as SSH2_KNOWN_MACS
+from protocols.ssh2.algorithms import SERVER as SSH2_SERVER
+from protocols.ssh2.algorithms import known as ssh2_known
 from protocols.ssh2.settings import SSH2Settings
 
 DEFAULT_LISTEN = ("tcp:2222:interface=127.0.0.1",)
@@ -639,13 +637,13 @@ SCHEMA: tuple[Key, ...] = (
         "environment variables a client may set (case-sensitive fnmatch patterns)"),
 
     Key("ssh2", "kex", Texts(as_names=True), _SSH2.kex,
-        f"key exchange, in order of preference; {_opt_in(SSH2_KNOWN_KEX, _SSH2.kex)}"),
+        f"key exchange, in order of preference; {_opt_in(ssh2_known(SSH2_SERVER, 'kex'), _SSH2.kex)}"),
     Key("ssh2", "host_key_algorithms", Texts(as_names=True), _SSH2.host_key_algorithms,
-        _opt_in(SSH2_KNOWN_HOST_KEY_ALGORITHMS, _SSH2.host_key_algorithms)),
+        _opt_in(ssh2_known(SSH2_SERVER, "host_key_algorithms"), _SSH2.host_key_algorithms)),
     Key("ssh2", "ciphers", Texts(as_names=True), _SSH2.ciphers,
-        _opt_in(SSH2_KNOWN_CIPHERS, _SSH2.ciphers)),
+        _opt_in(ssh2_known(SSH2_SERVER, "ciphers"), _SSH2.ciphers)),
     Key("ssh2", "macs", Texts(as_names=True), _SSH2.macs,
-        f"{_opt_in(SSH2_KNOWN_MACS, _SSH2.macs)}; unused with an AEAD cipher "
+        f"{_opt_in(ssh2_known(SSH2_SERVER, 'macs'), _SSH2.macs)}; unused with an AEAD cipher "
         "(chacha20-poly1305, AES-GCM)"),
     Key("ssh2", "compression", Boolean(), _SSH2.compression,
         "also offer zlib"),

@@ -1,43 +1,27 @@
 """SSH-2 algorithm policy: which names the gateway offers, hardened by default.
 
-Algorithms are chosen by name from tables; the legacy ones exist so that an operator can
-opt in, per config, for old clients — they are never offered unless listed.
+Algorithms are chosen by name from protocols.ssh2.algorithms' registry; the opt-in ones
+exist so that an operator can list them, per config, for old clients — they are never
+offered unless listed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocols.ssh2.algorithms import SERVER, defaults, known
 from protocols.ssh2.rekey import DEFAULT_REKEY_INTERVAL, DEFAULT_REKEY_LIMIT
 
-DEFAULT_KEX = ("mlkem768x25519-sha256", "curve25519-sha256", "diffie-hellman-group-exchange-sha256")
-DEFAULT_HOST_KEY_ALGORITHMS = ("ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256")
-DEFAULT_CIPHERS = (
-    "chacha20-poly1305@openssh.com",
-    "aes256-gcm@openssh.com",
-    "aes128-gcm@openssh.com",
-    "aes256-ctr",
-    "aes192-ctr",
-    "aes128-ctr",
-)
-# Encrypt-then-MAC first; the encrypt-and-MAC forms stay for clients older than EtM
-# (OpenSSH < 6.2, PuTTY < 0.68, Conch).
-DEFAULT_MACS = (
-    "hmac-sha2-512-etm@openssh.com",
-    "hmac-sha2-256-etm@openssh.com",
-    "hmac-sha2-512",
-    "hmac-sha2-256",
-)
+DEFAULT_KEX = defaults(SERVER, "kex")
+DEFAULT_HOST_KEY_ALGORITHMS = defaults(SERVER, "host_key_algorithms")
+DEFAULT_CIPHERS = defaults(SERVER, "ciphers")
+DEFAULT_MACS = defaults(SERVER, "macs")
 
-# Everything an operator may list; the extra entries are the opt-in legacy algorithms.
-KNOWN_KEX = DEFAULT_KEX + (
-    "curve25519-sha256@libssh.org",
-    "diffie-hellman-group14-sha1",
-    "diffie-hellman-group-exchange-sha1",
-)
-KNOWN_HOST_KEY_ALGORITHMS = DEFAULT_HOST_KEY_ALGORITHMS + ("ssh-rsa",)
-KNOWN_CIPHERS = DEFAULT_CIPHERS + ("aes256-cbc", "aes192-cbc", "aes128-cbc", "3des-cbc")
-KNOWN_MACS = DEFAULT_MACS + ("hmac-sha1-etm@openssh.com", "hmac-sha1")
+# Everything an operator may list; the extra entries are the opt-in ones.
+KNOWN_KEX = known(SERVER, "kex")
+KNOWN_HOST_KEY_ALGORITHMS = known(SERVER, "host_key_algorithms")
+KNOWN_CIPHERS = known(SERVER, "ciphers")
+KNOWN_MACS = known(SERVER, "macs")
 
 
 class UnknownAlgorithm(ValueError):

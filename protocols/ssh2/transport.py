@@ -30,6 +30,7 @@ from protocols.fingerprint import sha256_fingerprint
 from protocols.flow import C2S, S2C, SSH2_NAMES, ssh2_name
 from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
+from protocols.ssh2.algorithms import HOST_KEY_TYPES
 from protocols.ssh2.cipher import CIPHERS, MACS, BadMAC, KeyedCiphers, PacketError, shown_mac
 from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.rekey import RekeyingTransport
@@ -49,14 +50,6 @@ DH_EXPONENT_BITS = 512
 # Largest inflated payload we accept from a compressed packet (RFC 4253 section 6.1
 # requires 32768 + headers; channel packets here are at most 32 KiB of data).
 MAX_INFLATED_PAYLOAD = 256 * 1024
-
-# Host-key signature algorithm -> the key type that signs with it.
-HOST_KEY_TYPES: dict[str, bytes] = {
-    "ssh-ed25519": b"ssh-ed25519",
-    "rsa-sha2-512": b"ssh-rsa",
-    "rsa-sha2-256": b"ssh-rsa",
-    "ssh-rsa": b"ssh-rsa",
-}
 
 # Signature algorithms accepted for user public keys, announced in server-sig-algs
 # (RFC 8308); ssh-rsa (SHA-1) only when the operator opted into it for host keys.

@@ -30,7 +30,11 @@ from gateway.known_hosts import KnownHosts
 from gateway.targets import TargetConfig
 from gateway.targets.ssh2 import SSH2Target, offered_algorithms
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
-from protocols.ssh2.algorithms import CIPHERS, HOST_KEY_ALGORITHMS, KEX, MACS, AlgorithmError
+from protocols.ssh2.algorithms import CLIENT_CIPHERS as CIPHERS
+from protocols.ssh2.algorithms import CLIENT_HOST_KEY_ALGORITHMS as HOST_KEY_ALGORITHMS
+from protocols.ssh2.algorithms import CLIENT_KEX as KEX
+from protocols.ssh2.algorithms import CLIENT_MACS as MACS
+from protocols.ssh2.algorithms import AlgorithmError
 from protocols.ssh2.cipher import KeyedCiphers, Opener, Sealer
 from tests.doubles import FakeProducer, FakeSessionClient
 from tests.gateway.helpers import ed25519_key, rsa_key

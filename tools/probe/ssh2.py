@@ -14,8 +14,8 @@ from twisted.python.failure import Failure
 
 from protocols.ssh1.connection import printable
 from protocols.ssh1.identification import MAX_LINE
+from protocols.ssh2.algorithms import CLIENT, HOST_KEY_TYPES, is_legacy, known
 from protocols.ssh2.kexinit import KexInit, KexInitError, parse_kexinit
-from protocols.ssh2.transport import HOST_KEY_TYPES
 from tools.probe.attempt import SOFTWARE, Attempt
 from tools.probe.keys import host_key_from_blob
 from tools.probe.report import HostKey, SSH2Result
@@ -106,14 +106,13 @@ class SSH2Attempt(conch_transport.SSHClientTransport, Attempt):
 
 
 def _probe_key_exchanges() -> list[bytes]:
-    """Conch's key exchanges, then the legacy group1-sha1 the SSH-2 target registers with
-    Conch (least preferred): enough to fetch the host key of an old device too."""
+    """Conch's key exchanges, then the client's legacy ones Conch does not offer (the
+    registry's diffie-hellman-group1-sha1; least preferred): enough to fetch the host key
+    of an old device too."""
     from twisted.conch.ssh import _kex
 
-    import protocols.ssh2.algorithms  # noqa: F401  (registers diffie-hellman-group1-sha1)
-
     names = list(conch_transport.SSHClientTransport.supportedKeyExchanges)
-    for legacy in (b"diffie-hellman-group1-sha1",):
+    for legacy in (n.encode() for n in known(CLIENT, "kex") if is_legacy("kex", n)):
         if legacy not in names and legacy in _kex.getSupportedKeyExchanges():
             names.append(legacy)
     return names

@@ -1,0 +1,23 @@
+"""The one SSH-2 algorithm registry: each role's defaults and accepted names come from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocols.ssh2.algorithms import CLIENT, KINDS, REGISTRY, SERVER, defaults, known
+from protocols.ssh2.settings import SSH2Settings, UnknownAlgorithm
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("role", [SERVER, CLIENT])
+def test_defaults_are_modern_names_the_role_may_use(role, kind):
+    for name in defaults(role, kind):
+        row = REGISTRY[kind][name]
+        assert role in row.roles and not row.legacy
+    assert set(known(role, kind)) == {n for n, row in REGISTRY[kind].items() if role in row.roles}
+
+
+def test_client_only_names_are_refused_by_the_server_settings():
+    assert "diffie-hellman-group1-sha1" in known(CLIENT, "kex")
+    with pytest.raises(UnknownAlgorithm, match="ssh2 kex: unknown algorithm 'diffie-hellman-group1-sha1'"):
+        SSH2Settings(kex=("diffie-hellman-group1-sha1",))
