@@ -11,12 +11,10 @@ knows beyond its defaults is opt-in for it.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from twisted.conch.ssh import _kex
-from zope.interface import implementer
+from protocols.ssh2.transport_base import supported_key_exchanges
 
 SERVER = "server"
 CLIENT = "client"
@@ -150,31 +148,10 @@ CLIENT_KEX, CLIENT_HOST_KEY_ALGORITHMS, CLIENT_CIPHERS, CLIENT_MACS = (
 DH_GEX_MIN_BITS = 2048
 DH_GEX_MIN_BITS_LEGACY = 1024
 DH_GEX_MAX_BITS = 8192
-DH_EXPONENT_BITS = 512  # twice the strength of AES-256 (RFC 4419 section 6.2)
 
 
 class AlgorithmError(ValueError):
     """A target lists an algorithm name this client does not know."""
-
-
-@implementer(_kex._IFixedGroupKexAlgorithm)
-class _DHGroup1SHA1:
-    """diffie-hellman-group1-sha1 (RFC 4253 section 8.1): Oakley group 2 (RFC 2409
-    section 6.2), 1024 bits. Weak; only for devices that offer nothing else."""
-
-    preference = 99
-    hashProcessor = hashlib.sha1
-    generator = 2
-    prime = int(
-        "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22"
-        "514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6"
-        "F44C42E9A637ED6B0BFF5CB6F406B7EDEE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381"
-        "FFFFFFFFFFFFFFFF",
-        16,
-    )
-
-
-_kex._kexAlgorithms.setdefault(b"diffie-hellman-group1-sha1", _DHGroup1SHA1())
 
 
 def _choose(kind: str, wanted: tuple[str, ...]) -> list[bytes]:
@@ -195,7 +172,7 @@ def client_offer(
     """The client's algorithm lists for a target's lists (empty = the modern defaults);
     raises AlgorithmError for unknown names (the config loader calls this at start-up)."""
     # Only what this build can run (ML-KEM needs cryptography >= 48).
-    supported = set(_kex.getSupportedKeyExchanges())
+    supported = supported_key_exchanges()
     return {
         "kex": [name for name in _choose("kex", tuple(kex)) if name in supported],
         "host_key": _choose("host_key_algorithms", tuple(host_key_algorithms)),

@@ -23,7 +23,6 @@ holds the key.
 from __future__ import annotations
 
 import errno
-import secrets
 import struct
 from typing import Any
 
@@ -34,10 +33,10 @@ from twisted.internet import defer, error, protocol
 from twisted.python.failure import Failure
 
 from protocols.fingerprint import sha256_fingerprint
-from protocols.flow import C2S, S2C, SSH2_NAMES, ssh2_name
+from protocols.flow import C2S, S2C, FlowRecorder
 from protocols.session import SessionRequest
-from protocols.ssh2.algorithms import DH_EXPONENT_BITS, DH_GEX_MAX_BITS, dh_min_bits
-from protocols.ssh2.cipher import BadMAC, KeyedCiphers, PacketError, shown_mac
+from protocols.ssh2.algorithms import DH_GEX_MAX_BITS, dh_min_bits
+from protocols.ssh2.cipher import KeyedCiphers, shown_mac
 from protocols.ssh2.client_auth import ClientUserAuth
 from protocols.ssh2.client_channel import ClientConnection
 from protocols.ssh2.client_state import (
@@ -49,8 +48,7 @@ from protocols.ssh2.client_state import (
     short,
 )
 from protocols.ssh2.logs import quiet_logger
-from protocols.ssh2.rekey import RekeyingTransport
-from protocols.ssh2.strict_kex import StrictKexTransport
+from protocols.ssh2.transport_base import SSH2TransportBase
 
 MLKEM768_CIPHERTEXT = 1088
 MAX_PACKET = 1024 * 1024  # Conch's own bound
@@ -90,9 +88,12 @@ class SSH2ClientFactory(protocol.ClientFactory):
             attempt.deferred.errback(failure)
 
 
-class SSH2ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHClientTransport):
+class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
     _log = quiet_logger("gateway.targets.ssh2.conch")
     ourVersionString = CLIENT_VERSION
+    flow_out = C2S
+    max_packet = MAX_PACKET
+    dh_peer = "server"
 
     def __init__(self, attempt: ClientAttempt) -> None:
         self.attempt = attempt
@@ -105,7 +106,6 @@ class SSH2ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHCl
         self._dhMinimalGroupSize = dh_min_bits(options.kex)
         self._hung_up = False
         self.rekey_clock = attempt.clock  # re-key after 1 GiB or an hour
-        self._in_size = 0  # wire bytes of the packet getPacket returned last
         self._mlkem: Any = None
         self._x25519: Any = None
         self._hybrid_init = b""
@@ -140,38 +140,8 @@ class SSH2ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHCl
 
     # -- packets (AES-GCM framing; Conch's own for everything else) ---------------------
 
-    def sendPacket(self, messageType: int, payload: bytes) -> None:
-        if self.transport is None:
-            return
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not (
-            self._allowedKeyExchangeMessageType(messageType)
-        ):
-            # RFC 4253 section 7.1: held back until NEWKEYS; Conch's _newKeys sends them.
-            self._blockedByKeyExchange.append((messageType, payload))
-            return
-        seq = self.outgoingPacketSequence
-        wire = self._ciphers().sealer.packet(seq, messageType, (payload,))
-        self.transport.writeSequence(wire)
-        self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
-        self.packet_sent(messageType)
-        size = sum(map(len, wire))
-        if self.attempt.flow is not None:
-            self.attempt.flow.packet(C2S, self._flow_name(messageType), size)
-        self.count_for_rekey(size)
-
-    def _ciphers(self) -> KeyedCiphers:
-        enc = self.currentEncryptions
-        if not isinstance(enc, KeyedCiphers):  # Conch's initial plain state
-            enc = self.currentEncryptions = KeyedCiphers.plain()
-        return enc
-
-    def _flow_name(self, number: int) -> str:
-        name = SSH2_NAMES.get(number)
-        if name is not None:
-            return name
-        flow = self.attempt.flow
-        kex = (getattr(self, "kexAlg", None) or b"").decode("ascii", "replace")
-        return ssh2_name(number, kex, flow.auth_method if flow is not None else "")
+    def flow_recorder(self) -> FlowRecorder | None:
+        return self.attempt.flow
 
     def _flow_version(self) -> None:
         """Record the server's line once Conch has read it (before any packet after it)."""
@@ -183,26 +153,16 @@ class SSH2ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHCl
         flow = self.attempt.flow
         if flow is not None:
             self._flow_version()
-            flow.packet(S2C, self._flow_name(messageNum), self._in_size)
+            flow.packet(S2C, self.flow_name(messageNum), self._in_size)
         super().dispatchMessage(messageNum, payload)
 
     def getPacket(self) -> bytes | None:
-        seq = self.incomingPacketSequence
-        try:
-            found = self._ciphers().opener.next_payload(seq, self.buf, MAX_PACKET)
-        except BadMAC:
-            self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
-            return None
-        except PacketError as e:
-            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, str(e).encode("ascii"))
-            return None
+        found = self.open_packet(self.buf)
         if found is None:
             return None
         payload, size = found
         self.buf = self.buf[size:]
-        self._in_size = size
-        self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
-        self.count_for_rekey(size)
+        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
         return payload
 
     # -- key exchange ------------------------------------------------------------------
@@ -295,32 +255,20 @@ class SSH2ClientTransport(StrictKexTransport, RekeyingTransport, transport.SSHCl
             return
         self._keySetup(shared, exchange_hash)
 
-    def _startEphemeralDH(self) -> None:
+    def _check_dh_group(self) -> None:
         # The server chooses the group in group exchange: bound its size before any
-        # arithmetic. The key is made directly, as in protocols/ssh2/transport.py:
-        # cryptography re-validates non-RFC-3526 groups for seconds per key.
+        # arithmetic.
         bits = self.p.bit_length()
         if not self._dhMinimalGroupSize <= bits <= DH_GEX_MAX_BITS or not 1 < self.g < self.p - 1:
             self.attempt.fail(
                 SSH2ClientError(f"upstream offered an unacceptable {bits}-bit DH group")
             )
             raise ValueError("bad DH group")
-        self.dhSecretKey = secrets.randbits(DH_EXPONENT_BITS) | (1 << (DH_EXPONENT_BITS - 1))
-        self.dhSecretKeyPublicMP = common.MP(pow(self.g, self.dhSecretKey, self.p))
 
-    def _finishEphemeralDH(self, remoteDHpublicKey: int) -> bytes:
+    def _dh_value_refused(self) -> None:
         # Raised inside Conch's host-key callback chain, whose errback only says "bad
         # host key": record the real reason first.
-        bad = SSH2ClientError("key exchange with upstream failed (bad DH value)")
-        if not 1 < remoteDHpublicKey < self.p - 1:
-            self.attempt.fail(bad)
-            raise ValueError("server DH public value out of range")
-        secret = pow(remoteDHpublicKey, self.dhSecretKey, self.p)
-        del self.dhSecretKey
-        if secret in (1, self.p - 1):
-            self.attempt.fail(bad)
-            raise ValueError("degenerate DH shared secret")
-        return common.MP(secret)
+        self.attempt.fail(SSH2ClientError("key exchange with upstream failed (bad DH value)"))
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred:
         attempt = self.attempt

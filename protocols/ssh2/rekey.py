@@ -42,7 +42,7 @@ class RekeyingTransport:
         """Start a key exchange of our own, unless one is running or none has finished."""
         if getattr(self, "sessionID", None) is None or self._rekey_blocked():
             return
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:  # type: ignore[attr-defined]
+        if self.key_exchange_in_progress():  # type: ignore[attr-defined]  (SSH2TransportBase)
             return
         log.debug("ssh2: re-keying after {bytes} bytes", bytes=self._since_rekey)
         self._since_rekey = 0

@@ -11,12 +11,11 @@ that offer it (the Terrapin countermeasure) and fills in the ConnectionRecord.
 
 from __future__ import annotations
 
-import secrets
 import struct
 import zlib
 from typing import Any
 
-from twisted.conch.ssh import _kex, transport
+from twisted.conch.ssh import transport
 from twisted.conch.ssh.common import MP
 from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import SSHCiphers, SSHServerTransport
@@ -27,15 +26,18 @@ from zope.interface import implementer
 
 from protocols.auth import LoginContext, LoginFlow
 from protocols.fingerprint import sha256_fingerprint
-from protocols.flow import C2S, S2C, SSH2_NAMES, ssh2_name
+from protocols.flow import C2S, S2C, FlowRecorder
 from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
 from protocols.ssh2.algorithms import HOST_KEY_TYPES
-from protocols.ssh2.cipher import CIPHERS, MACS, BadMAC, KeyedCiphers, PacketError, shown_mac
+from protocols.ssh2.cipher import CIPHERS, MACS, KeyedCiphers, shown_mac
 from protocols.ssh2.logs import quiet_logger
-from protocols.ssh2.rekey import RekeyingTransport
 from protocols.ssh2.settings import SSH2Settings
-from protocols.ssh2.strict_kex import StrictKexTransport
+from protocols.ssh2.transport_base import (
+    SSH2TransportBase,
+    is_group_exchange,
+    supported_key_exchanges,
+)
 from protocols.ssh2.wire import Reader
 
 log = Logger()
@@ -43,9 +45,6 @@ log = Logger()
 # Largest packet we accept (RFC 4253 section 6.1 asks for at least 35000 bytes); our
 # channels advertise 32 KiB maximum data packets, so anything near this is hostile.
 MAX_PACKET_LENGTH = 256 * 1024
-
-# Private DH exponent size: 2 x 256 bits of strength (aes256, sha512).
-DH_EXPONENT_BITS = 512
 
 # Largest inflated payload we accept from a compressed packet (RFC 4253 section 6.1
 # requires 32768 + headers; channel packets here are at most 32 KiB of data).
@@ -74,14 +73,14 @@ def offered_algorithms(
 ) -> dict[str, list[bytes]]:
     """What to put in our KEXINIT, in the settings' order, minus what cannot work here:
     no host key of the needed type, no Conch/cryptography support, gex without groups."""
-    supported_kex = set(_kex.getSupportedKeyExchanges())
+    supported_kex = supported_key_exchanges()
     kex = []
     for name in settings.kex:
         raw = name.encode("ascii")
         if raw not in supported_kex:
             log.warn("ssh2: kex {name} is not available in this build; not offered", name=name)
             continue
-        if _kex.isDynamicPrimesGroup(raw) and not groups:
+        if is_group_exchange(raw) and not groups:
             log.warn("ssh2: no DH groups; {name} not offered", name=name)
             continue
         kex.append(raw)
@@ -120,7 +119,7 @@ class _BoundedInflater:
 
 
 @implementer(IPushProducer)
-class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransport):
+class SSH2ServerTransport(SSH2TransportBase, SSHServerTransport):
     """One SSH-2 connection handed over by the dispatcher.
 
     ``factory`` is the :class:`protocols.ssh2.factory.SSH2ServerFactory` (host keys,
@@ -135,6 +134,9 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
     _producer_registered = False
 
     _log = quiet_logger(__name__ + ".conch")
+    flow_out = S2C
+    max_packet = MAX_PACKET_LENGTH
+    dh_peer = "client"
     login_flow: LoginFlow | None = None
     nextEncryptions: SSHCiphers | None = None
 
@@ -160,7 +162,6 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
         self.user_signature_algorithms = list(USER_SIGNATURE_ALGORITHMS)
         if b"ssh-rsa" in self.supportedPublicKeys:
             self.user_signature_algorithms.append(b"ssh-rsa")
-        self._disconnecting = False
         self._inbuf = bytearray()
         self._in_size = 0  # wire bytes of the packet _next_packet returned last
         self.rekey_limit = factory.settings.rekey_limit
@@ -273,42 +274,25 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
         Replaces Conch's getPacket: a bytearray consumed from the front instead of
         re-slicing one bytes object per packet, and protocols.ssh2.cipher's Opener, which
         checks every length before anything is allocated for it."""
-        seq = self.incomingPacketSequence
-        try:
-            found = self.currentEncryptions.opener.next_payload(seq, self._inbuf, MAX_PACKET_LENGTH)
-        except BadMAC:
-            self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
-            return None
-        except PacketError as e:
-            self.protocol_error(str(e))
-            return None
+        found = self.open_packet(self._inbuf)
         if found is None:
             return None
         payload, size = found
         del self._inbuf[:size]
-        self._in_size = size
-        self.count_for_rekey(size)
         if self.incomingCompression is not None:
             try:
                 payload = self.incomingCompression.decompress(payload)
             except Exception:
                 self.sendDisconnect(transport.DISCONNECT_COMPRESSION_ERROR, b"compression error")
                 return None
-        self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
         if not payload:
             self.protocol_error("empty packet payload")
             return None
         return payload
 
-    def flow_name(self, number: int) -> str:
-        """The name of message ``number`` for the flow record (30-49 and 60-79 depend on
-        the key exchange and the auth method in progress)."""
-        name = SSH2_NAMES.get(number)
-        if name is not None:
-            return name
-        flow = self.record.flow
-        kex = (getattr(self, "kexAlg", None) or b"").decode("ascii", "replace")
-        return ssh2_name(number, kex, flow.auth_method if flow is not None else "")
+    def flow_recorder(self) -> FlowRecorder | None:
+        return self.record.flow
 
     def protocol_error(self, reason: str) -> None:
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, reason.encode("ascii", "replace"))
@@ -322,7 +306,7 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
         super().dispatchMessage(messageNum, payload)
 
     def ssh_SERVICE_REQUEST(self, packet: bytes) -> None:
-        if self.sessionID is None or self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+        if self.sessionID is None or self.key_exchange_in_progress():
             self.protocol_error("service request before key exchange completed")
             return
         reader = Reader(packet)
@@ -386,7 +370,7 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
         self.record.flow.negotiated.update(negotiated)
 
     def ssh_KEX_DH_GEX_REQUEST_OLD(self, packet: bytes) -> None:
-        if self.ignoreNextPacket or not _kex.isDynamicPrimesGroup(self.kexAlg):
+        if self.ignoreNextPacket or not is_group_exchange(self.kexAlg):
             super().ssh_KEX_DH_GEX_REQUEST_OLD(packet)
             return
         reader = Reader(packet)
@@ -398,7 +382,7 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
         if self.ignoreNextPacket:
             self.ignoreNextPacket = 0
             return
-        if not _kex.isDynamicPrimesGroup(self.kexAlg):
+        if not is_group_exchange(self.kexAlg):
             self.protocol_error("group exchange request for another key exchange")
             return
         reader = Reader(packet)
@@ -419,29 +403,11 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
         # Conch's GEX_INIT hashes the raw request body exactly as received.
         self.dhGexRequest = request
         self.g, self.p = group
-        self._startEphemeralDH()
+        self.start_ephemeral_dh()
         self.sendPacket(transport.MSG_KEX_DH_GEX_GROUP, MP(self.p) + MP(self.g))
 
-    def _startEphemeralDH(self) -> None:
-        # cryptography validates arbitrary DH parameters (primality of p and (p-1)/2) on
-        # every key generation: 0.7 s for a 2048-bit group from /etc/ssh/moduli, seconds
-        # for 3072 and minutes for 8192 (only the RFC 3526 groups are exempt). The
-        # groups are known-good safe primes, so the ephemeral key is made directly. The
-        # exponent is twice the strength of the strongest cipher we offer (RFC 4419 sec. 6.2).
-        self.dhSecretKey = secrets.randbits(DH_EXPONENT_BITS) | (1 << (DH_EXPONENT_BITS - 1))
-        self.dhSecretKeyPublicMP = MP(pow(self.g, self.dhSecretKey, self.p))
-
-    def _finishEphemeralDH(self, remoteDHpublicKey: int) -> bytes:
-        if not 1 < remoteDHpublicKey < self.p - 1:
-            raise ValueError("client DH public value out of range")
-        secret = pow(remoteDHpublicKey, self.dhSecretKey, self.p)
-        del self.dhSecretKey
-        if secret in (1, self.p - 1):
-            raise ValueError("degenerate DH shared secret")
-        return MP(secret)
-
     def ssh_KEX_DH_GEX_INIT(self, packet: bytes) -> None:
-        if not _kex.isDynamicPrimesGroup(self.kexAlg) or getattr(self, "dhSecretKey", None) is None:
+        if not is_group_exchange(self.kexAlg) or getattr(self, "dhSecretKey", None) is None:
             self.protocol_error("unexpected group exchange init")
             return
         super().ssh_KEX_DH_GEX_INIT(packet)
@@ -452,8 +418,7 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
             return
         super().ssh_NEWKEYS(packet)
 
-    def _newKeys(self) -> None:
-        super()._newKeys()
+    def keys_changed(self) -> None:
         if self.incomingCompression is not None and not isinstance(
             self.incomingCompression, _BoundedInflater
         ):
@@ -472,39 +437,6 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
         super().sendExtInfo(fixed)
 
     # -- packets out ----------------------------------------------------------------------
-
-    def sendPacket(self, messageType: int, payload: bytes) -> None:
-        self.send_parts(messageType, (payload,))
-
-    def send_parts(self, messageType: int, parts: tuple[bytes, ...]) -> None:
-        """Send one packet whose payload is ``parts`` joined, with a single join: channel
-        data is passed as (header, data) so it is copied once into the packet."""
-        if self._disconnecting or self.transport is None:
-            return
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not (
-            self._allowedKeyExchangeMessageType(messageType)
-        ):
-            # RFC 4253 section 7.1: held back until NEWKEYS; Conch's _newKeys sends them.
-            self._blockedByKeyExchange.append((messageType, b"".join(parts)))
-            return
-        first = messageType
-        if self.outgoingCompression is not None:
-            # The whole payload, message number included, is compressed.
-            compressor = self.outgoingCompression
-            data = bytes((messageType,)) + b"".join(parts)
-            data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-            first, parts = data[0], (data[1:],)
-        seq = self.outgoingPacketSequence
-        wire = self.currentEncryptions.sealer.packet(seq, first, parts)
-        self.transport.writeSequence(wire)
-        self.outgoingPacketSequence = (seq + 1) & 0xFFFFFFFF
-        self.packet_sent(messageType)
-        size = sum(map(len, wire))
-        flow = self.record.flow
-        if flow is not None:
-            name = SSH2_NAMES.get(messageType) or self.flow_name(messageType)
-            flow.packet(S2C, name, size)
-        self.count_for_rekey(size)
 
     def sendDisconnect(self, reason: int, desc: bytes | str) -> None:
         if self._disconnecting:

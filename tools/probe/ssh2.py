@@ -16,6 +16,7 @@ from protocols.ssh1.connection import printable
 from protocols.ssh1.identification import MAX_LINE
 from protocols.ssh2.algorithms import CLIENT, HOST_KEY_TYPES, is_legacy, known
 from protocols.ssh2.kexinit import KexInit, KexInitError, parse_kexinit
+from protocols.ssh2.transport_base import supported_key_exchanges
 from tools.probe.attempt import SOFTWARE, Attempt
 from tools.probe.keys import host_key_from_blob
 from tools.probe.report import HostKey, SSH2Result
@@ -109,11 +110,9 @@ def _probe_key_exchanges() -> list[bytes]:
     """Conch's key exchanges, then the client's legacy ones Conch does not offer (the
     registry's diffie-hellman-group1-sha1; least preferred): enough to fetch the host key
     of an old device too."""
-    from twisted.conch.ssh import _kex
-
     names = list(conch_transport.SSHClientTransport.supportedKeyExchanges)
     for legacy in (n.encode() for n in known(CLIENT, "kex") if is_legacy("kex", n)):
-        if legacy not in names and legacy in _kex.getSupportedKeyExchanges():
+        if legacy not in names and legacy in supported_key_exchanges():
             names.append(legacy)
     return names
 
