@@ -323,7 +323,6 @@ class SSH2ServerTransport(StrictKexTransport, RekeyingTransport, SSHServerTransp
     def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
         # Nothing above the transport layer before the first key exchange completed and
         # a service was accepted (RFC 4253 section 10, RFC 4252 section 6).
-        raise RuntimeError("deliberately broken handler (issue 10 item 6a; reverted next commit)")
         if messageNum >= 50 and self.service is None:
             self.protocol_error(f"message {messageNum} before any service")
             return
