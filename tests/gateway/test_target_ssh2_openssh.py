@@ -234,6 +234,7 @@ def test_reset_mid_session(reactor, sshd, user_key, tmp_path):
     assert client.err == b"sshgateway: dev: connection reset mid-session\r\n"
 
 
+@pytest.mark.slow
 def test_16_mib_each_way_byte_identical(reactor, sshd, user_key, tmp_path):
     target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
     data = os.urandom(16 * 1024 * 1024)

@@ -206,6 +206,7 @@ def test_device_key_openssl_refuses_fails_cleanly_and_is_not_pinned(
         assert not path.exists() or f":{hostile.port} " not in path.read_text()
 
 
+@pytest.mark.slow
 def test_64mib_each_way_through_ssh1_bridge(bridge_gw, client_keys, tmp_path):
     size = 64 * 1024 * 1024
     blob = tmp_path / "blob"
@@ -276,12 +277,14 @@ def test_openssh_tty_shell_on_device_with_window_change(bridge_gw, client_keys, 
     assert_window_change_reaches(argv, marker)
 
 
+@pytest.mark.slow
 def test_gateway_memory_bounded_with_a_slow_reader(bridge_gw, client_keys):
     """The client reads at about 100 KB/s while the device could send far faster."""
     argv = ssh_argv(bridge_gw, client_keys["ed25519"], "cat /dev/zero", user="alice+dev1")
     assert peak_rss_growth_kib(bridge_gw, argv) < 32 * 1024
 
 
+@pytest.mark.slow
 def test_64mib_through_plink1_to_ssh1_device(bridge_gw):
     data = os.urandom(64 * 1024 * 1024)
     with putty_cipher_session("blowfish") as session:

@@ -86,6 +86,7 @@ def test_openssh_pty_and_window_change(gateway, client_keys, tmp_path):
     assert_window_change_reaches(argv, marker)
 
 
+@pytest.mark.slow
 def test_64mib_through_cat(gateway, client_keys, tmp_path):
     data = tmp_path / "blob"
     data.write_bytes(os.urandom(64 * 1024 * 1024))
@@ -99,6 +100,7 @@ def test_64mib_through_cat(gateway, client_keys, tmp_path):
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data.read_bytes()).digest()
 
 
+@pytest.mark.slow
 def test_memory_bounded_when_client_stops_reading(gateway, client_keys):
     # The client's stdout is a pipe nobody reads: ssh stops granting window, and the
     # gateway must stop reading the program rather than buffer its output.

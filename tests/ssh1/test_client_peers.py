@@ -153,6 +153,7 @@ def test_silent_device_times_out(tmp_path):
     assert result["err"] == "sshgateway: dev: no session within 1.5 s\r\n"
 
 
+@pytest.mark.slow
 def test_16_mib_byte_identical(device, tmp_path):
     result = run(device, tmp_path, command="cat", stdin_size=BIG, deadline=100)
     assert result["exit"] == 0, result["err"]
