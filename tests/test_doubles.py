@@ -29,7 +29,7 @@ from protocols.session import (
     SessionRequest,
 )
 from protocols.ssh1.client import SessionSink
-from tests import doubles
+from tests.support import doubles
 
 
 def _request() -> SessionRequest:
@@ -57,7 +57,7 @@ def _test_target_ssh2_key_checker() -> Any:
 
 
 # (what to build, the zope interface it stands for). Not listed: the ISessionClient class
-# local to tests/ssh1/target_driver.py's subprocess entry point, which cannot be built
+# local to tests/support/ssh1/target_driver.py's subprocess entry point, which cannot be built
 # from here (it writes to that process's own result dict).
 ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
     "FakeSessionClient": (doubles.FakeSessionClient, ISessionClient),
@@ -96,7 +96,7 @@ def test_double_verifies_against_its_interface(name):
 
 
 def test_every_implementer_in_doubles_is_listed():
-    """A new double in tests/doubles.py that declares an interface gets checked here."""
+    """A new double in tests/support/doubles.py that declares an interface gets checked here."""
     from zope.interface import implementedBy
 
     declared = {

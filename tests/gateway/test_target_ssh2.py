@@ -39,8 +39,8 @@ from gateway.targets.ssh2 import (
 )
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
 from protocols.ssh2.cipher import KeyedCiphers, Opener, Sealer
-from tests.doubles import FakeProducer, FakeSessionClient
-from tests.gateway.helpers import ed25519_key, rsa_key
+from tests.support.doubles import FakeProducer, FakeSessionClient
+from tests.support.gateway_helpers import ed25519_key, rsa_key
 
 PASSWORD = "s3cret pass"
 FUZZ_EXAMPLES = int(os.environ.get("SSH2_TARGET_FUZZ_EXAMPLES", "60"))

@@ -16,8 +16,8 @@ from gateway.targets import TargetConfig
 from gateway.targets.ssh2 import LOCAL_WINDOW, SSH2Target
 from protocols.session import PtyRequest, SessionRequest, WindowSize
 from protocols.ssh2.rekey import RekeyingTransport
-from tests.doubles import FakeProducer, FakeSessionClient
-from tests.sshd import (
+from tests.support.doubles import FakeProducer, FakeSessionClient
+from tests.support.sshd import (
     OpenSSHServer,
     close_reactor,
     free_port,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     one_target_config,
     peak_rss_growth_kib,
     plink1_argv,
@@ -21,10 +21,10 @@ from tests.clients import (
     ssh_argv,
     write_authorized_keys,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import putty_cipher_session
-from tests.sshd import keygen
-from tests.telnetd import SHELL_PROMPT, TelnetDaemon
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import putty_cipher_session
+from tests.support.sshd import keygen
+from tests.support.telnetd import SHELL_PROMPT, TelnetDaemon
 
 pytestmark = pytest.mark.peer
 
@@ -103,7 +103,7 @@ def echo_through_raw_shell(argv: list[str], size: int, workdir: Path) -> None:
     Telnet has no exec channel that could carry binary stdin, so the data rides the
     interactive session: BINARY both ways and a raw device terminal make it 8-bit clean.
 
-    The client writes to a file, not a pipe: see :func:`tests.peers.run_to_file`.
+    The client writes to a file, not a pipe: see :func:`tests.support.peers.run_to_file`.
     """
     received = workdir / "received"
     with received.open("wb") as out:

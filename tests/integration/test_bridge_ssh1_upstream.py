@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from protocols.ssh1 import messages as m
 from protocols.ssh1.packet import PacketEncoder
-from tests.clients import (
+from tests.support.clients import (
     base_config,
     hash_password,
     peak_rss_growth_kib,
@@ -26,10 +26,10 @@ from tests.clients import (
     run_plink1,
     ssh_argv,
 )
-from tests.gateway_process import GatewayProcess
-from tests.integration.terminal import assert_window_change_reaches, size_report_script
-from tests.peers import putty_cipher_session, run_to_file
-from tests.ssh1.minclient import HUGE_EXPONENT_KEY, public_key_payload
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import putty_cipher_session, run_to_file
+from tests.support.ssh1.minclient import HUGE_EXPONENT_KEY, public_key_payload
+from tests.support.terminal import assert_window_change_reaches, size_report_script
 
 pytestmark = pytest.mark.peer
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     one_target_config,
     peak_rss_growth_kib,
     plink1_argv,
@@ -16,8 +16,8 @@ from tests.clients import (
     ssh2_device,
     ssh_argv,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import putty_cipher_session, run_to_file
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import putty_cipher_session, run_to_file
 
 pytestmark = pytest.mark.peer
 

@@ -11,16 +11,16 @@ import time
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     assert_memory_levels_off,
     base_config,
     plink2_argv,
     ssh2_fingerprint,
     ssh_argv,
 )
-from tests.gateway_process import GatewayProcess
-from tests.integration.terminal import assert_window_change_reaches, size_report_script
-from tests.peers import require_peer
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.terminal import assert_window_change_reaches, size_report_script
 
 pytestmark = pytest.mark.peer
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.peer
 def test_twistd_lists_plugin():
     import sys
 
-    from tests.gateway_process import REPO, TWISTD
+    from tests.support.gateway_process import REPO, TWISTD
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run(

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import PASSWORD, base_config, hash_password, write_authorized_keys
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
-from tests.ssh1.target_driver import drive, pattern
+from tests.support.clients import PASSWORD, base_config, hash_password, write_authorized_keys
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.ssh1.target_driver import drive, pattern
 
 pytestmark = pytest.mark.peer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     PASSWORD,
     assert_memory_levels_off,
     base_config,
@@ -24,8 +24,8 @@ from tests.clients import (
     ssh1_fingerprint,
     ssh1_fingerprints,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import putty_cipher_session, require_peer
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import putty_cipher_session, require_peer
 
 pytestmark = pytest.mark.peer
 

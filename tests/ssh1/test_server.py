@@ -20,9 +20,16 @@ from protocols.ssh1 import messages as m
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
 from protocols.ssh1.wire import Reader, Writer
-from tests.doubles import FakeProducer, Realm, RSAChecker
-from tests.ssh1.minclient import FUZZ_EXAMPLES, MiniClient, host_key, server_key, string, user_key
-from tests.ssh1.server_rig import DEFAULT_LIMITS, DEFAULT_SETTINGS, SSH1ServerRig
+from tests.support.doubles import FakeProducer, Realm, RSAChecker
+from tests.support.ssh1.minclient import (
+    FUZZ_EXAMPLES,
+    MiniClient,
+    host_key,
+    server_key,
+    string,
+    user_key,
+)
+from tests.support.ssh1.server_rig import DEFAULT_LIMITS, DEFAULT_SETTINGS, SSH1ServerRig
 
 
 class Harness(SSH1ServerRig):

@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from protocols.ssh2 import moduli
 from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.transport import NoAlgorithms, offered_algorithms
-from tests.ssh2.harness import (
+from tests.support.ssh2.harness import (
     SERVER_LINE,
     MiniDispatcher,
     fresh_transport,
@@ -55,7 +55,7 @@ def test_exchange_hash_uses_the_line_the_dispatcher_sent():
                 return
             super().dataReceived(data)
 
-    import tests.ssh2.harness as h
+    import tests.support.ssh2.harness as h
 
     original = h.MiniDispatcher
     h.MiniDispatcher = LyingDispatcher
@@ -210,7 +210,7 @@ def test_messages_above_transport_before_service_disconnect(message, payload):
 
 
 def test_truncated_packet_after_login_is_a_clean_disconnect():
-    from tests.ssh2.harness import user_key
+    from tests.support.ssh2.harness import user_key
 
     w = wire(key=user_key(), password=None)
     assert w.conn.started
@@ -257,7 +257,7 @@ def test_bad_padding_or_length_disconnects(packet, reason):
 
 
 def test_bad_mac_disconnects():
-    from tests.ssh2.harness import user_key
+    from tests.support.ssh2.harness import user_key
 
     w = wire(key=user_key(), password=None)
     w.client.sendIgnore(b"x" * 40)
@@ -479,7 +479,7 @@ def test_degenerate_client_dh_values_are_refused(value):
 
 
 def test_client_without_a_configured_cipher_is_refused():
-    import tests.ssh2.harness as h
+    import tests.support.ssh2.harness as h
 
     class OldClient(h.ClientTransport):
         supportedCiphers = [b"aes128-cbc", b"3des-cbc"]
@@ -495,7 +495,7 @@ def test_client_without_a_configured_cipher_is_refused():
 
 
 def test_zlib_compression_when_enabled():
-    import tests.ssh2.harness as h
+    import tests.support.ssh2.harness as h
 
     class ZlibClient(h.ClientTransport):
         supportedCompressions = [b"zlib"]
