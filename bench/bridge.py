@@ -37,8 +37,8 @@ from bench.harness import (
     which,
     workdir,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import run_to_file
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import run_to_file
 
 CIPHER, MAC, KEX = "aes128-ctr", "hmac-sha2-256", "curve25519-sha256"
 PASSWORD = "bench password"

@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.cpu import CpuMeter, per_gib
 from bench.harness import gateway_config, make_user_key, ssh_argv, workdir
 from protocols.flow import C2S, S2C, FlowRecorder
-from tests.gateway_process import GatewayProcess
+from tests.support.gateway_process import GatewayProcess
 
 CIPHER, MAC, KEX = "aes128-ctr", "hmac-sha2-256", "curve25519-sha256"
 LOGIN = "bench"  # only the gateway is measured, and its local target runs as its own user

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.cpu import reaping  # noqa: E402
-from tests.gateway_process import GatewayProcess  # noqa: E402
+from tests.support.gateway_process import GatewayProcess  # noqa: E402
 
 
 def which(name: str) -> str:

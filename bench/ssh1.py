@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.cpu import CpuMeter, per_gib  # noqa: E402
 from protocols.ssh1 import ciphers  # noqa: E402
-from tests.gateway_process import GatewayProcess  # noqa: E402
+from tests.support.gateway_process import GatewayProcess  # noqa: E402
 
 CIPHERS = ("3des", "blowfish", "des")
 

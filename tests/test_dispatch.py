@@ -20,8 +20,8 @@ from gateway.dispatch import (
     server_version_line,
 )
 from protocols.handoff import IHandoffFactory
-from tests.clients import base_config, hash_password
-from tests.gateway_process import GatewayProcess
+from tests.support.clients import base_config, hash_password
+from tests.support.gateway_process import GatewayProcess
 
 
 class RecordingProtocol(Protocol):

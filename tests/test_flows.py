@@ -118,7 +118,7 @@ class ListSink:
 
 def test_bridged_ssh1_session_gives_a_linked_upstream_flow(tmp_path):
     from gateway.known_hosts import KnownHosts
-    from tests.ssh1.target_rig import Rig
+    from tests.support.ssh1.target_rig import Rig
 
     rig = Rig(tmp_path, KnownHosts(tmp_path / "known_hosts"))
     device_sink, upstream_sink = ListSink(), ListSink()
@@ -170,7 +170,7 @@ def test_telnet_leg_records_commands_and_data_sizes_only():
 
     from gateway.targets import TargetConfig
     from gateway.targets.telnet import TelnetTarget
-    from tests.doubles import FakeSessionClient
+    from tests.support.doubles import FakeSessionClient
 
     cfg = TargetConfig(
         name="dev", protocol="telnet", host="192.0.2.5", port=23, username="admin",
@@ -208,10 +208,10 @@ def front_ends(monkeypatch):
     from gateway.auth import build_portal, run_inline
     from gateway.routing import Router
     from protocols.record import ConnectionRecord
-    from tests.doubles import fake_targets
-    from tests.gateway.helpers import ROUTED_TARGETS, fast_hash
-    from tests.ssh1 import server_rig
-    from tests.ssh2 import harness
+    from tests.support.doubles import fake_targets
+    from tests.support.gateway_helpers import ROUTED_TARGETS, fast_hash
+    from tests.support.ssh1 import server_rig
+    from tests.support.ssh2 import harness
 
     def recorded(protocol):
         def record(peer):
@@ -234,8 +234,8 @@ def front_ends(monkeypatch):
 def ssh1_exec(portal, login, eof=False):
     from protocols.auth import AuthLimits
     from protocols.ssh1 import messages as m
-    from tests.ssh1.minclient import string
-    from tests.ssh1.server_rig import SSH1ServerRig
+    from tests.support.ssh1.minclient import string
+    from tests.support.ssh1.server_rig import SSH1ServerRig
 
     rig = SSH1ServerRig(portal, limits=AuthLimits(failure_delay=0))
     assert rig.login(login, b"alice-pw") == [(m.SSH_SMSG_SUCCESS, b"")]
@@ -259,7 +259,7 @@ def ssh2_exec(portal, login, eof=False):
     from twisted.conch.ssh import common
 
     from protocols.auth import AuthLimits
-    from tests.ssh2.harness import wire
+    from tests.support.ssh2.harness import wire
 
     w = wire(portal=portal, user=login, password=b"alice-pw", limits=AuthLimits(failure_delay=0))
     session = w.open_session()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     PASSWORD,
     base_config,
     hash_password,
@@ -25,9 +25,9 @@ from tests.clients import (
     sshgateway_cli,
     write_authorized_keys,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
-from tests.sshd import keygen
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.sshd import keygen
 
 pytestmark = pytest.mark.peer
 

@@ -22,16 +22,16 @@ from pathlib import Path
 import pytest
 
 import gateway.config
-from tests.clients import (
+from tests.support.clients import (
     PASSWORD,
     base_config,
     hash_password,
     ssh1_fingerprint,
     ssh2_fingerprint,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
-from tests.sshd import keygen
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.sshd import keygen
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CLIENT_PROGRAMS = ("ssh", "plink", "ssh1", "scp1", "sftp", "scp")

@@ -34,8 +34,8 @@ from protocols.auth import (
     TooManyAttempts,
 )
 from protocols.session import IGatewayUser, SessionRequest
-from tests.doubles import Challenger, FakeTarget
-from tests.gateway.helpers import (
+from tests.support.doubles import Challenger, FakeTarget
+from tests.support.gateway_helpers import (
     ed25519_key,
     failure_of,
     fast_hash,

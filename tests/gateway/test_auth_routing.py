@@ -24,8 +24,8 @@ from protocols.auth import (
     SSH1RSAChallenge,
 )
 from protocols.session import ExitInfo, IGatewayUser, SessionRequest
-from tests.doubles import Challenger, FakeSessionClient, fake_targets
-from tests.gateway.helpers import (
+from tests.support.doubles import Challenger, FakeSessionClient, fake_targets
+from tests.support.gateway_helpers import (
     ROUTED_TARGETS,
     ed25519_key,
     failure_of,

@@ -9,8 +9,8 @@ import pytest
 from twisted.logger import globalLogPublisher
 
 from gateway import authorized_keys as ak
-from tests.gateway.helpers import LogCapture, ed25519_key, rsa_key, ssh1_line
-from tests.peers import require_peer
+from tests.support.gateway_helpers import LogCapture, ed25519_key, rsa_key, ssh1_line
+from tests.support.peers import require_peer
 
 
 @pytest.fixture

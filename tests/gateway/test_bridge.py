@@ -12,7 +12,7 @@ from gateway.targets.bridge import (
     UpstreamFailure,
 )
 from protocols.session import ExitInfo, SessionRequest, WindowSize
-from tests.doubles import FakeProducer, FakeSessionClient, FakeUpstream
+from tests.support.doubles import FakeProducer, FakeSessionClient, FakeUpstream
 
 
 def bridge(idle=None, timeout=10.0):

@@ -23,7 +23,7 @@ from gateway.config import (
 from protocols.auth import AuthLimits
 from protocols.ssh1.settings import SSH1Settings
 from protocols.ssh2.settings import SSH2Settings
-from tests.gateway.helpers import LogCapture, fast_hash
+from tests.support.gateway_helpers import LogCapture, fast_hash
 
 HASH = fast_hash("secret")
 

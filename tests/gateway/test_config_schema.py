@@ -11,7 +11,7 @@ import pytest
 from gateway import config as module
 from gateway.config import SCHEMA, TARGETS, UPSTREAM_PROTOCOLS, ConfigError, parse_config
 from gateway.targets.registry import TARGET_PROTOCOLS
-from tests.gateway.helpers import fast_hash
+from tests.support.gateway_helpers import fast_hash
 
 HASH = fast_hash("secret")
 USER = f'[users.alice]\npassword = "{HASH}"\n'

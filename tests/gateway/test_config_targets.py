@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import ConfigError, config_warnings, load_config, parse_config
 from gateway.targets import TargetConfig
-from tests.gateway.helpers import fast_hash
+from tests.support.gateway_helpers import fast_hash
 
 HASH = fast_hash("secret")
 FP = "SHA256:" + "A" * 43

@@ -14,7 +14,7 @@ from twisted.conch.ssh import keys
 
 from gateway import hostkeys
 from gateway.hostkeys import HostKeyError, load_host_keys, load_or_create_host_keys
-from tests.peers import require_peer
+from tests.support.peers import require_peer
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from gateway.targets import TargetConfig
 from gateway.targets.bridge import UpstreamFailure
 from gateway.targets.ssh1 import SSH1Target
 from gateway.targets.ssh2 import SSH2Target
-from tests.gateway.helpers import ed25519_key
+from tests.support.gateway_helpers import ed25519_key
 
 MARKER = b"SECRET-MARKER-7f3a"
 

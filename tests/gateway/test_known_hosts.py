@@ -24,8 +24,8 @@ from gateway.known_hosts import (
 )
 from gateway.targets.bridge import UpstreamFailure
 from protocols.ssh1.keys import ssh1_fingerprint
-from tests.gateway.helpers import ed25519_key, rsa_key
-from tests.peers import require_peer
+from tests.support.gateway_helpers import ed25519_key, rsa_key
+from tests.support.peers import require_peer
 
 KEY = ed25519_key()
 OTHER = ed25519_key()

@@ -27,7 +27,7 @@ from gateway.targets import fdio, ttymodes
 from gateway.targets.lifeline import SessionGuard
 from gateway.targets.local import LocalSession, LocalTarget
 from protocols.session import ExitInfo, ISessionTarget, PtyRequest, SessionRequest, WindowSize
-from tests.doubles import FakeProducer
+from tests.support.doubles import FakeProducer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 10.0

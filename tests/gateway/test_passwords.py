@@ -8,7 +8,7 @@ import bcrypt
 import pytest
 
 from gateway import passwords
-from tests.gateway.helpers import FAST, fast_hash
+from tests.support.gateway_helpers import FAST, fast_hash
 
 
 def test_hash_is_self_describing_and_verifies():

@@ -21,8 +21,8 @@ from protocols.session import (
     SessionRequest,
     WindowSize,
 )
-from tests.doubles import FakeSessionClient, FakeSessionTarget, FakeTarget
-from tests.gateway.helpers import ROUTED_TARGETS, fast_hash
+from tests.support.doubles import FakeSessionClient, FakeSessionTarget, FakeTarget
+from tests.support.gateway_helpers import ROUTED_TARGETS, fast_hash
 
 HASH = fast_hash("pw")
 

@@ -15,11 +15,11 @@ from protocols.auth import AuthLimits
 from protocols.session import ExitInfo
 from protocols.ssh1 import messages as m
 from protocols.ssh1.wire import Reader
-from tests.doubles import fake_targets
-from tests.gateway.helpers import ROUTED_TARGETS, fast_hash
-from tests.ssh1.minclient import string
-from tests.ssh1.server_rig import SSH1ServerRig
-from tests.ssh2.harness import wire
+from tests.support.doubles import fake_targets
+from tests.support.gateway_helpers import ROUTED_TARGETS, fast_hash
+from tests.support.ssh1.minclient import string
+from tests.support.ssh1.server_rig import SSH1ServerRig
+from tests.support.ssh2.harness import wire
 
 CONFIG = (
     f"""

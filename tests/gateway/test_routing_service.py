@@ -12,7 +12,7 @@ from gateway.config import load_config
 from gateway.routing import Router
 from gateway.service import TargetsService, make_service
 from gateway.targets.local import LocalTarget
-from tests.gateway.helpers import fast_hash
+from tests.support.gateway_helpers import fast_hash
 
 
 def write_config(tmp_path, targets: str, mode: int = 0o600):

@@ -36,8 +36,8 @@ from protocols.ssh2.algorithms import CLIENT_KEX as KEX
 from protocols.ssh2.algorithms import CLIENT_MACS as MACS
 from protocols.ssh2.algorithms import AlgorithmError
 from protocols.ssh2.cipher import KeyedCiphers, Opener, Sealer
-from tests.doubles import FakeProducer, FakeSessionClient
-from tests.gateway.helpers import ed25519_key, rsa_key
+from tests.support.doubles import FakeProducer, FakeSessionClient
+from tests.support.gateway_helpers import ed25519_key, rsa_key
 
 PASSWORD = "s3cret pass"
 FUZZ_EXAMPLES = int(os.environ.get("SSH2_TARGET_FUZZ_EXAMPLES", "60"))

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     one_target_config,
     run_plink1,
     ssh2_device,
     ssh_argv,
     write_authorized_keys,
 )
-from tests.gateway_process import GatewayProcess
-from tests.sshd import keygen
+from tests.support.gateway_process import GatewayProcess
+from tests.support.sshd import keygen
 
 pytestmark = pytest.mark.peer
 

@@ -17,8 +17,8 @@ from gateway.targets.ssh2 import SSH2Target
 from protocols.session import PtyRequest, SessionRequest, WindowSize
 from protocols.ssh2.client_channel import LOCAL_WINDOW
 from protocols.ssh2.rekey import RekeyingTransport
-from tests.doubles import FakeProducer, FakeSessionClient
-from tests.sshd import (
+from tests.support.doubles import FakeProducer, FakeSessionClient
+from tests.support.sshd import (
     OpenSSHServer,
     close_reactor,
     free_port,
@@ -235,6 +235,7 @@ def test_reset_mid_session(reactor, sshd, user_key, tmp_path):
     assert client.err == b"sshgateway: dev: connection reset mid-session\r\n"
 
 
+@pytest.mark.slow
 def test_16_mib_each_way_byte_identical(reactor, sshd, user_key, tmp_path):
     target = SSH2Target(reactor, config(sshd.port, user_key), KnownHosts(tmp_path / "kh"))
     data = os.urandom(16 * 1024 * 1024)

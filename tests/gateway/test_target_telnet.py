@@ -21,7 +21,7 @@ from gateway.targets.telnet import (
     terminal_type,
 )
 from protocols.session import PtyRequest, SessionRequest, WindowSize
-from tests.doubles import FakeProducer, FakeSessionClient
+from tests.support.doubles import FakeProducer, FakeSessionClient
 
 IAC, DONT, DO, WONT, WILL, SB, SE, IP = b"\xff", b"\xfe", b"\xfd", b"\xfc", b"\xfb", b"\xfa", b"\xf0", b"\xf4"  # fmt: skip
 BINARY, ECHO, SGA, TTYPE, NAWS = b"\x00", b"\x01", b"\x03", b"\x18", b"\x1f"

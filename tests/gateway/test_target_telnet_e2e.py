@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     one_target_config,
     peak_rss_growth_kib,
     plink1_argv,
@@ -21,10 +21,10 @@ from tests.clients import (
     ssh_argv,
     write_authorized_keys,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import putty_cipher_session
-from tests.sshd import keygen
-from tests.telnetd import SHELL_PROMPT, TelnetDaemon
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import putty_cipher_session
+from tests.support.sshd import keygen
+from tests.support.telnetd import SHELL_PROMPT, TelnetDaemon
 
 pytestmark = pytest.mark.peer
 
@@ -103,7 +103,7 @@ def echo_through_raw_shell(argv: list[str], size: int, workdir: Path) -> None:
     Telnet has no exec channel that could carry binary stdin, so the data rides the
     interactive session: BINARY both ways and a raw device terminal make it 8-bit clean.
 
-    The client writes to a file, not a pipe: see :func:`tests.peers.run_to_file`.
+    The client writes to a file, not a pipe: see :func:`tests.support.peers.run_to_file`.
     """
     received = workdir / "received"
     with received.open("wb") as out:
@@ -146,6 +146,7 @@ def echo_through_raw_shell(argv: list[str], size: int, workdir: Path) -> None:
         client.wait(10)
 
 
+@pytest.mark.slow
 def test_64mib_each_way_through_telnet_bridge_openssh(telnet_gateway, tmp_path):
     gw, key = telnet_gateway
     argv = ssh_argv(gw, key, user="alice+tdev")
@@ -154,6 +155,7 @@ def test_64mib_each_way_through_telnet_bridge_openssh(telnet_gateway, tmp_path):
     echo_through_raw_shell(argv, 64 * 1024 * 1024, tmp_path)
 
 
+@pytest.mark.slow
 def test_64mib_each_way_through_telnet_bridge_plink_ssh1(telnet_gateway, tmp_path):
     gw, _ = telnet_gateway
     with putty_cipher_session("blowfish") as session:
@@ -161,6 +163,7 @@ def test_64mib_each_way_through_telnet_bridge_plink_ssh1(telnet_gateway, tmp_pat
         echo_through_raw_shell(argv, 64 * 1024 * 1024, tmp_path)
 
 
+@pytest.mark.slow
 def test_gateway_memory_bounded_with_a_slow_reader_through_telnet(telnet_gateway):
     """The client reads at about 100 KB/s while the device's cat could send far faster."""
     gw, key = telnet_gateway
@@ -178,6 +181,7 @@ def test_shell_prompt_gives_just_the_output(telnet_gateway):
     assert result.stdout == b"via-telnet\n42\n"  # no banner, no prompt, no echo
 
 
+@pytest.mark.slow
 def test_shell_prompt_loses_no_output_to_a_slow_reader(telnet_gateway):
     """15 MB of output read at about 5 MB/s: the gateway stops reading the device while
     the client lags, and ``exit`` must not overtake output still in the device's pty."""

@@ -1,7 +1,7 @@
 """The telnet target against a real telnet server: Debian's inetutils telnetd.
 
 Each test drives TelnetTarget.open_session (the BridgeSession and the connector) with a
-private reactor on loopback; the device is tests.telnetd.TelnetDaemon.
+private reactor on loopback; the device is tests.support.telnetd.TelnetDaemon.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from gateway.targets import TargetConfig
 from gateway.targets.telnet import TelnetTarget
 from protocols.session import PtyRequest, SessionRequest, WindowSize
-from tests.doubles import FakeSessionClient
-from tests.telnetd import SHELL_PROMPT, TelnetDaemon, fresh_reactor, run_until, stop_reactor
+from tests.support.doubles import FakeSessionClient
+from tests.support.telnetd import SHELL_PROMPT, TelnetDaemon, fresh_reactor, run_until, stop_reactor
 
 pytestmark = pytest.mark.peer
 

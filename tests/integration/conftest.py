@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import base_config, hash_password, write_authorized_keys
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
+from tests.support.clients import base_config, hash_password, write_authorized_keys
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from protocols.ssh1 import messages as m
 from protocols.ssh1.packet import PacketEncoder
-from tests.clients import (
+from tests.support.clients import (
     base_config,
     hash_password,
     peak_rss_growth_kib,
@@ -26,10 +26,10 @@ from tests.clients import (
     run_plink1,
     ssh_argv,
 )
-from tests.gateway_process import GatewayProcess
-from tests.integration.terminal import assert_window_change_reaches, size_report_script
-from tests.peers import putty_cipher_session, run_to_file
-from tests.ssh1.minclient import HUGE_EXPONENT_KEY, public_key_payload
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import putty_cipher_session, run_to_file
+from tests.support.ssh1.minclient import HUGE_EXPONENT_KEY, public_key_payload
+from tests.support.terminal import assert_window_change_reaches, size_report_script
 
 pytestmark = pytest.mark.peer
 
@@ -206,6 +206,7 @@ def test_device_key_openssl_refuses_fails_cleanly_and_is_not_pinned(
         assert not path.exists() or f":{hostile.port} " not in path.read_text()
 
 
+@pytest.mark.slow
 def test_64mib_each_way_through_ssh1_bridge(bridge_gw, client_keys, tmp_path):
     size = 64 * 1024 * 1024
     blob = tmp_path / "blob"
@@ -276,12 +277,14 @@ def test_openssh_tty_shell_on_device_with_window_change(bridge_gw, client_keys, 
     assert_window_change_reaches(argv, marker)
 
 
+@pytest.mark.slow
 def test_gateway_memory_bounded_with_a_slow_reader(bridge_gw, client_keys):
     """The client reads at about 100 KB/s while the device could send far faster."""
     argv = ssh_argv(bridge_gw, client_keys["ed25519"], "cat /dev/zero", user="alice+dev1")
     assert peak_rss_growth_kib(bridge_gw, argv) < 32 * 1024
 
 
+@pytest.mark.slow
 def test_64mib_through_plink1_to_ssh1_device(bridge_gw):
     data = os.urandom(64 * 1024 * 1024)
     with putty_cipher_session("blowfish") as session:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     one_target_config,
     peak_rss_growth_kib,
     plink1_argv,
@@ -16,8 +16,8 @@ from tests.clients import (
     ssh2_device,
     ssh_argv,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import putty_cipher_session, run_to_file
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import putty_cipher_session, run_to_file
 
 pytestmark = pytest.mark.peer
 
@@ -53,6 +53,7 @@ def test_plink1_pty_session_through_sshd(gw):
     assert result.returncode == 0
 
 
+@pytest.mark.slow
 def test_64mib_through_plink1_to_sshd_bridge(gw, tmp_path):
     data = os.urandom(64 * 1024 * 1024)
     with putty_cipher_session("blowfish") as session:
@@ -71,11 +72,13 @@ def test_program_exits_while_client_still_sends(gw, client_keys):
     assert result.returncode == 3, result.stderr
 
 
+@pytest.mark.slow
 def test_gateway_memory_bounded_with_a_slow_plink1_reader(gw):
     argv = plink1_argv(gw, "cat /dev/zero", user="alice+host2", fingerprint=gw.fingerprint)
     assert peak_rss_growth_kib(gw, argv) < 32 * 1024
 
 
+@pytest.mark.slow
 def test_64mib_through_openssh_to_sshd_bridge(gw, client_keys):
     data = os.urandom(64 * 1024 * 1024)
     result = subprocess.run(

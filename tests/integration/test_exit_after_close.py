@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import keyed_config, plink2_argv, ssh2_device, ssh_argv
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
+from tests.support.clients import keyed_config, plink2_argv, ssh2_device, ssh_argv
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
 
 pytestmark = pytest.mark.peer
 

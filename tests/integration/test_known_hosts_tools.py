@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from tests.clients import base_config, hash_password, ssh2_device, ssh_argv, sshgateway_cli
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
+from tests.support.clients import base_config, hash_password, ssh2_device, ssh_argv, sshgateway_cli
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
 
 pytestmark = pytest.mark.peer
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import keyed_config, ssh_argv
-from tests.gateway_process import GatewayProcess
+from tests.support.clients import keyed_config, ssh_argv
+from tests.support.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.peer
 

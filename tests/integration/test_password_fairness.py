@@ -1,5 +1,5 @@
 """Password hashing is shared fairly between sources (issue 9, item 3), measured on a real
-gateway: 150 connections guessing passwords from 127.0.0.1 (tests.password_guesser, in
+gateway: 150 connections guessing passwords from 127.0.0.1 (tests.support.password_guesser, in
 its own process) must not hold up a password login from 127.0.0.2."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from tests.clients import PASSWORD, base_config
-from tests.gateway_process import REPO, GatewayProcess
-from tests.peers import require_module
-from tests.python_clients import gateway_fingerprints, paramiko_client
+from tests.support.clients import PASSWORD, base_config
+from tests.support.gateway_process import REPO, GatewayProcess
+from tests.support.peers import require_module
+from tests.support.python_clients import gateway_fingerprints, paramiko_client
 
 pytestmark = pytest.mark.peer
 
@@ -25,12 +25,12 @@ LOGINS_TIMED = 3
 
 
 class Guesser:
-    """tests.password_guesser in a subprocess; ``ready`` is set once every connection has
+    """tests.support.password_guesser in a subprocess; ``ready`` is set once every connection has
     sent a guess."""
 
     def __init__(self, port: int, connections: int, seconds: float) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.password_guesser", "--port", str(port),
+            [sys.executable, "-m", "tests.support.password_guesser", "--port", str(port),
              "--source", "127.0.0.1", "--connections", str(connections),
              "--seconds", str(seconds)],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

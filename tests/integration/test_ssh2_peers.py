@@ -11,16 +11,16 @@ import time
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     assert_memory_levels_off,
     base_config,
     plink2_argv,
     ssh2_fingerprint,
     ssh_argv,
 )
-from tests.gateway_process import GatewayProcess
-from tests.integration.terminal import assert_window_change_reaches, size_report_script
-from tests.peers import require_peer
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.terminal import assert_window_change_reaches, size_report_script
 
 pytestmark = pytest.mark.peer
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.peer
 def test_twistd_lists_plugin():
     import sys
 
-    from tests.gateway_process import REPO, TWISTD
+    from tests.support.gateway_process import REPO, TWISTD
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run(
@@ -86,6 +86,7 @@ def test_openssh_pty_and_window_change(gateway, client_keys, tmp_path):
     assert_window_change_reaches(argv, marker)
 
 
+@pytest.mark.slow
 def test_64mib_through_cat(gateway, client_keys, tmp_path):
     data = tmp_path / "blob"
     data.write_bytes(os.urandom(64 * 1024 * 1024))
@@ -99,6 +100,7 @@ def test_64mib_through_cat(gateway, client_keys, tmp_path):
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data.read_bytes()).digest()
 
 
+@pytest.mark.slow
 def test_memory_bounded_when_client_stops_reading(gateway, client_keys):
     # The client's stdout is a pipe nobody reads: ssh stops granting window, and the
     # gateway must stop reading the program rather than buffer its output.

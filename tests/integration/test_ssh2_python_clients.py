@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from tests.clients import PASSWORD
-from tests.peers import require_module
-from tests.python_clients import asyncssh_connect, paramiko_client
-from tests.sshd import keygen
+from tests.support.clients import PASSWORD
+from tests.support.peers import require_module
+from tests.support.python_clients import asyncssh_connect, paramiko_client
+from tests.support.sshd import keygen
 
 pytestmark = pytest.mark.peer
 

@@ -18,7 +18,7 @@ from protocols.ssh1.client_connection import ClientConnection
 from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.wire import Writer
-from tests.ssh1.minclient import (
+from tests.support.ssh1.minclient import (
     FUZZ_EXAMPLES,
     HUGE_EXPONENT_KEY,
     host_key,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import PASSWORD, base_config, hash_password, write_authorized_keys
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
-from tests.ssh1.target_driver import drive, pattern
+from tests.support.clients import PASSWORD, base_config, hash_password, write_authorized_keys
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.ssh1.target_driver import drive, pattern
 
 pytestmark = pytest.mark.peer
 
@@ -153,6 +153,7 @@ def test_silent_device_times_out(tmp_path):
     assert result["err"] == "sshgateway: dev: no session within 1.5 s\r\n"
 
 
+@pytest.mark.slow
 def test_16_mib_byte_identical(device, tmp_path):
     result = run(device, tmp_path, command="cat", stdin_size=BIG, deadline=100)
     assert result["exit"] == 0, result["err"]

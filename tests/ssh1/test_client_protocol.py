@@ -15,8 +15,8 @@ from protocols.ssh1 import messages as m
 from protocols.ssh1.client import SSH1ClientError, SSH1ClientOptions, SSH1ClientProtocol
 from protocols.ssh1.packet import PacketDecoder
 from protocols.ssh1.server_connection import ServerConnection
-from tests.doubles import FakeUpstreamSink
-from tests.ssh1.minclient import FUZZ_EXAMPLES, host_key, server_key, small_key
+from tests.support.doubles import FakeUpstreamSink
+from tests.support.ssh1.minclient import FUZZ_EXAMPLES, host_key, server_key, small_key
 
 
 class Refused(Exception):

@@ -17,8 +17,8 @@ from twisted.test import iosim
 from gateway.known_hosts import KnownHosts
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
 from protocols.ssh1 import keyfile, keys
-from tests.ssh1.minclient import HUGE_EXPONENT_KEY, host_key, public_key_payload, user_key
-from tests.ssh1.target_rig import Device, Rig, ScriptedDevice
+from tests.support.ssh1.minclient import HUGE_EXPONENT_KEY, host_key, public_key_payload, user_key
+from tests.support.ssh1.target_rig import Device, Rig, ScriptedDevice
 
 
 @pytest.fixture

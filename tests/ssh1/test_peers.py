@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     PASSWORD,
     assert_memory_levels_off,
     base_config,
@@ -24,8 +24,8 @@ from tests.clients import (
     ssh1_fingerprint,
     ssh1_fingerprints,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import putty_cipher_session, require_peer
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import putty_cipher_session, require_peer
 
 pytestmark = pytest.mark.peer
 
@@ -201,6 +201,7 @@ def test_plink_pty(gw):
     assert result.returncode == 0
 
 
+@pytest.mark.slow
 def test_16mib_through_cat(gw, peer_keys, tmp_path):
     data = os.urandom(16 * 1024 * 1024)
     result = plink(gw, "-i", str(peer_keys["putty"]), "cat", password=None, stdin=data, timeout=240)
@@ -261,6 +262,7 @@ def read_download(argv: list[str]) -> tuple[int, bytes]:
     return received, stderr
 
 
+@pytest.mark.slow
 def test_plink_downloads_through_a_pipe_do_not_stall(gw):
     """plink -1 downloads with stdout a pipe, as users run it. PuTTY (0.78) stops reading
     its socket while more than 32768 bytes (SSH_MAX_BACKLOG) of input wait undecoded,
@@ -443,6 +445,7 @@ def test_scp1_in_and_out(gw, tmp_path, peer_keys):
     assert remote.read_bytes() == source.read_bytes() == back.read_bytes()
 
 
+@pytest.mark.slow
 def test_memory_bounded_when_client_stops_reading(gw, peer_keys):
     # Nobody reads plink's stdout: SSH-1 has no window, so only TCP back-pressure stops
     # the gateway from buffering the program's endless output.
@@ -453,6 +456,7 @@ def test_memory_bounded_when_client_stops_reading(gw, peer_keys):
     ))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_memory_bounded_when_program_stops_reading(gw, peer_keys):
     # The program never reads stdin: the gateway must stop reading from the client.
     argv = plink1_argv(gw, "-i", str(peer_keys["putty"]), "sleep 30", password=None,

@@ -17,7 +17,7 @@ from protocols.ssh1.client_connection import ClientConnection
 from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.wire import Reader, Writer
-from tests.ssh1.minclient import MiniClient, drain, host_key, server_key, string, user_key
+from tests.support.ssh1.minclient import MiniClient, drain, host_key, server_key, string, user_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER, CLIENT = m.Role.SERVER, m.Role.CLIENT

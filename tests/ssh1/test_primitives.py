@@ -29,7 +29,7 @@ from protocols.ssh1.wire import (
     Writer,
     encode_mpint,
 )
-from tests.ssh1.minclient import crc_attack_positions, host_key, server_key, user_key
+from tests.support.ssh1.minclient import crc_attack_positions, host_key, server_key, user_key
 
 
 # ---------------------------------------------------------------- wire

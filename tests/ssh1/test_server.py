@@ -20,9 +20,16 @@ from protocols.ssh1 import messages as m
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
 from protocols.ssh1.wire import Reader, Writer
-from tests.doubles import FakeProducer, Realm, RSAChecker
-from tests.ssh1.minclient import FUZZ_EXAMPLES, MiniClient, host_key, server_key, string, user_key
-from tests.ssh1.server_rig import DEFAULT_LIMITS, DEFAULT_SETTINGS, SSH1ServerRig
+from tests.support.doubles import FakeProducer, Realm, RSAChecker
+from tests.support.ssh1.minclient import (
+    FUZZ_EXAMPLES,
+    MiniClient,
+    host_key,
+    server_key,
+    string,
+    user_key,
+)
+from tests.support.ssh1.server_rig import DEFAULT_LIMITS, DEFAULT_SETTINGS, SSH1ServerRig
 
 
 class Harness(SSH1ServerRig):
@@ -452,7 +459,7 @@ def test_only_configured_ciphers_offered():
 
 
 # ---------------------------------------------------------------- fuzzing the whole server
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _RELEVANT = sorted(
@@ -460,6 +467,55 @@ _RELEVANT = sorted(
     | m.ALLOWED[(m.Role.SERVER, m.Phase.CLOSING)]
     | {m.SSH_CMSG_EXEC_SHELL, m.SSH_CMSG_EXEC_CMD, m.SSH_MSG_IGNORE, m.SSH_MSG_DEBUG}
 )
+
+
+# What a fuzz input may end in. Every input passes only if
+#   * no failure was logged (no event carries ``log_failure``: an internal error, an
+#     unhandled Deferred error, a handler's traceback), and everything the server wrote
+#     decodes as packets for the client; and then either
+#   * closed with a reason: the transport is closing, the core's phase is CLOSED, and
+#       - the server's last packet is its one SSH_MSG_DISCONNECT, whose reason is readable
+#         (non-empty printable UTF-8) and is the record's close_reason, or
+#       - the client sent a well-formed DISCONNECT: the server wrote none and the record
+#         says "peer disconnected: ..."; or
+#   * still open and consistent: not closing, the core in one of ``open_phases`` and not
+#     failed, no DISCONNECT written, no close_reason, nothing left unsent, and at most BUFFER_LIMIT
+#     bytes of the client's input buffered.
+
+
+def assert_clean_outcome(h, written, events, open_phases) -> str:
+    """The invariant above for rig ``h``, given every packet the server ``written`` so
+    far; returns "closed", "closed by the client" or "open"."""
+    from protocols.ssh1.connection import BUFFER_LIMIT
+
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert not failures, "a failure was logged:\n" + "\n".join(
+        text([e]) + "\n" + e["log_failure"].getTraceback() for e in failures
+    )
+    core = h.protocol.core
+    disconnects = [i for i, (t, _) in enumerate(written) if t == m.SSH_MSG_DISCONNECT]
+    if h.transport.disconnecting:
+        assert core.closed and h.protocol.done
+        if not disconnects:
+            assert h.record.close_reason.startswith("peer disconnected: "), h.record.close_reason
+            return "closed by the client"
+        assert disconnects == [len(written) - 1], "DISCONNECT is not the last packet"
+        reader = Reader(written[-1][1])
+        reason = reader.string().decode("utf-8")
+        reader.end()
+        assert reason and reason.isprintable(), reason
+        assert h.record.close_reason == reason
+        return "closed"
+    assert not disconnects and not h.record.close_reason
+    assert not core.closed and not core.close_reason and not h.protocol.done
+    assert core.phase in open_phases, core.phase
+    assert not core._out, "queued output was never written"
+    assert core._decoder.buffered <= BUFFER_LIMIT
+    return "open"
+
+
+_AFTER_LOGIN = {m.Phase.PREPARATORY, m.Phase.INTERACTIVE, m.Phase.CLOSING}
+_BEFORE_LOGIN = {m.Phase.PUBLIC_KEY, m.Phase.SESSION_KEY, m.Phase.USER, m.Phase.AUTH, m.Phase.AUTH_RSA}
 
 
 @settings(max_examples=FUZZ_EXAMPLES // 2, deadline=None, suppress_health_check=list(HealthCheck))
@@ -481,30 +537,43 @@ _RELEVANT = sorted(
     ),
     st.integers(0, 3),
 )
-def test_fuzz_server_after_login(packets, splits):
+@example([(m.SSH_MSG_IGNORE, string(b"x"))], 1)  # stays open
+@example([(m.SSH_MSG_DISCONNECT, string(b"bye"))], 0)  # closed by the client
+def test_fuzz_server_after_login(logs, packets, splits):
     h = Harness()
     h.login()
+    logs.clear()  # only what the fuzz input causes
+    written = []
     for msg_type, payload in packets:
         wire = h.client.packet(msg_type, payload)
         step = max(1, len(wire) // (splits + 1))
         for i in range(0, len(wire), step):
             h.protocol.dataReceived(wire[i : i + step])
         h.clock.advance(2)
-        h.transport.clear()
-        if h.transport.disconnecting:
+        written += h.received()
+        outcome = assert_clean_outcome(h, written, logs, _AFTER_LOGIN)
+        if outcome != "open":
             break
+    event(outcome if packets else "no packets")
     h.protocol.connectionLost(None)
     h.clock.advance(100)
+    assert not [e for e in logs if e.get("log_failure") is not None]
 
 
 @settings(max_examples=FUZZ_EXAMPLES // 2, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.binary(max_size=3000))
-def test_fuzz_server_raw_bytes(data):
+def test_fuzz_server_raw_bytes(logs, data):
     h = Harness()
+    logs.clear()
     h.protocol.dataReceived(data)
+    written = h.received()
+    event(assert_clean_outcome(h, written, logs, _BEFORE_LOGIN))
     h.clock.advance(200)
-    assert h.transport.disconnecting  # a protocol error, or the grace time at the latest
+    written += h.received()
+    # A protocol error, or the grace time at the latest.
+    assert assert_clean_outcome(h, written, logs, _BEFORE_LOGIN) != "open"
     h.protocol.connectionLost(None)
+    assert not [e for e in logs if e.get("log_failure") is not None]
 
 
 def test_port_forward_to_allowed_destination():

@@ -15,7 +15,7 @@ from protocols.ssh1 import events as ev
 from protocols.ssh1 import messages as m
 from protocols.ssh1.server_connection import ServerConnection
 from protocols.ssh1.wire import Reader, Writer
-from tests.ssh1.minclient import (
+from tests.support.ssh1.minclient import (
     FUZZ_EXAMPLES,
     MiniClient,
     crc_attack_positions,
@@ -142,7 +142,7 @@ def test_rsa_auth_flow():
     exchange(server, client, client.packet(m.SSH_CMSG_USER, string(b"alice")))
     server.send_failure()
     from protocols.ssh1 import keys
-    from tests.ssh1.minclient import user_key
+    from tests.support.ssh1.minclient import user_key
 
     e, n = keys.public_numbers(user_key())
     events, _ = exchange(server, client, client.packet(m.SSH_CMSG_AUTH_RSA, Writer().mpint(n).getvalue()))

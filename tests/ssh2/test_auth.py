@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.conch.ssh import common, transport
 
 from protocols.auth import AuthLimits
-from tests.ssh2.harness import FakePortal, other_key, user_key, wire
+from tests.support.ssh2.harness import FakePortal, other_key, user_key, wire
 
 
 def failure_packets(w):

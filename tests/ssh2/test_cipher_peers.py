@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import PASSWORD, keyed_config, ssh2_fingerprint, ssh_argv
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
+from tests.support.clients import PASSWORD, keyed_config, ssh2_fingerprint, ssh_argv
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
 
 pytestmark = pytest.mark.peer
 

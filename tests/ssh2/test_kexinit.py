@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from protocols.ssh2.kexinit import MAX_KEXINIT, KexInitError, parse_kexinit
-from tests.ssh2.kexinit_payloads import GOOD_LISTS, kexinit_body
+from tests.support.ssh2.kexinit_payloads import GOOD_LISTS, kexinit_body
 
 
 def test_kexinit_decoded():

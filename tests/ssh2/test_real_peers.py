@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import require_peer
+from tests.support.peers import require_peer
 
 pytestmark = pytest.mark.peer
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ class PeerServer:
         # The log goes to a file: a pipe nobody reads would block the server when full.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.ssh2.peer_server", str(pubkey), *args],
+            [sys.executable, "-m", "tests.support.ssh2.peer_server", str(pubkey), *args],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True,
         )
         ready, _, _ = select.select([self.process.stdout], [], [], 60)

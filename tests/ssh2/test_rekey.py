@@ -12,9 +12,9 @@ import pytest
 from twisted.conch.ssh import common
 
 from protocols.ssh2.settings import SSH2Settings
-from tests.clients import keyed_config, ssh_argv
-from tests.gateway_process import GatewayProcess
-from tests.ssh2.harness import wire
+from tests.support.clients import keyed_config, ssh_argv
+from tests.support.gateway_process import GatewayProcess
+from tests.support.ssh2.harness import wire
 
 
 def session_on(w):

@@ -8,8 +8,8 @@ import struct
 from twisted.conch.ssh import common, connection
 
 from protocols.session import PtyRequest, WindowSize
-from tests.doubles import FakeProducer
-from tests.ssh2.harness import FakePortal, exit_info, wire
+from tests.support.doubles import FakeProducer
+from tests.support.ssh2.harness import FakePortal, exit_info, wire
 
 
 def logged_in(**kw):
@@ -154,7 +154,7 @@ def test_several_channels_per_connection():
 
 
 def test_channel_limit_and_unknown_channel_types():
-    from tests.ssh2.harness import ClientSession
+    from tests.support.ssh2.harness import ClientSession
 
     w = logged_in()
     failed = []

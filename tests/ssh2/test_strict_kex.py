@@ -13,11 +13,11 @@ import pytest
 from twisted.conch.ssh import common, transport
 
 from protocols.ssh2.strict_kex import STRICT_KEX_CLIENT, peer_kex_names
-from tests.clients import keyed_config, ssh_argv
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
-from tests.ssh2.harness import fresh_transport, plain_packet, wire
-from tests.sshd import OpenSSHServer, keygen
+from tests.support.clients import keyed_config, ssh_argv
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.ssh2.harness import fresh_transport, plain_packet, wire
+from tests.support.sshd import OpenSSHServer, keygen
 
 
 def kexinit(kex: list[bytes]) -> bytes:

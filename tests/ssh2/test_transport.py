@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from twisted.conch.ssh import _kex, common, transport
 from twisted.internet.testing import StringTransport
@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from protocols.ssh2 import moduli
 from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.transport import NoAlgorithms, offered_algorithms
-from tests.ssh2.harness import (
+from tests.support.ssh2.harness import (
     SERVER_LINE,
     MiniDispatcher,
     fresh_transport,
@@ -55,7 +55,7 @@ def test_exchange_hash_uses_the_line_the_dispatcher_sent():
                 return
             super().dataReceived(data)
 
-    import tests.ssh2.harness as h
+    import tests.support.ssh2.harness as h
 
     original = h.MiniDispatcher
     h.MiniDispatcher = LyingDispatcher
@@ -210,7 +210,7 @@ def test_messages_above_transport_before_service_disconnect(message, payload):
 
 
 def test_truncated_packet_after_login_is_a_clean_disconnect():
-    from tests.ssh2.harness import user_key
+    from tests.support.ssh2.harness import user_key
 
     w = wire(key=user_key(), password=None)
     assert w.conn.started
@@ -257,7 +257,7 @@ def test_bad_padding_or_length_disconnects(packet, reason):
 
 
 def test_bad_mac_disconnects():
-    from tests.ssh2.harness import user_key
+    from tests.support.ssh2.harness import user_key
 
     w = wire(key=user_key(), password=None)
     w.client.sendIgnore(b"x" * 40)
@@ -288,21 +288,169 @@ def test_packets_split_at_every_byte_are_reassembled():
 
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.binary(min_size=0, max_size=300), max_size=8))
-def test_arbitrary_bytes_never_raise(chunks):
-    w, proto, t = fresh_transport()
-    for chunk in chunks:
-        proto.dataReceived(chunk)  # must not raise: wait for more or disconnect cleanly
-    proto.connectionLost(None)
+# -- fuzzing: what "never raises" means ------------------------------------------------------
+#
+# SSH2ServerTransport.dataReceived catches every exception a packet handler raises (and
+# disconnects), so "the call did not raise" proves nothing. A fuzz input passes only if
+#   * no failure was logged: no event carries ``log_failure`` (the catch-all logs one),
+#     apart from the known gaps listed in KNOWN_HANDLER_TRACEBACKS, and
+#   * everything the server wrote is well-formed plaintext packets (no NEWKEYS can happen
+#     without a real key exchange), our KEXINIT first, and then either
+#       - closed cleanly: the transport is disconnecting, the last packet written is the one
+#         and only MSG_DISCONNECT, with a known reason code and a non-empty description,
+#         and the record's close_reason is that description; or
+#       - closed by the client: it sent a well-formed DISCONNECT, we wrote none, the
+#         transport is disconnecting and close_reason says "client disconnected: ..."; or
+#       - still open and consistent: no DISCONNECT written, no close_reason, the transport
+#         not disconnecting, and less than one maximum-size packet of input buffered.
+
+# Known gaps (fixing them changes the product; not done in the test reshape of issue 10):
+# Conch's own handlers for these messages raise on a truncated body, or before any KEXINIT
+# set kexAlg. The catch-all still ends the connection with DISCONNECT "malformed or
+# unexpected packet", but it logs a traceback, which hostile input must never cause.
+# Keyed by (exception type, the ssh_* handler, the innermost function), each with an input
+# that shows it; test_known_gap_still_logs_a_traceback fails once a gap is fixed, so that
+# its entry is removed here and the fuzz tests get stricter.
+KNOWN_HANDLER_TRACEBACKS: dict[tuple[str, str, str], tuple[int, bytes]] = {
+    ("error", "ssh_DISCONNECT", "ssh_DISCONNECT"): (transport.MSG_DISCONNECT, b""),
+    ("error", "ssh_DISCONNECT", "getNS"): (transport.MSG_DISCONNECT, b"\0\0\0\x02\0"),
+    ("error", "ssh_UNIMPLEMENTED", "ssh_UNIMPLEMENTED"): (transport.MSG_UNIMPLEMENTED, b""),
+    ("TypeError", "ssh_DEBUG", "ssh_DEBUG"): (transport.MSG_DEBUG, b""),
+    ("error", "ssh_DEBUG", "getNS"): (transport.MSG_DEBUG, b"\0"),
+    ("error", "ssh_EXT_INFO", "ssh_EXT_INFO"): (transport.MSG_EXT_INFO, b""),
+    ("error", "ssh_EXT_INFO", "getNS"): (transport.MSG_EXT_INFO, b"\0\0\0\1"),
+    ("error", "ssh_KEXINIT", "getNS"): (transport.MSG_KEXINIT, b"\0" * 16),
+    ("AttributeError", "ssh_KEX_DH_GEX_REQUEST_OLD", "kexAlg"): (30, b"\0\0\0\0"),
+    ("AttributeError", "ssh_KEX_DH_GEX_INIT", "kexAlg"): (32, b"\0\0\0\0"),
+    ("AttributeError", "ssh_KEX_DH_GEX_REQUEST", "kexAlg"): (34, b"\0" * 12),
+}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(min_value=0, max_value=255), st.binary(max_size=200))
-def test_arbitrary_messages_in_valid_packets_never_raise(message, body):
+def _failure_key(failure) -> tuple[str, str, str]:
+    names = [frame[0] for frame in failure.frames]
+    handler = next((name for name in names if name.startswith("ssh_")), "")
+    return failure.type.__name__, handler, names[-1] if names else ""
+
+
+def _logged_failures(events: list[dict], allowed=frozenset()) -> list[str]:
+    from twisted.logger import formatEvent
+
+    return [
+        f"{_failure_key(e['log_failure'])}: {formatEvent(e)}\n{e['log_failure'].getTraceback()}"
+        for e in events
+        if e.get("log_failure") is not None and _failure_key(e["log_failure"]) not in allowed
+    ]
+
+
+def _plain_packets(data: bytes) -> list[tuple[int, bytes]]:
+    """Every (message number, body) in unencrypted server output; asserts the framing."""
+    packets = []
+    while data:
+        assert len(data) >= 5, f"truncated packet header {data!r}"
+        length, padding = struct.unpack(">LB", data[:5])
+        assert (4 + length) % 8 == 0 and 4 <= padding < length, (length, padding)
+        payload = data[5 : 4 + length - padding]
+        assert len(data) >= 4 + length and payload, "truncated or empty packet"
+        packets.append((payload[0], payload[1:]))
+        data = data[4 + length :]
+    return packets
+
+
+def assert_clean_outcome(w, proto, t: StringTransport, events: list[dict]) -> str:
+    """The fuzz invariant above; returns "closed", "closed by the client" or "open"."""
+    from protocols.ssh2.transport import MAX_PACKET_LENGTH
+
+    failures = _logged_failures(events, allowed=KNOWN_HANDLER_TRACEBACKS.keys())
+    assert not failures, "a failure was logged:\n" + "\n".join(failures)
+    packets = _plain_packets(t.value())
+    assert packets and packets[0][0] == transport.MSG_KEXINIT
+    disconnects = [i for i, (number, _) in enumerate(packets) if number == transport.MSG_DISCONNECT]
+    if t.disconnecting and not disconnects:
+        assert w.record.close_reason.startswith("client disconnected: "), w.record.close_reason
+        assert proto._disconnecting
+        return "closed by the client"
+    if t.disconnecting:
+        assert disconnects == [len(packets) - 1], "closed without exactly one final DISCONNECT"
+        body = packets[-1][1]
+        code = struct.unpack(">L", body[:4])[0]
+        description = common.getNS(body[4:])[0].decode("utf-8")
+        assert 1 <= code <= 15 and description, (code, description)
+        assert w.record.close_reason == description
+        return "closed"
+    assert not disconnects and not w.record.close_reason
+    assert not proto._disconnecting
+    assert len(proto._inbuf) < MAX_PACKET_LENGTH + 4
+    return "open"
+
+
+@pytest.fixture
+def log_events():
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.mark.parametrize("key", sorted(KNOWN_HANDLER_TRACEBACKS), ids=lambda key: "-".join(key))
+def test_known_gap_still_logs_a_traceback(log_events, key):
+    """Each known gap is real: a clean DISCONNECT, but with a traceback logged. When this
+    fails because nothing was logged any more, delete the entry: the gap is fixed."""
+    message, body = KNOWN_HANDLER_TRACEBACKS[key]
     w, proto, t = fresh_transport()
+    log_events.clear()
     proto.dataReceived(plain_packet(bytes([message]) + body))
+    assert [_failure_key(e["log_failure"]) for e in log_events if "log_failure" in e] == [key]
+    assert assert_clean_outcome(w, proto, t, log_events) == "closed"
+    assert w.record.close_reason == "malformed or unexpected packet"
+
+
+# Raw bytes, and well-framed packets with an arbitrary message number and body, so that
+# the handlers behind the framing checks are reached as well.
+_chunks = st.lists(
+    st.one_of(
+        st.binary(min_size=0, max_size=300),
+        st.builds(
+            lambda number, body: plain_packet(bytes([number]) + body),
+            st.integers(0, 255),
+            st.binary(max_size=200),
+        ),
+    ),
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(_chunks)
+def test_arbitrary_bytes_never_raise(log_events, chunks):
+    w, proto, t = fresh_transport()
+    log_events.clear()  # only what the fuzz input causes (the harness's own kex ran above)
+    for chunk in chunks:
+        proto.dataReceived(chunk)  # wait for more, or disconnect cleanly
+    event(assert_clean_outcome(w, proto, t, log_events))
     proto.connectionLost(None)
+    assert not _logged_failures(log_events, allowed=KNOWN_HANDLER_TRACEBACKS.keys())
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.integers(min_value=0, max_value=255), st.binary(max_size=200))
+@example(transport.MSG_DISCONNECT, struct.pack(">L", 11) + common.NS(b"bye") + common.NS(b""))
+def test_arbitrary_messages_in_valid_packets_never_raise(log_events, message, body):
+    w, proto, t = fresh_transport()
+    log_events.clear()  # only what the fuzz input causes (the harness's own kex ran above)
+    proto.dataReceived(plain_packet(bytes([message]) + body))
+    event(assert_clean_outcome(w, proto, t, log_events))
+    proto.connectionLost(None)
+    assert not _logged_failures(log_events, allowed=KNOWN_HANDLER_TRACEBACKS.keys())
 
 
 def test_legacy_group14_key_exchange_when_opted_in():
@@ -331,7 +479,7 @@ def test_degenerate_client_dh_values_are_refused(value):
 
 
 def test_client_without_a_configured_cipher_is_refused():
-    import tests.ssh2.harness as h
+    import tests.support.ssh2.harness as h
 
     class OldClient(h.ClientTransport):
         supportedCiphers = [b"aes128-cbc", b"3des-cbc"]
@@ -347,7 +495,7 @@ def test_client_without_a_configured_cipher_is_refused():
 
 
 def test_zlib_compression_when_enabled():
-    import tests.ssh2.harness as h
+    import tests.support.ssh2.harness as h
 
     class ZlibClient(h.ClientTransport):
         supportedCompressions = [b"zlib"]

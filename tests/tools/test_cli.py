@@ -12,7 +12,7 @@ import pytest
 
 from gateway import passwords
 from gateway.hostkeys import load_or_create_host_keys
-from tests.gateway.helpers import fast_hash
+from tests.support.gateway_helpers import fast_hash
 from tools import cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ def pinned_state(tmp_path):
     """A state dir whose known_hosts pin an SSH-1 and an SSH-2 key for 192.0.2.1:2222
     and an SSH-2 key for 192.0.2.2 (port 22)."""
     from gateway.known_hosts import KnownHosts
-    from tests.gateway.helpers import ed25519_key, rsa_key
+    from tests.support.gateway_helpers import ed25519_key, rsa_key
 
     state = tmp_path / "state"
     known = KnownHosts(state / "known_hosts")

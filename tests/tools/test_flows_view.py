@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 
 from protocols.flow import STAGES
-from tests.flow_records import run, ssh1_plink_login, ssh2_openssh_login, write_records
+from tests.support.flow_records import run, ssh1_plink_login, ssh2_openssh_login, write_records
 from tools.flows import store as flow_store
 from tools.flows.records import MAX_MESSAGES, parse_flow
 

@@ -13,8 +13,8 @@ import zlib
 
 import pytest
 
-from tests.flow_records import run, ssh1_plink_login, ssh2_openssh_login, write_records
-from tests.peers import require_peer
+from tests.support.flow_records import run, ssh1_plink_login, ssh2_openssh_login, write_records
+from tests.support.peers import require_peer
 
 pytestmark = pytest.mark.peer
 

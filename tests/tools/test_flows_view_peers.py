@@ -13,7 +13,7 @@ import time
 import pytest
 
 from protocols.flow import STAGES
-from tests.clients import (
+from tests.support.clients import (
     PASSWORD,
     base_config,
     hash_password,
@@ -22,8 +22,8 @@ from tests.clients import (
     sshgateway_cli,
     write_authorized_keys,
 )
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_peer
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
 from tools.flows.store import FlowStore
 
 pytestmark = pytest.mark.peer

@@ -23,7 +23,7 @@ from protocols.ssh1.keys import ssh1_fingerprint
 from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.wire import Writer
 from protocols.ssh2.kexinit import parse_kexinit
-from tests.ssh2.kexinit_payloads import GOOD_LISTS, kexinit_body
+from tests.support.ssh2.kexinit_payloads import GOOD_LISTS, kexinit_body
 from tools.probe import login as probe_login
 from tools.probe.hosts import probe_host, probe_hosts
 from tools.probe.keys import host_key_from_blob, ssh1_sha256_fingerprint

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import (
+from tests.support.clients import (
     PASSWORD,
     base_config,
     hash_password,
     sshgateway_cli,
     write_authorized_keys,
 )
-from tests.gateway_process import REPO, GatewayProcess
-from tests.peers import require_peer
-from tests.sshd import OpenSSHServer, free_port, silent_listener
+from tests.support.gateway_process import REPO, GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.sshd import OpenSSHServer, free_port, silent_listener
 
 pytestmark = pytest.mark.peer
 

@@ -23,7 +23,7 @@ from protocols.session import ExitInfo, IGatewayUser
 from protocols.ssh2.factory import SSH2ServerFactory
 from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.strict_kex import StrictKexTransport
-from tests.doubles import Avatar
+from tests.support.doubles import Avatar
 
 SERVER_LINE = b"SSH-1.99-sshgateway_0.1.0"
 
@@ -51,7 +51,7 @@ def other_key() -> keys.Key:
     return keys.Key(ed25519.Ed25519PrivateKey.generate())
 
 
-# -- the gateway side: a portal whose avatars are tests.doubles.Avatar ---------------------
+# -- the gateway side: a portal whose avatars are tests.support.doubles.Avatar ---------------------
 
 
 @dataclass

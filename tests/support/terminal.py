@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.peers import require_peer
+from tests.support.peers import require_peer
 
 
 def wait_for(predicate, timeout: float = 20.0) -> bool:

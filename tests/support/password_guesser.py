@@ -4,7 +4,7 @@ then reconnecting, until the time is up. Cheap on the client's CPU (one event lo
 key exchange per max_attempts guesses).
 
 Run as a separate process, so that its CPU use is not the measuring test's:
-``python -m tests.password_guesser --port P --connections 150 --seconds 30``. It prints
+``python -m tests.support.password_guesser --port P --connections 150 --seconds 30``. It prints
 ``ready`` once every connection has sent its first guess, and a summary line at the end.
 Only loopback addresses are accepted as the target.
 """

@@ -22,6 +22,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from gateway.targets.bridge import IUpstreamSession
@@ -40,6 +41,8 @@ from protocols.session import (
 class FakeSessionClient:
     """The front end's side of a session: collects output, EOF, the exit and the producer.
     Output after the exit is a bug in the code under test, so it fails at once."""
+
+    description = "fake client"
 
     def __init__(self) -> None:
         self.out = bytearray()
@@ -69,6 +72,7 @@ class FakeSessionClient:
         self.producer = None
 
 
+@implementer(IPushProducer)
 class FakeProducer:
     """A push producer that records whether it is paused, how often, and being stopped."""
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.gateway_process import REPO
+from tests.support.gateway_process import REPO
 
 
 def pattern(size: int) -> bytes:
@@ -137,7 +137,7 @@ def drive(spec: dict, timeout: float = 120) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.ssh1.target_driver", json.dumps(spec)],
+        [sys.executable, "-m", "tests.support.ssh1.target_driver", json.dumps(spec)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr

@@ -1,6 +1,6 @@
 """A real-socket SSH-2 front end for tests/ssh2/test_real_peers.py, without the gateway.
 
-``python -m tests.ssh2.peer_server AUTHORIZED_PUBKEY_FILE [policy] [kex,...]`` listens on
+``python -m tests.support.ssh2.peer_server AUTHORIZED_PUBKEY_FILE [policy] [kex,...]`` listens on
 127.0.0.1 (port 0), prints ``PORT n``, and serves alice (password ``secret`` or the key)
 behind an ``SSH-1.99-`` banner. Its fake target answers every command with a fixed
 reply: the command and request on stdout, ``err`` on stderr, exit status 3 — or for the
@@ -19,7 +19,7 @@ from protocols.auth import AuthLimits
 from protocols.record import ConnectionRecord
 from protocols.ssh2.factory import SSH2ServerFactory
 from protocols.ssh2.settings import SSH2Settings
-from tests.ssh2 import harness
+from tests.support.ssh2 import harness
 
 
 def on_open(target, client) -> None:

@@ -25,8 +25,8 @@ from protocols.ssh1.client import SSH1ClientProtocol
 from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
-from tests.doubles import FakeSessionClient, Realm, RSAChecker
-from tests.ssh1.minclient import host_key, server_key, user_key
+from tests.support.doubles import FakeSessionClient, Realm, RSAChecker
+from tests.support.ssh1.minclient import host_key, server_key, user_key
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Device:
 class ScriptedDeviceProtocol(Protocol):
     """A hostile SSH-1 device that only follows a script: its version line, then, once
     the client's line arrived, an SSH_SMSG_PUBLIC_KEY with ``payload``
-    (tests.ssh1.minclient.public_key_payload); whatever the client sends after that
+    (tests.support.ssh1.minclient.public_key_payload); whatever the client sends after that
     (its session key) ends the connection, as from a device that cannot decrypt it."""
 
     def __init__(self, payload: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Helpers for driving a real gateway process (tests.gateway_process) with real clients:
+"""Helpers for driving a real gateway process (tests.support.gateway_process) with real clients:
 the test password and gateway configs around it (one user, alice; optionally one target),
 the ``sshgateway`` admin command (password hashes, host key fingerprints), a real OpenSSH
 sshd as an SSH-2 device behind the gateway, argv for OpenSSH ``ssh`` and PuTTY ``plink``
@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.gateway_process import REPO, GatewayProcess
-from tests.peers import require_peer
-from tests.sshd import OpenSSHServer, keygen
+from tests.support.gateway_process import REPO, GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.sshd import OpenSSHServer, keygen
 
 PASSWORD = "correct horse battery staple"
 
@@ -86,7 +86,7 @@ def one_target_config(authorized_keys: Path, name: str, target: dict) -> dict:
 
 @contextmanager
 def ssh2_device(workdir: Path) -> Iterator[tuple[OpenSSHServer, dict]]:
-    """A real OpenSSH sshd on loopback (tests.sshd) that lets root in with a fresh key of
+    """A real OpenSSH sshd on loopback (tests.support.sshd) that lets root in with a fresh key of
     the gateway's, and the ``[targets.NAME]`` entry that logs in to it with that key."""
     device_key = keygen(workdir / "gateway_to_device")
     with OpenSSHServer(workdir / "sshd", [Path(str(device_key) + ".pub")]) as device:
@@ -157,7 +157,7 @@ def plink1_argv(
 ) -> list[str]:
     """PuTTY ``plink`` speaking SSH-1 to the gateway as ``user``, pinned to its SSH-1 host
     key (``fingerprint``, else asked of ``sshgateway fingerprints``). ``args`` are plink
-    options, then the command. ``load`` names a saved session (tests.peers.
+    options, then the command. ``load`` names a saved session (tests.support.peers.
     putty_cipher_session) instead of ``-1``: that session names the host, so no host
     argument is given (it would become the command) and the command may be left out."""
     tools = require_peer("plink")

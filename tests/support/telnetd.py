@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.peers import require_peer
+from tests.support.peers import require_peer
 
 SHELL_PROMPT = "dev$ "
 

@@ -1,4 +1,4 @@
-"""paramiko and asyncssh as SSH-2 clients of a real gateway (tests.gateway_process),
+"""paramiko and asyncssh as SSH-2 clients of a real gateway (tests.support.gateway_process),
 pinned to the gateway's host keys as ``sshgateway fingerprints`` prints them.
 
 Both libraries check the host key after the key exchange and before authentication:
@@ -13,9 +13,9 @@ import re
 import socket
 from typing import Any
 
-from tests.clients import sshgateway_cli
-from tests.gateway_process import GatewayProcess
-from tests.peers import require_module
+from tests.support.clients import sshgateway_cli
+from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_module
 
 
 def gateway_fingerprints(gw: GatewayProcess) -> set[str]:

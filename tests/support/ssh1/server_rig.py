@@ -1,5 +1,5 @@
 """The Twisted SSH-1 server in memory for tests: one connection of SSH1ServerFactory over a
-StringTransport with a Clock, driven by the test-only MiniClient (tests.ssh1.minclient),
+StringTransport with a Clock, driven by the test-only MiniClient (tests.support.ssh1.minclient),
 in front of whatever portal the test gives it."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from protocols.record import ConnectionRecord
 from protocols.ssh1 import messages as m
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
-from tests.ssh1.minclient import MiniClient, host_key, server_key, string
+from tests.support.ssh1.minclient import MiniClient, host_key, server_key, string
 
 Packets = list[tuple[int, bytes]]
 

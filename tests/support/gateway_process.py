@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"sshgateway listening on tcp:([0-9.]+):(\d+)")
 
 TWISTD = ["-c", "from twisted.scripts.twistd import run; run()"]

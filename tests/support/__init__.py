@@ -1,0 +1,1 @@
+"""Test support: doubles, rigs, real-peer drivers and helpers the tests share (no tests here)."""
