@@ -40,6 +40,22 @@ from protocols.ssh2.transport_base import (
 )
 from protocols.ssh2.wire import Reader
 
+# Shortest body each transport message's Conch handler reads without bounds checks:
+# DISCONNECT uint32 + a string (Conch, like many peers, ignores the language tag),
+# UNIMPLEMENTED uint32, DEBUG boolean + two strings,
+# EXT_INFO uint32, KEXINIT cookie + ten name-lists + boolean + uint32.
+MIN_BODY = {
+    transport.MSG_DISCONNECT: 4 + 4,
+    transport.MSG_UNIMPLEMENTED: 4,
+    transport.MSG_DEBUG: 1 + 4 + 4,
+    transport.MSG_EXT_INFO: 4,
+    transport.MSG_KEXINIT: 16 + 10 * 4 + 1 + 4,
+}
+# Messages 30-49 belong to the key exchange method KEXINIT negotiated (RFC 4250 4.1.2).
+KEX_METHOD_MESSAGES = (30, 49)
+# What a truncated length-prefixed field raises in Conch's parsers and in ours.
+MALFORMED_BODY = (struct.error, IndexError)
+
 log = Logger()
 
 # Largest packet we accept (RFC 4253 section 6.1 asks for at least 35000 bytes); our
@@ -262,9 +278,15 @@ class SSH2ServerTransport(SSH2TransportBase, SSHServerTransport):
                 if flow is not None:
                     flow.packet(C2S, self.flow_name(payload[0]), self._in_size)
                 self.dispatchMessage(payload[0], payload[1:])
+        except MALFORMED_BODY as e:
+            # A string or integer that runs past the end of its packet: hostile or broken
+            # input, reported in one line (no traceback: nothing here is our fault).
+            log.warn(
+                "ssh2: malformed packet from {peer}: {error}", peer=self.record.peer, error=e
+            )
+            self.protocol_error("malformed or unexpected packet")
         except Exception:
-            # Conch's handlers parse with struct/getNS and raise on truncated input;
-            # whatever the cause, the peer gets a DISCONNECT and we get the traceback.
+            # Anything else is a defect of ours: the peer gets a DISCONNECT, we the traceback.
             log.failure("ssh2: error handling a packet from {peer}", peer=self.record.peer)
             self.protocol_error("malformed or unexpected packet")
 
@@ -302,6 +324,18 @@ class SSH2ServerTransport(SSH2TransportBase, SSHServerTransport):
         # a service was accepted (RFC 4253 section 10, RFC 4252 section 6).
         if messageNum >= 50 and self.service is None:
             self.protocol_error(f"message {messageNum} before any service")
+            return
+        # Conch's handlers index into bodies they assume are whole: too short a body is
+        # refused here, so that it ends in a protocol error and not in a traceback.
+        if len(payload) < MIN_BODY.get(messageNum, 0):
+            self.protocol_error(f"message {messageNum} is truncated")
+            return
+        # The method-specific key exchange messages mean something only once KEXINIT
+        # chose a method; before that Conch's handlers fail on the missing choice.
+        if KEX_METHOD_MESSAGES[0] <= messageNum <= KEX_METHOD_MESSAGES[1] and not getattr(
+            self, "kexAlg", None
+        ):
+            self.protocol_error(f"key exchange message {messageNum} before KEXINIT")
             return
         super().dispatchMessage(messageNum, payload)
 

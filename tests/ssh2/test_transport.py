@@ -293,7 +293,7 @@ def test_packets_split_at_every_byte_are_reassembled():
 # SSH2ServerTransport.dataReceived catches every exception a packet handler raises (and
 # disconnects), so "the call did not raise" proves nothing. A fuzz input passes only if
 #   * no failure was logged: no event carries ``log_failure`` (the catch-all logs one),
-#     apart from the known gaps listed in KNOWN_HANDLER_TRACEBACKS, and
+#     and
 #   * everything the server wrote is well-formed plaintext packets (no NEWKEYS can happen
 #     without a real key exchange), our KEXINIT first, and then either
 #       - closed cleanly: the transport is disconnecting, the last packet written is the one
@@ -304,14 +304,11 @@ def test_packets_split_at_every_byte_are_reassembled():
 #       - still open and consistent: no DISCONNECT written, no close_reason, the transport
 #         not disconnecting, and less than one maximum-size packet of input buffered.
 
-# Known gaps (fixing them changes the product; not done in the test reshape of issue 10):
-# Conch's own handlers for these messages raise on a truncated body, or before any KEXINIT
-# set kexAlg. The catch-all still ends the connection with DISCONNECT "malformed or
-# unexpected packet", but it logs a traceback, which hostile input must never cause.
-# Keyed by (exception type, the ssh_* handler, the innermost function), each with an input
-# that shows it; test_known_gap_still_logs_a_traceback fails once a gap is fixed, so that
-# its entry is removed here and the fuzz tests get stricter.
-KNOWN_HANDLER_TRACEBACKS: dict[tuple[str, str, str], tuple[int, bytes]] = {
+# Inputs on which Conch's own handlers raise (a truncated body, or a method-specific key
+# exchange message before any KEXINIT chose a method), keyed by what they raised in
+# Conch: (exception type, the ssh_* handler, the innermost function). The transport
+# refuses each before or around the handler, with no traceback logged.
+CONCH_HANDLER_RAISES: dict[tuple[str, str, str], tuple[int, bytes]] = {
     ("error", "ssh_DISCONNECT", "ssh_DISCONNECT"): (transport.MSG_DISCONNECT, b""),
     ("error", "ssh_DISCONNECT", "getNS"): (transport.MSG_DISCONNECT, b"\0\0\0\x02\0"),
     ("error", "ssh_UNIMPLEMENTED", "ssh_UNIMPLEMENTED"): (transport.MSG_UNIMPLEMENTED, b""),
@@ -360,7 +357,7 @@ def assert_clean_outcome(w, proto, t: StringTransport, events: list[dict]) -> st
     """The fuzz invariant above; returns "closed", "closed by the client" or "open"."""
     from protocols.ssh2.transport import MAX_PACKET_LENGTH
 
-    failures = _logged_failures(events, allowed=KNOWN_HANDLER_TRACEBACKS.keys())
+    failures = _logged_failures(events, allowed=())
     assert not failures, "a failure was logged:\n" + "\n".join(failures)
     packets = _plain_packets(t.value())
     assert packets and packets[0][0] == transport.MSG_KEXINIT
@@ -393,17 +390,14 @@ def log_events():
     globalLogPublisher.removeObserver(events.append)
 
 
-@pytest.mark.parametrize("key", sorted(KNOWN_HANDLER_TRACEBACKS), ids=lambda key: "-".join(key))
-def test_known_gap_still_logs_a_traceback(log_events, key):
-    """Each known gap is real: a clean DISCONNECT, but with a traceback logged. When this
-    fails because nothing was logged any more, delete the entry: the gap is fixed."""
-    message, body = KNOWN_HANDLER_TRACEBACKS[key]
+@pytest.mark.parametrize("key", sorted(CONCH_HANDLER_RAISES), ids=lambda key: "-".join(key))
+def test_input_that_conch_chokes_on_is_refused_without_a_traceback(log_events, key):
+    message, body = CONCH_HANDLER_RAISES[key]
     w, proto, t = fresh_transport()
     log_events.clear()
     proto.dataReceived(plain_packet(bytes([message]) + body))
-    assert [_failure_key(e["log_failure"]) for e in log_events if "log_failure" in e] == [key]
+    assert not _logged_failures(log_events)
     assert assert_clean_outcome(w, proto, t, log_events) == "closed"
-    assert w.record.close_reason == "malformed or unexpected packet"
 
 
 # Raw bytes, and well-framed packets with an arbitrary message number and body, so that
@@ -434,7 +428,7 @@ def test_arbitrary_bytes_never_raise(log_events, chunks):
         proto.dataReceived(chunk)  # wait for more, or disconnect cleanly
     event(assert_clean_outcome(w, proto, t, log_events))
     proto.connectionLost(None)
-    assert not _logged_failures(log_events, allowed=KNOWN_HANDLER_TRACEBACKS.keys())
+    assert not _logged_failures(log_events, allowed=())
 
 
 @settings(
@@ -450,7 +444,7 @@ def test_arbitrary_messages_in_valid_packets_never_raise(log_events, message, bo
     proto.dataReceived(plain_packet(bytes([message]) + body))
     event(assert_clean_outcome(w, proto, t, log_events))
     proto.connectionLost(None)
-    assert not _logged_failures(log_events, allowed=KNOWN_HANDLER_TRACEBACKS.keys())
+    assert not _logged_failures(log_events, allowed=())
 
 
 def test_legacy_group14_key_exchange_when_opted_in():
