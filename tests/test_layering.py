@@ -94,21 +94,26 @@ def test_gateway_never_imports_the_plugin(path):
     assert not {n for n in imported(path) if n.startswith("twisted.plugins")}
 
 
-def test_the_ssh1_core_loads_no_twisted_or_zope_even_transitively():
-    """An import of a shared module that imports zope (protocols.session did) is invisible
-    to the source check above; a fresh interpreter that imports the core shows it."""
+def loaded_in_a_fresh_interpreter(modules: list[str], tops: tuple[str, ...]) -> list[str]:
+    """The modules under the top-level packages ``tops`` that importing ``modules`` loads,
+    transitively, in a new interpreter (this one has loaded everything already)."""
     program = (
         "import importlib, json, sys\n"
-        f"for name in {core_modules()!r}:\n"
+        f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        "loaded = [m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')]\n"
-        "print(json.dumps(sorted(loaded)))\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {tops!r})))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == []
+    return json.loads(done.stdout)
+
+
+def test_the_ssh1_core_loads_no_twisted_or_zope_even_transitively():
+    """An import of a shared module that imports zope (protocols.session did) is invisible
+    to the source check above; a fresh interpreter that imports the core shows it."""
+    assert loaded_in_a_fresh_interpreter(core_modules(), ("twisted", "zope")) == []
 
 
 def ssh2_client_modules() -> list[str]:
@@ -119,18 +124,7 @@ def test_the_ssh2_client_loads_no_gateway_module_even_transitively():
     """The SSH-2 client takes plain options and reports its own error: importing it (and
     what it imports) loads nothing from gateway, so it stays usable without the gateway."""
     assert "protocols.ssh2.client" in ssh2_client_modules()
-    program = (
-        "import importlib, json, sys\n"
-        f"for name in {ssh2_client_modules()!r}:\n"
-        "    importlib.import_module(name)\n"
-        "loaded = [m for m in sys.modules if m.split('.')[0] == 'gateway']\n"
-        "print(json.dumps(sorted(loaded)))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == []
+    assert loaded_in_a_fresh_interpreter(ssh2_client_modules(), ("gateway",)) == []
 
 
 # What the project itself ships; a run-time import of one of these hides a dependency.
