@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
 from gateway.dispatch import DispatcherFactory
+from gateway.proxy_protocol import server_endpoint
 
 log = Logger()
 
@@ -52,7 +52,7 @@ class ListenerService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        endpoint = endpoints.serverFromString(self.reactor, self.description)
+        endpoint = server_endpoint(self.reactor, self.description)
         d = endpoint.listen(self.factory)
         failures: list[Any] = []
         d.addCallbacks(self._listening, failures.append)
