@@ -146,9 +146,13 @@ def test_any_bytes_end_in_a_header_more_needed_or_a_header_error(data, step):
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=0, max_size=60))
 def test_hostile_v2_bodies_after_a_valid_signature(body):
-    data = V2_SIGNATURE + b"\x21" + bytes([body[0] if body else 0x11]) + struct.pack(
-        "!H", len(body)
-    ) + body
+    data = (
+        V2_SIGNATURE
+        + b"\x21"
+        + bytes([body[0] if body else 0x11])
+        + struct.pack("!H", len(body))
+        + body
+    )
     try:
         ProxyHeaderParser().feed(data)
     except ProxyHeaderError:
@@ -283,10 +287,10 @@ def service_config(tmp_path: Path, listen: str):
     (tmp_path / "authorized_keys").write_text("")
     text = f'''
 listen = ["{listen}"]
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 protocols = ["1", "2"]
 [users.alice]
-authorized_keys = "{tmp_path / 'authorized_keys'}"
+authorized_keys = "{tmp_path / "authorized_keys"}"
 '''
     return parse_config(text, "test.toml", tmp_path)
 
@@ -304,7 +308,7 @@ def test_haproxy_listener_of_the_service_gives_both_protocols_the_client(
     top = make_service(service_config(tmp_path, "haproxy:tcp:0:interface=127.0.0.1"), reactor)
     top.startService()
     try:
-        (_, factory, _, interface), = reactor.tcpServers
+        ((_, factory, _, interface),) = reactor.tcpServers
         assert interface == "127.0.0.1"
         proto = factory.buildProtocol(LB)
         transport = StringTransport(hostAddress=GATEWAY, peerAddress=LB)
@@ -322,4 +326,3 @@ def test_haproxy_listener_of_the_service_gives_both_protocols_the_client(
     flows = tmp_path / "state" / "flows" / "flows.jsonl"
     (record,) = [json.loads(line) for line in flows.read_text().splitlines()]
     assert record["peer"] == "127.0.0.2:50022"
-
