@@ -135,6 +135,9 @@ def make_service(config: Any, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    from gateway.fd_limit import raise_open_file_limit
+
+    raise_open_file_limit()
     from gateway.config import DefaultPasswordError, config_warnings, ensure_default_password
     from gateway.hostkeys import HostKeyError
     from gateway.routing import build_router
