@@ -128,20 +128,30 @@ def parse_v1(line: bytes) -> ProxyHeader:
     source = _ip_address(fields[2], version)
     destination = _ip_address(fields[3], version)
     source_port, destination_port = _port(fields[4]), _port(fields[5])
-    address = IPv4Address if version == 4 else IPv6Address
     return ProxyHeader(
-        1, address("TCP", source, source_port), address("TCP", destination, destination_port)
+        1, tcp_address(source, source_port), tcp_address(destination, destination_port)
     )
 
 
-def _ip_address(text: bytes, version: int) -> str:
+def tcp_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> IAddress:
+    """Twisted's address for ``ip``; an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, from
+    a load balancer listening on IPv6) becomes the IPv4 one, so that a client has one
+    address for logs and per-source limits whichever way the load balancer saw it."""
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.version == 4:
+        return IPv4Address("TCP", str(ip), port)
+    return IPv6Address("TCP", str(ip), port)
+
+
+def _ip_address(text: bytes, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         parsed = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise ProxyHeaderError("PROXY v1 header with a malformed address") from None
     if parsed.version != version:
         raise ProxyHeaderError(f"PROXY v1 header with a non-IPv{version} address for TCP{version}")
-    return str(parsed)
+    return parsed
 
 
 def _port(text: bytes) -> int:
@@ -174,14 +184,13 @@ def parse_v2(header: bytes) -> ProxyHeader:
             2, UNIXAddress(block[:108].rstrip(b"\0")), UNIXAddress(block[108:216].rstrip(b"\0"))
         )
     size = 4 if family == 1 else 16
-    address = IPv4Address if family == 1 else IPv6Address
-    source = str(ipaddress.ip_address(block[:size]))
-    destination = str(ipaddress.ip_address(block[size : 2 * size]))
+    source = ipaddress.ip_address(block[:size])
+    destination = ipaddress.ip_address(block[size : 2 * size])
     ports = block[2 * size : 2 * size + 4]
     return ProxyHeader(
         2,
-        address("TCP", source, int.from_bytes(ports[:2], "big")),
-        address("TCP", destination, int.from_bytes(ports[2:], "big")),
+        tcp_address(source, int.from_bytes(ports[:2], "big")),
+        tcp_address(destination, int.from_bytes(ports[2:], "big")),
     )
 
 

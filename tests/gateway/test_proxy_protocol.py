@@ -83,6 +83,14 @@ def test_v2_ipv6_header_with_tlvs():
     assert rest == b""
 
 
+def test_ipv4_mapped_addresses_become_ipv4():
+    header, _ = ProxyHeaderParser().feed(v2_header("::ffff:192.0.2.7", 5, "::1", 22))
+    assert header.source == IPv4Address("TCP", "192.0.2.7", 5)
+    assert header.destination == IPv6Address("TCP", "::1", 22)
+    header, _ = ProxyHeaderParser().feed(b"PROXY TCP6 ::ffff:192.0.2.8 ::1 6 22\r\n")
+    assert header.source == IPv4Address("TCP", "192.0.2.8", 6)
+
+
 def test_v2_local_and_unspec_carry_no_address():
     header, _ = ProxyHeaderParser().feed(v2_header(command=0))
     assert header.source is None and header.destination is None
