@@ -15,9 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
+from zope.interface import implementer
 
 from gateway.config import parse_config
 from gateway.dispatch import DispatcherFactory
@@ -30,8 +32,8 @@ from gateway.proxy_protocol import (
     server_endpoint,
 )
 from gateway.service import make_service
+from protocols.handoff import IHandoffFactory
 from tests.support.gateway_helpers import LogCapture
-from tests.test_dispatch import FakeHandoff
 
 LB = IPv4Address("TCP", "127.0.0.1", 40001)  # the load balancer's end of the connection
 GATEWAY = IPv4Address("TCP", "127.0.0.1", 2222)
@@ -168,6 +170,27 @@ def test_hostile_v2_bodies_after_a_valid_signature(body):
 
 
 # --- the wrapper in front of the dispatcher ------------------------------------------
+
+
+class RecordingProtocol(Protocol):
+    """What the dispatcher hands a connection to, keeping what it is given."""
+
+    def __init__(self, record):
+        self.record = record
+        self.lost = False
+
+    def connectionLost(self, reason=None):
+        self.lost = True
+
+
+@implementer(IHandoffFactory)
+class FakeHandoff:
+    def __init__(self):
+        self.built = []
+
+    def build_protocol(self, record, server_version, client_version):
+        self.built.append(RecordingProtocol(record))
+        return self.built[-1]
 
 
 class FlowList(list):

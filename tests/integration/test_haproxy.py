@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.ssh1.test_peers import OPENSSL_LEGACY
 from tests.support.clients import PASSWORD, keyed_config
 from tests.support.gateway_process import GatewayProcess
-from tests.support.peers import require_peer
+from tests.support.peers import OPENSSL_LEGACY, require_peer
 
 pytestmark = pytest.mark.peer
 

@@ -25,21 +25,9 @@ from tests.support.clients import (
     ssh1_fingerprints,
 )
 from tests.support.gateway_process import GatewayProcess
-from tests.support.peers import putty_cipher_session, require_peer
+from tests.support.peers import OPENSSL_LEGACY, putty_cipher_session, require_peer
 
 pytestmark = pytest.mark.peer
-
-OPENSSL_LEGACY = """openssl_conf = openssl_init
-[openssl_init]
-providers = provider_sect
-[provider_sect]
-default = default_sect
-legacy = legacy_sect
-[default_sect]
-activate = 1
-[legacy_sect]
-activate = 1
-"""
 
 
 class EchoServer:

@@ -18,6 +18,21 @@ from pathlib import Path
 
 import pytest
 
+# An OpenSSL config that activates the legacy provider beside the default one: OpenSSH
+# 7.5's ssh1 builds its SSH-1 3DES and DES on single DES, which OpenSSL 3 keeps there
+# (give it with OPENSSL_CONF=file).
+OPENSSL_LEGACY = """openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+[provider_sect]
+default = default_sect
+legacy = legacy_sect
+[default_sect]
+activate = 1
+[legacy_sect]
+activate = 1
+"""
+
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
