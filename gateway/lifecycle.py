@@ -91,7 +91,9 @@ class Drain:
 
     def now(self) -> None:
         """Give up waiting: drop every connection that is left (a second SIGTERM)."""
-        log.info("second stop signal: closing {n} connection(s) now", n=len(self.dispatcher.connections))
+        log.info(
+            "second stop signal: closing {n} connection(s) now", n=len(self.dispatcher.connections)
+        )
         for connection in list(self.dispatcher.connections):
             connection.abort()
         self._finish()
