@@ -245,6 +245,31 @@ def test_reload_reopens_only_the_endpoints_that_changed(tmp_path, caplog_events)
     top.stopService()
 
 
+def test_a_new_endpoint_that_cannot_listen_is_logged_and_the_rest_goes_on(tmp_path, caplog_events):
+    from twisted.internet.error import CannotListenError
+
+    reactor, top = started(tmp_path)
+    listen = reactor.listenTCP
+
+    def busy(port, factory, backlog=50, interface=""):
+        if interface == "127.0.0.3":
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return listen(port, factory, backlog, interface)
+
+    reactor.listenTCP = busy
+    write_config(
+        tmp_path, "alice bob", listen='"tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.3"'
+    )
+    assert top.reload() is True
+    assert users_of(top) == {"alice", "bob"}
+    assert set(top.listeners) == {"tcp:0:interface=127.0.0.1"}
+    assert [s for s in top if getattr(s, "description", "") == "tcp:0:interface=127.0.0.3"] == []
+    lines = list(caplog_events)
+    assert any("cannot listen on tcp:0:interface=127.0.0.3" in line for line in lines)
+    assert any("failed tcp:0:interface=127.0.0.3" in line for line in lines)
+    top.stopService()
+
+
 def test_stop_closes_listeners_then_drains_then_closes_targets(tmp_path):
     reactor, top = started(tmp_path)
     listener = top.listeners["tcp:0:interface=127.0.0.1"]
