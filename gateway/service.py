@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -359,7 +360,10 @@ class GatewayService(service.MultiService):
             self.reactor.crash()
             return
         log.info("{signal}: shutting down", signal=signame)
-        self.reactor.stop()
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:  # already on its way down: the drain is coming
+            pass
 
     def stopService(self) -> Any:
         """Listeners first, then the drain, then the targets (MultiService would stop

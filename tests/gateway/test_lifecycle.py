@@ -291,6 +291,19 @@ def test_stop_waits_for_an_open_session_until_the_grace(tmp_path):
     assert handoff.built[0].disconnected == SHUTDOWN_REASON and done.called
 
 
+def test_first_stop_signal_stops_the_reactor_and_a_second_ends_the_drain_at_once(tmp_path):
+    reactor, top = started(tmp_path)
+    handoff = FakeDrainableHandoff()
+    top.dispatcher.generation.handoffs["ssh2"] = handoff
+    _, transport = accept(top.dispatcher)
+    top.stop_requested("SIGTERM")
+    assert reactor.hasStopped and not reactor.hasCrashed
+    done = top.stopService()  # what the reactor's shutdown does
+    assert not done.called and transport.connected
+    top.stop_requested("SIGTERM")
+    assert reactor.hasCrashed and transport.disconnected  # aborted, no waiting
+
+
 def test_reload_during_shutdown_is_ignored(tmp_path):
     reactor, top = started(tmp_path)
     top.stopService()
