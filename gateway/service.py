@@ -122,25 +122,6 @@ def build_handoffs(config: Any, reactor: Any, portal: Any, host_keys: Any) -> di
     return handoffs
 
 
-def build_dispatcher(
-    config: Any, reactor: Any, targets: Any, flows: Any = "config"
-) -> DispatcherFactory:
-    """Everything behind the listeners, from a loaded config. ``targets`` is the
-    :class:`gateway.routing.Router` (from :func:`gateway.routing.build_router`)."""
-    from gateway.auth import build_portal
-    from gateway.hostkeys import load_or_create_host_keys
-
-    host_keys = load_or_create_host_keys(config.state_dir)
-    portal = build_portal(config, targets)
-    return DispatcherFactory(
-        build_handoffs(config, reactor, portal, host_keys),
-        reactor,
-        version_timeout=config.version_timeout,
-        flows=flow_writer(config) if flows == "config" else flows,
-        targets=targets,
-    )
-
-
 def build_generation(config: Any, reactor: Any, host_keys: Any) -> Generation:
     """Everything a loaded config decides for new connections: its targets behind one
     Router, the portal over its users, the protocol implementations, the flow writer.
