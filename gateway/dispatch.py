@@ -333,6 +333,10 @@ class DispatcherFactory(Factory):
     def flows(self) -> FlowSink | None:
         return self.generation.flows
 
+    @flows.setter
+    def flows(self, sink: FlowSink | None) -> None:
+        self.generation.flows = sink
+
     @property
     def version_timeout(self) -> float:
         return self.generation.version_timeout
