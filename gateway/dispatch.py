@@ -7,6 +7,12 @@ implementation with both lines exactly as sent. A connection that never complete
 line is cut off by a timer; anything that is not a usable version gets a reply the client
 can read — a plain text line, because neither side has agreed on a packet format yet.
 
+Each connection is handed to the :class:`Generation` (the protocol implementations of
+one loaded config) that was current when it was accepted; a reload swaps in a new one
+for later connections. The factory knows every open connection, and each offers what
+the shutdown drain (gateway.lifecycle) needs: has it a session, tell its sessions, close
+it cleanly.
+
 Rules for the client's line (RFC 4253 section 4.2, draft-ylonen-ssh-protocol-00):
 - it is the first thing the client sends, ends in LF (CR LF accepted), is at most
   255 bytes including the line end, and holds only printable US-ASCII (space allowed);
