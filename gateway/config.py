@@ -57,6 +57,7 @@ DEFAULT_LISTEN = ("tcp:2222:interface=127.0.0.1",)
 DEFAULT_STATE_DIR = "sshgateway-state"
 DEFAULT_PROTOCOLS = ("1", "2")
 DEFAULT_VERSION_TIMEOUT = 30.0
+DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_ENV_ALLOW = ("LANG", "LC_*")
 DEFAULT_PASSWORD_FILE = "default-password.hash"
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -104,6 +105,7 @@ class GatewayConfig:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
     version_timeout: float = DEFAULT_VERSION_TIMEOUT
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     users: Mapping[str, UserConfig] = field(default_factory=dict)
     # Always holds the built-in ``local``; upstream targets come from [targets.NAME].
     targets: Mapping[str, TargetConfig] = field(
@@ -605,6 +607,9 @@ SCHEMA: tuple[Key, ...] = (
         "SSH versions offered: banner `SSH-1.99` for both, `SSH-2.0` or `SSH-1.5` for one"),
     Key("", "version_timeout", Number(minimum=1), _GATEWAY.version_timeout,
         "time a client has to send its version line"),
+    Key("", "shutdown_grace", Number(minimum=0), _GATEWAY.shutdown_grace,
+        "at SIGTERM/SIGINT: time open sessions get to end (their clients are told) before "
+        "they are disconnected"),
 
     Key(USERS, "", NamedTables(_USER_NAME, "user names are 1-64 of A-Z a-z 0-9 . _ @ - "
                                "(not starting with . @ -)"), None,
@@ -1015,6 +1020,7 @@ def _build(data: Mapping[str, Any], v: _Validator) -> GatewayConfig:
         state_dir=top["state_dir"],
         protocols=protocols,
         version_timeout=top["version_timeout"],
+        shutdown_grace=top["shutdown_grace"],
         users=users,
         targets=targets,
         auth_limits=AuthLimits(**auth),

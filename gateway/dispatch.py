@@ -7,6 +7,12 @@ implementation with both lines exactly as sent. A connection that never complete
 line is cut off by a timer; anything that is not a usable version gets a reply the client
 can read — a plain text line, because neither side has agreed on a packet format yet.
 
+Each connection is handed to the :class:`Generation` (the protocol implementations of
+one loaded config) that was current when it was accepted; a reload swaps in a new one
+for later connections. The factory knows every open connection, and each offers what
+the shutdown drain (gateway.lifecycle) needs: has it a session, tell its sessions, close
+it cleanly.
+
 Rules for the client's line (RFC 4253 section 4.2, draft-ylonen-ssh-protocol-00):
 - it is the first thing the client sends, ends in LF (CR LF accepted), is at most
   255 bytes including the line end, and holds only printable US-ASCII (space allowed);
@@ -18,7 +24,7 @@ Rules for the client's line (RFC 4253 section 4.2, draft-ylonen-ssh-protocol-00)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol as Protocol_
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -29,7 +35,7 @@ from zope.interface import directlyProvides, providedBy
 
 from gateway import __version__
 from protocols.flow import C2S, S2C, FlowRecorder
-from protocols.handoff import IHandoffFactory
+from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.record import ConnectionRecord
 
 MAX_LINE = 255  # bytes, including CR LF (RFC 4253 section 4.2)
@@ -91,8 +97,11 @@ class _CountingTransport:
 class VersionDispatcher(Protocol):
     log = Logger()
 
-    def __init__(self, factory: DispatcherFactory) -> None:
+    def __init__(self, factory: DispatcherFactory, generation: Generation | None = None) -> None:
         self.factory = factory
+        # The config generation this connection was accepted under: it keeps it for its
+        # whole life, whatever a reload swaps in for later connections.
+        self.generation = generation if generation is not None else factory.generation
         self.buffer = b""
         self.inner: Protocol | None = None
         self.timer: IDelayedCall | None = None
@@ -101,16 +110,18 @@ class VersionDispatcher(Protocol):
         self.refused = False  # we answered and are closing: what still arrives is dropped
 
     def connectionMade(self) -> None:
+        generation = self.generation
+        self.factory.connection_opened(self)
         peer = self.transport.getPeer()
         host, port = getattr(peer, "host", str(peer)), getattr(peer, "port", "")
         self.record = ConnectionRecord(peer=f"{host}:{port}" if port != "" else str(host))
-        self.record.server_version = self.factory.server_version.decode("ascii")
-        if self.factory.flows is not None:
+        self.record.server_version = generation.server_version.decode("ascii")
+        if generation.flows is not None:
             self.record.flow = FlowRecorder("server", self.record.peer, clock=self.factory.clock.seconds)
             self.record.flow.version(S2C, self.record.server_version)
         self.counting = _CountingTransport(self.transport, self.record)
-        self.counting.write(self.factory.server_version + b"\r\n")
-        self.timer = self.factory.clock.callLater(self.factory.version_timeout, self._timed_out)
+        self.counting.write(generation.server_version + b"\r\n")
+        self.timer = self.factory.clock.callLater(generation.version_timeout, self._timed_out)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.record is not None
@@ -151,7 +162,7 @@ class VersionDispatcher(Protocol):
         if kind == "too-old":
             self._refuse("client speaks an SSH-1 version older than 1.3")
             return
-        handoff = self.factory.handoffs.get(kind)
+        handoff = self.generation.handoffs.get(kind)
         if handoff is None:
             self._refuse(f"{kind} is not enabled on this gateway")
             return
@@ -159,7 +170,7 @@ class VersionDispatcher(Protocol):
         self.record.protocol = kind
         if self.record.flow is not None:
             self.record.flow.protocol = kind
-        self.inner = handoff.build_protocol(self.record, self.factory.server_version, line)
+        self.inner = handoff.build_protocol(self.record, self.generation.server_version, line)
         self.inner.makeConnection(self.counting)
         if rest:
             self.inner.dataReceived(rest)
@@ -193,12 +204,46 @@ class VersionDispatcher(Protocol):
             self.timer.cancel()
         self.timer = None
 
+    # -- shutdown drain (gateway.lifecycle) ------------------------------------------------
+
+    def _drainable(self) -> IDrainable | None:
+        return IDrainable(self.inner, None) if self.inner is not None else None
+
+    def has_session(self) -> bool:
+        """Whether the client has a session open (a connection still exchanging versions,
+        keys or credentials has none)."""
+        inner = self._drainable()
+        return inner is not None and inner.has_session()
+
+    def tell_sessions(self, message: str) -> None:
+        inner = self._drainable()
+        if inner is not None:
+            inner.tell_sessions(message)
+
+    def close_for_shutdown(self, reason: str) -> None:
+        """End the connection cleanly: the protocol's DISCONNECT once handed over; before
+        that there is no packet format yet, so the socket is just closed."""
+        if self.record is not None and not self.record.close_reason:
+            self.record.close_reason = reason
+        inner = self._drainable()
+        if inner is not None:
+            inner.disconnect_by_application(reason)
+            return
+        self._cancel_timer()
+        self.refused = True
+        self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Drop the connection now (a second SIGTERM, or a peer that never reads)."""
+        self.transport.abortConnection()
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancel_timer()
         if self.inner is not None:
             self.inner.connectionLost(reason)
         record = self.record
         if record is None:
+            self.factory.connection_forgotten(self)
             return
         if not record.close_reason and reason is not None:
             record.close_reason = reason.getErrorMessage()
@@ -212,7 +257,7 @@ class VersionDispatcher(Protocol):
             # The dispatcher sees every byte (a packet cut short by the close included).
             flow.bytes = {C2S: record.bytes_in, S2C: record.bytes_out}
             flow.close(record.close_reason)
-        self.factory.connection_closed(record)
+        self.factory.connection_closed(record, self)
 
 
 class FlowSink(Protocol_):
@@ -221,9 +266,39 @@ class FlowSink(Protocol_):
     def write_flow(self, flow: FlowRecorder) -> None: ...
 
 
+class Generation:
+    """What new connections are handed to, as one loaded config made it: the protocol
+    implementations, the flow sink, the version timeout (and ``targets``, the router its
+    sessions use, for whoever closes them at shutdown). A reload builds a new one and
+    swaps it in whole; connections keep the one they were accepted under, which is
+    retired (``retire``) once the last of them has closed."""
+
+    def __init__(
+        self,
+        handoffs: Mapping[str, IHandoffFactory],
+        version_timeout: float = 30.0,
+        flows: FlowSink | None = None,
+        targets: object = None,
+    ) -> None:
+        self.handoffs = dict(handoffs)
+        self.flows = flows  # None: no flow recording at all
+        self.version_timeout = version_timeout
+        self.targets = targets
+        self.server_version = server_version_line(frozenset(self.handoffs))
+        self.connections: set[VersionDispatcher] = set()
+
+    def retire(self) -> None:
+        """No connection uses this generation any more: stop its timers."""
+        for handoff in self.handoffs.values():
+            stop = getattr(handoff, "stop", None)
+            if stop is not None:
+                stop()
+
+
 class DispatcherFactory(Factory):
-    """Accepts connections on every listener; ``handoffs`` maps "ssh1"/"ssh2" to the
-    protocol implementations that are enabled."""
+    """Accepts connections on every listener and hands each to the current
+    :class:`Generation` (``handoffs`` maps "ssh1"/"ssh2" to the protocol implementations
+    that are enabled). It knows every open connection, for the shutdown drain."""
 
     protocol = VersionDispatcher  # type: ignore[assignment]
     noisy = False  # one line per connection is logged at close; no per-port chatter
@@ -234,17 +309,85 @@ class DispatcherFactory(Factory):
         clock: IReactorTime,
         version_timeout: float = 30.0,
         flows: FlowSink | None = None,
+        targets: object = None,
     ) -> None:
-        self.handoffs = dict(handoffs)
-        self.flows = flows  # None: no flow recording at all
         self.clock = clock
-        self.version_timeout = version_timeout
-        self.server_version = server_version_line(frozenset(self.handoffs))
+        self.generation = Generation(handoffs, version_timeout, flows, targets)
+        self._track()
+
+    @classmethod
+    def serving(cls, generation: Generation, clock: IReactorTime) -> DispatcherFactory:
+        """A factory that hands new connections to ``generation``."""
+        factory = cls.__new__(cls)
+        factory.clock = clock
+        factory.generation = generation
+        factory._track()
+        return factory
+
+    def _track(self) -> None:
+        self.retired: list[Generation] = []  # swapped out, some connection still on them
+        self.connections: set[VersionDispatcher] = set()
+        # Called with the factory after every close (the drain waits on these).
+        self.close_watchers: list[Callable[[DispatcherFactory], None]] = []
+
+    # The current generation's parts, as the rest of the gateway (and tests) read them.
+    @property
+    def handoffs(self) -> dict[str, IHandoffFactory]:
+        return self.generation.handoffs
+
+    @property
+    def flows(self) -> FlowSink | None:
+        return self.generation.flows
+
+    @flows.setter
+    def flows(self, sink: FlowSink | None) -> None:
+        self.generation.flows = sink
+
+    @property
+    def version_timeout(self) -> float:
+        return self.generation.version_timeout
+
+    @property
+    def server_version(self) -> bytes:
+        return self.generation.server_version
+
+    def generations(self) -> list[Generation]:
+        """Every generation some connection (or the next one) may still use."""
+        return [self.generation, *self.retired]
+
+    def swap(self, generation: Generation) -> Generation:
+        """New connections go to ``generation`` from now on; returns the old one, which
+        connections already open keep using until they close."""
+        old, self.generation = self.generation, generation
+        if old.connections:
+            self.retired.append(old)
+        else:
+            old.retire()
+        return old
 
     def buildProtocol(self, addr: object) -> VersionDispatcher:
-        return VersionDispatcher(self)
+        return VersionDispatcher(self, self.generation)
 
-    def connection_closed(self, record: ConnectionRecord) -> None:
-        """A connection is over: its flow record goes to the flow sink."""
-        if self.flows is not None and record.flow is not None:
-            self.flows.write_flow(record.flow)
+    def connection_opened(self, connection: VersionDispatcher) -> None:
+        self.connections.add(connection)
+        connection.generation.connections.add(connection)
+
+    def connection_forgotten(self, connection: VersionDispatcher) -> None:
+        """A connection is gone: stop tracking it, retire a generation it was the last
+        user of, and tell the watchers."""
+        self.connections.discard(connection)
+        generation = connection.generation
+        generation.connections.discard(connection)
+        if generation in self.retired and not generation.connections:
+            self.retired.remove(generation)
+            generation.retire()
+        for watcher in list(self.close_watchers):
+            watcher(self)
+
+    def connection_closed(self, record: ConnectionRecord, connection: VersionDispatcher | None = None) -> None:
+        """A connection is over: its flow record goes to its generation's flow sink."""
+        flows = connection.generation.flows if connection is not None else self.flows
+        if flows is not None and record.flow is not None:
+            flows.write_flow(record.flow)
+        if connection is not None:
+            self.connection_forgotten(connection)

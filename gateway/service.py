@@ -3,6 +3,12 @@
 This is the one place where the gateway's parts meet: host keys, the cred portal, the
 targets, the SSH-1 and SSH-2 implementations, and the version dispatcher on every
 configured endpoint. ``twistd sshgateway`` calls :func:`make_service`.
+
+The top service (:class:`GatewayService`) also owns the running gateway's life: a reload
+(SIGHUP) builds a new :class:`gateway.dispatch.Generation` from the re-read config and
+swaps it in once it is complete, and re-opens only the endpoints that changed; stopping
+(SIGTERM) closes the listeners, drains the connections (gateway.lifecycle) and only then
+closes the targets.
 """
 
 from __future__ import annotations
@@ -10,11 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from gateway.dispatch import DispatcherFactory
+from gateway.dispatch import DispatcherFactory, Generation
+from gateway.lifecycle import Drain, install_signal_handlers
 from gateway.proxy_protocol import server_endpoint
+from gateway.sd_notify import Notifier
 
 log = Logger()
 
@@ -73,32 +83,30 @@ class ListenerService(service.Service):
 
 
 class TargetsService(service.Service):
-    """At shutdown: hangs up every running session, reaps the children, and stops the
-    protocol factories' timers (the SSH-1 server-key rotation)."""
+    """At shutdown: hangs up every running session (of every config generation still in
+    use), reaps the children, and stops the protocol factories' timers (the SSH-1
+    server-key rotation)."""
 
-    def __init__(self, targets: Any, dispatcher: DispatcherFactory) -> None:
-        self.targets = targets
+    def __init__(self, dispatcher: DispatcherFactory) -> None:
         self.dispatcher = dispatcher
+
+    @property
+    def targets(self) -> Any:
+        """The router new sessions use."""
+        return self.dispatcher.generation.targets
 
     def stopService(self) -> Any:
         super().stopService()
-        for handoff in self.dispatcher.handoffs.values():
-            stop = getattr(handoff, "stop", None)
-            if stop is not None:
-                stop()
-        return self.targets.close_all()
+        waits = []
+        for generation in self.dispatcher.generations():
+            generation.retire()
+            if generation.targets is not None:
+                waits.append(generation.targets.close_all())
+        return defer.gatherResults(waits, consumeErrors=True)
 
 
-def build_dispatcher(
-    config: Any, reactor: Any, targets: Any, flows: Any = "config"
-) -> DispatcherFactory:
-    """Everything behind the listeners, from a loaded config. ``targets`` is the
-    :class:`gateway.routing.Router` (from :func:`gateway.routing.build_router`)."""
-    from gateway.auth import build_portal
-    from gateway.hostkeys import load_or_create_host_keys
-
-    host_keys = load_or_create_host_keys(config.state_dir)
-    portal = build_portal(config, targets)
+def build_handoffs(config: Any, reactor: Any, portal: Any, host_keys: Any) -> dict[str, Any]:
+    """The SSH-2 and SSH-1 implementations the config enables, over one portal."""
     handoffs: dict[str, Any] = {}
     if "2" in config.protocols:
         from protocols.ssh2.factory import SSH2ServerFactory
@@ -112,12 +120,29 @@ def build_dispatcher(
         handoffs["ssh1"] = SSH1ServerFactory(
             portal, host_keys.ssh1, config.ssh1, config.auth_limits, reactor
         )
-    return DispatcherFactory(
-        handoffs,
-        reactor,
-        version_timeout=config.version_timeout,
-        flows=flow_writer(config) if flows == "config" else flows,
-    )
+    return handoffs
+
+
+def build_generation(config: Any, reactor: Any, host_keys: Any) -> Generation:
+    """Everything a loaded config decides for new connections: its targets behind one
+    Router, the portal over its users, the protocol implementations, the flow writer.
+    Raises (ValueError, DefaultPasswordError...) before anything is in use."""
+    from gateway.auth import build_portal
+    from gateway.config import ensure_default_password
+    from gateway.routing import build_router
+
+    config = ensure_default_password(config)
+    # Every target (local and upstream) behind one Router, which the realm's avatars
+    # use for every session.
+    targets = build_router(config, reactor)
+    flows = flow_writer(config)
+    # Upstream legs go to the same writer as the client legs they serve.
+    for target in getattr(targets, "targets", {}).values():
+        if hasattr(target, "flows"):
+            target.flows = flows
+    portal = build_portal(config, targets)
+    handoffs = build_handoffs(config, reactor, portal, host_keys)
+    return Generation(handoffs, config.version_timeout, flows, targets)
 
 
 def flow_writer(config: Any) -> Any:
@@ -130,7 +155,13 @@ def flow_writer(config: Any) -> Any:
     return FlowWriter(flows_dir(config.state_dir), flows.max_bytes, flows.keep)
 
 
-def make_service(config: Any, reactor: Any = None) -> service.MultiService:
+def make_service(
+    config: Any, reactor: Any = None, *, handle_signals: bool | None = None
+) -> GatewayService:
+    """The gateway's service tree for ``config``. With the global reactor (twistd) it
+    also takes SIGHUP, SIGTERM and SIGINT (``handle_signals``)."""
+    if handle_signals is None:
+        handle_signals = reactor is None
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -138,29 +169,202 @@ def make_service(config: Any, reactor: Any = None) -> service.MultiService:
     from gateway.fd_limit import raise_open_file_limit
 
     raise_open_file_limit()
-    from gateway.config import DefaultPasswordError, config_warnings, ensure_default_password
-    from gateway.hostkeys import HostKeyError
-    from gateway.routing import build_router
+    from gateway.config import DefaultPasswordError, config_warnings
+    from gateway.hostkeys import HostKeyError, load_or_create_host_keys
 
     for warning in config_warnings(config):
         log.warn("{warning}", warning=warning)
     try:
-        config = ensure_default_password(config)
-        # Every target (local and upstream) behind one Router, which the realm's avatars
-        # use for every session.
-        targets = build_router(config, reactor)
-        flows = flow_writer(config)
-        # Upstream legs go to the same writer as the client legs they serve.
-        for target in getattr(targets, "targets", {}).values():
-            if hasattr(target, "flows"):
-                target.flows = flows
-        dispatcher = build_dispatcher(config, reactor, targets, flows=flows)
+        host_keys = load_or_create_host_keys(config.state_dir)
+        generation = build_generation(config, reactor, host_keys)
     except (DefaultPasswordError, HostKeyError, ValueError) as e:
         # twistd prints a SystemExit message and exits 1: no traceback for a setup problem.
         raise SystemExit(f"sshgateway: {e}") from None
-    top = service.MultiService()
-    # Stopped after the listeners (MultiService stops children in reverse order).
-    TargetsService(targets, dispatcher).setServiceParent(top)
+    dispatcher = DispatcherFactory.serving(generation, reactor)
+    top = GatewayService(config, reactor, dispatcher, host_keys, handle_signals=handle_signals)
+    TargetsService(dispatcher).setServiceParent(top)
     for description in config.listen:
-        ListenerService(reactor, description, dispatcher).setServiceParent(top)
+        top.add_listener(description)
     return top
+
+
+class GatewayService(service.MultiService):
+    """The gateway: its listeners and targets (children), the current config, and what
+    happens on reload and stop."""
+
+    def __init__(
+        self,
+        config: Any,
+        reactor: Any,
+        dispatcher: DispatcherFactory,
+        host_keys: Any,
+        *,
+        handle_signals: bool = False,
+        notifier: Notifier | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.dispatcher = dispatcher
+        self.host_keys = host_keys  # read once: a reload never changes the host keys
+        self.handle_signals = handle_signals
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.listeners: dict[str, ListenerService] = {}
+        self.drain: Drain | None = None
+
+    # -- listeners --------------------------------------------------------------------
+
+    def add_listener(self, description: str) -> ListenerService:
+        listener = ListenerService(self.reactor, description, self.dispatcher)
+        self.listeners[description] = listener
+        listener.setServiceParent(self)
+        return listener
+
+    def remove_listener(self, description: str) -> Any:
+        listener = self.listeners.pop(description)
+        return listener.disownServiceParent()
+
+    # -- start ------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self.running_now)
+
+    def running_now(self) -> None:
+        """The reactor runs and every endpoint listens: take the signals, tell systemd."""
+        if self.handle_signals:
+            install_signal_handlers(self.reactor, self.reload, self.stop_requested)
+        self.notifier.ready(self._status("serving"))
+
+    def _status(self, state: str) -> str:
+        return (
+            f"{state}; {len(self.dispatcher.connections)} connection(s); "
+            f"listening on {len(self.listeners)} endpoint(s)"
+        )
+
+    # -- reload (SIGHUP) -----------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config file (and with it every authorized_keys file) and use it for
+        new connections; open connections keep what they started with. A config that
+        does not load or build is refused and the running one stays. True if swapped."""
+        if self.drain is not None:
+            log.info("reload ignored: the gateway is shutting down")
+            return False
+        self.notifier.reloading()
+        source = self.config.source
+        where = str(source) if source is not None else "the embedded default"
+        try:
+            new = self._load_config()
+            generation = build_generation(new, self.reactor, self.host_keys)
+        except Exception as e:  # whatever it is, the running gateway must go on
+            from gateway.config import ConfigError, DefaultPasswordError
+
+            if isinstance(e, (ConfigError, DefaultPasswordError, ValueError, OSError)):
+                log.error(
+                    "reload refused, the running configuration stays in force: {error}",
+                    error=str(e),
+                )
+            else:
+                log.failure("reload refused, the running configuration stays in force")
+            self.notifier.ready(self._status("serving (reload refused)"))
+            return False
+        old_config, self.config = self.config, new
+        self.dispatcher.swap(generation)
+        endpoints = self._reopen_endpoints(old_config.listen, new.listen)
+        log.info(
+            "reloaded {where}: {users} user(s), {targets} target(s), protocols {protocols}; "
+            "endpoints {endpoints}; {open} open connection(s) keep their configuration",
+            where=where,
+            users=len(new.users),
+            targets=len(new.targets),
+            protocols=",".join(new.protocols),
+            endpoints=endpoints,
+            open=len(self.dispatcher.connections),
+        )
+        self.notifier.ready(self._status("serving (reloaded)"))
+        return True
+
+    def _load_config(self) -> Any:
+        import dataclasses
+
+        from gateway.config import config_warnings, default_config, load_config
+
+        source = self.config.source
+        new = load_config(source) if source is not None else default_config()
+        for warning in config_warnings(new):
+            log.warn("{warning}", warning=warning)
+        if new.state_dir != self.config.state_dir:
+            log.warn(
+                "state_dir changed to {new}: it takes effect at the next start; "
+                "{old} stays in use",
+                new=str(new.state_dir),
+                old=str(self.config.state_dir),
+            )
+            new = dataclasses.replace(new, state_dir=self.config.state_dir)
+        return new
+
+    def _reopen_endpoints(self, old: tuple[str, ...], new: tuple[str, ...]) -> str:
+        """Close the endpoints no longer listed, open the new ones, leave the rest alone
+        (their sockets stay); says what changed."""
+        removed = [d for d in old if d not in new]
+        added = [d for d in new if d not in old]
+        for description in removed:
+            if description in self.listeners:
+                self.remove_listener(description)
+        failed = []
+        for description in added:
+            try:
+                self.add_listener(description)
+            except Exception as e:  # a port in use must not end a running gateway
+                listener = self.listeners.pop(description, None)
+                if listener is not None and listener.parent is not None:
+                    listener.disownServiceParent()
+                failed.append(description)
+                log.error("cannot listen on {endpoint}: {error}", endpoint=description, error=e)
+        if not removed and not added:
+            return "unchanged"
+        parts = [f"+{d}" for d in added if d not in failed]
+        parts += [f"-{d}" for d in removed]
+        parts += [f"failed {d}" for d in failed]
+        kept = len([d for d in new if d in old])
+        return " ".join(parts) + f" ({kept} unchanged)"
+
+    # -- stop (SIGTERM, SIGINT) ----------------------------------------------------------
+
+    def stop_requested(self, signame: str) -> None:
+        """First signal: stop the reactor, whose shutdown waits for :meth:`stopService`
+        (the drain); a second one ends the drain at once."""
+        if self.drain is not None or not self.running:
+            log.info("{signal} again: exiting now", signal=signame)
+            if self.drain is not None:
+                self.drain.now()
+            for generation in self.dispatcher.generations():
+                if generation.targets is not None:
+                    generation.targets.close_all()  # hangs up now; no wait for reaping
+            self.reactor.crash()
+            return
+        log.info("{signal}: shutting down", signal=signame)
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:  # already on its way down: the drain is coming
+            pass
+
+    def stopService(self) -> Any:
+        """Listeners first, then the drain, then the targets (MultiService would stop
+        its children all at once)."""
+        service.Service.stopService(self)
+        listeners = [defer.maybeDeferred(s.stopService) for s in self if isinstance(s, ListenerService)]
+        self.drain = Drain(
+            self.dispatcher, self.reactor, self.config.shutdown_grace, self.notifier
+        )
+        drained = defer.gatherResults([*listeners, self.drain.start()], consumeErrors=True)
+        drained.addErrback(lambda failure: log.failure("draining", failure))
+
+        def close_the_rest(_: object) -> Any:
+            rest = [s for s in self if not isinstance(s, ListenerService)]
+            return defer.gatherResults(
+                [defer.maybeDeferred(s.stopService) for s in reversed(rest)], consumeErrors=True
+            )
+
+        return drained.addCallback(close_the_rest)

@@ -24,3 +24,19 @@ class IHandoffFactory(Interface):
         a version line of its own), ``dataReceived(rest)`` with bytes already read, and
         forwards every later ``dataReceived`` and ``connectionLost``.
         """
+
+
+class IDrainable(Interface):
+    """What a handed-over protocol offers the gateway's shutdown drain (gateway.lifecycle):
+    tell the people in its sessions, and end the connection the protocol's clean way."""
+
+    def has_session() -> bool:
+        """Whether the client has a session (shell, command, forwarding) open; a connection
+        still in key exchange or login has none and is closed at once at shutdown."""
+
+    def tell_sessions(message: str) -> None:
+        """Write ``message`` (one line, no line end) on the stderr of every open session."""
+
+    def disconnect_by_application(reason: str) -> None:
+        """Send the protocol's DISCONNECT with ``reason`` and close the connection once it
+        is written (SSH-2: reason code 11, by application; SSH-1: SMSG_DISCONNECT)."""

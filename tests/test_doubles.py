@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 
 from gateway.targets.bridge import IUpstreamSession, UpstreamSink
 from protocols.auth import ISSH1RSAChallenge, SSH1RSAChallenge
-from protocols.handoff import IHandoffFactory
+from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.session import (
     IGatewayUser,
     ISessionClient,
@@ -84,6 +84,8 @@ ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
         ISSH1RSAChallenge,
     ),
     "test_dispatch.FakeHandoff": (_test_dispatch_handoff, IHandoffFactory),
+    "FakeDrainable": (doubles.FakeDrainable, IDrainable),
+    "FakeDrainableHandoff": (doubles.FakeDrainableHandoff, IHandoffFactory),
     "test_target_ssh2.Realm": (_test_target_ssh2_realm, IRealm),
     "test_target_ssh2.KeyChecker": (_test_target_ssh2_key_checker, ICredentialsChecker),
 }

@@ -42,7 +42,7 @@ from protocols.auth import (
     TooManyAttempts,
 )
 from protocols.flow import C2S, S2C, FlowRecorder
-from protocols.handoff import IHandoffFactory
+from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.record import ConnectionRecord
 from protocols.session import (
     ExitInfo,
@@ -276,6 +276,7 @@ _REFUSED_TWO_STEP = (
 )
 
 
+@implementer(IDrainable)
 class SSH1ServerProtocol(CorePump):
     core: ServerConnection | None
     # Clients send small packets (plink: 512 bytes); the program gets one write per batch
@@ -406,6 +407,19 @@ class SSH1ServerProtocol(CorePump):
         log.info("ssh1 {peer}: disconnecting: {reason}", peer=self.record.peer, reason=reason)
         self.core.send_disconnect(reason)
         self._flush()
+
+    # ------------------------------------------------------------ IDrainable (shutdown)
+    def has_session(self) -> bool:
+        return self.target is not None and not self.done
+
+    def tell_sessions(self, message: str) -> None:
+        # SSH-1 has one session per connection; CR LF reads right with and without a pty.
+        self._session_output(message.encode("utf-8", "replace") + b"\r\n", stderr=True)
+
+    def disconnect_by_application(self, reason: str) -> None:
+        if not self.record.close_reason:
+            self.record.close_reason = reason
+        self._disconnect(reason)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.done = True

@@ -27,6 +27,7 @@ from zope.interface import implementer
 from protocols.auth import LoginContext, LoginFlow
 from protocols.fingerprint import sha256_fingerprint
 from protocols.flow import C2S, S2C, FlowRecorder
+from protocols.handoff import IDrainable
 from protocols.record import ConnectionRecord
 from protocols.ssh2 import moduli
 from protocols.ssh2.algorithms import HOST_KEY_TYPES
@@ -134,7 +135,7 @@ class _BoundedInflater:
         return out
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IDrainable)
 class SSH2ServerTransport(SSH2TransportBase, SSHServerTransport):
     """One SSH-2 connection handed over by the dispatcher.
 
@@ -254,6 +255,25 @@ class SSH2ServerTransport(SSH2TransportBase, SSHServerTransport):
 
     def _grace_expired(self) -> None:
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login grace time exceeded")
+
+    # -- IDrainable: the gateway is shutting down ----------------------------------------
+
+    def _open_channels(self) -> list[Any]:
+        return list((getattr(self.service, "channels", None) or {}).values())
+
+    def has_session(self) -> bool:
+        return not self._disconnecting and bool(self._open_channels())
+
+    def tell_sessions(self, message: str) -> None:
+        # CR LF reads right with and without a pty.
+        data = message.encode("utf-8", "replace") + b"\r\n"
+        for channel in self._open_channels():
+            write_stderr = getattr(channel, "write_stderr", None)
+            if write_stderr is not None:
+                write_stderr(data)
+
+    def disconnect_by_application(self, reason: str) -> None:
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.login_flow is not None:

@@ -789,3 +789,23 @@ def test_x11_forwarding_relays():
     assert h.received() == [(m.SSH_MSG_CHANNEL_DATA, struct.pack(">I", 7) + string(b"l\0setup"))]
     h.protocol.connectionLost(None)
     assert not os.path.exists(env["XAUTHORITY"])
+
+
+def test_shutdown_drain_hook_tells_the_session_then_disconnects():
+    """IDrainable: no session before EXEC; after it the message goes out as STDERR_DATA,
+    and the clean close is an SMSG_DISCONNECT with the reason."""
+    from zope.interface.verify import verifyObject
+
+    from protocols.handoff import IDrainable
+
+    h = Harness()
+    assert verifyObject(IDrainable, h.protocol)
+    h.login()
+    assert not h.protocol.has_session()
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    assert h.protocol.has_session()
+    h.protocol.tell_sessions("gateway going down")
+    assert h.received() == [(m.SSH_SMSG_STDERR_DATA, string(b"gateway going down\r\n"))]
+    h.protocol.disconnect_by_application("going down")
+    assert h.received() == [(m.SSH_MSG_DISCONNECT, string(b"going down"))]
+    assert h.transport.disconnecting and h.record.close_reason == "going down"

@@ -402,3 +402,26 @@ def test_disconnect_unregisters_from_the_tcp_transport():
     assert w.server.transport.producer is w.transport
     w.advance(6)
     assert w.server.transport.producer is None
+
+
+def test_shutdown_drain_hook_tells_each_session_then_disconnects_by_application():
+    """IDrainable: no session before a channel is open; then the message reaches the
+    session's stderr and the clean close is DISCONNECT reason 11 (by application)."""
+    from twisted.conch.ssh import transport
+    from zope.interface.verify import verifyObject
+
+    from protocols.handoff import IDrainable
+
+    w = logged_in()
+    server = w.transport
+    assert verifyObject(IDrainable, server)
+    assert not server.has_session()
+    session, _ = start(w)
+    assert server.has_session()
+    server.tell_sessions("gateway going down")
+    w.flush()
+    assert bytes(session.err) == b"gateway going down\r\n"
+    server.disconnect_by_application("going down")
+    w.flush()
+    assert w.client.disconnect == (transport.DISCONNECT_BY_APPLICATION, b"going down")
+    assert w.record.close_reason == "going down"

@@ -8,7 +8,9 @@
   configured target (FakeSessionTarget, FakeTarget, fake_targets);
 - the portal side of the in-memory SSH-1 and SSH-2 servers: a user whose sessions are
   FakeSessionTargets, a realm handing them out, an SSH-1 RSA checker, and an RSA
-  challenge callback (Avatar, Realm, RSAChecker, Challenger).
+  challenge callback (Avatar, Realm, RSAChecker, Challenger);
+- a handed-over connection as the shutdown drain sees it, and the handoff that builds
+  them (FakeDrainable, FakeDrainableHandoff).
 
 They record what they are told so that a test can assert on it; the few rules they keep
 (a refused user, an unlisted key) are in their docstrings."""
@@ -23,10 +25,12 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from gateway.targets.bridge import IUpstreamSession
 from protocols.auth import ISSH1RSAChallenge, PolicyRefused
+from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.session import (
     ExitInfo,
     IGatewayUser,
@@ -322,3 +326,41 @@ class Challenger:
     def __call__(self, e: int, n: int) -> Any:
         self.asked.append((e, n))
         return self.answer
+
+
+@implementer(IDrainable)
+class FakeDrainable(Protocol):
+    """A handed-over connection as the shutdown drain sees it: records the messages its
+    sessions were told and its DISCONNECT; ``session`` says whether it has a session."""
+
+    def __init__(self, session: bool = True) -> None:
+        self.session = session
+        self.told: list[str] = []
+        self.disconnected: str | None = None
+
+    def has_session(self) -> bool:
+        return self.session
+
+    def tell_sessions(self, message: str) -> None:
+        self.told.append(message)
+
+    def disconnect_by_application(self, reason: str) -> None:
+        self.disconnected = reason
+        self.transport.loseConnection()
+
+
+@implementer(IHandoffFactory)
+class FakeDrainableHandoff:
+    """Hands every connection to a new FakeDrainable (``built`` lists them); ``stop``
+    records that its generation was retired."""
+
+    def __init__(self) -> None:
+        self.built: list[FakeDrainable] = []
+        self.stopped = False
+
+    def build_protocol(self, record: Any, server_version: bytes, client_version: bytes) -> Any:
+        self.built.append(FakeDrainable())
+        return self.built[-1]
+
+    def stop(self) -> None:
+        self.stopped = True

@@ -65,6 +65,8 @@ class GatewayProcess:
         self.config = dict(config)
         self.config.setdefault("listen", ["tcp:0:interface=127.0.0.1"])
         self.config.setdefault("state_dir", str(workdir / "state"))
+        # stop() sends SIGTERM: sessions still open get this long before the gateway exits.
+        self.config.setdefault("shutdown_grace", 3)
         self.config_path = workdir / "gateway.toml"
         self.output: list[str] = []
         self.port: int | None = None
