@@ -19,12 +19,21 @@ exists or is allowed is decided when a session opens, never at login. For target
 ``credentials = "pass-through"`` the password checker keeps the password the user typed
 on the avatar ID, only for users who may reach such a target, so that the session can
 send it upstream; it is never logged.
+
+authorized_keys options (gateway.authorized_keys): a key is found by the checkers, which
+also decide ``from=`` and ``expiry-time=`` (the portal passes them the login context's
+peer), so that a key refused by its options gets exactly the answer of a key that is not
+listed (no PK_OK, SSH-1 FAILURE without a challenge); only the log says why. The line
+that admitted the key travels on the avatar ID; the realm turns it into the avatar's
+``SessionRestrictions``, forced command and (only with ``permit_user_environment``)
+environment. A password login has none of these.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -41,9 +50,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import passwords
-from gateway.authorized_keys import AuthorizedKeysFile
+from gateway.authorized_keys import AuthorizedKey, AuthorizedKeysFile
 from gateway.config import GatewayConfig, UserConfig
 from gateway.fair_slots import UNKNOWN_SOURCE, FairSlots, SourceBusy, source_of
+from gateway.host_patterns import peer_address
 from gateway.routing import split_login
 from protocols.auth import (
     METHOD_PASSWORD,
@@ -53,7 +63,14 @@ from protocols.auth import (
     PartialAuthentication,
     PolicyRefused,
 )
-from protocols.session import IGatewayUser, ISessionClient, ISessionTarget, SessionRequest
+from protocols.session import (
+    UNRESTRICTED,
+    IGatewayUser,
+    ISessionClient,
+    ISessionTarget,
+    SessionRequest,
+    SessionRestrictions,
+)
 
 _log = Logger()
 
@@ -88,8 +105,9 @@ def run_in_thread(f: Callable[..., Any], *args: Any) -> defer.Deferred:
 
 class AvatarId(bytes):
     """The avatar ID the checkers return: the user name (without ``+target``), which
-    method proved it, the target the login name asked for, and — for pass-through
-    targets only — the password that was checked.
+    method proved it, the target the login name asked for, — for pass-through targets
+    only — the password that was checked, and for a key the authorized_keys line that
+    admitted it (its options restrict the session).
 
     The realm trusts this ``method`` rather than what the front end claimed it was trying,
     so that ``auth = "all"`` counts what was really checked. ``repr`` shows the name only.
@@ -98,6 +116,7 @@ class AvatarId(bytes):
     method: str
     target: str | None
     password: str | None
+    key: AuthorizedKey | None
 
     def __new__(
         cls,
@@ -105,11 +124,13 @@ class AvatarId(bytes):
         method: str,
         target: str | None = None,
         password: str | None = None,
+        key: AuthorizedKey | None = None,
     ) -> AvatarId:
         self = super().__new__(cls, name)
         self.method = method
         self.target = target
         self.password = password
+        self.key = key
         return self
 
 
@@ -210,17 +231,39 @@ class PasswordChecker:
 
 
 class KeyStore:
-    """Each user's authorized_keys file (re-read on change), shared by both key checkers."""
+    """Each user's authorized_keys file (re-read on change), shared by both key checkers,
+    and the one decision on a listed key's ``from=`` and ``expiry-time=``."""
 
-    def __init__(self, users: Mapping[str, UserConfig]) -> None:
+    def __init__(
+        self, users: Mapping[str, UserConfig], clock: Callable[[], float] = time.time
+    ) -> None:
         self.files = {
             name: AuthorizedKeysFile(user.authorized_keys)
             for name, user in users.items()
             if user.authorized_keys is not None
         }
+        self.clock = clock
 
     def get(self, name: str | None) -> AuthorizedKeysFile | None:
         return self.files.get(name) if name is not None else None
+
+    def admit(self, name: str, entries: Iterable[AuthorizedKey], peer: str) -> AuthorizedKey | None:
+        """The first of ``entries`` (lines listing the offered key) whose options admit a
+        login from ``peer`` now; each line that refuses says why in the log, as sshd
+        does, and the next is tried."""
+        address = peer_address(peer)
+        now = self.clock()
+        for entry in entries:
+            why = entry.options.login_refusal(address, now)
+            if why is None:
+                return entry
+            _log.info(
+                "authorized_keys {where}: correct key for {user} refused: {why}",
+                where=entry.where,
+                user=name,
+                why=why,
+            )
+        return None
 
 
 def _signature_algorithm(signature: bytes) -> bytes | None:
@@ -245,9 +288,14 @@ class SSH2PublicKeyChecker:
         self.store = store
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
-        return defer.maybeDeferred(self._check, credentials)
+        """For callers without a login context: no address, so a from= line refuses."""
+        return self.check(credentials, "")
 
-    def _check(self, credentials: Any) -> AvatarId:
+    def check(self, credentials: Any, peer: str) -> defer.Deferred:
+        """Check a key (or the query for one) offered by a client at ``peer``."""
+        return defer.maybeDeferred(self._check, credentials, peer)
+
+    def _check(self, credentials: Any, peer: str) -> AvatarId:
         name, target = _login(credentials.username)
         listed = self.store.get(name)
         try:
@@ -255,7 +303,10 @@ class SSH2PublicKeyChecker:
             offered = keys.Key.fromString(credentials.blob, type="blob").blob()
         except Exception:  # Conch raises several types for garbage blobs
             offered = None
-        entry = listed.find_ssh2(offered) if listed is not None and offered else None
+        entry = None
+        if listed is not None and offered and name is not None:
+            # Before PK_OK too: a key its options refuse must look like an unlisted one.
+            entry = self.store.admit(name, listed.find_ssh2(offered), peer)
         if entry is None or entry.key is None or name is None:
             raise UnauthorizedLogin(_REFUSED)
         if credentials.signature is None:
@@ -270,7 +321,7 @@ class SSH2PublicKeyChecker:
             good = False
         if not good:
             raise UnauthorizedLogin(_REFUSED)
-        return AvatarId(name.encode("utf-8"), METHOD_PUBLICKEY, target)
+        return AvatarId(name.encode("utf-8"), METHOD_PUBLICKEY, target, key=entry)
 
 
 @implementer(ICredentialsChecker)
@@ -284,9 +335,17 @@ class SSH1RSAChecker:
         self.store = store
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred:
+        """For callers without a login context: no address, so a from= line refuses."""
+        return self.check(credentials, "")
+
+    def check(self, credentials: Any, peer: str) -> defer.Deferred:
+        """Check the key a client at ``peer`` offers; its options are decided before the
+        challenge, so a refused key gets FAILURE exactly as an unlisted one does."""
         name, target = _login(credentials.username)
         listed = self.store.get(name)
-        entry = listed.find_ssh1(credentials.modulus) if listed is not None else None
+        entry = None
+        if listed is not None and name is not None:
+            entry = self.store.admit(name, listed.find_ssh1(credentials.modulus), peer)
         if entry is None or entry.rsa is None or name is None:
             return defer.fail(UnauthorizedLogin(_REFUSED))
         e, n = entry.rsa
@@ -295,7 +354,7 @@ class SSH1RSAChecker:
         def answered(ok: object) -> AvatarId:
             if ok is not True:
                 raise UnauthorizedLogin(_REFUSED)
-            return AvatarId(name.encode("utf-8"), METHOD_PUBLICKEY, target)
+            return AvatarId(name.encode("utf-8"), METHOD_PUBLICKEY, target, key=entry)
 
         return d.addCallback(answered)
 
@@ -306,6 +365,9 @@ class GatewayUser:
 
     ``target`` is what the login name asked for (``user+target``), None if nothing;
     ``password`` is the checked login password, kept only for pass-through targets.
+    From the key's authorized_keys line: ``restrictions`` (read by the front ends),
+    ``forced_command`` (replaces what the client asks to run) and ``environment`` (set for
+    the session); the router applies the last two.
     """
 
     def __init__(
@@ -316,12 +378,18 @@ class GatewayUser:
         *,
         target: str | None = None,
         password: str | None = None,
+        restrictions: SessionRestrictions = UNRESTRICTED,
+        forced_command: bytes | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.username = username
         self.targets = targets
         self.env_allow = tuple(env_allow)
         self.target = target
         self._password = password
+        self.restrictions = restrictions
+        self.forced_command = forced_command
+        self.environment = dict(environment or {})
 
     def __repr__(self) -> str:
         return f"<GatewayUser {self.username!r} target={self.target!r}>"
@@ -331,11 +399,23 @@ class GatewayUser:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.env_allow)
 
     def open_session(self, request: SessionRequest, client: ISessionClient) -> ISessionTarget:
-        if self.target is None and self._password is None:
+        key_options: dict[str, Any] = {}
+        if self.forced_command is not None:
+            key_options["forced_command"] = self.forced_command
+        if self.environment:
+            key_options["environment"] = self.environment
+        if self.target is None and self._password is None and not key_options:
             # Also what a bare LocalTarget (no routing) understands.
             return self.targets.open_session(self.username, request, client)
+        # Only the Router (gateway.routing) applies a forced command: anything else
+        # fails the session rather than run what the client asked.
         return self.targets.open_session(
-            self.username, request, client, target=self.target, password=self._password
+            self.username,
+            request,
+            client,
+            target=self.target,
+            password=self._password,
+            **key_options,
         )
 
 
@@ -355,11 +435,17 @@ class GatewayRealm:
     """
 
     def __init__(
-        self, users: Mapping[str, UserConfig], targets: Any, env_allow: Iterable[str]
+        self,
+        users: Mapping[str, UserConfig],
+        targets: Any,
+        env_allow: Iterable[str],
+        *,
+        permit_user_environment: bool = False,
     ) -> None:
         self.users = users
         self.targets = targets
         self.env_allow = tuple(env_allow)
+        self.permit_user_environment = permit_user_environment
 
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple:
         if IGatewayUser not in interfaces:
@@ -367,6 +453,7 @@ class GatewayRealm:
         name, target = _login(avatarId)
         target = getattr(avatarId, "target", None) or target
         password = getattr(avatarId, "password", None)
+        key = getattr(avatarId, "key", None)
         user = self.users.get(name) if name is not None else None
         if user is None or name is None:
             raise UnauthorizedLogin(_REFUSED)
@@ -381,6 +468,7 @@ class GatewayRealm:
                 context.begin(name, method)
             context.succeeded.add(method)
             password = _remember_password(context, name, password)
+            key = _remember_key(context, name, key)
             remaining = [m for m in user.methods if m not in context.succeeded]
             if remaining:
                 if context.protocol == "ssh1":
@@ -393,8 +481,36 @@ class GatewayRealm:
             if _username(context.username) != name:
                 context.begin(name, method)
             context.succeeded.add(method)
-        avatar = GatewayUser(name, self.targets, self.env_allow, target=target, password=password)
+        avatar = GatewayUser(
+            name,
+            self.targets,
+            self.env_allow,
+            target=target,
+            password=password,
+            **self._key_options(name, key),
+        )
         return IGatewayUser, avatar, lambda: None
+
+    def _key_options(self, name: str, key: AuthorizedKey | None) -> dict[str, Any]:
+        """The avatar's share of the key line's options (none for a password login)."""
+        if key is None:
+            return {}
+        options = key.options
+        found: dict[str, Any] = {"restrictions": options.session_restrictions(key.where)}
+        if options.command is not None:
+            # surrogateescape: the exact bytes written in the file.
+            found["forced_command"] = options.command.encode("utf-8", "surrogateescape")
+        if options.environment:
+            if self.permit_user_environment:
+                found["environment"] = dict(options.environment)
+            else:
+                _log.info(
+                    "authorized_keys {where}: environment= for {user} ignored "
+                    "(permit_user_environment is off)",
+                    where=key.where,
+                    user=name,
+                )
+        return found
 
 
 # With ``auth = "all"`` the password may pass before the key does: the pass-through
@@ -412,19 +528,48 @@ def _remember_password(context: LoginContext, name: str, password: str | None) -
     return None
 
 
+_PENDING_KEY = "_sshgateway_key_line"
+
+
+def _remember_key(
+    context: LoginContext, name: str, key: AuthorizedKey | None
+) -> AuthorizedKey | None:
+    """With ``auth = "all"`` the key may pass before the password: its line's options
+    still restrict the session that the last method opens."""
+    if key is not None:
+        setattr(context, _PENDING_KEY, (name, key))
+        return key
+    pending = getattr(context, _PENDING_KEY, None)
+    if pending is not None and pending[0] == name:
+        return pending[1]
+    return None
+
+
 class GatewayPortal(Portal):
-    """The portal that passes the login context's peer on to the password checker, so
-    that hashing is scheduled per source; other credentials go the usual way."""
+    """The portal that passes the login context's peer on to the checkers: the password
+    checker schedules hashing per source, the key checkers decide ``from=``."""
 
     def __init__(self, realm: IRealm, password_checker: PasswordChecker, checkers: list) -> None:
         super().__init__(realm, [password_checker, *checkers])
         self.password_checker = password_checker
+        self.key_checkers = list(checkers)
 
     def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
-        if not IUsernamePassword.providedBy(credentials):
-            return super().login(credentials, mind, *interfaces)
         peer = mind.peer if isinstance(mind, LoginContext) else ""
-        d = self.password_checker.check(credentials, source_of(peer))
+        if IUsernamePassword.providedBy(credentials):
+            d = self.password_checker.check(credentials, source_of(peer))
+        else:
+            checker = next(
+                (
+                    c
+                    for c in self.key_checkers
+                    if any(i.providedBy(credentials) for i in c.credentialInterfaces)
+                ),
+                None,
+            )
+            if checker is None:
+                return super().login(credentials, mind, *interfaces)
+            d = checker.check(credentials, peer)
         return d.addCallback(self.realm.requestAvatar, mind, *interfaces)
 
 
@@ -439,7 +584,12 @@ def build_portal(
     hashing; the default uses the reactor's thread pool, pass :func:`run_inline` in
     in-memory tests.
     """
-    realm = GatewayRealm(config.users, targets, config.env_allow)
+    realm = GatewayRealm(
+        config.users,
+        targets,
+        config.env_allow,
+        permit_user_environment=config.permit_user_environment,
+    )
     store = KeyStore(config.users)
 
     def keep_password(name: str) -> bool:

@@ -5,22 +5,32 @@ One file per user holds SSH-2 lines (``[options] keytype base64 [comment]``) and
 lines (``[options] bits exponent modulus [comment]``, as ``puttygen -O public`` and
 ``ssh-keygen1`` write them). An ``ssh-rsa`` line also serves SSH-1 logins: same e and n.
 
-Options are parsed but the gateway does not enforce OpenSSH's restrictions (``command=``,
-``from=``, ``no-pty``, ...). A key whose line carries a restriction we cannot enforce is
-skipped with a log line: accepting it would grant more than its owner wrote.
+Options (:func:`parse_options`, :class:`KeyOptions`) are parsed as sshd parses them and
+enforced by the gateway: ``from=`` and ``expiry-time=`` when the key is offered
+(:meth:`KeyOptions.login_refusal`, used by gateway.auth), the rest on the logged-in
+session (``restrict``, ``no-pty``, ``no-port-forwarding``, ... as the avatar's
+``SessionRestrictions``; ``command=`` and ``environment=`` by gateway.routing). A line with
+an option the gateway does not know is skipped with a log line: accepting it would grant
+more than its owner wrote.
 """
 
 from __future__ import annotations
 
 import binascii
+import calendar
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from twisted.conch.ssh import keys
 from twisted.logger import Logger
+
+from gateway import host_patterns
+from protocols.session import SessionRestrictions
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024  # OpenSSH's own limit on a public key line
@@ -29,26 +39,208 @@ MAX_LINE_BYTES = 16 * 1024  # OpenSSH's own limit on a public key line
 MAX_SSH1_BITS = 8192
 MIN_SSH1_BITS = 512
 
-# Options that only relax what the gateway never grants anyway, or switch nothing on.
-HARMLESS_OPTIONS = frozenset(
-    {
-        "no-port-forwarding",
-        "no-agent-forwarding",
-        "no-x11-forwarding",
-        "no-user-rc",
-        "restrict",
-        "port-forwarding",
-        "agent-forwarding",
-        "x11-forwarding",
-        "user-rc",
-        "pty",
-        "no-touch-required",
-        "verify-required",
-    }
-)
-
 _log = Logger()
 _SSH1_LINE = re.compile(rb"(\d{1,5})\s+(\d{1,2500})\s+(\d{1,2500})(?:\s+(.*))?\Z", re.S)
+
+# At most this many environment= options on one line (sshd allows 1024; a session
+# request allows 64 variables from the client, and the key gets no more).
+MAX_ENVIRONMENT = 64
+MAX_ENV_NAME = 256
+_ENV_NAME = re.compile(r"[A-Za-z0-9_]+\Z")
+# expiry-time: YYYYMMDD, YYYYMMDDHHMM or YYYYMMDDHHMMSS, then optionally Z or UTC.
+_EXPIRY = re.compile(r"(\d{8}|\d{12}|\d{14})(Z|UTC)?\Z", re.I)
+
+# Flags that take a "no-" prefix, and the KeyOptions field each sets.
+_NEGATABLE_FLAGS = {
+    "pty": "pty",
+    "port-forwarding": "port_forwarding",
+    "agent-forwarding": "agent_forwarding",
+    "x11-forwarding": "x11_forwarding",
+    "user-rc": "user_rc",
+}
+# Flags for FIDO (sk-) keys, which Conch cannot verify: such keys never log in, and the
+# flags change nothing for the others.
+_SECURITY_KEY_FLAGS = frozenset({"touch-required", "no-touch-required", "verify-required"})
+_VALUE_OPTIONS = frozenset({"command", "from", "environment", "expiry-time"})
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+class KeyLineError(ValueError):
+    pass
+
+
+class UnknownOption(KeyLineError):
+    """An option the gateway does not know: the line is skipped, since accepting it would
+    grant more than its owner wrote (``permitopen=``, ``tunnel=``, ``cert-authority``...)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"option {_printable(name)!r} is not supported by the gateway")
+        self.name = name
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    cleaned = "".join(c if c.isprintable() else "?" for c in text)
+    return cleaned if len(cleaned) <= limit else cleaned[:limit] + "..."
+
+
+@dataclass(frozen=True)
+class KeyOptions:
+    """What the options of one authorized_keys line say, with sshd's meaning (sshd(8)
+    AUTHORIZED_KEYS FILE FORMAT). The default is a line without options.
+
+    ``from_patterns`` and ``expiry`` decide whether the key may log in at all
+    (:meth:`login_refusal`); the flags restrict the session once logged in;
+    ``command`` replaces whatever the client asks to run; ``environment`` is set for the
+    session only where the config permits user environment.
+    """
+
+    pty: bool = True
+    port_forwarding: bool = True
+    agent_forwarding: bool = True
+    x11_forwarding: bool = True
+    user_rc: bool = True  # the gateway runs no ~/.ssh/rc: accepted, nothing to enforce
+    command: str | None = None
+    from_patterns: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+    expiry: int | None = None  # seconds since the epoch; the key is refused after it
+
+    def login_refusal(self, address: host_patterns.Address | None, now: float) -> str | None:
+        """Why a login with this line is refused for a client at ``address`` at ``now``
+        (for the log only), or None when it is admitted."""
+        if self.expiry is not None and self.expiry < now:
+            when = datetime.fromtimestamp(self.expiry, UTC)
+            return f"the key expired at {when:%Y-%m-%d %H:%M:%S} UTC (expiry-time)"
+        if self.from_patterns is not None:
+            try:
+                allowed = host_patterns.from_allows(self.from_patterns, address)
+            except host_patterns.PatternError as e:
+                return f"invalid from= criteria ({e})"
+            if not allowed:
+                shown = str(address) if address is not None else "an unknown address"
+                return (
+                    f"{shown} is not permitted to use this key "
+                    f'(from="{_printable(self.from_patterns, 200)}")'
+                )
+        return None
+
+    def session_restrictions(self, origin: str) -> SessionRestrictions:
+        """The flags as the front ends read them off the avatar."""
+        return SessionRestrictions(
+            pty=self.pty,
+            port_forwarding=self.port_forwarding,
+            agent_forwarding=self.agent_forwarding,
+            x11_forwarding=self.x11_forwarding,
+            origin=origin,
+        )
+
+
+def parse_options(text: str) -> KeyOptions:
+    """The options field of a line, parsed as sshd's auth-options.c does: names are
+    case-insensitive, the flags may be preceded by ``no-`` (``restrict`` may not),
+    ``restrict`` turns every flag off and later flags turn some on again, values are
+    double-quoted with ``\\"`` for a quote (any other backslash is kept). Raises
+    :class:`UnknownOption` or :class:`KeyLineError`."""
+    values: dict[str, object] = {}
+    environment: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text) and text[pos] not in " \t":
+        end = pos
+        while end < len(text) and text[end] not in ",= \t":
+            end += 1
+        name = text[pos:end].translate(_ASCII_LOWER)
+        if end < len(text) and text[end] == "=":
+            if name not in _VALUE_OPTIONS:
+                raise UnknownOption(text[pos:end])
+            value, pos = _dequote(text, end + 1, name)
+            _set_value(values, environment, name, value)
+        else:
+            pos = end
+            if name == "restrict":
+                values.update({field: False for field in _NEGATABLE_FLAGS.values()})
+            elif name in _NEGATABLE_FLAGS:
+                values[_NEGATABLE_FLAGS[name]] = True
+            elif name.startswith("no-") and name[3:] in _NEGATABLE_FLAGS:
+                values[_NEGATABLE_FLAGS[name[3:]]] = False
+            elif name and name not in _SECURITY_KEY_FLAGS:
+                # (An empty option, as in "pty,,no-x11-forwarding", is passed over, as
+                # sshd does.)
+                raise UnknownOption(text[pos - len(name) : pos])
+        if pos >= len(text) or text[pos] in " \t":
+            break
+        if text[pos] != ",":
+            raise KeyLineError("unexpected text after an option")
+        pos += 1
+        if pos >= len(text) or text[pos] in " \t":
+            raise KeyLineError("unexpected end of options after a comma")
+    return KeyOptions(**values, environment=tuple(environment))  # type: ignore[arg-type]
+
+
+def _dequote(text: str, pos: int, name: str) -> tuple[str, int]:
+    """The double-quoted value at ``pos`` and the position after its closing quote."""
+    if pos >= len(text) or text[pos] != '"':
+        raise KeyLineError(f"{name}= value without a starting quote")
+    value: list[str] = []
+    pos += 1
+    while pos < len(text) and text[pos] != '"':
+        if text[pos] == "\\" and text[pos + 1 : pos + 2] == '"':
+            pos += 1
+        value.append(text[pos])
+        pos += 1
+    if pos >= len(text):
+        raise KeyLineError(f"{name}= value without an ending quote")
+    return "".join(value), pos + 1
+
+
+def _set_value(
+    values: dict[str, object], environment: list[tuple[str, str]], name: str, value: str
+) -> None:
+    if name == "command":
+        if "command" in values:
+            raise KeyLineError("more than one command= option")
+        values["command"] = value
+    elif name == "from":
+        if "from_patterns" in values:
+            raise KeyLineError("more than one from= option")
+        values["from_patterns"] = value
+    elif name == "expiry-time":
+        expiry = _expiry_time(value)
+        # Several: the earliest counts, as in sshd.
+        previous = values.get("expiry")
+        values["expiry"] = expiry if previous is None else min(expiry, previous)  # type: ignore[call-overload]
+    else:  # environment
+        var, sep, setting = value.partition("=")
+        if not sep or len(var) > MAX_ENV_NAME or not _ENV_NAME.match(var):
+            raise KeyLineError("environment= value is not NAME=value")
+        if len(environment) >= MAX_ENVIRONMENT:
+            raise KeyLineError(f"more than {MAX_ENVIRONMENT} environment= options")
+        # A name given twice: the first counts, as in sshd.
+        if all(var != known for known, _ in environment):
+            environment.append((var, setting))
+
+
+def _expiry_time(value: str) -> int:
+    """expiry-time="YYYYMMDD[HHMM[SS]]" (local time) or with a Z / UTC suffix (UTC)."""
+    match = _EXPIRY.match(value)
+    if match is None:
+        raise KeyLineError("expiry-time is not YYYYMMDD[HHMM[SS]][Z]")
+    digits = match.group(1).ljust(14, "0")
+    try:
+        when = datetime(
+            int(digits[0:4]), int(digits[4:6]), int(digits[6:8]),
+            int(digits[8:10]), int(digits[10:12]), int(digits[12:14]),
+        )  # fmt: skip
+        if match.group(2):
+            stamp = calendar.timegm(when.timetuple())
+        else:
+            stamp = int(time.mktime(when.timetuple()))
+    except (ValueError, OverflowError):
+        raise KeyLineError("expiry-time is not a valid date and time") from None
+    if stamp <= 0:
+        raise KeyLineError("expiry-time is before 1970")
+    return stamp
+
+
+NO_OPTIONS = KeyOptions()
 
 
 @dataclass(frozen=True)
@@ -58,56 +250,36 @@ class AuthorizedKey:
 
     key: keys.Key | None
     rsa: tuple[int, int] | None
-    options: tuple[str, ...]
+    options: KeyOptions
     comment: str
     line: int
+    source: str = "authorized_keys"  # the file, for log lines
 
     @property
     def blob(self) -> bytes | None:
         return self.key.blob() if self.key is not None else None
 
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
 
-class KeyLineError(ValueError):
-    pass
 
-
-def _split_options(line: bytes) -> tuple[tuple[str, ...], bytes]:
-    """Split a leading options field (commas, double-quoted values may hold spaces)."""
-    options: list[str] = []
-    current = bytearray()
+def _split_options(line: bytes) -> tuple[str, bytes]:
+    """The leading options field and the rest of the line, as sshd finds the key after
+    it: up to the first space or tab outside double quotes (``\\"`` never toggles)."""
     quoted = False
     i = 0
-    while i < len(line):
-        c = line[i : i + 1]
-        if quoted:
-            if c == b"\\" and line[i + 1 : i + 2] == b'"':
-                current += b'"'
-                i += 2
-                continue
-            if c == b'"':
-                quoted = False
-            current += c
-        elif c == b'"':
-            quoted = True
-            current += c
-        elif c == b",":
-            options.append(current.decode("utf-8", "replace"))
-            current = bytearray()
-        elif c in b" \t":
-            break
-        else:
-            current += c
+    while i < len(line) and (quoted or line[i : i + 1] not in (b" ", b"\t")):
+        if line[i : i + 1] == b"\\" and line[i + 1 : i + 2] == b'"':
+            i += 2
+            continue
+        if line[i : i + 1] == b'"':
+            quoted = not quoted
         i += 1
     if quoted:
         raise KeyLineError("unterminated quote in options")
-    options.append(current.decode("utf-8", "replace"))
-    if any(not o for o in options):
-        raise KeyLineError("empty option")
-    return tuple(options), line[i:].lstrip(b" \t")
-
-
-def _option_name(option: str) -> str:
-    return option.split("=", 1)[0].lower()
+    # surrogateescape: a forced command keeps its exact bytes.
+    return line[:i].decode("utf-8", "surrogateescape"), line[i:].lstrip(b" \t")
 
 
 def _parse_ssh2(fields: list[bytes]) -> tuple[keys.Key, str]:
@@ -150,37 +322,48 @@ def _parse_ssh1(match: re.Match[bytes]) -> tuple[tuple[int, int], str]:
     return (e, n), comment
 
 
-def parse_line(raw: bytes, number: int = 0) -> AuthorizedKey | None:
+def parse_line(
+    raw: bytes, number: int = 0, source: str = "authorized_keys"
+) -> AuthorizedKey | None:
     """One line of an authorized_keys file: None for blanks and comments, an
-    :class:`AuthorizedKey`, or :class:`KeyLineError` saying why the line is unusable."""
+    :class:`AuthorizedKey`, or :class:`KeyLineError` (:class:`UnknownOption` included)
+    saying why the line is unusable."""
     line = raw.strip()
     if not line or line.startswith(b"#"):
         return None
-    options: tuple[str, ...] = ()
-    for _ in range(2):
-        ssh1 = _SSH1_LINE.match(line)
-        if ssh1 is not None:
-            rsa, comment = _parse_ssh1(ssh1)
-            return AuthorizedKey(None, rsa, options, comment, number)
-        fields = line.split()
-        if fields[0].startswith((b"ssh-", b"ecdsa-", b"sk-")) and len(fields) >= 2:
-            key, comment = _parse_ssh2(fields)
-            rsa = None
-            if key.type() == "RSA":
-                data = key.data()
-                rsa = (int(data["e"]), int(data["n"]))
-            return AuthorizedKey(key, rsa, options, comment, number)
-        if options:
+    options_text: str | None = None
+    for attempt in range(2):
+        found = _read_key(line)
+        if found is not None:
+            # As sshd: the options are parsed once a key follows them.
+            options = NO_OPTIONS if options_text is None else parse_options(options_text)
+            key, rsa, comment = found
+            return AuthorizedKey(key, rsa, options, comment, number, source)
+        if attempt:
             break
         # Not a key at the start: what comes first must be an options field.
-        options, line = _split_options(line)
+        options_text, line = _split_options(line)
         if not line:
             raise KeyLineError("options but no key")
     raise KeyLineError("not a key line (unknown key type)")
 
 
-def _unenforceable(options: tuple[str, ...]) -> list[str]:
-    return [o for o in options if _option_name(o) not in HARMLESS_OPTIONS]
+def _read_key(line: bytes) -> tuple[keys.Key | None, tuple[int, int] | None, str] | None:
+    """(SSH-2 key, SSH-1 (e, n), comment) of a line that starts with a key, None if it
+    does not; KeyLineError for a key that is there but unusable."""
+    ssh1 = _SSH1_LINE.match(line)
+    if ssh1 is not None:
+        rsa, comment = _parse_ssh1(ssh1)
+        return None, rsa, comment
+    fields = line.split()
+    if fields[0].startswith((b"ssh-", b"ecdsa-", b"sk-")) and len(fields) >= 2:
+        key, comment = _parse_ssh2(fields)
+        rsa = None
+        if key.type() == "RSA":
+            data = key.data()
+            rsa = (int(data["e"]), int(data["n"]))
+        return key, rsa, comment
+    return None
 
 
 def parse_authorized_keys(data: bytes, source: str = "authorized_keys") -> list[AuthorizedKey]:
@@ -196,20 +379,11 @@ def parse_authorized_keys(data: bytes, source: str = "authorized_keys") -> list[
             )
             continue
         try:
-            entry = parse_line(raw, number)
+            entry = parse_line(raw, number, source)
         except KeyLineError as e:
             _log.warn("{source}:{line}: skipped: {why}", source=source, line=number, why=str(e))
             continue
         if entry is None:
-            continue
-        refused = _unenforceable(entry.options)
-        if refused:
-            _log.warn(
-                "{source}:{line}: skipped: the gateway cannot enforce option(s) {options}",
-                source=source,
-                line=number,
-                options=", ".join(_option_name(o) for o in refused),
-            )
             continue
         found.append(entry)
     return found
@@ -269,16 +443,12 @@ class AuthorizedKeysFile:
         self._problem = None
         return list(self._keys)
 
-    def find_ssh2(self, blob: bytes) -> AuthorizedKey | None:
-        """The entry listing the SSH-2 public key ``blob``, if any."""
-        for entry in self.keys():
-            if entry.key is not None and entry.blob == blob:
-                return entry
-        return None
+    def find_ssh2(self, blob: bytes) -> list[AuthorizedKey]:
+        """The entries listing the SSH-2 public key ``blob``, in file order (a key may be
+        listed on several lines with different options: sshd tries each in turn)."""
+        return [e for e in self.keys() if e.key is not None and e.blob == blob]
 
-    def find_ssh1(self, modulus: int) -> AuthorizedKey | None:
-        """The entry with this RSA modulus (an SSH-1 line or an ``ssh-rsa`` line), if any."""
-        for entry in self.keys():
-            if entry.rsa is not None and entry.rsa[1] == modulus:
-                return entry
-        return None
+    def find_ssh1(self, modulus: int) -> list[AuthorizedKey]:
+        """The entries with this RSA modulus (SSH-1 lines and ``ssh-rsa`` lines), in file
+        order."""
+        return [e for e in self.keys() if e.rsa is not None and e.rsa[1] == modulus]

@@ -113,6 +113,8 @@ class GatewayConfig:
     )
     auth_limits: AuthLimits = field(default_factory=AuthLimits)
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
+    # Whether authorized_keys environment="NAME=value" options reach the session.
+    permit_user_environment: bool = False
     ssh2: SSH2Settings = field(default_factory=SSH2Settings)
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
@@ -619,9 +621,9 @@ SCHEMA: tuple[Key, ...] = (
         "plaintext is refused"),
     Key(USERS, "authorized_keys", FilePath(), None,
         "OpenSSH authorized_keys file: SSH-2 lines and SSH-1 `bits e n` lines; `ssh-rsa` keys "
-        "serve SSH-1 too. Re-read when it changes; ignored while group/world-writable. Keys "
-        "whose options the gateway cannot enforce (`command=`, `from=`, `no-pty`, ...) are "
-        "skipped with a log line"),
+        "serve SSH-1 too. Re-read when it changes; ignored while group/world-writable. Key "
+        "options are enforced as sshd does (README: authorized_keys options); a line with an "
+        "option the gateway does not know is skipped with a log line"),
     Key(USERS, "auth", Choice(("any", "all")), _USER.auth,
         '`"any"`: one configured method suffices; `"all"`: every configured method must pass '
         "(SSH-2 answers with partial success; SSH-1 cannot, so such users cannot log in over "
@@ -640,6 +642,10 @@ SCHEMA: tuple[Key, ...] = (
 
     Key("session", "env_allow", Texts(allow_empty=True), DEFAULT_ENV_ALLOW,
         "environment variables a client may set (case-sensitive fnmatch patterns)"),
+    Key("session", "permit_user_environment", Boolean(), _GATEWAY.permit_user_environment,
+        'whether an authorized_keys `environment="NAME=value"` option sets NAME for the '
+        "session (as sshd's `PermitUserEnvironment`); when off, the key still works and the "
+        "option is ignored with a log line"),
 
     Key("ssh2", "kex", Texts(as_names=True), _SSH2.kex,
         f"key exchange, in order of preference; {_opt_in(ssh2_known(SSH2_SERVER, 'kex'), _SSH2.kex)}"),
@@ -1025,6 +1031,7 @@ def _build(data: Mapping[str, Any], v: _Validator) -> GatewayConfig:
         targets=targets,
         auth_limits=AuthLimits(**auth),
         env_allow=session["env_allow"],
+        permit_user_environment=session["permit_user_environment"],
         ssh2=ssh2,
         ssh1=ssh1,
         flows=flows,

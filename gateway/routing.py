@@ -14,6 +14,13 @@ Which target a session gets (``alice`` is the authenticated user):
 - ``alice``: her ``target`` key; else, for an interactive session (shell, no command) with
   more than one allowed target, the menu; else ``local`` if allowed; else her only target.
 
+A key's forced command (authorized_keys ``command=``, carried by the avatar) replaces
+whatever the client asked to run, before the choice above (so a forced session never
+gets the menu); a ``local`` session gets the client's command in
+``SSH_ORIGINAL_COMMAND``, an upstream target runs the forced command. The key's
+``environment=`` variables (when the config permits them) go into the session's
+environment over what the client sent.
+
 Targets are built by :func:`build_router` from the config: ``local`` is one
 ``LocalTarget``; upstream targets are ``XTarget(reactor, config, known_hosts)``, the class
 of their protocol in ``gateway.targets.registry``.
@@ -48,6 +55,9 @@ log = Logger()
 
 TARGET_SEPARATOR = "+"
 
+# The variable that holds the client's command when a key's forced command replaced it.
+ORIGINAL_COMMAND = "SSH_ORIGINAL_COMMAND"
+
 KNOWN_HOSTS_FILE = "known_hosts"
 
 # The menu: how long a user has to choose, how many wrong answers, how long a line.
@@ -55,6 +65,29 @@ MENU_TIMEOUT = 60.0
 MENU_TRIES = 3
 MAX_MENU_LINE = 64
 CANCELLED_STATUS = 1
+
+
+def _apply_key_options(
+    username: str,
+    request: SessionRequest,
+    forced_command: bytes | None,
+    environment: Mapping[str, str] | None,
+) -> tuple[SessionRequest, bytes | None]:
+    """``request`` with the key's forced command and environment; and the client's own
+    command when the forced one replaced it (None for a shell request, as sshd)."""
+    env = dict(request.env)
+    env.update(environment or {})  # the key's variables win over the client's
+    original = None
+    command = request.command
+    if forced_command is not None:
+        original = request.command
+        command = forced_command
+        log.info(
+            "routing: {user}: the key's forced command replaces the client's {asked}",
+            user=username,
+            asked="command" if original is not None else "shell",
+        )
+    return dataclasses.replace(request, command=command, env=env), original
 
 
 def split_login(login: str) -> tuple[str, str | None]:
@@ -370,9 +403,16 @@ class Router:
         *,
         target: str | None = None,
         password: str | None = None,
+        forced_command: bytes | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> ISessionTarget:
         """The session for ``username`` (already authenticated, without ``+target``);
-        ``target`` is what the login name asked for. Never raises for a refusal."""
+        ``target`` is what the login name asked for; ``forced_command`` and
+        ``environment`` come from the key's authorized_keys line. Never raises for a
+        refusal."""
+        original: bytes | None = None
+        if forced_command is not None or environment:
+            request, original = _apply_key_options(username, request, forced_command, environment)
         allowed = self.allowed(username)
         if target is not None:
             if target not in allowed:
@@ -384,18 +424,31 @@ class Router:
                     why="not in the user's targets" if exists else "no such target",
                 )
                 return self.refuse(client, not_available(target, username))
-            return self.open_target(username, target, request, client, password=password)
+            return self.open_target(
+                username, target, request, client, password=password, original_command=original
+            )
         user = self.config.users.get(username)
         if user is not None and user.target is not None and user.target in allowed:
-            return self.open_target(username, user.target, request, client, password=password)
+            return self.open_target(
+                username, user.target, request, client, password=password, original_command=original
+            )
         if request.command is None and len(allowed) > 1:
             return MenuSession(
                 self, username, request, client, allowed, password, timeout=self.menu_timeout
             )
         if LOCAL_TARGET in allowed:
-            return self.open_target(username, LOCAL_TARGET, request, client, password=password)
+            return self.open_target(
+                username,
+                LOCAL_TARGET,
+                request,
+                client,
+                password=password,
+                original_command=original,
+            )
         if len(allowed) == 1:
-            return self.open_target(username, allowed[0], request, client, password=password)
+            return self.open_target(
+                username, allowed[0], request, client, password=password, original_command=original
+            )
         if not allowed:
             log.warn("routing: {user} may reach no target", user=username)
             return self.refuse(client, f"no target is available to {username}")
@@ -412,8 +465,10 @@ class Router:
         client: ISessionClient,
         *,
         password: str | None = None,
+        original_command: bytes | None = None,
     ) -> ISessionTarget:
-        """Open target ``name`` (already allowed) for ``username``."""
+        """Open target ``name`` (already allowed) for ``username``; ``original_command``
+        is the client's command that a forced command replaced."""
         if name not in self.allowed(username):
             return self.refuse(client, not_available(name, username))
         target = self.targets[name]
@@ -423,6 +478,11 @@ class Router:
         if flow is not None:
             flow.target = name  # the client leg's record says where its session went
         if config is None or config.protocol == "local":
+            if original_command is not None:
+                # As sshd: set last, over anything of the same name.
+                env = dict(request.env)
+                env[ORIGINAL_COMMAND] = original_command.decode("utf-8", "surrogateescape")
+                request = dataclasses.replace(request, env=env)
             return target.open_session(username, request, client)
         if config.credentials == "pass-through":
             if password is None:

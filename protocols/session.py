@@ -18,11 +18,18 @@ The value types (:class:`SessionRequest`, :class:`PtyRequest`, :class:`WindowSiz
 :class:`ExitInfo`) are defined in :mod:`protocols.session_values`, which loads no zope,
 and re-exported here.
 
+What a session may ask for beyond running its program (a pty, port, agent and X11
+forwarding) can be restricted per login (authorized_keys options): the avatar carries
+:class:`SessionRestrictions`, and both front ends ask it, at the one place where each
+such request arrives, before granting anything.
+
 Terminal modes travel in SSH-2 numbering (RFC 4254 section 8: opcodes 1..159, speeds
 128/129); the SSH-1 front end converts its own numbering (speeds 192/193) at the wire.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from zope.interface import Attribute, Interface
 
@@ -31,14 +38,57 @@ from zope.interface import Attribute, Interface
 from protocols.session_values import ExitInfo, PtyRequest, SessionRequest, WindowSize
 
 __all__ = [
+    "AGENT_FORWARDING",
     "ExitInfo",
     "IGatewayUser",
     "ISessionClient",
     "ISessionTarget",
+    "PORT_FORWARDING",
+    "PTY",
     "PtyRequest",
     "SessionRequest",
+    "SessionRestrictions",
+    "UNRESTRICTED",
     "WindowSize",
+    "X11_FORWARDING",
 ]
+
+
+# What a session may ask for, named as SessionRestrictions.refusal takes them.
+PTY = "pty"
+PORT_FORWARDING = "port-forwarding"
+AGENT_FORWARDING = "agent-forwarding"
+X11_FORWARDING = "x11-forwarding"
+
+
+@dataclass(frozen=True)
+class SessionRestrictions:
+    """What one login's sessions may ask for (each True: not restricted by the login;
+    the front end's own settings still apply). ``origin`` says where the restriction
+    comes from, for log lines (e.g. the authorized_keys line)."""
+
+    pty: bool = True
+    port_forwarding: bool = True
+    agent_forwarding: bool = True
+    x11_forwarding: bool = True
+    origin: str = ""
+
+    def refusal(self, feature: str) -> str | None:
+        """None when ``feature`` (PTY, PORT_FORWARDING, AGENT_FORWARDING or
+        X11_FORWARDING) is permitted; else the reason, for the log (never for the client)."""
+        permitted = {
+            PTY: self.pty,
+            PORT_FORWARDING: self.port_forwarding,
+            AGENT_FORWARDING: self.agent_forwarding,
+            X11_FORWARDING: self.x11_forwarding,
+        }[feature]
+        if permitted:
+            return None
+        where = f" ({self.origin})" if self.origin else ""
+        return f"{feature} is not permitted by the key's options{where}"
+
+
+UNRESTRICTED = SessionRestrictions()
 
 
 class ISessionClient(Interface):
@@ -96,6 +146,10 @@ class IGatewayUser(Interface):
     """The avatar a front end gets from the portal after a successful login."""
 
     username = Attribute("str: the gateway login name (without any +target suffix)")
+    restrictions = Attribute(
+        "SessionRestrictions: what this login's sessions may not ask for (UNRESTRICTED "
+        "unless the login's key said otherwise)"
+    )
 
     def open_session(request: SessionRequest, client: ISessionClient) -> ISessionTarget:
         """Start the program (or upstream session) for ``request``.

@@ -45,6 +45,11 @@ from protocols.flow import C2S, S2C, FlowRecorder
 from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.record import ConnectionRecord
 from protocols.session import (
+    AGENT_FORWARDING,
+    PORT_FORWARDING,
+    PTY,
+    UNRESTRICTED,
+    X11_FORWARDING,
     ExitInfo,
     IGatewayUser,
     ISessionClient,
@@ -588,13 +593,28 @@ class SSH1ServerProtocol(CorePump):
         if self.record.flow is not None:
             self.record.flow.negotiated["compression"] = f"zlib-{event.level}"
 
+    def _restricted(self, feature: str) -> str | None:
+        """Why the login's restrictions (its key's options) refuse ``feature``, or None."""
+        restrictions = self.avatar.restrictions if self.avatar is not None else UNRESTRICTED
+        return restrictions.refusal(feature)
+
     def _on_pty(self, event: ev.PtyRequested) -> None:
+        why = self._restricted(PTY)
+        if why is not None:
+            # FAILURE: plink -1 and ssh1 say so and go on without a pty, as with sshd.
+            log.info("ssh1 {peer}: refused pty: {why}", peer=self.record.peer, why=why)
+            self._flow_request("pty", False)
+            self._reply(False)
+            return
         self._pty = event.pty
         self._flow_request("pty", True)
         self._reply(True)
 
     def _on_agent_request(self, event: ev.AgentForwardingRequested) -> None:
-        if not self.factory.settings.allow_agent_forwarding:
+        restricted = self._restricted(AGENT_FORWARDING)
+        if restricted is not None:
+            why = restricted
+        elif not self.factory.settings.allow_agent_forwarding:
             why = "not allowed"
         elif self.client_version.startswith((b"SSH-1.3-", b"SSH-1.4-")):
             why = "not offered to protocol 1.3 clients"
@@ -612,7 +632,10 @@ class SSH1ServerProtocol(CorePump):
         self._reply(False)
 
     def _on_x11_request(self, event: ev.X11ForwardingRequested) -> None:
-        if not self.factory.settings.allow_x11_forwarding:
+        restricted = self._restricted(X11_FORWARDING)
+        if restricted is not None:
+            why = restricted
+        elif not self.factory.settings.allow_x11_forwarding:
             why = "not allowed"
         elif self._x11 is not None:
             why = "already forwarded"
@@ -636,7 +659,8 @@ class SSH1ServerProtocol(CorePump):
 
     def _on_refused_request(self, event: ev.Event) -> None:
         # Remote forwarding (client -R) would open listening ports on the gateway host.
-        log.info("ssh1 {peer}: refused remote port forwarding", peer=self.record.peer)
+        why = self._restricted(PORT_FORWARDING) or "not offered"
+        log.info("ssh1 {peer}: refused remote port forwarding ({why})", peer=self.record.peer, why=why)
         self._flow_request("port-forward", False)
         self._reply(False)
 
@@ -737,6 +761,16 @@ class SSH1ServerProtocol(CorePump):
                 " started yet (SSH-1 forwards only within a session; plink -N is SSH-2 only)",
                 peer=self.record.peer,
                 destination=destination,
+            )
+            self._refuse_port_open(event.channel)
+            return
+        restricted = self._restricted(PORT_FORWARDING)
+        if restricted is not None:
+            log.info(
+                "ssh1 {peer}: refused port forward to {destination}: {why}",
+                peer=self.record.peer,
+                destination=destination,
+                why=restricted,
             )
             self._refuse_port_open(event.channel)
             return

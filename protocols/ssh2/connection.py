@@ -17,7 +17,7 @@ from twisted.conch.ssh import connection
 from twisted.logger import Logger
 
 from protocols.record import ConnectionRecord
-from protocols.session import IGatewayUser
+from protocols.session import PORT_FORWARDING, IGatewayUser
 from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.wire import Reader, WireError, u32
 
@@ -29,6 +29,17 @@ MAX_CHANNEL_TYPE = 64
 # We send data packets no larger than this whatever the client allows: smaller packets
 # are always legal, and a client announcing 4 GiB must not make us build giant ones.
 MAX_SEND_PACKET = 128 * 1024
+# Global requests and channel types that forward ports (RFC 4254 section 7, OpenSSH's
+# PROTOCOL for the streamlocal ones): all refused, the reason from one place.
+FORWARDING_REQUESTS = frozenset(
+    {
+        b"tcpip-forward",
+        b"cancel-tcpip-forward",
+        b"streamlocal-forward@openssh.com",
+        b"cancel-streamlocal-forward@openssh.com",
+    }
+)
+FORWARDING_CHANNELS = frozenset({b"direct-tcpip", b"direct-streamlocal@openssh.com"})
 
 
 class ConchAvatar:
@@ -41,9 +52,24 @@ class ConchAvatar:
         self.record = record
         self.conn: GatewayConnection | None = None
 
+    def port_forwarding_refusal(self) -> str:
+        """Why a port forwarding request or channel is refused: the one check for both
+        (tcpip-forward and direct-tcpip alike). A front end that starts offering
+        forwarding grants it here only when the login's restrictions permit it."""
+        why = self.user.restrictions.refusal(PORT_FORWARDING)
+        return why if why is not None else "port forwarding is not offered over SSH-2"
+
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> Any:
         from protocols.ssh2.session import SessionChannel
 
+        if channelType in FORWARDING_CHANNELS:
+            log.info(
+                "ssh2: {peer}: refused {type!r} channel: {why}",
+                peer=self.record.peer,
+                type=channelType,
+                why=self.port_forwarding_refusal(),
+            )
+            return None
         if channelType != b"session":
             return None
         return SessionChannel(
@@ -125,7 +151,14 @@ class GatewayConnection(connection.SSHConnection):
 
     def ssh_GLOBAL_REQUEST(self, packet: bytes) -> None:
         reader = Reader(packet)
-        reader.string(MAX_REQUEST_NAME)
+        name = reader.string(MAX_REQUEST_NAME)
+        if name in FORWARDING_REQUESTS:
+            log.info(
+                "ssh2: {peer}: refused {name!r}: {why}",
+                peer=self.transport.record.peer,
+                name=name,
+                why=self.transport.avatar.port_forwarding_refusal(),
+            )
         if reader.boolean():
             self.transport.sendPacket(connection.MSG_REQUEST_FAILURE, b"")
 

@@ -33,6 +33,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from protocols.session import (
+    AGENT_FORWARDING,
+    PTY,
+    X11_FORWARDING,
     ExitInfo,
     IGatewayUser,
     ISessionClient,
@@ -161,8 +164,35 @@ class SessionChannel(conch_channel.SSHChannel):
         reader.end()
         if self.started or self.request.pty is not None:
             return False
+        if self._restricted(PTY):
+            return False  # the session goes on without a pty, as with sshd
         self.request.pty = PtyRequest(term=term, size=size, modes=modes)
         return True
+
+    def _restricted(self, feature: str) -> bool:
+        """Whether the login's restrictions refuse ``feature`` (logged with the reason)."""
+        why = self.user.restrictions.refusal(feature)
+        if why is not None:
+            log.info(
+                "ssh2: {peer}: channel {id}: refused {feature}: {why}",
+                peer=self._peer(),
+                id=self.id,
+                feature=feature,
+                why=why,
+            )
+        return why is not None
+
+    def _peer(self) -> str:
+        record = getattr(getattr(self.conn, "transport", None), "record", None)
+        return record.peer if record is not None else "-"
+
+    def _forwarding_req(self, feature: str, reader: Reader) -> bool:
+        # Agent and X11 forwarding are not offered over SSH-2; a login whose key forbids
+        # them says so in the log, so that the refusal's reason is on record.
+        reader.rest()
+        if not self._restricted(feature):
+            log.debug("ssh2: {feature} is not offered over SSH-2", feature=feature)
+        return False
 
     def _env(self, reader: Reader) -> bool:
         name = reader.text(MAX_ENV_NAME)
@@ -223,6 +253,10 @@ class SessionChannel(conch_channel.SSHChannel):
         b"exec": _exec,
         b"window-change": _window_change,
         b"signal": _signal,
+        b"x11-req": lambda self, reader: self._forwarding_req(X11_FORWARDING, reader),
+        b"auth-agent-req@openssh.com": lambda self, reader: self._forwarding_req(
+            AGENT_FORWARDING, reader
+        ),
     }
 
     def request_answered(self) -> None:

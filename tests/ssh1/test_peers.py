@@ -21,6 +21,7 @@ from tests.support.clients import (
     base_config,
     hash_password,
     plink1_argv,
+    ssh1_argv,
     ssh1_fingerprint,
     ssh1_fingerprints,
 )
@@ -378,16 +379,6 @@ def test_sha256_fingerprint_matches_what_ssh1_shows(gw, tmp_path):
 
 
 # ---------------------------------------------------------------- OpenSSH's ssh1
-def ssh1_argv(gw, tmp_path, program: str, *args: str) -> tuple[list[str], dict]:
-    tools = require_peer(program)
-    conf = tmp_path / "openssl-legacy.cnf"
-    conf.write_text(OPENSSL_LEGACY)
-    env = dict(os.environ, OPENSSL_CONF=str(conf))
-    port_flag = "-P" if program == "scp1" else "-p"
-    argv = [tools[program], "-1", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-            "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", port_flag, str(gw.port),
-            *args]
-    return argv, env
 
 
 def test_ssh1_password_exec(gw, tmp_path):

@@ -809,3 +809,75 @@ def test_shutdown_drain_hook_tells_the_session_then_disconnects():
     h.protocol.disconnect_by_application("going down")
     assert h.received() == [(m.SSH_MSG_DISCONNECT, string(b"going down"))]
     assert h.transport.disconnecting and h.record.close_reason == "going down"
+
+
+# --- the login's restrictions (its key's authorized_keys options) ------------------------------
+
+
+def _restricted_harness(**restricted):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from protocols.session import SessionRestrictions
+
+    reactor = MemoryReactorClock()
+    settings = SSH1Settings(
+        permit_open=("127.0.0.1:7000",), allow_agent_forwarding=True, allow_x11_forwarding=True
+    )
+    h = Harness(settings=settings)
+    h.realm.restrictions = SessionRestrictions(origin="keys:2", **restricted)
+    h.factory.clock = reactor
+    h.login()
+    return h, reactor
+
+
+PTY_REQUEST = Writer().string(b"vt100").uint32(24).uint32(80).uint32(0).uint32(0).raw(b"\0").getvalue()
+
+
+def test_pty_refused_by_restrictions_and_the_session_goes_on(logs):
+    h, _ = _restricted_harness(pty=False)
+    assert h.send(m.SSH_CMSG_REQUEST_PTY, PTY_REQUEST) == [(m.SSH_SMSG_FAILURE, b"")]
+    assert h.send(m.SSH_CMSG_EXEC_CMD, string(b"tty")) == []
+    target = h.realm.avatars[0].targets[0]
+    assert target.request.pty is None and target.request.command == b"tty"
+    assert "refused pty: pty is not permitted by the key's options (keys:2)" in text(logs)
+    assert not h.transport.disconnecting
+
+
+def test_agent_and_x11_refused_by_restrictions_though_settings_allow_them(logs):
+    h, reactor = _restricted_harness(agent_forwarding=False, x11_forwarding=False)
+    assert h.send(m.SSH_CMSG_AGENT_REQUEST_FORWARDING) == [(m.SSH_SMSG_FAILURE, b"")]
+    x11 = string(b"MIT-MAGIC-COOKIE-1") + string(b"00ff" * 8)
+    assert h.send(m.SSH_CMSG_X11_REQUEST_FORWARDING, x11) == [(m.SSH_SMSG_FAILURE, b"")]
+    assert reactor.unixServers == [] and reactor.tcpServers == []
+    assert "refused agent forwarding (agent-forwarding is not permitted" in text(logs)
+    assert "refused X11 forwarding (x11-forwarding is not permitted" in text(logs)
+
+
+@pytest.mark.parametrize("client_version", [b"SSH-1.5-t", PUTTY])
+def test_port_forwarding_refused_by_restrictions(logs, client_version):
+    h, reactor = _restricted_harness(port_forwarding=False)
+    h.protocol._refuse_by_closing = b"PuTTY" in client_version
+    remote = struct.pack(">I", 8080) + string(b"127.0.0.1") + struct.pack(">I", 7000)
+    assert h.send(m.SSH_CMSG_PORT_FORWARD_REQUEST, remote) == [(m.SSH_SMSG_FAILURE, b"")]
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    replies = h.send(m.SSH_MSG_PORT_OPEN, port_open(5, 7000))  # a permit_open destination
+    if client_version == PUTTY:  # confirmed and closed at once: PuTTY aborts on a FAILURE
+        assert [t for t, _ in replies] == [m.SSH_MSG_CHANNEL_OPEN_CONFIRMATION, m.SSH_MSG_CHANNEL_CLOSE]
+    else:
+        assert replies == [(m.SSH_MSG_CHANNEL_OPEN_FAILURE, struct.pack(">I", 5))]
+    assert reactor.tcpClients == []
+    logged = text(logs)
+    assert "refused remote port forwarding (port-forwarding is not permitted" in logged
+    assert "refused port forward to 127.0.0.1:7000: port-forwarding is not permitted" in logged
+    assert not h.transport.disconnecting
+
+
+def test_unrestricted_login_keeps_what_the_settings_allow():
+    h, reactor = _restricted_harness()
+    assert h.send(m.SSH_CMSG_REQUEST_PTY, PTY_REQUEST) == [(m.SSH_SMSG_SUCCESS, b"")]
+    assert h.send(m.SSH_CMSG_AGENT_REQUEST_FORWARDING) == [(m.SSH_SMSG_SUCCESS, b"")]
+    h.send(m.SSH_CMSG_EXEC_SHELL)
+    assert h.send(m.SSH_MSG_PORT_OPEN, port_open(5, 7000)) == []
+    reactor.advance(0)
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 7000)]
+    h.protocol.connectionLost(None)

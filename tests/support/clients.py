@@ -6,6 +6,7 @@ pinned to the gateway, and the gateway's memory while a client runs."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -180,6 +181,36 @@ def run_plink1(
     )
     assert result.returncode == status, result.stderr + gw.log_text()[-3000:]
     return result
+
+
+# OpenSSH 7.5's ssh1 builds its SSH-1 ciphers on single DES, which OpenSSL 3 keeps in the
+# legacy provider: this config (via OPENSSL_CONF) activates it beside the default one.
+OPENSSL_LEGACY = """openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+[provider_sect]
+default = default_sect
+legacy = legacy_sect
+[default_sect]
+activate = 1
+[legacy_sect]
+activate = 1
+"""
+
+
+def ssh1_argv(gw: GatewayProcess, tmp_path: Path, program: str, *args: str) -> tuple[list[str], dict]:
+    """OpenSSH 7.5's ``ssh1`` or ``scp1`` speaking SSH-1 to the gateway, not reading the
+    system's ssh_config, keeping host keys in ``tmp_path``; ``args`` follow (options,
+    destination, command). Returns argv and the environment (OPENSSL_CONF) to run it with."""
+    tools = require_peer(program)
+    conf = tmp_path / "openssl-legacy.cnf"
+    conf.write_text(OPENSSL_LEGACY)
+    env = dict(os.environ, OPENSSL_CONF=str(conf))
+    port_flag = "-P" if program == "scp1" else "-p"
+    argv = [tools[program], "-1", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", port_flag, str(gw.port),
+            *args]  # fmt: skip
+    return argv, env
 
 
 def plink2_argv(

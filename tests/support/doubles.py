@@ -32,11 +32,13 @@ from gateway.targets.bridge import IUpstreamSession
 from protocols.auth import ISSH1RSAChallenge, PolicyRefused
 from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.session import (
+    UNRESTRICTED,
     ExitInfo,
     IGatewayUser,
     ISessionClient,
     ISessionTarget,
     SessionRequest,
+    SessionRestrictions,
     WindowSize,
 )
 
@@ -248,18 +250,21 @@ def fake_targets(names: Any) -> dict[str, FakeTarget]:
 @implementer(IGatewayUser)
 class Avatar:
     """A logged-in user whose sessions are FakeSessionTargets, kept in ``targets``;
-    ``on_open(target, client)`` is called for each, and only ``allowed_env`` may be set."""
+    ``on_open(target, client)`` is called for each, only ``allowed_env`` may be set, and
+    ``restrictions`` are what the front ends must refuse."""
 
     def __init__(
         self,
         name: str,
         on_open: Callable[[FakeSessionTarget, Any], None] | None = None,
         allowed_env: tuple[str, ...] = (),
+        restrictions: SessionRestrictions = UNRESTRICTED,
     ) -> None:
         self.username = name
         self.targets: list[FakeSessionTarget] = []
         self.on_open = on_open
         self.allowed_env = allowed_env
+        self.restrictions = restrictions
 
     def open_session(self, request: SessionRequest, client: Any) -> FakeSessionTarget:
         target = FakeSessionTarget(request, client)
@@ -274,17 +279,19 @@ class Avatar:
 
 @implementer(IRealm)
 class Realm:
-    """Hands out Avatars and counts logouts; the user "twostep" is refused by policy."""
+    """Hands out Avatars (with ``restrictions``) and counts logouts; the user "twostep" is
+    refused by policy."""
 
-    def __init__(self) -> None:
+    def __init__(self, restrictions: SessionRestrictions = UNRESTRICTED) -> None:
         self.avatars: list[Avatar] = []
         self.logouts = 0
+        self.restrictions = restrictions
 
     def requestAvatar(self, avatar_id: bytes, mind: Any, *interfaces: Any) -> tuple:
         name = avatar_id.decode()
         if name == "twostep":
             raise PolicyRefused("needs password and publickey")
-        avatar = Avatar(name)
+        avatar = Avatar(name, restrictions=self.restrictions)
         self.avatars.append(avatar)
 
         def logout() -> None:

@@ -19,7 +19,7 @@ from twisted.test import iosim
 
 from protocols.auth import AuthLimits, PartialAuthentication
 from protocols.record import ConnectionRecord
-from protocols.session import ExitInfo, IGatewayUser
+from protocols.session import UNRESTRICTED, ExitInfo, IGatewayUser, SessionRestrictions
 from protocols.ssh2.factory import SSH2ServerFactory
 from protocols.ssh2.settings import SSH2Settings
 from protocols.ssh2.strict_kex import StrictKexTransport
@@ -64,6 +64,7 @@ class FakePortal:
     logged_out: int = 0
     users: dict[str, Avatar] = field(default_factory=dict)
     key_blob: bytes | None = None  # alice's public key; user_key() when None
+    restrictions: SessionRestrictions = UNRESTRICTED  # what alice's sessions may not do
 
     def listCredentialsInterfaces(self) -> list[Any]:
         return [credentials.IUsernamePassword, credentials.ISSHPrivateKey]
@@ -91,7 +92,12 @@ class FakePortal:
             if remaining:
                 mind.succeeded.add(mind.method)
                 raise PartialAuthentication(remaining)
-        user = self.users.setdefault(name, Avatar(name, self.on_open, allowed_env=("LANG", "LC_ALL")))
+        user = self.users.setdefault(
+            name,
+            Avatar(
+                name, self.on_open, allowed_env=("LANG", "LC_ALL"), restrictions=self.restrictions
+            ),
+        )
 
         def logout() -> None:
             self.logged_out += 1
