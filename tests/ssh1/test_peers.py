@@ -26,7 +26,7 @@ from tests.support.clients import (
     ssh1_fingerprints,
 )
 from tests.support.gateway_process import GatewayProcess
-from tests.support.peers import OPENSSL_LEGACY, putty_cipher_session, require_peer
+from tests.support.peers import putty_cipher_session, require_peer
 
 pytestmark = pytest.mark.peer
 
