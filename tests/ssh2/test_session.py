@@ -402,3 +402,17 @@ def test_disconnect_unregisters_from_the_tcp_transport():
     assert w.server.transport.producer is w.transport
     w.advance(6)
     assert w.server.transport.producer is None
+
+
+def test_the_request_carries_the_connections_addresses():
+    # What the local target turns into SSH_CLIENT and SSH_CONNECTION: the client connection's
+    # two ends as its transport reports them.
+    from twisted.internet.address import IPv4Address
+
+    from protocols.session import ConnectionAddresses
+
+    w = logged_in()
+    w.pump.serverIO.peerAddress = IPv4Address("TCP", "192.0.2.7", 50123)
+    w.pump.serverIO.hostAddress = IPv4Address("TCP", "198.51.100.1", 2222)
+    session, target = start(w, b"echo $SSH_CONNECTION")
+    assert target.request.addresses == ConnectionAddresses("192.0.2.7", 50123, "198.51.100.1", 2222)
