@@ -332,7 +332,6 @@ class GatewayUser:
 
     def open_session(self, request: SessionRequest, client: ISessionClient) -> ISessionTarget:
         if self.target is None and self._password is None:
-            # Also what a bare LocalTarget (no routing) understands.
             return self.targets.open_session(self.username, request, client)
         return self.targets.open_session(
             self.username, request, client, target=self.target, password=self._password
@@ -434,8 +433,8 @@ def build_portal(
     """The one portal of the gateway: the realm and the three checkers.
 
     ``targets`` is the :class:`gateway.routing.Router` (or anything with
-    ``open_session(username, request, client) -> ISessionTarget``, such as a bare
-    ``LocalTarget``, for users who never name a target). ``blocking`` runs password
+    ``open_session(username, request, client) -> ISessionTarget``, for users who never
+    name a target). ``blocking`` runs password
     hashing; the default uses the reactor's thread pool, pass :func:`run_inline` in
     in-memory tests.
     """

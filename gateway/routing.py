@@ -14,6 +14,10 @@ Which target a session gets (``alice`` is the authenticated user):
 - ``alice``: her ``target`` key; else, for an interactive session (shell, no command) with
   more than one allowed target, the menu; else ``local`` if allowed; else her only target.
 
+A user reaches ``local`` only when its ``targets`` names it; its sessions there run as the
+OS account its ``os_user`` names (the config makes sure there is one; a user without one
+is refused here too, never run as the gateway's own account).
+
 Targets are built by :func:`build_router` from the config: ``local`` is one
 ``LocalTarget``; upstream targets are ``XTarget(reactor, config, known_hosts)``, the class
 of their protocol in ``gateway.targets.registry``.
@@ -329,8 +333,9 @@ class Router:
     """Every configured target by name, and the per-user choice among them.
 
     ``targets`` maps each name in ``config.targets`` to an object with
-    ``open_session(username, request, client[, *, password])`` (the local target's has no
-    ``password``; it is passed only to ``credentials = "pass-through"`` targets).
+    ``open_session(username, request, client[, *, password])``; the local target's takes
+    ``os_user`` instead (the user's OS account), and ``password`` is passed only to
+    ``credentials = "pass-through"`` targets.
     """
 
     def __init__(
@@ -423,7 +428,11 @@ class Router:
         if flow is not None:
             flow.target = name  # the client leg's record says where its session went
         if config is None or config.protocol == "local":
-            return target.open_session(username, request, client)
+            user = self.config.users.get(username)
+            if user is None or user.os_user is None:
+                log.warn("routing: {user} has no os_user for {target}", user=username, target=name)
+                return self.refuse(client, not_available(name, username))
+            return target.open_session(username, request, client, os_user=user.os_user)
         if config.credentials == "pass-through":
             if password is None:
                 return self.refuse(
