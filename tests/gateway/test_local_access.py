@@ -175,6 +175,16 @@ def test_the_embedded_default_grants_local_to_the_invoking_user_as_themselves():
     assert the_user.os_user == pwd.getpwuid(os.geteuid()).pw_name
 
 
+def test_the_embedded_default_routes_its_user_to_local_as_themselves():
+    config = default_config()
+    [name] = config.users
+    targets = fake_targets(config.targets)
+    session = Router(config, targets, Clock()).open_session(
+        name, SessionRequest(command=b"id -un"), FakeSessionClient()
+    )
+    assert session.target == "local" and session.kwargs == {"os_user": own_account()}
+
+
 # --- routing -----------------------------------------------------------------------------------
 
 
