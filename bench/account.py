@@ -6,9 +6,9 @@ start-up (pyenv here: 0.14-0.24 s a login) instead of sshd. So, when run as root
 benchmarks log in as ``sshgw-bench``, created on first use with an empty home and the same
 shell as the gateway's own user, so that both servers start the same shell binary for a
 command and neither reads a start-up file. The gateway's ``local`` target runs commands as
-the gateway's own OS user in a fresh environment (no ``SSH_CLIENT``, no ``BASH_ENV``), so
-its shell reads none either; the gateway's login name for the benchmarks is the account's
-name too.
+that same account too (its ``os_user``), in an environment built like sshd's (with
+``SSH_CLIENT``, so bash looks for the same files); the gateway's login name for the
+benchmarks is the account's name too.
 """
 
 from __future__ import annotations

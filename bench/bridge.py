@@ -118,7 +118,8 @@ def main() -> None:
         stack.callback(plink.close)
         (wd / "device").mkdir()
         device = stack.enter_context(GatewayProcess(wd / "device", {
-            "protocols": ["1"], "users": {"admin": {"password": hashed}},
+            "protocols": ["1"],
+            "users": {"admin": {"password": hashed, "targets": ["local"], "os_user": login}},
             "ssh1": {"ciphers": ["blowfish", "3des"]},
         }))
         sshd_port, sshd_pid = stack.enter_context(openssh_server(wd, key, CIPHER, MAC, KEX))
@@ -128,7 +129,7 @@ def main() -> None:
             "ssh1": {"ciphers": ["blowfish", "3des"]},
             "ssh2": {"ciphers": [CIPHER], "macs": [MAC], "kex": [KEX]},
             "users": {"bench": {"password": hashed, "authorized_keys": str(authorized),
-                                "targets": ["local", "dev1", "host2"]}},
+                                "targets": ["local", "dev1", "host2"], "os_user": login}},
             "targets": {
                 "dev1": {"protocol": "ssh1", "host": "127.0.0.1", "port": device.port,
                          "username": "admin", "password": PASSWORD, "ciphers": ["blowfish"]},

@@ -95,11 +95,15 @@ def openssh_server(workdir: Path, user_key: Path, ciphers: str, macs: str, kex: 
         proc.wait(10)
 
 
-def gateway_config(login: str, authorized: Path, ciphers: str, macs: str, kex: str) -> dict:
-    """An SSH-2 gateway whose one user, ``login``, runs commands with the local target."""
+def gateway_config(
+    login: str, authorized: Path, ciphers: str, macs: str, kex: str, os_user: str | None = None
+) -> dict:
+    """An SSH-2 gateway whose one user, ``login``, runs commands with the local target as
+    OS account ``os_user`` (default: the account named ``login``, as sshd would)."""
     return {
         "protocols": ["2"],
-        "users": {login: {"authorized_keys": str(authorized)}},
+        "users": {login: {"authorized_keys": str(authorized), "targets": ["local"],
+                          "os_user": os_user or login}},
         "ssh2": {"ciphers": [ciphers], "macs": [macs], "kex": [kex]},
     }
 

@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.account import bench_account  # noqa: E402
 from bench.cpu import CpuMeter, per_gib  # noqa: E402
 from protocols.ssh1 import ciphers  # noqa: E402
 from tests.support.gateway_process import GatewayProcess  # noqa: E402
@@ -65,7 +66,8 @@ def main() -> None:
     (work / "authorized_keys").write_text(public)
     config = {
         "protocols": ["1"],
-        "users": {"bench": {"authorized_keys": str(work / "authorized_keys")}},
+        "users": {"bench": {"authorized_keys": str(work / "authorized_keys"),
+                            "targets": ["local"], "os_user": bench_account().name}},
         "ssh1": {"ciphers": list(CIPHERS)},
     }
     data = os.urandom(args.mib * 1024 * 1024)

@@ -579,8 +579,8 @@ def build_portal(
     """The one portal of the gateway: the realm and the three checkers.
 
     ``targets`` is the :class:`gateway.routing.Router` (or anything with
-    ``open_session(username, request, client) -> ISessionTarget``, such as a bare
-    ``LocalTarget``, for users who never name a target). ``blocking`` runs password
+    ``open_session(username, request, client) -> ISessionTarget``, for users who never
+    name a target). ``blocking`` runs password
     hashing; the default uses the reactor's thread pool, pass :func:`run_inline` in
     in-memory tests.
     """

@@ -14,9 +14,15 @@ command) of a user with several targets gets a numbered menu; else `local` if al
 else the user's only target. A target that does not exist and one the user may not reach
 get the same answer: one line on stderr and exit status 255.
 
+Access to `local`: nothing is granted by default. A user reaches `local` only when its
+`targets` names it, and then runs as the OS account its `os_user` names (required with
+`local`). Run as root, the gateway may start programs as any existing account; run as
+anyone else, `os_user` may only name the gateway's own account (:class:`LocalAccounts`).
+A user with no targets at all is an error.
+
 Without a config file (:func:`default_config`): listen on 127.0.0.1:2222, state in
 `./sshgateway-state`, one user — the invoking OS user — with `~/.ssh/authorized_keys`
-and a generated password: :func:`ensure_default_password` (called by the service at start)
+and a generated password, who reaches `local` as that same OS account: :func:`ensure_default_password` (called by the service at start)
 creates it on first start, prints it once to the log (`initial password for USER: ...`)
 and keeps only its hash in `<state_dir>/default-password.hash` (0600). Delete that file
 and restart for a new one.
@@ -28,6 +34,7 @@ import dataclasses
 import getpass
 import json
 import os
+import pwd
 import re
 import secrets
 import stat
@@ -66,7 +73,8 @@ _USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
 # No "+" (it separates user and target in a login name) and no "@" (ssh user@host).
 _TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
 LOCAL_TARGET = "local"
-DEFAULT_USER_TARGETS = (LOCAL_TARGET,)
+# An OS account name as useradd takes it (and no more than sshd would look up).
+_OS_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,31}\$?\Z")
 _log = Logger()
 
 
@@ -77,7 +85,8 @@ class UserConfig:
     authorized_keys: Path | None = None
     auth: str = "any"  # "any" | "all"
     target: str | None = None  # default target when the login name has no +TARGET
-    targets: tuple[str, ...] = DEFAULT_USER_TARGETS  # targets this user may reach
+    targets: tuple[str, ...] = ()  # targets this user may reach (none unless configured)
+    os_user: str | None = None  # the OS account ``local`` runs as; None: no local access
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -88,6 +97,50 @@ class UserConfig:
         if self.authorized_keys is not None:
             found.append(METHOD_PUBLICKEY)
         return tuple(found)
+
+
+@dataclass(frozen=True)
+class LocalAccounts:
+    """Which OS accounts ``os_user`` may name, as seen when the config is checked: any
+    existing one for a gateway that runs as root (``privileged``), else only its own."""
+
+    privileged: bool
+    own: str | None  # the gateway's own account; None if its uid has no passwd entry
+    exists: Callable[[str], bool] = lambda name: _account_exists(name)
+
+    @classmethod
+    def of_this_process(cls) -> LocalAccounts:
+        """The running process: root is effective uid 0. (A gateway that starts as root
+        and drops privileges later counts as root: its launcher keeps what it needs.)"""
+        return cls(privileged=os.geteuid() == 0, own=own_account())
+
+    def problem(self, name: str) -> str | None:
+        """What is wrong with ``os_user = name`` here, if anything."""
+        if self.privileged:
+            return None if self.exists(name) else f"no OS account named {name!r} on this host"
+        if name == self.own:
+            return None
+        own = repr(self.own) if self.own is not None else f"uid {os.geteuid()}"
+        return (
+            f"the gateway does not run as root, so local sessions can only run as its own "
+            f"account {own}, not {name!r}"
+        )
+
+
+def own_account() -> str | None:
+    """The name of the OS account the process runs as (its effective uid)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return None
+
+
+def _account_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -571,6 +624,12 @@ def _bad_username(username: str) -> str | None:
     return None
 
 
+def _bad_os_user(name: str) -> str | None:
+    if not _OS_USER_NAME.match(name):
+        return "must be an OS account name (1-32 of A-Z a-z 0-9 . _ -, not starting with . -)"
+    return None
+
+
 def _bad_prompt(pattern: str) -> str | None:
     if len(pattern) > MAX_PROMPT_PATTERN:
         return f"longer than {MAX_PROMPT_PATTERN} characters"
@@ -629,9 +688,16 @@ SCHEMA: tuple[Key, ...] = (
         "(SSH-2 answers with partial success; SSH-1 cannot, so such users cannot log in over "
         "SSH-1)"),
     Key(USERS, "targets", Texts(), _USER.targets,
-        "the targets this user may reach (names of `[targets.NAME]` tables, or `local`)"),
+        "the targets this user may reach (names of `[targets.NAME]` tables, or `local`); "
+        "nothing is granted by default, and a user with no target is an error",
+        shown="(required)"),
     Key(USERS, "target", Text(), None,
         "the target used when the login name has no `+TARGET`; must be in `targets`"),
+    Key(USERS, "os_user", Text(check=_bad_os_user), None,
+        "the OS account `local` sessions run as (its uid, gid, groups, home and shell from "
+        "the passwd database); required when `targets` names `local`. Any existing account "
+        "when the gateway runs as root; otherwise only the gateway's own account",
+        shown="none (no `local`)"),
 
     Key("auth", "grace_time", Number(minimum=1), _AUTH.grace_time,
         "from connect to successful login"),
@@ -795,7 +861,11 @@ def _path(value: str, base: Path) -> Path:
 
 
 def _check_user(
-    v: _Validator, name: str, raw: Any, targets: Mapping[str, TargetConfig]
+    v: _Validator,
+    name: str,
+    raw: Any,
+    targets: Mapping[str, TargetConfig],
+    accounts: LocalAccounts,
 ) -> UserConfig | None:
     path = ("users", name)
     if v.named_table(path, raw, _row(USERS, "").kind) is None:
@@ -803,7 +873,15 @@ def _check_user(
     v.known(raw, path, USER_KEYS)
     values = v.read_table(raw, path, USERS)
     allowed = _check_user_targets(v, path, values["targets"], targets)
+    if "targets" not in raw:
+        v.error(
+            path,
+            "has no targets: nothing is granted by default; list what it may reach, e.g. "
+            'targets = ["local"] with os_user = "ACCOUNT"',
+        )
     default_target = _check_default_target(v, path, values["target"], allowed, targets)
+    local = tuple(t for t in allowed if targets[t].protocol == "local")
+    os_user = _check_os_user(v, path, raw, values["os_user"], local, accounts)
     if raw.get("password") is None and values["authorized_keys"] is None:
         v.error(path, "has neither password nor authorized_keys: nobody could log in as it")
         return None
@@ -814,7 +892,34 @@ def _check_user(
         auth=values["auth"],
         target=default_target,
         targets=allowed,
+        os_user=os_user,
     )
+
+
+def _check_os_user(
+    v: _Validator,
+    path: tuple[str, ...],
+    raw: Mapping[str, Any],
+    os_user: str | None,
+    local: tuple[str, ...],
+    accounts: LocalAccounts,
+) -> str | None:
+    """``local``: the user's targets that run programs on the gateway host."""
+    if os_user is None:
+        # (One that is there but unusable has had its error already.)
+        if local and "os_user" not in raw:
+            names = " and ".join(f'"{name}"' for name in local)
+            v.error(
+                path + ("targets",),
+                f"{names} need{'s' if len(local) == 1 else ''} os_user, the OS account its "
+                'sessions run as (e.g. os_user = "ACCOUNT"); there is no default',
+            )
+        return None
+    problem = accounts.problem(os_user)
+    if problem:
+        v.error(path + ("os_user",), problem)
+        return None
+    return os_user
 
 
 def _check_user_targets(
@@ -947,20 +1052,24 @@ def _check_targets(v: _Validator, data: Mapping[str, Any]) -> dict[str, TargetCo
         if target is not None:
             targets[name] = target
         elif _TARGET_NAME.match(name):
-            # Known by name, so users that list it get no second, misleading error.
-            targets[name] = TargetConfig(name, "local")
+            # Known by name, so users that list it get no second, misleading error (and,
+            # with no protocol, not taken for one that runs programs on the gateway host).
+            targets[name] = TargetConfig(name, "")
     return targets
 
 
 def _check_users(
-    v: _Validator, data: Mapping[str, Any], targets: Mapping[str, TargetConfig]
+    v: _Validator,
+    data: Mapping[str, Any],
+    targets: Mapping[str, TargetConfig],
+    accounts: LocalAccounts,
 ) -> dict[str, UserConfig]:
     users: dict[str, UserConfig] = {}
     table = v.table(data, ("users",))
     if table is None:
         return users
     for name, raw in table.items():
-        user = _check_user(v, name, raw, targets)
+        user = _check_user(v, name, raw, targets, accounts)
         if user is not None:
             users[name] = user
     if not table:
@@ -999,13 +1108,13 @@ def _section(v: _Validator, data: Mapping[str, Any], name: str) -> dict[str, Any
     return raw
 
 
-def _build(data: Mapping[str, Any], v: _Validator) -> GatewayConfig:
+def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> GatewayConfig:
     v.known(data, (), TOP_KEYS)
     top = v.read_table(data, (), "")
     # Offered in this order, whatever the file's.
     protocols = tuple(p for p in KNOWN_PROTOCOLS if p in top["protocols"]) or DEFAULT_PROTOCOLS
     targets = _check_targets(v, data)
-    users = _check_users(v, data, targets)
+    users = _check_users(v, data, targets, accounts)
     auth = v.read_table(_section(v, data, "auth"), ("auth",), "auth")
     session = v.read_table(_section(v, data, "session"), ("session",), "session")
     # The SSH settings check their own values: given only the keys the file sets.
@@ -1038,8 +1147,15 @@ def _build(data: Mapping[str, Any], v: _Validator) -> GatewayConfig:
     )
 
 
-def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> GatewayConfig:
-    """Validate TOML ``text``; :class:`ConfigError` lists every problem found."""
+def parse_config(
+    text: str,
+    source: str = "<config>",
+    base: Path | None = None,
+    *,
+    accounts: LocalAccounts | None = None,
+) -> GatewayConfig:
+    """Validate TOML ``text``; :class:`ConfigError` lists every problem found. ``accounts``
+    says which ``os_user`` names are usable (default: as this process sees them)."""
     lines = _Lines(text)
     v = _Validator(source, lines, base if base is not None else Path.cwd())
     try:
@@ -1059,14 +1175,16 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
                 )
             ]
         ) from None
-    config = _build(data, v)
+    config = _build(data, v, accounts if accounts is not None else LocalAccounts.of_this_process())
     if v.problems:
         raise ConfigError(sorted(v.problems, key=lambda p: p.line or 0))
     return config
 
 
-def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
-    """Read and validate the TOML file at ``path``."""
+def load_config(
+    path: str | os.PathLike[str], *, accounts: LocalAccounts | None = None
+) -> GatewayConfig:
+    """Read and validate the TOML file at ``path`` (``accounts``: see :func:`parse_config`)."""
     source = Path(path)
     try:
         with open(source, "rb") as f:
@@ -1082,7 +1200,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError([ConfigProblem(str(source), line, "", "not valid UTF-8")]) from None
-    config = parse_config(text, str(source), base=source.resolve().parent)
+    config = parse_config(text, str(source), base=source.resolve().parent, accounts=accounts)
     return dataclasses.replace(config, source=source)
 
 
@@ -1114,6 +1232,9 @@ def default_config() -> GatewayConfig:
             user: UserConfig(
                 name=user,
                 authorized_keys=Path(os.path.expanduser("~")) / ".ssh" / "authorized_keys",
+                # The one user reaches the gateway host as the account that started it.
+                targets=(LOCAL_TARGET,),
+                os_user=own_account(),
             )
         },
         default_password_user=user,

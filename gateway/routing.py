@@ -21,6 +21,10 @@ gets the menu); a ``local`` session gets the client's command in
 ``environment=`` variables (when the config permits them) go into the session's
 environment over what the client sent.
 
+A user reaches ``local`` only when its ``targets`` names it; its sessions there run as the
+OS account its ``os_user`` names (the config makes sure there is one; a user without one
+is refused here too, never run as the gateway's own account).
+
 Targets are built by :func:`build_router` from the config: ``local`` is one
 ``LocalTarget``; upstream targets are ``XTarget(reactor, config, known_hosts)``, the class
 of their protocol in ``gateway.targets.registry``.
@@ -362,8 +366,9 @@ class Router:
     """Every configured target by name, and the per-user choice among them.
 
     ``targets`` maps each name in ``config.targets`` to an object with
-    ``open_session(username, request, client[, *, password])`` (the local target's has no
-    ``password``; it is passed only to ``credentials = "pass-through"`` targets).
+    ``open_session(username, request, client[, *, password])``; the local target's takes
+    ``os_user`` instead (the user's OS account), and ``password`` is passed only to
+    ``credentials = "pass-through"`` targets.
     """
 
     def __init__(
@@ -478,12 +483,16 @@ class Router:
         if flow is not None:
             flow.target = name  # the client leg's record says where its session went
         if config is None or config.protocol == "local":
+            user = self.config.users.get(username)
+            if user is None or user.os_user is None:
+                log.warn("routing: {user} has no os_user for {target}", user=username, target=name)
+                return self.refuse(client, not_available(name, username))
             if original_command is not None:
                 # As sshd: set last, over anything of the same name.
                 env = dict(request.env)
                 env[ORIGINAL_COMMAND] = original_command.decode("utf-8", "surrogateescape")
                 request = dataclasses.replace(request, env=env)
-            return target.open_session(username, request, client)
+            return target.open_session(username, request, client, os_user=user.os_user)
         if config.credentials == "pass-through":
             if password is None:
                 return self.refuse(

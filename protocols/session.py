@@ -15,7 +15,7 @@ Flow control runs both ways with Twisted's producer/consumer contract:
 So no side ever buffers more than a bounded amount for a slow peer.
 
 The value types (:class:`SessionRequest`, :class:`PtyRequest`, :class:`WindowSize`,
-:class:`ExitInfo`) are defined in :mod:`protocols.session_values`, which loads no zope,
+:class:`ConnectionAddresses`, :class:`ExitInfo`) are defined in :mod:`protocols.session_values`, which loads no zope,
 and re-exported here.
 
 What a session may ask for beyond running its program (a pty, port, agent and X11
@@ -35,10 +35,18 @@ from zope.interface import Attribute, Interface
 
 # The value types live apart so that the SSH-1 core can use them without loading zope;
 # re-exported here, where every other module has always imported them from.
-from protocols.session_values import ExitInfo, PtyRequest, SessionRequest, WindowSize
+from protocols.session_values import (
+    ConnectionAddresses,
+    ExitInfo,
+    PtyRequest,
+    SessionRequest,
+    WindowSize,
+)
 
 __all__ = [
     "AGENT_FORWARDING",
+    "ConnectionAddresses",
+    "addresses_of",
     "ExitInfo",
     "IGatewayUser",
     "ISessionClient",
@@ -160,3 +168,14 @@ class IGatewayUser(Interface):
 
     def env_allowed(name: str) -> bool:
         """Whether an environment variable sent by the client may reach the program."""
+
+
+def addresses_of(transport: object) -> ConnectionAddresses | None:
+    """The two ends of a front end's connection (its transport's ``getPeer()`` and
+    ``getHost()``), for the session's ``SSH_CLIENT`` and ``SSH_CONNECTION``; None when the
+    transport has none to give."""
+    get_peer = getattr(transport, "getPeer", None)
+    get_host = getattr(transport, "getHost", None)
+    if get_peer is None or get_host is None:
+        return None
+    return ConnectionAddresses.of(get_peer(), get_host())

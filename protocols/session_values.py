@@ -1,5 +1,6 @@
 """The session model's value types: what a client asks for (:class:`SessionRequest`,
-:class:`PtyRequest`, :class:`WindowSize`) and how the program ended (:class:`ExitInfo`).
+:class:`PtyRequest`, :class:`WindowSize`), where the connection it came over runs between
+(:class:`ConnectionAddresses`) and how the program ended (:class:`ExitInfo`).
 
 Plain dataclasses with no Twisted or zope import, so that the SSH-1 sans-I/O core can use
 them; the interfaces that carry them are in :mod:`protocols.session`, which re-exports
@@ -27,6 +28,40 @@ class PtyRequest:
     modes: tuple[tuple[int, int], ...] = ()
 
 
+@dataclass(frozen=True)
+class ConnectionAddresses:
+    """The two ends of the client's TCP connection, as the gateway sees them (behind a
+    PROXY-protocol balancer: the client's own address). What sshd puts in ``SSH_CLIENT``
+    and ``SSH_CONNECTION``."""
+
+    client_host: str
+    client_port: int
+    server_host: str
+    server_port: int
+
+    @classmethod
+    def of(cls, peer: object, host: object) -> ConnectionAddresses | None:
+        """From a transport's ``getPeer()`` and ``getHost()`` (Twisted IPv4Address or
+        IPv6Address); None for anything without a host and port (a UNIX socket)."""
+        ends = []
+        for address in (peer, host):
+            name, port = getattr(address, "host", None), getattr(address, "port", None)
+            if not isinstance(name, str) or not isinstance(port, int) or not name:
+                return None
+            ends.append((_unmapped(name), port))
+        (client_host, client_port), (server_host, server_port) = ends
+        return cls(client_host, client_port, server_host, server_port)
+
+
+def _unmapped(host: str) -> str:
+    # An IPv4 client of an IPv6 listener shows as ::ffff:a.b.c.d; sshd reports it as
+    # a.b.c.d (ipv64_normalise_mapped), and so do we.
+    prefix = "::ffff:"
+    if host.lower().startswith(prefix) and host.count(".") == 3:
+        return host[len(prefix) :]
+    return host
+
+
 @dataclass
 class SessionRequest:
     """What the client asked for before the program starts."""
@@ -34,6 +69,8 @@ class SessionRequest:
     command: bytes | None = None  # None: the user's login shell
     pty: PtyRequest | None = None
     env: dict[str, str] = field(default_factory=dict)  # already filtered by the front end's caller
+    # The connection the request came over; None where there is none to tell (tests, tools).
+    addresses: ConnectionAddresses | None = None
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,9 @@ def test_reference_sshd_never_logs_in_root_nor_runs_rc_files(tmp_path):
 
 def test_gateway_login_name_is_the_accounts():
     config = gateway_config("sshgw-bench", Path("/k"), "aes128-ctr", "hmac-sha2-256", "x")
-    assert config["users"] == {"sshgw-bench": {"authorized_keys": "/k"}}
+    assert config["users"] == {
+        "sshgw-bench": {"authorized_keys": "/k", "targets": ["local"], "os_user": "sshgw-bench"}
+    }
 
 
 def test_one_command_runs_every_benchmark():

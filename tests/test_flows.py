@@ -13,6 +13,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.flows import FlowWriter
 from protocols.flow import C2S, MAX_MESSAGES, S2C, STAGES, FlowRecorder, open_flow, ssh2_name
 from protocols.session import ExitInfo, SessionRequest
+from tests.support.gateway_helpers import LOCAL_ACCESS
 from tools.flows.store import FlowStore
 
 
@@ -97,7 +98,7 @@ def test_writer_rotates_by_size_and_keeps_n(tmp_path):
 
 
 def test_flows_config_keys():
-    base = '[users.a]\npassword = "$2b$12$' + "x" * 53 + '"\n'
+    base = '[users.a]\npassword = "$2b$12$' + "x" * 53 + '"\n' + LOCAL_ACCESS
     config = parse_config(base + "[flows]\nenabled = false\nmax_bytes = 8192\nkeep = 0\n")
     assert (config.flows.enabled, config.flows.max_bytes, config.flows.keep) == (False, 8192, 0)
     assert parse_config(base).flows.enabled is True
@@ -209,7 +210,7 @@ def front_ends(monkeypatch):
     from gateway.routing import Router
     from protocols.record import ConnectionRecord
     from tests.support.doubles import fake_targets
-    from tests.support.gateway_helpers import ROUTED_TARGETS, fast_hash
+    from tests.support.gateway_helpers import OWN_ACCOUNT, ROUTED_TARGETS, fast_hash
     from tests.support.ssh1 import server_rig
     from tests.support.ssh2 import harness
 
@@ -223,7 +224,8 @@ def front_ends(monkeypatch):
     monkeypatch.setattr(harness, "ConnectionRecord", recorded("ssh2"))
     config = parse_config(
         f'[users.alice]\npassword = "{fast_hash("alice-pw")}"\n'
-        'targets = ["local", "sw1", "tn"]\n' + ROUTED_TARGETS
+        'targets = ["local", "sw1", "tn"]\n'
+        f'os_user = "{OWN_ACCOUNT}"\n' + ROUTED_TARGETS
     )
     targets = fake_targets(config.targets)
     portal = build_portal(config, Router(config, targets, Clock()), blocking=run_inline)

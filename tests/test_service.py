@@ -11,6 +11,7 @@ from twisted.python import usage
 from gateway.config import parse_config
 from gateway.dispatch import DispatcherFactory
 from gateway.service import Options, make_service
+from tests.support.gateway_helpers import LOCAL_ACCESS
 
 
 def config_for(tmp_path, extra: str = ""):
@@ -21,7 +22,7 @@ protocols = ["1", "2"]
 {extra}
 [users.alice]
 authorized_keys = "{tmp_path / 'authorized_keys'}"
-'''
+{LOCAL_ACCESS}'''
     return parse_config(text, "test.toml", tmp_path)
 
 

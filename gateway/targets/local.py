@@ -1,5 +1,13 @@
 """The ``local`` target: run the command, or the login shell, on the gateway host as the
-gateway's own OS user, with or without a pty, with flow control in both directions.
+user's OS account (its ``os_user``), with or without a pty, with flow control in both
+directions.
+
+What runs is decided first, as a :class:`gateway.targets.launch.LaunchSpec`
+(:func:`launch_spec`): the account's uid, gid, supplementary groups (as initgroups() sets
+them), home and shell from the passwd database, and a clean environment built the way
+OpenSSH's sshd builds it (:func:`session_environment`). Then it is started: as that account
+when the gateway runs as root, else (only the gateway's own account is possible then) as the
+gateway itself.
 
 One LocalSession per session. It owns the child's descriptors: stdin/stdout/stderr pipes, or a
 pty master (read through one descriptor, written through a dup of it, so that reading and
@@ -25,6 +33,7 @@ leaves alone what it started in the background and no longer holds its output.
 from __future__ import annotations
 
 import fcntl
+import grp
 import os
 import pwd
 import signal
@@ -39,13 +48,24 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.targets import fdio, ttymodes
+from gateway.targets.launch import LaunchSpec
 from gateway.targets.lifeline import SessionGuard, shared_guard
 from gateway.targets.reaper import ExitWatcher, group_has_others, returncode
-from protocols.session import ExitInfo, ISessionClient, ISessionTarget, SessionRequest, WindowSize
+from protocols.session import (
+    ConnectionAddresses,
+    ExitInfo,
+    ISessionClient,
+    ISessionTarget,
+    SessionRequest,
+    WindowSize,
+)
 
 log = Logger()
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# sshd's PATH (as Debian builds it): root's has the sbin directories, everyone else's not.
+SUPERUSER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"
+MAIL_DIR = "/var/mail"
 KILL_GRACE = 2.0
 # After a hang-up, how often to look whether the ended leader's group has emptied (so that
 # it is reaped without waiting for the kill when nothing is left).
@@ -79,7 +99,7 @@ class LocalTarget:
         reactor: Any,
         *,
         kill_grace: float = KILL_GRACE,
-        path: str = DEFAULT_PATH,
+        path: str | None = None,
         read_chunk: int = fdio.READ_CHUNK,
         high_water: int = fdio.HIGH_WATER,
         low_water: int = fdio.LOW_WATER,
@@ -89,18 +109,19 @@ class LocalTarget:
         # Ends the sessions' process groups should the gateway die (shared by default).
         self.guard = guard if guard is not None else shared_guard()
         self.kill_grace = kill_grace
-        self.path = path
+        self.path = path  # None: sshd's, by account (SUPERUSER_PATH for uid 0, else USER_PATH)
         self.read_chunk = read_chunk
         self.high_water = high_water
         self.low_water = low_water
         self.sessions: set[LocalSession] = set()
 
     def open_session(
-        self, username: str, request: SessionRequest, client: ISessionClient
+        self, username: str, request: SessionRequest, client: ISessionClient, *, os_user: str
     ) -> ISessionTarget:
-        """Start ``request`` for gateway user ``username``; never raises for a failed start
-        (the client gets a one-line reason on stderr and a non-zero exit instead)."""
-        session = LocalSession(self, username, request, client)
+        """Start ``request`` for gateway user ``username`` as OS account ``os_user``; never
+        raises for a failed start (the client gets a one-line reason on stderr and a
+        non-zero exit instead)."""
+        session = LocalSession(self, username, request, client, os_user=os_user)
         session.start()
         return session
 
@@ -124,31 +145,124 @@ class LocalTarget:
         self.sessions.discard(session)
 
 
-def _account() -> pwd.struct_passwd:
-    return pwd.getpwuid(os.getuid())
+class NoSuchAccount(LookupError):
+    """``os_user`` names no account in the passwd database (any more)."""
 
 
-def _environment(
-    account: pwd.struct_passwd, shell: str, path: str, request: SessionRequest
+def find_account(name: str) -> pwd.struct_passwd:
+    """The passwd entry of OS account ``name``, read afresh for every session (as sshd)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise NoSuchAccount(f"no OS account named {name!r}") from None
+
+
+def default_path(account: pwd.struct_passwd) -> str:
+    return SUPERUSER_PATH if account.pw_uid == 0 else USER_PATH
+
+
+def session_environment(
+    account: pwd.struct_passwd,
+    shell: str,
+    path: str,
+    request: SessionRequest,
+    tty: str | None = None,
 ) -> dict[str, str]:
-    env = {
-        "HOME": account.pw_dir,
-        "USER": account.pw_name,
-        "LOGNAME": account.pw_name,
-        "SHELL": shell,
-        "PATH": path,
-    }
-    if request.pty is not None:
-        term = request.pty.term
-        # A terminal type is a short name; anything else is not worth failing the start for.
-        env["TERM"] = term if 0 < len(term) <= 64 and term.isprintable() else "dumb"
-    # Like sshd, what the client sent (already through the allow-list) comes last and wins.
+    """The program's whole environment, in sshd's order (session.c do_setup_env): the
+    client's variables (already through the allow-list) first, then what sshd sets,
+    which the client cannot override."""
+    env: dict[str, str] = {}
     for name, value in request.env.items():
         if not name or "=" in name or "\0" in name or "\0" in value:
             log.info("dropping malformed environment variable from client")
             continue
         env[name] = value
+    env.update(
+        USER=account.pw_name,
+        LOGNAME=account.pw_name,
+        HOME=account.pw_dir,
+        PATH=path,
+        MAIL=f"{MAIL_DIR}/{account.pw_name}",
+        SHELL=shell,
+    )
+    zone = os.environ.get("TZ")
+    if zone:
+        env["TZ"] = zone  # sshd passes its own TZ on
+    if request.pty is not None:
+        term = request.pty.term
+        # A terminal type is a short name; anything else is not worth failing the start for.
+        env["TERM"] = term if 0 < len(term) <= 64 and term.isprintable() else "dumb"
+    if request.addresses is not None:
+        env.update(connection_variables(request.addresses))
+    if tty is not None:
+        env["SSH_TTY"] = tty
     return env
+
+
+def connection_variables(addresses: ConnectionAddresses) -> dict[str, str]:
+    """``SSH_CLIENT`` ("client-ip client-port server-port") and ``SSH_CONNECTION``
+    ("client-ip client-port server-ip server-port"), as sshd writes them."""
+    client = f"{addresses.client_host} {addresses.client_port}"
+    return {
+        "SSH_CLIENT": f"{client} {addresses.server_port}",
+        "SSH_CONNECTION": f"{client} {addresses.server_host} {addresses.server_port}",
+    }
+
+
+def launch_spec(
+    account: pwd.struct_passwd,
+    request: SessionRequest,
+    path: str | None = None,
+    *,
+    tty: str | None = None,
+) -> LaunchSpec:
+    """How to start ``request`` as ``account``: its shell runs the command (``shell -c``)
+    or, without one, is the login shell; in its home directory ("/" when that is missing);
+    ``tty`` is the pty's name, when there is one. ``path`` None: sshd's PATH."""
+    shell = account.pw_shell or "/bin/sh"
+    shell_name = os.path.basename(shell)
+    if request.command is None:
+        # A leading "-" in argv[0] is how every shell learns it is a login shell.
+        argv: tuple[str | bytes, ...] = ("-" + shell_name,)
+    else:
+        argv = (shell_name, "-c", request.command)
+    return LaunchSpec(
+        executable=shell,
+        argv=argv,
+        env=session_environment(account, shell, path or default_path(account), request, tty=tty),
+        cwd=account.pw_dir if os.path.isdir(account.pw_dir) else "/",
+        login=account.pw_name,
+        uid=account.pw_uid,
+        gid=account.pw_gid,
+        groups=tuple(os.getgrouplist(account.pw_name, account.pw_gid)),
+        pty=request.pty is not None,
+    )
+
+
+def account_options(spec: LaunchSpec) -> dict[str, Any]:
+    """Popen's arguments that start the program as the spec's account. Run as root, the
+    child always takes the account's uid, gid and supplementary groups (as sshd's
+    initgroups and setuid do, for root's own sessions too); otherwise it can only be the
+    gateway's own account, which it already is."""
+    if os.geteuid() == 0:
+        return {"user": spec.uid, "group": spec.gid, "extra_groups": list(spec.groups)}
+    if spec.uid != os.geteuid():
+        raise PermissionError(
+            f"the gateway does not run as root and cannot start a session as {spec.login!r}"
+        )
+    return {}
+
+
+def give_terminal(fd: int, spec: LaunchSpec) -> None:
+    """Make the pty the session's account's, as sshd does (pty_setowner): owner the
+    account, group ``tty`` (if any), mode 0620 — so that it can open its own terminal."""
+    try:
+        group = grp.getgrnam("tty").gr_gid
+        mode = 0o620
+    except KeyError:
+        group, mode = spec.gid, 0o600
+    os.fchown(fd, spec.uid, group)
+    os.fchmod(fd, mode)
 
 
 @implementer(IPushProducer)
@@ -173,11 +287,18 @@ class LocalSession:
     """One local process behind one session."""
 
     def __init__(
-        self, target: LocalTarget, username: str, request: SessionRequest, client: ISessionClient
+        self,
+        target: LocalTarget,
+        username: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        *,
+        os_user: str,
     ) -> None:
         self._target = target
         self._reactor = target.reactor
         self.username = username
+        self.os_user = os_user
         self.request = request
         self._client = client
         self.pid: int | None = None
@@ -210,9 +331,10 @@ class LocalSession:
         self._target.sessions.add(self)
         self._target.guard.register(self.pid)
         log.info(
-            "local session for {user}: pid {pid}, {kind}{tty}",
+            "local session for {user}: pid {pid} as {account}, {kind}{tty}",
             user=self.username,
             pid=self.pid,
+            account=self.os_user,
             kind="shell" if self.request.command is None else "command",
             tty=f" on {self.tty_name}" if self.tty_name else "",
         )
@@ -222,17 +344,7 @@ class LocalSession:
                 reader.start()
 
     def _spawn(self) -> None:
-        account = _account()
-        shell = account.pw_shell or "/bin/sh"
-        shell_name = os.path.basename(shell)
-        if self.request.command is None:
-            # A leading "-" in argv[0] is how every shell learns it is a login shell.
-            args: list[str | bytes] = ["-" + shell_name]
-        else:
-            args = [shell_name, "-c", self.request.command]
-        cwd = account.pw_dir if os.path.isdir(account.pw_dir) else "/"
-        env = _environment(account, shell, self._target.path, self.request)
-
+        account = find_account(self.os_user)
         opened: list[int] = []
         child_ends: list[int] = []
 
@@ -247,18 +359,19 @@ class LocalSession:
                 opened.remove(fd)
             child_ends.clear()
 
-        def start(stdin: int, stdout: int, stderr: int, **extra: Any) -> None:
+        def start(spec: LaunchSpec, stdin: int, stdout: int, stderr: int, **extra: Any) -> None:
             self._popen = subprocess.Popen(
-                args,
-                executable=shell,
+                list(spec.argv),
+                executable=spec.executable,
                 stdin=stdin,
                 stdout=stdout,
                 stderr=stderr,
-                cwd=cwd,
-                env=env,
+                cwd=spec.cwd,
+                env=dict(spec.env),
                 close_fds=True,
                 restore_signals=True,
                 start_new_session=True,
+                **account_options(spec),
                 **extra,
             )
             close_child_ends()
@@ -273,7 +386,8 @@ class LocalSession:
                 for fd in (stdin_w, stdout_r):
                     fdio.enlarge_pipe(fd)
                 child_ends = [stdin_r, stdout_w, stderr_w]
-                start(stdin_r, stdout_w, stderr_w)
+                spec = launch_spec(account, self.request, self._target.path)
+                start(spec, stdin_r, stdout_w, stderr_w)
                 self._readers = [
                     self._reader(stdout_r, self._client.write_stdout, "stdout"),
                     self._reader(stderr_r, self._client.write_stderr, "stderr"),
@@ -287,7 +401,10 @@ class LocalSession:
                 writer_fd = os.dup(master)
                 opened.append(writer_fd)
                 child_ends = [slave]
-                start(slave, slave, slave, preexec_fn=_take_terminal)
+                spec = launch_spec(account, self.request, self._target.path, tty=self.tty_name)
+                if os.geteuid() == 0:
+                    give_terminal(slave, spec)
+                start(spec, slave, slave, slave, preexec_fn=_take_terminal)
                 # Output and errors share the terminal, so all of it is stdout.
                 self._pty = self._reader(master, self._client.write_stdout, "pty")
                 self._readers = [self._pty]

@@ -56,6 +56,7 @@ from protocols.session import (
     ISessionTarget,
     PtyRequest,
     SessionRequest,
+    addresses_of,
 )
 from protocols.ssh1 import events as ev
 from protocols.ssh1 import keys
@@ -673,7 +674,11 @@ class SSH1ServerProtocol(CorePump):
     def _on_exec(self, event: ev.ExecShell | ev.ExecCommand) -> None:
         command = event.command if isinstance(event, ev.ExecCommand) else None
         self._flow_request("exec_shell" if command is None else "exec_cmd", True)
-        request = SessionRequest(command=command, pty=self._pty)
+        request = SessionRequest(
+            command=command,
+            pty=self._pty,
+            addresses=addresses_of(self.transport),  # for SSH_CLIENT and SSH_CONNECTION
+        )
         if self._agent is not None:
             request.env["SSH_AUTH_SOCK"] = self._agent[2]
         if self._x11 is not None:

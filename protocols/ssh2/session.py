@@ -43,6 +43,7 @@ from protocols.session import (
     PtyRequest,
     SessionRequest,
     WindowSize,
+    addresses_of,
 )
 from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.wire import Reader, WireError, string, u32
@@ -223,6 +224,10 @@ class SessionChannel(conch_channel.SSHChannel):
             return False
         self.started = True
         self.request.command = command
+        # The connection's two ends, for the program's SSH_CLIENT and SSH_CONNECTION.
+        self.request.addresses = addresses_of(
+            getattr(getattr(self.conn, "transport", None), "transport", None)
+        )
         # Start only after the reply went out: a program that fails at once must not
         # close the channel before the client has its CHANNEL_SUCCESS.
         self._start_after_reply = True

@@ -36,6 +36,7 @@ from protocols.auth import (
 from protocols.session import IGatewayUser, SessionRequest
 from tests.support.doubles import Challenger, FakeTarget
 from tests.support.gateway_helpers import (
+    LOCAL_ACCESS,
     ed25519_key,
     failure_of,
     fast_hash,
@@ -68,15 +69,15 @@ class Setup:
 [users.alice]
 password = "{fast_hash("alice-pw")}"
 authorized_keys = "{keys_file}"
-
+{LOCAL_ACCESS}
 [users.bob]
 password = "{fast_hash("bob-pw")}"
-
+{LOCAL_ACCESS}
 [users.carol]
 password = "{fast_hash("carol-pw")}"
 authorized_keys = "{both}"
 auth = "all"
-
+{LOCAL_ACCESS}
 [session]
 env_allow = ["LANG", "LC_*"]
 """
@@ -147,8 +148,8 @@ def test_user_without_password_costs_a_hash_too(tmp_path, monkeypatch):
     keys_file = tmp_path / "k"
     keys_file.write_text("")
     config = parse_config(
-        f'[users.dan]\nauthorized_keys = "{keys_file}"\n'
-        f'[users.eve]\npassword = "{fast_hash("x")}"\n'
+        f'[users.dan]\nauthorized_keys = "{keys_file}"\n{LOCAL_ACCESS}'
+        f'[users.eve]\npassword = "{fast_hash("x")}"\n{LOCAL_ACCESS}'
     )
     checker = PasswordChecker(config.users, run_inline)
     calls = []

@@ -26,6 +26,7 @@ from protocols.auth import (
 from protocols.session import ExitInfo, IGatewayUser, SessionRequest
 from tests.support.doubles import Challenger, FakeSessionClient, fake_targets
 from tests.support.gateway_helpers import (
+    OWN_ACCOUNT,
     ROUTED_TARGETS,
     ed25519_key,
     failure_of,
@@ -53,6 +54,7 @@ class Setup:
 password = "{fast_hash("alice-pw")}"
 authorized_keys = "{keys}"
 targets = ["local", "sw1", "host2"]
+os_user = "{OWN_ACCOUNT}"
 
 [users.dave]
 password = "{fast_hash(SECRET)}"

@@ -23,7 +23,7 @@ from gateway.config import (
 from protocols.auth import AuthLimits
 from protocols.ssh1.settings import SSH1Settings
 from protocols.ssh2.settings import SSH2Settings
-from tests.support.gateway_helpers import LogCapture, fast_hash
+from tests.support.gateway_helpers import LOCAL_ACCESS, OWN_ACCOUNT, LogCapture, fast_hash
 
 HASH = fast_hash("secret")
 
@@ -39,9 +39,13 @@ version_timeout = 10
 password = "{HASH}"
 authorized_keys = "keys/alice"
 auth = "all"
+targets = ["local"]
+os_user = "{OWN_ACCOUNT}"
 
 [users."bob"]
 authorized_keys = "/etc/keys/bob"
+targets = ["local"]
+os_user = "{OWN_ACCOUNT}"
 
 [auth]
 grace_time = 60
@@ -103,7 +107,7 @@ def test_every_key(tmp_path):
 
 
 def test_minimal_config_gets_defaults():
-    config = parse_config(f'[users.alice]\npassword = "{HASH}"\n', base=Path("/srv"))
+    config = parse_config(VALID_USER, base=Path("/srv"))
     assert config.listen == ("tcp:2222:interface=127.0.0.1",)
     assert config.protocols == ("1", "2")
     assert config.version_timeout == 30.0
@@ -115,7 +119,7 @@ def test_minimal_config_gets_defaults():
 
 def test_home_is_expanded(monkeypatch):
     monkeypatch.setenv("HOME", "/home/zed")
-    config = parse_config('[users.zed]\nauthorized_keys = "~/.ssh/authorized_keys"\n')
+    config = parse_config('[users.zed]\nauthorized_keys = "~/.ssh/authorized_keys"\n' + LOCAL_ACCESS)
     assert config.users["zed"].authorized_keys == Path("/home/zed/.ssh/authorized_keys")
 
 
@@ -125,30 +129,30 @@ def error_of(text: str) -> ConfigError:
     return info.value
 
 
-VALID_USER = f'[users.alice]\npassword = "{HASH}"\n'
+VALID_USER = f'[users.alice]\npassword = "{HASH}"\n{LOCAL_ACCESS}'
 
 
 @pytest.mark.parametrize(
     "text,line,key,words",
     [
         ('listne = ["tcp:2222"]\n' + VALID_USER, 1, "listne", "unknown key"),
-        (VALID_USER + 'auht = "all"\n', 3, "users.alice.auht", "unknown key"),
-        (VALID_USER + "[auth]\ngrace_tme = 5\n", 4, "auth.grace_tme", "unknown key"),
-        (VALID_USER + "[ssh3]\n", 3, "ssh3", "unknown key"),
-        (VALID_USER + '[ssh2]\nkex = ["curve25519-sha256", "nope"]\n', 4, "ssh2.kex", "nope"),
-        (VALID_USER + "[ssh2]\nciphers = []\n", 4, "ssh2.ciphers", "must not be empty"),
-        (VALID_USER + '[ssh1]\nciphers = ["rc4"]\n', 4, "ssh1.ciphers", "rc4"),
-        (VALID_USER + "[ssh1]\nserver_key_bits = 2000\n", 4, "ssh1.server_key_bits", "differ"),
-        (VALID_USER + '[ssh1]\npermit_open = ["nohost"]\n', 4, "ssh1.permit_open", "host:port"),
-        (VALID_USER + "[auth]\nmax_attempts = 0\n", 4, "auth.max_attempts", "at least 1"),
-        (VALID_USER + "[auth]\nmax_attempts = true\n", 4, "auth.max_attempts", "integer"),
-        (VALID_USER + "[auth]\nfailure_delay = -1\n", 4, "auth.failure_delay", ">= 0"),
+        (VALID_USER + 'auht = "all"\n', 5, "users.alice.auht", "unknown key"),
+        (VALID_USER + "[auth]\ngrace_tme = 5\n", 6, "auth.grace_tme", "unknown key"),
+        (VALID_USER + "[ssh3]\n", 5, "ssh3", "unknown key"),
+        (VALID_USER + '[ssh2]\nkex = ["curve25519-sha256", "nope"]\n', 6, "ssh2.kex", "nope"),
+        (VALID_USER + "[ssh2]\nciphers = []\n", 6, "ssh2.ciphers", "must not be empty"),
+        (VALID_USER + '[ssh1]\nciphers = ["rc4"]\n', 6, "ssh1.ciphers", "rc4"),
+        (VALID_USER + "[ssh1]\nserver_key_bits = 2000\n", 6, "ssh1.server_key_bits", "differ"),
+        (VALID_USER + '[ssh1]\npermit_open = ["nohost"]\n', 6, "ssh1.permit_open", "host:port"),
+        (VALID_USER + "[auth]\nmax_attempts = 0\n", 6, "auth.max_attempts", "at least 1"),
+        (VALID_USER + "[auth]\nmax_attempts = true\n", 6, "auth.max_attempts", "integer"),
+        (VALID_USER + "[auth]\nfailure_delay = -1\n", 6, "auth.failure_delay", ">= 0"),
         ('protocols = ["3"]\n' + VALID_USER, 1, "protocols", "unknown protocol"),
         ('protocols = "2"\n' + VALID_USER, 1, "protocols", "list"),
         ('listen = ["bogus:1"]\n' + VALID_USER, 1, "listen", "bad endpoint"),
         ('version_timeout = "x"\n' + VALID_USER, 1, "version_timeout", "number"),
-        (VALID_USER + 'auth = "some"\n', 3, "users.alice.auth", '"any" or "all"'),
-        ('[users.carol]\nauth = "any"\n', 1, "users.carol", "neither password"),
+        (VALID_USER + 'auth = "some"\n', 5, "users.alice.auth", '"any" or "all"'),
+        ('[users.carol]\nauth = "any"\n' + LOCAL_ACCESS, 1, "users.carol", "neither password"),
         ("[users]\n", 1, "users", "nobody could log in"),
         ('[users."a b"]\nauthorized_keys = "k"\n', 1, "users.a b", "user names"),
         (
@@ -157,7 +161,7 @@ VALID_USER = f'[users.alice]\npassword = "{HASH}"\n'
             "users.dave.shell",
             "unknown",
         ),
-        (VALID_USER + "[session]\nenv_allow = [1]\n", 4, "session.env_allow", "strings"),
+        (VALID_USER + "[session]\nenv_allow = [1]\n", 6, "session.env_allow", "strings"),
         (
             '[users.alice]\npassword = "$scrypt$n=3,r=1,p=1$AAAA$AAAA"\n',
             2,
@@ -176,7 +180,7 @@ def test_errors_name_file_line_key_and_show_the_line(text, line, key, words):
 
 
 def test_every_error_is_reported_at_once():
-    error = error_of('listne = 1\n[users.alice]\npassword = "{HASH}"\nauht = 1\n')
+    error = error_of('listne = 1\n[users.alice]\npassword = "{HASH}"\nauht = 1\n' + LOCAL_ACCESS)
     assert [p.key for p in error.problems] == ["listne", "users.alice.password", "users.alice.auht"]
 
 
@@ -192,7 +196,7 @@ def test_plaintext_password_is_an_error_and_never_echoed():
 def test_syntax_error_has_line_and_text():
     error = error_of(VALID_USER + "[auth\n")
     (problem,) = error.problems
-    assert problem.line == 3 and "TOML syntax error" in problem.message
+    assert problem.line == 5 and "TOML syntax error" in problem.message
     assert problem.text == "[auth"
 
 

@@ -10,14 +10,20 @@ import pytest
 
 from gateway.config import ConfigError, config_warnings, load_config, parse_config
 from gateway.targets import TargetConfig
-from tests.support.gateway_helpers import fast_hash
+from tests.support.gateway_helpers import LOCAL_ACCESS, OWN_ACCOUNT, fast_hash
 
 HASH = fast_hash("secret")
 FP = "SHA256:" + "A" * 43
 MD5 = ":".join(["ab"] * 16)
 
 
-def user(extra: str = "") -> str:
+def user(extra: str | None = None) -> str:
+    """Alice's table: by default she reaches ``local``; ``extra`` replaces that (her OS
+    account follows whenever it names ``local``)."""
+    if extra is None:
+        extra = LOCAL_ACCESS.rstrip("\n")
+    elif '"local"' in extra:
+        extra += f'\nos_user = "{OWN_ACCOUNT}"'
     return f'[users.alice]\npassword = "{HASH}"\n{extra}\n'
 
 
@@ -103,10 +109,12 @@ shell_prompt = "sw1[>#] ?"
     assert alice.targets == ("local", "sw1", "host2", "tn") and alice.target == "sw1"
 
 
-def test_local_always_exists_and_is_the_default_list():
+def test_local_always_exists():
     config = parse(user())
     assert config.targets == {"local": TargetConfig("local", "local")}
-    assert config.users["alice"].targets == ("local",) and config.users["alice"].target is None
+    alice = config.users["alice"]
+    assert alice.targets == ("local",) and alice.target is None
+    assert alice.os_user == OWN_ACCOUNT
 
 
 def test_local_may_be_declared_but_not_changed():
@@ -115,110 +123,110 @@ def test_local_may_be_declared_but_not_changed():
     )
     assert config.targets["here"].protocol == "local"
     found = only_problem(user() + '[targets.local]\nprotocol = "ssh2"\nhost = "h"\n')
-    assert "gw.toml:5: targets.local.protocol" in found and "must stay" in found
+    assert "gw.toml:6: targets.local.protocol" in found and "must stay" in found
 
 
 def test_local_targets_take_no_other_key():
     found = only_problem(user() + '[targets.here]\nprotocol = "local"\nhost = "h"\n')
-    assert "gw.toml:6: targets.here.host: not used by local targets" in found
+    assert "gw.toml:7: targets.here.host: not used by local targets" in found
 
 
 @pytest.mark.parametrize(
     "body, line, key, message",
     [
-        ('host = "h"', 4, "targets.t", "protocol is required"),
-        ('protocol = "ssh3"\nhost = "h"', 5, "targets.t.protocol", "must be one of"),
-        ('protocol = "ssh2"', 4, "targets.t", "host is required"),
-        ('protocol = "ssh2"\nhost = ""', 6, "targets.t.host", "non-empty"),
-        ('protocol = "ssh2"\nhost = "a b"', 6, "targets.t.host", "no spaces"),
-        ('protocol = "ssh2"\nhost = "h"\nport = 0', 7, "targets.t.port", "at least 1"),
-        ('protocol = "ssh2"\nhost = "h"\nport = 65536', 7, "targets.t.port", "at most 65535"),
-        ('protocol = "ssh2"\nhost = "h"\nport = "22"', 7, "targets.t.port", "integer"),
+        ('host = "h"', 5, "targets.t", "protocol is required"),
+        ('protocol = "ssh3"\nhost = "h"', 6, "targets.t.protocol", "must be one of"),
+        ('protocol = "ssh2"', 5, "targets.t", "host is required"),
+        ('protocol = "ssh2"\nhost = ""', 7, "targets.t.host", "non-empty"),
+        ('protocol = "ssh2"\nhost = "a b"', 7, "targets.t.host", "no spaces"),
+        ('protocol = "ssh2"\nhost = "h"\nport = 0', 8, "targets.t.port", "at least 1"),
+        ('protocol = "ssh2"\nhost = "h"\nport = 65536', 8, "targets.t.port", "at most 65535"),
+        ('protocol = "ssh2"\nhost = "h"\nport = "22"', 8, "targets.t.port", "integer"),
         (
             'protocol = "ssh2"\nhost = "h"\ncredentials = "agent"',
-            7,
+            8,
             "targets.t.credentials",
             "pass-through",
         ),
-        ('protocol = "ssh2"\nhost = "h"\nhost_key = "yes"', 7, "targets.t.host_key", "accept-new"),
+        ('protocol = "ssh2"\nhost = "h"\nhost_key = "yes"', 8, "targets.t.host_key", "accept-new"),
         (
             'protocol = "ssh2"\nhost = "h"\nhost_key = "SHA256:short"',
-            7,
+            8,
             "targets.t.host_key",
             "fingerprint",
         ),
-        (f'protocol = "ssh2"\nhost = "h"\nhost_key = "{MD5}"', 7, "targets.t.host_key", "MD5"),
+        (f'protocol = "ssh2"\nhost = "h"\nhost_key = "{MD5}"', 8, "targets.t.host_key", "MD5"),
         (
             'protocol = "ssh2"\nhost = "h"\nconnect_timeout = 0',
-            7,
+            8,
             "targets.t.connect_timeout",
             ">= 0.1",
         ),
-        ('protocol = "ssh2"\nhost = "h"\nidle_timeout = -1', 7, "targets.t.idle_timeout", ">= 0"),
-        ('protocol = "ssh2"\nhost = "h"\nkex = []', 7, "targets.t.kex", "must not be empty"),
-        ('protocol = "ssh2"\nhost = "h"\nmacs = "hmac-sha1"', 7, "targets.t.macs", "list"),
+        ('protocol = "ssh2"\nhost = "h"\nidle_timeout = -1', 8, "targets.t.idle_timeout", ">= 0"),
+        ('protocol = "ssh2"\nhost = "h"\nkex = []', 8, "targets.t.kex", "must not be empty"),
+        ('protocol = "ssh2"\nhost = "h"\nmacs = "hmac-sha1"', 8, "targets.t.macs", "list"),
         (
             'protocol = "ssh1"\nhost = "h"\nciphers = ["rc4"]',
-            7,
+            8,
             "targets.t.ciphers",
             "unknown ssh1 cipher",
         ),
         (
             'protocol = "ssh1"\nhost = "h"\nciphers = ["none"]',
-            7,
+            8,
             "targets.t.ciphers",
             "unknown ssh1 cipher",
         ),
         (
             'protocol = "ssh1"\nhost = "h"\nkex = ["x"]',
-            7,
+            8,
             "targets.t.kex",
             "not used by ssh1 targets",
         ),
-        ('protocol = "telnet"\nhost = "h"\nkey = "k"', 7, "targets.t.key", "not used by telnet"),
+        ('protocol = "telnet"\nhost = "h"\nkey = "k"', 8, "targets.t.key", "not used by telnet"),
         (
             'protocol = "telnet"\nhost = "h"\nhost_key = "strict"',
-            7,
+            8,
             "targets.t.host_key",
             "not used by telnet",
         ),
         (
             'protocol = "ssh2"\nhost = "h"\nlogin_prompt = "x"',
-            7,
+            8,
             "targets.t.login_prompt",
             "not used by ssh2",
         ),
         (
             'protocol = "telnet"\nhost = "h"\nlogin_prompt = "(unclosed"',
-            7,
+            8,
             "targets.t.login_prompt",
             "regular expression",
         ),
         (
             'protocol = "telnet"\nhost = "h"\nshell_prompt = "[unclosed"',
-            7,
+            8,
             "targets.t.shell_prompt",
             "regular expression",
         ),
         (
             'protocol = "ssh1"\nhost = "h"\nshell_prompt = "x"',
-            7,
+            8,
             "targets.t.shell_prompt",
             "not used by ssh1",
         ),
         (
             'protocol = "telnet"\nhost = "h"\npassword_prompt = ""',
-            7,
+            8,
             "targets.t.password_prompt",
             "non-empty",
         ),
         (
             'protocol = "ssh2"\nhost = "h"\nusername = "a\\u0007b"',
-            7,
+            8,
             "targets.t.username",
             "printable",
         ),
-        ('protocol = "ssh2"\nhost = "h"\nfrobnicate = 1', 7, "targets.t.frobnicate", "unknown key"),
+        ('protocol = "ssh2"\nhost = "h"\nfrobnicate = 1', 8, "targets.t.frobnicate", "unknown key"),
     ],
 )
 def test_target_errors_name_line_and_key(body, line, key, message):
@@ -274,7 +282,7 @@ def test_users_target_lists():
     found = only_problem(user('targets = ["local", "nope"]') + base)
     assert found.startswith("gw.toml:3: users.alice.targets: unknown target 'nope'"), found
     assert "defined: local, sw1" in found
-    found = only_problem(user('target = "sw1"') + base)
+    found = only_problem(user('target = "sw1"\ntargets = ["local"]') + base)
     assert found.startswith("gw.toml:3: users.alice.target: 'sw1' is not in this user's targets")
     found = only_problem(user('targets = ["sw1"]\ntarget = "ghost"') + base)
     assert "users.alice.target" in found and "no such target is defined" in found
@@ -317,15 +325,15 @@ def test_ssh2_algorithm_names_are_checked_by_the_ssh2_client():
         + 'kex = ["diffie-hellman-group1-sha1"]\nciphers = ["rot13"]\nmacs = ["hmac-md4"]\n'
     )
     assert len(found) == 2, found
-    assert found[0].startswith("gw.toml:8: targets.t.ciphers: ") and "rot13" in found[0]
-    assert found[1].startswith("gw.toml:9: targets.t.macs: ") and "hmac-md4" in found[1]
+    assert found[0].startswith("gw.toml:9: targets.t.ciphers: ") and "rot13" in found[0]
+    assert found[1].startswith("gw.toml:10: targets.t.macs: ") and "hmac-md4" in found[1]
 
 
 def test_ssh1_target_compression_level(tmp_path):
     from gateway.config import ConfigError, parse_config
 
     base = (
-        'state_dir = "s"\n[users.alice]\nauthorized_keys = "k"\n'
+        'state_dir = "s"\n[users.alice]\nauthorized_keys = "k"\ntargets = ["dev"]\n'
         '[targets.dev]\nprotocol = "ssh1"\nhost = "192.0.2.9"\n'
     )
     config = parse_config(base + "compression = 6\n", "t.toml", tmp_path)

@@ -34,7 +34,7 @@ from gateway.targets import TargetConfig
 from gateway.targets.bridge import UpstreamFailure
 from gateway.targets.ssh1 import SSH1Target
 from gateway.targets.ssh2 import SSH2Target
-from tests.support.gateway_helpers import ed25519_key
+from tests.support.gateway_helpers import LOCAL_ACCESS, ed25519_key
 
 MARKER = b"SECRET-MARKER-7f3a"
 
@@ -98,6 +98,7 @@ def config_text(tmp_path: Path, extra: str = "") -> str:
     return (
         f'listen = ["tcp:0:interface=127.0.0.1"]\nstate_dir = "{tmp_path / "state"}"\n'
         f'{extra}\n[users.alice]\nauthorized_keys = "{tmp_path / "authorized_keys"}"\n'
+        + LOCAL_ACCESS
     )
 
 

@@ -28,9 +28,11 @@ from gateway.targets.lifeline import SessionGuard
 from gateway.targets.local import LocalSession, LocalTarget
 from protocols.session import ExitInfo, ISessionTarget, PtyRequest, SessionRequest, WindowSize
 from tests.support.doubles import FakeProducer
+from tests.support.gateway_helpers import OWN_ACCOUNT
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 10.0
+ME = OWN_ACCOUNT  # the sessions here run as the account running the tests
 
 
 class FakeClient:
@@ -158,7 +160,7 @@ def run(
     eof: bool = True,
 ) -> FakeClient:
     client = FakeClient()
-    session = target.open_session("alice", request, client)
+    session = target.open_session("alice", request, client, os_user=ME)
     if stdin:
         session.write_stdin(stdin)
     if eof:
@@ -188,7 +190,7 @@ def is_reaped(pid: int) -> bool:
 
 def test_interfaces(reactor, target):
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=b"true"), client)
+    session = target.open_session("alice", SessionRequest(command=b"true"), client, os_user=ME)
     verifyObject(ISessionTarget, session)
     verifyObject(IPushProducer, client.producer)
     spin(reactor, lambda: client.exit is not None)
@@ -228,7 +230,7 @@ def test_signal_exit(reactor, target):
 
 def test_send_signal(reactor, target):
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), client)
+    session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), client, os_user=ME)
     session.send_signal("NOSUCHSIGNAL")  # refused, not fatal
     session.send_signal("INT")
     spin(reactor, lambda: client.exit is not None)
@@ -238,7 +240,7 @@ def test_send_signal(reactor, target):
 def test_stdin_and_eof_through_cat(reactor, target):
     payload = os.urandom(3 * 1024 * 1024 + 17)
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=b"cat"), client)
+    session = target.open_session("alice", SessionRequest(command=b"cat"), client, os_user=ME)
     for i in range(0, len(payload), 100_000):
         session.write_stdin(payload[i : i + 100_000])
     session.close_stdin()
@@ -250,7 +252,7 @@ def test_stdin_and_eof_through_cat(reactor, target):
 def test_program_that_ignores_stdin(reactor, target):
     # The program exits without reading: pending input is dropped, the session still ends.
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=b"exec 0<&-; exit 7"), client)
+    session = target.open_session("alice", SessionRequest(command=b"exec 0<&-; exit 7"), client, os_user=ME)
     session.write_stdin(b"x" * 1_000_000)
     spin(reactor, lambda: client.exit is not None)
     session.write_stdin(b"more")  # after the end: ignored
@@ -267,10 +269,10 @@ def test_start_failure_is_reported_not_raised(reactor, target, monkeypatch):
     fake = pwd.struct_passwd(
         (real.pw_name, "x", real.pw_uid, real.pw_gid, "", real.pw_dir, "/nonexistent/shell")
     )
-    monkeypatch.setattr(local, "_account", lambda: fake)
+    monkeypatch.setattr(local, "find_account", lambda name: fake)
     before = open_fds()
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=b"true"), client)
+    session = target.open_session("alice", SessionRequest(command=b"true"), client, os_user=ME)
     assert client.events == []  # nothing happens inside open_session
     spin(reactor, lambda: client.exit is not None)
     assert client.exit == ExitInfo(status=127)
@@ -305,7 +307,7 @@ def test_pty_odd_terminal_type_falls_back(reactor, target):
 def test_pty_resize_reaches_program(reactor, target):
     script = b"trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.05; done"
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=script, pty=pty()), client)
+    session = target.open_session("alice", SessionRequest(command=script, pty=pty()), client, os_user=ME)
     spin(reactor, lambda: b"ready" in client.stdout)
     session.resize(WindowSize(50, 132))
     spin(reactor, lambda: client.exit is not None)
@@ -315,7 +317,7 @@ def test_pty_resize_reaches_program(reactor, target):
 
 def test_pty_login_shell(reactor, target):
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(pty=pty()), client)
+    session = target.open_session("alice", SessionRequest(pty=pty()), client, os_user=ME)
     session.write_stdin(b'echo "[$0]"; tty; exit 4\n')
     spin(reactor, lambda: client.exit is not None)
     output = bytes(client.stdout).decode(errors="replace")
@@ -338,7 +340,7 @@ def test_pty_modes_applied(reactor, target):
 def test_pty_eof_in_canonical_mode_ends_cat(reactor, target):
     request = SessionRequest(command=b"stty -echo; echo ready; cat; echo cat-done", pty=pty())
     client = FakeClient()
-    session = target.open_session("alice", request, client)
+    session = target.open_session("alice", request, client, os_user=ME)
     spin(reactor, lambda: b"ready" in client.stdout)
     session.write_stdin(b"line\npartial")  # a partial last line needs two EOF characters
     session.close_stdin()
@@ -352,7 +354,7 @@ def test_pty_eof_not_injected_in_raw_mode(reactor, target):
     # In raw mode ^D is a keystroke, not an end of file: the program must not receive one.
     script = b"stty raw -echo; echo ready; head -c 2 | od -An -tx1; echo done"
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=script, pty=pty()), client)
+    session = target.open_session("alice", SessionRequest(command=script, pty=pty()), client, os_user=ME)
     spin(reactor, lambda: b"ready" in client.stdout)
     session.write_stdin(b"a")
     session.close_stdin()
@@ -369,7 +371,7 @@ def test_output_queued_at_exit_is_delivered(reactor, target, use_pty):
     command = b"printf a; sleep 0.2; head -c 2000 /dev/zero; exit 9"
     request = SessionRequest(command=command, pty=pty() if use_pty else None)
     client = FakeClient(pause_after=1)
-    session = target.open_session("alice", request, client)
+    session = target.open_session("alice", request, client, os_user=ME)
     spin(reactor, lambda: session.ended)
     assert bytes(client.stdout) == b"a"
     assert client.exit is None
@@ -406,7 +408,7 @@ def test_paused_output_stops_reading(reactor, target, use_pty):
     limit = 1024 * 1024
     client = FakeClient(pause_after=limit)
     request = SessionRequest(command=b"exec yes", pty=pty() if use_pty else None)
-    session = target.open_session("alice", request, client)
+    session = target.open_session("alice", request, client, os_user=ME)
     spin(reactor, lambda: client.paused)
     received = len(client.stdout)
     assert received < limit + target.read_chunk
@@ -434,7 +436,7 @@ def test_client_may_pause_while_registering(reactor, target):
             producer.pauseProducing()
 
     client = PausingClient()
-    session = target.open_session("alice", SessionRequest(command=b"echo hi"), client)
+    session = target.open_session("alice", SessionRequest(command=b"echo hi"), client, os_user=ME)
     spin(reactor, lambda: session.ended)
     assert client.stdout == b"" and client.exit is None
     client.resume()
@@ -444,7 +446,7 @@ def test_client_may_pause_while_registering(reactor, target):
 
 def test_input_backpressure_pauses_front_end(reactor, target):
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=b"exec cat >/dev/null"), client)
+    session = target.open_session("alice", SessionRequest(command=b"exec cat >/dev/null"), client, os_user=ME)
     producer = InputProducer(session)
     session.registerProducer(producer, True)
     os.kill(session.pid, signal.SIGSTOP)  # the program stops reading
@@ -471,7 +473,7 @@ def test_input_backpressure_pauses_front_end(reactor, target):
 
 def test_pull_producer_is_asked_for_more(reactor, target):
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=b"wc -c"), client)
+    session = target.open_session("alice", SessionRequest(command=b"wc -c"), client, os_user=ME)
     asked: list[int] = []
 
     class Pull:
@@ -500,7 +502,7 @@ def test_close_hangs_up(reactor, guard, use_pty):
     before = open_fds()
     client = FakeClient()
     request = SessionRequest(command=b"echo ready; exec sleep 30", pty=pty() if use_pty else None)
-    session = target.open_session("alice", request, client)
+    session = target.open_session("alice", request, client, os_user=ME)
     spin(reactor, lambda: b"ready" in client.stdout)
     pid = session.pid
     reaped = session.when_reaped()
@@ -517,7 +519,7 @@ def test_close_kills_what_ignores_hangup(reactor, target):
     before = open_fds()
     client = FakeClient()
     request = SessionRequest(command=b"trap '' HUP; echo ready; exec sleep 30")
-    session = target.open_session("alice", request, client)
+    session = target.open_session("alice", request, client, os_user=ME)
     spin(reactor, lambda: b"ready" in client.stdout)
     pid = session.pid
     reaped = session.when_reaped()
@@ -550,7 +552,7 @@ def test_close_kills_the_background_of_the_group(reactor, target, guard, leader)
     # the session's group may be left, and its leader stays unreaped until the kill.
     command = IGNORES_HUP + (b"wait" if leader == "waits" else b"exit 0")
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=command), client)
+    session = target.open_session("alice", SessionRequest(command=command), client, os_user=ME)
     spin(reactor, lambda: client.stdout.endswith(b"\n"))
     child = int(client.stdout)
     assert session.pid in guard.groups
@@ -579,7 +581,7 @@ def test_hung_up_group_is_released_without_waiting_for_the_kill(reactor, guard):
         "print('ready', flush=True); time.sleep(30)"
     )
     command = f"{sys.executable} -c \"{slow_to_die}\" & wait".encode()
-    session = target.open_session("alice", SessionRequest(command=command), client)
+    session = target.open_session("alice", SessionRequest(command=command), client, os_user=ME)
     spin(reactor, lambda: b"ready" in client.stdout)
     reaped = session.when_reaped()
     session.close()
@@ -593,7 +595,7 @@ def test_finished_session_leaves_a_detached_background_process(reactor, target, 
     # done when it exits; what it left is not killed when the front end then closes.
     client = FakeClient()
     command = b"sleep 30 >/dev/null 2>&1 & echo $!"
-    session = target.open_session("alice", SessionRequest(command=command), client)
+    session = target.open_session("alice", SessionRequest(command=command), client, os_user=ME)
     session.close_stdin()
     spin(reactor, lambda: client.exit is not None)
     child = int(client.stdout)
@@ -610,7 +612,7 @@ def test_finished_session_leaves_a_detached_background_process(reactor, target, 
 
 def test_close_all(reactor, target):
     sessions = [
-        target.open_session("alice", SessionRequest(command=b"exec sleep 30"), FakeClient())
+        target.open_session("alice", SessionRequest(command=b"exec sleep 30"), FakeClient(), os_user=ME)
         for _ in range(3)
     ]
     done = target.close_all()
@@ -621,7 +623,7 @@ def test_close_all(reactor, target):
 
 def test_close_all_does_not_wait_forever(reactor, guard):
     target = LocalTarget(reactor, kill_grace=0.1, guard=guard)
-    session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), FakeClient())
+    session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), FakeClient(), os_user=ME)
     session.when_reaped = lambda: defer.Deferred()  # as if the child never died
     done = target.close_all()
     spin(reactor, lambda: done.called, timeout=5)
@@ -635,7 +637,7 @@ def test_null_byte_in_command_is_a_failed_start(reactor, target):
 
 def test_stop_producing_closes(reactor, target):
     client = FakeClient()
-    session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), client)
+    session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), client, os_user=ME)
     reaped = session.when_reaped()
     client.producer.stopProducing()
     spin(reactor, lambda: reaped.called)
@@ -646,7 +648,7 @@ def test_without_pidfd_falls_back_to_twisted_reaping(tmp_path):
     # The fallback needs the reactor's SIGCHLD handling, i.e. a running reactor: use a child.
     script = textwrap.dedent(
         """
-        import sys
+        import os, pwd, sys
         from twisted.internet import reactor
         from gateway.targets import reaper
         from gateway.targets.local import LocalTarget
@@ -665,7 +667,7 @@ def test_without_pidfd_falls_back_to_twisted_reaping(tmp_path):
 
         reactor.callWhenRunning(
             LocalTarget(reactor).open_session, "u", SessionRequest(command=b"echo hi; exit 4"),
-            Client())
+            Client(), os_user=pwd.getpwuid(os.geteuid()).pw_name)
         reactor.callLater(8, reactor.stop)
         reactor.run()
         print(result.get("out"), result.get("exit"))

@@ -22,7 +22,7 @@ from protocols.session import (
     WindowSize,
 )
 from tests.support.doubles import FakeSessionClient, FakeSessionTarget, FakeTarget
-from tests.support.gateway_helpers import ROUTED_TARGETS, fast_hash
+from tests.support.gateway_helpers import LOCAL_ACCESS, OWN_ACCOUNT, ROUTED_TARGETS, fast_hash
 
 HASH = fast_hash("pw")
 
@@ -31,6 +31,7 @@ CONFIG = (
 [users.alice]
 password = "{HASH}"
 targets = ["local", "sw1", "host2"]
+os_user = "{OWN_ACCOUNT}"
 
 [users.bob]
 password = "{HASH}"
@@ -47,7 +48,7 @@ targets = ["sw1", "tn"]
 
 [users.erin]
 password = "{HASH}"
-"""
+{LOCAL_ACCESS}"""
     + ROUTED_TARGETS
 )
 
@@ -153,10 +154,10 @@ def test_default_target_key(setup):
 
 def test_no_target_command_goes_to_local(setup):
     session, _ = setup.open("alice", None)
-    assert session.target == "local" and session.kwargs == {}
+    assert session.target == "local" and session.kwargs == {"os_user": OWN_ACCOUNT}
 
 
-def test_default_user_reaches_only_local(setup):
+def test_a_user_with_only_local_reaches_only_local(setup):
     session, _ = setup.open("erin", None, request=shell())
     assert session.target == "local"
     _, client = setup.open("erin", "sw1")
@@ -425,7 +426,7 @@ def test_build_router_reports_a_rejected_target(fake_upstreams):
 
 
 def test_build_router_with_only_local_needs_no_known_hosts(monkeypatch):
-    config = parse_config(f'[users.a]\npassword = "{HASH}"\n')
+    config = parse_config(f'[users.a]\npassword = "{HASH}"\n{LOCAL_ACCESS}')
 
     def boom(config):
         raise AssertionError("known_hosts loaded")
@@ -447,7 +448,7 @@ def test_build_router_loads_known_hosts_from_the_state_dir(fake_upstreams, monke
 def test_build_router_default_local_target():
     from gateway.targets.local import LocalTarget
 
-    config = parse_config(f'[users.a]\npassword = "{HASH}"\n')
+    config = parse_config(f'[users.a]\npassword = "{HASH}"\n{LOCAL_ACCESS}')
     router = build_router(config, Clock())
     assert isinstance(router.targets["local"], LocalTarget)
 

@@ -16,7 +16,7 @@ from protocols.session import ExitInfo
 from protocols.ssh1 import messages as m
 from protocols.ssh1.wire import Reader
 from tests.support.doubles import fake_targets
-from tests.support.gateway_helpers import ROUTED_TARGETS, fast_hash
+from tests.support.gateway_helpers import OWN_ACCOUNT, ROUTED_TARGETS, fast_hash
 from tests.support.ssh1.minclient import string
 from tests.support.ssh1.server_rig import SSH1ServerRig
 from tests.support.ssh2.harness import wire
@@ -26,6 +26,7 @@ CONFIG = (
 [users.alice]
 password = "{fast_hash("alice-pw")}"
 targets = ["local", "sw1", "tn"]
+os_user = "{OWN_ACCOUNT}"
 """
     + ROUTED_TARGETS
 )

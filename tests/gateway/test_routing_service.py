@@ -12,7 +12,7 @@ from gateway.config import load_config
 from gateway.routing import Router
 from gateway.service import TargetsService, make_service
 from gateway.targets.local import LocalTarget
-from tests.support.gateway_helpers import fast_hash
+from tests.support.gateway_helpers import OWN_ACCOUNT, fast_hash
 
 
 def write_config(tmp_path, targets: str, mode: int = 0o600):
@@ -25,6 +25,7 @@ state_dir = "{tmp_path / "state"}"
 [users.alice]
 password = "{fast_hash("pw")}"
 targets = ["local", "dev1"]
+os_user = "{OWN_ACCOUNT}"
 {targets}
 """
     )

@@ -26,7 +26,7 @@ from tests.support.clients import (
     run_plink1,
     ssh_argv,
 )
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway_process import GatewayProcess, local_access
 from tests.support.peers import putty_cipher_session, run_to_file
 from tests.support.ssh1.minclient import HUGE_EXPONENT_KEY, public_key_payload
 from tests.support.terminal import assert_window_change_reaches, size_report_script
@@ -41,7 +41,7 @@ def device(tmp_path_factory):
     """An SSH-1-only device with one account, admin/DEVICE_PASSWORD."""
     config = {
         "protocols": ["1"],
-        "users": {"admin": {"password": hash_password(DEVICE_PASSWORD)}},
+        "users": {"admin": {"password": hash_password(DEVICE_PASSWORD), **local_access()}},
         "ssh1": {"ciphers": ["blowfish", "3des"]},
         "auth": {"failure_delay": 0.2},
     }

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.support.clients import base_config, hash_password, ssh2_device, ssh_argv, sshgateway_cli
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway_process import GatewayProcess, local_access
 from tests.support.peers import require_peer
 
 pytestmark = pytest.mark.peer
@@ -26,7 +26,7 @@ def world(tmp_path_factory, password_hash, authorized_keys):
     (work / "gw").mkdir()
     ssh1_config = {
         "protocols": ["1"],
-        "users": {"admin": {"password": hash_password(DEVICE_PASSWORD)}},
+        "users": {"admin": {"password": hash_password(DEVICE_PASSWORD), **local_access()}},
         "auth": {"failure_delay": 0.2},
     }
     with GatewayProcess(work / "ssh1-device", ssh1_config) as old_device, ssh2_device(

@@ -101,6 +101,22 @@ def test_password_login_and_session():
     }
 
 
+
+def test_the_request_carries_the_connections_addresses():
+    # What the local target turns into SSH_CLIENT and SSH_CONNECTION: the client connection's
+    # two ends as its transport reports them.
+    from twisted.internet.address import IPv4Address
+
+    from protocols.session import ConnectionAddresses
+
+    h = Harness()
+    h.transport.peerAddr = IPv4Address("TCP", "192.0.2.7", 50123)
+    h.transport.hostAddr = IPv4Address("TCP", "198.51.100.1", 2222)
+    h.login()
+    h.send(m.SSH_CMSG_EXEC_CMD, string(b"echo $SSH_CLIENT"))
+    target = h.realm.avatars[0].targets[0]
+    assert target.request.addresses == ConnectionAddresses("192.0.2.7", 50123, "198.51.100.1", 2222)
+
 def test_signal_exit_status():
     h = Harness()
     h.login()

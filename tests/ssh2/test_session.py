@@ -425,3 +425,17 @@ def test_shutdown_drain_hook_tells_each_session_then_disconnects_by_application(
     w.flush()
     assert w.client.disconnect == (transport.DISCONNECT_BY_APPLICATION, b"going down")
     assert w.record.close_reason == "going down"
+
+
+def test_the_request_carries_the_connections_addresses():
+    # What the local target turns into SSH_CLIENT and SSH_CONNECTION: the client connection's
+    # two ends as its transport reports them.
+    from twisted.internet.address import IPv4Address
+
+    from protocols.session import ConnectionAddresses
+
+    w = logged_in()
+    w.pump.serverIO.peerAddress = IPv4Address("TCP", "192.0.2.7", 50123)
+    w.pump.serverIO.hostAddress = IPv4Address("TCP", "198.51.100.1", 2222)
+    session, target = start(w, b"echo $SSH_CONNECTION")
+    assert target.request.addresses == ConnectionAddresses("192.0.2.7", 50123, "198.51.100.1", 2222)

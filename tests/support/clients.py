@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.gateway_process import REPO, GatewayProcess
+from tests.support.gateway_process import REPO, GatewayProcess, local_access
 from tests.support.peers import require_peer
 from tests.support.sshd import OpenSSHServer, keygen
 
@@ -59,8 +59,8 @@ def keyed_config(workdir: Path, **extra) -> tuple[dict, Path]:
 
 def base_config(password_hash: str, authorized_keys: Path, **extra) -> dict:
     """A dual-stack gateway config with one user, alice, who logs in with PASSWORD (as
-    ``password_hash``) or any key in ``authorized_keys``; ``extra`` adds or replaces
-    top-level settings."""
+    ``password_hash``) or any key in ``authorized_keys`` and reaches ``local`` as the tests'
+    own OS account; ``extra`` adds or replaces top-level settings."""
     config = {
         "protocols": ["1", "2"],
         "version_timeout": 5,
@@ -70,6 +70,7 @@ def base_config(password_hash: str, authorized_keys: Path, **extra) -> dict:
                 "password": password_hash,
                 "authorized_keys": str(authorized_keys),
                 "auth": "any",
+                **local_access(),
             },
         },
     }
@@ -82,6 +83,8 @@ def one_target_config(authorized_keys: Path, name: str, target: dict) -> dict:
     reach."""
     config = base_config(hash_password(), authorized_keys, targets={name: target})
     config["users"]["alice"]["targets"] = [name]
+    if target.get("protocol") != "local":
+        del config["users"]["alice"]["os_user"]  # nothing of hers runs on the gateway host
     return config
 
 

@@ -222,7 +222,8 @@ class FakeSessionTarget:
 
 class FakeTarget:
     """A named target for the Router: opens FakeSessionTargets and keeps them in
-    ``opened``. A target that does not take the user's password must never get one."""
+    ``opened``. A target that does not take the user's password must never get one (the
+    local target gets the user's ``os_user`` instead)."""
 
     def __init__(self, name: str, takes_password: bool = True) -> None:
         self.name = name
@@ -233,7 +234,7 @@ class FakeTarget:
     def open_session(
         self, username: str, request: SessionRequest, client: Any, **kwargs: Any
     ) -> FakeSessionTarget:
-        assert self.takes_password or not kwargs
+        assert self.takes_password or "password" not in kwargs
         session = FakeSessionTarget(request, client, self.name, username, kwargs)
         self.opened.append(session)
         return session

@@ -13,9 +13,17 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gateway import passwords
+from gateway.config import own_account
 
 # Cheap scrypt parameters: the tests exercise the logic, not the cost.
 FAST = {"n": 2**8, "r": 8, "p": 1}
+
+# The account the tests run as: the one OS account local sessions may run as whether or not
+# the tests run as root.
+OWN_ACCOUNT = own_account() or "root"
+# The lines of a [users.NAME] table that grant `local`, as the tests' own account (nothing
+# is granted by default).
+LOCAL_ACCESS = f'targets = ["local"]\nos_user = "{OWN_ACCOUNT}"\n'
 
 
 # The [targets.*] tables the routing tests share: sw1 (SSH-1, with a device password),

@@ -7,6 +7,7 @@ tests never collide on fixed ports. Every wait is bounded.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -19,6 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"sshgateway listening on tcp:([0-9.]+):(\d+)")
 
 TWISTD = ["-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def local_access() -> dict:
+    """The ``[users.NAME]`` keys that let a user reach ``local``, as the OS account running
+    the tests (nothing is granted by default)."""
+    return {"targets": ["local"], "os_user": pwd.getpwuid(os.geteuid()).pw_name}
 
 
 def toml_value(value: object) -> str:

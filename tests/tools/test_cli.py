@@ -12,7 +12,7 @@ import pytest
 
 from gateway import passwords
 from gateway.hostkeys import load_or_create_host_keys
-from tests.support.gateway_helpers import fast_hash
+from tests.support.gateway_helpers import LOCAL_ACCESS, OWN_ACCOUNT, fast_hash
 from tools import cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +78,9 @@ def test_fingerprints_from_state_dir(state_dir):
 
 def test_fingerprints_from_config(state_dir, tmp_path):
     config = tmp_path / "gw.toml"
-    config.write_text(f'state_dir = "{state_dir}"\n[users.a]\npassword = "{fast_hash("x")}"\n')
+    config.write_text(
+        f'state_dir = "{state_dir}"\n[users.a]\npassword = "{fast_hash("x")}"\n{LOCAL_ACCESS}'
+    )
     status, out, _ = run(["fingerprints", "--config", str(config)])
     assert status == 0 and len(out.splitlines()) == 3
 
@@ -103,7 +105,9 @@ def test_fingerprints_needs_a_source():
 
 def test_check_config_ok(tmp_path):
     config = tmp_path / "gw.toml"
-    config.write_text(f'[users.a]\npassword = "{fast_hash("x")}"\nauthorized_keys = "nope"\n')
+    config.write_text(
+        f'[users.a]\npassword = "{fast_hash("x")}"\nauthorized_keys = "nope"\n{LOCAL_ACCESS}'
+    )
     status, out, _ = run(["check-config", str(config)])
     assert status == 0
     assert out.splitlines()[-1] == f"{config}: OK"
@@ -150,6 +154,7 @@ def test_check_config_warns_about_readable_file_with_upstream_passwords(tmp_path
         "[users.alice]\n"
         'authorized_keys = "keys"\n'
         'targets = ["local", "dev"]\n'
+        f'os_user = "{OWN_ACCOUNT}"\n'
         "[targets.dev]\n"
         'protocol = "ssh2"\nhost = "192.0.2.1"\nusername = "admin"\npassword = "Zq9secretZq9"\n'
     )

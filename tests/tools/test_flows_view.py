@@ -12,6 +12,7 @@ import pytest
 
 from protocols.flow import STAGES
 from tests.support.flow_records import run, ssh1_plink_login, ssh2_openssh_login, write_records
+from tests.support.gateway_helpers import LOCAL_ACCESS
 from tools.flows import store as flow_store
 from tools.flows.records import MAX_MESSAGES, parse_flow
 
@@ -60,7 +61,7 @@ def test_list_limit_and_rotated_files(tmp_path):
 
 def test_list_from_config(state, tmp_path):
     config = tmp_path / "gw.toml"
-    config.write_text(f'state_dir = "{state}"\n[users.a]\nauthorized_keys = "keys"\n')
+    config.write_text(f'state_dir = "{state}"\n[users.a]\nauthorized_keys = "keys"\n{LOCAL_ACCESS}')
     status, out, err = run("list", "--config", str(config))
     assert status == 0, err
     assert "f-20261121T140501Z-11aa11aa" in out
@@ -86,7 +87,9 @@ def test_missing_state_dir_is_an_error(tmp_path, argv):
     assert (status, out) == (1, "")
     assert err == f"sshgateway flows: state directory {missing} does not exist\n"
     config = tmp_path / "gw.toml"
-    config.write_text(f'state_dir = "{missing}"\n[users.a]\nauthorized_keys = "keys"\n')
+    config.write_text(
+        f'state_dir = "{missing}"\n[users.a]\nauthorized_keys = "keys"\n{LOCAL_ACCESS}'
+    )
     status, out, err = run(*argv, "--config", str(config))
     assert (status, out) == (1, "") and f"state directory {missing} does not exist" in err
     not_a_dir = tmp_path / "file"
