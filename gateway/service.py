@@ -117,7 +117,19 @@ def build_dispatcher(
         reactor,
         version_timeout=config.version_timeout,
         flows=flow_writer(config) if flows == "config" else flows,
+        limits=connection_limits(config, reactor),
     )
+
+
+def connection_limits(config: Any, reactor: Any) -> Any:
+    """The limits on unauthenticated connections the config asks for (``[limits]``),
+    with penalties kept in this process's memory."""
+    from gateway.limits import ConnectionLimits, LimitsConfig
+    from gateway.penalties import MemoryPenaltyBook
+
+    limits = getattr(config, "limits", None) or LimitsConfig()
+    book = MemoryPenaltyBook(limits.penalties, reactor) if limits.penalties is not None else None
+    return ConnectionLimits(limits, reactor, book, grace_time=config.auth_limits.grace_time)
 
 
 def flow_writer(config: Any) -> Any:
