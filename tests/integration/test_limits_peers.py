@@ -246,3 +246,56 @@ def test_a_source_that_failed_is_refused_and_an_allow_listed_one_is_not(tmp_path
         log,
     )
     assert "127.0.0.2/32" not in log and "refusing 127.0.0.2" not in log
+
+
+@pytest.mark.slow
+def test_a_flood_is_refused_before_descriptors_run_out_and_the_gateway_recovers(tmp_path):
+    """600 connections that send a version line and then nothing, against a gateway with
+    256 descriptors: max_startups (default 10:30:100, its full capped to 96 to fit) refuses
+    the excess at accept, a logged-in session goes on meanwhile, no accept ever fails for
+    want of descriptors, and once the flood stops a new login works."""
+    require_module("paramiko")
+    config, key = keyed_config(tmp_path, limits={"penalties": False})
+    with GatewayProcess(tmp_path, config, nofile=256) as gw:
+        pinned = gateway_fingerprints(gw)
+        session = paramiko_client(gw, key_filename=str(key), fingerprints=pinned)
+        try:
+            held, refused, flood = 0, 0, []
+            for _ in range(600):
+                sock = bound_socket(gw, "127.0.0.3")
+                sock.sendall(b"SSH-2.0-flood\r\n")
+                flood.append(sock)
+            for sock in flood:
+                first = read_line(sock)
+                held += first.startswith(b"SSH-")
+                refused += first == BUSY_LINE
+            _, out, _ = session.exec_command("echo still here", timeout=20)
+            assert out.read() == b"still here\n"
+        finally:
+            for sock in flood:
+                sock.close()
+            session.close()
+        deadline = time.monotonic() + 15
+        while (result := ssh_login(gw, key)).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = gw.log_text()
+    assert held + refused == 600 and held <= 96, (held, refused)
+    assert "max_startups 10:30:100 needs more file descriptors than the limit of 256" in log
+    assert "using 10:30:96" in log
+    assert "Too many open files" not in log and "EMFILE" not in log
+    assert result.returncode == 0 and result.stdout == "in\n", result.stderr
+
+
+def read_line(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """The first line the gateway sends (or what it sent before closing)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\n" not in data:
+        try:
+            chunk = sock.recv(256)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data[: data.index(b"\n") + 1] if b"\n" in data else data
