@@ -210,6 +210,17 @@ class ConnectionLimits:
         self.rng = rng if rng is not None else random.SystemRandom()
         self._pending: set[Startup] = set()
         self._per_source: dict[str, int] = {}
+        self._soft_limit: int | None = None
+
+    def reconfigure(self, config: LimitsConfig, penalties: IPenaltyBook | None) -> None:
+        """New settings (a reloaded config) for new connections: the connections counted
+        now stay counted. ``penalties`` is the book to use from now on (keep the old one
+        to keep the penalties running)."""
+        self.config = config
+        self.max_startups = config.max_startups
+        self.penalties = penalties if config.penalties is not None else None
+        if self._soft_limit is not None:
+            self.fit_descriptors(self._soft_limit)
 
     @property
     def pending(self) -> int:
@@ -221,6 +232,7 @@ class ConnectionLimits:
 
     def fit_descriptors(self, soft_limit: int) -> None:
         """Keep ``full`` below what ``soft_limit`` descriptors allow (logged if lowered)."""
+        self._soft_limit = soft_limit
         capped = self.config.max_startups.capped(descriptor_cap(soft_limit))
         if capped != self.max_startups:
             log.warn(
@@ -233,7 +245,9 @@ class ConnectionLimits:
         self.max_startups = capped
 
     def exempt(self, address: Address | None) -> bool:
-        return address is not None and any(
+        """Never penalised: listed in ``penalty_exempt``, or no IP address at all (a UNIX
+        socket's peers cannot be told apart, and are local)."""
+        return address is None or any(
             address.version == net.version and address in net for net in self.config.penalty_exempt
         )
 

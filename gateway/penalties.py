@@ -79,7 +79,7 @@ class MemoryPenaltyBook:
     log = Logger()
 
     def __init__(self, rules: PenaltyRules, clock: IReactorTime) -> None:
-        self.rules = rules
+        self.rules = rules  # may be replaced (a reloaded config): running penalties stay
         self.clock = clock
         self._penalties: dict[str, _Penalty] = {}
         self._next_sweep = 0.0

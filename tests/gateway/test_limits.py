@@ -294,3 +294,31 @@ def test_bad_limits_are_config_errors_naming_the_key(tmp_path, line, message):
     with pytest.raises(ConfigError) as error:
         parse_config(USER + f"[limits]\n{line}\n", base=tmp_path)
     assert message in str(error.value)
+
+
+def test_peers_without_an_address_are_counted_but_never_penalised():
+    gate, book, _ = limits(max_startups=MaxStartups.parse("2"))
+    for _ in range(10):
+        close_unauthenticated(gate, "UNIXAddress('/run/gw.sock')", "failure")
+    assert len(book) == 0
+    gate.admit(record("UNIXAddress('/run/gw.sock')"))
+    gate.admit(record("UNIXAddress('/run/gw.sock')"))
+    with pytest.raises(Refused, match="max_startups"):
+        gate.admit(record("UNIXAddress('/run/gw.sock')"))
+
+
+def test_a_reloaded_config_applies_to_new_connections_and_keeps_what_is_running():
+    gate, book, _ = limits(max_startups=MaxStartups.parse("5"))
+    held = [gate.admit(record(f"192.0.2.{n}:1")) for n in range(3)]
+    for _ in range(4):
+        close_unauthenticated(gate, "198.51.100.1:1", "failure")
+    gate.fit_descriptors(64 + 2 * 50)
+    gate.reconfigure(LimitsConfig(max_startups=MaxStartups.parse("100"), penalties=RULES), book)
+    assert gate.max_startups == MaxStartups.parse("100").capped(50)  # still fits the limit
+    assert gate.pending == 3
+    with pytest.raises(Refused, match="penalty"):
+        gate.admit(record("198.51.100.1:2"))
+    gate.closed(held[0])
+    assert gate.pending == 2
+    gate.reconfigure(LimitsConfig(penalties=None), book)
+    gate.admit(record("198.51.100.1:3"))
