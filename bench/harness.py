@@ -101,6 +101,9 @@ def gateway_config(login: str, authorized: Path, ciphers: str, macs: str, kex: s
         "protocols": ["2"],
         "users": {login: {"authorized_keys": str(authorized)}},
         "ssh2": {"ciphers": [ciphers], "macs": [macs], "kex": [kex]},
+        # As the sshd it is compared with (MaxStartups 100): 16 clients logging in at
+        # once would otherwise meet the default 10:30:100's random early drop.
+        "limits": {"max_startups": "100"},
     }
 
 
