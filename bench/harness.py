@@ -105,6 +105,9 @@ def gateway_config(
         "users": {login: {"authorized_keys": str(authorized), "targets": ["local"],
                           "os_user": os_user or login}},
         "ssh2": {"ciphers": [ciphers], "macs": [macs], "kex": [kex]},
+        # As the sshd it is compared with (MaxStartups 100): 16 clients logging in at
+        # once would otherwise meet the default 10:30:100's random early drop.
+        "limits": {"max_startups": "100"},
     }
 
 

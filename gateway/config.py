@@ -50,6 +50,8 @@ from twisted.logger import Logger
 
 from gateway import passwords
 from gateway.hostkeys import SSH1_HOST_KEY_BITS, ensure_state_dir, write_new_private_file
+from gateway.limits import LimitsConfig, MaxStartups, Netblock, parse_network
+from gateway.penalties import AUTHFAIL, GRACE_EXCEEDED, MALFORMED, NOAUTH, PenaltyRules
 from gateway.targets import TargetConfig
 from gateway.targets.registry import TARGET_PROTOCOLS
 from protocols.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthLimits
@@ -171,6 +173,7 @@ class GatewayConfig:
     ssh2: SSH2Settings = field(default_factory=SSH2Settings)
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: Path | None = None  # the file it came from; None for the embedded default
     # The user who gets a generated password (embedded default only).
     default_password_user: str | None = None
@@ -398,6 +401,8 @@ class Integer(Kind):
 
     def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
         value = data.get(path[-1], default)
+        if value is None and default is None:
+            return None  # optional, and not given
         if isinstance(value, bool) or not isinstance(value, int):
             v.error(path, "must be an integer")
             return default
@@ -648,6 +653,30 @@ def _default_ports() -> str:
     )
 
 
+def _bad_max_startups(text: str) -> str | None:
+    try:
+        MaxStartups.parse(text)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _bad_netblock(text: str) -> str | None:
+    try:
+        Netblock.parse(text)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _bad_network(text: str) -> str | None:
+    try:
+        parse_network(text)
+    except ValueError as e:
+        return f"not an address or network: {e}"
+    return None
+
+
 def _either(options: Iterable[str]) -> str:
     quoted = [f'`"{option}"`' for option in options]
     return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
@@ -656,6 +685,9 @@ def _either(options: Iterable[str]) -> str:
 USERS, TARGETS = "users.NAME", "targets.NAME"
 _GATEWAY, _USER, _TARGET = GatewayConfig(), UserConfig(""), TargetConfig("", "")
 _AUTH, _SSH2, _SSH1, _FLOWS = AuthLimits(), SSH2Settings(), SSH1Settings(), FlowsConfig()
+_LIMITS = LimitsConfig()
+_PENALTIES = _LIMITS.penalties
+assert _PENALTIES is not None
 _MODERN = "modern defaults"
 
 # fmt: off
@@ -754,6 +786,37 @@ SCHEMA: tuple[Key, ...] = (
     Key("flows", "keep", Integer(minimum=0), _FLOWS.keep,
         "rotated files kept (`flows.jsonl.1` ... `.N`); older ones are deleted; `0` keeps none"),
 
+    Key("limits", "max_startups", Text(check=_bad_max_startups), str(_LIMITS.max_startups),
+        "unauthenticated connections (both protocols): from `start` on, a new one is refused "
+        "with `rate`% probability, rising linearly to 100% at `full` (OpenSSH's `MaxStartups`); "
+        "a single number N means N:100:N. `full` is lowered to fit the file descriptor limit"),
+    Key("limits", "per_source_max_startups", Integer(minimum=1), None,
+        "unauthenticated connections allowed from one source (see `per_source_netblock`)",
+        shown="no limit"),
+    Key("limits", "per_source_netblock", Text(check=_bad_netblock), str(_LIMITS.per_source_netblock),
+        '`"IPV4_BITS:IPV6_BITS"`: the prefix that makes addresses one source, for '
+        "`per_source_max_startups` and penalties (`24:48` counts a /24 and a /48 as one)"),
+    Key("limits", "penalties", Boolean(), True,
+        "refuse a source for a while after it misbehaves (OpenSSH's `PerSourcePenalties`): "
+        "each penalty below adds to the time that remains"),
+    Key("limits", "penalty_authfail", Number(minimum=0), _PENALTIES.durations[AUTHFAIL],
+        "seconds added when a connection failed authentication and never succeeded"),
+    Key("limits", "penalty_noauth", Number(minimum=0), _PENALTIES.durations[NOAUTH],
+        "seconds added when a connection closed before trying to authenticate"),
+    Key("limits", "penalty_malformed", Number(minimum=0), _PENALTIES.durations[MALFORMED],
+        "seconds added for a connection whose first line is no SSH identification"),
+    Key("limits", "penalty_grace_exceeded", Number(minimum=0), _PENALTIES.durations[GRACE_EXCEEDED],
+        "seconds added when a connection ran out of `version_timeout` or `[auth] grace_time`"),
+    Key("limits", "penalty_min", Number(minimum=0), _PENALTIES.minimum,
+        "a source is refused only while more than this remains of its penalty"),
+    Key("limits", "penalty_max", Number(minimum=1), _PENALTIES.maximum,
+        "the longest a source is refused; must be at least `penalty_min`"),
+    Key("limits", "penalty_max_sources", Integer(minimum=1), _PENALTIES.max_sources,
+        "sources with a penalty kept in memory; past that the ones ending soonest are dropped"),
+    Key("limits", "penalty_exempt", Texts(allow_empty=True, each=_bad_network), (),
+        'addresses and networks (`"192.0.2.0/24"`, `"2001:db8::/32"`) never penalised '
+        "(loopback is not exempt unless listed)"),
+
     Key(TARGETS, "", NamedTables(_TARGET_NAME, "target names are 1-64 of A-Z a-z 0-9 . _ - "
                                  "(not starting with . -)"), None,
         "an upstream a user reaches by logging in as `user+NAME`; NAME is 1-64 of "
@@ -838,6 +901,7 @@ SESSION_KEYS = _keys("session")
 SSH2_KEYS = _keys("ssh2")
 SSH1_KEYS = _keys("ssh1")
 FLOWS_KEYS = _keys("flows")
+LIMITS_KEYS = _keys("limits")
 # Which keys each target protocol takes; a key of another protocol is an error too.
 TARGET_KEYS = {
     protocol: frozenset(key.name for key in _rows(TARGETS) if protocol in key.protocols)
@@ -1108,6 +1172,33 @@ def _section(v: _Validator, data: Mapping[str, Any], name: str) -> dict[str, Any
     return raw
 
 
+def _check_limits(v: _Validator, data: Mapping[str, Any]) -> LimitsConfig:
+    values = v.read_table(_section(v, data, "limits"), ("limits",), "limits")
+    rules = None
+    if values["penalties"]:
+        durations = {
+            AUTHFAIL: values["penalty_authfail"],
+            NOAUTH: values["penalty_noauth"],
+            MALFORMED: values["penalty_malformed"],
+            GRACE_EXCEEDED: values["penalty_grace_exceeded"],
+        }
+        if values["penalty_max"] < values["penalty_min"]:
+            v.error(("limits", "penalty_max"), "must be at least penalty_min")
+            values["penalty_max"] = values["penalty_min"]
+        rules = PenaltyRules(
+            durations, values["penalty_min"], values["penalty_max"], values["penalty_max_sources"]
+        )
+    return LimitsConfig(
+        max_startups=MaxStartups.parse(values["max_startups"]),
+        per_source_max_startups=values["per_source_max_startups"],
+        per_source_netblock=Netblock.parse(values["per_source_netblock"]),
+        penalties=rules,
+        penalty_exempt=tuple(
+            parse_network(n) for n in values["penalty_exempt"] if _bad_network(n) is None
+        ),
+    )
+
+
 def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> GatewayConfig:
     v.known(data, (), TOP_KEYS)
     top = v.read_table(data, (), "")
@@ -1130,6 +1221,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
     )
     _check_ssh1_key_gap(v, protocols, ssh1)
     flows = FlowsConfig(**v.read_table(_section(v, data, "flows"), ("flows",), "flows"))
+    limits = _check_limits(v, data)
     return GatewayConfig(
         listen=top["listen"],
         state_dir=top["state_dir"],
@@ -1144,6 +1236,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         ssh2=ssh2,
         ssh1=ssh1,
         flows=flows,
+        limits=limits,
     )
 
 

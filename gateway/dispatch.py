@@ -13,6 +13,12 @@ for later connections. The factory knows every open connection, and each offers 
 the shutdown drain (gateway.lifecycle) needs: has it a session, tell its sessions, close
 it cleanly.
 
+It is also where every connection is seen first, so the limits on unauthenticated
+connections (:mod:`gateway.limits`: penalties, ``per_source_max_startups``,
+``max_startups``) are applied here, at accept, before the version line is sent: a refused
+connection costs no key exchange work. Its source is the address in the connection
+record's peer (the PROXY header's, behind haproxy).
+
 Rules for the client's line (RFC 4253 section 4.2, draft-ylonen-ssh-protocol-00):
 - it is the first thing the client sends, ends in LF (CR LF accepted), is at most
   255 bytes including the line end, and holds only printable US-ASCII (space allowed);
@@ -24,6 +30,7 @@ Rules for the client's line (RFC 4253 section 4.2, draft-ylonen-ssh-protocol-00)
 from __future__ import annotations
 
 import re
+import resource
 from collections.abc import Callable, Mapping
 from typing import Protocol as Protocol_
 
@@ -34,6 +41,8 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from gateway import __version__
+from gateway.limits import ConnectionLimits, Refused, Startup
+from gateway.penalties import GRACE_EXCEEDED, MALFORMED
 from protocols.flow import C2S, S2C, FlowRecorder
 from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.record import ConnectionRecord
@@ -108,6 +117,9 @@ class VersionDispatcher(Protocol):
         self.record: ConnectionRecord | None = None
         self.counting: _CountingTransport | None = None
         self.refused = False  # we answered and are closing: what still arrives is dropped
+        self.startup: Startup | None = None  # counted by the factory's limits until login
+        self.refused_at_accept = False
+        self.penalty: str | None = None  # what our own refusal says the source did
 
     def connectionMade(self) -> None:
         generation = self.generation
@@ -115,6 +127,12 @@ class VersionDispatcher(Protocol):
         peer = self.transport.getPeer()
         host, port = getattr(peer, "host", str(peer)), getattr(peer, "port", "")
         self.record = ConnectionRecord(peer=f"{host}:{port}" if port != "" else str(host))
+        if self.factory.limits is not None:
+            try:
+                self.startup = self.factory.limits.admit(self.record)
+            except Refused as refusal:
+                self._refuse_at_accept(refusal)
+                return
         self.record.server_version = generation.server_version.decode("ascii")
         if generation.flows is not None:
             self.record.flow = FlowRecorder("server", self.record.peer, clock=self.factory.clock.seconds)
@@ -123,9 +141,25 @@ class VersionDispatcher(Protocol):
         self.counting.write(generation.server_version + b"\r\n")
         self.timer = self.factory.clock.callLater(generation.version_timeout, self._timed_out)
 
+    def _refuse_at_accept(self, refusal: Refused) -> None:
+        """Too many unauthenticated connections, or a penalised source: one plain line (no
+        version line, so no key exchange) and close."""
+        assert self.record is not None
+        self.refused = self.refused_at_accept = True
+        self.record.close_reason = refusal.reason
+        self.log.info("refusing {peer} at accept: {reason}", peer=self.record.peer, reason=refusal.reason)
+        self.transport.write(refusal.line)
+        self.transport.loseConnection()
+
     def dataReceived(self, data: bytes) -> None:
         assert self.record is not None
         self.record.bytes_in += len(data)
+        if self.startup is not None and self.record.auth_result == "success":
+            # Logged in: no longer an unauthenticated connection (noticed at its next bytes;
+            # the limits look again themselves before a decision at the limit).
+            assert self.factory.limits is not None
+            self.factory.limits.authenticated(self.startup)
+            self.startup = None
         if self.inner is not None:
             self.inner.dataReceived(data)
             return
@@ -135,10 +169,10 @@ class VersionDispatcher(Protocol):
         end = self.buffer.find(b"\n")
         if end < 0:
             if len(self.buffer) >= MAX_LINE:
-                self._refuse("identification line longer than 255 bytes")
+                self._refuse("identification line longer than 255 bytes", malformed=True)
             return
         if end + 1 > MAX_LINE:
-            self._refuse("identification line longer than 255 bytes")
+            self._refuse("identification line longer than 255 bytes", malformed=True)
             return
         line, rest = self.buffer[:end], self.buffer[end + 1 :]
         self.buffer = b""
@@ -151,13 +185,13 @@ class VersionDispatcher(Protocol):
     def _dispatch(self, line: bytes, rest: bytes) -> None:
         assert self.record is not None
         if not _PRINTABLE_RE.match(line):
-            self._refuse("identification line holds non-printable bytes")
+            self._refuse("identification line holds non-printable bytes", malformed=True)
             return
         self.record.client_version = line.decode("ascii")
         kind = classify(line)
         if kind is None:
             # A line that is not "SSH-x.y-..." at all is not a client we can talk to either.
-            self._refuse("client protocol version not supported")
+            self._refuse("client protocol version not supported", malformed=True)
             return
         if kind == "too-old":
             self._refuse("client speaks an SSH-1 version older than 1.3")
@@ -175,12 +209,16 @@ class VersionDispatcher(Protocol):
         if rest:
             self.inner.dataReceived(rest)
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str, malformed: bool = False) -> None:
         """Every refusal answers the same plain line, the one every SSH implementation
         understands and shows its user (an overlong or garbled line included: a silent
-        hang-up would leave the client guessing); the reason goes to our log only."""
+        hang-up would leave the client guessing); the reason goes to our log only.
+        ``malformed``: the line was no SSH identification at all, which the source's
+        penalty counts as such (a client of a version we do not serve is not)."""
         assert self.record is not None and self.counting is not None
         self.record.close_reason = reason
+        if malformed:
+            self.penalty = MALFORMED
         self.log.info(
             "refusing {peer} during version exchange: {reason}",
             peer=self.record.peer,
@@ -196,6 +234,7 @@ class VersionDispatcher(Protocol):
         self.timer = None
         assert self.record is not None
         self.record.close_reason = "no identification line within the version timeout"
+        self.penalty = GRACE_EXCEEDED
         self.log.info("{peer}: {reason}", peer=self.record.peer, reason=self.record.close_reason)
         self.transport.abortConnection()
 
@@ -245,6 +284,12 @@ class VersionDispatcher(Protocol):
         if record is None:
             self.factory.connection_forgotten(self)
             return
+        if self.startup is not None:
+            assert self.factory.limits is not None
+            self.factory.limits.closed(self.startup, self.penalty)
+            self.startup = None
+        if self.refused_at_accept:
+            return  # logged when refused; a flood of these writes no flow records
         if not record.close_reason and reason is not None:
             record.close_reason = reason.getErrorMessage()
         self.log.info("connection closed: {summary}", summary=record.summary(), record=record)
@@ -310,16 +355,21 @@ class DispatcherFactory(Factory):
         version_timeout: float = 30.0,
         flows: FlowSink | None = None,
         targets: object = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
+        self.limits = limits  # None: no limits on unauthenticated connections
         self.clock = clock
         self.generation = Generation(handoffs, version_timeout, flows, targets)
         self._track()
 
     @classmethod
-    def serving(cls, generation: Generation, clock: IReactorTime) -> DispatcherFactory:
+    def serving(
+        cls, generation: Generation, clock: IReactorTime, limits: ConnectionLimits | None = None
+    ) -> DispatcherFactory:
         """A factory that hands new connections to ``generation``."""
         factory = cls.__new__(cls)
         factory.clock = clock
+        factory.limits = limits
         factory.generation = generation
         factory._track()
         return factory
@@ -367,6 +417,11 @@ class DispatcherFactory(Factory):
 
     def buildProtocol(self, addr: object) -> VersionDispatcher:
         return VersionDispatcher(self, self.generation)
+
+    def startFactory(self) -> None:
+        # When the first listener opens: after start-up has raised the descriptor limit.
+        if self.limits is not None:
+            self.limits.fit_descriptors(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
     def connection_opened(self, connection: VersionDispatcher) -> None:
         self.connections.add(connection)

@@ -40,13 +40,10 @@ class SourceBusy(Exception):
         self.first = first
 
 
-def source_of(peer: str) -> str:
-    """The source a peer counts as: its IPv4 address (an IPv4-mapped IPv6 address counts
-    as the IPv4 one), its IPv6 /64, or the peer string itself when it is no address.
-
-    ``peer`` is ``host:port`` as the dispatcher records it (IPv6 hosts unbracketed, so
-    the port is what follows the last colon), or a bare host.
-    """
+def peer_address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address in a peer as the dispatcher records it (``host:port``, IPv6 hosts
+    unbracketed, so the port is what follows the last colon; or a bare host), or None
+    when it holds none. An IPv4-mapped IPv6 address is returned as the IPv4 one."""
     host, sep, port = peer.rpartition(":")
     candidates = [host.strip("[]"), peer] if sep and port.isdigit() else [peer]
     for candidate in candidates:
@@ -54,13 +51,21 @@ def source_of(peer: str) -> str:
             address = ipaddress.ip_address(candidate)
         except ValueError:
             continue
-        if isinstance(address, ipaddress.IPv6Address):
-            if address.ipv4_mapped is not None:
-                return str(address.ipv4_mapped)
-            network = ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False)
-            return str(network)
-        return str(address)
-    return peer or UNKNOWN_SOURCE
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        return address
+    return None
+
+
+def source_of(peer: str) -> str:
+    """The source a peer counts as: its IPv4 address (an IPv4-mapped IPv6 address counts
+    as the IPv4 one), its IPv6 /64, or the peer string itself when it is no address."""
+    address = peer_address(peer)
+    if address is None:
+        return peer or UNKNOWN_SOURCE
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False))
+    return str(address)
 
 
 class FairSlots:

@@ -145,6 +145,27 @@ def build_generation(config: Any, reactor: Any, host_keys: Any) -> Generation:
     return Generation(handoffs, config.version_timeout, flows, targets)
 
 
+def connection_limits(config: Any, reactor: Any) -> Any:
+    """The limits on unauthenticated connections the config asks for (``[limits]``),
+    with penalties kept in this process's memory."""
+    from gateway.limits import ConnectionLimits, LimitsConfig
+
+    limits = getattr(config, "limits", None) or LimitsConfig()
+    return ConnectionLimits(
+        limits, reactor, penalty_book(limits, reactor), grace_time=config.auth_limits.grace_time
+    )
+
+
+def penalty_book(limits: Any, reactor: Any, running: Any = None) -> Any:
+    """The book of per-source penalties: the running one when there is one (a reload
+    keeps the penalties already given), else a new one in memory; None when off."""
+    from gateway.penalties import MemoryPenaltyBook
+
+    if limits.penalties is None:
+        return None
+    return running if running is not None else MemoryPenaltyBook(limits.penalties, reactor)
+
+
 def flow_writer(config: Any) -> Any:
     """The flow-record writer the config asks for, or None when recording is off."""
     from gateway.flows import FlowWriter, flows_dir
@@ -180,7 +201,7 @@ def make_service(
     except (DefaultPasswordError, HostKeyError, ValueError) as e:
         # twistd prints a SystemExit message and exits 1: no traceback for a setup problem.
         raise SystemExit(f"sshgateway: {e}") from None
-    dispatcher = DispatcherFactory.serving(generation, reactor)
+    dispatcher = DispatcherFactory.serving(generation, reactor, connection_limits(config, reactor))
     top = GatewayService(config, reactor, dispatcher, host_keys, handle_signals=handle_signals)
     TargetsService(dispatcher).setServiceParent(top)
     for description in config.listen:
@@ -271,6 +292,7 @@ class GatewayService(service.MultiService):
             return False
         old_config, self.config = self.config, new
         self.dispatcher.swap(generation)
+        self._reconfigure_limits(new)
         endpoints = self._reopen_endpoints(old_config.listen, new.listen)
         log.info(
             "reloaded {where}: {users} user(s), {targets} target(s), protocols {protocols}; "
@@ -284,6 +306,16 @@ class GatewayService(service.MultiService):
         )
         self.notifier.ready(self._status("serving (reloaded)"))
         return True
+
+    def _reconfigure_limits(self, config: Any) -> None:
+        """The counted connections and the penalties already given carry over a reload."""
+        from gateway.limits import LimitsConfig
+
+        limits = self.dispatcher.limits
+        if limits is None:
+            return
+        new = getattr(config, "limits", None) or LimitsConfig()
+        limits.reconfigure(new, penalty_book(new, self.reactor, limits.penalties))
 
     def _load_config(self) -> Any:
         import dataclasses

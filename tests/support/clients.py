@@ -60,11 +60,17 @@ def keyed_config(workdir: Path, **extra) -> tuple[dict, Path]:
 def base_config(password_hash: str, authorized_keys: Path, **extra) -> dict:
     """A dual-stack gateway config with one user, alice, who logs in with PASSWORD (as
     ``password_hash``) or any key in ``authorized_keys`` and reaches ``local`` as the tests'
-    own OS account; ``extra`` adds or replaces top-level settings."""
+    own OS account; ``extra`` adds or replaces top-level settings.
+
+    Penalties are off, as OpenSSH's regression suite turns ``PerSourcePenalties`` off:
+    one gateway serves a whole module's tests from 127.0.0.1, hostile ones included, and
+    their penalties would refuse the tests after them. tests/integration/
+    test_limits_peers.py tests them (``limits`` replaces this table)."""
     config = {
         "protocols": ["1", "2"],
         "version_timeout": 5,
         "auth": {"failure_delay": 0.2, "grace_time": 30, "max_attempts": 6},
+        "limits": {"penalties": False},
         "users": {
             "alice": {
                 "password": password_hash,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -67,8 +68,9 @@ def render_toml(config: dict) -> str:
 
 
 class GatewayProcess:
-    def __init__(self, workdir: Path, config: dict) -> None:
+    def __init__(self, workdir: Path, config: dict, nofile: int | None = None) -> None:
         self.workdir = workdir
+        self.nofile = nofile  # the gateway's file descriptor limit (soft and hard), if set
         self.config = dict(config)
         self.config.setdefault("listen", ["tcp:0:interface=127.0.0.1"])
         self.config.setdefault("state_dir", str(workdir / "state"))
@@ -94,12 +96,16 @@ class GatewayProcess:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=self._limit_files if self.nofile is not None else None,
         )
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(timeout) or self.port is None:
             self.stop()
             raise RuntimeError("gateway did not start:\n" + self.log_text())
         return self
+
+    def _limit_files(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
