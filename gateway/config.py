@@ -59,6 +59,7 @@ DEFAULT_PROTOCOLS = ("1", "2")
 DEFAULT_VERSION_TIMEOUT = 30.0
 DEFAULT_ENV_ALLOW = ("LANG", "LC_*")
 DEFAULT_PASSWORD_FILE = "default-password.hash"
+LOG_FORMATS = ("text", "json")  # gateway.logformat writes "json"
 MAX_CONFIG_BYTES = 1024 * 1024
 
 _USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
@@ -633,7 +634,7 @@ SCHEMA: tuple[Key, ...] = (
         "SSH versions offered: banner `SSH-1.99` for both, `SSH-2.0` or `SSH-1.5` for one"),
     Key("", "version_timeout", Number(minimum=1), _GATEWAY.version_timeout,
         "time a client has to send its version line"),
-    Key("", "log_format", Choice(("text", "json")), _GATEWAY.log_format,
+    Key("", "log_format", Choice(LOG_FORMATS), _GATEWAY.log_format,
         '`"text"`, or `"json"`: one JSON object per line with the connection record\'s fields '
         "as fields (`twistd sshgateway --log-format` overrides it); read at start"),
 

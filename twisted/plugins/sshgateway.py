@@ -14,8 +14,6 @@ from zope.interface import implementer
 
 from gateway.service import Options
 
-LOG_FORMATS = ("text", "json")
-
 
 class PluginOptions(Options):
     """``twistd sshgateway``'s options: the gateway's, plus ``--version`` and
@@ -35,6 +33,8 @@ class PluginOptions(Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
+        from gateway.config import LOG_FORMATS
+
         if self["log-format"] not in (None, *LOG_FORMATS):
             raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
         try:
