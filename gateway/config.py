@@ -69,6 +69,7 @@ DEFAULT_VERSION_TIMEOUT = 30.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_ENV_ALLOW = ("LANG", "LC_*")
 DEFAULT_PASSWORD_FILE = "default-password.hash"
+LOG_FORMATS = ("text", "json")  # gateway.logformat writes "json"
 MAX_CONFIG_BYTES = 1024 * 1024
 
 _USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
@@ -161,6 +162,7 @@ class GatewayConfig:
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
     version_timeout: float = DEFAULT_VERSION_TIMEOUT
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    log_format: str = "text"  # "text" | "json" (gateway.logformat)
     users: Mapping[str, UserConfig] = field(default_factory=dict)
     # Always holds the built-in ``local``; upstream targets come from [targets.NAME].
     targets: Mapping[str, TargetConfig] = field(
@@ -599,10 +601,37 @@ def _opt_in(known: tuple[str, ...], default: tuple[str, ...]) -> str:
 
 
 def _bad_endpoint(description: str) -> str | None:
+    if description.split(":", 1)[0] == "systemd":
+        return _bad_systemd_endpoint(description)
     try:
         serverFromString(_NO_REACTOR, description)
     except Exception as e:  # the parser raises ValueError, KeyError, TypeError...
         return f"bad endpoint {description!r}: {e}"
+    return None
+
+
+def _bad_systemd_endpoint(description: str) -> str | None:
+    """``systemd:domain=INET:index=N`` or ``systemd:domain=INET:name=NAME``, checked without
+    the sockets: Twisted's parser looks the socket up at once, and outside systemd
+    (``check-config``) there is none, so the form is checked here instead. A socket that is
+    missing when the gateway starts is reported then (gateway.service)."""
+    fields: dict[str, str] = {}
+    for part in description.split(":")[1:]:
+        key, sep, value = part.partition("=")
+        if not sep or key in fields:
+            return f"bad endpoint {description!r}: expected systemd:domain=INET:index=N or :name=NAME"
+        fields[key] = value
+    unknown = set(fields) - {"domain", "index", "name"}
+    if unknown:
+        return f"bad endpoint {description!r}: unknown option {', '.join(sorted(unknown))}"
+    if fields.get("domain") not in ("INET", "INET6", "UNIX"):
+        return f"bad endpoint {description!r}: domain must be INET, INET6 or UNIX"
+    if ("index" in fields) == ("name" in fields):
+        return f"bad endpoint {description!r}: give exactly one of index=N and name=NAME"
+    if "index" in fields and not fields["index"].isdigit():
+        return f"bad endpoint {description!r}: index must be a number (0 for the first socket)"
+    if "name" in fields and not fields["name"]:
+        return f"bad endpoint {description!r}: name is empty"
     return None
 
 
@@ -703,6 +732,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("", "shutdown_grace", Number(minimum=0), _GATEWAY.shutdown_grace,
         "at SIGTERM/SIGINT: time open sessions get to end (their clients are told) before "
         "they are disconnected"),
+    Key("", "log_format", Choice(LOG_FORMATS), _GATEWAY.log_format,
+        '`"text"`, or `"json"`: one JSON object per line with the connection record\'s fields '
+        "as fields (`twistd sshgateway --log-format` overrides it); read at start"),
 
     Key(USERS, "", NamedTables(_USER_NAME, "user names are 1-64 of A-Z a-z 0-9 . _ @ - "
                                "(not starting with . @ -)"), None,
@@ -1228,6 +1260,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         protocols=protocols,
         version_timeout=top["version_timeout"],
         shutdown_grace=top["shutdown_grace"],
+        log_format=top["log_format"],
         users=users,
         targets=targets,
         auth_limits=AuthLimits(**auth),

@@ -13,12 +13,16 @@ closes the targets.
 
 from __future__ import annotations
 
+import errno
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.error import ReactorNotRunning
-from twisted.logger import Logger
+from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from gateway.dispatch import DispatcherFactory, Generation
@@ -62,12 +66,15 @@ class ListenerService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        endpoint = server_endpoint(self.reactor, self.description)
+        try:
+            endpoint = server_endpoint(self.reactor, self.description)
+        except Exception as e:  # the parser raises ValueError, KeyError, IndexError...
+            raise startup_failure(listen_error(self.description, e)) from None
         d = endpoint.listen(self.factory)
         failures: list[Any] = []
         d.addCallbacks(self._listening, failures.append)
         if failures:  # listening is synchronous for tcp/unix: fail start-up loudly
-            failures[0].raiseException()
+            raise startup_failure(listen_error(self.description, failures[0].value))
 
     def _listening(self, port: Any) -> None:
         self.port = port
@@ -196,11 +203,16 @@ def make_service(
     for warning in config_warnings(config):
         log.warn("{warning}", warning=warning)
     try:
+        check_state_dir(config.state_dir)
+    except OSError as e:
+        raise startup_failure(f"state_dir {config.state_dir} is not writable: {e.strerror}") from None
+    except HostKeyError as e:  # it exists but is not a directory
+        raise startup_failure(str(e)) from None
+    try:
         host_keys = load_or_create_host_keys(config.state_dir)
         generation = build_generation(config, reactor, host_keys)
     except (DefaultPasswordError, HostKeyError, ValueError) as e:
-        # twistd prints a SystemExit message and exits 1: no traceback for a setup problem.
-        raise SystemExit(f"sshgateway: {e}") from None
+        raise startup_failure(str(e)) from None
     dispatcher = DispatcherFactory.serving(generation, reactor, connection_limits(config, reactor))
     top = GatewayService(config, reactor, dispatcher, host_keys, handle_signals=handle_signals)
     TargetsService(dispatcher).setServiceParent(top)
@@ -400,3 +412,67 @@ class GatewayService(service.MultiService):
             )
 
         return drained.addCallback(close_the_rest)
+
+# ---------------------------------------------------------------- start-up errors
+# An operator's mistake (port in use, wrong endpoint, state dir or host key unusable) ends
+# start-up with one line and exit status 1, never a traceback.
+
+
+class StartupFailure(SystemExit):
+    """Ends twistd with status 1 and no traceback (twistd lets a SystemExit through, whether
+    raised while it builds the service or once it starts it). Its text is printed by
+    :func:`startup_failure`, not by Python on the way out: by then twistd may have
+    redirected ``sys.stderr`` into the log."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"sshgateway: {self.message}"
+
+
+def startup_failure(message: str) -> StartupFailure:
+    """Print ``sshgateway: message`` on the process's real stderr (where the operator, or
+    systemd's journal, reads it) and return the exception to raise."""
+    failure = StartupFailure(message)
+    stream = sys.__stderr__ if isinstance(sys.stderr, LoggingFile) else sys.stderr
+    if stream is not None:
+        print(failure, file=stream, flush=True)
+    return failure
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another program listens there",
+    errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE",
+    errno.EADDRNOTAVAIL: "no interface of this host has that address",
+}
+
+
+def listen_error(description: str, error: BaseException) -> str:
+    """What went wrong listening on endpoint ``description``, in one line."""
+    if description.split(":", 1)[0] == "systemd" and isinstance(error, (IndexError, KeyError)):
+        # Twisted takes the sockets only when LISTEN_FDNAMES names them all (systemd
+        # always does; systemd-socket-activate only with --fdname).
+        return (
+            f"cannot listen on {description}: systemd passed no such socket (start the "
+            "gateway through its .socket unit, or systemd-socket-activate --fdname=NAME)"
+        )
+    if isinstance(error, CannotListenError):
+        cause = error.socketError
+        text = getattr(cause, "strerror", None) or str(cause)
+        hint = _LISTEN_HINTS.get(getattr(cause, "errno", None))
+        return f"cannot listen on {description}: {text}" + (f" ({hint})" if hint else "")
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot listen on {description}: {error.strerror}"
+    return f"bad endpoint {description!r}: {error}"
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """Create the state directory (0700) if needed and make sure the gateway can write in
+    it (host keys, known_hosts, flow records); OSError otherwise."""
+    from gateway.hostkeys import ensure_state_dir
+
+    ensure_state_dir(Path(state_dir))
+    with tempfile.TemporaryFile(dir=state_dir):
+        pass

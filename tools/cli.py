@@ -1,5 +1,5 @@
 """The ``sshgateway`` admin command: ``hash-password``, ``fingerprints``, ``check-config``,
-``known-hosts forget``.
+``known-hosts forget``; ``sshgateway --version``.
 
 Subcommands are registered in :data:`COMMANDS` (name -> setup and run functions), so later
 ones (``flows``, ``probe``) are one entry each. Every run function returns the exit status.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from gateway import passwords
+from gateway import passwords, version_line
 from gateway.config import ConfigError, config_warnings, load_config
 from gateway.hostkeys import HostKeyError, load_host_keys
 from gateway.known_hosts import KnownHosts, KnownHostsError
@@ -252,6 +252,7 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sshgateway", description="sshgateway admin tools")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         command.setup(sub.add_parser(name, help=command.help))
