@@ -20,16 +20,17 @@ SIGCONT, and SIGKILL ``kill_grace`` seconds later for whatever is still in it, b
 processes that ignore the hang-up included. If the gateway itself dies, the lifeline's
 guard process does the same (gateway.targets.lifeline). A session that ended normally
 leaves alone what it started in the background and no longer holds its output.
+
+The program is started by the target's launcher (gateway.targets.launchers): from this
+process, or, once the gateway has dropped its privileges, by the privileged spawner, which
+then keeps the leader's zombie and ends the groups if the gateway dies.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pwd
 import signal
-import subprocess
-import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -39,8 +40,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.targets import fdio, ttymodes
+from gateway.targets.launch import LaunchSpec
+from gateway.targets.launchers import IChild, ILauncher, InProcessLauncher
 from gateway.targets.lifeline import SessionGuard, shared_guard
-from gateway.targets.reaper import ExitWatcher, group_has_others, returncode
+from gateway.targets.spawner import group_has_others
 from protocols.session import ExitInfo, ISessionClient, ISessionTarget, SessionRequest, WindowSize
 
 log = Logger()
@@ -65,12 +68,6 @@ SSH_SIGNALS: dict[str, int] = {
 _PTY_DRAIN_LIMIT = 4 * 1024 * 1024
 
 
-def _take_terminal() -> None:
-    # Runs in the child between fork and exec, after setsid(): make the pty (already on fd 0)
-    # the controlling terminal of the new session, so job control, ^C and SIGWINCH work.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 class LocalTarget:
     """Runs sessions as local processes. One instance serves the whole gateway."""
 
@@ -84,10 +81,16 @@ class LocalTarget:
         high_water: int = fdio.HIGH_WATER,
         low_water: int = fdio.LOW_WATER,
         guard: SessionGuard | None = None,
+        launcher: ILauncher | None = None,
     ) -> None:
         self.reactor = reactor
         # Ends the sessions' process groups should the gateway die (shared by default).
         self.guard = guard if guard is not None else shared_guard()
+        # Starts the programs: from this process, or (after a privilege drop) through the
+        # privileged spawner, which the service sets here before the drop.
+        self.launcher: ILauncher = (
+            launcher if launcher is not None else InProcessLauncher(reactor, self.guard)
+        )
         self.kill_grace = kill_grace
         self.path = path
         self.read_chunk = read_chunk
@@ -182,8 +185,7 @@ class LocalSession:
         self._client = client
         self.pid: int | None = None
         self.tty_name: str | None = None
-        self._popen: subprocess.Popen[bytes] | None = None
-        self._watcher: ExitWatcher | None = None
+        self._watcher: IChild | None = None  # the started program
         self._readers: list[fdio.ChunkReader] = []
         self._pty: fdio.ChunkReader | None = None
         self._stdin: fdio.WatermarkWriter | None = None
@@ -208,7 +210,6 @@ class LocalSession:
             self._fail_to_start(e)
             return
         self._target.sessions.add(self)
-        self._target.guard.register(self.pid)
         log.info(
             "local session for {user}: pid {pid}, {kind}{tty}",
             user=self.username,
@@ -221,18 +222,29 @@ class LocalSession:
             for reader in self._readers:
                 reader.start()
 
-    def _spawn(self) -> None:
+    def _launch_spec(self) -> LaunchSpec:
         account = _account()
         shell = account.pw_shell or "/bin/sh"
         shell_name = os.path.basename(shell)
         if self.request.command is None:
             # A leading "-" in argv[0] is how every shell learns it is a login shell.
-            args: list[str | bytes] = ["-" + shell_name]
+            args: tuple[str | bytes, ...] = ("-" + shell_name,)
         else:
-            args = [shell_name, "-c", self.request.command]
-        cwd = account.pw_dir if os.path.isdir(account.pw_dir) else "/"
-        env = _environment(account, shell, self._target.path, self.request)
+            args = (shell_name, "-c", self.request.command)
+        return LaunchSpec(
+            executable=shell,
+            argv=args,
+            env=_environment(account, shell, self._target.path, self.request),
+            cwd=account.pw_dir if os.path.isdir(account.pw_dir) else "/",
+            login=account.pw_name,
+            uid=account.pw_uid,
+            gid=account.pw_gid,
+            groups=tuple(os.getgrouplist(account.pw_name, account.pw_gid)),
+            pty=self.request.pty is not None,
+        )
 
+    def _spawn(self) -> None:
+        spec = self._launch_spec()
         opened: list[int] = []
         child_ends: list[int] = []
 
@@ -247,19 +259,9 @@ class LocalSession:
                 opened.remove(fd)
             child_ends.clear()
 
-        def start(stdin: int, stdout: int, stderr: int, **extra: Any) -> None:
-            self._popen = subprocess.Popen(
-                args,
-                executable=shell,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                cwd=cwd,
-                env=env,
-                close_fds=True,
-                restore_signals=True,
-                start_new_session=True,
-                **extra,
+        def start(stdin: int, stdout: int, stderr: int) -> None:
+            self._watcher = self._target.launcher.launch(
+                spec, stdin, stdout, stderr, self._process_exited
             )
             close_child_ends()
 
@@ -287,16 +289,16 @@ class LocalSession:
                 writer_fd = os.dup(master)
                 opened.append(writer_fd)
                 child_ends = [slave]
-                start(slave, slave, slave, preexec_fn=_take_terminal)
+                start(slave, slave, slave)
                 # Output and errors share the terminal, so all of it is stdout.
                 self._pty = self._reader(master, self._client.write_stdout, "pty")
                 self._readers = [self._pty]
                 self._stdin = self._writer(writer_fd, ttymodes.eof_sequence)
         except BaseException:
-            if self._popen is not None:
-                # Started, but we cannot talk to it: do not leave it running unwatched.
-                self._popen.kill()
-                self._popen.wait()
+            if self._watcher is not None:
+                # Started, but we cannot talk to it: do not leave it running (it is
+                # released once it has ended: see _process_exited).
+                self._watcher.signal_group(signal.SIGKILL)
             for fd in opened:
                 try:
                     os.close(fd)
@@ -306,8 +308,8 @@ class LocalSession:
             self._stdin = None
             self._pty = None
             raise
-        self.pid = self._popen.pid
-        self._watcher = ExitWatcher(self._reactor, self.pid, self._process_exited)
+        assert self._watcher is not None
+        self.pid = self._watcher.pid
 
     def _reader(self, fd: int, deliver: Callable[[bytes], None], name: str) -> fdio.ChunkReader:
         return fdio.ChunkReader(
@@ -473,10 +475,10 @@ class LocalSession:
     # ---- the end ------------------------------------------------------------------------
 
     def _process_exited(self, info: ExitInfo) -> None:
+        if self._finished:  # killed after a failed start
+            self._release_pid()
+            return
         self._exit = info
-        if self._popen is not None:
-            # We reap it; tell Popen so that it never waits for that pid itself.
-            self._popen.returncode = returncode(info)
         log.info(
             "local session for {user}: pid {pid} ended ({how})",
             user=self.username,
@@ -545,8 +547,6 @@ class LocalSession:
         self._kill_call = self._group_poll = None
         if self._watcher is not None:
             self._watcher.reap()
-        if self.pid is not None:
-            self._target.guard.unregister(self.pid)
         self._notify_reaped()
 
     def _notify_reaped(self) -> None:
