@@ -43,6 +43,7 @@ from twisted.logger import Logger
 
 from gateway import passwords
 from gateway.hostkeys import SSH1_HOST_KEY_BITS, ensure_state_dir, write_new_private_file
+from gateway.privsep import run_as_problem
 from gateway.targets import TargetConfig
 from gateway.targets.registry import TARGET_PROTOCOLS
 from protocols.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthLimits
@@ -114,6 +115,7 @@ class GatewayConfig:
     ssh2: SSH2Settings = field(default_factory=SSH2Settings)
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
+    run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
     source: Path | None = None  # the file it came from; None for the embedded default
     # The user who gets a generated password (embedded default only).
     default_password_user: str | None = None
@@ -605,6 +607,10 @@ SCHEMA: tuple[Key, ...] = (
         "SSH versions offered: banner `SSH-1.99` for both, `SSH-2.0` or `SSH-1.5` for one"),
     Key("", "version_timeout", Number(minimum=1), _GATEWAY.version_timeout,
         "time a client has to send its version line"),
+    Key("", "run_as", Text(check=run_as_problem), None,
+        "an OS account: started as root, the gateway binds its endpoints and reads its host "
+        "keys, gives it the state directory, then runs as it (see Privileges); without root "
+        "only the gateway's own account", shown="(stays as started)"),
 
     Key(USERS, "", NamedTables(_USER_NAME, "user names are 1-64 of A-Z a-z 0-9 . _ @ - "
                                "(not starting with . @ -)"), None,
@@ -1022,6 +1028,7 @@ def _build(data: Mapping[str, Any], v: _Validator) -> GatewayConfig:
         ssh2=ssh2,
         ssh1=ssh1,
         flows=flows,
+        run_as=top["run_as"],
     )
 
 

@@ -20,7 +20,10 @@ class GatewayServiceMaker:
     def makeService(self, options: Options):
         from gateway.service import make_service
 
-        return make_service(options["gateway_config"])
+        # twistd's own --uid/--gid: it switches to them after privilegedStartService, and
+        # the gateway prepares the state directory and the spawner for that account.
+        twistd = getattr(options, "parent", None) or {}
+        return make_service(options["gateway_config"], uid=twistd.get("uid"), gid=twistd.get("gid"))
 
 
 serviceMaker = GatewayServiceMaker()

@@ -1,0 +1,142 @@
+"""Issue 11, privilege separation, end to end: a gateway started as root binds a port
+below 1024, then runs as an unprivileged account (``run_as``, or ``twistd --uid/--gid``);
+logins work, flow records are written, and local programs are started by the privileged
+spawner, which ends them when the client hangs up or the gateway is killed.
+
+Root only (accounts are created with useradd): skipped without root, failed under CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_local_lifetime import cleanup, start_session, wait_gone
+from tests.support.accounts import (
+    RUN_AS,
+    ensure_account,
+    free_low_port,
+    interpreter_reachable_by,
+    parent_of,
+    process_user,
+    require_root,
+    shared_workdir,
+)
+from tests.support.clients import keyed_config, ssh_argv
+from tests.support.gateway_process import GatewayProcess
+
+pytestmark = pytest.mark.peer
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    require_root()
+    ensure_account(RUN_AS)
+    with shared_workdir() as path, interpreter_reachable_by(RUN_AS):
+        yield path
+
+
+def gateway(workdir: Path, *, run_as: bool = True, twistd_args: tuple[str, ...] = ()):
+    """A gateway on a free port below 1024, alice's key readable by the account."""
+    port = free_low_port()
+    extra = {"listen": [f"tcp:{port}:interface=127.0.0.1"]}
+    if run_as:
+        extra["run_as"] = RUN_AS
+    config, key = keyed_config(workdir, **extra)
+    account = ensure_account(RUN_AS)
+    os.chown(config["users"]["alice"]["authorized_keys"], account.pw_uid, account.pw_gid)
+    return GatewayProcess(workdir, config, twistd_args=twistd_args), key, port
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def spawner_pid(gw: GatewayProcess) -> int:
+    return int(gw.wait_for_log(r"started the session spawner \(pid (\d+)\)").group(1))
+
+
+def check_dropped_gateway(gw: GatewayProcess, key: Path, port: int) -> None:
+    assert gw.port == port < 1024
+    # "listening" is logged before the drop: wait for it.
+    assert wait_for(lambda: process_user(gw.pid) == RUN_AS), process_user(gw.pid)
+    spawner = spawner_pid(gw)
+    assert process_user(spawner) == "root"
+    # A login, and a local program started by the spawner (the shell's parent), as the
+    # gateway's account (the only one on this branch's local target).
+    out = subprocess.run(
+        ssh_argv(gw, key, "id -un; echo $PPID"), capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, (out.stderr, gw.log_text()[-3000:])
+    user, parent = out.stdout.split()
+    assert user == RUN_AS
+    assert int(parent) == spawner
+    # Flow records are written, into a state directory the account owns; the host keys
+    # stay 0600 (and root's: read before the drop).
+    state = Path(gw.config["state_dir"])
+    flows = state / "flows" / "flows.jsonl"
+    gw.wait_for_log(r"local session for alice: pid \d+ ended")
+    assert wait_for(flows.exists)
+    records = [json.loads(line) for line in flows.read_text().splitlines()]
+    assert any(r["user"] == "alice" for r in records)
+    run_as_uid = ensure_account(RUN_AS).pw_uid
+    assert state.stat().st_uid == run_as_uid
+    assert (state / "flows").stat().st_uid == run_as_uid
+    for name in ("ssh_host_ed25519_key", "ssh_host_rsa_key", "ssh1_host_key"):
+        st = (state / name).stat()
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert st.st_uid == 0
+
+
+def test_run_as_binds_a_low_port_then_runs_as_the_account(workdir):
+    gw, key, port = gateway(workdir)
+    with gw:
+        check_dropped_gateway(gw, key, port)
+        assert f"running as {RUN_AS}" in gw.log_text()
+
+
+def test_twistd_uid_and_gid_bind_before_switching(workdir):
+    gw, key, port = gateway(workdir, run_as=False, twistd_args=("--uid", RUN_AS, "--gid", RUN_AS))
+    with gw:
+        check_dropped_gateway(gw, key, port)
+
+
+def test_spawned_session_ends_when_the_client_hangs_up(workdir):
+    gw, key, _ = gateway(workdir)
+    with gw:
+        client, pids = start_session(gw, key)
+        try:
+            assert parent_of(pids[0]) == spawner_pid(gw)
+            client.kill()  # the connection drops without a word
+            client.wait(10)
+            assert wait_gone(pids, timeout=10) == [], gw.log_text()[-3000:]
+            assert gw.process.poll() is None
+        finally:
+            cleanup(client, pids)
+
+
+def test_spawned_session_ends_when_the_gateway_is_killed(workdir):
+    gw, key, _ = gateway(workdir)
+    with gw:
+        client, pids = start_session(gw, key)
+        spawner = spawner_pid(gw)
+        try:
+            os.kill(gw.pid, signal.SIGKILL)
+            gw.process.wait(10)
+            assert wait_gone(pids, timeout=10) == [], gw.log_text()[-3000:]
+            assert wait_gone([spawner], timeout=10) == []  # and the spawner is done too
+        finally:
+            cleanup(client, pids)
