@@ -148,11 +148,22 @@ def guard_main(grace: float) -> None:
 # ---- starting a program (in the gateway, or in the spawner) -----------------------------
 
 
-def _take_terminal() -> None:
-    # Runs in the child between fork and exec, after setsid() (and after the uid change):
-    # make the pty (already on fd 0) the controlling terminal of the new session, so job
-    # control, ^C and SIGWINCH work.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _child_setup(cwd: str, pty: bool) -> Callable[[], None]:
+    """What the child does between fork and exec, after setsid() and the uid change."""
+
+    def setup() -> None:
+        # The account's own rights decide whether it may enter its directory (as with
+        # sshd, one it cannot enter is replaced by "/").
+        try:
+            os.chdir(cwd)
+        except OSError:
+            os.chdir("/")
+        if pty:
+            # Make the pty (already on fd 0) the controlling terminal of the new session,
+            # so job control, ^C and SIGWINCH work.
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    return setup
 
 
 def _give_terminal(fd: int, uid: int, gid: int) -> None:
@@ -183,7 +194,7 @@ def start_program(
     stderr: int,
 ) -> subprocess.Popen[bytes]:
     """Start a session program in a session and process group of its own (its pid is the
-    group id), with exactly ``env``. As root it becomes ``uid``/``gid``/``groups`` first;
+    group id), with exactly ``env``, in ``cwd`` (or "/" if the account cannot enter it). As root it becomes ``uid``/``gid``/``groups`` first;
     otherwise it can only run as the caller's own uid. Raises OSError (or ValueError for a
     NUL in an argument) when it cannot start; the caller owns the returned Popen and must
     keep it until the child is reaped (a dropped Popen reaps its child by itself)."""
@@ -200,12 +211,11 @@ def start_program(
         stdin=stdin,
         stdout=stdout,
         stderr=stderr,
-        cwd=cwd,
         env=dict(env),
         close_fds=True,
         restore_signals=True,
         start_new_session=True,
-        preexec_fn=_take_terminal if pty else None,
+        preexec_fn=_child_setup(cwd, pty),
         **ids,
     )
 

@@ -391,3 +391,26 @@ def test_spawner_death_ends_its_sessions_and_later_starts_fail(reactor, target, 
     os.kill(session.pid, signal.SIGKILL)
     spin(reactor, lambda: client.exit is not None)
     assert client.exit.status == 255
+
+
+def test_directory_is_entered_with_the_accounts_rights(reactor, launcher, account, tmp_path):
+    # Entered after the uid change, as sshd does: a directory the account may not enter
+    # (pytest's, root's 0700) is replaced by "/".
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    spec = LaunchSpec(
+        "/bin/sh", ("sh", "-c", "pwd"), {"PATH": "/usr/bin:/bin"}, str(private),
+        account.pw_name, account.pw_uid, account.pw_gid, (), False,
+    )  # fmt: skip
+    read_end, write_end = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    ended: list[ExitInfo] = []
+    try:
+        child = launcher.launch(spec, null, write_end, write_end, ended.append)
+    finally:
+        os.close(write_end)
+        os.close(null)
+    with os.fdopen(read_end, "rb") as output:
+        assert output.read() == b"/\n"
+    spin(reactor, lambda: bool(ended))
+    child.reap()
