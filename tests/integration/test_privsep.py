@@ -8,6 +8,7 @@ Root only (accounts are created with useradd): skipped without root, failed unde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import UserConfig
 from tests.integration.test_local_lifetime import cleanup, start_session, wait_gone
 from tests.support.accounts import (
+    LOCAL_USER,
     RUN_AS,
     ensure_account,
     free_low_port,
@@ -44,13 +47,29 @@ def workdir() -> Iterator[Path]:
         yield path
 
 
-def gateway(workdir: Path, *, run_as: bool = True, twistd_args: tuple[str, ...] = ()):
-    """A gateway on a free port below 1024, alice's key readable by the account."""
+def has_os_user() -> bool:
+    return "os_user" in {f.name for f in dataclasses.fields(UserConfig)}
+
+
+def gateway(
+    workdir: Path,
+    *,
+    run_as: bool = True,
+    twistd_args: tuple[str, ...] = (),
+    os_user: str | None = None,
+):
+    """A gateway on a free port below 1024, alice's key readable by the account; with
+    ``os_user``, alice's local sessions run as that account."""
     port = free_low_port()
     extra = {"listen": [f"tcp:{port}:interface=127.0.0.1"]}
     if run_as:
         extra["run_as"] = RUN_AS
     config, key = keyed_config(workdir, **extra)
+    if os_user is not None:
+        if not has_os_user():
+            pytest.skip("[users.NAME] os_user (issue 11's access part) is not on this branch yet")
+        ensure_account(os_user)
+        config["users"]["alice"].update(os_user=os_user, targets=["local"])
     account = ensure_account(RUN_AS)
     os.chown(config["users"]["alice"]["authorized_keys"], account.pw_uid, account.pw_gid)
     return GatewayProcess(workdir, config, twistd_args=twistd_args), key, port
@@ -114,8 +133,23 @@ def test_twistd_uid_and_gid_bind_before_switching(workdir):
         check_dropped_gateway(gw, key, port)
 
 
-def test_spawned_session_ends_when_the_client_hangs_up(workdir):
-    gw, key, _ = gateway(workdir)
+def test_local_session_runs_as_its_os_user_through_the_spawner(workdir):
+    gw, key, _ = gateway(workdir, os_user=LOCAL_USER)
+    with gw:
+        out = subprocess.run(
+            ssh_argv(gw, key, "id -un; echo $PPID"), capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0, (out.stderr, gw.log_text()[-3000:])
+        assert out.stdout.split() == [LOCAL_USER, str(spawner_pid(gw))]
+
+
+# The gateway's own account (this branch's local target) and an os_user account.
+SESSION_ACCOUNTS = pytest.mark.parametrize("os_user", [None, LOCAL_USER], ids=["run_as", "os_user"])
+
+
+@SESSION_ACCOUNTS
+def test_spawned_session_ends_when_the_client_hangs_up(workdir, os_user):
+    gw, key, _ = gateway(workdir, os_user=os_user)
     with gw:
         client, pids = start_session(gw, key)
         try:
@@ -128,8 +162,9 @@ def test_spawned_session_ends_when_the_client_hangs_up(workdir):
             cleanup(client, pids)
 
 
-def test_spawned_session_ends_when_the_gateway_is_killed(workdir):
-    gw, key, _ = gateway(workdir)
+@SESSION_ACCOUNTS
+def test_spawned_session_ends_when_the_gateway_is_killed(workdir, os_user):
+    gw, key, _ = gateway(workdir, os_user=os_user)
     with gw:
         client, pids = start_session(gw, key)
         spawner = spawner_pid(gw)
