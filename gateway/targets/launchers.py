@@ -19,6 +19,7 @@ import collections
 import dataclasses
 import errno
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -370,13 +371,26 @@ class SpawnerLauncher:
             message = self._pending.popleft()
             op = message.get("op")
             if op == "exited":
-                child = self.children.get(message.get("pid"))  # type: ignore[arg-type]
+                child = self.children.get(message.get("pid", 0))
                 if child is not None:
                     child._exited(_exit_info(message))
             elif op == "refused":
                 log.warn(
                     "the session spawner refused a request: {error}", error=message.get("error")
                 )
+            elif op == "started" and isinstance(message.get("pid"), int):
+                self._end_late_start(message["pid"])
+
+    def _end_late_start(self, pid: int) -> None:
+        # The answer to a launch given up on (timed out): nobody reads that program.
+        log.warn("the session spawner started pid {pid} too late; ending it", pid=pid)
+
+        def reap(info: ExitInfo) -> None:
+            late.reap()
+
+        late = RemoteChild(self, pid, reap)
+        self.children[pid] = late
+        late.signal_group(signal.SIGKILL)
 
     def _forget(self, child: RemoteChild) -> None:
         self.children.pop(child.pid, None)

@@ -414,3 +414,102 @@ def test_directory_is_entered_with_the_accounts_rights(reactor, launcher, accoun
         assert output.read() == b"/\n"
     spin(reactor, lambda: bool(ended))
     child.reap()
+
+
+# ---- the gateway's end, against a scripted spawner -----------------------------------------
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[SpawnerLauncher, socket.socket]]:
+    from twisted.internet.testing import MemoryReactorClock
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.settimeout(5)  # a missing message fails the test, never hangs it
+    launcher = SpawnerLauncher(MemoryReactorClock(), ours, timeout=0.2)
+    yield launcher, theirs
+    launcher.close()
+    theirs.close()
+
+
+def any_spec() -> LaunchSpec:
+    return LaunchSpec("/bin/sh", ("sh",), {}, "/", "x", 1000, 1000, (), False)
+
+
+def test_a_silent_spawner_is_a_failed_start_not_a_hang(scripted):
+    launcher, _ = scripted
+    fds = pipe_fds()
+    try:
+        with pytest.raises(OSError, match="did not answer"):
+            launcher.launch(any_spec(), *fds, lambda info: None)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_exit_reports_reach_the_session_and_garbage_is_ignored(scripted):
+    launcher, theirs = scripted
+    theirs.send(json.dumps({"op": "started", "id": 1, "pid": 4242}).encode())
+    ended: list[ExitInfo] = []
+    fds = pipe_fds()
+    try:
+        child = launcher.launch(any_spec(), *fds, ended.append)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    request, sent, _, _ = socket.recv_fds(theirs, spawner.MAX_MESSAGE, 3)
+    assert json.loads(request)["op"] == "launch" and len(sent) == 3
+    for fd in sent:
+        os.close(fd)
+    theirs.send(b"\xff not json")
+    theirs.send(json.dumps({"op": "exited", "pid": 999, "status": 1}).encode())  # not ours
+    theirs.send(json.dumps({"op": "exited", "pid": 4242, "signal": 9}).encode())
+    launcher.doRead()
+    assert ended == [ExitInfo(signal="KILL")]
+    assert child.exited and not child.reaped
+    assert child.signal_group(signal.SIGHUP)  # the zombie still holds the group id
+    child.reap()
+    assert not child.signal_group(signal.SIGHUP)
+    sent_ops = [json.loads(theirs.recv(spawner.MAX_MESSAGE)) for _ in range(2)]
+    assert sent_ops == [
+        {"op": "signal", "pid": 4242, "signal": signal.SIGHUP, "group": True},
+        {"op": "release", "pid": 4242},
+    ]
+
+
+def test_a_vanished_spawner_ends_its_sessions(scripted):
+    launcher, theirs = scripted
+    theirs.send(json.dumps({"op": "started", "id": 1, "pid": 4242}).encode())
+    ended: list[ExitInfo] = []
+    fds = pipe_fds()
+    try:
+        child = launcher.launch(any_spec(), *fds, ended.append)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    theirs.close()
+    launcher.doRead()
+    assert [info.status for info in ended] == [255]
+    assert child.reaped and launcher.broken
+    with pytest.raises(OSError, match="gone"):
+        launcher.launch(any_spec(), 0, 1, 2, ended.append)
+
+
+def test_a_late_answer_is_ended(scripted):
+    launcher, theirs = scripted
+    fds = pipe_fds()
+    try:
+        with pytest.raises(OSError, match="did not answer"):
+            launcher.launch(any_spec(), *fds, lambda info: None)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for fd in socket.recv_fds(theirs, spawner.MAX_MESSAGE, 3)[1]:
+        os.close(fd)
+    theirs.send(json.dumps({"op": "started", "id": 1, "pid": 4242}).encode())
+    launcher.doRead()
+    kill = {"op": "signal", "pid": 4242, "signal": signal.SIGKILL, "group": True}
+    assert json.loads(theirs.recv(spawner.MAX_MESSAGE)) == kill
+    theirs.send(json.dumps({"op": "exited", "pid": 4242, "signal": 9}).encode())
+    launcher.doRead()
+    assert json.loads(theirs.recv(spawner.MAX_MESSAGE)) == {"op": "release", "pid": 4242}
+    assert launcher.children == {}
