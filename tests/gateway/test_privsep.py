@@ -26,10 +26,10 @@ NOBODY = pwd.getpwnam("nobody")
 def config_text(tmp_path: Path, extra: str = "") -> str:
     return f'''
 listen = ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.2"]
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 {extra}
 [users.alice]
-authorized_keys = "{tmp_path / 'authorized_keys'}"
+authorized_keys = "{tmp_path / "authorized_keys"}"
 '''
 
 
@@ -100,7 +100,9 @@ def test_drop_failure_is_one_line(tmp_path):
 
     drop.prepare = cannot
     top.drop = drop
-    with pytest.raises(SystemExit, match=r"^sshgateway: cannot run as gwrun: /srv/state: Permission"):
+    with pytest.raises(
+        SystemExit, match=r"^sshgateway: cannot run as gwrun: /srv/state: Permission"
+    ):
         top.privilegedStartService()
     top.stopService()
 

@@ -29,8 +29,9 @@ from gateway.targets.launchers import IChild, ILauncher, InProcessLauncher, Spaw
 from gateway.targets.lifeline import SessionGuard
 from gateway.targets.local import LocalTarget
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
-from tests.gateway.test_local_target import FakeClient, live
 from tests.support.accounts import LOCAL_USER, ensure_account, require_root
+from tests.support.doubles import FakeSessionClient
+from tests.support.session_processes import alive
 
 DEADLINE = 10.0
 
@@ -142,8 +143,12 @@ BAD_LAUNCHES = {
     "groups with a string": {"groups": ["0"]},
     "groups too many": {"groups": [1] * (spawner.MAX_GROUPS + 1)},
     "pty not a bool": {"pty": "yes"},
-    "not an allowed account": {"login": "nobody", "uid": NOBODY.pw_uid, "gid": NOBODY.pw_gid,
-                               "groups": []},
+    "not an allowed account": {
+        "login": "nobody",
+        "uid": NOBODY.pw_uid,
+        "gid": NOBODY.pw_gid,
+        "groups": [],
+    },
     "unknown account": {"login": "no-such-account-xyz"},
 }
 
@@ -286,8 +291,8 @@ def spin(reactor, until: Callable[[], bool], timeout: float = DEADLINE) -> None:
         reactor.iterate(0.02)
 
 
-def run(reactor, target, command: bytes, pty: PtyRequest | None = None) -> FakeClient:
-    client = FakeClient()
+def run(reactor, target, command: bytes, pty: PtyRequest | None = None) -> FakeSessionClient:
+    client = FakeSessionClient()
     session = target.open_session("alice", SessionRequest(command=command, pty=pty), client)
     session.close_stdin()
     spin(reactor, lambda: client.exit is not None)
@@ -301,7 +306,7 @@ def test_interfaces(reactor, launcher):
 
 def test_program_runs_as_the_account(reactor, target, launcher, account):
     client = run(reactor, target, b"id -un; id -G; echo $PPID; exit 3")
-    name, groups, parent = client.stdout.decode().splitlines()
+    name, groups, parent = client.out.decode().splitlines()
     assert name == account.pw_name
     assert sorted(map(int, groups.split())) == sorted(
         set(os.getgrouplist(account.pw_name, account.pw_gid))
@@ -313,15 +318,15 @@ def test_program_runs_as_the_account(reactor, target, launcher, account):
 def test_pty_belongs_to_the_account(reactor, target, account):
     pty = PtyRequest("xterm", WindowSize(24, 80), ())
     client = run(reactor, target, b'stat -c %U "$(tty)"; tty >/dev/null && echo ctty', pty)
-    assert client.stdout.split() == [account.pw_name.encode(), b"ctty"]
+    assert client.out.split() == [account.pw_name.encode(), b"ctty"]
 
 
 def test_signal_reaches_the_program(reactor, target):
-    client = FakeClient()
+    client = FakeSessionClient()
     session = target.open_session(
         "alice", SessionRequest(command=b"echo ready; exec sleep 30"), client
     )
-    spin(reactor, lambda: b"ready" in client.stdout)
+    spin(reactor, lambda: b"ready" in client.out)
     session.send_signal("TERM")
     spin(reactor, lambda: client.exit is not None)
     assert client.exit.signal == "TERM"
@@ -331,26 +336,25 @@ IGNORES_HUP = b"sh -c 'trap \"\" HUP; echo $$; exec sleep 30' & wait"
 
 
 def test_hang_up_ends_the_group(reactor, target):
-    client = FakeClient()
+    client = FakeSessionClient()
     session = target.open_session("alice", SessionRequest(command=IGNORES_HUP), client)
-    spin(reactor, lambda: client.stdout.endswith(b"\n"))
-    child = int(client.stdout)
+    spin(reactor, lambda: client.out.endswith(b"\n"))
+    child = int(client.out)
     reaped = session.when_reaped()
     session.close()
-    client.closed = True
     spin(reactor, lambda: reaped.called)
-    spin(reactor, lambda: not live(child), timeout=2)
+    spin(reactor, lambda: not alive(child), timeout=2)
     assert target.sessions == set()
 
 
 def test_gateway_gone_ends_every_group(reactor, target, launcher):
-    client = FakeClient()
+    client = FakeSessionClient()
     session = target.open_session("alice", SessionRequest(command=IGNORES_HUP), client)
-    spin(reactor, lambda: client.stdout.endswith(b"\n"))
-    child = int(client.stdout)
+    spin(reactor, lambda: client.out.endswith(b"\n"))
+    child = int(client.out)
     leader = session.pid
     launcher.close()  # the spawner sees end of file, as when the gateway dies
-    assert not live(child) and not live(leader)
+    assert not alive(child) and not alive(leader)
     assert launcher.process.returncode == 0
 
 
@@ -359,7 +363,7 @@ def test_refused_account_is_a_failed_start(reactor, launcher, monkeypatch):
     target = LocalTarget(reactor, launcher=launcher, guard=SessionGuard())
     client = run(reactor, target, b"id")
     assert client.exit == ExitInfo(status=126)
-    assert b"spawner refused" in client.stderr
+    assert b"spawner refused" in client.err
 
 
 def test_missing_program_is_a_failed_start(reactor, launcher, account):
@@ -377,7 +381,7 @@ def test_missing_program_is_a_failed_start(reactor, launcher, account):
 
 
 def test_spawner_death_ends_its_sessions_and_later_starts_fail(reactor, target, launcher):
-    client = FakeClient()
+    client = FakeSessionClient()
     session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), client)
     assert verifyObject(IChild, session._watcher)
     os.kill(launcher.process.pid, signal.SIGKILL)
@@ -385,7 +389,7 @@ def test_spawner_death_ends_its_sessions_and_later_starts_fail(reactor, target, 
     spin(reactor, lambda: launcher.broken)
     later = run(reactor, target, b"true")
     assert later.exit.status not in (None, 0)
-    assert b"spawner is gone" in later.stderr
+    assert b"spawner is gone" in later.err
     # Its program is an orphan the unprivileged gateway cannot end (root here can): once
     # its output closes, the session ends with the status lost.
     os.kill(session.pid, signal.SIGKILL)

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from gateway.config import UserConfig
-from tests.integration.test_local_lifetime import cleanup, start_session, wait_gone
 from tests.support.accounts import (
     LOCAL_USER,
     RUN_AS,
@@ -35,6 +34,7 @@ from tests.support.accounts import (
 )
 from tests.support.clients import keyed_config, ssh_argv
 from tests.support.gateway_process import GatewayProcess
+from tests.support.session_processes import cleanup, start_session, wait_gone
 
 pytestmark = pytest.mark.peer
 
