@@ -32,7 +32,7 @@ from tests.support.accounts import (
     require_root,
     shared_workdir,
 )
-from tests.support.clients import keyed_config, ssh_argv
+from tests.support.clients import keyed_config, plink1_argv, ssh_argv
 from tests.support.gateway_process import GatewayProcess
 from tests.support.session_processes import cleanup, start_session, wait_gone
 
@@ -103,6 +103,13 @@ def check_dropped_gateway(gw: GatewayProcess, key: Path, port: int) -> None:
     user, parent = out.stdout.split()
     assert user == RUN_AS
     assert int(parent) == spawner
+    # With a terminal, which the spawner gave to the account; and over SSH-1 (plink -1).
+    out = subprocess.run(
+        ssh_argv(gw, key, "-tt", 'stat -c %U "$(tty)"'), capture_output=True, text=True, timeout=30
+    )
+    assert out.stdout.split() == [RUN_AS], (out.stdout, out.stderr)
+    out = subprocess.run(plink1_argv(gw, "id -un"), capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == [RUN_AS], (out.stdout, out.stderr, gw.log_text()[-2000:])
     # Flow records are written, into a state directory the account owns; the host keys
     # stay 0600 (and root's: read before the drop).
     state = Path(gw.config["state_dir"])
