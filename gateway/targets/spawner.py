@@ -358,6 +358,20 @@ def exit_message(pid: int, result: os.waitid_result) -> dict[str, Any]:
 # ---- the spawner ------------------------------------------------------------------------
 
 
+# Linux's Unix98 pseudo-terminal slaves (/dev/pts/N): the only terminals it gives away.
+_PTS_MAJORS = range(136, 144)
+
+
+def _one_pseudo_terminal(fds: Sequence[int]) -> bool:
+    try:
+        devices = {os.fstat(fd).st_rdev for fd in fds}
+    except OSError:
+        return False
+    if len(devices) != 1 or not all(os.isatty(fd) for fd in fds):
+        return False
+    return os.major(devices.pop()) in _PTS_MAJORS
+
+
 class _Child:
     def __init__(self, popen: subprocess.Popen[bytes], pidfd: int | None) -> None:
         self.popen = popen
@@ -433,8 +447,8 @@ class Spawner:
         if len(fds) != FDS_PER_LAUNCH:
             raise RequestError(f"launch takes {FDS_PER_LAUNCH} descriptors, got {len(fds)}")
         check_account(fields, self.allowed, self.allow_root)
-        if fields["pty"] and not all(os.isatty(fd) for fd in fds):
-            raise RequestError("pty: the descriptors are not a terminal")
+        if fields["pty"] and not _one_pseudo_terminal(fds):
+            raise RequestError("pty: the descriptors are not one pseudo-terminal")
         request_id, login = fields.pop("id"), fields.pop("login")
         try:
             popen = start_program(**fields, stdin=fds[0], stdout=fds[1], stderr=fds[2])

@@ -183,9 +183,30 @@ def test_a_launch_needs_three_descriptors(handler, count):
     assert "descriptors" in refused(handler, json.dumps(my_launch()).encode(), pipe_fds(count))
 
 
-def test_a_pty_launch_needs_a_terminal(handler):
-    error = refused(handler, json.dumps(my_launch(pty=True)).encode(), pipe_fds())
-    assert "terminal" in error
+def test_a_pty_launch_needs_one_pseudo_terminal(handler):
+    launch = json.dumps(my_launch(pty=True)).encode()
+    assert "pseudo-terminal" in refused(handler, launch, pipe_fds())
+    (master1, slave1), (master2, slave2) = os.openpty(), os.openpty()
+    try:
+        refused(handler, launch, [os.dup(slave1), os.dup(slave1), os.dup(slave2)])
+    finally:
+        for fd in (master1, slave1, master2, slave2):
+            os.close(fd)
+
+
+def test_a_real_terminal_is_never_given_away(handler):
+    try:
+        console = os.open("/dev/tty0", os.O_RDWR | os.O_NOCTTY)
+    except OSError as e:
+        pytest.skip(f"cannot open /dev/tty0 here: {e.strerror}")
+    before = os.fstat(console)
+    refused(
+        handler,
+        json.dumps(my_launch(pty=True)).encode(),
+        [console, os.dup(console), os.dup(console)],
+    )
+    after = os.stat("/dev/tty0")
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
 
 
 @pytest.mark.parametrize("flag", ["MSG_TRUNC", "MSG_CTRUNC"])
