@@ -260,6 +260,24 @@ def test_a_started_child_can_be_signalled_and_released_only_properly(handler):
         spawner_.end_all()
 
 
+def test_the_spawner_needs_only_the_standard_library():
+    # It runs as root under python -I -S: no site-packages, none of the gateway's code.
+    import ast
+    import sys
+
+    tree = ast.parse(open(spawner.__file__).read())
+    names = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    names |= {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert {name.split(".")[0] for name in names} - {"__future__"} <= sys.stdlib_module_names
+
+
 def test_guard_and_spawner_share_the_group_ending():
     # One place for the logic: the guard's program is this module's guard mode.
     from gateway.targets import lifeline
