@@ -52,6 +52,7 @@ from gateway import passwords
 from gateway.hostkeys import SSH1_HOST_KEY_BITS, ensure_state_dir, write_new_private_file
 from gateway.limits import LimitsConfig, MaxStartups, Netblock, parse_network
 from gateway.penalties import AUTHFAIL, GRACE_EXCEEDED, MALFORMED, NOAUTH, PenaltyRules
+from gateway.privsep import run_as_problem
 from gateway.targets import TargetConfig
 from gateway.targets.registry import TARGET_PROTOCOLS
 from protocols.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthLimits
@@ -176,6 +177,7 @@ class GatewayConfig:
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
     source: Path | None = None  # the file it came from; None for the embedded default
     # The user who gets a generated password (embedded default only).
     default_password_user: str | None = None
@@ -735,6 +737,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("", "log_format", Choice(LOG_FORMATS), _GATEWAY.log_format,
         '`"text"`, or `"json"`: one JSON object per line with the connection record\'s fields '
         "as fields (`twistd sshgateway --log-format` overrides it); read at start"),
+    Key("", "run_as", Text(check=run_as_problem), None,
+        "an OS account: started as root, the gateway binds its endpoints and reads its host "
+        "keys, gives it the state directory, then runs as it (see Privileges); without root "
+        "only the gateway's own account", shown="(stays as started)"),
 
     Key(USERS, "", NamedTables(_USER_NAME, "user names are 1-64 of A-Z a-z 0-9 . _ @ - "
                                "(not starting with . @ -)"), None,
@@ -1270,6 +1276,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         ssh1=ssh1,
         flows=flows,
         limits=limits,
+        run_as=top["run_as"],
     )
 
 

@@ -9,11 +9,16 @@ The top service (:class:`GatewayService`) also owns the running gateway's life: 
 swaps it in once it is complete, and re-opens only the endpoints that changed; stopping
 (SIGTERM) closes the listeners, drains the connections (gateway.lifecycle) and only then
 closes the targets.
+
+Start sequence: the service is built as root (host keys read), ``privilegedStartService``
+binds every endpoint and then hands over to gateway.privsep (state directory, spawner,
+``run_as``); twistd's ``--uid``/``--gid`` switch follows, then ``startService``.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -64,17 +69,27 @@ class ListenerService(service.Service):
         self.factory = factory
         self.port: Any = None
 
+    def privilegedStartService(self) -> None:
+        # Before any privilege drop: a port below 1024 needs root.
+        super().privilegedStartService()
+        self.listen()
+
     def startService(self) -> None:
         super().startService()
+        if self.port is None:  # started without privilegedStartService
+            self.listen()
+
+    def listen(self) -> None:
+        """Listen now; raises ListenError (one line: what and why) when it cannot."""
         try:
             endpoint = server_endpoint(self.reactor, self.description)
         except Exception as e:  # the parser raises ValueError, KeyError, IndexError...
-            raise startup_failure(listen_error(self.description, e)) from None
+            raise ListenError(listen_error(self.description, e)) from None
         d = endpoint.listen(self.factory)
         failures: list[Any] = []
         d.addCallbacks(self._listening, failures.append)
         if failures:  # listening is synchronous for tcp/unix: fail start-up loudly
-            raise startup_failure(listen_error(self.description, failures[0].value))
+            raise ListenError(listen_error(self.description, failures[0].value))
 
     def _listening(self, port: Any) -> None:
         self.port = port
@@ -173,6 +188,14 @@ def penalty_book(limits: Any, reactor: Any, running: Any = None) -> Any:
     return running if running is not None else MemoryPenaltyBook(limits.penalties, reactor)
 
 
+def local_target_of(router: Any) -> Any:
+    """The router's LocalTarget (the one that starts local programs), or None."""
+    from gateway.targets.local import LocalTarget
+
+    targets = getattr(router, "targets", {}).values()
+    return next((t for t in targets if isinstance(t, LocalTarget)), None)
+
+
 def flow_writer(config: Any) -> Any:
     """The flow-record writer the config asks for, or None when recording is off."""
     from gateway.flows import FlowWriter, flows_dir
@@ -183,11 +206,47 @@ def flow_writer(config: Any) -> Any:
     return FlowWriter(flows_dir(config.state_dir), flows.max_bytes, flows.keep)
 
 
+def privilege_drop(config: Any, uid: int | None = None, gid: int | None = None) -> Any:
+    """The privilege drop the config (``run_as``) or twistd (``--uid``/``--gid``, done by
+    twistd itself) asks for, as a gateway.privsep.PrivilegeDrop; None for none."""
+    from gateway.flows import flows_dir
+    from gateway.privsep import PrivilegeDrop, account_named, account_with_uid, local_accounts
+
+    run_as = getattr(config, "run_as", None)
+    if uid is not None or gid is not None:
+        account = account_with_uid(os.getuid() if uid is None else uid, gid)
+        if run_as is not None and account_named(run_as).uid != account.uid:
+            raise SystemExit(
+                f"sshgateway: run_as = {run_as!r} and twistd --uid {account.name} disagree: "
+                "use one of them"
+            )
+        self_drop = False
+    elif run_as is not None:
+        account = account_named(run_as)
+        self_drop = True
+    else:
+        return None
+    flows = getattr(config, "flows", None)
+    return PrivilegeDrop(
+        account,
+        config.state_dir,
+        self_drop=self_drop,
+        local_accounts=local_accounts(config),
+        flows_dir=flows_dir(config.state_dir) if flows is not None and flows.enabled else None,
+    )
+
+
 def make_service(
-    config: Any, reactor: Any = None, *, handle_signals: bool | None = None
+    config: Any,
+    reactor: Any = None,
+    *,
+    handle_signals: bool | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
 ) -> GatewayService:
     """The gateway's service tree for ``config``. With the global reactor (twistd) it
-    also takes SIGHUP, SIGTERM and SIGINT (``handle_signals``)."""
+    also takes SIGHUP, SIGTERM and SIGINT (``handle_signals``). ``uid``/``gid``: twistd's
+    ``--uid``/``--gid``, to which twistd switches after ``privilegedStartService``."""
     if handle_signals is None:
         handle_signals = reactor is None
     if reactor is None:
@@ -199,6 +258,7 @@ def make_service(
     raise_open_file_limit()
     from gateway.config import DefaultPasswordError, config_warnings
     from gateway.hostkeys import HostKeyError, load_or_create_host_keys
+    from gateway.privsep import PrivilegeError
 
     for warning in config_warnings(config):
         log.warn("{warning}", warning=warning)
@@ -211,10 +271,19 @@ def make_service(
     try:
         host_keys = load_or_create_host_keys(config.state_dir)
         generation = build_generation(config, reactor, host_keys)
-    except (DefaultPasswordError, HostKeyError, ValueError) as e:
+        drop = privilege_drop(config, uid, gid)
+    except (DefaultPasswordError, HostKeyError, PrivilegeError, ValueError) as e:
         raise startup_failure(str(e)) from None
     dispatcher = DispatcherFactory.serving(generation, reactor, connection_limits(config, reactor))
-    top = GatewayService(config, reactor, dispatcher, host_keys, handle_signals=handle_signals)
+    top = GatewayService(
+        config,
+        reactor,
+        dispatcher,
+        host_keys,
+        handle_signals=handle_signals,
+        local_target=local_target_of(generation.targets),
+        drop=drop,
+    )
     TargetsService(dispatcher).setServiceParent(top)
     for description in config.listen:
         top.add_listener(description)
@@ -234,6 +303,8 @@ class GatewayService(service.MultiService):
         *,
         handle_signals: bool = False,
         notifier: Notifier | None = None,
+        local_target: Any = None,
+        drop: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -244,6 +315,11 @@ class GatewayService(service.MultiService):
         self.notifier = notifier if notifier is not None else Notifier()
         self.listeners: dict[str, ListenerService] = {}
         self.drain: Drain | None = None
+        # The privilege drop (gateway.privsep), if any, and the local target whose programs
+        # the privileged spawner starts once the gateway has dropped.
+        self.local_target = local_target
+        self.drop = drop
+        self.privileged_started = False
 
     # -- listeners --------------------------------------------------------------------
 
@@ -258,8 +334,47 @@ class GatewayService(service.MultiService):
         return listener.disownServiceParent()
 
     # -- start ------------------------------------------------------------------------
+    # twistd calls privilegedStartService (as root: the listeners bind), switches to its
+    # --uid/--gid if given, then calls startService.
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise startup_failure(str(e)) from None
+        self.privileged_started = True
+        if self.drop is None or not self.drop.needed:
+            return
+        from gateway.privsep import PrivilegeError
+        from gateway.targets.launchers import SpawnerLauncher
+
+        try:
+            self.drop.prepare()
+            if self.local_target is not None:
+                accounts, allow_root = self.drop.spawner_accounts()
+                self.local_target.launcher = SpawnerLauncher.start(
+                    self.reactor, accounts, allow_root, grace=self.local_target.kill_grace
+                )
+            if self.drop.self_drop:
+                self.drop.drop()
+        except (PrivilegeError, OSError) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            where = getattr(e, "filename", None)
+            raise startup_failure(
+                f"cannot run as {self.drop.account.name}: "
+                + (f"{where}: {reason}" if where else reason)
+            ) from None
 
     def startService(self) -> None:
+        if not self.privileged_started:  # not started by twistd
+            self.privilegedStartService()
+        if self.drop is not None and os.getuid() == self.drop.account.uid != 0:
+            from gateway.privsep import PrivilegeError
+
+            try:
+                self.drop.check_dropped()
+            except PrivilegeError as e:
+                raise startup_failure(str(e)) from None
         super().startService()
         self.reactor.callWhenRunning(self.running_now)
 
@@ -290,6 +405,7 @@ class GatewayService(service.MultiService):
         try:
             new = self._load_config()
             generation = build_generation(new, self.reactor, self.host_keys)
+            self._keep_launcher(generation)
         except Exception as e:  # whatever it is, the running gateway must go on
             from gateway.config import ConfigError, DefaultPasswordError
 
@@ -318,6 +434,13 @@ class GatewayService(service.MultiService):
         )
         self.notifier.ready(self._status("serving (reloaded)"))
         return True
+
+    def _keep_launcher(self, generation: Generation) -> None:
+        """After a privilege drop only the spawner started at start-up can start local
+        programs (as the accounts it was given then): the new local target uses it too."""
+        new_local = local_target_of(generation.targets)
+        if new_local is not None and self.local_target is not None:
+            new_local.launcher = self.local_target.launcher
 
     def _reconfigure_limits(self, config: Any) -> None:
         """The counted connections and the penalties already given carry over a reload."""
@@ -416,6 +539,11 @@ class GatewayService(service.MultiService):
 # ---------------------------------------------------------------- start-up errors
 # An operator's mistake (port in use, wrong endpoint, state dir or host key unusable) ends
 # start-up with one line and exit status 1, never a traceback.
+
+
+class ListenError(Exception):
+    """An endpoint that cannot listen; the message says which and why, in one line. At
+    start-up it ends the gateway (StartupFailure); at a reload that endpoint is skipped."""
 
 
 class StartupFailure(SystemExit):

@@ -2,7 +2,9 @@
 the gateway dies without doing so itself (SIGKILL, a crash, the OOM killer).
 
 Each local session runs in a session and process group of its own (its leader's pid is
-the group id). The gateway tells the guard, through a pipe, which groups are live ("+PGID"
+the group id). When the gateway starts local programs itself (it has not dropped its
+privileges) the guard watches them; after a privilege drop the privileged spawner starts
+them and watches them the same way (gateway.targets.spawner). The gateway tells the guard, through a pipe, which groups are live ("+PGID"
 when a session starts, "-PGID" once its leader is reaped). The guard does nothing but read
 that pipe; when it reads end of file — the gateway is gone, since only the gateway holds
 the write end — it sends every group still listed SIGHUP and SIGCONT, then SIGKILL to
@@ -25,51 +27,17 @@ import sys
 
 from twisted.logger import Logger
 
+from gateway.targets import spawner
+
 log = Logger()
 
 # How long the guard waits between the hang-up and SIGKILL (the local target's own grace).
 GUARD_GRACE = 2.0
 
-# The guard itself: only the standard library, started with -I -S (no site, no
-# environment), so it starts fast and holds nothing of the gateway.
-GUARD_PROGRAM = r"""
-import os, signal, sys, time
-
-grace = float(sys.argv[1])
-groups = set()
-pending = b""
-while True:
-    try:
-        chunk = os.read(0, 65536)
-    except InterruptedError:
-        continue
-    if not chunk:
-        break
-    pending += chunk
-    *lines, pending = pending.split(b"\n")
-    for line in lines:
-        if line[:1] == b"+":
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
-
-
-def signal_groups(number):
-    for group in list(groups):
-        try:
-            os.killpg(group, number)
-        except (ProcessLookupError, PermissionError):
-            groups.discard(group)
-
-
-signal_groups(signal.SIGHUP)
-signal_groups(signal.SIGCONT)
-deadline = time.monotonic() + grace
-while groups and time.monotonic() < deadline:
-    time.sleep(0.05)
-    signal_groups(0)
-signal_groups(signal.SIGKILL)
-"""
+# The guard's program (gateway.targets.spawner, shared with the privileged spawner, which
+# ends its sessions' groups the same way): only the standard library, started with -I -S
+# (no site, no environment), so it starts fast and holds nothing of the gateway.
+GUARD_COMMAND = (sys.executable or "python3", "-I", "-S", spawner.__file__, "guard")
 
 
 class SessionGuard:
@@ -94,7 +62,7 @@ class SessionGuard:
         self._discard_process()
         try:
             self._process = subprocess.Popen(
-                [sys.executable or "python3", "-I", "-S", "-c", GUARD_PROGRAM, repr(self.grace)],
+                [*GUARD_COMMAND, repr(self.grace)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -28,17 +28,17 @@ SIGCONT, and SIGKILL ``kill_grace`` seconds later for whatever is still in it, b
 processes that ignore the hang-up included. If the gateway itself dies, the lifeline's
 guard process does the same (gateway.targets.lifeline). A session that ended normally
 leaves alone what it started in the background and no longer holds its output.
+
+The program is started by the target's launcher (gateway.targets.launchers): from this
+process, or, once the gateway has dropped its privileges, by the privileged spawner, which
+then keeps the leader's zombie and ends the groups if the gateway dies.
 """
 
 from __future__ import annotations
 
-import fcntl
-import grp
 import os
 import pwd
 import signal
-import subprocess
-import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +49,9 @@ from zope.interface import implementer
 
 from gateway.targets import fdio, ttymodes
 from gateway.targets.launch import LaunchSpec
+from gateway.targets.launchers import IChild, ILauncher, InProcessLauncher
 from gateway.targets.lifeline import SessionGuard, shared_guard
-from gateway.targets.reaper import ExitWatcher, group_has_others, returncode
+from gateway.targets.spawner import group_has_others
 from protocols.session import (
     ConnectionAddresses,
     ExitInfo,
@@ -85,12 +86,6 @@ SSH_SIGNALS: dict[str, int] = {
 _PTY_DRAIN_LIMIT = 4 * 1024 * 1024
 
 
-def _take_terminal() -> None:
-    # Runs in the child between fork and exec, after setsid(): make the pty (already on fd 0)
-    # the controlling terminal of the new session, so job control, ^C and SIGWINCH work.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 class LocalTarget:
     """Runs sessions as local processes. One instance serves the whole gateway."""
 
@@ -104,10 +99,16 @@ class LocalTarget:
         high_water: int = fdio.HIGH_WATER,
         low_water: int = fdio.LOW_WATER,
         guard: SessionGuard | None = None,
+        launcher: ILauncher | None = None,
     ) -> None:
         self.reactor = reactor
         # Ends the sessions' process groups should the gateway die (shared by default).
         self.guard = guard if guard is not None else shared_guard()
+        # Starts the programs: from this process, or (after a privilege drop) through the
+        # privileged spawner, which the service sets here before the drop.
+        self.launcher: ILauncher = (
+            launcher if launcher is not None else InProcessLauncher(reactor, self.guard)
+        )
         self.kill_grace = kill_grace
         self.path = path  # None: sshd's, by account (SUPERUSER_PATH for uid 0, else USER_PATH)
         self.read_chunk = read_chunk
@@ -239,30 +240,8 @@ def launch_spec(
     )
 
 
-def account_options(spec: LaunchSpec) -> dict[str, Any]:
-    """Popen's arguments that start the program as the spec's account. Run as root, the
-    child always takes the account's uid, gid and supplementary groups (as sshd's
-    initgroups and setuid do, for root's own sessions too); otherwise it can only be the
-    gateway's own account, which it already is."""
-    if os.geteuid() == 0:
-        return {"user": spec.uid, "group": spec.gid, "extra_groups": list(spec.groups)}
-    if spec.uid != os.geteuid():
-        raise PermissionError(
-            f"the gateway does not run as root and cannot start a session as {spec.login!r}"
-        )
-    return {}
 
 
-def give_terminal(fd: int, spec: LaunchSpec) -> None:
-    """Make the pty the session's account's, as sshd does (pty_setowner): owner the
-    account, group ``tty`` (if any), mode 0620 — so that it can open its own terminal."""
-    try:
-        group = grp.getgrnam("tty").gr_gid
-        mode = 0o620
-    except KeyError:
-        group, mode = spec.gid, 0o600
-    os.fchown(fd, spec.uid, group)
-    os.fchmod(fd, mode)
 
 
 @implementer(IPushProducer)
@@ -303,8 +282,7 @@ class LocalSession:
         self._client = client
         self.pid: int | None = None
         self.tty_name: str | None = None
-        self._popen: subprocess.Popen[bytes] | None = None
-        self._watcher: ExitWatcher | None = None
+        self._watcher: IChild | None = None  # the started program
         self._readers: list[fdio.ChunkReader] = []
         self._pty: fdio.ChunkReader | None = None
         self._stdin: fdio.WatermarkWriter | None = None
@@ -329,7 +307,6 @@ class LocalSession:
             self._fail_to_start(e)
             return
         self._target.sessions.add(self)
-        self._target.guard.register(self.pid)
         log.info(
             "local session for {user}: pid {pid} as {account}, {kind}{tty}",
             user=self.username,
@@ -359,20 +336,9 @@ class LocalSession:
                 opened.remove(fd)
             child_ends.clear()
 
-        def start(spec: LaunchSpec, stdin: int, stdout: int, stderr: int, **extra: Any) -> None:
-            self._popen = subprocess.Popen(
-                list(spec.argv),
-                executable=spec.executable,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                cwd=spec.cwd,
-                env=dict(spec.env),
-                close_fds=True,
-                restore_signals=True,
-                start_new_session=True,
-                **account_options(spec),
-                **extra,
+        def start(spec: LaunchSpec, stdin: int, stdout: int, stderr: int) -> None:
+            self._watcher = self._target.launcher.launch(
+                spec, stdin, stdout, stderr, self._process_exited
             )
             close_child_ends()
 
@@ -402,18 +368,16 @@ class LocalSession:
                 opened.append(writer_fd)
                 child_ends = [slave]
                 spec = launch_spec(account, self.request, self._target.path, tty=self.tty_name)
-                if os.geteuid() == 0:
-                    give_terminal(slave, spec)
-                start(spec, slave, slave, slave, preexec_fn=_take_terminal)
+                start(spec, slave, slave, slave)
                 # Output and errors share the terminal, so all of it is stdout.
                 self._pty = self._reader(master, self._client.write_stdout, "pty")
                 self._readers = [self._pty]
                 self._stdin = self._writer(writer_fd, ttymodes.eof_sequence)
         except BaseException:
-            if self._popen is not None:
-                # Started, but we cannot talk to it: do not leave it running unwatched.
-                self._popen.kill()
-                self._popen.wait()
+            if self._watcher is not None:
+                # Started, but we cannot talk to it: do not leave it running (it is
+                # released once it has ended: see _process_exited).
+                self._watcher.signal_group(signal.SIGKILL)
             for fd in opened:
                 try:
                     os.close(fd)
@@ -423,8 +387,8 @@ class LocalSession:
             self._stdin = None
             self._pty = None
             raise
-        self.pid = self._popen.pid
-        self._watcher = ExitWatcher(self._reactor, self.pid, self._process_exited)
+        assert self._watcher is not None
+        self.pid = self._watcher.pid
 
     def _reader(self, fd: int, deliver: Callable[[bytes], None], name: str) -> fdio.ChunkReader:
         return fdio.ChunkReader(
@@ -590,10 +554,10 @@ class LocalSession:
     # ---- the end ------------------------------------------------------------------------
 
     def _process_exited(self, info: ExitInfo) -> None:
+        if self._finished:  # killed after a failed start
+            self._release_pid()
+            return
         self._exit = info
-        if self._popen is not None:
-            # We reap it; tell Popen so that it never waits for that pid itself.
-            self._popen.returncode = returncode(info)
         log.info(
             "local session for {user}: pid {pid} ended ({how})",
             user=self.username,
@@ -662,8 +626,6 @@ class LocalSession:
         self._kill_call = self._group_poll = None
         if self._watcher is not None:
             self._watcher.reap()
-        if self.pid is not None:
-            self._target.guard.unregister(self.pid)
         self._notify_reaped()
 
     def _notify_reaped(self) -> None:

@@ -59,31 +59,6 @@ def returncode(info: ExitInfo) -> int:
     return -int(number) if number is not None else -1
 
 
-def group_has_others(pgid: int, leader: int) -> bool:
-    """Whether a live process other than ``leader`` is in process group ``pgid``.
-
-    Read from /proc (Linux); where it cannot be read, the answer is True, so that a caller
-    waiting for the group to empty falls back to its timeout.
-    """
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    wanted = str(pgid).encode()
-    for name in entries:
-        if not name.isdigit() or int(name) == leader:
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as stat:
-                # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-                fields = stat.read().rpartition(b")")[2].split()
-        except OSError:
-            continue  # ended meanwhile
-        if len(fields) > 2 and fields[2] == wanted and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
 def _open_pidfd(pid: int) -> int | None:
     opener = getattr(os, "pidfd_open", None)
     if opener is None or not hasattr(os, "P_PIDFD"):

@@ -26,12 +26,11 @@ from gateway.config import (
     parse_config,
 )
 from gateway.routing import RefusedSession, Router
-from gateway.targets import local
+from gateway.targets import local, spawner
 from gateway.targets.launch import LaunchSpec
 from gateway.targets.local import (
     SUPERUSER_PATH,
     USER_PATH,
-    account_options,
     connection_variables,
     launch_spec,
     session_environment,
@@ -327,19 +326,29 @@ def spec_for(uid: int, gid: int, groups=(5, 6)) -> LaunchSpec:
     return LaunchSpec("/bin/sh", ("sh",), {}, "/", "gwtest", uid, gid, tuple(groups), False)
 
 
+def started_with(monkeypatch, spec: LaunchSpec) -> dict:
+    """The Popen arguments spawner.start_program (both launchers' one way to start a
+    program) uses for ``spec``."""
+    seen: dict = {}
+    monkeypatch.setattr(spawner.subprocess, "Popen", lambda argv, **kw: seen.update(kw) or seen)
+    fields = {k: v for k, v in spec.__dict__.items() if k != "login"}
+    spawner.start_program(**fields, stdin=0, stdout=1, stderr=2)
+    return seen
+
+
 def test_as_root_the_program_always_takes_the_accounts_ids(monkeypatch):
-    monkeypatch.setattr(local.os, "geteuid", lambda: 0)
-    assert account_options(spec_for(1234, 1235, (1235, 27))) == {
-        "user": 1234, "group": 1235, "extra_groups": [1235, 27],
-    }  # fmt: skip
-    assert account_options(spec_for(0, 0, (0,))) == {"user": 0, "group": 0, "extra_groups": [0]}
+    monkeypatch.setattr(spawner.os, "geteuid", lambda: 0)
+    seen = started_with(monkeypatch, spec_for(1234, 1235, (1235, 27)))
+    assert (seen["user"], seen["group"], seen["extra_groups"]) == (1234, 1235, [1235, 27])
+    seen = started_with(monkeypatch, spec_for(0, 0, (0,)))
+    assert (seen["user"], seen["group"], seen["extra_groups"]) == (0, 0, [0])
 
 
 def test_not_as_root_only_the_own_account_starts(monkeypatch):
-    monkeypatch.setattr(local.os, "geteuid", lambda: 1000)
-    assert account_options(spec_for(1000, 1000)) == {}
-    with pytest.raises(PermissionError, match="does not run as root and cannot start a session"):
-        account_options(spec_for(1234, 1234))
+    monkeypatch.setattr(spawner.os, "geteuid", lambda: 1000)
+    assert "user" not in started_with(monkeypatch, spec_for(1000, 1000))
+    with pytest.raises(PermissionError, match="only root can start a program as uid 1234"):
+        started_with(monkeypatch, spec_for(1234, 1234))
 
 
 def test_the_pty_becomes_the_accounts(tmp_path):
@@ -347,7 +356,7 @@ def test_the_pty_becomes_the_accounts(tmp_path):
         pytest.skip("chown to another account needs root")
     master, slave = os.openpty()
     try:
-        local.give_terminal(slave, spec_for(1234, 1235))
+        spawner._give_terminal(slave, 1234, 1235)
         st = os.fstat(slave)
         tty = grp.getgrnam("tty").gr_gid
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1234, tty, 0o620)

@@ -68,9 +68,16 @@ def render_toml(config: dict) -> str:
 
 
 class GatewayProcess:
-    def __init__(self, workdir: Path, config: dict, nofile: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict,
+        nofile: int | None = None,
+        twistd_args: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.nofile = nofile  # the gateway's file descriptor limit (soft and hard), if set
+        self.twistd_args = tuple(twistd_args)  # before the plugin name (--uid, --gid)
         self.config = dict(config)
         self.config.setdefault("listen", ["tcp:0:interface=127.0.0.1"])
         self.config.setdefault("state_dir", str(workdir / "state"))
@@ -87,7 +94,8 @@ class GatewayProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         self.process = subprocess.Popen(
-            [sys.executable, *TWISTD, "-n", "--pidfile=", "--logfile=-", "sshgateway",
+            [sys.executable, *TWISTD, "-n", "--pidfile=", "--logfile=-", *self.twistd_args,
+             "sshgateway",
              "--config", str(self.config_path)],
             cwd=self.workdir,
             env=env,

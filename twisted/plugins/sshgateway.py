@@ -57,7 +57,10 @@ class GatewayServiceMaker:
         from gateway.service import make_service
 
         config = options["gateway_config"]
-        top = make_service(config)
+        # twistd's own --uid/--gid: it switches to them after privilegedStartService, and
+        # the gateway prepares the state directory and the spawner for that account.
+        twistd = getattr(options, "parent", None) or {}
+        top = make_service(config, uid=twistd.get("uid"), gid=twistd.get("gid"))
         log_format = options["log-format"] or getattr(config, "log_format", "text")
         if log_format == "json":
             from gateway.logformat import json_logging
