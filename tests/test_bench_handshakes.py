@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bench.handshakes import keyscan_batch, ssh1_handshake
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway_process import GatewayProcess, local_access
 from tests.support.peers import require_peer
 
 
@@ -18,7 +18,7 @@ def gateway(tmp_path_factory):
     (work / "authorized_keys").write_text("")
     config = {
         "protocols": ["1", "2"],
-        "users": {"bench": {"authorized_keys": str(work / "authorized_keys")}},
+        "users": {"bench": {"authorized_keys": str(work / "authorized_keys"), **local_access()}},
     }
     with GatewayProcess(work, config) as gw:
         yield gw
@@ -43,7 +43,7 @@ def test_a_refused_ssh1_handshake_is_not_counted(tmp_path):
     (work / "authorized_keys").write_text("")
     config = {
         "protocols": ["2"],
-        "users": {"bench": {"authorized_keys": str(work / "authorized_keys")}},
+        "users": {"bench": {"authorized_keys": str(work / "authorized_keys"), **local_access()}},
     }
     with GatewayProcess(work, config) as gw:
         assert not ssh1_handshake(gw.port)

@@ -7,6 +7,7 @@ import pytest
 from twisted.python import usage
 
 from gateway import version_line
+from tests.support.gateway_helpers import LOCAL_ACCESS
 from twisted.plugins.sshgateway import PluginOptions
 
 
@@ -14,7 +15,7 @@ def config_file(tmp_path, extra: str = "") -> str:
     path = tmp_path / "gw.toml"
     path.write_text(
         f'state_dir = "{tmp_path / "state"}"\n{extra}\n'
-        f'[users.alice]\nauthorized_keys = "{tmp_path / "ak"}"\n'
+        f'[users.alice]\nauthorized_keys = "{tmp_path / "ak"}"\n{LOCAL_ACCESS}'
     )
     return str(path)
 

@@ -12,12 +12,26 @@ from twisted.internet.testing import MemoryReactorClock
 
 from gateway.config import parse_config
 from gateway.service import (
+    ListenError,
     ListenerService,
     StartupFailure,
     listen_error,
     make_service,
     startup_failure,
 )
+from tests.support.gateway_helpers import LOCAL_ACCESS
+
+
+def start_listening(tmp_path, reactor, endpoint: str) -> None:
+    """Build the whole service on ``reactor`` with one endpoint and start it as twistd
+    does (privilegedStartService binds)."""
+    config = parse_config(
+        f'listen = ["{endpoint}"]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[users.alice]\nauthorized_keys = "{tmp_path}/ak"\n{LOCAL_ACCESS}',
+        "gw.toml",
+        tmp_path,
+    )
+    make_service(config, reactor).privilegedStartService()
 
 
 class RefusingReactor(MemoryReactorClock):
@@ -27,10 +41,9 @@ class RefusingReactor(MemoryReactorClock):
         raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "Address already in use"))
 
 
-def test_port_in_use_is_one_line_and_status_1(capsys):
-    listener = ListenerService(RefusingReactor(), "tcp:2222:interface=127.0.0.1", object())
+def test_port_in_use_is_one_line_and_status_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
-        listener.startService()
+        start_listening(tmp_path, RefusingReactor(), "tcp:2222:interface=127.0.0.1")
     assert stopped.value.code == 1
     assert capsys.readouterr().err == (
         "sshgateway: cannot listen on tcp:2222:interface=127.0.0.1: Address already in use "
@@ -47,18 +60,19 @@ def test_privileged_port_says_what_it_needs():
 
 
 @pytest.mark.parametrize("endpoint", ["systemd:domain=INET:index=0", "systemd:domain=INET:name=ssh"])
-def test_systemd_endpoint_without_the_socket(endpoint, capsys):
-    listener = ListenerService(MemoryReactorClock(), endpoint, object())
+def test_systemd_endpoint_without_the_socket(endpoint, tmp_path, capsys):
     with pytest.raises(StartupFailure) as stopped:
-        listener.startService()
+        start_listening(tmp_path, MemoryReactorClock(), endpoint)
     assert str(stopped.value).startswith(f"sshgateway: cannot listen on {endpoint}: systemd passed")
     assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_unparsable_endpoint_at_start(capsys):
+    # The listener says what is wrong in one line; the start-up turns it into the exit.
     listener = ListenerService(MemoryReactorClock(), "nosuchtype:1", object())
-    with pytest.raises(StartupFailure):
+    with pytest.raises(ListenError, match="^bad endpoint 'nosuchtype:1': "):
         listener.startService()
+
     assert capsys.readouterr().err.startswith("sshgateway: bad endpoint 'nosuchtype:1': ")
 
 
@@ -66,7 +80,7 @@ def test_state_dir_that_cannot_be_a_directory(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     config = parse_config(
-        f'state_dir = "{blocker / "state"}"\n[users.alice]\nauthorized_keys = "{tmp_path}/ak"\n',
+        f'state_dir = "{blocker / "state"}"\n[users.alice]\nauthorized_keys = "{tmp_path}/ak"\n{LOCAL_ACCESS}',
         "gw.toml",
         tmp_path,
     )

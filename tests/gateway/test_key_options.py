@@ -19,6 +19,8 @@ from protocols.auth import LoginContext, PartialAuthentication, SSH1RSAChallenge
 from protocols.session import UNRESTRICTED, IGatewayUser, SessionRequest
 from tests.support.doubles import Challenger, FakeSessionClient, FakeTarget
 from tests.support.gateway_helpers import (
+    LOCAL_ACCESS,
+    OWN_ACCOUNT,
     ROUTED_TARGETS,
     LogCapture,
     ed25519_key,
@@ -56,6 +58,7 @@ class Gateway:
 password = "{fast_hash("pw")}"
 authorized_keys = "{self.keys_file}"
 targets = {targets}
+os_user = "{OWN_ACCOUNT}"
 {extra_user}
 
 [session]
@@ -285,4 +288,5 @@ def test_environment_when_permitted_wins_over_the_clients(tmp_path):
 
 
 def test_permit_user_environment_defaults_to_off():
-    assert parse_config('[users.a]\npassword = "' + fast_hash("x") + '"\n').permit_user_environment is False
+    text = '[users.a]\npassword = "' + fast_hash("x") + '"\n' + LOCAL_ACCESS
+    assert parse_config(text).permit_user_environment is False

@@ -21,6 +21,7 @@ from gateway.lifecycle import CLOSE_WAIT, SHUTDOWN_REASON, Drain, shutdown_messa
 from gateway.sd_notify import Notifier, socket_address
 from gateway.service import make_service
 from tests.support.doubles import FakeDrainableHandoff
+from tests.support.gateway_helpers import LOCAL_ACCESS
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def write_config(
     keys.touch(mode=0o600)
     path.write_text(
         f'listen = [{listen}]\nstate_dir = "{tmp_path / "state"}"\nshutdown_grace = 5\n{extra}\n'
-        + "".join(f'[users.{u}]\nauthorized_keys = "{keys}"\n' for u in users.split())
+        + "".join(f'[users.{u}]\nauthorized_keys = "{keys}"\n{LOCAL_ACCESS}' for u in users.split())
     )
     return path
 

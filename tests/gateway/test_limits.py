@@ -31,6 +31,7 @@ from gateway.penalties import (
     PenaltyRules,
 )
 from protocols.record import ConnectionRecord
+from tests.support.gateway_helpers import LOCAL_ACCESS
 
 # --- max_startups --------------------------------------------------------------------------
 
@@ -249,7 +250,7 @@ def test_a_flood_that_stops_leaves_no_state_behind():
 
 # --- configuration -------------------------------------------------------------------------
 
-USER = '[users.alice]\nauthorized_keys = "keys"\n'
+USER = '[users.alice]\nauthorized_keys = "keys"\n' + LOCAL_ACCESS
 
 
 def test_the_defaults_are_openssh_s(tmp_path):

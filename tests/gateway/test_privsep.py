@@ -18,23 +18,24 @@ from gateway.config import ConfigError, parse_config
 from gateway.service import GatewayService, make_service, privilege_drop
 from gateway.targets import launchers
 from tests.support.accounts import require_root
+from tests.support.gateway_helpers import LOCAL_ACCESS
 from tools.cli import main as cli_main
 
 NOBODY = pwd.getpwnam("nobody")
 
 
-def config_text(tmp_path: Path, extra: str = "") -> str:
+def config_text(tmp_path: Path, extra: str = "", local: str = LOCAL_ACCESS) -> str:
     return f'''
 listen = ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.2"]
 state_dir = "{tmp_path / "state"}"
 {extra}
 [users.alice]
 authorized_keys = "{tmp_path / "authorized_keys"}"
-'''
+{local}'''
 
 
-def config_for(tmp_path: Path, extra: str = ""):
-    return parse_config(config_text(tmp_path, extra), "test.toml", tmp_path)
+def config_for(tmp_path: Path, extra: str = "", local: str = LOCAL_ACCESS):
+    return parse_config(config_text(tmp_path, extra, local), "test.toml", tmp_path)
 
 
 def test_endpoints_are_bound_before_the_privilege_drop(tmp_path):
@@ -139,9 +140,10 @@ def test_unknown_run_as_account_is_a_config_error(tmp_path):
 
 def test_run_as_another_account_needs_root(tmp_path, monkeypatch):
     monkeypatch.setattr(privsep.os, "geteuid", lambda: NOBODY.pw_uid)
+    as_nobody = 'targets = ["local"]\nos_user = "nobody"\n'
     with pytest.raises(ConfigError, match="only a gateway started as root can run as 'root'"):
-        config_for(tmp_path, 'run_as = "root"')
-    assert config_for(tmp_path, 'run_as = "nobody"').run_as == "nobody"  # its own
+        config_for(tmp_path, 'run_as = "root"', as_nobody)
+    assert config_for(tmp_path, 'run_as = "nobody"', as_nobody).run_as == "nobody"  # its own
 
 
 def test_check_config_reports_run_as(tmp_path):

@@ -33,7 +33,7 @@ from gateway.proxy_protocol import (
 )
 from gateway.service import make_service
 from protocols.handoff import IHandoffFactory
-from tests.support.gateway_helpers import LogCapture
+from tests.support.gateway_helpers import LOCAL_ACCESS, LogCapture
 
 LB = IPv4Address("TCP", "127.0.0.1", 40001)  # the load balancer's end of the connection
 GATEWAY = IPv4Address("TCP", "127.0.0.1", 2222)
@@ -322,7 +322,7 @@ state_dir = "{tmp_path / "state"}"
 protocols = ["1", "2"]
 [users.alice]
 authorized_keys = "{tmp_path / "authorized_keys"}"
-'''
+{LOCAL_ACCESS}'''
     return parse_config(text, "test.toml", tmp_path)
 
 

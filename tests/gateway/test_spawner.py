@@ -22,7 +22,6 @@ import pytest
 from twisted.internet.epollreactor import EPollReactor
 from zope.interface.verify import verifyObject
 
-from gateway.targets import local as local_module
 from gateway.targets import spawner
 from gateway.targets.launch import LaunchSpec
 from gateway.targets.launchers import IChild, ILauncher, InProcessLauncher, SpawnerLauncher
@@ -315,10 +314,7 @@ def launcher(reactor, account) -> Iterator[SpawnerLauncher]:
 
 
 @pytest.fixture
-def target(reactor, launcher, account, monkeypatch) -> LocalTarget:
-    # This branch's local target runs programs as the gateway's own account: make that
-    # the test account, so that the spawner is asked for it.
-    monkeypatch.setattr(local_module, "_account", lambda: account)
+def target(reactor, launcher, account) -> LocalTarget:
     return LocalTarget(reactor, kill_grace=0.3, launcher=launcher, guard=SessionGuard())
 
 
@@ -330,9 +326,12 @@ def spin(reactor, until: Callable[[], bool], timeout: float = DEADLINE) -> None:
         reactor.iterate(0.02)
 
 
-def run(reactor, target, command: bytes, pty: PtyRequest | None = None) -> FakeSessionClient:
+def run(
+    reactor, target, command: bytes, pty: PtyRequest | None = None, os_user: str = LOCAL_USER
+) -> FakeSessionClient:
     client = FakeSessionClient()
-    session = target.open_session("alice", SessionRequest(command=command, pty=pty), client)
+    request = SessionRequest(command=command, pty=pty)
+    session = target.open_session("alice", request, client, os_user=os_user)
     session.close_stdin()
     spin(reactor, lambda: client.exit is not None)
     return client
@@ -363,7 +362,7 @@ def test_pty_belongs_to_the_account(reactor, target, account):
 def test_signal_reaches_the_program(reactor, target):
     client = FakeSessionClient()
     session = target.open_session(
-        "alice", SessionRequest(command=b"echo ready; exec sleep 30"), client
+        "alice", SessionRequest(command=b"echo ready; exec sleep 30"), client, os_user=LOCAL_USER
     )
     spin(reactor, lambda: b"ready" in client.out)
     session.send_signal("TERM")
@@ -376,7 +375,9 @@ IGNORES_HUP = b"sh -c 'trap \"\" HUP; echo $$; exec sleep 30' & wait"
 
 def test_hang_up_ends_the_group(reactor, target):
     client = FakeSessionClient()
-    session = target.open_session("alice", SessionRequest(command=IGNORES_HUP), client)
+    session = target.open_session(
+        "alice", SessionRequest(command=IGNORES_HUP), client, os_user=LOCAL_USER
+    )
     spin(reactor, lambda: client.out.endswith(b"\n"))
     child = int(client.out)
     reaped = session.when_reaped()
@@ -388,7 +389,9 @@ def test_hang_up_ends_the_group(reactor, target):
 
 def test_gateway_gone_ends_every_group(reactor, target, launcher):
     client = FakeSessionClient()
-    session = target.open_session("alice", SessionRequest(command=IGNORES_HUP), client)
+    session = target.open_session(
+        "alice", SessionRequest(command=IGNORES_HUP), client, os_user=LOCAL_USER
+    )
     spin(reactor, lambda: client.out.endswith(b"\n"))
     child = int(client.out)
     leader = session.pid
@@ -397,10 +400,9 @@ def test_gateway_gone_ends_every_group(reactor, target, launcher):
     assert launcher.process.returncode == 0
 
 
-def test_refused_account_is_a_failed_start(reactor, launcher, monkeypatch):
-    monkeypatch.setattr(local_module, "_account", lambda: pwd.getpwnam("root"))
+def test_refused_account_is_a_failed_start(reactor, launcher):
     target = LocalTarget(reactor, launcher=launcher, guard=SessionGuard())
-    client = run(reactor, target, b"id")
+    client = run(reactor, target, b"id", os_user="root")
     assert client.exit == ExitInfo(status=126)
     assert b"spawner refused" in client.err
 
@@ -421,7 +423,9 @@ def test_missing_program_is_a_failed_start(reactor, launcher, account):
 
 def test_spawner_death_ends_its_sessions_and_later_starts_fail(reactor, target, launcher):
     client = FakeSessionClient()
-    session = target.open_session("alice", SessionRequest(command=b"exec sleep 30"), client)
+    session = target.open_session(
+        "alice", SessionRequest(command=b"exec sleep 30"), client, os_user=LOCAL_USER
+    )
     assert verifyObject(IChild, session._watcher)
     os.kill(launcher.process.pid, signal.SIGKILL)
     launcher.process.wait(5)

@@ -27,7 +27,7 @@ from tests.support.clients import (
     ssh_argv,
     write_authorized_keys,
 )
-from tests.support.gateway_process import GatewayProcess, render_toml
+from tests.support.gateway_process import GatewayProcess, local_access, render_toml
 from tests.support.sshd import keygen
 
 pytestmark = pytest.mark.peer
@@ -40,7 +40,7 @@ LONG_SESSION = "echo started; sleep 120; echo ended by itself"
 
 
 def user(password_hash: str, authorized_keys: Path) -> dict:
-    return {"password": password_hash, "authorized_keys": str(authorized_keys)}
+    return {"password": password_hash, "authorized_keys": str(authorized_keys), **local_access()}
 
 
 def gateway_config(tmp_path: Path, names: tuple[str, ...]) -> tuple[dict, Path]:

@@ -11,6 +11,8 @@ import sys
 import pytest
 
 from gateway.hostkeys import RSA_FILE, load_or_create_host_keys
+from tests.support.gateway_helpers import LOCAL_ACCESS
+from tests.support.gateway_process import local_access
 from tests.support.ops_process import gateway_env, run_once
 from tests.support.peers import require_peer
 
@@ -27,7 +29,7 @@ def base(tmp_path, state_dir, listen="tcp:0:interface=127.0.0.1") -> dict:
     return {
         "listen": [listen],
         "state_dir": str(state_dir),
-        "users": {"alice": {"authorized_keys": str(tmp_path / "authorized_keys")}},
+        "users": {"alice": {"authorized_keys": str(tmp_path / "authorized_keys"), **local_access()}},
     }
 
 
@@ -112,7 +114,7 @@ def test_host_key_unreadable(tmp_path, state_with_keys):
 def test_config_error(tmp_path):
     config = tmp_path / "gw.toml"
     config.write_text(
-        f'listen = ["tcp:0"]\nprotocol = ["2"]\n[users.alice]\nauthorized_keys = "{tmp_path}/ak"\n'
+        f'listen = ["tcp:0"]\nprotocol = ["2"]\n[users.alice]\nauthorized_keys = "{tmp_path}/ak"\n{LOCAL_ACCESS}'
     )
     result = subprocess.run(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",

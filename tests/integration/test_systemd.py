@@ -14,6 +14,7 @@ import pytest
 
 from gateway.hostkeys import load_or_create_host_keys
 from tests.support.clients import PASSWORD, keyed_config, plink1_argv, ssh_argv
+from tests.support.gateway_helpers import LOCAL_ACCESS
 from tests.support.gateway_process import REPO
 from tests.support.ops_process import SocketActivatedGateway
 from tests.support.peers import require_peer
@@ -144,7 +145,7 @@ def test_the_units_examples_pass_check_config(tmp_path):
         config = tmp_path / "gw.toml"
         config.write_text(
             f'listen = {listen}\nstate_dir = "{tmp_path / "state"}"\n'
-            f'[users.alice]\nauthorized_keys = "{tmp_path / "ak"}"\n'
+            f'[users.alice]\nauthorized_keys = "{tmp_path / "ak"}"\n{LOCAL_ACCESS}'
         )
         result = sshgateway_cli("check-config", str(config), check=False)
         assert result.returncode == 0 and result.stdout.endswith("OK\n"), result.stdout

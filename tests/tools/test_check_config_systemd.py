@@ -7,6 +7,7 @@ import io
 
 import pytest
 
+from tests.support.gateway_helpers import LOCAL_ACCESS
 from tools import cli
 
 
@@ -14,7 +15,7 @@ def check(tmp_path, listen: str) -> tuple[int, str]:
     config = tmp_path / "gw.toml"
     config.write_text(
         f'listen = ["{listen}"]\nstate_dir = "{tmp_path / "state"}"\n'
-        f'[users.alice]\nauthorized_keys = "{tmp_path / "ak"}"\n'
+        f'[users.alice]\nauthorized_keys = "{tmp_path / "ak"}"\n{LOCAL_ACCESS}'
     )
     out = io.StringIO()
     status = cli.main(["check-config", str(config)], stdout=out, stderr=io.StringIO())
