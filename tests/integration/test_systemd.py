@@ -5,6 +5,7 @@ PuTTY's SSH-1, and the shipped unit files (``contrib/``) as systemd reads them."
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -65,6 +66,36 @@ def test_socket_activation_by_name_openssh_and_plink1(tmp_path):
         assert plink.returncode == 0, plink.stderr + gw.log_text()[-3000:]
         assert plink.stdout.strip() == "plink1-via-systemd"
         assert PASSWORD not in gw.log_text()
+
+
+def test_socket_activation_with_notify_socket(tmp_path):
+    """As systemd runs the shipped Type=notify unit: socket-activated, with NOTIFY_SOCKET.
+    A login works, and READY=1, RELOADING=1 (SIGHUP) and STOPPING=1 (SIGTERM) arrive."""
+    gw, key = activated(tmp_path, "systemd:domain=INET:name=ssh", fdname="ssh")
+    path = tmp_path / "notify.sock"
+    heard: list[str] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(path))
+        notify.settimeout(60)
+        gw.extra_env["NOTIFY_SOCKET"] = str(path)
+
+        def until(state: str) -> None:
+            while state not in heard:
+                heard.extend(notify.recv(4096).decode().split("\n"))
+
+        with gw:
+            result = subprocess.run(
+                ssh_argv(gw, key, "echo notified"), capture_output=True, text=True, timeout=90
+            )
+            assert (result.returncode, result.stdout) == (0, "notified\n"), result.stderr
+            until("READY=1")
+            gw.process.send_signal(signal.SIGHUP)
+            until("RELOADING=1")
+            gw.process.send_signal(signal.SIGTERM)
+            until("STOPPING=1")
+            assert gw.process.wait(30) == 0
+    states = [line for line in heard if line in ("READY=1", "RELOADING=1", "STOPPING=1")]
+    assert states == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], heard
 
 
 def test_socket_activation_by_index(tmp_path):

@@ -68,6 +68,7 @@ class OptionsGateway(GatewayProcess):
     def __init__(self, workdir: Path, config: dict, *plugin_args: str) -> None:
         super().__init__(workdir, config)
         self.plugin_args = plugin_args
+        self.extra_env: dict[str, str] = {}  # e.g. NOTIFY_SOCKET, which gateway_env drops
 
     def argv(self) -> list[str]:
         return twistd_argv(self.config_path, *self.plugin_args)
@@ -75,7 +76,8 @@ class OptionsGateway(GatewayProcess):
     def start(self, timeout: float = 60.0) -> OptionsGateway:
         self.config_path.write_text(render_toml(self.config))
         self.process = subprocess.Popen(
-            self.argv(), cwd=self.workdir, env=gateway_env(), stdin=subprocess.DEVNULL,
+            self.argv(), cwd=self.workdir, env={**gateway_env(), **self.extra_env},
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, **self.popen_extra(),
         )  # fmt: skip
@@ -115,6 +117,8 @@ class SocketActivatedGateway(OptionsGateway):
         activator = require_peer("systemd-socket-activate")["systemd-socket-activate"]
         fd = self.listener.fileno()
         names = [f"--fdname={self.fdname}"] if self.fdname else []
+        # The activator gives the program a fresh environment: pass ours on by name.
+        names += [f"--setenv={name}" for name in self.extra_env]
         return [sys.executable, "-c", _HAND_OVER, str(fd), activator, *names, *super().argv()]
 
     def popen_extra(self) -> dict:
