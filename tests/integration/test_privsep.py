@@ -8,7 +8,6 @@ Root only (accounts are created with useradd): skipped without root, failed unde
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import UserConfig
 from tests.support.accounts import (
     LOCAL_USER,
     RUN_AS,
@@ -47,10 +45,6 @@ def workdir() -> Iterator[Path]:
         yield path
 
 
-def has_os_user() -> bool:
-    return "os_user" in {f.name for f in dataclasses.fields(UserConfig)}
-
-
 def gateway(
     workdir: Path,
     *,
@@ -65,12 +59,10 @@ def gateway(
     if run_as:
         extra["run_as"] = RUN_AS
     config, key = keyed_config(workdir, **extra)
-    if os_user is not None:
-        if not has_os_user():
-            pytest.skip("[users.NAME] os_user (issue 11's access part) is not on this branch yet")
-        ensure_account(os_user)
-        config["users"]["alice"].update(os_user=os_user, targets=["local"])
     account = ensure_account(RUN_AS)
+    # Without another account named, alice's local sessions run as the gateway's own.
+    ensure_account(os_user or RUN_AS)
+    config["users"]["alice"].update(os_user=os_user or RUN_AS, targets=["local"])
     os.chown(config["users"]["alice"]["authorized_keys"], account.pw_uid, account.pw_gid)
     return GatewayProcess(workdir, config, twistd_args=twistd_args), key, port
 
@@ -94,8 +86,8 @@ def check_dropped_gateway(gw: GatewayProcess, key: Path, port: int) -> None:
     assert wait_for(lambda: process_user(gw.pid) == RUN_AS), process_user(gw.pid)
     spawner = spawner_pid(gw)
     assert process_user(spawner) == "root"
-    # A login, and a local program started by the spawner (the shell's parent), as the
-    # gateway's account (the only one on this branch's local target).
+    # A login, and a local program started by the spawner (the shell's parent), as alice's
+    # os_user: here the gateway's own account.
     out = subprocess.run(
         ssh_argv(gw, key, "id -un; echo $PPID"), capture_output=True, text=True, timeout=30
     )
@@ -150,7 +142,7 @@ def test_local_session_runs_as_its_os_user_through_the_spawner(workdir):
         assert out.stdout.split() == [LOCAL_USER, str(spawner_pid(gw))]
 
 
-# The gateway's own account (this branch's local target) and an os_user account.
+# alice's os_user: the gateway's own account, or another.
 SESSION_ACCOUNTS = pytest.mark.parametrize("os_user", [None, LOCAL_USER], ids=["run_as", "os_user"])
 
 
