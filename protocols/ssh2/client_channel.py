@@ -1,7 +1,8 @@
 """The gateway client's SSH-2 connection service and its one session channel: pty-req
-with the client's terminal, then exec, shell or a subsystem (sftp, relayed); output to the sink, input from the bridge
-with flow control both ways (:class:`UpstreamSession`), and the exit status or signal.
-The upstream may not open channels towards us (no forwarding)."""
+with the client's terminal, then exec, shell or a subsystem (the client's sftp, relayed);
+output to the sink, input from the bridge with flow control both ways
+(:class:`UpstreamSession`), and the exit status or signal. The upstream may not open
+channels towards us (no forwarding)."""
 
 from __future__ import annotations
 
