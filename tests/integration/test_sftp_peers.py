@@ -3,7 +3,7 @@ real gateway process, to ``local`` (sftp-server run as alice's ``os_user``, a th
 account) and to a real sshd device (``alice+host2``, the subsystem relayed to its own
 sftp-server); the refusals on SSH-1 and telnet devices and for unknown subsystems as the
 clients show them; ``scp -O`` still passes through as a command; the flow record names
-the subsystem.
+the subsystem. paramiko's SFTPClient (as automation uses it) and PuTTY's psftp too.
 
 Needs root (the local sessions run as another account); otherwise skipped with the reason,
 a failure under ``CI=true``.
@@ -21,8 +21,17 @@ from pathlib import Path
 import pytest
 
 from tests.support.accounts import os_account
-from tests.support.clients import base_config, hash_password, openssh_argv, ssh2_device
+from tests.support.clients import (
+    PASSWORD,
+    base_config,
+    hash_password,
+    openssh_argv,
+    ssh2_device,
+    ssh2_fingerprint,
+)
 from tests.support.gateway_process import GatewayProcess
+from tests.support.peers import require_peer
+from tests.support.python_clients import paramiko_client
 
 pytestmark = pytest.mark.peer
 
@@ -216,3 +225,50 @@ def test_the_flow_record_names_the_subsystem(gw, client_keys):
     # session is bytes to the gateway.
     assert set(legs) == {"server", "client"}, legs
     assert legs["client"]["link"] == legs["server"]["id"]
+
+
+# -- other SFTP clients: paramiko (automation) and PuTTY's psftp -------------------------------
+
+
+@pytest.mark.parametrize("user", ["alice", "alice+host2"])
+def test_paramiko_sftp_client_puts_stats_and_gets(gw, account, client_keys, tmp_path, user):
+    client = paramiko_client(gw, user=user, key_filename=str(client_keys["ed25519"]))
+    data = os.urandom(1024 * 1024 + 7)
+    remote = "paramiko.bin" if user == "alice" else str(tmp_path / "paramiko.bin")
+    try:
+        sftp = client.open_sftp()
+        with sftp.open(remote, "wb") as f:
+            f.write(data)
+        assert sftp.stat(remote).st_size == len(data)
+        with sftp.open(remote, "rb") as f:
+            assert f.read() == data
+        sftp.close()
+    finally:
+        client.close()
+    if user == "alice":
+        assert home_file(account, remote).stat().st_uid == account.pw_uid
+
+
+def sftp_on_local(gw) -> int:
+    return sum("alice: sftp on local: " in line for line in list(gw.output))
+
+
+def test_psftp_batch_put_and_get_to_local(gw, account, tmp_path):
+    # psftp falls back to running sftp-server as a command when the subsystem request
+    # fails: only the log line shows that it was the subsystem that served it.
+    tools = require_peer("psftp")
+    before = sftp_on_local(gw)
+    source, back = tmp_path / "p.bin", tmp_path / "p-back.bin"
+    source.write_bytes(os.urandom(300 * 1024))
+    (tmp_path / "batch").write_text(f"put {source} psftp.bin\nget psftp.bin {back}\n")
+    result = run([
+        tools["psftp"], "-batch", "-hostkey", ssh2_fingerprint(gw), "-P", str(gw.port),
+        "-pw", PASSWORD, "-b", str(tmp_path / "batch"), "alice@127.0.0.1",
+    ])  # fmt: skip
+    ok(result, gw)
+    assert back.read_bytes() == source.read_bytes()
+    assert home_file(account, "psftp.bin").stat().st_uid == account.pw_uid
+    deadline = time.monotonic() + 10  # the log is read from the gateway's output by a thread
+    while sftp_on_local(gw) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sftp_on_local(gw) == before + 1
