@@ -147,6 +147,15 @@ def _account_exists(name: str) -> bool:
     return True
 
 
+# Where OpenSSH packages put sftp-server (Debian and Ubuntu; RHEL, Fedora and SUSE; Arch):
+# the program that serves `subsystem sftp` on local unless [session] sftp_server names one.
+SFTP_SERVER_PATHS = (
+    "/usr/lib/openssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+    "/usr/lib/ssh/sftp-server",
+)
+
+
 @dataclass(frozen=True)
 class FlowsConfig:
     """The ``[flows]`` table: flow recording (gateway.flows)."""
@@ -173,6 +182,8 @@ class GatewayConfig:
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
     # Whether authorized_keys environment="NAME=value" options reach the session.
     permit_user_environment: bool = False
+    # The program that serves `subsystem sftp` on local; None: the usual places.
+    sftp_server: Path | None = None
     ssh2: SSH2Settings = field(default_factory=SSH2Settings)
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
@@ -782,6 +793,10 @@ SCHEMA: tuple[Key, ...] = (
         'whether an authorized_keys `environment="NAME=value"` option sets NAME for the '
         "session (as sshd's `PermitUserEnvironment`); when off, the key still works and the "
         "option is ignored with a log line"),
+    Key("session", "sftp_server", FilePath(), None,
+        "the program that serves `subsystem sftp` (scp, sftp) on `local`, run as the user's "
+        "`os_user` like sshd's `Subsystem sftp`",
+        shown=f"the first of {_names(SFTP_SERVER_PATHS)} that exists"),
 
     Key("ssh2", "kex", Texts(as_names=True), _SSH2.kex,
         f"key exchange, in order of preference; {_opt_in(ssh2_known(SSH2_SERVER, 'kex'), _SSH2.kex)}"),
@@ -1272,6 +1287,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         auth_limits=AuthLimits(**auth),
         env_allow=session["env_allow"],
         permit_user_environment=session["permit_user_environment"],
+        sftp_server=session["sftp_server"],
         ssh2=ssh2,
         ssh1=ssh1,
         flows=flows,

@@ -25,6 +25,10 @@ A user reaches ``local`` only when its ``targets`` names it; its sessions there 
 OS account its ``os_user`` names (the config makes sure there is one; a user without one
 is refused here too, never run as the gateway's own account).
 
+A subsystem request (SSH-2 ``subsystem sftp``) goes to the target the same way (never to
+the menu); what serves it there is chosen by :meth:`Router.open_subsystem`, the one place
+that knows which target protocol has SFTP and how.
+
 Targets are built by :func:`build_router` from the config: ``local`` is one
 ``LocalTarget``; upstream targets are ``XTarget(reactor, config, known_hosts)``, the class
 of their protocol in ``gateway.targets.registry``.
@@ -33,7 +37,8 @@ of their protocol in ``gateway.targets.registry``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -41,7 +46,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gateway.config import LOCAL_TARGET, GatewayConfig
+from gateway.config import LOCAL_TARGET, SFTP_SERVER_PATHS, GatewayConfig
 from gateway.known_hosts import KnownHosts
 from gateway.targets.local import LocalTarget
 from gateway.targets.registry import TARGET_PROTOCOLS
@@ -54,6 +59,7 @@ from protocols.session import (
     SessionRequest,
     WindowSize,
 )
+from protocols.session_values import SFTP_SUBSYSTEM
 
 log = Logger()
 
@@ -76,22 +82,41 @@ def _apply_key_options(
     request: SessionRequest,
     forced_command: bytes | None,
     environment: Mapping[str, str] | None,
+    subsystem_command: bytes | None = None,
 ) -> tuple[SessionRequest, bytes | None]:
     """``request`` with the key's forced command and environment; and the client's own
-    command when the forced one replaced it (None for a shell request, as sshd)."""
+    command when the forced one replaced it (None for a shell request, as sshd). A forced
+    command replaces a subsystem too (as sshd); then the original command is
+    ``subsystem_command``, what the subsystem would have run."""
     env = dict(request.env)
     env.update(environment or {})  # the key's variables win over the client's
     original = None
     command = request.command
+    subsystem = request.subsystem
     if forced_command is not None:
         original = request.command
+        asked = "command" if original is not None else "shell"
+        if subsystem is not None:
+            original, asked = subsystem_command, f"subsystem {subsystem}"
+            subsystem = None
         command = forced_command
         log.info(
             "routing: {user}: the key's forced command replaces the client's {asked}",
             user=username,
-            asked="command" if original is not None else "shell",
+            asked=asked,
         )
-    return dataclasses.replace(request, command=command, env=env), original
+    return dataclasses.replace(request, command=command, env=env, subsystem=subsystem), original
+
+
+def find_sftp_server(
+    configured: os.PathLike[str] | str | None, paths: Sequence[str] = SFTP_SERVER_PATHS
+) -> str | None:
+    """The sftp-server program for ``local``: ``configured`` (``[session] sftp_server``)
+    if given, else the first of ``paths``; None when it is not an executable file."""
+    for path in (os.fspath(configured),) if configured is not None else paths:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def split_login(login: str) -> tuple[str, str | None]:
@@ -417,7 +442,13 @@ class Router:
         refusal."""
         original: bytes | None = None
         if forced_command is not None or environment:
-            request, original = _apply_key_options(username, request, forced_command, environment)
+            subsystem_command = None
+            if forced_command is not None and request.subsystem is not None:
+                server = find_sftp_server(self.config.sftp_server)
+                subsystem_command = (server or request.subsystem).encode("utf-8")
+            request, original = _apply_key_options(
+                username, request, forced_command, environment, subsystem_command
+            )
         allowed = self.allowed(username)
         if target is not None:
             if target not in allowed:
@@ -437,7 +468,7 @@ class Router:
             return self.open_target(
                 username, user.target, request, client, password=password, original_command=original
             )
-        if request.command is None and len(allowed) > 1:
+        if request.command is None and request.subsystem is None and len(allowed) > 1:
             return MenuSession(
                 self, username, request, client, allowed, password, timeout=self.menu_timeout
             )
@@ -476,12 +507,104 @@ class Router:
         is the client's command that a forced command replaced."""
         if name not in self.allowed(username):
             return self.refuse(client, not_available(name, username))
-        target = self.targets[name]
         config = self.config.targets.get(name)
         log.info("routing: {user} -> {target}", user=username, target=name)
         flow = open_flow(getattr(client, "flow_id", None))
         if flow is not None:
             flow.target = name  # the client leg's record says where its session went
+        if request.subsystem is not None:
+            protocol = "local" if config is None else config.protocol
+            return self.open_subsystem(username, name, protocol, request, client, password)
+        return self._start(username, name, request, client, password, original_command)
+
+    def open_subsystem(
+        self,
+        username: str,
+        name: str,
+        protocol: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        password: str | None = None,
+    ) -> ISessionTarget:
+        """The one place that picks what serves ``request.subsystem`` on target ``name``
+        (already allowed), by the target's protocol:
+
+        - ``local``: the system's sftp-server (``[session] sftp_server``, else the usual
+          places), run as the user's ``os_user`` through its shell, as sshd does;
+        - ``ssh2``: relayed to the device, whose own server answers over the bridged channel;
+        - ``ssh1``: refused for now (SSH-1 has no subsystems; a gateway-side SFTP server
+          turning files into scp on the device plugs in here);
+        - ``telnet`` and anything else: refused.
+
+        Refusals are one stderr line and exit status 255 after the request succeeded: the
+        client then shows the reason (OpenSSH's sftp and scp print it before "Connection
+        closed"), which a failed request would not."""
+        subsystem = request.subsystem or ""
+        if subsystem != SFTP_SUBSYSTEM:
+            return self._refuse_subsystem(username, name, subsystem, client, "unknown subsystem")
+        if protocol == "local":
+            server = find_sftp_server(self.config.sftp_server)
+            if server is None:
+                log.error(
+                    "routing: no sftp-server for local: {where} is not an executable file",
+                    where=self.config.sftp_server or ", ".join(SFTP_SERVER_PATHS),
+                )
+                return self._refuse_subsystem(
+                    username, name, subsystem, client, "the gateway host has no sftp-server"
+                )
+            log.info(
+                "routing: {user}: sftp on {target}: {server}",
+                user=username,
+                target=name,
+                server=server,
+            )
+            command = server.encode("utf-8", "surrogateescape")
+            return self._start(
+                username, name, dataclasses.replace(request, command=command), client, password
+            )
+        if protocol == "ssh2":
+            log.info(
+                "routing: {user}: sftp on {target}: relayed to the device",
+                user=username,
+                target=name,
+            )
+            return self._start(username, name, request, client, password)
+        if protocol == "ssh1":
+            return self._refuse_subsystem(
+                username,
+                name,
+                subsystem,
+                client,
+                "SSH-1 devices have no SFTP here yet; use scp -O (the rcp protocol)",
+            )
+        return self._refuse_subsystem(
+            username, name, subsystem, client, f"{protocol} devices have no SFTP or file transfer"
+        )
+
+    def _refuse_subsystem(
+        self, username: str, name: str, subsystem: str, client: ISessionClient, why: str
+    ) -> ISessionTarget:
+        log.info(
+            "routing: {user} asked for subsystem {subsystem!r} on {target}: refused ({why})",
+            user=username,
+            subsystem=_printable(subsystem),
+            target=name,
+            why=why,
+        )
+        return self.refuse(client, f"{_printable(subsystem)} on {name}: {why}")
+
+    def _start(
+        self,
+        username: str,
+        name: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        password: str | None,
+        original_command: bytes | None = None,
+    ) -> ISessionTarget:
+        """Start ``request`` on target ``name`` (already allowed) as its protocol takes it."""
+        target = self.targets[name]
+        config = self.config.targets.get(name)
         if config is None or config.protocol == "local":
             user = self.config.users.get(username)
             if user is None or user.os_user is None:

@@ -71,6 +71,14 @@ class SessionRequest:
     env: dict[str, str] = field(default_factory=dict)  # already filtered by the front end's caller
     # The connection the request came over; None where there is none to tell (tests, tools).
     addresses: ConnectionAddresses | None = None
+    # An SSH-2 "subsystem" request's name (then ``command`` is None): the Router decides
+    # per target what serves it (gateway.routing).
+    subsystem: str | None = None
+
+
+# The subsystems a session may ask for; the front end refuses any other name at once.
+SFTP_SUBSYSTEM = "sftp"
+KNOWN_SUBSYSTEMS = frozenset({SFTP_SUBSYSTEM})
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ NOT_RUNNABLE = {
     "ssh1 -1 -v": "an option named in prose, not a command; tests/ssh1/test_peers.py "
     "checks the fingerprint it shows",
     "plink -hostkey": "an option named in prose; every plink test pins the key with it",
+    "scp -O": "an option named in prose; the SFTP and scp section's example runs it",
+    "scp -t PATH": "the device's side of scp -O, named in prose",
+    "scp -f PATH": "the device's side of scp -O, named in prose",
 }
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=\S*")

@@ -1,7 +1,8 @@
 """The gateway client's SSH-2 connection service and its one session channel: pty-req
-with the client's terminal, then exec or shell; output to the sink, input from the bridge
-with flow control both ways (:class:`UpstreamSession`), and the exit status or signal.
-The upstream may not open channels towards us (no forwarding)."""
+with the client's terminal, then exec, shell or a subsystem (the client's sftp, relayed);
+output to the sink, input from the bridge with flow control both ways
+(:class:`UpstreamSession`), and the exit status or signal. The upstream may not open
+channels towards us (no forwarding)."""
 
 from __future__ import annotations
 
@@ -107,16 +108,26 @@ class SessionChannel(channel.SSHChannel):
             log.info("ssh2 upstream {name}: pty request refused", name=self.attempt.name)
         if self.attempt.flow is not None and self.attempt.request.pty is not None:
             self.attempt.flow.request("pty-req", "failure" if isinstance(result, Failure) else "success")
-        command = self.attempt.request.command
-        if command is None:
+        request = self.attempt.request
+        if request.subsystem is not None:
+            # Relayed as asked: the device's own server (its sftp-server) speaks to the
+            # client, through this channel and its windows, as exec output does.
+            d = self.conn.sendRequest(
+                self, b"subsystem", common.NS(request.subsystem.encode("utf-8")), wantReply=True
+            )
+        elif request.command is None:
             d = self.conn.sendRequest(self, b"shell", b"", wantReply=True)
         else:
-            d = self.conn.sendRequest(self, b"exec", common.NS(command), wantReply=True)
+            d = self.conn.sendRequest(self, b"exec", common.NS(request.command), wantReply=True)
         d.addCallbacks(self._started, self._refused)
 
     def _flow_exec(self, result: str) -> None:
         if self.attempt.flow is not None:
-            name = "shell" if self.attempt.request.command is None else "exec"
+            request = self.attempt.request
+            if request.subsystem is not None:
+                name = f"subsystem {request.subsystem}"
+            else:
+                name = "shell" if request.command is None else "exec"
             self.attempt.flow.request(name, result)
 
     def _started(self, _: Any) -> None:
@@ -126,7 +137,11 @@ class SessionChannel(channel.SSHChannel):
 
     def _refused(self, failure: Failure) -> None:
         self._flow_exec("failure")
-        what = "shell" if self.attempt.request.command is None else "command"
+        request = self.attempt.request
+        if request.subsystem is not None:
+            what = f"{short(request.subsystem.encode('utf-8'))} subsystem"
+        else:
+            what = "shell" if request.command is None else "command"
         self.attempt.fail(SSH2ClientError(f"upstream refused to start the {what}"))
         self.attempt.drop()
 

@@ -1,9 +1,11 @@
 """The SSH-2 "session" channel, glued to the shared session model.
 
 One :class:`SessionChannel` per session channel: it collects pty-req and env, starts the
-target on shell/exec through ``IGatewayUser.open_session``, and then carries data, EOF,
-window changes, signals and the exit status between client and target. It is the
-target's ISessionClient, and an IPushProducer for the target (client input).
+target on shell, exec or subsystem through ``IGatewayUser.open_session`` (a subsystem the
+gateway does not know is refused at the request; what serves a known one is the Router's
+choice), and then carries data, EOF, window changes, signals and the exit status between
+client and target. It is the target's ISessionClient, and an IPushProducer for the target
+(client input).
 
 Flow control, both ways:
 - out: Conch's channel buffers writes beyond the client's window without limit; when the
@@ -45,6 +47,7 @@ from protocols.session import (
     WindowSize,
     addresses_of,
 )
+from protocols.session_values import KNOWN_SUBSYSTEMS
 from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.wire import Reader, WireError, string, u32
 
@@ -57,6 +60,7 @@ MAX_ENV_NAME = 256
 MAX_ENV_VALUE = 32 * 1024
 MAX_ENV_VARS = 64
 MAX_SIGNAL = 32
+MAX_SUBSYSTEM = 64
 MAX_DIMENSION = 0xFFFF  # struct winsize holds unsigned shorts
 
 # After the client closed the channel, how long the program may take to end before it is
@@ -83,6 +87,11 @@ def parse_modes(encoded: bytes) -> tuple[tuple[int, int], ...]:
         if opcode in KNOWN_MODES:
             modes.append((opcode, value))
     return tuple(modes)
+
+
+def _printable(text: str) -> str:
+    # A name from the client, for the log and the flow record: no control characters.
+    return "".join(c if c.isprintable() else "?" for c in text[:MAX_SUBSYSTEM])
 
 
 def _size(reader: Reader) -> WindowSize:
@@ -131,6 +140,7 @@ class SessionChannel(conch_channel.SSHChannel):
         self._window_blocked = False
         self._tcp_blocked = False
         self._output_paused = False
+        self._subsystem_asked = ""  # the name in the last subsystem request, for the record
 
     def logPrefix(self) -> str:
         return f"SSHChannel session ({self.id})"
@@ -150,7 +160,11 @@ class SessionChannel(conch_channel.SSHChannel):
             return False
         ok = handler(self, Reader(data))
         if flow is not None:
-            flow.request(requestType.decode("ascii"), "success" if ok else "failure")
+            name = requestType.decode("ascii")
+            if requestType == b"subsystem":
+                # The record names the subsystem asked for ("subsystem sftp").
+                name += " " + _printable(self._subsystem_asked)
+            flow.request(name, "success" if ok else "failure")
         return ok
 
     def _flow(self) -> Any:
@@ -219,11 +233,30 @@ class SessionChannel(conch_channel.SSHChannel):
         reader.end()
         return self._prepare(command)
 
-    def _prepare(self, command: bytes | None) -> bool:
+    def _subsystem(self, reader: Reader) -> bool:
+        raw = reader.string(MAX_SUBSYSTEM)
+        reader.end()
+        name = self._subsystem_asked = raw.decode("utf-8", "replace")
+        if name not in KNOWN_SUBSYSTEMS:
+            # As sshd: a subsystem nobody serves fails the request (the client says
+            # "subsystem request failed on channel N").
+            log.info(
+                "ssh2: {peer}: channel {id}: refused subsystem {name!r}: unknown subsystem",
+                peer=self._peer(),
+                id=self.id,
+                name=_printable(name),
+            )
+            return False
+        # What serves it (a program on the gateway host, the device's own, or nothing on
+        # a device that has none) is the Router's choice once the session starts.
+        return self._prepare(None, subsystem=name)
+
+    def _prepare(self, command: bytes | None, *, subsystem: str | None = None) -> bool:
         if self.started or self.closing or self.localClosed:
             return False
         self.started = True
         self.request.command = command
+        self.request.subsystem = subsystem
         # The connection's two ends, for the program's SSH_CLIENT and SSH_CONNECTION.
         self.request.addresses = addresses_of(
             getattr(getattr(self.conn, "transport", None), "transport", None)
@@ -256,6 +289,7 @@ class SessionChannel(conch_channel.SSHChannel):
         b"env": _env,
         b"shell": _shell,
         b"exec": _exec,
+        b"subsystem": _subsystem,
         b"window-change": _window_change,
         b"signal": _signal,
         b"x11-req": lambda self, reader: self._forwarding_req(X11_FORWARDING, reader),

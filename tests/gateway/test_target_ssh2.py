@@ -78,6 +78,8 @@ class DeviceSession(channel.SSHChannel):
         if requestType in (b"exec", b"shell"):
             self.device.clock.callLater(0, self.run, common.getNS(data)[0] if data else b"")
             return 1
+        if requestType == b"subsystem":
+            return int(common.getNS(data)[0] == b"sftp")  # the device's sftp-server: waits
         return int(requestType in (b"pty-req", b"window-change", b"signal"))
 
     def run(self, command: bytes) -> None:
@@ -474,6 +476,44 @@ def test_paused_bridge_withholds_window(tmp_path):
     h.session.resumeProducing()
     h.flush()
     assert len(h.client.out) == 400 * 1024
+
+
+# -- subsystems (sftp relayed) -------------------------------------------------------------
+
+
+def test_sftp_subsystem_is_relayed_and_bridged_with_windows_both_ways(tmp_path):
+    h = Harness(tmp_path)
+    h.run(SessionRequest(subsystem="sftp"))
+    session, chan = h.session, h.device.channels[0]
+    assert chan.requests == [(b"subsystem", common.NS(b"sftp"))]  # no exec, no shell
+    # client -> device: the device's window holds the client's input back
+    producer = FakeProducer()
+    session.registerProducer(producer, True)
+    size = chan.localWindowSize + 10
+    session.write_stdin(b"\x00" * size)
+    assert producer.paused
+    h.flush()
+    assert not producer.paused and len(chan.stdin) == size
+    # device -> client: a paused client leg withholds the device's window
+    session.pauseProducing()
+    chan.write(b"y" * (400 * 1024))
+    h.flush()
+    assert len(h.client.out) <= 256 * 1024 and chan.buf
+    session.resumeProducing()
+    h.flush()
+    assert len(h.client.out) == 400 * 1024
+    chan.exit(struct.pack(">L", 0), b"exit-status")
+    h.flush()
+    assert h.client.exit == ExitInfo(status=0)
+
+
+def test_refused_sftp_subsystem_tells_the_client(tmp_path):
+    h = Harness(tmp_path)
+    h.device.refuse = {b"subsystem"}
+    client = h.run(SessionRequest(subsystem="sftp"))
+    assert client.exit == ExitInfo(status=255)
+    assert b"dev: upstream refused to start the sftp subsystem" in client.err
+    assert h.client_proto.transport.disconnected
 
 
 # -- host keys -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.peers import in_ci
+from tests.support.peers import in_ci, require_peer
 
 # Unprivileged accounts the tests create (or reuse): the gateway runs as RUN_AS, local
 # programs run as LOCAL_USER.
@@ -114,3 +114,28 @@ def process_user(pid: int) -> str:
 def parent_of(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return int(fields[1])
+
+
+@contextlib.contextmanager
+def os_account(name: str) -> Iterator[pwd.struct_passwd]:
+    """The account ``name``, created with a home directory (shell /bin/sh) if it does not
+    exist, and removed afterwards only if made here (another test run may have made it
+    meanwhile: then it is theirs to remove)."""
+    require_root()
+    require_peer("useradd", "userdel")
+    created = False
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        made = subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/sh", "--comment", "sshgateway tests",
+             name],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        created = made.returncode == 0
+        entry = pwd.getpwnam(name)
+    try:
+        yield entry
+    finally:
+        if created:
+            subprocess.run(["userdel", "--remove", name], capture_output=True)

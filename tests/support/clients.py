@@ -141,8 +141,17 @@ def ssh_argv(
     """OpenSSH ``ssh`` to the gateway as ``user`` with ``key`` (if any), not checking or
     keeping the host key; ``args`` (options, then the command) follow the destination.
     ``batch=False`` lets it ask for a password (through sshpass)."""
-    tools = require_peer("ssh")
-    argv = [tools["ssh"], "-F", "/dev/null"]
+    return openssh_argv("ssh", gw, key, batch=batch) + [f"{user}@127.0.0.1", *args]
+
+
+def openssh_argv(
+    program: str, gw: GatewayProcess, key: Path | None, *, batch: bool = True
+) -> list[str]:
+    """OpenSSH ``ssh``, ``scp`` or ``sftp`` with the options for the gateway (its port,
+    ``key`` if any, the host key neither checked nor kept); the destination and the rest
+    follow."""
+    tools = require_peer(program)
+    argv = [tools[program], "-F", "/dev/null"]
     if batch:
         argv += ["-o", "BatchMode=yes"]
     argv += [
@@ -150,11 +159,11 @@ def ssh_argv(
         "-o", "UserKnownHostsFile=/dev/null",
         "-o", "LogLevel=ERROR",
         "-o", "ConnectTimeout=10",
-        "-p", str(gw.port),
+        "-p" if program == "ssh" else "-P", str(gw.port),
     ]  # fmt: skip
     if key is not None:
         argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-    return argv + [f"{user}@127.0.0.1", *args]
+    return argv
 
 
 def plink1_argv(

@@ -1,6 +1,6 @@
 """A real OpenSSH sshd for tests: Debian's openssh-server on a free loopback port, with its
-own config, host keys and authorized_keys, logging in as the current user (root in CI:
-``PermitRootLogin yes``).
+own config, host keys, authorized_keys and sftp-server, logging in as the current user
+(root in CI: ``PermitRootLogin yes``).
 
 Password logins without touching the system's accounts: with ``root_password`` the sshd
 runs in a private mount namespace (``unshare -m``) where a throwaway shadow file is
@@ -29,6 +29,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sftp_server() -> str:
+    """The sftp-server sshd runs for ``subsystem sftp`` (as Debian's sshd_config has it;
+    sshd's built-in one where the package puts it elsewhere)."""
+    for path in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server"):
+        if os.access(path, os.X_OK):
+            return path
+    return "internal-sftp"
 
 
 def keygen(path: Path, kind: str = "ed25519") -> Path:
@@ -90,6 +99,7 @@ class OpenSSHServer:
             "KbdInteractiveAuthentication no\nAcceptEnv NOTHING\nLogLevel ERROR\n"
             "PermitEmptyPasswords no\n"
             "MaxStartups 50\nMaxSessions 50\n"
+            f"Subsystem sftp {sftp_server()}\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)
         argv = [self.sshd, "-D", "-e", "-f", str(config)]
