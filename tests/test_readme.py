@@ -45,6 +45,10 @@ NOT_RUNNABLE = {
     "ssh1 -1 -v": "an option named in prose, not a command; tests/ssh1/test_peers.py "
     "checks the fingerprint it shows",
     "plink -hostkey": "an option named in prose; every plink test pins the key with it",
+    "ssh host2 uptime": "needs an SSH-2 device behind the gateway: tests/integration/"
+    "test_jump_host_peers.py runs ProxyJump from an ssh_config like the README's",
+    "ssh -J alice@gw root@host2": "needs an SSH-2 device behind the gateway: tests/integration/"
+    "test_jump_host_peers.py runs ssh -J to an OpenSSH sshd device",
 }
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=\S*")
