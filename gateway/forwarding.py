@@ -273,13 +273,14 @@ class TcpForward:
         if self._closed:
             return
         self._closed = True
-        self._input = None
+        registered, self._input = self._input is not None, None
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
             connecting.cancel()
         transport, self.transport = self.transport, None
         if transport is not None:
-            transport.unregisterProducer()
+            if registered:
+                transport.unregisterProducer()
             transport.loseConnection()
         self._write_flow("channel closed")
 

@@ -82,8 +82,10 @@ class ForwardChannel(conch_channel.SSHChannel):
         return f"direct-tcpip {self.destination}"
 
     def attach(self, target: ISessionTarget) -> None:
-        """The forward's target, once the avatar has opened it."""
+        """The forward's target, once the avatar has opened it: it gets our input as its
+        producer, to pause while it cannot take more (or is not connected yet)."""
         self.target = target
+        target.registerProducer(self, True)
 
     # -- client -> target ----------------------------------------------------------------------
 
