@@ -28,6 +28,8 @@ def jump(tmp_path_factory, authorized_keys, client_keys):
         target["aliases"] = ["host2.example"]
         config = one_target_config(authorized_keys, "host2", target)
         config["flows"] = {"enabled": True}
+        # Raw forwarding beyond targets: the device's port under a name no target has.
+        config["users"]["alice"]["permit_open"] = [f"localhost:{device.port}"]
         (work / "gw").mkdir()
         with GatewayProcess(work / "gw", config) as gw:
             ssh_config = work / "ssh_config"
@@ -114,17 +116,27 @@ def test_the_forward_is_a_flow_record_linked_to_the_outer_connection(jump):
 def test_a_destination_that_is_not_a_target_is_refused(jump):
     gw, ssh_config, device, _ = jump
     # The device's port, but under a name that is neither the target's nor an alias.
-    result = ssh(ssh_config, "-o", "LogLevel=INFO", "-W", f"localhost:{device.port}", "gw")
+    result = ssh(ssh_config, "-o", "LogLevel=INFO", "-W", f"127.0.0.2:{device.port}", "gw")
     assert result.returncode != 0
     assert b"administratively prohibited" in result.stderr, result.stderr
     gw.wait_for_log(
-        r"alice: refused b'direct-tcpip' channel to localhost:\d+: localhost:\d+ is neither a "
+        r"alice: refused b'direct-tcpip' channel to 127.0.0.2:\d+: 127.0.0.2:\d+ is neither a "
         "target of alice nor permitted"
     )
     # The right name on the wrong port is refused too.
     result = ssh(ssh_config, "-o", "LogLevel=INFO", "-W", f"host2:{device.port + 1}", "gw")
     assert result.returncode != 0
     assert b"administratively prohibited" in result.stderr, result.stderr
+
+
+def test_permit_open_reaches_a_destination_that_is_no_target(jump):
+    gw, ssh_config, device, target = jump
+    result = ssh(
+        ssh_config, "-o", "ProxyJump=gw", "-o", f"IdentityFile={target['key']}",
+        "-p", str(device.port), "root@localhost", "exit 4",
+    )  # fmt: skip
+    assert result.returncode == 4, result.stderr + gw.log_text()[-2000:].encode()
+    gw.wait_for_log(r"forward: alice -> localhost:\d+: connected")
 
 
 def test_paramiko_through_a_jump_channel(jump, client_keys):
