@@ -87,6 +87,11 @@ class ForwardChannel(conch_channel.SSHChannel):
         self.target = target
         target.registerProducer(self, True)
 
+    def channelOpen(self, specificData: bytes) -> None:
+        # The target may have ended before the channel was confirmed (a connection that
+        # failed at once): finish now that the channel can be closed.
+        self._maybe_finish()
+
     # -- client -> target ----------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:

@@ -10,6 +10,7 @@ import struct
 import pytest
 from twisted.conch.ssh import common, connection
 from twisted.internet import defer
+from twisted.internet.error import DNSLookupError
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -50,6 +51,11 @@ class JumpAvatar(Avatar):
         self.flows: list = []
 
     def open_forward(self, host: str, port: int, client):
+        if (host, port) == ("unresolvable", 22):
+            return TcpForward(
+                None, "alice", Destination(host, port), client, flow_done=self.flows.append,
+                connect=lambda factory: defer.fail(DNSLookupError(host)),
+            )  # fmt: skip
         if (host, port) != ("host2", 22):
             raise ForwardRefused(f"{host}:{port} is neither a target of alice nor permitted")
         factories: list = []
@@ -218,3 +224,13 @@ def test_device_close_waits_for_the_clients_window_before_closing():
     w.flush()
     assert len(channel.out) == 6000
     assert channel.events[-2:] == ["eof", "closed"]
+
+
+def test_a_connection_that_fails_at_once_closes_the_channel(logs):
+    w, avatar = jump_wire()
+    channel = ClientForward(conn=w.conn)
+    w.conn.openChannel(channel, open_data(b"unresolvable"))
+    w.flush()
+    assert channel.opened and channel.is_closed
+    assert "forward: alice -> unresolvable:22: connect failed" in logs.text()
+    assert [f.close_reason[:14] for f in avatar.flows] == ["connect failed"]
