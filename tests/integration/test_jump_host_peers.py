@@ -6,14 +6,26 @@ The forward is recorded as a flow linked to the outer connection's."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
+import socketserver
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.support.clients import one_target_config, ssh2_device
+from tests.support.clients import (
+    assert_memory_levels_off,
+    one_target_config,
+    peak_rss_growth_kib,
+    ssh2_device,
+)
 from tests.support.gateway_process import GatewayProcess
 from tests.support.peers import require_module, require_peer
 from tests.support.python_clients import paramiko_client
@@ -21,15 +33,59 @@ from tests.support.python_clients import paramiko_client
 pytestmark = pytest.mark.peer
 
 
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+
+@contextmanager
+def tcp_server(handle) -> Iterator[_Server]:
+    """A loopback TCP server on a free port whose connections run ``handle(socket)``."""
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            try:
+                handle(self.request)
+            except OSError:
+                pass
+
+    server = _Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def send_zeros(sock: socket.socket) -> None:
+    chunk = bytes(65536)
+    while True:
+        sock.sendall(chunk)
+
+
+def read_nothing(sock: socket.socket) -> None:
+    time.sleep(60)  # reads nothing
+
+
 @pytest.fixture(scope="module")
 def jump(tmp_path_factory, authorized_keys, client_keys):
     work = tmp_path_factory.mktemp("jump")
-    with ssh2_device(work) as (device, target):
+    flooding, holding = tcp_server(send_zeros), tcp_server(read_nothing)
+    with ssh2_device(work) as (device, target), flooding as flood, holding as sink:
         target["aliases"] = ["host2.example"]
         config = one_target_config(authorized_keys, "host2", target)
         config["flows"] = {"enabled": True}
-        # Raw forwarding beyond targets: the device's port under a name no target has.
-        config["users"]["alice"]["permit_open"] = [f"localhost:{device.port}"]
+        # Raw forwarding beyond targets: the device's port under a name no target has, a
+        # server that sends zeros without end, and one that never reads.
+        config["users"]["alice"]["permit_open"] = [
+            f"localhost:{device.port}", f"localhost:{flood.port}", f"localhost:{sink.port}",
+        ]  # fmt: skip
         (work / "gw").mkdir()
         with GatewayProcess(work / "gw", config) as gw:
             ssh_config = work / "ssh_config"
@@ -85,6 +141,46 @@ def test_ssh_J_runs_a_command_on_the_device_and_returns_its_status(jump, host):
     result = ssh(ssh_config, host, "echo hi from $(id -un); exit 7")
     assert result.stdout == b"hi from root\n", result.stderr + gw.log_text()[-2000:].encode()
     assert result.returncode == 7
+
+
+def test_16mib_both_ways_through_ssh_J(jump):
+    gw, ssh_config, _, _ = jump
+    data = os.urandom(16 * 1024 * 1024)
+    tools = require_peer("ssh")
+    result = subprocess.run(
+        [tools["ssh"], "-F", str(ssh_config), "host2", "cat"],
+        input=data, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
+
+
+# Flow control is checked on raw forwards (ssh -W to a permit_open destination): through
+# ssh -J the inner SSH session's own window would bound the gateway's buffers anyway.
+def ssh_W_argv(ssh_config: Path, port: int) -> list[str]:
+    return [require_peer("ssh")["ssh"], "-F", str(ssh_config), "-W", f"localhost:{port}", "gw"]
+
+
+@pytest.mark.slow
+def test_gateway_memory_bounded_with_a_slow_reader_of_a_raw_forward(jump):
+    gw, ssh_config, _, _ = jump
+    flood_port = gw.config["users"]["alice"]["permit_open"][1].rsplit(":", 1)[1]
+    assert peak_rss_growth_kib(gw, ssh_W_argv(ssh_config, int(flood_port))) < 32 * 1024
+
+
+@pytest.mark.slow
+def test_gateway_memory_bounded_when_the_destination_does_not_read(jump):
+    gw, ssh_config, _, _ = jump
+    sink_port = gw.config["users"]["alice"]["permit_open"][2].rsplit(":", 1)[1]
+
+    def start():
+        with open("/dev/zero", "rb") as zeros:
+            return subprocess.Popen(
+                ssh_W_argv(ssh_config, int(sink_port)),
+                stdin=zeros, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    assert_memory_levels_off(gw, start)
 
 
 def test_the_forward_is_a_flow_record_linked_to_the_outer_connection(jump):
