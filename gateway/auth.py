@@ -63,6 +63,7 @@ from protocols.auth import (
     PartialAuthentication,
     PolicyRefused,
 )
+from protocols.forwarding import ForwardRefused
 from protocols.session import (
     UNRESTRICTED,
     IGatewayUser,
@@ -417,6 +418,14 @@ class GatewayUser:
             password=self._password,
             **key_options,
         )
+
+    def open_forward(self, host: str, port: int, client: ISessionClient) -> ISessionTarget:
+        """A jump-host forward (SSH-2 ``direct-tcpip``) to ``host:port``; raises
+        ForwardRefused when this user may not reach it (gateway.forwarding decides)."""
+        open_forward = getattr(self.targets, "open_forward", None)
+        if open_forward is None:
+            raise ForwardRefused("forwarding needs the router")
+        return open_forward(self.username, host, port, client)
 
 
 def _normalise_method(method: str) -> str:

@@ -56,6 +56,7 @@ from gateway.privsep import run_as_problem
 from gateway.targets import TargetConfig
 from gateway.targets.registry import TARGET_PROTOCOLS
 from protocols.auth import METHOD_PASSWORD, METHOD_PUBLICKEY, AuthLimits
+from protocols.forwarding import split_host_port
 from protocols.ssh1.settings import KEY_SIZE_GAP as SSH1_KEY_SIZE_GAP
 from protocols.ssh1.settings import KNOWN_CIPHERS as SSH1_KNOWN_CIPHERS
 from protocols.ssh1.settings import SSH1Settings
@@ -91,6 +92,8 @@ class UserConfig:
     target: str | None = None  # default target when the login name has no +TARGET
     targets: tuple[str, ...] = ()  # targets this user may reach (none unless configured)
     os_user: str | None = None  # the OS account ``local`` runs as; None: no local access
+    # Raw SSH-2 direct-tcpip destinations ("host:port") beyond the user's targets; none by default.
+    permit_open: tuple[str, ...] = ()
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -653,8 +656,7 @@ def _unknown_protocol(name: str) -> str | None:
 
 
 def _not_host_port(item: str) -> str | None:
-    host, sep, port = item.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if split_host_port(item) is None:
         return f'{item!r} is not "host:port"'
     return None
 
@@ -779,6 +781,10 @@ SCHEMA: tuple[Key, ...] = (
         "the passwd database); required when `targets` names `local`. Any existing account "
         "when the gateway runs as root; otherwise only the gateway's own account",
         shown="none (no `local`)"),
+    Key(USERS, "permit_open", Texts(allow_empty=True, each=_not_host_port), _USER.permit_open,
+        '`"host:port"` destinations this user\'s SSH-2 `direct-tcpip` (`-W`, `-L`) may reach '
+        "besides its targets (README: Jump host); matched as `[ssh1] permit_open` is; empty: "
+        "only targets"),
 
     Key("auth", "grace_time", Number(minimum=1), _AUTH.grace_time,
         "from connect to successful login"),
@@ -881,6 +887,9 @@ SCHEMA: tuple[Key, ...] = (
         shown="(required)", required=True, protocols=tuple(TARGET_PROTOCOLS)),
     Key(TARGETS, "host", Text(check=_bad_host), None,
         "upstream host name or address", shown="(required)", required=True),
+    Key(TARGETS, "aliases", Texts(allow_empty=True, each=_bad_host), _TARGET.aliases,
+        "other host names a jump-host `direct-tcpip` (`-J`) may use for this target, "
+        "besides its name and `host` (README: Jump host)", protocols=UPSTREAM_PROTOCOLS),
     Key(TARGETS, "port", Integer(minimum=1, maximum=65535), None,  # the protocol's
         "upstream TCP port", shown=_default_ports()),
     Key(TARGETS, "username", Text(check=_bad_username), None,
@@ -1010,6 +1019,7 @@ def _check_user(
         target=default_target,
         targets=allowed,
         os_user=os_user,
+        permit_open=values["permit_open"],
     )
 
 

@@ -408,6 +408,8 @@ class Router:
         self.targets = dict(targets)
         self.clock = clock
         self.menu_timeout = menu_timeout
+        # The flow sink (gateway.flows.FlowWriter) forwarded connections are written to.
+        self.flows: Any = None
 
     def allowed(self, username: str) -> tuple[str, ...]:
         """The targets ``username`` may reach (configured and built), in config order."""
@@ -625,6 +627,32 @@ class Router:
                 )
             return target.open_session(username, request, client, password=password)
         return target.open_session(username, request, client)
+
+    def open_forward(
+        self, username: str, host: str, port: int, client: ISessionClient
+    ) -> ISessionTarget:
+        """A jump-host forward (SSH-2 ``direct-tcpip``) of ``username`` to ``host:port``:
+        the TCP leg to the target or ``permit_open`` destination it names. Raises
+        ForwardRefused (gateway.forwarding has the matching rules)."""
+        from gateway.forwarding import TcpForward, choose_destination
+
+        user = self.config.users.get(username)
+        destination = choose_destination(
+            username,
+            host,
+            port,
+            self.config.targets,
+            self.allowed(username),
+            user.permit_open if user is not None else (),
+        )
+        flows = self.flows
+        return TcpForward(
+            self.clock,
+            username,
+            destination,
+            client,
+            flow_done=flows.write_flow if flows is not None else None,
+        )
 
     def refuse(self, client: ISessionClient, message: str) -> ISessionTarget:
         return RefusedSession(self.clock, client, message, FAILURE_STATUS)

@@ -162,6 +162,7 @@ def build_generation(config: Any, reactor: Any, host_keys: Any) -> Generation:
     for target in getattr(targets, "targets", {}).values():
         if hasattr(target, "flows"):
             target.flows = flows
+    targets.flows = flows  # and forwarded connections (jump-host use)
     portal = build_portal(config, targets)
     handoffs = build_handoffs(config, reactor, portal, host_keys)
     return Generation(handoffs, config.version_timeout, flows, targets)

@@ -48,6 +48,10 @@ NOT_RUNNABLE = {
     "scp -O": "an option named in prose; the SFTP and scp section's example runs it",
     "scp -t PATH": "the device's side of scp -O, named in prose",
     "scp -f PATH": "the device's side of scp -O, named in prose",
+    "ssh host2 uptime": "needs an SSH-2 device behind the gateway: tests/integration/"
+    "test_jump_host_peers.py runs ProxyJump from an ssh_config like the README's",
+    "ssh -J alice@gw root@host2": "needs an SSH-2 device behind the gateway: tests/integration/"
+    "test_jump_host_peers.py runs ssh -J to an OpenSSH sshd device",
 }
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=\S*")

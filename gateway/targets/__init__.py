@@ -20,6 +20,7 @@ class TargetConfig:
     name: str
     protocol: str  # a name in gateway.targets.registry.TARGET_PROTOCOLS
     host: str = ""
+    aliases: tuple[str, ...] = ()  # other names a jump-host forward may use for ``host``
     port: int = 22
     username: str | None = None  # upstream login name; default: the gateway user's name
     password: str | None = None  # stored upstream password

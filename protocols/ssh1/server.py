@@ -42,6 +42,7 @@ from protocols.auth import (
     TooManyAttempts,
 )
 from protocols.flow import C2S, S2C, FlowRecorder
+from protocols.forwarding import permits
 from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.record import ConnectionRecord
 from protocols.session import (
@@ -787,7 +788,7 @@ class SSH1ServerProtocol(CorePump):
             )
             self._refuse_port_open(event.channel)
             return
-        if destination not in self.factory.settings.permit_open:
+        if not permits(self.factory.settings.permit_open, host, event.port):
             log.info(
                 "ssh1 {peer}: refused port forward to {destination}",
                 peer=self.record.peer,

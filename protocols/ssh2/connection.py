@@ -2,7 +2,8 @@
 
 Conch's SSHConnection is kept for channel bookkeeping; this subclass adds what the
 gateway needs: strict parsing of channel-open and channel-request, a per-connection
-channel limit, no global requests (no forwarding), channel requests answered *before* a
+channel limit, no global requests (no remote forwarding), ``direct-tcpip`` channels only
+where the avatar permits them (jump-host use), channel requests answered *before* a
 session starts (so a program that ends at once cannot close the channel ahead of the
 reply), and window adjustments that a channel can hold back while its target is not
 reading (input back-pressure).
@@ -16,8 +17,10 @@ from typing import Any
 from twisted.conch.ssh import connection
 from twisted.logger import Logger
 
+from protocols.forwarding import ForwardRefused, host_port
 from protocols.record import ConnectionRecord
 from protocols.session import PORT_FORWARDING, IGatewayUser
+from protocols.ssh2.forwarding import ForwardChannel, parse_direct_tcpip
 from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.wire import Reader, WireError, u32
 
@@ -30,7 +33,8 @@ MAX_CHANNEL_TYPE = 64
 # are always legal, and a client announcing 4 GiB must not make us build giant ones.
 MAX_SEND_PACKET = 128 * 1024
 # Global requests and channel types that forward ports (RFC 4254 section 7, OpenSSH's
-# PROTOCOL for the streamlocal ones): all refused, the reason from one place.
+# PROTOCOL for the streamlocal ones): all refused but direct-tcpip to a destination the
+# user may reach, the reason from one place.
 FORWARDING_REQUESTS = frozenset(
     {
         b"tcpip-forward",
@@ -40,6 +44,15 @@ FORWARDING_REQUESTS = frozenset(
     }
 )
 FORWARDING_CHANNELS = frozenset({b"direct-tcpip", b"direct-streamlocal@openssh.com"})
+
+
+class ChannelRefused(Exception):
+    """A channel the avatar refuses, with the RFC 4254 reason code and text to send."""
+
+    def __init__(self, code: int, reason: bytes) -> None:
+        super().__init__(reason.decode("ascii", "replace"))
+        self.code = code
+        self.reason = reason
 
 
 class ConchAvatar:
@@ -52,24 +65,24 @@ class ConchAvatar:
         self.record = record
         self.conn: GatewayConnection | None = None
 
-    def port_forwarding_refusal(self) -> str:
-        """Why a port forwarding request or channel is refused: the one check for both
-        (tcpip-forward and direct-tcpip alike). A front end that starts offering
-        forwarding grants it here only when the login's restrictions permit it."""
+    def port_forwarding_refusal(self, kind: bytes = b"tcpip-forward") -> str | None:
+        """Why a port forwarding request or channel of ``kind`` is refused, None when it
+        may go on: the one check for all of them (tcpip-forward and direct-tcpip alike).
+        The login's restrictions (``no-port-forwarding``, ``restrict``) refuse every kind;
+        of the rest only ``direct-tcpip`` is offered (to a destination the avatar
+        permits)."""
         why = self.user.restrictions.refusal(PORT_FORWARDING)
-        return why if why is not None else "port forwarding is not offered over SSH-2"
+        if why is not None:
+            return why
+        if kind == b"direct-tcpip" and getattr(self.user, "open_forward", None) is not None:
+            return None
+        return f"{kind.decode('ascii', 'replace')} is not offered over SSH-2"
 
     def lookupChannel(self, channelType: bytes, windowSize: int, maxPacket: int, data: bytes) -> Any:
         from protocols.ssh2.session import SessionChannel
 
         if channelType in FORWARDING_CHANNELS:
-            log.info(
-                "ssh2: {peer}: refused {type!r} channel: {why}",
-                peer=self.record.peer,
-                type=channelType,
-                why=self.port_forwarding_refusal(),
-            )
-            return None
+            return self._forward_channel(channelType, windowSize, maxPacket, data)
         if channelType != b"session":
             return None
         return SessionChannel(
@@ -79,6 +92,51 @@ class ConchAvatar:
             settings=self.factory.settings,
             clock=self.factory.clock,
         )
+
+    def _forward_channel(self, kind: bytes, window: int, max_packet: int, data: bytes) -> Any:
+        """A ``direct-tcpip`` channel to a destination the user may reach; raises
+        ChannelRefused (administratively prohibited) otherwise, with a log line."""
+        flow = getattr(self.record, "flow", None)
+        destination = "?"
+        try:
+            why = self.port_forwarding_refusal(kind)
+            if why is not None:
+                raise ForwardRefused(why)
+            host, port, _, _ = parse_direct_tcpip(data)
+            destination = host_port(host, port)
+            channel = ForwardChannel(
+                destination,
+                flow,
+                localWindow=self.factory.settings.channel_window,
+                localMaxPacket=self.factory.settings.channel_max_packet,
+                remoteWindow=window,
+                remoteMaxPacket=min(max_packet, MAX_SEND_PACKET),
+            )
+            channel.attach(self.user.open_forward(host, port, channel))
+        except (ForwardRefused, WireError) as e:
+            log.info(
+                "ssh2: {peer}: {user}: refused {type!r} channel to {destination}: {why}",
+                peer=self.record.peer,
+                user=self.user.username,
+                type=kind,
+                destination=destination,
+                why=str(e),
+            )
+            if flow is not None:
+                flow.request(kind.decode("ascii"), "failure")
+            raise ChannelRefused(
+                connection.OPEN_ADMINISTRATIVELY_PROHIBITED, b"administratively prohibited"
+            ) from e
+        log.info(
+            "ssh2: {peer}: {user}: {type!r} channel to {destination}",
+            peer=self.record.peer,
+            user=self.user.username,
+            type=kind,
+            destination=destination,
+        )
+        if flow is not None:
+            flow.request(kind.decode("ascii"), "success")
+        return channel
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
         return 0
@@ -97,9 +155,15 @@ class GatewayConnection(connection.SSHConnection):
         elif max_packet == 0:
             refusal = (connection.OPEN_ADMINISTRATIVELY_PROHIBITED, b"maximum packet size 0")
         else:
-            channel = self.transport.avatar.lookupChannel(channel_type, window, max_packet, reader.rest())
-            if channel is None:
-                refusal = (connection.OPEN_UNKNOWN_CHANNEL_TYPE, b"unknown channel type")
+            try:
+                channel = self.transport.avatar.lookupChannel(
+                    channel_type, window, max_packet, reader.rest()
+                )
+            except ChannelRefused as e:
+                channel, refusal = None, (e.code, e.reason)
+            else:
+                if channel is None:
+                    refusal = (connection.OPEN_UNKNOWN_CHANNEL_TYPE, b"unknown channel type")
         if refusal is not None:
             log.info(
                 "ssh2: {peer}: refused {type!r} channel: {why}",
@@ -157,7 +221,7 @@ class GatewayConnection(connection.SSHConnection):
                 "ssh2: {peer}: refused {name!r}: {why}",
                 peer=self.transport.record.peer,
                 name=name,
-                why=self.transport.avatar.port_forwarding_refusal(),
+                why=self.transport.avatar.port_forwarding_refusal(name),
             )
         if reader.boolean():
             self.transport.sendPacket(connection.MSG_REQUEST_FAILURE, b"")

@@ -166,13 +166,22 @@ def test_channel_limit_and_unknown_channel_types():
     class Forward(Refused):
         name = b"direct-tcpip"
 
+    class Unknown(Refused):
+        name = b"x11"
+
+    # direct-tcpip is a known type, refused here (this avatar offers no forwarding).
     w.conn.openChannel(Forward(conn=w.conn))
+    w.conn.openChannel(Unknown(conn=w.conn))
     w.flush()
     for _ in range(10):
         w.open_session()
     w.conn.openChannel(Refused(conn=w.conn))
     w.flush()
-    assert [f.data for f in failed] == [connection.OPEN_UNKNOWN_CHANNEL_TYPE, connection.OPEN_RESOURCE_SHORTAGE]
+    assert [f.data for f in failed] == [
+        connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
+        connection.OPEN_UNKNOWN_CHANNEL_TYPE,
+        connection.OPEN_RESOURCE_SHORTAGE,
+    ]
 
 
 def test_exit_status_after_the_clients_close_goes_before_our_close():

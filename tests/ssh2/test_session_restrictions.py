@@ -86,7 +86,7 @@ def test_port_forwarding_refused_in_one_place(logs):
     w.conn.openChannel(Forward(conn=w.conn))
     w.flush()
     assert replies == [False]
-    assert [f.data for f in failed] == [connection.OPEN_UNKNOWN_CHANNEL_TYPE]
+    assert [f.data for f in failed] == [connection.OPEN_ADMINISTRATIVELY_PROHIBITED]
     assert logs.text().count("port-forwarding is not permitted by the key's options (keys:7)") == 2
     # The connection is fine: a session still opens.
     assert w.open_session().opened
@@ -101,4 +101,4 @@ def test_port_forwarding_refused_without_restrictions_too(logs):
     d.addCallbacks(lambda _: replies.append(True), lambda _: replies.append(False))
     w.flush()
     assert replies == [False]
-    assert "port forwarding is not offered over SSH-2" in logs.text()
+    assert "tcpip-forward is not offered over SSH-2" in logs.text()
