@@ -1,0 +1,388 @@
+"""The gateway's SFTP-over-scp server (gateway.targets.sftp_over_scp) in memory: Conch's
+SFTP client on one side, the in-memory scp device (tests/support/scp_device.py) on the
+other; plus raw hostile packets."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from typing import Any
+
+import pytest
+from twisted.conch.ssh import filetransfer
+from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.filetransfer import (
+    FX_BAD_MESSAGE,
+    FX_EOF,
+    FX_FAILURE,
+    FX_NO_SUCH_FILE,
+    FX_OP_UNSUPPORTED,
+    FX_PERMISSION_DENIED,
+    FXF_CREAT,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+    SFTPError,
+)
+from twisted.internet import defer
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from gateway.targets import sftp_over_scp
+from gateway.targets.sftp_over_scp import SftpOverScpSession, Transfer
+from protocols.session import ExitInfo, ISessionClient, ISessionTarget
+from tests.support.doubles import FakeSessionClient
+from tests.support.scp_device import FakeScpDevice
+
+
+@implementer(ISessionClient)
+class LoopClient(FakeSessionClient):
+    """The front end's side, handing stdout to Conch's SFTP client."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sftp: filetransfer.FileTransferClient | None = None
+
+    def write_stdout(self, data: bytes) -> None:
+        super().write_stdout(data)
+        if self.sftp is not None:
+            self.sftp.dataReceived(data)
+
+
+class _ToSession:
+    def __init__(self, session: SftpOverScpSession) -> None:
+        self.session = session
+
+    def write(self, data: bytes) -> None:
+        self.session.write_stdin(data)
+
+
+class Harness:
+    def __init__(self, files: dict | None = None, **kwargs: Any) -> None:
+        self.device = FakeScpDevice(files)
+        self.client = LoopClient()
+        self.transfers: list[Transfer] = []
+        self.session = SftpOverScpSession(
+            self.client, self.device.open_exec, on_transfer=self.transfers.append, **kwargs
+        )
+        self.sftp = filetransfer.FileTransferClient()
+        self.client.sftp = self.sftp
+        self.sftp.makeConnection(_ToSession(self.session))  # sends INIT
+
+    def result(self, d: defer.Deferred) -> Any:
+        results: list = []
+        d.addBoth(results.append)
+        assert results, "no answer (the server would hang the client)"
+        if isinstance(results[0], defer.Failure):
+            results[0].raiseException()
+        return results[0]
+
+    def error(self, d: defer.Deferred) -> SFTPError:
+        """The status error a request got (Conch's client turns SSH_FX_OP_UNSUPPORTED
+        into NotImplementedError: turned back here)."""
+        with pytest.raises((SFTPError, NotImplementedError)) as info:
+            self.result(d)
+        if isinstance(info.value, NotImplementedError):
+            return SFTPError(FX_OP_UNSUPPORTED, info.value.args[0].decode())
+        return info.value
+
+
+def test_the_doubles_provide_their_interfaces() -> None:
+    h = Harness({"/tmp/f": (0o644, b"x")})
+    verifyObject(ISessionTarget, h.session)
+    h.result(h.sftp.getAttrs(b"/tmp/f"))
+    verifyObject(ISessionTarget, h.device.sessions[0])
+    verifyObject(ISessionClient, h.device.sessions[0].client)
+
+
+def test_get_reads_a_file_sequentially_with_requests_outstanding() -> None:
+    content = os.urandom(300_000)
+    h = Harness({"/tmp/f": (0o640, content)})
+    handle = h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    assert h.device.commands == [b"scp -f /tmp/f"]
+    reads = [handle.readChunk(offset, 32768) for offset in range(0, len(content) + 65536, 32768)]
+    chunks: list[bytes] = []
+    eofs = 0
+    for d in reads:
+        try:
+            chunks.append(h.result(d))
+        except EOFError:
+            eofs += 1
+    assert b"".join(chunks) == content
+    assert eofs == 2
+    assert h.result(handle.getAttrs()) == {
+        "size": len(content),
+        "permissions": stat.S_IFREG | 0o640,
+    }
+    h.result(handle.close())
+    assert h.transfers == [Transfer("get", "/tmp/f", len(content), "ok")]
+    assert h.device.sessions[0].stdin == b"\0\0\0"
+
+
+def test_out_of_order_read_is_unsupported_and_the_next_one_still_works() -> None:
+    h = Harness({"/tmp/f": (0o644, b"abcdef")})
+    handle = h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    assert h.error(handle.readChunk(2, 2)).code == FX_OP_UNSUPPORTED
+    assert h.result(handle.readChunk(0, 3)) == b"abc"
+    assert h.error(handle.readChunk(0, 3)).code == FX_OP_UNSUPPORTED  # no going back
+    assert h.result(handle.readChunk(3, 100)) == b"def"
+
+
+def test_download_window_pauses_the_device() -> None:
+    content = os.urandom(sftp_over_scp.READ_WINDOW * 3)
+    h = Harness({"/tmp/big": (0o644, content)})
+    handle = h.result(h.sftp.openFile(b"/tmp/big", FXF_READ, {}))
+    device = h.device.sessions[0]
+    assert device.paused and device.pauses == 1
+    fetch = handle_fetch(h)
+    assert len(fetch.buffer) <= sftp_over_scp.READ_WINDOW + h.device.chunk
+    got = bytearray()
+    offset = 0
+    while offset < len(content):
+        got += h.result(handle.readChunk(offset, 65536))
+        offset += 65536
+    assert bytes(got) == content
+
+
+def handle_fetch(h: Harness) -> Any:
+    (handle,) = [x for x in h.session.fs.handles]
+    return handle.fetch
+
+
+def test_client_that_cannot_take_more_pauses_the_device() -> None:
+    h = Harness({"/tmp/f": (0o644, b"z" * 100_000)})
+    h.client.producer.pauseProducing()
+    h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    assert h.device.sessions[0].paused
+    h.client.producer.resumeProducing()
+    assert not h.device.sessions[0].paused
+
+
+def test_get_missing_file_carries_the_device_message() -> None:
+    h = Harness()
+    error = h.error(h.sftp.openFile(b"/tmp/nope", FXF_READ, {}))
+    assert error.code == FX_NO_SUCH_FILE
+    assert error.message == "scp: /tmp/nope: No such file or directory"
+
+
+def test_device_that_ends_mid_file() -> None:
+    h = Harness({"/tmp/f": (0o644, b"x" * 50_000)})
+    h.client.producer.pauseProducing()  # the device sends nothing after the header
+    handle = h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    second = handle.readChunk(0, 32768)
+    device = h.device.sessions[0]
+    device.client.write_stderr(b"Connection reset\n")
+    device._exit(255)
+    error = h.error(second)
+    assert (
+        error.code == FX_FAILURE and "ended the transfer early (Connection reset)" in error.message
+    )
+
+
+def test_device_protocol_violation_fails_cleanly() -> None:
+    h = Harness({"/tmp/f": (0o644, b"x" * 10)})
+    h.client.producer.pauseProducing()
+    handle = h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    device = h.device.sessions[0]
+    device.state = "hostile"
+    device.client.write_stdout(b"x" * 10 + b"\0garbage")
+    error = h.error(handle.readChunk(0, 10))
+    assert error.code == FX_FAILURE and "protocol error" in error.message
+    assert device.closed
+
+
+def test_put_spools_then_sends_with_scp_t() -> None:
+    content = os.urandom(200_000)
+    h = Harness()
+    handle = h.result(
+        h.sftp.openFile(b"/tmp/up", FXF_WRITE | FXF_CREAT | FXF_TRUNC, {"permissions": 0o100600})
+    )
+    for offset in range(0, len(content), 32768):
+        h.result(handle.writeChunk(offset, content[offset : offset + 32768]))
+    assert h.device.commands == []  # nothing sent before the size is known
+    assert h.result(handle.getAttrs()) == {
+        "size": len(content),
+        "permissions": stat.S_IFREG | 0o600,
+    }
+    h.result(handle.close())
+    assert h.device.commands == [b"scp -t /tmp/up"]
+    assert h.device.files["/tmp/up"] == (0o600, content)
+    assert h.device.sessions[0].eof
+    assert h.transfers == [Transfer("put", "/tmp/up", len(content), "ok")]
+
+
+def test_put_respects_device_flow_control() -> None:
+    content = os.urandom(100_000)
+    h = Harness()
+    handle = h.result(h.sftp.openFile(b"/tmp/up", FXF_WRITE | FXF_CREAT | FXF_TRUNC, {}))
+    h.result(handle.writeChunk(0, content))
+    device_pauses_at_once = []
+
+    original = FakeScpDevice.open_exec
+
+    def open_exec(self: FakeScpDevice, command: bytes, client: Any) -> Any:
+        session = original(self, command, client)
+        device_pauses_at_once.append(session)
+        return session
+
+    h.device.open_exec = open_exec.__get__(h.device)  # type: ignore[method-assign]
+    h.session.fs.open_exec = h.device.open_exec
+    closing = handle.close()
+    (session,) = device_pauses_at_once
+    assert session.producer is not None
+    assert not closing.called or h.device.files["/tmp/up"][1] == content
+    h.result(closing)
+    assert h.device.files["/tmp/up"] == (0o644, content)
+
+
+def test_put_non_sequential_and_oversized_writes_refused() -> None:
+    h = Harness(max_upload=1000)
+    handle = h.result(h.sftp.openFile(b"/tmp/up", FXF_WRITE | FXF_CREAT | FXF_TRUNC, {}))
+    assert h.error(handle.writeChunk(10, b"x")).code == FX_OP_UNSUPPORTED
+    h.result(handle.writeChunk(0, b"x" * 600))
+    error = h.error(handle.writeChunk(600, b"x" * 600))
+    assert error.code == FX_FAILURE and "limit of 1000 bytes" in error.message
+
+
+def test_put_refused_by_the_device() -> None:
+    h = Harness()
+    h.device.read_only.add("/tmp/ro")
+    handle = h.result(h.sftp.openFile(b"/tmp/ro", FXF_WRITE | FXF_CREAT | FXF_TRUNC, {}))
+    h.result(handle.writeChunk(0, b"data"))
+    error = h.error(handle.close())
+    assert error.code == FX_PERMISSION_DENIED and error.message == "scp: /tmp/ro: Permission denied"
+    assert h.transfers[-1].result == "scp: /tmp/ro: Permission denied"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        FXF_READ | FXF_WRITE,
+        FXF_WRITE,
+        FXF_WRITE | FXF_CREAT,
+        FXF_WRITE | FXF_CREAT | FXF_TRUNC | 0x04,
+    ],
+)
+def test_open_modes_scp_cannot_do(flags: int) -> None:
+    h = Harness({"/tmp/f": (0o644, b"x")})
+    assert h.error(h.sftp.openFile(b"/tmp/f", flags, {})).code == FX_OP_UNSUPPORTED
+    assert h.device.commands == []
+
+
+def test_stat_from_the_c_line_and_of_directories() -> None:
+    h = Harness({"/tmp/f": (0o604, b"12345")})
+    assert h.result(h.sftp.getAttrs(b"/tmp/f")) == {"size": 5, "permissions": stat.S_IFREG | 0o604}
+    assert h.device.commands == [b"scp -r -f /tmp/f"]
+    assert h.device.sessions[0].closed  # dropped after the header
+    assert h.result(h.sftp.getAttrs(b"/tmp", 1)) == {"size": 0, "permissions": stat.S_IFDIR | 0o755}
+    assert h.result(h.sftp.getAttrs(b".")) == {"size": 0, "permissions": stat.S_IFDIR | 0o755}
+    assert len(h.device.commands) == 2  # "." is the login directory: no scp needed
+    assert h.error(h.sftp.getAttrs(b"/tmp/none")).code == FX_NO_SUCH_FILE
+
+
+def test_realpath() -> None:
+    h = Harness()
+    assert h.result(h.sftp.realPath(b".")) == "."
+    assert h.result(h.sftp.realPath(b"")) == "."
+    assert h.result(h.sftp.realPath(b"a/./b/../c")) == "a/c"
+    assert h.result(h.sftp.realPath(b"//etc//x/")) == "/etc/x"
+    assert h.device.commands == []
+
+
+def test_everything_else_is_unsupported_never_a_hang() -> None:
+    h = Harness({"/tmp/f": (0o644, b"x")})
+    for d in [
+        h.sftp.openDirectory(b"/tmp"),
+        h.sftp.removeFile(b"/tmp/f"),
+        h.sftp.renameFile(b"/tmp/f", b"/tmp/g"),
+        h.sftp.makeDirectory(b"/tmp/d", {}),
+        h.sftp.removeDirectory(b"/tmp"),
+        h.sftp.setAttrs(b"/tmp/f", {"permissions": 0o600}),
+        h.sftp.readLink(b"/tmp/f"),
+        h.sftp.makeLink(b"/tmp/l", b"/tmp/f"),
+        h.sftp.extendedRequest(b"statvfs@openssh.com", NS(b"/")),
+    ]:
+        assert h.error(d).code == FX_OP_UNSUPPORTED
+    assert h.device.commands == []
+
+
+# ----------------------------------------------------------------- raw, hostile packets
+class RawClient:
+    def __init__(self) -> None:
+        self.device = FakeScpDevice({"/tmp/f": (0o644, b"x")})
+        self.client = FakeSessionClient()
+        self.session = SftpOverScpSession(self.client, self.device.open_exec)
+        self.send(1, struct.pack("!L", 3))  # INIT
+
+    def send(self, kind: int, body: bytes) -> None:
+        self.session.write_stdin(struct.pack("!LB", len(body) + 1, kind) + body)
+
+    def replies(self) -> list[tuple[int, bytes]]:
+        out, data = [], bytes(self.client.out)
+        while data:
+            (length,) = struct.unpack("!L", data[:4])
+            out.append((data[4], data[5 : 4 + length]))
+            data = data[4 + length :]
+        return out
+
+
+def test_malformed_packets_get_bad_message() -> None:
+    raw = RawClient()
+    raw.send(17, struct.pack("!L", 7) + b"\x00\x00")  # STAT, path length cut short
+    raw.send(5, struct.pack("!L", 8) + b"\x00")  # READ, truncated
+    raw.send(150, struct.pack("!L", 9))  # unknown type
+    version, *rest = raw.replies()
+    assert version[0] == filetransfer.FXP_VERSION
+    codes = [
+        (struct.unpack("!L", body[:4])[0], struct.unpack("!L", body[4:8])[0]) for _, body in rest
+    ]
+    assert codes == [(7, FX_BAD_MESSAGE), (8, FX_BAD_MESSAGE), (9, FX_OP_UNSUPPORTED)]
+    assert raw.client.exit is None
+
+
+@pytest.mark.parametrize("length", [0, 4, sftp_over_scp.MAX_PACKET + 1, 0xFFFFFFFF])
+def test_out_of_bounds_packet_length_ends_the_session(length: int) -> None:
+    raw = RawClient()
+    raw.session.write_stdin(struct.pack("!L", length) + b"\x11")
+    assert raw.client.exit == ExitInfo(
+        status=1, message=f"SFTP packet length {length} out of bounds"
+    )
+    assert b"out of bounds" in raw.client.err
+    raw.session.write_stdin(b"more")  # ignored, no traceback
+
+
+def test_client_eof_ends_the_session_and_drops_unsent_uploads() -> None:
+    h = Harness()
+    handle = h.result(h.sftp.openFile(b"/tmp/up", FXF_WRITE | FXF_CREAT | FXF_TRUNC, {}))
+    h.result(handle.writeChunk(0, b"partial"))
+    h.session.close_stdin()
+    assert h.client.exit == ExitInfo(status=0)
+    assert h.client.eof
+    assert h.device.commands == []  # a half-written upload is never sent
+
+
+def test_close_mid_download_closes_the_device_session() -> None:
+    h = Harness({"/tmp/f": (0o644, b"x" * 3_000_000)})
+    h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    h.session.close()
+    assert h.device.sessions[0].closed
+    assert h.client.exit is None  # close() is the front end's: no callbacks after it
+
+
+def test_eof_status_for_reads_past_the_end() -> None:
+    h = Harness({"/tmp/f": (0o644, b"abc")})
+    handle = h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    with pytest.raises(EOFError):
+        h.result(handle.readChunk(3, 10))
+    assert FX_EOF == 1
+
+
+def test_paths_are_quoted_for_the_device_shell() -> None:
+    assert sftp_over_scp.quote_path(b"/tmp/plain-name_1.txt") == b"/tmp/plain-name_1.txt"
+    assert sftp_over_scp.quote_path(b"/tmp/a b;rm -rf ~") == b"'/tmp/a b;rm -rf ~'"
+    assert sftp_over_scp.quote_path(b"it's") == b"'it'\\''s'"
+    assert sftp_over_scp.quote_path(b"-oProxy") == b"./-oProxy"
+    h = Harness({"/tmp/a b": (0o644, b"q")})
+    assert h.result(h.sftp.getAttrs(b"/tmp/a b"))["size"] == 1
+    assert h.device.commands == [b"scp -r -f '/tmp/a b'"]
