@@ -436,6 +436,7 @@ class WriteHandle:
             max_size=SPOOL_IN_MEMORY if server.spool_dir is not None else server.max_upload + 1,
             dir=server.spool_dir,
         )
+        self.truncated = True
         self.closing: defer.Deferred | None = None
         self.device: DeviceCommand | None = None
         self.source: rcp.RcpSource | None = None
@@ -465,10 +466,14 @@ class WriteHandle:
         return {"size": self.size, "permissions": stat.S_IFREG | self.mode}
 
     def setAttrs(self, attrs: dict[str, Any]) -> None:
-        if set(attrs) - {"permissions"}:
+        if set(attrs) - {"permissions", "size"}:
             raise _status(
                 FX_OP_UNSUPPORTED, "only the permissions of a new file can be set over scp"
             )
+        if "size" in attrs:
+            if attrs["size"] != self.size:
+                raise _status(FX_OP_UNSUPPORTED, "scp cannot truncate or extend a file")
+            self.truncated = True
         if "permissions" in attrs:
             self.mode = attrs["permissions"] & 0o7777
 
@@ -476,6 +481,14 @@ class WriteHandle:
         if self.closing is not None:
             return self.closing
         self.closing = defer.Deferred()
+        if not self.truncated:
+            self._done(
+                _status(
+                    FX_OP_UNSUPPORTED,
+                    "scp can only replace a whole file: open it with truncate (nothing sent)",
+                )
+            )
+            return self.closing
         try:
             self.source = rcp.RcpSource(
                 self.mode, self.size, posixpath.basename(self.path.rstrip(b"/"))
@@ -623,11 +636,13 @@ class ScpFileSystem:
             return self._open_read(path)
         if flags & FXF_READ or flags & (FXF_APPEND | FXF_EXCL):
             raise _status(FX_OP_UNSUPPORTED, "scp can only read a whole file or write a new one")
-        if flags & (FXF_CREAT | FXF_TRUNC) != (FXF_CREAT | FXF_TRUNC):
-            raise _status(
-                FX_OP_UNSUPPORTED, "scp can only write a file whole (create and truncate)"
-            )
+        if not flags & FXF_CREAT:
+            raise _status(FX_OP_UNSUPPORTED, "scp can only write a file whole (create)")
         handle = WriteHandle(self, path, attrs.get("permissions", 0o644) & 0o7777)
+        # Without TRUNC the client means to keep what it does not overwrite, which scp
+        # cannot do -- unless it then cuts the file to what it wrote (OpenSSH scp 9's
+        # in-place upload: fsetstat size), which makes it a whole-file replace after all.
+        handle.truncated = bool(flags & FXF_TRUNC)
         self.handles.add(handle)
         return handle
 

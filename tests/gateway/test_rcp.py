@@ -4,13 +4,13 @@ input, and against the real system ``scp -f``/``scp -t`` (what the test device r
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from gateway.targets import rcp
+from tests.support.peers import require_peer
 
 
 def feed_all(machine: rcp.RcpSink, data: bytes, step: int = 1) -> list:
@@ -143,12 +143,7 @@ def test_source_hostile_input() -> None:
 
 # ----------------------------------------------------------------- real scp
 def scp_binary() -> str:
-    path = shutil.which("scp")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("scp (openssh-client) is missing")
-        pytest.skip("scp is not installed")
-    return path
+    return require_peer("scp")["scp"]
 
 
 def run_sink_against_scp_f(path: Path, cwd: Path) -> tuple[list, int]:

@@ -245,6 +245,28 @@ def test_put_non_sequential_and_oversized_writes_refused() -> None:
     assert error.code == FX_FAILURE and "limit of 1000 bytes" in error.message
 
 
+def test_in_place_upload_is_sent_only_once_cut_to_what_was_written() -> None:
+    """OpenSSH 9's scp opens without TRUNC, writes, then sets the size: a whole file."""
+    h = Harness()
+    handle = h.result(h.sftp.openFile(b"/tmp/in-place", FXF_WRITE | FXF_CREAT, {}))
+    h.result(handle.writeChunk(0, b"12345"))
+    # (Conch's client sends a handle's setAttrs as a path SETSTAT: call the server's
+    # handle directly; the OpenSSH scp peer test sends the real FSETSTAT.)
+    (server_handle,) = h.session.fs.handles
+    with pytest.raises(SFTPError) as info:
+        server_handle.setAttrs({"size": 3})
+    assert info.value.code == FX_OP_UNSUPPORTED
+    server_handle.setAttrs({"size": 5})
+    h.result(handle.close())
+    assert h.device.files["/tmp/in-place"] == (0o644, b"12345")
+    # Without the cut, the rest of an existing file would be lost: refused, nothing sent.
+    handle = h.result(h.sftp.openFile(b"/tmp/kept", FXF_WRITE | FXF_CREAT, {}))
+    h.result(handle.writeChunk(0, b"ab"))
+    assert h.error(handle.close()).code == FX_OP_UNSUPPORTED
+    assert "/tmp/kept" not in h.device.files
+    assert h.device.commands == [b"scp -t /tmp/in-place"]
+
+
 def test_put_refused_by_the_device() -> None:
     h = Harness()
     h.device.read_only.add("/tmp/ro")
@@ -260,8 +282,8 @@ def test_put_refused_by_the_device() -> None:
     [
         FXF_READ | FXF_WRITE,
         FXF_WRITE,
-        FXF_WRITE | FXF_CREAT,
         FXF_WRITE | FXF_CREAT | FXF_TRUNC | 0x04,
+        FXF_WRITE | FXF_CREAT | FXF_TRUNC | 0x20,
     ],
 )
 def test_open_modes_scp_cannot_do(flags: int) -> None:
