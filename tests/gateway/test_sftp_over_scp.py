@@ -408,3 +408,29 @@ def test_paths_are_quoted_for_the_device_shell() -> None:
     h = Harness({"/tmp/a b": (0o644, b"q")})
     assert h.result(h.sftp.getAttrs(b"/tmp/a b"))["size"] == 1
     assert h.device.commands == [b"scp -r -f '/tmp/a b'"]
+
+
+def test_device_ignoring_the_pause_fails_the_transfer_not_the_memory() -> None:
+    h = Harness({"/tmp/f": (0o644, b"x" * (sftp_over_scp.READ_HARD_LIMIT * 2))})
+    h.client.producer.pauseProducing()
+    handle = h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    device = h.device.sessions[0]
+    device.client.write_stdout(b"x" * (sftp_over_scp.READ_HARD_LIMIT + 1))  # paused, yet
+    error = h.error(handle.readChunk(0, 10))
+    assert error.code == FX_FAILURE and "too far ahead" in error.message
+    assert device.closed and not handle_fetch(h).buffer
+
+
+def test_large_uploads_spool_to_a_private_temporary_file(tmp_path: Any) -> None:
+    h = Harness(spool_dir=tmp_path)
+    handle = h.result(h.sftp.openFile(b"/tmp/up", FXF_WRITE | FXF_CREAT | FXF_TRUNC, {}))
+    content = os.urandom(sftp_over_scp.SPOOL_IN_MEMORY + 1000)
+    for offset in range(0, len(content), 65536):
+        h.result(handle.writeChunk(offset, content[offset : offset + 65536]))
+    (server_handle,) = h.session.fs.handles
+    spool = server_handle.spool
+    assert spool._rolled
+    assert stat.S_IMODE(os.fstat(spool.fileno()).st_mode) == 0o600
+    assert list(tmp_path.iterdir()) == []  # already unlinked: nothing left behind
+    h.result(handle.close())
+    assert h.device.files["/tmp/up"][1] == content

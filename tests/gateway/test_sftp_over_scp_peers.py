@@ -139,3 +139,18 @@ def test_openssh_scp_sftp_mode_get_and_put(device: Path, tmp_path: Path) -> None
         )
         assert put.returncode == 0, put.stderr.decode()
         assert (device / stored).read_bytes() == upload.read_bytes()
+    # Into a directory: its stat (the D line of scp -r -f) tells scp to append the name.
+    (device / "sub").mkdir()
+    put = subprocess.run(
+        [scp, "-s", "-S", str(fake_ssh), str(upload), "device:sub"], capture_output=True, timeout=60
+    )
+    assert put.returncode == 0, put.stderr.decode()
+    assert (device / "sub" / "upload.bin").read_bytes() == upload.read_bytes()
+    # A device error reaches the user with the device's words.
+    missing = subprocess.run(
+        [scp, "-s", "-S", str(fake_ssh), "device:missing.bin", str(tmp_path / "m")],
+        capture_output=True,
+        timeout=60,
+    )
+    assert missing.returncode != 0
+    assert b"No such file or directory" in missing.stderr
