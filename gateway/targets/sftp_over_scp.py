@@ -98,7 +98,11 @@ class Transfer:
 
 
 def quote_path(path: bytes) -> bytes:
-    """``path`` as one word for the device's shell (POSIX quoting; plain when safe)."""
+    """``path`` as one word for the device's shell (POSIX quoting; plain when safe).
+    ``~/`` is the login directory, where scp starts: dropped, since quoting would keep
+    the shell from expanding it."""
+    while path.startswith(b"~/"):
+        path = path[2:].lstrip(b"/") or b"."
     if path.startswith(b"-"):
         path = b"./" + path  # never an option to the device's scp
     if _SAFE_PATH.fullmatch(path):

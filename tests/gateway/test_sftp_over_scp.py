@@ -405,6 +405,8 @@ def test_paths_are_quoted_for_the_device_shell() -> None:
     assert sftp_over_scp.quote_path(b"/tmp/a b;rm -rf ~") == b"'/tmp/a b;rm -rf ~'"
     assert sftp_over_scp.quote_path(b"it's") == b"'it'\\''s'"
     assert sftp_over_scp.quote_path(b"-oProxy") == b"./-oProxy"
+    assert sftp_over_scp.quote_path(b"~/notes.txt") == b"notes.txt"
+    assert sftp_over_scp.quote_path(b"~/a b") == b"'a b'"
     h = Harness({"/tmp/a b": (0o644, b"q")})
     assert h.result(h.sftp.getAttrs(b"/tmp/a b"))["size"] == 1
     assert h.device.commands == [b"scp -r -f '/tmp/a b'"]
