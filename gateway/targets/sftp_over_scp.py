@@ -79,6 +79,9 @@ SPOOL_IN_MEMORY = 1024 * 1024
 DEFAULT_MAX_UPLOAD = 64 * 1024 * 1024
 # Chunks in which a spooled upload is written to the device.
 SEND_CHUNK = 32 * 1024
+# scp commands one SFTP session may run on the device at once (OpenSSH's scp and sftp use
+# one or two: a stat, then the transfer); more is a client opening files without end.
+MAX_DEVICE_COMMANDS = 4
 # How much of a device command's stderr is kept for an error message.
 MAX_STDERR = 4096
 
@@ -458,7 +461,7 @@ class WriteHandle:
             raise _status(
                 FX_OP_UNSUPPORTED, "only sequential writes are supported (scp has no seek)"
             )
-        if self.size + len(data) > self.server.max_upload:
+        if self.server.spooled() + len(data) > self.server.max_upload:
             raise _status(
                 FX_FAILURE,
                 f"upload larger than the gateway's limit of {self.server.max_upload} bytes",
@@ -503,10 +506,13 @@ class WriteHandle:
         self.spool.seek(0)
         self.to_send = self.size
         self.device = DeviceCommand(
-            self.server.open_exec, b"scp -t " + quote_path(self.path), self._output, self._ended
+            self.server.counted_exec, b"scp -t " + quote_path(self.path), self._output, self._ended
         )
         self.device.on_input_resumed = self._pump
-        self.device.start()
+        try:
+            self.device.start()
+        except SFTPError as error:
+            self._done(error)
         return self.closing
 
     def _output(self, data: bytes) -> None:
@@ -598,7 +604,20 @@ class ScpFileSystem:
         self.on_transfer = on_transfer
         self.handles: set[Any] = set()
         self.fetches: set[_Fetch] = set()  # stats and opens waiting for their header
+        self.running: list[Any] = []  # the DeviceCommands started
         self.front_paused = False
+
+    def counted_exec(self, command: bytes, client: ISessionClient) -> ISessionTarget:
+        """open_exec, within MAX_DEVICE_COMMANDS running at once."""
+        self.running = [device for device in self.running if not device.ended]
+        if len(self.running) >= MAX_DEVICE_COMMANDS:
+            raise _status(FX_FAILURE, "too many transfers at once on this session")
+        self.running.append(client)
+        return self.open_exec(command, client)
+
+    def spooled(self) -> int:
+        """Bytes of uploads held by this session (all bounded together by max_upload)."""
+        return sum(h.size for h in self.handles if isinstance(h, WriteHandle) and h.closing is None)
 
     def finished(self, handle: Any, transfer: Transfer) -> None:
         self.handles.discard(handle)
@@ -651,7 +670,7 @@ class ScpFileSystem:
         return handle
 
     def _open_read(self, path: bytes) -> defer.Deferred:
-        fetch = _Fetch(self.open_exec, path, front_paused=self.front_paused)
+        fetch = _Fetch(self.counted_exec, path, front_paused=self.front_paused)
         self.fetches.add(fetch)
 
         def opened(header: rcp.FileHeader) -> ReadHandle:
@@ -673,7 +692,7 @@ class ScpFileSystem:
         path = _checked_path(path)
         if self.realPath(path) in (b".", b"~"):
             return {"size": 0, "permissions": stat.S_IFDIR | 0o755}
-        probe = _Fetch(self.open_exec, path, probe=True)
+        probe = _Fetch(self.counted_exec, path, probe=True)
         self.fetches.add(probe)
 
         def done(result: Any) -> Any:

@@ -436,3 +436,23 @@ def test_large_uploads_spool_to_a_private_temporary_file(tmp_path: Any) -> None:
     assert list(tmp_path.iterdir()) == []  # already unlinked: nothing left behind
     h.result(handle.close())
     assert h.device.files["/tmp/up"][1] == content
+
+
+def test_a_client_cannot_start_device_commands_without_end() -> None:
+    h = Harness({"/tmp/f": (0o644, b"x" * 100)})
+    h.client.producer.pauseProducing()  # keep the downloads open
+    handles = [h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {})) for _ in range(4)]
+    error = h.error(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    assert error.code == FX_FAILURE and "too many transfers" in error.message
+    assert len(h.device.commands) == 4
+    h.result(handles[0].close())
+    h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))  # room again
+
+
+def test_the_upload_limit_counts_every_open_upload() -> None:
+    h = Harness(max_upload=1000)
+    first = h.result(h.sftp.openFile(b"/tmp/a", FXF_WRITE | FXF_CREAT | FXF_TRUNC, {}))
+    second = h.result(h.sftp.openFile(b"/tmp/b", FXF_WRITE | FXF_CREAT | FXF_TRUNC, {}))
+    h.result(first.writeChunk(0, b"x" * 600))
+    error = h.error(second.writeChunk(0, b"y" * 600))
+    assert error.code == FX_FAILURE and "limit of 1000 bytes" in error.message
