@@ -89,8 +89,10 @@ def message_text(line: bytes) -> str:
     return text[:MAX_MESSAGE]
 
 
-def parse_header(line: bytes) -> FileHeader | DirectoryHeader:
-    """A ``C``/``D`` line without its newline; RcpProtocolError if malformed."""
+def parse_header(line: bytes, *, check_name: bool = True) -> FileHeader | DirectoryHeader:
+    """A ``C``/``D`` line without its newline; RcpProtocolError if malformed.
+    ``check_name``: refuse a name that is not one plain path component (the name is kept
+    only by a caller that stores the file; ``scp -r -f /`` announces ``/`` with none)."""
     kind, rest = line[:1], line[1:]
     parts = rest.split(b" ", 2)
     if len(parts) != 3:
@@ -103,7 +105,7 @@ def parse_header(line: bytes) -> FileHeader | DirectoryHeader:
     mode, size = int(mode_text, 8) & 0o7777, int(size_text)
     if size > MAX_FILE_SIZE:
         raise RcpProtocolError("size out of range in header line")
-    if not name or b"/" in name or name in (b".", b".."):
+    if check_name and (not name or b"/" in name or name in (b".", b"..")):
         raise RcpProtocolError("unsafe file name in header line")
     if kind == b"D":
         return DirectoryHeader(mode, name)
@@ -215,7 +217,7 @@ class RcpSink:
         elif kind == b"T":
             self._out += b"\0"  # times (a -p source): we keep none
         elif kind in (b"C", b"D"):
-            header = parse_header(line)
+            header = parse_header(line, check_name=not self.header_only)
             self.header = header
             events.append(header)
             if isinstance(header, DirectoryHeader) or self.header_only:

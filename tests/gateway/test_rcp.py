@@ -86,6 +86,16 @@ def test_sink_hostile_headers_are_protocol_errors(hostile: bytes) -> None:
         sink.feed(hostile)
 
 
+def test_header_only_sink_takes_any_name_and_acknowledges_nothing() -> None:
+    sink = rcp.RcpSink(header_only=True)
+    sink.start()
+    assert sink.feed(b"D0755 0 \n") == [rcp.DirectoryHeader(0o755, b"")]  # scp -r -f /
+    assert sink.data_to_send() == b"\0" and sink.done
+    sink = rcp.RcpSink(header_only=True)
+    assert sink.feed(b"C0600 9 f\n") == [rcp.FileHeader(0o600, 9, b"f")]
+    assert sink.data_to_send() == b"" and sink.done
+
+
 def test_sink_bounds_lines_without_newline() -> None:
     sink = rcp.RcpSink()
     sink.feed(b"C0644 1 " + b"a" * (rcp.MAX_LINE - 100))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,9 @@ def test_paramiko_get_and_put_1_mib(device: Path, tmp_path: Path) -> None:
         (tmp_path / "up.bin").write_bytes(upload)
         sftp.put(str(tmp_path / "up.bin"), "uploaded.bin")  # open, writes, close, stat
         assert (device / "uploaded.bin").read_bytes() == upload
+        assert sftp.stat("remote.bin").st_size == MIB
+        assert stat.S_ISDIR(sftp.stat("/").st_mode)  # scp -r -f / names no file
+        assert stat.S_ISDIR(sftp.stat(".").st_mode)
         with pytest.raises(IOError):
             sftp.listdir(".")
         with pytest.raises(FileNotFoundError):
