@@ -26,13 +26,15 @@ from twisted.conch.ssh.filetransfer import (
     SFTPError,
 )
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gateway.targets import sftp_over_scp
+from gateway.targets.bridge import BridgeSession, UpstreamFailure
 from gateway.targets.sftp_over_scp import SftpOverScpSession, Transfer
-from protocols.session import ExitInfo, ISessionClient, ISessionTarget
-from tests.support.doubles import FakeSessionClient
+from protocols.session import ExitInfo, ISessionClient, ISessionTarget, SessionRequest
+from tests.support.doubles import FakeSessionClient, FakeUpstream
 from tests.support.scp_device import FakeScpDevice
 
 
@@ -456,3 +458,69 @@ def test_the_upload_limit_counts_every_open_upload() -> None:
     h.result(first.writeChunk(0, b"x" * 600))
     error = h.error(second.writeChunk(0, b"y" * 600))
     assert error.code == FX_FAILURE and "limit of 1000 bytes" in error.message
+
+
+# ----------------------------------------------------------------- through the real bridge
+class BridgedDevice:
+    """open_exec as the Router gives it: each command a BridgeSession (the upstream
+    targets' session) whose connection the test opens or fails by hand."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.connects: list[tuple[SessionRequest, Any, defer.Deferred]] = []
+
+    def open_exec(self, command: bytes, client: ISessionClient) -> BridgeSession:
+        def connect(request: SessionRequest, sink: Any) -> defer.Deferred:
+            d: defer.Deferred = defer.Deferred()
+            self.connects.append((request, sink, d))
+            return d
+
+        return BridgeSession(
+            self.clock,
+            client,
+            SessionRequest(command=command),
+            connect,
+            username="alice",
+            target="dev1",
+            connect_timeout=10,
+        )
+
+
+def bridged_harness() -> tuple[Harness, BridgedDevice]:
+    h = Harness()
+    bridged = BridgedDevice()
+    h.session.fs.open_exec = bridged.open_exec
+    return h, bridged
+
+
+def test_through_the_bridge_input_waits_for_the_device_session() -> None:
+    h, bridged = bridged_harness()
+    opening = h.sftp.openFile(b"/tmp/f", FXF_READ, {})
+    (request, sink, connected) = bridged.connects[0]
+    assert request.command == b"scp -f /tmp/f"
+    assert not opening.called
+    upstream = FakeUpstream()
+    connected.callback(upstream)
+    assert upstream.written == b"\0"  # held by the bridge until the session opened
+    sink.stdout(b"C0600 3 f\n")
+    handle = h.result(opening)
+    reading = handle.readChunk(0, 3)
+    sink.stdout(b"abc\0")
+    assert h.result(reading) == b"abc"
+    assert upstream.written == b"\0\0\0" and upstream.eof
+    sink.exited(ExitInfo(status=0))
+    h.result(handle.close())
+    assert h.transfers == [Transfer("get", "/tmp/f", 3, "ok")]
+
+
+def test_through_the_bridge_an_unreachable_device_is_a_status_with_its_reason() -> None:
+    h, bridged = bridged_harness()
+    opening = h.sftp.openFile(b"/tmp/f", FXF_READ, {})
+    bridged.connects[0][2].errback(
+        UpstreamFailure("cannot connect to 10.0.0.9:22: connection refused")
+    )
+    error = h.error(opening)
+    assert error.code == FX_FAILURE
+    assert error.message == "sshgateway: dev1: cannot connect to 10.0.0.9:22: connection refused"
+    assert h.client.exit is None  # the SFTP session goes on
+    assert h.result(h.sftp.realPath(b"x/../y")) == "y"
