@@ -362,12 +362,20 @@ class _Fetch:
             length, waiting = self.reads[0]
             if len(self.buffer) < length:
                 break
+            if not self.complete and self._ends_file(length):
+                # The last bytes wait for scp's final status: a source that hit a read
+                # error pads the file out and says so only there.
+                break
             self.reads.popleft()
             data = bytes(self.buffer[:length])
             del self.buffer[:length]
             self.delivered += length
             waiting.callback(data)
         self.flow()
+
+    def _ends_file(self, length: int) -> bool:
+        header = self.file_header
+        return header is not None and self.delivered + length >= header.size
 
     def flow(self) -> None:
         need = self.reads[0][0] if self.reads else 0
@@ -633,10 +641,10 @@ class ScpFileSystem:
 
     def set_front_paused(self, paused: bool) -> None:
         self.front_paused = paused
-        for handle in self.handles:
-            if isinstance(handle, ReadHandle):
-                handle.fetch.front_paused = paused
-                handle.fetch.flow()
+        fetches = [h.fetch for h in self.handles if isinstance(h, ReadHandle)]
+        for fetch in fetches + list(self.fetches):  # opened, and still opening
+            fetch.front_paused = paused
+            fetch.flow()
 
     def close_all(self) -> None:
         for fetch in list(self.fetches):

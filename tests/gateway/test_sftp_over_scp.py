@@ -182,6 +182,23 @@ def test_device_that_ends_mid_file() -> None:
     )
 
 
+def test_the_last_bytes_wait_for_the_device_status() -> None:
+    """scp -f pads a file it could not read to its size and says so only at the end."""
+    h = Harness({"/tmp/f": (0o644, b"x" * 10)})
+    h.client.producer.pauseProducing()
+    handle = h.result(h.sftp.openFile(b"/tmp/f", FXF_READ, {}))
+    device = h.device.sessions[0]
+    device.state = "scripted"  # the test writes the device's output
+    h.client.producer.resumeProducing()
+    first, last = handle.readChunk(0, 4), handle.readChunk(4, 6)
+    device.client.write_stdout(b"\0" * 10)
+    assert h.result(first) == b"\0" * 4
+    assert not last.called
+    device.client.write_stdout(b"\x01scp: /tmp/f: read: Input/output error\n")
+    error = h.error(last)
+    assert error.code == FX_FAILURE and error.message == "scp: /tmp/f: read: Input/output error"
+
+
 def test_device_protocol_violation_fails_cleanly() -> None:
     h = Harness({"/tmp/f": (0o644, b"x" * 10)})
     h.client.producer.pauseProducing()
@@ -524,3 +541,15 @@ def test_through_the_bridge_an_unreachable_device_is_a_status_with_its_reason() 
     assert error.message == "sshgateway: dev1: cannot connect to 10.0.0.9:22: connection refused"
     assert h.client.exit is None  # the SFTP session goes on
     assert h.result(h.sftp.realPath(b"x/../y")) == "y"
+
+
+def test_through_the_bridge_a_pause_that_ends_while_opening_is_lifted() -> None:
+    h, bridged = bridged_harness()
+    h.client.producer.pauseProducing()
+    opening = h.sftp.openFile(b"/tmp/f", FXF_READ, {})
+    h.client.producer.resumeProducing()  # before the device session is even open
+    upstream = FakeUpstream()
+    bridged.connects[0][2].callback(upstream)
+    assert not upstream.paused
+    bridged.connects[0][1].stdout(b"C0600 3 f\n")
+    assert h.result(opening)

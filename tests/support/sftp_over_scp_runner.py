@@ -10,13 +10,14 @@ Each finished transfer is appended to TRANSFER_LOG as a JSON line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from dataclasses import asdict
 from typing import Any
 
-from twisted.internet import protocol, reactor, stdio
+from twisted.internet import error, protocol, reactor, stdio
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from zope.interface import implementer
 
@@ -32,9 +33,9 @@ class LocalExec(protocol.ProcessProtocol):
         self.client = client
         self.ended = False
         client.registerProducer(self, True)
-        reactor.spawnProcess(
-            self, "/bin/sh", ["/bin/sh", "-c", command.decode()], env=dict(os.environ), path=cwd
-        )
+        # exec: the command is the process, so that close() kills scp itself
+        argv = ["/bin/sh", "-c", "exec " + command.decode()]
+        reactor.spawnProcess(self, "/bin/sh", argv, env=dict(os.environ), path=cwd)
 
     def outReceived(self, data: bytes) -> None:
         self.client.write_stdout(data)
@@ -45,14 +46,19 @@ class LocalExec(protocol.ProcessProtocol):
     def processEnded(self, reason: Any) -> None:
         self.ended = True
         code = getattr(reason.value, "exitCode", None)
+        self.client.unregisterProducer()  # as BridgeSession does before the exit
         self.client.exited(ExitInfo(status=code if code is not None else 255))
 
-    # the device's output, paused by the SFTP server
+    # the device's output, paused by the SFTP server (until its stdout pipe is closed)
     def pauseProducing(self) -> None:
-        self.transport.pipes[1].pauseProducing()
+        stdout = self.transport.pipes.get(1)
+        if stdout is not None:
+            stdout.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.pipes[1].resumeProducing()
+        stdout = self.transport.pipes.get(1)
+        if stdout is not None:
+            stdout.resumeProducing()
 
     def stopProducing(self) -> None:
         self.close()
@@ -73,7 +79,9 @@ class LocalExec(protocol.ProcessProtocol):
     def close(self) -> None:
         if not self.ended:
             self.ended = True
-            self.transport.signalProcess("KILL")
+            self.transport.loseConnection()
+            with contextlib.suppress(error.ProcessExitedAlready):
+                self.transport.signalProcess("KILL")
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         pass
@@ -144,6 +152,11 @@ class StdioClient(protocol.Protocol):
 def main() -> None:
     device_dir = sys.argv[1]
     log_path = sys.argv[2] if len(sys.argv) > 2 else None
+    if os.environ.get("SFTP_RUNNER_DEBUG"):
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        debug = open(os.environ["SFTP_RUNNER_DEBUG"], "a")  # noqa: SIM115 (lives as long as the process)
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(debug)])
     stdio.StandardIO(StdioClient(device_dir, log_path))
     reactor.run()
 
