@@ -885,7 +885,19 @@ def sftp_over_scp(
     spool_dir: Path | None = None,
     on_transfer: Callable[[Transfer], None] | None = None,
 ) -> Callable[[ISessionClient], SftpOverScpSession]:
-    """The one call to plug in: a function that starts the SFTP session for a client."""
+    """The one call to plug in: a function that starts the SFTP session for a client.
+
+    For an SSH-1 target, e.g.::
+
+        start = sftp_over_scp(
+            lambda command, client: target.open_session(
+                username, SessionRequest(command=command), client, password=password
+            ),
+            spool_dir=state_dir,
+            on_transfer=note_in_the_flow,
+        )
+        session = start(client)  # the ISessionTarget of the "subsystem sftp" request
+    """
 
     def start(client: ISessionClient) -> SftpOverScpSession:
         return SftpOverScpSession(
