@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -62,6 +63,9 @@ from protocols.session import (
 from protocols.session_values import SFTP_SUBSYSTEM
 
 log = Logger()
+
+# Under the state dir: uploads to SSH-1 devices wait here until scp can take them whole.
+SFTP_SPOOL = "sftp-spool"
 
 TARGET_SEPARATOR = "+"
 
@@ -534,8 +538,8 @@ class Router:
         - ``local``: the system's sftp-server (``[session] sftp_server``, else the usual
           places), run as the user's ``os_user`` through its shell, as sshd does;
         - ``ssh2``: relayed to the device, whose own server answers over the bridged channel;
-        - ``ssh1``: refused for now (SSH-1 has no subsystems; a gateway-side SFTP server
-          turning files into scp on the device plugs in here);
+        - ``ssh1``: SSH-1 has no subsystems: the gateway serves SFTP itself and turns
+          whole-file operations into scp on the device (gateway.targets.sftp_over_scp);
         - ``telnet`` and anything else: refused.
 
         Refusals are one stderr line and exit status 255 after the request succeeded: the
@@ -572,13 +576,12 @@ class Router:
             )
             return self._start(username, name, request, client, password)
         if protocol == "ssh1":
-            return self._refuse_subsystem(
-                username,
-                name,
-                subsystem,
-                client,
-                "SSH-1 devices have no SFTP here yet; use scp -O (the rcp protocol)",
+            log.info(
+                "routing: {user}: sftp on {target}: served by the gateway over the device's scp",
+                user=username,
+                target=name,
             )
+            return self._sftp_over_scp(username, name, request, client, password)
         return self._refuse_subsystem(
             username, name, subsystem, client, f"{protocol} devices have no SFTP or file transfer"
         )
@@ -594,6 +597,33 @@ class Router:
             why=why,
         )
         return self.refuse(client, f"{_printable(subsystem)} on {name}: {why}")
+
+    def _sftp_over_scp(
+        self,
+        username: str,
+        name: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        password: str | None,
+    ) -> ISessionTarget:
+        """The gateway's own SFTP server in front of SSH-1 device ``name``: each file
+        operation is an ``scp -f``/``scp -t`` exec session on the device, opened as the
+        user's own sessions there are; each file moved is noted in the client's flow."""
+        from gateway.targets.sftp_over_scp import sftp_over_scp
+
+        def open_exec(command: bytes, exec_client: ISessionClient) -> ISessionTarget:
+            exec_request = SessionRequest(command=command, addresses=request.addresses)
+            return self._start(username, name, exec_request, exec_client, password)
+
+        def noted(transfer: Any) -> None:
+            flow = open_flow(getattr(client, "flow_id", None))
+            if flow is not None:
+                flow.file(transfer.direction, transfer.path, transfer.size, transfer.result)
+
+        spool = Path(self.config.state_dir) / SFTP_SPOOL
+        spool.mkdir(mode=0o700, exist_ok=True)
+        start = sftp_over_scp(open_exec, spool_dir=spool, on_transfer=noted)
+        return start(client)
 
     def _start(
         self,

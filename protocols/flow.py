@@ -27,6 +27,7 @@ from typing import Any
 
 FORMAT_VERSION = 1
 MAX_MESSAGES = 1000
+MAX_FILES = 1000  # files a gateway-side SFTP server moved, noted in one record
 
 C2S = "c2s"
 S2C = "s2c"
@@ -228,6 +229,8 @@ class FlowRecorder:
         self.negotiated: dict[str, Any] = {}
         self.auth_attempts: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
+        self.files: list[dict[str, Any]] = []
+        self.files_truncated = False
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.close_reason: str = ""
@@ -327,6 +330,17 @@ class FlowRecorder:
         """A session request (SSH-2 channel request, SSH-1 preparatory request)."""
         self.requests.append({"name": name, "result": result, "t": self.now()})
 
+    def file(self, direction: str, path: str, size: int, result: str) -> None:
+        """A file moved by a server the gateway runs itself (SFTP over an SSH-1 device's
+        scp): ``direction`` is "get" or "put", ``path`` the name the user chose; no
+        contents. At most MAX_FILES are kept."""
+        if len(self.files) >= MAX_FILES:
+            self.files_truncated = True
+            return
+        self.files.append(
+            {"direction": direction, "path": path, "size": size, "result": result, "t": self.now()}
+        )
+
     def exit(self, status: int | None = None, signal: str | None = None) -> None:
         self.exit_status = status
         self.exit_signal = signal
@@ -396,6 +410,9 @@ class FlowRecorder:
         }
         if self.exit_signal is not None:
             record["exit_signal"] = self.exit_signal
+        if self.files:  # only where the gateway itself served files
+            record["files"] = [dict(f, t=round(f["t"], 6)) for f in self.files]
+            record["files_truncated"] = self.files_truncated
         return record
 
 

@@ -5,6 +5,9 @@ when the gateway host has no sftp-server; never the target menu; a forced comman
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -111,14 +114,21 @@ def test_ssh2_device_gets_the_subsystem_request_relayed(tmp_path, logs):
     assert "alice: sftp on host2: relayed to the device" in logs()
 
 
-def test_ssh1_device_refuses_sftp_with_a_reason_and_a_log_line(tmp_path, logs):
+def test_ssh1_device_gets_sftp_served_by_the_gateway_over_its_scp(tmp_path, logs):
+    """SSH-1 has no subsystems: the gateway's own SFTP server answers, and opens nothing on
+    the device until a file is asked for (then an scp exec session, with the user's
+    target credentials)."""
+    from gateway.targets.sftp_over_scp import SftpOverScpSession
+
     s = Setup(tmp_path)
+    s.config = dataclasses.replace(s.config, state_dir=tmp_path / "state")
+    (tmp_path / "state").mkdir()
+    s.router = Router(s.config, s.targets, s.clock)
     session, client = s.open("alice", "sw1")
-    assert isinstance(session, RefusedSession) and s.targets["sw1"].opened == []
-    assert client.err.startswith(b"sshgateway: sftp on sw1: SSH-1 devices have no SFTP")
-    assert b"scp -O" in client.err
-    assert client.exit == ExitInfo(status=255) and client.eof
-    assert "alice asked for subsystem 'sftp' on sw1: refused (SSH-1 devices" in logs()
+    assert isinstance(session, SftpOverScpSession) and s.targets["sw1"].opened == []
+    assert client.err == b"" and client.exit is None
+    assert "alice: sftp on sw1: served by the gateway over the device's scp" in logs()
+    assert stat.S_IMODE(os.stat(tmp_path / "state" / "sftp-spool").st_mode) == 0o700
 
 
 def test_telnet_device_refuses_sftp_with_a_reason_and_a_log_line(tmp_path, logs):

@@ -1,8 +1,8 @@
 """Issue 12, SFTP: OpenSSH 9's ``scp`` (SFTP mode, its default) and ``sftp -b`` through a
 real gateway process, to ``local`` (sftp-server run as alice's ``os_user``, a throwaway
 account) and to a real sshd device (``alice+host2``, the subsystem relayed to its own
-sftp-server); the refusals on SSH-1 and telnet devices and for unknown subsystems as the
-clients show them; ``scp -O`` still passes through as a command; the flow record names
+sftp-server); the refusals on telnet devices and for unknown subsystems as the
+clients show them (SSH-1 devices: tests/integration/test_sftp_ssh1_device.py); ``scp -O`` still passes through as a command; the flow record names
 the subsystem. paramiko's SFTPClient (as automation uses it) and PuTTY's psftp too.
 
 Needs root (the local sessions run as another account); otherwise skipped with the reason,
@@ -165,7 +165,6 @@ def test_sftp_to_an_sshd_device_is_its_own_sftp_server(gw, client_keys, tmp_path
 @pytest.mark.parametrize(
     ("target", "reason"),
     [
-        ("dev1", "SSH-1 devices have no SFTP here yet; use scp -O"),
         ("tn", "telnet devices have no SFTP or file transfer"),
     ],
 )
