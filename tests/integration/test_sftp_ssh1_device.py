@@ -17,10 +17,10 @@ import pytest
 from tests.support.clients import base_config, hash_password, openssh_argv
 from tests.support.gateway_process import GatewayProcess, local_access
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.slow]
 
 DEVICE_PASSWORD = "device secret 17"
-SIZE = 3 * 1024 * 1024 + 17
+SIZE = 16 * 1024 * 1024 + 17  # the 16 MiB, and a tail that is no whole block
 
 
 @pytest.fixture(scope="module")
