@@ -20,6 +20,8 @@ from tests.support.clients import base_config, hash_password, sshgateway_cli
 from tests.support.gateway_process import GatewayProcess, local_access
 from tests.support.peers import require_module, require_peer
 from tests.support.python_clients import paramiko_client
+from tests.support.telnetd import TelnetDaemon
+from tests.support.terminal import assert_window_change_reaches, size_report_script
 
 pytestmark = pytest.mark.peer
 
@@ -38,17 +40,32 @@ def device(tmp_path_factory):
         yield dev
 
 
+TELNET_USER, TELNET_PASSWORD = "admin", "telnet pass 42"
+
+
 @pytest.fixture(scope="module")
-def jump(tmp_path_factory, password_hash, authorized_keys, client_keys, device):
+def telnet_device(tmp_path_factory):
+    """A telnet-only device: inetutils telnetd (tests.support.telnetd)."""
+    with TelnetDaemon(tmp_path_factory.mktemp("telnetd"), TELNET_USER, TELNET_PASSWORD) as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def jump(tmp_path_factory, password_hash, authorized_keys, client_keys, device, telnet_device):
     targets = {
         "dev1": {
             "protocol": "ssh1", "host": "127.0.0.1", "port": device.port,
             "username": "admin", "password": DEVICE_PASSWORD, "host_key": "accept-new",
             "connect_timeout": 10, "ciphers": ["blowfish", "3des"], "aliases": ["dev1.example"],
         },
+        "tel1": {
+            "protocol": "telnet", "host": "127.0.0.1", "port": telnet_device.port,
+            "username": TELNET_USER, "password": TELNET_PASSWORD, "login_prompt": "login: $",
+            "password_prompt": "Password: ?$", "connect_timeout": 10,
+        },
     }  # fmt: skip
     config = base_config(password_hash, authorized_keys, targets=targets)
-    config["users"]["alice"]["targets"] = ["dev1"]
+    config["users"]["alice"]["targets"] = ["dev1", "tel1"]
     del config["users"]["alice"]["os_user"]
     config["flows"] = {"enabled": True}
     work = tmp_path_factory.mktemp("jump-inner")
@@ -62,6 +79,12 @@ def jump(tmp_path_factory, password_hash, authorized_keys, client_keys, device):
     Port {gw.port}
     User alice
     IdentityFile {client_keys["ed25519"]}
+    StrictHostKeyChecking no
+    UserKnownHostsFile /dev/null
+Host tel1
+    Port {telnet_device.port}
+    User admin
+    ProxyJump gw
     StrictHostKeyChecking no
     UserKnownHostsFile /dev/null
 Host dev1 dev1.example
@@ -80,11 +103,14 @@ Host *
         yield gw, ssh_config, known_hosts, device
 
 
-def ssh(ssh_config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def ssh(
+    ssh_config: Path, *args: str, timeout: float = 60, input: bytes | None = None
+) -> subprocess.CompletedProcess:
     tools = require_peer("ssh")
     return subprocess.run(
-        [tools["ssh"], "-F", str(ssh_config), *args], capture_output=True, timeout=timeout
-    )
+        [tools["ssh"], "-F", str(ssh_config), *args],
+        capture_output=True, timeout=timeout, input=input,
+    )  # fmt: skip
 
 
 def target_fingerprint(gw: GatewayProcess, target: str) -> str:
@@ -98,7 +124,10 @@ def flow_records(gw: GatewayProcess) -> list[dict]:
     path = Path(gw.config["state_dir"]) / "flows" / "flows.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    # The gateway may be writing a record right now: a last line without its end is not
+    # one yet.
+    lines = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in lines if line]
 
 
 def wait_for(check, timeout: float = 10.0):
@@ -118,6 +147,23 @@ def test_ssh_J_runs_a_command_on_the_ssh1_device_and_returns_its_status(jump, ho
     assert result.returncode == 7
     # The inner login is bound to alice's connection; the name the client sent is logged.
     gw.wait_for_log(r"jump: alice -> dev1: inner SSH-2 login as 'admin'")
+
+
+def test_ssh_J_gets_a_pty_on_the_ssh1_device_with_window_changes(jump, tmp_path):
+    gw, ssh_config, _, _ = jump
+    result = ssh(ssh_config, "-tt", "dev1", "tty")
+    assert result.stdout.startswith(b"/dev/pts/"), result.stderr + gw.log_text()[-2000:].encode()
+    marker = tmp_path / "size"
+    argv = [require_peer("ssh")["ssh"], "-F", str(ssh_config), "-tt", "dev1",
+            size_report_script(marker)]  # fmt: skip
+    assert_window_change_reaches(argv, marker)
+
+
+def test_ssh_J_interactive_shell_on_the_ssh1_device(jump):
+    gw, ssh_config, _, _ = jump
+    result = ssh(ssh_config, "-tt", "dev1", timeout=60, input=b"echo shell-$((6*7))\rexit 3\r")
+    assert b"shell-42" in result.stdout, result.stderr + gw.log_text()[-2000:].encode()
+    assert result.returncode == 3
 
 
 def test_the_host_key_the_client_sees_is_the_targets(jump):
@@ -191,3 +237,16 @@ def test_paramiko_through_a_jump_channel_runs_a_command_on_the_ssh1_device(jump,
             inner.close()
     finally:
         outer.close()
+
+
+def test_ssh_J_runs_a_command_on_a_telnet_device(jump):
+    gw, ssh_config, _, _ = jump
+    result = ssh(ssh_config, "tel1", "echo hi-$((6*7))")
+    assert b"hi-42\n" in result.stdout, result.stderr + gw.log_text()[-3000:].encode()
+    gw.wait_for_log(r"jump: alice -> tel1: inner SSH-2 login as 'admin'")
+
+
+def test_ssh_J_shell_with_a_pty_on_a_telnet_device(jump):
+    gw, ssh_config, _, _ = jump
+    result = ssh(ssh_config, "-tt", "tel1", input=b"stty size; echo tel-$((6*7))\rexit\r")
+    assert b"tel-42" in result.stdout, result.stderr + gw.log_text()[-3000:].encode()
