@@ -9,6 +9,7 @@ ssh_config file) and paramiko through a jump channel (``sock=``)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -250,3 +251,30 @@ def test_ssh_J_shell_with_a_pty_on_a_telnet_device(jump):
     gw, ssh_config, _, _ = jump
     result = ssh(ssh_config, "-tt", "tel1", input=b"stty size; echo tel-$((6*7))\rexit\r")
     assert b"tel-42" in result.stdout, result.stderr + gw.log_text()[-3000:].encode()
+
+
+def test_scp_O_through_the_jump_puts_and_gets_a_file_on_the_ssh1_device(jump, tmp_path):
+    gw, ssh_config, _, _ = jump
+    tools = require_peer("scp")
+    source, copy, back = tmp_path / "up", tmp_path / "on-device", tmp_path / "back"
+    source.write_bytes(os.urandom(200_000))
+    for src, dst in ((str(source), f"dev1:{copy}"), (f"dev1:{copy}", str(back))):
+        result = subprocess.run(
+            [tools["scp"], "-O", "-F", str(ssh_config), src, dst], capture_output=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr + gw.log_text()[-2000:].encode()
+    assert back.read_bytes() == source.read_bytes()
+
+
+def test_sftp_through_the_jump_takes_the_routers_subsystem_path(jump):
+    gw, ssh_config, _, _ = jump
+    tools = require_peer("sftp")
+    result = subprocess.run(
+        [tools["sftp"], "-F", str(ssh_config), "-b", "-", "dev1"],
+        input=b"pwd\n", capture_output=True, timeout=60,
+    )  # fmt: skip
+    # Router.open_subsystem answers for the SSH-1 device: served, or refused with its
+    # reason on stderr, exactly as for alice+dev1.
+    served = result.returncode == 0 and b"Remote working directory" in result.stdout
+    refused = b"sshgateway: sftp on dev1: " in result.stderr
+    assert served or refused, result.stdout + result.stderr
