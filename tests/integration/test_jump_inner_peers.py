@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.clients import base_config, hash_password, sshgateway_cli
+from tests.support.clients import (
+    base_config,
+    hash_password,
+    peak_rss_growth_kib,
+    sshgateway_cli,
+)
 from tests.support.gateway_process import GatewayProcess, local_access
 from tests.support.peers import require_module, require_peer
 from tests.support.python_clients import paramiko_client
@@ -278,3 +283,12 @@ def test_sftp_through_the_jump_takes_the_routers_subsystem_path(jump):
     served = result.returncode == 0 and b"Remote working directory" in result.stdout
     refused = b"sshgateway: sftp on dev1: " in result.stderr
     assert served or refused, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_gateway_memory_bounded_with_a_slow_reader_through_the_jump(jump):
+    """The device could send far faster than the client reads (about 100 KB/s): the inner
+    session's window and the jump channel's pause the device."""
+    gw, ssh_config, _, _ = jump
+    argv = [require_peer("ssh")["ssh"], "-F", str(ssh_config), "dev1", "cat /dev/zero"]
+    assert peak_rss_growth_kib(gw, argv) < 32 * 1024
