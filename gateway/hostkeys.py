@@ -5,16 +5,17 @@ display them; and :func:`key_error_reason`, the words for a key file that cannot
 
 Files (all 0600, in a 0700 state directory):
 
-==========================  =====================================================
-``ssh_host_ed25519_key``    SSH-2 Ed25519 host key (OpenSSH private key format)
-``ssh_host_rsa_key``        SSH-2 RSA-3072 host key (OpenSSH private key format),
-                            offered as rsa-sha2-512, rsa-sha2-256 (and ssh-rsa if
-                            the operator enables it)
-``ssh1_host_key``           SSH-1 RSA-2048 host key (PKCS#8 PEM)
-``targets/NAME_ed25519_key``  SSH-2 Ed25519 host key the gateway shows for target NAME
-                            when it answers inside a jump channel (SSH-1 and telnet
-                            targets, gateway.inner_ssh2); made at first use
-==========================  =====================================================
+==============================  ===================================================
+``ssh_host_ed25519_key``        SSH-2 Ed25519 host key (OpenSSH private key format)
+``ssh_host_rsa_key``            SSH-2 RSA-3072 host key (OpenSSH private key format),
+                                offered as rsa-sha2-512, rsa-sha2-256 (and ssh-rsa
+                                if the operator enables it)
+``ssh1_host_key``               SSH-1 RSA-2048 host key (PKCS#8 PEM)
+``targets/NAME_ed25519_key``    SSH-2 Ed25519 host key the gateway shows for target
+                                NAME when it answers inside a jump channel (SSH-1
+                                and telnet targets, gateway.inner_ssh2); made at its
+                                first use, by :func:`load_or_create_target_key`
+==============================  ===================================================
 """
 
 from __future__ import annotations
