@@ -374,3 +374,25 @@ def test_a_targets_host_key_readable_by_others_is_refused(tmp_path):
     (tmp_path / "targets" / "dev1_ed25519_key").chmod(0o644)
     with pytest.raises(HostKeyError, match="too open"):
         load_or_create_target_key(tmp_path, "dev1")
+
+
+def test_garbage_after_the_version_line_ends_the_channel_cleanly():
+    clock = task.Clock()
+    avatar = GatewayUser("alice", Targets(), ()).routed_to("dev1")
+    factory = SSH2ServerFactory(
+        None, host_keys(), SSH2Settings(), AuthLimits(), clock
+    ).with_portal(bound_portal(avatar, "dev1"))
+    flows = Flows()
+    client = OuterChannel()
+    connection = InnerConnection(
+        factory, client, username="alice", target="dev1", clock=clock, flow_done=flows.write_flow
+    )
+    clock.advance(0)
+    with LogCapture() as logs:
+        connection.write_stdin(b"SSH-2.0-x\r\n" + b"\xff" * 64)
+    assert client.exit == ExitInfo(status=0) and client.eof
+    assert "Traceback" not in logs.text() and "disconnecting" in logs.text()
+    connection.close()
+    (flow,) = flows.written
+    assert flow.close_reason
+    assert not clock.getDelayedCalls()  # no login grace timer left on a dead channel
