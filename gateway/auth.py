@@ -425,7 +425,22 @@ class GatewayUser:
         open_forward = getattr(self.targets, "open_forward", None)
         if open_forward is None:
             raise ForwardRefused("forwarding needs the router")
-        return open_forward(self.username, host, port, client)
+        return open_forward(self.username, host, port, client, avatar=self)
+
+    def routed_to(self, target: str) -> GatewayUser:
+        """This login as a login name ``user+target`` would have made it: same password,
+        key restrictions, forced command and environment, sessions go to ``target`` (the
+        avatar of the gateway's SSH-2 server inside a jump channel to ``target``)."""
+        return GatewayUser(
+            self.username,
+            self.targets,
+            self.env_allow,
+            target=target,
+            password=self._password,
+            restrictions=self.restrictions,
+            forced_command=self.forced_command,
+            environment=self.environment,
+        )
 
 
 def _normalise_method(method: str) -> str:

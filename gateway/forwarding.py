@@ -9,8 +9,9 @@ SSH-1's ``permit_open`` uses). Anything else is refused (:class:`ForwardRefused`
 
 For an ``ssh2`` target the channel becomes a plain TCP connection to the device
 (:class:`TcpForward`): the client's own SSH-2 session runs end to end through it and the
-gateway sees bytes only. ``local``, ``ssh1`` and ``telnet`` targets are refused for now
-(the inner SSH-2 server for them is not there yet).
+gateway sees bytes only. For an ``ssh1`` or ``telnet`` target the gateway answers inside
+the channel as that target's SSH-2 server (:mod:`gateway.inner_ssh2`; the Router picks
+it by the destination's ``protocol``). ``local`` is never a jump destination.
 
 :class:`TcpForward` is the channel's :class:`ISessionTarget` (the session model of
 ``protocols/session.py``, so flow control works as for sessions): device bytes go to
@@ -49,13 +50,14 @@ MAX_PENDING = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Destination:
-    """Where a permitted forward connects: ``target`` is the target's name, or None for
-    a ``permit_open`` entry."""
+    """Where a permitted forward connects: ``target`` is the target's name and
+    ``protocol`` its protocol, both None for a ``permit_open`` entry."""
 
     host: str
     port: int
     target: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    protocol: str | None = None
 
 
 def _names(config: Any) -> Iterable[str]:
@@ -82,12 +84,9 @@ def choose_destination(
             continue
         if port != config.port or not any(same_host(host, n) for n in _names(config)):
             continue
-        if config.protocol != "ssh2":
-            raise ForwardRefused(
-                f"target {name!r} is {config.protocol}: jump-host use of ssh1 and telnet "
-                "targets is not supported yet"
-            )
-        return Destination(config.host, config.port, name, config.connect_timeout)
+        return Destination(
+            config.host, config.port, name, config.connect_timeout, config.protocol
+        )
     if permits(permit_open, host, port):
         return Destination(host, port)
     raise ForwardRefused(f"{host_port(host, port)} is neither a target of {username} nor permitted")

@@ -5,13 +5,17 @@ display them; and :func:`key_error_reason`, the words for a key file that cannot
 
 Files (all 0600, in a 0700 state directory):
 
-==========================  =====================================================
-``ssh_host_ed25519_key``    SSH-2 Ed25519 host key (OpenSSH private key format)
-``ssh_host_rsa_key``        SSH-2 RSA-3072 host key (OpenSSH private key format),
-                            offered as rsa-sha2-512, rsa-sha2-256 (and ssh-rsa if
-                            the operator enables it)
-``ssh1_host_key``           SSH-1 RSA-2048 host key (PKCS#8 PEM)
-==========================  =====================================================
+==============================  ===================================================
+``ssh_host_ed25519_key``        SSH-2 Ed25519 host key (OpenSSH private key format)
+``ssh_host_rsa_key``            SSH-2 RSA-3072 host key (OpenSSH private key format),
+                                offered as rsa-sha2-512, rsa-sha2-256 (and ssh-rsa
+                                if the operator enables it)
+``ssh1_host_key``               SSH-1 RSA-2048 host key (PKCS#8 PEM)
+``targets/NAME_ed25519_key``    SSH-2 Ed25519 host key the gateway shows for target
+                                NAME when it answers inside a jump channel (SSH-1
+                                and telnet targets, gateway.inner_ssh2); made at its
+                                first use, by :func:`load_or_create_target_key`
+==============================  ===================================================
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from protocols.ssh1.keys import ssh1_fingerprint, ssh1_sha256_fingerprint
 ED25519_FILE = "ssh_host_ed25519_key"
 RSA_FILE = "ssh_host_rsa_key"
 SSH1_FILE = "ssh1_host_key"
+TARGET_KEYS_DIR = "targets"  # under the state directory: one host key per target
+TARGET_KEY_SUFFIX = "_ed25519_key"
 SSH2_RSA_BITS = 3072
 SSH1_HOST_KEY_BITS = 2048
 # Names under which the SSH-2 side looks up the RSA host key (one key, three algorithms).
@@ -244,3 +250,35 @@ def load_or_create_host_keys(state_dir: str | os.PathLike[str]) -> HostKeys:
             protocol=info.protocol,
         )
     return host_keys
+
+
+def target_key_path(state_dir: str | os.PathLike[str], target: str) -> Path:
+    """Where the host key the gateway shows for ``target`` in a jump channel lives (the
+    config keeps target names to ``A-Z a-z 0-9 . _ -``, so the name is a file name)."""
+    if not target or "/" in target or target.startswith("."):
+        raise HostKeyError(f"{target!r} is not a target name")
+    return Path(state_dir) / TARGET_KEYS_DIR / (target + TARGET_KEY_SUFFIX)
+
+
+def load_target_key(state_dir: str | os.PathLike[str], target: str) -> keys.Key:
+    """The existing host key of ``target``; :class:`HostKeyError` if there is none yet or
+    it is unusable."""
+    return _ssh2_key(target_key_path(state_dir, target), "Ed25519", 256)
+
+
+def load_or_create_target_key(state_dir: str | os.PathLike[str], target: str) -> keys.Key:
+    """The host key of ``target``, generated (Ed25519, 0600, in a 0700 directory) when it
+    does not exist yet."""
+    path = target_key_path(state_dir, target)
+    ensure_state_dir(Path(state_dir))
+    ensure_state_dir(path.parent)
+    if not os.path.lexists(path) and write_new_private_file(path, _generate(ED25519_FILE)):
+        key = load_target_key(state_dir, target)
+        _log.info(
+            "generated host key {path} for target {target}: ssh-ed25519 {fingerprint}",
+            path=str(path),
+            target=target,
+            fingerprint=ssh2_fingerprint(key),
+        )
+        return key
+    return load_target_key(state_dir, target)

@@ -53,6 +53,7 @@ from gateway.targets.local import LocalTarget
 from gateway.targets.registry import TARGET_PROTOCOLS
 from gateway.upstream_errors import FAILURE_STATUS
 from protocols.flow import open_flow
+from protocols.forwarding import ForwardRefused
 from protocols.session import (
     ExitInfo,
     ISessionClient,
@@ -414,6 +415,9 @@ class Router:
         self.menu_timeout = menu_timeout
         # The flow sink (gateway.flows.FlowWriter) forwarded connections are written to.
         self.flows: Any = None
+        # The inner SSH-2 servers (gateway.inner_ssh2.InnerServers) that answer jump
+        # channels to ssh1 and telnet targets; None: such channels are refused.
+        self.inner_servers: Any = None
 
     def allowed(self, username: str) -> tuple[str, ...]:
         """The targets ``username`` may reach (configured and built), in config order."""
@@ -659,12 +663,21 @@ class Router:
         return target.open_session(username, request, client)
 
     def open_forward(
-        self, username: str, host: str, port: int, client: ISessionClient
+        self,
+        username: str,
+        host: str,
+        port: int,
+        client: ISessionClient,
+        *,
+        avatar: Any = None,
     ) -> ISessionTarget:
         """A jump-host forward (SSH-2 ``direct-tcpip``) of ``username`` to ``host:port``:
-        the TCP leg to the target or ``permit_open`` destination it names. Raises
+        the TCP leg to the target or ``permit_open`` destination it names, or for an
+        ssh1 or telnet target the gateway's own SSH-2 server for it, whose sessions come
+        back here as ``avatar`` (the outer login's) routed to that target would. Raises
         ForwardRefused (gateway.forwarding has the matching rules)."""
         from gateway.forwarding import TcpForward, choose_destination
+        from gateway.inner_ssh2 import INNER_PROTOCOLS
 
         user = self.config.users.get(username)
         destination = choose_destination(
@@ -676,12 +689,23 @@ class Router:
             user.permit_open if user is not None else (),
         )
         flows = self.flows
+        flow_done = flows.write_flow if flows is not None else None
+        if destination.target is not None and destination.protocol in INNER_PROTOCOLS:
+            routed_to = getattr(avatar, "routed_to", None)
+            if self.inner_servers is None or routed_to is None:
+                raise ForwardRefused(
+                    f"target {destination.target!r} is {destination.protocol}: no SSH-2 "
+                    "server for it here"
+                )
+            return self.inner_servers.open(
+                destination.target, routed_to(destination.target), client, flow_done
+            )
         return TcpForward(
             self.clock,
             username,
             destination,
             client,
-            flow_done=flows.write_flow if flows is not None else None,
+            flow_done=flow_done,
         )
 
     def refuse(self, client: ISessionClient, message: str) -> ISessionTarget:

@@ -163,6 +163,13 @@ def build_generation(config: Any, reactor: Any, host_keys: Any) -> Generation:
         if hasattr(target, "flows"):
             target.flows = flows
     targets.flows = flows  # and forwarded connections (jump-host use)
+    if "2" in config.protocols:
+        from gateway.inner_ssh2 import InnerServers
+
+        # The gateway's SSH-2 server inside jump channels to ssh1 and telnet targets.
+        targets.inner_servers = InnerServers(
+            config.state_dir, config.ssh2, config.auth_limits, reactor
+        )
     portal = build_portal(config, targets)
     handoffs = build_handoffs(config, reactor, portal, host_keys)
     return Generation(handoffs, config.version_timeout, flows, targets)

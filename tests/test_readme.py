@@ -52,6 +52,12 @@ NOT_RUNNABLE = {
     "test_jump_host_peers.py runs ProxyJump from an ssh_config like the README's",
     "ssh -J alice@gw root@host2": "needs an SSH-2 device behind the gateway: tests/integration/"
     "test_jump_host_peers.py runs ssh -J to an OpenSSH sshd device",
+    "ssh switch1 'show version'": "needs an SSH-1 device behind the gateway: tests/integration/"
+    "test_jump_inner_peers.py runs ProxyJump to one",
+    "ssh -J alice@gw admin@switch1": "needs an SSH-1 device behind the gateway: tests/"
+    "integration/test_jump_inner_peers.py runs ssh -J to one",
+    "scp -O -J alice@gw file admin@switch1:": "needs an SSH-1 device behind the gateway: "
+    "tests/integration/test_jump_inner_peers.py runs scp -O through the jump",
 }
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=\S*")

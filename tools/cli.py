@@ -13,11 +13,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from gateway import passwords, version_line
 from gateway.config import ConfigError, config_warnings, load_config
-from gateway.hostkeys import HostKeyError, load_host_keys
+from gateway.hostkeys import HostKeyError, load_host_keys, load_target_key, ssh2_fingerprint
 from gateway.known_hosts import KnownHosts, KnownHostsError
 from gateway.routing import KNOWN_HOSTS_FILE
 from tools.flows import command as flowview
@@ -74,11 +74,32 @@ def _setup_fingerprints(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--state-dir", help="the gateway's state directory")
     source.add_argument("--config", help="a config file (its state_dir is used)")
+    p.add_argument(
+        "--target",
+        metavar="NAME",
+        help="the host key the gateway shows for target NAME in a jump channel (ssh -J to "
+        "an SSH-1 or telnet target) instead of its own",
+    )
+
+
+def _run_target_fingerprint(state_dir: Any, target: str, io: IO) -> int:
+    try:
+        key = load_target_key(state_dir, target)
+    except HostKeyError as e:
+        print(
+            f"sshgateway: {e} (a target's host key is created at its first jump-host use)",
+            file=io.stderr,
+        )
+        return 1
+    print(f"SSH-2 {key.sshType().decode()} {key.size()} {ssh2_fingerprint(key)}", file=io.stdout)
+    return 0
 
 
 def _run_fingerprints(args: argparse.Namespace, io: IO) -> int:
     try:
         state_dir = args.state_dir if args.state_dir else load_config(args.config).state_dir
+        if args.target is not None:
+            return _run_target_fingerprint(state_dir, args.target, io)
         host_keys = load_host_keys(state_dir)
     except ConfigError as e:
         print(e, file=io.stderr)

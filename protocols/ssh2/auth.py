@@ -3,8 +3,10 @@
 Conch's SSHUserAuthServer keeps its own timeout, attempt counter and password delay; here
 all three come from :class:`protocols.auth.LoginFlow`, which the SSH-1 front end shares, so
 the limits mean the same on both protocols. Only ``publickey`` and ``password`` are offered
-(``plink -2 -pw -batch`` fails when keyboard-interactive comes first). Requests are handled
-one at a time; the few a client may pipeline wait in a short queue.
+(``plink -2 -pw -batch`` fails when keyboard-interactive comes first); ``none`` only where
+the portal takes anonymous credentials, which the gateway's own portal never does (the
+inner server of a jump channel, whose login is bound to the outer one, does). Requests
+are handled one at a time; the few a client may pipeline wait in a short queue.
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ MAX_KEY_BLOB = 16 * 1024
 MAX_SIGNATURE = 16 * 1024
 MAX_QUEUED_REQUESTS = 8
 
+METHOD_NONE = b"none"
+
 # Method name -> the credentials interface a portal checker must handle for it.
 METHOD_INTERFACES: dict[bytes, Any] = {
     METHOD_PUBLICKEY.encode(): credentials.ISSHPrivateKey,
     METHOD_PASSWORD.encode(): credentials.IUsernamePassword,
+    METHOD_NONE: credentials.IAnonymous,
 }
 
 
@@ -181,6 +186,9 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
         d.addBoth(lambda _: self._next())
 
     def _credentials(self, method: bytes, user: bytes, reader: Reader) -> Any:
+        if method == METHOD_NONE:
+            reader.end()
+            return credentials.Anonymous()
         if method == b"password":
             change = reader.boolean()
             password = reader.string(MAX_PASSWORD)
@@ -309,8 +317,8 @@ class SSH2UserAuthServer(userauth.SSHUserAuthServer):
     def _send_failure(self, partial: bool, methods: list[bytes] | None = None) -> None:
         if methods is None:
             done = set(self._succeeded)
-            methods = [m for m in self.supportedAuthentications if m.decode() not in done]
-            methods = methods or list(self.supportedAuthentications)
+            offered = [m for m in self.supportedAuthentications if m != METHOD_NONE]
+            methods = [m for m in offered if m.decode() not in done] or offered
         self.transport.sendPacket(
             MSG_USERAUTH_FAILURE, NS(b",".join(methods)) + (b"\x01" if partial else b"\x00")
         )

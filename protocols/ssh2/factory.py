@@ -7,6 +7,7 @@ handed-over connection.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,13 @@ class SSH2ServerFactory:
             b"ssh-userauth": SSH2UserAuthServer,
             b"ssh-connection": GatewayConnection,
         }
+
+    def with_portal(self, portal: Any) -> SSH2ServerFactory:
+        """This factory (same keys, settings, groups) with another portal: the inner
+        server of one jump channel, whose login is bound to that channel's user."""
+        other = copy.copy(self)
+        other.portal = portal
+        return other
 
     def build_protocol(
         self, record: ConnectionRecord, server_version: bytes, client_version: bytes

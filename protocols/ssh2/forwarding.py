@@ -137,6 +137,19 @@ class ForwardChannel(conch_channel.SSHChannel):
         return record.describe() if record is not None else "ssh2"
 
     @property
+    def peer(self) -> str:
+        """The outer connection's peer, as its log lines name it."""
+        record = getattr(getattr(self.conn, "transport", None), "record", None)
+        return record.peer if record is not None else "-"
+
+    def outer_addresses(self) -> tuple[Any, Any] | None:
+        """``(getPeer(), getHost())`` of the outer connection's socket, or None."""
+        tcp = getattr(getattr(self.conn, "transport", None), "transport", None)
+        if tcp is None or not hasattr(tcp, "getPeer") or not hasattr(tcp, "getHost"):
+            return None
+        return tcp.getPeer(), tcp.getHost()
+
+    @property
     def flow_id(self) -> str | None:
         """The id of the outer connection's flow record (the forward's record links to it)."""
         return self._flow.id if self._flow is not None else None

@@ -1,6 +1,7 @@
 """Jump-host forwarding in memory: which destinations a direct-tcpip may reach (a target
 by name, host or alias on its port; a user's permit_open entry, matched as SSH-1's
-permit_open is; everything else refused, ssh1/telnet targets as not supported yet), the
+permit_open is; everything else refused; ssh1/telnet targets chosen with their protocol,
+for the gateway's own SSH-2 server, refused when there is none), the
 config keys, and the TCP leg (TcpForward) against a StringTransport device: bytes both
 ways, back-pressure, half-close and close in each direction, the flow record."""
 
@@ -38,7 +39,12 @@ def choose(host: str, port: int, permit_open=()) -> Destination:
 
 @pytest.mark.parametrize("host", ["host2", "10.0.0.12", "host2.example", "HOST2"])
 def test_a_target_matches_by_name_host_or_alias_on_its_port(host):
-    assert choose(host, 2222) == Destination("10.0.0.12", 2222, "host2", 10.0)
+    assert choose(host, 2222) == Destination("10.0.0.12", 2222, "host2", 10.0, "ssh2")
+
+
+def test_ssh1_and_telnet_targets_are_chosen_with_their_protocol():
+    assert choose("sw1", 22) == Destination("10.0.0.20", 22, "sw1", 10.0, "ssh1")
+    assert choose("10.0.0.30", 23) == Destination("10.0.0.30", 23, "tel", 10.0, "telnet")
 
 
 @pytest.mark.parametrize(
@@ -49,8 +55,7 @@ def test_a_target_matches_by_name_host_or_alias_on_its_port(host):
         ("other", 22, "neither"),  # a target, but not one of alice's
         ("10.0.0.13", 22, "neither"),
         ("localhost", 22, "neither"),  # local is not reached by forwarding
-        ("sw1", 22, "is ssh1: jump-host use of ssh1 and telnet targets is not supported yet"),
-        ("10.0.0.30", 23, "is telnet: jump-host use"),
+        ("sw1", 23, "neither"),
     ],
 )
 def test_everything_else_is_refused_with_the_reason(host, port, why):
@@ -132,6 +137,11 @@ def test_the_router_refuses_before_connecting():
         router().open_forward("alice", "intranet.example", 443, FakeSessionClient())
     with pytest.raises(ForwardRefused, match="neither"):
         router().open_forward("mallory", "host2", 2222, FakeSessionClient())
+
+
+def test_without_inner_servers_ssh1_and_telnet_targets_are_refused():
+    with pytest.raises(ForwardRefused, match="'sw1' is ssh1: no SSH-2 server for it here"):
+        router().open_forward("alice", "sw1", 22, FakeSessionClient())
 
 
 # -- the TCP leg ----------------------------------------------------------------------------

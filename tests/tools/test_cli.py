@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway import passwords
-from gateway.hostkeys import load_or_create_host_keys
+from gateway.hostkeys import load_or_create_host_keys, load_or_create_target_key, ssh2_fingerprint
 from tests.support.gateway_helpers import LOCAL_ACCESS, OWN_ACCOUNT, fast_hash
 from tools import cli
 
@@ -89,6 +89,20 @@ def test_fingerprints_without_keys(tmp_path):
     status, out, err = run(["fingerprints", "--state-dir", str(tmp_path / "none")])
     assert status == 1 and out == "" and "created when the gateway first starts" in err
     assert not (tmp_path / "none").exists()
+
+
+def test_fingerprints_of_a_targets_jump_host_key(state_dir):
+    key = load_or_create_target_key(state_dir, "dev1")
+    status, out, err = run(["fingerprints", "--state-dir", str(state_dir), "--target", "dev1"])
+    assert status == 0 and err == ""
+    assert out == f"SSH-2 ssh-ed25519 256 {ssh2_fingerprint(key)}\n"
+
+
+def test_fingerprints_of_a_target_not_used_yet(state_dir):
+    status, out, err = run(["fingerprints", "--state-dir", str(state_dir), "--target", "new1"])
+    assert status == 1 and out == ""
+    assert "created at its first jump-host use" in err
+    assert not (state_dir / "targets" / "new1_ed25519_key").exists()
 
 
 def test_fingerprints_with_bad_config(tmp_path):
