@@ -258,31 +258,36 @@ def test_ssh_J_shell_with_a_pty_on_a_telnet_device(jump):
     assert b"tel-42" in result.stdout, result.stderr + gw.log_text()[-3000:].encode()
 
 
-def test_scp_O_through_the_jump_puts_and_gets_a_file_on_the_ssh1_device(jump, tmp_path):
+@pytest.mark.parametrize("mode", [[], ["-O"]], ids=["sftp-mode", "rcp-O"])
+def test_scp_through_the_jump_puts_and_gets_a_file_on_the_ssh1_device(jump, tmp_path, mode):
+    """OpenSSH 9's scp in its default SFTP mode (served by the gateway over the device's
+    scp) and in the legacy rcp mode (-O, a command on the device)."""
     gw, ssh_config, _, _ = jump
     tools = require_peer("scp")
     source, copy, back = tmp_path / "up", tmp_path / "on-device", tmp_path / "back"
     source.write_bytes(os.urandom(200_000))
     for src, dst in ((str(source), f"dev1:{copy}"), (f"dev1:{copy}", str(back))):
         result = subprocess.run(
-            [tools["scp"], "-O", "-F", str(ssh_config), src, dst], capture_output=True, timeout=60
+            [tools["scp"], *mode, "-F", str(ssh_config), src, dst], capture_output=True, timeout=60
         )
         assert result.returncode == 0, result.stderr + gw.log_text()[-2000:].encode()
     assert back.read_bytes() == source.read_bytes()
 
 
-def test_sftp_through_the_jump_takes_the_routers_subsystem_path(jump):
+def test_sftp_through_the_jump_is_served_as_for_alice_plus_dev1(jump, tmp_path):
     gw, ssh_config, _, _ = jump
     tools = require_peer("sftp")
+    source = tmp_path / "put-me"
+    source.write_bytes(os.urandom(50_000))
     result = subprocess.run(
         [tools["sftp"], "-F", str(ssh_config), "-b", "-", "dev1"],
-        input=b"pwd\n", capture_output=True, timeout=60,
+        input=f"pwd\nput {source} {tmp_path / 'put'}\n".encode(), capture_output=True,
+        timeout=60,
     )  # fmt: skip
-    # Router.open_subsystem answers for the SSH-1 device: served, or refused with its
-    # reason on stderr, exactly as for alice+dev1.
-    served = result.returncode == 0 and b"Remote working directory" in result.stdout
-    refused = b"sshgateway: sftp on dev1: " in result.stderr
-    assert served or refused, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"Remote working directory" in result.stdout
+    assert (tmp_path / "put").read_bytes() == source.read_bytes()
+    gw.wait_for_log(r"sftp on dev1: served by the gateway over the device's scp")
 
 
 @pytest.mark.slow
