@@ -56,8 +56,9 @@ NOT_RUNNABLE = {
     "test_jump_inner_peers.py runs ProxyJump to one",
     "ssh -J alice@gw admin@switch1": "needs an SSH-1 device behind the gateway: tests/"
     "integration/test_jump_inner_peers.py runs ssh -J to one",
-    "scp -O -J alice@gw file admin@switch1:": "needs an SSH-1 device behind the gateway: "
-    "tests/integration/test_jump_inner_peers.py runs scp -O through the jump",
+    "plink -proxycmd \"plink -nc switch1:22 alice@gw\" admin@switch1 'show version'": "needs "
+    "an SSH-1 device behind the gateway: tests/integration/test_jump_inner_peers.py runs "
+    "plink through plink -nc to one",
 }
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=\S*")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -18,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.clients import (
+    PASSWORD,
     base_config,
     hash_password,
     peak_rss_growth_kib,
+    ssh2_fingerprint,
     sshgateway_cli,
 )
 from tests.support.gateway_process import GatewayProcess, local_access
@@ -297,3 +300,24 @@ def test_gateway_memory_bounded_with_a_slow_reader_through_the_jump(jump):
     gw, ssh_config, _, _ = jump
     argv = [require_peer("ssh")["ssh"], "-F", str(ssh_config), "dev1", "cat /dev/zero"]
     assert peak_rss_growth_kib(gw, argv) < 32 * 1024
+
+
+def test_plink_through_plink_nc_reaches_the_ssh1_device(jump):
+    """PuTTY as the jump client: an outer ``plink -nc dev1:PORT`` (a direct-tcpip channel
+    through the gateway) is the inner plink's ``-proxycmd``; the inner plink speaks SSH-2
+    to the gateway's server for dev1 (pinned to `fingerprints --target dev1`), logs in with
+    ``none`` and runs a command on the SSH-1 device."""
+    gw, ssh_config, _, device = jump
+    tools = require_peer("plink")
+    assert ssh(ssh_config, "dev1", "true").returncode == 0  # dev1's key exists from here on
+    outer = [
+        tools["plink"], "-ssh", "-2", "-batch", "-hostkey", ssh2_fingerprint(gw),
+        "-P", str(gw.port), "-pw", PASSWORD, "-nc", f"dev1:{device.port}", "alice@127.0.0.1",
+    ]  # fmt: skip
+    inner = [
+        tools["plink"], "-ssh", "-2", "-batch", "-hostkey", target_fingerprint(gw, "dev1"),
+        "-proxycmd", shlex.join(outer), "-P", str(device.port), "admin@dev1",
+        "echo via-plink; exit 6",
+    ]  # fmt: skip
+    result = subprocess.run(inner, capture_output=True, timeout=90, stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stdout) == (6, b"via-plink\n"), result.stderr
