@@ -49,6 +49,7 @@ from zope.interface import implementer
 
 from gateway.config import LOCAL_TARGET, SFTP_SERVER_PATHS, GatewayConfig
 from gateway.known_hosts import KnownHosts
+from gateway.sftp_watch import watch_session
 from gateway.targets.local import LocalTarget
 from gateway.targets.registry import TARGET_PROTOCOLS
 from gateway.upstream_errors import FAILURE_STATUS
@@ -140,6 +141,13 @@ def _printable(text: str) -> str:
     # The name comes from the client: keep control characters out of stderr and the log.
     cleaned = "".join(c if c.isprintable() else "?" for c in text)
     return cleaned if len(cleaned) <= 64 else cleaned[:64] + "..."
+
+
+def _note_file(client: ISessionClient, direction: str, path: str, size: int, result: str) -> None:
+    """Note a file an SFTP session moved in the client leg's flow (if it is still open)."""
+    flow = open_flow(getattr(client, "flow_id", None))
+    if flow is not None:
+        flow.file(direction, path, size, result)
 
 
 # --- sessions that never reach a target -------------------------------------------------------
@@ -569,16 +577,15 @@ class Router:
                 server=server,
             )
             command = server.encode("utf-8", "surrogateescape")
-            return self._start(
-                username, name, dataclasses.replace(request, command=command), client, password
-            )
+            local_request = dataclasses.replace(request, command=command)
+            return self._watched(username, name, local_request, client, password)
         if protocol == "ssh2":
             log.info(
                 "routing: {user}: sftp on {target}: relayed to the device",
                 user=username,
                 target=name,
             )
-            return self._start(username, name, request, client, password)
+            return self._watched(username, name, request, client, password)
         if protocol == "ssh1":
             log.info(
                 "routing: {user}: sftp on {target}: served by the gateway over the device's scp",
@@ -602,6 +609,25 @@ class Router:
         )
         return self.refuse(client, f"{_printable(subsystem)} on {name}: {why}")
 
+    def _watched(
+        self,
+        username: str,
+        name: str,
+        request: SessionRequest,
+        client: ISessionClient,
+        password: str | None,
+    ) -> ISessionTarget:
+        """A relayed SFTP session (sftp-server on ``local``, an SSH-2 device's own server),
+        watched on the way so that the files it moves are noted in the client's flow."""
+
+        def noted(direction: str, path: str, size: int, result: str) -> None:
+            _note_file(client, direction, path, size, result)
+
+        def start(watched: ISessionClient) -> ISessionTarget:
+            return self._start(username, name, request, watched, password)
+
+        return watch_session(client, start, noted, label=f"{username} on {name}")
+
     def _sftp_over_scp(
         self,
         username: str,
@@ -620,9 +646,7 @@ class Router:
             return self._start(username, name, exec_request, exec_client, password)
 
         def noted(transfer: Any) -> None:
-            flow = open_flow(getattr(client, "flow_id", None))
-            if flow is not None:
-                flow.file(transfer.direction, transfer.path, transfer.size, transfer.result)
+            _note_file(client, transfer.direction, transfer.path, transfer.size, transfer.result)
 
         spool = Path(self.config.state_dir) / SFTP_SPOOL
         spool.mkdir(mode=0o700, exist_ok=True)

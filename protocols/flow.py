@@ -27,7 +27,7 @@ from typing import Any
 
 FORMAT_VERSION = 1
 MAX_MESSAGES = 1000
-MAX_FILES = 1000  # files a gateway-side SFTP server moved, noted in one record
+MAX_FILES = 1000  # files SFTP sessions moved, noted in one record
 
 C2S = "c2s"
 S2C = "s2c"
@@ -331,9 +331,10 @@ class FlowRecorder:
         self.requests.append({"name": name, "result": result, "t": self.now()})
 
     def file(self, direction: str, path: str, size: int, result: str) -> None:
-        """A file moved by a server the gateway runs itself (SFTP over an SSH-1 device's
-        scp): ``direction`` is "get" or "put", ``path`` the name the user chose; no
-        contents. At most MAX_FILES are kept."""
+        """A file an SFTP session moved: served by the gateway itself (over an SSH-1
+        device's scp) or relayed and watched (gateway.sftp_watch). ``direction`` is "get"
+        or "put", ``path`` the name the user chose; no contents. At most MAX_FILES are
+        kept."""
         if len(self.files) >= MAX_FILES:
             self.files_truncated = True
             return

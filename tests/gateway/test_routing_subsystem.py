@@ -16,7 +16,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from gateway.config import parse_config
 from gateway.routing import ORIGINAL_COMMAND, RefusedSession, Router, find_sftp_server
+from gateway.sftp_watch import WatchedTarget
+from protocols.flow import FlowRecorder
 from protocols.session import ExitInfo, SessionRequest
+from tests.gateway.test_sftp_watch import put_steps
 from tests.support.doubles import FakeSessionClient, FakeTarget
 from tests.support.gateway_helpers import OWN_ACCOUNT, ROUTED_TARGETS, fast_hash
 
@@ -74,7 +77,7 @@ def test_local_runs_sftp_server_as_the_os_user(tmp_path, logs):
     s = Setup(tmp_path, program)
     session, client = s.open("alice", "local")
     (opened,) = s.targets["local"].opened
-    assert session is opened
+    assert isinstance(session, WatchedTarget) and session._target is opened  # see below
     # As sshd's Subsystem: the program's path is the command the account's shell runs.
     assert opened.request.command == str(program).encode()
     assert opened.request.subsystem == "sftp"
@@ -112,6 +115,23 @@ def test_ssh2_device_gets_the_subsystem_request_relayed(tmp_path, logs):
     (opened,) = s.targets["host2"].opened
     assert (opened.request.subsystem, opened.request.command) == ("sftp", None)
     assert "alice: sftp on host2: relayed to the device" in logs()
+
+
+@pytest.mark.parametrize("target", ["local", "host2"])
+def test_files_of_a_relayed_sftp_session_are_noted_in_the_clients_flow(tmp_path, target):
+    s = Setup(tmp_path, sftp_server(tmp_path))
+    flow = FlowRecorder("server", "127.0.0.1:5000", "ssh2")
+    client = FakeSessionClient()
+    client.flow_id = flow.id  # type: ignore[attr-defined]
+    session = s.router.open_session("alice", SFTP, client, target=target)
+    (opened,) = s.targets[target].opened
+    for side, data in put_steps(b"/srv/up.bin"):
+        (session.write_stdin if side == "c" else opened.client.write_stdout)(data)
+    assert [(f["direction"], f["path"], f["size"], f["result"]) for f in flow.files] == [
+        ("put", "/srv/up.bin", 32868, "ok")
+    ]
+    assert opened.client.flow_id == flow.id  # the device leg still links to the client's
+    flow.close()
 
 
 def test_ssh1_device_gets_sftp_served_by_the_gateway_over_its_scp(tmp_path, logs):

@@ -3,7 +3,7 @@ real gateway process, to ``local`` (sftp-server run as alice's ``os_user``, a th
 account) and to a real sshd device (``alice+host2``, the subsystem relayed to its own
 sftp-server); the refusals on telnet devices and for unknown subsystems as the
 clients show them (SSH-1 devices: tests/integration/test_sftp_ssh1_device.py); ``scp -O`` still passes through as a command; the flow record names
-the subsystem. paramiko's SFTPClient (as automation uses it) and PuTTY's psftp too.
+the subsystem and the files moved, with their sizes. paramiko's SFTPClient (as automation uses it) and PuTTY's psftp too.
 
 Needs root (the local sessions run as another account); otherwise skipped with the reason,
 a failure under ``CI=true``.
@@ -220,10 +220,46 @@ def test_the_flow_record_names_the_subsystem(gw, client_keys):
         time.sleep(0.1)
     legs = {r["role"]: r for r in subsystem_legs()}
     # The user's leg (the gateway as server) and the gateway's own leg to the device (as
-    # client) both name it, linked. The files moved are not in either: a relayed SFTP
-    # session is bytes to the gateway.
+    # client) both name it, linked.
     assert set(legs) == {"server", "client"}, legs
     assert legs["client"]["link"] == legs["server"]["id"]
+
+
+def flow_files(gw, path: str) -> list[dict]:
+    """The ``files`` entries naming ``path`` in the user's legs' flow records; the record
+    is written when the connection has closed, so wait for it a little."""
+    flows = Path(gw.config["state_dir"]) / "flows" / "flows.jsonl"
+    deadline = time.monotonic() + 15
+    while True:
+        records = (
+            [json.loads(line) for line in flows.read_text().splitlines()] if flows.exists() else []
+        )
+        found = [
+            f for r in records if r["role"] == "server" for f in r.get("files", [])
+            if f["path"] == path
+        ]  # fmt: skip
+        if len(found) >= 2 or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("user", ["alice", "alice+host2"])
+def test_the_flow_record_lists_the_files_moved_with_their_sizes(
+    gw, account, client_keys, tmp_path, user
+):
+    # sftp-server and the device's server are relayed; the gateway watches the stream.
+    source, back = tmp_path / "noted.bin", tmp_path / "noted-back.bin"
+    source.write_bytes(os.urandom(200 * 1024 + 3))
+    if user == "alice":
+        remote = f"{account.pw_dir}/noted-{os.getpid()}.bin"  # sftp sends absolute paths
+    else:
+        remote = str(tmp_path / "on-host2-noted.bin")
+    batch = f"put {source} {remote}\nget {remote} {back}\n"
+    ok(sftp_batch(gw, client_keys["ed25519"], f"{user}@127.0.0.1", batch), gw)
+    assert back.read_bytes() == source.read_bytes()
+    files = flow_files(gw, remote)
+    moved = sorted((f["direction"], f["path"], f["size"], f["result"]) for f in files)
+    assert moved == [("get", remote, 200 * 1024 + 3, "ok"), ("put", remote, 200 * 1024 + 3, "ok")]
 
 
 # -- other SFTP clients: paramiko (automation) and PuTTY's psftp -------------------------------
