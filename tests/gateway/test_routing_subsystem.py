@@ -19,9 +19,9 @@ from gateway.routing import ORIGINAL_COMMAND, RefusedSession, Router, find_sftp_
 from gateway.sftp_watch import WatchedTarget
 from protocols.flow import FlowRecorder
 from protocols.session import ExitInfo, SessionRequest
-from tests.gateway.test_sftp_watch import put_steps
 from tests.support.doubles import FakeSessionClient, FakeTarget
 from tests.support.gateway_helpers import OWN_ACCOUNT, ROUTED_TARGETS, fast_hash
+from tests.support.sftp_packets import put_steps
 
 HASH = fast_hash("pw")
 SFTP = SessionRequest(subsystem="sftp")
