@@ -20,6 +20,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from gateway.host_patterns import peer_address
+
 # Peers without an address (tests, UNIX sockets) all count as this one source.
 UNKNOWN_SOURCE = "unknown"
 
@@ -38,23 +40,6 @@ class SourceBusy(Exception):
         super().__init__(f"{source}: too many jobs waiting")
         self.source = source
         self.first = first
-
-
-def peer_address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP address in a peer as the dispatcher records it (``host:port``, IPv6 hosts
-    unbracketed, so the port is what follows the last colon; or a bare host), or None
-    when it holds none. An IPv4-mapped IPv6 address is returned as the IPv4 one."""
-    host, sep, port = peer.rpartition(":")
-    candidates = [host.strip("[]"), peer] if sep and port.isdigit() else [peer]
-    for candidate in candidates:
-        try:
-            address = ipaddress.ip_address(candidate)
-        except ValueError:
-            continue
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        return address
-    return None
 
 
 def source_of(peer: str) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gateway.fair_slots import peer_address
+from gateway.host_patterns import peer_address
 from gateway.penalties import (
     AUTHFAIL,
     GRACE_EXCEEDED,
