@@ -49,6 +49,7 @@ from zope.interface import implementer
 
 from gateway.config import LOCAL_TARGET, SFTP_SERVER_PATHS, GatewayConfig
 from gateway.known_hosts import KnownHosts
+from gateway.session_tap import session_info, tap_session
 from gateway.sftp_watch import watch_session
 from gateway.targets.local import LocalTarget
 from gateway.targets.registry import TARGET_PROTOCOLS
@@ -426,6 +427,8 @@ class Router:
         # The inner SSH-2 servers (gateway.inner_ssh2.InnerServers) that answer jump
         # channels to ssh1 and telnet targets; None: such channels are refused.
         self.inner_servers: Any = None
+        # What watches every session (gateway.session_tap.ISessionTap); set by the service.
+        self.session_taps: list[Any] = []
 
     def allowed(self, username: str) -> tuple[str, ...]:
         """The targets ``username`` may reach (configured and built), in config order."""
@@ -530,10 +533,17 @@ class Router:
         flow = open_flow(getattr(client, "flow_id", None))
         if flow is not None:
             flow.target = name  # the client leg's record says where its session went
-        if request.subsystem is not None:
-            protocol = "local" if config is None else config.protocol
-            return self.open_subsystem(username, name, protocol, request, client, password)
-        return self._start(username, name, request, client, password, original_command)
+        protocol = "local" if config is None else config.protocol
+
+        def start(client: ISessionClient) -> ISessionTarget:
+            if request.subsystem is not None:
+                return self.open_subsystem(username, name, protocol, request, client, password)
+            return self._start(username, name, request, client, password, original_command)
+
+        if not self.session_taps:
+            return start(client)
+        info = session_info(username, name, protocol, request, client)
+        return tap_session(self.session_taps, info, client, start)
 
     def open_subsystem(
         self,

@@ -21,6 +21,7 @@ import errno
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +146,13 @@ def build_handoffs(config: Any, reactor: Any, portal: Any, host_keys: Any) -> di
     return handoffs
 
 
-def build_generation(config: Any, reactor: Any, host_keys: Any) -> Generation:
+def build_generation(
+    config: Any, reactor: Any, host_keys: Any, session_taps: Sequence[Any] = ()
+) -> Generation:
     """Everything a loaded config decides for new connections: its targets behind one
     Router, the portal over its users, the protocol implementations, the flow writer.
-    Raises (ValueError, DefaultPasswordError...) before anything is in use."""
+    ``session_taps`` (gateway.session_tap.ISessionTap) watch every session; they outlive
+    generations. Raises (ValueError, DefaultPasswordError...) before anything is in use."""
     from gateway.auth import build_portal
     from gateway.config import ensure_default_password
     from gateway.routing import build_router
@@ -163,6 +167,7 @@ def build_generation(config: Any, reactor: Any, host_keys: Any) -> Generation:
         if hasattr(target, "flows"):
             target.flows = flows
     targets.flows = flows  # and forwarded connections (jump-host use)
+    targets.session_taps = list(session_taps)
     if "2" in config.protocols:
         from gateway.inner_ssh2 import InnerServers
 
@@ -173,6 +178,13 @@ def build_generation(config: Any, reactor: Any, host_keys: Any) -> Generation:
     portal = build_portal(config, targets)
     handoffs = build_handoffs(config, reactor, portal, host_keys)
     return Generation(handoffs, config.version_timeout, flows, targets)
+
+
+def build_session_taps(config: Any, reactor: Any) -> list[Any]:
+    """The session taps (gateway.session_tap) the config asks for, built once at start;
+    a tap with ``reconfigure(config)`` is given each reloaded config."""
+    taps: list[Any] = []
+    return taps
 
 
 def connection_limits(config: Any, reactor: Any) -> Any:
@@ -278,7 +290,8 @@ def make_service(
         raise startup_failure(str(e)) from None
     try:
         host_keys = load_or_create_host_keys(config.state_dir)
-        generation = build_generation(config, reactor, host_keys)
+        session_taps = build_session_taps(config, reactor)
+        generation = build_generation(config, reactor, host_keys, session_taps)
         drop = privilege_drop(config, uid, gid)
     except (DefaultPasswordError, HostKeyError, PrivilegeError, ValueError) as e:
         raise startup_failure(str(e)) from None
@@ -291,6 +304,7 @@ def make_service(
         handle_signals=handle_signals,
         local_target=local_target_of(generation.targets),
         drop=drop,
+        session_taps=session_taps,
     )
     TargetsService(dispatcher).setServiceParent(top)
     for description in config.listen:
@@ -313,6 +327,7 @@ class GatewayService(service.MultiService):
         notifier: Notifier | None = None,
         local_target: Any = None,
         drop: Any = None,
+        session_taps: Sequence[Any] = (),
     ) -> None:
         super().__init__()
         self.config = config
@@ -328,6 +343,9 @@ class GatewayService(service.MultiService):
         self.local_target = local_target
         self.drop = drop
         self.privileged_started = False
+        # What watches every session (recordings, audit, live sessions, metrics): made
+        # once, kept across reloads, told of each new config.
+        self.session_taps = list(session_taps)
 
     # -- listeners --------------------------------------------------------------------
 
@@ -412,7 +430,7 @@ class GatewayService(service.MultiService):
         where = str(source) if source is not None else "the embedded default"
         try:
             new = self._load_config()
-            generation = build_generation(new, self.reactor, self.host_keys)
+            generation = build_generation(new, self.reactor, self.host_keys, self.session_taps)
             self._keep_launcher(generation)
         except Exception as e:  # whatever it is, the running gateway must go on
             from gateway.config import ConfigError, DefaultPasswordError
@@ -429,6 +447,10 @@ class GatewayService(service.MultiService):
         old_config, self.config = self.config, new
         self.dispatcher.swap(generation)
         self._reconfigure_limits(new)
+        for tap in self.session_taps:
+            reconfigure = getattr(tap, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(new)
         endpoints = self._reopen_endpoints(old_config.listen, new.listen)
         log.info(
             "reloaded {where}: {users} user(s), {targets} target(s), protocols {protocols}; "

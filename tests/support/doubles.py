@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
+from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.targets.bridge import IUpstreamSession
 from protocols.auth import ISSH1RSAChallenge, PolicyRefused
 from protocols.handoff import IDrainable, IHandoffFactory
@@ -372,3 +373,51 @@ class FakeDrainableHandoff:
 
     def stop(self) -> None:
         self.stopped = True
+
+
+@implementer(ISessionObserver)
+class RecordingObserver:
+    """A session observer that keeps every call in ``calls`` (("output", data, stderr),
+    ("input", data), ("resized", size), ("ended", info)); with ``fail_on`` naming a call,
+    that call raises (an observer with a bug)."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.fail_on = fail_on
+
+    def _keep(self, *call: Any) -> None:
+        self.calls.append(call)
+        if call[0] == self.fail_on:
+            raise RuntimeError(f"observer bug in {call[0]}")
+
+    def output(self, data: bytes, stderr: bool) -> None:
+        self._keep("output", data, stderr)
+
+    def input(self, data: bytes) -> None:
+        self._keep("input", data)
+
+    def resized(self, size: WindowSize) -> None:
+        self._keep("resized", size)
+
+    def ended(self, info: ExitInfo | None) -> None:
+        self._keep("ended", info)
+
+
+@implementer(ISessionTap)
+class RecordingTap:
+    """A session tap that watches every session (or none with ``watch=False``) and keeps
+    the LiveSessions in ``sessions`` and their observers in ``observers``."""
+
+    def __init__(self, watch: bool = True, fail_on: str | None = None) -> None:
+        self.watch = watch
+        self.fail_on = fail_on
+        self.sessions: list[Any] = []
+        self.observers: list[RecordingObserver] = []
+
+    def session_started(self, session: Any) -> RecordingObserver | None:
+        self.sessions.append(session)
+        if not self.watch:
+            return None
+        observer = RecordingObserver(self.fail_on)
+        self.observers.append(observer)
+        return observer

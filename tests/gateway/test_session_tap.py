@@ -1,0 +1,135 @@
+"""Session taps in memory: what observers see of a session routed by the Router, the
+operator's terminate, and that a broken observer never breaks the session."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from gateway.config import parse_config
+from gateway.routing import Router
+from gateway.session_tap import TERMINATED_STATUS, TappedTarget
+from protocols.flow import FlowRecorder
+from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
+from tests.support.doubles import FakeSessionClient, FakeTarget, RecordingTap
+from tests.support.gateway_helpers import LOCAL_ACCESS, ROUTED_TARGETS, fast_hash
+
+CONFIG = (
+    f"""
+[users.alice]
+password = "{fast_hash("pw")}"
+targets = ["sw1"]
+
+[users.erin]
+password = "{fast_hash("pw")}"
+{LOCAL_ACCESS}"""
+    + ROUTED_TARGETS
+)
+
+
+def router(*taps):
+    config = parse_config(CONFIG)
+    targets = {
+        name: FakeTarget(name, takes_password=name != "local") for name in config.targets
+    }
+    targets["local"] = FakeTarget("local", takes_password=False)
+    routed = Router(config, targets, Clock())
+    routed.session_taps = list(taps)
+    return routed, targets
+
+
+PTY = PtyRequest("xterm", WindowSize(24, 80))
+
+
+def test_observers_see_output_input_resize_and_the_end():
+    tap = RecordingTap()
+    routed, targets = router(tap)
+    client = FakeSessionClient()
+    session = routed.open_session("alice", SessionRequest(pty=PTY), client, target="sw1")
+    [opened] = targets["sw1"].opened
+    opened.client.write_stdout(b"hello")
+    opened.client.write_stderr(b"oops")
+    session.write_stdin(b"ls\r")
+    session.resize(WindowSize(50, 132))
+    opened.client.exited(ExitInfo(status=3))
+    [live] = tap.sessions
+    assert live.info.username == "alice" and live.info.target == "sw1"
+    assert live.info.target_protocol == "ssh1" and live.info.pty == PTY
+    assert tap.observers[0].calls == [
+        ("output", b"hello", False),
+        ("output", b"oops", True),
+        ("input", b"ls\r"),
+        ("resized", WindowSize(50, 132)),
+        ("ended", ExitInfo(status=3)),
+    ]
+    assert (live.bytes_to_client, live.bytes_from_client) == (9, 3)
+    # the session itself is untouched
+    assert client.out == b"hello" and client.err == b"oops" and client.exit == ExitInfo(status=3)
+    assert opened.stdin == b"ls\r" and WindowSize(50, 132) in opened.sizes
+
+
+def test_the_info_names_the_front_protocol_source_and_command():
+    tap = RecordingTap()
+    routed, _ = router(tap)
+    flow = FlowRecorder("server", "192.0.2.7:40000", "ssh2")
+    client = FakeSessionClient()
+    client.flow_id = flow.id
+    routed.open_session("alice", SessionRequest(command=b"show run \xff"), client, target="sw1")
+    info = tap.sessions[0].info
+    assert (info.front_protocol, info.source, info.flow_id) == ("ssh2", "192.0.2.7:40000", flow.id)
+    assert info.command_text == "show run \\xff" and info.pty is None
+
+
+def test_a_client_that_leaves_first_ends_the_session_with_none():
+    tap = RecordingTap()
+    routed, _ = router(tap)
+    session = routed.open_session("alice", SessionRequest(), FakeSessionClient(), target="sw1")
+    session.close()
+    session.close()
+    assert tap.observers[0].calls == [("ended", None)]
+
+
+def test_terminate_tells_the_client_closes_the_target_and_ignores_the_late_exit():
+    tap = RecordingTap()
+    routed, targets = router(tap)
+    client = FakeSessionClient()
+    routed.open_session("alice", SessionRequest(pty=PTY), client, target="sw1")
+    [opened] = targets["sw1"].opened
+    [live] = tap.sessions
+    assert live.terminate("session ended by admin", by="admin")
+    assert b"sshgateway: session ended by admin" in client.err
+    assert client.exit.status == TERMINATED_STATUS and opened.closed
+    assert live.terminated_by == "admin"
+    opened.client.exited(ExitInfo(status=0))  # the target's own exit after its close
+    opened.client.write_stdout(b"late")
+    assert client.exit.status == TERMINATED_STATUS and b"late" not in client.out
+    # the recording shows the message too
+    assert [c[0] for c in tap.observers[0].calls] == ["output", "ended"]
+    assert not live.terminate("again")
+
+
+def test_a_failing_observer_is_detached_and_the_session_goes_on():
+    broken, good = RecordingTap(fail_on="output"), RecordingTap()
+    routed, targets = router(broken, good)
+    client = FakeSessionClient()
+    routed.open_session("alice", SessionRequest(), client, target="sw1")
+    [opened] = targets["sw1"].opened
+    opened.client.write_stdout(b"one")
+    opened.client.write_stdout(b"two")
+    assert client.out == b"onetwo"
+    assert broken.observers[0].calls == [("output", b"one", False)]
+    assert [c[1] for c in good.observers[0].calls] == [b"one", b"two"]
+
+
+def test_with_no_observer_the_session_is_not_wrapped():
+    routed, targets = router(RecordingTap(watch=False))
+    session = routed.open_session("alice", SessionRequest(), FakeSessionClient(), target="sw1")
+    assert not isinstance(session, TappedTarget)
+    assert session is targets["sw1"].opened[0]
+
+
+def test_local_and_subsystem_sessions_are_tapped_too():
+    tap = RecordingTap()
+    routed, _ = router(tap)
+    routed.open_session("erin", SessionRequest(command=b"id"), FakeSessionClient())
+    assert tap.sessions[0].info.target == "local"
+    assert tap.sessions[0].info.target_protocol == "local"
