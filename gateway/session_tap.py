@@ -120,6 +120,9 @@ class LiveSession:
         self.exit: ExitInfo | None = None
         self.ended = False
         self.terminated_by: str | None = None
+        # The recording's file, set by the recorder's tap (taps run in order: the recorder
+        # comes before the taps that report it, such as the audit trail's).
+        self.recording: str | None = None
         self._client: TappedClient | None = None
         self._target: ISessionTarget | None = None
 
