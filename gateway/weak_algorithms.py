@@ -158,4 +158,11 @@ def weak_table_markdown() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["WEAK", "WeakChoice", "report_weak_leg", "weak_choices", "weak_table_markdown", "why_weak"]
+__all__ = [
+    "WEAK",
+    "WeakChoice",
+    "report_weak_leg",
+    "weak_choices",
+    "weak_table_markdown",
+    "why_weak",
+]

@@ -395,3 +395,32 @@ def test_ssh1_is_weak_at_all_and_telnet_too():
 
 def test_the_readme_shows_the_weak_table():
     assert weak_table_markdown() in README.read_text(), "paste weak_table_markdown() into README"
+
+
+# --- the service: observing from start to stop, reloads ---------------------------------------
+
+
+def test_the_service_audits_reloads_while_it_runs_and_stops_observing_after(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from gateway.config import load_config
+    from gateway.service import make_service
+
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        f'listen = ["tcp:0:interface=127.0.0.1"]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'shutdown_grace = 1\n[users.alice]\npassword = "{fast_hash("pw")}"\n{LOCAL_ACCESS}'
+    )
+    top = make_service(load_config(path), MemoryReactorClock())
+    top.startService()
+    assert top.reload() is True
+    path.write_text("listen = [\n")
+    assert top.reload() is False
+    top.stopService()
+    emit(Logger(), LOGIN, "after the stop", user="late")
+    records = read_lines(tmp_path / "state" / "audit" / "audit.jsonl")
+    assert [(r["event"], r["result"]) for r in records] == [
+        ("config_reload", "loaded"),
+        ("config_reload", "refused"),
+    ]
+    assert records[0]["source"] == str(path) and "gw.toml:" in records[1]["reason"]
