@@ -994,6 +994,7 @@ SESSION_KEYS = _keys("session")
 SSH2_KEYS = _keys("ssh2")
 SSH1_KEYS = _keys("ssh1")
 FLOWS_KEYS = _keys("flows")
+AUDIT_KEYS = _keys("audit")
 LIMITS_KEYS = _keys("limits")
 # Which keys each target protocol takes; a key of another protocol is an error too.
 TARGET_KEYS = {

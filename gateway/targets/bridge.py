@@ -54,9 +54,9 @@ class IUpstreamSession(Interface):
     """An open session on an upstream device, provided by a connector."""
 
     description = Attribute("str: protocol and negotiated algorithms, for the log line")
-    # Optional: what the leg negotiated, in the flow records' names ("cipher" for SSH-1;
-    # "kex", "host_key_algorithm", "cipher_c2s", ... for SSH-2), for the weak-leg audit.
-    algorithms = Attribute("dict[str, str]: the negotiated algorithms (may be absent)")
+    # Not part of the contract (read with getattr): ``algorithms``, what the leg
+    # negotiated in the flow records' names ("cipher" for SSH-1; "kex",
+    # "host_key_algorithm", "cipher_c2s", ... for SSH-2), for the weak-leg audit.
 
     def write(data: bytes) -> None:
         """Client input for the upstream program."""

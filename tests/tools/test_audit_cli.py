@@ -15,8 +15,6 @@ from gateway.events import LOGIN, LOGIN_FAILED, SESSION_START, WEAK_LEG
 from tools import cli
 from tools.audit import AuditError, parse_time
 
-NOW = datetime.now(UTC)
-
 
 def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
@@ -25,7 +23,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 
 def record(event: str, minutes_ago: float, **fields) -> dict:
-    when = (NOW - timedelta(minutes=minutes_ago)).isoformat(timespec="microseconds")
+    when = (datetime.now(UTC) - timedelta(minutes=minutes_ago)).isoformat(timespec="microseconds")
     return {"time": when, "event": event, **fields}
 
 
@@ -85,7 +83,7 @@ def test_filters_by_user_target_and_event(state):
 def test_filters_by_time_relative_and_iso(state):
     _, out, _ = run("--state-dir", str(state), "--format", "json", "--since", "1h")
     assert len(events_of(out)) == 4
-    until = (NOW - timedelta(minutes=25)).isoformat()
+    until = (datetime.now(UTC) - timedelta(minutes=25)).isoformat()
     _, out, _ = run("--state-dir", str(state), "--format", "json", "--until", until)
     assert [u for _, u in events_of(out)] == ["alice", "alice", "mallory"]
     _, out, _ = run("--state-dir", str(state), "--format", "json", "--since", "25m", "--limit", "1")
