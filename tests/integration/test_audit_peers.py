@@ -64,6 +64,11 @@ def gw(tmp_path_factory, authorized_keys, ssh1_device):
         }  # fmt: skip
         config = base_config(hash_password(), authorized_keys, targets=targets)
         config["users"]["alice"]["targets"] = ["dev1", "host2", "host3"]
+        # Legacy SSH-2 algorithms a client may pick (opt-in), for the client leg's weak_leg.
+        config["ssh2"] = {
+            "ciphers": ["chacha20-poly1305@openssh.com", "aes128-ctr", "aes128-cbc"],
+            "macs": ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-256", "hmac-sha1"],
+        }
         del config["users"]["alice"]["os_user"]
         state = work / "state"
         state.mkdir(mode=0o700)
@@ -146,7 +151,7 @@ def test_exec_sessions_through_both_fronts_are_audited_with_logins_and_weak_legs
     assert all(r["session"] == putty["session"] for r in weak if r["leg"] == "client")
     assert all(r["flow_id"] == putty["flow_id"] for r in weak)
     # The modern SSH-2 session to sshd has none.
-    assert not [r for r in by_event["weak_leg"] if r["target"] == "host2"]
+    assert not [r for r in by_event["weak_leg"] if r.get("session") == openssh["session"]]
 
     # The text form says the same, one line per event.
     text = sshgateway_cli("audit", "--state-dir", gw.config["state_dir"], "--user", "alice")
@@ -181,3 +186,22 @@ def test_a_changed_device_host_key_is_refused_and_audited(gw, client_keys):
     [changed] = wait_for(gw, bool, "--event", "host_key_changed", "--target", "host3")
     assert changed["host"] == "localhost" and changed["result"] == "refused"
     assert changed["fingerprint"].startswith("SHA256:") and changed["pinned"].endswith(":1")
+
+
+def test_an_ssh2_client_that_picks_cbc_and_hmac_sha1_is_a_weak_client_leg(gw, client_keys):
+    result = subprocess.run(
+        ssh_argv(
+            gw, client_keys["ed25519"], "-c", "aes128-cbc", "-m", "hmac-sha1", "echo cbc",
+            user="alice+host2",
+        ),
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.stdout == b"cbc\n", result.stderr
+    sessions = wait_for(gw, bool, "--event", "session_start", "--target", "host2")
+    session = next(r for r in sessions if r["command"] == "echo cbc")["session"]
+    weak = [r for r in audit(gw, "--event", "weak_leg") if r.get("session") == session]
+    assert {(r["leg"], r["what"], r["algorithm"]) for r in weak} == {
+        ("client", "cipher", "aes128-cbc"),
+        ("client", "mac", "hmac-sha1"),
+    }
