@@ -169,6 +169,13 @@ class FlowsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The ``[metrics]`` table: the Prometheus endpoint (gateway.metrics)."""
+
+    listen: str | None = None  # a Twisted endpoint string serving /metrics; None: off
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -191,6 +198,7 @@ class GatewayConfig:
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
     source: Path | None = None  # the file it came from; None for the embedded default
     # The user who gets a generated password (embedded default only).
@@ -876,6 +884,11 @@ SCHEMA: tuple[Key, ...] = (
         'addresses and networks (`"192.0.2.0/24"`, `"2001:db8::/32"`) never penalised '
         "(loopback is not exempt unless listed)"),
 
+    Key("metrics", "listen", Text(check=_bad_endpoint), None,
+        "a Twisted endpoint string (`\"tcp:9810:interface=127.0.0.1\"`) on which `/metrics` "
+        "serves the Prometheus text format (README: Metrics); a reload opens, moves or "
+        "closes it", shown="off"),
+
     Key(TARGETS, "", NamedTables(_TARGET_NAME, "target names are 1-64 of A-Z a-z 0-9 . _ - "
                                  "(not starting with . -)"), None,
         "an upstream a user reaches by logging in as `user+NAME`; NAME is 1-64 of "
@@ -964,6 +977,7 @@ SSH2_KEYS = _keys("ssh2")
 SSH1_KEYS = _keys("ssh1")
 FLOWS_KEYS = _keys("flows")
 LIMITS_KEYS = _keys("limits")
+METRICS_KEYS = _keys("metrics")
 # Which keys each target protocol takes; a key of another protocol is an error too.
 TARGET_KEYS = {
     protocol: frozenset(key.name for key in _rows(TARGETS) if protocol in key.protocols)
@@ -1285,6 +1299,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
     _check_ssh1_key_gap(v, protocols, ssh1)
     flows = FlowsConfig(**v.read_table(_section(v, data, "flows"), ("flows",), "flows"))
     limits = _check_limits(v, data)
+    metrics = MetricsConfig(**v.read_table(_section(v, data, "metrics"), ("metrics",), "metrics"))
     return GatewayConfig(
         listen=top["listen"],
         state_dir=top["state_dir"],
@@ -1302,6 +1317,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         ssh1=ssh1,
         flows=flows,
         limits=limits,
+        metrics=metrics,
         run_as=top["run_as"],
     )
 

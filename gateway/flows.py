@@ -76,7 +76,12 @@ class FlowWriter:
             finally:
                 os.close(fd)
         except OSError as exc:
-            log.error("cannot write flow record to {path}: {error}", path=str(self.path), error=exc)
+            log.error(
+                "cannot write flow record to {path}: {error}",
+                path=str(self.path),
+                error=exc,
+                write_error="flows",  # counted by the metrics
+            )
 
     def _prepare(self) -> None:
         if not self._ready:
