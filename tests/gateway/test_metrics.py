@@ -413,3 +413,36 @@ def test_a_port_in_use_fails_start_up_with_one_line_and_a_reload_keeps_the_old_o
     port = served.port
     served.reconfigure(metrics_config("tcp:9811"))
     assert served.port is port and served.listen == "tcp:9810" and not port.stopped
+
+
+def test_the_gateway_serves_its_metrics_as_a_child_service_and_a_reload_moves_them(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.server import Site
+
+    from gateway.config import load_config
+    from gateway.service import make_service
+
+    def write(listen):
+        path.write_text(
+            f'listen = ["tcp:2222:interface=127.0.0.1"]\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[metrics]\nlisten = "{listen}"\n' + CONFIG
+        )
+
+    path = tmp_path / "gateway.toml"
+    write("tcp:9810:interface=127.0.0.1")
+    reactor = MemoryReactorClock()
+    top = make_service(load_config(path), reactor)
+    [served] = [tap for tap in top.session_taps if isinstance(tap, MetricsService)]
+    assert served.parent is top and served in top.dispatcher.generation.targets.session_taps
+    top.startService()
+    try:
+        listening = {port: factory for port, factory, _, _ in reactor.tcpServers}
+        assert listening.keys() == {2222, 9810}
+        site = listening[9810]
+        assert isinstance(site, Site) and site.resource.children.keys() == {b"metrics"}
+        write("tcp:9811:interface=127.0.0.1")
+        assert top.reload()
+        assert reactor.tcpServers[-1][0] == 9811 and served.listen.startswith("tcp:9811")
+    finally:
+        top.stopService()
+    assert served.port is None and not served.running
