@@ -184,6 +184,13 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The ``[metrics]`` table: the Prometheus endpoint (gateway.metrics)."""
+
+    listen: str | None = None  # a Twisted endpoint string serving /metrics; None: off
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -207,6 +214,7 @@ class GatewayConfig:
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
     source: Path | None = None  # the file it came from; None for the embedded default
     # The user who gets a generated password (embedded default only).
@@ -907,6 +915,11 @@ SCHEMA: tuple[Key, ...] = (
         'addresses and networks (`"192.0.2.0/24"`, `"2001:db8::/32"`) never penalised '
         "(loopback is not exempt unless listed)"),
 
+    Key("metrics", "listen", Text(check=_bad_endpoint), None,
+        "a Twisted endpoint string (`\"tcp:9810:interface=127.0.0.1\"`) on which `/metrics` "
+        "serves the Prometheus text format (README: Metrics); a reload opens, moves or "
+        "closes it", shown="off"),
+
     Key(TARGETS, "", NamedTables(_TARGET_NAME, "target names are 1-64 of A-Z a-z 0-9 . _ - "
                                  "(not starting with . -)"), None,
         "an upstream a user reaches by logging in as `user+NAME`; NAME is 1-64 of "
@@ -996,6 +1009,7 @@ SSH1_KEYS = _keys("ssh1")
 FLOWS_KEYS = _keys("flows")
 AUDIT_KEYS = _keys("audit")
 LIMITS_KEYS = _keys("limits")
+METRICS_KEYS = _keys("metrics")
 # Which keys each target protocol takes; a key of another protocol is an error too.
 TARGET_KEYS = {
     protocol: frozenset(key.name for key in _rows(TARGETS) if protocol in key.protocols)
@@ -1318,6 +1332,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
     flows = FlowsConfig(**v.read_table(_section(v, data, "flows"), ("flows",), "flows"))
     audit = AuditConfig(**v.read_table(_section(v, data, "audit"), ("audit",), "audit"))
     limits = _check_limits(v, data)
+    metrics = MetricsConfig(**v.read_table(_section(v, data, "metrics"), ("metrics",), "metrics"))
     return GatewayConfig(
         listen=top["listen"],
         state_dir=top["state_dir"],
@@ -1336,6 +1351,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         flows=flows,
         audit=audit,
         limits=limits,
+        metrics=metrics,
         run_as=top["run_as"],
     )
 

@@ -30,7 +30,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from gateway.upstream_errors import FAILURE_STATUS, UpstreamFailure
+from gateway.upstream_errors import (
+    FAILURE_KEY,
+    FAILURE_STATUS,
+    IDLE,
+    INTERNAL,
+    LOST,
+    TIMEOUT,
+    UpstreamFailure,
+)
 from gateway.weak_algorithms import report_weak_leg
 from protocols.flow import FlowRecorder
 from protocols.session import (
@@ -104,7 +112,9 @@ class UpstreamSink:
         self._bridge._finish(info, None)
 
     def failed(self, message: str) -> None:
-        self._bridge._finish(ExitInfo(status=FAILURE_STATUS), message)
+        bridge = self._bridge
+        reason = LOST if bridge.upstream is not None else UpstreamFailure.reason
+        bridge._finish(ExitInfo(status=FAILURE_STATUS), message, reason)
 
     def pause_input(self) -> None:
         self._bridge._set_input_paused("upstream", True)
@@ -174,6 +184,7 @@ class BridgeSession:
             self._finish(
                 ExitInfo(status=FAILURE_STATUS),
                 f"{self.target}: no session within {self.connect_timeout:g} s",
+                TIMEOUT,
             )
             if connecting is not None:
                 connecting.cancel()
@@ -220,10 +231,12 @@ class BridgeSession:
             return
         if failure.check(UpstreamFailure):
             message = f"{self.target}: {failure.getErrorMessage()}"
+            reason = failure.value.reason
         else:
             log.failure("bridge to {target} failed unexpectedly", failure, target=self.target)
             message = f"{self.target}: internal error while connecting"
-        self._finish(ExitInfo(status=FAILURE_STATUS), message)
+            reason = INTERNAL
+        self._finish(ExitInfo(status=FAILURE_STATUS), message, reason)
 
     # -- ISessionTarget (from the front end) -------------------------------------------
 
@@ -318,14 +331,16 @@ class BridgeSession:
         else:
             producer.resumeProducing()
 
-    def _finish(self, info: ExitInfo, message: str | None) -> None:
+    def _finish(self, info: ExitInfo, message: str | None, failure: str | None = None) -> None:
+        """End the session with ``info``; ``message`` goes to the client's stderr and
+        ``failure`` (an upstream failure's reason, gateway.upstream_errors) to the log."""
         if self.done:
             return
         self.done = True
         self._stop_timers()
         if message is not None:
             self.client.write_stderr(f"sshgateway: {message}\r\n".encode("utf-8", "replace"))
-        self._log_end(info, message)
+        self._log_end(info, message, failure)
         if not self._eof_sent:
             self._eof_sent = True
             self.client.send_eof()
@@ -363,6 +378,7 @@ class BridgeSession:
         self._finish(
             ExitInfo(status=FAILURE_STATUS),
             f"{self.target}: idle for {self.idle_timeout:g} s, session closed",
+            IDLE,
         )
 
     def _stop_timers(self) -> None:
@@ -375,7 +391,11 @@ class BridgeSession:
         if call is not None and call.active():
             call.cancel()
 
-    def _log_end(self, info: ExitInfo | None, message: str | None) -> None:
+    def _log_end(
+        self, info: ExitInfo | None, message: str | None, failure: str | None = None
+    ) -> None:
+        # A failure's reason is a field of its own, for whoever counts them (gateway.metrics).
+        fields = {FAILURE_KEY: failure} if failure is not None else {}
         log.info(
             "bridged session: user={user} front=[{front}] target={target} upstream=[{upstream}] "
             "to_upstream={up} from_upstream={down} duration={duration:.3f}s "
@@ -389,6 +409,7 @@ class BridgeSession:
             duration=self.clock.seconds() - self.started,
             status="-" if info is None else info.as_status(),
             reason=message or "-",
+            **fields,
         )
 
 
