@@ -45,6 +45,11 @@ log = Logger()
 # Client input held while the upstream session is being opened, before the front end's
 # producer is paused (so a client pasting megabytes cannot grow this without bound).
 MAX_PENDING_INPUT = 256 * 1024
+# A login still running after PROGRESS_AFTER seconds (old firmware: HP iLO takes up to
+# 90 s) gets a line on the client's stderr, then one every PROGRESS_EVERY, so the user
+# sees the gateway waiting rather than silence; connect_timeout still bounds the whole.
+PROGRESS_AFTER = 5.0
+PROGRESS_EVERY = 15.0
 # FAILURE_STATUS and UpstreamFailure (imported above from gateway.upstream_errors) are
 # still importable from here: the target protocols take them with the bridge's classes.
 
@@ -156,6 +161,9 @@ class BridgeSession:
         self._connecting: defer.Deferred | None = None
         client.registerProducer(self, True)
         self._timeout = clock.callLater(connect_timeout, self._connect_timed_out)
+        self._progress: IDelayedCall | None = None
+        if connect_timeout > PROGRESS_AFTER:
+            self._progress = clock.callLater(PROGRESS_AFTER, self._still_connecting)
         self._connecting = defer.maybeDeferred(connect, request, UpstreamSink(self))
         self._connecting.addCallbacks(self._opened, self._open_failed)
 
@@ -172,10 +180,23 @@ class BridgeSession:
             if connecting is not None:
                 connecting.cancel()
 
+    def _still_connecting(self) -> None:
+        self._progress = None
+        if self.upstream is not None or self.done:
+            return
+        waited = self.clock.seconds() - self.started
+        self.client.write_stderr(
+            f"sshgateway: waiting for {self.target} ({waited:.0f} s; gives up after "
+            f"{self.connect_timeout:g} s)\r\n".encode("utf-8", "replace")
+        )
+        if waited + PROGRESS_EVERY < self.connect_timeout:
+            self._progress = self.clock.callLater(PROGRESS_EVERY, self._still_connecting)
+
     def _opened(self, upstream: IUpstreamSession) -> None:
         self._connecting = None
         self._cancel(self._timeout)
-        self._timeout = None
+        self._cancel(self._progress)
+        self._timeout = self._progress = None
         if self.done:
             upstream.close()
             return
@@ -354,7 +375,8 @@ class BridgeSession:
     def _stop_timers(self) -> None:
         self._cancel(self._timeout)
         self._cancel(self._idle)
-        self._timeout = self._idle = None
+        self._cancel(self._progress)
+        self._timeout = self._idle = self._progress = None
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:

@@ -69,6 +69,40 @@ def test_connect_timeout_cancels_and_reports():
     assert pending.called  # cancelled
 
 
+def test_a_slow_login_shows_progress_then_the_session():
+    # An HP iLO takes up to 90 s to log in: the user sees the gateway waiting.
+    session, client, pending, sink, clock = bridge(timeout=90)
+    clock.advance(4.9)
+    assert client.err == b""
+    clock.advance(0.1)
+    assert client.err == b"sshgateway: waiting for dev1 (5 s; gives up after 90 s)\r\n"
+    clock.advance(15)
+    assert client.err.endswith(b"sshgateway: waiting for dev1 (20 s; gives up after 90 s)\r\n")
+    clock.pump([1] * 45)
+    assert client.err.count(b"waiting for dev1") == 5  # 5, 20, 35, 50, 65 s
+    pending.callback(FakeUpstream())
+    clock.advance(30)
+    assert client.err.count(b"waiting for dev1") == 5 and client.exit is None
+    assert not clock.getDelayedCalls()  # the 90 s timeout went with the open session
+
+
+def test_progress_stops_at_the_timeout_and_quick_logins_see_none():
+    session, client, pending, sink, clock = bridge(timeout=30)
+    clock.pump([1] * 30)
+    lines = bytes(client.err).decode().splitlines()
+    assert lines == [
+        "sshgateway: waiting for dev1 (5 s; gives up after 30 s)",
+        "sshgateway: waiting for dev1 (20 s; gives up after 30 s)",
+        "sshgateway: dev1: no session within 30 s",
+    ]
+    assert not clock.getDelayedCalls()
+    session, client, pending, sink, clock = bridge(timeout=90)
+    clock.advance(4)
+    pending.callback(FakeUpstream())
+    clock.pump([1] * 100)
+    assert client.err == b""
+
+
 def test_output_pause_reaches_upstream_even_before_open():
     session, client, pending, sink, _ = bridge()
     client.producer.pauseProducing()
