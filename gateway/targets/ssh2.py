@@ -186,6 +186,7 @@ class SSH2Target(UpstreamTarget):
             ciphers=tuple(self.algorithms["cipher"]),
             macs=tuple(self.algorithms["mac"]),
             sha1_user_signatures=b"ssh-rsa" in self.algorithms["host_key"],
+            rekey=config.rekey,
             connect_timeout=config.connect_timeout,
             name=config.name,
         )

@@ -1,6 +1,10 @@
 """The gateway client's SSH-2 user authentication: password, key file, and
 keyboard-interactive answered with the password (many devices only offer that), each
-tried a bounded number of times so a server cannot keep us going round."""
+tried a bounded number of times so a server cannot keep us going round.
+
+An RSA key signs with what the server's ``server-sig-algs`` lists; without one (a server
+older than RFC 8332) with ``ssh-rsa`` first when the target allows SHA-1, as OpenSSH does.
+The server's USERAUTH_BANNER goes to the user's stderr, made safe (:func:`shown_banner`)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from protocols.ssh2.logs import quiet_logger
 # the options allow it (a device that old signs nothing better).
 RSA_USER_SIGNATURES = (b"rsa-sha2-512", b"rsa-sha2-256")
 MAX_AUTH_ROUNDS = 4  # keyboard-interactive info requests we answer per connection
+MAX_BANNER = 8192  # bytes of a device's USERAUTH_BANNER shown to the user
 
 
 class ClientUserAuth(userauth.SSHUserAuthClient):
@@ -28,21 +33,35 @@ class ClientUserAuth(userauth.SSHUserAuthClient):
     def __init__(self, user: bytes, instance: Any, attempt: ClientAttempt) -> None:
         super().__init__(user, instance)
         self.attempt = attempt
-        self._signatures: list[bytes] = []
-        if attempt.key is not None:
-            if attempt.key.type() == "RSA":
-                self._signatures = list(RSA_USER_SIGNATURES)
-                if attempt.options.sha1_user_signatures:
-                    self._signatures.append(b"ssh-rsa")
-            else:
-                self._signatures = [attempt.key.sshType()]
+        self._signatures: list[bytes] | None = None  # chosen once the server's EXT_INFO is in
         self._password_tries = 1 if attempt.password is not None else 0
         self._kbd_tries = 1 if attempt.password is not None else 0
         self._rounds = 0
 
+    def signature_algorithms(self) -> list[bytes]:
+        """The signature algorithms to try with our key, in order. For an RSA key, what
+        the server's ``server-sig-algs`` (RFC 8308) lists; a server that sends none is
+        older than RFC 8332 (OpenSSH < 7.2, most devices): ``ssh-rsa`` (SHA-1) first,
+        where the target allows it, as OpenSSH does — some such servers disconnect at
+        the first algorithm they do not know instead of answering FAILURE."""
+        key = self.attempt.key
+        if key is None:
+            return []
+        if key.type() != "RSA":
+            return [key.sshType()]
+        sha1 = [b"ssh-rsa"] if self.attempt.options.sha1_user_signatures else []
+        extensions = getattr(self.transport, "peerExtensions", None) or {}
+        listed = extensions.get(b"server-sig-algs")
+        if listed is None:
+            return sha1 + list(RSA_USER_SIGNATURES)
+        names = listed.split(b",")
+        return [alg for alg in RSA_USER_SIGNATURES if alg in names] + sha1
+
     def auth_publickey(self) -> bool:
         # One signed request per signature algorithm, without the "would you accept"
         # probe: the key is ours, and a probe only costs a round trip.
+        if self._signatures is None:
+            self._signatures = self.signature_algorithms()
         if not self._signatures:
             return False
         algorithm = self._signatures.pop(0)
@@ -125,4 +144,23 @@ class ClientUserAuth(userauth.SSHUserAuthClient):
             flow.auth((self.lastAuth or b"none").decode("ascii", "replace"), result)
 
     def ssh_USERAUTH_BANNER(self, packet: bytes) -> None:
-        pass  # a device's legal banner is not session output
+        # A device's legal notice goes to the user's stderr, as OpenSSH's client shows it
+        # (never into stdout, where a command's output goes).
+        try:
+            message = common.getNS(packet)[0]
+        except Exception:  # a truncated banner is not worth a disconnect
+            return
+        shown = shown_banner(message)
+        if shown:
+            self.attempt.sink.stderr(shown)
+
+
+def shown_banner(message: bytes) -> bytes:
+    """A device's banner made safe for the user's terminal: UTF-8 with U+FFFD for what is
+    not (old firmware sends Latin-1 or CP437), no control characters (no escape sequences
+    from the device), lines ended by CR LF (the client's terminal may be raw), bounded."""
+    text = message[:MAX_BANNER].decode("utf-8", "replace")
+    lines = ["".join(c for c in line if c.isprintable() or c == "\t") for line in text.splitlines()]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "".join(line + "\r\n" for line in lines).encode("utf-8")

@@ -66,9 +66,11 @@ class SSH2ClientOptions:
     host_key_algorithms: tuple[bytes, ...] = ()
     ciphers: tuple[bytes, ...] = ()
     macs: tuple[bytes, ...] = ()
-    # ssh-rsa (SHA-1) signatures for an RSA user key as a last resort: only for a device
-    # so old that it signs its host key with nothing better.
+    # ssh-rsa (SHA-1) signatures allowed for an RSA user key: first with a server that
+    # sends no server-sig-algs, last otherwise (protocols.ssh2.client_auth).
     sha1_user_signatures: bool = False
+    # False: never start a key exchange towards the device (one it starts is answered).
+    rekey: bool = True
     connect_timeout: float = 30.0
     name: str = "upstream"  # how failures after the session opened name the device
     # Flow recording of this upstream leg: the recorder, and who takes it when the
