@@ -371,6 +371,7 @@ class _Validator:
 KNOWN_PROTOCOLS = ("1", "2")
 CREDENTIALS = ("stored", "pass-through")
 TELNET_EXIT_STATUS = ("none", "posix")
+KEYBOARD_INTERACTIVE = ("answer", "ask")
 HOST_KEY_POLICIES = ("accept-new", "strict")
 _SHA256_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?\Z")
 _MD5_FINGERPRINT = re.compile(r"(?:MD5:)?[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){15}\Z")
@@ -953,6 +954,13 @@ SCHEMA: tuple[Key, ...] = (
         "`false`: the gateway never starts a key exchange towards this device (for firmware "
         "that never answers a re-key or breaks on one); one the device starts is still "
         "answered", protocols=("ssh2",)),
+    Key(TARGETS, "keyboard_interactive", Choice(KEYBOARD_INTERACTIVE), _TARGET.keyboard_interactive,
+        '`"answer"`: the gateway answers every prompt, echoed ones with the upstream login name, '
+        'hidden ones with the password; `"ask"`: the first hidden prompt gets the password (stored '
+        "or passed through), every other one (a one-time code) is put to the user in their "
+        "session, which then needs a terminal (a pty: OpenSSH's `-t`); the connect timeout "
+        "waits meanwhile",
+        protocols=("ssh2",)),
     Key(TARGETS, "exit_status", Choice(TELNET_EXIT_STATUS), _TARGET.exit_status,
         '`"none"`: a command reports status 0 when the device hangs up; `"posix"` (needs '
         "`shell_prompt`): once the command is done the gateway types `echo` of a marker and "

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.conch.ssh import common, transport, userauth
 from twisted.internet import defer
 
-from protocols.ssh2.client_state import ClientAttempt
+from protocols.ssh2.client_state import ClientAttempt, SSH2ClientError
 from protocols.ssh2.logs import quiet_logger
 
 # RFC 8332 signature algorithms for an RSA user key, best first; ssh-rsa (SHA-1) only when
@@ -35,7 +35,9 @@ class ClientUserAuth(userauth.SSHUserAuthClient):
         self.attempt = attempt
         self._signatures: list[bytes] | None = None  # chosen once the server's EXT_INFO is in
         self._password_tries = 1 if attempt.password is not None else 0
-        self._kbd_tries = 1 if attempt.password is not None else 0
+        asks = attempt.options.ask is not None
+        self._kbd_tries = 1 if attempt.password is not None or asks else 0
+        self._password_for_prompt = attempt.password  # "ask": the first hidden prompt's
         self._rounds = 0
 
     def signature_algorithms(self) -> list[bytes]:
@@ -114,6 +116,8 @@ class ClientUserAuth(userauth.SSHUserAuthClient):
     def getGenericAnswers(
         self, name: bytes, instruction: bytes, prompts: list[tuple[bytes, bool]]
     ) -> defer.Deferred:
+        if self.attempt.options.ask is not None:
+            return self._ask_user(instruction, prompts)
         # Hidden prompts get the password ("Password:", "Enter PASSCODE:"...); echoed
         # ones (a username question) get the login name.
         answers = []
@@ -123,6 +127,31 @@ class ClientUserAuth(userauth.SSHUserAuthClient):
             else:
                 answers.append(self.attempt.password or "")
         return defer.succeed(answers)
+
+    @defer.inlineCallbacks
+    def _ask_user(self, instruction: bytes, prompts: list[tuple[bytes, bool]]) -> Any:
+        """``ask``: the first hidden prompt of the login gets the password the gateway
+        holds (stored or passed through); every other prompt goes to the user, the
+        device's instruction shown before the first one."""
+        ask = self.attempt.options.ask
+        assert ask is not None
+        answers: list[str] = []
+        intro = instruction.decode("utf-8", "replace").strip()
+        for prompt, echo in prompts:
+            if not echo and self._password_for_prompt is not None:
+                answers.append(self._password_for_prompt)
+                self._password_for_prompt = None
+                continue
+            text = prompt.decode("utf-8", "replace")
+            if intro:
+                text, intro = f"{intro}\n{text}", ""
+            try:
+                answers.append((yield ask(text, echo)))
+            except Exception as exc:  # the user cancelled, or cannot answer (no pty)
+                self.attempt.fail(SSH2ClientError(str(exc)))
+                self.transport.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"login cancelled")
+                yield defer.Deferred()  # the connection is going: nothing more to answer
+        return answers
 
     def ssh_USERAUTH_SUCCESS(self, packet: bytes) -> None:
         self.attempt.phase = "session set-up"

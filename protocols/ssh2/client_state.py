@@ -71,6 +71,10 @@ class SSH2ClientOptions:
     sha1_user_signatures: bool = False
     # False: never start a key exchange towards the device (one it starts is answered).
     rekey: bool = True
+    # Keyboard-interactive prompts the client cannot answer itself go to the user:
+    # ``ask(prompt, echo)`` fires with the answer or fails (its str() is shown). None:
+    # echoed prompts get the login name, hidden ones the password.
+    ask: Callable[[str, bool], defer.Deferred] | None = field(default=None, compare=False)
     connect_timeout: float = 30.0
     name: str = "upstream"  # how failures after the session opened name the device
     # Flow recording of this upstream leg: the recorder, and who takes it when the

@@ -330,3 +330,33 @@ def test_a_slow_login_shows_progress_and_is_bounded(reactor, tmp_path, monkeypat
         client.err,
     )
     assert client.exit.status == 255
+
+
+def test_keyboard_interactive_ask_puts_the_one_time_code_to_the_user(reactor, tmp_path):
+    """``keyboard_interactive = "ask"``: the password prompt gets the password the user
+    logged in to the gateway with (pass-through); the code prompt goes to the user, who
+    types it in the session before it opens (with a pty; without one it is refused)."""
+    rounds = [[("Password: ", False)], [("Verification code: ", True)]]
+    behaviour = DeviceBehaviour(
+        username="admin", password="dev pw", kbd_rounds=rounds, kbd_answers=[["dev pw"], ["424242"]]
+    )
+    with ParamikoDevice(behaviour) as device:
+        cfg = config(
+            device.port, username="admin", credentials="pass-through", keyboard_interactive="ask"
+        )
+        target = SSH2Target(reactor, cfg, KnownHosts(tmp_path / "kh"))
+        pty = PtyRequest(term="vt100", size=WindowSize(rows=24, cols=80), modes=())
+        client, session = open_session(reactor, target, SessionRequest(pty=pty), password="dev pw")
+        assert run_until(reactor, lambda: b"Verification code: " in client.err, TIMEOUT), client.err
+        assert bytes(client.err) == b"round 2\r\nVerification code: "  # the instruction first
+        session.write_stdin(b"42424\x7f2\x7f42\rshow clock\r")  # the session's line typed ahead
+        assert run_until(reactor, lambda: client.exit is not None, TIMEOUT), client.err
+        # Echoed, as the prompt asked; DEL erased on the user's terminal.
+        assert bytes(client.err).endswith(b"code: 42424\x08 \x082\x08 \x0842\r\n")
+
+        client, _ = open_session(reactor, target, SessionRequest(command=b"id"), password="dev pw")
+        assert run_until(reactor, lambda: client.exit is not None, TIMEOUT)
+    assert device.answers == [["dev pw"], ["424242"], ["dev pw"]]
+    assert device.shell_input == [b"show clock"]
+    assert client.exit.status == 255
+    assert b"connect with a terminal (ssh -t)" in client.err

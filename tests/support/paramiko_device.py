@@ -45,6 +45,9 @@ class DeviceBehaviour:
     username: str = "admin"  # the answer expected to echoed prompts
     # Keyboard-interactive: one list of prompts per round (an INFO_REQUEST each).
     kbd_rounds: list[Prompts] = field(default_factory=list)
+    # The answers expected per round; None: the username to echoed prompts, the password
+    # to hidden ones.
+    kbd_answers: list[list[str]] | None = None
     banner: bytes | None = None
     login_delay: float = 0.0  # seconds each authentication check takes
     in_band_login: bool = False  # the shell asks "User Name:" / "Password:" itself
@@ -124,6 +127,8 @@ class ParamikoDevice:
                 prompts = behaviour.kbd_rounds[self.round]
                 device.answers.append(list(responses))
                 expected = [behaviour.username if echo else behaviour.password for _, echo in prompts]
+                if behaviour.kbd_answers is not None:
+                    expected = behaviour.kbd_answers[self.round]
                 if list(responses) != expected:
                     return paramiko.AUTH_FAILED
                 self.round += 1
