@@ -1,6 +1,7 @@
 """The gateway client's SSH-2 user authentication: password, key file, and
-keyboard-interactive answered with the password (many devices only offer that), each
-tried a bounded number of times so a server cannot keep us going round.
+keyboard-interactive answered with the password (many devices only offer that) or, with
+the ``ask`` option, partly by the user; each tried a bounded number of times so a server
+cannot keep us going round.
 
 An RSA key signs with what the server's ``server-sig-algs`` lists; without one (a server
 older than RFC 8332) with ``ssh-rsa`` first when the target allows SHA-1, as OpenSSH does.
@@ -16,8 +17,8 @@ from twisted.internet import defer
 from protocols.ssh2.client_state import ClientAttempt, SSH2ClientError
 from protocols.ssh2.logs import quiet_logger
 
-# RFC 8332 signature algorithms for an RSA user key, best first; ssh-rsa (SHA-1) only when
-# the options allow it (a device that old signs nothing better).
+# RFC 8332 signature algorithms for an RSA user key, best first; ssh-rsa (SHA-1) besides
+# them only when the options allow it (ClientUserAuth.signature_algorithms).
 RSA_USER_SIGNATURES = (b"rsa-sha2-512", b"rsa-sha2-256")
 MAX_AUTH_ROUNDS = 4  # keyboard-interactive info requests we answer per connection
 MAX_BANNER = 8192  # bytes of a device's USERAUTH_BANNER shown to the user
