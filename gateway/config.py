@@ -60,7 +60,9 @@ from protocols.forwarding import split_host_port
 from protocols.ssh1.settings import KEY_SIZE_GAP as SSH1_KEY_SIZE_GAP
 from protocols.ssh1.settings import KNOWN_CIPHERS as SSH1_KNOWN_CIPHERS
 from protocols.ssh1.settings import SSH1Settings
+from protocols.ssh2.algorithms import CLIENT as SSH2_CLIENT
 from protocols.ssh2.algorithms import SERVER as SSH2_SERVER
+from protocols.ssh2.algorithms import is_legacy as ssh2_is_legacy
 from protocols.ssh2.algorithms import known as ssh2_known
 from protocols.ssh2.settings import SSH2Settings
 
@@ -392,6 +394,8 @@ class _Validator:
 
 KNOWN_PROTOCOLS = ("1", "2")
 CREDENTIALS = ("stored", "pass-through")
+TELNET_EXIT_STATUS = ("none", "posix")
+KEYBOARD_INTERACTIVE = ("answer", "ask")
 HOST_KEY_POLICIES = ("accept-new", "strict")
 _SHA256_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?\Z")
 _MD5_FINGERPRINT = re.compile(r"(?:MD5:)?[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){15}\Z")
@@ -638,6 +642,12 @@ def _names(names: Iterable[str]) -> str:
 
 def _opt_in(known: tuple[str, ...], default: tuple[str, ...]) -> str:
     return "opt-in: " + _names(name for name in known if name not in default)
+
+
+def _ssh2_target_legacy(kind: str) -> str:
+    """The legacy names an ssh2 target may list (the gateway's own server never offers the
+    client-only ones)."""
+    return _names(n for n in ssh2_known(SSH2_CLIENT, kind) if ssh2_is_legacy(kind, n))
 
 
 def _bad_endpoint(description: str) -> str | None:
@@ -958,20 +968,21 @@ SCHEMA: tuple[Key, ...] = (
         "close the session after this long without data either way; `0`: never"),
     Key(TARGETS, "ciphers", Texts(), _TARGET.ciphers,
         f"cipher names in order of preference; ssh1 from {_names(SSH1_TARGET_CIPHERS)}; ssh2 "
-        "legacy ones (`aes128-cbc`, `3des-cbc`) only when listed",
+        f"legacy ones ({_ssh2_target_legacy('ciphers')}) only when listed",
         shown=_MODERN, protocols=("ssh1", "ssh2")),
     Key(TARGETS, "compression",
         Integer(minimum=0, maximum=9, above="must be a zlib level from 1 to 9, or 0 for none"),
         _TARGET.compression,
         "zlib level (1-9) to request from the device; `0` for none", protocols=("ssh1",)),
     Key(TARGETS, "kex", Texts(), _TARGET.kex,
-        "key exchange names, in order (`diffie-hellman-group1-sha1` only when listed)",
+        f"key exchange names, in order (legacy: {_ssh2_target_legacy('kex')}, only when listed)",
         shown=_MODERN, protocols=("ssh2",)),
     Key(TARGETS, "host_key_algorithms", Texts(), _TARGET.host_key_algorithms,
-        "host key algorithm names, in order (`ssh-rsa` only when listed)",
+        f"host key algorithm names, in order (legacy: {_ssh2_target_legacy('host_key_algorithms')}, "
+        "only when listed)",
         shown=_MODERN, protocols=("ssh2",)),
     Key(TARGETS, "macs", Texts(), _TARGET.macs,
-        "MAC names, in order (`hmac-sha1`, `hmac-sha1-etm@openssh.com` only when listed)",
+        f"MAC names, in order (legacy: {_ssh2_target_legacy('macs')}, only when listed)",
         shown=_MODERN, protocols=("ssh2",)),
     Key(TARGETS, "login_prompt", Text(check=_bad_prompt), None,
         "a regular expression matched on upstream output; when it matches, the username is "
@@ -983,6 +994,22 @@ SCHEMA: tuple[Key, ...] = (
         "command's output is cut from the first prompt to the next (no banner, no prompts) and "
         "`exit` is typed only once the command is done, so no output is lost",
         protocols=("telnet",)),
+    Key(TARGETS, "rekey", Boolean(), _TARGET.rekey,
+        "`false`: the gateway never starts a key exchange towards this device (for firmware "
+        "that never answers a re-key or breaks on one); one the device starts is still "
+        "answered", protocols=("ssh2",)),
+    Key(TARGETS, "keyboard_interactive", Choice(KEYBOARD_INTERACTIVE), _TARGET.keyboard_interactive,
+        '`"answer"`: the gateway answers every prompt, echoed ones with the upstream login name, '
+        'hidden ones with the password; `"ask"`: the first hidden prompt gets the password (stored '
+        "or passed through), every other one (a one-time code) is put to the user in their "
+        "session, which then needs a terminal (a pty: OpenSSH's `-t`); the connect timeout "
+        "waits meanwhile",
+        protocols=("ssh2",)),
+    Key(TARGETS, "exit_status", Choice(TELNET_EXIT_STATUS), _TARGET.exit_status,
+        '`"none"`: a command reports status 0 when the device hangs up; `"posix"` (needs '
+        "`shell_prompt`): once the command is done the gateway types `echo` of a marker and "
+        "`$?`, strips that exchange from the output and reports the real status (a POSIX "
+        "shell on the device)", protocols=("telnet",)),
 )
 # fmt: on
 
@@ -1146,6 +1173,11 @@ def _check_target(v: _Validator, name: str, raw: Any) -> TargetConfig | None:
     _check_pass_through(v, path, values)
     _check_md5_fingerprint(v, path, protocol, values["host_key"])
     _check_ssh1_target_ciphers(v, path, protocol, values["ciphers"])
+    if protocol == "telnet" and values["exit_status"] == "posix" and values["shell_prompt"] is None:
+        v.error(
+            path + ("exit_status",),
+            '"posix" needs shell_prompt: the status is asked for at the prompt after the command',
+        )
     algorithms = {key: values[key] for key in ("ciphers", "kex", "host_key_algorithms", "macs")}
     _check_target_algorithms(v, path, name, protocol, algorithms)
     if len(v.problems) != problems:
