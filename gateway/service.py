@@ -184,6 +184,13 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
     """The session taps (gateway.session_tap) the config asks for, built once at start;
     a tap with ``reconfigure(config)`` is given each reloaded config."""
     taps: list[Any] = []
+    # The recorder first: it sets session.recording, which the taps after it report.
+    from gateway.recording import RecordingTap
+
+    recorder = RecordingTap(config, reactor)
+    reactor.callWhenRunning(recorder.start)  # retention: after any privilege drop
+    reactor.addSystemEventTrigger("after", "shutdown", recorder.stop)
+    taps.append(recorder)
     return taps
 
 

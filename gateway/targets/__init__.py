@@ -44,3 +44,5 @@ class TargetConfig:
     host_key_algorithms: tuple[str, ...] = ()
     macs: tuple[str, ...] = ()
     compression: int = 0  # ssh1: zlib level 1-9 requested from the device; 0 = off
+    # Whether sessions on this target are recorded (gateway.recording); None: the default.
+    record: bool | None = None
