@@ -201,12 +201,15 @@ class CastFile:
         written = 0
         try:
             while written < len(data):
-                written += os.write(self._fd, view[written:])
+                written += self._write(self._fd, view[written:])
         except OSError:
             with suppress(OSError):
                 os.ftruncate(self._fd, self._size)
             raise
         self._size += len(data)
+
+    def _write(self, fd: int, data: memoryview) -> int:
+        return os.write(fd, data)
 
     def finish(self, data: bytes, marker: bytes) -> None:
         """Append the last ``data`` and close. When that fails, ``marker`` (a truncated
@@ -384,6 +387,9 @@ class Recording:
         if self._pending_bytes + self._in_flight + len(line) > self._limit:
             self._dropping = True
             self._lose(f"the disk is too slow: more than {self._limit} bytes waited to be written")
+            if not self._busy and self._timer is None:
+                # Nothing with the writer to catch up with: the marker's write ends the gap.
+                self._timer = self._reactor.callLater(FLUSH_INTERVAL, self._flush)
             return
         self._pending.append(line)
         self._pending_bytes += len(line)

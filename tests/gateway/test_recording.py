@@ -310,18 +310,15 @@ def test_a_slow_disk_drops_events_not_the_session_and_says_so(tmp_path, events):
 
 class FullDisk(CastFile):
     """A file on a disk that fills up after ``room`` bytes: a write that does not fit
-    writes what fits, then fails with ENOSPC (as write(2) does)."""
+    writes what fits, the next one fails with ENOSPC (as write(2) does)."""
 
     room = 300
 
-    def append(self, data: bytes) -> None:
-        if self._size + len(data) > self.room:
-            assert self._fd is not None
-            os.write(self._fd, data[: max(0, self.room - self._size)])
-            error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            os.ftruncate(self._fd, self._size)
-            raise error
-        super().append(data)
+    def _write(self, fd: int, data: memoryview) -> int:
+        room = self.room - os.fstat(fd).st_size
+        if room <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data[:room])
 
 
 def test_a_full_disk_leaves_a_valid_file_and_the_session_goes_on(tmp_path, events):
@@ -392,13 +389,17 @@ def test_a_writer_stuck_on_the_disk_never_stalls_the_reactor(tmp_path, events):
         router.open_session("alice", SessionRequest(pty=PTY), client, target="sw1")
         opened = targets["sw1"].opened[-1]
         sent = 0
-        started = time.monotonic()
-        # 1 MiB over two seconds of reactor time while the disk hangs
-        while time.monotonic() - started < 2.0:
+        started = last = time.monotonic()
+        longest = 0.0  # the longest the reactor was away between two turns
+        # output for three seconds while the disk hangs (the first write is due after one)
+        while last - started < 3.0:
             opened.client.write_stdout(b"z" * 4096)
             sent += 4096
             reactor.iterate(0.001)
+            now = time.monotonic()
+            longest, last = max(longest, now - last), now
         assert len(client.out) == sent >= 1024 * 1024
+        assert longest < 2.0  # (a writer on the reactor thread: 30 s)
         assert run_until(reactor, lambda: truncations(events), 5)
         release.set()
         opened.client.exited(ExitInfo(status=0))
@@ -467,3 +468,15 @@ def test_the_service_puts_the_recorder_first(tmp_path):
     taps = build_session_taps(parse_config(config_text(tmp_path)), reactor)
     assert isinstance(taps[0], RecordingTap)
     assert reactor.whenRunningHooks  # retention starts once the reactor runs
+
+
+def test_one_event_larger_than_the_limit_leaves_a_gap_not_an_end(tmp_path, events):
+    gw = Gateway(tmp_path, limit=4096)
+    _, _, opened = gw.open(SessionRequest(pty=PTY))
+    opened.client.write_stdout(b"w" * 5000)  # nothing waits: only this event is too big
+    gw.clock.advance(FLUSH_INTERVAL)
+    opened.client.write_stdout(b"later")
+    opened.client.exited(ExitInfo(status=0))
+    _, cast = read_cast(the_cast(tmp_path))
+    assert [e[1] for e in cast] == ["m", "o"] and cast[-1][2] == "later"
+    assert len(truncations(events)) == 1
