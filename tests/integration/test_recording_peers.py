@@ -106,6 +106,17 @@ def interactive_session(gw: GatewayProcess, argv: list[str], title: str) -> Path
     return new_cast(gw, before, title)
 
 
+def played(path: Path) -> str:
+    """What ``asciinema play`` writes for ``path`` with no terminal (it then just plays)."""
+    asciinema = require_peer("asciinema")["asciinema"]
+    result = subprocess.run(
+        [asciinema, "play", "-i", "0.1", str(path)],
+        capture_output=True, text=True, timeout=60, start_new_session=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def assert_recorded_and_replayed(path: Path) -> None:
     header, events = read_cast(path)
     assert header["version"] == 2 and (header["width"], header["height"]) == (80, 24)
@@ -153,6 +164,7 @@ def test_exec_sessions_of_both_fronts_have_the_command_and_marked_stderr(gw, cli
     header, events = read_cast(new_cast(gw, before, f"alice -> host2: {command}"))
     assert header["command"] == command
     assert [e[1:] for e in events] == [["o", "out\n"], ["m", "stderr"], ["o", "err\n"]]
+    assert played(new_cast(gw, before, f"alice -> host2: {command}")) == "out\nerr\n"
     before = set(recordings(gw).glob("*.cast"))
     result = subprocess.run(
         plink1_argv(gw, "echo via-ssh1", user="alice+dev1", fingerprint=gw.fingerprint),
@@ -244,3 +256,5 @@ def test_a_full_recordings_disk_leaves_sessions_working_and_says_so(
             header, events = read_cast(path)
             assert header["version"] == 2
             assert ["o", "first\n"] in [e[1:] for e in events]
+            assert any(e[1] == "m" and e[2].startswith("truncated: ") for e in events)
+            assert played(path).startswith("first\n")
