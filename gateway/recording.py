@@ -461,6 +461,7 @@ class Recording:
     def _failed(self, failure: Failure) -> None:
         self._busy = False
         self._in_flight = 0
+        self._dropping = False  # the writer is idle again: what follows waits for the retry
         reason = _reason(failure)
         if not self._created:
             # The file could not be created (read-only, no permission, full): no recording.
