@@ -53,11 +53,13 @@ def assert_window_change_reaches(argv: list[str], marker: Path) -> None:
 
 class TmuxTerminal:
     """A program in a detached tmux session of a given size: type into it, resize it, read
-    its screen. Use as a context manager (the session is killed on exit)."""
+    its screen. Use as a context manager (the session is killed on exit). Each one has a
+    tmux server of its own (``-L``): tests running at the same time never share one (a
+    server exits with its last session, under a client still connecting to it)."""
 
     def __init__(self, argv: list[str], width: int = 80, height: int = 24) -> None:
         self.tmux = require_peer("tmux")["tmux"]
-        self.name = f"sshgw{os.getpid()}{time.monotonic_ns() % 10_000_000}"
+        self.name = f"sshgw{os.getpid()}-{time.monotonic_ns()}"
         self.argv = argv
         self.width, self.height = width, height
 
@@ -69,12 +71,14 @@ class TmuxTerminal:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run([self.tmux, "kill-session", "-t", self.name], timeout=30,
+        subprocess.run([self.tmux, "-L", self.name, "kill-server"], timeout=30,
                        capture_output=True)  # fmt: skip
 
     def _tmux(self, *args: str) -> str:
-        return subprocess.run([self.tmux, *args], check=True, timeout=30,
-                              capture_output=True, text=True).stdout  # fmt: skip
+        result = subprocess.run([self.tmux, "-L", self.name, "-f", "/dev/null", *args],
+                                timeout=30, capture_output=True, text=True)  # fmt: skip
+        assert result.returncode == 0, f"tmux {shlex.join(args)}: {result.stderr}"
+        return result.stdout
 
     def type(self, text: str) -> None:
         """Type ``text`` and Enter."""
