@@ -96,6 +96,8 @@ class UserConfig:
     os_user: str | None = None  # the OS account ``local`` runs as; None: no local access
     # Raw SSH-2 direct-tcpip destinations ("host:port") beyond the user's targets; none by default.
     permit_open: tuple[str, ...] = ()
+    # Whether this user's sessions are recorded (gateway.recording); None: [recording] enabled.
+    record: bool | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -193,6 +195,17 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    """The ``[recording]`` table: session recordings (gateway.recording)."""
+
+    enabled: bool = True
+    input: bool = False
+    dir: Path | None = None  # None: <state_dir>/recordings
+    max_age_days: float = 90.0  # 0: kept whatever their age
+    max_total_bytes: int = 10 * 1024**3  # 0: no limit on the total
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -215,6 +228,7 @@ class GatewayConfig:
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
@@ -464,6 +478,8 @@ class Integer(Kind):
 class Boolean(Kind):
     def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
         value = data.get(path[-1], default)
+        if value is None and default is None:
+            return None  # optional, and not given
         if not isinstance(value, bool):
             v.error(path, "must be true or false")
             return default
@@ -764,6 +780,7 @@ USERS, TARGETS = "users.NAME", "targets.NAME"
 _GATEWAY, _USER, _TARGET = GatewayConfig(), UserConfig(""), TargetConfig("", "")
 _AUTH, _SSH2, _SSH1, _FLOWS = AuthLimits(), SSH2Settings(), SSH1Settings(), FlowsConfig()
 _AUDIT = AuditConfig()
+_RECORDING = RecordingConfig()
 _LIMITS = LimitsConfig()
 _PENALTIES = _LIMITS.penalties
 assert _PENALTIES is not None
@@ -820,6 +837,10 @@ SCHEMA: tuple[Key, ...] = (
         '`"host:port"` destinations this user\'s SSH-2 `direct-tcpip` (`-W`, `-L`) may reach '
         "besides its targets (README: Jump host); matched as `[ssh1] permit_open` is; empty: "
         "only targets"),
+    Key(USERS, "record", Boolean(), None,
+        "record this user's sessions (`true`) or not (`false`), whatever `[recording] enabled` "
+        "says; when the user's and the target's `record` differ, `true` wins",
+        shown="`[recording] enabled`"),
 
     Key("auth", "grace_time", Number(minimum=1), _AUTH.grace_time,
         "from connect to successful login"),
@@ -893,6 +914,21 @@ SCHEMA: tuple[Key, ...] = (
         "`sshgateway-audit: {JSON}`"),
     Key("audit", "syslog_facility", Choice(SYSLOG_FACILITIES), _AUDIT.syslog_facility,
         "the syslog facility of those messages"),
+    Key("recording", "enabled", Boolean(), _RECORDING.enabled,
+        "record every session but SFTP/subsystem ones (terminal sessions and exec commands) as "
+        "an asciicast v2 file (README: Session recording); `record` in `[users.NAME]` and "
+        "`[targets.NAME]` overrides it"),
+    Key("recording", "input", Boolean(), _RECORDING.input,
+        "also record what the client typed (`\"i\"` events); off because input holds the "
+        "passwords typed at device prompts: with it on, recordings may contain them"),
+    Key("recording", "dir", FilePath(), None,
+        "where recordings are written (created mode 0700; files mode 0600)",
+        shown="`<state_dir>/recordings`"),
+    Key("recording", "max_age_days", Number(minimum=0), _RECORDING.max_age_days,
+        "days a recording is kept (checked at start and hourly); `0`: no age limit"),
+    Key("recording", "max_total_bytes", Integer(minimum=0), _RECORDING.max_total_bytes,
+        "when the recordings take more than this, the oldest finished ones are deleted "
+        "(at start and hourly); `0`: no limit"),
 
     Key("limits", "max_startups", Text(check=_bad_max_startups), str(_LIMITS.max_startups),
         "unauthenticated connections (both protocols): from `start` on, a new one is refused "
@@ -966,6 +1002,10 @@ SCHEMA: tuple[Key, ...] = (
         "from session request to open upstream session"),
     Key(TARGETS, "idle_timeout", Number(minimum=0), _TARGET.idle_timeout,
         "close the session after this long without data either way; `0`: never"),
+    Key(TARGETS, "record", Boolean(), None,
+        "record sessions on this target (`true`) or not (`false`), whatever `[recording] "
+        "enabled` says; when the user's and the target's `record` differ, `true` wins",
+        shown="`[recording] enabled`", protocols=tuple(TARGET_PROTOCOLS)),
     Key(TARGETS, "ciphers", Texts(), _TARGET.ciphers,
         f"cipher names in order of preference; ssh1 from {_names(SSH1_TARGET_CIPHERS)}; ssh2 "
         f"legacy ones ({_ssh2_target_legacy('ciphers')}) only when listed",
@@ -1093,6 +1133,7 @@ def _check_user(
         targets=allowed,
         os_user=os_user,
         permit_open=values["permit_open"],
+        record=values["record"],
     )
 
 
@@ -1166,7 +1207,7 @@ def _check_target(v: _Validator, name: str, raw: Any) -> TargetConfig | None:
         return None
     _check_target_keys(v, path, raw, protocol)
     if protocol == "local":
-        return TargetConfig(name, protocol)
+        return TargetConfig(name, protocol, record=v.read(raw, path, _row(TARGETS, "record")))
 
     problems = len(v.problems)
     values = v.read_table(raw, path, TARGETS, port=TARGET_PROTOCOLS[protocol].default_port)
@@ -1363,6 +1404,9 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
     _check_ssh1_key_gap(v, protocols, ssh1)
     flows = FlowsConfig(**v.read_table(_section(v, data, "flows"), ("flows",), "flows"))
     audit = AuditConfig(**v.read_table(_section(v, data, "audit"), ("audit",), "audit"))
+    recording = RecordingConfig(
+        **v.read_table(_section(v, data, "recording"), ("recording",), "recording")
+    )
     limits = _check_limits(v, data)
     metrics = MetricsConfig(**v.read_table(_section(v, data, "metrics"), ("metrics",), "metrics"))
     return GatewayConfig(
@@ -1382,6 +1426,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         ssh1=ssh1,
         flows=flows,
         audit=audit,
+        recording=recording,
         limits=limits,
         metrics=metrics,
         run_as=top["run_as"],

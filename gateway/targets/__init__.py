@@ -54,3 +54,5 @@ class TargetConfig:
     # telnet: "none" (exit status 0 when the device hangs up) or "posix" (a marker command
     # after the command reports its $?; needs shell_prompt).
     exit_status: str = "none"
+    # Whether sessions on this target are recorded (gateway.recording); None: the default.
+    record: bool | None = None
