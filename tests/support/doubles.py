@@ -10,7 +10,9 @@
   FakeSessionTargets, a realm handing them out, an SSH-1 RSA checker, and an RSA
   challenge callback (Avatar, Realm, RSAChecker, Challenger);
 - a handed-over connection as the shutdown drain sees it, and the handoff that builds
-  them (FakeDrainable, FakeDrainableHandoff).
+  them (FakeDrainable, FakeDrainableHandoff);
+- work sent off the reactor (``threads.deferToThread``), held until the test runs it
+  (ThreadCalls).
 
 They record what they are told so that a test can assert on it; the few rules they keep
 (a refused user, an unlisted key) are in their docstrings."""
@@ -372,3 +374,32 @@ class FakeDrainableHandoff:
 
     def stop(self) -> None:
         self.stopped = True
+
+
+class ThreadCalls:
+    """Stands in for ``twisted.internet.threads.deferToThread``: each call waits in
+    ``pending`` until :meth:`run` makes it and fires its Deferred (as the reactor does when
+    the thread is done), or is made at once while ``at_once`` is set."""
+
+    def __init__(self, at_once: bool = False) -> None:
+        self.at_once = at_once
+        self.pending: list[tuple[Callable[..., Any], tuple, dict, defer.Deferred]] = []
+        self.made = 0
+
+    def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        self.pending.append((function, args, kwargs, done))
+        if self.at_once:
+            self.run()
+        return done
+
+    def run(self) -> None:
+        while self.pending:
+            function, args, kwargs, done = self.pending.pop(0)
+            self.made += 1
+            try:
+                result = function(*args, **kwargs)
+            except Exception:
+                done.errback()
+            else:
+                done.callback(result)

@@ -25,7 +25,7 @@ from protocols.ssh1.client import SSH1ClientProtocol
 from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
-from tests.support.doubles import FakeSessionClient, Realm, RSAChecker
+from tests.support.doubles import FakeSessionClient, Realm, RSAChecker, ThreadCalls
 from tests.support.ssh1.minclient import host_key, server_key, user_key
 
 
@@ -44,7 +44,7 @@ class Device:
         portal = Portal(self.realm, [checker, rsa_checker])
         self.ssh1 = SSH1ServerFactory(
             portal, host or host_key(), SSH1Settings(ciphers=ciphers), AuthLimits(failure_delay=0.0),
-            reactor, key_generator=lambda bits: server_key(),
+            reactor, key_generator=lambda bits: server_key(), off_reactor=ThreadCalls(at_once=True),
         )
         self.dispatcher = DispatcherFactory({p: self.ssh1 for p in protocols}, reactor)
 
