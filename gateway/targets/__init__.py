@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocols.ssh1.client_connection import DEFAULT_MIN_KEY_BITS
+
 
 @dataclass(frozen=True)
 class TargetConfig:
@@ -44,3 +46,4 @@ class TargetConfig:
     host_key_algorithms: tuple[str, ...] = ()
     macs: tuple[str, ...] = ()
     compression: int = 0  # ssh1: zlib level 1-9 requested from the device; 0 = off
+    min_key_bits: int = DEFAULT_MIN_KEY_BITS  # ssh1: the device's smallest acceptable host or server key
