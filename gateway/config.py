@@ -881,8 +881,9 @@ SCHEMA: tuple[Key, ...] = (
         f"SSH-1 ciphers; {' and '.join(f'`{c}`' for c in SSH1_KNOWN_CIPHERS if c not in _SSH1.ciphers)} "
         "only when listed"),
     Key("ssh1", "server_key_bits", Integer(minimum=1), _SSH1.server_key_bits,
-        f"SSH-1 server key size (512-4096); must differ from the {SSH1_HOST_KEY_BITS}-bit host "
-        f"key by at least {SSH1_KEY_SIZE_GAP} bits"),
+        f"SSH-1 server key size (512-4096; under 1024 the gateway makes the key itself); must "
+        f"differ from the {SSH1_HOST_KEY_BITS}-bit host key by at least {SSH1_KEY_SIZE_GAP} bits; "
+        "made anew in a thread every `server_key_lifetime`"),
     Key("ssh1", "server_key_lifetime", Number(minimum=60), _SSH1.server_key_lifetime,
         "the server key is regenerated after this (if it was used); at least 60"),
     Key("ssh1", "allow_x11_forwarding", Boolean(), _SSH1.allow_x11_forwarding,
@@ -1014,6 +1015,10 @@ SCHEMA: tuple[Key, ...] = (
         Integer(minimum=0, maximum=9, above="must be a zlib level from 1 to 9, or 0 for none"),
         _TARGET.compression,
         "zlib level (1-9) to request from the device; `0` for none", protocols=("ssh1",)),
+    Key(TARGETS, "min_key_bits", Integer(minimum=256, maximum=8192), _TARGET.min_key_bits,
+        "the smallest host or server key the device may show; keys PuTTY accepts down to "
+        "this size are used with a warning (README: SSH-1 devices with small keys)",
+        protocols=("ssh1",)),
     Key(TARGETS, "kex", Texts(), _TARGET.kex,
         f"key exchange names, in order (legacy: {_ssh2_target_legacy('kex')}, only when listed)",
         shown=_MODERN, protocols=("ssh2",)),

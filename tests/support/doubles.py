@@ -13,6 +13,8 @@
   them (FakeDrainable, FakeDrainableHandoff);
 - session taps and observers that keep what they see (RecordingTap, RecordingObserver),
   and the recorder's background writer run by the test (ManualWriter).
+- work sent off the reactor (``threads.deferToThread``), held until the test runs it
+  (ThreadCalls).
 
 They record what they are told so that a test can assert on it; the few rules they keep
 (a refused user, an unlisted key) are in their docstrings."""
@@ -460,3 +462,32 @@ class ManualWriter:
     def stop(self) -> None:
         self.run_all()
         self.stopped = True
+
+
+class ThreadCalls:
+    """Stands in for ``twisted.internet.threads.deferToThread``: each call waits in
+    ``pending`` until :meth:`run` makes it and fires its Deferred (as the reactor does when
+    the thread is done), or is made at once while ``at_once`` is set."""
+
+    def __init__(self, at_once: bool = False) -> None:
+        self.at_once = at_once
+        self.pending: list[tuple[Callable[..., Any], tuple, dict, defer.Deferred]] = []
+        self.made = 0
+
+    def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        self.pending.append((function, args, kwargs, done))
+        if self.at_once:
+            self.run()
+        return done
+
+    def run(self) -> None:
+        while self.pending:
+            function, args, kwargs, done = self.pending.pop(0)
+            self.made += 1
+            try:
+                result = function(*args, **kwargs)
+            except Exception:
+                done.errback()
+            else:
+                done.callback(result)
