@@ -169,6 +169,13 @@ class FlowsConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """The ``[control]`` table: the control socket (gateway.control)."""
+
+    socket: Path | None = None  # None: <state_dir>/control.sock
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -190,6 +197,7 @@ class GatewayConfig:
     ssh2: SSH2Settings = field(default_factory=SSH2Settings)
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -689,6 +697,13 @@ def _bad_prompt(pattern: str) -> str | None:
     return None
 
 
+def _bad_socket_path(text: str) -> str | None:
+    # sun_path holds 108 bytes with its NUL; a longer name cannot be bound.
+    if len(os.fsencode(os.path.expanduser(text))) > 107:
+        return "a UNIX socket path has at most 107 bytes"
+    return None
+
+
 def _default_ports() -> str:
     ports = {p.name: p.default_port for p in TARGET_PROTOCOLS.values() if p.upstream}
     usual = Counter(ports.values()).most_common(1)[0][0]
@@ -845,6 +860,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("flows", "keep", Integer(minimum=0), _FLOWS.keep,
         "rotated files kept (`flows.jsonl.1` ... `.N`); older ones are deleted; `0` keeps none"),
 
+    Key("control", "socket", FilePath(check=_bad_socket_path), None,
+        "the control socket `sshgateway sessions` uses (a UNIX socket, mode 0600, for the "
+        "gateway's account and root); at most 107 bytes; read at start",
+        shown="`<state_dir>/control.sock`"),
+
     Key("limits", "max_startups", Text(check=_bad_max_startups), str(_LIMITS.max_startups),
         "unauthenticated connections (both protocols): from `start` on, a new one is refused "
         "with `rate`% probability, rising linearly to 100% at `full` (OpenSSH's `MaxStartups`); "
@@ -963,6 +983,7 @@ SESSION_KEYS = _keys("session")
 SSH2_KEYS = _keys("ssh2")
 SSH1_KEYS = _keys("ssh1")
 FLOWS_KEYS = _keys("flows")
+CONTROL_KEYS = _keys("control")
 LIMITS_KEYS = _keys("limits")
 # Which keys each target protocol takes; a key of another protocol is an error too.
 TARGET_KEYS = {
@@ -1284,6 +1305,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
     )
     _check_ssh1_key_gap(v, protocols, ssh1)
     flows = FlowsConfig(**v.read_table(_section(v, data, "flows"), ("flows",), "flows"))
+    control = ControlConfig(**v.read_table(_section(v, data, "control"), ("control",), "control"))
     limits = _check_limits(v, data)
     return GatewayConfig(
         listen=top["listen"],
@@ -1301,6 +1323,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         ssh2=ssh2,
         ssh1=ssh1,
         flows=flows,
+        control=control,
         limits=limits,
         run_as=top["run_as"],
     )

@@ -184,7 +184,20 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
     """The session taps (gateway.session_tap) the config asks for, built once at start;
     a tap with ``reconfigure(config)`` is given each reloaded config."""
     taps: list[Any] = []
+    from gateway.live_sessions import LiveSessions
+
+    taps.append(LiveSessions())  # the live-session registry (sessions list/kill)
     return taps
+
+
+def control_service(config: Any, reactor: Any, session_taps: Sequence[Any]) -> Any:
+    """The control socket (gateway.control) over the live-session registry among the
+    taps: it listens once the gateway has dropped its privileges."""
+    from gateway.control import ControlService, control_socket_path
+    from gateway.live_sessions import ISessionRegistry
+
+    registry = next(tap for tap in session_taps if ISessionRegistry.providedBy(tap))
+    return ControlService(control_socket_path(config), registry, reactor)
 
 
 def connection_limits(config: Any, reactor: Any) -> Any:
@@ -307,6 +320,7 @@ def make_service(
         session_taps=session_taps,
     )
     TargetsService(dispatcher).setServiceParent(top)
+    control_service(config, reactor, session_taps).setServiceParent(top)
     for description in config.listen:
         top.add_listener(description)
     return top
@@ -401,7 +415,12 @@ class GatewayService(service.MultiService):
                 self.drop.check_dropped()
             except PrivilegeError as e:
                 raise startup_failure(str(e)) from None
-        super().startService()
+        from gateway.control import ControlSocketError
+
+        try:
+            super().startService()
+        except ControlSocketError as e:  # another gateway on this state dir, a bad path
+            raise startup_failure(str(e)) from None
         self.reactor.callWhenRunning(self.running_now)
 
     def running_now(self) -> None:
