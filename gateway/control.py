@@ -138,9 +138,8 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
                 owner=account_name(owner),
                 owner_uid=owner,
             )
-            self._close_with(
-                error_answer(REFUSED, f"only {account_name(owner)} and root may use this socket")
-            )
+            allowed = "root" if owner == 0 else f"{account_name(owner)} and root"
+            self._close_with(error_answer(REFUSED, f"only {allowed} may use this socket"))
             return
         self.operator = operator
         self.setTimeout(IDLE_TIMEOUT)

@@ -181,7 +181,7 @@ class LiveSessions:
             log,
             events.SESSION_KILLED,
             "session {session} of {user} to {target} ended by {by} (uid {by_uid}, pid "
-            "{by_pid}): {message}",
+            "{by_pid}): {client_message}",
             session=session_id,
             user=summary.user,
             target=summary.target,
@@ -189,7 +189,7 @@ class LiveSessions:
             by=by.name,
             by_uid=by.uid,
             by_pid=by.pid,
-            message=text,
+            client_message=text,  # ("message" is the log line's own text in JSON logs)
         )
         killed = session.terminate(text, by=by.name)
         return defer.succeed(KillResult(summary, killed=killed))

@@ -112,9 +112,12 @@ def setup_cli(p: argparse.ArgumentParser) -> None:
         source = command.add_mutually_exclusive_group(required=True)
         source.add_argument("--state-dir", help="the gateway's state directory")
         source.add_argument("--config", help="the gateway's config file")
+        source.add_argument("--socket", help="the control socket itself")
 
 
 def socket_of(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
     if args.state_dir:
         return Path(args.state_dir) / CONTROL_SOCKET
     return control_socket_path(load_config(args.config))

@@ -144,7 +144,7 @@ def test_kill_tells_the_client_closes_the_target_and_records_who(logged):
     [event] = [e for e in logged if events.event_of(e) == events.SESSION_KILLED]
     assert (event["session"], event["user"], event["target"]) == (summary.id, "alice", "sw1")
     assert (event["by"], event["by_uid"], event["by_pid"]) == ("root", 0, 4242)
-    assert event["message"] == DEFAULT_KILL_MESSAGE
+    assert event["client_message"] == DEFAULT_KILL_MESSAGE
     assert formatEvent(event) == (
         f"session {summary.id} of alice to sw1 ended by root (uid 0, pid 4242): "
         f"{DEFAULT_KILL_MESSAGE}"
