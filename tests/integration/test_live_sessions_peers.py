@@ -231,3 +231,54 @@ def sshgateway_argv() -> list[str]:
 
     return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); "
             "from tools.cli import main; sys.exit(main())"]  # fmt: skip
+
+
+def test_with_run_as_the_socket_is_the_accounts_and_serves_it_and_root():
+    from tests.support.accounts import (
+        RUN_AS,
+        ensure_account,
+        interpreter_reachable_by,
+        require_root,
+        shared_workdir,
+    )
+
+    require_root()
+    account = ensure_account(RUN_AS)
+    with shared_workdir() as workdir, interpreter_reachable_by(RUN_AS):
+        config, key = keyed_config(workdir, run_as=RUN_AS)
+        config["users"]["alice"].update(os_user=RUN_AS, targets=["local"])
+        os.chown(config["users"]["alice"]["authorized_keys"], account.pw_uid, account.pw_gid)
+        with GatewayProcess(workdir, config) as gw:
+            gw.wait_for_log(r"control socket on ")
+            control = Path(gw.config["state_dir"]) / "control.sock"
+            st = control.lstat()
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (account.pw_uid, 0o600)
+            client = subprocess.Popen(
+                ssh_argv(gw, key, "-tt", PROGRAM), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            try:
+                pid = first_line_pid(client)
+
+                def as_run_as() -> None:
+                    os.setgid(account.pw_gid)
+                    os.setuid(account.pw_uid)
+
+                # The gateway's own account may list and end sessions...
+                mine = subprocess.run(
+                    [*sshgateway_argv(), "sessions", "list", "--format", "json", "--socket",
+                     str(control)],
+                    preexec_fn=as_run_as, capture_output=True, text=True, timeout=60, cwd="/",
+                )  # fmt: skip
+                assert mine.returncode == 0, mine.stderr
+                [summary] = json.loads(mine.stdout)
+                # ... and root too.
+                killed = sessions(gw, "kill", summary["id"])
+                assert killed.returncode == 0, killed.stderr
+                out, _ = client.communicate(timeout=30)
+                assert "sshgateway: session ended by an operator" in out
+                assert wait_gone([pid], timeout=10) == []
+            finally:
+                if client.poll() is None:
+                    client.kill()
+                    client.wait(10)
