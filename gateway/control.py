@@ -250,13 +250,14 @@ class ControlFactory(Factory):
         return ControlProtocol(self)
 
 
-def _clear_stale_socket(path: Path) -> None:
-    """Remove a socket file at ``path`` left by a gateway that is gone; ControlSocketError
-    when another gateway still serves it or the file is no socket."""
+def stale_socket_at(path: Path) -> bool:
+    """Whether a socket file left by a gateway that is gone is at ``path`` (False: nothing
+    there); raises ControlSocketError when another gateway still serves it or the file is
+    no socket."""
     try:
         st = path.lstat()
     except FileNotFoundError:
-        return
+        return False
     except OSError as e:
         raise ControlSocketError(f"control socket {path}: {e.strerror}") from None
     if not stat.S_ISSOCK(st.st_mode):
@@ -286,8 +287,7 @@ def _clear_stale_socket(path: Path) -> None:
         )
     finally:
         probe.close()
-    path.unlink(missing_ok=True)
-    log.info("replaced the stale control socket {path} (its gateway did not stop cleanly)", path=str(path))
+    return True
 
 
 def listen_control(reactor: Any, path: Path, factory: ControlFactory) -> Any:
@@ -298,7 +298,12 @@ def listen_control(reactor: Any, path: Path, factory: ControlFactory) -> Any:
             f"control socket {path}: longer than the {MAX_SOCKET_PATH} bytes a UNIX socket "
             "path may have (set [control] socket to a shorter one)"
         )
-    _clear_stale_socket(path)
+    if stale_socket_at(path):
+        path.unlink(missing_ok=True)
+        log.info(
+            "replaced the stale control socket {path} (its gateway did not stop cleanly)",
+            path=str(path),
+        )
     # bind() creates the file with the umask's mode; listenUNIX chmods it only afterwards.
     old_umask = os.umask(0o177)
     try:
@@ -325,9 +330,15 @@ class ControlService(service.Service):
         self.reactor = reactor
         self.port: Any = None
 
+    def privilegedStartService(self) -> None:
+        # Before the gateway binds its endpoints: a second gateway on this state directory
+        # stops here, without having listened anywhere. (A ControlSocketError ends the
+        # start-up; GatewayService makes it one line.)
+        super().privilegedStartService()
+        stale_socket_at(self.path)
+
     def startService(self) -> None:
         super().startService()
-        # A ControlSocketError ends the start-up (GatewayService makes it one line).
         self.port = listen_control(self.reactor, self.path, self.factory)
 
     def stopService(self) -> Any:

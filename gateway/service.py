@@ -378,9 +378,11 @@ class GatewayService(service.MultiService):
     # --uid/--gid if given, then calls startService.
 
     def privilegedStartService(self) -> None:
+        from gateway.control import ControlSocketError
+
         try:
             super().privilegedStartService()
-        except ListenError as e:
+        except (ListenError, ControlSocketError) as e:
             raise startup_failure(str(e)) from None
         self.privileged_started = True
         if self.drop is None or not self.drop.needed:

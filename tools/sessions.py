@@ -50,7 +50,10 @@ def ask(path: Path, request: dict[str, Any], timeout: float = TIMEOUT) -> dict[s
         except OSError as e:
             raise ControlError(f"{path}: {e.strerror or e}") from None
         try:
-            sock.sendall(json.dumps(request).encode("utf-8") + b"\n")
+            try:
+                sock.sendall(json.dumps(request).encode("utf-8") + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a refusal comes at once, then the close: its line is still to read
             line = _read_line(sock)
         except TimeoutError:
             raise ControlError(f"{path}: the gateway did not answer within {timeout:.0f} s") from None

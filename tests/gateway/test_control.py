@@ -384,8 +384,9 @@ def test_a_busy_socket_ends_the_start_with_one_line(tmp_path, capsys):
     other.bind(str(path))
     other.listen(1)
     with other, pytest.raises(SystemExit) as exit_:
-        top.startService()
+        top.privilegedStartService()
     assert exit_.value.code == 1
+    assert reactor.tcpServers == []  # stopped before it listened anywhere
     assert capsys.readouterr().err == (
         f"sshgateway: another gateway (pid {os.getpid()}) serves the control socket {path}: two "
         "gateways cannot share a state directory; give this one its own state_dir (or [control] "

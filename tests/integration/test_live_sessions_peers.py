@@ -177,6 +177,7 @@ def test_the_control_socket_is_private_single_and_survives_a_crash(tmp_path):
             in second.stdout + second.stderr
         ), second.stdout + second.stderr
         assert "Traceback" not in second.stdout + second.stderr
+        assert "listening on" not in second.stdout + second.stderr  # it stopped before
         assert sessions(gw, "list").stdout == "no live sessions\n"  # the first one goes on
 
         os.kill(gw.pid, signal.SIGKILL)  # no clean stop: the socket file stays

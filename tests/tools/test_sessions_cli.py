@@ -11,6 +11,7 @@ import pwd
 import socket
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,6 +20,7 @@ from gateway.live_sessions import Operator, SessionSummary
 from tests.support.doubles import FakeSessionRegistry
 from tests.support.gateway_helpers import LOCAL_ACCESS
 from tests.support.sshd import close_reactor, fresh_reactor, run_until
+from tools import sessions
 from tools.cli import main
 
 SUMMARIES = [
@@ -180,3 +182,36 @@ def test_one_of_state_dir_config_or_socket_is_required(capsys):
         main(["sessions", "list"])
     assert exit_.value.code == 2
     assert "one of the arguments --state-dir --config --socket is required" in capsys.readouterr().err
+
+
+def test_a_refusal_is_shown_even_when_it_came_before_the_request(tmp_path, monkeypatch):
+    # The gateway refuses a peer at once and closes: the request then meets a closed
+    # socket (EPIPE), and the refusal waiting to be read must still be what is shown.
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "control.sock"))
+    listener.listen(1)
+    closed = threading.Event()
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(b'{"ok": false, "error": "refused", "message": "only root may use this socket"}\n')
+        conn.close()
+        closed.set()
+
+    class LateSender(socket.socket):
+        def sendall(self, data, *args):
+            assert closed.wait(10)
+            return super().sendall(data, *args)
+
+    monkeypatch.setattr(
+        sessions, "socket",
+        SimpleNamespace(AF_UNIX=socket.AF_UNIX, SOCK_STREAM=socket.SOCK_STREAM, socket=LateSender),
+    )  # fmt: skip
+    thread = threading.Thread(target=refuse)
+    thread.start()
+    try:
+        status, _, err = run_cli("sessions", "list", "--state-dir", str(tmp_path))
+    finally:
+        thread.join(10)
+        listener.close()
+    assert (status, err) == (1, "sshgateway: only root may use this socket\n")
