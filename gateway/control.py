@@ -149,7 +149,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
 
     def timeoutConnection(self) -> None:
-        log.info("control socket: {who} sent nothing for {s:.0f} s; closing", who=self.operator, s=IDLE_TIMEOUT)
+        log.info("control socket: {who} sent nothing for {s:.0f} s; closing", who=str(self.operator), s=IDLE_TIMEOUT)
         self.transport.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -197,7 +197,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         if result.session is None:
             log.info(
                 "control socket: {who} asked to end session {session!r}: no such live session",
-                who=self.operator,
+                who=str(self.operator),
                 session=session_id,
             )
             return error_answer(NOT_FOUND, f"no live session {session_id}")
@@ -206,7 +206,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         return {"ok": True, "session": result.session.to_json()}
 
     def _failed(self, failure: Failure, kind: str) -> dict[str, Any]:
-        log.failure("control socket: the {kind} request of {who} failed", failure, kind=kind, who=self.operator)
+        log.failure("control socket: the {kind} request of {who} failed", failure, kind=kind, who=str(self.operator))
         return error_answer(FAILED, f"the gateway could not do the {kind} request (see its log)")
 
     def _answer(self, answer: dict[str, Any]) -> None:
@@ -216,7 +216,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         self.resumeProducing()
 
     def _bad(self, what: str) -> None:
-        log.warn("control socket: {who} sent {what}; closing", who=self.operator, what=what)
+        log.warn("control socket: {who} sent {what}; closing", who=str(self.operator), what=what)
         self._close_with(error_answer(BAD_REQUEST, f"the gateway could not read {what}"))
 
     def _close_with(self, answer: dict[str, Any]) -> None:
