@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
 
+from gateway.live_sessions import ISessionRegistry
 from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.targets.bridge import IUpstreamSession, UpstreamSink
@@ -93,6 +94,7 @@ ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
     "RecordingObserver": (doubles.RecordingObserver, ISessionObserver),
     "RecordingTap": (doubles.RecordingTap, ISessionTap),
     "ManualWriter": (doubles.ManualWriter, IBackgroundWriter),
+    "FakeSessionRegistry": (doubles.FakeSessionRegistry, ISessionRegistry),
 }
 
 
