@@ -132,3 +132,8 @@ def cipher_mask(names: tuple[str, ...] | list[str]) -> int:
 def names_in_mask(mask: int) -> list[str]:
     return [c.name for c in CIPHERS if mask & (1 << c.number)]
 
+
+
+def cryptography_stream(name: str, key: bytes, encrypt: bool) -> Stream:
+    """The cipher ``name`` built on ``cryptography`` alone (benchmarks compare with it)."""
+    return BY_NAME[name].factory(key, encrypt)
