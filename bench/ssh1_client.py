@@ -1,7 +1,7 @@
 """The gateway's SSH-1 upstream client on its own, for :mod:`bench.ssh1`: one session to
 an SSH-1 device, sending (``--upload``) or receiving (``--download``) a number of bytes,
 then one line of JSON with the CPU seconds this process spent from the session's start
-to its exit status. Not a test.
+to its exit status. Not a test, nor a benchmark of its own (bench.ssh1 runs it).
 
     .venv/bin/python -m bench.ssh1_client --port P --user U --password W --cipher C \
         --upload BYTES [--command "cat > /dev/null"]
@@ -98,7 +98,7 @@ async def session(reactor, args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def run_session_from_arguments() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--user", required=True)
@@ -118,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_session_from_arguments()
