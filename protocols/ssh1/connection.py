@@ -55,6 +55,14 @@ Handler = Callable[[Reader], Event | None]
 PacketObserver = Callable[[str, int], None]
 
 
+def _bulk_string(payload: bytes) -> bytes | None:
+    """The one string that fills ``payload`` (session data), or None if it does not."""
+    size = len(payload) - 4
+    if size >= 0 and _U32.unpack_from(payload)[0] == size:
+        return payload[4:]
+    return None
+
+
 def _name(msg_type: int) -> str:
     name = m.NAMES.get(msg_type)
     return name if name is not None else f"SSH_MSG_UNKNOWN_{msg_type}"
@@ -107,17 +115,40 @@ class Connection:
                 if self.on_packet_in is not None:
                     self.on_packet_in(_name(msg_type), self._decoder.last_size)
                 if self.phase is m.Phase.INTERACTIVE and msg_type in self.bulk_data:
-                    # One string filling the payload; anything else takes the general
-                    # path, to its error.
-                    size = len(payload) - 4
-                    if size >= 0 and _U32.unpack_from(payload)[0] == size:
+                    data = _bulk_string(payload)
+                    if data is not None:
                         self.packets_in += 1
-                        return self.bulk_data[msg_type](payload[4:])
+                        return self.bulk_data[msg_type](self._more_bulk(msg_type, data))
                 event = self._dispatch(msg_type, payload)
             except ProtocolError as exc:
                 return self._fail(exc.reason)
             if event is not None:
                 return event
+
+    def _more_bulk(self, msg_type: int, first: bytes) -> bytes:
+        """``first`` joined with the data of the packets of the same type that follow it,
+        deciphered already: one event for a run of small packets. A packet that is not
+        such data is handled as usual, its event (or failure) queued after the run."""
+        if self._decoder.next_type() != msg_type:
+            return first
+        parts = [first]
+        while self._decoder.next_type() == msg_type:
+            try:
+                _, payload = self._decoder.next_packet()  # type: ignore[misc]
+                if self.on_packet_in is not None:
+                    self.on_packet_in(_name(msg_type), self._decoder.last_size)
+                data = _bulk_string(payload)
+                if data is None:
+                    event = self._dispatch(msg_type, payload)  # raises its error
+                    if event is not None:
+                        self._events.append(event)
+                    break
+            except ProtocolError as exc:
+                self._events.append(self._fail(exc.reason))
+                break
+            self.packets_in += 1
+            parts.append(data)
+        return b"".join(parts)
 
     def _dispatch(self, msg_type: int, payload: bytes) -> Event | None:
         self.packets_in += 1

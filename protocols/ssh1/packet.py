@@ -105,6 +105,14 @@ class PacketDecoder:
         self._ready_bytes -= entry[3]
         return self._open(*entry)
 
+    def next_type(self) -> int | None:
+        """The message type of the next packet if it is deciphered already and not
+        compressed (so known without taking it), else None."""
+        if not self._ready or self._decompressor is not None:
+            return None
+        offset, _size, pad, _wire = self._ready[0]
+        return self._plain[offset + pad]
+
     def _spans(self, limit: int | None) -> list[tuple[int, int, int]]:
         """(start, wire size, length field) of the whole packets at the head of the
         buffer, at most ``limit``; a bad length raises only when it heads the buffer."""
