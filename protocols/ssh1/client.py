@@ -49,7 +49,6 @@ from protocols.ssh1.pump import CorePump
 log = Logger(namespace="sshgateway.ssh1.client")
 
 
-
 class SSH1ClientError(Exception):
     """Why the upstream SSH-1 session could not be opened; ``str()`` is one line."""
 
@@ -116,6 +115,8 @@ class _TransportGate:
 
 class SSH1ClientProtocol(CorePump):
     core: ClientConnection | None
+    # Devices send small packets too: the sink gets one write per run of stdout packets.
+    batched_event = ev.StdoutData
 
     def __init__(self, options: SSH1ClientOptions, request: SessionRequest, sink: SessionSink) -> None:
         super().__init__()
@@ -140,7 +141,6 @@ class SSH1ClientProtocol(CorePump):
             ev.PublicKeyReceived: self._on_public_key,
             ev.RequestAnswered: self._on_answer,
             ev.RSAChallengeReceived: self._on_challenge,
-            ev.StdoutData: lambda e: self.sink.stdout(e.data),
             ev.StderrData: lambda e: self.sink.stderr(e.data),
             ev.ExitStatus: self._on_exit_status,
             ev.ForwardRefused: self._on_forward_refused,
@@ -233,6 +233,10 @@ class SSH1ClientProtocol(CorePump):
 
     def _core_closed(self, reason: str) -> None:
         self._fail(f"SSH-1 connection closed: {reason}")
+
+    def _deliver_batch(self, data: bytes) -> None:
+        if not self.done:
+            self.sink.stdout(data)
 
     def _fail(self, message: str, exc: BaseException | None = None) -> None:
         if self.done:

@@ -90,6 +90,7 @@ def read_public_key(r: Reader, max_key_bits: int) -> PublicKeyFields:
 
 class ClientConnection(Connection):
     role = m.Role.CLIENT
+    bulk_data = {m.SSH_SMSG_STDOUT_DATA: StdoutData, m.SSH_SMSG_STDERR_DATA: StderrData}
 
     def __init__(
         self,
