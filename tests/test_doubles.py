@@ -20,6 +20,7 @@ from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
 
 from gateway.session_tap import ISessionObserver, ISessionTap
+from gateway.store.worker import IStoreBackend
 from gateway.targets.bridge import IUpstreamSession, UpstreamSink
 from protocols.auth import ISSH1RSAChallenge, SSH1RSAChallenge
 from protocols.handoff import IDrainable, IHandoffFactory
@@ -91,6 +92,7 @@ ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
     "test_target_ssh2.KeyChecker": (_test_target_ssh2_key_checker, ICredentialsChecker),
     "RecordingObserver": (doubles.RecordingObserver, ISessionObserver),
     "RecordingTap": (doubles.RecordingTap, ISessionTap),
+    "FakeDatabase": (doubles.FakeDatabase, IStoreBackend),
 }
 
 
