@@ -65,7 +65,10 @@ def run(args: argparse.Namespace, io: _IO) -> int:
         print(f"sshgateway db: {reason}", file=io.stderr)
         return 1
     usable = "usable" if version >= REQUIRED_VERSION else "too old: run `sshgateway db upgrade`"
-    print(f"schema at version {version}; this gateway needs {REQUIRED_VERSION}: {usable}", file=io.stdout)
+    print(
+        f"schema at version {version}; this gateway needs {REQUIRED_VERSION}: {usable}",
+        file=io.stdout,
+    )
     return 0 if version >= REQUIRED_VERSION else 1
 
 

@@ -134,4 +134,11 @@ def upgrade(conn: Any) -> list[tuple[int, str]]:
     return applied
 
 
-__all__ = ["MIGRATIONS", "REQUIRED_VERSION", "SchemaTooOld", "check_version", "current_version", "upgrade"]
+__all__ = [
+    "MIGRATIONS",
+    "REQUIRED_VERSION",
+    "SchemaTooOld",
+    "check_version",
+    "current_version",
+    "upgrade",
+]

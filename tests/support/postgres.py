@@ -117,7 +117,9 @@ class PostgresServer:
                 if self.process is not None and self.process.poll() is not None:
                     raise RuntimeError(f"postgres exited: {self.log.read_text()[-2000:]}") from None
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres not ready: {self.log.read_text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"postgres not ready: {self.log.read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
