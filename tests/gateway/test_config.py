@@ -285,7 +285,9 @@ def test_reference_table_documents_every_key():
     from gateway import config as module
 
     doc = module.__doc__
-    tables = {"users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "limits"}
+    tables = {
+        "users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "store", "limits"
+    }
     for key in module.TOP_KEYS - tables:
         assert f"| `{key}` |" in doc
     for section, keys in (
@@ -296,6 +298,7 @@ def test_reference_table_documents_every_key():
         ("ssh1", module.SSH1_KEYS),
         ("flows", module.FLOWS_KEYS),
         ("audit", module.AUDIT_KEYS),
+        ("store", module.STORE_KEYS),
         ("limits", module.LIMITS_KEYS),
         ("targets.NAME", set().union(*module.TARGET_KEYS.values())),
     ):

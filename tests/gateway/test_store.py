@@ -18,7 +18,7 @@ from gateway.store.known_hosts import SharedKnownHosts
 from gateway.store.penalties import SharedPenaltyBook
 from gateway.store.worker import DEFAULT_RETRY, IStoreWorker, StoreWorker
 from tests.support.doubles import FakeDatabase, run_at_once
-from tests.support.gateway_helpers import ed25519_key
+from tests.support.gateway_helpers import LOCAL_ACCESS, ed25519_key
 
 KEY = ed25519_key()
 OTHER = ed25519_key()
@@ -211,3 +211,35 @@ def test_local_file_entries_still_count_with_a_store(tmp_path, clock):
     a.check_ssh2("dev5", 22, KEY, "strict")
     with pytest.raises(HostKeyChanged):
         a.check_ssh2("dev5", 22, OTHER, "accept-new")
+
+
+# -- the [store] table --------------------------------------------------------------------
+
+
+def test_no_store_table_means_no_store():
+    from gateway.config import parse_config
+    from gateway.service import shared_store
+
+    config = parse_config(f'[users.alice]\nauthorized_keys = "/ak"\n{LOCAL_ACCESS}', base=Path("/"))
+    assert config.store.url is None
+    assert shared_store(config, Clock()) is None
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('url = "postgresql://u:hunter2@db/gw"', "needs `key` or `key_file`"),
+        ('url = "mysql://u:hunter2@db/gw"\nkey = "k"', "must be a PostgreSQL URL"),
+        ('url = "postgresql://u:hunter2@db/gw"\nkey = "k"\nkey_file = "f"', "not both"),
+    ],
+)
+def test_store_table_problems_are_named_and_hide_the_password(table, problem):
+    from gateway.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as error:
+        parse_config(
+            f'[users.alice]\nauthorized_keys = "/ak"\n{LOCAL_ACCESS}[store]\n{table}\n',
+            base=Path("/"),
+        )
+    assert problem in str(error.value)
+    assert "hunter2" not in str(error.value)

@@ -82,6 +82,19 @@ def test_a_gateway_refuses_to_start_on_a_schema_older_than_it_needs(tmp_path, po
         store.host_keys(config.state_dir)
 
 
+def test_make_service_ends_in_one_line_on_an_old_schema(tmp_path, postgres_url, capsys):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from gateway.service import make_service
+
+    config = load_config(store_config(tmp_path, postgres_url))
+    with pytest.raises(SystemExit) as stopped:
+        make_service(config, MemoryReactorClock())
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sshgateway db upgrade" in err, err
+
+
 def test_every_instance_presents_the_same_host_keys(tmp_path, postgres_url):
     url = upgraded(postgres_url)
     a = load_config(store_config(tmp_path, url, name="a"))
