@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
 
+from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.store.worker import IStoreBackend
 from gateway.targets.bridge import IUpstreamSession, UpstreamSink
@@ -93,6 +94,7 @@ ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
     "RecordingObserver": (doubles.RecordingObserver, ISessionObserver),
     "RecordingTap": (doubles.RecordingTap, ISessionTap),
     "FakeDatabase": (doubles.FakeDatabase, IStoreBackend),
+    "ManualWriter": (doubles.ManualWriter, IBackgroundWriter),
 }
 
 

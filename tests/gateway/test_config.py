@@ -286,7 +286,8 @@ def test_reference_table_documents_every_key():
 
     doc = module.__doc__
     tables = {
-        "users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "store", "limits"
+        "users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "limits",
+        "metrics", "recording", "store",
     }
     for key in module.TOP_KEYS - tables:
         assert f"| `{key}` |" in doc
@@ -300,6 +301,7 @@ def test_reference_table_documents_every_key():
         ("audit", module.AUDIT_KEYS),
         ("store", module.STORE_KEYS),
         ("limits", module.LIMITS_KEYS),
+        ("metrics", module.METRICS_KEYS),
         ("targets.NAME", set().union(*module.TARGET_KEYS.values())),
     ):
         for key in keys:
