@@ -358,6 +358,8 @@ def make_service(
     for tap in session_taps:  # a tap that is a service (the metrics) runs as the gateway's child
         if service.IService.providedBy(tap):
             tap.setServiceParent(top)
+        if store is not None and hasattr(tap, "metrics"):
+            tap.metrics.watch_store(store.worker)  # the write queue's counts on /metrics
     for description in config.listen:
         top.add_listener(description)
     return top

@@ -243,3 +243,26 @@ def test_store_table_problems_are_named_and_hide_the_password(table, problem):
         )
     assert problem in str(error.value)
     assert "hunter2" not in str(error.value)
+
+
+def test_the_write_queue_counts_are_on_the_metrics(clock):
+    from prometheus_client import generate_latest
+
+    from gateway.metrics import GatewayMetrics
+
+    database = FakeDatabase()
+    store = worker(database, clock, queue_max=2)
+    metrics = GatewayMetrics()
+    metrics.watch_store(store)
+    database.down = True
+    for n in range(3):
+        store.write("record", "flows", {"n": n})
+        clock.advance(0)
+    text = generate_latest(metrics.registry).decode()
+    assert "sshgateway_store_queued_writes 2.0" in text
+    assert "sshgateway_store_dropped_writes 1.0" in text
+    assert "sshgateway_store_up 0.0" in text
+    database.down = False
+    clock.advance(DEFAULT_RETRY)
+    text = generate_latest(metrics.registry).decode()
+    assert "sshgateway_store_queued_writes 0.0" in text and "sshgateway_store_up 1.0" in text

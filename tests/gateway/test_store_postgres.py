@@ -6,8 +6,10 @@ database is stopped and write what they queued once it is back (issue 14, accept
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -161,10 +163,12 @@ def test_two_instances_share_one_database_and_go_on_while_it_is_down(tmp_path):
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
         config, key = keyed_config(tmp_path, store=store)
+        config_a = dict(config, metrics={"listen": "tcp:0:interface=127.0.0.1"})
         with (
-            GatewayProcess(tmp_path / "a", config) as gw_a,
+            GatewayProcess(tmp_path / "a", config_a) as gw_a,
             GatewayProcess(tmp_path / "b", config) as gw_b,
         ):
+            metrics = gw_a.wait_for_log(r"metrics served on (http://[0-9.]+:\d+/metrics)").group(1)
             _login(gw_a, key, "via-a")
             _login(gw_b, key, "via-b")
             # The same host keys on both, from the database.
@@ -191,11 +195,18 @@ def test_two_instances_share_one_database_and_go_on_while_it_is_down(tmp_path):
             server.stop()
             _login(gw_a, key, "while-down")
             gw_a.wait_for_log(r"store: database unreachable .*writes are queued")
+            scraped = urllib.request.urlopen(metrics, timeout=10).read().decode()
+            assert "sshgateway_store_up 0.0" in scraped, scraped
+            queued = re.search(r"^sshgateway_store_queued_writes (\S+)$", scraped, re.M)
+            assert queued and float(queued.group(1)) >= 1, scraped
             # Back: the queued flows and audit events arrive.
             server.start()
             gw_a.wait_for_log(r"store: database reachable again; \d+ queued writes", timeout=30)
             _wait_for(lambda: len(_rows(url, "flow_records")) > flows_before)
             words = [r.get("command") for r in _rows(url, "audit_events")]
             assert "echo while-down" in words, words
+            scraped = urllib.request.urlopen(metrics, timeout=10).read().decode()
+            assert "sshgateway_store_up 1.0" in scraped
+            assert "sshgateway_store_dropped_writes 0.0" in scraped
     finally:
         server_run.close()
