@@ -334,6 +334,8 @@ def make_service(
         else:
             host_keys = load_or_create_host_keys(config.state_dir)
         session_taps = build_session_taps(config, reactor)
+        if store is not None:
+            session_taps.append(store.session_tap())  # the recordings index
         audit = audit_trail(config)
         generation = build_generation(config, reactor, host_keys, session_taps, store)
         drop = privilege_drop(config, uid, gid)

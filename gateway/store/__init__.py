@@ -6,7 +6,8 @@ settles the host keys at start (blocking, before the reactor runs), then runs th
 client on its own thread (gateway.store.worker) and hands the gateway adapters behind the
 interfaces it already uses: :class:`~gateway.store.known_hosts.SharedKnownHosts`,
 :class:`~gateway.store.penalties.SharedPenaltyBook`, and the flow and audit writers'
-mirror (gateway.jsonl). The shared pins and penalties are re-read every ``cache_ttl``.
+mirror (gateway.jsonl), and the recordings index (a session tap,
+gateway.store.recordings). The shared pins and penalties are re-read every ``cache_ttl``.
 
 The tables and their migrations: gateway.store.migrations; ``sshgateway db upgrade``
 applies them (tools.db).
@@ -105,6 +106,12 @@ class StoreService(service.Service):
         book = SharedPenaltyBook(rules, self.reactor, self.worker)
         self.penalty_books.append(book)
         return book
+
+    def session_tap(self) -> Any:
+        """The session tap that indexes recordings (after the recorder's)."""
+        from gateway.store.recordings import RecordingIndex
+
+        return RecordingIndex(self.worker)
 
     def mirror(self, what: str, record: dict[str, Any]) -> None:
         """A flow record or audit event for its append-only table (gateway.jsonl)."""

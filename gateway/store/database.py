@@ -95,6 +95,16 @@ class Database:
             (source, expires, active, reason, self.instance),
         )
 
+    def _write_recording(
+        self, path: str, session_id: str, username: str, target: str, size: int
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO recordings (path, session_id, username, target, size, instance) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET "
+            "size = excluded.size",
+            (path, session_id, username, target, size, self.instance),
+        )
+
     def _write_pin(self, host_name: str, protocol: str, key_line: str) -> None:
         self.pin(host_name, protocol, key_line)
 
@@ -135,6 +145,12 @@ class Database:
             (host_name, list(protocols)),
         )
         return cur.rowcount
+
+    def recordings(self) -> list[tuple[str, str, str, str, int]]:
+        """The recordings index: (path, session, user, target, size), oldest first."""
+        return self.conn.execute(
+            "SELECT path, session_id, username, target, size FROM recordings ORDER BY written_at"
+        ).fetchall()
 
     def records(self, what: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The append-only records of ``what`` (flows, audit), oldest first."""

@@ -14,6 +14,7 @@ from zope.interface.verify import verifyObject
 from gateway.jsonl import RotatingJSONLines
 from gateway.known_hosts import HostKeyChanged, KnownHostsError
 from gateway.penalties import AUTHFAIL, MALFORMED, IPenaltyBook, PenaltyRules
+from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.store.known_hosts import SharedKnownHosts
 from gateway.store.penalties import SharedPenaltyBook
 from gateway.store.worker import DEFAULT_RETRY, IStoreWorker, StoreWorker
@@ -266,3 +267,23 @@ def test_the_write_queue_counts_are_on_the_metrics(clock):
     clock.advance(DEFAULT_RETRY)
     text = generate_latest(metrics.registry).decode()
     assert "sshgateway_store_queued_writes 0.0" in text and "sshgateway_store_up 1.0" in text
+
+
+def test_each_recorded_session_is_indexed_when_it_ends(tmp_path, clock):
+    from gateway.session_tap import LiveSession, SessionInfo
+    from gateway.store.recordings import RecordingIndex
+
+    database = FakeDatabase()
+    index = RecordingIndex(worker(database, clock))
+    assert verifyObject(ISessionTap, index)
+    cast = tmp_path / "f1.cast"
+    cast.write_bytes(b"x" * 42)
+    info = SessionInfo("s1", "alice", "dev1", "ssh2", "ssh2", "192.0.2.1:5", "f1", None, None, None)
+    recorded, unrecorded = LiveSession(info), LiveSession(info)
+    recorded.recording = str(cast)
+    observers = [index.session_started(recorded), index.session_started(unrecorded)]
+    assert all(verifyObject(ISessionObserver, o) for o in observers)
+    for observer in observers:
+        observer.ended(None)
+    clock.advance(0)
+    assert database.recordings == [(str(cast), "s1", "alice", "dev1", 42)]

@@ -125,6 +125,9 @@ def test_the_statements_settle_pins_merge_penalties_and_keep_records(postgres_ur
     a.run("apply", [("record", ("flows", {"id": "f1"})), ("record", ("audit", {"event": "x"}))])
     assert b.run("records", "flows") == [{"id": "f1"}]
     assert b.run("records", "audit") == [{"event": "x"}]
+    a.run("apply", [("recording", ("/r/f1.cast", "s1", "alice", "dev1", 10))])
+    a.run("apply", [("recording", ("/r/f1.cast", "s1", "alice", "dev1", 42))])
+    assert b.run("recordings") == [("/r/f1.cast", "s1", "alice", "dev1", 42)]
     a.close()
     b.close()
 
@@ -135,6 +138,11 @@ def test_the_statements_settle_pins_merge_penalties_and_keep_records(postgres_ur
 def _rows(url: str, table: str) -> list[dict]:
     with psycopg.connect(url) as conn:
         return [r[0] for r in conn.execute(f"SELECT record FROM {table} ORDER BY seq").fetchall()]
+
+
+def _count(url: str, table: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(f"SELECT path, username, size FROM {table}").fetchall()
 
 
 def _login(gw: GatewayProcess, key: Path, word: str) -> None:
@@ -187,6 +195,9 @@ def test_two_instances_share_one_database_and_go_on_while_it_is_down(tmp_path):
             logins = json.loads(audit.stdout)
             assert len(logins) == 2 and {r["user"] for r in logins} == {"alice"}
             flows = sshgateway_cli("flows", "list", "--config", str(gw_a.config_path)).stdout
+            # Both sessions were recorded (files on each instance), and indexed in the database.
+            _wait_for(lambda: len(_count(url, "recordings")) >= 2)
+            assert {row[1] for row in _count(url, "recordings")} == {"alice"}
             assert len([r for r in _rows(url, "flow_records") if r.get("role") == "server"]) >= 2
             assert flows.count("alice") >= 2, flows
 

@@ -437,6 +437,7 @@ class FakeDatabase:
         self.records: dict[str, list[dict[str, Any]]] = {"flows": [], "audit": []}
         self.penalties: dict[str, tuple[float, bool, str]] = {}
         self.pinned: dict[tuple[str, str], str] = {}
+        self.recordings: list[tuple[str, str, str, str, int]] = []
         self.calls: list[str] = []
 
     def run(self, method: str, *args: Any) -> Any:
@@ -466,6 +467,11 @@ class FakeDatabase:
 
     def _write_pin(self, host_name: str, protocol: str, key_line: str) -> None:
         self.pin(host_name, protocol, key_line)
+
+    def _write_recording(
+        self, path: str, session_id: str, username: str, target: str, size: int
+    ) -> None:
+        self.recordings.append((path, session_id, username, target, size))
 
     def _write_forget_pins(self, host_name: str, protocols: Any) -> None:
         for protocol in protocols:
