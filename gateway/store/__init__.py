@@ -65,6 +65,12 @@ class StoreService(service.Service):
         none it cannot start). Raises StoreUnusable or HostKeyError."""
         from gateway.hostkeys import HostKeyError, load_host_keys
 
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise StoreUnusable(
+                "[store] url needs psycopg 3: pip install 'sshgateway[postgres]'"
+            ) from None
         fernet = fernet_for(self.settings.key, self.settings.key_file)
         try:
             conn = connect(self.settings.url)

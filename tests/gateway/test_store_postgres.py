@@ -221,3 +221,17 @@ def test_two_instances_share_one_database_and_go_on_while_it_is_down(tmp_path):
             assert "sshgateway_store_dropped_writes 0.0" in scraped
     finally:
         server_run.close()
+
+
+def test_known_hosts_forget_with_a_store_removes_the_shared_pin(tmp_path, postgres_url):
+    url = upgraded(postgres_url)
+    Database(url, "a").run("pin", "[127.0.0.1]:2222", "ssh2", "ssh-ed25519 AAAA-pinned")
+    path = store_config(tmp_path, url)
+    text = path.read_text() + (
+        '\n[targets.dev1]\nprotocol = "ssh2"\nhost = "127.0.0.1"\nport = 2222\n'
+        'username = "root"\nhost_key = "accept-new"\n'
+    )
+    path.write_text(text)
+    result = sshgateway_cli("known-hosts", "forget", "dev1", "--config", str(path))
+    assert "1 key(s) pinned in the shared store" in result.stdout, result
+    assert Database(url, "b").run("pins") == []
