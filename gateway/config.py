@@ -188,6 +188,24 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The ``[store]`` table: shared state in PostgreSQL (gateway.store); no ``url``: none,
+    everything stays in the local state_dir."""
+
+    url: str | None = None
+    key: str | None = None  # Fernet key for the host keys at rest (or key_file)
+    key_file: Path | None = None
+    queue_max: int = 10000  # writes held while the database is unreachable
+    cache_ttl: float = 2.0  # seconds a read of shared pins and penalties is reused
+
+
+def _bad_store_url(url: str) -> str | None:
+    if not url.startswith(("postgresql://", "postgres://")):
+        return 'must be a PostgreSQL URL: "postgresql://user@host/dbname"'
+    return None
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The ``[metrics]`` table: the Prometheus endpoint (gateway.metrics)."""
 
@@ -235,6 +253,7 @@ class GatewayConfig:
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -510,7 +529,7 @@ class Text(Kind):
             return default
         problem = self.check(value) if self.check else None
         if problem:
-            v.error(path, problem)
+            v.error(path, problem, hide_value=self.secret)
             return default
         return value
 
@@ -795,6 +814,7 @@ USERS, TARGETS = "users.NAME", "targets.NAME"
 _GATEWAY, _USER, _TARGET = GatewayConfig(), UserConfig(""), TargetConfig("", "")
 _AUTH, _SSH2, _SSH1, _FLOWS = AuthLimits(), SSH2Settings(), SSH1Settings(), FlowsConfig()
 _AUDIT = AuditConfig()
+_STORE = StoreConfig()
 _RECORDING = RecordingConfig()
 _LIMITS = LimitsConfig()
 _PENALTIES = _LIMITS.penalties
@@ -950,6 +970,20 @@ SCHEMA: tuple[Key, ...] = (
         "gateway's account and root); at most 107 bytes; read at start",
         shown="`<state_dir>/control.sock`"),
 
+    Key("store", "url", Text(check=_bad_store_url, secret=True), None,
+        "shared state of several instances in PostgreSQL (`postgresql://user:pw@host/db`; "
+        "README: Shared state in PostgreSQL); none: everything stays in `state_dir`"),
+    Key("store", "key", Text(secret=True), None,
+        "the Fernet key (urlsafe base64, 32 bytes) that encrypts the host keys in the "
+        "database; or `key_file`; required with `url`"),
+    Key("store", "key_file", FilePath(), None,
+        "a file holding that key (mode 0600), instead of `key`"),
+    Key("store", "queue_max", Integer(minimum=1), _STORE.queue_max,
+        "writes (flows, audit events, penalties, pins) held while the database is down; "
+        "past that the oldest are dropped and counted"),
+    Key("store", "cache_ttl", Number(minimum=0), _STORE.cache_ttl,
+        "seconds a read of the shared host-key pins and penalties is reused"),
+
     Key("limits", "max_startups", Text(check=_bad_max_startups), str(_LIMITS.max_startups),
         "unauthenticated connections (both protocols): from `start` on, a new one is refused "
         "with `rate`% probability, rising linearly to 100% at `full` (OpenSSH's `MaxStartups`); "
@@ -1100,6 +1134,7 @@ SSH1_KEYS = _keys("ssh1")
 FLOWS_KEYS = _keys("flows")
 AUDIT_KEYS = _keys("audit")
 CONTROL_KEYS = _keys("control")
+STORE_KEYS = _keys("store")
 LIMITS_KEYS = _keys("limits")
 METRICS_KEYS = _keys("metrics")
 # Which keys each target protocol takes; a key of another protocol is an error too.
@@ -1379,6 +1414,18 @@ def _section(v: _Validator, data: Mapping[str, Any], name: str) -> dict[str, Any
     return raw
 
 
+def _check_store(v: _Validator, data: Mapping[str, Any]) -> StoreConfig:
+    values = v.read_table(_section(v, data, "store"), ("store",), "store")
+    if values["url"] is not None and values["key"] is None and values["key_file"] is None:
+        v.error(
+            ("store", "url"), "needs `key` or `key_file` (the host keys are encrypted)",
+            hide_value=True,
+        )
+    if values["key"] is not None and values["key_file"] is not None:
+        v.error(("store", "key_file"), "give `key` or `key_file`, not both")
+    return StoreConfig(**values)
+
+
 def _check_limits(v: _Validator, data: Mapping[str, Any]) -> LimitsConfig:
     values = v.read_table(_section(v, data, "limits"), ("limits",), "limits")
     rules = None
@@ -1429,6 +1476,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
     _check_ssh1_key_gap(v, protocols, ssh1)
     flows = FlowsConfig(**v.read_table(_section(v, data, "flows"), ("flows",), "flows"))
     audit = AuditConfig(**v.read_table(_section(v, data, "audit"), ("audit",), "audit"))
+    store = _check_store(v, data)
     recording = RecordingConfig(
         **v.read_table(_section(v, data, "recording"), ("recording",), "recording")
     )
@@ -1452,6 +1500,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         ssh1=ssh1,
         flows=flows,
         audit=audit,
+        store=store,
         recording=recording,
         control=control,
         limits=limits,

@@ -9,6 +9,9 @@ from the reactor thread: a local append of a few hundred bytes, which does not h
 reactor up; a failing disk (full, read-only, gone) is logged and counted in
 ``write_errors``, never raised to the caller, whose connection or login goes on.
 
+With a shared store (gateway.store) every record is also handed to
+:attr:`RotatingJSONLines.mirror`, which queues it for the database; the local file stays.
+
 The error's log event carries ``write_error`` = the writer's ``what`` ("flows", "audit"),
 a stable key for whoever counts such errors (the metrics) without parsing the text.
 """
@@ -17,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.logger import Logger
 
@@ -30,6 +34,9 @@ WRITE_ERROR_KEY = "write_error"
 
 class RotatingJSONLines:
     """Appends JSON lines to ``<directory>/<name>`` with size-based rotation."""
+
+    # Set by the shared store while it runs: called with (what, record) for every record.
+    mirror: ClassVar[Callable[[str, dict[str, Any]], None] | None] = None
 
     def __init__(
         self,
@@ -54,6 +61,9 @@ class RotatingJSONLines:
     def write(self, record: dict[str, Any]) -> bool:
         """Append ``record`` as one line; False (logged, counted) when it could not be."""
         line = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
+        mirror = RotatingJSONLines.mirror
+        if mirror is not None:
+            mirror(self.what, record)  # queues only: never raises, never waits
         try:
             self._prepare()
             try:

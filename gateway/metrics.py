@@ -199,6 +199,26 @@ class GatewayMetrics:
         self.targets: frozenset[str] = frozenset()
         self._failed = False
 
+    def watch_store(self, store: Any) -> None:
+        """The shared store's write queue (gateway.store.worker.StoreWorker), read at each
+        scrape: writes held now, writes dropped ever, and whether the database answers."""
+        r = self.registry
+        Gauge(
+            f"{PREFIX}_store_queued_writes",
+            "Writes (flows, audit events, penalties, pins) waiting for the shared database",
+            registry=r,
+        ).set_function(lambda: store.queued)
+        Gauge(
+            f"{PREFIX}_store_dropped_writes",
+            "Writes dropped since start because the queue for the shared database was full",
+            registry=r,
+        ).set_function(lambda: store.dropped)
+        Gauge(
+            f"{PREFIX}_store_up",
+            "1 while the shared database answers, 0 while writes are queued",
+            registry=r,
+        ).set_function(lambda: 1 if store.up else 0)
+
     def reconfigure(self, config: Any) -> None:
         """The configured target names (the only ones used as label values)."""
         self.targets = frozenset(getattr(config, "targets", {}))

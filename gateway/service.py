@@ -138,12 +138,17 @@ def build_handoffs(config: Any, reactor: Any, portal: Any, host_keys: Any) -> di
 
 
 def build_generation(
-    config: Any, reactor: Any, host_keys: Any, session_taps: Sequence[Any] = ()
+    config: Any,
+    reactor: Any,
+    host_keys: Any,
+    session_taps: Sequence[Any] = (),
+    store: Any = None,
 ) -> Generation:
     """Everything a loaded config decides for new connections: its targets behind one
     Router, the portal over its users, the protocol implementations, the flow writer.
     ``session_taps`` (gateway.session_tap.ISessionTap) watch every session; they outlive
-    generations. Raises (ValueError, DefaultPasswordError...) before anything is in use."""
+    generations. ``store`` (gateway.store.StoreService): the shared known_hosts.
+    Raises (ValueError, DefaultPasswordError...) before anything is in use."""
     from gateway.auth import build_portal
     from gateway.config import ensure_default_password
     from gateway.routing import build_router
@@ -151,7 +156,12 @@ def build_generation(
     config = ensure_default_password(config)
     # Every target (local and upstream) behind one Router, which the realm's avatars
     # use for every session.
-    targets = build_router(config, reactor)
+    known_hosts = None
+    if store is not None:
+        from gateway.routing import KNOWN_HOSTS_FILE
+
+        known_hosts = store.known_hosts(config.state_dir / KNOWN_HOSTS_FILE)
+    targets = build_router(config, reactor, known_hosts=known_hosts)
     flows = flow_writer(config)
     # Upstream legs go to the same writer as the client legs they serve.
     for target in getattr(targets, "targets", {}).values():
@@ -202,25 +212,33 @@ def control_service(config: Any, reactor: Any, session_taps: Sequence[Any]) -> A
     return ControlService(control_socket_path(config), registry, reactor)
 
 
-def connection_limits(config: Any, reactor: Any) -> Any:
+def connection_limits(config: Any, reactor: Any, store: Any = None) -> Any:
     """The limits on unauthenticated connections the config asks for (``[limits]``),
-    with penalties kept in this process's memory."""
+    with penalties kept in this process's memory (and shared through ``store``)."""
     from gateway.limits import ConnectionLimits, LimitsConfig
 
     limits = getattr(config, "limits", None) or LimitsConfig()
     return ConnectionLimits(
-        limits, reactor, penalty_book(limits, reactor), grace_time=config.auth_limits.grace_time
+        limits,
+        reactor,
+        penalty_book(limits, reactor, store=store),
+        grace_time=config.auth_limits.grace_time,
     )
 
 
-def penalty_book(limits: Any, reactor: Any, running: Any = None) -> Any:
+def penalty_book(limits: Any, reactor: Any, running: Any = None, store: Any = None) -> Any:
     """The book of per-source penalties: the running one when there is one (a reload
-    keeps the penalties already given), else a new one in memory; None when off."""
+    keeps the penalties already given), else a new one in memory, shared through the
+    store when there is one; None when off."""
     from gateway.penalties import MemoryPenaltyBook
 
     if limits.penalties is None:
         return None
-    return running if running is not None else MemoryPenaltyBook(limits.penalties, reactor)
+    if running is not None:
+        return running
+    if store is not None:
+        return store.penalty_book(limits.penalties)
+    return MemoryPenaltyBook(limits.penalties, reactor)
 
 
 def local_target_of(router: Any) -> Any:
@@ -229,6 +247,16 @@ def local_target_of(router: Any) -> Any:
 
     targets = getattr(router, "targets", {}).values()
     return next((t for t in targets if isinstance(t, LocalTarget)), None)
+
+
+def shared_store(config: Any, reactor: Any) -> Any:
+    """The shared store (gateway.store.StoreService) ``[store] url`` asks for, or None."""
+    store = getattr(config, "store", None)
+    if store is None or store.url is None:
+        return None
+    from gateway.store import StoreService
+
+    return StoreService(store, reactor)
 
 
 def audit_trail(config: Any) -> Any:
@@ -301,6 +329,7 @@ def make_service(
     from gateway.config import DefaultPasswordError, config_warnings
     from gateway.hostkeys import HostKeyError, load_or_create_host_keys
     from gateway.privsep import PrivilegeError
+    from gateway.store import StoreUnusable
 
     for warning in config_warnings(config):
         log.warn("{warning}", warning=warning)
@@ -310,15 +339,23 @@ def make_service(
         raise startup_failure(f"state_dir {config.state_dir} is not writable: {e.strerror}") from None
     except HostKeyError as e:  # it exists but is not a directory
         raise startup_failure(str(e)) from None
+    store = shared_store(config, reactor)
     try:
-        host_keys = load_or_create_host_keys(config.state_dir)
+        if store is not None:
+            host_keys = store.host_keys(config.state_dir)
+        else:
+            host_keys = load_or_create_host_keys(config.state_dir)
         session_taps = build_session_taps(config, reactor)
+        if store is not None:
+            session_taps.append(store.session_tap())  # the recordings index
         audit = audit_trail(config)
-        generation = build_generation(config, reactor, host_keys, session_taps)
+        generation = build_generation(config, reactor, host_keys, session_taps, store)
         drop = privilege_drop(config, uid, gid)
-    except (DefaultPasswordError, HostKeyError, PrivilegeError, ValueError) as e:
+    except (DefaultPasswordError, HostKeyError, PrivilegeError, StoreUnusable, ValueError) as e:
         raise startup_failure(str(e)) from None
-    dispatcher = DispatcherFactory.serving(generation, reactor, connection_limits(config, reactor))
+    dispatcher = DispatcherFactory.serving(
+        generation, reactor, connection_limits(config, reactor, store)
+    )
     top = GatewayService(
         config,
         reactor,
@@ -329,11 +366,14 @@ def make_service(
         drop=drop,
         session_taps=session_taps,
         audit=audit,
+        store=store,
     )
     TargetsService(dispatcher).setServiceParent(top)
     for tap in session_taps:  # a tap that is a service (the metrics) runs as the gateway's child
         if service.IService.providedBy(tap):
             tap.setServiceParent(top)
+        if store is not None and hasattr(tap, "metrics"):
+            tap.metrics.watch_store(store.worker)  # the write queue's counts on /metrics
     control_service(config, reactor, session_taps).setServiceParent(top)
     for description in config.listen:
         top.add_listener(description)
@@ -357,6 +397,7 @@ class GatewayService(service.MultiService):
         drop: Any = None,
         session_taps: Sequence[Any] = (),
         audit: Any = None,
+        store: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -377,6 +418,8 @@ class GatewayService(service.MultiService):
         self.session_taps = list(session_taps)
         # The audit trail (gateway.audit): a log observer from start to the end of the drain.
         self.audit = audit
+        # The shared store (gateway.store), if any: from start to after the audit trail.
+        self.store = store
 
     # -- listeners --------------------------------------------------------------------
 
@@ -438,6 +481,8 @@ class GatewayService(service.MultiService):
             from twisted.logger import globalLogPublisher
 
             globalLogPublisher.addObserver(self.audit)
+        if self.store is not None:
+            self.store.startService()
         from gateway.control import ControlSocketError
 
         try:
@@ -472,7 +517,9 @@ class GatewayService(service.MultiService):
         where = str(source) if source is not None else "the embedded default"
         try:
             new = self._load_config()
-            generation = build_generation(new, self.reactor, self.host_keys, self.session_taps)
+            generation = build_generation(
+                new, self.reactor, self.host_keys, self.session_taps, self.store
+            )
             self._keep_launcher(generation)
         except Exception as e:  # whatever it is, the running gateway must go on
             from gateway.config import ConfigError, DefaultPasswordError
@@ -538,7 +585,9 @@ class GatewayService(service.MultiService):
         if limits is None:
             return
         new = getattr(config, "limits", None) or LimitsConfig()
-        limits.reconfigure(new, penalty_book(new, self.reactor, limits.penalties))
+        limits.reconfigure(
+            new, penalty_book(new, self.reactor, limits.penalties, store=self.store)
+        )
 
     def _load_config(self) -> Any:
         import dataclasses
@@ -631,6 +680,8 @@ class GatewayService(service.MultiService):
 
             globalLogPublisher.removeObserver(self.audit)
             self.audit.close()
+        if self.store is not None:  # last: it writes what the audit trail queued
+            return self.store.stopService().addBoth(lambda _: result)
         return result
 
 # ---------------------------------------------------------------- start-up errors

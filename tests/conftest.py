@@ -19,6 +19,9 @@ import pytest
 PYENV_LOCK = Path(os.path.expanduser("~")) / ".pyenv" / "shims" / ".pyenv-shim"
 STALE_AFTER = 5.0
 
+# The throwaway PostgreSQL fixtures (postgres_server, postgres_url) for every test module.
+pytest_plugins = ["tests.support.postgres"]
+
 
 def _pyenv_running() -> bool:
     for pid in os.listdir("/proc"):

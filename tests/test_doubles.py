@@ -22,6 +22,7 @@ from zope.interface.verify import verifyObject
 from gateway.live_sessions import ISessionRegistry
 from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
+from gateway.store.worker import IStoreBackend
 from gateway.targets.bridge import IUpstreamSession, UpstreamSink
 from protocols.auth import ISSH1RSAChallenge, SSH1RSAChallenge
 from protocols.handoff import IDrainable, IHandoffFactory
@@ -93,6 +94,7 @@ ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
     "test_target_ssh2.KeyChecker": (_test_target_ssh2_key_checker, ICredentialsChecker),
     "RecordingObserver": (doubles.RecordingObserver, ISessionObserver),
     "RecordingTap": (doubles.RecordingTap, ISessionTap),
+    "FakeDatabase": (doubles.FakeDatabase, IStoreBackend),
     "ManualWriter": (doubles.ManualWriter, IBackgroundWriter),
     "FakeSessionRegistry": (doubles.FakeSessionRegistry, ISessionRegistry),
 }

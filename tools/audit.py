@@ -1,7 +1,8 @@
 """``sshgateway audit``: the audit trail (gateway.audit) filtered by user, target, time and
 event type, as text or JSON.
 
-Reads ``<state_dir>/audit/audit.jsonl`` and its rotations, oldest first (tools.jsonl_store:
+Reads the shared store's ``audit_events`` table when the config has ``[store] url``, else
+``<state_dir>/audit/audit.jsonl`` and its rotations, oldest first (tools.jsonl_store:
 bounded lines, anything that is not an audit record skipped with a note on stderr). Times
 are ISO 8601 (UTC unless they carry an offset; a date alone is its midnight) or relative to
 now: ``90s``, ``15m``, ``1h``, ``2d``, ``1w``. Text output escapes control characters (the
@@ -23,7 +24,7 @@ from gateway.audit import AUDIT_FILE, audit_dir
 from gateway.config import ConfigError, load_config
 from gateway.events import EVENT_NAMES
 from tools.flows.records import safe_text
-from tools.jsonl_store import JSONLinesStore
+from tools.jsonl_store import JSONLinesStore, StoreReadError
 
 _RELATIVE = re.compile(r"(\d{1,9})([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace, io: _IO) -> int:
     """Run ``sshgateway audit``; returns the exit status."""
     try:
         text, notes = _run(args)
-    except (AuditError, ConfigError) as e:
+    except (AuditError, ConfigError, StoreReadError) as e:
         print(f"sshgateway audit: {e}", file=io.stderr)
         return 1
     for note in notes:
@@ -173,8 +174,10 @@ def run(args: argparse.Namespace, io: _IO) -> int:
 
 
 def _run(args: argparse.Namespace) -> tuple[str, list[str]]:
-    state_dir = Path(args.state_dir) if args.state_dir else load_config(args.config).state_dir
-    if not state_dir.is_dir():
+    config = None if args.state_dir else load_config(args.config)
+    state_dir = Path(args.state_dir) if config is None else config.state_dir
+    store_url = config.store.url if config is not None else None
+    if store_url is None and not state_dir.is_dir():
         why = "is not a directory" if state_dir.exists() else "does not exist"
         raise AuditError(f"state directory {safe_text(str(state_dir))} {why}")
     unknown = [e for e in args.event if e not in EVENT_NAMES]
@@ -188,6 +191,8 @@ def _run(args: argparse.Namespace) -> tuple[str, list[str]]:
     since = parse_time(args.since, now) if args.since else None
     until = parse_time(args.until, now) if args.until else None
     store = AuditStore(audit_dir(state_dir))
+    if store_url is not None:  # every instance's events, from the shared store
+        store.use_database(store_url, "audit")
     chosen: deque[dict[str, Any]] = deque(maxlen=args.limit)
     chosen.extend(
         select(

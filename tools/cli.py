@@ -21,6 +21,7 @@ from gateway.hostkeys import HostKeyError, load_host_keys, load_target_key, ssh2
 from gateway.known_hosts import KnownHosts, KnownHostsError
 from gateway.routing import KNOWN_HOSTS_FILE
 from tools import audit as auditview
+from tools import db as database
 from tools import sessions
 from tools.flows import command as flowview
 from tools.probe import command as probe
@@ -159,6 +160,17 @@ def _host_and_port(text: str) -> tuple[str, int] | None:
     return (host, int(port)) if 0 < int(port) < 65536 else None
 
 
+def _forget_shared_pins(url: str, host: str, port: int, protocols: tuple[str, ...]) -> int:
+    from gateway.known_hosts import host_name
+    from gateway.store.database import connect
+
+    with connect(url) as conn:
+        return conn.execute(
+            "DELETE FROM host_key_pins WHERE host_name = %s AND protocol = ANY(%s)",
+            (host_name(host, port), list(protocols)),
+        ).rowcount
+
+
 def _run_known_hosts(args: argparse.Namespace, io: IO) -> int:
     # The only subcommand so far: forget.
     protocols: tuple[str, ...] = ("ssh1", "ssh2")
@@ -182,6 +194,7 @@ def _run_known_hosts(args: argparse.Namespace, io: IO) -> int:
         state_dir, host, port = config.state_dir, target.host, target.port
         protocols, policy = (target.protocol,), target.host_key.strip()
         name = f"{args.target} ({host}:{port})"
+        store_url = config.store.url
     else:
         found = _host_and_port(args.target)
         if found is None:
@@ -193,13 +206,27 @@ def _run_known_hosts(args: argparse.Namespace, io: IO) -> int:
             return 1
         state_dir, (host, port) = args.state_dir, found
         name = f"{host}:{port}"
+        store_url = None
     known = KnownHosts(Path(state_dir) / KNOWN_HOSTS_FILE)
     try:
         removed = known.forget(host, port, protocols)
     except KnownHostsError as e:
         print(f"sshgateway: {e.detail or e}", file=io.stderr)
         return 1
-    if not removed:
+    if store_url is not None:  # the pins every instance uses (gateway.store)
+        try:
+            shared = _forget_shared_pins(store_url, host, port, protocols)
+        except Exception as e:  # psycopg.Error: one line, no traceback
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"sshgateway: the shared store: {reason}", file=io.stderr)
+            return 1
+        if shared:
+            print(
+                f"forgot {name}: {shared} key(s) pinned in the shared store (every instance "
+                "sees it within [store] cache_ttl)",
+                file=io.stdout,
+            )
+    elif not removed:
         print(f"no host key recorded for {name}", file=io.stdout)
     for key in removed:
         label = _PROTOCOL_LABELS[key.protocol]
@@ -272,6 +299,7 @@ COMMANDS: dict[str, Command] = {
     "flows": Command("list, show and compare flow records", flowview.setup_parser, flowview.run),
     "audit": Command("the audit trail, filtered", auditview.setup_parser, auditview.run),
     "sessions": Command("list and end live sessions", sessions.setup_cli, sessions.run_cli),
+    "db": Command("the shared PostgreSQL store's schema", database.setup_parser, database.run),
 }
 
 

@@ -2,7 +2,8 @@
 its rotations ``<name>.1``, ``<name>.2``... read oldest first, line by line and bounded. A
 line that is too long or not a JSON object is skipped with a note, never held in memory
 whole. The flow records (tools.flows.store) and the audit trail (tools.audit) read their
-files through :class:`JSONLinesStore`.
+files through :class:`JSONLinesStore`. With a shared store (``[store] url``, gateway.store)
+they read the database's append-only table instead, which holds every instance's records.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.store.database import RECORD_TABLES
+
 # The writers keep every line far below this; anything longer is not one of their records
 # and is skipped without being held in memory.
 MAX_LINE_BYTES = 1 << 20
 MAX_FILES = 1000
 MAX_NOTES = 20
+
+
+class StoreReadError(Exception):
+    """The shared store's table could not be read (one line, for the command's error)."""
 
 
 @dataclass
@@ -30,6 +37,12 @@ class JSONLinesStore:
     name: str
     notes: list[str] = field(default_factory=list)
     _skipped: int = 0
+    # (url, what): read the shared store's table of ``what`` ("flows", "audit") instead.
+    database: tuple[str, str] | None = None
+
+    def use_database(self, url: str, what: str) -> None:
+        self.database = (url, what)
+        self.directory = Path(f"[store] {RECORD_TABLES[what]}")
 
     def files(self) -> list[Path]:
         """Record files, oldest first (``NAME.N`` with the highest N first)."""
@@ -86,6 +99,9 @@ class JSONLinesStore:
     def objects(self) -> Iterator[tuple[Path, int, Any]]:
         """Every decoded line (file, line number, value), in the order written; a line that
         is not JSON is skipped with a note."""
+        if self.database is not None:
+            yield from self._database_objects(*self.database)
+            return
         for path in self.files():
             for number, line in self._lines(path):
                 if not line.strip():
@@ -97,5 +113,23 @@ class JSONLinesStore:
                     continue
                 yield path, number, decoded
 
+    def _database_objects(self, url: str, what: str) -> Iterator[tuple[Path, int, Any]]:
+        """The table's records in the order written, streamed (a server-side cursor)."""
+        import psycopg
 
-__all__ = ["MAX_LINE_BYTES", "JSONLinesStore"]
+        from gateway.store.database import connect
+
+        table = RECORD_TABLES[what]
+        try:
+            with connect(url) as conn, conn.transaction():
+                cursor = conn.cursor(name="sshgateway_records")
+                cursor.itersize = 1000
+                cursor.execute(f"SELECT seq, record FROM {table} ORDER BY seq")
+                for seq, record in cursor:
+                    yield Path(table), int(seq), record
+        except psycopg.Error as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StoreReadError(f"cannot read {table} from the store: {reason}") from None
+
+
+__all__ = ["MAX_LINE_BYTES", "JSONLinesStore", "StoreReadError"]

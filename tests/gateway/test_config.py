@@ -287,7 +287,7 @@ def test_reference_table_documents_every_key():
     doc = module.__doc__
     tables = {
         "users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "limits",
-        "metrics", "recording", "control",
+        "metrics", "recording", "control", "store",
     }
     for key in module.TOP_KEYS - tables:
         assert f"| `{key}` |" in doc
@@ -300,6 +300,7 @@ def test_reference_table_documents_every_key():
         ("flows", module.FLOWS_KEYS),
         ("audit", module.AUDIT_KEYS),
         ("control", module.CONTROL_KEYS),
+        ("store", module.STORE_KEYS),
         ("limits", module.LIMITS_KEYS),
         ("metrics", module.METRICS_KEYS),
         ("targets.NAME", set().union(*module.TARGET_KEYS.values())),

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from gateway.live_sessions import ISessionRegistry, KillResult
 from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
+from gateway.store.worker import IStoreBackend
 from gateway.targets.bridge import IUpstreamSession
 from protocols.auth import ISSH1RSAChallenge, PolicyRefused
 from protocols.handoff import IDrainable, IHandoffFactory
@@ -431,6 +432,71 @@ class RecordingTap:
         return observer
 
 
+@implementer(IStoreBackend)
+class FakeDatabase:
+    """The shared store's blocking side (gateway.store.database.Database) in memory: the
+    same methods, and ``down`` makes every call fail as an unreachable server does."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.records: dict[str, list[dict[str, Any]]] = {"flows": [], "audit": []}
+        self.penalties: dict[str, tuple[float, bool, str]] = {}
+        self.pinned: dict[tuple[str, str], str] = {}
+        self.recordings: list[tuple[str, str, str, str, int]] = []
+        self.calls: list[str] = []
+
+    def run(self, method: str, *args: Any) -> Any:
+        self.calls.append(method)
+        if self.down:
+            raise ConnectionRefusedError("connection refused (fake database down)")
+        return getattr(self, method)(*args)
+
+    def close(self) -> None:
+        pass
+
+    def schema_version(self) -> int:
+        return 1
+
+    def apply(self, writes: Any) -> None:
+        for kind, args in writes:
+            getattr(self, "_write_" + kind)(*args)
+
+    def _write_record(self, what: str, record: dict[str, Any]) -> None:
+        self.records[what].append(record)
+
+    def _write_penalty(self, source: str, expires: float, active: bool, reason: str) -> None:
+        old = self.penalties.get(source)
+        if old is not None:
+            expires, active = max(expires, old[0]), active or old[1]
+        self.penalties[source] = (expires, active, reason)
+
+    def _write_pin(self, host_name: str, protocol: str, key_line: str) -> None:
+        self.pin(host_name, protocol, key_line)
+
+    def _write_recording(
+        self, path: str, session_id: str, username: str, target: str, size: int
+    ) -> None:
+        self.recordings.append((path, session_id, username, target, size))
+
+    def _write_forget_pins(self, host_name: str, protocols: Any) -> None:
+        for protocol in protocols:
+            self.pinned.pop((host_name, protocol), None)
+
+    def active_penalties(self, now: float) -> dict[str, float]:
+        return {s: p[0] for s, p in self.penalties.items() if p[1] and p[0] > now}
+
+    def pins(self) -> list[tuple[str, str, str]]:
+        return [(name, protocol, line) for (name, protocol), line in self.pinned.items()]
+
+    def pin(self, host_name: str, protocol: str, key_line: str) -> str:
+        return self.pinned.setdefault((host_name, protocol), key_line)
+
+
+def run_at_once(f: Any, *args: Any) -> Any:
+    """The store worker's thread, for tests: the call runs now, its result a Deferred."""
+    from twisted.internet import defer
+
+    return defer.maybeDeferred(f, *args)
 @implementer(IBackgroundWriter)
 class ManualWriter:
     """The recorder's background writer (gateway.recording.IBackgroundWriter) in memory: the

@@ -16,6 +16,7 @@ from tools.flows.render_html import render_compare_html
 from tools.flows.render_json import compare_json, list_json, show_json
 from tools.flows.render_text import render_compare_text, render_list_text, render_show_text
 from tools.flows.store import FlowError, FlowStore
+from tools.jsonl_store import StoreReadError
 
 DEFAULT_LIMIT = 20
 
@@ -55,22 +56,26 @@ def setup_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, io: _IO) -> int:
     """Run ``sshgateway flows ...``; returns the exit status."""
     try:
-        state_dir = args.state_dir if args.state_dir else load_config(args.config).state_dir
+        config = None if args.state_dir else load_config(args.config)
     except ConfigError as e:
         print(e, file=io.stderr)
         return 1
+    state_dir = args.state_dir if config is None else config.state_dir
+    store_url = config.store.url if config is not None else None
     # A state directory that is not there is a typo (or the wrong config), not a gateway
     # that has recorded nothing yet: only a missing flows/ under it means "no records".
-    if not Path(state_dir).is_dir():
+    if store_url is None and not Path(state_dir).is_dir():
         why = "is not a directory" if Path(state_dir).exists() else "does not exist"
         print(
             f"sshgateway flows: state directory {safe_text(str(state_dir))} {why}", file=io.stderr
         )
         return 1
     store = FlowStore.for_state_dir(state_dir)
+    if store_url is not None:  # every instance's flows, from the shared store
+        store.use_database(store_url, "flows")
     try:
         text = _dispatch(args, store)
-    except FlowError as e:
+    except (FlowError, StoreReadError) as e:
         _print_notes(store, io)
         print(f"sshgateway flows: {e}", file=io.stderr)
         return 1

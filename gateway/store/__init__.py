@@ -1,0 +1,157 @@
+"""Shared state in PostgreSQL (``[store] url``), for several gateway instances behind one
+load balancer. Without a url nothing here is used: the state stays in ``state_dir``.
+
+:class:`StoreService` owns the store for a running gateway: it checks the schema and
+settles the host keys at start (blocking, before the reactor runs), then runs the database
+client on its own thread (gateway.store.worker) and hands the gateway adapters behind the
+interfaces it already uses: :class:`~gateway.store.known_hosts.SharedKnownHosts`,
+:class:`~gateway.store.penalties.SharedPenaltyBook`, and the flow and audit writers'
+mirror (gateway.jsonl), and the recordings index (a session tap,
+gateway.store.recordings). The shared pins and penalties are re-read every ``cache_ttl``.
+
+The tables and their migrations: gateway.store.migrations; ``sshgateway db upgrade``
+applies them (tools.db).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from gateway.store.database import Database, connect
+from gateway.store.hostkeys import fernet_for, share_host_keys
+from gateway.store.known_hosts import SharedKnownHosts
+from gateway.store.migrations import SchemaTooOld, check_version
+from gateway.store.penalties import SharedPenaltyBook
+from gateway.store.worker import StoreWorker
+
+log = Logger()
+
+
+class StoreUnusable(Exception):
+    """The store cannot be used at start (one line, for the startup error)."""
+
+
+def instance_name() -> str:
+    """How this instance is named in the tables: host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class StoreService(service.Service):
+    """The shared store of one running gateway."""
+
+    def __init__(self, settings: Any, reactor: Any, *, instance: str | None = None) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.instance = instance or instance_name()
+        self.worker = StoreWorker(
+            Database(settings.url, self.instance), reactor, settings.queue_max
+        )
+        self.known_hosts_by_path: dict[Path, SharedKnownHosts] = {}
+        self.penalty_books: list[SharedPenaltyBook] = []
+        self._refresher: task.LoopingCall | None = None
+
+    # -- at start, blocking ----------------------------------------------------------
+
+    def host_keys(self, state_dir: Path) -> Any:
+        """Check the schema and settle the cluster's host keys. With the database
+        unreachable, the copies this instance wrote last time are used (and if there are
+        none it cannot start). Raises StoreUnusable or HostKeyError."""
+        from gateway.hostkeys import HostKeyError, load_host_keys
+
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise StoreUnusable(
+                "[store] url needs psycopg 3: pip install 'sshgateway[postgres]'"
+            ) from None
+        fernet = fernet_for(self.settings.key, self.settings.key_file)
+        try:
+            conn = connect(self.settings.url)
+        except Exception as e:  # psycopg.OperationalError and friends
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            try:
+                keys = load_host_keys(state_dir)
+            except HostKeyError:
+                raise StoreUnusable(
+                    f"[store] database unreachable ({reason}) and no copy of the shared host "
+                    f"keys in {state_dir} yet"
+                ) from None
+            self.worker.up = False
+            log.error(
+                "store: database unreachable at start ({reason}): using the host keys "
+                "copied to {state_dir} last time; writes are queued",
+                reason=reason,
+                state_dir=str(state_dir),
+            )
+            return keys
+        try:
+            check_version(conn)
+            return share_host_keys(conn, fernet, state_dir)
+        except SchemaTooOld as e:
+            raise StoreUnusable(str(e)) from None
+        finally:
+            conn.close()
+
+    # -- adapters --------------------------------------------------------------------
+
+    def known_hosts(self, path: Path) -> SharedKnownHosts:
+        """The shared KnownHosts for ``path`` (one per path, kept across reloads)."""
+        known = self.known_hosts_by_path.get(path)
+        if known is None:
+            known = self.known_hosts_by_path[path] = SharedKnownHosts(path, self.worker)
+        return known
+
+    def penalty_book(self, rules: Any) -> SharedPenaltyBook:
+        book = SharedPenaltyBook(rules, self.reactor, self.worker)
+        self.penalty_books.append(book)
+        return book
+
+    def session_tap(self) -> Any:
+        """The session tap that indexes recordings (after the recorder's)."""
+        from gateway.store.recordings import RecordingIndex
+
+        return RecordingIndex(self.worker)
+
+    def mirror(self, what: str, record: dict[str, Any]) -> None:
+        """A flow record or audit event for its append-only table (gateway.jsonl)."""
+        self.worker.write("record", what, record)
+
+    # -- running -----------------------------------------------------------------------
+
+    def refresh(self) -> defer.Deferred:
+        """Re-read the shared pins and penalties."""
+        reads = [known.refresh() for known in self.known_hosts_by_path.values()]
+        reads += [book.refresh() for book in self.penalty_books]
+        if not reads:  # still find out whether the database is back
+            reads.append(self.worker.call("schema_version").addErrback(lambda _: None))
+        return defer.gatherResults(reads)
+
+    def startService(self) -> None:
+        from gateway.jsonl import RotatingJSONLines
+
+        super().startService()
+        self.worker.start()
+        RotatingJSONLines.mirror = self.mirror
+        self._refresher = task.LoopingCall(self.refresh)
+        self._refresher.clock = self.reactor
+        self._refresher.start(max(self.settings.cache_ttl, 0.5), now=True)
+
+    def stopService(self) -> defer.Deferred:
+        from gateway.jsonl import RotatingJSONLines
+
+        super().stopService()
+        if self._refresher is not None and self._refresher.running:
+            self._refresher.stop()
+        if RotatingJSONLines.mirror == self.mirror:
+            RotatingJSONLines.mirror = None
+        return self.worker.stop()
+
+
+__all__ = ["StoreService", "StoreUnusable", "instance_name"]
