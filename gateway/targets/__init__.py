@@ -54,3 +54,6 @@ class TargetConfig:
     # telnet: "none" (exit status 0 when the device hangs up) or "posix" (a marker command
     # after the command reports its $?; needs shell_prompt).
     exit_status: str = "none"
+    # ssh1/ssh2: "auto" (the quirk profile matching the device's identification line),
+    # "none", or a tuple of profile and workaround names (gateway.quirks).
+    quirks: str | tuple[str, ...] = "auto"
