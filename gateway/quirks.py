@@ -21,7 +21,7 @@ documentation rather than either table says so in its ``source``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 # Workarounds: name -> (protocols it concerns, what the gateway does about it). A
@@ -53,6 +53,8 @@ WORKAROUNDS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
 }
 SWITCHED = frozenset({"no-rekey", "no-rsa-auth"})
+# The target's config keys a profile's wanted algorithms are named by.
+ALGORITHM_KEYS = ("kex", "host_key_algorithms", "ciphers", "macs")
 
 
 @dataclass(frozen=True)
@@ -208,10 +210,16 @@ class Applied:
     def switched(self) -> frozenset[str]:
         return frozenset(self.workarounds) & SWITCHED
 
-    def describe(self) -> str:
+    def describe(self, listed: Mapping[str, Sequence[str]] | None = None) -> str:
+        """The log line's words; ``listed``: the target's own algorithm lists (what they
+        already name is not reported as wanted)."""
         who = self.profile or "explicit"
         parts = [f"quirks {who}: {', '.join(self.workarounds) or 'no workarounds'}"]
-        wants = "; ".join(f"{key} {', '.join(names)}" for key, names in self.wanted)
+        listed = listed or {}
+        missing = [
+            (key, [n for n in names if n not in listed.get(key, ())]) for key, names in self.wanted
+        ]
+        wants = "; ".join(f"{key} {', '.join(names)}" for key, names in missing if names)
         if wants:
             parts.append(f"would want {wants} (used only where the target lists them)")
         return "; ".join(parts)

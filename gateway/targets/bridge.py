@@ -542,7 +542,9 @@ class UpstreamTarget:
                 protocol=config.protocol,
                 target=config.name,
                 line=quirks.software_version(line) or "?",
-                quirks=applied.describe(),
+                quirks=applied.describe(
+                    {key: getattr(config, key, ()) for key in quirks.ALGORITHM_KEYS}
+                ),
             )
             if flow is not None:
                 flow.negotiated["quirks"] = {

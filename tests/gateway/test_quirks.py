@@ -6,6 +6,7 @@ and OpenSSH's own lines are modern and match no profile."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -247,3 +248,51 @@ def test_ssh1_same_device_with_quirks_none_tries_rsa_first(tmp_path):
 def test_ssh1_own_line_matches_nothing(tmp_path):
     methods, flow = ssh1_login(tmp_path, None)
     assert "rsa" in methods and "quirks" not in flow.negotiated
+
+
+def test_the_log_names_only_the_wanted_algorithms_the_target_does_not_list():
+    applied = quirks.resolve("auto", "SSH-2.0-Sun_SSH_1.0", "ssh2")
+    words = applied.describe({"kex": ("diffie-hellman-group1-sha1",), "macs": ("hmac-sha1",)})
+    assert "kex diffie-hellman-group-exchange-sha1;" in words
+    assert "group1" not in words and "macs" not in words
+
+
+@pytest.mark.peer
+def test_acceptance_a_gateway_process_shows_the_profile_in_its_log_and_flow_record(tmp_path):
+    """Acceptance 4 end to end: OpenSSH's ssh through a running gateway to a device whose
+    line is Sun_SSH_1.0 (paramiko presenting it): the connection log line names the
+    profile and its workarounds, the upstream leg's record in flows.jsonl has them."""
+    import json
+    import subprocess
+
+    from tests.support.clients import keyed_config, ssh_argv
+    from tests.support.gateway_process import GatewayProcess
+
+    behaviour = DeviceBehaviour(password="secret", version="SSH-2.0-Sun_SSH_1.0")
+    with ParamikoDevice(behaviour) as device:
+        config, key = keyed_config(tmp_path)
+        config["users"]["alice"]["targets"] = ["sun"]
+        del config["users"]["alice"]["os_user"]
+        config["targets"] = {
+            "sun": {"protocol": "ssh2", "host": "127.0.0.1", "port": device.port,
+                    "username": "admin", "password": "secret", "connect_timeout": 20},
+        }  # fmt: skip
+        (tmp_path / "gw").mkdir()
+        with GatewayProcess(tmp_path / "gw", config) as gw:
+            result = subprocess.run(
+                ssh_argv(gw, key, "show version", user="alice+sun"),
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert (result.returncode, result.stdout) == (3, "exec show version\n"), result.stderr
+            line = gw.wait_for_log(
+                r"ssh2 target sun: device Sun_SSH_1\.0: quirks sun-ssh-1\.0: no-rekey.*"
+            )
+            assert "would want kex diffie-hellman-group1-sha1" in line.group(0)
+            flows = Path(gw.config["state_dir"]) / "flows" / "flows.jsonl"
+            records = [json.loads(x) for x in flows.read_text().splitlines()]
+            gw.assert_no_traceback()
+    [upstream] = [r for r in records if r["target"] == "sun" and r["role"] == "client"]
+    assert upstream["negotiated"]["quirks"] == {
+        "profile": "sun-ssh-1.0",
+        "workarounds": ["no-rekey"],
+    }
