@@ -232,6 +232,9 @@ def ssh1_login(tmp_path, line: bytes | None, **config):
 def test_ssh1_cisco_line_gets_no_rsa_auth_in_flow_and_log(tmp_path, logs):
     methods, flow = ssh1_login(tmp_path, b"SSH-1.5-Cisco-1.25")
     assert methods == ["none", "password"]  # the key is configured, but never tried
+    # no-ssh1-ignore and plain-ssh1-password hold for every device: no IGNORE goes out.
+    assert "SSH_MSG_IGNORE" not in [name for _t, _dir, name, *_ in flow.messages]
+    assert "SSH_CMSG_AUTH_PASSWORD" in [name for _t, _dir, name, *_ in flow.messages]
     assert flow.negotiated["quirks"] == {
         "profile": "cisco-1.25",
         "workarounds": ["no-ssh1-ignore", "plain-ssh1-password", "no-rsa-auth"],
