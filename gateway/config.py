@@ -48,7 +48,7 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from gateway import passwords
+from gateway import passwords, quirks
 from gateway.hostkeys import SSH1_HOST_KEY_BITS, ensure_state_dir, write_new_private_file
 from gateway.limits import LimitsConfig, MaxStartups, Netblock, parse_network
 from gateway.penalties import AUTHFAIL, GRACE_EXCEEDED, MALFORMED, NOAUTH, PenaltyRules
@@ -593,6 +593,21 @@ class Choice(Kind):
 
 
 @dataclass(frozen=True)
+class Quirks(Kind):
+    """A target's ``quirks``: "auto", "none" or a list of names from gateway.quirks."""
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        value = data.get(path[-1], default)
+        if isinstance(value, tuple):
+            return value
+        problem = quirks.check_setting(value)
+        if problem:
+            v.error(path, problem)
+            return default
+        return value if isinstance(value, str) else tuple(value)
+
+
+@dataclass(frozen=True)
 class PasswordHash(Kind):
     """A user's password: only a hash from ``sshgateway hash-password`` is accepted."""
 
@@ -1108,6 +1123,11 @@ SCHEMA: tuple[Key, ...] = (
         "`shell_prompt`): once the command is done the gateway types `echo` of a marker and "
         "`$?`, strips that exchange from the output and reports the real status (a POSIX "
         "shell on the device)", protocols=("telnet",)),
+    Key(TARGETS, "quirks", Quirks(), _TARGET.quirks,
+        '`"auto"`: the workarounds of the quirk profile matching the device\'s identification '
+        'line apply (see *Quirk profiles*); `"none"`: none; a list of profile and workaround '
+        "names: exactly those. A profile never adds a legacy algorithm: those stay the "
+        "target's own lists", protocols=("ssh1", "ssh2")),
 )
 # fmt: on
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import gateway.config
+import gateway.quirks
 from tests.support.clients import (
     PASSWORD,
     base_config,
@@ -276,3 +277,12 @@ def test_readme_client_example(readme_gateway, tmp_path, command, setup):
         assert result.stdout == local.stdout
     else:
         assert b"README-42" in result.stdout, result.stdout + result.stderr
+
+
+def test_readme_holds_the_quirk_profile_table():
+    # Generated from gateway.quirks, sources and all, like the config reference.
+    table = gateway.quirks.readme_table()
+    assert table in README.read_text(), (
+        "paste the output of: .venv/bin/python -c 'from gateway.quirks import readme_table; "
+        "print(readme_table())' into README.md's Quirk profiles section"
+    )

@@ -59,3 +59,6 @@ class TargetConfig:
     # Whether sessions on this target are recorded (gateway.recording); None: the default.
     record: bool | None = None
     min_key_bits: int = DEFAULT_MIN_KEY_BITS  # ssh1: the device's smallest acceptable host or server key
+    # ssh1/ssh2: "auto" (the quirk profile matching the device's identification line),
+    # "none", or a tuple of profile and workaround names (gateway.quirks).
+    quirks: str | tuple[str, ...] = "auto"

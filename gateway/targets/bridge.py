@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from gateway import quirks
 from gateway.targets.prompts import TerminalQuestion, shown_prompt
 from gateway.upstream_errors import (
     FAILURE_KEY,
@@ -526,6 +527,33 @@ class UpstreamTarget:
         flow.target = self.config.name
         flow.user = username
         return flow
+
+    def workarounds_for(self, flow: FlowRecorder | None) -> Callable[[str], frozenset[str]]:
+        """The clients' ``workarounds_for``: the target's ``quirks`` applied to the
+        device's identification line (gateway.quirks), logged and marked in the flow."""
+        config = self.config
+
+        def workarounds(line: str) -> frozenset[str]:
+            applied = quirks.resolve(getattr(config, "quirks", "auto"), line, config.protocol)
+            if applied is None:
+                return frozenset()
+            log.info(
+                "{protocol} target {target}: device {line}: {quirks}",
+                protocol=config.protocol,
+                target=config.name,
+                line=quirks.software_version(line) or "?",
+                quirks=applied.describe(
+                    {key: getattr(config, key, ()) for key in quirks.ALGORITHM_KEYS}
+                ),
+            )
+            if flow is not None:
+                flow.negotiated["quirks"] = {
+                    "profile": applied.profile,
+                    "workarounds": list(applied.workarounds),
+                }
+            return applied.switched()
+
+        return workarounds
 
     def flow_done(self, flow: FlowRecorder) -> None:
         """An upstream leg is over: write its record."""

@@ -176,6 +176,7 @@ class SSH1Target(UpstreamTarget):
             compression=self.compression,
             min_key_bits=config.min_key_bits,
             software_version=__version__,
+            workarounds_for=self.workarounds_for(None),
             peer=self.where,
         )
 
@@ -191,6 +192,7 @@ class SSH1Target(UpstreamTarget):
         self, options: SSH1ClientOptions, request: SessionRequest, sink: UpstreamSink
     ) -> defer.Deferred:
         flow = self.new_flow(sink, options.username)
+        options = replace(options, workarounds_for=self.workarounds_for(flow))
         if flow is not None:
             options = replace(options, flow=flow, flow_done=self.flow_done)
         protocol = SSH1ClientProtocol(options, request, sink)

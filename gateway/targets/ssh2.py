@@ -142,6 +142,7 @@ class SSH2Target(UpstreamTarget):
         if asks:
             options = replace(options, ask=sink.ask)
         flow = self.new_flow(sink, login)
+        options = replace(options, workarounds_for=self.workarounds_for(flow))
         if flow is not None:
             options = replace(options, flow=flow, flow_done=self.flow_done)
         d = client.connect(self.reactor, options, request, sink)
@@ -192,6 +193,7 @@ class SSH2Target(UpstreamTarget):
             macs=tuple(self.algorithms["mac"]),
             sha1_user_signatures=b"ssh-rsa" in self.algorithms["host_key"],
             rekey=config.rekey,
+            workarounds_for=self.workarounds_for(None),
             connect_timeout=config.connect_timeout,
             name=config.name,
         )

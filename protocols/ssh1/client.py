@@ -81,6 +81,10 @@ class SSH1ClientOptions:
     # before the host key is checked. Above it, keys PuTTY accepts are accepted (warned).
     min_key_bits: int = DEFAULT_MIN_KEY_BITS
     software_version: str = "0"
+    # Called once with the device's identification line; returns the names of the
+    # workarounds to apply to it ("no-rsa-auth" is the one this client switches: it
+    # never sends SSH_MSG_IGNORE nor camouflages the password with anyone).
+    workarounds_for: Callable[[str], frozenset[str]] | None = field(default=None, compare=False)
     peer: str = "upstream"  # "host:port", for log lines and messages
     # Flow recording of this upstream leg: the recorder, and who takes it when the
     # connection is gone (the target's flow writer).
@@ -136,6 +140,7 @@ class SSH1ClientProtocol(CorePump):
         self._fail_reason = ""
         self._host_key_proven: Callable[[], None] | None = None
         self._flow = options.flow
+        self._workarounds: frozenset[str] = frozenset()
         self._gate = _TransportGate(self)
         self._handlers = {
             ev.PublicKeyReceived: self._on_public_key,
@@ -200,6 +205,9 @@ class SSH1ClientProtocol(CorePump):
             self._fail(f"device speaks an unsupported SSH version ({shown})")
             return
         self.server_version = line
+        ask = self.options.workarounds_for
+        if ask is not None:
+            self._workarounds = ask(line.decode("ascii", "replace"))
         ours = "1.3" if minor in (3, 4) else "1.5"
         version = f"SSH-{ours}-sshgateway_{self.options.software_version}"
         self.transport.write(f"{version}\n".encode())
@@ -302,7 +310,11 @@ class SSH1ClientProtocol(CorePump):
                 flow.negotiated["warnings"] = list(event.warnings)
         self.core.send_session_key()
         names = {m.SSH_AUTH_RSA: "rsa", m.SSH_AUTH_PASSWORD: "password"}
-        if self.options.rsa_key is not None and event.auth_mask & (1 << m.SSH_AUTH_RSA):
+        if (
+            self.options.rsa_key is not None
+            and event.auth_mask & (1 << m.SSH_AUTH_RSA)
+            and "no-rsa-auth" not in self._workarounds
+        ):
             self._methods.append(names[m.SSH_AUTH_RSA])
         if self.options.password is not None and event.auth_mask & (1 << m.SSH_AUTH_PASSWORD):
             self._methods.append(names[m.SSH_AUTH_PASSWORD])

@@ -112,6 +112,7 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
         # Re-key after 1 GiB or an hour, unless the device is one that never answers a
         # re-key or breaks on one (it may still start one itself: that is answered).
         self.rekey_clock = attempt.clock if options.rekey else None
+        self._workarounds: frozenset[str] | None = None  # the device's, once its line is read
         self._mlkem: Any = None
         self._x25519: Any = None
         self._hybrid_init = b""
@@ -131,6 +132,7 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
         try:
             super().dataReceived(data)
             self._flow_version()
+            self._apply_workarounds()
         except Exception:
             # Conch's parsers raise on truncated or inconsistent packets.
             log.failure("ssh2 upstream {name}: bad packet", name=self.attempt.name)
@@ -154,6 +156,15 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
         flow = self.attempt.flow
         if flow is not None and self.gotVersion and "server" not in flow.versions:
             flow.version(S2C, self.otherVersionString.decode("ascii", "replace"))
+
+    def _apply_workarounds(self) -> None:
+        """Ask once, when the device's line is known, which workarounds it needs."""
+        ask = self.attempt.options.workarounds_for
+        if ask is None or not self.gotVersion or self._workarounds is not None:
+            return
+        self._workarounds = ask(self.otherVersionString.decode("ascii", "replace"))
+        if "no-rekey" in self._workarounds:
+            self.rekey_clock = None
 
     def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
         flow = self.attempt.flow
@@ -305,7 +316,12 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
         return attempt.options.verify_host_key(key).addCallbacks(accepted, refused)
 
     def _rekey_blocked(self) -> bool:
-        return self._hung_up or self.transport is None or not self.attempt.options.rekey
+        return (
+            self._hung_up
+            or self.transport is None
+            or not self.attempt.options.rekey
+            or "no-rekey" in (self._workarounds or ())
+        )
 
     def connectionSecure(self) -> None:
         # Conch calls this after every NEWKEYS, re-keys included: log in only once.

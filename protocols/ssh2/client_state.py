@@ -71,6 +71,9 @@ class SSH2ClientOptions:
     sha1_user_signatures: bool = False
     # False: never start a key exchange towards the device (one it starts is answered).
     rekey: bool = True
+    # Called once with the device's identification line; returns the names of the
+    # workarounds to apply to it ("no-rekey" is the one this client switches).
+    workarounds_for: Callable[[str], frozenset[str]] | None = field(default=None, compare=False)
     # Keyboard-interactive prompts the client cannot answer itself go to the user:
     # ``ask(prompt, echo)`` fires with the answer or fails (its str() is shown). None:
     # echoed prompts get the login name, hidden ones the password.

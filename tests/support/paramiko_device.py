@@ -51,6 +51,10 @@ class DeviceBehaviour:
     banner: bytes | None = None
     login_delay: float = 0.0  # seconds each authentication check takes
     in_band_login: bool = False  # the shell asks "User Name:" / "Password:" itself
+    # The identification line paramiko sends (paramiko's own when None): a device's
+    # line, for the quirk profiles keyed on it.
+    version: str | None = None
+    shell_cat: bool = False  # the shell copies its input back until EOF (for volume)
 
 
 class ParamikoDevice:
@@ -159,6 +163,8 @@ class ParamikoDevice:
         paramiko = self.paramiko
         behaviour = self.behaviour
         transport = paramiko.Transport(sock, server_sig_algs=behaviour.server_sig_algs)
+        if behaviour.version is not None:
+            transport.local_version = behaviour.version
         if behaviour.user_signatures is not None:
             transport._preferred_pubkeys = behaviour.user_signatures
             transport._key_info = {**transport._key_info, "ssh-rsa": self._sha1_rsa_key()}
@@ -227,6 +233,11 @@ class ParamikoDevice:
                 channel.sendall(data)
 
     def _shell(self, channel: Any) -> None:
+        if self.behaviour.shell_cat:
+            while data := channel.recv(32768):
+                channel.sendall(data)
+            channel.send_exit_status(0)
+            return
         if self.behaviour.in_band_login:
             # An old switch CLI: the SSH login done, it asks again in-band.
             channel.sendall(b"\r\nUser Name:")

@@ -4,6 +4,7 @@ status)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,12 @@ def setup_cli(p: Any) -> None:
     )  # fmt: skip
     p.add_argument("--format", choices=sorted(FORMATS), default="text")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.add_argument(
+        "--suggest-target", metavar="NAME",
+        help="probe one HOST[:PORT] and print a ready [targets.NAME] block for the gateway's "
+        "config: protocol, the algorithms it needs that the defaults lack, the quirk profile "
+        "its line matches, the host key to pin (with --user and --key: those too; no login)",
+    )  # fmt: skip
     group = p.add_argument_group(
         "logging in",
         "With --user and --password or --key, also log in over each protocol found, run a "
@@ -58,6 +65,24 @@ def setup_cli(p: Any) -> None:
         default="true",
         help="the command run (default: true)",
     )
+
+
+_TARGET_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _suggest(args: Any, report: HostReport, io: Any) -> int:
+    from tools.probe.suggest import SuggestError, suggest_target
+
+    try:
+        block = suggest_target(
+            args.suggest_target, report, user=args.user,
+            key=Path(args.key).resolve() if args.key else None,
+        )  # fmt: skip
+    except SuggestError as exc:
+        print(f"sshgateway probe: {exc}", file=io.stderr)
+        return 1
+    io.stdout.write(block)
+    return 0
 
 
 def _positive(text: str) -> float:
@@ -108,8 +133,19 @@ def run_cli(args: Any, io: Any) -> int:
     if args.concurrency < 1:
         print("sshgateway probe: --concurrency must be at least 1", file=io.stderr)
         return 2
+    if args.suggest_target is not None:
+        if len(targets) != 1:
+            print("sshgateway probe: --suggest-target takes exactly one HOST[:PORT]", file=io.stderr)
+            return 2
+        if not _TARGET_NAME.fullmatch(args.suggest_target):
+            print(
+                f"sshgateway probe: {args.suggest_target!r} is not a target name "
+                "(letters, digits, '_' and '-')",
+                file=io.stderr,
+            )
+            return 2
     try:
-        credentials = _credentials(args, io)
+        credentials = None if args.suggest_target is not None else _credentials(args, io)
     except ValueError as exc:
         print(f"sshgateway probe: {exc}", file=io.stderr)
         return 2
@@ -137,6 +173,8 @@ def run_cli(args: Any, io: Any) -> int:
         print(f"sshgateway probe: {detail}", file=io.stderr)
         return 1
     reports: list[HostReport] = outcome[0]
+    if args.suggest_target is not None:
+        return _suggest(args, reports[0], io)
     io.stdout.write(FORMATS[args.format](reports))
     if args.format == "text" and credentials is not None:
         for r in reports:
