@@ -22,6 +22,7 @@ from gateway.known_hosts import KnownHosts, KnownHostsError
 from gateway.routing import KNOWN_HOSTS_FILE
 from tools.flows import command as flowview
 from tools.probe import command as probe
+from tools.recordings import command as recordings
 
 MAX_STDIN_LINE = passwords.MAX_PASSWORD_BYTES
 
@@ -268,6 +269,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "probe": Command("what SSH-1 and SSH-2 a host offers", probe.setup_cli, probe.run_cli),
     "flows": Command("list, show and compare flow records", flowview.setup_parser, flowview.run),
+    "recordings": Command(
+        "list, show, replay and export session recordings",
+        recordings.setup_parser,
+        recordings.run,
+    ),
 }
 
 
