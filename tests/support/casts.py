@@ -35,16 +35,16 @@ def write_cast(
 
 
 def shell_session(path: Path, **fields: Any) -> Path:
-    """alice's shell on dev1: a prompt, a command typed and its output, a window change,
-    stderr, and the exit."""
-    head = header(title="alice@dev1", env={"TERM": "xterm"}, user="alice", target="dev1",
-                  **fields)
+    """alice's shell on dev1 as the gateway's recorder writes it: a prompt, a command typed
+    and its output, a window change, stderr (marked), and the exit."""
+    head = header(title="alice -> dev1", env={"TERM": "xterm"}, **fields)
     return write_cast(path, head, [
         [0.05, "o", "dev1$ "],
         [1.2, "i", "ls\r"],
         [1.21, "o", "ls\r\nREADME  notes.txt\r\n"],
         [2.0, "r", "100x30"],
-        [2.5, "e", "ls: cannot open x\r\n"],
+        [2.5, "m", "stderr"],
+        [2.5, "o", "ls: cannot open x\r\n"],
         [3.0, "o", "dev1$ exit\r\n"],
     ])
 

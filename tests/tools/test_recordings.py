@@ -25,7 +25,7 @@ def state(tmp_path):
     shell_session(recordings / "s-1-shell.cast", timestamp=1796310000)
     write_cast(
         recordings / "s-2-exec.cast",
-        header(timestamp=1796310600, command="uname -a", user="bob", target="host2"),
+        header(timestamp=1796310600, command="uname -a", title="bob -> host2: uname -a"),
         [[0.1, "o", "Linux host2\r\n"], [0.2, "m", "truncated: disk full"]],
     )
     return tmp_path
@@ -105,11 +105,11 @@ def test_show_text_summarizes_header_and_events(state):
     assert status == 0 and err == ""
     assert "recording s-1-shell" in out
     assert "user       alice" in out and "target     dev1" in out
-    assert "session    shell" in out and "title      alice@dev1" in out
+    assert "session    shell" in out and "title      alice -> dev1" in out
     assert "terminal   80x24" in out and "env        TERM=xterm" in out
-    assert "events     1 'e', 1 'i', 3 'o', 1 'r'" in out
-    assert "output     41 characters, stderr 19; input 3 characters recorded" in out
-    assert "resized    100x30" in out and "TRUNCATED" not in out
+    assert "events     1 'i', 1 'm', 4 'o', 1 'r'" in out
+    assert "output     60 characters (19 on stderr); input 3 characters recorded" in out
+    assert "resized    100x30" in out and "TRUNCATED" not in out and "marker" not in out
 
 
 def test_show_json_and_truncation_mark(state):
@@ -120,7 +120,8 @@ def test_show_json_and_truncation_mark(state):
     assert shown["truncated"] is True and shown["truncated_at"] == 0.2
     assert shown["markers"] == [{"time": 0.2, "label": "truncated: disk full"}]
     status, out, _ = run("show", "--state-dir", str(state), "s-2-exec")
-    assert "TRUNCATED  at 0.200s" in out
+    assert "TRUNCATED  events lost from 0.200s (disk full); the session went on" in out
+    assert shown["truncated_reason"] == "disk full"
 
 
 def test_show_tolerates_unknown_keys_codes_and_a_crash_cut_last_line(tmp_path):
@@ -142,11 +143,28 @@ def test_show_tolerates_unknown_keys_codes_and_a_crash_cut_last_line(tmp_path):
 def test_show_escapes_control_characters_from_the_file(tmp_path):
     write_cast(tmp_path / "recordings" / "evil.cast",
                header(title="\x1b]0;owned\x07", user="a\x1b[2Jb", env={"TERM": "x\ry"}), [])
+    write_cast(tmp_path / "recordings" / "evil2.cast",
+               header(title="a\x1b[2Jb -> \x9bdev: x"), [])
     status, out, _ = run("show", "--state-dir", str(tmp_path), "evil")
     assert status == 0 and "\x1b" not in out and "\r" not in out and "\x07" not in out
     assert "title      \\x1b]0;owned\\x07" in out and "user       a\\x1b[2Jb" in out
     status, out, _ = run("list", "--state-dir", str(tmp_path))
-    assert "\x1b" not in out
+    assert "\x1b" not in out and "\x9b" not in out
+    assert "a\\x1b[2Jb" in out and "\\x9bdev" in out
+
+
+def test_user_and_target_from_the_header_keys_or_the_gateways_title():
+    from tools.recordings.cast import parse_header
+
+    def who(**fields):
+        h = parse_header(json.dumps(header(**fields)).encode())
+        return h.user, h.target
+
+    assert who(title="alice -> dev1") == ("alice", "dev1")
+    assert who(title="alice -> dev1: uname -a") == ("alice", "dev1")
+    assert who(title="bob -> local", user="carol") == ("carol", "local")
+    assert who(sshgateway={"user": "dave", "target": "sw1"}, title="x") == ("dave", "sw1")
+    assert who(title="a demo") == (None, None) and who() == (None, None)
 
 
 def test_over_long_line_is_skipped_without_holding_it(tmp_path, monkeypatch):
@@ -194,11 +212,11 @@ def events(*items: tuple[float, str, str]) -> list[Event]:
     return [Event(t, code, data) for t, code, data in items]
 
 
-def test_play_keeps_the_timing_of_output_and_stderr_only():
+def test_play_keeps_the_timing_of_output_events_only():
     clock, written = FakeClock(), []
     played = play(
-        events((0.5, "o", "a"), (1.0, "i", "typed"), (2.0, "e", "err"), (2.0, "r", "90x20"),
-               (4.5, "o", "b")),
+        events((0.5, "o", "a"), (1.0, "i", "typed"), (2.0, "m", "stderr"), (2.0, "o", "err"),
+               (2.0, "r", "90x20"), (3.0, "x", "?"), (4.5, "o", "b")),
         written.append, Timing(), clock=clock, sleep=clock.sleep,
     )
     assert played == 3 and written == ["a", "err", "b"]

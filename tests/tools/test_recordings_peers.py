@@ -108,10 +108,10 @@ def crash_cut_recording(directory: Path) -> Path:
     last line was cut off by a crash."""
     return write_cast(
         directory / "recordings" / "s-crash.cast",
-        header(width=70, height=12, title="alice@dev1", command=None, user="alice",
-               target="dev1", x_future={"k": [1]}),
+        header(width=70, height=12, title="alice -> dev1", x_future={"k": [1]}),
         [[0.1, "o", "\x1b[1mrecorded\x1b[0m screen\r\n"], [0.3, "r", "100x30"],
-         [0.4, "e", "an error line\r\n"], [0.5, "m", "a mark"], [0.6, "o", "the end\r\n"]],
+         [0.4, "m", "stderr"], [0.4, "o", "an error line\r\n"], [0.5, "m", "a mark"],
+         [0.55, "x", [1, 2]], [0.6, "o", "the end\r\n"]],
         tail='[0.9, "o", "half a li',
     )
 
@@ -124,12 +124,12 @@ def test_asciinema_plays_what_export_writes_from_a_crash_cut_file(tmp_path):
     assert status == 0 and "the last line is cut off" in err
     cat = asciinema_cat(exported)
     assert cat.returncode == 0, cat.stderr
-    assert cat.stdout == b"\x1b[1mrecorded\x1b[0m screen\r\nthe end\r\n"
+    assert cat.stdout == b"\x1b[1mrecorded\x1b[0m screen\r\nan error line\r\nthe end\r\n"
     tools = require_peer("asciinema")
     with Screen([tools["asciinema"], "play", str(exported)], width=70, height=12) as screen:
         text = screen.wait_for_text("EXIT=")
-    assert "recorded screen" in text and "the end" in text and "EXIT=0" in text
-    assert "half a li" not in text
+    assert "recorded screen" in text and "an error line" in text and "the end" in text
+    assert "EXIT=0" in text and "half a li" not in text
 
 
 def test_play_in_a_terminal_shows_the_session(tmp_path):

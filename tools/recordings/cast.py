@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,11 +34,11 @@ OUTPUT = "o"
 INPUT = "i"
 RESIZE = "r"
 MARKER = "m"
-# The gateway's recorder writes a session's stderr with its own code, so that it can be told
-# from stdout; asciicast players that know only "o" pass over it.
-STDERR = "e"
-# What the recorder writes as a marker's label when it had to stop recording (disk full,
-# too slow): the file ends there, and the session went on.
+# The gateway's recorder writes a session's stderr as an "o" event (players show it where
+# the client saw it) right after a marker with this label.
+STDERR_LABEL = "stderr"
+# The label (then ": REASON") of the marker the recorder writes where events went missing
+# (disk full or too slow): the session went on, the recording lost events there.
 TRUNCATED_LABEL = "truncated"
 
 # Header keys shown under their own names; the rest are "other keys".
@@ -53,6 +54,9 @@ KNOWN_HEADER_KEYS = (
     "env",
     "theme",
 )
+
+
+_GATEWAY_TITLE = re.compile(r"([^\s>]+) -> ([^\s:]+)(?::|\Z)")
 
 
 class CastError(Exception):
@@ -100,11 +104,17 @@ class Header:
 
     @property
     def user(self) -> str | None:
-        return self.meta("user", "username")
+        return self.meta("user", "username") or self._from_title(1)
 
     @property
     def target(self) -> str | None:
-        return self.meta("target")
+        return self.meta("target") or self._from_title(2)
+
+    def _from_title(self, group: int) -> str | None:
+        # The gateway's recorder titles a recording "USER -> TARGET" (": COMMAND" after it
+        # for an exec session).
+        found = _GATEWAY_TITLE.match(self.title or "")
+        return found.group(group) if found else None
 
     def other_keys(self) -> dict[str, Any]:
         return {k: v for k, v in self.raw.items() if k not in KNOWN_HEADER_KEYS}
@@ -145,7 +155,7 @@ def parse_header(line: bytes) -> Header:
 class Event:
     time: float
     code: str
-    data: Any  # a str for "o", "i", "e", "m", "r"; anything for codes this reader does not know
+    data: Any  # a str for "o", "i", "m", "r"; anything for codes this reader does not know
 
 
 def is_truncation_mark(event: Event) -> bool:
@@ -243,12 +253,13 @@ class Summary:
 
     events: Counter[str] = field(default_factory=Counter)
     last_time: float = 0.0
-    output_chars: int = 0
+    output_chars: int = 0  # stderr included
     stderr_chars: int = 0
     input_chars: int = 0
     sizes: list[str] = field(default_factory=list)  # each "r" event's "COLSxROWS", first 20
-    markers: list[tuple[float, str]] = field(default_factory=list)  # first 20
-    truncated_at: float | None = None  # the recorder's truncation mark
+    markers: list[tuple[float, str]] = field(default_factory=list)  # first 20, not stderr's
+    truncated_at: float | None = None  # the recorder's first truncation mark
+    truncated_reason: str | None = None
 
     @property
     def truncated(self) -> bool:
@@ -257,21 +268,25 @@ class Summary:
 
 def summarize(cast: CastFile) -> Summary:
     summary = Summary()
+    stderr_next = False
     for event, _ in cast.events():
         summary.events[event.code] += 1
         summary.last_time = max(summary.last_time, event.time)
         text = event.data if isinstance(event.data, str) else ""
         if event.code == OUTPUT:
             summary.output_chars += len(text)
-        elif event.code == STDERR:
-            summary.stderr_chars += len(text)
+            if stderr_next:
+                summary.stderr_chars += len(text)
         elif event.code == INPUT:
             summary.input_chars += len(text)
         elif event.code == RESIZE and len(summary.sizes) < 20:
             summary.sizes.append(safe_text(text, 20) or "?")
-        elif event.code == MARKER:
+        elif event.code == MARKER and text != STDERR_LABEL:
             if is_truncation_mark(event) and summary.truncated_at is None:
                 summary.truncated_at = event.time
+                reason = text[len(TRUNCATED_LABEL):].lstrip(": ")
+                summary.truncated_reason = safe_text(reason) or None
             if len(summary.markers) < 20:
                 summary.markers.append((event.time, safe_text(text) or ""))
+        stderr_next = event.code == MARKER and text == STDERR_LABEL
     return summary

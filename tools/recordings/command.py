@@ -296,6 +296,7 @@ def _show_json(entry: Entry, header: Header, summary: Summary, cast: CastFile) -
         "markers": [{"time": t, "label": label} for t, label in summary.markers],
         "truncated": summary.truncated,
         "truncated_at": summary.truncated_at,
+        "truncated_reason": summary.truncated_reason,
         "notes": list(cast.notes),
     }
 
@@ -322,7 +323,7 @@ def _show_text(entry: Entry, header: Header, summary: Summary) -> str:
     lines.append(f"  events     {counts or 'none'}")
     lines.append(
         f"  output     {summary.output_chars} characters"
-        + (f", stderr {summary.stderr_chars}" if summary.stderr_chars else "")
+        + (f" ({summary.stderr_chars} on stderr)" if summary.stderr_chars else "")
         + (f"; input {summary.input_chars} characters recorded" if summary.events.get("i")
            else "; input not recorded")
     )
@@ -330,10 +331,10 @@ def _show_text(entry: Entry, header: Header, summary: Summary) -> str:
         lines.append(f"  resized    {', '.join(summary.sizes)}")
     for t, label in summary.markers:
         lines.append(f"  marker     {t:.3f}s {label}")
-    if summary.truncated:
+    if summary.truncated_at is not None:
         lines.append(
-            f"  TRUNCATED  at {summary.truncated_at:.3f}s: the session went on, the recording "
-            "did not"
+            f"  TRUNCATED  events lost from {summary.truncated_at:.3f}s"
+            f" ({summary.truncated_reason or 'no reason given'}); the session went on"
         )
     return "\n".join(lines) + "\n"
 

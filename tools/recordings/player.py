@@ -1,6 +1,7 @@
-"""Replaying a recording: the output events (stdout and the recorder's stderr events, as
-the client saw them on one terminal) written with the recording's timing, faster with a
-speed factor, with long pauses cut to a maximum (as ``asciinema play -s``/``-i`` do).
+"""Replaying a recording: the output events (stdout, and stderr, which the recorder writes
+as output too, as the client saw them on one terminal) written with the recording's timing,
+faster with a speed factor, with long pauses cut to a maximum (as ``asciinema play
+-s``/``-i`` do).
 
 The clock, the sleep and the writer are parameters, so that the timing is tested without
 waiting. Input and window-change events are not replayed: the player's terminal keeps its
@@ -13,9 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from tools.recordings.cast import OUTPUT, STDERR, Event
-
-PLAYED = (OUTPUT, STDERR)
+from tools.recordings.cast import OUTPUT, Event
 
 
 @dataclass
@@ -30,7 +29,7 @@ def schedule(events: Iterable[Event], timing: Timing) -> Iterable[tuple[float, E
     previous = 0.0
     due = 0.0
     for event in events:
-        if event.code not in PLAYED or not isinstance(event.data, str):
+        if event.code != OUTPUT or not isinstance(event.data, str):
             continue
         pause = max(event.time - previous, 0.0)
         previous = max(previous, event.time)
