@@ -206,8 +206,8 @@ def _secs(value: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def _what(header: Header) -> str:
-    return f"exec: {header.command}" if header.command else "shell"
+def _what(command: str | None) -> str:
+    return f"exec: {command}" if command else "shell"
 
 
 def _list_item(entry: Entry, header: Header | None, summary: Summary | None,
@@ -257,7 +257,6 @@ def _list(store: RecordingStore, args: argparse.Namespace, io: _IO,
             rows.append((item["id"], "?", "?", "?", "?", _byte_size(item["size"]), "?",
                          f"unreadable: {item['error']}"))
             continue
-        what = f"exec: {item['command']}" if item["command"] else "shell"
         rows.append((
             item["id"],
             item["started"][:19].replace("T", " "),
@@ -266,7 +265,7 @@ def _list(store: RecordingStore, args: argparse.Namespace, io: _IO,
             _secs(item["duration"]),
             _byte_size(item["size"]),
             "yes" if item["truncated"] else "no",
-            safe_text(what, 40) or "",
+            safe_text(_what(item["command"]), 40) or "",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  "
@@ -310,7 +309,7 @@ def _show_text(entry: Entry, header: Header, summary: Summary) -> str:
         f"  duration   {_secs(_duration(header, summary))}",
         f"  user       {header.user or '?'}",
         f"  target     {header.target or '?'}",
-        f"  session    {_what(header)}",
+        f"  session    {_what(header.command)}",
         f"  title      {header.title or '-'}",
         f"  terminal   {size}",
     ]
