@@ -52,6 +52,7 @@ from zope.interface import implementer
 from gateway import passwords
 from gateway.authorized_keys import AuthorizedKey, AuthorizedKeysFile
 from gateway.config import GatewayConfig, UserConfig
+from gateway.events import LOGIN, LOGIN_FAILED, emit
 from gateway.fair_slots import UNKNOWN_SOURCE, FairSlots, SourceBusy, source_of
 from gateway.host_patterns import peer_address
 from gateway.routing import split_login
@@ -579,6 +580,12 @@ class GatewayPortal(Portal):
         self.key_checkers = list(checkers)
 
     def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+        d = self._login(credentials, mind, *interfaces)
+        if isinstance(mind, LoginContext):
+            d.addBoth(_audit_login, credentials, mind)
+        return d
+
+    def _login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
         peer = mind.peer if isinstance(mind, LoginContext) else ""
         if IUsernamePassword.providedBy(credentials):
             d = self.password_checker.check(credentials, source_of(peer))
@@ -595,6 +602,49 @@ class GatewayPortal(Portal):
                 return super().login(credentials, mind, *interfaces)
             d = checker.check(credentials, peer)
         return d.addCallback(self.realm.requestAvatar, mind, *interfaces)
+
+
+# The longest login name an audit event repeats (a client may send anything).
+_AUDIT_NAME_MAX = 64
+
+
+def _audit_name(raw: Any) -> str:
+    """The login name as the audit trail shows it: the user part of ``user+target``, made
+    printable and bounded (it is the client's text, for known and unknown users alike)."""
+    name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
+    user = split_login(name)[0]
+    user = "".join(c if c.isprintable() else "?" for c in user)
+    return user if len(user) <= _AUDIT_NAME_MAX else user[:_AUDIT_NAME_MAX] + "..."
+
+
+def _audit_login(result: Any, credentials: Any, context: LoginContext) -> Any:
+    """Emit ``login`` or ``login_failed`` for one checked attempt: the same fields for a
+    known and an unknown user (never the password, never why it failed). A key that is
+    only being offered (SSH-2 PK_OK) or a method that passed when ``auth = "all"`` wants
+    another is no outcome yet."""
+    if isinstance(result, Failure) and result.check(ValidPublicKey, PartialAuthentication):
+        return result
+    failed = isinstance(result, Failure)
+    fields: dict[str, Any] = {
+        "user": _audit_name(getattr(credentials, "username", b"")),
+        "method": context.method,
+        "source": context.peer,
+        "protocol": context.protocol,
+        "client_version": context.client_version,
+    }
+    algorithm = getattr(credentials, "algName", None)
+    if isinstance(algorithm, bytes):  # SSH-2 publickey: ssh-rsa means a SHA-1 signature
+        fields["key_algorithm"] = algorithm.decode("ascii", "replace")
+    if failed:
+        emit(
+            _log,
+            LOGIN_FAILED,
+            "audit: failed {method} login as {user!r} from {source} ({protocol})",
+            **fields,
+        )
+    else:
+        emit(_log, LOGIN, "audit: {user} logged in with {method} from {source} ({protocol})", **fields)
+    return result
 
 
 def build_portal(

@@ -168,6 +168,21 @@ class FlowsConfig:
     keep: int = 5
 
 
+# Syslog facilities ``[audit] syslog_facility`` may name (Python's syslog.LOG_<NAME>).
+SYSLOG_FACILITIES = ("auth", "authpriv", "daemon", "user") + tuple(f"local{i}" for i in range(8))
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The ``[audit]`` table: the audit trail (gateway.audit)."""
+
+    enabled: bool = True
+    max_bytes: int = 10 * 1024 * 1024
+    keep: int = 10
+    syslog: bool = False
+    syslog_facility: str = "authpriv"
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
@@ -190,6 +205,7 @@ class GatewayConfig:
     ssh2: SSH2Settings = field(default_factory=SSH2Settings)
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
     source: Path | None = None  # the file it came from; None for the embedded default
@@ -729,6 +745,7 @@ def _either(options: Iterable[str]) -> str:
 USERS, TARGETS = "users.NAME", "targets.NAME"
 _GATEWAY, _USER, _TARGET = GatewayConfig(), UserConfig(""), TargetConfig("", "")
 _AUTH, _SSH2, _SSH1, _FLOWS = AuthLimits(), SSH2Settings(), SSH1Settings(), FlowsConfig()
+_AUDIT = AuditConfig()
 _LIMITS = LimitsConfig()
 _PENALTIES = _LIMITS.penalties
 assert _PENALTIES is not None
@@ -844,6 +861,20 @@ SCHEMA: tuple[Key, ...] = (
         "size at which `flows.jsonl` is rotated to `flows.jsonl.1` (at least 4096)"),
     Key("flows", "keep", Integer(minimum=0), _FLOWS.keep,
         "rotated files kept (`flows.jsonl.1` ... `.N`); older ones are deleted; `0` keeps none"),
+
+    Key("audit", "enabled", Boolean(), _AUDIT.enabled,
+        "write every audit event (logins, sessions, host keys, penalties, reloads, weak "
+        "legs) as one JSON line to `<state_dir>/audit/audit.jsonl`, for `sshgateway audit` "
+        "(README: Audit trail); never passwords, keys or session data"),
+    Key("audit", "max_bytes", Integer(minimum=4096), _AUDIT.max_bytes,
+        "size at which `audit.jsonl` is rotated to `audit.jsonl.1` (at least 4096)"),
+    Key("audit", "keep", Integer(minimum=0), _AUDIT.keep,
+        "rotated files kept (`audit.jsonl.1` ... `.N`); older ones are deleted; `0` keeps none"),
+    Key("audit", "syslog", Boolean(), _AUDIT.syslog,
+        "also send each audit event to syslog (journald under systemd) as "
+        "`sshgateway-audit: {JSON}`"),
+    Key("audit", "syslog_facility", Choice(SYSLOG_FACILITIES), _AUDIT.syslog_facility,
+        "the syslog facility of those messages"),
 
     Key("limits", "max_startups", Text(check=_bad_max_startups), str(_LIMITS.max_startups),
         "unauthenticated connections (both protocols): from `start` on, a new one is refused "
@@ -963,6 +994,7 @@ SESSION_KEYS = _keys("session")
 SSH2_KEYS = _keys("ssh2")
 SSH1_KEYS = _keys("ssh1")
 FLOWS_KEYS = _keys("flows")
+AUDIT_KEYS = _keys("audit")
 LIMITS_KEYS = _keys("limits")
 # Which keys each target protocol takes; a key of another protocol is an error too.
 TARGET_KEYS = {
@@ -1284,6 +1316,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
     )
     _check_ssh1_key_gap(v, protocols, ssh1)
     flows = FlowsConfig(**v.read_table(_section(v, data, "flows"), ("flows",), "flows"))
+    audit = AuditConfig(**v.read_table(_section(v, data, "audit"), ("audit",), "audit"))
     limits = _check_limits(v, data)
     return GatewayConfig(
         listen=top["listen"],
@@ -1301,6 +1334,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         ssh2=ssh2,
         ssh1=ssh1,
         flows=flows,
+        audit=audit,
         limits=limits,
         run_as=top["run_as"],
     )

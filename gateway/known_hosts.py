@@ -57,6 +57,7 @@ from pathlib import Path
 from twisted.conch.ssh import keys
 from twisted.logger import Logger
 
+from gateway.events import HOST_KEY_CHANGED, HOST_KEY_FIRST_SEEN, HOST_KEY_REFUSED, emit
 from gateway.hostkeys import ssh2_fingerprint
 from gateway.upstream_errors import UpstreamFailure
 from protocols.ssh1.keys import ssh1_fingerprint, ssh1_sha256_fingerprint
@@ -77,6 +78,8 @@ _LOCK_TRIES = 20  # a file replaced this often while we wait for its lock: give 
 
 class HostKeyChanged(UpstreamFailure):
     """The upstream offered a key other than the pinned one."""
+
+    pinned = ""  # where the known key is (file:line), or the config's fingerprints
 
 
 class HostKeyUnknown(UpstreamFailure):
@@ -369,17 +372,87 @@ class HostKeyPin:
     For a key that was already known or matched a configured fingerprint it does
     nothing."""
 
-    def __init__(self, known: KnownHosts | None, host: str, port: int, offered: _Offered) -> None:
+    def __init__(
+        self,
+        known: KnownHosts | None,
+        host: str,
+        port: int,
+        offered: _Offered,
+        target: str | None = None,
+    ) -> None:
         self._known = known
         self.host, self.port = host, port
         self._offered = offered
+        self.target = target
 
     def record(self) -> None:
         """Pin the key; raises like a check if the file cannot be used or another
         session or process pinned a different key for the host meanwhile."""
         known, self._known = self._known, None
         if known is not None:
-            known._append(self.host, self.port, self._offered)
+            with _audited(self.target, self.host, self.port, self._offered):
+                pinned = known._append(self.host, self.port, self._offered)
+            if not pinned:
+                return  # another session pinned this very key meanwhile
+            _audit(
+                HOST_KEY_FIRST_SEEN,
+                "audit: {target} ({host}:{port}): first seen {key_type} host key {fingerprint}, "
+                "pinned (accept-new)",
+                self.target,
+                self.host,
+                self.port,
+                self._offered,
+            )
+
+
+def _audit(
+    name: str, text: str, target: str | None, host: str, port: int, offered: _Offered, **more: str
+) -> None:
+    emit(
+        log,
+        name,
+        text,
+        target=target,
+        host=host,
+        port=port,
+        protocol=offered.protocol,
+        key_type=offered.key_type,
+        fingerprint=offered.sha256,
+        **more,
+    )
+
+
+@contextmanager
+def _audited(target: str | None, host: str, port: int, offered: _Offered) -> Iterator[None]:
+    """Emit ``host_key_changed`` or ``host_key_refused`` for a check that refuses a key."""
+    try:
+        yield
+    except HostKeyChanged as exc:
+        _audit(
+            HOST_KEY_CHANGED,
+            "audit: {target} ({host}:{port}): host key CHANGED to {key_type} {fingerprint} "
+            "(pinned: {pinned}); refused",
+            target,
+            host,
+            port,
+            offered,
+            pinned=getattr(exc, "pinned", ""),
+            result="refused",
+        )
+        raise
+    except (HostKeyUnknown, HostKeyRevoked) as exc:
+        reason = "revoked" if isinstance(exc, HostKeyRevoked) else "unknown (strict)"
+        _audit(
+            HOST_KEY_REFUSED,
+            "audit: {target} ({host}:{port}): {key_type} host key {fingerprint} refused: "
+            "{reason}",
+            target,
+            host,
+            port,
+            offered,
+            reason=reason,
+        )
+        raise
 
 
 class KnownHosts:
@@ -400,11 +473,13 @@ class KnownHosts:
 
     # -- public API ------------------------------------------------------------------
 
-    def check_ssh2(self, host: str, port: int, key: keys.Key, policy: str) -> HostKeyPin:
+    def check_ssh2(
+        self, host: str, port: int, key: keys.Key, policy: str, target: str | None = None
+    ) -> HostKeyPin:
         """Return if ``key`` may be trusted for ``host:port`` under ``policy``, with the
         pin to :meth:`~HostKeyPin.record` once the key exchange succeeded; raise
         HostKeyChanged / HostKeyUnknown / HostKeyRevoked (whose message is what the user
-        is shown) otherwise."""
+        is shown) otherwise. ``target`` names the config's target, for the audit trail."""
         public = key.public()
         blob = public.blob()
         key_type = public.sshType().decode("ascii")
@@ -419,10 +494,10 @@ class KnownHosts:
             f"{key_type} {base64.b64encode(blob).decode('ascii')}",
             fingerprint,
         )
-        return self._check(host, port, offered, policy)
+        return self._check(host, port, offered, policy, target)
 
     def check_ssh1(
-        self, host: str, port: int, bits: int, e: int, n: int, policy: str
+        self, host: str, port: int, bits: int, e: int, n: int, policy: str, target: str | None = None
     ) -> HostKeyPin:
         """As :meth:`check_ssh2`, for an SSH-1 RSA host key (modulus ``n``, exponent ``e``)."""
         sha256 = ssh1_sha256_fingerprint(e, n)
@@ -430,7 +505,7 @@ class KnownHosts:
         offered = _Offered(
             "ssh1", "rsa1", b"", e, n, f"{sha256} (MD5 {md5})", f"{bits} {e} {n}", sha256, md5
         )
-        return self._check(host, port, offered, policy)
+        return self._check(host, port, offered, policy, target)
 
     def ssh2_key_types(self, host: str, port: int) -> list[str]:
         """SSH-2 key types already recorded for ``host:port`` (file order), so the
@@ -515,7 +590,15 @@ class KnownHosts:
 
     # -- the decision ----------------------------------------------------------------
 
-    def _check(self, host: str, port: int, offered: _Offered, policy: str) -> HostKeyPin:
+    def _check(
+        self, host: str, port: int, offered: _Offered, policy: str, target: str | None = None
+    ) -> HostKeyPin:
+        with _audited(target, host, port, offered):
+            return self._decide(host, port, offered, policy, target)
+
+    def _decide(
+        self, host: str, port: int, offered: _Offered, policy: str, target: str | None
+    ) -> HostKeyPin:
         policy = policy.strip()
         if policy not in POLICIES:
             self._check_fingerprint(host, port, offered, policy)
@@ -536,7 +619,7 @@ class KnownHosts:
                 f'{offered.fingerprint}) and host_key is "strict": refusing to connect; '
                 f"an administrator must add it to {self._file(offered.protocol).path}"
             )
-        return HostKeyPin(self, host, port, offered)
+        return HostKeyPin(self, host, port, offered, target)
 
     def _judge(self, entries: list[_Entry], host: str, port: int, offered: _Offered) -> str:
         """Return "ok" or "unknown"; raise for revoked and changed keys."""
@@ -568,7 +651,7 @@ class KnownHosts:
             path=known.path,
             line=known.line,
         )
-        raise HostKeyChanged(
+        changed = HostKeyChanged(
             f"WARNING: host key for {host}:{port} has CHANGED! Someone could be "
             f"eavesdropping (man-in-the-middle attack), or the host key was replaced. "
             f"It now offers {offered.key_type} key {offered.fingerprint}; the known key "
@@ -576,6 +659,8 @@ class KnownHosts:
             f"expected, an administrator must remove that line (sshgateway known-hosts "
             f"forget)."
         )
+        changed.pinned = f"{known.path}:{known.line}"
+        raise changed
 
     def _revoked(self, host: str, port: int, offered: _Offered, entry: _Entry) -> None:
         log.error(
@@ -610,12 +695,14 @@ class KnownHosts:
             type=offered.key_type,
             fp=offered.fingerprint,
         )
-        raise HostKeyChanged(
+        changed = HostKeyChanged(
             f"WARNING: host key for {host}:{port} has CHANGED! It offers "
             f"{offered.key_type} key {offered.fingerprint}, the configuration expects "
             f"{', '.join(wanted)}. Someone could be eavesdropping (man-in-the-middle "
             f"attack). Refusing to connect."
         )
+        changed.pinned = "config: " + ", ".join(wanted)
+        raise changed
 
     # -- the files -------------------------------------------------------------------
 
@@ -630,7 +717,7 @@ class KnownHosts:
         stray = [e for e in self._ssh2_file.entries() if e.protocol == "ssh1"]
         return [e for e in self._ssh1_file.entries() if e.protocol == "ssh1"] + stray
 
-    def _append(self, host: str, port: int, offered: _Offered) -> None:
+    def _append(self, host: str, port: int, offered: _Offered) -> bool:
         target = self._file(offered.protocol)
         with target.locked() as (fd, data):
             # Another session (or process) may have recorded this host while we waited.
@@ -638,7 +725,7 @@ class KnownHosts:
             if offered.protocol == "ssh1":
                 entries += [e for e in self._ssh2_file.entries() if e.protocol == "ssh1"]
             if self._judge(entries, host, port, offered) == "ok":
-                return
+                return False
             target.append(fd, data, [f"{host_name(host, port)} {offered.line}"])
         log.info(
             "known_hosts: recorded {type} host key {fp} for {host}:{port} (accept-new)",
@@ -647,6 +734,7 @@ class KnownHosts:
             host=host,
             port=port,
         )
+        return True
 
 
 def _without_last_empty(lines: list[bytes], data: bytes) -> list[bytes]:

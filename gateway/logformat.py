@@ -61,6 +61,10 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return f"<unprintable {type(value).__name__}>"
 
 
+# For the other JSON writers of log events (gateway.audit).
+plain = _plain
+
+
 def record_fields(record: ConnectionRecord) -> dict[str, Any]:
     """A connection record as log fields (never secrets: the record holds none)."""
     fields: dict[str, Any] = {}

@@ -23,6 +23,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from gateway.events import PENALTY, emit
+
 # What a source did to earn a penalty.
 AUTHFAIL = "authfail"  # failed authentication and left without succeeding
 NOAUTH = "noauth"  # left (or was dropped) before trying to authenticate
@@ -109,6 +111,7 @@ class MemoryPenaltyBook:
                     "penalty for {source}: {seconds:.0f}s for {reason} (not refused yet)",
                     source=source, seconds=remaining, reason=reason,
                 )  # fmt: skip
+            self._audit(source, kind, reason, seconds, remaining, penalty.active)
             return
         remaining = min(penalty.expiry - now + seconds, self.rules.maximum)
         penalty.expiry = now + remaining
@@ -121,6 +124,24 @@ class MemoryPenaltyBook:
                 "penalty for {source}: +{seconds:.0f}s for {reason}, {remaining:.0f}s remain",
                 source=source, seconds=seconds, reason=reason, remaining=remaining,
             )  # fmt: skip
+        self._audit(source, kind, reason, seconds, remaining, penalty.active)
+
+    def _audit(
+        self, source: str, kind: str, reason: str, seconds: float, remaining: float, refused: bool
+    ) -> None:
+        """Every penalty applied is an audit event (``refused``: the source is refused now)."""
+        emit(
+            self.log,
+            PENALTY,
+            "audit: penalty of {seconds:g}s for {source} ({reason}); {remaining:.0f}s remain, "
+            "refused: {refused}",
+            source=source,
+            kind=kind,
+            reason=reason,
+            seconds=seconds,
+            remaining=round(remaining, 3),
+            refused=refused,
+        )
 
     def refused_until(self, source: str) -> float | None:
         penalty = self._penalties.get(source)

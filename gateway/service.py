@@ -184,6 +184,9 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
     """The session taps (gateway.session_tap) the config asks for, built once at start;
     a tap with ``reconfigure(config)`` is given each reloaded config."""
     taps: list[Any] = []
+    from gateway.audit import AuditTap
+
+    taps.append(AuditTap())  # after the recorder's: it reports session.recording
     return taps
 
 
@@ -214,6 +217,13 @@ def local_target_of(router: Any) -> Any:
 
     targets = getattr(router, "targets", {}).values()
     return next((t for t in targets if isinstance(t, LocalTarget)), None)
+
+
+def audit_trail(config: Any) -> Any:
+    """The audit trail's log observer (gateway.audit), configured by ``[audit]``."""
+    from gateway.audit import AuditTrail
+
+    return AuditTrail.from_config(config)
 
 
 def flow_writer(config: Any) -> Any:
@@ -291,6 +301,7 @@ def make_service(
     try:
         host_keys = load_or_create_host_keys(config.state_dir)
         session_taps = build_session_taps(config, reactor)
+        audit = audit_trail(config)
         generation = build_generation(config, reactor, host_keys, session_taps)
         drop = privilege_drop(config, uid, gid)
     except (DefaultPasswordError, HostKeyError, PrivilegeError, ValueError) as e:
@@ -305,6 +316,7 @@ def make_service(
         local_target=local_target_of(generation.targets),
         drop=drop,
         session_taps=session_taps,
+        audit=audit,
     )
     TargetsService(dispatcher).setServiceParent(top)
     for description in config.listen:
@@ -328,6 +340,7 @@ class GatewayService(service.MultiService):
         local_target: Any = None,
         drop: Any = None,
         session_taps: Sequence[Any] = (),
+        audit: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -346,6 +359,8 @@ class GatewayService(service.MultiService):
         # What watches every session (recordings, audit, live sessions, metrics): made
         # once, kept across reloads, told of each new config.
         self.session_taps = list(session_taps)
+        # The audit trail (gateway.audit): a log observer from start to the end of the drain.
+        self.audit = audit
 
     # -- listeners --------------------------------------------------------------------
 
@@ -401,6 +416,10 @@ class GatewayService(service.MultiService):
                 self.drop.check_dropped()
             except PrivilegeError as e:
                 raise startup_failure(str(e)) from None
+        if self.audit is not None:
+            from twisted.logger import globalLogPublisher
+
+            globalLogPublisher.addObserver(self.audit)
         super().startService()
         self.reactor.callWhenRunning(self.running_now)
 
@@ -442,11 +461,14 @@ class GatewayService(service.MultiService):
                 )
             else:
                 log.failure("reload refused, the running configuration stays in force")
+            self._audit_reload(where, "refused", str(e).splitlines()[0][:200] if str(e) else "")
             self.notifier.ready(self._status("serving (reload refused)"))
             return False
         old_config, self.config = self.config, new
         self.dispatcher.swap(generation)
         self._reconfigure_limits(new)
+        if self.audit is not None:
+            self.audit.reconfigure(new)
         for tap in self.session_taps:
             reconfigure = getattr(tap, "reconfigure", None)
             if reconfigure is not None:
@@ -462,8 +484,21 @@ class GatewayService(service.MultiService):
             endpoints=endpoints,
             open=len(self.dispatcher.connections),
         )
+        self._audit_reload(where, "loaded")
         self.notifier.ready(self._status("serving (reloaded)"))
         return True
+
+    def _audit_reload(self, where: str, result: str, reason: str = "") -> None:
+        from gateway.events import CONFIG_RELOAD, emit
+
+        emit(
+            log,
+            CONFIG_RELOAD,
+            "audit: config reload of {source}: {result}",
+            source=where,
+            result=result,
+            reason=reason or None,
+        )
 
     def _keep_launcher(self, generation: Generation) -> None:
         """After a privilege drop only the spawner started at start-up can start local
@@ -564,7 +599,16 @@ class GatewayService(service.MultiService):
                 [defer.maybeDeferred(s.stopService) for s in reversed(rest)], consumeErrors=True
             )
 
-        return drained.addCallback(close_the_rest)
+        return drained.addCallback(close_the_rest).addBoth(self._stop_auditing)
+
+    def _stop_auditing(self, result: Any) -> Any:
+        """The sessions have ended (their events are written): stop observing the log."""
+        if self.audit is not None:
+            from twisted.logger import globalLogPublisher
+
+            globalLogPublisher.removeObserver(self.audit)
+            self.audit.close()
+        return result
 
 # ---------------------------------------------------------------- start-up errors
 # An operator's mistake (port in use, wrong endpoint, state dir or host key unusable) ends

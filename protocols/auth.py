@@ -76,6 +76,7 @@ class LoginContext:
 
     protocol: str  # "ssh1" | "ssh2"
     peer: str
+    client_version: str = ""  # the client's identification line (for the audit trail)
     method: str = ""  # the method being tried now
     succeeded: set[str] = field(default_factory=set)  # methods that passed for `username`
     username: str = ""

@@ -20,6 +20,7 @@ from gateway.config import ConfigError, config_warnings, load_config
 from gateway.hostkeys import HostKeyError, load_host_keys, load_target_key, ssh2_fingerprint
 from gateway.known_hosts import KnownHosts, KnownHostsError
 from gateway.routing import KNOWN_HOSTS_FILE
+from tools import audit as auditview
 from tools.flows import command as flowview
 from tools.probe import command as probe
 from tools.recordings import command as recordings
@@ -274,6 +275,7 @@ COMMANDS: dict[str, Command] = {
         recordings.setup_parser,
         recordings.run,
     ),
+    "audit": Command("the audit trail, filtered", auditview.setup_parser, auditview.run),
 }
 
 

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from gateway.upstream_errors import FAILURE_STATUS, UpstreamFailure
+from gateway.weak_algorithms import report_weak_leg
 from protocols.flow import FlowRecorder
 from protocols.session import (
     ExitInfo,
@@ -53,6 +54,9 @@ class IUpstreamSession(Interface):
     """An open session on an upstream device, provided by a connector."""
 
     description = Attribute("str: protocol and negotiated algorithms, for the log line")
+    # Not part of the contract (read with getattr): ``algorithms``, what the leg
+    # negotiated in the flow records' names ("cipher" for SSH-1; "kex",
+    # "host_key_algorithm", "cipher_c2s", ... for SSH-2), for the weak-leg audit.
 
     def write(data: bytes) -> None:
         """Client input for the upstream program."""
@@ -133,8 +137,10 @@ class BridgeSession:
         target: str,
         connect_timeout: float,
         idle_timeout: float | None = None,
+        target_protocol: str = "",
     ) -> None:
         self.clock = clock
+        self.target_protocol = target_protocol
         self.client = client
         self.request = request
         self.username = username
@@ -185,6 +191,14 @@ class BridgeSession:
             user=self.username,
             target=self.target,
             upstream=upstream.description,
+        )
+        report_weak_leg(
+            "upstream",
+            self.target_protocol,
+            getattr(upstream, "algorithms", None) or {},
+            user=self.username,
+            target=self.target,
+            flow_id=getattr(self.client, "flow_id", None),
         )
         if self._pending_size is not None:
             upstream.resize(self._pending_size)
@@ -439,4 +453,5 @@ class UpstreamTarget:
             target=self.config.name,
             connect_timeout=self.config.connect_timeout,
             idle_timeout=self.config.idle_timeout or None,
+            target_protocol=self.config.protocol,
         )

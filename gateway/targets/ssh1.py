@@ -59,6 +59,12 @@ class SSH1UpstreamSession:
     def description(self) -> str:
         return self.protocol.description
 
+    @property
+    def algorithms(self) -> dict[str, str]:
+        core = self.protocol.core
+        cipher = getattr(core, "cipher", None)
+        return {"cipher": cipher} if isinstance(cipher, str) else {}
+
     def write(self, data: bytes) -> None:
         self.protocol.write(data)
 
@@ -154,7 +160,9 @@ class SSH1Target(UpstreamTarget):
         def verify(e: int, n: int) -> Callable[[], None]:
             bits = n.bit_length()
             pin = checked(
-                lambda: self.known_hosts.check_ssh1(host, port, bits, e, n, config.host_key)
+                lambda: self.known_hosts.check_ssh1(
+                    host, port, bits, e, n, config.host_key, target=config.name
+                )
             )
             # Pinned (accept-new) only once the device answered our session key.
             return lambda: checked(pin.record)

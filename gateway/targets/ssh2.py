@@ -162,7 +162,9 @@ class SSH2Target(UpstreamTarget):
 
         def verify(key: keys.Key) -> defer.Deferred:
             try:
-                pin = self.known_hosts.check_ssh2(host, port, key, config.host_key)
+                pin = self.known_hosts.check_ssh2(
+                    host, port, key, config.host_key, target=config.name
+                )
             except UpstreamFailure as exc:
                 return defer.fail(_client_error(exc))
 

@@ -358,7 +358,8 @@ class SSH1ServerProtocol(CorePump):
                 "server_key_bits": str(server_key.key_size),
             }
         )
-        context = LoginContext(protocol="ssh1", peer=self.record.peer)
+        version = self.record.client_version or self.client_version.decode("ascii", "replace")
+        context = LoginContext(protocol="ssh1", peer=self.record.peer, client_version=version)
         self.flow = LoginFlow(f.portal, f.limits, context, f.clock, self._grace_expired)
         self.transport.registerProducer(self._gate, True)
         recorder = self.record.flow

@@ -367,6 +367,18 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
         self.attempt.connection_lost()
         self.attempt.flow_closed()
 
+    def negotiated_algorithms(self) -> dict[str, str]:
+        """What the key exchange agreed on, in the flow records' names."""
+        enc = self.currentEncryptions
+        return {
+            "kex": self.kexAlg.decode("ascii", "replace"),
+            "host_key_algorithm": self.keyAlg.decode("ascii", "replace"),
+            "cipher_c2s": enc.outCipType.decode("ascii", "replace"),
+            "cipher_s2c": enc.inCipType.decode("ascii", "replace"),
+            "mac_c2s": shown_mac(enc.outCipType, enc.outMACType),
+            "mac_s2c": shown_mac(enc.inCipType, enc.inMACType),
+        }
+
     def description(self) -> str:
         enc = self.currentEncryptions
         return (

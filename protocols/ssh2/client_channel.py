@@ -251,6 +251,7 @@ class UpstreamSession:
         transport_ = chan.attempt.transport
         assert transport_ is not None
         self.description = transport_.description()
+        self.algorithms = transport_.negotiated_algorithms()
 
     def write(self, data: bytes) -> None:
         if not self.channel.localClosed and not self.channel.closing:

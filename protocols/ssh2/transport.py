@@ -206,7 +206,9 @@ class SSH2ServerTransport(SSH2TransportBase, SSHServerTransport):
         self.currentEncryptions = KeyedCiphers.plain()
         # The grace time runs from the handoff, not from the start of user auth, so a
         # client that stalls the key exchange is cut off too.
-        context = LoginContext(protocol="ssh2", peer=self.record.peer)
+        context = LoginContext(
+            protocol="ssh2", peer=self.record.peer, client_version=self.record.client_version
+        )
         self.login_flow = self.factory.make_login_flow(context, self._grace_expired)
         version = self.otherVersionString.split(b"-", 2)
         if len(version) < 3 or version[1] not in self.supportedVersions:

@@ -285,7 +285,7 @@ def test_reference_table_documents_every_key():
     from gateway import config as module
 
     doc = module.__doc__
-    tables = {"users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "limits"}
+    tables = {"users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "limits"}
     for key in module.TOP_KEYS - tables:
         assert f"| `{key}` |" in doc
     for section, keys in (
@@ -295,6 +295,7 @@ def test_reference_table_documents_every_key():
         ("ssh2", module.SSH2_KEYS),
         ("ssh1", module.SSH1_KEYS),
         ("flows", module.FLOWS_KEYS),
+        ("audit", module.AUDIT_KEYS),
         ("limits", module.LIMITS_KEYS),
         ("targets.NAME", set().union(*module.TARGET_KEYS.values())),
     ):

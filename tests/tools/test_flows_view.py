@@ -13,7 +13,7 @@ import pytest
 from protocols.flow import STAGES
 from tests.support.flow_records import run, ssh1_plink_login, ssh2_openssh_login, write_records
 from tests.support.gateway_helpers import LOCAL_ACCESS
-from tools.flows import store as flow_store
+from tools import jsonl_store
 from tools.flows.records import MAX_MESSAGES, parse_flow
 
 
@@ -123,7 +123,7 @@ def test_list_marks_upstream_legs_and_results(tmp_path):
 
 
 def test_malformed_lines_are_skipped_with_a_note(tmp_path, monkeypatch):
-    monkeypatch.setattr(flow_store, "MAX_LINE_BYTES", 20000)
+    monkeypatch.setattr(jsonl_store, "MAX_LINE_BYTES", 20000)
     junk = (
         b"not json\n"
         b"\xff\xfe binary\n"

@@ -1,0 +1,101 @@
+"""Reading rotated JSON-lines files (gateway.jsonl writes them): ``<directory>/<name>`` and
+its rotations ``<name>.1``, ``<name>.2``... read oldest first, line by line and bounded. A
+line that is too long or not a JSON object is skipped with a note, never held in memory
+whole. The flow records (tools.flows.store) and the audit trail (tools.audit) read their
+files through :class:`JSONLinesStore`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The writers keep every line far below this; anything longer is not one of their records
+# and is skipped without being held in memory.
+MAX_LINE_BYTES = 1 << 20
+MAX_FILES = 1000
+MAX_NOTES = 20
+
+
+@dataclass
+class JSONLinesStore:
+    """The rotated files of one JSON-lines log; reading notes what it had to skip."""
+
+    directory: Path
+    name: str
+    notes: list[str] = field(default_factory=list)
+    _skipped: int = 0
+
+    def files(self) -> list[Path]:
+        """Record files, oldest first (``NAME.N`` with the highest N first)."""
+        rotated = re.compile(re.escape(self.name) + r"(?:\.(\d{1,6}))?\Z")
+        try:
+            names = [e.name for e in os.scandir(self.directory) if e.is_file()]
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            self._note(f"{self.directory}: {e.strerror or e}")
+            return []
+        numbered = []
+        for name in names:
+            m = rotated.match(name)
+            if m:
+                numbered.append((int(m.group(1) or 0), name))
+        numbered.sort(reverse=True)
+        return [self.directory / name for _, name in numbered[-MAX_FILES:]]
+
+    def _note(self, note: str) -> None:
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(note)
+        else:
+            self._skipped += 1
+
+    def finish_notes(self) -> list[str]:
+        if self._skipped:
+            return [*self.notes, f"... and {self._skipped} more"]
+        return list(self.notes)
+
+    def _lines(self, path: Path) -> Iterator[tuple[int, bytes]]:
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            self._note(f"{path}: {e.strerror or e}")
+            return
+        with f:
+            number = 0
+            while True:
+                line = f.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    return
+                number += 1
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    # Too long to be a record: drop the rest of it without keeping it.
+                    while line and not line.endswith(b"\n"):
+                        line = f.readline(MAX_LINE_BYTES)
+                    self._note(
+                        f"{path.name}:{number}: line longer than {MAX_LINE_BYTES} bytes, skipped"
+                    )
+                    continue
+                yield number, line
+
+    def objects(self) -> Iterator[tuple[Path, int, Any]]:
+        """Every decoded line (file, line number, value), in the order written; a line that
+        is not JSON is skipped with a note."""
+        for path in self.files():
+            for number, line in self._lines(path):
+                if not line.strip():
+                    continue
+                try:
+                    decoded = json.loads(line.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError, RecursionError):
+                    self._note(f"{path.name}:{number}: not a JSON line, skipped")
+                    continue
+                yield path, number, decoded
+
+
+__all__ = ["MAX_LINE_BYTES", "JSONLinesStore"]
