@@ -147,7 +147,13 @@ class VersionDispatcher(Protocol):
         assert self.record is not None
         self.refused = self.refused_at_accept = True
         self.record.close_reason = refusal.reason
-        self.log.info("refusing {peer} at accept: {reason}", peer=self.record.peer, reason=refusal.reason)
+        self.log.info(
+            "refusing {peer} at accept: {reason}",
+            peer=self.record.peer,
+            reason=refusal.reason,
+            record=self.record,  # as at every close: the metrics count it (refused)
+            refused=True,
+        )
         self.transport.write(refusal.line)
         self.transport.loseConnection()
 

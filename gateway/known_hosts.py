@@ -80,18 +80,25 @@ class HostKeyChanged(UpstreamFailure):
     """The upstream offered a key other than the pinned one."""
 
     pinned = ""  # where the known key is (file:line), or the config's fingerprints
+    reason = "host-key-changed"
 
 
 class HostKeyUnknown(UpstreamFailure):
     """``strict`` policy and the upstream's key is not in the file."""
 
+    reason = "host-key-unknown"
+
 
 class HostKeyRevoked(UpstreamFailure):
     """The upstream offered a key marked ``@revoked``."""
 
+    reason = "host-key-revoked"
+
 
 class KnownHostsError(UpstreamFailure):
     """The file cannot be used (too large, unreadable) or the policy is malformed."""
+
+    reason = "known-hosts-unusable"
 
     detail = ""  # for the operator: which file and why (the message is the user's)
 

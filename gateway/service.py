@@ -17,7 +17,6 @@ binds every endpoint and then hands over to gateway.privsep (state directory, sp
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import tempfile
@@ -27,13 +26,13 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from gateway.dispatch import DispatcherFactory, Generation
 from gateway.lifecycle import Drain, install_signal_handlers
-from gateway.proxy_protocol import server_endpoint
+from gateway.listening import ListenError, listen_error, listen_now  # noqa: F401 (listen_error: its old home)
 from gateway.sd_notify import Notifier
 
 log = Logger()
@@ -82,15 +81,7 @@ class ListenerService(service.Service):
 
     def listen(self) -> None:
         """Listen now; raises ListenError (one line: what and why) when it cannot."""
-        try:
-            endpoint = server_endpoint(self.reactor, self.description)
-        except Exception as e:  # the parser raises ValueError, KeyError, IndexError...
-            raise ListenError(listen_error(self.description, e)) from None
-        d = endpoint.listen(self.factory)
-        failures: list[Any] = []
-        d.addCallbacks(self._listening, failures.append)
-        if failures:  # listening is synchronous for tcp/unix: fail start-up loudly
-            raise ListenError(listen_error(self.description, failures[0].value))
+        self._listening(listen_now(self.reactor, self.description, self.factory))
 
     def _listening(self, port: Any) -> None:
         self.port = port
@@ -183,10 +174,19 @@ def build_generation(
 def build_session_taps(config: Any, reactor: Any) -> list[Any]:
     """The session taps (gateway.session_tap) the config asks for, built once at start;
     a tap with ``reconfigure(config)`` is given each reloaded config."""
-    taps: list[Any] = []
     from gateway.audit import AuditTap
+    from gateway.metrics import MetricsService
+    from gateway.recording import RecordingTap
 
+    taps: list[Any] = []
+    # The recorder first: it sets session.recording, which the taps after it report.
+    recorder = RecordingTap(config, reactor)
+    reactor.callWhenRunning(recorder.start)  # retention: after any privilege drop
+    reactor.addSystemEventTrigger("after", "shutdown", recorder.stop)
+    taps.append(recorder)
     taps.append(AuditTap())  # after the recorder's: it reports session.recording
+    # Idle while [metrics] listen is off (a reload may turn it on); a child service too.
+    taps.append(MetricsService.for_config(config, reactor))
     return taps
 
 
@@ -319,6 +319,9 @@ def make_service(
         audit=audit,
     )
     TargetsService(dispatcher).setServiceParent(top)
+    for tap in session_taps:  # a tap that is a service (the metrics) runs as the gateway's child
+        if service.IService.providedBy(tap):
+            tap.setServiceParent(top)
     for description in config.listen:
         top.add_listener(description)
     return top
@@ -615,11 +618,6 @@ class GatewayService(service.MultiService):
 # start-up with one line and exit status 1, never a traceback.
 
 
-class ListenError(Exception):
-    """An endpoint that cannot listen; the message says which and why, in one line. At
-    start-up it ends the gateway (StartupFailure); at a reload that endpoint is skipped."""
-
-
 class StartupFailure(SystemExit):
     """Ends twistd with status 1 and no traceback (twistd lets a SystemExit through, whether
     raised while it builds the service or once it starts it). Its text is printed by
@@ -642,32 +640,6 @@ def startup_failure(message: str) -> StartupFailure:
     if stream is not None:
         print(failure, file=stream, flush=True)
     return failure
-
-
-_LISTEN_HINTS = {
-    errno.EADDRINUSE: "another program listens there",
-    errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE",
-    errno.EADDRNOTAVAIL: "no interface of this host has that address",
-}
-
-
-def listen_error(description: str, error: BaseException) -> str:
-    """What went wrong listening on endpoint ``description``, in one line."""
-    if description.split(":", 1)[0] == "systemd" and isinstance(error, (IndexError, KeyError)):
-        # Twisted takes the sockets only when LISTEN_FDNAMES names them all (systemd
-        # always does; systemd-socket-activate only with --fdname).
-        return (
-            f"cannot listen on {description}: systemd passed no such socket (start the "
-            "gateway through its .socket unit, or systemd-socket-activate --fdname=NAME)"
-        )
-    if isinstance(error, CannotListenError):
-        cause = error.socketError
-        text = getattr(cause, "strerror", None) or str(cause)
-        hint = _LISTEN_HINTS.get(getattr(cause, "errno", None))
-        return f"cannot listen on {description}: {text}" + (f" ({hint})" if hint else "")
-    if isinstance(error, OSError) and error.strerror:
-        return f"cannot listen on {description}: {error.strerror}"
-    return f"bad endpoint {description!r}: {error}"
 
 
 def check_state_dir(state_dir: Path) -> None:

@@ -194,7 +194,13 @@ def tap_session(
         return start(client)
     tapped_client = TappedClient(client, session, observers)
     session._client = tapped_client
-    target = TappedTarget(start(tapped_client), session, tapped_client)
+    try:
+        started = start(tapped_client)
+    except Exception:
+        # The front end reports it to its client directly: the observers hear of the end here.
+        tapped_client._end(None)
+        raise
+    target = TappedTarget(started, session, tapped_client)
     session._target = target._target
     return target
 

@@ -365,6 +365,11 @@ class FlowRecorder:
     def closed(self) -> bool:
         return self._duration is not None
 
+    def stage_start(self, stage: str) -> float | None:
+        """When ``stage`` (one of :data:`STAGES`) began, in seconds from the leg's start;
+        None if it was never reached."""
+        return self._start[STAGES.index(stage)]
+
     # -------------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
         duration = self._duration if self._duration is not None else self.now()

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
 
+from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.targets.bridge import IUpstreamSession, UpstreamSink
 from protocols.auth import ISSH1RSAChallenge, SSH1RSAChallenge
@@ -91,6 +92,7 @@ ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
     "test_target_ssh2.KeyChecker": (_test_target_ssh2_key_checker, ICredentialsChecker),
     "RecordingObserver": (doubles.RecordingObserver, ISessionObserver),
     "RecordingTap": (doubles.RecordingTap, ISessionTap),
+    "ManualWriter": (doubles.ManualWriter, IBackgroundWriter),
 }
 
 

@@ -285,7 +285,10 @@ def test_reference_table_documents_every_key():
     from gateway import config as module
 
     doc = module.__doc__
-    tables = {"users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "limits"}
+    tables = {
+        "users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "limits",
+        "metrics", "recording",
+    }
     for key in module.TOP_KEYS - tables:
         assert f"| `{key}` |" in doc
     for section, keys in (
@@ -297,6 +300,7 @@ def test_reference_table_documents_every_key():
         ("flows", module.FLOWS_KEYS),
         ("audit", module.AUDIT_KEYS),
         ("limits", module.LIMITS_KEYS),
+        ("metrics", module.METRICS_KEYS),
         ("targets.NAME", set().union(*module.TARGET_KEYS.values())),
     ):
         for key in keys:

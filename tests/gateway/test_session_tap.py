@@ -3,6 +3,7 @@ operator's terminate, and that a broken observer never breaks the session."""
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.task import Clock
 
 from gateway.config import parse_config
@@ -133,3 +134,18 @@ def test_local_and_subsystem_sessions_are_tapped_too():
     routed.open_session("erin", SessionRequest(command=b"id"), FakeSessionClient())
     assert tap.sessions[0].info.target == "local"
     assert tap.sessions[0].info.target_protocol == "local"
+
+
+def test_a_target_that_raises_at_start_still_ends_the_session_for_the_observers():
+    # The front ends catch it and end the client themselves; the observers (a gauge of
+    # open sessions, the live-session list) must hear of the end too.
+    tap = RecordingTap()
+    routed, targets = router(tap)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("target bug")
+
+    targets["sw1"].open_session = broken
+    with pytest.raises(RuntimeError, match="target bug"):  # the front end reports it
+        routed.open_session("alice", SessionRequest(), FakeSessionClient(), target="sw1")
+    assert tap.observers[0].calls == [("ended", None)] and tap.sessions[0].ended
