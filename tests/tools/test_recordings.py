@@ -85,6 +85,12 @@ def test_list_takes_the_directory_from_the_config(state, tmp_path):
     assert len(json.loads(out)["recordings"]) == 2
     status, _, err = run("list", "--config", str(tmp_path / "missing.toml"))
     assert status == 1 and err
+    elsewhere = tmp_path / "elsewhere"
+    shell_session(elsewhere / "s-7.cast")
+    config.write_text(config.read_text() + f'[recording]\ndir = "{elsewhere}"\n')
+    status, out, err = run("list", "--config", str(config), "--format", "json")
+    assert status == 0, err
+    assert [r["id"] for r in json.loads(out)["recordings"]] == ["s-7"]
 
 
 def test_list_names_an_unreadable_file_and_goes_on(state):

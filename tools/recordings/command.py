@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TextIO
 
 from gateway.config import ConfigError, load_config
+from gateway.recording import RECORDINGS_DIR, recordings_dir
 from tools.flows.records import safe_text
 from tools.recordings.cast import CastError, CastFile, Header, Summary, summarize
 from tools.recordings.player import Timing, play
 from tools.recordings.store import Entry, RecordingStore, StoreError
 
 DEFAULT_LIMIT = 20
-RECORDINGS_DIR = "recordings"  # under the state directory, unless [recording] dir says
 EXIT_INTERRUPTED = 130
 
 
@@ -106,12 +106,9 @@ def recordings_directory(args: argparse.Namespace) -> Path:
             raise CommandError(f"state directory {safe_text(str(state_dir))} {why}")
         return state_dir / RECORDINGS_DIR
     try:
-        config = load_config(args.config)
+        return recordings_dir(load_config(args.config))
     except ConfigError as e:
         raise CommandError(str(e)) from None
-    section = getattr(config, "recording", None)
-    configured = getattr(section, "dir", None)
-    return Path(configured) if configured else Path(config.state_dir) / RECORDINGS_DIR
 
 
 def run(args: argparse.Namespace, io: _IO) -> int:
