@@ -1,19 +1,13 @@
-"""Hand-made asciicast v2 files for the recordings commands' tests, running
-``sshgateway recordings`` in this process, and watching a player's screen in tmux."""
+"""Hand-made asciicast v2 files for the recordings commands' tests, and running
+``sshgateway recordings`` in this process."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import shlex
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.peers import require_peer
-from tests.support.terminal import wait_for
 from tools import cli
 
 
@@ -56,41 +50,7 @@ def run(*argv: str) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
-class Screen:
-    """A command running in a detached tmux window of a fixed size, whose screen can be
-    read as text."""
-
-    def __init__(self, argv: list[str], width: int = 80, height: int = 24) -> None:
-        self.tmux = require_peer("tmux")["tmux"]
-        self.name = f"sshgwrec{os.getpid()}{time.monotonic_ns() % 1000000}"
-        # remain-on-exit keeps the window (and its last screen) after the command ends.
-        subprocess.run(
-            [self.tmux, "new-session", "-d", "-s", self.name, "-x", str(width), "-y",
-             str(height), "sleep 0.3; " + shlex.join(argv) + "; echo EXIT=$?; sleep 60"],
-            check=True, timeout=30,
-        )
-
-    def text(self) -> str:
-        done = subprocess.run(
-            [self.tmux, "capture-pane", "-p", "-t", self.name],
-            capture_output=True, text=True, timeout=30,
-        )
-        return done.stdout
-
-    def wait_for_text(self, wanted: str, timeout: float = 20.0) -> str:
-        if not wait_for(lambda: wanted in self.text(), timeout):
-            raise AssertionError(f"{wanted!r} never shown; the screen:\n{self.text()}")
-        return self.text()
-
-    def keys(self, *keys: str) -> None:
-        subprocess.run([self.tmux, "send-keys", "-t", self.name, *keys], check=True, timeout=30)
-
-    def close(self) -> None:
-        subprocess.run([self.tmux, "kill-session", "-t", self.name], capture_output=True,
-                       timeout=30)
-
-    def __enter__(self) -> Screen:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def after_a_moment(argv: list[str]) -> list[str]:
+    """``argv``, started half a second late: a program that ends at once may otherwise
+    write before tmux has set its window up, and its first lines never show."""
+    return ["sh", "-c", 'sleep 0.5; exec "$@"', "sh", *argv]

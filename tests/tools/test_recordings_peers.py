@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.casts import Screen, header, run, write_cast
+from tests.support.casts import after_a_moment, header, run, write_cast
 from tests.support.peers import require_peer
+from tests.support.terminal import TmuxTerminal, wait_for
 
 pytestmark = pytest.mark.peer
 
@@ -90,11 +91,11 @@ def test_input_events_of_asciinema_rec_stdin_are_counted_not_played(tmp_path):
     # asciinema records input only from a terminal: run it in tmux and type.
     require_peer("asciinema")
     path = tmp_path / "typed.cast"
-    with Screen(["asciinema", "rec", "-q", "--stdin", "-c",
-                 "printf 'ready> '; read -r line; echo got=$line", str(path)]) as screen:
-        screen.wait_for_text("ready>")
-        screen.keys("hello", "Enter")
-        screen.wait_for_text("EXIT=0")
+    with TmuxTerminal(["asciinema", "rec", "-q", "--stdin", "-c",
+                       "printf 'ready> '; read -r line; echo got=$line", str(path)]) as terminal:
+        assert terminal.wait_for("ready>"), terminal.screen()
+        terminal.type("hello")
+        assert wait_for(lambda: terminal.exit_status() == 0), terminal.screen()
     status, out, _ = run("show", str(path), "--format", "json")
     shown = json.loads(out)
     assert status == 0 and shown["events"]["i"] >= 1 and shown["input_chars"] >= 6
@@ -126,30 +127,34 @@ def test_asciinema_plays_what_export_writes_from_a_crash_cut_file(tmp_path):
     assert cat.returncode == 0, cat.stderr
     assert cat.stdout == b"\x1b[1mrecorded\x1b[0m screen\r\nan error line\r\nthe end\r\n"
     tools = require_peer("asciinema")
-    with Screen([tools["asciinema"], "play", str(exported)], width=70, height=12) as screen:
-        text = screen.wait_for_text("EXIT=")
+    with TmuxTerminal(after_a_moment([tools["asciinema"], "play", str(exported)]), width=70,
+                      height=12) as terminal:
+        assert wait_for(lambda: terminal.exit_status() == 0), terminal.screen()
+        text = terminal.all_lines()
     assert "recorded screen" in text and "an error line" in text and "the end" in text
-    assert "EXIT=0" in text and "half a li" not in text
+    assert "half a li" not in text
 
 
 def test_play_in_a_terminal_shows_the_session(tmp_path):
     crash_cut_recording(tmp_path)
-    with Screen([SSHGATEWAY, "recordings", "play", "--state-dir", str(tmp_path), "s-crash"],
-                width=70, height=12) as screen:
-        text = screen.wait_for_text("EXIT=")
+    argv = [SSHGATEWAY, "recordings", "play", "--state-dir", str(tmp_path), "s-crash"]
+    with TmuxTerminal(after_a_moment(argv), width=70, height=12) as terminal:
+        assert wait_for(lambda: terminal.exit_status() == 0), terminal.screen()
+        text = terminal.all_lines()
     assert "recorded screen" in text and "an error line" in text and "the end" in text
-    assert "EXIT=0" in text and "Traceback" not in text
+    assert "Traceback" not in text
 
 
 def test_ctrl_c_stops_play_in_a_terminal(tmp_path):
     long_pause = write_cast(tmp_path / "long.cast", header(),
                             [[0.1, "o", "\x1b[31mbefore the pause\r\n"],
                              [600.0, "o", "after the pause\r\n"]])
-    with Screen([SSHGATEWAY, "recordings", "play", str(long_pause)]) as screen:
-        screen.wait_for_text("before the pause")
-        screen.keys("typed while playing")
-        screen.keys("C-c")
-        text = screen.wait_for_text("EXIT=")
-    assert "sshgateway recordings: stopped" in text and "EXIT=130" in text
+    with TmuxTerminal([SSHGATEWAY, "recordings", "play", str(long_pause)]) as terminal:
+        assert terminal.wait_for("before the pause"), terminal.screen()
+        terminal.keys("typed while playing")
+        terminal.keys("C-c")
+        assert wait_for(lambda: terminal.exit_status() == 130), terminal.screen()
+        text = terminal.all_lines()
+    assert "sshgateway recordings: stopped" in text
     assert "Traceback" not in text and "after the pause" not in text
     assert "typed while playing" not in text  # not echoed over the replay
