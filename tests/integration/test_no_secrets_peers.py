@@ -1,6 +1,6 @@
 """No secret in any file the gateway writes (issue 13, "No secrets"; acceptance 6).
 
-A real gateway with recording on is logged in to with a password (OpenSSH ``ssh`` through
+A real gateway with recording and the audit trail on is logged in to with a password (OpenSSH ``ssh`` through
 sshpass, and ``plink -1 -pw``) and with an RSA key (OpenSSH); in recorded terminal
 sessions through both fronts a password is typed at a device prompt that does not echo
 it. Then every file under the state directory (flow records, recordings, the audit trail
@@ -173,6 +173,8 @@ def test_no_secret_in_any_file_with_input_off(tmp_path, login_key):
     files = everything_written(gw)
     # Not vacuous: the files that could hold a secret are there, with the sessions in them.
     assert any(name.startswith("flows/") for name in files)
+    audit = b"".join(data for name, data in files.items() if name.startswith("audit/"))
+    assert audit.count(b'"login"') >= 4 and b"password" in audit and b"publickey" in audit
     recorded = recorded_sessions(gw)
     assert len(recorded) >= 4, recorded
     casts = b"".join(data for name, data in files.items() if name.endswith(".cast"))
