@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.casts import after_a_moment, run
+from tests.support.casts import after_a_moment, assert_ended_with, run
 from tests.support.clients import keyed_config, plink1_argv, ssh_argv
 from tests.support.gateway_process import GatewayProcess
 from tests.support.peers import require_peer
@@ -121,7 +121,7 @@ def test_asciinema_replays_the_export_as_play_writes_it(recorded, tmp_path):
                              str(exported)], capture_output=True, timeout=60)
     assert played.returncode == 0 and b"hello from the device\r\nsecond line\r\n" in played.stdout
     with TmuxTerminal(after_a_moment([tools["asciinema"], "play", str(exported)])) as terminal:
-        assert wait_for(lambda: terminal.exit_status() == 0, 30), terminal.screen()
+        assert_ended_with(terminal, 0)
         screen = terminal.all_lines()
     assert "hello from the device" in screen and "second line" in screen
 
@@ -131,6 +131,6 @@ def test_play_in_a_terminal_shows_the_session(recorded):
     argv = [SSHGATEWAY, "recordings", "play", "--state-dir", gw.config["state_dir"],
             by_command["echo from-plink"]["id"]]
     with TmuxTerminal(after_a_moment(argv)) as terminal:
-        assert wait_for(lambda: terminal.exit_status() == 0, 30), terminal.screen()
+        assert_ended_with(terminal, 0)
         screen = terminal.all_lines()
     assert "from-plink" in screen and "Traceback" not in screen

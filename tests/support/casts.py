@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.support.terminal import wait_for
 from tools import cli
 
 
@@ -54,3 +55,11 @@ def after_a_moment(argv: list[str]) -> list[str]:
     """``argv``, started half a second late: a program that ends at once may otherwise
     write before tmux has set its window up, and its first lines never show."""
     return ["sh", "-c", 'sleep 0.5; exec "$@"', "sh", *argv]
+
+
+def assert_ended_with(terminal: Any, status: int) -> None:
+    """The program in ``terminal`` (a tests.support.terminal.TmuxTerminal) ended, with
+    ``status`` if tmux tells it: the pane can be dead while its status stays empty."""
+    assert wait_for(terminal.program_ended, 30), terminal.all_lines()
+    wait_for(lambda: terminal.exit_status() is not None, 3)
+    assert terminal.exit_status() in (status, None), (terminal.exit_status(), terminal.all_lines())

@@ -107,8 +107,10 @@ class TmuxTerminal:
         return self._tmux("display-message", "-p", "-t", self.name, "#{pane_dead}").strip() == "1"
 
     def exit_status(self) -> int | None:
-        """The program's exit status once it has ended (None before)."""
+        """The program's exit status once it has ended and tmux knows it (None before;
+        for a moment after the pane dies the status is still empty)."""
         if not self.program_ended():
             return None
-        return int(self._tmux("display-message", "-p", "-t", self.name,
-                              "#{pane_dead_status}").strip())
+        status = self._tmux("display-message", "-p", "-t", self.name,
+                            "#{pane_dead_status}").strip()
+        return int(status) if status.isdigit() else None

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.casts import after_a_moment, header, run, write_cast
+from tests.support.casts import after_a_moment, assert_ended_with, header, run, write_cast
 from tests.support.peers import require_peer
-from tests.support.terminal import TmuxTerminal, wait_for
+from tests.support.terminal import TmuxTerminal
 
 pytestmark = pytest.mark.peer
 
@@ -95,7 +95,7 @@ def test_input_events_of_asciinema_rec_stdin_are_counted_not_played(tmp_path):
                        "printf 'ready> '; read -r line; echo got=$line", str(path)]) as terminal:
         assert terminal.wait_for("ready>"), terminal.screen()
         terminal.type("hello")
-        assert wait_for(lambda: terminal.exit_status() == 0), terminal.screen()
+        assert_ended_with(terminal, 0)
     status, out, _ = run("show", str(path), "--format", "json")
     shown = json.loads(out)
     assert status == 0 and shown["events"]["i"] >= 1 and shown["input_chars"] >= 6
@@ -129,7 +129,7 @@ def test_asciinema_plays_what_export_writes_from_a_crash_cut_file(tmp_path):
     tools = require_peer("asciinema")
     with TmuxTerminal(after_a_moment([tools["asciinema"], "play", str(exported)]), width=70,
                       height=12) as terminal:
-        assert wait_for(lambda: terminal.exit_status() == 0), terminal.screen()
+        assert_ended_with(terminal, 0)
         text = terminal.all_lines()
     assert "recorded screen" in text and "an error line" in text and "the end" in text
     assert "half a li" not in text
@@ -139,7 +139,7 @@ def test_play_in_a_terminal_shows_the_session(tmp_path):
     crash_cut_recording(tmp_path)
     argv = [SSHGATEWAY, "recordings", "play", "--state-dir", str(tmp_path), "s-crash"]
     with TmuxTerminal(after_a_moment(argv), width=70, height=12) as terminal:
-        assert wait_for(lambda: terminal.exit_status() == 0), terminal.screen()
+        assert_ended_with(terminal, 0)
         text = terminal.all_lines()
     assert "recorded screen" in text and "an error line" in text and "the end" in text
     assert "Traceback" not in text
@@ -153,7 +153,7 @@ def test_ctrl_c_stops_play_in_a_terminal(tmp_path):
         assert terminal.wait_for("before the pause"), terminal.screen()
         terminal.keys("typed while playing")
         terminal.keys("C-c")
-        assert wait_for(lambda: terminal.exit_status() == 130), terminal.screen()
+        assert_ended_with(terminal, 130)
         text = terminal.all_lines()
     assert "sshgateway recordings: stopped" in text
     assert "Traceback" not in text and "after the pause" not in text
