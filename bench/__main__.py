@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench.ssh1": ["--mib", "4"],
     "bench.bridge": ["--mib", "4"],
     "bench.flows": ["--mib", "32", "--rounds", "3"],
+    "bench.recording": ["--mib", "16", "--writes", "2000", "--rounds", "1"],
     "bench.handshakes": ["--seconds", "2", "--clients", "2"],
 }
 

@@ -25,6 +25,7 @@ from tools import db as database
 from tools import sessions
 from tools.flows import command as flowview
 from tools.probe import command as probe
+from tools.recordings import command as recordings
 
 MAX_STDIN_LINE = passwords.MAX_PASSWORD_BYTES
 
@@ -297,6 +298,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "probe": Command("what SSH-1 and SSH-2 a host offers", probe.setup_cli, probe.run_cli),
     "flows": Command("list, show and compare flow records", flowview.setup_parser, flowview.run),
+    "recordings": Command(
+        "list, show, replay and export session recordings",
+        recordings.setup_parser,
+        recordings.run,
+    ),
     "audit": Command("the audit trail, filtered", auditview.setup_parser, auditview.run),
     "sessions": Command("list and end live sessions", sessions.setup_cli, sessions.run_cli),
     "db": Command("the shared PostgreSQL store's schema", database.setup_parser, database.run),

@@ -80,6 +80,10 @@ class TmuxTerminal:
         assert result.returncode == 0, f"tmux {shlex.join(args)}: {result.stderr}"
         return result.stdout
 
+    def keys(self, *keys: str) -> None:
+        """Press keys by tmux's names (``C-c``, ``Enter``)."""
+        self._tmux("send-keys", "-t", self.name, *keys)
+
     def type(self, text: str) -> None:
         """Type ``text`` and Enter."""
         self._tmux("send-keys", "-t", self.name, "-l", text)
@@ -91,8 +95,22 @@ class TmuxTerminal:
     def screen(self) -> str:
         return self._tmux("capture-pane", "-p", "-t", self.name)
 
+    def all_lines(self) -> str:
+        """The screen and the lines scrolled off its top: a program that ended is followed
+        by tmux's "Pane is dead" line, which scrolls the screen by one."""
+        return self._tmux("capture-pane", "-p", "-S", "-", "-t", self.name)
+
     def wait_for(self, text: str, timeout: float = 20.0) -> bool:
         return wait_for(lambda: text in self.screen(), timeout)
 
     def program_ended(self) -> bool:
         return self._tmux("display-message", "-p", "-t", self.name, "#{pane_dead}").strip() == "1"
+
+    def exit_status(self) -> int | None:
+        """The program's exit status once it has ended and tmux knows it (None before;
+        for a moment after the pane dies the status is still empty)."""
+        if not self.program_ended():
+            return None
+        status = self._tmux("display-message", "-p", "-t", self.name,
+                            "#{pane_dead_status}").strip()
+        return int(status) if status.isdigit() else None
