@@ -193,6 +193,12 @@ class ParamikoDevice:
         finally:
             with contextlib.suppress(Exception):
                 channel.close()
+            # As a real server does: let the client hang up first. Closing at once can reset
+            # the connection while the client's last packets are unread, and a reset can
+            # take the exit status with it before the gateway has read it.
+            deadline = time.monotonic() + 5.0
+            while transport.is_active() and time.monotonic() < deadline:
+                time.sleep(0.02)
             transport.close()
 
     def _sha1_rsa_key(self) -> type:
