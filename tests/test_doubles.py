@@ -21,6 +21,7 @@ from zope.interface.verify import verifyObject
 
 from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.targets.bridge import IUpstreamSession, UpstreamSink
+from gateway.workers import IWorkerSpawner
 from protocols.auth import ISSH1RSAChallenge, SSH1RSAChallenge
 from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.session import (
@@ -91,6 +92,7 @@ ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
     "test_target_ssh2.KeyChecker": (_test_target_ssh2_key_checker, ICredentialsChecker),
     "RecordingObserver": (doubles.RecordingObserver, ISessionObserver),
     "RecordingTap": (doubles.RecordingTap, ISessionTap),
+    "FakeWorkerSpawner": (doubles.FakeWorkerSpawner, IWorkerSpawner),
 }
 
 

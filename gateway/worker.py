@@ -1,0 +1,103 @@
+"""One worker process of a gateway with ``workers = N`` (gateway.workers):
+``python -m gateway.worker --number N --listen-fds JSON [--config FILE]``.
+
+It builds the same gateway as one process does (gateway.service.make_service) from the
+same config file, except that its listeners adopt the sockets the parent bound (inherited
+file descriptors, ``--listen-fds``: endpoint -> fd), and it leaves to the parent what only
+one process can do: the ``/metrics`` endpoint and the privilege drop. Its log goes to
+stdout as ``LEVEL text`` lines, which the parent logs tagged with the worker's number.
+SIGHUP reloads it and SIGTERM drains it, as for one process (gateway.lifecycle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from twisted.logger import ILogObserver, LogEvent, formatEvent
+from zope.interface import provider
+
+
+def worker_config(config: Any) -> Any:
+    """What a worker runs of ``config``: no /metrics endpoint of its own (one port, the
+    parent's), no privilege drop (the parent dropped before starting it)."""
+    metrics = dataclasses.replace(config.metrics, listen=None)
+    return dataclasses.replace(config, metrics=metrics, run_as=None)
+
+
+def line_observer(stream: TextIO) -> Any:
+    """A log observer writing ``LEVEL text`` lines (tracebacks line by line) to ``stream``."""
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text += "\n" + failure.getTraceback()
+        level = getattr(event.get("log_level"), "name", "info")
+        try:
+            stream.write("".join(f"{level} {line}\n" for line in text.splitlines() or [""]))
+            stream.flush()
+        except (OSError, ValueError):  # the parent is gone
+            pass
+
+    return observe
+
+
+def detach_from_terminal_signals() -> None:
+    """Signals reach a worker from its parent only: its own process group keeps a
+    terminal's Ctrl-C (SIGINT to the whole group) from arriving twice (once from the
+    terminal, once passed on, which would end the drain at once); and on Linux it gets
+    SIGTERM when the parent dies, so no worker outlives its supervisor."""
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.worker")
+    parser.add_argument("--number", type=int, required=True)
+    parser.add_argument("--listen-fds", required=True)
+    parser.add_argument("--config")
+    args = parser.parse_args(argv)
+    detach_from_terminal_signals()
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo([line_observer(sys.stdout)], redirectStandardIO=False)
+
+    from gateway.config import default_config, load_config
+    from gateway.service import StartupFailure, make_service
+
+    config = load_config(args.config) if args.config else default_config()
+    fds = {str(k): int(v) for k, v in json.loads(args.listen_fds).items()}
+    try:
+        top = make_service(worker_config(config), reactor, handle_signals=True, inherited_fds=fds)
+        top.config_override = worker_config
+        top.privilegedStartService()
+        top.startService()
+    except StartupFailure as e:
+        print(f"error {e}", flush=True)
+        return 1
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
