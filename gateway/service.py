@@ -97,7 +97,9 @@ class ListenerService(service.Service):
             from gateway.listening import adopt_listening_socket
 
             self._listening(
-                adopt_listening_socket(self.reactor, self.description, self.inherited_fd, self.factory)
+                adopt_listening_socket(
+                    self.reactor, self.description, self.inherited_fd, self.factory
+                )
             )
             return
         port = listen_now(self.reactor, self.description, self.factory)
@@ -202,7 +204,12 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
     taps: list[Any] = []
     taps.append(AuditTap())  # after the recorder's: it reports session.recording
     # Idle while [metrics] listen is off (a reload may turn it on); a child service too.
-    taps.append(MetricsService.for_config(config, reactor))
+    metrics = MetricsService.for_config(config, reactor)
+    if config.workers > 1:  # the parent of worker processes: /metrics sums theirs
+        from gateway.worker_metrics import summed_metrics_site
+
+        metrics.site_factory = summed_metrics_site(reactor, config.state_dir, config.workers)
+    taps.append(metrics)
     return taps
 
 
@@ -314,7 +321,9 @@ def make_service(
     try:
         check_state_dir(config.state_dir)
     except OSError as e:
-        raise startup_failure(f"state_dir {config.state_dir} is not writable: {e.strerror}") from None
+        raise startup_failure(
+            f"state_dir {config.state_dir} is not writable: {e.strerror}"
+        ) from None
     except HostKeyError as e:  # it exists but is not a directory
         raise startup_failure(str(e)) from None
     try:
@@ -578,8 +587,7 @@ class GatewayService(service.MultiService):
             log.warn("{warning}", warning=warning)
         if new.state_dir != self.config.state_dir:
             log.warn(
-                "state_dir changed to {new}: it takes effect at the next start; "
-                "{old} stays in use",
+                "state_dir changed to {new}: it takes effect at the next start; {old} stays in use",
                 new=str(new.state_dir),
                 old=str(self.config.state_dir),
             )
@@ -641,10 +649,10 @@ class GatewayService(service.MultiService):
         """Listeners first, then the drain, then the targets (MultiService would stop
         its children all at once)."""
         service.Service.stopService(self)
-        listeners = [defer.maybeDeferred(s.stopService) for s in self if isinstance(s, ListenerService)]
-        self.drain = Drain(
-            self.dispatcher, self.reactor, self.config.shutdown_grace, self.notifier
-        )
+        listeners = [
+            defer.maybeDeferred(s.stopService) for s in self if isinstance(s, ListenerService)
+        ]
+        self.drain = Drain(self.dispatcher, self.reactor, self.config.shutdown_grace, self.notifier)
         drained = defer.gatherResults([*listeners, self.drain.start()], consumeErrors=True)
         drained.addErrback(lambda failure: log.failure("draining", failure))
 
@@ -664,6 +672,7 @@ class GatewayService(service.MultiService):
             globalLogPublisher.removeObserver(self.audit)
             self.audit.close()
         return result
+
 
 # ---------------------------------------------------------------- start-up errors
 # An operator's mistake (port in use, wrong endpoint, state dir or host key unusable) ends

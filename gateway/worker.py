@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -22,11 +23,17 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent
 from zope.interface import provider
 
 
-def worker_config(config: Any) -> Any:
-    """What a worker runs of ``config``: no /metrics endpoint of its own (one port, the
-    parent's), no privilege drop (the parent dropped before starting it)."""
-    metrics = dataclasses.replace(config.metrics, listen=None)
-    return dataclasses.replace(config, metrics=metrics, run_as=None)
+def worker_config(config: Any, number: int) -> Any:
+    """What worker ``number`` runs of ``config``: one process (``workers = 1``), its
+    metrics on its private socket for the parent to sum (gateway.worker_metrics) instead
+    of ``[metrics] listen``, and no privilege drop (the parent dropped before starting it)."""
+    from gateway.worker_metrics import worker_metrics_endpoint
+
+    listen = config.metrics.listen
+    if listen is not None:
+        listen = worker_metrics_endpoint(config.state_dir, number)
+    metrics = dataclasses.replace(config.metrics, listen=listen)
+    return dataclasses.replace(config, metrics=metrics, run_as=None, workers=1)
 
 
 def line_observer(stream: TextIO) -> Any:
@@ -83,12 +90,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from gateway.config import default_config, load_config
     from gateway.service import StartupFailure, make_service
+    from gateway.worker_metrics import worker_metrics_site, worker_metrics_socket
 
     config = load_config(args.config) if args.config else default_config()
     fds = {str(k): int(v) for k, v in json.loads(args.listen_fds).items()}
+    own_config = functools.partial(worker_config, number=args.number)
+    metrics_socket = worker_metrics_socket(config.state_dir, args.number)
+    metrics_socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    metrics_socket.unlink(missing_ok=True)  # left by this worker's predecessor
     try:
-        top = make_service(worker_config(config), reactor, handle_signals=True, inherited_fds=fds)
-        top.config_override = worker_config
+        top = make_service(own_config(config), reactor, handle_signals=True, inherited_fds=fds)
+        top.config_override = own_config
+        for tap in top.session_taps:  # the metrics: served to the parent on a Unix socket
+            if hasattr(tap, "site_factory"):
+                tap.site_factory = worker_metrics_site
         top.privilegedStartService()
         top.startService()
     except StartupFailure as e:

@@ -159,3 +159,75 @@ def test_workers_key_refuses(text):
 
     with pytest.raises(ConfigError, match="workers"):
         parse_config(text + "\n")
+
+
+# --- one /metrics summing the workers' (gateway.worker_metrics) ----------------------------
+
+
+def _exposition(logins: float, active: float) -> str:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+    registry = CollectorRegistry()
+    Counter("sshgateway_logins", "Logins", ["result"], registry=registry).labels("success").inc(
+        logins
+    )
+    Gauge("sshgateway_sessions_active", "Open", registry=registry).set(active)
+    return generate_latest(registry).decode()
+
+
+def _samples(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_expositions_are_summed_by_name_and_labels():
+    from gateway.worker_metrics import sum_expositions
+
+    summed = _samples(sum_expositions([_exposition(3, 1), _exposition(4, 2)]).decode())
+    assert summed[("sshgateway_logins_total", (("result", "success"),))] == 7
+    assert summed[("sshgateway_sessions_active", ())] == 3
+
+
+def test_the_parent_resource_sums_the_workers_that_answer_and_logs_the_others(logged):
+    from prometheus_client import CollectorRegistry
+    from twisted.internet import defer
+
+    from gateway.worker_metrics import SummedMetricsResource
+
+    answers = {"w1": _exposition(5, 0), "w2": None}
+
+    def fetch(reactor, path):
+        text = answers[path]
+        return defer.succeed(text) if text is not None else defer.fail(OSError("refused"))
+
+    resource = SummedMetricsResource(None, CollectorRegistry(), lambda: ["w1", "w2"], fetch)
+    body = []
+    resource.collect().addCallback(body.append)
+    assert _samples(body[0].decode())[("sshgateway_logins_total", (("result", "success"),))] == 5
+    assert any("worker socket w2 did not answer" in t for t in text_of(logged))
+
+
+def test_a_worker_serves_its_metrics_on_its_own_socket(tmp_path):
+    from dataclasses import replace
+
+    from gateway.config import MetricsConfig, default_config
+    from gateway.worker import worker_config
+
+    config = replace(
+        default_config(),
+        state_dir=tmp_path,
+        workers=2,
+        run_as="nobody",
+        metrics=MetricsConfig(listen="tcp:0"),
+    )
+    mine = worker_config(config, 2)
+    assert (mine.workers, mine.run_as) == (1, None)
+    assert mine.metrics.listen == f"unix:{tmp_path}/workers/metrics-2.sock:mode=600"
+    off = worker_config(replace(config, metrics=MetricsConfig()), 2)
+    assert off.metrics.listen is None

@@ -115,3 +115,37 @@ def test_sigterm_drains_every_worker_and_the_parent_exits_0(two_workers):
     text = gw.log_text()
     assert "[worker 1] shutdown: every connection is closed" in text
     assert "[worker 2] shutdown: every connection is closed" in text
+
+
+def test_one_metrics_endpoint_sums_both_workers(
+    tmp_path, password_hash, authorized_keys, client_keys
+):
+    import urllib.request
+
+    from tests.support.python_clients import gateway_fingerprints
+
+    config = base_config(
+        password_hash, authorized_keys, workers=2, metrics={"listen": "tcp:0:interface=127.0.0.1"}
+    )
+    with GatewayProcess(tmp_path, config) as gw:
+        for number in (1, 2):
+            gw.wait_for_log(rf"\[worker {number}\] sshgateway listening on", timeout=60)
+        port = int(gw.wait_for_log(r"\] metrics served on http://127\.0\.0\.1:(\d+)/").group(1))
+        fingerprints = gateway_fingerprints(gw)
+        assert logins(gw, client_keys["ed25519"], fingerprints, 12) == ["served\n"] * 12
+        assert set(served_by(gw)) == {1, 2}, gw.log_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+            text = reply.read().decode()
+        logged_in = {
+            line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("sshgateway_logins_total{")
+        }
+        assert sum(v for k, v in logged_in.items() if 'result="success"' in k) == 12, text
+        assert 'method="publickey"' in "".join(logged_in) and 'method="password"' in "".join(
+            logged_in
+        )
+        assert (
+            oct((tmp_path / "state" / "workers" / "metrics-1.sock").stat().st_mode & 0o777)
+            == "0o600"
+        )
