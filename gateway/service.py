@@ -321,9 +321,7 @@ def make_service(
     try:
         check_state_dir(config.state_dir)
     except OSError as e:
-        raise startup_failure(
-            f"state_dir {config.state_dir} is not writable: {e.strerror}"
-        ) from None
+        raise startup_failure(f"state_dir {config.state_dir} is not writable: {e.strerror}") from None
     except HostKeyError as e:  # it exists but is not a directory
         raise startup_failure(str(e)) from None
     try:
@@ -587,7 +585,8 @@ class GatewayService(service.MultiService):
             log.warn("{warning}", warning=warning)
         if new.state_dir != self.config.state_dir:
             log.warn(
-                "state_dir changed to {new}: it takes effect at the next start; {old} stays in use",
+                "state_dir changed to {new}: it takes effect at the next start; "
+                "{old} stays in use",
                 new=str(new.state_dir),
                 old=str(self.config.state_dir),
             )
@@ -649,10 +648,10 @@ class GatewayService(service.MultiService):
         """Listeners first, then the drain, then the targets (MultiService would stop
         its children all at once)."""
         service.Service.stopService(self)
-        listeners = [
-            defer.maybeDeferred(s.stopService) for s in self if isinstance(s, ListenerService)
-        ]
-        self.drain = Drain(self.dispatcher, self.reactor, self.config.shutdown_grace, self.notifier)
+        listeners = [defer.maybeDeferred(s.stopService) for s in self if isinstance(s, ListenerService)]
+        self.drain = Drain(
+            self.dispatcher, self.reactor, self.config.shutdown_grace, self.notifier
+        )
         drained = defer.gatherResults([*listeners, self.drain.start()], consumeErrors=True)
         drained.addErrback(lambda failure: log.failure("draining", failure))
 
@@ -672,7 +671,6 @@ class GatewayService(service.MultiService):
             globalLogPublisher.removeObserver(self.audit)
             self.audit.close()
         return result
-
 
 # ---------------------------------------------------------------- start-up errors
 # An operator's mistake (port in use, wrong endpoint, state dir or host key unusable) ends
