@@ -60,7 +60,9 @@ from protocols.forwarding import split_host_port
 from protocols.ssh1.settings import KEY_SIZE_GAP as SSH1_KEY_SIZE_GAP
 from protocols.ssh1.settings import KNOWN_CIPHERS as SSH1_KNOWN_CIPHERS
 from protocols.ssh1.settings import SSH1Settings
+from protocols.ssh2.algorithms import CLIENT as SSH2_CLIENT
 from protocols.ssh2.algorithms import SERVER as SSH2_SERVER
+from protocols.ssh2.algorithms import is_legacy as ssh2_is_legacy
 from protocols.ssh2.algorithms import known as ssh2_known
 from protocols.ssh2.settings import SSH2Settings
 
@@ -94,6 +96,8 @@ class UserConfig:
     os_user: str | None = None  # the OS account ``local`` runs as; None: no local access
     # Raw SSH-2 direct-tcpip destinations ("host:port") beyond the user's targets; none by default.
     permit_open: tuple[str, ...] = ()
+    # Whether this user's sessions are recorded (gateway.recording); None: [recording] enabled.
+    record: bool | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -191,6 +195,17 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    """The ``[recording]`` table: session recordings (gateway.recording)."""
+
+    enabled: bool = True
+    input: bool = False
+    dir: Path | None = None  # None: <state_dir>/recordings
+    max_age_days: float = 90.0  # 0: kept whatever their age
+    max_total_bytes: int = 10 * 1024**3  # 0: no limit on the total
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -213,6 +228,7 @@ class GatewayConfig:
     ssh1: SSH1Settings = field(default_factory=SSH1Settings)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
@@ -393,6 +409,8 @@ class _Validator:
 
 KNOWN_PROTOCOLS = ("1", "2")
 CREDENTIALS = ("stored", "pass-through")
+TELNET_EXIT_STATUS = ("none", "posix")
+KEYBOARD_INTERACTIVE = ("answer", "ask")
 HOST_KEY_POLICIES = ("accept-new", "strict")
 _SHA256_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?\Z")
 _MD5_FINGERPRINT = re.compile(r"(?:MD5:)?[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){15}\Z")
@@ -483,6 +501,8 @@ class WorkerCount(Kind):
 class Boolean(Kind):
     def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
         value = data.get(path[-1], default)
+        if value is None and default is None:
+            return None  # optional, and not given
         if not isinstance(value, bool):
             v.error(path, "must be true or false")
             return default
@@ -663,6 +683,12 @@ def _opt_in(known: tuple[str, ...], default: tuple[str, ...]) -> str:
     return "opt-in: " + _names(name for name in known if name not in default)
 
 
+def _ssh2_target_legacy(kind: str) -> str:
+    """The legacy names an ssh2 target may list (the gateway's own server never offers the
+    client-only ones)."""
+    return _names(n for n in ssh2_known(SSH2_CLIENT, kind) if ssh2_is_legacy(kind, n))
+
+
 def _bad_endpoint(description: str) -> str | None:
     if description.split(":", 1)[0] == "systemd":
         return _bad_systemd_endpoint(description)
@@ -777,6 +803,7 @@ USERS, TARGETS = "users.NAME", "targets.NAME"
 _GATEWAY, _USER, _TARGET = GatewayConfig(), UserConfig(""), TargetConfig("", "")
 _AUTH, _SSH2, _SSH1, _FLOWS = AuthLimits(), SSH2Settings(), SSH1Settings(), FlowsConfig()
 _AUDIT = AuditConfig()
+_RECORDING = RecordingConfig()
 _LIMITS = LimitsConfig()
 _PENALTIES = _LIMITS.penalties
 assert _PENALTIES is not None
@@ -837,6 +864,10 @@ SCHEMA: tuple[Key, ...] = (
         '`"host:port"` destinations this user\'s SSH-2 `direct-tcpip` (`-W`, `-L`) may reach '
         "besides its targets (README: Jump host); matched as `[ssh1] permit_open` is; empty: "
         "only targets"),
+    Key(USERS, "record", Boolean(), None,
+        "record this user's sessions (`true`) or not (`false`), whatever `[recording] enabled` "
+        "says; when the user's and the target's `record` differ, `true` wins",
+        shown="`[recording] enabled`"),
 
     Key("auth", "grace_time", Number(minimum=1), _AUTH.grace_time,
         "from connect to successful login"),
@@ -910,6 +941,21 @@ SCHEMA: tuple[Key, ...] = (
         "`sshgateway-audit: {JSON}`"),
     Key("audit", "syslog_facility", Choice(SYSLOG_FACILITIES), _AUDIT.syslog_facility,
         "the syslog facility of those messages"),
+    Key("recording", "enabled", Boolean(), _RECORDING.enabled,
+        "record every session but SFTP/subsystem ones (terminal sessions and exec commands) as "
+        "an asciicast v2 file (README: Session recording); `record` in `[users.NAME]` and "
+        "`[targets.NAME]` overrides it"),
+    Key("recording", "input", Boolean(), _RECORDING.input,
+        "also record what the client typed (`\"i\"` events); off because input holds the "
+        "passwords typed at device prompts: with it on, recordings may contain them"),
+    Key("recording", "dir", FilePath(), None,
+        "where recordings are written (created mode 0700; files mode 0600)",
+        shown="`<state_dir>/recordings`"),
+    Key("recording", "max_age_days", Number(minimum=0), _RECORDING.max_age_days,
+        "days a recording is kept (checked at start and hourly); `0`: no age limit"),
+    Key("recording", "max_total_bytes", Integer(minimum=0), _RECORDING.max_total_bytes,
+        "when the recordings take more than this, the oldest finished ones are deleted "
+        "(at start and hourly); `0`: no limit"),
 
     Key("limits", "max_startups", Text(check=_bad_max_startups), str(_LIMITS.max_startups),
         "unauthenticated connections (both protocols): from `start` on, a new one is refused "
@@ -983,22 +1029,27 @@ SCHEMA: tuple[Key, ...] = (
         "from session request to open upstream session"),
     Key(TARGETS, "idle_timeout", Number(minimum=0), _TARGET.idle_timeout,
         "close the session after this long without data either way; `0`: never"),
+    Key(TARGETS, "record", Boolean(), None,
+        "record sessions on this target (`true`) or not (`false`), whatever `[recording] "
+        "enabled` says; when the user's and the target's `record` differ, `true` wins",
+        shown="`[recording] enabled`", protocols=tuple(TARGET_PROTOCOLS)),
     Key(TARGETS, "ciphers", Texts(), _TARGET.ciphers,
         f"cipher names in order of preference; ssh1 from {_names(SSH1_TARGET_CIPHERS)}; ssh2 "
-        "legacy ones (`aes128-cbc`, `3des-cbc`) only when listed",
+        f"legacy ones ({_ssh2_target_legacy('ciphers')}) only when listed",
         shown=_MODERN, protocols=("ssh1", "ssh2")),
     Key(TARGETS, "compression",
         Integer(minimum=0, maximum=9, above="must be a zlib level from 1 to 9, or 0 for none"),
         _TARGET.compression,
         "zlib level (1-9) to request from the device; `0` for none", protocols=("ssh1",)),
     Key(TARGETS, "kex", Texts(), _TARGET.kex,
-        "key exchange names, in order (`diffie-hellman-group1-sha1` only when listed)",
+        f"key exchange names, in order (legacy: {_ssh2_target_legacy('kex')}, only when listed)",
         shown=_MODERN, protocols=("ssh2",)),
     Key(TARGETS, "host_key_algorithms", Texts(), _TARGET.host_key_algorithms,
-        "host key algorithm names, in order (`ssh-rsa` only when listed)",
+        f"host key algorithm names, in order (legacy: {_ssh2_target_legacy('host_key_algorithms')}, "
+        "only when listed)",
         shown=_MODERN, protocols=("ssh2",)),
     Key(TARGETS, "macs", Texts(), _TARGET.macs,
-        "MAC names, in order (`hmac-sha1`, `hmac-sha1-etm@openssh.com` only when listed)",
+        f"MAC names, in order (legacy: {_ssh2_target_legacy('macs')}, only when listed)",
         shown=_MODERN, protocols=("ssh2",)),
     Key(TARGETS, "login_prompt", Text(check=_bad_prompt), None,
         "a regular expression matched on upstream output; when it matches, the username is "
@@ -1010,6 +1061,22 @@ SCHEMA: tuple[Key, ...] = (
         "command's output is cut from the first prompt to the next (no banner, no prompts) and "
         "`exit` is typed only once the command is done, so no output is lost",
         protocols=("telnet",)),
+    Key(TARGETS, "rekey", Boolean(), _TARGET.rekey,
+        "`false`: the gateway never starts a key exchange towards this device (for firmware "
+        "that never answers a re-key or breaks on one); one the device starts is still "
+        "answered", protocols=("ssh2",)),
+    Key(TARGETS, "keyboard_interactive", Choice(KEYBOARD_INTERACTIVE), _TARGET.keyboard_interactive,
+        '`"answer"`: the gateway answers every prompt, echoed ones with the upstream login name, '
+        'hidden ones with the password; `"ask"`: the first hidden prompt gets the password (stored '
+        "or passed through), every other one (a one-time code) is put to the user in their "
+        "session, which then needs a terminal (a pty: OpenSSH's `-t`); the connect timeout "
+        "waits meanwhile",
+        protocols=("ssh2",)),
+    Key(TARGETS, "exit_status", Choice(TELNET_EXIT_STATUS), _TARGET.exit_status,
+        '`"none"`: a command reports status 0 when the device hangs up; `"posix"` (needs '
+        "`shell_prompt`): once the command is done the gateway types `echo` of a marker and "
+        "`$?`, strips that exchange from the output and reports the real status (a POSIX "
+        "shell on the device)", protocols=("telnet",)),
 )
 # fmt: on
 
@@ -1093,6 +1160,7 @@ def _check_user(
         targets=allowed,
         os_user=os_user,
         permit_open=values["permit_open"],
+        record=values["record"],
     )
 
 
@@ -1166,13 +1234,18 @@ def _check_target(v: _Validator, name: str, raw: Any) -> TargetConfig | None:
         return None
     _check_target_keys(v, path, raw, protocol)
     if protocol == "local":
-        return TargetConfig(name, protocol)
+        return TargetConfig(name, protocol, record=v.read(raw, path, _row(TARGETS, "record")))
 
     problems = len(v.problems)
     values = v.read_table(raw, path, TARGETS, port=TARGET_PROTOCOLS[protocol].default_port)
     _check_pass_through(v, path, values)
     _check_md5_fingerprint(v, path, protocol, values["host_key"])
     _check_ssh1_target_ciphers(v, path, protocol, values["ciphers"])
+    if protocol == "telnet" and values["exit_status"] == "posix" and values["shell_prompt"] is None:
+        v.error(
+            path + ("exit_status",),
+            '"posix" needs shell_prompt: the status is asked for at the prompt after the command',
+        )
     algorithms = {key: values[key] for key in ("ciphers", "kex", "host_key_algorithms", "macs")}
     _check_target_algorithms(v, path, name, protocol, algorithms)
     if len(v.problems) != problems:
@@ -1358,6 +1431,9 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
     _check_ssh1_key_gap(v, protocols, ssh1)
     flows = FlowsConfig(**v.read_table(_section(v, data, "flows"), ("flows",), "flows"))
     audit = AuditConfig(**v.read_table(_section(v, data, "audit"), ("audit",), "audit"))
+    recording = RecordingConfig(
+        **v.read_table(_section(v, data, "recording"), ("recording",), "recording")
+    )
     limits = _check_limits(v, data)
     metrics = MetricsConfig(**v.read_table(_section(v, data, "metrics"), ("metrics",), "metrics"))
     return GatewayConfig(
@@ -1377,6 +1453,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         ssh1=ssh1,
         flows=flows,
         audit=audit,
+        recording=recording,
         limits=limits,
         metrics=metrics,
         run_as=top["run_as"],

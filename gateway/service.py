@@ -200,8 +200,14 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
     a tap with ``reconfigure(config)`` is given each reloaded config."""
     from gateway.audit import AuditTap
     from gateway.metrics import MetricsService
+    from gateway.recording import RecordingTap
 
     taps: list[Any] = []
+    # The recorder first: it sets session.recording, which the taps after it report.
+    recorder = RecordingTap(config, reactor)
+    reactor.callWhenRunning(recorder.start)  # retention: after any privilege drop
+    reactor.addSystemEventTrigger("after", "shutdown", recorder.stop)
+    taps.append(recorder)
     taps.append(AuditTap())  # after the recorder's: it reports session.recording
     # Idle while [metrics] listen is off (a reload may turn it on); a child service too.
     metrics = MetricsService.for_config(config, reactor)

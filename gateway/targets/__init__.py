@@ -44,3 +44,15 @@ class TargetConfig:
     host_key_algorithms: tuple[str, ...] = ()
     macs: tuple[str, ...] = ()
     compression: int = 0  # ssh1: zlib level 1-9 requested from the device; 0 = off
+    # ssh2: False = the gateway never starts a re-key towards this device (for firmware
+    # that never answers one or breaks on it); a re-key the device starts is answered.
+    rekey: bool = True
+    # ssh2 keyboard-interactive: "answer" (echoed prompts get the login name, hidden ones
+    # the password) or "ask" (the first hidden prompt gets the password; the user answers
+    # the others in their session).
+    keyboard_interactive: str = "answer"
+    # telnet: "none" (exit status 0 when the device hangs up) or "posix" (a marker command
+    # after the command reports its $?; needs shell_prompt).
+    exit_status: str = "none"
+    # Whether sessions on this target are recorded (gateway.recording); None: the default.
+    record: bool | None = None

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from gateway.targets.prompts import TerminalQuestion, shown_prompt
 from gateway.upstream_errors import (
     FAILURE_KEY,
     FAILURE_STATUS,
@@ -54,6 +55,14 @@ log = Logger()
 # Client input held while the upstream session is being opened, before the front end's
 # producer is paused (so a client pasting megabytes cannot grow this without bound).
 MAX_PENDING_INPUT = 256 * 1024
+# A login still running after PROGRESS_AFTER seconds (old firmware: HP iLO takes up to
+# 90 s) gets a line on the client's stderr, then one every PROGRESS_EVERY, so the user
+# sees the gateway waiting rather than silence; connect_timeout still bounds the whole.
+PROGRESS_AFTER = 5.0
+PROGRESS_EVERY = 15.0
+# A question the device asks at login and the user must answer (gateway.targets.prompts):
+# the connect timeout stops meanwhile, and this bounds the wait for the user.
+ANSWER_TIMEOUT = 120.0
 # FAILURE_STATUS and UpstreamFailure (imported above from gateway.upstream_errors) are
 # still importable from here: the target protocols take them with the bridge's classes.
 
@@ -116,6 +125,11 @@ class UpstreamSink:
         reason = LOST if bridge.upstream is not None else UpstreamFailure.reason
         bridge._finish(ExitInfo(status=FAILURE_STATUS), message, reason)
 
+    def ask(self, prompt: str, echo: bool) -> defer.Deferred:
+        """Put a device's login question to the user in their session (it needs a pty);
+        fires with the answer (str) or fails with UpstreamFailure."""
+        return self._bridge._ask(prompt, echo)
+
     def pause_input(self) -> None:
         self._bridge._set_input_paused("upstream", True)
 
@@ -172,6 +186,12 @@ class BridgeSession:
         self._connecting: defer.Deferred | None = None
         client.registerProducer(self, True)
         self._timeout = clock.callLater(connect_timeout, self._connect_timed_out)
+        self._progress: IDelayedCall | None = None
+        self._question: TerminalQuestion | None = None
+        self._question_timer: IDelayedCall | None = None
+        self._connect_left = connect_timeout  # while a question stops the connect timer
+        if connect_timeout > PROGRESS_AFTER:
+            self._progress = clock.callLater(PROGRESS_AFTER, self._still_connecting)
         self._connecting = defer.maybeDeferred(connect, request, UpstreamSink(self))
         self._connecting.addCallbacks(self._opened, self._open_failed)
 
@@ -189,10 +209,61 @@ class BridgeSession:
             if connecting is not None:
                 connecting.cancel()
 
+    def _still_connecting(self) -> None:
+        self._progress = None
+        if self.upstream is not None or self.done:
+            return
+        waited = self.clock.seconds() - self.started
+        self.client.write_stderr(
+            f"sshgateway: waiting for {self.target} ({waited:.0f} s; gives up after "
+            f"{self.connect_timeout:g} s)\r\n".encode("utf-8", "replace")
+        )
+        if waited + PROGRESS_EVERY < self.connect_timeout:
+            self._progress = self.clock.callLater(PROGRESS_EVERY, self._still_connecting)
+
+    def _ask(self, prompt: str, echo: bool) -> defer.Deferred:
+        if self.done:
+            return defer.fail(UpstreamFailure("session closed"))
+        if self.request.pty is None:
+            return defer.fail(
+                UpstreamFailure(
+                    "the device asks a question at login that only the user can answer: "
+                    "connect with a terminal (ssh -t)"
+                )
+            )
+        if self._question is not None or self.upstream is not None:
+            return defer.fail(UpstreamFailure("the device asked out of turn"))
+        # The user's time is not the device's: the connect timeout waits meanwhile.
+        if self._timeout is not None and self._timeout.active():
+            self._connect_left = max(self._timeout.getTime() - self.clock.seconds(), 1.0)
+        self._cancel(self._timeout)
+        self._cancel(self._progress)
+        self._timeout = self._progress = None
+        question = TerminalQuestion(echo, self.client.write_stderr)
+        self._question = question
+        self._question_timer = self.clock.callLater(
+            ANSWER_TIMEOUT, question.cancel, f"no answer within {ANSWER_TIMEOUT:g} s"
+        )
+        self.client.write_stderr(shown_prompt(prompt))
+        question.deferred.addBoth(self._answered)
+        if self._pending:  # typed ahead
+            pending, self._pending = bytes(self._pending), bytearray()
+            self._pending += question.feed(pending)
+        return question.deferred
+
+    def _answered(self, result: Any) -> Any:
+        self._question = None
+        self._cancel(self._question_timer)
+        self._question_timer = None
+        if not self.done and self.upstream is None:
+            self._timeout = self.clock.callLater(self._connect_left, self._connect_timed_out)
+        return result
+
     def _opened(self, upstream: IUpstreamSession) -> None:
         self._connecting = None
         self._cancel(self._timeout)
-        self._timeout = None
+        self._cancel(self._progress)
+        self._timeout = self._progress = None
         if self.done:
             upstream.close()
             return
@@ -248,6 +319,8 @@ class BridgeSession:
         if self.upstream is not None:
             self.upstream.write(data)
             return
+        if self._question is not None:
+            data = self._question.feed(data)
         self._pending += data
         if len(self._pending) > MAX_PENDING_INPUT:
             self._set_input_paused("pending", True)
@@ -257,6 +330,8 @@ class BridgeSession:
             self.upstream.send_eof()
         else:
             self._pending_eof = True
+            if self._question is not None:
+                self._question.cancel("end of input at the device's prompt")
 
     def resize(self, size: WindowSize) -> None:
         if self.upstream is not None:
@@ -357,6 +432,8 @@ class BridgeSession:
             self._input_paused.clear()
             if self._input_producer is not None:
                 self._input_producer.resumeProducing()
+        if self._question is not None:
+            self._question.cancel("session closed")
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
             connecting.cancel()
@@ -384,7 +461,9 @@ class BridgeSession:
     def _stop_timers(self) -> None:
         self._cancel(self._timeout)
         self._cancel(self._idle)
-        self._timeout = self._idle = None
+        self._cancel(self._progress)
+        self._cancel(self._question_timer)
+        self._timeout = self._idle = self._progress = self._question_timer = None
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:

@@ -131,13 +131,16 @@ class SSH2Target(UpstreamTarget):
         self, request: SessionRequest, sink: UpstreamSink, login: str, password: str | None
     ) -> defer.Deferred:
         key = self._load_key()
-        if key is None and password is None:
+        asks = self.config.keyboard_interactive == "ask"
+        if key is None and password is None and not asks:
             if self.config.credentials == "pass-through":
                 raise UpstreamFailure(
                     "no password to pass through (log in to the gateway with one)"
                 )
             raise UpstreamFailure("no credentials configured for this target")
         options = self.options(login, password, key)
+        if asks:
+            options = replace(options, ask=sink.ask)
         flow = self.new_flow(sink, login)
         if flow is not None:
             options = replace(options, flow=flow, flow_done=self.flow_done)
@@ -188,6 +191,7 @@ class SSH2Target(UpstreamTarget):
             ciphers=tuple(self.algorithms["cipher"]),
             macs=tuple(self.algorithms["mac"]),
             sha1_user_signatures=b"ssh-rsa" in self.algorithms["host_key"],
+            rekey=config.rekey,
             connect_timeout=config.connect_timeout,
             name=config.name,
         )

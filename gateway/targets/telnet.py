@@ -42,6 +42,13 @@ the command, passes its output (without the echo of the command line and without
 prompts; whole lines at once, the unfinished last line when it is done), and types
 ``exit`` only when the next prompt ends the output.
 
+Exit status, opt-in (``exit_status = "posix"``, with ``shell_prompt``): when the prompt
+after the command shows it done, the gateway types ``echo MARKER$?`` (MARKER has a random
+part per session), takes the status from the line the shell prints, drops that exchange
+(its echo, the marker line, the prompt) from the output, then types ``exit``; the session
+ends with that status. A device that hangs up before the marker is answered (the command
+ended the shell) still reports 0.
+
 A shell session is passed through; client EOF on a shell without a pty sends ^D (end of
 file for the device's terminal). SIGINT is sent as telnet IP; other signals have no telnet
 equivalent and are dropped.
@@ -53,6 +60,7 @@ pauses the client's input (a producer registered on the transport).
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +91,10 @@ MAX_TERM_LENGTH = 40  # RFC 1091's longest registered name
 # Share of connect_timeout after which a missing prompt fails with its own message, so it
 # beats the bridge's generic "no session within ..." one.
 LOGIN_TIMEOUT_SHARE = 0.9
+
+# exit_status = "posix": the marker the status line starts with (plus a random part).
+STATUS_MARKER = b"SSHGW-EXIT-"
+MAX_STATUS_REPLY = 4096  # bytes read after the marker command before giving up on it
 
 # Options twisted.conch.telnet has no names for.
 BINARY = b"\x00"  # RFC 856
@@ -381,6 +393,9 @@ class _DeviceProtocol(t.TelnetProtocol):
         self.running = False  # a command between prompts (shell_prompt set), not yet done
         self.held = bytearray()  # its unfinished last line
         self.echo: bytes | None = None  # the command line, until its echo has been looked for
+        # exit_status = "posix": the marker's reply so far, and the status it gave.
+        self.status_reply: bytearray | None = None
+        self.exit_status = 0
 
     # -- connection ---------------------------------------------------------------------
 
@@ -425,7 +440,7 @@ class _DeviceProtocol(t.TelnetProtocol):
                 self.sink.stdout(bytes(self.held))
                 self.held.clear()
             self.sink.eof()
-            self.sink.exited(ExitInfo(status=0))
+            self.sink.exited(ExitInfo(status=self.exit_status))
         else:
             self.sink.failed(f"{name}: {self._lost_reason(reason, 'session')}")
 
@@ -552,6 +567,9 @@ class _DeviceProtocol(t.TelnetProtocol):
     def _command_output(self, data: bytes) -> None:
         """Output of a command run between two shell prompts: whole lines pass at once;
         the unfinished last line waits, since the next prompt would stand there."""
+        if self.status_reply is not None:
+            self._status_output(data)
+            return
         if not self.running:
             return  # after ``exit``: the device's goodbye is not the command's output
         data = bytes(self.held) + data
@@ -568,12 +586,36 @@ class _DeviceProtocol(t.TelnetProtocol):
             complete += bytes(self.held[:prompt])
             self.held.clear()
             self.running = False
-            self.transport.write(b"exit" + self._enter())
+            if self.attempt.status_marker is not None:
+                # The shell's $? is still the command's: ask for it before ``exit``.
+                self.status_reply = bytearray()
+                self.transport.write(b"echo " + self.attempt.status_marker + b"$?" + self._enter())
+            else:
+                self.transport.write(b"exit" + self._enter())
         elif len(self.held) > PROMPT_WINDOW:  # too long for a prompt line
             complete += bytes(self.held)
             self.held.clear()
         if complete:
             self.sink.stdout(complete)
+
+    def _status_output(self, data: bytes) -> None:
+        """The reply to the marker command, up to the next prompt: never shown."""
+        reply = self.status_reply
+        assert reply is not None
+        reply += data
+        if self._prompt_at_end(reply) is None and len(reply) <= MAX_STATUS_REPLY:
+            return
+        marker = re.escape(self.attempt.status_marker or b"")
+        found = re.search(rb"(?m)^" + marker + rb"(\d{1,3})\r?$", reply)
+        if found is not None:
+            self.exit_status = int(found.group(1))
+        else:
+            log.warn(
+                "telnet device {where}: no exit status after the marker command; reporting 0",
+                where=self.attempt.where,
+            )
+        self.status_reply = None
+        self.transport.write(b"exit" + self._enter())
 
     # -- IUpstreamSession ---------------------------------------------------------------
 
@@ -685,6 +727,10 @@ class _Attempt:
         self.password_re = password_re
         # Only a command waits for the shell's prompt; a shell session shows everything.
         self.shell_re = shell_re if request.command is not None else None
+        # exit_status = "posix" (needs the prompt): the marker the status line starts with.
+        self.status_marker: bytes | None = None
+        if self.shell_re is not None and config.exit_status == "posix":
+            self.status_marker = STATUS_MARKER + secrets.token_hex(4).encode("ascii") + b":"
         self.result: defer.Deferred = defer.Deferred(self._cancel)
         self.where = f"{config.host}:{config.port}"
         self.connector: Any = None

@@ -57,6 +57,8 @@ REGISTRY: dict[str, dict[str, Algorithm]] = {
         Algorithm("rsa-sha2-512", BOTH, key_type=b"ssh-rsa"),
         Algorithm("rsa-sha2-256", BOTH, key_type=b"ssh-rsa"),
         Algorithm("ssh-rsa", BOTH, legacy=True, key_type=b"ssh-rsa"),
+        # DSA (1024-bit, SHA-1): the only host key of HP iLO 2/3, old Cisco SG, Brocade.
+        Algorithm("ssh-dss", _CLIENT_ONLY, legacy=True, key_type=b"ssh-dss"),
     ),
     # The AEAD ciphers and EtM MACs are protocols.ssh2.cipher's (Conch 26.10 has none).
     # For the client AES-GCM comes first: one cryptography call per packet, where
@@ -82,6 +84,10 @@ REGISTRY: dict[str, dict[str, Algorithm]] = {
         Algorithm("hmac-sha2-256", BOTH),
         Algorithm("hmac-sha1-etm@openssh.com", BOTH, legacy=True),
         Algorithm("hmac-sha1", BOTH, legacy=True),
+        # What devices of the 2000s have besides hmac-sha1 (Cisco IOS, old dropbear).
+        Algorithm("hmac-sha1-96", _CLIENT_ONLY, legacy=True),
+        Algorithm("hmac-md5", _CLIENT_ONLY, legacy=True),
+        Algorithm("hmac-md5-96", _CLIENT_ONLY, legacy=True),
     ),
 }
 

@@ -90,6 +90,10 @@ MACS: dict[bytes, MacSpec] = {
     b"hmac-sha2-256": MacSpec(hashlib.sha256, 32, 32, False),
     b"hmac-sha1-etm@openssh.com": MacSpec(hashlib.sha1, 20, 20, True),
     b"hmac-sha1": MacSpec(hashlib.sha1, 20, 20, False),
+    # Legacy, for the gateway's client towards old devices only (protocols.ssh2.algorithms).
+    b"hmac-sha1-96": MacSpec(hashlib.sha1, 20, 12, False),
+    b"hmac-md5": MacSpec(hashlib.md5, 16, 16, False),
+    b"hmac-md5-96": MacSpec(hashlib.md5, 16, 12, False),
 }
 
 
@@ -120,13 +124,14 @@ class _Mac:
     def __init__(self, spec: MacSpec, key: bytes) -> None:
         self._keyed = hmac.new(key[: spec.key_size], digestmod=spec.digest)
         self.size = spec.size
+        self._truncated = spec.size < self._keyed.digest_size  # the -96 forms
 
     def digest(self, seq: int, *parts: bytes | memoryview) -> bytes:
         mac = self._keyed.copy()
         mac.update(struct.pack(">L", seq))
         for part in parts:
             mac.update(part)
-        return mac.digest()
+        return mac.digest()[: self.size] if self._truncated else mac.digest()
 
 
 class _Gcm:

@@ -13,6 +13,10 @@ shared with the server), and diffie-hellman-group1-sha1 for old devices (registe
 Conch's kex table; the gateway's own server validates its ``[ssh2] kex`` against a list
 without it).
 
+The client re-keys on its own (protocols.ssh2.rekey) unless the options say ``rekey=False``
+(devices that never answer a re-key or break on one); a re-key the server starts is
+always answered.
+
 Conch calls connectionSecure after every NEWKEYS: the login starts only after the first
 (an upstream's re-key must not start a second login). Conch asks verifyHostKey before it
 checks the server's signature, so the caller's "host key proven" callable (pinning an
@@ -105,7 +109,9 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
         self.supportedCompressions = [b"none"]
         self._dhMinimalGroupSize = dh_min_bits(options.kex)
         self._hung_up = False
-        self.rekey_clock = attempt.clock  # re-key after 1 GiB or an hour
+        # Re-key after 1 GiB or an hour, unless the device is one that never answers a
+        # re-key or breaks on one (it may still start one itself: that is answered).
+        self.rekey_clock = attempt.clock if options.rekey else None
         self._mlkem: Any = None
         self._x25519: Any = None
         self._hybrid_init = b""
@@ -299,7 +305,7 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
         return attempt.options.verify_host_key(key).addCallbacks(accepted, refused)
 
     def _rekey_blocked(self) -> bool:
-        return self._hung_up or self.transport is None
+        return self._hung_up or self.transport is None or not self.attempt.options.rekey
 
     def connectionSecure(self) -> None:
         # Conch calls this after every NEWKEYS, re-keys included: log in only once.

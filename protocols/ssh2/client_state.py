@@ -66,9 +66,15 @@ class SSH2ClientOptions:
     host_key_algorithms: tuple[bytes, ...] = ()
     ciphers: tuple[bytes, ...] = ()
     macs: tuple[bytes, ...] = ()
-    # ssh-rsa (SHA-1) signatures for an RSA user key as a last resort: only for a device
-    # so old that it signs its host key with nothing better.
+    # ssh-rsa (SHA-1) signatures allowed for an RSA user key: first with a server that
+    # sends no server-sig-algs, last otherwise (protocols.ssh2.client_auth).
     sha1_user_signatures: bool = False
+    # False: never start a key exchange towards the device (one it starts is answered).
+    rekey: bool = True
+    # Keyboard-interactive prompts the client cannot answer itself go to the user:
+    # ``ask(prompt, echo)`` fires with the answer or fails (its str() is shown). None:
+    # echoed prompts get the login name, hidden ones the password.
+    ask: Callable[[str, bool], defer.Deferred] | None = field(default=None, compare=False)
     connect_timeout: float = 30.0
     name: str = "upstream"  # how failures after the session opened name the device
     # Flow recording of this upstream leg: the recorder, and who takes it when the

@@ -287,7 +287,7 @@ def test_reference_table_documents_every_key():
     doc = module.__doc__
     tables = {
         "users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "limits",
-        "metrics",
+        "metrics", "recording",
     }
     for key in module.TOP_KEYS - tables:
         assert f"| `{key}` |" in doc

@@ -66,7 +66,8 @@ def test_a_key_left_out_gets_the_schema_default(key):
     ids=lambda x: getattr(x, "name", x),
 )
 def test_a_target_key_left_out_gets_the_schema_default(key, protocol):
-    config = parse_config(USER + f'[targets.t]\nprotocol = "{protocol}"\nhost = "h"\n', base=BASE)
+    host = "" if protocol == "local" else 'host = "h"\n'
+    config = parse_config(USER + f'[targets.t]\nprotocol = "{protocol}"\n{host}', base=BASE)
     value = getattr(config.targets["t"], key.name)
     if key.name == "port":  # the protocol's own, from the registry
         assert value == TARGET_PROTOCOLS[protocol].default_port
@@ -107,7 +108,7 @@ def test_the_schema_names_the_registry_protocols():
     named = {p for k in SCHEMA if k.table == TARGETS for p in k.protocols}
     assert named == set(TARGET_PROTOCOLS)
     assert set(UPSTREAM_PROTOCOLS) == {n for n, p in TARGET_PROTOCOLS.items() if p.upstream}
-    assert module.TARGET_KEYS["local"] == {"protocol"}
+    assert module.TARGET_KEYS["local"] == {"protocol", "record"}
 
 
 def test_every_row_is_in_the_reference_once():

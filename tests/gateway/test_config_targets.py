@@ -329,6 +329,46 @@ def test_ssh2_algorithm_names_are_checked_by_the_ssh2_client():
     assert found[1].startswith("gw.toml:10: targets.t.macs: ") and "hmac-md4" in found[1]
 
 
+def test_old_device_settings_of_an_ssh2_target():
+    pytest.importorskip("gateway.targets.ssh2")
+    device = (
+        '[targets.ilo]\nprotocol = "ssh2"\nhost = "h"\nhost_key_algorithms = ["ssh-dss"]\n'
+        'kex = ["diffie-hellman-group1-sha1"]\nciphers = ["3des-cbc", "aes256-cbc"]\n'
+        'macs = ["hmac-md5", "hmac-sha1-96"]\nrekey = false\n'
+    )
+    target = parse(user() + device).targets["ilo"]
+    assert (target.host_key_algorithms, target.macs, target.rekey) == (
+        ("ssh-dss",), ("hmac-md5", "hmac-sha1-96"), False
+    )
+    assert parse(user() + '[targets.t]\nprotocol = "ssh2"\nhost = "h"\n').targets["t"].rekey
+    found = problems(
+        user() + '[targets.t]\nprotocol = "ssh2"\nhost = "h"\nhost_key_algorithms = ["ssh-dsa"]\n'
+        'rekey = "no"\n'
+    )
+    assert len(found) == 2, found
+    assert "targets.t.host_key_algorithms: " in found[0]
+    assert "unknown algorithm 'ssh-dsa'" in found[0] and "ssh-dss" in found[0]
+    assert "targets.t.rekey: must be true or false" in found[1]
+    assert "not used by telnet targets" in only_problem(
+        user() + '[targets.t]\nprotocol = "telnet"\nhost = "h"\nrekey = false\n'
+    )
+
+
+def test_telnet_exit_status_needs_the_shell_prompt():
+    telnet = '[targets.t]\nprotocol = "telnet"\nhost = "h"\n'
+    assert parse(user() + telnet).targets["t"].exit_status == "none"
+    target = parse(user() + telnet + 'exit_status = "posix"\nshell_prompt = "[$#] "\n').targets["t"]
+    assert target.exit_status == "posix"
+    assert (
+        'targets.t.exit_status: "posix" needs shell_prompt: the status is asked for at the '
+        "prompt after the command"
+    ) in only_problem(user() + telnet + 'exit_status = "posix"\n')
+    assert 'must be "none" or "posix"' in only_problem(user() + telnet + 'exit_status = "sh"\n')
+    assert "not used by ssh2 targets" in only_problem(
+        user() + '[targets.t]\nprotocol = "ssh2"\nhost = "h"\nexit_status = "posix"\n'
+    )
+
+
 def test_ssh1_target_compression_level(tmp_path):
     from gateway.config import ConfigError, parse_config
 

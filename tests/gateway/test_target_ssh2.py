@@ -463,6 +463,26 @@ def test_the_client_re_keys_on_its_own_and_the_data_goes_on(tmp_path):
     assert bytes(h.client.out).endswith(b"still here")
 
 
+def test_rekey_false_never_starts_one_but_answers_the_devices(tmp_path):
+    # A device whose firmware breaks on a re-key (quirk profiles switch this on).
+    h = Harness(tmp_path, rekey=False)
+    h.run(exec_(b"wait"))
+    client, chan = h.client_proto, h.device.channels[0]
+    client.rekey_limit = 64 * 1024
+    for _ in range(16):
+        h.session.write_stdin(os.urandom(16 * 1024))
+        h.flush()
+    h.clock.advance(client.rekey_interval * 2)
+    h.flush()
+    assert client.key_exchanges == 1 and len(chan.stdin) == 16 * 16 * 1024
+    h.server_proto.sendKexInit()  # the device's own re-key is answered
+    h.flush()
+    assert client.key_exchanges == 2
+    chan.write(b"still here")
+    h.flush()
+    assert bytes(h.client.out).endswith(b"still here")
+
+
 def test_paused_bridge_withholds_window(tmp_path):
     h = Harness(tmp_path)
     h.run(exec_(b"wait"))
@@ -764,6 +784,23 @@ def test_legacy_device_group1_cbc_sha1_ssh_rsa(tmp_path):
         "ssh2 device.lab:22 kex=diffie-hellman-group1-sha1 hostkey=ssh-rsa "
         "cipher=3des-cbc mac=hmac-sha1 strict_kex=no"
     )
+
+
+def test_legacy_device_dss_host_key_and_hmac_md5(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import dsa
+
+    dss = keys.Key(dsa.generate_private_key(1024))
+    h = Harness(
+        tmp_path, host_key_algorithms=("ssh-dss",), macs=("hmac-md5",), ciphers=("aes128-cbc",),
+        kex=("diffie-hellman-group14-sha1",),
+    )  # fmt: skip
+    h.server_factory = DeviceFactory(
+        h.device, host_key=dss, supportedPublicKeys=[b"ssh-dss"], supportedMACs=[b"hmac-md5"],
+        supportedCiphers=[b"aes128-cbc"], supportedKeyExchanges=[b"diffie-hellman-group14-sha1"],
+    )  # fmt: skip
+    client = h.run(exec_(b"hello"))
+    assert client.exit == ExitInfo(status=3) and bytes(client.out) == b"out\n"
+    assert (tmp_path / "known_hosts").read_text().split()[1] == "ssh-dss"
 
 
 def test_legacy_only_device_refused_by_default(tmp_path):

@@ -4,6 +4,7 @@ and pinning the device's host key in ``<state_dir>/known_hosts``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -67,3 +68,65 @@ def test_plink_ssh1_through_ssh2_device(ssh2_gateway):
     gw, _, _ = ssh2_gateway
     result = run_plink1(gw, "echo from-plink; exit 3", user="alice+sdev", status=3)
     assert "from-plink" in result.stdout
+
+
+def test_openssh_through_the_gateway_to_an_old_ssh2_device(tmp_path):
+    """Acceptance: a device with only an ssh-dss host key, 3des-cbc, hmac-sha1 and
+    diffie-hellman-group1-sha1 (sshd 9.2 configured so), reached when its target lists
+    them: check-config accepts the block, ``ssh`` gets the output, the log line and the
+    flow record show the legacy algorithms. A name the client does not know is refused by
+    check-config with the known ones."""
+    from tests.support.clients import sshgateway_cli
+    from tests.support.sshd import OpenSSHServer
+
+    client_key = keygen(tmp_path / "client_ed25519")
+    authorized = write_authorized_keys(tmp_path / "authorized_keys", client_key)
+    device_key = keygen(tmp_path / "gateway_to_device", "rsa")
+    legacy = (
+        "KexAlgorithms diffie-hellman-group1-sha1\nCiphers 3des-cbc\nMACs hmac-sha1\n"
+        "HostKeyAlgorithms ssh-dss\n"
+    )
+    with OpenSSHServer(
+        tmp_path / "sshd", [Path(str(device_key) + ".pub")], ("dsa",), legacy
+    ) as device:
+        target = {
+            "protocol": "ssh2", "host": "127.0.0.1", "port": device.port, "username": "root",
+            "key": str(device_key), "connect_timeout": 30, "rekey": False,
+            "host_key_algorithms": ["ssh-dss", "ssh-rsa"],
+            "kex": ["diffie-hellman-group1-sha1"], "ciphers": ["3des-cbc"], "macs": ["hmac-sha1"],
+        }  # fmt: skip
+        config = one_target_config(authorized, "ilo", target)
+        (tmp_path / "gw").mkdir()
+        with GatewayProcess(tmp_path / "gw", config) as gw:
+            checked = sshgateway_cli("check-config", str(gw.config_path), check=False)
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            result = subprocess.run(
+                ssh_argv(gw, client_key, "echo from-an-old-device; exit 5", user="alice+ilo"),
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert result.returncode == 5, result.stderr + gw.log_text()[-3000:]
+            assert result.stdout == "from-an-old-device\n"
+            gw.wait_for_log(
+                r"bridged session: user=alice front=\[ssh2 [^\]]*\] target=ilo upstream=\[ssh2 "
+                r"127\.0\.0\.1:\d+ kex=diffie-hellman-group1-sha1 hostkey=ssh-dss "
+                r"cipher=3des-cbc mac=hmac-sha1 "
+            )
+        known = (Path(gw.config["state_dir"]) / "known_hosts").read_text()
+        assert known.split()[1:3] == device.host_public().split()[:2]
+    records = [
+        json.loads(line)
+        for line in (Path(gw.config["state_dir"]) / "flows" / "flows.jsonl").read_text().splitlines()
+    ]
+    [upstream] = [r for r in records if r.get("negotiated", {}).get("kex", "").endswith("group1-sha1")]
+    assert upstream["negotiated"]["host_key_type"] == "ssh-dss"
+    assert upstream["negotiated"]["cipher_c2s"] == "3des-cbc"
+
+    bad = gw.config_path.read_text().replace('"3des-cbc"', '"3des"')
+    bad_path = tmp_path / "bad.toml"
+    bad_path.write_text(bad)
+    checked = sshgateway_cli("check-config", str(bad_path), check=False)
+    assert checked.returncode != 0
+    assert "targets.ilo.ciphers: ssh2 target ciphers: unknown algorithm '3des'" in (
+        checked.stdout + checked.stderr
+    )
+    assert "3des-cbc" in checked.stdout + checked.stderr

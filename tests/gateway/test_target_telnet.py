@@ -3,6 +3,8 @@ failures and hostile devices, with MemoryReactorClock and StringTransport."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -286,6 +288,41 @@ def test_shell_prompt_frames_a_command_and_exit_waits_for_it():
     assert h.client.exit.status == 0
 
 
+def test_posix_exit_status_is_asked_for_after_the_command():
+    cfg = config(shell_prompt=r"sw1[>#] ?", exit_status="posix")
+    h = Harness(SessionRequest(command=b"false"), cfg).connect()
+    h.sent()  # the option negotiation
+    h.device(b"sw1> ")
+    assert h.sent() == b"false\r\n"
+    h.device(b"false\r\nno\r\nsw1> ")
+    ask = h.sent()
+    marker = re.fullmatch(rb"echo (SSHGW-EXIT-[0-9a-f]{8}:)\$\?\r\n", ask)
+    assert marker is not None, ask
+    # The device echoes the marker command (no number: "$?"), then answers it; output
+    # that mimics a marker without the session's random part is just output.
+    h.device(ask + b"SSHGW-EXIT-00000000:0\r\n" + marker.group(1) + b"1\r\nsw1")
+    assert h.sent() == b""  # the prompt is not complete yet
+    h.device(b"> ")
+    assert h.sent() == b"exit\r\n"
+    h.device(b"exit\r\n")
+    h.lose()
+    assert h.client.out == b"no\n"  # neither the marker exchange nor the prompts
+    assert h.client.exit.status == 1
+
+
+def test_posix_exit_status_without_an_answer_is_0():
+    cfg = config(shell_prompt=r"\$ ", exit_status="posix")
+    h = Harness(SessionRequest(command=b"cmd"), cfg).connect()
+    h.sent()
+    h.device(b"$ ")
+    h.device(b"cmd\r\nout\r\n$ ")
+    assert h.sent().startswith(b"cmd\r\necho SSHGW-EXIT-")
+    h.device(b"sh: syntax error\r\n$ ")  # a shell that is not POSIX
+    assert h.sent() == b"exit\r\n"
+    h.lose()
+    assert (h.client.out, h.client.exit.status) == (b"out\n", 0)
+
+
 def test_shell_prompt_inside_a_line_is_output():
     h = Harness(SessionRequest(command=b"cmd"), config(shell_prompt=r"\$ ")).connect()
     h.device(b"$ ")
@@ -316,7 +353,10 @@ def test_shell_prompt_never_seen():
     h = Harness(SessionRequest(command=b"cmd"), config(shell_prompt=r"\$ ")).connect()
     h.device(b"Welcome\r\n")
     h.reactor.advance(10.0 * LOGIN_TIMEOUT_SHARE)
-    assert h.client.err == b"sshgateway: dev: shell prompt never seen from 192.0.2.5:23\r\n"
+    assert h.client.err == (
+        b"sshgateway: waiting for dev (9 s; gives up after 10 s)\r\n"  # the bridge's progress
+        b"sshgateway: dev: shell prompt never seen from 192.0.2.5:23\r\n"
+    )
 
 
 def test_shell_prompt_does_not_change_a_shell_session():
@@ -368,7 +408,7 @@ def test_login_prompt_never_seen():
     h.device(b"Welcome, but no prompt")
     h.reactor.advance(10.0 * LOGIN_TIMEOUT_SHARE)
     assert h.client.exit.status == 255
-    assert h.client.err == b"sshgateway: dev: login prompt never seen from 192.0.2.5:23\r\n"
+    assert h.client.err.endswith(b"\r\nsshgateway: dev: login prompt never seen from 192.0.2.5:23\r\n")
     assert h.wire.disconnecting
     assert h.client.out == b""
 

@@ -166,3 +166,25 @@ def test_silent_server_times_out(reactor):
     assert client.exit.status == 255
     assert b"login prompt never seen" in client.err
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("command", "output", "status"),
+    [
+        (b"echo out; sh -c 'exit 7'", b"out\n", 7),
+        (b"echo out; true", b"out\n", 0),
+        # As the shell reports a signal (and says so: telnet has no separate stderr).
+        (b"echo out; sh -c 'kill -TERM $$'", b"out\nTerminated\n", 143),
+    ],
+)
+def test_posix_exit_status_from_the_device_shell(device, reactor, command, output, status):
+    cfg = config(device.port, shell_prompt=r"dev\$ ", exit_status="posix")
+    client, _ = open_session(reactor, cfg, SessionRequest(command=command))
+    assert run_until(reactor, lambda: client.exit is not None, 15), client.out
+    assert (bytes(client.out), client.exit.status) == (output, status), client.err
+    # The default is unchanged: the device hanging up reports 0.
+    client, _ = open_session(
+        reactor, config(device.port, shell_prompt=r"dev\$ "), SessionRequest(command=command)
+    )
+    assert run_until(reactor, lambda: client.exit is not None, 15), client.out
+    assert (bytes(client.out), client.exit.status) == (output, 0), client.err

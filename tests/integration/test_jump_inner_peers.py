@@ -175,6 +175,24 @@ def test_ssh_J_interactive_shell_on_the_ssh1_device(jump):
     assert result.returncode == 3
 
 
+def test_a_jump_host_inner_session_is_recorded_like_alice_plus_dev1(jump):
+    gw, ssh_config, _, _ = jump
+    recordings = Path(gw.config["state_dir"]) / "recordings"
+    before = set(recordings.glob("*.cast"))
+    result = ssh(ssh_config, "-tt", "dev1", "echo inner-$((6*7))")
+    assert b"inner-42" in result.stdout, result.stderr
+    titled = []
+
+    def recorded() -> bool:
+        for path in set(recordings.glob("*.cast")) - before:
+            lines = path.read_text().splitlines()
+            if json.loads(lines[0])["title"] == "alice -> dev1: echo inner-$((6*7))":
+                titled[:] = [json.loads(line) for line in lines[1:]]
+        return any(e[1] == "o" and "inner-42" in e[2] for e in titled)
+
+    assert wait_for(recorded), gw.log_text()[-2000:]
+
+
 def test_the_host_key_the_client_sees_is_the_targets(jump):
     gw, ssh_config, known_hosts, _ = jump
     assert ssh(ssh_config, "dev1", "true").returncode == 0

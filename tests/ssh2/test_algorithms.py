@@ -21,3 +21,22 @@ def test_client_only_names_are_refused_by_the_server_settings():
     assert "diffie-hellman-group1-sha1" in known(CLIENT, "kex")
     with pytest.raises(UnknownAlgorithm, match="ssh2 kex: unknown algorithm 'diffie-hellman-group1-sha1'"):
         SSH2Settings(kex=("diffie-hellman-group1-sha1",))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("host_key_algorithms", "ssh-dss"),
+        ("macs", "hmac-md5"),
+        ("macs", "hmac-md5-96"),
+        ("macs", "hmac-sha1-96"),
+    ],
+)
+def test_old_device_algorithms_are_the_clients_opt_in_only(kind, name):
+    # What HP iLO, old Cisco and Brocade firmware have: a target may list them; the
+    # gateway's own server never offers them, even when [ssh2] lists them.
+    row = REGISTRY[kind][name]
+    assert row.legacy and row.roles == {CLIENT}
+    assert name not in defaults(CLIENT, kind)
+    with pytest.raises(UnknownAlgorithm, match=f"unknown algorithm '{name}'"):
+        SSH2Settings(**{kind: (name,)})

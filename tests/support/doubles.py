@@ -12,7 +12,9 @@
 - a handed-over connection as the shutdown drain sees it, and the handoff that builds
   them (FakeDrainable, FakeDrainableHandoff);
 - the parent's way of starting worker processes, and the workers it starts
-  (FakeWorkerSpawner, FakeWorkerProcess).
+  (FakeWorkerSpawner, FakeWorkerProcess);
+- session taps and observers that keep what they see (RecordingTap, RecordingObserver),
+  and the recorder's background writer run by the test (ManualWriter).
 
 They record what they are told so that a test can assert on it; the few rules they keep
 (a refused user, an unlisted key) are in their docstrings."""
@@ -30,6 +32,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
+from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.targets.bridge import IUpstreamSession
 from gateway.workers import IWorkerSpawner
@@ -478,3 +481,37 @@ class FakeWorkerSpawner:
     def running(self) -> dict[int, FakeWorkerProcess]:
         """The live process of each worker number."""
         return {p.number: p for p in self.processes if p.pid is not None}
+@implementer(IBackgroundWriter)
+class ManualWriter:
+    """The recorder's background writer (gateway.recording.IBackgroundWriter) in memory: the
+    work it is given waits in ``jobs`` until the test runs it (``run_all``, ``run_next``),
+    so a test decides when "the disk" is done; ``synchronous=True`` runs it at once."""
+
+    def __init__(self, synchronous: bool = False) -> None:
+        self.synchronous = synchronous
+        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred]] = []
+        self.stopped = False
+
+    def run(self, work: Callable[..., Any], *args: Any) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        self.jobs.append((work, args, done))
+        if self.synchronous:
+            self.run_all()
+        return done
+
+    def run_next(self) -> None:
+        work, args, done = self.jobs.pop(0)
+        try:
+            result = work(*args)
+        except BaseException:
+            done.errback()
+        else:
+            done.callback(result)
+
+    def run_all(self) -> None:
+        while self.jobs:
+            self.run_next()
+
+    def stop(self) -> None:
+        self.run_all()
+        self.stopped = True

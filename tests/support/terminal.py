@@ -49,3 +49,50 @@ def assert_window_change_reaches(argv: list[str], marker: Path) -> None:
     finally:
         subprocess.run([tools["tmux"], "kill-session", "-t", session], timeout=30,
                        capture_output=True)
+
+
+class TmuxTerminal:
+    """A program in a detached tmux session of a given size: type into it, resize it, read
+    its screen. Use as a context manager (the session is killed on exit). Each one has a
+    tmux server of its own (``-L``): tests running at the same time never share one (a
+    server exits with its last session, under a client still connecting to it)."""
+
+    def __init__(self, argv: list[str], width: int = 80, height: int = 24) -> None:
+        self.tmux = require_peer("tmux")["tmux"]
+        self.name = f"sshgw{os.getpid()}-{time.monotonic_ns()}"
+        self.argv = argv
+        self.width, self.height = width, height
+
+    def __enter__(self) -> TmuxTerminal:
+        self._tmux("new-session", "-d", "-s", self.name, "-x", str(self.width),
+                   "-y", str(self.height), shlex.join(self.argv))  # fmt: skip
+        # Keep the window (and its last screen) when the program ends.
+        self._tmux("set-option", "-t", self.name, "remain-on-exit", "on")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run([self.tmux, "-L", self.name, "kill-server"], timeout=30,
+                       capture_output=True)  # fmt: skip
+
+    def _tmux(self, *args: str) -> str:
+        result = subprocess.run([self.tmux, "-L", self.name, "-f", "/dev/null", *args],
+                                timeout=30, capture_output=True, text=True)  # fmt: skip
+        assert result.returncode == 0, f"tmux {shlex.join(args)}: {result.stderr}"
+        return result.stdout
+
+    def type(self, text: str) -> None:
+        """Type ``text`` and Enter."""
+        self._tmux("send-keys", "-t", self.name, "-l", text)
+        self._tmux("send-keys", "-t", self.name, "Enter")
+
+    def resize(self, width: int, height: int) -> None:
+        self._tmux("resize-window", "-t", self.name, "-x", str(width), "-y", str(height))
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", self.name)
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> bool:
+        return wait_for(lambda: text in self.screen(), timeout)
+
+    def program_ended(self) -> bool:
+        return self._tmux("display-message", "-p", "-t", self.name, "#{pane_dead}").strip() == "1"

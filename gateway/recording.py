@@ -1,0 +1,642 @@
+"""Session recordings: every session but SFTP/subsystem ones, as an asciicast v2 file.
+
+The recorder is a session tap (gateway.session_tap): :class:`RecordingTap` gives each
+session the config wants recorded (:func:`wants_recording`) a :class:`Recording`, which
+turns what the client saw into asciicast v2 lines (https://docs.asciinema.org/manual/
+asciicast/v2/), the format ``asciinema play`` replays:
+
+- the header: ``version`` 2, ``width``/``height`` (the pty's, else 80x24), ``timestamp``,
+  ``title`` (``user -> target``, with ``: command`` for an exec session), ``command`` (exec
+  sessions), ``env`` (``TERM``, ``SHELL`` when known);
+- ``[t, "o", text]``: output; stderr output is an ``"o"`` event too (players show it where
+  the client saw it), right after a marker ``[t, "m", "stderr"]`` that says so;
+- ``[t, "i", text]``: input, only with ``[recording] input = true``;
+- ``[t, "r", "COLSxROWS"]``: a window change;
+- ``[t, "m", "truncated: REASON"]``: events were lost here (see below).
+
+Output is bytes, asciicast is text: each stream goes through an incremental UTF-8 decoder
+with replacement, so a character split across two writes survives and invalid bytes show
+as U+FFFD; the file is valid UTF-8 JSON lines whatever the session sent.
+
+Writing never blocks the session. Events wait in memory per recording (at most
+:data:`BUFFER_LIMIT` bytes, waiting and being written together) and are handed, at most a
+second after they happened (sooner once :data:`FLUSH_BYTES` wait), to one background
+thread (:class:`BackgroundWriter`) that appends them to the file; one write per recording
+is with the thread at a time. A crash loses at most the last second. When the limit is
+reached (the disk is slower than the session) events are dropped until the writer has
+caught up; when a write fails (disk full, read-only, permission) the file is cut back to
+its last whole line. Either way the session goes on, the file gets a ``truncated`` marker
+where events are missing (when the disk takes it), and a ``RECORDING_TRUNCATED`` gateway
+event (gateway.events) says so once per recording. A file that cannot be created at all is
+not recorded, with the same event.
+
+Retention (:func:`apply_retention`): at start and hourly, on the writer thread, finished
+recordings older than ``max_age_days`` are deleted, then the oldest until the rest take no
+more than ``max_total_bytes``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Collection
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from gateway.events import RECORDING_TRUNCATED, emit
+from gateway.session_tap import ISessionObserver, ISessionTap, LiveSession, SessionInfo
+from protocols.session import ExitInfo, WindowSize
+
+log = Logger()
+
+RECORDINGS_DIR = "recordings"
+CAST_SUFFIX = ".cast"
+# Events reach the writer no later than this after they happened (what a crash can lose).
+FLUSH_INTERVAL = 1.0
+# ... and sooner once this much waits, so that a busy session writes in steady chunks.
+FLUSH_BYTES = 64 * 1024
+# Per recording: bytes waiting or being written. Beyond it, events are dropped.
+BUFFER_LIMIT = 4 * 1024 * 1024
+RETENTION_INTERVAL = 3600.0
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 80, 24
+# The labels of the marker events ("m") the recorder writes.
+STDERR_MARKER = "stderr"
+TRUNCATED_MARKER = "truncated"
+# How long stopping waits for the writer thread to finish what it was given.
+STOP_TIMEOUT = 10.0
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+# --- what is recorded, where ----------------------------------------------------------------
+
+
+def recordings_dir(config: Any) -> Path:
+    """``[recording] dir``, else ``<state_dir>/recordings``."""
+    directory = config.recording.dir
+    return Path(directory) if directory is not None else Path(config.state_dir) / RECORDINGS_DIR
+
+
+def wants_recording(config: Any, info: SessionInfo) -> bool:
+    """Whether the session is recorded: never a subsystem (SFTP) session; else ``record``
+    of the user or the target when either says ``true``, else ``false`` when either says
+    so, else ``[recording] enabled``. (``true`` wins: a setting that asks for a recording
+    is never overruled by one that does not.)"""
+    if info.subsystem is not None:
+        return False
+    user = config.users.get(info.username)
+    target = config.targets.get(info.target)
+    choices = {getattr(user, "record", None), getattr(target, "record", None)}
+    if True in choices:
+        return True
+    if False in choices:
+        return False
+    return bool(config.recording.enabled)
+
+
+def cast_name(info: SessionInfo) -> str:
+    """``<flow id>.<session id>.cast`` (a connection can carry several sessions), or
+    ``<session id>.cast`` for a session with no client flow."""
+    parts = [info.flow_id, info.session_id] if info.flow_id else [info.session_id]
+    return ".".join(_UNSAFE_NAME.sub("_", part) for part in parts) + CAST_SUFFIX
+
+
+def cast_title(info: SessionInfo) -> str:
+    title = f"{info.username} -> {info.target}"
+    command = info.command_text
+    return f"{title}: {command}" if command is not None else title
+
+
+def cast_header(info: SessionInfo, shell: str | None = None) -> dict[str, Any]:
+    """The asciicast v2 header of the session's recording."""
+    size = info.pty.size if info.pty is not None else None
+    header: dict[str, Any] = {
+        "version": 2,
+        "width": (size.cols if size is not None and size.cols > 0 else DEFAULT_WIDTH),
+        "height": (size.rows if size is not None and size.rows > 0 else DEFAULT_HEIGHT),
+        "timestamp": int(info.started or time.time()),
+        "title": cast_title(info),
+    }
+    if info.command is not None:
+        header["command"] = info.command_text
+    env = {}
+    if info.pty is not None and info.pty.term:
+        env["TERM"] = info.pty.term
+    shell = info.env.get("SHELL") or shell
+    if shell:
+        env["SHELL"] = shell
+    header["env"] = env
+    return header
+
+
+def header_line(header: dict[str, Any]) -> bytes:
+    # ASCII: whatever the names hold, the header reads back as it was written.
+    return (json.dumps(header, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def event_line(at: float, code: str, text: str) -> bytes:
+    """One event: ``[time, code, text]`` (time in seconds since the start, 6 decimals)."""
+    return f"[{at:.6f}, {json.dumps(code)}, {json.dumps(text, ensure_ascii=False)}]\n".encode()
+
+
+def _local_shell(config: Any, info: SessionInfo) -> str | None:
+    """The login shell of a ``local`` session's OS account (what it runs), if known."""
+    if info.target_protocol != "local":
+        return None
+    user = config.users.get(info.username)
+    os_user = getattr(user, "os_user", None)
+    if not os_user:
+        return None
+    import pwd
+
+    try:
+        return pwd.getpwnam(os_user).pw_shell or None
+    except KeyError:
+        return None
+
+
+# --- the file, on the writer thread ---------------------------------------------------------
+
+
+class CastFile:
+    """One recording's file, used only from the writer thread: created mode 0600 (its
+    directory 0700), appended to whole lines at a time. A failed append cuts the file back
+    to its last whole line, so it stays a valid asciicast file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._size = 0  # bytes of whole lines in the file
+
+    def create(self, header: bytes) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._fd = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
+        try:
+            self.append(header)
+        except OSError:
+            # No header: nothing that could be played; leave no file.
+            self.close()
+            with suppress(OSError):
+                self.path.unlink()
+            raise
+
+    def append(self, data: bytes) -> None:
+        if self._fd is None:
+            raise OSError(9, "the recording file is not open")
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(data):
+                written += self._write(self._fd, view[written:])
+        except OSError:
+            with suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(data)
+
+    def _write(self, fd: int, data: memoryview) -> int:
+        return os.write(fd, data)
+
+    def finish(self, data: bytes, marker: bytes) -> None:
+        """Append the last ``data`` and close. When that fails, ``marker`` (a truncated
+        marker line) is tried instead, the file closed, and the error raised."""
+        try:
+            if data:
+                self.append(data)
+        except OSError:
+            with suppress(OSError):
+                self.append(marker)
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+# --- the writer thread ----------------------------------------------------------------------
+
+
+class IBackgroundWriter(Interface):
+    """Runs file work off the reactor thread, in the order it was given."""
+
+    def run(work: Callable[..., Any], *args: Any) -> Deferred:
+        """Call ``work(*args)`` away from the reactor; the Deferred fires in the reactor
+        thread with its result or failure."""
+
+    def stop() -> None:
+        """Finish what was given (within a bound) and stop."""
+
+
+@implementer(IBackgroundWriter)
+class BackgroundWriter:
+    """One daemon thread working through a queue. The queue holds at most one write per
+    recording (and its last one) plus the retention sweeps: :class:`Recording` waits for
+    its write to finish before it hands over the next."""
+
+    def __init__(self, reactor: Any, name: str = "sshgateway-recordings") -> None:
+        self._reactor = reactor
+        self._name = name
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, work: Callable[..., Any], *args: Any) -> Deferred:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+            self._thread.start()
+        done: Deferred = Deferred()
+        self._queue.put((work, args, done))
+        return done
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            work, args, done = item
+            try:
+                result = work(*args)
+            except BaseException:
+                self._reactor.callFromThread(done.errback, Failure())
+            else:
+                self._reactor.callFromThread(done.callback, result)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(STOP_TIMEOUT)
+            self._thread = None
+
+
+# --- one session's recording, on the reactor thread -----------------------------------------
+
+
+@implementer(ISessionObserver)
+class Recording:
+    """Records one session (an ISessionObserver): encodes its events, buffers them with a
+    bound, and hands them to the writer. Nothing here blocks or raises into the session."""
+
+    def __init__(
+        self,
+        session: LiveSession,
+        path: Path,
+        header: dict[str, Any],
+        *,
+        reactor: Any,
+        writer: Any,
+        record_input: bool = False,
+        limit: int = BUFFER_LIMIT,
+        file_factory: Callable[[Path], Any] = CastFile,
+        on_closed: Callable[[Recording], None] = lambda recording: None,
+    ) -> None:
+        self.session = session
+        self.path = path
+        self.record_input = record_input
+        self.truncated: str | None = None  # why events were first lost, if they were
+        self.closed = False  # the file is closed (or was never created)
+        self._reactor = reactor
+        self._writer = writer
+        self._limit = limit
+        self._on_closed = on_closed
+        self._start = reactor.seconds()
+        self._decoders: dict[str, Any] = {}
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._in_flight = 0  # bytes with the writer
+        self._busy = True  # a write is with the writer (first: the file's creation)
+        self._dropping = False  # over the limit: dropping until the writer catches up
+        self._gap: bytes | None = None  # the truncated marker for where events went missing
+        self._broken = False  # no file: nothing more is written
+        self._created = False  # the file exists with its header
+        self._ended = False
+        self._timer: Any = None
+        self._file = file_factory(path)
+        writer.run(self._file.create, header_line(header)).addCallbacks(self._written, self._failed)
+
+    # ISessionObserver
+
+    def output(self, data: bytes, stderr: bool) -> None:
+        stream = "e" if stderr else "o"
+        text = self._decode(stream, data)
+        if not text:
+            return
+        if stderr:
+            self._add("m", STDERR_MARKER)
+        self._add("o", text)
+
+    def input(self, data: bytes) -> None:
+        if self.record_input:
+            text = self._decode("i", data)
+            if text:
+                self._add("i", text)
+
+    def resized(self, size: WindowSize) -> None:
+        self._add("r", f"{size.cols}x{size.rows}")
+
+    def ended(self, info: ExitInfo | None) -> None:
+        for stream in tuple(self._decoders):
+            tail = self._decode(stream, b"", final=True)
+            if tail:
+                if stream == "e":
+                    self._add("m", STDERR_MARKER)
+                self._add("i" if stream == "i" else "o", tail)
+        self._ended = True
+        self._cancel_timer()
+        if self._broken:
+            self._close()
+            return
+        # The last write goes to the writer at once, even behind one still running: the
+        # writer keeps the order, and at shutdown nothing waits for a callback.
+        data = self._take()
+        marker = self._marker_line("the last events could not be written")
+        self._writer.run(self._file.finish, data, marker).addCallbacks(
+            lambda _: self._close(), self._failed_at_end
+        )
+
+    # events into the buffer
+
+    def _now(self) -> float:
+        return max(0.0, self._reactor.seconds() - self._start)
+
+    def _decode(self, stream: str, data: bytes, final: bool = False) -> str:
+        decoder = self._decoders.get(stream)
+        if decoder is None:
+            decoder = self._decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
+        return decoder.decode(data, final)
+
+    def _add(self, code: str, text: str) -> None:
+        if self._broken or self._ended or self._dropping:
+            return
+        line = event_line(self._now(), code, text)
+        if self._pending_bytes + self._in_flight + len(line) > self._limit:
+            self._dropping = True
+            self._lose(f"the disk is too slow: more than {self._limit} bytes waited to be written")
+            if not self._busy and self._timer is None:
+                # Nothing with the writer to catch up with: the marker's write ends the gap.
+                self._timer = self._reactor.callLater(FLUSH_INTERVAL, self._flush)
+            return
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self._reactor.callLater(FLUSH_INTERVAL, self._flush)
+
+    def _marker_line(self, reason: str) -> bytes:
+        return event_line(self._now(), "m", f"{TRUNCATED_MARKER}: {reason}")
+
+    def _lose(self, reason: str) -> None:
+        """Events are lost from now: the next write starts with a marker saying so, and
+        the first loss of the recording is reported."""
+        if self._gap is None:
+            self._gap = self._marker_line(reason)
+        if self.truncated is None:
+            self.truncated = reason
+            info = self.session.info
+            emit(
+                log,
+                RECORDING_TRUNCATED,
+                "session {session}: recording {recording} truncated: {reason}",
+                session=info.session_id,
+                recording=str(self.path),
+                reason=reason,
+                user=info.username,
+                target=info.target,
+            )
+
+    def _take(self) -> bytes:
+        lines = self._pending
+        if self._gap is not None:
+            lines = [self._gap, *lines]
+            self._gap = None
+        self._pending = []
+        self._pending_bytes = 0
+        return b"".join(lines)
+
+    # the buffer to the writer
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _flush(self) -> None:
+        self._cancel_timer()
+        if self._busy or self._broken or self._ended or not (self._pending or self._gap):
+            return  # (a busy writer's completion flushes what waits)
+        data = self._take()
+        self._busy = True
+        self._in_flight = len(data)
+        self._writer.run(self._file.append, data).addCallbacks(self._written, self._failed)
+
+    def _written(self, _: object) -> None:
+        self._created = True
+        self._busy = False
+        self._in_flight = 0
+        self._dropping = False  # caught up: recording resumes, after the marker
+        if self._ended:
+            return
+        if self._pending_bytes >= FLUSH_BYTES:
+            self._flush()
+        elif (self._pending or self._gap) and self._timer is None:
+            self._timer = self._reactor.callLater(FLUSH_INTERVAL, self._flush)
+
+    def _failed(self, failure: Failure) -> None:
+        self._busy = False
+        self._in_flight = 0
+        self._dropping = False  # the writer is idle again: what follows waits for the retry
+        reason = _reason(failure)
+        if not self._created:
+            # The file could not be created (read-only, no permission, full): no recording.
+            self._broken = True
+            self._pending, self._pending_bytes = [], 0
+            self._lose(f"cannot create the file: {reason}")
+            if self._ended:
+                self._close()
+            return
+        self._lose(f"cannot write: {reason}")
+        # What waits is tried again at the next flush, after the marker.
+        if not self._ended and self._timer is None:
+            self._timer = self._reactor.callLater(FLUSH_INTERVAL, self._flush)
+
+    def _failed_at_end(self, failure: Failure) -> None:
+        if not self._broken:
+            self._lose(f"cannot write: {_reason(failure)}")
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._on_closed(self)
+
+
+def _reason(failure: Failure) -> str:
+    error = failure.value
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    log.failure("recording writer failed", failure)
+    return repr(error)
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+def apply_retention(
+    directory: Path,
+    max_age: float,
+    max_total: int,
+    keep: Collection[Path] = (),
+    now: float | None = None,
+) -> list[Path]:
+    """Delete recordings (``*.cast`` in ``directory``) older than ``max_age`` seconds, then
+    the oldest until the rest take at most ``max_total`` bytes (0: no such limit), sparing
+    ``keep`` (the ones being written). Returns what was deleted. Runs on the writer thread."""
+    now = time.time() if now is None else now
+    spared = {Path(p) for p in keep}
+    files: list[tuple[float, int, Path]] = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not entry.name.endswith(CAST_SUFFIX):
+            continue
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        files.append((stat.st_mtime, stat.st_size, Path(entry.path)))
+    files.sort()
+    removed: list[Path] = []
+    total = sum(size for _, size, _ in files)
+    for mtime, size, path in files:
+        if path in spared:
+            continue
+        too_old = max_age > 0 and now - mtime > max_age
+        too_much = max_total > 0 and total > max_total
+        if not (too_old or too_much):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warn("cannot delete old recording {path}: {error}", path=str(path), error=e)
+            continue
+        total -= size
+        removed.append(path)
+    return removed
+
+
+# --- the tap ------------------------------------------------------------------------------
+
+
+@implementer(ISessionTap)
+class RecordingTap:
+    """Gives each session the config wants recorded its :class:`Recording` (and sets
+    ``session.recording`` to the file), and applies retention at start and hourly."""
+
+    def __init__(
+        self,
+        config: Any,
+        reactor: Any,
+        writer: Any = None,
+        *,
+        limit: int = BUFFER_LIMIT,
+        file_factory: Callable[[Path], Any] = CastFile,
+    ) -> None:
+        self.config = config
+        self._reactor = reactor
+        self.writer = writer if writer is not None else BackgroundWriter(reactor)
+        self._limit = limit
+        self._file_factory = file_factory
+        self.recordings: set[Recording] = set()  # not yet closed
+        self._retention: LoopingCall | None = None
+
+    def reconfigure(self, config: Any) -> None:
+        self.config = config
+
+    def start(self) -> None:
+        """Apply retention now and every RETENTION_INTERVAL (once the reactor runs)."""
+        if self._retention is None:
+            self._retention = LoopingCall(self.enforce_retention)
+            self._retention.clock = self._reactor
+            self._retention.start(RETENTION_INTERVAL, now=True)
+
+    def stop(self) -> None:
+        if self._retention is not None and self._retention.running:
+            self._retention.stop()
+        self.writer.stop()
+
+    def session_started(self, session: LiveSession) -> Recording | None:
+        info = session.info
+        if not wants_recording(self.config, info):
+            return None
+        path = recordings_dir(self.config) / cast_name(info)
+        header = cast_header(info, _local_shell(self.config, info))
+        recording = Recording(
+            session,
+            path,
+            header,
+            reactor=self._reactor,
+            writer=self.writer,
+            record_input=self.config.recording.input,
+            limit=self._limit,
+            file_factory=self._file_factory,
+            on_closed=self.recordings.discard,
+        )
+        if not recording.closed:
+            self.recordings.add(recording)
+        session.recording = str(path)
+        return recording
+
+    def enforce_retention(self) -> Deferred | None:
+        settings = self.config.recording
+        max_age = settings.max_age_days * 86400.0
+        if max_age <= 0 and settings.max_total_bytes <= 0:
+            return None
+        keep = [recording.path for recording in self.recordings]
+        done = self.writer.run(
+            apply_retention, recordings_dir(self.config), max_age, settings.max_total_bytes, keep
+        )
+        done.addCallbacks(self._retained, self._retention_failed)
+        return done
+
+    def _retained(self, removed: list[Path]) -> None:
+        if removed:
+            log.info("recordings: deleted {count} old recording(s) (retention)", count=len(removed))
+
+    def _retention_failed(self, failure: Failure) -> None:
+        log.failure("recordings: retention failed", failure)
+
+
+__all__ = [
+    "BUFFER_LIMIT",
+    "BackgroundWriter",
+    "CastFile",
+    "IBackgroundWriter",
+    "Recording",
+    "RecordingTap",
+    "apply_retention",
+    "cast_header",
+    "cast_name",
+    "recordings_dir",
+    "wants_recording",
+]
