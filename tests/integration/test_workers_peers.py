@@ -149,3 +149,62 @@ def test_one_metrics_endpoint_sums_both_workers(
             oct((tmp_path / "state" / "workers" / "metrics-1.sock").stat().st_mode & 0o777)
             == "0o600"
         )
+
+
+# --- the endpoints the parent takes over: systemd's sockets, haproxy: (PROXY protocol) --------
+
+
+def test_systemd_socket_activation_with_workers_ready_only_from_the_parent(tmp_path):
+    import socket as sockets
+
+    from tests.integration.test_systemd import activated
+
+    gw, key = activated(tmp_path, "systemd:domain=INET:name=ssh", fdname="ssh")
+    gw.config["workers"] = 2
+    path = tmp_path / "notify.sock"
+    heard: list[str] = []
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM) as notify:
+        notify.bind(str(path))
+        notify.settimeout(60)
+        gw.extra_env["NOTIFY_SOCKET"] = str(path)
+        with gw:
+            for _ in range(6):
+                done = subprocess.run(
+                    ssh_argv(gw, key, "echo activated"), capture_output=True, text=True, timeout=90
+                )
+                assert (done.returncode, done.stdout) == (0, "activated\n"), done.stderr
+            assert re.search(r"\[worker \d\] .*logged in", gw.log_text()), gw.log_text()
+            while "READY=1" not in heard:
+                heard.extend(notify.recv(4096).decode().split("\n"))
+            gw.process.send_signal(signal.SIGTERM)
+            assert gw.process.wait(30) == 0
+            notify.settimeout(1)
+            try:
+                while True:
+                    heard.extend(notify.recv(4096).decode().split("\n"))
+            except TimeoutError:
+                pass
+    assert [s for s in heard if s in ("READY=1", "STOPPING=1")] == ["READY=1", "STOPPING=1"]
+
+
+def test_haproxy_endpoint_with_workers_logs_the_clients_address(tmp_path):
+    from tests.integration.test_haproxy import CLIENT_ADDRESS, haproxy_in_front
+    from tests.support.clients import keyed_config
+
+    config, key = keyed_config(
+        tmp_path, listen=["haproxy:tcp:port=0:interface=127.0.0.1"], workers=2
+    )
+    (tmp_path / "gw").mkdir()
+    with GatewayProcess(tmp_path / "gw", config) as gw:
+        for number in (1, 2):
+            gw.wait_for_log(rf"\[worker {number}\] sshgateway listening on", timeout=60)
+        with haproxy_in_front(tmp_path, gw.port) as haproxy_port:
+            for _ in range(4):
+                argv = ssh_argv(gw, key, "echo proxied")
+                argv[argv.index(str(gw.port))] = str(haproxy_port)
+                argv[1:1] = ["-b", CLIENT_ADDRESS]
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+                assert (done.returncode, done.stdout) == (0, "proxied\n"), done.stderr
+        closed = [line for line in gw.output if "connection closed:" in line]
+        assert closed and all(f"peer={CLIENT_ADDRESS}:" in line for line in closed), closed
+        assert all("[worker " in line for line in closed)
