@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench.bridge": ["--mib", "4"],
     "bench.flows": ["--mib", "32", "--rounds", "3"],
     "bench.handshakes": ["--seconds", "2", "--clients", "2"],
+    "bench.workers": ["--mib", "8", "--connections", "16"],
 }
 
 
