@@ -303,12 +303,14 @@ def make_service(
     uid: int | None = None,
     gid: int | None = None,
     inherited_fds: dict[str, int] | None = None,
+    host_keys: Any = None,
 ) -> GatewayService:
     """The gateway's service tree for ``config``. With the global reactor (twistd) it
     also takes SIGHUP, SIGTERM and SIGINT (``handle_signals``). ``uid``/``gid``: twistd's
     ``--uid``/``--gid``, to which twistd switches after ``privilegedStartService``.
     ``config.workers`` > 1: this is the parent of that many worker processes
-    (gateway.workers); ``inherited_fds`` (endpoint -> fd): this is one of them."""
+    (gateway.workers); ``inherited_fds`` (endpoint -> fd): this is one of them, given its
+    ``host_keys`` by the parent."""
     if handle_signals is None:
         handle_signals = reactor is None
     if reactor is None:
@@ -331,7 +333,8 @@ def make_service(
     except HostKeyError as e:  # it exists but is not a directory
         raise startup_failure(str(e)) from None
     try:
-        host_keys = load_or_create_host_keys(config.state_dir)
+        if host_keys is None:
+            host_keys = load_or_create_host_keys(config.state_dir)
         session_taps = build_session_taps(config, reactor)
         audit = audit_trail(config)
         generation = build_generation(config, reactor, host_keys, session_taps)
@@ -356,7 +359,7 @@ def make_service(
 
         top.workers = WorkerSupervisor(
             config.workers,
-            ProcessWorkerSpawner(reactor, config.source),
+            ProcessWorkerSpawner(reactor, config.source, host_keys),
             reactor,
             lambda: {d: s.port.fileno() for d, s in top.listeners.items() if s.port is not None},
         )

@@ -2,7 +2,8 @@
 ``python -m gateway.worker --number N --listen-fds JSON [--config FILE]``.
 
 It builds the same gateway as one process does (gateway.service.make_service) from the
-same config file, except that its listeners adopt the sockets the parent bound (inherited
+same config file and the host keys the parent writes on its stdin, except that its
+listeners adopt the sockets the parent bound (inherited
 file descriptors, ``--listen-fds``: endpoint -> fd), and it leaves to the parent what only
 one process can do: the ``/metrics`` endpoint and the privilege drop. Its log goes to
 stdout as ``LEVEL text`` lines, which the parent logs tagged with the worker's number.
@@ -91,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.config import default_config, load_config
     from gateway.service import StartupFailure, make_service
     from gateway.worker_metrics import worker_metrics_site, worker_metrics_socket
+    from gateway.workers import host_keys_from_message
 
+    message = sys.stdin.buffer.read()  # the parent writes the host keys, then closes
+    host_keys = host_keys_from_message(message) if message else None
     config = load_config(args.config) if args.config else default_config()
     fds = {str(k): int(v) for k, v in json.loads(args.listen_fds).items()}
     own_config = functools.partial(worker_config, number=args.number)
@@ -99,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics_socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     metrics_socket.unlink(missing_ok=True)  # left by this worker's predecessor
     try:
-        top = make_service(own_config(config), reactor, handle_signals=True, inherited_fds=fds)
+        top = make_service(
+            own_config(config), reactor, handle_signals=True, inherited_fds=fds, host_keys=host_keys
+        )
         top.config_override = own_config
         for tap in top.session_taps:  # the metrics: served to the parent on a Unix socket
             if hasattr(tap, "site_factory"):

@@ -16,6 +16,9 @@ relays their log lines into its own log tagged ``[worker N]``, restarts a worker
 (each worker reloads its config) and SIGTERM (each worker drains, gateway.lifecycle) and
 waits for them at stop. Only the parent talks to systemd (sd_notify).
 
+The host keys go to each worker on its stdin (:func:`host_keys_message`), from the parent's
+memory: after a privilege drop the key files stay root's, and a worker never reads them.
+
 Process creation is behind :class:`IWorkerSpawner`, so the supervision logic is tested
 with a fake spawner and a Clock.
 """
@@ -65,9 +68,10 @@ class IWorkerSpawner(Interface):
 class ProcessWorkerSpawner:
     """Starts ``python -m gateway.worker`` with the listening sockets as fds 3, 4, ..."""
 
-    def __init__(self, reactor: Any, config_path: Path | None) -> None:
+    def __init__(self, reactor: Any, config_path: Path | None, host_keys: Any = None) -> None:
         self.reactor = reactor
         self.config_path = config_path
+        self.host_keys = host_keys_message(host_keys) if host_keys is not None else b""
 
     def spawn(self, protocol: ProcessProtocol, number: int, listen_fds: Mapping[str, int]) -> Any:
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
@@ -82,7 +86,11 @@ class ProcessWorkerSpawner:
         env = {k: v for k, v in os.environ.items() if k not in PARENT_ONLY_ENV}
         # The worker imports the gateway from where the parent did.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        return self.reactor.spawnProcess(protocol, sys.executable, args, env, childFDs=child_fds)
+        process = self.reactor.spawnProcess(protocol, sys.executable, args, env, childFDs=child_fds)
+        if self.host_keys:
+            process.writeToChild(0, self.host_keys)
+        process.closeStdin()
+        return process
 
 
 class WorkerProtocol(ProcessProtocol):
@@ -92,9 +100,6 @@ class WorkerProtocol(ProcessProtocol):
         self.supervisor = supervisor
         self.number = number
         self._buffers: dict[int, bytes] = {1: b"", 2: b""}
-
-    def connectionMade(self) -> None:
-        self.transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buffered = self._buffers.get(childFD, b"") + data
@@ -244,6 +249,43 @@ class WorkerSupervisor(service.Service):
         self.signal_all("TERM")
 
 
+def host_keys_message(host_keys: Any) -> bytes:
+    """The gateway's host keys (gateway.hostkeys.HostKeys) as one JSON document, for a
+    worker's stdin."""
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.hostkeys import RSA_ALGORITHMS
+
+    ssh1_pem = host_keys.ssh1.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    document = {
+        "ed25519": host_keys.ssh2[b"ssh-ed25519"].toString("openssh").decode("ascii"),
+        "rsa": host_keys.ssh2[RSA_ALGORITHMS[0]].toString("openssh").decode("ascii"),
+        "ssh1": ssh1_pem.decode("ascii"),
+        "paths": {name: str(path) for name, path in host_keys.paths.items()},
+    }
+    return json.dumps(document).encode("ascii")
+
+
+def host_keys_from_message(message: bytes) -> Any:
+    """The HostKeys of :func:`host_keys_message` (in the worker)."""
+    from cryptography.hazmat.primitives import serialization
+    from twisted.conch.ssh import keys
+
+    from gateway.hostkeys import RSA_ALGORITHMS, HostKeys
+
+    document = json.loads(message)
+    rsa_key = keys.Key.fromString(document["rsa"].encode("ascii"))
+    ssh2 = {b"ssh-ed25519": keys.Key.fromString(document["ed25519"].encode("ascii"))}
+    ssh2.update({name: rsa_key for name in RSA_ALGORITHMS})
+    ssh1 = serialization.load_pem_private_key(document["ssh1"].encode("ascii"), password=None)
+    paths = {name: Path(path) for name, path in document["paths"].items()}
+    return HostKeys(ssh2=ssh2, ssh1=ssh1, paths=paths)
+
+
 def exit_text(reason: Failure) -> str:
     """How a process ended, in words: "exited with status 0", "was killed by SIGKILL"."""
     if reason.check(ProcessDone):
@@ -266,5 +308,7 @@ __all__ = [
     "WorkerProtocol",
     "WorkerSupervisor",
     "exit_text",
+    "host_keys_from_message",
+    "host_keys_message",
     "relay_line",
 ]

@@ -231,3 +231,16 @@ def test_a_worker_serves_its_metrics_on_its_own_socket(tmp_path):
     assert mine.metrics.listen == f"unix:{tmp_path}/workers/metrics-2.sock:mode=600"
     off = worker_config(replace(config, metrics=MetricsConfig()), 2)
     assert off.metrics.listen is None
+
+
+def test_the_host_keys_reach_a_worker_whole(tmp_path):
+    from gateway.hostkeys import load_or_create_host_keys
+    from gateway.workers import host_keys_from_message, host_keys_message
+
+    keys = load_or_create_host_keys(tmp_path)
+    copy = host_keys_from_message(host_keys_message(keys))
+    assert copy.infos() == keys.infos()
+    assert copy.ssh2[b"rsa-sha2-256"].toString("openssh") == keys.ssh2[b"ssh-rsa"].toString(
+        "openssh"
+    )
+    assert copy.ssh1.private_numbers() == keys.ssh1.private_numbers()

@@ -208,3 +208,35 @@ def test_haproxy_endpoint_with_workers_logs_the_clients_address(tmp_path):
         closed = [line for line in gw.output if "connection closed:" in line]
         assert closed and all(f"peer={CLIENT_ADDRESS}:" in line for line in closed), closed
         assert all("[worker " in line for line in closed)
+
+
+def test_run_as_workers_run_as_the_account_on_the_parents_low_port():
+    from tests.integration.test_privsep import gateway, wait_for
+    from tests.support.accounts import (
+        RUN_AS,
+        ensure_account,
+        interpreter_reachable_by,
+        process_user,
+        require_root,
+        shared_workdir,
+    )
+
+    require_root()
+    ensure_account(RUN_AS)
+    with shared_workdir() as workdir, interpreter_reachable_by(RUN_AS):
+        gw, key, port = gateway(workdir)
+        gw.config["workers"] = 2
+        with gw:
+            for number in (1, 2):
+                gw.wait_for_log(rf"\[worker {number}\] sshgateway listening on", timeout=60)
+            pids = worker_pids(gw)
+            assert wait_for(lambda: process_user(gw.pid) == RUN_AS)
+            assert {process_user(pid) for pid in pids.values()} == {RUN_AS}
+            for _ in range(4):
+                done = subprocess.run(
+                    ssh_argv(gw, key, "id -un"), capture_output=True, text=True, timeout=60
+                )
+                assert (done.returncode, done.stdout) == (0, f"{RUN_AS}\n"), (
+                    done.stderr + gw.log_text()[-3000:]
+                )
+            assert gw.port == port < 1024
