@@ -206,6 +206,13 @@ class RecordingConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """The ``[control]`` table: the control socket (gateway.control)."""
+
+    socket: Path | None = None  # None: <state_dir>/control.sock
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -229,6 +236,7 @@ class GatewayConfig:
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
@@ -762,6 +770,13 @@ def _bad_prompt(pattern: str) -> str | None:
     return None
 
 
+def _bad_socket_path(text: str) -> str | None:
+    # sun_path holds 108 bytes with its NUL; a longer name cannot be bound.
+    if len(os.fsencode(os.path.expanduser(text))) > 107:
+        return "a UNIX socket path has at most 107 bytes"
+    return None
+
+
 def _default_ports() -> str:
     ports = {p.name: p.default_port for p in TARGET_PROTOCOLS.values() if p.upstream}
     usual = Counter(ports.values()).most_common(1)[0][0]
@@ -908,8 +923,9 @@ SCHEMA: tuple[Key, ...] = (
         f"SSH-1 ciphers; {' and '.join(f'`{c}`' for c in SSH1_KNOWN_CIPHERS if c not in _SSH1.ciphers)} "
         "only when listed"),
     Key("ssh1", "server_key_bits", Integer(minimum=1), _SSH1.server_key_bits,
-        f"SSH-1 server key size (512-4096); must differ from the {SSH1_HOST_KEY_BITS}-bit host "
-        f"key by at least {SSH1_KEY_SIZE_GAP} bits"),
+        f"SSH-1 server key size (512-4096; under 1024 the gateway makes the key itself); must "
+        f"differ from the {SSH1_HOST_KEY_BITS}-bit host key by at least {SSH1_KEY_SIZE_GAP} bits; "
+        "made anew in a thread every `server_key_lifetime`"),
     Key("ssh1", "server_key_lifetime", Number(minimum=60), _SSH1.server_key_lifetime,
         "the server key is regenerated after this (if it was used); at least 60"),
     Key("ssh1", "allow_x11_forwarding", Boolean(), _SSH1.allow_x11_forwarding,
@@ -956,6 +972,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("recording", "max_total_bytes", Integer(minimum=0), _RECORDING.max_total_bytes,
         "when the recordings take more than this, the oldest finished ones are deleted "
         "(at start and hourly); `0`: no limit"),
+    Key("control", "socket", FilePath(check=_bad_socket_path), None,
+        "the control socket `sshgateway sessions` uses (a UNIX socket, mode 0600, for the "
+        "gateway's account and root); at most 107 bytes; read at start",
+        shown="`<state_dir>/control.sock`"),
 
     Key("limits", "max_startups", Text(check=_bad_max_startups), str(_LIMITS.max_startups),
         "unauthenticated connections (both protocols): from `start` on, a new one is refused "
@@ -1041,6 +1061,10 @@ SCHEMA: tuple[Key, ...] = (
         Integer(minimum=0, maximum=9, above="must be a zlib level from 1 to 9, or 0 for none"),
         _TARGET.compression,
         "zlib level (1-9) to request from the device; `0` for none", protocols=("ssh1",)),
+    Key(TARGETS, "min_key_bits", Integer(minimum=256, maximum=8192), _TARGET.min_key_bits,
+        "the smallest host or server key the device may show; keys PuTTY accepts down to "
+        "this size are used with a warning (README: SSH-1 devices with small keys)",
+        protocols=("ssh1",)),
     Key(TARGETS, "kex", Texts(), _TARGET.kex,
         f"key exchange names, in order (legacy: {_ssh2_target_legacy('kex')}, only when listed)",
         shown=_MODERN, protocols=("ssh2",)),
@@ -1102,6 +1126,7 @@ SSH2_KEYS = _keys("ssh2")
 SSH1_KEYS = _keys("ssh1")
 FLOWS_KEYS = _keys("flows")
 AUDIT_KEYS = _keys("audit")
+CONTROL_KEYS = _keys("control")
 LIMITS_KEYS = _keys("limits")
 METRICS_KEYS = _keys("metrics")
 # Which keys each target protocol takes; a key of another protocol is an error too.
@@ -1434,6 +1459,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
     recording = RecordingConfig(
         **v.read_table(_section(v, data, "recording"), ("recording",), "recording")
     )
+    control = ControlConfig(**v.read_table(_section(v, data, "control"), ("control",), "control"))
     limits = _check_limits(v, data)
     metrics = MetricsConfig(**v.read_table(_section(v, data, "metrics"), ("metrics",), "metrics"))
     return GatewayConfig(
@@ -1454,6 +1480,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         flows=flows,
         audit=audit,
         recording=recording,
+        control=control,
         limits=limits,
         metrics=metrics,
         run_as=top["run_as"],

@@ -199,6 +199,7 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
     """The session taps (gateway.session_tap) the config asks for, built once at start;
     a tap with ``reconfigure(config)`` is given each reloaded config."""
     from gateway.audit import AuditTap
+    from gateway.live_sessions import LiveSessions
     from gateway.metrics import MetricsService
     from gateway.recording import RecordingTap
 
@@ -216,7 +217,18 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
 
         metrics.site_factory = summed_metrics_site(reactor, config.state_dir, config.workers)
     taps.append(metrics)
+    taps.append(LiveSessions())  # the live-session registry (sessions list/kill)
     return taps
+
+
+def control_service(config: Any, reactor: Any, session_taps: Sequence[Any]) -> Any:
+    """The control socket (gateway.control) over the live-session registry among the
+    taps: it listens once the gateway has dropped its privileges."""
+    from gateway.control import ControlService, control_socket_path
+    from gateway.live_sessions import ISessionRegistry
+
+    registry = next(tap for tap in session_taps if ISessionRegistry.providedBy(tap))
+    return ControlService(control_socket_path(config), registry, reactor)
 
 
 def connection_limits(config: Any, reactor: Any) -> Any:
@@ -368,6 +380,7 @@ def make_service(
     for tap in session_taps:  # a tap that is a service (the metrics) runs as the gateway's child
         if service.IService.providedBy(tap):
             tap.setServiceParent(top)
+    control_service(config, reactor, session_taps).setServiceParent(top)
     for description in config.listen:
         top.add_listener(description)
     return top
@@ -441,9 +454,11 @@ class GatewayService(service.MultiService):
     # --uid/--gid if given, then calls startService.
 
     def privilegedStartService(self) -> None:
+        from gateway.control import ControlSocketError
+
         try:
             super().privilegedStartService()
-        except ListenError as e:
+        except (ListenError, ControlSocketError) as e:
             raise startup_failure(str(e)) from None
         self.privileged_started = True
         if self.drop is None or not self.drop.needed:
@@ -482,7 +497,12 @@ class GatewayService(service.MultiService):
             from twisted.logger import globalLogPublisher
 
             globalLogPublisher.addObserver(self.audit)
-        super().startService()
+        from gateway.control import ControlSocketError
+
+        try:
+            super().startService()
+        except ControlSocketError as e:  # another gateway on this state dir, a bad path
+            raise startup_failure(str(e)) from None
         self.reactor.callWhenRunning(self.running_now)
 
     def running_now(self) -> None:

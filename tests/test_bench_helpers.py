@@ -163,3 +163,17 @@ def test_one_command_runs_every_benchmark():
     }
     assert set(run_all.BENCHMARKS) == benchmarks
     assert [argv[2] for argv in run_all.commands(quick=False)] == list(run_all.BENCHMARKS)
+
+
+def test_ssh1_bench_knows_who_enciphers_and_costs_each_cipher():
+    from bench import ssh1
+    from protocols.ssh1 import ciphers
+
+    assert set(ssh1.CIPHERS) == {"des", "3des", "blowfish"}
+    # The front decrypts what the user uploads; its client encrypts it.
+    assert not ssh1.gateway_encrypts("front", "upload")
+    assert ssh1.gateway_encrypts("front", "download")
+    assert ssh1.gateway_encrypts("client", "upload")
+    assert not ssh1.gateway_encrypts("client", "download")
+    cost = ssh1.cipher_cost(ciphers.cryptography_stream("blowfish", bytes(32), True), seconds=0.01)
+    assert 0 < cost < 1000

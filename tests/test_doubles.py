@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
 
+from gateway.live_sessions import ISessionRegistry
 from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.targets.bridge import IUpstreamSession, UpstreamSink
@@ -95,6 +96,7 @@ ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
     "RecordingTap": (doubles.RecordingTap, ISessionTap),
     "FakeWorkerSpawner": (doubles.FakeWorkerSpawner, IWorkerSpawner),
     "ManualWriter": (doubles.ManualWriter, IBackgroundWriter),
+    "FakeSessionRegistry": (doubles.FakeSessionRegistry, ISessionRegistry),
 }
 
 

@@ -1,5 +1,5 @@
 """The ``sshgateway`` admin command: ``hash-password``, ``fingerprints``, ``check-config``,
-``known-hosts forget``; ``sshgateway --version``.
+``known-hosts forget``, ``sessions list|kill``; ``sshgateway --version``.
 
 Subcommands are registered in :data:`COMMANDS` (name -> setup and run functions), so later
 ones (``flows``, ``probe``) are one entry each. Every run function returns the exit status.
@@ -21,6 +21,7 @@ from gateway.hostkeys import HostKeyError, load_host_keys, load_target_key, ssh2
 from gateway.known_hosts import KnownHosts, KnownHostsError
 from gateway.routing import KNOWN_HOSTS_FILE
 from tools import audit as auditview
+from tools import sessions
 from tools.flows import command as flowview
 from tools.probe import command as probe
 
@@ -270,6 +271,7 @@ COMMANDS: dict[str, Command] = {
     "probe": Command("what SSH-1 and SSH-2 a host offers", probe.setup_cli, probe.run_cli),
     "flows": Command("list, show and compare flow records", flowview.setup_parser, flowview.run),
     "audit": Command("the audit trail, filtered", auditview.setup_parser, auditview.run),
+    "sessions": Command("list and end live sessions", sessions.setup_cli, sessions.run_cli),
 }
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocols.ssh1.client_connection import DEFAULT_MIN_KEY_BITS
+
 
 @dataclass(frozen=True)
 class TargetConfig:
@@ -56,3 +58,4 @@ class TargetConfig:
     exit_status: str = "none"
     # Whether sessions on this target are recorded (gateway.recording); None: the default.
     record: bool | None = None
+    min_key_bits: int = DEFAULT_MIN_KEY_BITS  # ssh1: the device's smallest acceptable host or server key

@@ -174,6 +174,7 @@ class SSH1Target(UpstreamTarget):
             rsa_key=self.rsa_key,
             ciphers=self.ciphers,
             compression=self.compression,
+            min_key_bits=config.min_key_bits,
             software_version=__version__,
             peer=self.where,
         )

@@ -11,6 +11,7 @@ Core, one module per concern (none imports Twisted or the gateway):
     messages    message numbers by protocol name; the state machine's tables per role
                 (allowed messages, phase transitions, awaited replies)
     keys        session id, double-RSA session key, RSA challenge, ssh1_fingerprint
+    keygen      RSA keys of any SSH-1 size (under 1024 bits, which cryptography no longer makes)
     ttymodes    SSH-1 tty modes <-> SSH-2 numbering
     events      what the core reports
     connection  role-independent state machine (h11-style next_event/data_to_send)

@@ -33,7 +33,11 @@ from protocols.session import ExitInfo, SessionRequest, WindowSize
 from protocols.ssh1 import events as ev
 from protocols.ssh1 import keys
 from protocols.ssh1 import messages as m
-from protocols.ssh1.client_connection import DEFAULT_CIPHERS, ClientConnection
+from protocols.ssh1.client_connection import (
+    DEFAULT_CIPHERS,
+    DEFAULT_MIN_KEY_BITS,
+    ClientConnection,
+)
 from protocols.ssh1.connection import printable
 from protocols.ssh1.identification import (
     IdentificationError,
@@ -43,7 +47,6 @@ from protocols.ssh1.identification import (
 from protocols.ssh1.pump import CorePump
 
 log = Logger(namespace="sshgateway.ssh1.client")
-
 
 
 class SSH1ClientError(Exception):
@@ -74,6 +77,9 @@ class SSH1ClientOptions:
     rsa_key: rsa.RSAPrivateKey | None = None
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     compression: int = 0  # 0 = off, else zlib level 1..9
+    # The smallest host or server key this device may have; smaller ones end the login
+    # before the host key is checked. Above it, keys PuTTY accepts are accepted (warned).
+    min_key_bits: int = DEFAULT_MIN_KEY_BITS
     software_version: str = "0"
     peer: str = "upstream"  # "host:port", for log lines and messages
     # Flow recording of this upstream leg: the recorder, and who takes it when the
@@ -109,6 +115,8 @@ class _TransportGate:
 
 class SSH1ClientProtocol(CorePump):
     core: ClientConnection | None
+    # Devices send small packets too: the sink gets one write per run of stdout packets.
+    batched_event = ev.StdoutData
 
     def __init__(self, options: SSH1ClientOptions, request: SessionRequest, sink: SessionSink) -> None:
         super().__init__()
@@ -133,7 +141,6 @@ class SSH1ClientProtocol(CorePump):
             ev.PublicKeyReceived: self._on_public_key,
             ev.RequestAnswered: self._on_answer,
             ev.RSAChallengeReceived: self._on_challenge,
-            ev.StdoutData: lambda e: self.sink.stdout(e.data),
             ev.StderrData: lambda e: self.sink.stderr(e.data),
             ev.ExitStatus: self._on_exit_status,
             ev.ForwardRefused: self._on_forward_refused,
@@ -227,6 +234,10 @@ class SSH1ClientProtocol(CorePump):
     def _core_closed(self, reason: str) -> None:
         self._fail(f"SSH-1 connection closed: {reason}")
 
+    def _deliver_batch(self, data: bytes) -> None:
+        if not self.done:
+            self.sink.stdout(data)
+
     def _fail(self, message: str, exc: BaseException | None = None) -> None:
         if self.done:
             return
@@ -247,6 +258,19 @@ class SSH1ClientProtocol(CorePump):
 
     # ------------------------------------------------------------ key exchange and login
     def _on_public_key(self, event: ev.PublicKeyReceived) -> None:
+        floor = self.options.min_key_bits
+        small = [
+            (what, n.bit_length())
+            for what, n in (("server key", event.server_n), ("host key", event.host_n))
+            if n.bit_length() < floor
+        ]
+        if small:  # policy, before the host key is even looked at
+            shown = " and its ".join(
+                f"{what} {bits} bits" if i else f"{what} has {bits} bits"
+                for i, (what, bits) in enumerate(small)
+            )
+            self._fail(f"the device's {shown}, under this target's min_key_bits ({floor})")
+            return
         for warning in event.warnings:
             log.warn(
                 "ssh1 client {peer}: {warning} (accepted for a legacy device)",
@@ -274,6 +298,8 @@ class SSH1ClientProtocol(CorePump):
                     "auth_mask": event.auth_mask,
                 }
             )
+            if event.warnings:  # weak keys accepted for a legacy device: the audit mark
+                flow.negotiated["warnings"] = list(event.warnings)
         self.core.send_session_key()
         names = {m.SSH_AUTH_RSA: "rsa", m.SSH_AUTH_PASSWORD: "password"}
         if self.options.rsa_key is not None and event.auth_mask & (1 << m.SSH_AUTH_RSA):

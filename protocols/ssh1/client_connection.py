@@ -34,18 +34,24 @@ from protocols.ssh1.events import (
     StdoutData,
 )
 from protocols.ssh1.packet import MAX_LENGTH
-from protocols.ssh1.settings import KEY_SIZE_GAP
 from protocols.ssh1.wire import ProtocolError, Reader, Writer
 
 COOKIE_SIZE = 8
 DEFAULT_CIPHERS = ("3des", "blowfish")
-# Key sizes: below MIN nothing is secure enough to pretend; above MAX is absurd for an
-# SSH-1 device and only costs us CPU. Between MIN and the WEAK thresholds we connect
-# (legacy devices really have 512-bit server keys and 768/1024-bit host keys) and warn.
-MIN_KEY_BITS = 512
+# Key sizes. The core accepts what PuTTY accepts (ssh/login1.c): any pair of keys the
+# session key can be sent under, i.e. the smaller key holds the 32-byte session key and
+# the larger one the smaller's block, each with at least one byte of PKCS#1 padding
+# (legacy devices really have 384-bit server keys and 512/768-bit host keys). How small
+# is too small for a given device is the caller's policy (a target's min_key_bits).
+# Under the WEAK thresholds we connect and warn; above MAX is absurd for an SSH-1 device
+# and only costs us CPU.
 MAX_KEY_BITS = 8192
+# The callers' default floor: old firmware has 384-bit server keys, and under 256 bits no
+# pair of keys can carry the session key anyway.
+DEFAULT_MIN_KEY_BITS = 256
 WEAK_HOST_KEY_BITS = 2048
 WEAK_SERVER_KEY_BITS = 1024
+STANDARD_PADDING = keys.PKCS1_OVERHEAD - 3  # padding bytes RFC 8017 asks for
 STDIN_CHUNK = 16384  # stdin bytes per packet: small enough for any device's buffer
 MAX_TERM = 256
 
@@ -84,6 +90,7 @@ def read_public_key(r: Reader, max_key_bits: int) -> PublicKeyFields:
 
 class ClientConnection(Connection):
     role = m.Role.CLIENT
+    bulk_data = {m.SSH_SMSG_STDOUT_DATA: StdoutData, m.SSH_SMSG_STDERR_DATA: StderrData}
 
     def __init__(
         self,
@@ -142,11 +149,7 @@ class ClientConnection(Connection):
                 warnings.append(f"server says its {what} has {announced} bits; it has {bits}")
             if bits < weak:
                 warnings.append(f"weak {bits}-bit {what}")
-        if abs(host_n.bit_length() - server_n.bit_length()) < KEY_SIZE_GAP:
-            raise ProtocolError(
-                f"server key ({server_n.bit_length()} bits) and host key "
-                f"({host_n.bit_length()} bits) differ by less than {KEY_SIZE_GAP} bits"
-            )
+        warnings += _check_session_key_room(server_n, host_n)
         offered = tuple(ciphers.names_in_mask(sent.cipher_mask))
         chosen = next((name for name in self.cipher_preference if name in offered), None)
         if chosen is None:
@@ -162,7 +165,8 @@ class ClientConnection(Connection):
         session_key = self._random(keys.SESSION_KEY_SIZE)
         try:
             self._encrypted_session_key = keys.encrypt_session_key(
-                session_key, session_id, (sent.server_e, server_n), (sent.host_e, host_n)
+                session_key, session_id, (sent.server_e, server_n), (sent.host_e, host_n),
+                self._random,
             )
         except ValueError:
             raise ProtocolError(
@@ -345,9 +349,37 @@ class ClientConnection(Connection):
 
 def _check_rsa(what: str, e: int, n: int) -> None:
     bits = n.bit_length()
-    if not MIN_KEY_BITS <= bits <= MAX_KEY_BITS:
-        raise ProtocolError(f"{what} of {bits} bits is outside {MIN_KEY_BITS}..{MAX_KEY_BITS}")
+    if bits > MAX_KEY_BITS:
+        raise ProtocolError(f"{what} of {bits} bits is over {MAX_KEY_BITS}")
     if n % 2 == 0:
         raise ProtocolError(f"{what} modulus is even")
     if e < 3 or e % 2 == 0 or e >= n:
         raise ProtocolError(f"{what} has an unusable public exponent")
+
+
+def _check_session_key_room(server_n: int, host_n: int) -> list[str]:
+    """Refuse keys the session key cannot be sent under (PuTTY's limits); warnings for
+    the ones that leave less PKCS#1 padding than RFC 8017 asks for."""
+    inner, outer = keys.session_key_padding(server_n, host_n)
+    (small_n, small_what), (large_n, large_what) = sorted(
+        ((server_n, "server key"), (host_n, "host key"))
+    )
+    small_bits, large_bits = small_n.bit_length(), large_n.bit_length()
+    if inner < 1:
+        raise ProtocolError(
+            f"{small_what} of {small_bits} bits is too small to carry the "
+            f"{keys.SESSION_KEY_SIZE}-byte session key"
+        )
+    if outer < 1:
+        raise ProtocolError(
+            f"{large_what} ({large_bits} bits) is too close in size to the {small_what} "
+            f"({small_bits} bits) to encrypt the session key twice"
+        )
+    warnings = []
+    for what, room in ((small_what, inner), (large_what, outer)):
+        if room < STANDARD_PADDING:
+            warnings.append(
+                f"{what} leaves room for {room} bytes of PKCS#1 padding, not "
+                f"{STANDARD_PADDING}: sent as PuTTY sends it"
+            )
+    return warnings

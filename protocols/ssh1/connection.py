@@ -17,8 +17,10 @@ number -> parser returning an event or None) and sets ``pending`` (an
 from __future__ import annotations
 
 import os
+import struct
 from collections import deque
 from collections.abc import Callable
+from typing import ClassVar
 
 from protocols.ssh1 import messages as m
 from protocols.ssh1.events import (
@@ -32,6 +34,8 @@ from protocols.ssh1.events import (
 )
 from protocols.ssh1.packet import MAX_LENGTH, PacketDecoder, PacketEncoder
 from protocols.ssh1.wire import ProtocolError, Reader, Writer
+
+_U32 = struct.Struct(">I")
 
 # Unprocessed input we hold at most. A well-behaved peer waits for replies, and the
 # caller stops reading while it does not pull events, so this is only reached by a peer
@@ -51,6 +55,14 @@ Handler = Callable[[Reader], Event | None]
 PacketObserver = Callable[[str, int], None]
 
 
+def _bulk_string(payload: bytes) -> bytes | None:
+    """The one string that fills ``payload`` (session data), or None if it does not."""
+    size = len(payload) - 4
+    if size >= 0 and _U32.unpack_from(payload)[0] == size:
+        return payload[4:]
+    return None
+
+
 def _name(msg_type: int) -> str:
     name = m.NAMES.get(msg_type)
     return name if name is not None else f"SSH_MSG_UNKNOWN_{msg_type}"
@@ -59,6 +71,11 @@ def _name(msg_type: int) -> str:
 class Connection:
     role: m.Role
     phase: m.Phase = m.INITIAL_PHASE  # changed only by _advance
+    # The session data a role receives in the interactive phase: message number -> the
+    # event carrying its one string. These take a short path (no phase-table lookups, no
+    # Reader) that ends where the general one would: each is allowed there and keeps the
+    # phase (tests/ssh1/test_phases.py checks both against the tables).
+    bulk_data: ClassVar[dict[int, Callable[[bytes], Event]]] = {}
 
     def __init__(self, random: Callable[[int], bytes] = os.urandom) -> None:
         self._random = random
@@ -94,13 +111,44 @@ class Connection:
                 packet = self._decoder.next_packet()
                 if packet is None:
                     return NEED_DATA
+                msg_type, payload = packet
                 if self.on_packet_in is not None:
-                    self.on_packet_in(_name(packet[0]), self._decoder.last_size)
-                event = self._dispatch(*packet)
+                    self.on_packet_in(_name(msg_type), self._decoder.last_size)
+                if self.phase is m.Phase.INTERACTIVE and msg_type in self.bulk_data:
+                    data = _bulk_string(payload)
+                    if data is not None:
+                        self.packets_in += 1
+                        return self.bulk_data[msg_type](self._more_bulk(msg_type, data))
+                event = self._dispatch(msg_type, payload)
             except ProtocolError as exc:
                 return self._fail(exc.reason)
             if event is not None:
                 return event
+
+    def _more_bulk(self, msg_type: int, first: bytes) -> bytes:
+        """``first`` joined with the data of the packets of the same type that follow it,
+        deciphered already: one event for a run of small packets. A packet that is not
+        such data is handled as usual, its event (or failure) queued after the run."""
+        if self._decoder.next_type() != msg_type:
+            return first
+        parts = [first]
+        while self._decoder.next_type() == msg_type:
+            try:
+                _, payload = self._decoder.next_packet()  # type: ignore[misc]
+                if self.on_packet_in is not None:
+                    self.on_packet_in(_name(msg_type), self._decoder.last_size)
+                data = _bulk_string(payload)
+                if data is None:
+                    event = self._dispatch(msg_type, payload)  # raises its error
+                    if event is not None:
+                        self._events.append(event)
+                    break
+            except ProtocolError as exc:
+                self._events.append(self._fail(exc.reason))
+                break
+            self.packets_in += 1
+            parts.append(data)
+        return b"".join(parts)
 
     def _dispatch(self, msg_type: int, payload: bytes) -> Event | None:
         self.packets_in += 1

@@ -22,6 +22,11 @@ from protocols.ssh1.wire import int_to_bytes
 SESSION_KEY_SIZE = 32
 CHALLENGE_SIZE = 32
 _PKCS1 = padding.PKCS1v15()
+# A PKCS#1 v1.5 type-2 block is 00 02, nonzero random padding, 00, then the data.
+# RFC 8017 asks for at least 8 padding bytes; PuTTY sends whatever fits, down to one
+# (its rsa_ssh1_encrypt), and old SSH-1 devices with small keys rely on that.
+PKCS1_OVERHEAD = 3 + 8
+PKCS1_MIN_OVERHEAD = 3 + 1
 
 
 def modulus_bytes(n: int) -> int:
@@ -53,10 +58,26 @@ def session_id(host_n: int, server_n: int, cookie: bytes) -> bytes:
     ).digest()
 
 
-def public_encrypt(e: int, n: int, data: bytes) -> int:
-    """PKCS#1 v1.5 type-2 encryption of ``data`` under (e, n), as an integer."""
-    key = rsa.RSAPublicNumbers(e, n).public_key()
-    return int.from_bytes(key.encrypt(data, _PKCS1), "big")
+def public_encrypt(
+    e: int, n: int, data: bytes, random: Callable[[int], bytes] = os.urandom
+) -> int:
+    """PKCS#1 v1.5 type-2 encryption of ``data`` under (e, n), as an integer.
+
+    Where the modulus leaves room for fewer than 8 padding bytes (a legacy device's small
+    key) the block is built here with what fits, down to one byte, as PuTTY builds it; a
+    peer that insists on 8 refuses it, as it refuses PuTTY. Raises ValueError when not
+    even that fits."""
+    room = modulus_bytes(n) - len(data)
+    if room >= PKCS1_OVERHEAD:
+        key = rsa.RSAPublicNumbers(e, n).public_key()
+        return int.from_bytes(key.encrypt(data, _PKCS1), "big")
+    if room < PKCS1_MIN_OVERHEAD:
+        raise ValueError(f"a {n.bit_length()}-bit modulus cannot hold {len(data)} bytes")
+    padding_bytes = b""
+    while len(padding_bytes) < room - 3:
+        padding_bytes += random(room).replace(b"\0", b"")
+    block = b"\0\2" + padding_bytes[: room - 3] + b"\0" + data
+    return pow(int.from_bytes(block, "big"), e, n)
 
 
 def private_decrypt(key: rsa.RSAPrivateKey, value: int) -> bytes:
@@ -68,15 +89,30 @@ def private_decrypt(key: rsa.RSAPrivateKey, value: int) -> bytes:
 
 
 def encrypt_session_key(
-    session_key: bytes, sid: bytes, server_pub: tuple[int, int], host_pub: tuple[int, int]
+    session_key: bytes,
+    sid: bytes,
+    server_pub: tuple[int, int],
+    host_pub: tuple[int, int],
+    random: Callable[[int], bytes] = os.urandom,
 ) -> int:
     """Client side: XOR the session id in, encrypt with the smaller key, then the larger."""
     if len(session_key) != SESSION_KEY_SIZE:
         raise ValueError("the SSH-1 session key is 32 bytes")
     mixed = bytes(a ^ b for a, b in zip(session_key[:16], sid, strict=True)) + session_key[16:]
     small, large = sorted((server_pub, host_pub), key=lambda k: k[1])
-    inner = public_encrypt(small[0], small[1], mixed)
-    return public_encrypt(large[0], large[1], int_to_bytes(inner, modulus_bytes(small[1])))
+    inner = public_encrypt(small[0], small[1], mixed, random)
+    return public_encrypt(
+        large[0], large[1], int_to_bytes(inner, modulus_bytes(small[1])), random
+    )
+
+
+def session_key_padding(server_n: int, host_n: int) -> tuple[int, int]:
+    """The PKCS#1 padding bytes the double encryption leaves room for: (inner, outer).
+    Each must be at least 1 (PuTTY's limit) for the session key to be sent at all; under
+    8 the block is shorter than RFC 8017 asks."""
+    small, large = sorted((server_n, host_n))
+    inner = modulus_bytes(small) - SESSION_KEY_SIZE - 3
+    return inner, modulus_bytes(large) - modulus_bytes(small) - 3
 
 
 def decrypt_session_key(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import deque
 from collections.abc import Callable
 
 from protocols.ssh1 import deattack
@@ -50,7 +51,15 @@ def padding_length(length: int) -> int:
 
 
 class PacketDecoder:
-    """Bytes in, ``(type, payload)`` out; raises ProtocolError subclasses."""
+    """Bytes in, ``(type, payload)`` out; raises ProtocolError subclasses.
+
+    Once encrypted, every whole packet in the buffer is deciphered in one cipher call (the
+    CBC stream runs on across packets, and the lengths between them are in clear), after
+    one attack-detector pass over them all: clients send small packets (plink: 512 bytes
+    of data), and a call per packet cost more than the cipher itself. The packets are
+    then handed out one by one, each checked (CRC, decompression) only when asked for,
+    so an error comes after every good packet before it, as it would packet by packet.
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -59,12 +68,17 @@ class PacketDecoder:
         self._stream: Stream | None = None
         self._iv: bytes | None = None
         self._decompressor: Decompressor | None = None
-        self._need: int | None = None  # total bytes of the packet being assembled
+        # Deciphered packets not handed out yet: their bodies joined in _plain, and per
+        # packet (offset of its body, body size, padding, wire size).
+        self._plain = b""
+        self._ready: deque[tuple[int, int, int, int]] = deque()
+        self._ready_bytes = 0  # their wire size
         self.last_size = 0  # wire bytes of the packet next_packet returned last
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        """Bytes received and not yet handed out as packets."""
+        return len(self._buf) - self._pos + self._ready_bytes
 
     def feed(self, data: bytes) -> None:
         if self._pos and self._pos >= len(self._buf) // 2:
@@ -82,42 +96,98 @@ class PacketDecoder:
 
     def next_packet(self) -> tuple[int, bytes] | None:
         """The next whole packet, or None until more bytes arrive."""
-        buf, pos = self._buf, self._pos
-        available = len(buf) - pos
-        if self._need is None:
-            if available < 4:
+        if not self._ready:
+            if self._stream is None:
+                return self._next_clear()
+            if not self._decipher_whole_packets():
                 return None
+        entry = self._ready.popleft()
+        self._ready_bytes -= entry[3]
+        return self._open(*entry)
+
+    def next_type(self) -> int | None:
+        """The message type of the next packet if it is deciphered already and not
+        compressed (so known without taking it), else None."""
+        if not self._ready or self._decompressor is not None:
+            return None
+        offset, _size, pad, _wire = self._ready[0]
+        return self._plain[offset + pad]
+
+    def _spans(self, limit: int | None) -> list[tuple[int, int, int]]:
+        """(start, wire size, length field) of the whole packets at the head of the
+        buffer, at most ``limit``; a bad length raises only when it heads the buffer."""
+        buf, pos, end = self._buf, self._pos, len(self._buf)
+        spans: list[tuple[int, int, int]] = []
+        while end - pos >= 4 and (limit is None or len(spans) < limit):
             length = _U32.unpack_from(buf, pos)[0]
             if length < MIN_LENGTH or length > MAX_LENGTH:
+                if spans:
+                    break
                 raise BadLength(f"packet length {length} outside {MIN_LENGTH}..{MAX_LENGTH}")
-            self._need = 4 + padding_length(length) + length
-        need = self._need
-        if available < need:
-            return None
-        length = _U32.unpack_from(buf, pos)[0]
-        body = bytes(buf[pos + 4 : pos + need])
-        self._pos = pos + need
-        if self._pos == len(buf):
-            buf.clear()
+            need = 4 + padding_length(length) + length
+            if end - pos < need:
+                break
+            spans.append((pos, need, length))
+            pos += need
+        return spans
+
+    def _consume(self, upto: int) -> None:
+        self._pos = upto
+        if upto == len(self._buf):
+            self._buf.clear()
             self._pos = 0
-        self._need = None
-        self.last_size = need
-        pad = padding_length(length)
-        if self._stream is not None:
-            try:
-                deattack.check(body, self._iv)
-            except deattack.AttackDetected as exc:
-                raise AttackDetected(str(exc)) from None
-            self._iv = body[-BLOCK_SIZE:]
-            body = self._stream.update(body)
-        (crc,) = _U32.unpack_from(body, len(body) - 4)
-        if ssh1_crc32(body[:-4]) != crc:
-            raise BadCRC("packet CRC mismatch (corrupt data or wrong session key)")
-        content = body[pad:-4]
-        if self._decompressor is not None:
-            content = self._decompressor.decompress(content)
-            if not content:
-                raise ProtocolError("empty packet after decompression")
+
+    def _next_clear(self) -> tuple[int, bytes] | None:
+        spans = self._spans(1)
+        if not spans:
+            return None
+        start, need, length = spans[0]
+        self._plain = bytes(self._buf[start + 4 : start + need])
+        self._consume(start + need)
+        return self._open(0, need - 4, padding_length(length), need)
+
+    def _decipher_whole_packets(self) -> bool:
+        spans = self._spans(None)
+        if not spans:
+            return False
+        assert self._stream is not None
+        with memoryview(self._buf) as view:
+            if len(spans) == 1:
+                start, need, _ = spans[0]
+                ciphertext = bytes(view[start + 4 : start + need])
+            else:
+                ciphertext = b"".join([view[start + 4 : start + need] for start, need, _ in spans])
+        sizes = [need - 4 for _, need, _ in spans]
+        last_start, last_need, _ = spans[-1]
+        self._consume(last_start + last_need)
+        try:
+            deattack.check_run(ciphertext, self._iv, sizes)
+        except deattack.AttackDetected as exc:
+            raise AttackDetected(str(exc)) from None
+        self._iv = ciphertext[-BLOCK_SIZE:]
+        self._plain = self._stream.update(ciphertext)
+        offset = 0
+        ready = self._ready
+        for _, need, length in spans:
+            ready.append((offset, need - 4, padding_length(length), need))
+            offset += need - 4
+        self._ready_bytes = sum(sizes) + 4 * len(sizes)
+        return True
+
+    def _open(self, offset: int, size: int, pad: int, wire: int) -> tuple[int, bytes]:
+        """Check and unpack one deciphered body of ``_plain``."""
+        plain = self._plain
+        end = offset + size - 4
+        (crc,) = _U32.unpack_from(plain, end)
+        with memoryview(plain) as view:
+            if ssh1_crc32(view[offset:end]) != crc:
+                raise BadCRC("packet CRC mismatch (corrupt data or wrong session key)")
+        self.last_size = wire
+        if self._decompressor is None:
+            return plain[offset + pad], plain[offset + pad + 1 : end]
+        content = self._decompressor.decompress(plain[offset + pad : end])
+        if not content:
+            raise ProtocolError("empty packet after decompression")
         return content[0], content[1:]
 
 

@@ -16,13 +16,14 @@ import shutil
 import socket
 import struct
 import tempfile
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -60,7 +61,7 @@ from protocols.session import (
     addresses_of,
 )
 from protocols.ssh1 import events as ev
-from protocols.ssh1 import keys
+from protocols.ssh1 import keygen, keys
 from protocols.ssh1.messages import Awaiting, Phase
 from protocols.ssh1.pump import CorePump
 from protocols.ssh1.server_connection import ServerConnection
@@ -89,12 +90,28 @@ def _xauth_entry(family: int, address: bytes, number: bytes, name: bytes, data: 
 
 
 def generate_server_key(bits: int) -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(65537, bits)
+    """A new server key of ``bits`` (512-1023 bits included, which cryptography no
+    longer makes). Meant to run in a thread: below 1024 bits it hands the interpreter lock
+    on after each primality test (``time.sleep(0)`` releases it), so that the reactor
+    never waits for more than one of them; cryptography's own generator releases it."""
+    return keygen.generate_private_key(bits, between_tests=lambda: time.sleep(0))
+
+
+# Runs a function off the reactor and fires with its result (in the reactor thread).
+OffReactor = Callable[..., defer.Deferred]
 
 
 @implementer(IHandoffFactory)
 class SSH1ServerFactory:
-    """Shared by every SSH-1 connection: portal, host key, the in-memory server key."""
+    """Shared by every SSH-1 connection: portal, host key, the in-memory server key.
+
+    The first server key is made at construction (before the gateway listens); each
+    later one in a thread (``off_reactor``, Twisted's thread pool unless a test runs it
+    at once), taking 8-89 ms at 1024-2048 bits and seconds at 4096, during which
+    connections of both protocols go on. The new key replaces the old one in one
+    assignment when it is ready; a connection that was already sent the old public key
+    holds that key object (its ServerConnection) and decrypts its session key with it.
+    """
 
     def __init__(
         self,
@@ -104,6 +121,7 @@ class SSH1ServerFactory:
         limits: AuthLimits,
         clock: IReactorTime,
         key_generator: Callable[[int], rsa.RSAPrivateKey] = generate_server_key,
+        off_reactor: OffReactor = threads.deferToThread,
     ) -> None:
         settings.check_host_key_bits(host_key.key_size)
         self.portal = portal
@@ -112,8 +130,10 @@ class SSH1ServerFactory:
         self.limits = limits
         self.clock = clock
         self._generate = key_generator
+        self._off_reactor = off_reactor
         self._server_key = key_generator(settings.server_key_bits)
         self._server_key_used = False
+        self._regenerating = False
         self.server_key_generations = 1
         self._rotation: IDelayedCall | None = clock.callLater(
             settings.server_key_lifetime, self._rotate
@@ -124,13 +144,32 @@ class SSH1ServerFactory:
         return self._server_key
 
     def _rotate(self) -> None:
-        # An unused key has protected nothing yet: regenerating it would only cost CPU.
-        if self._server_key_used:
-            self._server_key = self._generate(self.settings.server_key_bits)
-            self._server_key_used = False
-            self.server_key_generations += 1
-            log.debug("ssh1: server key regenerated")
         self._rotation = self.clock.callLater(self.settings.server_key_lifetime, self._rotate)
+        # An unused key has protected nothing yet: regenerating it would only cost CPU.
+        if not self._server_key_used or self._regenerating:
+            return
+        self._regenerating = True
+        started = self.clock.seconds()
+        bits = self.settings.server_key_bits
+        generating = self._off_reactor(self._generate, bits)
+        generating.addCallbacks(partial(self._install, started), self._generation_failed)
+
+    def _install(self, started: float, key: rsa.RSAPrivateKey) -> None:
+        self._regenerating = False
+        if self._rotation is None:  # stopped meanwhile: nobody will use it
+            return
+        self._server_key = key
+        self._server_key_used = False
+        self.server_key_generations += 1
+        log.debug(
+            "ssh1: server key regenerated ({bits} bits, {seconds:.3f} s)",
+            bits=key.key_size,
+            seconds=self.clock.seconds() - started,
+        )
+
+    def _generation_failed(self, failure: Failure) -> None:
+        self._regenerating = False  # the old key stays, and the next rotation tries again
+        log.failure("ssh1: server key regeneration failed; keeping the old key", failure)
 
     def stop(self) -> None:
         if self._rotation is not None and self._rotation.active():

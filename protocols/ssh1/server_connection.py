@@ -76,6 +76,7 @@ _UNSUPPORTED_AUTH = {
 
 class ServerConnection(Connection):
     role = m.Role.SERVER
+    bulk_data = {m.SSH_CMSG_STDIN_DATA: StdinData}
 
     def __init__(
         self,

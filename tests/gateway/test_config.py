@@ -287,7 +287,7 @@ def test_reference_table_documents_every_key():
     doc = module.__doc__
     tables = {
         "users", "auth", "session", "ssh2", "ssh1", "targets", "flows", "audit", "limits",
-        "metrics", "recording",
+        "metrics", "recording", "control",
     }
     for key in module.TOP_KEYS - tables:
         assert f"| `{key}` |" in doc
@@ -299,6 +299,7 @@ def test_reference_table_documents_every_key():
         ("ssh1", module.SSH1_KEYS),
         ("flows", module.FLOWS_KEYS),
         ("audit", module.AUDIT_KEYS),
+        ("control", module.CONTROL_KEYS),
         ("limits", module.LIMITS_KEYS),
         ("metrics", module.METRICS_KEYS),
         ("targets.NAME", set().union(*module.TARGET_KEYS.values())),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -126,6 +128,11 @@ def bridge_gw(tmp_path_factory, password_hash, authorized_keys, device, hanging,
             "username": "admin", "password": DEVICE_PASSWORD, "host_key": "accept-new",
             "connect_timeout": 10, "ciphers": ["blowfish", "3des"],
         },
+        "dev1-3des": {
+            "protocol": "ssh1", "host": "127.0.0.1", "port": device.port,
+            "username": "admin", "password": DEVICE_PASSWORD, "host_key": "accept-new",
+            "connect_timeout": 10, "ciphers": ["3des"],
+        },
         "down": {
             "protocol": "ssh1", "host": "127.0.0.1", "port": closed_port(),
             "username": "admin", "password": "x", "connect_timeout": 5,
@@ -149,7 +156,7 @@ def bridge_gw(tmp_path_factory, password_hash, authorized_keys, device, hanging,
     }
     config = base_config(password_hash, authorized_keys, targets=targets)
     config["users"]["alice"]["targets"] = [
-        "local", "dev1", "down", "hangs", "moved", "unusable",
+        "local", "dev1", "dev1-3des", "down", "hangs", "moved", "unusable",
     ]
     workdir = tmp_path_factory.mktemp("bridge-gw")
     # "moved" was pinned to another key earlier: the device now shows a different one.
@@ -218,6 +225,52 @@ def test_64mib_each_way_through_ssh1_bridge(bridge_gw, client_keys, tmp_path):
         )
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(blob.read_bytes()).digest()
+
+
+BURSTS = """\
+import os, sys, time
+block = bytes(range(256)) * 1024
+for _ in range(int(sys.argv[1])):
+    data = memoryview(block)
+    while data:
+        data = data[os.write(1, data):]
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("target", ["dev1", "dev1-3des"])
+def test_bursty_device_download_to_a_slow_reader_completes(
+    bridge_gw, client_keys, tmp_path, target
+):
+    """Issue 15: ssh -> gateway -> an SSH-1 device whose program writes 256 KiB bursts
+    with pauses, while ssh's reader takes its output in small slow steps, so the bridge is
+    paused and resumed all along (by ssh's window, then the device's socket, then the
+    program's pipe). Every byte and the exit status arrive, in bounded time."""
+    script = tmp_path / "bursts.py"
+    script.write_text(BURSTS)
+    bursts = 24
+    argv = ssh_argv(bridge_gw, client_keys["ed25519"], "-c", "aes128-ctr",
+                    f"{sys.executable} {script} {bursts} 0.02", user=f"alice+{target}")
+    client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    digest, received = hashlib.sha256(), 0
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([client.stdout], [], [], 30)
+            assert ready, f"nothing for 30 s after {received} bytes: stalled"
+            chunk = os.read(client.stdout.fileno(), 16384)
+            if not chunk:
+                break
+            digest.update(chunk)
+            received += len(chunk)
+            time.sleep(0.002)  # at most 8 MB/s: slower than the program writes
+        status = client.wait(30)
+    finally:
+        client.kill()
+    assert received == bursts * 256 * 1024, client.stderr.read()
+    assert digest.digest() == hashlib.sha256(bytes(range(256)) * 1024 * bursts).digest()
+    assert status == 0
 
 
 def echo_hi_via(gw: GatewayProcess, client_keys, target: str) -> subprocess.CompletedProcess:

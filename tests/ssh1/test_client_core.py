@@ -15,9 +15,9 @@ from protocols.ssh1 import events as ev
 from protocols.ssh1 import keyfile, keys
 from protocols.ssh1 import messages as m
 from protocols.ssh1.client_connection import ClientConnection
-from protocols.ssh1.packet import PacketEncoder
+from protocols.ssh1.packet import PacketDecoder, PacketEncoder
 from protocols.ssh1.server_connection import ServerConnection
-from protocols.ssh1.wire import Writer
+from protocols.ssh1.wire import Reader, Writer
 from tests.support.ssh1.minclient import (
     FUZZ_EXAMPLES,
     HUGE_EXPONENT_KEY,
@@ -204,6 +204,73 @@ def test_1024_host_key_with_512_server_key():
     pair.login()
 
 
+@pytest.mark.parametrize(
+    "host_bits, server_bits",
+    [
+        (1024, 384),  # a server key derived from the host key's size in bytes (issue 15)
+        (768, 512),  # old Cisco IOS
+        (512, 384),
+        (384, 512),  # either key may be the smaller one
+        (768, 384),
+    ],
+)
+def test_keys_under_512_bits_accepted_with_warnings(host_bits, server_bits):
+    # Before issue 15 the core refused any key under 512 bits and any pair closer than
+    # 128 bits; PuTTY reaches such devices, so we do.
+    host = small_key(host_bits) if host_bits < 1024 else host_key_1024()
+    pair = Pair(host=host, server=small_key(server_bits))
+    pk = pair.key_exchange()
+    assert f"weak {server_bits}-bit server key" in pk.warnings
+    assert f"weak {host_bits}-bit host key" in pk.warnings
+    assert not any("padding" in w for w in pk.warnings)  # standard PKCS#1 blocks fit
+
+
+def unpad(key: rsa.RSAPrivateKey, value: int, size: int) -> tuple[int, bytes]:
+    """Raw RSA decryption of a PKCS#1 type-2 block (as a lenient device does it): the
+    length of its nonzero padding, and the data."""
+    numbers = key.private_numbers()
+    block = pow(value, numbers.d, numbers.public_numbers.n).to_bytes(size, "big")
+    assert block[:2] == b"\0\2"
+    end = block.index(b"\0", 2)
+    assert all(block[2:end])
+    return end - 2, block[end + 1 :]
+
+
+def test_short_padding_sent_as_putty_sends_it():
+    # A 320-bit server key leaves 40 - 32 - 3 = 5 bytes for padding, not the 8 RFC 8017
+    # asks for (and cryptography insists on): the block is built as PuTTY builds it.
+    server, host = small_key(320), host_key_1024()
+    client = ClientConnection(random=lambda n: b"\x07" * n)  # session key and padding
+    client.receive_data(PacketEncoder().encode(m.SSH_SMSG_PUBLIC_KEY, public_key_payload(
+        server=keys.public_numbers(server), host=keys.public_numbers(host)
+    )))  # fmt: skip
+    [pk] = drain(client)
+    assert (
+        "server key leaves room for 5 bytes of PKCS#1 padding, not 8: sent as PuTTY sends it"
+        in pk.warnings
+    )
+    client.send_session_key()
+    decoder = PacketDecoder()
+    decoder.feed(client.data_to_send())  # the session key travels in clear
+    msg_type, body = decoder.next_packet()
+    assert msg_type == m.SSH_CMSG_SESSION_KEY
+    reader = Reader(body)
+    reader.raw(1 + 8)  # cipher, cookie
+    outer_padding, inner = unpad(host, reader.mpint(), 128)
+    assert outer_padding == 128 - 40 - 3
+    inner_padding, mixed = unpad(server, int.from_bytes(inner, "big"), 40)
+    assert inner_padding == 5
+    sid = keys.session_id(keys.public_numbers(host)[1], keys.public_numbers(server)[1], b"c" * 8)
+    assert bytes(a ^ b for a, b in zip(mixed[:16], sid, strict=True)) + mixed[16:] == b"\x07" * 32
+
+
+@pytest.mark.parametrize("small_bits, room", [(288, 1), (296, 2), (336, 7), (344, 8)])
+def test_padding_room_from_putty_down_to_one_byte(small_bits, room):
+    assert keys.session_key_padding(keys.public_numbers(small_key(small_bits))[1], 1 << 1023) == (
+        room, 128 - small_bits // 8 - 3
+    )  # fmt: skip
+
+
 @functools.cache
 def host_key_1024() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(65537, 1024)
@@ -226,12 +293,13 @@ def failure_reason(events) -> str:
 @pytest.mark.parametrize(
     "kwargs, reason",
     [
-        (dict(server=(65537, (1 << 300) | 1)), "server key of 301 bits is outside"),
+        # 35 bytes: no room for the 32-byte session key and PKCS#1's 00 02 PS 00
+        (dict(server=(65537, (1 << 279) | 1)), "server key of 280 bits is too small to carry"),
         (dict(host=(3, (1 << 9000) | 1)), "exceeds 8192"),
         (dict(host=(65537, 1 << 2047)), "host key modulus is even"),
         (dict(server=(1, None)), "server key has an unusable public exponent"),
         (dict(server=(65536, None)), "unusable public exponent"),
-        (dict(host=(65537, keys.public_numbers(server_key())[1] * 3 | 1)), "differ by less than"),
+        (dict(host=(65537, keys.public_numbers(server_key())[1] * 3 | 1)), "too close in size"),
         (dict(mask=1 << 1), "no common cipher"),
         (dict(mask=0), "no common cipher"),
         (dict(trailing=b"x"), "trailing"),
@@ -243,8 +311,8 @@ def failure_reason(events) -> str:
     ],
 )
 def test_hostile_public_key_refused(kwargs, reason):
-    if "differ by less" in reason:
-        # a host key only a few bits larger than the server key
+    if "too close in size" in reason:
+        # a host key only a byte larger than the server key: no room for its padding
         sn = keys.public_numbers(server_key())[1]
         kwargs = dict(host=(65537, (sn << 3) | 1))
     client, events = feed(public_key_payload(**kwargs))

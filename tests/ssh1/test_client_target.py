@@ -4,6 +4,7 @@ MemoryReactorClock. No sockets, no sleeps."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import pytest
@@ -17,7 +18,13 @@ from twisted.test import iosim
 from gateway.known_hosts import KnownHosts
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
 from protocols.ssh1 import keyfile, keys
-from tests.support.ssh1.minclient import HUGE_EXPONENT_KEY, host_key, public_key_payload, user_key
+from tests.support.ssh1.minclient import (
+    HUGE_EXPONENT_KEY,
+    host_key,
+    public_key_payload,
+    small_key,
+    user_key,
+)
 from tests.support.ssh1.target_rig import Device, Rig, ScriptedDevice
 
 
@@ -337,3 +344,91 @@ def test_dual_stack_device_announcing_1_99(tmp_path, known_hosts):
     assert rig.client.exit is None
     assert rig.protocol.server_version.startswith(b"SSH-1.99-")
     assert rig.device.target.request.command == b"x"
+
+
+# ---------------------------------------------------------------- small keys (issue 15)
+
+
+def legacy_device(host_bits: int, server_bits: int) -> Device:
+    """The gateway's SSH-1 server with the small keys of old firmware."""
+    host = small_key(host_bits) if host_bits < 1024 else host_key_1024()
+    settings_bits = host_bits - 256 if host_bits >= 768 else host_bits + 256
+    return Device(MemoryReactorClock(), host=host, server=small_key(server_bits),
+                  server_key_bits=settings_bits)  # fmt: skip
+
+
+@functools.cache
+def host_key_1024() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 1024)
+
+
+class Captured(list):
+    def __call__(self, event: dict) -> None:
+        self.append(formatEvent(event))
+
+
+@pytest.fixture
+def logged():
+    observer = Captured()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)
+
+
+class FlowSink:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def write_flow(self, flow) -> None:
+        flow.close()
+        self.records.append(flow.to_dict())
+
+
+@pytest.mark.parametrize("host_bits, server_bits", [(1024, 384), (768, 512), (512, 384)])
+def test_device_with_small_keys_reached_with_warning_and_flow_mark(
+    tmp_path, known_hosts, logged, host_bits, server_bits
+):
+    rig = Rig(tmp_path, known_hosts, device=legacy_device(host_bits, server_bits))
+    flows = FlowSink()
+    rig.target.flows = flows
+    bridge = rig.open(SessionRequest(command=b"echo hi"))
+    assert bridge.upstream is not None and rig.client.exit is None
+    assert f"host_key_bits={host_bits} server_key_bits={server_bits}" in bridge.upstream.description
+    warned = [line for line in logged if "accepted for a legacy device" in line]
+    assert any(f"weak {server_bits}-bit server key" in line for line in warned), logged
+    assert any(f"weak {host_bits}-bit host key" in line for line in warned), logged
+    rig.device.target.client.exited(ExitInfo(status=0))
+    rig.flush()
+    rig.client_transport.loseConnection()
+    rig.flush()
+    [record] = flows.records
+    negotiated = record["negotiated"]
+    assert (negotiated["host_key_bits"], negotiated["server_key_bits"]) == (host_bits, server_bits)
+    assert f"weak {server_bits}-bit server key" in negotiated["warnings"]
+    assert f"weak {host_bits}-bit host key" in negotiated["warnings"]
+
+
+@pytest.mark.parametrize(
+    "host_bits, server_bits, floor, words",
+    [
+        (1024, 384, 512, b"the device's server key has 384 bits, under this target's min_key_bits (512)"),
+        (768, 1024, 1024, b"the device's host key has 768 bits, under this target's min_key_bits (1024)"),
+        (512, 384, 1024, b"the device's server key has 384 bits and its host key 512 bits, under "
+         b"this target's min_key_bits (1024)"),
+    ],
+)
+def test_keys_under_min_key_bits_refused_with_the_reason(
+    tmp_path, known_hosts, host_bits, server_bits, floor, words
+):
+    rig = Rig(tmp_path, known_hosts, device=legacy_device(host_bits, server_bits),
+              min_key_bits=floor)  # fmt: skip
+    rig.open(SessionRequest(command=b"x"))
+    assert rig.client.exit == ExitInfo(status=255)
+    assert rig.client.err.startswith(b"sshgateway: dev: " + words), rig.client.err
+    assert rig.client.err.count(b"\n") == 1
+    assert not rig.device.realm.avatars  # no password was sent
+    assert not (tmp_path / "known_hosts.ssh1").exists()  # nor the key pinned
+
+
+def test_default_floor_takes_what_putty_takes(tmp_path, known_hosts):
+    assert Rig(tmp_path, known_hosts).config.min_key_bits == 256

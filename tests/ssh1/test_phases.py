@@ -92,6 +92,17 @@ def test_a_received_message_that_moves_the_phase_has_a_row_wherever_it_may_arriv
                 assert (role, phase, msg_type) in m.TRANSITIONS, (phase, m.NAMES[msg_type])
 
 
+@pytest.mark.parametrize("core", [ServerConnection, ClientConnection])
+def test_bulk_data_short_path_ends_where_the_tables_do(core):
+    """Connection.next_event hands a role's session data out without the phase tables:
+    each such message must be one the tables allow in INTERACTIVE, that keeps the phase."""
+    assert core.bulk_data
+    for msg_type in core.bulk_data:
+        assert received_by(core.role, msg_type)
+        assert m.allowed(core.role, m.Phase.INTERACTIVE, msg_type)
+        assert m.next_phase(core.role, m.Phase.INTERACTIVE, msg_type) is m.Phase.INTERACTIVE
+
+
 def test_disconnect_closes_every_phase():
     for role, phase in m.ALLOWED:
         if phase is not m.Phase.CLOSED:

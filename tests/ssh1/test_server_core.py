@@ -80,6 +80,45 @@ def assert_failed(server, client, events, replies, reason_part: str):
     assert server.next_event() is ev.CLOSED
 
 
+def interactive(cipher: str = "blowfish"):
+    """A server core after login and EXEC_CMD, and the client talking to it."""
+    server, client = logged_in(cipher)
+    exchange(server, client, client.packet(m.SSH_CMSG_EXEC_CMD, string(b"cat")))
+    return server, client
+
+
+def test_a_run_of_small_stdin_packets_is_one_event_in_order():
+    """plink sends 512-byte packets: every whole one already received comes out as one
+    StdinData, and what follows the run keeps its place after it."""
+    server, client = interactive()
+    parts = [os.urandom(512) for _ in range(20)]
+    wire = b"".join(client.packet(m.SSH_CMSG_STDIN_DATA, string(p)) for p in parts)
+    wire += client.packet(m.SSH_CMSG_EOF) + client.packet(m.SSH_CMSG_STDIN_DATA, string(b"late"))
+    events, _ = exchange(server, client, wire)
+    assert events == [ev.StdinData(b"".join(parts)), ev.StdinEOF(), ev.StdinData(b"late")]
+    assert server.packets_in == 2 + 1 + 1 + 22  # user, password, exec, then these
+
+
+def test_a_bad_packet_after_a_run_fails_after_the_good_data():
+    server, client = interactive()
+    good = client.packet(m.SSH_CMSG_STDIN_DATA, string(b"a" * 512)) * 1
+    good += client.packet(m.SSH_CMSG_STDIN_DATA, string(b"b" * 512))
+    bad = bytearray(client.packet(m.SSH_CMSG_STDIN_DATA, string(b"c" * 512)))
+    bad[-1] ^= 1  # the CRC no longer matches
+    events, replies = exchange(server, client, good + bytes(bad))
+    assert events[0] == ev.StdinData(b"a" * 512 + b"b" * 512)
+    assert_failed(server, client, events, replies, "CRC")
+
+
+def test_a_malformed_data_packet_after_a_run_fails_after_the_good_data():
+    server, client = interactive()
+    good = client.packet(m.SSH_CMSG_STDIN_DATA, string(b"a" * 100))
+    bad = client.packet(m.SSH_CMSG_STDIN_DATA, string(b"b" * 100) + b"extra")
+    events, replies = exchange(server, client, good + bad)
+    assert events[0] == ev.StdinData(b"a" * 100)
+    assert_failed(server, client, events, replies, "")
+
+
 # ---------------------------------------------------------------- happy paths
 def test_public_key_message():
     server, client = new_server(("3des", "blowfish", "des"))

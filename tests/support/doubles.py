@@ -15,6 +15,10 @@
   (FakeWorkerSpawner, FakeWorkerProcess);
 - session taps and observers that keep what they see (RecordingTap, RecordingObserver),
   and the recorder's background writer run by the test (ManualWriter).
+- work sent off the reactor (``threads.deferToThread``), held until the test runs it
+  (ThreadCalls).
+- a live-session registry with canned sessions, answering at once or when told
+  (FakeSessionRegistry).
 
 They record what they are told so that a test can assert on it; the few rules they keep
 (a refused user, an unlisted key) are in their docstrings."""
@@ -32,6 +36,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
+from gateway.live_sessions import ISessionRegistry, KillResult
 from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.targets.bridge import IUpstreamSession
@@ -515,3 +520,67 @@ class ManualWriter:
     def stop(self) -> None:
         self.run_all()
         self.stopped = True
+
+
+class ThreadCalls:
+    """Stands in for ``twisted.internet.threads.deferToThread``: each call waits in
+    ``pending`` until :meth:`run` makes it and fires its Deferred (as the reactor does when
+    the thread is done), or is made at once while ``at_once`` is set."""
+
+    def __init__(self, at_once: bool = False) -> None:
+        self.at_once = at_once
+        self.pending: list[tuple[Callable[..., Any], tuple, dict, defer.Deferred]] = []
+        self.made = 0
+
+    def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        self.pending.append((function, args, kwargs, done))
+        if self.at_once:
+            self.run()
+        return done
+
+    def run(self) -> None:
+        while self.pending:
+            function, args, kwargs, done = self.pending.pop(0)
+            self.made += 1
+            try:
+                result = function(*args, **kwargs)
+            except Exception:
+                done.errback()
+            else:
+                done.callback(result)
+
+
+@implementer(ISessionRegistry)
+class FakeSessionRegistry:
+    """A live-session registry holding the ``sessions`` (SessionSummary) it is given: kill
+    ends one (recording the call in ``kills``: (id, by, message)) or says it is unknown.
+    With ``later=True`` every answer waits in ``pending`` until the test fires it."""
+
+    def __init__(self, sessions: list[Any] | None = None, later: bool = False) -> None:
+        self.sessions = list(sessions or [])
+        self.kills: list[tuple] = []
+        self.later = later
+        self.pending: list[tuple[defer.Deferred, Any]] = []
+
+    def _answer(self, value: Any) -> defer.Deferred:
+        if not self.later:
+            return defer.succeed(value)
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append((d, value))
+        return d
+
+    def fire_pending(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, value in pending:
+            d.callback(value)
+
+    def list(self) -> defer.Deferred:
+        return self._answer(list(self.sessions))
+
+    def kill(self, session_id: str, by: Any, message: str | None = None) -> defer.Deferred:
+        self.kills.append((session_id, by, message))
+        found = next((s for s in self.sessions if s.id == session_id), None)
+        if found is not None:
+            self.sessions.remove(found)
+        return self._answer(KillResult(found, killed=found is not None))

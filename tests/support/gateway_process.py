@@ -74,8 +74,12 @@ class GatewayProcess:
         config: dict,
         nofile: int | None = None,
         twistd_args: tuple[str, ...] = (),
+        prelude: str = "",
     ) -> None:
         self.workdir = workdir
+        # Python statements run in the gateway's process before twistd starts (a test
+        # device that stands in different keys); empty for the gateway as it is.
+        self.prelude = prelude
         self.nofile = nofile  # the gateway's file descriptor limit (soft and hard), if set
         self.twistd_args = tuple(twistd_args)  # before the plugin name (--uid, --gid)
         self.config = dict(config)
@@ -94,7 +98,8 @@ class GatewayProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         self.process = subprocess.Popen(
-            [sys.executable, *TWISTD, "-n", "--pidfile=", "--logfile=-", *self.twistd_args,
+            [sys.executable, "-c", f"{self.prelude}\n{TWISTD[1]}", "-n", "--pidfile=",
+             "--logfile=-", *self.twistd_args,
              "sshgateway",
              "--config", str(self.config_path)],
             cwd=self.workdir,

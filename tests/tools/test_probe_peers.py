@@ -58,7 +58,12 @@ def world(tmp_path_factory):
     authorized = write_authorized_keys(work / "authorized_keys")
     config = base_config(hash_password(), authorized)
     with GatewayProcess(work / "gw", config) as gw:
-        ssh1_only = dict(config, protocols=["1"], state_dir=gw.config["state_dir"])
+        # The same host keys (state_dir); a control socket of its own, as two gateways
+        # cannot share one.
+        ssh1_only = dict(
+            config, protocols=["1"], state_dir=gw.config["state_dir"],
+            control={"socket": str(work / "gw1" / "control.sock")},
+        )  # fmt: skip
         with (
             GatewayProcess(work / "gw1", ssh1_only) as gw1,
             OpenSSHServer(work / "sshd", [], host_key_types=("ed25519", "rsa")) as sshd,

@@ -15,7 +15,7 @@ import random as pyrandom
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from protocols.ssh1 import ciphers, deattack, keys
+from protocols.ssh1 import ciphers, deattack, keygen, keys
 from protocols.ssh1 import messages as m
 from protocols.ssh1.events import CLOSED, NEED_DATA, PAUSED, Event
 from protocols.ssh1.packet import PacketDecoder, PacketEncoder
@@ -114,30 +114,11 @@ def string(data: bytes) -> bytes:
     return Writer().string(data).getvalue()
 
 
-def _probable_prime(bits: int, rng: pyrandom.Random) -> int:
-    while True:
-        candidate = rng.getrandbits(bits) | (1 << (bits - 1)) | (1 << (bits - 2)) | 1
-        if all(candidate % p for p in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)) and all(
-            pow(a, candidate - 1, candidate) == 1 for a in (2, 3, 5, 7, 11, 13, 17, 19, 23)
-        ):
-            return candidate
-
-
 @functools.cache
 def small_key(bits: int) -> rsa.RSAPrivateKey:
-    """Legacy key sizes cryptography no longer generates (512, 768 bits), made by hand."""
-    rng = pyrandom.Random(bits)
-    e = 65537
-    while True:
-        p, q = _probable_prime(bits // 2, rng), _probable_prime(bits - bits // 2, rng)
-        n = p * q
-        if p != q and n.bit_length() == bits and (p - 1) % e and (q - 1) % e:
-            break
-    d = pow(e, -1, (p - 1) * (q - 1))
-    return rsa.RSAPrivateNumbers(
-        p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
-        rsa.RSAPublicNumbers(e, n),
-    ).private_key(unsafe_skip_rsa_key_validation=True)
+    """A key of a legacy size cryptography no longer generates (384, 512, 768 bits): the
+    same one for a size in every run (protocols.ssh1.keygen from a seeded source)."""
+    return keygen.generate_private_key(bits, randbits=pyrandom.Random(bits).getrandbits)
 
 
 def crc_attack_positions(nblocks: int) -> list[int]:

@@ -4,6 +4,9 @@ in front of whatever portal the test gives it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.cred.portal import Portal
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -13,6 +16,7 @@ from protocols.record import ConnectionRecord
 from protocols.ssh1 import messages as m
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
+from tests.support.doubles import ThreadCalls
 from tests.support.ssh1.minclient import MiniClient, host_key, server_key, string
 
 Packets = list[tuple[int, bytes]]
@@ -23,7 +27,8 @@ DEFAULT_LIMITS = AuthLimits(failure_delay=1.0)
 
 class SSH1ServerRig:
     """A connection that has read the server's public key; ``generated`` counts the server
-    keys the factory made."""
+    keys the factory made (with ``key_generator``, else the one cached test key), ``threads``
+    holds the ones made off the reactor (made at once unless the test says otherwise)."""
 
     def __init__(
         self,
@@ -31,6 +36,7 @@ class SSH1ServerRig:
         settings: SSH1Settings = DEFAULT_SETTINGS,
         limits: AuthLimits = DEFAULT_LIMITS,
         client_version: bytes = b"SSH-1.5-t",
+        key_generator: Callable[[int], rsa.RSAPrivateKey] | None = None,
     ) -> None:
         self.portal = portal
         self.clock = Clock()
@@ -38,13 +44,22 @@ class SSH1ServerRig:
 
         def generate(bits: int):
             self.generated += 1
-            return server_key()
+            return server_key() if key_generator is None else key_generator(bits)
 
+        self.threads = ThreadCalls(at_once=True)  # server keys made off the reactor
         self.factory = SSH1ServerFactory(
-            portal, host_key(), settings, limits, self.clock, key_generator=generate
+            portal, host_key(), settings, limits, self.clock, key_generator=generate,
+            off_reactor=self.threads,
         )
+        self.client_version = client_version
+        self.connect()
+
+    def connect(self) -> None:
+        """A new connection, the rig's from now on, that has read the server's public key."""
         self.record = ConnectionRecord(peer="127.0.0.1:1")
-        self.protocol = self.factory.build_protocol(self.record, b"SSH-1.99-gw", client_version)
+        self.protocol = self.factory.build_protocol(
+            self.record, b"SSH-1.99-gw", self.client_version
+        )
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
         self.client = MiniClient()

@@ -25,7 +25,7 @@ from protocols.ssh1.client import SSH1ClientProtocol
 from protocols.ssh1.packet import PacketEncoder
 from protocols.ssh1.server import SSH1ServerFactory
 from protocols.ssh1.settings import SSH1Settings
-from tests.support.doubles import FakeSessionClient, Realm, RSAChecker
+from tests.support.doubles import FakeSessionClient, Realm, RSAChecker, ThreadCalls
 from tests.support.ssh1.minclient import host_key, server_key, user_key
 
 
@@ -35,17 +35,23 @@ class CompressingConfig(TargetConfig):
 
 
 class Device:
-    """The gateway's own SSH-1 server standing in for a legacy device."""
+    """The gateway's own SSH-1 server standing in for a legacy device; ``host`` and
+    ``server`` replace its keys (``server_key_bits``: what its settings say, kept 128 bits
+    from the host key's size as they must be, whatever size ``server`` has)."""
 
-    def __init__(self, reactor, host=None, ciphers=("3des", "blowfish", "des"), protocols=("ssh1",)):
+    def __init__(
+        self, reactor, host=None, ciphers=("3des", "blowfish", "des"), protocols=("ssh1",),
+        server=None, server_key_bits=1024,
+    ):  # fmt: skip
         self.realm = Realm()
         checker = InMemoryUsernamePasswordDatabaseDontUse(admin=b"devpass")
         rsa_checker = RSAChecker({b"admin": keys.public_numbers(user_key())})
         portal = Portal(self.realm, [checker, rsa_checker])
+        settings = SSH1Settings(ciphers=ciphers, server_key_bits=server_key_bits)
         self.ssh1 = SSH1ServerFactory(
-            portal, host or host_key(), SSH1Settings(ciphers=ciphers), AuthLimits(failure_delay=0.0),
-            reactor, key_generator=lambda bits: server_key(),
-        )
+            portal, host or host_key(), settings, AuthLimits(failure_delay=0.0), reactor,
+            key_generator=lambda bits: server or server_key(), off_reactor=ThreadCalls(at_once=True),
+        )  # fmt: skip
         self.dispatcher = DispatcherFactory({p: self.ssh1 for p in protocols}, reactor)
 
     @property
