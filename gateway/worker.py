@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from twisted.logger import ILogObserver, LogEvent, formatEvent
@@ -34,7 +35,11 @@ def worker_config(config: Any, number: int) -> Any:
     if listen is not None:
         listen = worker_metrics_endpoint(config.state_dir, number)
     metrics = dataclasses.replace(config.metrics, listen=listen)
-    return dataclasses.replace(config, metrics=metrics, run_as=None, workers=1)
+    # Its own control socket (the parent serves the configured one); listing the sessions
+    # of every worker through the parent's is not done yet.
+    control_socket = Path(config.state_dir) / "workers" / f"control-{number}.sock"
+    control = dataclasses.replace(config.control, socket=control_socket)
+    return dataclasses.replace(config, metrics=metrics, control=control, run_as=None, workers=1)
 
 
 def line_observer(stream: TextIO) -> Any:
