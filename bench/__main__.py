@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench.flows": ["--mib", "32", "--rounds", "3"],
     "bench.recording": ["--mib", "16", "--writes", "2000", "--rounds", "1"],
     "bench.handshakes": ["--seconds", "2", "--clients", "2"],
+    "bench.workers": ["--mib", "8", "--connections", "16"],
 }
 
 

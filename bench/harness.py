@@ -96,11 +96,19 @@ def openssh_server(workdir: Path, user_key: Path, ciphers: str, macs: str, kex: 
 
 
 def gateway_config(
-    login: str, authorized: Path, ciphers: str, macs: str, kex: str, os_user: str | None = None
+    login: str,
+    authorized: Path,
+    ciphers: str,
+    macs: str,
+    kex: str,
+    os_user: str | None = None,
+    workers: int = 1,
 ) -> dict:
     """An SSH-2 gateway whose one user, ``login``, runs commands with the local target as
-    OS account ``os_user`` (default: the account named ``login``, as sshd would)."""
+    OS account ``os_user`` (default: the account named ``login``, as sshd would), served by
+    ``workers`` processes."""
     return {
+        "workers": workers,
         "protocols": ["2"],
         "users": {login: {"authorized_keys": str(authorized), "targets": ["local"],
                           "os_user": os_user or login}},
@@ -113,12 +121,16 @@ def gateway_config(
 
 @contextmanager
 def gateway_server(
-    workdir: Path, user_key: Path, login: str, ciphers: str, macs: str, kex: str
+    workdir: Path, user_key: Path, login: str, ciphers: str, macs: str, kex: str, workers: int = 1
 ):
-    """Yields (port, pid of the gateway, which reaps its local target's commands)."""
+    """Yields (port, pid of the gateway, which reaps its local target's commands; with
+    ``workers`` > 1 the parent, whose tree holds the workers)."""
     authorized = workdir / "gw_authorized_keys"
     authorized.write_text(Path(str(user_key) + ".pub").read_text())
-    with GatewayProcess(workdir, gateway_config(login, authorized, ciphers, macs, kex)) as gw:
+    config = gateway_config(login, authorized, ciphers, macs, kex, workers=workers)
+    with GatewayProcess(workdir, config) as gw:
+        for number in range(1, workers + 1 if workers > 1 else 1):
+            gw.wait_for_log(rf"\[worker {number}\] sshgateway listening on", timeout=120)
         yield gw.port, gw.pid
 
 

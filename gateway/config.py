@@ -259,6 +259,7 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_as: str | None = None  # the account to drop to after binding (gateway.privsep)
+    workers: int = 1  # reactor processes serving the endpoints (gateway.workers); 1: this one
     source: Path | None = None  # the file it came from; None for the embedded default
     # The user who gets a generated password (embedded default only).
     default_password_user: str | None = None
@@ -498,6 +499,28 @@ class Integer(Kind):
             return default
         if self.maximum is not None and value > self.maximum:
             v.error(path, self.above or f"must be at most {self.maximum}")
+        return value
+
+
+def cores() -> int:
+    """The cores this process may run on (``workers = "auto"``)."""
+    count = getattr(os, "process_cpu_count", os.cpu_count)()
+    return max(1, count or 1)
+
+
+@dataclass(frozen=True)
+class WorkerCount(Kind):
+    """``workers``: a positive integer, or ``"auto"`` for one per core."""
+
+    maximum: int = 256
+
+    def read(self, v: _Validator, data: Mapping[str, Any], path: KeyPath, default: Any) -> Any:
+        value = data.get(path[-1], default)
+        if value == "auto":
+            return cores()
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= self.maximum:
+            v.error(path, f'must be "auto" or an integer from 1 to {self.maximum}')
+            return default
         return value
 
 
@@ -856,6 +879,10 @@ SCHEMA: tuple[Key, ...] = (
         "an OS account: started as root, the gateway binds its endpoints and reads its host "
         "keys, gives it the state directory, then runs as it (see Privileges); without root "
         "only the gateway's own account", shown="(stays as started)"),
+    Key("", "workers", WorkerCount(), 1,
+        'reactor processes serving the same endpoints, or `"auto"`: one per core; with more '
+        "than one a parent process binds, supervises and restarts them (see Worker "
+        "processes); read at start"),
 
     Key(USERS, "", NamedTables(_USER_NAME, "user names are 1-64 of A-Z a-z 0-9 . _ @ - "
                                "(not starting with . @ -)"), None,
@@ -1526,6 +1553,7 @@ def _build(data: Mapping[str, Any], v: _Validator, accounts: LocalAccounts) -> G
         limits=limits,
         metrics=metrics,
         run_as=top["run_as"],
+        workers=top["workers"],
     )
 
 

@@ -9,6 +9,12 @@ from the reactor thread: a local append of a few hundred bytes, which does not h
 reactor up; a failing disk (full, read-only, gone) is logged and counted in
 ``write_errors``, never raised to the caller, whose connection or login goes on.
 
+Several processes may append to the same file (worker processes, gateway.workers): each
+line is one ``write`` on an ``O_APPEND`` descriptor, and the size check, the rotation and
+the write happen under an exclusive ``flock`` on the directory itself (no lock file to
+list or clean up), so that two processes never rotate the same file twice (which would
+drop a generation) nor write into a file another has just moved away.
+
 With a shared store (gateway.store) every record is also handed to
 :attr:`RotatingJSONLines.mirror`, which queues it for the database; the local file stays.
 
@@ -18,6 +24,7 @@ a stable key for whoever counts such errors (the metrics) without parsing the te
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -66,17 +73,14 @@ class RotatingJSONLines:
             mirror(self.what, record)  # queues only: never raises, never waits
         try:
             self._prepare()
+            # The directory's descriptor, opened for each line as the file is (no
+            # descriptor kept by writers a reload replaces); closing it drops the lock.
+            lock = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                size = self.path.stat().st_size
-            except FileNotFoundError:
-                size = 0
-            if size and size + len(line) > self.max_bytes:
-                self._rotate()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                written = os.write(fd, line)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                written = self._append(line)
             finally:
-                os.close(fd)
+                os.close(lock)
             if written != len(line):
                 raise OSError(f"short write ({written} of {len(line)} bytes): disk full?")
         except OSError as exc:
@@ -89,6 +93,20 @@ class RotatingJSONLines:
             )
             return False
         return True
+
+    def _append(self, line: bytes) -> int:
+        """Rotate if ``line`` does not fit, then append it (under the lock)."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size and size + len(line) > self.max_bytes:
+            self._rotate()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            return os.write(fd, line)
+        finally:
+            os.close(fd)
 
     def _prepare(self) -> None:
         if not self._ready:

@@ -1,5 +1,6 @@
 """Listening on an endpoint string now, and saying in one line why it cannot: what the
-gateway's listeners (gateway.service) and its metrics endpoint (gateway.metrics) share.
+gateway's listeners (gateway.service) and its metrics endpoint (gateway.metrics) share;
+and a worker process's listening on the socket its parent bound (gateway.workers).
 
 An operator's mistake (port in use, wrong endpoint) is a :class:`ListenError` whose text
 names the endpoint and the cause, with a hint for the usual ones; never a traceback.
@@ -8,11 +9,13 @@ names the endpoint and the cause, with a hint for the usual ones; never a traceb
 from __future__ import annotations
 
 import errno
+import os
+import socket
 from typing import Any
 
 from twisted.internet.error import CannotListenError
 
-from gateway.proxy_protocol import server_endpoint
+from gateway.proxy_protocol import ProxyHeaderFactory, server_endpoint
 
 
 class ListenError(Exception):
@@ -61,3 +64,14 @@ def listen_now(reactor: Any, description: str, factory: Any) -> Any:
     if not ports:
         raise ListenError(f"cannot listen on {description}: the endpoint did not answer")
     return ports[0]
+
+
+def adopt_listening_socket(reactor: Any, description: str, fd: int, factory: Any) -> Any:
+    """Serve ``factory`` on the listening socket ``fd`` the parent bound for endpoint
+    ``description``: ``haproxy:`` endpoints read the PROXY header first, as in one process."""
+    probe = socket.socket(fileno=os.dup(fd))  # the family of the inherited socket
+    family = probe.family
+    probe.close()
+    if description.partition(":")[0].lower() == "haproxy":
+        factory = ProxyHeaderFactory(factory)
+    return reactor.adoptStreamPort(fd, family, factory)

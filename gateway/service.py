@@ -63,11 +63,23 @@ class Options(usage.Options):
 class ListenerService(service.Service):
     """Listens on one endpoint string and says where it ended up (port 0 picks one)."""
 
-    def __init__(self, reactor: Any, description: str, factory: DispatcherFactory) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        factory: DispatcherFactory,
+        *,
+        inherited_fd: int | None = None,
+        accepting: bool = True,
+    ) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.port: Any = None
+        # Worker processes (gateway.workers): a worker adopts the socket its parent bound
+        # (``inherited_fd``); the parent binds but does not accept (``accepting``).
+        self.inherited_fd = inherited_fd
+        self.accepting = accepting
 
     def privilegedStartService(self) -> None:
         # Before any privilege drop: a port below 1024 needs root.
@@ -81,7 +93,19 @@ class ListenerService(service.Service):
 
     def listen(self) -> None:
         """Listen now; raises ListenError (one line: what and why) when it cannot."""
-        self._listening(listen_now(self.reactor, self.description, self.factory))
+        if self.inherited_fd is not None:
+            from gateway.listening import adopt_listening_socket
+
+            self._listening(
+                adopt_listening_socket(
+                    self.reactor, self.description, self.inherited_fd, self.factory
+                )
+            )
+            return
+        port = listen_now(self.reactor, self.description, self.factory)
+        if not self.accepting:
+            port.stopReading()  # bound and listening: the workers accept on it
+        self._listening(port)
 
     def _listening(self, port: Any) -> None:
         self.port = port
@@ -197,7 +221,12 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
     taps.append(recorder)
     taps.append(AuditTap())  # after the recorder's: it reports session.recording
     # Idle while [metrics] listen is off (a reload may turn it on); a child service too.
-    taps.append(MetricsService.for_config(config, reactor))
+    metrics = MetricsService.for_config(config, reactor)
+    if config.workers > 1:  # the parent of worker processes: /metrics sums theirs
+        from gateway.worker_metrics import summed_metrics_site
+
+        metrics.site_factory = summed_metrics_site(reactor, config.state_dir, config.workers)
+    taps.append(metrics)
     taps.append(LiveSessions())  # the live-session registry (sessions list/kill)
     return taps
 
@@ -313,10 +342,15 @@ def make_service(
     handle_signals: bool | None = None,
     uid: int | None = None,
     gid: int | None = None,
+    inherited_fds: dict[str, int] | None = None,
+    host_keys: Any = None,
 ) -> GatewayService:
     """The gateway's service tree for ``config``. With the global reactor (twistd) it
     also takes SIGHUP, SIGTERM and SIGINT (``handle_signals``). ``uid``/``gid``: twistd's
-    ``--uid``/``--gid``, to which twistd switches after ``privilegedStartService``."""
+    ``--uid``/``--gid``, to which twistd switches after ``privilegedStartService``.
+    ``config.workers`` > 1: this is the parent of that many worker processes
+    (gateway.workers); ``inherited_fds`` (endpoint -> fd): this is one of them, given its
+    ``host_keys`` by the parent."""
     if handle_signals is None:
         handle_signals = reactor is None
     if reactor is None:
@@ -341,10 +375,11 @@ def make_service(
         raise startup_failure(str(e)) from None
     store = shared_store(config, reactor)
     try:
-        if store is not None:
-            host_keys = store.host_keys(config.state_dir)
-        else:
-            host_keys = load_or_create_host_keys(config.state_dir)
+        if host_keys is None:  # (a worker's are handed over by its parent)
+            if store is not None:
+                host_keys = store.host_keys(config.state_dir)
+            else:
+                host_keys = load_or_create_host_keys(config.state_dir)
         session_taps = build_session_taps(config, reactor)
         if store is not None:
             session_taps.append(store.session_tap())  # the recordings index
@@ -369,6 +404,17 @@ def make_service(
         store=store,
     )
     TargetsService(dispatcher).setServiceParent(top)
+    if inherited_fds is None and config.workers > 1:
+        from gateway.workers import ProcessWorkerSpawner, WorkerSupervisor
+
+        top.workers = WorkerSupervisor(
+            config.workers,
+            ProcessWorkerSpawner(reactor, config.source, host_keys),
+            reactor,
+            lambda: {d: s.port.fileno() for d, s in top.listeners.items() if s.port is not None},
+        )
+        top.workers.setServiceParent(top)
+    top.inherited_fds = inherited_fds
     for tap in session_taps:  # a tap that is a service (the metrics) runs as the gateway's child
         if service.IService.providedBy(tap):
             tap.setServiceParent(top)
@@ -420,11 +466,24 @@ class GatewayService(service.MultiService):
         self.audit = audit
         # The shared store (gateway.store), if any: from start to after the audit trail.
         self.store = store
+        # Worker processes (gateway.workers): the parent's supervisor, or in a worker the
+        # sockets it inherited; either way the endpoints are fixed at start.
+        self.workers: Any = None
+        self.inherited_fds: dict[str, int] | None = None
+        # Applied to every reloaded config (a worker's: gateway.worker.worker_config).
+        self.config_override: Any = None
 
     # -- listeners --------------------------------------------------------------------
 
     def add_listener(self, description: str) -> ListenerService:
-        listener = ListenerService(self.reactor, description, self.dispatcher)
+        inherited = self.inherited_fds or {}
+        listener = ListenerService(
+            self.reactor,
+            description,
+            self.dispatcher,
+            inherited_fd=inherited.get(description),
+            accepting=self.workers is None,
+        )
         self.listeners[description] = listener
         listener.setServiceParent(self)
         return listener
@@ -513,6 +572,8 @@ class GatewayService(service.MultiService):
             log.info("reload ignored: the gateway is shutting down")
             return False
         self.notifier.reloading()
+        if self.workers is not None:
+            self.workers.reload()  # each worker re-reads the file itself
         source = self.config.source
         where = str(source) if source is not None else "the embedded default"
         try:
@@ -596,6 +657,8 @@ class GatewayService(service.MultiService):
 
         source = self.config.source
         new = load_config(source) if source is not None else default_config()
+        if self.config_override is not None:
+            new = self.config_override(new)
         for warning in config_warnings(new):
             log.warn("{warning}", warning=warning)
         if new.state_dir != self.config.state_dir:
@@ -613,6 +676,9 @@ class GatewayService(service.MultiService):
         (their sockets stay); says what changed."""
         removed = [d for d in old if d not in new]
         added = [d for d in new if d not in old]
+        if (removed or added) and (self.workers is not None or self.inherited_fds is not None):
+            log.warn("with worker processes the endpoints change only at a restart")
+            return "unchanged (worker processes: a restart changes them)"
         for description in removed:
             if description in self.listeners:
                 self.remove_listener(description)
@@ -643,6 +709,8 @@ class GatewayService(service.MultiService):
             log.info("{signal} again: exiting now", signal=signame)
             if self.drain is not None:
                 self.drain.now()
+            if self.workers is not None:
+                self.workers.now()
             for generation in self.dispatcher.generations():
                 if generation.targets is not None:
                     generation.targets.close_all()  # hangs up now; no wait for reaping

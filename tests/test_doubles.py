@@ -24,6 +24,7 @@ from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.store.worker import IStoreBackend
 from gateway.targets.bridge import IUpstreamSession, UpstreamSink
+from gateway.workers import IWorkerSpawner
 from protocols.auth import ISSH1RSAChallenge, SSH1RSAChallenge
 from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.session import (
@@ -95,6 +96,7 @@ ZOPE_DOUBLES: dict[str, tuple[Callable[[], Any], InterfaceClass]] = {
     "RecordingObserver": (doubles.RecordingObserver, ISessionObserver),
     "RecordingTap": (doubles.RecordingTap, ISessionTap),
     "FakeDatabase": (doubles.FakeDatabase, IStoreBackend),
+    "FakeWorkerSpawner": (doubles.FakeWorkerSpawner, IWorkerSpawner),
     "ManualWriter": (doubles.ManualWriter, IBackgroundWriter),
     "FakeSessionRegistry": (doubles.FakeSessionRegistry, ISessionRegistry),
 }

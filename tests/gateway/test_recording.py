@@ -480,3 +480,37 @@ def test_one_event_larger_than_the_limit_leaves_a_gap_not_an_end(tmp_path, event
     _, cast = read_cast(the_cast(tmp_path))
     assert [e[1] for e in cast] == ["m", "o"] and cast[-1][2] == "later"
     assert len(truncations(events)) == 1
+
+
+# --- the fast path for plain terminal output ------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gateway.recording import ascii_event_line, event_line  # noqa: E402
+
+# Terminal-like bytes: printable ASCII, the usual controls, the JSON specials, a few rarer
+# controls and bytes past ASCII (which must leave the fast path).
+TERMINAL_BYTES = st.binary(max_size=300).map(bytes) | st.lists(
+    st.sampled_from(
+        [b"a", b"Z", b" ", b"~", b"\n", b"\r", b"\t", b"\x08", b"\x1b", b"[", b'"', b"\\",
+         b"/", b"\x7f", b"\x00", b"\x07", b"\x0c", b"\x1f", b"\xc3\xa9", b"\xff"]
+    ),
+    max_size=200,
+).map(b"".join)
+
+
+@given(TERMINAL_BYTES, st.floats(min_value=0, max_value=1e6))
+def test_the_fast_event_line_is_the_json_one_or_steps_aside(data, at):
+    fast = ascii_event_line(at, "o", data)
+    if fast is None:
+        assert not data.isascii() or any(c < 0x20 and c not in b"\n\r\t\x08\x1b" for c in data)
+    else:
+        assert fast == event_line(at, "o", data.decode("ascii"))
+        assert json.loads(fast)[2] == data.decode("ascii")
+
+
+def test_plain_output_takes_the_fast_path_and_a_split_character_still_survives():
+    assert ascii_event_line(1.0, "o", b'ls -l\r\n\x1b[0m"x"\\') is not None
+    assert ascii_event_line(1.0, "o", b"bell\x07") is None
+    assert ascii_event_line(1.0, "o", "é".encode()) is None

@@ -11,6 +11,8 @@
   challenge callback (Avatar, Realm, RSAChecker, Challenger);
 - a handed-over connection as the shutdown drain sees it, and the handoff that builds
   them (FakeDrainable, FakeDrainableHandoff);
+- the parent's way of starting worker processes, and the workers it starts
+  (FakeWorkerSpawner, FakeWorkerProcess);
 - session taps and observers that keep what they see (RecordingTap, RecordingObserver),
   and the recorder's background writer run by the test (ManualWriter).
 - work sent off the reactor (``threads.deferToThread``), held until the test runs it
@@ -39,6 +41,7 @@ from gateway.recording import IBackgroundWriter
 from gateway.session_tap import ISessionObserver, ISessionTap
 from gateway.store.worker import IStoreBackend
 from gateway.targets.bridge import IUpstreamSession
+from gateway.workers import IWorkerSpawner
 from protocols.auth import ISSH1RSAChallenge, PolicyRefused
 from protocols.handoff import IDrainable, IHandoffFactory
 from protocols.session import (
@@ -497,6 +500,60 @@ def run_at_once(f: Any, *args: Any) -> Any:
     from twisted.internet import defer
 
     return defer.maybeDeferred(f, *args)
+
+
+class FakeWorkerProcess:
+    """A worker's process transport: records the signals it is sent; :meth:`end` makes it
+    end (``signal``: killed by it, else ``status``) as Twisted reports a process's end."""
+
+    def __init__(self, protocol: Any, number: int, listen_fds: dict[str, int], pid: int) -> None:
+        self.protocol = protocol
+        self.number = number
+        self.listen_fds = listen_fds
+        self.pid: int | None = pid
+        self.signals: list[str] = []
+        protocol.makeConnection(self)
+
+    def closeStdin(self) -> None:
+        pass
+
+    def signalProcess(self, signame: str) -> None:
+        from twisted.internet.error import ProcessExitedAlready
+
+        if self.pid is None:
+            raise ProcessExitedAlready()
+        self.signals.append(signame)
+
+    def say(self, data: bytes, fd: int = 1) -> None:
+        self.protocol.childDataReceived(fd, data)
+
+    def end(self, status: int = 0, signal: int | None = None) -> None:
+        from twisted.internet.error import ProcessDone, ProcessTerminated
+        from twisted.python.failure import Failure
+
+        self.pid = None
+        if status == 0 and signal is None:
+            reason = Failure(ProcessDone(0))
+        else:
+            reason = Failure(ProcessTerminated(None if signal else status, signal))
+        self.protocol.processEnded(reason)
+
+
+@implementer(IWorkerSpawner)
+class FakeWorkerSpawner:
+    """Starts FakeWorkerProcesses (pids 1000, 1001, ...), kept in ``processes``."""
+
+    def __init__(self) -> None:
+        self.processes: list[FakeWorkerProcess] = []
+
+    def spawn(self, protocol: Any, number: int, listen_fds: Any) -> FakeWorkerProcess:
+        process = FakeWorkerProcess(protocol, number, dict(listen_fds), 1000 + len(self.processes))
+        self.processes.append(process)
+        return process
+
+    def running(self) -> dict[int, FakeWorkerProcess]:
+        """The live process of each worker number."""
+        return {p.number: p for p in self.processes if p.pid is not None}
 @implementer(IBackgroundWriter)
 class ManualWriter:
     """The recorder's background writer (gateway.recording.IBackgroundWriter) in memory: the
