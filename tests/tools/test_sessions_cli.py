@@ -20,7 +20,6 @@ from gateway.live_sessions import Operator, SessionSummary
 from tests.support.doubles import FakeSessionRegistry
 from tests.support.gateway_helpers import LOCAL_ACCESS
 from tests.support.sshd import close_reactor, fresh_reactor, run_until
-from tools import sessions
 from tools.cli import main
 
 SUMMARIES = [
