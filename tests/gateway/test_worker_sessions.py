@@ -193,3 +193,44 @@ def test_the_parent_of_workers_serves_the_workers_sessions(tmp_path):
     assert list(registry.running()) == [1]  # worker 2 is between a death and its restart
     assert registry.socket_of(1) == worker_control_socket(tmp_path, 1)
     assert isinstance(control_service(config, Clock(), [LiveSessions()]).factory.registry, LiveSessions)
+
+
+# --- the client on a real reactor: a real worker socket, and one that never answers ---------
+
+
+def test_real_sockets_one_answering_one_silent_within_the_timeout(tmp_path, logged):
+    import socket
+    import time
+
+    from gateway.control import listen_control
+    from tests.support.sshd import close_reactor, fresh_reactor, run_until
+
+    reactor = fresh_reactor()
+    silent = socket.socket(socket.AF_UNIX)  # accepts (the kernel's backlog), never answers
+    (tmp_path / "workers").mkdir()
+    try:
+        factory = ControlFactory(FakeSessionRegistry([summary("a", 1.0)]), reactor)
+        port = listen_control(reactor, worker_control_socket(tmp_path, 1), factory)
+        silent.bind(str(worker_control_socket(tmp_path, 2)))
+        silent.listen(4)
+        registry = WorkerSessions.of_supervisor(supervisor_running(1, 2), tmp_path, reactor)
+        registry.timeout = 0.5
+        results: list = []
+        started = time.monotonic()
+        registry.list().addBoth(results.append)
+        assert run_until(reactor, lambda: bool(results), timeout=10)
+        assert time.monotonic() - started < 5
+        assert [(s.id, s.worker) for s in results[0]] == [("a", 1)]
+        assert any("worker 2 left out of the list request: no answer within 0.5 s" in line
+                   for line in logged)  # fmt: skip
+        port.stopListening()
+    finally:
+        silent.close()
+        close_reactor(reactor)
+
+
+def supervisor_running(*numbers: int):
+    """A WorkerSupervisor's ``workers`` as WorkerSessions reads them: all running."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(workers={n: SimpleNamespace(process=object()) for n in numbers})
