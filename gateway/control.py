@@ -17,10 +17,14 @@ number of requests per connection, answered in order::
 
     {"request": "list"}                          -> {"ok": true, "sessions": [SUMMARY, ...]}
     {"request": "kill", "session": ID,
-     "message": TEXT or null}                    -> {"ok": true, "session": SUMMARY}
+     "message": TEXT or null,
+     "operator": OPERATOR (optional)}            -> {"ok": true, "session": SUMMARY}
     (refused or failed)                          -> {"ok": false, "error": CODE, "message": TEXT}
 
-CODE is one of ERRORS. A request that is no request (not JSON, not an object, an unknown
+CODE is one of ERRORS; an ``already_ended`` refusal carries the SUMMARY too. OPERATOR
+(``{"name", "uid", "pid"}``) is whom a relaying parent of worker processes
+(gateway.worker_sessions) asks for: it is believed only from the process the factory's
+``relay_pid`` names (a worker's parent), and the kill is recorded as that operator's. A request that is no request (not JSON, not an object, an unknown
 one, a line too long) is answered with ``bad_request``, logged, and the connection closed.
 """
 
@@ -182,7 +186,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
                 self._bad("a kill request whose message is not text")
                 return
             answer = defer.maybeDeferred(
-                self.factory.registry.kill, session_id, self.operator, message
+                self.factory.registry.kill, session_id, self._operator_of(request), message
             )
             answer.addCallback(self._killed, session_id)
         else:
@@ -193,6 +197,13 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         answer.addErrback(self._failed, kind)
         answer.addCallback(self._answer)
 
+    def _operator_of(self, request: dict[str, Any]) -> Operator | None:
+        """Who asks: the peer, or whom the relaying parent names (and only the parent)."""
+        relay = self.factory.relay_pid
+        if relay is None or self.operator is None or self.operator.pid != relay:
+            return self.operator
+        return Operator.from_json(request.get("operator")) or self.operator
+
     def _killed(self, result: KillResult, session_id: str) -> dict[str, Any]:
         if result.session is None:
             log.info(
@@ -202,7 +213,8 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
             )
             return error_answer(NOT_FOUND, f"no live session {session_id}")
         if not result.killed:
-            return error_answer(ALREADY_ENDED, f"session {session_id} had already ended")
+            answer = error_answer(ALREADY_ENDED, f"session {session_id} had already ended")
+            return {**answer, "session": result.session.to_json()}
         return {"ok": True, "session": result.session.to_json()}
 
     def _failed(self, failure: Failure, kind: str) -> dict[str, Any]:
@@ -245,6 +257,8 @@ class ControlFactory(Factory):
         self.reactor = reactor
         self.owner_uid = owner_uid
         self.credentials_of = credentials_of
+        # In a worker process: its parent's pid, whose kill requests name their operator.
+        self.relay_pid: int | None = None
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         return ControlProtocol(self)

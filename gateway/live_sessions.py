@@ -46,6 +46,20 @@ class Operator:
     def __str__(self) -> str:
         return self.name if self.uid is None else f"{self.name} (uid {self.uid})"
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Operator | None:
+        """The operator a relayed request names (gateway.worker_sessions); None when it
+        names none."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return None
+        uid, pid = data.get("uid"), data.get("pid")
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (uid, pid)):
+            return None
+        return cls(data["name"][:64], uid, pid)
+
 
 @dataclass(frozen=True)
 class SessionSummary:
@@ -64,6 +78,7 @@ class SessionSummary:
     command: str | None = None  # an exec session's command line
     subsystem: str | None = None
     pty: bool = False
+    worker: int | None = None  # with worker processes: the one that holds the session
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

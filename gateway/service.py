@@ -231,12 +231,21 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
     return taps
 
 
-def control_service(config: Any, reactor: Any, session_taps: Sequence[Any]) -> Any:
+def control_service(
+    config: Any, reactor: Any, session_taps: Sequence[Any], workers: Any = None
+) -> Any:
     """The control socket (gateway.control) over the live-session registry among the
-    taps: it listens once the gateway has dropped its privileges."""
+    taps, or in the parent of worker processes (``workers``, their supervisor) over the
+    sessions of every worker (gateway.worker_sessions): it listens once the gateway has
+    dropped its privileges."""
     from gateway.control import ControlService, control_socket_path
     from gateway.live_sessions import ISessionRegistry
 
+    if workers is not None:
+        from gateway.worker_sessions import WorkerSessions
+
+        registry = WorkerSessions.of_supervisor(workers, config.state_dir, reactor)
+        return ControlService(control_socket_path(config), registry, reactor)
     registry = next(tap for tap in session_taps if ISessionRegistry.providedBy(tap))
     return ControlService(control_socket_path(config), registry, reactor)
 
@@ -420,7 +429,7 @@ def make_service(
             tap.setServiceParent(top)
         if store is not None and hasattr(tap, "metrics"):
             tap.metrics.watch_store(store.worker)  # the write queue's counts on /metrics
-    control_service(config, reactor, session_taps).setServiceParent(top)
+    control_service(config, reactor, session_taps, top.workers).setServiceParent(top)
     for description in config.listen:
         top.add_listener(description)
     return top

@@ -18,7 +18,6 @@ import functools
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any, TextIO
 
 from twisted.logger import ILogObserver, LogEvent, formatEvent
@@ -35,9 +34,11 @@ def worker_config(config: Any, number: int) -> Any:
     if listen is not None:
         listen = worker_metrics_endpoint(config.state_dir, number)
     metrics = dataclasses.replace(config.metrics, listen=listen)
-    # Its own control socket (the parent serves the configured one); listing the sessions
-    # of every worker through the parent's is not done yet.
-    control_socket = Path(config.state_dir) / "workers" / f"control-{number}.sock"
+    from gateway.worker_sessions import worker_control_socket
+
+    # Its own control socket: the parent serves the configured one and asks this one
+    # (gateway.worker_sessions).
+    control_socket = worker_control_socket(config.state_dir, number)
     control = dataclasses.replace(config.control, socket=control_socket)
     return dataclasses.replace(config, metrics=metrics, control=control, run_as=None, workers=1)
 
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         for tap in top.session_taps:  # the metrics: served to the parent on a Unix socket
             if hasattr(tap, "site_factory"):
                 tap.site_factory = worker_metrics_site
+        # Kill requests relayed by the parent name the operator who asked it.
+        top.getServiceNamed("control").factory.relay_pid = os.getppid()
         top.privilegedStartService()
         top.startService()
     except StartupFailure as e:

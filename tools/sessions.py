@@ -9,81 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, load_config
 from gateway.control import CONTROL_SOCKET, NOT_FOUND, control_socket_path
+from gateway.control_client import ControlError, ask
 from gateway.live_sessions import SessionSummary
-
-MAX_ANSWER = 64 * 1024 * 1024  # bytes of one answer line (a list of many sessions)
-TIMEOUT = 30.0  # seconds for the whole exchange
-
-
-class ControlError(Exception):
-    """The gateway could not be asked, or said no (``code`` from gateway.control)."""
-
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def ask(path: Path, request: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any]:
-    """Send one request to the control socket at ``path``; its successful answer."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        try:
-            sock.connect(str(path))
-        except FileNotFoundError:
-            raise ControlError(f"no control socket at {path}: is the gateway running?") from None
-        except ConnectionRefusedError:
-            raise ControlError(
-                f"nothing answers on {path}: the gateway is not running (a stale socket)"
-            ) from None
-        except PermissionError:
-            raise ControlError(
-                f"{path}: permission denied (only the gateway's account and root may use it)"
-            ) from None
-        except OSError as e:
-            raise ControlError(f"{path}: {e.strerror or e}") from None
-        try:
-            try:
-                sock.sendall(json.dumps(request).encode("utf-8") + b"\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # a refusal comes at once, then the close: its line is still to read
-            line = _read_line(sock)
-        except TimeoutError:
-            raise ControlError(f"{path}: the gateway did not answer within {timeout:.0f} s") from None
-        except OSError as e:
-            raise ControlError(f"{path}: {e.strerror or e}") from None
-    finally:
-        sock.close()
-    try:
-        answer = json.loads(line)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict) or "ok" not in answer:
-        raise ControlError(f"{path}: not a gateway's answer")
-    if not answer["ok"]:
-        raise ControlError(str(answer.get("message", "refused")), str(answer.get("error", "")))
-    return answer
-
-
-def _read_line(sock: socket.socket) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if b"\n" in chunk or size > MAX_ANSWER:
-            break
-    return b"".join(chunks).split(b"\n", 1)[0]
 
 
 def setup_cli(p: argparse.ArgumentParser) -> None:
@@ -164,6 +97,8 @@ def started_text(started: float) -> str:
 
 
 COLUMNS = ("ID", "USER", "SOURCE", "FRONT", "TARGET", "STARTED", "IN", "OUT", "RECORDING")
+# With worker processes (gateway.worker_sessions), which worker holds each session.
+WORKER_COLUMN = "WORKER"
 
 
 def show_sessions(sessions: list[SessionSummary], form: str, out: Any) -> None:
@@ -174,14 +109,17 @@ def show_sessions(sessions: list[SessionSummary], form: str, out: Any) -> None:
     if not sessions:
         print("no live sessions", file=out)
         return
-    rows = [COLUMNS] + [
+    with_workers = any(s.worker is not None for s in sessions)
+    header = (*COLUMNS[:-1], WORKER_COLUMN, COLUMNS[-1]) if with_workers else COLUMNS
+    rows = [header] + [
         (
             s.id, s.user, s.source or "-", s.front_protocol or "-", s.target,
-            started_text(s.started), str(s.bytes_in), str(s.bytes_out), s.recording or "-",
+            started_text(s.started), str(s.bytes_in), str(s.bytes_out),
+            *((str(s.worker or "-"),) if with_workers else ()), s.recording or "-",
         )  # fmt: skip
         for s in sessions
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]).rstrip(), file=out)

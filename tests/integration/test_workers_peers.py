@@ -240,3 +240,81 @@ def test_run_as_workers_run_as_the_account_on_the_parents_low_port():
                     done.stderr + gw.log_text()[-3000:]
                 )
             assert gw.port == port < 1024
+
+
+# --- live sessions across workers: the configured control socket sees them all -------------
+
+
+def logins_seen(gw: GatewayProcess) -> list[int]:
+    """The worker of each login so far, in order (one audit line per login)."""
+    return [int(n) for n in re.findall(r"\[worker (\d+)\] audit: alice logged in", gw.log_text())]
+
+
+def test_sessions_list_shows_and_kill_ends_sessions_on_either_worker(tmp_path):
+    import pwd
+
+    from tests.integration.test_live_sessions_peers import PROGRAM, first_line_pid, listed, sessions
+    from tests.support.clients import keyed_config
+    from tests.support.session_processes import alive, wait_gone
+
+    config, key = keyed_config(tmp_path, workers=2)
+    (tmp_path / "gw").mkdir()
+    clients: list[tuple[subprocess.Popen, int, int]] = []  # (ssh -tt, its shell's pid, worker)
+    with GatewayProcess(tmp_path / "gw", config) as gw:
+        for number in (1, 2):
+            gw.wait_for_log(rf"\[worker {number}\] sshgateway listening on", timeout=60)
+        try:
+            # One at a time, until both workers hold one: the log says which took each login.
+            while {worker for *_, worker in clients} != {1, 2}:
+                assert len(clients) < 12, gw.log_text()
+                before = len(logins_seen(gw))
+                ssh = subprocess.Popen(
+                    ssh_argv(gw, key, "-tt", PROGRAM, user="alice+local"),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    text=True,
+                )  # fmt: skip
+                pid = first_line_pid(ssh)
+                deadline = time.monotonic() + 30
+                while len(logins_seen(gw)) == before and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                logged_in = logins_seen(gw)
+                assert len(logged_in) == before + 1, gw.log_text()
+                clients.append((ssh, pid, logged_in[-1]))
+
+            found = listed(gw)  # on the configured socket: the parent's
+            assert sorted(s["worker"] for s in found) == sorted(w for *_, w in clients), found
+            assert all(s["user"] == "alice" and s["target"] == "local" for s in found)
+            text = sessions(gw, "list")
+            assert text.returncode == 0, text.stderr
+            assert text.stdout.splitlines()[0].split()[-2:] == ["WORKER", "RECORDING"]
+
+            # End the newest session, which is on the worker the last client reached.
+            victim = max(found, key=lambda s: s["started"])
+            worker = clients[-1][2]
+            assert victim["worker"] == worker
+            killed = sessions(gw, "kill", victim["id"], "--message", "moving you to worker 3")
+            assert killed.returncode == 0, killed.stderr + gw.log_text()[-3000:]
+            assert killed.stdout.startswith(f"ended session {victim['id']}: alice from ")
+            ssh, pid, _ = clients.pop()
+            out, _ = ssh.communicate(timeout=30)
+            assert ssh.returncode == 255 and "sshgateway: moving you to worker 3" in out, out
+            assert wait_gone([pid], timeout=10) == []
+            assert all(alive(p) for _, p, _ in clients)
+            assert sorted(s["id"] for s in listed(gw)) == sorted(
+                s["id"] for s in found if s["id"] != victim["id"]
+            )
+
+            # The worker's log names the operator who asked the parent, not the parent.
+            me = pwd.getpwuid(os.geteuid()).pw_name
+            gw.wait_for_log(
+                rf"\[worker {worker}\] .*session {re.escape(victim['id'])} of alice to local "
+                rf"ended by {re.escape(me)} \(uid {os.geteuid()}, pid (?!{gw.pid}\))\d+\)",
+                timeout=10,
+            )
+            unknown = sessions(gw, "kill", victim["id"])
+            assert unknown.returncode == 1 and "no live session" in unknown.stderr
+        finally:
+            for ssh, *_ in clients:
+                if ssh.poll() is None:
+                    ssh.kill()
+                    ssh.wait(10)

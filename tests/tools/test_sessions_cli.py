@@ -20,7 +20,6 @@ from gateway.live_sessions import Operator, SessionSummary
 from tests.support.doubles import FakeSessionRegistry
 from tests.support.gateway_helpers import LOCAL_ACCESS
 from tests.support.sshd import close_reactor, fresh_reactor, run_until
-from tools import sessions
 from tools.cli import main
 
 SUMMARIES = [
@@ -203,8 +202,10 @@ def test_a_refusal_is_shown_even_when_it_came_before_the_request(tmp_path, monke
             assert closed.wait(10)
             return super().sendall(data, *args)
 
+    from gateway import control_client  # where the CLI's client lives
+
     monkeypatch.setattr(
-        sessions, "socket",
+        control_client, "socket",
         SimpleNamespace(AF_UNIX=socket.AF_UNIX, SOCK_STREAM=socket.SOCK_STREAM, socket=LateSender),
     )  # fmt: skip
     thread = threading.Thread(target=refuse)
