@@ -54,7 +54,7 @@ def single_config(port: int, gateway_port: int) -> str:
     )
 
 
-def cluster_config(bind: str, servers: list[tuple[str, str]]) -> str:
+def cluster_config(bind: str, servers: list[tuple[str, str]], stats_socket: str = "") -> str:
     """Several gateway instances behind HAProxy: ``mode tcp``, round robin, a PROXY v2
     header on every connection (``send-proxy-v2``) and on every health check
     (``check-send-proxy``: the gateway's ``haproxy:`` listener drops a connection without
@@ -63,7 +63,8 @@ def cluster_config(bind: str, servers: list[tuple[str, str]]) -> str:
     return (
         "global\n"
         "    maxconn 4096\n"
-        "defaults\n"
+        + (f"    stats socket {stats_socket} mode 600\n" if stats_socket else "")
+        + "defaults\n"
         "    mode tcp\n"
         "    timeout connect 2s\n"
         "    timeout client 1h\n"
@@ -78,6 +79,25 @@ def cluster_config(bind: str, servers: list[tuple[str, str]]) -> str:
         "    default-server send-proxy-v2 check check-send-proxy inter 500ms fall 1 rise 2\n"
         + "".join(f"    server {name} {address}\n" for name, address in servers)
     )
+
+
+def server_stat(stats_socket: Path, backend: str, server: str, name: str = "stot") -> int:
+    """A counter of ``server`` of ``backend`` from ``show stat`` on HAProxy's stats socket:
+    ``stot`` the sessions it has sent there in all, ``scur`` the ones it holds now."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(stats_socket))
+        s.sendall(b"show stat\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    lines = data.decode().splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == backend and row.get("svname") == server:
+            return int(row[name] or 0)
+    raise AssertionError(f"no {backend}/{server} in haproxy's stats:\n{data.decode()}")
 
 
 @contextmanager
