@@ -337,3 +337,13 @@ def test_killing_an_instance_during_200_logins_fails_no_more_than_its_sessions(
         assert re.search(r"[Ss]erver gateways/a is DOWN", (tmp_path / "haproxy.log").read_text())
         # B served the rest: every login after the kill went there.
         assert served(c.b, "ssh2") >= total - kill_after - held
+
+
+def test_the_readme_shows_the_haproxy_config_these_tests_run():
+    """README "Deployment: several instances behind HAProxy": its haproxy.cfg is
+    cluster_config with the README's example addresses."""
+    text = README.read_text()
+    block = re.search(r"<!-- haproxy-cluster-config -->\n```\n(.*?)```\n", text, re.S)
+    assert block, "the README lost its marked HAProxy config"
+    expected = cluster_config(":22", [("gw1", "10.0.0.11:2222"), ("gw2", "10.0.0.12:2222")])
+    assert block.group(1) == expected
