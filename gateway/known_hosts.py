@@ -49,12 +49,13 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.conch.ssh import keys
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from gateway.events import HOST_KEY_CHANGED, HOST_KEY_FIRST_SEEN, HOST_KEY_REFUSED, emit
@@ -148,6 +149,15 @@ class ForgottenKey:
     fingerprint: str
     path: Path
     line: int
+
+
+def after_pins_read(ready: Deferred[None], connect: Callable[[], Deferred]) -> Deferred:
+    """``connect()`` once ``ready`` (:meth:`KnownHosts.up_to_date`) fired: at once when it
+    has (the local files: nothing changes for a gateway without a store), so a failure
+    ``connect`` raises reaches the caller as before; else when the pins were read."""
+    if ready.called:
+        return connect()
+    return ready.addCallback(lambda _: connect())
 
 
 def host_name(host: str, port: int) -> str:
@@ -513,6 +523,12 @@ class KnownHosts:
             "ssh1", "rsa1", b"", e, n, f"{sha256} (MD5 {md5})", f"{bits} {e} {n}", sha256, md5
         )
         return self._check(host, port, offered, policy, target)
+
+    def up_to_date(self, host: str, port: int, protocol: str) -> Deferred[None]:
+        """Fires once the pins for ``host:port`` are as current as they can be before a
+        check: at once here (the file is read at each check); a shared store re-reads a
+        host it has no pin for, so that another instance's pin is not missed."""
+        return succeed(None)
 
     def ssh2_key_types(self, host: str, port: int) -> list[str]:
         """SSH-2 key types already recorded for ``host:port`` (file order), so the

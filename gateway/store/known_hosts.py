@@ -6,6 +6,9 @@ file.
 - The pins are read into memory at start and every ``cache_ttl`` seconds; checks run on the
   reactor against that copy and the local files (whose ``@revoked`` lines and hand-written
   entries still count).
+- A host with no pin in memory is read again before its SSH-2 key is checked
+  (:meth:`SharedKnownHosts.up_to_date`), so a key another instance pinned since the last
+  refresh is enforced at once.
 - A first sighting is pinned with ``INSERT ... ON CONFLICT DO NOTHING`` and read back: the
   database decides which key is the cluster's. This instance enforces its key from the
   moment the key exchange succeeded; if another instance won the race, the winner replaces
@@ -66,6 +69,15 @@ class SharedKnownHosts(KnownHosts):
 
         d: Any = self.store.call("pins")
         return d.addCallbacks(read, lambda _: None)
+
+    def up_to_date(self, host: str, port: int, protocol: str) -> defer.Deferred:
+        """A host with no pin in memory is read again before it is checked: another
+        instance may have pinned it since the last refresh, and a first sighting here
+        would otherwise let a changed key through once (then be refused when the database
+        answered). A host already pinned is checked against the copy in memory."""
+        if (host_name(host, port), protocol) in self.pins or not self.store.up:
+            return defer.succeed(None)
+        return self.refresh()
 
     def _entries(self, protocol: str) -> list[_Entry]:
         entries = super()._entries(protocol)

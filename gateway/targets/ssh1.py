@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import __version__
+from gateway.known_hosts import after_pins_read
 from gateway.targets import TargetConfig
 from gateway.targets.bridge import (
     Connector,
@@ -184,7 +185,10 @@ class SSH1Target(UpstreamTarget):
         options = self.options(username, gateway_password)
 
         def connect(request: SessionRequest, sink: UpstreamSink) -> defer.Deferred:
-            return self._connect(options, request, sink)
+            return after_pins_read(
+                self.known_hosts.up_to_date(self.config.host, self.config.port, "ssh1"),
+                lambda: self._connect(options, request, sink),
+            )
 
         return connect
 

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
 from gateway.hostkeys import key_error_reason
-from gateway.known_hosts import KnownHosts
+from gateway.known_hosts import KnownHosts, after_pins_read
 from gateway.targets import TargetConfig
 from gateway.targets.bridge import (
     Connector,
@@ -95,7 +95,10 @@ class SSH2Target(UpstreamTarget):
         login, upstream_password = upstream_credentials(self.config, username, password)
 
         def connect(req: SessionRequest, sink: UpstreamSink) -> defer.Deferred:
-            return self._connect(req, sink, login, upstream_password)
+            return after_pins_read(
+                self.known_hosts.up_to_date(self.config.host, self.config.port, "ssh2"),
+                lambda: self._connect(req, sink, login, upstream_password),
+            )
 
         return connect
 

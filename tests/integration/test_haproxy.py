@@ -13,83 +13,18 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.support.clients import PASSWORD, keyed_config
 from tests.support.gateway_process import GatewayProcess
+from tests.support.haproxy import haproxy_in_front
 from tests.support.peers import OPENSSL_LEGACY, require_peer
 
 pytestmark = pytest.mark.peer
 
 CLIENT_ADDRESS = "127.0.0.2"  # every client binds here; HAProxy's side is 127.0.0.1
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (HAProxy cannot report a port 0 it picked)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port, read from /proc/net/tcp: connecting
-    to find out would go through HAProxy to the gateway and leave a connection in its log
-    from HAProxy's own address."""
-    wanted = f"0100007F:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
-            return True
-    return False
-
-
-@contextmanager
-def haproxy_in_front(workdir: Path, gateway_port: int) -> Iterator[int]:
-    """A real HAProxy in the foreground (``-db``) on a free loopback port, in ``mode tcp``,
-    that sends a PROXY v2 header to the gateway; yields its port and stops it."""
-    haproxy = require_peer("haproxy")["haproxy"]
-    port = free_port()
-    config = workdir / "haproxy.cfg"
-    config.write_text(
-        "global\n"
-        "    maxconn 64\n"
-        "defaults\n"
-        "    mode tcp\n"
-        "    timeout connect 5s\n"
-        "    timeout client 60s\n"
-        "    timeout server 60s\n"
-        "frontend ssh_in\n"
-        f"    bind 127.0.0.1:{port}\n"
-        "    default_backend gateway\n"
-        "backend gateway\n"
-        f"    server gw 127.0.0.1:{gateway_port} send-proxy-v2\n"
-    )
-    process = subprocess.Popen(
-        [haproxy, "-f", str(config), "-db"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not listening(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"haproxy did not start:\n{process.communicate()[0]}")
-            time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture(scope="module")
