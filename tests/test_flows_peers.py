@@ -6,7 +6,6 @@ negotiated; and no record holds the password, the private key or the session dat
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.support.clients import (
     sshgateway_cli,
     write_authorized_keys,
 )
+from tests.support.flow_records import read_jsonl
 from tests.support.gateway_process import GatewayProcess
 from tests.support.peers import require_peer
 from tests.support.sshd import keygen
@@ -50,7 +50,7 @@ def _records(gw: GatewayProcess, count: int, timeout: float = 20.0) -> list[dict
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
-            records = [json.loads(line) for line in path.read_text().splitlines()]
+            records = read_jsonl(path)
             if len(records) >= count:
                 return records
         time.sleep(0.1)
@@ -243,7 +243,7 @@ def test_eof_is_in_the_interaction_for_plink_1_and_openssh(peers_gateway):
     all counted in the interaction, not in the session request."""
     gw = peers_gateway
     path = Path(gw.config["state_dir"]) / "flows" / "flows.jsonl"
-    before = len(path.read_text().splitlines()) if path.exists() else 0
+    before = len(read_jsonl(path))
     runs = [plink1_argv(gw, "true", fingerprint=ssh1_fingerprint(gw)), ssh_argv(gw, gw.key, "true")]
     for argv in runs:
         result = subprocess.run(argv, input=b"", capture_output=True, timeout=60)

@@ -7,7 +7,6 @@ with a log line). The real HAProxy is in tests/integration/test_haproxy.py."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import struct
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from gateway.proxy_protocol import (
 )
 from gateway.service import make_service
 from protocols.handoff import IHandoffFactory
+from tests.support.flow_records import read_jsonl
 from tests.support.gateway_helpers import LOCAL_ACCESS, LogCapture
 
 LB = IPv4Address("TCP", "127.0.0.1", 40001)  # the load balancer's end of the connection
@@ -355,5 +355,5 @@ def test_haproxy_listener_of_the_service_gives_both_protocols_the_client(
     finally:
         top.stopService()
     flows = tmp_path / "state" / "flows" / "flows.jsonl"
-    (record,) = [json.loads(line) for line in flows.read_text().splitlines()]
+    (record,) = read_jsonl(flows)
     assert record["peer"] == "127.0.0.2:50022"

@@ -19,6 +19,7 @@ from gateway.targets import TargetConfig
 from gateway.targets.ssh2 import SSH2Target
 from protocols.session import SessionRequest
 from tests.support.doubles import FakeSessionClient
+from tests.support.flow_records import read_jsonl
 from tests.support.paramiko_device import DeviceBehaviour, ParamikoDevice
 from tests.support.sshd import close_reactor, fresh_reactor, run_until
 
@@ -265,7 +266,6 @@ def test_acceptance_a_gateway_process_shows_the_profile_in_its_log_and_flow_reco
     """Acceptance 4 end to end: OpenSSH's ssh through a running gateway to a device whose
     line is Sun_SSH_1.0 (paramiko presenting it): the connection log line names the
     profile and its workarounds, the upstream leg's record in flows.jsonl has them."""
-    import json
     import subprocess
 
     from tests.support.clients import keyed_config, ssh_argv
@@ -292,7 +292,7 @@ def test_acceptance_a_gateway_process_shows_the_profile_in_its_log_and_flow_reco
             )
             assert "would want kex diffie-hellman-group1-sha1" in line.group(0)
             flows = Path(gw.config["state_dir"]) / "flows" / "flows.jsonl"
-            records = [json.loads(x) for x in flows.read_text().splitlines()]
+            records = read_jsonl(flows)
             gw.assert_no_traceback()
     [upstream] = [r for r in records if r["target"] == "sun" and r["role"] == "client"]
     assert upstream["negotiated"]["quirks"] == {

@@ -4,7 +4,6 @@ and pinning the device's host key in ``<state_dir>/known_hosts``."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tests.support.clients import (
     ssh_argv,
     write_authorized_keys,
 )
+from tests.support.flow_records import read_jsonl
 from tests.support.gateway_process import GatewayProcess
 from tests.support.sshd import keygen
 
@@ -113,10 +113,7 @@ def test_openssh_through_the_gateway_to_an_old_ssh2_device(tmp_path):
             )
         known = (Path(gw.config["state_dir"]) / "known_hosts").read_text()
         assert known.split()[1:3] == device.host_public().split()[:2]
-    records = [
-        json.loads(line)
-        for line in (Path(gw.config["state_dir"]) / "flows" / "flows.jsonl").read_text().splitlines()
-    ]
+    records = read_jsonl(Path(gw.config["state_dir"]) / "flows" / "flows.jsonl")
     [upstream] = [r for r in records if r.get("negotiated", {}).get("kex", "").endswith("group1-sha1")]
     assert upstream["negotiated"]["host_key_type"] == "ssh-dss"
     assert upstream["negotiated"]["cipher_c2s"] == "3des-cbc"

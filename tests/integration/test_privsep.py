@@ -8,7 +8,6 @@ Root only (accounts are created with useradd): skipped without root, failed unde
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -31,6 +30,7 @@ from tests.support.accounts import (
     shared_workdir,
 )
 from tests.support.clients import keyed_config, plink1_argv, ssh_argv
+from tests.support.flow_records import read_jsonl
 from tests.support.gateway_process import GatewayProcess
 from tests.support.session_processes import cleanup, start_session, wait_gone
 
@@ -108,7 +108,7 @@ def check_dropped_gateway(gw: GatewayProcess, key: Path, port: int) -> None:
     flows = state / "flows" / "flows.jsonl"
     gw.wait_for_log(r"local session for alice: pid \d+ ended")
     assert wait_for(flows.exists)
-    records = [json.loads(line) for line in flows.read_text().splitlines()]
+    records = read_jsonl(flows)
     assert any(r["user"] == "alice" for r in records)
     run_as_uid = ensure_account(RUN_AS).pw_uid
     assert state.stat().st_uid == run_as_uid

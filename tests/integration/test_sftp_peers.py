@@ -12,7 +12,6 @@ a failure under ``CI=true``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import time
@@ -29,6 +28,7 @@ from tests.support.clients import (
     ssh2_device,
     ssh2_fingerprint,
 )
+from tests.support.flow_records import read_jsonl
 from tests.support.gateway_process import GatewayProcess
 from tests.support.peers import require_peer
 from tests.support.python_clients import paramiko_client
@@ -208,7 +208,7 @@ def test_the_flow_record_names_the_subsystem(gw, client_keys):
     def subsystem_legs() -> list[dict]:
         if not flows.exists():
             return []
-        records = [json.loads(line) for line in flows.read_text().splitlines()]
+        records = read_jsonl(flows)
         return [
             r for r in records
             if r["target"] == "host2"
@@ -232,7 +232,7 @@ def flow_files(gw, path: str) -> list[dict]:
     deadline = time.monotonic() + 15
     while True:
         records = (
-            [json.loads(line) for line in flows.read_text().splitlines()] if flows.exists() else []
+            read_jsonl(flows) if flows.exists() else []
         )
         found = [
             f for r in records if r["role"] == "server" for f in r.get("files", [])

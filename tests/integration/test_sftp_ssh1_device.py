@@ -6,7 +6,6 @@ system's; the files moved are noted in the client's flow record."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.clients import base_config, hash_password, openssh_argv
+from tests.support.flow_records import read_jsonl
 from tests.support.gateway_process import GatewayProcess, local_access
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
@@ -85,7 +85,7 @@ def test_scp_and_sftp_put_and_get_through_the_device_s_scp(gw, client_keys, tmp_
     flows = Path(gw.config["state_dir"]) / "flows" / "flows.jsonl"
     deadline = time.monotonic() + 10
     while True:
-        records = [json.loads(line) for line in flows.read_text().splitlines() if line]
+        records = read_jsonl(flows)
         moved = [f for r in records for f in r.get("files", [])]
         if len(moved) >= 4 or time.monotonic() > deadline:
             break

@@ -5,7 +5,6 @@ it. Also: the flows both workers append to one file stay whole lines."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -16,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.support.clients import PASSWORD, base_config, ssh_argv
+from tests.support.flow_records import read_jsonl
 from tests.support.gateway_process import GatewayProcess
 from tests.support.python_clients import paramiko_client
 
@@ -80,8 +80,7 @@ def test_logins_spread_over_both_workers_and_a_killed_worker_is_restarted(two_wo
     key = client_keys["ed25519"]
     assert logins(gw, key, fingerprints, 24) == ["served\n"] * 24
     assert set(served_by(gw)) == {1, 2}, gw.log_text()
-    flows = (gw.workdir / "state" / "flows" / "flows.jsonl").read_text().splitlines()
-    assert flows and all(json.loads(line) for line in flows)
+    assert read_jsonl(gw.workdir / "state" / "flows" / "flows.jsonl")
 
     # SIGKILL one worker: the other serves every login meanwhile.
     pids = worker_pids(gw)

@@ -12,6 +12,17 @@ from protocols.flow import STAGES
 from tools import cli
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete records of a JSON-lines file a running gateway may be appending to.
+
+    An append is one write(2), but a reader can see it half done (the file grows a page at
+    a time), so a last line without its newline is a record still being written: left out,
+    not decoded."""
+    data = path.read_bytes() if path.exists() else b""
+    complete = data[: data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
 def make_record(flow_id: str, protocol: str, steps, **fields) -> dict:
     """A v1 record from (t, dir, name, size, stage[, count]) steps; stages computed as the
     spec says (a round trip is a change from c2s to s2c inside a stage)."""
