@@ -11,15 +11,11 @@ chacha20-poly1305, aes-ctr; hmac-sha1, hmac-sha2-256); the client side picks.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 from tests.support.peers import require_peer
-from tests.support.sshd import free_port
+from tests.support.sshd import free_port, start_listening, stop_process_group
 
 
 class DropbearServer:
@@ -56,31 +52,16 @@ class DropbearServer:
         argv += [arg for key in self.host_keys for arg in ("-r", str(key))]
         argv += ["-P", str(self.workdir / "dropbear.pid")]
         mounts = f'mount --bind "{self.home}" /root'
-        self.proc = subprocess.Popen(
+        self.proc = start_listening(
             [self.unshare, "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh", *argv],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "dropbear.log", "ab"),  # noqa: SIM115
-            start_new_session=True,
+            self.port,
+            self.workdir / "dropbear.log",
+            "dropbear",
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "dropbear did not start: " + (self.workdir / "dropbear.log").read_text()
-                    ) from None
-                time.sleep(0.05)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        proc.wait(10)
+        stop_process_group(proc)
 
     def __enter__(self) -> DropbearServer:
         self.start()

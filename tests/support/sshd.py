@@ -40,6 +40,36 @@ def sftp_server() -> str:
     return "internal-sftp"
 
 
+def start_listening(argv: list[str], port: int, log: Path, name: str) -> subprocess.Popen:
+    """Start a server (its own session, stderr appended to ``log``) and return once it
+    accepts TCP connections on loopback ``port``; raise with its log if it exits or is not
+    listening within 10 s."""
+    with open(log, "ab") as stderr:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_process_group(proc)
+                raise RuntimeError(f"{name} did not start: " + log.read_text()) from None
+            time.sleep(0.05)
+
+
+def stop_process_group(proc: subprocess.Popen | None) -> None:
+    """SIGTERM to a server started by :func:`start_listening` and everything in its
+    process group (a listener and its per-connection children), then reap it."""
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, 15)
+    proc.wait(10)
+
+
 def keygen(path: Path, kind: str = "ed25519") -> Path:
     """A passphrase-less OpenSSH key pair at ``path`` / ``path.pub``."""
     tool = require_peer("ssh-keygen")["ssh-keygen"]
@@ -105,23 +135,7 @@ class OpenSSHServer:
         argv = [self.sshd, "-D", "-e", "-f", str(config)]
         if self.root_password is not None:
             argv = self._namespaced(argv)
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "sshd.log", "ab"),  # noqa: SIM115
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "sshd did not start: " + (self.workdir / "sshd.log").read_text()
-                    ) from None
-                time.sleep(0.05)
+        self.proc = start_listening(argv, self.port, self.workdir / "sshd.log", "sshd")
 
     def _namespaced(self, argv: list[str]) -> list[str]:
         tools = require_peer("unshare", "openssl")
@@ -148,13 +162,7 @@ class OpenSSHServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)  # the listener and its per-connection children
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
+        stop_process_group(proc)
 
     def __enter__(self) -> OpenSSHServer:
         self.start()
