@@ -251,6 +251,11 @@ class VersionDispatcher(Protocol):
 
     # -- shutdown drain (gateway.lifecycle) ------------------------------------------------
 
+    def _health_check(self) -> bool:
+        """The connection is a load balancer's health check (it said so in its PROXY
+        header); only the ``haproxy:`` listener's transport knows."""
+        return getattr(self.transport, "health_check", False) is True
+
     def _drainable(self) -> IDrainable | None:
         return IDrainable(self.inner, None) if self.inner is not None else None
 
@@ -296,6 +301,11 @@ class VersionDispatcher(Protocol):
             self.startup = None
         if self.refused_at_accept:
             return  # logged when refused; a flood of these writes no flow records
+        if self.inner is None and not record.client_version and self._health_check():
+            # A load balancer's check, every few hundred ms per instance: no log line, no
+            # flow record, not counted as a connection (HAProxy reports failed checks).
+            self.factory.connection_forgotten(self)
+            return
         if not record.close_reason and reason is not None:
             record.close_reason = reason.getErrorMessage()
         self.log.info("connection closed: {summary}", summary=record.summary(), record=record)

@@ -68,6 +68,8 @@ class ProxyHeader:
     version: int
     source: IAddress | None
     destination: IAddress | None
+    # v2 LOCAL: the proxy's own connection, not one it relays (HAProxy's health checks).
+    local: bool = False
 
 
 class ProxyHeaderParser:
@@ -165,7 +167,7 @@ def parse_v2(header: bytes) -> ProxyHeader:
     then the address block (and TLVs, which the gateway does not use)."""
     command = header[12] & 0x0F
     if command == 0:  # LOCAL: the proxy's own connection (health checks)
-        return ProxyHeader(2, None, None)
+        return ProxyHeader(2, None, None, local=True)
     if command != 1:
         raise ProxyHeaderError(f"PROXY v2 header with unknown command {command}")
     family, transport = header[13] >> 4, header[13] & 0x0F
@@ -252,6 +254,12 @@ class ProxyHeaderProtocol(policies.ProtocolWrapper):
         inner.makeConnection(self)
         if rest:
             inner.dataReceived(rest)
+
+    @property
+    def health_check(self) -> bool:
+        """The load balancer's own connection (a v2 LOCAL header): a health check, unless
+        it goes on to speak SSH."""
+        return self.header is not None and self.header.local
 
     def getPeer(self) -> IAddress:
         if self.header is not None and self.header.source is not None:

@@ -255,6 +255,34 @@ def test_local_header_keeps_the_connections_own_address():
     assert dispatcher.addresses == [LB]
 
 
+def test_a_health_check_leaves_no_flow_record_and_no_connection_line(logs):
+    """HAProxy's check (``check-send-proxy``): a v2 LOCAL header, the banner, a close. Every
+    500 ms per instance: no flow record, no info line, not a counted connection."""
+    wrapper, transport, _, _, flows = proxied()
+    wrapper.dataReceived(v2_header(command=0))
+    assert transport.value().startswith(b"SSH-1.99-")  # a banner check still sees one
+    wrapper.connectionLost(None)
+    assert flows == []
+    assert "127.0.0.1:40001" not in logs.text()
+
+
+@pytest.mark.parametrize("command", [0, 1])
+def test_a_connection_that_speaks_ssh_is_recorded_whatever_its_header(logs, command):
+    wrapper, _, _, _, flows = proxied()
+    wrapper.dataReceived(v2_header(command=command) + b"SSH-2.0-OpenSSH_9.2\r\n")
+    wrapper.connectionLost(None)
+    assert len(flows) == 1
+    assert "connection closed" in logs.text()
+
+
+def test_a_relayed_client_that_says_nothing_is_still_recorded(logs):
+    wrapper, _, _, _, flows = proxied()
+    wrapper.dataReceived(v2_header())
+    wrapper.connectionLost(None)
+    assert [flow.to_dict()["peer"] for flow in flows] == ["127.0.0.2:50022"]
+    assert "connection closed" in logs.text()
+
+
 def test_malformed_header_closes_with_a_log_line_and_no_banner(logs):
     wrapper, transport, dispatcher, _, flows = proxied()
     wrapper.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n")

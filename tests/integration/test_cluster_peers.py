@@ -38,8 +38,15 @@ from tests.support.clients import (
     ssh2_device,
     sshgateway_cli,
 )
+from tests.support.flow_records import read_jsonl
 from tests.support.gateway_process import GatewayProcess
-from tests.support.haproxy import cluster_config, free_port, haproxy_running, server_stat
+from tests.support.haproxy import (
+    cluster_config,
+    free_port,
+    haproxy_running,
+    server_field,
+    server_stat,
+)
 from tests.support.peers import require_peer
 
 pytestmark = pytest.mark.peer
@@ -272,8 +279,26 @@ def test_flows_and_audit_on_either_instance_show_both(shared, tmp_path):
 
 
 def _log(gw: GatewayProcess) -> str:
-    """The instance's log without the health checks' lines (one every 500 ms)."""
-    return "".join(line for line in gw.output if "peer=127.0.0.1:" not in line)
+    return gw.log_text()
+
+
+def test_health_checks_leave_no_flow_records_and_no_connection_lines(shared):
+    """HAProxy checks each instance every 500 ms (``check-send-proxy``: a v2 LOCAL
+    header): the checks pass, and no instance logs or records them as connections."""
+    c = shared
+    for name in ("a", "b"):
+        deadline = time.monotonic() + 10
+        while server_field(c.workdir / "haproxy.sock", "gateways", name, "check_status") != "L4OK":
+            assert time.monotonic() < deadline, f"HAProxy's check of {name} never passed"
+            time.sleep(0.1)
+    time.sleep(2)  # four more checks of each
+    for gw in (c.a, c.b):
+        # (plink -1 logins come from 127.0.0.1 too, but they spoke SSH.)
+        lines = [line for line in gw.output if "peer=127.0.0.1:" in line]
+        assert [line for line in lines if "protocol=ssh" not in line] == [], lines[:3]
+        flows = read_jsonl(Path(gw.config["state_dir"]) / "flows" / "flows.jsonl")
+        unspoken = [f for f in flows if f["peer"].startswith("127.0.0.1:") and not f["protocol"]]
+        assert unspoken == [], unspoken[:1]
 
 
 def _audit(gw: GatewayProcess) -> list[dict]:

@@ -84,6 +84,12 @@ def cluster_config(bind: str, servers: list[tuple[str, str]], stats_socket: str 
 def server_stat(stats_socket: Path, backend: str, server: str, name: str = "stot") -> int:
     """A counter of ``server`` of ``backend`` from ``show stat`` on HAProxy's stats socket:
     ``stot`` the sessions it has sent there in all, ``scur`` the ones it holds now."""
+    return int(server_field(stats_socket, backend, server, name) or 0)
+
+
+def server_field(stats_socket: Path, backend: str, server: str, name: str) -> str:
+    """A field of ``server`` of ``backend`` from ``show stat`` as HAProxy prints it
+    (``check_status``: ``L4OK`` once its last health check passed)."""
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
         s.connect(str(stats_socket))
@@ -96,7 +102,7 @@ def server_stat(stats_socket: Path, backend: str, server: str, name: str = "stot
     for line in lines[1:]:
         row = dict(zip(header, line.split(","), strict=False))
         if row.get("pxname") == backend and row.get("svname") == server:
-            return int(row[name] or 0)
+            return row[name]
     raise AssertionError(f"no {backend}/{server} in haproxy's stats:\n{data.decode()}")
 
 
