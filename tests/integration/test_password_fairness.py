@@ -22,6 +22,7 @@ pytestmark = pytest.mark.peer
 GUESSING_CONNECTIONS = 150
 LOGIN_BOUND = 1.5  # seconds for a password login from another address
 LOGINS_TIMED = 3
+QUIET_FACTOR = 5  # or this many times a login without guessing, measured in the same run
 
 
 class Guesser:
@@ -101,7 +102,11 @@ def test_password_login_from_another_address_while_150_connections_guess(
         f"logins from 127.0.0.2 took {took} s ({guessed} guesses failed meanwhile); "
         f"without guessing {quiet} s"
     )
-    assert not errors and max(took) < LOGIN_BOUND, f"{report}; errors: {errors}"
+    # On a machine busy with other work every login is slower, the quiet one included: the
+    # bound grows with it. Unfair hashing would queue the login behind 150 hashes, seconds
+    # on any machine, far past either bound.
+    bound = max(LOGIN_BOUND, QUIET_FACTOR * quiet[0])
+    assert not errors and max(took) < bound, f"{report}; bound {bound:.2f} s; errors: {errors}"
     assert re.search(r"127\.0\.0\.2:\d+ logged in as 'alice' with password", gw.log_text())
     # The flood really was over its share: the extra guesses were refused unhashed.
     assert "password checks from 127.0.0.1 beyond its share" in gw.log_text()
