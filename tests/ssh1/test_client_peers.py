@@ -104,7 +104,7 @@ def test_compression(device, tmp_path):
 
 def test_pty_and_window_change(device, tmp_path):
     result = run(
-        device, tmp_path, pty=[24, 80], resize=[50, 132], resize_after=1.0,
+        device, tmp_path, pty=[24, 80], resize=[50, 132], resize_after="first line",
         command="stty size; sleep 2; stty size", eof=False,
     )
     assert result["exit"] == 0, result

@@ -50,6 +50,7 @@ def main() -> None:  # pragma: no cover - runs in the subprocess
     result: dict = {"out_len": 0, "err": "", "exit": None, "description": None}
     digest = hashlib.sha256()
     head = bytearray()
+    resize_on_output: list = []  # the window change to send once the first line is out
 
     @implementer(ISessionClient)
     class Client:
@@ -58,6 +59,10 @@ def main() -> None:  # pragma: no cover - runs in the subprocess
             result["out_len"] += len(data)
             if len(head) < 4096:
                 head.extend(data[: 4096 - len(head)])
+            if resize_on_output and b"\n" in head:
+                # The first line is out: the window change now comes after it, however
+                # long the login took on a busy machine.
+                resize_on_output.pop()()
 
         def write_stderr(self, data: bytes) -> None:
             result["err"] += data.decode("utf-8", "replace")
@@ -119,7 +124,10 @@ def main() -> None:  # pragma: no cover - runs in the subprocess
     reactor.callLater(0, feeder.run)
     if spec.get("resize"):
         rows, cols = spec["resize"]
-        reactor.callLater(spec.get("resize_after", 1.0), bridge.resize, WindowSize(rows, cols))
+        if spec.get("resize_after") == "first line":
+            resize_on_output.append(lambda: bridge.resize(WindowSize(rows, cols)))
+        else:
+            reactor.callLater(spec.get("resize_after", 1.0), bridge.resize, WindowSize(rows, cols))
 
     def deadline() -> None:
         result["err"] += "DRIVER DEADLINE"
