@@ -1,7 +1,8 @@
 """Reading rotated JSON-lines files (gateway.jsonl writes them): ``<directory>/<name>`` and
 its rotations ``<name>.1``, ``<name>.2``... read oldest first, line by line and bounded. A
 line that is too long or not a JSON object is skipped with a note, never held in memory
-whole. The flow records (tools.flows.store) and the audit trail (tools.audit) read their
+whole; the live file's last line, while it has no newline yet, is a record being appended
+and is left for the next read. The flow records (tools.flows.store) and the audit trail (tools.audit) read their
 files through :class:`JSONLinesStore`. With a shared store (``[store] url``, gateway.store)
 they read the database's append-only table instead, which holds every instance's records.
 """
@@ -94,6 +95,10 @@ class JSONLinesStore:
                         f"{path.name}:{number}: line longer than {MAX_LINE_BYTES} bytes, skipped"
                     )
                     continue
+                if not line.endswith(b"\n") and path.name == self.name:
+                    # The live file's last line without its newline: a record the gateway
+                    # is appending right now (a reader can see the write half done).
+                    return
                 yield number, line
 
     def objects(self) -> Iterator[tuple[Path, int, Any]]:

@@ -149,6 +149,21 @@ def test_malformed_lines_are_skipped_with_a_note(tmp_path, monkeypatch):
     assert all(n.startswith("sshgateway flows: note: flows.jsonl:") for n in notes)
 
 
+def test_a_record_being_appended_is_left_for_the_next_read(tmp_path):
+    """The live file's last line without its newline is an append in progress: no note.
+    The same in a rotated file is a damaged line, noted."""
+    whole = json.dumps(ssh2_openssh_login()).encode()
+    write_records(tmp_path, ssh1_plink_login(), raw=whole[:40])
+    status, out, err = run("list", "--state-dir", str(tmp_path), "--format", "json")
+    assert (status, len(json.loads(out)["flows"]), err) == (0, 1, "")
+    write_records(tmp_path, raw=whole[40:] + b"\n")
+    status, out, err = run("list", "--state-dir", str(tmp_path), "--format", "json")
+    assert (status, len(json.loads(out)["flows"]), err) == (0, 2, "")
+    write_records(tmp_path, ssh1_plink_login(), name="flows.jsonl.1", raw=whole[:40])
+    status, out, err = run("list", "--state-dir", str(tmp_path), "--format", "json")
+    assert status == 0 and "flows.jsonl.1:2: not a JSON line" in err
+
+
 def test_fields_of_the_wrong_type_do_not_break_rendering(tmp_path):
     weird = {
         "v": 1,
