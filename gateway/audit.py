@@ -210,6 +210,7 @@ def _session_fields(session: LiveSession) -> dict[str, Any]:
         "flow_id": info.flow_id,
         "command": info.command_text,
         "subsystem": info.subsystem,
+        "forward": info.forward,
         "pty": info.pty is not None,
         "recording": session.recording,
     }
@@ -268,7 +269,9 @@ class AuditTap:
     def session_started(self, session: LiveSession) -> ISessionObserver:
         fields = _session_fields(session)
         what = (
-            f"command {fields['command']!r}"
+            f"forward to {fields['forward']}"
+            if fields["forward"] is not None
+            else f"command {fields['command']!r}"
             if fields["command"] is not None
             else f"subsystem {fields['subsystem']}"
             if fields["subsystem"]

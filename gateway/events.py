@@ -22,7 +22,7 @@ EVENT_KEY = "audit_event"
 
 LOGIN = "login"  # user, method, source, protocol, client_version
 LOGIN_FAILED = "login_failed"  # user, method, source, protocol, client_version
-SESSION_START = "session_start"  # session, user, target, source, protocol, command, pty, recording
+SESSION_START = "session_start"  # session, user, target, source, protocol, command, forward, pty, recording
 SESSION_END = "session_end"  # session, ... exit_status, bytes_in, bytes_out
 SESSION_KILLED = "session_killed"  # session, user, target, source, by, by_uid, by_pid, client_message
 RECORDING_TRUNCATED = "recording_truncated"  # session, recording, reason

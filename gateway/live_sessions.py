@@ -78,6 +78,7 @@ class SessionSummary:
     command: str | None = None  # an exec session's command line
     subsystem: str | None = None
     pty: bool = False
+    forward: str | None = None  # a jump-host forward's "host:port"
     worker: int | None = None  # with worker processes: the one that holds the session
 
     def to_json(self) -> dict[str, Any]:
@@ -143,6 +144,7 @@ def summary_of(session: LiveSession) -> SessionSummary:
         command=info.command_text,
         subsystem=info.subsystem,
         pty=info.pty is not None,
+        forward=info.forward,
     )
 
 

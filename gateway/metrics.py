@@ -58,7 +58,7 @@ WRITERS = ("flows", "audit", "audit-syslog", "recording")
 HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 PROTOCOLS = ("ssh1", "ssh2")
-TARGET_PROTOCOLS = ("local", "ssh1", "ssh2", "telnet")
+TARGET_PROTOCOLS = ("local", "ssh1", "ssh2", "telnet", "tcp")  # tcp: jump-host forwards
 AUTH_METHODS = (
     "password",
     "publickey",

@@ -93,11 +93,12 @@ def recordings_dir(config: Any) -> Path:
 
 
 def wants_recording(config: Any, info: SessionInfo) -> bool:
-    """Whether the session is recorded: never a subsystem (SFTP) session; else ``record``
+    """Whether the session is recorded: never a subsystem (SFTP) session or a jump-host
+    forward (the client's own encrypted SSH); else ``record``
     of the user or the target when either says ``true``, else ``false`` when either says
     so, else ``[recording] enabled``. (``true`` wins: a setting that asks for a recording
     is never overruled by one that does not.)"""
-    if info.subsystem is not None:
+    if info.subsystem is not None or info.forward is not None:
         return False
     user = config.users.get(info.username)
     target = config.targets.get(info.target)

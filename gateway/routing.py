@@ -734,13 +734,23 @@ class Router:
             return self.inner_servers.open(
                 destination.target, routed_to(destination.target), client, flow_done
             )
-        return TcpForward(
-            self.clock,
+
+        def start(client: ISessionClient) -> ISessionTarget:
+            return TcpForward(self.clock, username, destination, client, flow_done=flow_done)
+
+        if not self.session_taps:
+            return start(client)
+        # Watched like a session (audit trail, live sessions, metrics; never recorded: its
+        # bytes are the client's own encrypted SSH).
+        info = session_info(
             username,
-            destination,
+            destination.target or "",
+            "tcp",
+            SessionRequest(),
             client,
-            flow_done=flow_done,
+            forward=f"{host}:{port}",
         )
+        return tap_session(self.session_taps, info, client, start)
 
     def refuse(self, client: ISessionClient, message: str) -> ISessionTarget:
         return RefusedSession(self.clock, client, message, FAILURE_STATUS)

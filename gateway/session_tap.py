@@ -68,6 +68,9 @@ class SessionInfo:
     pty: PtyRequest | None  # None: no terminal
     env: dict[str, str] = field(default_factory=dict)  # what reached the program
     started: float = 0.0  # wall-clock time.time()
+    # A jump-host forward (SSH-2 direct-tcpip) carries the client's own encrypted session
+    # to "host:port": no terminal, no command, bytes only.
+    forward: str | None = None
 
     @property
     def command_text(self) -> str | None:
@@ -134,7 +137,9 @@ class LiveSession:
             return False
         self.terminated_by = by or "operator"
         client = self._client
-        client.write_stderr(f"\r\nsshgateway: {message}\r\n".encode("utf-8", "replace"))
+        if self.info.forward is None:
+            # (A forward's channel carries the client's own SSH stream: no text in it.)
+            client.write_stderr(f"\r\nsshgateway: {message}\r\n".encode("utf-8", "replace"))
         target = self._target
         if target is not None:
             try:
@@ -151,9 +156,11 @@ def session_info(
     target_protocol: str,
     request: SessionRequest,
     client: ISessionClient,
+    forward: str | None = None,
 ) -> SessionInfo:
     """The SessionInfo of a session about to open (front protocol and source from the
-    client leg's flow record when there is one)."""
+    client leg's flow record when there is one); ``forward``: a jump-host forward's
+    destination, ``host:port``."""
     flow_id = getattr(client, "flow_id", None)
     flow = open_flow(flow_id)
     return SessionInfo(
@@ -169,6 +176,7 @@ def session_info(
         pty=request.pty,
         env=dict(request.env),
         started=time.time(),
+        forward=forward,
     )
 
 

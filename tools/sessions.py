@@ -89,7 +89,14 @@ def run_cli(args: argparse.Namespace, io: Any) -> int:
 
 def describe(s: SessionSummary) -> str:
     front = {"ssh1": "SSH-1", "ssh2": "SSH-2"}.get(s.front_protocol, s.front_protocol or "?")
-    return f"{s.user} from {s.source or '?'} ({front}) to {s.target}"
+    return f"{s.user} from {s.source or '?'} ({front}) to {target_text(s)}"
+
+
+def target_text(s: SessionSummary) -> str:
+    """The target column: its name, and for a jump-host forward where it goes."""
+    if s.forward is None:
+        return s.target
+    return f"{s.target} (forward {s.forward})" if s.target else f"forward {s.forward}"
 
 
 def started_text(started: float) -> str:
@@ -113,7 +120,7 @@ def show_sessions(sessions: list[SessionSummary], form: str, out: Any) -> None:
     header = (*COLUMNS[:-1], WORKER_COLUMN, COLUMNS[-1]) if with_workers else COLUMNS
     rows = [header] + [
         (
-            s.id, s.user, s.source or "-", s.front_protocol or "-", s.target,
+            s.id, s.user, s.source or "-", s.front_protocol or "-", target_text(s),
             started_text(s.started), str(s.bytes_in), str(s.bytes_out),
             *((str(s.worker or "-"),) if with_workers else ()), s.recording or "-",
         )  # fmt: skip

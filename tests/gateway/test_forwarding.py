@@ -276,3 +276,41 @@ def test_no_flow_recorder_without_a_sink():
         None, "alice", Destination("h", 1), client, connect=lambda f: defer.Deferred()
     )
     assert forward.flow is None
+
+
+# -- a forward is watched like a session ----------------------------------------------------
+
+
+def test_a_forward_is_watched_like_a_session_and_ended_without_text(monkeypatch):
+    """The session taps (audit trail, live sessions, metrics) see a jump-host forward:
+    who, where to, bytes and the end. An operator can end it; nothing is written into its
+    channel, which carries the client's own SSH stream."""
+    import gateway.forwarding
+    from gateway.live_sessions import LiveSessions, summary_of
+    from gateway.recording import wants_recording
+    from protocols.session import SessionRequest
+    from tests.support.doubles import FakeSessionTarget, RecordingTap
+
+    opened: list[FakeSessionTarget] = []
+
+    def fake_forward(clock, username, destination, client, flow_done=None):
+        opened.append(FakeSessionTarget(SessionRequest(), client, destination.target, username))
+        return opened[-1]
+
+    monkeypatch.setattr(gateway.forwarding, "TcpForward", fake_forward)
+    tap, registry = RecordingTap(), LiveSessions()
+    routed = router()
+    routed.session_taps = [tap, registry]
+    client = FakeSessionClient()
+    channel = routed.open_forward("alice", "host2.example", 2222, client)
+    [live] = tap.sessions
+    assert (live.info.target, live.info.target_protocol) == ("host2", "tcp")
+    assert live.info.forward == "host2.example:2222" and live.info.pty is None
+    assert summary_of(live).forward == "host2.example:2222"
+    assert not wants_recording(GatewayConfig(), live.info)
+    channel.write_stdin(b"SSH-2.0-client\r\n")
+    opened[0].client.write_stdout(b"SSH-2.0-device\r\n")
+    assert (live.bytes_from_client, live.bytes_to_client) == (16, 16)
+    assert live.terminate("maintenance", by="root")
+    assert client.out == b"SSH-2.0-device\r\n" and client.err == b""
+    assert "close" in opened[0].calls and client.exit is not None

@@ -25,7 +25,9 @@ from tests.support.clients import (
     one_target_config,
     peak_rss_growth_kib,
     ssh2_device,
+    sshgateway_cli,
 )
+from tests.support.flow_records import read_jsonl
 from tests.support.gateway_process import GatewayProcess
 from tests.support.peers import require_module, require_peer
 from tests.support.python_clients import paramiko_client
@@ -258,3 +260,52 @@ def test_paramiko_through_a_jump_channel(jump, client_keys):
     finally:
         outer.close()
 
+
+
+def test_a_forward_is_audited_listed_and_ended_by_an_operator(jump):
+    """What a security team asks of a jump: the audit trail says who went where (ssh -J to
+    a target, ssh -W to a permit_open destination), ``sessions list`` shows a forward while
+    it is open, and ``sessions kill`` ends it."""
+    gw, ssh_config, _, _ = jump
+    audit = Path(gw.config["state_dir"]) / "audit" / "audit.jsonl"
+
+    def events(name: str) -> list[dict]:
+        return [e for e in read_jsonl(audit) if e.get("event") == name and e.get("forward")]
+
+    before = len(events("session_end"))
+    result = ssh(ssh_config, "host2", "echo audited")
+    assert result.stdout == b"audited\n", result.stderr
+    assert wait_for(lambda: len(events("session_end")) > before), gw.log_text()[-2000:]
+    end = events("session_end")[-1]
+    assert (end["user"], end["target"], end["target_protocol"]) == ("alice", "host2", "tcp")
+    assert end["forward"].endswith(f":{gw.config['targets']['host2']['port']}")
+    assert end["bytes_in"] > 1000 and end["bytes_out"] > 1000 and end["recording"] is None
+    assert [s for s in events("session_start") if s["session"] == end["session"]]
+
+    sink_port = int(gw.config["users"]["alice"]["permit_open"][2].rsplit(":", 1)[1])
+    held = subprocess.Popen(
+        ssh_W_argv(ssh_config, sink_port),
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        def listed() -> list[dict]:
+            out = sshgateway_cli(
+                "sessions", "list", "--state-dir", gw.config["state_dir"], "--format", "json"
+            ).stdout
+            return [s for s in json.loads(out) if s["forward"] == f"localhost:{sink_port}"]
+
+        [forward] = wait_for(listed) or [None]
+        assert forward is not None, gw.log_text()[-2000:]
+        assert (forward["user"], forward["target"], forward["target_protocol"]) == ("alice", "", "tcp")
+        text = sshgateway_cli("sessions", "list", "--state-dir", gw.config["state_dir"]).stdout
+        assert f"forward localhost:{sink_port}" in text
+        killed = sshgateway_cli(
+            "sessions", "kill", forward["id"], "--state-dir", gw.config["state_dir"]
+        )
+        assert killed.returncode == 0, killed.stderr
+        held.wait(20)  # the channel closed: ssh -W ends
+    finally:
+        held.kill()
+        held.wait()
+    [ended] = wait_for(lambda: [e for e in events("session_end") if e["session"] == forward["id"]])
+    assert ended["terminated_by"], ended
