@@ -9,6 +9,8 @@ real gateways: tests/integration/test_cluster_sessions_peers.py."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -303,3 +305,23 @@ def test_the_store_service_wires_rows_kill_requests_and_the_registry(tmp_path, c
     parent = FakeSessionRegistry([])
     registry = service.session_registry(parent)
     assert isinstance(registry, ClusterSessions) and registry.local is parent
+
+
+def test_with_worker_processes_the_parent_lists_its_workers_sessions_once(database, clock):
+    # The parent of workers asks them (gateway.worker_sessions): their rows in the table
+    # are its own, named <instance>/worker-N; another instance's are added.
+    parent = "host-a:/srv/gw"
+    summary = SessionSummary(
+        "w-1", "alice", "192.0.2.7:1", "ssh2", "local", "local", 10.0, 0, 0, None, worker=2
+    )
+    database.live["w-1"] = (worker_instance(parent, 2), summary.to_json(), 10.0)
+    elsewhere = replace(summary, id="b-1", worker=None, started=20.0)
+    database.live["b-1"] = ("host-b:/srv/gw", elsewhere.to_json(), 20.0)
+    store = StoreWorker(database, clock, 100, run_in_thread=run_at_once)
+    store.start()
+    registry = ClusterSessions(FakeSessionRegistry([summary]), store, parent, clock)
+    listed = result_of(registry.list())
+    assert [(s.id, s.worker, s.instance) for s in listed] == [
+        ("w-1", 2, worker_instance(parent, 2)),
+        ("b-1", None, "host-b:/srv/gw"),
+    ]
