@@ -67,6 +67,7 @@ class StoreService(service.Service):
         self.penalty_books: list[SharedPenaltyBook] = []
         self._refresher: task.LoopingCall | None = None
         self.kill_requests: Any = None  # gateway.store.sessions.KillRequests, with sessions
+        self.session_index: Any = None  # gateway.store.sessions.SessionIndex
 
     # -- at start, blocking ----------------------------------------------------------
 
@@ -141,7 +142,8 @@ class StoreService(service.Service):
         local = next((tap for tap in taps if ISessionRegistry.providedBy(tap)), None)
         if local is not None:
             self.kill_requests = KillRequests(local, self.worker, self.instance, self.reactor)
-        return [self.session_tap(), SessionIndex(self.worker, self.instance)]
+        self.session_index = SessionIndex(self.worker, self.instance)
+        return [self.session_tap(), self.session_index]
 
     def session_registry(self, local: Any) -> Any:
         """The control socket's registry: ``local`` (this instance's sessions) and every
@@ -174,6 +176,8 @@ class StoreService(service.Service):
         forget_stale_sessions(self.worker, self.instance, self.reactor.seconds())
         if self.kill_requests is not None:
             self.kill_requests.start()
+        if self.session_index is not None:
+            self.session_index.start(self.reactor)
         RotatingJSONLines.mirror = self.mirror
         self._refresher = task.LoopingCall(self.refresh)
         self._refresher.clock = self.reactor
@@ -187,6 +191,8 @@ class StoreService(service.Service):
             self._refresher.stop()
         if self.kill_requests is not None:
             self.kill_requests.stop()
+        if self.session_index is not None:
+            self.session_index.stop()
         if RotatingJSONLines.mirror == self.mirror:
             RotatingJSONLines.mirror = None
         return self.worker.stop()

@@ -121,6 +121,16 @@ class Database:
             (session_id, instance, json.dumps(info), started),
         )
 
+    def _write_live_sessions_info(
+        self, instance: str, rows: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
+        # An update only: a row its session's end removed meanwhile stays removed.
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE live_sessions SET info = %s::jsonb WHERE id = %s AND instance = %s",
+                [(json.dumps(info), session_id, instance) for session_id, info in rows],
+            )
+
     def _write_session_ended(self, session_id: str, instance: str) -> None:
         self.conn.execute(
             "DELETE FROM live_sessions WHERE id = %s AND instance = %s", (session_id, instance)

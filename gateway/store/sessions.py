@@ -2,7 +2,9 @@
 session, so that ``sshgateway sessions list`` and ``sessions kill`` work from any instance.
 
 - :class:`SessionIndex`, a session tap, keeps this process's sessions in ``live_sessions``:
-  a row (the summary ``sessions list`` shows) at each start, removed at the end. At start
+  a row (the summary ``sessions list`` shows) at each start, its byte counts brought up to
+  date every ``REFRESH_EVERY`` seconds (one write for all that changed), removed at the
+  end. At start
   :func:`forget_stale_sessions` queues the removal of the rows this instance left when it
   last stopped without ending its sessions (a crash).
 - :class:`KillRequests` carries out the ``session_kills`` requests addressed to this
@@ -54,6 +56,9 @@ KILL_POLL = 1.0  # seconds between this process's looks for kill requests addres
 KILL_WAIT = 10.0  # seconds the asking instance waits for the holder to carry a kill out
 KILL_CHECK = 0.2  # seconds between its looks at the request's outcome
 LIST_TIMEOUT = 5.0  # seconds a list waits for the database before listing local only
+# Seconds between updates of the rows' byte counts: what another instance's list shows of
+# this one's sessions is at most this old (its own list is live).
+REFRESH_EVERY = 15.0
 
 # How a kill request ended (session_kills.outcome).
 KILLED, ENDED, NOT_FOUND, KILL_FAILED, EXPIRED = "killed", "ended", "not_found", "failed", "expired"
@@ -86,13 +91,44 @@ class SessionIndex:
     def __init__(self, store: IStoreWorker, instance: str) -> None:
         self.store = store
         self.instance = instance
+        # The sessions with a row, and the byte counts (in, out) their row shows.
+        self.sessions: dict[str, LiveSession] = {}
+        self.written: dict[str, tuple[int, int]] = {}
+        self._loop: task.LoopingCall | None = None
 
     def session_started(self, session: LiveSession) -> ISessionObserver:
         summary = summary_of(session)
         self.store.write(
             "live_session", summary.id, self.instance, summary.to_json(), summary.started
         )
+        self.sessions[summary.id] = session
+        self.written[summary.id] = (summary.bytes_in, summary.bytes_out)
         return _Indexed(self, summary.id)
+
+    def session_ended(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
+        self.written.pop(session_id, None)
+        self.store.write("session_ended", session_id, self.instance)
+
+    def refresh(self) -> None:
+        """Queue one update of the rows whose byte counts changed since last written."""
+        changed = []
+        for session_id, session in self.sessions.items():
+            counts = (session.bytes_from_client, session.bytes_to_client)
+            if counts != self.written.get(session_id):
+                self.written[session_id] = counts
+                changed.append((session_id, summary_of(session).to_json()))
+        if changed:
+            self.store.write("live_sessions_info", self.instance, changed)
+
+    def start(self, clock: Any, interval: float = REFRESH_EVERY) -> None:
+        self._loop = task.LoopingCall(self.refresh)
+        self._loop.clock = clock
+        self._loop.start(interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
 
 
 @implementer(ISessionObserver)
@@ -113,7 +149,7 @@ class _Indexed:
         pass
 
     def ended(self, info: ExitInfo | None) -> None:
-        self.index.store.write("session_ended", self.session_id, self.index.instance)
+        self.index.session_ended(self.session_id)
 
 
 # -- the holding side of a kill ------------------------------------------------------------

@@ -32,6 +32,7 @@ from gateway.store import StoreService, instance_name
 from gateway.store.sessions import (
     KILL_POLL,
     KILL_WAIT,
+    REFRESH_EVERY,
     ClusterSessions,
     KillRequests,
     SessionIndex,
@@ -56,7 +57,8 @@ class Instance:
         self.store = StoreWorker(database, clock, 100, run_in_thread=run_at_once)
         self.store.start()
         self.live = LiveSessions()
-        self.router, self.targets = router(self.live, SessionIndex(self.store, name))
+        self.index = SessionIndex(self.store, name)
+        self.router, self.targets = router(self.live, self.index)
         self.kill_requests = KillRequests(self.live, self.store, name, clock)
         self.registry = ClusterSessions(self.live, self.store, name, clock)
 
@@ -325,3 +327,19 @@ def test_with_worker_processes_the_parent_lists_its_workers_sessions_once(databa
         ("w-1", 2, worker_instance(parent, 2)),
         ("b-1", None, "host-b:/srv/gw"),
     ]
+
+
+def test_the_rows_byte_counts_follow_the_session_every_few_seconds(a, b, database, clock):
+    _, session_id = b.open()
+    b.index.start(clock)
+    clock.advance(0)
+    b.targets["sw1"].opened[0].client.write_stdout(b"switch> ")
+    assert [s.bytes_out for s in result_of(a.registry.list())] == [0]  # as of its start
+    clock.advance(REFRESH_EVERY)
+    clock.advance(0)
+    assert [s.bytes_out for s in result_of(a.registry.list())] == [8]
+    writes = b.store.written
+    clock.advance(REFRESH_EVERY)  # nothing changed: nothing written
+    clock.advance(0)
+    assert b.store.written == writes
+    b.index.stop()

@@ -44,8 +44,11 @@ def test_rows_come_and_go_and_list_oldest_first(db):
         (ME, summary("s-1", 1000.0)), ("host-b:/srv/gw", summary("s-2", 2000.0))
     ]  # fmt: skip
     assert db.run("live_session", "s-2") == ("host-b:/srv/gw", summary("s-2", 2000.0))
+    db.apply([("live_sessions_info", (ME, [("s-1", dict(summary("s-1", 1000.0), bytes_out=8))]))])
+    assert db.run("live_session", "s-1")[1]["bytes_out"] == 8
     db.apply([("session_ended", ("s-2", ME))])  # not ours to remove
     db.apply([("session_ended", ("s-1", ME))])
+    db.apply([("live_sessions_info", (ME, [("s-1", summary("s-1", 1000.0))]))])  # no comeback
     assert [row[0] for row in db.run("live_sessions")] == ["host-b:/srv/gw"]
     assert db.run("live_session", "s-1") is None
 

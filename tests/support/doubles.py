@@ -503,6 +503,12 @@ class FakeDatabase:
     def _write_live_session(self, session_id: str, instance: str, info: Any, started: float) -> None:
         self.live[session_id] = (instance, info, started)
 
+    def _write_live_sessions_info(self, instance: str, rows: Any) -> None:
+        for session_id, info in rows:
+            row = self.live.get(session_id)
+            if row is not None and row[0] == instance:
+                self.live[session_id] = (instance, info, row[2])
+
     def _write_session_ended(self, session_id: str, instance: str) -> None:
         if self.live.get(session_id, ("",))[0] == instance:
             del self.live[session_id]
