@@ -223,3 +223,50 @@ def test_with_postgresql_stopped_the_list_is_the_local_one_with_a_warning(tmp_pa
             client.kill()
             client.communicate()
         server_run.close()
+
+
+def test_with_worker_processes_a_session_is_listed_once_and_killed_from_another_instance(
+    tmp_path, postgres_server
+):
+    require_peer("ssh")
+    url = postgres_server.new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        upgrade(conn)
+    config, key = keyed_config(tmp_path, store={"url": url, "key": new_key()})
+    for name in ("workers", "plain"):
+        (tmp_path / name).mkdir()
+    client = None
+    with (
+        GatewayProcess(tmp_path / "workers", dict(config, workers=2)) as gw,
+        GatewayProcess(tmp_path / "plain", config) as other,
+    ):
+        for number in (1, 2):
+            gw.wait_for_log(rf"\[worker {number}\] sshgateway listening on", timeout=60)
+        try:
+            client = held(gw.port, key)
+            pid = first_line_pid(client)
+            wait_for(lambda: len(_registry_rows(url)) == 1, what="the session's row")
+            [(session_id, row_instance)] = _registry_rows(url)
+            # The parent lists it once: from its worker, named as the row names it.
+            [summary] = listed(gw)
+            assert summary["id"] == session_id and summary["worker"] in (1, 2)
+            assert row_instance == summary["instance"] == instance_name(
+                gw.config["state_dir"], summary["worker"]
+            )
+            assert [s["id"] for s in listed(other)] == [session_id]
+
+            # Another instance ends it: the worker that holds it carries the request out.
+            killed = sessions(other, "kill", session_id, "--message", "from the other one")
+            assert killed.returncode == 0, killed.stderr + gw.log_text()[-3000:]
+            output, _ = client.communicate(timeout=20)
+            assert "from the other one" in output
+            assert wait_gone([pid], 10) == []
+            gw.wait_for_log(
+                rf"\[worker {summary['worker']}\] .*ended by .*on instance "
+                rf"{re.escape(instance_of(other))}\)"
+            )
+            wait_for(lambda: _registry_rows(url) == [], what="the row removed")
+        finally:
+            if client is not None and client.poll() is None:
+                client.kill()
+                client.communicate()
