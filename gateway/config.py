@@ -197,6 +197,9 @@ class StoreConfig:
     key_file: Path | None = None
     queue_max: int = 10000  # writes held while the database is unreachable
     cache_ttl: float = 2.0  # seconds a read of shared pins and penalties is reused
+    # Not a config key: set in worker process N (gateway.worker), whose rows in the shared
+    # session registry are its own (gateway.store.instance_name).
+    worker: int | None = None
 
 
 def _bad_store_url(url: str) -> str | None:

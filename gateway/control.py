@@ -15,7 +15,8 @@ alone and is an error too.
 The protocol: one JSON object per line each way (a request at most MAX_REQUEST bytes), any
 number of requests per connection, answered in order::
 
-    {"request": "list"}                          -> {"ok": true, "sessions": [SUMMARY, ...]}
+    {"request": "list"}                          -> {"ok": true, "sessions": [SUMMARY, ...],
+                                                     "warnings": [TEXT, ...] (optional)}
     {"request": "kill", "session": ID,
      "message": TEXT or null,
      "operator": OPERATOR (optional)}            -> {"ok": true, "session": SUMMARY}
@@ -49,7 +50,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from gateway.live_sessions import ISessionRegistry, KillResult, Operator
+from gateway.live_sessions import ISessionRegistry, KillResult, Operator, SessionRegistryError
 
 log = Logger()
 
@@ -67,7 +68,11 @@ ALREADY_ENDED = "already_ended"
 REFUSED = "refused"
 BAD_REQUEST = "bad_request"
 FAILED = "failed"
-ERRORS = (NOT_FOUND, ALREADY_ENDED, REFUSED, BAD_REQUEST, FAILED)
+# A session another instance holds (gateway.store.sessions): the store cannot be reached,
+# or the holding instance did not carry out the kill in time.
+UNREACHABLE = "unreachable"
+TIMEOUT = "timeout"
+ERRORS = (NOT_FOUND, ALREADY_ENDED, REFUSED, BAD_REQUEST, FAILED, UNREACHABLE, TIMEOUT)
 
 
 class ControlSocketError(Exception):
@@ -114,6 +119,15 @@ def answer_line(answer: dict[str, Any]) -> bytes:
 
 def error_answer(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": code, "message": message}
+
+
+def listed_answer(sessions: list[Any]) -> dict[str, Any]:
+    """A list answer; with ``warnings`` when the registry could not reach everything."""
+    answer: dict[str, Any] = {"ok": True, "sessions": [s.to_json() for s in sessions]}
+    warnings = getattr(sessions, "warnings", None)
+    if warnings:
+        answer["warnings"] = [str(w) for w in warnings]
+    return answer
 
 
 class ControlProtocol(LineReceiver, TimeoutMixin):
@@ -176,7 +190,7 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         kind = request.get("request")
         if kind == "list":
             answer = defer.maybeDeferred(self.factory.registry.list)
-            answer.addCallback(lambda sessions: {"ok": True, "sessions": [s.to_json() for s in sessions]})
+            answer.addCallback(listed_answer)
         elif kind == "kill":
             session_id, message = request.get("session"), request.get("message")
             if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID:
@@ -218,6 +232,14 @@ class ControlProtocol(LineReceiver, TimeoutMixin):
         return {"ok": True, "session": result.session.to_json()}
 
     def _failed(self, failure: Failure, kind: str) -> dict[str, Any]:
+        if failure.check(SessionRegistryError):  # an answer for the operator, no bug
+            log.warn(
+                "control socket: the {kind} request of {who} failed: {why}",
+                kind=kind,
+                who=str(self.operator),
+                why=str(failure.value),
+            )
+            return error_answer(failure.value.code, str(failure.value))
         log.failure("control socket: the {kind} request of {who} failed", failure, kind=kind, who=str(self.operator))
         return error_answer(FAILED, f"the gateway could not do the {kind} request (see its log)")
 

@@ -3,8 +3,10 @@
 Everything that shows or ends live sessions (the control socket, gateway.control, and
 through it ``sshgateway sessions``) talks to an :class:`ISessionRegistry`: a list of
 :class:`SessionSummary` and a ``kill`` that answers with a :class:`KillResult`. Both may
-answer later (a Deferred), because a registry that spans worker processes or gateway
-instances (a later issue: one kept in PostgreSQL) has to ask elsewhere.
+answer later (a Deferred), because a registry that spans worker processes
+(gateway.worker_sessions) or gateway instances (gateway.store.sessions, in PostgreSQL) has
+to ask elsewhere. A list may come with warnings (:class:`SessionList`: what it could not
+reach), and a kill may fail with a :class:`SessionRegistryError` that says why.
 
 :class:`LiveSessions` is the registry of this process: a session tap
 (gateway.session_tap) that keeps each open :class:`~gateway.session_tap.LiveSession` from
@@ -16,6 +18,7 @@ SESSION_KILLED gateway event naming the :class:`Operator` who asked.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,9 +45,13 @@ class Operator:
     name: str  # the account name (the uid as text when it has none)
     uid: int | None = None
     pid: int | None = None
+    # With a shared store: the gateway instance whose control socket they asked, when
+    # that is not the instance that holds the session (gateway.store.sessions).
+    instance: str | None = None
 
     def __str__(self) -> str:
-        return self.name if self.uid is None else f"{self.name} (uid {self.uid})"
+        who = self.name if self.uid is None else f"{self.name} (uid {self.uid})"
+        return who if self.instance is None else f"{who} on instance {self.instance}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,7 +65,10 @@ class Operator:
         uid, pid = data.get("uid"), data.get("pid")
         if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (uid, pid)):
             return None
-        return cls(data["name"][:64], uid, pid)
+        instance = data.get("instance")
+        if instance is not None and not isinstance(instance, str):
+            return None
+        return cls(data["name"][:64], uid, pid, instance[:256] if instance else None)
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ class SessionSummary:
     pty: bool = False
     forward: str | None = None  # a jump-host forward's "host:port"
     worker: int | None = None  # with worker processes: the one that holds the session
+    instance: str | None = None  # with a shared store: the gateway instance that holds it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +114,25 @@ class KillResult:
 
     session: SessionSummary | None
     killed: bool
+
+
+class SessionList(list[SessionSummary]):
+    """The sessions a ``list`` found, and ``warnings``: what it could not reach (one line
+    each, for the operator: e.g. the shared store is down and only this instance's
+    sessions are listed)."""
+
+    def __init__(self, sessions: Iterable[SessionSummary] = (), warnings: Iterable[str] = ()) -> None:
+        super().__init__(sessions)
+        self.warnings = list(warnings)
+
+
+class SessionRegistryError(Exception):
+    """A kill the registry could not carry out; ``code`` (one of gateway.control's error
+    codes) and the message say why, for the operator."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ISessionRegistry(Interface):
@@ -198,7 +228,8 @@ class LiveSessions:
             log,
             events.SESSION_KILLED,
             "session {session} of {user} to {target} ended by {by} (uid {by_uid}, pid "
-            "{by_pid}): {client_message}",
+            "{by_pid}" + (", on instance {by_instance}" if by.instance else "") + "): "
+            "{client_message}",
             session=session_id,
             user=summary.user,
             target=summary.target,
@@ -206,6 +237,8 @@ class LiveSessions:
             by=by.name,
             by_uid=by.uid,
             by_pid=by.pid,
+            # Asked on another instance (gateway.store.sessions): the one they asked.
+            **({"by_instance": by.instance} if by.instance else {}),
             client_message=text,  # ("message" is the log line's own text in JSON logs)
         )
         killed = session.terminate(text, by=by.name)

@@ -232,12 +232,12 @@ def build_session_taps(config: Any, reactor: Any) -> list[Any]:
 
 
 def control_service(
-    config: Any, reactor: Any, session_taps: Sequence[Any], workers: Any = None
+    config: Any, reactor: Any, session_taps: Sequence[Any], workers: Any = None, store: Any = None
 ) -> Any:
     """The control socket (gateway.control) over the live-session registry among the
     taps, or in the parent of worker processes (``workers``, their supervisor) over the
     sessions of every worker (gateway.worker_sessions): it listens once the gateway has
-    dropped its privileges."""
+    dropped its privileges. With a ``store`` (gateway.store): over every instance's too."""
     from gateway.control import ControlService, control_socket_path
     from gateway.live_sessions import ISessionRegistry
 
@@ -245,8 +245,10 @@ def control_service(
         from gateway.worker_sessions import WorkerSessions
 
         registry = WorkerSessions.of_supervisor(workers, config.state_dir, reactor)
-        return ControlService(control_socket_path(config), registry, reactor)
-    registry = next(tap for tap in session_taps if ISessionRegistry.providedBy(tap))
+    else:
+        registry = next(tap for tap in session_taps if ISessionRegistry.providedBy(tap))
+    if store is not None:
+        registry = store.session_registry(registry)
     return ControlService(control_socket_path(config), registry, reactor)
 
 
@@ -292,9 +294,9 @@ def shared_store(config: Any, reactor: Any) -> Any:
     store = getattr(config, "store", None)
     if store is None or store.url is None:
         return None
-    from gateway.store import StoreService
+    from gateway.store import StoreService, instance_name
 
-    return StoreService(store, reactor)
+    return StoreService(store, reactor, instance=instance_name(config.state_dir, store.worker))
 
 
 def audit_trail(config: Any) -> Any:
@@ -391,7 +393,8 @@ def make_service(
                 host_keys = load_or_create_host_keys(config.state_dir)
         session_taps = build_session_taps(config, reactor)
         if store is not None:
-            session_taps.append(store.session_tap())  # the recordings index
+            # The recordings index, the shared session registry's rows of this process.
+            session_taps.extend(store.session_taps(session_taps))
         audit = audit_trail(config)
         generation = build_generation(config, reactor, host_keys, session_taps, store)
         drop = privilege_drop(config, uid, gid)
@@ -429,7 +432,9 @@ def make_service(
             tap.setServiceParent(top)
         if store is not None and hasattr(tap, "metrics"):
             tap.metrics.watch_store(store.worker)  # the write queue's counts on /metrics
-    control_service(config, reactor, session_taps, top.workers).setServiceParent(top)
+    # (A worker answers its parent for its own sessions; the parent asks the store.)
+    cluster = store if inherited_fds is None else None
+    control_service(config, reactor, session_taps, top.workers, cluster).setServiceParent(top)
     for description in config.listen:
         top.add_listener(description)
     return top

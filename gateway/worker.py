@@ -40,7 +40,11 @@ def worker_config(config: Any, number: int) -> Any:
     # (gateway.worker_sessions).
     control_socket = worker_control_socket(config.state_dir, number)
     control = dataclasses.replace(config.control, socket=control_socket)
-    return dataclasses.replace(config, metrics=metrics, control=control, run_as=None, workers=1)
+    # Its own name in the shared store's session registry (gateway.store.sessions).
+    store = dataclasses.replace(config.store, worker=number)
+    return dataclasses.replace(
+        config, metrics=metrics, control=control, store=store, run_as=None, workers=1
+    )
 
 
 def line_observer(stream: TextIO) -> Any:

@@ -1,8 +1,11 @@
 """``sshgateway sessions list|kill``: the running gateway's live sessions, through its
-control socket (gateway.control: one JSON request line, one JSON answer line).
+control socket (gateway.control: one JSON request line, one JSON answer line). With a
+shared store (``[store] url``) the gateway answers for every instance of the cluster
+(gateway.store.sessions): ``list`` shows which instance holds each session, ``kill`` ends a
+session wherever it is held; what the gateway could not reach comes as warnings (stderr).
 
-Exit status: 0 done; 1 when the gateway cannot be reached, refuses, or has no such
-session.
+Exit status: 0 done; 1 when the gateway cannot be reached, refuses, has no such session,
+or the instance holding it did not end it in time.
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ def setup_cli(p: argparse.ArgumentParser) -> None:
         "list",
         help="the open sessions",
         description="One line per open session: id, user, source, front protocol, target, "
-        "start time, bytes from and to the client, recording file.",
+        "start time, bytes from and to the client, recording file; with worker processes the "
+        "worker, with a shared store the instance that holds it (every instance's sessions).",
     )
     listing.add_argument("--format", choices=("text", "json"), default="text")
     kill = sub.add_parser(
         "kill",
         help="end a session",
         description="End a session: its client is told (the message) and disconnected, the "
-        "device leg or local program closed; the gateway's log names who ended it.",
+        "device leg or local program closed; the gateway's log names who ended it. With a "
+        "shared store, a session another instance holds is ended by that instance (this "
+        "waits for it, at most 10 s).",
     )
     kill.add_argument("id", metavar="ID", help="the session id, as `sessions list` shows it")
     kill.add_argument(
@@ -72,6 +78,8 @@ def run_cli(args: argparse.Namespace, io: Any) -> int:
         if args.sessions_command == "list":
             answer = ask(path, {"request": "list"})
             sessions = [SessionSummary.from_json(s) for s in answer.get("sessions", [])]
+            for warning in answer.get("warnings") or ():
+                print(f"sshgateway: warning: {warning}", file=io.stderr)
             show_sessions(sessions, args.format, io.stdout)
             return 0
         answer = ask(path, {"request": "kill", "session": args.id, "message": args.message})
@@ -89,7 +97,8 @@ def run_cli(args: argparse.Namespace, io: Any) -> int:
 
 def describe(s: SessionSummary) -> str:
     front = {"ssh1": "SSH-1", "ssh2": "SSH-2"}.get(s.front_protocol, s.front_protocol or "?")
-    return f"{s.user} from {s.source or '?'} ({front}) to {target_text(s)}"
+    where = f" on instance {s.instance}" if s.instance else ""
+    return f"{s.user} from {s.source or '?'} ({front}) to {target_text(s)}{where}"
 
 
 def target_text(s: SessionSummary) -> str:
@@ -106,6 +115,8 @@ def started_text(started: float) -> str:
 COLUMNS = ("ID", "USER", "SOURCE", "FRONT", "TARGET", "STARTED", "IN", "OUT", "RECORDING")
 # With worker processes (gateway.worker_sessions), which worker holds each session.
 WORKER_COLUMN = "WORKER"
+# With a shared store (gateway.store.sessions), which instance holds each session.
+INSTANCE_COLUMN = "INSTANCE"
 
 
 def show_sessions(sessions: list[SessionSummary], form: str, out: Any) -> None:
@@ -117,12 +128,19 @@ def show_sessions(sessions: list[SessionSummary], form: str, out: Any) -> None:
         print("no live sessions", file=out)
         return
     with_workers = any(s.worker is not None for s in sessions)
-    header = (*COLUMNS[:-1], WORKER_COLUMN, COLUMNS[-1]) if with_workers else COLUMNS
+    with_instances = any(s.instance is not None for s in sessions)
+    header = (
+        *COLUMNS[:-1],
+        *((WORKER_COLUMN,) if with_workers else ()),
+        *((INSTANCE_COLUMN,) if with_instances else ()),
+        COLUMNS[-1],
+    )
     rows = [header] + [
         (
             s.id, s.user, s.source or "-", s.front_protocol or "-", target_text(s),
             started_text(s.started), str(s.bytes_in), str(s.bytes_out),
-            *((str(s.worker or "-"),) if with_workers else ()), s.recording or "-",
+            *((str(s.worker or "-"),) if with_workers else ()),
+            *((s.instance or "-",) if with_instances else ()), s.recording or "-",
         )  # fmt: skip
         for s in sessions
     ]

@@ -6,8 +6,10 @@ settles the host keys at start (blocking, before the reactor runs), then runs th
 client on its own thread (gateway.store.worker) and hands the gateway adapters behind the
 interfaces it already uses: :class:`~gateway.store.known_hosts.SharedKnownHosts`,
 :class:`~gateway.store.penalties.SharedPenaltyBook`, and the flow and audit writers'
-mirror (gateway.jsonl), and the recordings index (a session tap,
-gateway.store.recordings). The shared pins and penalties are re-read every ``cache_ttl``.
+mirror (gateway.jsonl), the recordings index (a session tap, gateway.store.recordings),
+and the cluster's session registry (gateway.store.sessions: each instance's rows, the kill
+requests it carries out, the control socket's list and kill over every instance). The
+shared pins and penalties are re-read every ``cache_ttl``.
 
 The tables and their migrations: gateway.store.migrations; ``sshgateway db upgrade``
 applies them (tools.db).
@@ -38,9 +40,17 @@ class StoreUnusable(Exception):
     """The store cannot be used at start (one line, for the startup error)."""
 
 
-def instance_name() -> str:
-    """How this instance is named in the tables: host and process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def instance_name(state_dir: str | Path | None = None, worker: int | None = None) -> str:
+    """How this instance is named in the tables: ``<hostname>:<state_dir>``, the same
+    across restarts (so that it finds the rows it left) and unique on its host (one
+    state_dir serves one gateway); worker process N of it adds ``/worker-N``. Without a
+    state_dir (tools, tests): host and process."""
+    from gateway.store.sessions import worker_instance
+
+    if state_dir is None:
+        return f"{socket.gethostname()}:{os.getpid()}"
+    name = f"{socket.gethostname()}:{Path(state_dir).resolve()}"
+    return name if worker is None else worker_instance(name, worker)
 
 
 class StoreService(service.Service):
@@ -56,6 +66,8 @@ class StoreService(service.Service):
         self.known_hosts_by_path: dict[Path, SharedKnownHosts] = {}
         self.penalty_books: list[SharedPenaltyBook] = []
         self._refresher: task.LoopingCall | None = None
+        self.kill_requests: Any = None  # gateway.store.sessions.KillRequests, with sessions
+        self.session_index: Any = None  # gateway.store.sessions.SessionIndex
 
     # -- at start, blocking ----------------------------------------------------------
 
@@ -119,6 +131,27 @@ class StoreService(service.Service):
 
         return RecordingIndex(self.worker)
 
+    def session_taps(self, taps: list[Any]) -> list[Any]:
+        """The store's session taps, after ``taps`` (the recorder's first): the
+        recordings index, and the rows of this process's live sessions; the kill
+        requests addressed to this process are carried out by the registry among
+        ``taps`` (gateway.live_sessions.LiveSessions)."""
+        from gateway.live_sessions import ISessionRegistry
+        from gateway.store.sessions import KillRequests, SessionIndex
+
+        local = next((tap for tap in taps if ISessionRegistry.providedBy(tap)), None)
+        if local is not None:
+            self.kill_requests = KillRequests(local, self.worker, self.instance, self.reactor)
+        self.session_index = SessionIndex(self.worker, self.instance)
+        return [self.session_tap(), self.session_index]
+
+    def session_registry(self, local: Any) -> Any:
+        """The control socket's registry: ``local`` (this instance's sessions) and every
+        other instance's (gateway.store.sessions.ClusterSessions)."""
+        from gateway.store.sessions import ClusterSessions
+
+        return ClusterSessions(local, self.worker, self.instance, self.reactor)
+
     def mirror(self, what: str, record: dict[str, Any]) -> None:
         """A flow record or audit event for its append-only table (gateway.jsonl)."""
         self.worker.write("record", what, record)
@@ -135,9 +168,16 @@ class StoreService(service.Service):
 
     def startService(self) -> None:
         from gateway.jsonl import RotatingJSONLines
+        from gateway.store.sessions import forget_stale_sessions
 
         super().startService()
         self.worker.start()
+        # First in the queue: before any row of this process's own sessions.
+        forget_stale_sessions(self.worker, self.instance, self.reactor.seconds())
+        if self.kill_requests is not None:
+            self.kill_requests.start()
+        if self.session_index is not None:
+            self.session_index.start(self.reactor)
         RotatingJSONLines.mirror = self.mirror
         self._refresher = task.LoopingCall(self.refresh)
         self._refresher.clock = self.reactor
@@ -149,6 +189,10 @@ class StoreService(service.Service):
         super().stopService()
         if self._refresher is not None and self._refresher.running:
             self._refresher.stop()
+        if self.kill_requests is not None:
+            self.kill_requests.stop()
+        if self.session_index is not None:
+            self.session_index.stop()
         if RotatingJSONLines.mirror == self.mirror:
             RotatingJSONLines.mirror = None
         return self.worker.stop()

@@ -111,7 +111,100 @@ class Database:
     def _write_forget_pins(self, host_name: str, protocols: Iterable[str]) -> None:
         self.forget_pins(host_name, protocols)
 
+    def _write_live_session(
+        self, session_id: str, instance: str, info: dict[str, Any], started: float
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO live_sessions (id, instance, info, started_at) "
+            "VALUES (%s, %s, %s::jsonb, to_timestamp(%s)) ON CONFLICT (id) DO UPDATE SET "
+            "instance = excluded.instance, info = excluded.info, started_at = excluded.started_at",
+            (session_id, instance, json.dumps(info), started),
+        )
+
+    def _write_live_sessions_info(
+        self, instance: str, rows: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
+        # An update only: a row its session's end removed meanwhile stays removed.
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE live_sessions SET info = %s::jsonb WHERE id = %s AND instance = %s",
+                [(json.dumps(info), session_id, instance) for session_id, info in rows],
+            )
+
+    def _write_session_ended(self, session_id: str, instance: str) -> None:
+        self.conn.execute(
+            "DELETE FROM live_sessions WHERE id = %s AND instance = %s", (session_id, instance)
+        )
+
+    def _write_forget_sessions(self, instance: str, started_before: float) -> None:
+        # The instance's rows and its workers' ("<instance>/worker-N"; left() rather than
+        # LIKE: a state_dir may hold "_" or "%").
+        self.conn.execute(
+            "DELETE FROM live_sessions WHERE (instance = %s OR left(instance, %s) = %s) "
+            "AND started_at < to_timestamp(%s)",
+            (instance, len(instance) + 1, instance + "/", started_before),
+        )
+        self.conn.execute(
+            "DELETE FROM session_kills WHERE done_at < now() - interval '1 day'"
+        )
+
+    def _write_kill_done(self, kill_id: int, outcome: str) -> None:
+        # The first outcome stays (a withdrawn request is not carried out afterwards).
+        self.conn.execute(
+            "UPDATE session_kills SET done_at = now(), outcome = %s "
+            "WHERE id = %s AND done_at IS NULL",
+            (outcome, kill_id),
+        )
+
     # -- reads and settled writes (not queued: their caller waits for the answer) -----
+
+    def live_sessions(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every instance's live sessions: (instance, summary), oldest first."""
+        return self.conn.execute(
+            "SELECT instance, info FROM live_sessions ORDER BY started_at"
+        ).fetchall()
+
+    def live_session(self, session_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(instance, summary) of one live session, or None."""
+        return self.conn.execute(
+            "SELECT instance, info FROM live_sessions WHERE id = %s", (session_id,)
+        ).fetchone()
+
+    def request_kill(
+        self,
+        session_id: str,
+        instance: str,
+        requested_by: str,
+        uid: int | None,
+        pid: int | None,
+        asked_on: str,
+        message: str | None,
+    ) -> int:
+        """Ask ``instance`` to end ``session_id``; the request's id."""
+        row = self.conn.execute(
+            "INSERT INTO session_kills (session_id, instance, requested_by, requester_uid, "
+            "requester_pid, asked_on, message) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "RETURNING id",
+            (session_id, instance, requested_by, uid, pid, asked_on, message),
+        ).fetchone()
+        return int(row[0])
+
+    def pending_kills(self, instance: str) -> list[tuple[Any, ...]]:
+        """The requests ``instance`` has yet to carry out: (id, session, requested_by,
+        uid, pid, asked_on, message), oldest first."""
+        return self.conn.execute(
+            "SELECT id, session_id, requested_by, requester_uid, requester_pid, asked_on, "
+            "message FROM session_kills WHERE instance = %s AND done_at IS NULL ORDER BY id",
+            (instance,),
+        ).fetchall()
+
+    def kill_outcome(self, kill_id: int) -> str | None:
+        """How request ``kill_id`` ended; None while it is pending."""
+        row = self.conn.execute(
+            "SELECT outcome FROM session_kills WHERE id = %s AND done_at IS NOT NULL",
+            (kill_id,),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def active_penalties(self, now: float) -> dict[str, float]:
         rows = self.conn.execute(

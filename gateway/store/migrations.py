@@ -74,6 +74,20 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        "cluster-wide sessions list/kill: what a kill request carries and how it ended",
+        """
+        ALTER TABLE session_kills
+            ADD COLUMN message       text,     -- what the client is told (NULL: the default)
+            ADD COLUMN requester_uid integer,  -- the operator's uid and pid, on asked_on
+            ADD COLUMN requester_pid integer,
+            ADD COLUMN asked_on      text,     -- the instance whose control socket was asked
+            ADD COLUMN outcome       text;     -- killed | ended | not_found, with done_at
+        CREATE INDEX session_kills_pending ON session_kills (instance) WHERE done_at IS NULL;
+        CREATE INDEX live_sessions_instance ON live_sessions (instance);
+        """,
+    ),
 )
 
 REQUIRED_VERSION = MIGRATIONS[-1][0]

@@ -79,7 +79,8 @@ def test_a_gateway_refuses_to_start_on_a_schema_older_than_it_needs(tmp_path, po
     config = load_config(store_config(tmp_path, postgres_url))
     store = StoreService(config.store, reactor=None)
     with pytest.raises(
-        StoreUnusable, match=r"version 0, this gateway needs 1: run `sshgateway db upgrade"
+        StoreUnusable,
+        match=rf"version 0, this gateway needs {REQUIRED_VERSION}: run `sshgateway db upgrade",
     ):
         store.host_keys(config.state_dir)
 

@@ -447,6 +447,10 @@ class FakeDatabase:
         self.pinned: dict[tuple[str, str], str] = {}
         self.recordings: list[tuple[str, str, str, str, int]] = []
         self.calls: list[str] = []
+        # The cluster's session registry: session id -> (instance, summary, started), and
+        # the session_kills rows (a request's id is its index + 1).
+        self.live: dict[str, tuple[str, Any, float]] = {}
+        self.kills: list[dict[str, Any]] = []
 
     def run(self, method: str, *args: Any) -> Any:
         self.calls.append(method)
@@ -493,6 +497,57 @@ class FakeDatabase:
 
     def pin(self, host_name: str, protocol: str, key_line: str) -> str:
         return self.pinned.setdefault((host_name, protocol), key_line)
+
+    # -- the cluster's session registry (gateway.store.sessions) ---------------------------
+
+    def _write_live_session(self, session_id: str, instance: str, info: Any, started: float) -> None:
+        self.live[session_id] = (instance, info, started)
+
+    def _write_live_sessions_info(self, instance: str, rows: Any) -> None:
+        for session_id, info in rows:
+            row = self.live.get(session_id)
+            if row is not None and row[0] == instance:
+                self.live[session_id] = (instance, info, row[2])
+
+    def _write_session_ended(self, session_id: str, instance: str) -> None:
+        if self.live.get(session_id, ("",))[0] == instance:
+            del self.live[session_id]
+
+    def _write_forget_sessions(self, instance: str, started_before: float) -> None:
+        for session_id, (owner, _, started) in list(self.live.items()):
+            if (owner == instance or owner.startswith(instance + "/")) and started < started_before:
+                del self.live[session_id]
+
+    def _write_kill_done(self, kill_id: int, outcome: str) -> None:
+        row = self.kills[kill_id - 1]
+        if row["outcome"] is None:
+            row["outcome"] = outcome
+
+    def live_sessions(self) -> list[tuple[str, Any]]:
+        rows = sorted(self.live.values(), key=lambda row: row[2])
+        return [(instance, info) for instance, info, _ in rows]
+
+    def live_session(self, session_id: str) -> tuple[str, Any] | None:
+        row = self.live.get(session_id)
+        return None if row is None else (row[0], row[1])
+
+    def request_kill(self, session_id: str, instance: str, requested_by: str, uid: Any, pid: Any,
+                     asked_on: str, message: Any) -> int:  # fmt: skip
+        self.kills.append(dict(
+            session_id=session_id, instance=instance, requested_by=requested_by, uid=uid,
+            pid=pid, asked_on=asked_on, message=message, outcome=None,
+        ))  # fmt: skip
+        return len(self.kills)
+
+    def pending_kills(self, instance: str) -> list[tuple[Any, ...]]:
+        return [
+            (n, k["session_id"], k["requested_by"], k["uid"], k["pid"], k["asked_on"], k["message"])
+            for n, k in enumerate(self.kills, 1)
+            if k["instance"] == instance and k["outcome"] is None
+        ]
+
+    def kill_outcome(self, kill_id: int) -> str | None:
+        return self.kills[kill_id - 1]["outcome"]
 
 
 def run_at_once(f: Any, *args: Any) -> Any:
