@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +143,22 @@ class TargetsService(service.Service):
         return defer.gatherResults(waits, consumeErrors=True)
 
 
-def build_handoffs(config: Any, reactor: Any, portal: Any, host_keys: Any) -> dict[str, Any]:
-    """The SSH-2 and SSH-1 implementations the config enables, over one portal."""
+def build_handoffs(
+    config: Any,
+    reactor: Any,
+    portal: Any,
+    host_keys: Any,
+    running: Any = None,
+    ssh1_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The SSH-2 and SSH-1 implementations the config enables, over one portal.
+
+    ``running`` (a reload: the generation in use) decides where the SSH-1 server key
+    comes from: the running one if its size is still the configured one, else a new one
+    made off the reactor (the new SSH-1 server's ``ready`` fires when it is there; a
+    login meanwhile is not held up by it). At start, with none running, the first key
+    is made here, before the gateway listens. ``ssh1_options``: more keyword arguments
+    for the SSH-1 server (its ``key_generator`` and ``off_reactor``, for tests)."""
     handoffs: dict[str, Any] = {}
     if "2" in config.protocols:
         from protocols.ssh2.factory import SSH2ServerFactory
@@ -155,10 +169,19 @@ def build_handoffs(config: Any, reactor: Any, portal: Any, host_keys: Any) -> di
     if "1" in config.protocols:
         from protocols.ssh1.server import SSH1ServerFactory
 
+        kept = running_server_key(running, config.ssh1.server_key_bits)
         handoffs["ssh1"] = SSH1ServerFactory(
-            portal, host_keys.ssh1, config.ssh1, config.auth_limits, reactor
-        )
+            portal, host_keys.ssh1, config.ssh1, config.auth_limits, reactor,
+            server_key=kept, first_key_off_reactor=running is not None, **(ssh1_options or {}),
+        )  # fmt: skip
     return handoffs
+
+
+def running_server_key(running: Any, bits: int) -> Any:
+    """The SSH-1 server key the ``running`` generation hands out now, if it has ``bits``."""
+    factory = getattr(running, "handoffs", {}).get("ssh1") if running is not None else None
+    key = getattr(factory, "current_server_key", None)
+    return key if key is not None and key.key_size == bits else None
 
 
 def build_generation(
@@ -167,11 +190,15 @@ def build_generation(
     host_keys: Any,
     session_taps: Sequence[Any] = (),
     store: Any = None,
+    running: Generation | None = None,
+    ssh1_options: Mapping[str, Any] | None = None,
 ) -> Generation:
     """Everything a loaded config decides for new connections: its targets behind one
     Router, the portal over its users, the protocol implementations, the flow writer.
     ``session_taps`` (gateway.session_tap.ISessionTap) watch every session; they outlive
     generations. ``store`` (gateway.store.StoreService): the shared known_hosts.
+    ``running``, ``ssh1_options``: the generation a reload replaces, and more for the
+    SSH-1 server (see :func:`build_handoffs`).
     Raises (ValueError, DefaultPasswordError...) before anything is in use."""
     from gateway.auth import build_portal
     from gateway.config import ensure_default_password
@@ -201,8 +228,16 @@ def build_generation(
             config.state_dir, config.ssh2, config.auth_limits, reactor
         )
     portal = build_portal(config, targets)
-    handoffs = build_handoffs(config, reactor, portal, host_keys)
+    handoffs = build_handoffs(config, reactor, portal, host_keys, running, ssh1_options)
     return Generation(handoffs, config.version_timeout, flows, targets)
+
+
+def generation_ready(generation: Generation) -> defer.Deferred:
+    """Fires once every protocol implementation of ``generation`` can take connections
+    (the SSH-1 server has its key); fails as the first of them fails."""
+    waits = [getattr(handoff, "ready", None) for handoff in generation.handoffs.values()]
+    gathered = defer.gatherResults([w for w in waits if w is not None], consumeErrors=True)
+    return gathered.addErrback(lambda failure: failure.value.subFailure)
 
 
 def build_session_taps(config: Any, reactor: Any) -> list[Any]:
@@ -483,6 +518,11 @@ class GatewayService(service.MultiService):
         # Worker processes (gateway.workers): the parent's supervisor, or in a worker the
         # sockets it inherited; either way the endpoints are fixed at start.
         self.workers: Any = None
+        # A reloaded generation waiting for its SSH-1 server key (made off the reactor),
+        # and how reloads make that key (SSH1ServerFactory's key_generator, off_reactor;
+        # empty: its defaults, a real key in Twisted's thread pool).
+        self._pending_reload: Generation | None = None
+        self.ssh1_options: dict[str, Any] = {}
         self.inherited_fds: dict[str, int] | None = None
         # Applied to every reloaded config (a worker's: gateway.worker.worker_config).
         self.config_override: Any = None
@@ -581,7 +621,10 @@ class GatewayService(service.MultiService):
     def reload(self) -> bool:
         """Re-read the config file (and with it every authorized_keys file) and use it for
         new connections; open connections keep what they started with. A config that
-        does not load or build is refused and the running one stays. True if swapped."""
+        does not load or build is refused and the running one stays. True if accepted:
+        swapped in now, or, when it needs a new SSH-1 server key (SSH-1 turned on, or
+        another ``server_key_bits``), once that key has been made off the reactor (the
+        running configuration serves meanwhile: no login waits for the key)."""
         if self.drain is not None:
             log.info("reload ignored: the gateway is shutting down")
             return False
@@ -590,25 +633,65 @@ class GatewayService(service.MultiService):
             self.workers.reload()  # each worker re-reads the file itself
         source = self.config.source
         where = str(source) if source is not None else "the embedded default"
+        self._pending_reload = None  # a later reload wins over one still making its key
         try:
             new = self._load_config()
             generation = build_generation(
-                new, self.reactor, self.host_keys, self.session_taps, self.store
-            )
+                new, self.reactor, self.host_keys, self.session_taps, self.store,
+                running=self.dispatcher.generation, ssh1_options=self.ssh1_options,
+            )  # fmt: skip
             self._keep_launcher(generation)
         except Exception as e:  # whatever it is, the running gateway must go on
-            from gateway.config import ConfigError, DefaultPasswordError
-
-            if isinstance(e, (ConfigError, DefaultPasswordError, ValueError, OSError)):
-                log.error(
-                    "reload refused, the running configuration stays in force: {error}",
-                    error=str(e),
-                )
-            else:
-                log.failure("reload refused, the running configuration stays in force")
-            self._audit_reload(where, "refused", str(e).splitlines()[0][:200] if str(e) else "")
-            self.notifier.ready(self._status("serving (reload refused)"))
+            self._reload_refused(where, e)
             return False
+        ready = generation_ready(generation)
+        if ready.called:
+            self._swap_in(new, generation, where)
+            return True
+        log.info("reload: making the SSH-1 server key off the reactor; the new "
+                 "configuration takes over once it is ready")  # fmt: skip
+        self._pending_reload = generation
+        ready.addCallbacks(
+            lambda _: self._key_made(new, generation, where),
+            lambda failure: self._key_failed(generation, where, failure),
+        )
+        return True
+
+    def _key_made(self, new: Any, generation: Generation, where: str) -> None:
+        if self._pending_reload is not generation or self.drain is not None:
+            generation.retire()  # a later reload, or the shutdown, came first
+            return
+        self._pending_reload = None
+        self._swap_in(new, generation, where)
+
+    def _key_failed(self, generation: Generation, where: str, failure: Any) -> None:
+        generation.retire()
+        if self._pending_reload is generation:
+            self._pending_reload = None
+            self._reload_refused(where, failure.value, failure)
+
+    def _reload_refused(self, where: str, e: BaseException, failure: Any = None) -> None:
+        from gateway.config import ConfigError, DefaultPasswordError
+
+        if failure is not None:  # the SSH-1 server key could not be made
+            log.failure(
+                "reload refused, the running configuration stays in force: the SSH-1 "
+                "server key could not be made ({error})",
+                failure,
+                error=f"{type(e).__name__}: {e}",
+            )
+        elif isinstance(e, (ConfigError, DefaultPasswordError, ValueError, OSError)):
+            log.error(
+                "reload refused, the running configuration stays in force: {error}",
+                error=str(e),
+            )
+        else:
+            log.failure("reload refused, the running configuration stays in force")
+        self._audit_reload(where, "refused", str(e).splitlines()[0][:200] if str(e) else "")
+        self.notifier.ready(self._status("serving (reload refused)"))
+
+    def _swap_in(self, new: Any, generation: Generation, where: str) -> None:
+        """The reloaded config and its generation take over new connections."""
         old_config, self.config = self.config, new
         self.dispatcher.swap(generation)
         self._reconfigure_limits(new)
@@ -631,7 +714,6 @@ class GatewayService(service.MultiService):
         )
         self._audit_reload(where, "loaded")
         self.notifier.ready(self._status("serving (reloaded)"))
-        return True
 
     def _audit_reload(self, where: str, result: str, reason: str = "") -> None:
         from gateway.events import CONFIG_RELOAD, emit
@@ -740,6 +822,9 @@ class GatewayService(service.MultiService):
         """Listeners first, then the drain, then the targets (MultiService would stop
         its children all at once)."""
         service.Service.stopService(self)
+        pending, self._pending_reload = self._pending_reload, None
+        if pending is not None:  # its key is not ready: it never served
+            pending.retire()
         listeners = [defer.maybeDeferred(s.stopService) for s in self if isinstance(s, ListenerService)]
         self.drain = Drain(
             self.dispatcher, self.reactor, self.config.shutdown_grace, self.notifier

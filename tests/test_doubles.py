@@ -150,3 +150,13 @@ def test_fake_target_takes_the_calls_the_router_makes():
     open_session.bind("alice", _request(), None)
     open_session.bind("alice", _request(), None, password="pw")
     inspect.signature(fake.close_all).bind()
+
+
+def test_recording_key_generator_takes_what_the_server_key_generator_takes():
+    """RecordingKeyGenerator stands for protocols.ssh1.server.generate_server_key."""
+    from protocols.ssh1.server import generate_server_key
+
+    fake = inspect.signature(doubles.RecordingKeyGenerator())
+    real = inspect.signature(generate_server_key)
+    assert list(fake.parameters) == list(real.parameters)
+    assert doubles.RecordingKeyGenerator()(768).key_size == 768

@@ -34,6 +34,9 @@ class CorePump(Protocol):
         self._pumping = False
         self._pump_again = False
         self._batch: list[bytes] = []
+        # An event taken from the core when delivering the batch before it paused our
+        # input: it is handled first once the input is resumed, not after the pause.
+        self._held: Any = None
 
     def _core_closed(self, reason: str) -> None:
         """The core closed itself (a DISCONNECT either way, a protocol error, the end)."""
@@ -52,7 +55,10 @@ class CorePump(Protocol):
     def _pump(self) -> None:
         """Handle the core's events until it needs data, waits for our answer, closes, or
         someone paused our input. A handler that calls back in here (by answering a
-        pending request, say) only asks for another round, so events stay in order."""
+        pending request, say) only asks for another round, so events stay in order.
+        A pause stops the handling at once, even one that comes while the batch is being
+        delivered: what the core still holds (whole packets already read) waits for
+        :meth:`_resume_input`, which pumps again, since the peer may send nothing more."""
         if self._pumping:
             self._pump_again = True
             return
@@ -62,7 +68,9 @@ class CorePump(Protocol):
                 self._pump_again = False
                 if self._input_pauses:
                     break
-                event = self.core.next_event()
+                event, self._held = self._held, None
+                if event is None:
+                    event = self.core.next_event()
                 if type(event) is self.batched_event:
                     self._batch.append(event.data)
                     continue
@@ -70,6 +78,12 @@ class CorePump(Protocol):
                 if event is ev.NEED_DATA or event is ev.PAUSED or event is ev.CLOSED:
                     if self._pump_again:
                         continue
+                    break
+                # The batch's consumer is full: this event waits, unless it ended the
+                # connection (an exit status, a disconnect), which must not wait for a
+                # reader: the peer may hang up once it has our reply.
+                if self._input_pauses and not self.core.closed:
+                    self._held = event
                     break
                 self._handlers[type(event)](event)
                 self._flush()

@@ -105,12 +105,16 @@ OffReactor = Callable[..., defer.Deferred]
 class SSH1ServerFactory:
     """Shared by every SSH-1 connection: portal, host key, the in-memory server key.
 
-    The first server key is made at construction (before the gateway listens); each
-    later one in a thread (``off_reactor``, Twisted's thread pool unless a test runs it
-    at once), taking 8-89 ms at 1024-2048 bits and seconds at 4096, during which
-    connections of both protocols go on. The new key replaces the old one in one
-    assignment when it is ready; a connection that was already sent the old public key
-    holds that key object (its ServerConnection) and decrypts its session key with it.
+    The first server key is made at construction (before the gateway listens), or is
+    given (``server_key``: a reload keeps the running one when its size did not change),
+    or, with ``first_key_off_reactor`` (a reload that needs a new one), is made in a
+    thread like every later one: :attr:`ready` fires once the factory has a key, and
+    nobody may hand it a connection before. Each later key is made in a thread too
+    (``off_reactor``, Twisted's thread pool unless a test runs it at once), taking 8-89 ms
+    at 1024-2048 bits and seconds at 4096, during which connections of both protocols go
+    on. The new key replaces the old one in one assignment when it is ready; a connection
+    that was already sent the old public key holds that key object (its
+    ServerConnection) and decrypts its session key with it.
     """
 
     def __init__(
@@ -122,6 +126,9 @@ class SSH1ServerFactory:
         clock: IReactorTime,
         key_generator: Callable[[int], rsa.RSAPrivateKey] = generate_server_key,
         off_reactor: OffReactor = threads.deferToThread,
+        *,
+        server_key: rsa.RSAPrivateKey | None = None,
+        first_key_off_reactor: bool = False,
     ) -> None:
         settings.check_host_key_bits(host_key.key_size)
         self.portal = portal
@@ -131,17 +138,43 @@ class SSH1ServerFactory:
         self.clock = clock
         self._generate = key_generator
         self._off_reactor = off_reactor
-        self._server_key = key_generator(settings.server_key_bits)
-        self._server_key_used = False
+        self._server_key: rsa.RSAPrivateKey | None = server_key
+        # A key taken over may have protected logins already: the next rotation renews it.
+        self._server_key_used = server_key is not None
         self._regenerating = False
         self.server_key_generations = 1
+        self.ready: defer.Deferred = defer.succeed(self)
+        if server_key is None and first_key_off_reactor:
+            self._regenerating = True
+            started = self.clock.seconds()
+            making = self._off_reactor(self._generate, settings.server_key_bits)
+            self.ready = making.addCallback(self._first_key, started)
+        elif server_key is None:
+            self._server_key = key_generator(settings.server_key_bits)
         self._rotation: IDelayedCall | None = clock.callLater(
             settings.server_key_lifetime, self._rotate
         )
 
-    def server_key(self) -> rsa.RSAPrivateKey:
-        self._server_key_used = True
+    def _first_key(self, key: rsa.RSAPrivateKey, started: float) -> SSH1ServerFactory:
+        self._regenerating = False
+        self._server_key = key
+        log.debug(
+            "ssh1: server key made ({bits} bits, {seconds:.3f} s)",
+            bits=key.key_size,
+            seconds=self.clock.seconds() - started,
+        )
+        return self
+
+    @property
+    def current_server_key(self) -> rsa.RSAPrivateKey | None:
+        """The key new connections get now (None until :attr:`ready`), not marked used."""
         return self._server_key
+
+    def server_key(self) -> rsa.RSAPrivateKey:
+        key = self._server_key
+        assert key is not None, "an SSH-1 connection before the server key was made"
+        self._server_key_used = True
+        return key
 
     def _rotate(self) -> None:
         self._rotation = self.clock.callLater(self.settings.server_key_lifetime, self._rotate)

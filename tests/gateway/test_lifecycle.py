@@ -343,3 +343,81 @@ def test_notifier_without_a_socket_does_nothing_and_a_gone_socket_never_raises(t
     gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")})
     assert gone.send("READY=1") is False
     assert gone.stopping("draining") is False
+
+
+# --- a reload that needs a new SSH-1 server key ------------------------------------------
+
+
+def ssh1_login_gets_server_key_bits(top) -> int:
+    """An SSH-1 client connects now: the server-key size in the SSH_SMSG_PUBLIC_KEY it is
+    sent at once (no reactor turn, no thread)."""
+    from protocols.ssh1 import messages as m
+    from tests.support.ssh1.minclient import MiniClient
+
+    _proto, transport = accept(top.dispatcher, version=b"SSH-1.5-test\n")
+    _line, _, packets = transport.value().partition(b"\n")
+    client = MiniClient()
+    [(msg_type, payload)] = client.feed(packets)
+    assert msg_type == m.SSH_SMSG_PUBLIC_KEY
+    client.parse_public_key(payload)
+    return client.public_key["bits"][0]
+
+
+def test_a_reload_that_needs_a_new_ssh1_server_key_makes_it_off_the_reactor(tmp_path):
+    """Issue 15: a reload that changes [ssh1] server_key_bits made the new key in the
+    reactor thread (44-89 ms at 2048 bits, seconds at 4096), and every connection of both
+    protocols waited. Now the key is handed to a thread; the running configuration goes
+    on serving meanwhile, and the new one takes over in one swap once its key is there."""
+    from tests.support.doubles import RecordingKeyGenerator, ThreadCalls
+
+    reactor, top = started(tmp_path)
+    threads, made = ThreadCalls(), RecordingKeyGenerator()
+    top.ssh1_options = {"key_generator": made, "off_reactor": threads}
+    old = top.dispatcher.generation
+    write_config(tmp_path, "alice bob", extra="[ssh1]\nserver_key_bits = 768")
+    assert top.reload() is True
+    assert made.calls == [] and len(threads.pending) == 1  # only handed to a thread
+    # A login during the reload is answered at once, by the running configuration.
+    assert top.dispatcher.generation is old and users_of(top) == {"alice"}
+    assert ssh1_login_gets_server_key_bits(top) == 1024
+    threads.run()  # the thread is done: the new configuration takes over, with its key
+    assert made.calls == [768]
+    assert top.dispatcher.generation is not old and users_of(top) == {"alice", "bob"}
+    assert ssh1_login_gets_server_key_bits(top) == 768
+    assert [lines[0] for lines in top.notifier.sent] == ["READY=1", "RELOADING=1", "READY=1"]
+    # A reload that keeps the size keeps the key: nothing to make, swapped at once.
+    write_config(tmp_path, "alice", extra="[ssh1]\nserver_key_bits = 768")
+    running = top.dispatcher.handoffs["ssh1"].current_server_key
+    assert top.reload() is True and threads.pending == [] and made.calls == [768]
+    assert users_of(top) == {"alice"}
+    assert top.dispatcher.handoffs["ssh1"].current_server_key is running
+    top.stopService()
+
+
+def test_a_later_reload_wins_over_one_still_making_its_key_and_a_failed_key_refuses(
+    tmp_path, caplog_events
+):
+    from tests.support.doubles import RecordingKeyGenerator, ThreadCalls
+
+    reactor, top = started(tmp_path)
+    threads, made = ThreadCalls(), RecordingKeyGenerator()
+    top.ssh1_options = {"key_generator": made, "off_reactor": threads}
+    write_config(tmp_path, "alice bob", extra="[ssh1]\nserver_key_bits = 768")
+    assert top.reload() is True  # its key is still being made when...
+    write_config(tmp_path, "alice carol")  # ...this one keeps the running 1024-bit key
+    assert top.reload() is True and users_of(top) == {"alice", "carol"}
+    threads.run()  # the first one's key comes too late: it never serves
+    assert users_of(top) == {"alice", "carol"} and ssh1_login_gets_server_key_bits(top) == 1024
+
+    def broken(bits):
+        raise MemoryError("no memory for primes")
+
+    top.ssh1_options = {"key_generator": broken, "off_reactor": threads}
+    generation = top.dispatcher.generation
+    write_config(tmp_path, "alice dave", extra="[ssh1]\nserver_key_bits = 768")
+    assert top.reload() is True
+    threads.run()
+    assert top.dispatcher.generation is generation and users_of(top) == {"alice", "carol"}
+    assert any("reload refused" in line and "no memory" in line for line in caplog_events)
+    assert [lines[0] for lines in top.notifier.sent][-1] == "READY=1"
+    top.stopService()

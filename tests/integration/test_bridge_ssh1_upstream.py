@@ -229,13 +229,63 @@ def test_64mib_each_way_through_ssh1_bridge(bridge_gw, client_keys, tmp_path):
 
 BURSTS = """\
 import os, sys, time
-block = bytes(range(256)) * 1024
-for _ in range(int(sys.argv[1])):
-    data = memoryview(block)
-    while data:
-        data = data[os.write(1, data):]
-    time.sleep(float(sys.argv[2]))
+bursts, pause, kib, mode = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+block = bytes(range(256)) * 4 * kib
+progress = "progress" in mode  # a line on stderr every 8 KiB, as devices report progress
+acked = "acked" in mode  # each burst after the first waits for a line on stdin
+step = 8192 if progress else len(block)
+for n in range(bursts):
+    if acked and n:
+        sys.stdin.readline()
+    for k in range(0, len(block), step):
+        data = memoryview(block)[k:k + step]
+        while data:
+            data = data[os.write(1, data):]
+        if progress:
+            os.write(2, b"%d.%d\\n" % (n, k // step))
+    if n + 1 < bursts:  # the last burst is followed at once by the exit
+        time.sleep(pause)
 """
+
+
+def download_slowly(
+    argv: list[str], rate: float, stall_after: float = 30, ack_every: int = 0
+) -> tuple[int, bytes, bytes, int]:
+    """Run ``argv`` and read its stdout at most ``rate`` bytes/s (a reader slower than
+    the device), answering a line on its stdin after every ``ack_every`` bytes (0: none);
+    returns the byte count, the sha256 digest, stderr and the exit status. Fails once
+    nothing arrives for ``stall_after`` seconds."""
+    client = subprocess.Popen(argv, stdin=subprocess.PIPE if ack_every else subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr = bytearray()
+    errors = threading.Thread(target=lambda: stderr.extend(client.stderr.read()), daemon=True)
+    errors.start()
+    digest, received = hashlib.sha256(), 0
+    started = time.monotonic()
+    try:
+        while True:
+            ready, _, _ = select.select([client.stdout], [], [], stall_after)
+            assert ready, f"nothing for {stall_after:g} s after {received} bytes: stalled"
+            chunk = os.read(client.stdout.fileno(), 16384)
+            if not chunk:
+                break
+            digest.update(chunk)
+            if ack_every and received // ack_every < (received + len(chunk)) // ack_every:
+                try:
+                    client.stdin.write(b"\n")
+                    client.stdin.flush()
+                except BrokenPipeError:  # after the last burst ssh may have exited
+                    pass
+            received += len(chunk)
+            ahead = received / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        status = client.wait(30)
+    finally:
+        client.kill()
+        client.wait()
+        errors.join(10)
+    return received, digest.digest(), bytes(stderr), status
 
 
 @pytest.mark.parametrize("target", ["dev1", "dev1-3des"])
@@ -250,27 +300,39 @@ def test_bursty_device_download_to_a_slow_reader_completes(
     script.write_text(BURSTS)
     bursts = 24
     argv = ssh_argv(bridge_gw, client_keys["ed25519"], "-c", "aes128-ctr",
-                    f"{sys.executable} {script} {bursts} 0.02", user=f"alice+{target}")
-    client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
-    digest, received = hashlib.sha256(), 0
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([client.stdout], [], [], 30)
-            assert ready, f"nothing for 30 s after {received} bytes: stalled"
-            chunk = os.read(client.stdout.fileno(), 16384)
-            if not chunk:
-                break
-            digest.update(chunk)
-            received += len(chunk)
-            time.sleep(0.002)  # at most 8 MB/s: slower than the program writes
-        status = client.wait(30)
-    finally:
-        client.kill()
-    assert received == bursts * 256 * 1024, client.stderr.read()
-    assert digest.digest() == hashlib.sha256(bytes(range(256)) * 1024 * bursts).digest()
+                    f"{sys.executable} {script} {bursts} 0.02 256", user=f"alice+{target}")
+    received, digest, stderr, status = download_slowly(argv, rate=8e6)
+    assert received == bursts * 256 * 1024, stderr
+    assert digest == hashlib.sha256(bytes(range(256)) * 1024 * bursts).digest()
     assert status == 0
+
+
+@pytest.mark.slow
+def test_32mib_from_a_throttling_device_with_progress_on_stderr(bridge_gw, client_keys, tmp_path):
+    """Issue 15, the stalled download: 32 MiB from an SSH-1 device that throttles its
+    output, read by a slower reader behind ssh. The device sends 4 MiB bursts (more than
+    ssh's window and the socket buffers hold), blocked whenever the gateway does not
+    read, reports progress on stderr every 8 KiB, and sends its next burst only once the
+    reader has acknowledged the last one (as rcp's source waits for the sink): so the
+    gateway's SSH-1 client, paused in the middle of a read that holds the end of a burst
+    (more stderr and stdout packets), must deliver them when resumed although the device
+    sends nothing more until they are delivered. Byte count, sha256, every line in
+    order and exit status 0."""
+    script = tmp_path / "bursts.py"
+    script.write_text(BURSTS)
+    bursts, burst = 8, 4 * 1024 * 1024
+    argv = ssh_argv(bridge_gw, client_keys["ed25519"], "-c", "aes128-ctr",
+                    f"{sys.executable} {script} {bursts} 0.002 {burst // 1024} progress acked",
+                    user="alice+dev1")
+    received, digest, stderr, status = download_slowly(
+        argv, rate=8e6, stall_after=20, ack_every=burst
+    )
+    assert received == bursts * burst, stderr[-2000:]
+    assert digest == hashlib.sha256(bytes(range(256)) * (burst // 256) * bursts).digest()
+    steps = burst // 8192
+    assert stderr.splitlines() == [b"%d.%d" % (n, k) for n in range(bursts) for k in range(steps)]
+    assert status == 0
+    bridge_gw.assert_no_traceback()
 
 
 def echo_hi_via(gw: GatewayProcess, client_keys, target: str) -> subprocess.CompletedProcess:

@@ -234,3 +234,36 @@ def test_default_runner_is_twisteds_thread_pool():
     )
     factory.stop()
     assert factory._off_reactor is threads.deferToThread
+
+
+def test_first_key_off_the_reactor_when_asked_then_ready():
+    """What a reload that needs a new server key builds (gateway.service.build_handoffs):
+    the key is only handed to a thread; ``ready`` fires once it is there."""
+    from tests.support.doubles import RecordingKeyGenerator, ThreadCalls
+
+    made, off = RecordingKeyGenerator(), ThreadCalls()
+    factory = SSH1ServerFactory(
+        None, host_key(), SSH1Settings(server_key_bits=768), AuthLimits(), Clock(),
+        key_generator=made, off_reactor=off, first_key_off_reactor=True,
+    )  # fmt: skip
+    assert made.calls == [] and not factory.ready.called
+    assert factory.current_server_key is None
+    off.run()
+    assert made.calls == [768] and factory.ready.called
+    assert factory.server_key().key_size == 768
+    factory.stop()
+
+
+def test_a_given_first_key_is_used_and_renewed_at_the_next_rotation():
+    from tests.support.doubles import RecordingKeyGenerator, ThreadCalls
+
+    given, made, clock = keygen.generate_private_key(768), RecordingKeyGenerator(), Clock()
+    factory = SSH1ServerFactory(
+        None, host_key(), SSH1Settings(server_key_bits=768, server_key_lifetime=100),
+        AuthLimits(), clock, key_generator=made, off_reactor=ThreadCalls(at_once=True),
+        server_key=given,
+    )  # fmt: skip
+    assert made.calls == [] and factory.ready.called and factory.current_server_key is given
+    clock.advance(100)  # it may have protected logins under the old factory: renewed
+    assert made.calls == [768] and factory.current_server_key is not given
+    factory.stop()

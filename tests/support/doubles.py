@@ -674,6 +674,22 @@ class ThreadCalls:
                 done.callback(result)
 
 
+class RecordingKeyGenerator:
+    """Stands in for ``protocols.ssh1.server.generate_server_key`` (the SSH-1 server-key
+    generator): records the size of each key asked for and hands out a ready-made key of
+    that size; the real one takes 8-89 ms at 1024-2048 bits, seconds at 4096 (what no
+    login may wait for). Checked against the real signature in tests/test_doubles.py."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, bits: int) -> Any:
+        from tests.support.ssh1.minclient import small_key
+
+        self.calls.append(bits)
+        return small_key(bits)
+
+
 @implementer(ISessionRegistry)
 class FakeSessionRegistry:
     """A live-session registry holding the ``sessions`` (SessionSummary) it is given: kill

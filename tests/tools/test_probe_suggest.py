@@ -82,3 +82,40 @@ def test_nothing_in_common_is_an_error_not_a_block():
         suggest_target("x", ssh2_report("SSH-2.0-X", offer, []))
     with pytest.raises(SuggestError):
         suggest_target("x", HostReport("h", "h", 22, error="connection refused"))
+
+
+def ssh1_report(host_key_bits: int, server_key_bits: int) -> HostReport:
+    offer = SSH1Offer(
+        host_key_bits, host_key_bits, "09:86:" + ":".join(["cd"] * 14), "SHA256:y",
+        server_key_bits, server_key_bits, ["3des", "blowfish"], 72, ["password"], 4, [], 0,
+    )  # fmt: skip
+    return HostReport(
+        "192.0.2.9", "192.0.2.9", 22, status="ok", identification="SSH-1.5-1.2.27",
+        ssh1=SSH1Result(True, None, offer),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("host_bits", "server_bits", "floor", "what"),
+    [
+        (1024, 384, 384, "server key"),  # server key from the host key's size in bytes
+        (512, 384, 384, "server key"),
+        (384, 768, 384, "host key"),
+        (768, 512, None, None),  # old Cisco IOS: small, but no key under 512 bits
+        (2048, 1024, None, None),
+    ],
+)
+def test_ssh1_device_with_a_key_under_512_bits_gets_min_key_bits(host_bits, server_bits, floor, what):
+    block = suggest_target("old", ssh1_report(host_bits, server_bits))
+    target = tomllib.loads(block)["targets"]["old"]
+    assert target.get("min_key_bits") == floor
+    if floor is not None:
+        assert f"# its {what} has {floor} bits" in block
+    # The block is valid config, with the floor it says.
+    text = '[users.a]\nauthorized_keys = "/dev/null"\ntargets = ["old"]\n' + block
+    assert parse_config(text, "t.toml").targets["old"].min_key_bits == (floor or 256)
+
+
+def test_ssh1_device_with_a_key_no_target_may_accept_is_an_error():
+    with pytest.raises(SuggestError, match="server key has 200 bits"):
+        suggest_target("old", ssh1_report(1024, 200))

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from protocols.ssh1 import keyfile
+from protocols.ssh1 import keyfile, keys
+from protocols.ssh1 import keygen as ssh1_keygen
 from tests.support.clients import (
     base_config,
     hash_password,
@@ -23,6 +24,7 @@ from tests.support.clients import (
 )
 from tests.support.dropbear import DropbearServer
 from tests.support.gateway_process import GatewayProcess, render_toml
+from tests.support.ssh1.legacy_device import prelude, write_key
 from tests.support.sshd import OpenSSHServer, keygen
 
 pytestmark = pytest.mark.peer
@@ -93,8 +95,12 @@ def test_sshd_with_legacy_algorithms(tmp_path):
     assert (result.returncode, result.stdout) == (0, "via-42\n"), result.stderr
 
 
-def test_the_gateways_own_ssh1_server(tmp_path):
-    # The device: a gateway speaking SSH-1 only, alice logging in with an SSH-1 RSA key.
+@pytest.mark.parametrize("small_keys", [None, (1024, 384)], ids=["own-keys", "384-bit-server-key"])
+def test_the_gateways_own_ssh1_server(tmp_path, small_keys):
+    """The device: a gateway speaking SSH-1 only, alice logging in with an SSH-1 RSA key;
+    with its own keys, or with a 1024-bit host key and a 384-bit server key (legacy
+    firmware: tests.support.ssh1.legacy_device), for which the block names the floor
+    (``min_key_bits = 384``) and still connects."""
     device_key = rsa.generate_private_key(65537, 2048)
     key = tmp_path / "to_device"
     key.write_bytes(keyfile.dump_private_key(device_key, "gw"))
@@ -105,11 +111,25 @@ def test_the_gateways_own_ssh1_server(tmp_path):
     authorized.chmod(0o600)
     (tmp_path / "device").mkdir()
     device_config = base_config(hash_password(), authorized, protocols=["1"])
-    with GatewayProcess(tmp_path / "device", device_config) as device:
+    extra = {}
+    if small_keys is not None:
+        host_bits, server_bits = small_keys
+        host = ssh1_keygen.generate_private_key(host_bits)
+        server = ssh1_keygen.generate_private_key(server_bits)
+        device_config["ssh1"] = {"server_key_bits": 512}  # what its settings check
+        extra["prelude"] = prelude(
+            write_key(tmp_path / "host.pem", host), write_key(tmp_path / "server.pem", server)
+        )
+    with GatewayProcess(tmp_path / "device", device_config, **extra) as device:
         block = suggest(device.port, "alice", key)
         target = tomllib.loads(block)["targets"]["dev"]
         assert target["protocol"] == "ssh1"
-        md5 = sshgateway_cli("fingerprints", "--state-dir", device.config["state_dir"]).stdout
-        assert f"MD5:{target['host_key']}" in md5
+        if small_keys is None:
+            assert "min_key_bits" not in target
+            md5 = sshgateway_cli("fingerprints", "--state-dir", device.config["state_dir"]).stdout
+            assert f"MD5:{target['host_key']}" in md5
+        else:
+            assert target["min_key_bits"] == 384
+            assert target["host_key"] == keys.ssh1_fingerprint(*keys.public_numbers(host))
         result = connect_through(tmp_path, block)
     assert (result.returncode, result.stdout) == (0, "via-42\n"), result.stderr

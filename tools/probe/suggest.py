@@ -7,7 +7,10 @@ offers (then exactly the names the device offers that the client knows, in the d
 order: those are the legacy ones the target must opt in to), the quirk profile its
 identification line matches (gateway.quirks), and the host key to pin in the form
 ``host_key`` takes (SSH-2: the SHA256 fingerprint of the key the gateway will be shown
-with those lists; SSH-1: the MD5 colon-hex form). Credentials are never printed: the
+with those lists; SSH-1: the MD5 colon-hex form). For an SSH-1 device whose host or server
+key is under 512 bits (legacy firmware only: nothing the gateway's own server would use)
+or under the targets' default floor, ``min_key_bits`` is the device's smallest key: what
+it needs, and no smaller key gets through later. Credentials are never printed: the
 login name and key file when given, a commented password line otherwise.
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from gateway import quirks
 from protocols.ssh1.client_connection import DEFAULT_CIPHERS as SSH1_DEFAULT_CIPHERS
+from protocols.ssh1.client_connection import DEFAULT_MIN_KEY_BITS
 from protocols.ssh2.algorithms import CLIENT, HOST_KEY_TYPES, defaults, known
 from protocols.ssh2.transport_base import supported_key_exchanges
 from tools.probe.report import HostReport
@@ -29,6 +33,13 @@ _SSH2_LISTS = (
     ("ciphers", "ciphers", lambda k: [c for c in k.ciphers_c2s if c in k.ciphers_s2c]),
     ("macs", "macs", lambda k: [m for m in k.macs_c2s if m in k.macs_s2c]),
 )
+
+
+# SSH-1 keys under this many bits come only from legacy firmware (the gateway's own
+# server never goes below it): the suggested block names the floor such a device needs.
+SSH1_LEGACY_KEY_BITS = 512
+# What a target's min_key_bits may be (gateway.config): smaller keys cannot be reached.
+SSH1_LOWEST_FLOOR = 256
 
 
 class SuggestError(Exception):
@@ -74,6 +85,21 @@ def _ssh2_fingerprint(report: HostReport, algorithm: str) -> str | None:
     return None
 
 
+def _ssh1_key_floor(host_key_bits: int, server_key_bits: int) -> str | None:
+    """The ``min_key_bits`` line for an SSH-1 device with a small key, else None."""
+    what, bits = min(
+        (("host key", host_key_bits), ("server key", server_key_bits)), key=lambda k: k[1]
+    )
+    if bits < SSH1_LOWEST_FLOOR:
+        raise SuggestError(
+            f"the device's {what} has {bits} bits; the gateway reaches SSH-1 devices whose "
+            f"keys have at least {SSH1_LOWEST_FLOOR}"
+        )
+    if bits >= max(SSH1_LEGACY_KEY_BITS, DEFAULT_MIN_KEY_BITS):
+        return None
+    return f"min_key_bits = {bits}  # its {what} has {bits} bits: smaller ones are refused"
+
+
 def suggest_target(
     name: str, report: HostReport, *, user: str | None = None, key: Path | None = None
 ) -> str:
@@ -107,6 +133,9 @@ def suggest_target(
                     f"the device offers no SSH-1 cipher the gateway has ({', '.join(offer.ciphers)})"
                 )
             lines.append(f"ciphers = {_toml(usable)}")
+        floor = _ssh1_key_floor(offer.host_key_bits, offer.server_key_bits)
+        if floor is not None:
+            lines.append(floor)
         fingerprint = offer.host_key_md5
     profile = quirks.match(line)
     if profile is not None:

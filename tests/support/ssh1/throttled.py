@@ -6,7 +6,8 @@ end, :class:`WindowedClient`, that grants output window as SSH-2 does (Conch's c
 and protocols/ssh2/session.py's pause rules, reimplemented: no Conch here).
 
 A schedule is a seeded random sequence of steps (bytes moved each way, bytes the front
-end's reader takes, bursts the program writes), so a failing seed replays exactly.
+end's reader takes, bursts the program writes), so a failing seed replays exactly. :func:`connect_bridge` gives the pieces for tests that
+script the steps themselves (tests/ssh1/test_bridge_back_pressure.py).
 """
 
 from __future__ import annotations
@@ -94,21 +95,23 @@ class LinkEnd:
 
 
 class WindowedClient(FakeSessionClient):
-    """A front end with an SSH-2 output window of ``window`` bytes: output beyond it is
-    held and the producer paused (Conch's ``stopWriting``); the reader's ``read`` grants
-    window back once half is used, which resumes the producer *before* the held output is
-    sent again, as Conch's ``addWindowBytes`` does."""
+    """A front end with an SSH-2 output window of ``window`` bytes, shared by stdout and
+    stderr (extended data): output beyond it is held and the producer paused (Conch's
+    ``stopWriting``); the reader's ``read`` takes stdout (stderr is taken as it comes)
+    and grants window back once half is used, which resumes the producer *before* the
+    held output is sent again, as Conch's ``addWindowBytes`` does."""
 
     def __init__(self, window: int) -> None:
         super().__init__()
         self.size = window
         self.left = window
-        self.held = b""  # output beyond the window (Conch's channel buf)
-        self.sent = bytearray()  # within the window, not read yet
+        self.held: list[tuple[bool, bytes]] = []  # (stderr?, data) beyond the window
+        self.sent = bytearray()  # stdout within the window, not read yet
         self.consumed = 0
         self.writing = True
         self.blocked = False
         self.output_paused = False
+        self.written_while_paused = 0  # output given after the producer was paused
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.producer = producer
@@ -117,19 +120,34 @@ class WindowedClient(FakeSessionClient):
 
     def write_stdout(self, data: bytes) -> None:
         assert self.exit is None, "output after the exit"
-        self._write(data)
+        self._late(data)
+        self._write(False, data)
 
-    def _write(self, data: bytes) -> None:
+    def write_stderr(self, data: bytes) -> None:
+        assert self.exit is None, "output after the exit"
+        self._late(data)
+        self._write(True, data)
+
+    def _late(self, data: bytes) -> None:
+        if self.output_paused:
+            self.written_while_paused += len(data)
+
+    def _write(self, stderr: bool, data: bytes) -> None:
         if self.held:
-            self.held += data
+            self.held.append((stderr, data))
             return
         if len(data) > self.left:
-            data, self.held = data[: self.left], data[self.left :]
+            data, rest = data[: self.left], data[self.left :]
+            self.held.append((stderr, rest))
             self.writing = False
             self.blocked = True
             self._update()
-        self.sent += data
         self.left -= len(data)
+        if stderr:
+            self.err += data
+            self.consumed += len(data)
+        else:
+            self.sent += data
 
     def _update(self) -> None:
         if self.producer is None or self.blocked == self.output_paused:
@@ -152,15 +170,15 @@ class WindowedClient(FakeSessionClient):
                 self.writing = True
                 self.blocked = False
                 self._update()
-            if self.held:
-                held, self.held = self.held, b""
-                self._write(held)
+            held, self.held = self.held, []
+            for stderr, chunk in held:
+                self._write(stderr, chunk)
         return len(data)
 
     @property
     def waiting(self) -> int:
         """Output the gateway has given the front end that the reader has not taken."""
-        return len(self.sent) + len(self.held)
+        return len(self.sent) + sum(len(chunk) for _, chunk in self.held)
 
 
 @dataclass
@@ -171,29 +189,70 @@ class Outcome:
     stalled: str  # empty, or the state in which nothing moved any more
 
 
-def run_schedule(tmp_path: Path, known_hosts: Any, seed: int) -> Outcome:
-    """One bridged download under a random schedule; ends when the front end has the
-    exit status and every byte, or reports the state once nothing can move."""
-    rnd = random.Random(seed)
+@dataclass
+class Bridged:
+    """An open bridged session: ``ours`` is the gateway's transport to the device,
+    ``theirs`` the device's; ``program`` the device's session (``program.client`` takes
+    the program's output), ``paused`` its producer, which the device pauses under
+    back-pressure."""
+
+    rig: Rig
+    front: WindowedClient
+    client: Any  # the gateway's SSH1ClientProtocol
+    ours: LinkEnd
+    theirs: LinkEnd
+    program: Any
+    paused: FakeProducer
+
+    def check_paused_means_not_reading(self) -> None:
+        """While the front end holds the bridge paused, the gateway reads nothing from the
+        device (its transport is paused) and gives the front end nothing."""
+        if self.front.output_paused:
+            assert not self.ours.reading, "front end paused, but the gateway reads the device"
+        assert self.front.written_while_paused == 0, (
+            f"{self.front.written_while_paused} bytes reached the front end after it paused"
+        )
+
+
+def connect_bridge(
+    tmp_path: Path, known_hosts: Any, window: int, high: int = 65536, device_high: int = 65536
+) -> Bridged:
+    """ssh-like front end (SSH-2 window of ``window`` bytes) -> bridge -> the gateway's
+    SSH-1 client -> :class:`LinkEnd` pair -> the device, logged in with its session open."""
     rig = Rig(tmp_path, known_hosts)
-    front = WindowedClient(rnd.choice([1000, 8192, 32768, 131072]))
+    front = WindowedClient(window)
     rig.client = front
     rig.open(SessionRequest(command=b"bursts"), connect=False)
     _host, _port, factory, _timeout, _bind = rig.reactor.tcpClients[-1]
     client = factory.buildProtocol(None)
     device = rig.device.dispatcher.buildProtocol(None)
-    ours, theirs = LinkEnd(rnd.choice([4096, 65536])), LinkEnd(rnd.choice([4096, 65536]))
+    ours, theirs = LinkEnd(high), LinkEnd(device_high)
     ours.peer, theirs.peer = theirs, ours
     ours.protocol, theirs.protocol = client, device
     client.makeConnection(ours)
     device.makeConnection(theirs)
-    sizes = [100, 1500, 4096, 65536]
     for _ in range(100):  # the handshake and login
         ours.send(65536) + theirs.send(65536)
         rig.reactor.advance(0)
     program = rig.device.target
     paused = FakeProducer()  # the program stops writing while the device pauses it
     program.client.registerProducer(paused, True)
+    return Bridged(rig, front, client, ours, theirs, program, paused)
+
+
+def run_schedule(tmp_path: Path, known_hosts: Any, seed: int) -> Outcome:
+    """One bridged download under a random schedule; ends when the front end has the
+    exit status and every byte, or reports the state once nothing can move. The program
+    writes a line on stderr now and then (a packet that ends a run of stdout packets, so
+    a pause can come with whole packets still unread in the client's core)."""
+    rnd = random.Random(seed)
+    window, high = rnd.choice([1000, 8192, 32768, 131072]), rnd.choice([4096, 65536])
+    b = connect_bridge(tmp_path, known_hosts, window, high, rnd.choice([4096, 65536]))
+    rig, front, ours, theirs = b.rig, b.front, b.ours, b.theirs
+    client = getattr(b.client, "_wrappedProtocol", b.client)
+    program, paused = b.program, b.paused
+    sizes = [100, 1500, 4096, 65536]
+    stderr_lines = 0
     total = rnd.choice([100_000, 300_000])
     burst = rnd.choice([512, 16384, 100_000])
     written, idle = 0, 0
@@ -204,13 +263,19 @@ def run_schedule(tmp_path: Path, known_hosts: Any, seed: int) -> Outcome:
             program.client.write_stdout(bytes(range(256)) * (n // 256) + bytes(n % 256))
             written += n
             moved += n
+            if rnd.random() < 0.3:
+                stderr_lines += 1
+                program.client.write_stderr(b"line %d\n" % stderr_lines)
             if written == total:
                 program.client.exited(ExitInfo(status=0))
         moved += ours.send(rnd.choice(sizes)) + theirs.send(rnd.choice(sizes))
         rig.reactor.advance(rnd.choice([0, 0.01]))
         if rnd.random() < 0.5:
             moved += front.read(rnd.choice([10, 1000, 30000]))
+        b.check_paused_means_not_reading()
         if front.exit is not None and not front.waiting:
+            expected_err = b"".join(b"line %d\n" % i for i in range(1, stderr_lines + 1))
+            assert bytes(front.err) == expected_err
             return Outcome(total, bytes(front.out), front.exit, "")
         blocked_program = written < total and paused.paused
         idle = idle + 1 if not moved and (written == total or blocked_program) else 0
