@@ -14,7 +14,7 @@ from bench.harness import REPO
 
 # Module, then its arguments for --quick.
 BENCHMARKS: dict[str, list[str]] = {
-    "bench.ssh2": ["--mib", "32", "--connections", "20", "--idle", "10"],
+    "bench.ssh2": ["--mib", "32", "--connections", "20", "--idle", "10", "--bridged"],
     "bench.ssh1": ["--mib", "4"],
     "bench.bridge": ["--mib", "4"],
     "bench.flows": ["--mib", "32", "--rounds", "3"],

@@ -103,32 +103,67 @@ def gateway_config(
     kex: str,
     os_user: str | None = None,
     workers: int = 1,
+    targets: dict | None = None,
 ) -> dict:
     """An SSH-2 gateway whose one user, ``login``, runs commands with the local target as
     OS account ``os_user`` (default: the account named ``login``, as sshd would), served by
-    ``workers`` processes."""
-    return {
+    ``workers`` processes; ``targets`` (name -> target table) are reachable too."""
+    config = {
         "workers": workers,
         "protocols": ["2"],
-        "users": {login: {"authorized_keys": str(authorized), "targets": ["local"],
+        "users": {login: {"authorized_keys": str(authorized),
+                          "targets": ["local", *(targets or {})],
                           "os_user": os_user or login}},
         "ssh2": {"ciphers": [ciphers], "macs": [macs], "kex": [kex]},
         # As the sshd it is compared with (MaxStartups 100): 16 clients logging in at
         # once would otherwise meet the default 10:30:100's random early drop.
         "limits": {"max_startups": "100"},
     }
+    if targets:
+        config["targets"] = targets
+    return config
+
+
+def profiling_prelude(stats: Path) -> str:
+    """Python run in the gateway before twistd: cProfile on the main (reactor) thread,
+    timed by that thread's CPU clock, its stats written to ``stats`` at exit. twistd's own
+    ``--profile`` times with the wall clock, which on a loaded machine charges whatever
+    ran when the process was preempted (a socket ``send`` that wakes the client, above all)
+    and counts time the process did not have."""
+    return (
+        "import atexit, cProfile, time\n"
+        "_bench_profile = cProfile.Profile(time.thread_time)\n"
+        f"atexit.register(lambda: (_bench_profile.disable(), "
+        f"_bench_profile.dump_stats({str(stats)!r})))\n"
+        "_bench_profile.enable()\n"
+    )
 
 
 @contextmanager
 def gateway_server(
-    workdir: Path, user_key: Path, login: str, ciphers: str, macs: str, kex: str, workers: int = 1
+    workdir: Path,
+    user_key: Path,
+    login: str,
+    ciphers: str,
+    macs: str,
+    kex: str,
+    workers: int = 1,
+    targets: dict | None = None,
+    profile: Path | None = None,
+    tables: dict | None = None,
 ):
     """Yields (port, pid of the gateway, which reaps its local target's commands; with
-    ``workers`` > 1 the parent, whose tree holds the workers)."""
+    ``workers`` > 1 the parent, whose tree holds the workers). With ``profile``, the
+    reactor thread runs under cProfile (:func:`profiling_prelude`) and its stats are
+    written there when the gateway stops. ``tables`` (name -> table) are added to the
+    config (``{"recording": {"enabled": False}}``, say)."""
     authorized = workdir / "gw_authorized_keys"
     authorized.write_text(Path(str(user_key) + ".pub").read_text())
-    config = gateway_config(login, authorized, ciphers, macs, kex, workers=workers)
-    with GatewayProcess(workdir, config) as gw:
+    config = gateway_config(login, authorized, ciphers, macs, kex, workers=workers,
+                            targets=targets)
+    config.update(tables or {})
+    prelude = profiling_prelude(profile) if profile is not None else ""
+    with GatewayProcess(workdir, config, prelude=prelude) as gw:
         for number in range(1, workers + 1 if workers > 1 else 1):
             gw.wait_for_log(rf"\[worker {number}\] sshgateway listening on", timeout=120)
         yield gw.port, gw.pid

@@ -24,7 +24,7 @@ from bench.cpu import (
     tree,
     tree_ticks,
 )
-from bench.harness import gateway_config, sshd_config_text
+from bench.harness import gateway_config, profiling_prelude, sshd_config_text
 
 
 def stat_line(pid: int, comm: str, ppid: int, utime: int, stime: int, cutime: int, cstime: int) -> str:
@@ -153,6 +153,24 @@ def test_gateway_login_name_is_the_accounts():
     assert config["users"] == {
         "sshgw-bench": {"authorized_keys": "/k", "targets": ["local"], "os_user": "sshgw-bench"}
     }
+
+
+def test_gateway_config_adds_targets_to_the_users_list():
+    device = {"protocol": "ssh2", "host": "127.0.0.1", "port": 22}
+    config = gateway_config("u", Path("/k"), "aes128-ctr", "hmac-sha2-256", "x",
+                            targets={"sshd": device})
+    assert config["users"]["u"]["targets"] == ["local", "sshd"]
+    assert config["targets"] == {"sshd": device}
+
+
+def test_profiling_prelude_writes_the_main_threads_cpu_profile_at_exit(tmp_path):
+    import pstats
+
+    stats = tmp_path / "gw.prof"
+    program = profiling_prelude(stats) + "def busy():\n    return sum(range(200000))\nbusy()\n"
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
+    names = {func[2] for func in pstats.Stats(str(stats)).stats}
+    assert "busy" in names
 
 
 def test_one_command_runs_every_benchmark():

@@ -34,10 +34,18 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.conch.ssh.transport import SSHCiphers
 
+try:  # OpenSSL's HMAC, as hmac.new uses it inside its Python wrapper
+    from _hashlib import hmac_new as _openssl_hmac
+except ImportError:  # pragma: no cover - Python built without OpenSSL
+    _openssl_hmac = hmac.new
+
 try:  # cryptography >= 43 keeps 3DES here
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 except ImportError:  # pragma: no cover - older cryptography
     TripleDES = algorithms.TripleDES  # type: ignore[attr-defined]
+
+
+_U32 = struct.Struct(">L")
 
 
 class BadMAC(Exception):
@@ -119,16 +127,22 @@ def padding_for(block: int, body: int, length_in_clear: bool) -> int:
 
 
 class _Mac:
-    """HMAC keyed once; each packet works on a copy of the keyed state."""
+    """HMAC keyed once; each packet works on a copy of the keyed state. OpenSSL's HMAC
+    object is used as it is when Python has it (``hmac.new`` wraps it in a Python class
+    whose copy, update and digest are each one more Python call per packet)."""
 
     def __init__(self, spec: MacSpec, key: bytes) -> None:
-        self._keyed = hmac.new(key[: spec.key_size], digestmod=spec.digest)
+        key = key[: spec.key_size]
+        try:
+            self._keyed: Any = _openssl_hmac(key, digestmod=spec.digest)
+        except (TypeError, ValueError):  # no OpenSSL HMAC for this digest in this build
+            self._keyed = hmac.new(key, digestmod=spec.digest)
         self.size = spec.size
         self._truncated = spec.size < self._keyed.digest_size  # the -96 forms
 
     def digest(self, seq: int, *parts: bytes | memoryview) -> bytes:
         mac = self._keyed.copy()
-        mac.update(struct.pack(">L", seq))
+        mac.update(_U32.pack(seq))
         for part in parts:
             mac.update(part)
         return mac.digest()[: self.size] if self._truncated else mac.digest()
@@ -276,6 +290,7 @@ class Opener(_Direction):
 
     ``head`` bytes tell the length (:meth:`length`); then :meth:`open` takes the whole
     packet, ``4 + length + tail`` bytes, and returns it from the padding-length byte on.
+    :meth:`next_message` and :meth:`next_payload` do both on a receive buffer.
     """
 
     def __init__(self, cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes) -> None:
@@ -284,11 +299,35 @@ class Opener(_Direction):
         self._length: int | None = None  # of the packet being received, once known
         self.head = 4 if self.length_in_clear else self.block
 
+    def next_message(
+        self, seq: int, buf: bytes | bytearray, max_length: int
+    ) -> tuple[int, bytes, int] | None:
+        """The message number and the rest of the payload of the packet at the start of
+        ``buf``, and its size on the wire; None until all of it is there. The payload's
+        bytes are copied once, out of the decrypted packet. Raises PacketError or BadMAC."""
+        found = self._next_packet(seq, buf, max_length)
+        if found is None:
+            return None
+        first, rest, end, size = found
+        return _byte_at(first, rest, 1), _joined(first, rest, 2, end), size
+
     def next_payload(
         self, seq: int, buf: bytes | bytearray, max_length: int
     ) -> tuple[bytes, int] | None:
-        """The payload of the packet at the start of ``buf`` and its size on the wire, or
-        None until all of it is there. Raises PacketError or BadMAC."""
+        """The whole payload (message number first) of the packet at the start of ``buf``
+        and its size on the wire, or None until all of it is there (for a compressed
+        payload, which is inflated whole). Raises PacketError or BadMAC."""
+        found = self._next_packet(seq, buf, max_length)
+        if found is None:
+            return None
+        first, rest, end, size = found
+        return _joined(first, rest, 1, end), size
+
+    def _next_packet(
+        self, seq: int, buf: bytes | bytearray, max_length: int
+    ) -> tuple[bytes, bytes, int, int] | None:
+        """The packet at the start of ``buf``, opened (:meth:`_open`'s two pieces), where
+        its payload ends in them, and its size on the wire; None until all of it is there."""
         length = self._length
         if length is None:
             if len(buf) < self.head:
@@ -305,12 +344,12 @@ class Opener(_Direction):
         if len(buf) < size:
             return None
         with memoryview(buf) as view:
-            packet = self.open(seq, view[:size])
+            first, rest = self._open(seq, view[:size])
         self._length = None
-        padding = packet[0]
+        padding = _byte_at(first, rest, 0)
         if padding < 4 or padding + 1 >= length:
             raise PacketError("bad packet padding or length")
-        return packet[1 : length - padding], size
+        return first, rest, length - padding, size
 
     def length(self, seq: int, head: bytes) -> int:
         """The packet-length field, from the packet's first ``head`` bytes."""
@@ -325,26 +364,47 @@ class Opener(_Direction):
 
     def open(self, seq: int, data: memoryview) -> bytes:
         """The packet after its length field (padding length, payload, padding)."""
+        first, rest = self._open(seq, data)
+        return first + rest
+
+    def _open(self, seq: int, data: memoryview) -> tuple[bytes, bytes]:
+        """:meth:`open`'s packet as two pieces to be read as one, the first short: an
+        encrypt-and-MAC packet's first block is decrypted on its own (it told the length),
+        and joining it to the rest would copy the whole packet."""
         length = len(data) - 4 - self.tail
         kind = self.kind
         if kind == "stream" and self.etm:
             if not hmac.compare_digest(self._mac.digest(seq, data[: 4 + length]), data[4 + length :]):
                 raise BadMAC()
-            return self._crypt.update(data[4 : 4 + length])
+            return b"", self._crypt.update(data[4 : 4 + length])
         if kind == "gcm":
-            return self._aead.open(data[4:], bytes(data[:4]))
+            return b"", self._aead.open(data[4:], bytes(data[:4]))
         if kind == "chacha":
-            return self._aead.open(seq, data)
+            return b"", self._aead.open(seq, data)
         first, self._first = self._first, b""
         body = data[self.head : 4 + length]
         rest = self._crypt.update(body) if self._crypt is not None else bytes(body)
-        # The MAC covers the whole plaintext packet; it is fed in two pieces, and only the
-        # part after the length field is joined.
+        # The MAC covers the whole plaintext packet, fed in its two pieces.
         if self._mac is not None and not hmac.compare_digest(
             self._mac.digest(seq, first, rest), data[4 + length :]
         ):
             raise BadMAC()
-        return first[4:] + rest
+        return first[4:], rest
+
+
+def _byte_at(first: bytes, rest: bytes, index: int) -> int:
+    """Byte ``index`` of ``first + rest``."""
+    return first[index] if index < len(first) else rest[index - len(first)]
+
+
+def _joined(first: bytes, rest: bytes, start: int, end: int) -> bytes:
+    """``(first + rest)[start:end]``, copying only those bytes."""
+    split = len(first)
+    if start >= split:
+        return rest[start - split : end - split]
+    if end <= split:
+        return first[start:end]
+    return first[start:] + memoryview(rest)[: end - split]
 
 
 class KeyedCiphers(SSHCiphers):

@@ -109,6 +109,7 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
         self.supportedCompressions = [b"none"]
         self._dhMinimalGroupSize = dh_min_bits(options.kex)
         self._hung_up = False
+        self._inbuf = bytearray()
         # Re-key after 1 GiB or an hour, unless the device is one that never answers a
         # re-key or breaks on one (it may still start one itself: that is answered).
         self.rekey_clock = attempt.clock if options.rekey else None
@@ -130,9 +131,17 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
         if self._hung_up:
             return
         try:
-            super().dataReceived(data)
-            self._flow_version()
-            self._apply_workarounds()
+            if not self.gotVersion:
+                # Conch reads the device's version line; what follows it stays in
+                # self.buf (our getPacket leaves the packets to _read_packets).
+                super().dataReceived(data)
+                self._flow_version()
+                self._apply_workarounds()
+                if not self.gotVersion or self._hung_up:
+                    return
+                data, self.buf = self.buf, b""
+            self._inbuf += data
+            self._read_packets()
         except Exception:
             # Conch's parsers raise on truncated or inconsistent packets.
             log.failure("ssh2 upstream {name}: bad packet", name=self.attempt.name)
@@ -173,14 +182,17 @@ class SSH2ClientTransport(SSH2TransportBase, transport.SSHClientTransport):
             flow.packet(S2C, self.flow_name(messageNum), self._in_size)
         super().dispatchMessage(messageNum, payload)
 
-    def getPacket(self) -> bytes | None:
-        found = self.open_packet(self.buf)
-        if found is None:
-            return None
-        payload, size = found
-        self.buf = self.buf[size:]
-        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
-        return payload
+    def getPacket(self) -> None:
+        # Conch's dataReceived asks for packets right after the version line; they are
+        # read from our own buffer instead (SSH2TransportBase.take_message).
+        return None
+
+    def _read_packets(self) -> None:
+        while not self._hung_up:
+            found = self.take_message()
+            if found is None:
+                return
+            self.dispatchMessage(*found)
 
     # -- key exchange ------------------------------------------------------------------
 

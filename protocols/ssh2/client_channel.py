@@ -13,6 +13,7 @@ from twisted.conch.ssh import channel, common, connection, session, transport
 from twisted.python.failure import Failure
 
 from protocols.session import ExitInfo, WindowSize
+from protocols.ssh2.channel_data import ChannelDataPackets
 from protocols.ssh2.client_state import ClientAttempt, SSH2ClientError, log, short
 from protocols.ssh2.logs import quiet_logger
 
@@ -23,7 +24,7 @@ LOCAL_MAX_PACKET = 32 * 1024
 MAX_SEND_PACKET = 32 * 1024
 
 
-class ClientConnection(connection.SSHConnection):
+class ClientConnection(ChannelDataPackets, connection.SSHConnection):
     _log = _conch_log
 
     def __init__(self, attempt: ClientAttempt) -> None:
@@ -35,6 +36,9 @@ class ClientConnection(connection.SSHConnection):
         chan = SessionChannel(self.attempt, conn=self)
         self.attempt.channel = chan
         self.openChannel(chan)
+
+    def data_refused(self, channel: Any) -> None:
+        log.info("ssh2 upstream {name}: data beyond window or packet size", name=self.attempt.name)
 
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         # Held back while the bridge cannot take output: the upstream then stops once

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from protocols.forwarding import ForwardRefused, host_port
 from protocols.record import ConnectionRecord
 from protocols.session import PORT_FORWARDING, IGatewayUser
+from protocols.ssh2.channel_data import ChannelDataPackets
 from protocols.ssh2.forwarding import ForwardChannel, parse_direct_tcpip
 from protocols.ssh2.logs import quiet_logger
 from protocols.ssh2.wire import Reader, WireError, u32
@@ -142,7 +143,7 @@ class ConchAvatar:
         return 0
 
 
-class GatewayConnection(connection.SSHConnection):
+class GatewayConnection(ChannelDataPackets, connection.SSHConnection):
     _log = quiet_logger(__name__ + ".conch")
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
@@ -234,48 +235,12 @@ class GatewayConnection(connection.SSHConnection):
         add = min(add, 0xFFFFFFFF - channel.remoteWindowLeft)
         channel.addWindowBytes(add)
 
-    # Data packets: header and data go to the transport separately, so the data is
-    # copied once into the packet (Conch builds it with two concatenations).
-    def sendData(self, channel: Any, data: bytes) -> None:
-        if channel.localClosed:
-            return
-        header = _DATA_HEADER.pack(self.channelsToRemoteChannel[channel], len(data))
-        self.transport.send_parts(connection.MSG_CHANNEL_DATA, (header, data))
-
-    def sendExtendedData(self, channel: Any, dataType: int, data: bytes) -> None:
-        if channel.localClosed:
-            return
-        header = _EXT_HEADER.pack(self.channelsToRemoteChannel[channel], dataType, len(data))
-        self.transport.send_parts(connection.MSG_CHANNEL_EXTENDED_DATA, (header, data))
-
-    def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
-        local, length = _DATA_HEADER.unpack_from(packet)
-        self._data_for(self.channels[local], packet, 8, length, None)
-
-    def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
-        local, kind, length = _EXT_HEADER.unpack_from(packet)
-        self._data_for(self.channels[local], packet, 12, length, kind)
-
-    def _data_for(self, channel: Any, packet: bytes, start: int, length: int, kind: int | None) -> None:
-        if len(packet) != start + length:
-            raise WireError("channel data length does not match the packet")
-        if length > channel.localWindowLeft or length > channel.localMaxPacket:
-            # The client ignored our window or packet size: this channel is done.
-            log.info(
-                "ssh2: {peer}: channel {id} data beyond window or packet size",
-                peer=self.transport.record.peer,
-                id=channel.id,
-            )
-            self.sendClose(channel)
-            return
-        channel.localWindowLeft -= length
-        if channel.localWindowLeft < channel.localWindowSize // 2:
-            self.adjustWindow(channel, channel.localWindowSize - channel.localWindowLeft)
-        data = packet[start:]
-        if kind is None:
-            channel.dataReceived(data)
-        else:
-            channel.extReceived(kind, data)
+    def data_refused(self, channel: Any) -> None:
+        log.info(
+            "ssh2: {peer}: channel {id} data beyond window or packet size",
+            peer=self.transport.record.peer,
+            id=channel.id,
+        )
 
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         # Conch grants more window whenever half is used; a channel whose target paused
@@ -283,10 +248,6 @@ class GatewayConnection(connection.SSHConnection):
         if getattr(channel, "input_paused", False):
             return
         super().adjustWindow(channel, bytesToAdd)
-
-
-_DATA_HEADER = struct.Struct(">2L")
-_EXT_HEADER = struct.Struct(">3L")
 
 
 def _ns(value: bytes) -> bytes:

@@ -180,7 +180,6 @@ class SSH2ServerTransport(SSH2TransportBase, SSHServerTransport):
         if b"ssh-rsa" in self.supportedPublicKeys:
             self.user_signature_algorithms.append(b"ssh-rsa")
         self._inbuf = bytearray()
-        self._in_size = 0  # wire bytes of the packet _next_packet returned last
         self.rekey_limit = factory.settings.rekey_limit
         self.rekey_interval = factory.settings.rekey_interval
         self.rekey_clock = clock
@@ -293,13 +292,14 @@ class SSH2ServerTransport(SSH2TransportBase, SSHServerTransport):
         self._inbuf += data
         try:
             while not self._disconnecting:
-                payload = self._next_packet()
-                if payload is None:
+                found = self._next_message()
+                if found is None:
                     break
+                message, body = found
                 flow = self.record.flow
                 if flow is not None:
-                    flow.packet(C2S, self.flow_name(payload[0]), self._in_size)
-                self.dispatchMessage(payload[0], payload[1:])
+                    flow.packet(C2S, self.flow_name(message), self._in_size)
+                self.dispatchMessage(message, body)
         except MALFORMED_BODY as e:
             # A string or integer that runs past the end of its packet: hostile or broken
             # input, reported in one line (no traceback: nothing here is our fault).
@@ -312,28 +312,26 @@ class SSH2ServerTransport(SSH2TransportBase, SSHServerTransport):
             log.failure("ssh2: error handling a packet from {peer}", peer=self.record.peer)
             self.protocol_error("malformed or unexpected packet")
 
-    def _next_packet(self) -> bytes | None:
-        """The next whole packet's payload from the input buffer, or None for "need more".
+    def _next_message(self) -> tuple[int, bytes] | None:
+        """The next whole packet's message number and body from the input buffer, or None
+        for "need more" (or after a DISCONNECT).
 
-        Replaces Conch's getPacket: a bytearray consumed from the front instead of
-        re-slicing one bytes object per packet, and protocols.ssh2.cipher's Opener, which
-        checks every length before anything is allocated for it."""
-        found = self.open_packet(self._inbuf)
-        if found is None:
+        Replaces Conch's getPacket: protocols.ssh2.cipher's Opener checks every length
+        before anything is allocated for it (SSH2TransportBase.take_message)."""
+        if self.incomingCompression is None:
+            return self.take_message()
+        payload = self.take_payload()
+        if payload is None:
             return None
-        payload, size = found
-        del self._inbuf[:size]
-        if self.incomingCompression is not None:
-            try:
-                payload = self.incomingCompression.decompress(payload)
-            except Exception:
-                self.sendDisconnect(transport.DISCONNECT_COMPRESSION_ERROR, b"compression error")
-                return None
-        self.incomingPacketSequence = (self.incomingPacketSequence + 1) & 0xFFFFFFFF
+        try:
+            payload = self.incomingCompression.decompress(payload)
+        except Exception:
+            self.sendDisconnect(transport.DISCONNECT_COMPRESSION_ERROR, b"compression error")
+            return None
         if not payload:
             self.protocol_error("empty packet payload")
             return None
-        return payload
+        return payload[0], payload[1:]
 
     def flow_recorder(self) -> FlowRecorder | None:
         return self.record.flow

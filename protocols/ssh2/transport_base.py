@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import zlib
+from typing import Any
 
 from twisted.conch.ssh import _kex, transport
 from twisted.conch.ssh.common import MP
@@ -69,7 +70,8 @@ class SSH2TransportBase(StrictKexTransport, RekeyingTransport):
     max_packet: int
     dh_peer = "peer"  # who sent a bad DH value, for the exception text
     _disconnecting = False  # the server stops sending once its DISCONNECT is out
-    _in_size = 0  # wire bytes of the packet opened last
+    _in_size = 0  # wire bytes of the packet taken last
+    _inbuf: bytearray  # received, not yet taken (take_message)
 
     def flow_recorder(self) -> FlowRecorder | None:
         raise NotImplementedError
@@ -82,13 +84,27 @@ class SSH2TransportBase(StrictKexTransport, RekeyingTransport):
             enc = self.currentEncryptions = KeyedCiphers.plain()
         return enc
 
-    def open_packet(self, buffer: bytes | bytearray) -> tuple[bytes, int] | None:
-        """The next whole packet in ``buffer`` as (payload, wire size), or None for "need
-        more" or after a DISCONNECT for a bad MAC or length. The caller removes the size
-        from its buffer."""
+    def take_message(self) -> tuple[int, bytes] | None:
+        """The next whole packet in the receive buffer as (message number, the rest of
+        the payload), taken out of it and counted; None for "need more" or after a
+        DISCONNECT for a bad MAC or length.
+
+        The buffer (``_inbuf``) is a bytearray the transport appends what it receives to
+        and consumed from the front, which only moves its start: each byte received is
+        copied into it once, and not the whole buffer again per packet or per read as
+        with Conch's ``buf + data`` and ``buf[size:]``."""
+        found = self._take(self._ciphers().opener.next_message)
+        return None if found is None else found[:2]
+
+    def take_payload(self) -> bytes | None:
+        """As :meth:`take_message`, the payload whole (a compressed one is inflated so)."""
+        found = self._take(self._ciphers().opener.next_payload)
+        return None if found is None else found[0]
+
+    def _take(self, opener_next: Any) -> Any:
         seq = self.incomingPacketSequence
         try:
-            found = self._ciphers().opener.next_payload(seq, buffer, self.max_packet)
+            found = opener_next(seq, self._inbuf, self.max_packet)
         except BadMAC:
             self.sendDisconnect(transport.DISCONNECT_MAC_ERROR, b"bad MAC")
             return None
@@ -99,8 +115,11 @@ class SSH2TransportBase(StrictKexTransport, RekeyingTransport):
             return None
         if found is None:
             return None
-        self._in_size = found[1]
-        self.count_for_rekey(found[1])
+        size = found[-1]
+        del self._inbuf[:size]
+        self.incomingPacketSequence = (seq + 1) & 0xFFFFFFFF
+        self._in_size = size
+        self.count_for_rekey(size)
         return found
 
     def flow_name(self, number: int) -> str:
