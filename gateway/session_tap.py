@@ -15,7 +15,10 @@ tap for an :class:`ISessionObserver`; the session then runs behind a
 
 Rules for observers, because they run in the reactor thread on the data path:
 - never block and never buffer without a bound (drop and say so instead);
-- an observer that raises is logged once and detached; the session goes on untouched.
+- an observer that raises is logged once and detached; the session goes on untouched;
+- an observer that wants only the session's end subclasses :class:`EndObserver`
+  (``wants_data = False``): it is then never called per packet, so it costs the data path
+  nothing.
 
 :meth:`LiveSession.terminate` is how an operator ends a session: the client gets a one-line
 message on stderr and a clean close (exit status 255), and the target is closed (the
@@ -92,6 +95,27 @@ class ISessionObserver(Interface):
     def ended(info: ExitInfo | None) -> None:
         """The session is over: the program's exit, or None when the client left first.
         Called once; nothing follows."""
+
+
+@implementer(ISessionObserver)
+class EndObserver:
+    """An observer that only wants the session's end (subclasses implement ``ended``). The
+    tapped client leaves it out of the per-packet calls (``wants_data = False``); the data
+    methods are here only to keep the interface whole."""
+
+    wants_data = False
+
+    def output(self, data: bytes, stderr: bool) -> None:
+        pass
+
+    def input(self, data: bytes) -> None:
+        pass
+
+    def resized(self, size: WindowSize) -> None:
+        pass
+
+    def ended(self, info: ExitInfo | None) -> None:
+        raise NotImplementedError
 
 
 class ISessionTap(Interface):
@@ -205,7 +229,14 @@ def tap_session(
     return target
 
 
-def _notify(observers: list[Any], call: Callable[[Any], None], session: LiveSession) -> None:
+def _notify(
+    observers: list[Any],
+    call: Callable[[Any], None],
+    session: LiveSession,
+    also: list[Any] | None = None,
+) -> None:
+    """``call`` each observer; one that raises is logged and detached from ``observers``
+    and from ``also`` (the client's other list)."""
     for observer in tuple(observers):
         try:
             call(observer)
@@ -215,8 +246,9 @@ def _notify(observers: list[Any], call: Callable[[Any], None], session: LiveSess
                 id=session.info.session_id,
                 observer=observer,
             )
-            if observer in observers:
-                observers.remove(observer)
+            for kept in (observers, also):
+                if kept is not None and observer in kept:
+                    kept.remove(observer)
 
 
 @implementer(ISessionClient)
@@ -227,7 +259,13 @@ class TappedClient:
     def __init__(self, client: ISessionClient, session: LiveSession, observers: list[Any]) -> None:
         self._client = client
         self._session = session
-        self._observers = observers
+        self._observers = observers  # all: they hear of the end
+        # Those called per packet (output, input, resized): end-only observers are left out.
+        self._watching = [o for o in observers if getattr(o, "wants_data", True)]
+
+    def _notify_data(self, call: Callable[[Any], None]) -> None:
+        if self._watching:
+            _notify(self._watching, call, self._session, also=self._observers)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -236,14 +274,14 @@ class TappedClient:
         if self._session.ended:
             return
         self._session.bytes_to_client += len(data)
-        _notify(self._observers, lambda o: o.output(data, False), self._session)
+        self._notify_data(lambda o: o.output(data, False))
         self._client.write_stdout(data)
 
     def write_stderr(self, data: bytes) -> None:
         if self._session.ended:
             return
         self._session.bytes_to_client += len(data)
-        _notify(self._observers, lambda o: o.output(data, True), self._session)
+        self._notify_data(lambda o: o.output(data, True))
         self._client.write_stderr(data)
 
     def send_eof(self) -> None:
@@ -260,8 +298,9 @@ class TappedClient:
         session = self._session
         session.ended = True
         session.exit = info
-        _notify(self._observers, lambda o: o.ended(info), session)
+        _notify(self._observers, lambda o: o.ended(info), session, also=self._watching)
         self._observers.clear()
+        self._watching.clear()
 
     def registerProducer(self, producer: object, streaming: bool) -> None:
         self._client.registerProducer(producer, streaming)
@@ -287,14 +326,14 @@ class TappedTarget:
         if session.ended:
             return
         session.bytes_from_client += len(data)
-        _notify(self._client._observers, lambda o: o.input(data), session)
+        self._client._notify_data(lambda o: o.input(data))
         self._target.write_stdin(data)
 
     def close_stdin(self) -> None:
         self._target.close_stdin()
 
     def resize(self, size: WindowSize) -> None:
-        _notify(self._client._observers, lambda o: o.resized(size), self._session)
+        self._client._notify_data(lambda o: o.resized(size))
         self._target.resize(size)
 
     def send_signal(self, name: str) -> None:
