@@ -229,60 +229,72 @@ def tap_session(
     return target
 
 
-def _notify(
-    observers: list[Any],
-    call: Callable[[Any], None],
-    session: LiveSession,
-    also: list[Any] | None = None,
-) -> None:
-    """``call`` each observer; one that raises is logged and detached from ``observers``
-    and from ``also`` (the client's other list)."""
-    for observer in tuple(observers):
-        try:
-            call(observer)
-        except Exception:
-            log.failure(
-                "session {id}: observer {observer!r} failed; detached",
-                id=session.info.session_id,
-                observer=observer,
-            )
-            for kept in (observers, also):
-                if kept is not None and observer in kept:
-                    kept.remove(observer)
-
-
 @implementer(ISessionClient)
 class TappedClient:
     """The session's client, unchanged, with what it is sent shown to the observers.
-    Other attributes (``flow_id``, ``description``...) are the client's own."""
+    Other attributes (``flow_id``, ``description``...) are the client's own.
+
+    The observers are called in a plain loop, each in its own ``try`` (free until it
+    raises): this runs for every packet of every session."""
 
     def __init__(self, client: ISessionClient, session: LiveSession, observers: list[Any]) -> None:
         self._client = client
         self._session = session
-        self._observers = observers  # all: they hear of the end
+        self._observers = list(observers)  # all: they hear of the end
         # Those called per packet (output, input, resized): end-only observers are left out.
         self._watching = [o for o in observers if getattr(o, "wants_data", True)]
 
-    def _notify_data(self, call: Callable[[Any], None]) -> None:
-        if self._watching:
-            _notify(self._watching, call, self._session, also=self._observers)
+    def _detach(self, observer: Any) -> None:
+        """``observer`` raised: log it and call it no more (the lists are replaced, not
+        changed, so that a loop over them goes on)."""
+        log.failure(
+            "session {id}: observer {observer!r} failed; detached",
+            id=self._session.info.session_id,
+            observer=observer,
+        )
+        self._observers = [o for o in self._observers if o is not observer]
+        self._watching = [o for o in self._watching if o is not observer]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     def write_stdout(self, data: bytes) -> None:
-        if self._session.ended:
+        session = self._session
+        if session.ended:
             return
-        self._session.bytes_to_client += len(data)
-        self._notify_data(lambda o: o.output(data, False))
+        session.bytes_to_client += len(data)
+        for observer in self._watching:
+            try:
+                observer.output(data, False)
+            except Exception:
+                self._detach(observer)
         self._client.write_stdout(data)
 
     def write_stderr(self, data: bytes) -> None:
-        if self._session.ended:
+        session = self._session
+        if session.ended:
             return
-        self._session.bytes_to_client += len(data)
-        self._notify_data(lambda o: o.output(data, True))
+        session.bytes_to_client += len(data)
+        for observer in self._watching:
+            try:
+                observer.output(data, True)
+            except Exception:
+                self._detach(observer)
         self._client.write_stderr(data)
+
+    def _input(self, data: bytes) -> None:
+        for observer in self._watching:
+            try:
+                observer.input(data)
+            except Exception:
+                self._detach(observer)
+
+    def _resized(self, size: WindowSize) -> None:
+        for observer in self._watching:
+            try:
+                observer.resized(size)
+            except Exception:
+                self._detach(observer)
 
     def send_eof(self) -> None:
         if not self._session.ended:
@@ -298,9 +310,13 @@ class TappedClient:
         session = self._session
         session.ended = True
         session.exit = info
-        _notify(self._observers, lambda o: o.ended(info), session, also=self._watching)
-        self._observers.clear()
-        self._watching.clear()
+        for observer in self._observers:
+            try:
+                observer.ended(info)
+            except Exception:
+                self._detach(observer)
+        self._observers = []
+        self._watching = []
 
     def registerProducer(self, producer: object, streaming: bool) -> None:
         self._client.registerProducer(producer, streaming)
@@ -326,14 +342,14 @@ class TappedTarget:
         if session.ended:
             return
         session.bytes_from_client += len(data)
-        self._client._notify_data(lambda o: o.input(data))
+        self._client._input(data)
         self._target.write_stdin(data)
 
     def close_stdin(self) -> None:
         self._target.close_stdin()
 
     def resize(self, size: WindowSize) -> None:
-        self._client._notify_data(lambda o: o.resized(size))
+        self._client._resized(size)
         self._target.resize(size)
 
     def send_signal(self, name: str) -> None:
