@@ -95,6 +95,9 @@ TRUNCATED_MARKER = "truncated"
 # How long stopping waits for the writer thread to finish what it was given.
 STOP_TIMEOUT = 10.0
 
+# The most buffers one writev takes (POSIX guarantees 16; Linux takes 1024).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
+
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -265,24 +268,33 @@ class CastFile:
                 self.path.unlink()
             raise
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes | list[bytes]) -> None:
+        """Append ``data``: bytes, or pieces written in order (os.writev, so that they
+        are never joined in memory)."""
         if self._fd is None:
             raise OSError(9, "the recording file is not open")
-        view = memoryview(data)
-        written = 0
+        views = [memoryview(piece) for piece in ([data] if isinstance(data, bytes) else data)]
+        size = sum(len(view) for view in views)
         try:
-            while written < len(data):
-                written += self._write(self._fd, view[written:])
+            while views:
+                written = self._write(self._fd, views[:_IOV_MAX])
+                done = 0
+                while done < len(views) and written >= len(views[done]):
+                    written -= len(views[done])
+                    done += 1
+                del views[:done]
+                if written:
+                    views[0] = views[0][written:]
         except OSError:
             with suppress(OSError):
                 os.ftruncate(self._fd, self._size)
             raise
-        self._size += len(data)
+        self._size += size
 
-    def _write(self, fd: int, data: memoryview) -> int:
-        return os.write(fd, data)
+    def _write(self, fd: int, buffers: list[memoryview]) -> int:
+        return os.writev(fd, buffers)
 
-    def finish(self, data: bytes, marker: bytes) -> None:
+    def finish(self, data: bytes | list[bytes], marker: bytes) -> None:
         """Append the last ``data`` and close. When that fails, ``marker`` (a truncated
         marker line) is tried instead, the file closed, and the error raised."""
         try:
@@ -452,7 +464,7 @@ class Recording:
             return
         # The last write goes to the writer at once, even behind one still running: the
         # writer keeps the order, and at shutdown nothing waits for a callback.
-        data = self._take()
+        data, _ = self._take()
         marker = self._marker_line("the last events could not be written")
         self._writer.run(self._file.finish, data, marker).addCallbacks(
             lambda _: self._close(), self._failed_at_end
@@ -544,14 +556,17 @@ class Recording:
                 target=info.target,
             )
 
-    def _take(self) -> bytes:
-        lines = self._pending
+    def _take(self) -> tuple[list[bytes], int]:
+        """What waits, in pieces (the file writes them with one writev: no join, no big
+        buffer made and freed per write), and its size."""
+        pieces, size = self._pending, self._pending_bytes
         if self._gap is not None:
-            lines = [self._gap, *lines]
+            pieces.insert(0, self._gap)
+            size += len(self._gap)
             self._gap = None
         self._pending = []
         self._pending_bytes = 0
-        return b"".join(lines)
+        return pieces, size
 
     # the buffer to the writer
 
@@ -566,9 +581,8 @@ class Recording:
         self._close_batch()
         if self._busy or self._broken or self._ended or not (self._pending or self._gap):
             return  # (a busy writer's completion flushes what waits)
-        data = self._take()
+        data, self._in_flight = self._take()
         self._busy = True
-        self._in_flight = len(data)
         self._writer.run(self._file.append, data).addCallbacks(self._written, self._failed)
 
     def _written(self, _: object) -> None:

@@ -316,11 +316,11 @@ class FullDisk(CastFile):
 
     room = 300
 
-    def _write(self, fd: int, data: memoryview) -> int:
+    def _write(self, fd: int, buffers: list[memoryview]) -> int:
         room = self.room - os.fstat(fd).st_size
         if room <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return os.write(fd, data[:room])
+        return os.write(fd, b"".join(buffers)[:room])
 
 
 def test_a_full_disk_leaves_a_valid_file_and_the_session_goes_on(tmp_path, events):
@@ -336,6 +336,29 @@ def test_a_full_disk_leaves_a_valid_file_and_the_session_goes_on(tmp_path, event
     header, cast = read_cast(the_cast(tmp_path))  # every line whole and valid
     assert header["version"] == 2 and cast and cast[0][2] == "output line 00\r\n"
     assert gw.tap.recordings == set()
+
+
+class ShortWrites(CastFile):
+    """A file whose every write takes a few bytes of the first buffer only (as write(2)
+    may), and that records how many buffers each writev was given."""
+
+    given: list[int] = []
+
+    def _write(self, fd: int, buffers: list[memoryview]) -> int:
+        self.given.append(len(buffers))
+        assert os.fstat(fd).st_size < 100_000, "the same bytes written again and again"
+        return os.write(fd, buffers[0][:3])
+
+
+def test_a_write_in_many_pieces_and_short_writes_still_makes_the_whole_line(tmp_path):
+    pieces = [b"%d," % n for n in range(3000)] + [b"\n"]
+    cast = ShortWrites(tmp_path / "r" / "x.cast")
+    cast.create(b"header\n")
+    cast.append(pieces)
+    cast.append(b"single\n")
+    cast.close()
+    assert (tmp_path / "r" / "x.cast").read_bytes() == b"header\n" + b"".join(pieces) + b"single\n"
+    assert max(ShortWrites.given) <= recording_module._IOV_MAX < len(pieces)
 
 
 class ReadOnly(CastFile):
