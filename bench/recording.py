@@ -14,7 +14,14 @@ the 5% the issue allows).
 - burst: ``ssh -tt`` runs a shell loop that writes ``--writes`` short lines, one write(2)
   each: the per-event cost, not the per-byte one.
 
-Each round's recording is deleted once it is complete, so that disk space stays flat.
+Each round's recording is deleted once it is complete, so that disk space stays flat. The
+load average of every round is printed: on a shared machine the rounds are only as good as
+it is low.
+
+Last, the recorder alone, in this process (:func:`recorder_cost`): 256 MiB of typical pty
+reads through a tapped session's client with recording on and off, the file on tmpfs:
+CPU time that does not depend on what other processes on the machine do (only on how much
+they share the caches).
 
     .venv/bin/python -m bench.recording [--mib 256] [--writes 50000] [--rounds 3]
 """
