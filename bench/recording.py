@@ -14,7 +14,14 @@ the 5% the issue allows).
 - burst: ``ssh -tt`` runs a shell loop that writes ``--writes`` short lines, one write(2)
   each: the per-event cost, not the per-byte one.
 
-Each round's recording is deleted once it is complete, so that disk space stays flat.
+Each round's recording is deleted once it is complete, so that disk space stays flat. The
+load average of every round is printed: on a shared machine the rounds are only as good as
+it is low.
+
+Last, the recorder alone, in this process (:func:`recorder_cost`): 256 MiB of typical pty
+reads through a tapped session's client with recording on and off, the file on tmpfs:
+CPU time that does not depend on what other processes on the machine do (only on how much
+they share the caches).
 
     .venv/bin/python -m bench.recording [--mib 256] [--writes 50000] [--rounds 3]
 """
@@ -22,7 +29,10 @@ Each round's recording is deleted once it is complete, so that disk space stays 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import subprocess
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -33,8 +43,8 @@ from twisted.internet.task import Clock
 from bench.account import bench_account
 from bench.cpu import CpuMeter, per_gib
 from bench.harness import gateway_config, make_user_key, ssh_argv, workdir
-from gateway.recording import Recording
-from gateway.session_tap import LiveSession, SessionInfo
+from gateway.recording import CastFile, Recording
+from gateway.session_tap import EndObserver, LiveSession, SessionInfo, TappedClient
 from tests.support.gateway_process import GatewayProcess
 
 CIPHER, MAC, KEX = "aes128-ctr", "hmac-sha2-256", "curve25519-sha256"
@@ -121,6 +131,11 @@ def burst(port: int, key: Path, writes: int) -> float:
     return writes / elapsed
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average (the rounds are only as good as it is low)."""
+    return os.getloadavg()[0]
+
+
 def measure(gws, flag: bool, run) -> tuple[float, float, int]:
     """One round on one gateway: (rate, CPU seconds, bytes recorded)."""
     gw = gws[flag]
@@ -131,27 +146,8 @@ def measure(gws, flag: bool, run) -> tuple[float, float, int]:
     return rate, meter.seconds, recorded
 
 
-class _NoFile:
-    """The recording's file, writing nothing: the in-process cost without the disk."""
-
-    def __init__(self, path: Path) -> None:
-        pass
-
-    def create(self, header: bytes) -> None:
-        pass
-
-    def append(self, data: bytes) -> None:
-        pass
-
-    def finish(self, data: bytes, marker: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class _AtOnce:
-    """A writer that does the work at once, in this thread."""
+    """A writer that does the work at once, in this thread (so that process_time has it)."""
 
     def run(self, work, *args):
         return succeed(work(*args))
@@ -160,21 +156,108 @@ class _AtOnce:
         pass
 
 
-def recorder_cost(chunk: int = 4095, total: int = 64 << 20) -> float:
-    """CPU seconds per GiB the recorder spends in the reactor thread on output events of
-    ``chunk`` bytes of text (what a pty gives the gateway per read: 4095 bytes), the file
-    left out."""
-    info = SessionInfo(session_id="bench", username="bench", target="local", target_protocol="local",
-                       front_protocol="ssh2", source="127.0.0.1:1", flow_id=None, command=None,
-                       subsystem=None, pty=None)
-    recording = Recording(LiveSession(info), Path("unused.cast"), {"version": 2},
-                          reactor=Clock(), writer=_AtOnce(), file_factory=_NoFile)
-    text = ((LINE + "\r\n") * (chunk // len(LINE) + 1)).encode()[:chunk]
-    count = total // chunk
+class _TimedFile(CastFile):
+    """The recording's real file, with the CPU time spent writing it kept apart."""
+
+    spent = 0.0
+
+    def append(self, data: bytes) -> None:
+        started = time.thread_time()
+        try:
+            super().append(data)
+        finally:
+            _TimedFile.spent += time.thread_time() - started
+
+
+class _EndOnly(EndObserver):
+    """Stands for the observers a session has with recording off (audit, metrics...)."""
+
+    def ended(self, info) -> None:
+        pass
+
+
+class _NullClient:
+    def write_stdout(self, data: bytes) -> None:
+        pass
+
+    def write_stderr(self, data: bytes) -> None:
+        pass
+
+
+# Typical terminal output, as a pty gives it (4095 bytes a read): the bulk transfer's text
+# lines, and a colored listing (escape sequences on every line).
+TEXT_OUTPUT = ((LINE + "\r\n") * 64).encode()
+COLORED_OUTPUT = b"".join(
+    b"drwxr-xr-x 2 bench bench 4096 Jan  1 00:00 \x1b[01;34mdir%04d\x1b[0m\r\n" % n
+    for n in range(64)
+)
+PTY_READ = 4095
+RATE = 100 << 20  # bytes/s the clock advances by: a fast transfer (coalescing sees it so)
+
+
+def scratch_dir() -> tuple[Path, str]:
+    """A directory on tmpfs when there is one (the disk's own cost left out)."""
+    for candidate in ("/dev/shm", f"/run/user/{os.getuid()}"):
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK):
+            return Path(tempfile.mkdtemp(prefix="sshgw-bench-", dir=candidate)), "tmpfs"
+    return Path(tempfile.mkdtemp(prefix="sshgw-bench-")), "the disk"
+
+
+def feed(output: bytes, total: int, recorded: bool, directory: Path) -> tuple[float, float]:
+    """CPU seconds to pass ``total`` bytes of ``output``, a pty read at a time, through a
+    tapped session's client (with recording on or off), and those of them spent in the
+    file's write(2)s."""
+    info = SessionInfo(session_id="bench", username="bench", target="local",
+                       target_protocol="local", front_protocol="ssh2", source="127.0.0.1:1",
+                       flow_id=None, command=None, subsystem=None, pty=None)
+    session = LiveSession(info)
+    clock = Clock()
+    observers: list = [_EndOnly(), _EndOnly(), _EndOnly()]
+    if recorded:
+        path = directory / "bench.cast"
+        recording = Recording(session, path, {"version": 2}, reactor=clock, writer=_AtOnce(),
+                              file_factory=_TimedFile)
+        observers.insert(0, recording)
+    client = TappedClient(_NullClient(), session, observers)
+    data = (output * (PTY_READ // len(output) + 2))
+    chunks = [data[i:i + PTY_READ] for i in range(0, len(output), 97)]  # varied cuts
+    # The clock moves once a pass over the chunks (under 2 ms), not per chunk: Clock.advance
+    # costs more than a real reactor's turn, and would be counted as the recorder's.
+    step = len(chunks) * PTY_READ / RATE
+    _TimedFile.spent = 0.0
+    sent = 0
     started = time.process_time()
-    for _ in range(count):
-        recording.output(text, False)
-    return per_gib(time.process_time() - started, count * chunk)
+    while sent < total:
+        for chunk in chunks:
+            client.write_stdout(chunk)
+        clock.advance(step)
+        sent += len(chunks) * PTY_READ
+    client._end(None)
+    seconds = time.process_time() - started
+    if recorded:
+        path.unlink()
+    return seconds, _TimedFile.spent
+
+
+def recorder_cost(total: int = 256 << 20, rounds: int = 3) -> dict[str, tuple[float, float]]:
+    """The recorder's CPU seconds per GiB of output in this process, for each kind of
+    output: (recording on minus off, of which the file's write(2)s), best of ``rounds``.
+    Independent of the load on the machine, within what the caches share."""
+    directory, where = scratch_dir()
+    costs = {}
+    try:
+        for name, output in (("text", TEXT_OUTPUT), ("colored", COLORED_OUTPUT)):
+            on, off, disk = [], [], []
+            for _ in range(rounds):
+                seconds, written = feed(output, total, True, directory)
+                on.append(seconds)
+                disk.append(written)
+                off.append(feed(output, total, False, directory)[0])
+            costs[name] = (per_gib(min(on) - min(off), total), per_gib(min(disk), total))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    costs["where"] = where
+    return costs
 
 
 def report(label: str, unit: str, rates, cpu, per, per_unit: str, recorded: int) -> None:
@@ -202,6 +285,7 @@ def main() -> None:
     key = make_user_key(base)
     size = args.mib << 20
     rates = {"bulk": {True: [], False: []}, "burst": {True: [], False: []}}
+    loads: list[float] = [load_average()]
     cpu = {"bulk": {True: [], False: []}, "burst": {True: [], False: []}}
     recorded = {"bulk": 0, "burst": 0}
     with ExitStack() as stack:
@@ -217,6 +301,7 @@ def main() -> None:
                 for name, run in (("bulk", lambda port: bulk(port, key, size)),
                                   ("burst", lambda port: burst(port, key, args.writes))):
                     rate, seconds, nbytes = measure(gws, flag, run)
+                    loads.append(load_average())
                     rates[name][flag].append(rate)
                     cpu[name][flag].append(seconds)
                     if flag:
@@ -226,14 +311,18 @@ def main() -> None:
 
     print(f"SSH-2 {CIPHER}/{MAC} with a pty (ssh -tt), {args.rounds} rounds each; CPU: the "
           "gateway and its children (the program writing the output included)")
+    print(f" load average (1 min) on {os.cpu_count()} CPUs: {min(loads):.2f} to {max(loads):.2f} "
+          f"during the rounds ({', '.join(f'{load:.2f}' for load in loads)})")
     report(f" bulk: {args.mib} MiB of text through the pty", "MiB/s", rates["bulk"],
            cpu["bulk"], lambda s: per_gib(s, size), "GiB", recorded["bulk"])
     report(f" burst: {args.writes} small writes (one line each)", "writes/s",
            rates["burst"], cpu["burst"], lambda s: s * 10000 / args.writes, "10k writes",
            recorded["burst"])
-    cost = recorder_cost()
-    print(f" recorder in process: {cost:.2f} CPU s/GiB of output in 4095-byte events (the "
-          f"size a pty read gives), without the disk")
+    costs = recorder_cost()
+    where = costs.pop("where")
+    for name, (cost, disk) in costs.items():
+        print(f" recorder in process, {name} output: {cost:.2f} CPU s/GiB (of which "
+              f"{disk:.2f} writing the file on {where}), {PTY_READ}-byte reads")
 
 
 if __name__ == "__main__":

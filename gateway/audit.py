@@ -37,10 +37,10 @@ from zope.interface import implementer
 from gateway.events import EVENT_KEY, SESSION_END, SESSION_START, emit, event_of
 from gateway.jsonl import WRITE_ERROR_KEY, RotatingJSONLines
 from gateway.logformat import plain
-from gateway.session_tap import ISessionObserver, ISessionTap, LiveSession
+from gateway.session_tap import EndObserver, ISessionObserver, ISessionTap, LiveSession
 from gateway.weak_algorithms import report_weak_leg
 from protocols.flow import open_flow
-from protocols.session_values import ExitInfo, WindowSize
+from protocols.session_values import ExitInfo
 
 log = Logger()
 
@@ -216,21 +216,11 @@ def _session_fields(session: LiveSession) -> dict[str, Any]:
     }
 
 
-@implementer(ISessionObserver)
-class _SessionEnd:
+class _SessionEnd(EndObserver):
     """Waits for one session's end to emit ``session_end``; ignores its data."""
 
     def __init__(self, session: LiveSession) -> None:
         self.session = session
-
-    def output(self, data: bytes, stderr: bool) -> None:
-        pass
-
-    def input(self, data: bytes) -> None:
-        pass
-
-    def resized(self, size: WindowSize) -> None:
-        pass
 
     def ended(self, info: ExitInfo | None) -> None:
         session = self.session

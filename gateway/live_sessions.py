@@ -27,8 +27,8 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from gateway import events
-from gateway.session_tap import ISessionObserver, ISessionTap, LiveSession
-from protocols.session import ExitInfo, WindowSize
+from gateway.session_tap import EndObserver, ISessionObserver, ISessionTap, LiveSession
+from protocols.session import ExitInfo
 
 log = Logger()
 
@@ -178,22 +178,12 @@ def summary_of(session: LiveSession) -> SessionSummary:
     )
 
 
-@implementer(ISessionObserver)
-class _Registered:
+class _Registered(EndObserver):
     """Takes its session out of the registry when it ends; sees nothing else."""
 
     def __init__(self, registry: LiveSessions, session: LiveSession) -> None:
         self.registry = registry
         self.session = session
-
-    def output(self, data: bytes, stderr: bool) -> None:
-        pass
-
-    def input(self, data: bytes) -> None:
-        pass
-
-    def resized(self, size: WindowSize) -> None:
-        pass
 
     def ended(self, info: ExitInfo | None) -> None:
         self.registry.sessions.pop(self.session.info.session_id, None)

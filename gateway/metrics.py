@@ -39,9 +39,9 @@ from gateway.dispatch import VersionDispatcher
 from gateway.listening import ListenError, listen_now
 from gateway.penalties import _REASONS as PENALTY_TEXTS  # kind -> the words its log line uses
 from gateway.penalties import KINDS as PENALTY_KINDS
-from gateway.session_tap import ISessionObserver, ISessionTap, LiveSession
+from gateway.session_tap import EndObserver, ISessionObserver, ISessionTap, LiveSession
 from protocols.record import ConnectionRecord
-from protocols.session import ExitInfo, WindowSize
+from protocols.session import ExitInfo
 
 log = Logger()
 
@@ -306,8 +306,7 @@ class GatewayMetrics:
 _DISPATCH = VersionDispatcher.log.namespace
 
 
-@implementer(ISessionObserver)
-class _SessionEnd:
+class _SessionEnd(EndObserver):
     """Counts one session at its end; its data passes by untouched (the per-chunk calls do
     nothing)."""
 
@@ -315,15 +314,6 @@ class _SessionEnd:
         self._metrics = metrics
         self._session = session
         self._labels = labels
-
-    def output(self, data: bytes, stderr: bool) -> None:
-        pass
-
-    def input(self, data: bytes) -> None:
-        pass
-
-    def resized(self, size: WindowSize) -> None:
-        pass
 
     def ended(self, info: ExitInfo | None) -> None:
         self._metrics._session_ended(self._session, self._labels)

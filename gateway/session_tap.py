@@ -15,7 +15,10 @@ tap for an :class:`ISessionObserver`; the session then runs behind a
 
 Rules for observers, because they run in the reactor thread on the data path:
 - never block and never buffer without a bound (drop and say so instead);
-- an observer that raises is logged once and detached; the session goes on untouched.
+- an observer that raises is logged once and detached; the session goes on untouched;
+- an observer that wants only the session's end subclasses :class:`EndObserver`
+  (``wants_data = False``): it is then never called per packet, so it costs the data path
+  nothing.
 
 :meth:`LiveSession.terminate` is how an operator ends a session: the client gets a one-line
 message on stderr and a clean close (exit status 255), and the target is closed (the
@@ -95,6 +98,27 @@ class ISessionObserver(Interface):
     def ended(info: ExitInfo | None) -> None:
         """The session is over: the program's exit, or None when the client left first.
         Called once; nothing follows."""
+
+
+@implementer(ISessionObserver)
+class EndObserver:
+    """An observer that only wants the session's end (subclasses implement ``ended``). The
+    tapped client leaves it out of the per-packet calls (``wants_data = False``); the data
+    methods are here only to keep the interface whole."""
+
+    wants_data = False
+
+    def output(self, data: bytes, stderr: bool) -> None:
+        pass
+
+    def input(self, data: bytes) -> None:
+        pass
+
+    def resized(self, size: WindowSize) -> None:
+        pass
+
+    def ended(self, info: ExitInfo | None) -> None:
+        raise NotImplementedError
 
 
 class ISessionTap(Interface):
@@ -213,46 +237,72 @@ def tap_session(
     return target
 
 
-def _notify(observers: list[Any], call: Callable[[Any], None], session: LiveSession) -> None:
-    for observer in tuple(observers):
-        try:
-            call(observer)
-        except Exception:
-            log.failure(
-                "session {id}: observer {observer!r} failed; detached",
-                id=session.info.session_id,
-                observer=observer,
-            )
-            if observer in observers:
-                observers.remove(observer)
-
-
 @implementer(ISessionClient)
 class TappedClient:
     """The session's client, unchanged, with what it is sent shown to the observers.
-    Other attributes (``flow_id``, ``description``...) are the client's own."""
+    Other attributes (``flow_id``, ``description``...) are the client's own.
+
+    The observers are called in a plain loop, each in its own ``try`` (free until it
+    raises): this runs for every packet of every session."""
 
     def __init__(self, client: ISessionClient, session: LiveSession, observers: list[Any]) -> None:
         self._client = client
         self._session = session
-        self._observers = observers
+        self._observers = list(observers)  # all: they hear of the end
+        # Those called per packet (output, input, resized): end-only observers are left out.
+        self._watching = [o for o in observers if getattr(o, "wants_data", True)]
+
+    def _detach(self, observer: Any) -> None:
+        """``observer`` raised: log it and call it no more (the lists are replaced, not
+        changed, so that a loop over them goes on)."""
+        log.failure(
+            "session {id}: observer {observer!r} failed; detached",
+            id=self._session.info.session_id,
+            observer=observer,
+        )
+        self._observers = [o for o in self._observers if o is not observer]
+        self._watching = [o for o in self._watching if o is not observer]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     def write_stdout(self, data: bytes) -> None:
-        if self._session.ended:
+        session = self._session
+        if session.ended:
             return
-        self._session.bytes_to_client += len(data)
-        _notify(self._observers, lambda o: o.output(data, False), self._session)
+        session.bytes_to_client += len(data)
+        for observer in self._watching:
+            try:
+                observer.output(data, False)
+            except Exception:
+                self._detach(observer)
         self._client.write_stdout(data)
 
     def write_stderr(self, data: bytes) -> None:
-        if self._session.ended:
+        session = self._session
+        if session.ended:
             return
-        self._session.bytes_to_client += len(data)
-        _notify(self._observers, lambda o: o.output(data, True), self._session)
+        session.bytes_to_client += len(data)
+        for observer in self._watching:
+            try:
+                observer.output(data, True)
+            except Exception:
+                self._detach(observer)
         self._client.write_stderr(data)
+
+    def _input(self, data: bytes) -> None:
+        for observer in self._watching:
+            try:
+                observer.input(data)
+            except Exception:
+                self._detach(observer)
+
+    def _resized(self, size: WindowSize) -> None:
+        for observer in self._watching:
+            try:
+                observer.resized(size)
+            except Exception:
+                self._detach(observer)
 
     def send_eof(self) -> None:
         if not self._session.ended:
@@ -268,8 +318,13 @@ class TappedClient:
         session = self._session
         session.ended = True
         session.exit = info
-        _notify(self._observers, lambda o: o.ended(info), session)
-        self._observers.clear()
+        for observer in self._observers:
+            try:
+                observer.ended(info)
+            except Exception:
+                self._detach(observer)
+        self._observers = []
+        self._watching = []
 
     def registerProducer(self, producer: object, streaming: bool) -> None:
         self._client.registerProducer(producer, streaming)
@@ -295,14 +350,14 @@ class TappedTarget:
         if session.ended:
             return
         session.bytes_from_client += len(data)
-        _notify(self._client._observers, lambda o: o.input(data), session)
+        self._client._input(data)
         self._target.write_stdin(data)
 
     def close_stdin(self) -> None:
         self._target.close_stdin()
 
     def resize(self, size: WindowSize) -> None:
-        _notify(self._client._observers, lambda o: o.resized(size), self._session)
+        self._client._resized(size)
         self._target.resize(size)
 
     def send_signal(self, name: str) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 from zope.interface import implementer
 
-from gateway.session_tap import ISessionObserver, ISessionTap, LiveSession
+from gateway.session_tap import EndObserver, ISessionObserver, ISessionTap, LiveSession
 from gateway.store.worker import IStoreWorker
-from protocols.session import ExitInfo, WindowSize
+from protocols.session import ExitInfo
 
 
 @implementer(ISessionTap)
@@ -27,20 +27,10 @@ class RecordingIndex:
         return _Indexed(self.store, session)
 
 
-@implementer(ISessionObserver)
-class _Indexed:
+class _Indexed(EndObserver):
     def __init__(self, store: IStoreWorker, session: LiveSession) -> None:
         self.store = store
         self.session = session
-
-    def output(self, data: bytes, stderr: bool) -> None:
-        pass
-
-    def input(self, data: bytes) -> None:
-        pass
-
-    def resized(self, size: WindowSize) -> None:
-        pass
 
     def ended(self, info: ExitInfo | None) -> None:
         path = self.session.recording

@@ -22,6 +22,8 @@ import gateway.recording as recording_module
 from gateway.config import parse_config
 from gateway.events import RECORDING_TRUNCATED, event_of
 from gateway.recording import (
+    COALESCE_BYTES,
+    COALESCE_INTERVAL,
     FLUSH_BYTES,
     FLUSH_INTERVAL,
     RETENTION_INTERVAL,
@@ -314,11 +316,11 @@ class FullDisk(CastFile):
 
     room = 300
 
-    def _write(self, fd: int, data: memoryview) -> int:
+    def _write(self, fd: int, buffers: list[memoryview]) -> int:
         room = self.room - os.fstat(fd).st_size
         if room <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return os.write(fd, data[:room])
+        return os.write(fd, b"".join(buffers)[:room])
 
 
 def test_a_full_disk_leaves_a_valid_file_and_the_session_goes_on(tmp_path, events):
@@ -334,6 +336,29 @@ def test_a_full_disk_leaves_a_valid_file_and_the_session_goes_on(tmp_path, event
     header, cast = read_cast(the_cast(tmp_path))  # every line whole and valid
     assert header["version"] == 2 and cast and cast[0][2] == "output line 00\r\n"
     assert gw.tap.recordings == set()
+
+
+class ShortWrites(CastFile):
+    """A file whose every write takes a few bytes of the first buffer only (as write(2)
+    may), and that records how many buffers each writev was given."""
+
+    given: list[int] = []
+
+    def _write(self, fd: int, buffers: list[memoryview]) -> int:
+        self.given.append(len(buffers))
+        assert os.fstat(fd).st_size < 100_000, "the same bytes written again and again"
+        return os.write(fd, buffers[0][:3])
+
+
+def test_a_write_in_many_pieces_and_short_writes_still_makes_the_whole_line(tmp_path):
+    pieces = [b"%d," % n for n in range(3000)] + [b"\n"]
+    cast = ShortWrites(tmp_path / "r" / "x.cast")
+    cast.create(b"header\n")
+    cast.append(pieces)
+    cast.append(b"single\n")
+    cast.close()
+    assert (tmp_path / "r" / "x.cast").read_bytes() == b"header\n" + b"".join(pieces) + b"single\n"
+    assert max(ShortWrites.given) <= recording_module._IOV_MAX < len(pieces)
 
 
 class ReadOnly(CastFile):
@@ -482,12 +507,95 @@ def test_one_event_larger_than_the_limit_leaves_a_gap_not_an_end(tmp_path, event
     assert len(truncations(events)) == 1
 
 
+# --- output coalesced into fewer events ----------------------------------------------------
+
+
+def test_output_close_together_is_one_event_timed_at_its_first_chunk(tmp_path):
+    gw = Gateway(tmp_path)
+    _, _, opened = gw.open(SessionRequest(pty=PTY))
+    gw.clock.advance(1.0)
+    step = COALESCE_INTERVAL * 0.4
+    for text in (b"ab", b"cd", b"ef", b"gh"):  # at 0, 0.4, 0.8 and 1.2 intervals
+        opened.client.write_stdout(text)
+        gw.clock.advance(step)
+    gw.clock.advance(1.0)
+    opened.client.write_stdout(b"later")
+    opened.client.exited(ExitInfo(status=0))
+    _, cast = read_cast(the_cast(tmp_path))
+    assert cast == [
+        [1.0, "o", "abcdef"],
+        [round(1.0 + 3 * step, 6), "o", "gh"],
+        [round(2.0 + 4 * step, 6), "o", "later"],
+    ]
+
+
+def test_a_batch_ends_at_its_size_bound(tmp_path):
+    gw = Gateway(tmp_path)
+    _, _, opened = gw.open(SessionRequest(pty=PTY))
+    chunk = b"0123456789abcdef" * 256  # 4 KiB, all at the same instant
+    count = 2 * COALESCE_BYTES // len(chunk) + 1
+    for _ in range(count):
+        opened.client.write_stdout(chunk)
+    opened.client.exited(ExitInfo(status=0))
+    _, cast = read_cast(the_cast(tmp_path))
+    assert [len(e[2]) for e in cast] == [COALESCE_BYTES, COALESCE_BYTES, len(chunk)]
+
+
+def test_other_events_end_a_batch_and_keep_their_order(tmp_path):
+    gw = gateway_with(tmp_path, recording="input = true")
+    _, session, opened = gw.open(SessionRequest(pty=PTY))
+    opened.client.write_stdout(b"a")
+    opened.client.write_stdout(b"b")
+    opened.client.write_stderr(b"c")
+    opened.client.write_stderr(b"d")
+    opened.client.write_stdout(b"e")
+    session.write_stdin(b"q")
+    opened.client.write_stdout(b"f")
+    session.resize(WindowSize(30, 100))
+    opened.client.write_stdout(b"g")
+    opened.client.exited(ExitInfo(status=0))
+    _, cast = read_cast(the_cast(tmp_path))
+    assert [e[1:] for e in cast] == [
+        ["o", "ab"],
+        ["m", "stderr"],
+        ["o", "cd"],
+        ["o", "e"],
+        ["i", "q"],
+        ["o", "f"],
+        ["r", "100x30"],
+        ["o", "g"],
+    ]
+
+
+def test_a_batch_still_open_reaches_the_file_within_a_second(tmp_path):
+    writer = ManualWriter()
+    gw = Gateway(tmp_path, writer)
+    _, _, opened = gw.open(SessionRequest(pty=PTY))
+    writer.run_all()  # the file is created with its header
+    opened.client.write_stdout(b"last words before a crash")
+    gw.clock.advance(FLUSH_INTERVAL)
+    writer.run_all()
+    assert read_cast(the_cast(tmp_path))[1] == [[0.0, "o", "last words before a crash"]]
+
+
+def test_a_character_split_across_two_batches_survives(tmp_path):
+    gw = Gateway(tmp_path)
+    _, _, opened = gw.open(SessionRequest(pty=PTY))
+    euro = "€".encode()
+    opened.client.write_stdout(b"a" * COALESCE_BYTES + euro[:1])  # a batch of its own
+    opened.client.write_stdout(euro[1:] + b"b")
+    opened.client.exited(ExitInfo(status=0))
+    _, cast = read_cast(the_cast(tmp_path))
+    assert "".join(e[2] for e in cast) == "a" * COALESCE_BYTES + "€b"
+    assert len(cast) == 2
+
+
 # --- the fast path for plain terminal output ------------------------------------------------
 
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from gateway.recording import ascii_event_line, event_line  # noqa: E402
+from gateway.recording import _SEARCH_FROM, ascii_event_line, event_line  # noqa: E402
 
 # Terminal-like bytes: printable ASCII, the usual controls, the JSON specials, a few rarer
 # controls and bytes past ASCII (which must leave the fast path).
@@ -500,8 +608,10 @@ TERMINAL_BYTES = st.binary(max_size=300).map(bytes) | st.lists(
 ).map(b"".join)
 
 
-@given(TERMINAL_BYTES, st.floats(min_value=0, max_value=1e6))
-def test_the_fast_event_line_is_the_json_one_or_steps_aside(data, at):
+@given(TERMINAL_BYTES, st.floats(min_value=0, max_value=1e6), st.booleans())
+def test_the_fast_event_line_is_the_json_one_or_steps_aside(data, at, large):
+    if large:  # a batch of output: the other controls are looked for another way
+        data = b"x" * _SEARCH_FROM + data
     fast = ascii_event_line(at, "o", data)
     if fast is None:
         assert not data.isascii() or any(c < 0x20 and c not in b"\n\r\t\x08\x1b" for c in data)
@@ -514,3 +624,14 @@ def test_plain_output_takes_the_fast_path_and_a_split_character_still_survives()
     assert ascii_event_line(1.0, "o", b'ls -l\r\n\x1b[0m"x"\\') is not None
     assert ascii_event_line(1.0, "o", b"bell\x07") is None
     assert ascii_event_line(1.0, "o", "é".encode()) is None
+
+
+@pytest.mark.parametrize("size", [0, _SEARCH_FROM], ids=["small", "large"])
+def test_every_other_control_character_leaves_the_fast_path(size):
+    for code in [*range(0x20), 0x7F]:
+        data = b"x" * size + bytes([code]) + b"y"
+        fast = ascii_event_line(0.0, "o", data)
+        if code in b"\n\r\t\x08\x1b\x7f":
+            assert fast == event_line(0.0, "o", data.decode("ascii"))
+        else:
+            assert fast is None, code

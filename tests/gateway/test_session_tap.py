@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
 
+from gateway import audit, live_sessions, metrics
 from gateway.config import parse_config
 from gateway.routing import Router
-from gateway.session_tap import TERMINATED_STATUS, TappedTarget
+from gateway.session_tap import TERMINATED_STATUS, EndObserver, ISessionObserver, TappedTarget
+from gateway.store import recordings as store_recordings
 from protocols.flow import FlowRecorder
 from protocols.session import ExitInfo, PtyRequest, SessionRequest, WindowSize
 from tests.support.doubles import FakeSessionClient, FakeTarget, RecordingTap
@@ -29,9 +32,7 @@ password = "{fast_hash("pw")}"
 
 def router(*taps):
     config = parse_config(CONFIG)
-    targets = {
-        name: FakeTarget(name, takes_password=name != "local") for name in config.targets
-    }
+    targets = {name: FakeTarget(name, takes_password=name != "local") for name in config.targets}
     targets["local"] = FakeTarget("local", takes_password=False)
     routed = Router(config, targets, Clock())
     routed.session_taps = list(taps)
@@ -149,3 +150,105 @@ def test_a_target_that_raises_at_start_still_ends_the_session_for_the_observers(
     with pytest.raises(RuntimeError, match="target bug"):  # the front end reports it
         routed.open_session("alice", SessionRequest(), FakeSessionClient(), target="sw1")
     assert tap.observers[0].calls == [("ended", None)] and tap.sessions[0].ended
+
+
+class _EndOnly(EndObserver):
+    """An end-only observer that would notice any per-packet call reaching it."""
+
+    def __init__(self, fail_at_end: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail_at_end = fail_at_end
+
+    def output(self, data: bytes, stderr: bool) -> None:
+        self.calls.append(("output", data, stderr))
+
+    def input(self, data: bytes) -> None:
+        self.calls.append(("input", data))
+
+    def resized(self, size: WindowSize) -> None:
+        self.calls.append(("resized", size))
+
+    def ended(self, info: ExitInfo | None) -> None:
+        self.calls.append(("ended", info))
+        if self.fail_at_end:
+            raise RuntimeError("observer bug at the end")
+
+
+class _EndOnlyTap:
+    def __init__(self, observer: EndObserver) -> None:
+        self.observer = observer
+
+    def session_started(self, session):
+        return self.observer
+
+
+def test_an_end_only_observer_is_not_called_per_packet_but_hears_the_end():
+    end_only, watching = _EndOnly(), RecordingTap()
+    routed, targets = router(_EndOnlyTap(end_only), watching)
+    client = FakeSessionClient()
+    session = routed.open_session("alice", SessionRequest(pty=PTY), client, target="sw1")
+    [opened] = targets["sw1"].opened
+    opened.client.write_stdout(b"out")
+    opened.client.write_stderr(b"err")
+    session.write_stdin(b"in")
+    session.resize(WindowSize(50, 132))
+    opened.client.exited(ExitInfo(status=0))
+    assert end_only.calls == [("ended", ExitInfo(status=0))]
+    assert [c[0] for c in watching.observers[0].calls] == [
+        "output",
+        "output",
+        "input",
+        "resized",
+        "ended",
+    ]
+    assert client.out == b"out" and client.err == b"err" and opened.stdin == b"in"
+
+
+def test_a_session_with_only_end_observers_still_counts_its_bytes():
+    end_only = _EndOnly()
+    routed, targets = router(_EndOnlyTap(end_only))
+    session = routed.open_session("alice", SessionRequest(), FakeSessionClient(), target="sw1")
+    [opened] = targets["sw1"].opened
+    opened.client.write_stdout(b"12345")
+    session.write_stdin(b"12")
+    session.close()
+    assert end_only.calls == [("ended", None)]
+    assert (session._session.bytes_to_client, session._session.bytes_from_client) == (5, 2)
+
+
+def test_an_observer_that_fails_on_data_is_detached_from_the_end_too():
+    broken, good = RecordingTap(fail_on="output"), RecordingTap()
+    routed, targets = router(broken, good)
+    routed.open_session("alice", SessionRequest(), FakeSessionClient(), target="sw1")
+    [opened] = targets["sw1"].opened
+    opened.client.write_stdout(b"one")
+    opened.client.exited(ExitInfo(status=0))
+    assert broken.observers[0].calls == [("output", b"one", False)]
+    assert good.observers[0].calls[-1] == ("ended", ExitInfo(status=0))
+
+
+def test_an_end_observer_that_fails_at_the_end_leaves_the_others_their_end():
+    broken, good = _EndOnly(fail_at_end=True), RecordingTap()
+    routed, targets = router(_EndOnlyTap(broken), good)
+    client = FakeSessionClient()
+    routed.open_session("alice", SessionRequest(), client, target="sw1")
+    [opened] = targets["sw1"].opened
+    opened.client.exited(ExitInfo(status=4))
+    assert broken.calls == [("ended", ExitInfo(status=4))]
+    assert good.observers[0].calls == [("ended", ExitInfo(status=4))]
+    assert client.exit == ExitInfo(status=4)
+
+
+@pytest.mark.parametrize(
+    "observer",
+    [
+        audit._SessionEnd(None),
+        metrics._SessionEnd(None, None, ("ssh2", "ssh1")),
+        live_sessions._Registered(None, None),
+        store_recordings._Indexed(None, None),
+    ],
+    ids=["audit", "metrics", "live_sessions", "store_recordings"],
+)
+def test_the_end_only_observers_of_the_tree_are_session_observers_left_out_of_the_data(observer):
+    assert verifyObject(ISessionObserver, observer)
+    assert isinstance(observer, EndObserver) and observer.wants_data is False
