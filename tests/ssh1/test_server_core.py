@@ -58,8 +58,8 @@ def keyed(cipher="3des", ciphers=("3des", "blowfish")):
     return server, client
 
 
-def logged_in(cipher="3des"):
-    server, client = keyed(cipher)
+def logged_in(cipher="3des", ciphers=("3des", "blowfish")):
+    server, client = keyed(cipher, ciphers)
     events, _ = exchange(server, client, client.packet(m.SSH_CMSG_USER, string(b"alice")))
     assert events == [ev.UserRequested(b"alice")]
     server.send_failure()
@@ -82,9 +82,9 @@ def assert_failed(server, client, events, replies, reason_part: str):
     assert server.next_event() is ev.CLOSED
 
 
-def interactive(cipher: str = "blowfish"):
+def interactive(cipher: str = "blowfish", ciphers=("3des", "blowfish")):
     """A server core after login and EXEC_CMD, and the client talking to it."""
-    server, client = logged_in(cipher)
+    server, client = logged_in(cipher, ciphers)
     exchange(server, client, client.packet(m.SSH_CMSG_EXEC_CMD, string(b"cat")))
     return server, client
 
