@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from collections import deque
 from collections.abc import Callable
 
@@ -126,7 +127,7 @@ class PacketDecoder:
             return b"", 0, 0
         plain = self._plain
         view = memoryview(plain)
-        unpack, crc32 = _U32.unpack_from, ssh1_crc32
+        unpack, crc32 = _U32.unpack_from, zlib.crc32
         parts: list[memoryview] = []
         wire_bytes = 0
         while ready:
@@ -135,7 +136,9 @@ class PacketDecoder:
             end = offset + size - 4  # the CRC
             if plain[start] != msg_type or unpack(plain, start + 1)[0] != end - start - 5:
                 break
-            if crc32(view[offset:end]) != unpack(plain, end)[0]:
+            # ssh1_crc32 inline (this loop runs per packet): zlib's CRC with both of its
+            # inversions cancelled.
+            if crc32(view[offset:end], 0xFFFFFFFF) ^ 0xFFFFFFFF != unpack(plain, end)[0]:
                 break
             parts.append(view[start + 5 : end])
             ready.popleft()
@@ -196,7 +199,7 @@ class PacketDecoder:
                     if entries:
                         break
                     raise BadLength(f"packet length {length} outside {MIN_LENGTH}..{MAX_LENGTH}")
-                pad = padding_length(length)
+                pad = 8 - (length & 7)  # padding_length, inline: this loop runs per packet
                 size = pad + length
                 if end - pos - 4 < size:
                     break
