@@ -146,7 +146,6 @@ class PacketDecoder:
         if not parts:
             return b"", 0, 0
         self._ready_bytes -= wire_bytes
-        self.last_size = wire
         return b"".join(parts), len(parts), wire_bytes
 
     def _spans(self, limit: int | None) -> list[tuple[int, int, int]]:
