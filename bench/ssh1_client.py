@@ -1,7 +1,7 @@
 """The gateway's SSH-1 upstream client on its own, for :mod:`bench.ssh1`: one session to
 an SSH-1 device, sending (``--upload``) or receiving (``--download``) a number of bytes,
 then one line of JSON with the CPU seconds this process spent from the session's start
-to its exit status. Not a test, nor a benchmark of its own (bench.ssh1 runs it).
+to its exit status (``cpu``; ``sys``: of them in the kernel). Not a test, nor a benchmark of its own (bench.ssh1 runs it).
 
     .venv/bin/python -m bench.ssh1_client --port P --user U --password W --cipher C \
         --upload BYTES [--command "cat > /dev/null"]
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ async def session(reactor, args: argparse.Namespace) -> dict:
     protocol = SSH1ClientProtocol(options, SessionRequest(command=command.encode()), sink)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", args.port), protocol)
     await protocol.opened
-    cpu_start, started = time.process_time(), time.perf_counter()
+    cpu_start, sys_start, started = time.process_time(), os.times().system, time.perf_counter()
     block = bytes(CHUNK)
     left = args.upload
 
@@ -91,6 +92,7 @@ async def session(reactor, args: argparse.Namespace) -> dict:
     status = await sink.done
     return {
         "cpu": time.process_time() - cpu_start,
+        "sys": os.times().system - sys_start,
         "seconds": time.perf_counter() - started,
         "sent": args.upload,
         "received": sink.received,

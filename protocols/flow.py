@@ -270,8 +270,9 @@ class FlowRecorder:
         self.versions["server" if direction == S2C else "client"] = line
         self.packet(direction, "version", len(line) + 2 if size is None else size)
 
-    def packet(self, direction: str, name: str, size: int) -> None:
-        """One message on the wire (``size``: its wire bytes). The hot path: O(1)."""
+    def packet(self, direction: str, name: str, size: int, count: int = 1) -> None:
+        """One message on the wire (``size``: its wire bytes), or ``count`` consecutive
+        messages of one name (``size``: their wire bytes together). The hot path: O(1)."""
         t = self._clock() - self._t0
         stage = self._stage
         opens = self._opens.get(name)
@@ -298,7 +299,7 @@ class FlowRecorder:
         if then is not None:
             self._then = then
         self._end[stage] = t
-        self._count[stage] += 1
+        self._count[stage] += count
         self._bytes[stage] += size
         if direction == S2C and self._last_dir[stage] == C2S:
             self._trips[stage] += 1
@@ -307,13 +308,13 @@ class FlowRecorder:
         last = self._last
         if last is not None and last[2] == name and last[1] == direction:
             last[3] += size
-            last[5] += 1
+            last[5] += count
             return
         if len(self.messages) >= MAX_MESSAGES:
             self.messages_truncated = True
             self._last = None
             return
-        last = [t, direction, name, size, STAGES[stage], 1]
+        last = [t, direction, name, size, STAGES[stage], count]
         self.messages.append(last)
         self._last = last
 

@@ -20,7 +20,7 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from protocols.ssh1 import messages as m
 from protocols.ssh1.events import (
@@ -51,8 +51,14 @@ def printable(raw: bytes, limit: int = MAX_TEXT) -> str:
 
 
 Handler = Callable[[Reader], Event | None]
-# Told of every packet: (message name, wire bytes). For flow recording; never the payload.
-PacketObserver = Callable[[str, int], None]
+
+
+class PacketObserver(Protocol):
+    """Told of every packet: message name, wire bytes, and how many packets of that name
+    these bytes are (a run of session data is told once). For flow recording; never the
+    payload."""
+
+    def __call__(self, name: str, size: int, count: int = 1, /) -> None: ...
 
 
 def _bulk_string(payload: bytes) -> bytes | None:
@@ -132,6 +138,14 @@ class Connection:
         if self._decoder.next_type() != msg_type:
             return first
         parts = [first]
+        # Well-formed data packets in one loop of the decoder; what stops it (a bad CRC,
+        # a malformed packet, compression) takes the packet-by-packet path below.
+        data, count, wire_bytes = self._decoder.take_data_run(msg_type)
+        if count:
+            self.packets_in += count
+            if self.on_packet_in is not None:
+                self.on_packet_in(_name(msg_type), wire_bytes, count)
+            parts.append(data)
         while self._decoder.next_type() == msg_type:
             try:
                 _, payload = self._decoder.next_packet()  # type: ignore[misc]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from collections import deque
 from collections.abc import Callable
 
@@ -58,7 +59,8 @@ class PacketDecoder:
     one attack-detector pass over them all: clients send small packets (plink: 512 bytes
     of data), and a call per packet cost more than the cipher itself. The packets are
     then handed out one by one, each checked (CRC, decompression) only when asked for,
-    so an error comes after every good packet before it, as it would packet by packet.
+    so an error comes after every good packet before it, as it would packet by packet;
+    a run of session-data packets can be taken in one call (:meth:`take_data_run`).
     """
 
     def __init__(self) -> None:
@@ -113,6 +115,39 @@ class PacketDecoder:
         offset, _size, pad, _wire = self._ready[0]
         return self._plain[offset + pad]
 
+    def take_data_run(self, msg_type: int) -> tuple[bytes, int, int]:
+        """Session data in bulk: the deciphered packets at the head of the queue that are
+        ``msg_type`` messages holding exactly one string, CRC checked, taken in one loop:
+        (their strings joined, how many packets, their wire bytes). Stops at the first
+        packet that is anything else (another type, not one string, a bad CRC) and leaves
+        it for :meth:`next_packet`, which raises its error or returns it as usual.
+        Compressed streams take the usual path (nothing is taken here)."""
+        ready = self._ready
+        if self._decompressor is not None or not ready:
+            return b"", 0, 0
+        plain = self._plain
+        view = memoryview(plain)
+        unpack, crc32 = _U32.unpack_from, zlib.crc32
+        parts: list[memoryview] = []
+        wire_bytes = 0
+        while ready:
+            offset, size, pad, wire = ready[0]
+            start = offset + pad  # the type byte, then the string's length
+            end = offset + size - 4  # the CRC
+            if plain[start] != msg_type or unpack(plain, start + 1)[0] != end - start - 5:
+                break
+            # ssh1_crc32 inline (this loop runs per packet): zlib's CRC with both of its
+            # inversions cancelled.
+            if crc32(view[offset:end], 0xFFFFFFFF) ^ 0xFFFFFFFF != unpack(plain, end)[0]:
+                break
+            parts.append(view[start + 5 : end])
+            ready.popleft()
+            wire_bytes += wire
+        if not parts:
+            return b"", 0, 0
+        self._ready_bytes -= wire_bytes
+        return b"".join(parts), len(parts), wire_bytes
+
     def _spans(self, limit: int | None) -> list[tuple[int, int, int]]:
         """(start, wire size, length field) of the whole packets at the head of the
         buffer, at most ``limit``; a bad length raises only when it heads the buffer."""
@@ -147,31 +182,45 @@ class PacketDecoder:
         return self._open(0, need - 4, padding_length(length), need)
 
     def _decipher_whole_packets(self) -> bool:
-        spans = self._spans(None)
-        if not spans:
-            return False
+        """One pass over the clear lengths finds the whole packets at the head of the
+        buffer; their bodies are joined, checked by the attack detector and deciphered
+        in one call each. A bad length raises only when it heads the buffer."""
+        buf, pos, end = self._buf, self._pos, len(self._buf)
+        unpack = _U32.unpack_from
+        entries: list[tuple[int, int, int, int]] = []  # as in _ready
+        sizes: list[int] = []
+        offset = 0
+        with memoryview(buf) as view:
+            bodies = []
+            while end - pos >= 4:
+                length = unpack(buf, pos)[0]
+                if length < MIN_LENGTH or length > MAX_LENGTH:
+                    if entries:
+                        break
+                    raise BadLength(f"packet length {length} outside {MIN_LENGTH}..{MAX_LENGTH}")
+                pad = 8 - (length & 7)  # padding_length, inline: this loop runs per packet
+                size = pad + length
+                if end - pos - 4 < size:
+                    break
+                bodies.append(view[pos + 4 : pos + 4 + size])
+                entries.append((offset, size, pad, size + 4))
+                sizes.append(size)
+                offset += size
+                pos += 4 + size
+            if not entries:
+                return False
+            ciphertext = bytes(bodies[0]) if len(bodies) == 1 else b"".join(bodies)
+            bodies.clear()  # no slice of the buffer may outlive the view
+        self._consume(pos)
         assert self._stream is not None
-        with memoryview(self._buf) as view:
-            if len(spans) == 1:
-                start, need, _ = spans[0]
-                ciphertext = bytes(view[start + 4 : start + need])
-            else:
-                ciphertext = b"".join([view[start + 4 : start + need] for start, need, _ in spans])
-        sizes = [need - 4 for _, need, _ in spans]
-        last_start, last_need, _ = spans[-1]
-        self._consume(last_start + last_need)
         try:
             deattack.check_run(ciphertext, self._iv, sizes)
         except deattack.AttackDetected as exc:
             raise AttackDetected(str(exc)) from None
         self._iv = ciphertext[-BLOCK_SIZE:]
         self._plain = self._stream.update(ciphertext)
-        offset = 0
-        ready = self._ready
-        for _, need, length in spans:
-            ready.append((offset, need - 4, padding_length(length), need))
-            offset += need - 4
-        self._ready_bytes = sum(sizes) + 4 * len(sizes)
+        self._ready.extend(entries)
+        self._ready_bytes = offset + 4 * len(entries)
         return True
 
     def _open(self, offset: int, size: int, pad: int, wire: int) -> tuple[int, bytes]:

@@ -293,6 +293,39 @@ def test_padding_content_is_covered_by_crc():
         dec.next_packet()
 
 
+@pytest.mark.parametrize("name", ["des", "3des", "blowfish"])
+def test_decoder_takes_a_run_of_data_packets_up_to_the_first_other_one(name):
+    """take_data_run takes well-formed packets of the type asked for and stops at anything
+    else (another type, not exactly one string, a bad CRC), which next_packet then gives
+    or refuses as it would have anyway."""
+    key = os.urandom(32)
+    enc, dec = PacketEncoder(), PacketDecoder()
+    enc.set_cipher(ciphers.BY_NAME[name], key)
+    dec.set_cipher(ciphers.BY_NAME[name], key)
+
+    def data(chunk: bytes) -> bytes:
+        return enc.encode(16, struct.pack(">I", len(chunk)) + chunk)
+
+    wire = data(b"a" * 512) + data(b"b" * 100) + enc.encode(19) + data(b"c")
+    wire += enc.encode(16, struct.pack(">I", 5) + b"dd")  # a string cut short
+    wire += data(b"e")
+    bad = bytearray(data(b"f"))
+    bad[-1] ^= 1  # the CRC no longer matches (its last ciphertext byte: the CRC block)
+    dec.feed(wire + bytes(bad) + data(b"g"))
+    assert dec.take_data_run(16) == (b"", 0, 0)  # nothing deciphered yet
+    assert dec.next_packet() == (16, struct.pack(">I", 512) + b"a" * 512)
+    taken, count, wire_bytes = dec.take_data_run(16)
+    assert (taken, count) == (b"b" * 100, 1)
+    assert wire_bytes == len(data(b"b" * 100))
+    assert dec.take_data_run(16) == (b"", 0, 0)  # EOF heads the queue
+    assert dec.next_packet() == (19, b"")
+    assert dec.take_data_run(16)[:2] == (b"c", 1)
+    assert dec.next_packet() == (16, struct.pack(">I", 5) + b"dd")
+    assert dec.take_data_run(16)[:2] == (b"e", 1)
+    with pytest.raises(BadCRC):
+        dec.next_packet()
+
+
 def test_decoder_runs_detector():
     key = os.urandom(32)
     dec = PacketDecoder()

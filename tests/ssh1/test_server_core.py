@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import random
 import struct
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocols.flow import C2S, FlowRecorder
 from protocols.ssh1 import events as ev
 from protocols.ssh1 import messages as m
 from protocols.ssh1.server_connection import ServerConnection
@@ -56,8 +58,8 @@ def keyed(cipher="3des", ciphers=("3des", "blowfish")):
     return server, client
 
 
-def logged_in(cipher="3des"):
-    server, client = keyed(cipher)
+def logged_in(cipher="3des", ciphers=("3des", "blowfish")):
+    server, client = keyed(cipher, ciphers)
     events, _ = exchange(server, client, client.packet(m.SSH_CMSG_USER, string(b"alice")))
     assert events == [ev.UserRequested(b"alice")]
     server.send_failure()
@@ -80,9 +82,9 @@ def assert_failed(server, client, events, replies, reason_part: str):
     assert server.next_event() is ev.CLOSED
 
 
-def interactive(cipher: str = "blowfish"):
+def interactive(cipher: str = "blowfish", ciphers=("3des", "blowfish")):
     """A server core after login and EXEC_CMD, and the client talking to it."""
-    server, client = logged_in(cipher)
+    server, client = logged_in(cipher, ciphers)
     exchange(server, client, client.packet(m.SSH_CMSG_EXEC_CMD, string(b"cat")))
     return server, client
 
@@ -97,6 +99,32 @@ def test_a_run_of_small_stdin_packets_is_one_event_in_order():
     events, _ = exchange(server, client, wire)
     assert events == [ev.StdinData(b"".join(parts)), ev.StdinEOF(), ev.StdinData(b"late")]
     assert server.packets_in == 2 + 1 + 1 + 22  # user, password, exec, then these
+
+
+def test_a_run_of_data_packets_is_recorded_as_its_packets():
+    """The run is taken in one loop and told to the flow recorder once, with the count:
+    the record is the one packet-by-packet delivery gives (count, bytes, stage)."""
+    records = {}
+    for size in (1, 20):  # one packet per read, then the whole run in one read
+        server, client = interactive()
+        flow = FlowRecorder("server", "peer", "1")
+        server.on_packet_in = partial(flow.packet, C2S)
+        before = server.packets_in
+        wires = [client.packet(m.SSH_CMSG_STDIN_DATA, string(os.urandom(512))) for _ in range(20)]
+        wires.append(client.packet(m.SSH_CMSG_EOF))
+        data = b""
+        for start in range(0, len(wires), size):
+            server.receive_data(b"".join(wires[start : start + size]))
+            data += b"".join(e.data for e in drain(server) if isinstance(e, ev.StdinData))
+        assert len(data) == 20 * 512
+        records[size] = [(d, name, nbytes, count) for _, d, name, nbytes, _, count in flow.messages]
+        assert records[size] == [
+            (C2S, "SSH_CMSG_STDIN_DATA", sum(map(len, wires[:20])), 20),
+            (C2S, "SSH_CMSG_EOF", len(wires[20]), 1),
+        ]
+        assert flow.bytes[C2S] == sum(map(len, wires))
+        assert server.packets_in == before + 21
+    assert records[1] == records[20]
 
 
 def test_a_bad_packet_after_a_run_fails_after_the_good_data():
