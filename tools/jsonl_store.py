@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gateway.store.database import RECORD_TABLES
 
@@ -24,6 +24,24 @@ from gateway.store.database import RECORD_TABLES
 MAX_LINE_BYTES = 1 << 20
 MAX_FILES = 1000
 MAX_NOTES = 20
+
+
+def bounded_lines(f: BinaryIO, max_bytes: int, first: int = 1) -> Iterator[tuple[int, bytes | None]]:
+    """Each line of ``f`` with its number (from ``first``) and its bytes, the newline
+    included when there. A line longer than ``max_bytes`` is read through without being
+    held and given as None: it is too long to be a record."""
+    number = first - 1
+    while True:
+        line = f.readline(max_bytes + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = f.readline(max_bytes)
+            yield number, None
+            continue
+        yield number, line
 
 
 class StoreReadError(Exception):
@@ -81,16 +99,8 @@ class JSONLinesStore:
             self._note(f"{path}: {e.strerror or e}")
             return
         with f:
-            number = 0
-            while True:
-                line = f.readline(MAX_LINE_BYTES + 1)
-                if not line:
-                    return
-                number += 1
-                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                    # Too long to be a record: drop the rest of it without keeping it.
-                    while line and not line.endswith(b"\n"):
-                        line = f.readline(MAX_LINE_BYTES)
+            for number, line in bounded_lines(f, MAX_LINE_BYTES):
+                if line is None:
                     self._note(
                         f"{path.name}:{number}: line longer than {MAX_LINE_BYTES} bytes, skipped"
                     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tools.flows.records import safe_text
+from tools.jsonl_store import bounded_lines
 
 # The recorder writes events of at most a few tens of KiB; a line far longer than any event
 # it writes is not one of its events, and is skipped without being held whole.
@@ -216,15 +217,8 @@ class CastFile:
         """Each line after the header (number, bytes with the newline when there)."""
         with self._open() as f:
             self._read_header_line(f)
-            number = 1
-            while True:
-                line = f.readline(MAX_LINE_BYTES + 1)
-                if not line:
-                    return
-                number += 1
-                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                    while line and not line.endswith(b"\n"):
-                        line = f.readline(MAX_LINE_BYTES)
+            for number, line in bounded_lines(f, MAX_LINE_BYTES, first=2):
+                if line is None:
                     self._note(f"line {number}: longer than {MAX_LINE_BYTES} bytes, skipped")
                     continue
                 yield number, line
